@@ -1,0 +1,58 @@
+//! The `cmbuild` command line: a thin layer over the host crates.
+//!
+//! Each subcommand lives in `commands/<name>.rs` with an `Args` struct (what clap parses)
+//! and an `exec` function that turns it into a library call. Errors are reported once,
+//! here, as `error: <cause chain>` with exit status 2; a check that ran and failed
+//! (a mirror blob that does not verify, a reproducibility mismatch) exits 1.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Deterministic, emulator-sandboxed release builds for Rust projects.
+///
+/// `cmbuild vendor` fetches every input once (online) into a content-addressed mirror;
+/// `cmbuild run --release TAG` then builds the release offline inside cmbuild's own
+/// deterministic RISC-V machine, for every target triple, and anyone re-running it gets
+/// the same bytes and the same machine state hash.
+#[derive(Debug, Parser)]
+#[command(name = "cmbuild", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Vendor(commands::vendor::Args),
+    Cid(commands::cid::Args),
+    Mirror(commands::mirror::Args),
+    Machine(commands::machine::Args),
+    Image(commands::image::Args),
+    Run(commands::run::Args),
+    Compare(commands::compare::Args),
+    Verify(commands::verify::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Vendor(args) => commands::vendor::exec(args),
+        Command::Cid(args) => commands::cid::exec(args),
+        Command::Mirror(args) => commands::mirror::exec(args),
+        Command::Machine(args) => commands::machine::exec(args),
+        Command::Image(args) => commands::image::exec(args),
+        Command::Run(args) => commands::run::exec(args),
+        Command::Compare(args) => commands::compare::exec(args),
+        Command::Verify(args) => commands::verify::exec(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
