@@ -18,7 +18,12 @@ use clap::{Parser, Subcommand};
 /// deterministic RISC-V machine, for every target triple, and anyone re-running it gets
 /// the same bytes and the same machine state hash.
 #[derive(Debug, Parser)]
-#[command(name = "cmbuild", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "cmbuild",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,19 +1,61 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use cmbuild::compare::{compare_builds, Finding};
 
 /// Compare two build outputs: the smaller set of artifacts must be inside the larger.
 ///
-/// Reports input drift (crate, version, lock hash, toolchain) apart from output drift
-/// (artifact hashes, machine root hashes); recomputes every hash; ends with
+/// Each directory holds a `manifest.json` (and usually `machine.json`) as written by
+/// `cmbuild run`; both are treated as untrusted: paths must be relative with no `..` and no
+/// symlinks, and every hash a manifest claims is recomputed from its file. Input drift (the
+/// builds used a different crate, version, Cargo.lock or toolchain) is reported apart from
+/// output drift (same inputs, different bytes or machine root hashes). Ends with
 /// `Reproducibility check PASSED` (exit 0) or `Reproducibility check FAILED` (exit 1).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// First build directory (containing manifest.json).
+    /// First build directory (containing manifest.json), e.g. builds/v0.1.0.
     a: PathBuf,
-    /// Second build directory.
+    /// Second build directory, e.g. a published release downloaded elsewhere.
     b: PathBuf,
 }
 
-pub fn exec(_args: Args) -> anyhow::Result<ExitCode> {
-    super::not_implemented("cmbuild compare")
+pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    let report = compare_builds(&args.a, &args.b, &cid_of_file)?;
+    Ok(print_report(&report))
+}
+
+/// The CID of a file as `cmbuild cid` prints it.
+pub fn cid_of_file(path: &Path) -> std::io::Result<String> {
+    let file = std::fs::File::open(path)?;
+    let (cid, _len) = cmbuild_store::cid::cid_of_reader(file)?;
+    Ok(cid.to_string())
+}
+
+/// Prints a comparison's findings, inputs first, and the verdict; returns the exit code.
+pub fn print_report(report: &cmbuild::compare::Report) -> ExitCode {
+    println!("compared {} artifact(s)", report.compared.len());
+    for key in &report.compared {
+        println!("  {key}");
+    }
+    let (inputs, others): (Vec<&Finding>, Vec<&Finding>) =
+        report.findings.iter().partition(|f| f.is_input_drift());
+    if !inputs.is_empty() {
+        println!("input drift (the builds did not start from the same inputs):");
+        for finding in inputs {
+            println!("  {finding}");
+        }
+    }
+    if !others.is_empty() {
+        println!("problems:");
+        for finding in others {
+            println!("  {finding}");
+        }
+    }
+    if report.passed() {
+        println!("Reproducibility check PASSED");
+        ExitCode::SUCCESS
+    } else {
+        println!("Reproducibility check FAILED");
+        ExitCode::from(1)
+    }
 }

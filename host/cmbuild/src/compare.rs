@@ -1,0 +1,427 @@
+//! `cmbuild compare A B`: is one build inside the other, byte for byte?
+//!
+//! Each side is a directory with `manifest.json` (and usually `machine.json`), treated as
+//! untrusted. The smaller set of artifacts must be contained in the larger (a build of one
+//! triple checks against a build of all three). For every shared artifact the comparison
+//! separates *input drift* — the two builds did not start from the same inputs (crate,
+//! version, Cargo.lock hash, toolchain), so a different output proves nothing — from
+//! *output drift* — same inputs, different bytes: a reproducibility failure. Every hash a
+//! manifest claims is recomputed from the file it names; a claim that does not match its
+//! file fails the check whatever the other side says.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{self, Artifact, ArtifactKey, MachineRecord, Manifest, RecordError};
+use crate::untrusted;
+
+/// Errors that stop a comparison before it can conclude.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    /// A build record could not be read.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A manifest lists the same artifact twice.
+    #[error("{side}: manifest lists {key} twice")]
+    DuplicateArtifact { side: String, key: ArtifactKey },
+}
+
+/// One finding of a comparison.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finding {
+    /// An artifact of the smaller build is missing from the larger.
+    Missing { key: ArtifactKey, in_side: String },
+    /// The two builds started from different inputs for this artifact.
+    InputDrift {
+        key: ArtifactKey,
+        field: &'static str,
+        a: String,
+        b: String,
+    },
+    /// Same inputs, different output bytes.
+    OutputDrift {
+        key: ArtifactKey,
+        field: &'static str,
+        a: String,
+        b: String,
+    },
+    /// A manifest's claim does not match the file it names, or the file is unusable.
+    BadArtifact {
+        side: String,
+        key: ArtifactKey,
+        problem: String,
+    },
+    /// The machines' final state hashes differ.
+    MachineDrift { what: String, a: String, b: String },
+}
+
+impl Finding {
+    /// Whether the finding is about the builds' inputs rather than their reproducibility.
+    pub fn is_input_drift(&self) -> bool {
+        matches!(self, Finding::InputDrift { .. })
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Finding::Missing { key, in_side } => write!(f, "missing: {key} is not in {in_side}"),
+            Finding::InputDrift { key, field, a, b } => {
+                write!(f, "input drift: {key}: {field} differs: {a} != {b}")
+            }
+            Finding::OutputDrift { key, field, a, b } => {
+                write!(f, "output drift: {key}: {field} differs: {a} != {b}")
+            }
+            Finding::BadArtifact { side, key, problem } => {
+                write!(f, "bad artifact: {side}: {key}: {problem}")
+            }
+            Finding::MachineDrift { what, a, b } => {
+                write!(
+                    f,
+                    "output drift: machine {what}: root hash differs: {a} != {b}"
+                )
+            }
+        }
+    }
+}
+
+/// The result of comparing two builds.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Artifacts present (and checked) on both sides.
+    pub compared: Vec<ArtifactKey>,
+    /// Everything that went wrong, in a stable order.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// True when the smaller build is reproduced exactly inside the larger.
+    pub fn passed(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+/// Computes the IPFS CID of a file; supplied by the caller so this module stays independent
+/// of how CIDs are computed.
+pub type CidOfFile = dyn Fn(&Path) -> std::io::Result<String>;
+
+/// Loaded, untrusted side of a comparison.
+struct Side {
+    name: String,
+    dir: PathBuf,
+    artifacts: BTreeMap<ArtifactKey, Artifact>,
+    machine: Option<MachineRecord>,
+}
+
+fn load_side(dir: &Path) -> Result<Side, CompareError> {
+    let name = dir.display().to_string();
+    let manifest: Manifest = manifest::read_manifest(&dir.join("manifest.json"))?;
+    let machine_path = dir.join("machine.json");
+    let machine = if machine_path.exists() {
+        Some(manifest::read_machine_record(&machine_path)?)
+    } else {
+        None
+    };
+    let mut artifacts = BTreeMap::new();
+    for artifact in manifest.artifacts {
+        let key = artifact.key();
+        if artifacts.insert(key.clone(), artifact).is_some() {
+            return Err(CompareError::DuplicateArtifact { side: name, key });
+        }
+    }
+    Ok(Side {
+        name,
+        dir: dir.to_path_buf(),
+        artifacts,
+        machine,
+    })
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Recomputes an artifact's hashes from its file; returns the problems found.
+fn check_artifact(side: &Side, artifact: &Artifact, cid_of: &CidOfFile) -> Vec<String> {
+    let mut problems = Vec::new();
+    let expected_path = format!("{}/{}", artifact.target, artifact.bin);
+    if artifact.bin_path != expected_path {
+        problems.push(format!(
+            "bin_path {:?} is not {expected_path:?}",
+            artifact.bin_path
+        ));
+    }
+    let path = match untrusted::resolve_file(&side.dir, &artifact.bin_path) {
+        Ok(path) => path,
+        Err(e) => {
+            problems.push(format!("bin_path refused: {e}"));
+            return problems;
+        }
+    };
+    match sha256_file(&path) {
+        Ok(actual) if actual == artifact.sha256 => {}
+        Ok(actual) => problems.push(format!(
+            "manifest says sha256 {} but the file hashes to {actual}",
+            artifact.sha256
+        )),
+        Err(e) => problems.push(format!("cannot read {}: {e}", path.display())),
+    }
+    match cid_of(&path) {
+        Ok(actual) if actual == artifact.cid => {}
+        Ok(actual) => problems.push(format!(
+            "manifest says cid {} but the file is {actual}",
+            artifact.cid
+        )),
+        Err(e) => problems.push(format!("cannot read {}: {e}", path.display())),
+    }
+    problems
+}
+
+/// Compares build directories `a` and `b`.
+pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, CompareError> {
+    let a = load_side(a)?;
+    let b = load_side(b)?;
+    let mut report = Report::default();
+
+    // Every claim on both sides is checked against its file, shared or not.
+    for side in [&a, &b] {
+        for (key, artifact) in &side.artifacts {
+            for problem in check_artifact(side, artifact, cid_of) {
+                report.findings.push(Finding::BadArtifact {
+                    side: side.name.clone(),
+                    key: key.clone(),
+                    problem,
+                });
+            }
+        }
+    }
+
+    // The smaller set must lie inside the larger; with equal sizes, they must be equal.
+    let (small, large) = if a.artifacts.len() <= b.artifacts.len() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    for key in small.artifacts.keys() {
+        if !large.artifacts.contains_key(key) {
+            report.findings.push(Finding::Missing {
+                key: key.clone(),
+                in_side: large.name.clone(),
+            });
+        }
+    }
+    if a.artifacts.len() == b.artifacts.len() {
+        for key in large.artifacts.keys() {
+            if !small.artifacts.contains_key(key) {
+                report.findings.push(Finding::Missing {
+                    key: key.clone(),
+                    in_side: small.name.clone(),
+                });
+            }
+        }
+    }
+
+    for (key, x) in &a.artifacts {
+        let Some(y) = b.artifacts.get(key) else {
+            continue;
+        };
+        report.compared.push(key.clone());
+        let inputs: [(&'static str, &String, &String); 4] = [
+            ("crate", &x.krate, &y.krate),
+            ("version", &x.version, &y.version),
+            (
+                "crate_lock_sha256",
+                &x.crate_lock_sha256,
+                &y.crate_lock_sha256,
+            ),
+            ("toolchain", &x.toolchain, &y.toolchain),
+        ];
+        for (field, p, q) in inputs {
+            if p != q {
+                report.findings.push(Finding::InputDrift {
+                    key: key.clone(),
+                    field,
+                    a: p.clone(),
+                    b: q.clone(),
+                });
+            }
+        }
+        let outputs: [(&'static str, &String, &String); 2] =
+            [("sha256", &x.sha256, &y.sha256), ("cid", &x.cid, &y.cid)];
+        for (field, p, q) in outputs {
+            if p != q {
+                report.findings.push(Finding::OutputDrift {
+                    key: key.clone(),
+                    field,
+                    a: p.clone(),
+                    b: q.clone(),
+                });
+            }
+        }
+    }
+
+    // Machines that built the same set of targets must end in the same state.
+    if let (Some(ma), Some(mb)) = (&a.machine, &b.machine) {
+        if ma.hash_scheme != mb.hash_scheme {
+            report.findings.push(Finding::MachineDrift {
+                what: "hash scheme".into(),
+                a: ma.hash_scheme.clone(),
+                b: mb.hash_scheme.clone(),
+            });
+        } else {
+            for run in &ma.machines {
+                if let Some(other) = mb.machines.iter().find(|o| o.targets == run.targets) {
+                    if other.root_hash != run.root_hash {
+                        report.findings.push(Finding::MachineDrift {
+                            what: run.targets.join(","),
+                            a: run.root_hash.clone(),
+                            b: other.root_hash.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{to_canonical_json, MANIFEST_SCHEMA};
+    use std::fs;
+
+    fn fake_cid(path: &Path) -> std::io::Result<String> {
+        Ok(format!("cid-{}", sha256_file(path)?))
+    }
+
+    fn write_build(dir: &Path, bins: &[(&str, &[u8])], lock: &str) {
+        let mut artifacts = Vec::new();
+        for (target, bytes) in bins {
+            fs::create_dir_all(dir.join(target)).unwrap();
+            let path = dir.join(target).join("hello");
+            fs::write(&path, bytes).unwrap();
+            artifacts.push(Artifact {
+                package: "hello".into(),
+                target: (*target).into(),
+                bin: "hello".into(),
+                bin_path: format!("{target}/hello"),
+                krate: "hello".into(),
+                version: "0.1.0".into(),
+                crate_lock_sha256: lock.into(),
+                toolchain: "tc".into(),
+                sha256: sha256_file(&path).unwrap(),
+                cid: fake_cid(&path).unwrap(),
+            });
+        }
+        let manifest = Manifest {
+            schema: MANIFEST_SCHEMA.into(),
+            release: "v0.1.0".into(),
+            commit: "c".into(),
+            artifacts,
+        };
+        fs::write(dir.join("manifest.json"), to_canonical_json(&manifest)).unwrap();
+    }
+
+    #[test]
+    fn identical_builds_pass_and_subsets_are_inside() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one"), ("aarch64", b"two")], "L");
+        write_build(&b, &[("x86_64", b"one")], "L");
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(report.passed(), "{:?}", report.findings);
+        assert_eq!(report.compared.len(), 1);
+    }
+
+    #[test]
+    fn flipped_byte_is_output_drift() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one")], "L");
+        write_build(&b, &[("x86_64", b"onf")], "L");
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(!report.passed());
+        assert!(report.findings.iter().any(|f| matches!(
+            f,
+            Finding::OutputDrift {
+                field: "sha256",
+                ..
+            }
+        )));
+        assert!(!report.findings.iter().any(Finding::is_input_drift));
+    }
+
+    #[test]
+    fn changed_lock_is_input_drift() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one")], "L1");
+        write_build(&b, &[("x86_64", b"one")], "L2");
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert_eq!(report.findings.len(), 1);
+        assert!(matches!(
+            report.findings[0],
+            Finding::InputDrift {
+                field: "crate_lock_sha256",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn tampered_file_and_missing_artifact_fail() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one"), ("aarch64", b"two")], "L");
+        write_build(&b, &[("x86_64", b"one"), ("riscv64", b"three")], "L");
+        // A file changed after its manifest was written.
+        fs::write(a.join("x86_64/hello"), b"ONE").unwrap();
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        let bad = report
+            .findings
+            .iter()
+            .filter(|f| matches!(f, Finding::BadArtifact { .. }))
+            .count();
+        assert_eq!(
+            bad, 2,
+            "sha256 and cid claims both fail: {:?}",
+            report.findings
+        );
+        let missing = report
+            .findings
+            .iter()
+            .filter(|f| matches!(f, Finding::Missing { .. }))
+            .count();
+        assert_eq!(missing, 2, "{:?}", report.findings);
+    }
+
+    #[test]
+    fn symlinked_artifact_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one")], "L");
+        write_build(&b, &[("x86_64", b"one")], "L");
+        fs::remove_file(b.join("x86_64/hello")).unwrap();
+        std::os::unix::fs::symlink(a.join("x86_64/hello"), b.join("x86_64/hello")).unwrap();
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(report.findings.iter().any(|f| matches!(
+            f,
+            Finding::BadArtifact { problem, .. } if problem.contains("symbolic link")
+        )));
+    }
+}

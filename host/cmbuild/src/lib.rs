@@ -1,0 +1,8 @@
+//! The orchestration behind the `cmbuild` command line: build manifests, the comparison of
+//! two builds, and the release-build pipeline. The CLI (`main.rs`, `commands/`) is a thin
+//! layer over this library and the host crates.
+
+pub mod compare;
+pub mod manifest;
+pub mod project;
+pub mod untrusted;
