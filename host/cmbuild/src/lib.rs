@@ -4,5 +4,6 @@
 
 pub mod compare;
 pub mod manifest;
+pub mod plan;
 pub mod project;
 pub mod untrusted;

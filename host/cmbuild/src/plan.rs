@@ -1,0 +1,426 @@
+//! The build plan and the drives that carry it into the machine and the artifacts out.
+//!
+//! `guest-image/PROTOCOL.md` is the contract with the guest's build driver; this module is
+//! its host half. Everything written here is deterministic: tar entries sorted, owner 0:0,
+//! every mtime equal to `SOURCE_DATE_EPOCH`, drives zero-padded to a 2 MiB multiple.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::project::Selection;
+use crate::untrusted::{self, TarLimits};
+
+/// Flash drives are sized in multiples of this (the board places them 2 MiB aligned).
+pub const DRIVE_ALIGN: u64 = 2 << 20;
+
+/// Errors preparing the plan or reading the output drive.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// `cargo metadata` could not list the project's binaries.
+    #[error("cannot list the project's binaries with `cargo metadata`: {0}")]
+    Metadata(String),
+    /// The selection names no binary.
+    #[error("nothing to build: the selected packages have no binary targets{0}")]
+    NoBinaries(String),
+    /// A name would break the plan's shell quoting or a path.
+    #[error("{0:?} is not a valid package, binary or feature name")]
+    BadName(String),
+    /// The guest's output drive was refused.
+    #[error("the guest's output drive was refused: {0}")]
+    Output(#[from] untrusted::TarError),
+    /// The guest did not produce what the plan asked for.
+    #[error("{0}")]
+    MissingOutput(String),
+    /// I/O error.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// One binary the plan expects for every target.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PlannedBin {
+    pub package: String,
+    pub version: String,
+    pub bin: String,
+}
+
+/// What the guest builds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub source_date_epoch: u64,
+    pub targets: Vec<String>,
+    pub cargo_flags: Vec<String>,
+    pub bins: Vec<PlannedBin>,
+}
+
+fn check_name(name: &str) -> Result<(), PlanError> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':'))
+        && !name.starts_with('-')
+        && !name.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::BadName(name.to_owned()))
+    }
+}
+
+impl Plan {
+    /// Turns a selection and the project's binaries into a plan.
+    pub fn new(
+        selection: &Selection,
+        source_date_epoch: u64,
+        workspace_bins: &[PlannedBin],
+    ) -> Result<Plan, PlanError> {
+        let profile = &selection.profile;
+        let mut flags = Vec::new();
+        for p in &profile.packages {
+            check_name(p)?;
+            flags.extend(["--package".to_owned(), p.clone()]);
+        }
+        for b in &profile.bins {
+            check_name(b)?;
+            flags.extend(["--bin".to_owned(), b.clone()]);
+        }
+        if !profile.features.is_empty() {
+            for f in &profile.features {
+                check_name(f)?;
+            }
+            flags.extend(["--features".to_owned(), profile.features.join(",")]);
+        }
+        if profile.no_default_features {
+            flags.push("--no-default-features".to_owned());
+        }
+        let bins: Vec<PlannedBin> = workspace_bins
+            .iter()
+            .filter(|b| profile.packages.is_empty() || profile.packages.contains(&b.package))
+            .filter(|b| profile.bins.is_empty() || profile.bins.contains(&b.bin))
+            .cloned()
+            .collect();
+        if bins.is_empty() {
+            return Err(PlanError::NoBinaries(format!(
+                " (profile {:?})",
+                selection.profile_name
+            )));
+        }
+        for b in &bins {
+            check_name(&b.bin)?;
+        }
+        Ok(Plan {
+            source_date_epoch,
+            targets: selection.targets.clone(),
+            cargo_flags: flags,
+            bins,
+        })
+    }
+
+    /// `plan.env` as the guest's build driver sources it.
+    pub fn to_env(&self) -> String {
+        let bins: Vec<&str> = self.bins.iter().map(|b| b.bin.as_str()).collect();
+        format!(
+            "CMBUILD_PLAN_VERSION='1'\nSOURCE_DATE_EPOCH='{}'\nTARGETS='{}'\nCARGO_FLAGS='{}'\nBINS='{}'\n",
+            self.source_date_epoch,
+            self.targets.join(" "),
+            self.cargo_flags.join(" "),
+            bins.join(" "),
+        )
+    }
+}
+
+/// Lists every binary target of the workspace in an extracted source tree.
+///
+/// Uses the host's `cargo metadata --no-deps`, which reads manifests only (no network, no
+/// dependency resolution), so the answer depends on the source alone.
+pub fn list_workspace_bins(source_dir: &Path) -> Result<Vec<PlannedBin>, PlanError> {
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["metadata", "--no-deps", "--offline", "--format-version", "1"])
+        .arg("--manifest-path")
+        .arg(source_dir.join("Cargo.toml"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| PlanError::Metadata(e.to_string()))?;
+    if !out.status.success() {
+        return Err(PlanError::Metadata(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| PlanError::Metadata(e.to_string()))?;
+    let mut bins = Vec::new();
+    for package in meta["packages"].as_array().into_iter().flatten() {
+        let name = package["name"].as_str().unwrap_or_default();
+        let version = package["version"].as_str().unwrap_or_default();
+        for target in package["targets"].as_array().into_iter().flatten() {
+            let is_bin = target["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"));
+            if is_bin {
+                bins.push(PlannedBin {
+                    package: name.to_owned(),
+                    version: version.to_owned(),
+                    bin: target["name"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+        }
+    }
+    bins.sort();
+    Ok(bins)
+}
+
+/// A tar archive being built deterministically: every entry gets the same owner and mtime.
+pub struct DeterministicTar<W: Write> {
+    builder: tar::Builder<W>,
+    mtime: u64,
+}
+
+impl<W: Write> DeterministicTar<W> {
+    pub fn new(out: W, mtime: u64) -> Self {
+        let mut builder = tar::Builder::new(out);
+        builder.mode(tar::HeaderMode::Deterministic);
+        DeterministicTar { builder, mtime }
+    }
+
+    fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(self.mtime);
+        header.set_size(size);
+        header
+    }
+
+    /// Adds a regular file.
+    pub fn file(&mut self, path: &str, data: &[u8], executable: bool) -> io::Result<()> {
+        let mode = if executable { 0o755 } else { 0o644 };
+        let mut header = self.header(tar::EntryType::Regular, mode, data.len() as u64);
+        self.builder.append_data(&mut header, path, data)
+    }
+
+    /// Adds a directory.
+    pub fn dir(&mut self, path: &str) -> io::Result<()> {
+        let mut header = self.header(tar::EntryType::Directory, 0o755, 0);
+        self.builder.append_data(&mut header, path, io::empty())
+    }
+
+    /// Adds a directory tree from disk in sorted order (regular files, directories and
+    /// symlinks; executable bits kept, everything else normalised).
+    pub fn tree(&mut self, prefix: &str, dir: &Path) -> io::Result<()> {
+        let mut entries: Vec<(String, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().into_string().map_err(|n| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("non-UTF-8 name {n:?}"))
+            })?;
+            entries.push((name, entry.path()));
+        }
+        entries.sort();
+        for (name, path) in entries {
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let meta = std::fs::symlink_metadata(&path)?;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path)?;
+                let mut header = self.header(tar::EntryType::Symlink, 0o777, 0);
+                self.builder.append_link(&mut header, &rel, target)?;
+            } else if meta.is_dir() {
+                self.dir(&rel)?;
+                self.tree(&rel, &path)?;
+            } else {
+                use std::os::unix::fs::PermissionsExt;
+                let data = std::fs::read(&path)?;
+                self.file(&rel, &data, meta.permissions().mode() & 0o111 != 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the archive.
+    pub fn finish(self) -> io::Result<W> {
+        self.builder.into_inner()
+    }
+}
+
+/// Pads `bytes` with zeros to a whole number of drive units (at least one).
+pub fn pad_to_drive(mut bytes: Vec<u8>) -> Vec<u8> {
+    let len = (bytes.len() as u64).max(1).div_ceil(DRIVE_ALIGN) * DRIVE_ALIGN;
+    bytes.resize(len as usize, 0);
+    bytes
+}
+
+/// Builds the input drive: `plan.env`, `source.tar`, `vendor.tar`, `cargo-config.toml`.
+pub fn build_input_drive(
+    plan: &Plan,
+    source_tar: &[u8],
+    vendor_tar: &[u8],
+    cargo_config: &str,
+) -> io::Result<Vec<u8>> {
+    let mut tar = DeterministicTar::new(Vec::new(), plan.source_date_epoch);
+    // Sorted by name.
+    tar.file("cargo-config.toml", cargo_config.as_bytes(), false)?;
+    tar.file("plan.env", plan.to_env().as_bytes(), false)?;
+    tar.file("source.tar", source_tar, false)?;
+    tar.file("vendor.tar", vendor_tar, false)?;
+    Ok(pad_to_drive(tar.finish()?))
+}
+
+/// The cargo configuration the guest uses: crates.io replaced by the vendored directory.
+pub const GUEST_CARGO_CONFIG: &str = "[source.crates-io]\nreplace-with = \"cmbuild-vendor\"\n\n[source.cmbuild-vendor]\ndirectory = \"/build/vendor\"\n\n[net]\noffline = true\n";
+
+/// What the guest reported for one target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetOutput {
+    /// cargo's exit status as the guest reported it.
+    pub status: Option<i32>,
+    /// The binaries found, by name, as paths under the extraction directory.
+    pub bins: BTreeMap<String, PathBuf>,
+    /// The tail of the build log, if any.
+    pub log_tail: String,
+}
+
+/// Extracts the guest's output drive into `dest` (fresh, empty) and checks it against the plan.
+pub fn collect_outputs(
+    output_drive: &[u8],
+    dest: &Path,
+    plan: &Plan,
+) -> Result<BTreeMap<String, TargetOutput>, PlanError> {
+    let limits = TarLimits::default();
+    let files = untrusted::extract_tar(output_drive, dest, limits)?;
+    let mut outputs = BTreeMap::new();
+    for target in &plan.targets {
+        let read_small = |name: &str| -> String {
+            let rel = format!("{target}/{name}");
+            if !files.contains(&rel) {
+                return String::new();
+            }
+            untrusted::read_capped(&dest.join(&rel), 64 << 10)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        let status = read_small("status").trim().parse().ok();
+        let log_tail = read_small("build.log");
+        let mut bins = BTreeMap::new();
+        for planned in &plan.bins {
+            let rel = format!("{target}/{}", planned.bin);
+            if files.contains(&rel) {
+                bins.insert(planned.bin.clone(), dest.join(&rel));
+            }
+        }
+        outputs.insert(
+            target.clone(),
+            TargetOutput {
+                status,
+                bins,
+                log_tail,
+            },
+        );
+    }
+    Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::{Profile, Selection};
+
+    fn bins() -> Vec<PlannedBin> {
+        vec![
+            PlannedBin {
+                package: "a".into(),
+                version: "1.0.0".into(),
+                bin: "a".into(),
+            },
+            PlannedBin {
+                package: "b".into(),
+                version: "0.2.0".into(),
+                bin: "b-tool".into(),
+            },
+        ]
+    }
+
+    fn selection(profile: Profile) -> Selection {
+        Selection {
+            targets: vec!["x86_64-unknown-linux-gnu".into()],
+            profile,
+            profile_name: "p".into(),
+        }
+    }
+
+    #[test]
+    fn plan_env_is_quoted_and_filtered_by_profile() {
+        let plan = Plan::new(
+            &selection(Profile {
+                packages: vec!["b".into()],
+                features: vec!["x".into(), "y".into()],
+                ..Profile::default()
+            }),
+            42,
+            &bins(),
+        )
+        .unwrap();
+        assert_eq!(plan.bins.len(), 1);
+        let env = plan.to_env();
+        assert!(env.contains("SOURCE_DATE_EPOCH='42'\n"));
+        assert!(env.contains("CARGO_FLAGS='--package b --features x,y'\n"));
+        assert!(env.contains("BINS='b-tool'\n"));
+        let bad = Plan::new(
+            &selection(Profile {
+                features: vec!["x'; rm -rf /".into()],
+                ..Profile::default()
+            }),
+            0,
+            &bins(),
+        );
+        assert!(matches!(bad, Err(PlanError::BadName(_))));
+        let none = Plan::new(
+            &selection(Profile {
+                packages: vec!["zzz".into()],
+                ..Profile::default()
+            }),
+            0,
+            &bins(),
+        );
+        assert!(matches!(none, Err(PlanError::NoBinaries(_))));
+    }
+
+    #[test]
+    fn input_drive_is_deterministic_and_aligned() {
+        let plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
+        let a = build_input_drive(&plan, b"src", b"vendor", GUEST_CARGO_CONFIG).unwrap();
+        let b = build_input_drive(&plan, b"src", b"vendor", GUEST_CARGO_CONFIG).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len() as u64 % DRIVE_ALIGN, 0);
+        let mut names = Vec::new();
+        for entry in tar::Archive::new(&a[..]).entries().unwrap() {
+            let entry = entry.unwrap();
+            assert_eq!(entry.header().mtime().unwrap(), 7);
+            names.push(entry.path().unwrap().display().to_string());
+        }
+        assert_eq!(names, ["cargo-config.toml", "plan.env", "source.tar", "vendor.tar"]);
+    }
+
+    #[test]
+    fn outputs_are_collected_per_target() {
+        let plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
+        let mut tar = DeterministicTar::new(Vec::new(), 0);
+        tar.dir("./x86_64-unknown-linux-gnu").unwrap();
+        tar.file("./x86_64-unknown-linux-gnu/a", b"ELF-a", true).unwrap();
+        tar.file("./x86_64-unknown-linux-gnu/status", b"0\n", false).unwrap();
+        let mut drive = tar.finish().unwrap();
+        drive.resize(1 << 20, 0); // the rest of the drive is zeros
+        let dir = tempfile::tempdir().unwrap();
+        let outputs = collect_outputs(&drive, dir.path(), &plan).unwrap();
+        let x86 = &outputs["x86_64-unknown-linux-gnu"];
+        assert_eq!(x86.status, Some(0));
+        assert_eq!(x86.bins.len(), 1, "b-tool was not built");
+        assert_eq!(std::fs::read(&x86.bins["a"]).unwrap(), b"ELF-a");
+    }
+}
