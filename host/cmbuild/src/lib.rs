@@ -4,6 +4,9 @@
 
 pub mod compare;
 pub mod manifest;
+pub mod pins;
 pub mod plan;
 pub mod project;
+pub mod run;
 pub mod untrusted;
+pub mod vendoring;

@@ -123,6 +123,9 @@ pub struct TarLimits {
     pub max_file_bytes: u64,
     /// Most bytes accepted in all.
     pub max_total_bytes: u64,
+    /// Accept symlinks whose target stays inside the tree (for cmbuild's own source
+    /// archives, which carry the project's symlinks); never for guest output.
+    pub allow_inner_symlinks: bool,
 }
 
 impl Default for TarLimits {
@@ -131,6 +134,7 @@ impl Default for TarLimits {
             max_entries: 10_000,
             max_file_bytes: 1 << 30,
             max_total_bytes: 4 << 30,
+            allow_inner_symlinks: false,
         }
     }
 }
@@ -202,6 +206,25 @@ pub fn extract_tar(
             create_dirs_checked(dest, &rel)?;
             continue;
         }
+        if kind == tar::EntryType::Symlink && limits.allow_inner_symlinks {
+            let target = entry
+                .link_name()?
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            if !symlink_stays_inside(&rel, &target) {
+                return Err(TarError::Kind {
+                    index,
+                    path: trimmed.to_owned(),
+                    kind: format!("symlink to {target:?} that leaves the tree"),
+                });
+            }
+            if let Some(parent) = rel.parent() {
+                create_dirs_checked(dest, parent)?;
+            }
+            std::os::unix::fs::symlink(&target, dest.join(&rel))?;
+            files.insert(trimmed.to_owned());
+            continue;
+        }
         if !kind.is_file() {
             return Err(TarError::Kind {
                 index,
@@ -250,6 +273,40 @@ pub fn extract_tar(
         files.insert(trimmed.to_owned());
     }
     Ok(files.into_iter().collect())
+}
+
+/// Whether a symlink at `link` (relative to the tree's root) pointing at `target` resolves,
+/// lexically, to a path inside the tree.
+fn symlink_stays_inside(link: &Path, target: &str) -> bool {
+    if target.is_empty() || target.starts_with('/') {
+        return false;
+    }
+    let mut depth: Vec<&str> = link
+        .parent()
+        .map(|p| p.iter().filter_map(|c| c.to_str()).collect())
+        .unwrap_or_default();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if depth.pop().is_none() {
+                    return false;
+                }
+            }
+            other => depth.push(other),
+        }
+    }
+    true
+}
+
+/// Extracts cmbuild's own source archive: like [`extract_tar`], but keeping symlinks that
+/// stay inside the tree.
+pub fn extract_tar_with_links(archive: impl Read, dest: &Path) -> Result<Vec<String>, TarError> {
+    let limits = TarLimits {
+        allow_inner_symlinks: true,
+        ..TarLimits::default()
+    };
+    extract_tar(archive, dest, limits)
 }
 
 /// Creates `rel` under `dest` one component at a time, refusing to pass through a symlink.
@@ -399,6 +456,25 @@ mod tests {
             // Nothing escaped the destination.
             let outside: Vec<_> = fs::read_dir(outer.path()).unwrap().collect();
             assert_eq!(outside.len(), 1, "case {i} wrote outside");
+        }
+    }
+
+    #[test]
+    fn inner_symlinks_only_when_allowed() {
+        let inner = tar_with(&[
+            ("d/f", tar::EntryType::Regular, b"x", None),
+            ("d/l", tar::EntryType::Symlink, b"", Some("f")),
+            ("up", tar::EntryType::Symlink, b"", Some("d/../d/f")),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        extract_tar_with_links(&inner[..], dir.path()).unwrap();
+        assert_eq!(fs::read(dir.path().join("d/l")).unwrap(), b"x");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(extract_tar(&inner[..], dir.path(), TarLimits::default()).is_err());
+        for target in ["../../x", "/etc/passwd", "../d/../../x"] {
+            let outer = tar_with(&[("d/l", tar::EntryType::Symlink, b"", Some(target))]);
+            let dir = tempfile::tempdir().unwrap();
+            assert!(extract_tar_with_links(&outer[..], dir.path()).is_err(), "{target}");
         }
     }
 

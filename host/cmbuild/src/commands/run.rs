@@ -1,17 +1,156 @@
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::Context;
+use cmbuild::run::{run_release, Progress, RunOptions};
 
 /// Build a release of the project offline, inside the deterministic machine, for every triple.
 ///
-/// Takes REV from the project's git, makes a deterministic source archive, boots the pinned
-/// guest image with the vendored crates, runs `cargo build --release --locked --offline`
-/// per target triple and writes `builds/REV/manifest.json`, `machine.json` and the binaries.
+/// Takes REV (a tag or commit) from the project's git, makes a deterministic source archive
+/// of it, checks that every crate of its Cargo.lock and every pinned guest-image input is in
+/// the mirror, boots the pinned guest image on cmbuild's machine with the source and the
+/// vendored crates, runs `cargo build --release --locked --offline --target T` for each
+/// triple, and writes `OUT/REV/manifest.json`, `OUT/REV/machine.json` and
+/// `OUT/REV/<triple>/<bin>`. Nothing here reads the network, the host's clock or the host's
+/// toolchain: anyone re-running it gets the same bytes and the same root hashes.
+///
+/// Examples:
+///   cmbuild run --release v0.1.0
+///   cmbuild run --release v0.1.0 --target x86_64-unknown-linux-gnu --out /tmp/builds
+///   cmbuild run --release v0.1.0 --test-reproduce
 #[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
 pub struct Args {
     /// The tag or commit to build.
-    #[arg(long)]
+    #[arg(long, value_name = "REV")]
     release: String,
+    /// The project (any directory inside its git repository).
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    project: PathBuf,
+    /// One target triple, or `all` (the triples of cmbuild.toml, by default
+    /// x86_64-unknown-linux-gnu, aarch64-unknown-linux-gnu and riscv64gc-unknown-linux-gnu).
+    #[arg(long, value_name = "TRIPLE")]
+    target: Option<String>,
+    /// A profile of cmbuild.toml (packages, bins, features).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Where REV/ is written.
+    #[arg(long, default_value = "builds", value_name = "DIR")]
+    out: PathBuf,
+    /// The content-addressed mirror `cmbuild vendor` filled.
+    #[arg(long, default_value = "vendor-mirror", value_name = "DIR")]
+    mirror: PathBuf,
+    /// Machines run at once (one per triple); default: the number of cores.
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Build all triples in one machine instead of one machine per triple.
+    #[arg(long)]
+    single_machine: bool,
+    /// RAM of each machine, in MiB.
+    #[arg(long, default_value_t = 4096, value_name = "MIB")]
+    ram_mib: u64,
+    /// Stop a machine that has not halted by this mcycle (the run then fails).
+    #[arg(long, default_value_t = 1 << 44, value_name = "N")]
+    max_mcycle: u64,
+    /// A digests.lock.env to use instead of the one cmbuild was built with.
+    #[arg(long, value_name = "FILE")]
+    pins: Option<PathBuf>,
+    /// Run twice, into OUT/run1 and OUT/run2, then compare the two.
+    #[arg(long)]
+    test_reproduce: bool,
 }
 
-pub fn exec(_args: Args) -> anyhow::Result<ExitCode> {
-    super::not_implemented("cmbuild run")
+pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    let pins_text = match &args.pins {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?,
+        None => cmbuild::pins::BUILTIN.to_owned(),
+    };
+    let pins = cmbuild::pins::parse(&pins_text)?;
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let opts = RunOptions {
+        project_dir: args.project.clone(),
+        rev: args.release.clone(),
+        target: args.target.clone(),
+        profile: args.profile.clone(),
+        out_dir: args.out.clone(),
+        mirror_dir: args.mirror.clone(),
+        jobs,
+        ram_length: args.ram_mib << 20,
+        scratch_length: 256 << 20,
+        output_length: 512 << 20,
+        max_mcycle: args.max_mcycle,
+        machine_per_target: !args.single_machine,
+        pins,
+    };
+    if !args.test_reproduce {
+        run_once(&opts)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut dirs = Vec::new();
+    for name in ["run1", "run2"] {
+        eprintln!("== {name}");
+        let summary = run_once(&RunOptions {
+            out_dir: args.out.join(name),
+            ..opts.clone()
+        })?;
+        dirs.push(summary);
+    }
+    let report = cmbuild::compare::compare_builds(&dirs[0], &dirs[1], &super::compare::cid_of_file)?;
+    Ok(super::compare::print_report(&report))
+}
+
+fn run_once(opts: &RunOptions) -> anyhow::Result<PathBuf> {
+    let started = Instant::now();
+    let last: Mutex<(Instant, u64)> = Mutex::new((Instant::now(), 0));
+    let progress = |event: Progress| match event {
+        Progress::Phase(text) => eprintln!("cmbuild run: {text}"),
+        Progress::Machine {
+            name,
+            mcycle,
+            console,
+        } => {
+            // The guest's console goes to stdout unchanged; the machine's pace to stderr.
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&console);
+            let _ = out.flush();
+            let mut last = last.lock().expect("progress lock");
+            let elapsed = last.0.elapsed().as_secs_f64();
+            if elapsed >= 10.0 {
+                let mips = mcycle.saturating_sub(last.1) as f64 / elapsed / 1e6;
+                eprintln!(
+                    "cmbuild run: [{name}] mcycle {mcycle} ({mips:.0} MIPS, {:.0}s elapsed)",
+                    started.elapsed().as_secs_f64()
+                );
+                *last = (Instant::now(), mcycle);
+            }
+        }
+        Progress::MachineDone {
+            name,
+            mcycle,
+            exit_code,
+        } => eprintln!(
+            "cmbuild run: [{name}] halted, exit code {} at mcycle {mcycle}",
+            exit_code.map_or("?".into(), |c| c.to_string())
+        ),
+    };
+    let summary = run_release(opts, &progress)?;
+    println!("release {} (commit {})", summary.manifest.release, summary.manifest.commit);
+    for a in &summary.manifest.artifacts {
+        println!("  {:<30} {:<12} {}  {}", a.target, a.bin, a.sha256, a.cid);
+    }
+    for m in &summary.machine.machines {
+        println!("  machine [{}] {} mcycle {}", m.targets.join(","), m.root_hash, m.mcycle);
+    }
+    eprintln!(
+        "cmbuild run: wrote {} in {:.0}s",
+        summary.dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(summary.dir)
 }
