@@ -259,8 +259,7 @@ pub fn run_release(
 
     // One machine per group; each gets the plan restricted to its targets.
     let groups = machine_groups(&plan.targets, opts.machine_per_target);
-    let results: Mutex<BTreeMap<usize, Result<(MachineRun, Vec<u8>), RunError>>> =
-        Mutex::new(BTreeMap::new());
+    let results: Mutex<BTreeMap<usize, MachineResult>> = Mutex::new(BTreeMap::new());
     let next = Mutex::new(0usize);
     let jobs = opts.jobs.clamp(1, groups.len().max(1));
     progress(Progress::Phase(format!(
@@ -379,6 +378,9 @@ fn build_input_drive_for(
     plan::build_input_drive(plan, source_tar, vendor_tar, plan::GUEST_CARGO_CONFIG)
 }
 
+/// A machine's record and its output drive, or why it failed.
+type MachineResult = Result<(MachineRun, Vec<u8>), RunError>;
+
 /// The kernel command line of a build machine.
 pub const BOOTARGS: &str = "console=ttyS0 quiet cmbuild.mode=build";
 
@@ -390,7 +392,7 @@ fn run_machine(
     input_drive: Vec<u8>,
     inputs: &BTreeMap<String, String>,
     progress: &(dyn Fn(Progress) + Sync),
-) -> Result<(MachineRun, Vec<u8>), RunError> {
+) -> MachineResult {
     let name = targets.join(",");
     let zeros = |len: u64| vec![0u8; (len.max(1).div_ceil(DRIVE_ALIGN) * DRIVE_ALIGN) as usize];
     // The input drive's CID enters the machine's identity through the state hash; keep it

@@ -3,16 +3,13 @@
 pub mod cid;
 pub mod compare;
 pub mod image;
+pub mod image_build;
+pub mod image_lock;
 pub mod machine;
 pub mod mirror;
+pub mod mirror_ipfs;
 pub mod run;
 pub mod vendor;
+pub mod vendor_debs;
 pub mod verify;
 
-use std::process::ExitCode;
-
-/// The answer of a subcommand that another issue has not delivered yet.
-pub fn not_implemented(what: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("cmbuild: `{what}` is not implemented yet");
-    Ok(ExitCode::from(2))
-}
