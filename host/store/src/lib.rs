@@ -1,1 +1,17 @@
-//! placeholder
+//! Content IDs (IPFS CIDv1), the content-addressed vendor mirror, verified downloads.
+//!
+//! - [`cid`]: streaming CIDs identical to `ipfs add --cid-version=1 --raw-leaves`.
+//! - [`mirror`]: blobs stored under their CID, written atomically, verified when read,
+//!   and an index from names (crate name and version, ...) to CIDs.
+//! - [`download`]: fetch a URL into the mirror, checked against a pinned sha256.
+//! - [`lockfile`] and [`crates`]: Cargo.lock parsing and the deterministic unpacking of
+//!   `.crate` archives into a cargo directory source.
+//! - [`car`] and [`kubo`]: CAR export of blob DAGs and a Kubo RPC client.
+
+pub mod car;
+pub mod cid;
+pub mod crates;
+pub mod download;
+pub mod kubo;
+pub mod lockfile;
+pub mod mirror;

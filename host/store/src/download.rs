@@ -1,0 +1,368 @@
+//! Downloads into the mirror, checked against a pinned sha256.
+//!
+//! The body streams into a staged blob (see [`crate::mirror::BlobWriter`]) while its sha256
+//! and CID are computed; only when the sha256 equals the pinned one is the blob committed
+//! under its CID. Anything else (a wrong hash, a broken connection, an HTTP error) leaves
+//! nothing in the mirror. Transient failures (connection problems, timeouts, HTTP 408, 429
+//! and 5xx, a body cut short) are retried with a growing pause.
+
+use std::io::{self, Read, Write};
+use std::time::Duration;
+
+use crate::mirror::{Mirror, MirrorError, Stored};
+
+/// How often a transient failure is tried again, in all.
+const DEFAULT_ATTEMPTS: u32 = 4;
+const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Errors of a download.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// GET {url} answered HTTP {status} (after {attempts} attempt(s))
+    #[error("GET {url} answered HTTP {status} (after {attempts} attempt(s))")]
+    Status {
+        url: String,
+        status: u16,
+        attempts: u32,
+    },
+    /// cannot reach {url} (after {attempts} attempt(s))
+    #[error("cannot reach {url} (after {attempts} attempt(s))")]
+    Network {
+        url: String,
+        attempts: u32,
+        #[source]
+        source: Box<ureq::Transport>,
+    },
+    /// the download of {url} broke off (after {attempts} attempt(s))
+    #[error("the download of {url} broke off (after {attempts} attempt(s))")]
+    Body {
+        url: String,
+        attempts: u32,
+        #[source]
+        source: io::Error,
+    },
+    /// sha256 mismatch for {url}: expected {expected}, got {actual}; nothing was stored
+    #[error("sha256 mismatch for {url}: expected {expected}, got {actual}; nothing was stored")]
+    Mismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    /// the mirror refused the download of {url}
+    #[error("the mirror refused the download of {url}")]
+    Mirror {
+        url: String,
+        #[source]
+        source: MirrorError,
+    },
+}
+
+/// One attempt's failure, before the retry decision.
+enum Failure {
+    Transient(DownloadError),
+    Final(DownloadError),
+}
+
+/// An HTTP client with retries; cheap to clone, reuses connections.
+#[derive(Debug, Clone)]
+pub struct Downloader {
+    agent: ureq::Agent,
+    attempts: u32,
+    backoff: Duration,
+}
+
+impl Default for Downloader {
+    fn default() -> Self {
+        Downloader::new()
+    }
+}
+
+impl Downloader {
+    pub fn new() -> Downloader {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(30))
+            .timeout_read(Duration::from_secs(60))
+            .user_agent(concat!("cmbuild/", env!("CARGO_PKG_VERSION")))
+            .try_proxy_from_env(true)
+            .build();
+        Downloader {
+            agent,
+            attempts: DEFAULT_ATTEMPTS,
+            backoff: DEFAULT_BACKOFF,
+        }
+    }
+
+    /// Sets how many attempts a transient failure gets and the first pause (doubling after).
+    pub fn with_retries(mut self, attempts: u32, backoff: Duration) -> Downloader {
+        self.attempts = attempts.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    /// Downloads `url` into `mirror`; commits it only if its sha256 is `expected_sha256`.
+    /// `progress(done, total)` reports the bytes of the current attempt (`done` starts again
+    /// from 0 when an attempt is retried) and the length the server announced.
+    pub fn fetch_to_mirror(
+        &self,
+        url: &str,
+        expected_sha256: &[u8; 32],
+        mirror: &Mirror,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<Stored, DownloadError> {
+        let mut attempt = 1;
+        loop {
+            match self.try_once(url, attempt, expected_sha256, mirror, progress) {
+                Ok(stored) => return Ok(stored),
+                Err(Failure::Transient(_)) if attempt < self.attempts => {
+                    std::thread::sleep(self.backoff * 2u32.pow(attempt - 1));
+                    attempt += 1;
+                }
+                Err(Failure::Transient(err) | Failure::Final(err)) => return Err(err),
+            }
+        }
+    }
+
+    fn try_once(
+        &self,
+        url: &str,
+        attempts: u32,
+        expected_sha256: &[u8; 32],
+        mirror: &Mirror,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<Stored, Failure> {
+        let mirror_error = |source| {
+            Failure::Final(DownloadError::Mirror {
+                url: url.to_owned(),
+                source,
+            })
+        };
+        let response = match self.agent.get(url).call() {
+            Ok(response) => response,
+            Err(ureq::Error::Status(status, _)) => {
+                let err = DownloadError::Status {
+                    url: url.to_owned(),
+                    status,
+                    attempts,
+                };
+                let transient = status == 408 || status == 429 || status >= 500;
+                return Err(if transient {
+                    Failure::Transient(err)
+                } else {
+                    Failure::Final(err)
+                });
+            }
+            Err(ureq::Error::Transport(transport)) => {
+                return Err(Failure::Transient(DownloadError::Network {
+                    url: url.to_owned(),
+                    attempts,
+                    source: Box::new(transport),
+                }))
+            }
+        };
+        let total = response
+            .header("content-length")
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut body = response.into_reader();
+        let mut writer = mirror.begin_blob().map_err(mirror_error)?;
+        let mut buffer = vec![0u8; 256 * 1024];
+        let mut done = 0u64;
+        progress(0, total);
+        let body_error = |source| {
+            Failure::Transient(DownloadError::Body {
+                url: url.to_owned(),
+                attempts,
+                source,
+            })
+        };
+        loop {
+            let n = match body.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(body_error(err)),
+            };
+            writer.write_all(&buffer[..n]).map_err(|source| {
+                mirror_error(MirrorError::Io {
+                    action: "write",
+                    path: writer.path().to_owned(),
+                    source,
+                })
+            })?;
+            done += n as u64;
+            progress(done, total);
+        }
+        if total.is_some_and(|total| total != done) {
+            return Err(body_error(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("got {done} of {} bytes", total.unwrap_or(0)),
+            )));
+        }
+        let staged = writer.finish().map_err(mirror_error)?;
+        if staged.stored().sha256 != *expected_sha256 {
+            // Dropping the staged blob removes it.
+            return Err(Failure::Final(DownloadError::Mismatch {
+                url: url.to_owned(),
+                expected: hex::encode(expected_sha256),
+                actual: hex::encode(staged.stored().sha256),
+            }));
+        }
+        staged.commit().map_err(mirror_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+    use std::io::BufRead;
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    /// A one-thread HTTP server answering each request with the next canned response.
+    /// Returns the base URL and the list of request paths it saw.
+    fn serve(responses: Vec<Vec<u8>>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for response in responses {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                log.lock()
+                    .unwrap()
+                    .push(line.split(' ').nth(1).unwrap_or("").to_owned());
+                while {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    header != "\r\n" && !header.is_empty()
+                } {}
+                let mut stream = stream;
+                let _ = stream.write_all(&response);
+            }
+        });
+        (url, seen)
+    }
+
+    fn ok(body: &[u8]) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn status(code: u16) -> Vec<u8> {
+        format!("HTTP/1.1 {code} Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .into_bytes()
+    }
+
+    fn fast() -> Downloader {
+        Downloader::new().with_retries(3, Duration::ZERO)
+    }
+
+    fn blob_count(mirror: &Mirror) -> usize {
+        std::fs::read_dir(mirror.root().join("blobs"))
+            .unwrap()
+            .count()
+    }
+
+    #[test]
+    fn retries_transient_errors_then_stores_the_verified_body() {
+        let body = b"crate bytes".repeat(1000);
+        let (url, seen) = serve(vec![status(503), status(429), ok(&body)]);
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let sha: [u8; 32] = Sha256::digest(&body).into();
+        let mut last = (0, None);
+        let stored = fast()
+            .fetch_to_mirror(&format!("{url}/x.crate"), &sha, &mirror, &mut |d, t| {
+                last = (d, t)
+            })
+            .unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        assert_eq!(last, (body.len() as u64, Some(body.len() as u64)));
+        assert_eq!(stored.sha256, sha);
+        assert_eq!(mirror.read_verified(&stored.cid).unwrap(), body);
+    }
+
+    #[test]
+    fn not_found_is_final_and_named() {
+        let (url, seen) = serve(vec![status(404), status(404)]);
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let err = fast()
+            .fetch_to_mirror(&format!("{url}/gone"), &[0; 32], &mirror, &mut |_, _| {})
+            .unwrap_err();
+        assert!(matches!(err, DownloadError::Status { status: 404, .. }));
+        assert!(err.to_string().contains("/gone"), "{err}");
+        assert_eq!(seen.lock().unwrap().len(), 1, "404 is not retried");
+        assert_eq!(blob_count(&mirror), 0);
+    }
+
+    #[test]
+    fn wrong_sha256_stores_nothing() {
+        let (url, _) = serve(vec![ok(b"doctored")]);
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let err = fast()
+            .fetch_to_mirror(&url, &[0xab; 32], &mirror, &mut |_, _| {})
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&"ab".repeat(32)), "{text}");
+        assert!(
+            text.contains(&hex::encode(Sha256::digest(b"doctored"))),
+            "{text}"
+        );
+        assert_eq!(blob_count(&mirror), 0);
+    }
+
+    #[test]
+    fn truncated_body_is_retried_and_then_reported() {
+        let mut short = ok(b"0123456789");
+        short.truncate(short.len() - 4);
+        let (url, seen) = serve(vec![short.clone(), short.clone(), short]);
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let sha: [u8; 32] = Sha256::digest(b"0123456789").into();
+        let err = fast()
+            .fetch_to_mirror(&url, &sha, &mirror, &mut |_, _| {})
+            .unwrap_err();
+        assert!(
+            matches!(err, DownloadError::Body { attempts: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        assert_eq!(blob_count(&mirror), 0);
+    }
+
+    #[test]
+    fn unreachable_host_is_a_network_error() {
+        // Bind then drop a listener: nothing listens on that port any more.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let err = Downloader::new()
+            .with_retries(2, Duration::ZERO)
+            .fetch_to_mirror(
+                &format!("http://127.0.0.1:{port}/x"),
+                &[0; 32],
+                &mirror,
+                &mut |_, _| {},
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, DownloadError::Network { attempts: 2, .. }),
+            "{err}"
+        );
+        assert_eq!(blob_count(&mirror), 0);
+    }
+}
