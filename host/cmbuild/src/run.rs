@@ -34,6 +34,9 @@ pub struct RunOptions {
     /// Where `REV/` is created.
     pub out_dir: PathBuf,
     pub mirror_dir: PathBuf,
+    /// Where `cmbuild image build` wrote the guest image; consulted for pinned image files
+    /// the mirror does not hold (each file is still checked against its pinned CID).
+    pub image_dir: Option<PathBuf>,
     /// Machines run at once.
     pub jobs: usize,
     /// RAM of each machine, bytes.
@@ -126,9 +129,22 @@ fn cid_string(bytes: &[u8]) -> String {
     cmbuild_store::cid::cid_of_bytes(bytes).to_string()
 }
 
-/// Reads a pinned blob from the mirror, verified; records a missing one.
+/// The file `cmbuild image build` writes for each guest-image pin.
+fn image_file_name(pin: &str) -> Option<&'static str> {
+    match pin {
+        pins::KERNEL => Some("vmlinux"),
+        pins::FIRMWARE => Some("fw_jump.bin"),
+        pins::INITRD => Some("initramfs.cpio"),
+        pins::ROOTFS => Some("rootfs.erofs"),
+        _ => None,
+    }
+}
+
+/// Reads a pinned blob from the mirror (or the image directory), verified against its CID;
+/// records a missing one.
 fn read_pinned(
     mirror: &Mirror,
+    image_dir: Option<&Path>,
     name: &str,
     cid: &str,
     missing: &mut Vec<String>,
@@ -140,13 +156,25 @@ fn read_pinned(
             return None;
         }
     };
-    match mirror.read_verified(&parsed) {
-        Ok(bytes) => Some(bytes),
-        Err(e) => {
-            missing.push(format!("{name} {cid} ({e})"));
-            None
+    let mirror_error = match mirror.read_verified(&parsed) {
+        Ok(bytes) => return Some(bytes),
+        Err(e) => e.to_string(),
+    };
+    if let (Some(dir), Some(file)) = (image_dir, image_file_name(name)) {
+        let path = dir.join(file);
+        if let Ok(bytes) = std::fs::read(&path) {
+            if cmbuild_store::cid::cid_of_bytes(&bytes) == parsed {
+                return Some(bytes);
+            }
+            missing.push(format!(
+                "{name} {cid}: not in the mirror, and {} has other bytes (run `cmbuild image build`)",
+                path.display()
+            ));
+            return None;
         }
     }
+    missing.push(format!("{name} {cid} ({mirror_error})"));
+    None
 }
 
 /// The guest image, read from the mirror by its pins.
@@ -213,7 +241,7 @@ pub fn run_release(
     let mut missing = Vec::new();
     let mut blob = |key: &str| -> Option<Vec<u8>> {
         match pins::require(&opts.pins, key) {
-            Ok(cid) => read_pinned(&mirror, key, cid, &mut missing),
+            Ok(cid) => read_pinned(&mirror, opts.image_dir.as_deref(), key, cid, &mut missing),
             Err(e) => {
                 missing.push(e.to_string());
                 None

@@ -1,1 +1,14 @@
-//! placeholder
+//! The guest image: Debian metadata and the package lock ([`debian`], [`resolve`],
+//! [`lock`]), and its deterministic assembly from the locked `.deb`s ([`deb`] extraction,
+//! [`rootfs`] merging and fixups, the [`erofs`] and [`cpio`] writers, the [`initramfs`],
+//! and [`image`], the whole build).
+
+pub mod cpio;
+pub mod deb;
+pub mod debian;
+pub mod erofs;
+pub mod image;
+pub mod initramfs;
+pub mod lock;
+pub mod resolve;
+pub mod rootfs;

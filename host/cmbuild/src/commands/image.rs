@@ -10,14 +10,14 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Resolve the package request against Debian trixie's signed indices into guest-image/lock.
-    Lock,
+    Lock(super::image_lock::Args),
     /// Assemble kernel, firmware, initramfs and root image offline from the mirror.
-    Build,
+    Build(super::image_build::Args),
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
-        Command::Lock => super::not_implemented("cmbuild image lock"),
-        Command::Build => super::not_implemented("cmbuild image build"),
+        Command::Lock(args) => super::image_lock::exec(args),
+        Command::Build(args) => super::image_build::exec(args),
     }
 }

@@ -6,6 +6,7 @@ pub mod image;
 pub mod image_build;
 pub mod image_lock;
 pub mod machine;
+pub mod machine_snapshot;
 pub mod mirror;
 pub mod mirror_ipfs;
 pub mod run;

@@ -43,6 +43,10 @@ pub struct Args {
     /// The content-addressed mirror `cmbuild vendor` filled.
     #[arg(long, default_value = "vendor-mirror", value_name = "DIR")]
     mirror: PathBuf,
+    /// Where `cmbuild image build` wrote the guest image (used for pinned image files that
+    /// are not in the mirror; every file is checked against its pinned CID).
+    #[arg(long, default_value = "build/image", value_name = "DIR")]
+    image_dir: PathBuf,
     /// Machines run at once (one per triple); default: the number of cores.
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
@@ -80,6 +84,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         profile: args.profile.clone(),
         out_dir: args.out.clone(),
         mirror_dir: args.mirror.clone(),
+        image_dir: Some(args.image_dir.clone()),
         jobs,
         ram_length: args.ram_mib << 20,
         scratch_length: 256 << 20,

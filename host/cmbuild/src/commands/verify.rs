@@ -23,6 +23,10 @@ pub struct Args {
     /// The content-addressed mirror `cmbuild vendor` filled.
     #[arg(long, default_value = "vendor-mirror", value_name = "DIR")]
     mirror: PathBuf,
+    /// Where `cmbuild image build` wrote the guest image (used for pinned image files that
+    /// are not in the mirror; every file is checked against its pinned CID).
+    #[arg(long, default_value = "build/image", value_name = "DIR")]
+    image_dir: PathBuf,
     /// Where the rebuild goes (default: a fresh directory under builds/verify).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -61,6 +65,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
             profile: None,
             out_dir: out.join(target),
             mirror_dir: args.mirror.clone(),
+            image_dir: Some(args.image_dir.clone()),
             jobs,
             ram_length: 4096 << 20,
             scratch_length: 256 << 20,

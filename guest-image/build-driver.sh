@@ -1,0 +1,75 @@
+#!/bin/sh
+# cmbuild's build driver, run by /init inside the guest's root image (see PROTOCOL.md).
+#
+# Reads the input drive (a tar: plan.env, source.tar, vendor.tar, cargo-config.toml),
+# builds every triple of the plan with cargo --offline --locked, copies the planned
+# binaries to /out/<triple>/, and writes /out as one tar onto the output drive. Paths are
+# fixed (/build/...), and remapped in every artifact, so nothing of the build leaks.
+
+export PATH=/usr/bin:/usr/sbin:/usr/lib/cmbuild/bin
+export LANG=C.UTF-8 TZ=UTC
+set -u
+input="${CMBUILD_INPUT:-/dev/pmem1}"
+output="${CMBUILD_OUTPUT:-/dev/pmem2}"
+
+say() { echo "cmbuild-driver: $*"; }
+finish() {
+    tar -C /out -cf "$output" . || say "cannot write the output drive $output"
+    sync
+    say "done"
+    poweroff -f
+    sleep 10
+}
+
+mkdir -p /build/src /build/vendor /build/cargo-home /build/home /out
+if ! tar -xf "$input" -C /build || [ ! -f /build/plan.env ]; then
+    say "cannot read the build plan from $input"
+    echo "input" > /out/error
+    finish
+fi
+set -a
+. /build/plan.env
+set +a
+tar -xf /build/source.tar -C /build/src && tar -xf /build/vendor.tar -C /build/vendor || {
+    say "cannot unpack the source or the vendored crates"
+    echo "unpack" > /out/error
+    finish
+}
+rm -f /build/source.tar /build/vendor.tar
+
+export CARGO_HOME=/build/cargo-home
+cp /usr/lib/cmbuild/cargo-config.toml "$CARGO_HOME/config.toml"
+export CARGO_TERM_COLOR=never CARGO_TERM_PROGRESS_WHEN=never CARGO_INCREMENTAL=0
+
+cd /build/src || finish
+for target in $TARGETS; do
+    case "$target" in
+        x86_64-*) clang_target=x86_64-linux-gnu ;;
+        aarch64-*) clang_target=aarch64-linux-gnu ;;
+        riscv64*) clang_target=riscv64-linux-gnu ;;
+        *) clang_target="" ;;
+    esac
+    # RUSTFLAGS replaces the config's per-target rustflags, so it carries the linker
+    # flags too; they apply to the target's artifacts only (build scripts use cc).
+    RUSTFLAGS="--remap-path-prefix=/build/src=/src --remap-path-prefix=/build/vendor=/vendor --remap-path-prefix=/build/cargo-home=/cargo -C linker=clang"
+    if [ -n "$clang_target" ]; then
+        RUSTFLAGS="$RUSTFLAGS -C link-arg=--target=$clang_target -C link-arg=-fuse-ld=lld"
+    fi
+    export RUSTFLAGS
+    mkdir -p "/out/$target"
+    say "building $target"
+    # shellcheck disable=SC2086 # CARGO_FLAGS is a word list by design.
+    cargo build --release --locked --offline --config /build/cargo-config.toml \
+        --target "$target" ${CARGO_FLAGS:-} > "/build/$target.log" 2>&1
+    status=$?
+    tail -n 100 "/build/$target.log"
+    tail -n 200 "/build/$target.log" > "/out/$target/build.log"
+    echo "$status" > "/out/$target/status"
+    say "$target finished with status $status"
+    for bin in ${BINS:-}; do
+        if [ -f "target/$target/release/$bin" ]; then
+            cp "target/$target/release/$bin" "/out/$target/$bin"
+        fi
+    done
+done
+finish

@@ -1,0 +1,376 @@
+//! The whole guest-image build: locked `.deb`s in, kernel, firmware, initramfs and root
+//! image out, byte-identical on every run and every host.
+//!
+//! Inputs are only the lock, the package bytes (handed over by the caller, who fetches
+//! them verified from the mirror; their sha256 is checked again here against the lock) and
+//! the guest scripts compiled into this crate. Nothing reads host time, owners, umask or
+//! directory order: the trees are in-memory maps and every writer fixes its own metadata.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::deb::{extract_deb, DebError};
+use crate::erofs::{write_erofs, ErofsError, ErofsOptions};
+use crate::initramfs::{initramfs_bytes, initramfs_tree, kernel_image, InitramfsError};
+use crate::lock::{BoxError, Lock, LockedPackage};
+use crate::rootfs::{add_skeleton, apply_fixups, RootfsError, Tree, CMBUILD_DIR};
+
+/// `/init` of the initramfs.
+pub const INIT_SCRIPT: &str = include_str!("../../../guest-image/init");
+/// The build driver the init runs inside the root image.
+pub const BUILD_DRIVER: &str = include_str!("../../../guest-image/build-driver.sh");
+/// Cross-linking configuration for cargo inside the guest.
+pub const CARGO_CONFIG: &str = include_str!("../../../guest-image/cargo-config.toml");
+
+/// Output file names inside the output directory, with their `digests.lock.env` keys.
+pub const OUTPUTS: &[(&str, &str)] = &[
+    ("GUEST_FIRMWARE_CID", "fw_jump.bin"),
+    ("GUEST_INITRD_CID", "initramfs.cpio"),
+    ("GUEST_KERNEL_CID", "vmlinux"),
+    ("GUEST_ROOTFS_CID", "rootfs.erofs"),
+];
+
+/// Rust target triples and the Debian architecture whose `libstd-rust-dev` serves each.
+pub const TRIPLES: &[(&str, &str)] = &[
+    ("aarch64-unknown-linux-gnu", "arm64"),
+    ("riscv64gc-unknown-linux-gnu", "riscv64"),
+    ("x86_64-unknown-linux-gnu", "amd64"),
+];
+
+/// Fixed volume UUID of the root image ("cmbuild rootfs v1" in ASCII, truncated).
+const ROOTFS_UUID: [u8; 16] = *b"cmbuild-rootfs-1";
+/// Every inode's time: 2000-01-01T00:00:00Z, so no build time leaks in.
+const FIXED_TIME: u64 = 946_684_800;
+/// Where OpenSBI's generic fw_jump lives in Debian's opensbi package.
+const FIRMWARE_PATH: &str = "usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin";
+
+/// Why the image could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// package {name} ({arch}) could not be loaded
+    #[error("package {name} ({arch}) could not be loaded")]
+    Load {
+        name: String,
+        arch: String,
+        #[source]
+        source: BoxError,
+    },
+    /// package {name} ({arch}) does not match the lock: sha256 {actual}, lock says {expected}
+    #[error(
+        "package {name} ({arch}) does not match the lock: sha256 {actual}, lock says {expected}"
+    )]
+    Mismatch {
+        name: String,
+        arch: String,
+        expected: String,
+        actual: String,
+    },
+    /// the lock has no {0} package
+    #[error("the lock has no {0} package")]
+    MissingPackage(String),
+    /// extracting {name} ({arch})
+    #[error("extracting {name} ({arch})")]
+    Deb {
+        name: String,
+        arch: String,
+        #[source]
+        source: DebError,
+    },
+    /// assembling the root tree
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    /// writing the root image
+    #[error(transparent)]
+    Erofs(#[from] ErofsError),
+    /// building the initramfs
+    #[error(transparent)]
+    Initramfs(#[from] InitramfsError),
+    /// writing {path}
+    #[error("writing {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a build produced: output file name -> path, and the toolchain descriptors.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub files: BTreeMap<String, PathBuf>,
+    /// Triple -> canonical text describing its toolchain (see [`toolchain_descriptor`]).
+    pub toolchains: BTreeMap<String, String>,
+}
+
+/// Progress reports, so the CLI can say what is going on during a minutes-long build.
+#[derive(Debug, Clone)]
+pub enum Step<'a> {
+    Extracting {
+        name: &'a str,
+        index: usize,
+        total: usize,
+    },
+    Writing(&'a str),
+}
+
+/// Build the four images into `out_dir`. `load` returns a locked package's bytes.
+pub fn build_image(
+    lock: &Lock,
+    mut load: impl FnMut(&LockedPackage) -> Result<Vec<u8>, BoxError>,
+    out_dir: &Path,
+    mut progress: impl FnMut(Step),
+) -> Result<Built, ImageError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io { path, source }
+    };
+    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    let mut packages: Vec<&LockedPackage> = lock.packages.iter().collect();
+    packages.sort_by(|a, b| (&a.name, &a.architecture).cmp(&(&b.name, &b.architecture)));
+
+    let mut root = Tree::new();
+    add_skeleton(&mut root)?;
+    let mut kernel: Option<Tree> = None;
+    let mut firmware: Option<Vec<u8>> = None;
+    let total = packages.len();
+    for (index, package) in packages.iter().enumerate() {
+        progress(Step::Extracting {
+            name: &package.name,
+            index,
+            total,
+        });
+        let entries = read_package(package, &mut load)?;
+        let ships_kernel = package.name.starts_with("linux-image-")
+            && entries.iter().any(|e| e.path.starts_with("boot/vmlinux-"));
+        if ships_kernel {
+            // The kernel and its modules belong to the boot files, not the build root
+            // (the `linux-image-riscv64` metapackage ships only docs and goes to the root).
+            let mut tree = Tree::new();
+            tree.install(&entries)?;
+            kernel = Some(tree);
+        } else if package.name == "opensbi" {
+            let mut tree = Tree::new();
+            tree.install(&entries)?;
+            firmware = Some(tree.read_file(FIRMWARE_PATH)?.to_vec());
+        } else {
+            root.install(&entries)?;
+        }
+    }
+    let kernel = kernel.ok_or_else(|| ImageError::MissingPackage("linux-image-*".into()))?;
+    let firmware = firmware.ok_or_else(|| ImageError::MissingPackage("opensbi".into()))?;
+
+    apply_fixups(&mut root)?;
+    root.add_file(
+        &format!("{CMBUILD_DIR}/build-driver.sh"),
+        0o755,
+        BUILD_DRIVER.into(),
+    )?;
+    root.add_file(
+        &format!("{CMBUILD_DIR}/cargo-config.toml"),
+        0o644,
+        CARGO_CONFIG.into(),
+    )?;
+
+    let busybox = root.read_file("usr/bin/busybox")?;
+    let initrd = initramfs_bytes(
+        &initramfs_tree(&kernel, &busybox, INIT_SCRIPT)?,
+        FIXED_TIME as u32,
+    )?;
+    let mut files = BTreeMap::new();
+    for (name, bytes) in [
+        ("vmlinux", kernel_image(&kernel)?),
+        ("fw_jump.bin", firmware),
+        ("initramfs.cpio", initrd),
+    ] {
+        progress(Step::Writing(name));
+        let path = out_dir.join(name);
+        std::fs::write(&path, bytes).map_err(io(&path))?;
+        files.insert(name.to_string(), path);
+    }
+
+    progress(Step::Writing("rootfs.erofs"));
+    let path = out_dir.join("rootfs.erofs");
+    let file = std::fs::File::create(&path).map_err(io(&path))?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let options = ErofsOptions {
+        uuid: ROOTFS_UUID,
+        volume_name: "cmbuild-root".into(),
+        build_time: FIXED_TIME,
+    };
+    write_erofs(&root, &options, &mut writer)?;
+    writer.flush().map_err(io(&path))?;
+    files.insert("rootfs.erofs".to_string(), path);
+
+    let mut toolchains = BTreeMap::new();
+    for (triple, arch) in TRIPLES {
+        if let Some(text) = toolchain_descriptor(lock, triple, arch) {
+            toolchains.insert(triple.to_string(), text);
+        }
+    }
+    Ok(Built { files, toolchains })
+}
+
+fn read_package(
+    package: &LockedPackage,
+    load: &mut impl FnMut(&LockedPackage) -> Result<Vec<u8>, BoxError>,
+) -> Result<Vec<crate::deb::Entry>, ImageError> {
+    let bytes = load(package).map_err(|source| ImageError::Load {
+        name: package.name.clone(),
+        arch: package.architecture.clone(),
+        source,
+    })?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != package.sha256 {
+        return Err(ImageError::Mismatch {
+            name: package.name.clone(),
+            arch: package.architecture.clone(),
+            expected: package.sha256.clone(),
+            actual,
+        });
+    }
+    extract_deb(&bytes).map_err(|source| ImageError::Deb {
+        name: package.name.clone(),
+        arch: package.architecture.clone(),
+        source,
+    })
+}
+
+/// The canonical description of the toolchain that builds `triple`: the compiler and
+/// cargo, and the target's standard library packages, each by version and sha256. Its CID
+/// is the `RUST_TOOLCHAIN__<TRIPLE>` pin and the manifest's `toolchain` field. `None` when
+/// the lock has no standard library for the triple.
+pub fn toolchain_descriptor(lock: &Lock, triple: &str, arch: &str) -> Option<String> {
+    let relevant = |p: &&LockedPackage| {
+        let host_tool = (p.name == "rustc" || p.name == "cargo") && p.architecture != "all";
+        let std_lib = p.name.starts_with("libstd-rust-") && p.architecture == arch;
+        host_tool || std_lib
+    };
+    let mut lines: Vec<String> = lock
+        .packages
+        .iter()
+        .filter(relevant)
+        .map(|p| {
+            format!(
+                "package {} {} {} {}",
+                p.name, p.architecture, p.version, p.sha256
+            )
+        })
+        .collect();
+    if !lines
+        .iter()
+        .any(|l| l.starts_with("package libstd-rust-dev "))
+    {
+        return None;
+    }
+    lines.sort();
+    Some(format!(
+        "cmbuild-toolchain-v1\ntarget {triple}\n{}\n",
+        lines.join("\n")
+    ))
+}
+
+/// The `digests.lock.env` key of a triple's toolchain pin.
+pub fn toolchain_key(triple: &str) -> String {
+    format!(
+        "RUST_TOOLCHAIN__{}",
+        triple.to_uppercase().replace('-', "_")
+    )
+}
+
+/// Parse `KEY=value` lines (comments and blank lines ignored).
+pub fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.trim().to_string(),
+                v.trim().trim_matches('\'').to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The comment heading `digests.lock.env`.
+pub const DIGESTS_HEADER: &str =
+    "# Pinned content IDs of every machine input (cmbuild image build writes this file).\n";
+
+/// Render the pins file: the header, then `KEY=value` lines sorted by key (the map's
+/// order), each ending in a newline.
+pub fn render_env(values: &BTreeMap<String, String>) -> String {
+    let lines: String = values.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    format!("{DIGESTS_HEADER}{lines}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn package(name: &str, arch: &str) -> LockedPackage {
+        LockedPackage {
+            architecture: arch.into(),
+            cid: "bafkrei".into(),
+            filename: format!("pool/{name}_{arch}.deb"),
+            name: name.into(),
+            sha256: format!("{name}{arch}"),
+            size: 1,
+            version: "1.0".into(),
+        }
+    }
+
+    fn lock(packages: Vec<LockedPackage>) -> Lock {
+        Lock {
+            format: crate::lock::LOCK_FORMAT.into(),
+            indices: BTreeMap::new(),
+            mirror: String::new(),
+            packages,
+            release_date: String::new(),
+            release_version: String::new(),
+            suite: "trixie".into(),
+        }
+    }
+
+    #[test]
+    fn toolchain_descriptor_names_compiler_and_target_std_only() {
+        let lock = lock(vec![
+            package("rustc", "riscv64"),
+            package("cargo", "riscv64"),
+            package("libstd-rust-dev", "amd64"),
+            package("libstd-rust-1.85", "amd64"),
+            package("libstd-rust-dev", "arm64"),
+            package("clang", "riscv64"),
+        ]);
+        let text = toolchain_descriptor(&lock, "x86_64-unknown-linux-gnu", "amd64").unwrap();
+        assert!(text.contains("package libstd-rust-dev amd64 1.0 libstd-rust-devamd64"));
+        assert!(text.contains("package rustc riscv64"));
+        assert!(!text.contains("arm64") && !text.contains("clang"));
+        let other = toolchain_descriptor(&lock, "aarch64-unknown-linux-gnu", "arm64").unwrap();
+        assert_ne!(text, other);
+        assert!(toolchain_descriptor(&lock, "riscv64gc-unknown-linux-gnu", "riscv64").is_none());
+        assert_eq!(
+            toolchain_key("riscv64gc-unknown-linux-gnu"),
+            "RUST_TOOLCHAIN__RISCV64GC_UNKNOWN_LINUX_GNU"
+        );
+    }
+
+    #[test]
+    fn env_files_round_trip_sorted() {
+        let parsed = parse_env("# pins\nZ=1\n\nA='x'\n");
+        assert_eq!(render_env(&parsed), format!("{DIGESTS_HEADER}A=x\nZ=1\n"));
+        assert_eq!(parse_env(&render_env(&parsed)), parsed);
+    }
+
+    #[test]
+    fn a_package_not_matching_the_lock_is_refused() {
+        let lock = lock(vec![package("busybox-static", "riscv64")]);
+        let dir = tempfile::tempdir().unwrap();
+        let err = build_image(&lock, |_| Ok(b"tampered".to_vec()), dir.path(), |_| {}).unwrap_err();
+        assert!(matches!(err, ImageError::Mismatch { .. }), "{err}");
+        let err = build_image(&lock, |_| Err("gone".into()), dir.path(), |_| {}).unwrap_err();
+        assert!(matches!(err, ImageError::Load { .. }), "{err}");
+    }
+}

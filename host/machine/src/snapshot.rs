@@ -1,0 +1,1121 @@
+//! Snapshots: a machine's whole state in a directory, to stop a run and resume it later in
+//! exactly the same state (state hash, console output and all).
+//!
+//! Unlike the rest of the library this module does file I/O: a snapshot is a directory, and
+//! writing it atomically is part of the contract.
+//!
+//! # Directory format (version 1)
+//!
+//! A snapshot directory holds these files and nothing else:
+//!
+//! | file | contents |
+//! |---|---|
+//! | `manifest` | ASCII text, described below |
+//! | `state` | the canonical processor and device state, exactly the bytes of [`Machine::save_state`] |
+//! | `dtb` | the device tree blob the machine was built with (it also names the initrd and holds `/chosen/rng-seed`, which derive from the images' bytes a snapshot does not keep) |
+//! | `ram.pages` | the non-zero pages of RAM |
+//! | `flash-<i>.pages` | the non-zero pages of flash drive `i` (0, 1, ... in address order) |
+//!
+//! ## `manifest`
+//! One `key value` pair per line (`value` is the rest of the line after the first space,
+//! possibly empty), LF line ends, the keys exactly in this order:
+//!
+//! ```text
+//! cmbuild-machine-snapshot                 magic, a line of its own
+//! format-version 1
+//! hash-scheme cmvm-sha256-v1               HASH_SCHEME of the build that wrote it
+//! root-hash cmvm-sha256-v1:<64 hex>        the state hash at store time
+//! mcycle <decimal>
+//! ram-length <decimal>                     bytes
+//! bootargs <text>                          /chosen/bootargs
+//! images <n>                               then n lines, provenance only:
+//! image <name> <length> <sha256 hex>       name: ram-image, bios, kernel or initrd
+//! flash-drives <n>                         then for each drive, in address order:
+//! flash-drive <index>
+//! label <text>
+//! shared <yes|no>
+//! image-length <decimal>                   bytes of the drive's image (and host file)
+//! start <0x hex>                           guest-physical address of the range
+//! range-length <decimal>                   bytes of the range (2 MiB aligned)
+//! host-file <text>                         where the caller writes a shared drive back
+//!                                          (empty: nowhere)
+//! files <n>                                then n lines, in the order of the table above:
+//! file <name> <length> <sha256 hex>
+//! checksum <sha256 hex>                    of every manifest byte before this line
+//! end
+//! ```
+//!
+//! Text values escape `%`, bytes below 0x20 and 0x7f as `%XX` (two upper-case hex digits);
+//! nothing else is escaped. Numbers are plain decimal except `start`. The manifest has no
+//! timestamps or host names: the same machine state stored twice gives identical files
+//! (given the same `host-file` values).
+//!
+//! ## `*.pages`
+//! Little-endian, no padding:
+//!
+//! ```text
+//! magic          8 bytes  "CMVMPAGE"
+//! version        u64      1
+//! range length   u64      bytes (must equal the manifest's)
+//! page count     u64      n
+//! page indices   n x u64  strictly increasing, each < range length / 4096
+//! page data      n x 4096 bytes, in the order of the indices
+//! ```
+//!
+//! Pages not listed are zero; only pages with a non-zero byte are written, so a machine with
+//! gigabytes of RAM it never touched gives a snapshot of its used pages only.
+//!
+//! # Checks on load
+//! [`load`] refuses, with an error naming what is wrong, a directory whose manifest has
+//! another magic, format version or hash scheme, a manifest that does not match its
+//! `checksum` line or is malformed, a file whose length or SHA-256 differs from the
+//! manifest's, a pages file with a bad header or index, a flash drive layout that this
+//! build would not give the same configuration, state bytes that do not decode, an `mcycle`
+//! that differs from the state's, and finally a state hash, recomputed from scratch over
+//! what was loaded, that differs from the stored `root-hash`. Everything but the last two
+//! is checked before the machine's memory is allocated.
+//!
+//! # Writing
+//! [`store`] writes into a temporary directory beside the target (`.<name>.tmp-<pid>`),
+//! fsyncs every file and the directory, renames it to the target and fsyncs the parent, so
+//! a snapshot directory either exists complete or not at all. It refuses a target that
+//! already exists. Console bytes the caller has not drained are not part of a snapshot.
+//!
+//! # Shared flash drives
+//! A snapshot holds every flash drive's contents, shared or not, and a resumed machine
+//! starts from those contents, not from the host file (which may have changed since). A
+//! shared drive's host file is recorded in `host-file`, so that the caller, at the end of a
+//! resumed run, writes the drive's final contents back to it exactly as an uninterrupted run
+//! would have; the library itself never writes host files of drives.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::board::{DTB_SIZE, RAM_BASE};
+use crate::bus::{Bus, FlashDrive};
+use crate::devices::{clint::Clint, htif::Htif, plic::Plic, uart::Uart};
+use crate::hart::Hart;
+use crate::machine::{Machine, MachineConfig, HASH_SCHEME};
+use crate::memory::{MemRange, PAGE_SIZE};
+use crate::merkle::Hash;
+use crate::state::StateError;
+
+/// The first line of every manifest.
+pub const MAGIC: &str = "cmbuild-machine-snapshot";
+/// The snapshot format version this build writes and reads.
+pub const FORMAT_VERSION: u64 = 1;
+/// The magic of a pages file.
+pub const PAGES_MAGIC: &[u8; 8] = b"CMVMPAGE";
+/// The version of the pages file layout.
+pub const PAGES_VERSION: u64 = 1;
+/// Bytes of a pages file before the page indices.
+const PAGES_HEADER: u64 = 32;
+/// A manifest larger than this is not one (read before anything is trusted).
+const MAX_MANIFEST: u64 = 1 << 20;
+/// The largest RAM a machine accepts (as [`Machine::new`] checks).
+const MAX_RAM: u64 = 64 << 30;
+
+/// Why a snapshot could not be written or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// cannot {action} {path}
+    #[error("cannot {action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error (the next link of the error chain).
+        source: io::Error,
+    },
+    /// snapshot directory {0} already exists; remove it or choose another
+    #[error("snapshot directory {0} already exists; remove it or choose another")]
+    Exists(PathBuf),
+    /// {path} is not a cmbuild machine snapshot manifest (its first line is {found:?})
+    #[error("{path} is not a cmbuild machine snapshot manifest (its first line is {found:?})")]
+    NotASnapshot {
+        /// The manifest.
+        path: PathBuf,
+        /// What its first line holds.
+        found: String,
+    },
+    /// snapshot format version {found:?} is not supported (this build reads version 1)
+    #[error("snapshot format version {found:?} is not supported (this build reads version 1)")]
+    Version {
+        /// The version the manifest names.
+        found: String,
+    },
+    /// the snapshot's hash scheme is {found:?}, this build computes cmvm-sha256-v1
+    #[error("the snapshot's hash scheme is {found:?}, this build computes {HASH_SCHEME}")]
+    Scheme {
+        /// The scheme the manifest names.
+        found: String,
+    },
+    /// snapshot manifest {0} does not match its checksum line (corrupted)
+    #[error("snapshot manifest {0} does not match its checksum line (corrupted)")]
+    ManifestChecksum(PathBuf),
+    /// snapshot manifest line {line}: {message}
+    #[error("snapshot manifest line {line}: {message}")]
+    Manifest {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// snapshot file {file} is {actual} bytes, the manifest says {expected} (truncated or replaced)
+    #[error("snapshot file {file} is {actual} bytes, the manifest says {expected} (truncated or replaced)")]
+    FileLength {
+        /// The file.
+        file: String,
+        /// Length in the manifest.
+        expected: u64,
+        /// Length on disk.
+        actual: u64,
+    },
+    /// snapshot file {0} does not match its SHA-256 in the manifest (corrupted)
+    #[error("snapshot file {0} does not match its SHA-256 in the manifest (corrupted)")]
+    FileDigest(String),
+    /// snapshot memory file {file}: {message}
+    #[error("snapshot memory file {file}: {message}")]
+    Pages {
+        /// The pages file.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// the snapshot's processor and device state does not load: {0}
+    #[error("the snapshot's processor and device state does not load: {0}")]
+    State(StateError),
+    /// the snapshot's layout differs from what this build gives the same configuration: {0}
+    #[error(
+        "the snapshot's layout differs from what this build gives the same configuration: {0}"
+    )]
+    Layout(String),
+    /// the snapshot's state holds mcycle {state}, its manifest says {manifest}
+    #[error("the snapshot's state holds mcycle {state}, its manifest says {manifest}")]
+    Mcycle {
+        /// `mcycle` in the state file.
+        state: u64,
+        /// `mcycle` in the manifest.
+        manifest: u64,
+    },
+    /// the state hash recomputed after loading is {computed}, the snapshot says {stored} (corrupted snapshot)
+    #[error("the state hash recomputed after loading is {computed}, the snapshot says {stored} (corrupted snapshot)")]
+    RootHash {
+        /// `root-hash` of the manifest.
+        stored: String,
+        /// The hash of the loaded machine.
+        computed: String,
+    },
+    /// the snapshot configuration does not describe the machine being stored: {0}
+    #[error("the snapshot configuration does not describe the machine being stored: {0}")]
+    ConfigMismatch(String),
+}
+
+/// Provenance of one image the machine was built from (not needed to rebuild it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// `ram-image`, `bios`, `kernel` or `initrd`.
+    pub name: String,
+    /// Its length in bytes.
+    pub length: u64,
+    /// SHA-256 of its bytes.
+    pub sha256: Hash,
+}
+
+/// A flash drive as a snapshot records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveRecord {
+    /// Its label.
+    pub label: String,
+    /// Length of its image (the range is rounded up to 2 MiB).
+    pub image_length: u64,
+    /// Whether the caller writes its contents back to `host_file` at the end of a run.
+    pub shared: bool,
+    /// The host file of a shared drive, as the caller named it.
+    pub host_file: Option<String>,
+}
+
+/// The configuration a snapshot records: [`MachineConfig`] without the images' bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// Bytes of RAM.
+    pub ram_length: u64,
+    /// Kernel command line.
+    pub bootargs: String,
+    /// The images the machine was built from, for provenance.
+    pub images: Vec<ImageRecord>,
+    /// The flash drives, in address order.
+    pub flash_drives: Vec<DriveRecord>,
+}
+
+impl SnapshotConfig {
+    /// The record of `config` (no host files: the caller fills them in).
+    pub fn from_config(config: &MachineConfig) -> Self {
+        let images = [
+            ("ram-image", &config.ram_image),
+            ("bios", &config.bios),
+            ("kernel", &config.kernel),
+            ("initrd", &config.initrd),
+        ]
+        .into_iter()
+        .filter_map(|(name, bytes)| {
+            bytes.as_ref().map(|b| ImageRecord {
+                name: name.to_string(),
+                length: b.len() as u64,
+                sha256: Sha256::digest(b).into(),
+            })
+        })
+        .collect();
+        Self {
+            ram_length: config.ram_length,
+            bootargs: config.bootargs.clone(),
+            images,
+            flash_drives: config
+                .flash_drives
+                .iter()
+                .map(|f| DriveRecord {
+                    label: f.label.clone(),
+                    image_length: f.image.len() as u64,
+                    shared: f.shared,
+                    host_file: None,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A loaded snapshot: the machine, ready to run on, and what the manifest recorded.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The machine in the stored state.
+    pub machine: Machine,
+    /// Its configuration.
+    pub config: SnapshotConfig,
+    /// The state hash at store time (verified to equal the loaded machine's).
+    pub root_hash: String,
+}
+
+/// Writes `machine`, built from `config`, as a snapshot directory `dir` (which must not
+/// exist; missing parents are created). Returns the state hash stored.
+pub fn store(
+    dir: &Path,
+    machine: &mut Machine,
+    config: &SnapshotConfig,
+) -> Result<String, SnapshotError> {
+    check_config(machine, config)?;
+    if dir.symlink_metadata().is_ok() {
+        return Err(SnapshotError::Exists(dir.to_path_buf()));
+    }
+    let root_hash = machine.root_hash();
+    let parent = parent_of(dir);
+    std::fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
+    let tmp = temp_dir_for(dir);
+    // A leftover of an earlier store by a process with the same id; never a user's file.
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err("remove the stale", &tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(io_err("create", &tmp))?;
+    let result = write_all_files(&tmp, machine, config, &root_hash).and_then(|()| {
+        sync_dir(&tmp)?;
+        std::fs::rename(&tmp, dir).map_err(io_err("rename the temporary directory to", dir))?;
+        sync_dir(&parent)
+    });
+    if result.is_err() {
+        // Best effort: the error being returned is the one that matters.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.map(|()| root_hash)
+}
+
+/// Loads the snapshot directory `dir`, checking everything (see the module docs).
+pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
+    let manifest_path = dir.join("manifest");
+    let text = read_limited(&manifest_path)?;
+    let m = parse_manifest(&manifest_path, &text)?;
+    let file = |name: &str| -> Result<Vec<u8>, SnapshotError> {
+        let entry = m
+            .files
+            .iter()
+            .find(|f| f.name == name)
+            .expect("parse_manifest checked the file list");
+        read_checked(dir, entry)
+    };
+    let state = file("state")?;
+    let dtb = file("dtb")?;
+    // Everything is checked against the manifest before the machine is allocated, so a
+    // corrupted length cannot ask for gigabytes.
+    let ram_length = m.config.ram_length;
+    if ram_length == 0 || ram_length % PAGE_SIZE != 0 || ram_length > MAX_RAM {
+        return Err(SnapshotError::Layout(format!(
+            "RAM length {ram_length} is not a nonzero multiple of 4096 below 64 GiB"
+        )));
+    }
+    let lengths: Vec<u64> = m
+        .config
+        .flash_drives
+        .iter()
+        .map(|d| d.image_length)
+        .collect();
+    let placed = crate::fdt::place_flash_drives(ram_length, &lengths);
+    for (i, (&have, &want)) in m.ranges.iter().zip(&placed).enumerate() {
+        if have != want {
+            return Err(SnapshotError::Layout(format!(
+                "flash drive {i} would be at {:#x} with {} bytes, the snapshot has it at {:#x} with {} bytes",
+                want.0, want.1, have.0, have.1
+            )));
+        }
+    }
+    // The DTB depends on the images' bytes (rng-seed, initrd placement), which are gone:
+    // the stored one is the machine's.
+    if dtb.len() as u64 > DTB_SIZE {
+        return Err(SnapshotError::Layout(format!(
+            "the device tree has {} bytes, more than its window",
+            dtb.len()
+        )));
+    }
+    let mut pages = vec![("ram.pages".to_string(), file("ram.pages")?)];
+    for i in 0..m.ranges.len() {
+        let name = format!("flash-{i}.pages");
+        let bytes = file(&name)?;
+        pages.push((name, bytes));
+    }
+    let range_lengths = std::iter::once(ram_length).chain(m.ranges.iter().map(|r| r.1));
+    for ((name, bytes), length) in pages.iter().zip(range_lengths) {
+        check_pages(name, bytes, length)?;
+    }
+    let flash = m
+        .config
+        .flash_drives
+        .iter()
+        .zip(&m.ranges)
+        .map(|(d, &(start, length))| FlashDrive {
+            label: d.label.clone(),
+            shared: d.shared,
+            image_length: d.image_length,
+            mem: MemRange::new(start, length),
+        })
+        .collect();
+    let bus = Bus {
+        ram: MemRange::new(RAM_BASE, ram_length),
+        flash,
+        dtb,
+        clint: Clint::new(),
+        htif: Htif::new(),
+        plic: Plic::new(),
+        uart: Uart::new(),
+        console: Vec::new(),
+    };
+    let mut machine = Machine::from_parts(Hart::new(ram_length), bus);
+    let mut pages = pages.into_iter();
+    if let Some((_, bytes)) = pages.next() {
+        apply_pages(&bytes, &mut machine.bus.ram);
+    }
+    for (drive, (_, bytes)) in machine.bus.flash.iter_mut().zip(pages) {
+        apply_pages(&bytes, &mut drive.mem);
+    }
+    machine.load_state(&state).map_err(SnapshotError::State)?;
+    machine.memory_replaced();
+    if machine.mcycle() != m.mcycle {
+        return Err(SnapshotError::Mcycle {
+            state: machine.mcycle(),
+            manifest: m.mcycle,
+        });
+    }
+    // From scratch, not through the incremental trees: this is the check of the loaded bytes.
+    let computed = format!("{HASH_SCHEME}:{}", hex(&machine.root_hash_from_scratch()));
+    if computed != m.root_hash {
+        return Err(SnapshotError::RootHash {
+            stored: m.root_hash,
+            computed,
+        });
+    }
+    Ok(Snapshot {
+        machine,
+        config: m.config,
+        root_hash: m.root_hash,
+    })
+}
+
+/// Bytes a snapshot directory takes on disk (the sum of its files' lengths).
+pub fn size_on_disk(dir: &Path) -> Result<u64, SnapshotError> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let meta = entry.metadata().map_err(io_err("stat", &entry.path()))?;
+        total += meta.len();
+    }
+    Ok(total)
+}
+
+fn check_config(machine: &Machine, config: &SnapshotConfig) -> Result<(), SnapshotError> {
+    let mismatch = |s: String| Err(SnapshotError::ConfigMismatch(s));
+    if config.ram_length != machine.bus.ram.len() {
+        return mismatch(format!(
+            "RAM length {} but the machine has {}",
+            config.ram_length,
+            machine.bus.ram.len()
+        ));
+    }
+    if config.flash_drives.len() != machine.bus.flash.len() {
+        return mismatch(format!(
+            "{} flash drives but the machine has {}",
+            config.flash_drives.len(),
+            machine.bus.flash.len()
+        ));
+    }
+    for (d, f) in config.flash_drives.iter().zip(&machine.bus.flash) {
+        if d.label != f.label || d.image_length != f.image_length || d.shared != f.shared {
+            return mismatch(format!(
+                "flash drive {:?} ({} bytes, shared {}) but the machine has {:?} ({} bytes, shared {})",
+                d.label, d.image_length, d.shared, f.label, f.image_length, f.shared
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One `file` line of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileEntry {
+    name: String,
+    length: u64,
+    sha256: Hash,
+}
+
+/// The parsed manifest.
+#[derive(Debug)]
+struct Manifest {
+    root_hash: String,
+    mcycle: u64,
+    config: SnapshotConfig,
+    /// (start, range length) of each flash drive.
+    ranges: Vec<(u64, u64)>,
+    files: Vec<FileEntry>,
+}
+
+fn write_all_files(
+    tmp: &Path,
+    machine: &Machine,
+    config: &SnapshotConfig,
+    root_hash: &str,
+) -> Result<(), SnapshotError> {
+    let mut files = Vec::new();
+    let mut state = Vec::new();
+    machine.save_state(&mut state);
+    files.push(write_file(tmp, "state", |w| w.write_all(&state))?);
+    files.push(write_file(tmp, "dtb", |w| w.write_all(&machine.bus.dtb))?);
+    files.push(write_file(tmp, "ram.pages", |w| {
+        write_pages(w, &machine.bus.ram)
+    })?);
+    for (i, f) in machine.bus.flash.iter().enumerate() {
+        files.push(write_file(tmp, &format!("flash-{i}.pages"), |w| {
+            write_pages(w, &f.mem)
+        })?);
+    }
+    let text = manifest_text(machine, config, root_hash, &files);
+    write_file(tmp, "manifest", |w| w.write_all(text.as_bytes()))?;
+    Ok(())
+}
+
+fn manifest_text(
+    machine: &Machine,
+    config: &SnapshotConfig,
+    root_hash: &str,
+    files: &[FileEntry],
+) -> String {
+    let mut t = String::new();
+    let mut line = |key: &str, value: &str| {
+        t.push_str(key);
+        t.push(' ');
+        t.push_str(value);
+        t.push('\n');
+    };
+    line("format-version", &FORMAT_VERSION.to_string());
+    line("hash-scheme", HASH_SCHEME);
+    line("root-hash", root_hash);
+    line("mcycle", &machine.mcycle().to_string());
+    line("ram-length", &config.ram_length.to_string());
+    line("bootargs", &escape(&config.bootargs));
+    line("images", &config.images.len().to_string());
+    for im in &config.images {
+        line(
+            "image",
+            &format!("{} {} {}", im.name, im.length, hex(&im.sha256)),
+        );
+    }
+    line("flash-drives", &config.flash_drives.len().to_string());
+    for (i, (d, f)) in config
+        .flash_drives
+        .iter()
+        .zip(&machine.bus.flash)
+        .enumerate()
+    {
+        line("flash-drive", &i.to_string());
+        line("label", &escape(&d.label));
+        line("shared", if d.shared { "yes" } else { "no" });
+        line("image-length", &d.image_length.to_string());
+        line("start", &format!("{:#x}", f.mem.start));
+        line("range-length", &f.mem.len().to_string());
+        line(
+            "host-file",
+            &escape(d.host_file.as_deref().unwrap_or_default()),
+        );
+    }
+    line("files", &files.len().to_string());
+    for f in files {
+        line(
+            "file",
+            &format!("{} {} {}", f.name, f.length, hex(&f.sha256)),
+        );
+    }
+    let body = format!("{MAGIC}\n{t}");
+    let checksum = hex(&Sha256::digest(body.as_bytes()));
+    format!("{body}checksum {checksum}\nend\n")
+}
+
+/// A writer that hashes and counts what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    length: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.length += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Creates `dir/name`, fills it with `fill`, fsyncs it; returns its manifest entry.
+fn write_file(
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut Hashing<io::BufWriter<File>>) -> io::Result<()>,
+) -> Result<FileEntry, SnapshotError> {
+    let path = dir.join(name);
+    let file = File::create(&path).map_err(io_err("create", &path))?;
+    let mut w = Hashing {
+        inner: io::BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        length: 0,
+    };
+    fill(&mut w).map_err(io_err("write", &path))?;
+    let file = w
+        .inner
+        .into_inner()
+        .map_err(|e| io_err("write", &path)(e.into_error()))?;
+    file.sync_all().map_err(io_err("fsync", &path))?;
+    Ok(FileEntry {
+        name: name.to_string(),
+        length: w.length,
+        sha256: w.hasher.finalize().into(),
+    })
+}
+
+fn write_pages(w: &mut impl Write, mem: &MemRange) -> io::Result<()> {
+    let pages: Vec<u64> = mem
+        .bytes()
+        .chunks(PAGE_SIZE as usize)
+        .enumerate()
+        .filter(|(_, page)| page.iter().any(|&b| b != 0))
+        .map(|(i, _)| i as u64)
+        .collect();
+    w.write_all(PAGES_MAGIC)?;
+    w.write_all(&PAGES_VERSION.to_le_bytes())?;
+    w.write_all(&mem.len().to_le_bytes())?;
+    w.write_all(&(pages.len() as u64).to_le_bytes())?;
+    for &p in &pages {
+        w.write_all(&p.to_le_bytes())?;
+    }
+    for &p in &pages {
+        let at = (p * PAGE_SIZE) as usize;
+        w.write_all(&mem.bytes()[at..at + PAGE_SIZE as usize])?;
+    }
+    Ok(())
+}
+
+/// Checks the header and index of a pages file for a range of `length` bytes.
+fn check_pages(name: &str, bytes: &[u8], length: u64) -> Result<(), SnapshotError> {
+    let bad = |message: String| SnapshotError::Pages {
+        file: name.to_string(),
+        message,
+    };
+    if (bytes.len() as u64) < PAGES_HEADER {
+        return Err(bad(format!(
+            "{} bytes is shorter than the header",
+            bytes.len()
+        )));
+    }
+    if &bytes[..8] != PAGES_MAGIC {
+        return Err(bad(format!(
+            "bad magic {:?} (want {:?})",
+            String::from_utf8_lossy(&bytes[..8]),
+            String::from_utf8_lossy(PAGES_MAGIC)
+        )));
+    }
+    let version = u64_at(bytes, 8);
+    if version != PAGES_VERSION {
+        return Err(bad(format!(
+            "layout version {version} is not supported (want {PAGES_VERSION})"
+        )));
+    }
+    let covers = u64_at(bytes, 16);
+    if covers != length {
+        return Err(bad(format!(
+            "covers {covers} bytes, the range has {length}"
+        )));
+    }
+    let count = u64_at(bytes, 24);
+    let total_pages = length / PAGE_SIZE;
+    let expected = count
+        .checked_mul(8 + PAGE_SIZE)
+        .and_then(|b| b.checked_add(PAGES_HEADER))
+        .filter(|_| count <= total_pages);
+    if expected != Some(bytes.len() as u64) {
+        return Err(bad(format!(
+            "{} bytes do not hold the {count} pages its header announces",
+            bytes.len()
+        )));
+    }
+    let mut previous = None;
+    for k in 0..count {
+        let page = u64_at(bytes, PAGES_HEADER + 8 * k);
+        if page >= total_pages || previous.is_some_and(|p| p >= page) {
+            return Err(bad(format!(
+                "page index {page} (entry {k}) is out of range or out of order"
+            )));
+        }
+        previous = Some(page);
+    }
+    Ok(())
+}
+
+/// Writes the pages of a pages file that [`check_pages`] accepted into `mem`.
+fn apply_pages(bytes: &[u8], mem: &mut MemRange) {
+    let count = u64_at(bytes, 24);
+    let data_start = PAGES_HEADER + 8 * count;
+    for k in 0..count {
+        let page = u64_at(bytes, PAGES_HEADER + 8 * k);
+        let at = (data_start + k * PAGE_SIZE) as usize;
+        mem.write_bytes(page * PAGE_SIZE, &bytes[at..at + PAGE_SIZE as usize]);
+    }
+}
+
+/// The little-endian u64 at byte `at` (the caller checked the bounds).
+fn u64_at(bytes: &[u8], at: u64) -> u64 {
+    let at = at as usize;
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Reads a file listed in the manifest, checking its length before reading it and its
+/// SHA-256 after.
+fn read_checked(dir: &Path, entry: &FileEntry) -> Result<Vec<u8>, SnapshotError> {
+    let path = dir.join(&entry.name);
+    let actual = std::fs::metadata(&path)
+        .map_err(io_err("read", &path))?
+        .len();
+    if actual != entry.length {
+        return Err(SnapshotError::FileLength {
+            file: entry.name.clone(),
+            expected: entry.length,
+            actual,
+        });
+    }
+    let bytes = std::fs::read(&path).map_err(io_err("read", &path))?;
+    if bytes.len() as u64 != entry.length {
+        return Err(SnapshotError::FileLength {
+            file: entry.name.clone(),
+            expected: entry.length,
+            actual: bytes.len() as u64,
+        });
+    }
+    if <[u8; 32]>::from(Sha256::digest(&bytes)) != entry.sha256 {
+        return Err(SnapshotError::FileDigest(entry.name.clone()));
+    }
+    Ok(bytes)
+}
+
+fn read_limited(path: &Path) -> Result<String, SnapshotError> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err("read", path))?;
+    if bytes.len() as u64 > MAX_MANIFEST {
+        return Err(SnapshotError::NotASnapshot {
+            path: path.to_path_buf(),
+            found: "(more than 1 MiB)".into(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Reads the manifest's lines in their fixed order.
+struct Lines<'a> {
+    lines: Vec<&'a str>,
+    next: usize,
+}
+
+impl<'a> Lines<'a> {
+    fn err(&self, message: String) -> SnapshotError {
+        SnapshotError::Manifest {
+            line: self.next,
+            message,
+        }
+    }
+
+    /// The value of the next line, which must have key `key`.
+    fn value(&mut self, key: &str) -> Result<&'a str, SnapshotError> {
+        let Some(&line) = self.lines.get(self.next) else {
+            return Err(SnapshotError::Manifest {
+                line: self.next + 1,
+                message: format!("the manifest ends where `{key}` was expected"),
+            });
+        };
+        self.next += 1;
+        match line.split_once(' ') {
+            Some((k, v)) if k == key => Ok(v),
+            None if line == key => Ok(""),
+            _ => Err(self.err(format!("expected `{key}`, found {line:?}"))),
+        }
+    }
+
+    fn number(&mut self, key: &str) -> Result<u64, SnapshotError> {
+        let v = self.value(key)?;
+        v.parse()
+            .map_err(|_| self.err(format!("`{key}` is not a decimal number: {v:?}")))
+    }
+
+    fn text(&mut self, key: &str) -> Result<String, SnapshotError> {
+        let v = self.value(key)?;
+        unescape(v).ok_or_else(|| self.err(format!("`{key}` holds a bad escape: {v:?}")))
+    }
+
+    fn digest(&self, v: &str) -> Result<Hash, SnapshotError> {
+        unhex(v).ok_or_else(|| self.err(format!("not a SHA-256 in hex: {v:?}")))
+    }
+}
+
+/// Whether `text` ends with `checksum <sha256 of everything before that line>\nend\n`.
+fn sealed(text: &str) -> bool {
+    const KEY: &str = "checksum ";
+    text.rfind("\nchecksum ").is_some_and(|at| {
+        let tail = &text[at + 1..];
+        tail.len() == KEY.len() + 64 + "\nend\n".len()
+            && tail.ends_with("\nend\n")
+            && unhex(&tail[KEY.len()..KEY.len() + 64]).is_some_and(|sum| {
+                sum == <[u8; 32]>::from(Sha256::digest(&text.as_bytes()[..at + 1]))
+            })
+    })
+}
+
+fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, SnapshotError> {
+    let first = text.split('\n').next().unwrap_or_default();
+    if first != MAGIC {
+        return Err(SnapshotError::NotASnapshot {
+            path: path.to_path_buf(),
+            found: first.chars().take(80).collect(),
+        });
+    }
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let mut l = Lines {
+        lines: body.split('\n').collect(),
+        next: 1,
+    };
+    // Version and scheme first, so that a foreign snapshot is named as such.
+    let version = l.value("format-version")?;
+    if version != FORMAT_VERSION.to_string() {
+        return Err(SnapshotError::Version {
+            found: version.to_string(),
+        });
+    }
+    let scheme = l.value("hash-scheme")?;
+    if scheme != HASH_SCHEME {
+        return Err(SnapshotError::Scheme {
+            found: scheme.to_string(),
+        });
+    }
+    // Every later field is covered by the checksum, so nothing corrupted is acted upon
+    // (a host-file path least of all).
+    if !sealed(text) {
+        return Err(SnapshotError::ManifestChecksum(path.to_path_buf()));
+    }
+    let root_hash = l.value("root-hash")?.to_string();
+    let well_formed = root_hash
+        .strip_prefix(HASH_SCHEME)
+        .and_then(|r| r.strip_prefix(':'))
+        .and_then(unhex)
+        .is_some_and(|h| format!("{HASH_SCHEME}:{}", hex(&h)) == root_hash);
+    if !well_formed {
+        return Err(l.err(format!(
+            "`root-hash` is not {HASH_SCHEME}:<64 lower-case hex>"
+        )));
+    }
+    let mcycle = l.number("mcycle")?;
+    let ram_length = l.number("ram-length")?;
+    let bootargs = l.text("bootargs")?;
+    let image_count = l.number("images")?;
+    if image_count > 4 {
+        return Err(l.err(format!("{image_count} images (at most 4)")));
+    }
+    let mut images = Vec::new();
+    for _ in 0..image_count {
+        let v = l.value("image")?;
+        let parts: Vec<&str> = v.split(' ').collect();
+        let [name, length, digest] = parts[..] else {
+            return Err(l.err(format!("`image` wants NAME LENGTH SHA256, found {v:?}")));
+        };
+        images.push(ImageRecord {
+            name: name.to_string(),
+            length: length
+                .parse()
+                .map_err(|_| l.err(format!("bad image length {length:?}")))?,
+            sha256: l.digest(digest)?,
+        });
+    }
+    let drives = l.number("flash-drives")?;
+    // A machine has a handful of drives; the bound keeps a corrupt count from allocating.
+    if drives > 64 {
+        return Err(l.err(format!("{drives} flash drives is not plausible")));
+    }
+    let mut flash_drives = Vec::new();
+    let mut ranges = Vec::new();
+    for i in 0..drives {
+        let index = l.number("flash-drive")?;
+        if index != i {
+            return Err(l.err(format!("flash drive {index} where {i} was expected")));
+        }
+        let label = l.text("label")?;
+        let shared = match l.value("shared")? {
+            "yes" => true,
+            "no" => false,
+            v => return Err(l.err(format!("`shared` is yes or no, not {v:?}"))),
+        };
+        let image_length = l.number("image-length")?;
+        let start_text = l.value("start")?;
+        let start = start_text
+            .strip_prefix("0x")
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .ok_or_else(|| l.err(format!("`start` is not 0x-prefixed hex: {start_text:?}")))?;
+        let range_length = l.number("range-length")?;
+        if image_length > range_length {
+            return Err(l.err(format!(
+                "image length {image_length} exceeds the range length {range_length}"
+            )));
+        }
+        let host_file = l.text("host-file")?;
+        flash_drives.push(DriveRecord {
+            label,
+            image_length,
+            shared,
+            host_file: (!host_file.is_empty()).then_some(host_file),
+        });
+        ranges.push((start, range_length));
+    }
+    let mut expected_files = vec![
+        "state".to_string(),
+        "dtb".to_string(),
+        "ram.pages".to_string(),
+    ];
+    expected_files.extend((0..drives).map(|i| format!("flash-{i}.pages")));
+    let count = l.number("files")?;
+    if count != expected_files.len() as u64 {
+        return Err(l.err(format!(
+            "{count} files listed, a machine with {drives} flash drives has {}",
+            expected_files.len()
+        )));
+    }
+    let mut files = Vec::new();
+    for want in &expected_files {
+        let v = l.value("file")?;
+        let parts: Vec<&str> = v.split(' ').collect();
+        let [name, length, digest] = parts[..] else {
+            return Err(l.err(format!("`file` wants NAME LENGTH SHA256, found {v:?}")));
+        };
+        if name != want {
+            return Err(l.err(format!("file {name:?} where {want:?} was expected")));
+        }
+        files.push(FileEntry {
+            name: name.to_string(),
+            length: length
+                .parse()
+                .map_err(|_| l.err(format!("bad length {length:?} of {name}")))?,
+            sha256: l.digest(digest)?,
+        });
+    }
+    l.value("checksum")?;
+    l.value("end")?;
+    if l.next != l.lines.len() {
+        return Err(l.err("lines after `end`".into()));
+    }
+    Ok(Manifest {
+        root_hash,
+        mcycle,
+        config: SnapshotConfig {
+            ram_length,
+            bootargs,
+            images,
+            flash_drives,
+        },
+        ranges,
+        files,
+    })
+}
+
+/// `%XX` for `%`, bytes below 0x20 and 0x7f; everything else as is.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '%' || (c as u32) < 0x20 || c as u32 == 0x7f {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The inverse of [`escape`]; `None` for a malformed escape or raw control character.
+fn unescape(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else if b < 0x20 || b == 0x7f {
+            return None;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Hash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotError {
+    let path = path.to_path_buf();
+    move |source| SnapshotError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn parent_of(dir: &Path) -> PathBuf {
+    match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn temp_dir_for(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "snapshot".into());
+    parent_of(dir).join(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle;
+
+    #[test]
+    fn escapes_round_trip_and_keep_lines_single() {
+        for s in ["", "console=hvc0 earlycon", "100%\n\r\t\x7f", "é ü"] {
+            let e = escape(s);
+            assert!(!e.contains('\n') && !e.contains('\r'));
+            assert_eq!(unescape(&e).as_deref(), Some(s));
+        }
+        assert_eq!(escape("a%b c"), "a%25b c");
+        assert_eq!(unescape("%zz"), None);
+        assert_eq!(unescape("%4"), None);
+        assert_eq!(unescape("a\tb"), None);
+    }
+
+    #[test]
+    fn hex_round_trips_and_rejects_bad_digests() {
+        let h: Hash = Sha256::digest(b"x").into();
+        assert_eq!(unhex(&hex(&h)), Some(h));
+        assert_eq!(unhex("00"), None);
+        assert_eq!(unhex(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn manifest_seal_covers_every_byte_before_it() {
+        let body = format!("{MAGIC}\nformat-version 1\n");
+        let text = format!(
+            "{body}checksum {}\nend\n",
+            hex(&Sha256::digest(body.as_bytes()))
+        );
+        assert!(sealed(&text));
+        assert!(!sealed(&text.replace("version 1", "version 2")));
+        assert!(!sealed(&text[..text.len() - 1]));
+    }
+
+    #[test]
+    fn pages_files_hold_only_nonzero_pages_and_round_trip() {
+        let mut mem = MemRange::new(0x8000_0000, 64 * PAGE_SIZE);
+        mem.write_bytes(3 * PAGE_SIZE + 17, b"hello");
+        mem.write_bytes(40 * PAGE_SIZE - 1, b"xy");
+        let mut file = Vec::new();
+        write_pages(&mut file, &mem).unwrap();
+        assert_eq!(file.len() as u64, PAGES_HEADER + 3 * (8 + PAGE_SIZE));
+        let mut back = MemRange::new(0x8000_0000, 64 * PAGE_SIZE);
+        check_pages("t", &file, back.len()).unwrap();
+        apply_pages(&file, &mut back);
+        assert_eq!(back.bytes(), mem.bytes());
+        assert_eq!(
+            merkle::range_root(back.bytes()),
+            merkle::range_root(mem.bytes())
+        );
+        // Out-of-order indices are refused.
+        let mut bad = file.clone();
+        bad[32..40].copy_from_slice(&50u64.to_le_bytes());
+        let err = check_pages("t", &bad, back.len()).unwrap_err();
+        assert!(
+            err.to_string().contains("out of range or out of order"),
+            "{err}"
+        );
+        // A pages file for another range length is refused.
+        let err = check_pages("t", &file, 32 * PAGE_SIZE).unwrap_err();
+        assert!(err.to_string().contains("covers"), "{err}");
+    }
+}
