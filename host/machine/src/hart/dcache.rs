@@ -1,0 +1,174 @@
+//! The decode cache: each RAM page that code runs from gets an array of decoded
+//! instructions, one slot per halfword, filled on first execution.
+//!
+//! Stores to RAM invalidate exactly the slots whose instruction they may overlap (the
+//! slot of each written halfword and the one before it), so self-modifying code and
+//! program loaders need no `fence.i` to be seen — which is also the strongest behaviour
+//! `fence.i` allows. Instructions that straddle a page are never cached. The pool of
+//! decoded pages is bounded; when it is full everything is dropped and refilled on
+//! demand (a cache: it never changes what the guest sees).
+
+use super::Insn;
+
+const SLOTS: usize = 2048;
+const NONE: u32 = u32::MAX;
+/// Most RAM pages decoded at once: 32 MiB of guest code (256 MiB of host memory at most).
+/// A compiler's hot code is tens of MiB; a pool smaller than the working set turns every
+/// page change into a refill.
+const POOL_PAGES: usize = 8192;
+
+/// Decoded instructions by RAM page.
+#[derive(Debug)]
+pub struct DecodeCache {
+    /// For each RAM page, its index in `pages` or `NONE`.
+    slot_of: Vec<u32>,
+    /// Decoded pages.
+    pages: Vec<Box<[Insn]>>,
+    /// The RAM page each entry of `pages` holds, or `NONE` for a free (clean) entry.
+    owner: Vec<u32>,
+    /// Entries of `pages` that hold no RAM page (after a flush).
+    free: Vec<u32>,
+    /// The next entry to evict once the pool is full (round robin: deterministic, and it
+    /// never throws away the whole working set at once).
+    hand: usize,
+}
+
+impl DecodeCache {
+    /// An empty cache for a RAM of `ram_length` bytes.
+    pub fn new(ram_length: u64) -> Self {
+        Self {
+            slot_of: vec![NONE; ram_length.div_ceil(4096) as usize],
+            pages: Vec::new(),
+            owner: Vec::new(),
+            free: Vec::new(),
+            hand: 0,
+        }
+    }
+
+    /// The cache page of RAM page `ram_page`, creating it (empty) if needed.
+    ///
+    /// Creating may evict another page; callers hold no cache-page index across this call
+    /// except the one it returns (the fetch fast path re-tags itself with the result).
+    pub fn page_for(&mut self, ram_page: u64) -> u32 {
+        let slot = self.slot_of[ram_page as usize];
+        if slot != NONE {
+            return slot;
+        }
+        let i = if let Some(free) = self.free.pop() {
+            free as usize
+        } else if self.pages.len() < POOL_PAGES {
+            self.pages
+                .push(vec![Insn::UNDECODED; SLOTS].into_boxed_slice());
+            self.owner.push(NONE);
+            self.pages.len() - 1
+        } else {
+            let victim = self.hand;
+            self.hand = (self.hand + 1) % POOL_PAGES;
+            self.slot_of[self.owner[victim] as usize] = NONE;
+            self.pages[victim].fill(Insn::UNDECODED);
+            victim
+        };
+        self.owner[i] = ram_page as u32;
+        self.slot_of[ram_page as usize] = i as u32;
+        i as u32
+    }
+
+    /// The slot of `pc` in cache page `page`.
+    #[inline(always)]
+    pub fn get(&self, page: u32, pc: u64) -> Insn {
+        self.pages[page as usize][((pc & 0xfff) >> 1) as usize]
+    }
+
+    /// Fills the slot of `pc` in cache page `page`.
+    #[inline(always)]
+    pub fn set(&mut self, page: u32, pc: u64, insn: Insn) {
+        self.pages[page as usize][((pc & 0xfff) >> 1) as usize] = insn;
+    }
+
+    /// Forgets decoded instructions that a store of `size` bytes at RAM offset `off` may
+    /// have changed.
+    #[inline(always)]
+    pub fn invalidate(&mut self, off: u64, size: u32) {
+        let slot = self.slot_of[(off >> 12) as usize];
+        if slot != NONE {
+            self.invalidate_in(slot, off, size);
+        }
+    }
+
+    #[inline(never)]
+    fn invalidate_in(&mut self, slot: u32, off: u64, size: u32) {
+        let page = &mut self.pages[slot as usize];
+        let first = ((off & 0xfff) >> 1).saturating_sub(1) as usize;
+        let last = (((off & 0xfff) + size as u64 - 1) >> 1).min(SLOTS as u64 - 1) as usize;
+        page[first..=last].fill(Insn::UNDECODED);
+        // A store that runs into the next page (byte-wise misaligned stores do not) is
+        // handled by the caller's per-page stores.
+    }
+
+    /// Drops everything (the pool's buffers are kept, cleaned, for reuse).
+    pub fn flush(&mut self) {
+        for (i, owner) in self.owner.iter_mut().enumerate() {
+            if *owner != NONE {
+                self.slot_of[*owner as usize] = NONE;
+                self.pages[i].fill(Insn::UNDECODED);
+                *owner = NONE;
+            }
+        }
+        // Hand entries out again in index order, so the pool refills as it first filled.
+        self.free = (0..self.owner.len() as u32).rev().collect();
+        self.hand = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{decode, Op};
+    use super::*;
+
+    #[test]
+    fn stores_invalidate_overlapping_slots_only() {
+        let mut c = DecodeCache::new(16 * 4096);
+        let p = c.page_for(3);
+        let addi = decode(0x0010_0093); // addi x1, x0, 1
+        for pc in [0x100u64, 0x102, 0x104, 0x108] {
+            c.set(p, pc, addi);
+        }
+        c.invalidate(3 * 4096 + 0x104, 1);
+        assert_eq!(c.get(p, 0x100).op, addi.op);
+        assert_eq!(c.get(p, 0x102).op, Op::Undecoded);
+        assert_eq!(c.get(p, 0x104).op, Op::Undecoded);
+        assert_eq!(c.get(p, 0x108).op, addi.op);
+        // Stores to pages without code do nothing.
+        c.invalidate(5 * 4096, 8);
+        assert_eq!(c.get(p, 0x100).op, addi.op);
+    }
+
+    #[test]
+    fn a_full_pool_evicts_one_page_at_a_time() {
+        let mut c = DecodeCache::new((POOL_PAGES as u64 + 8) * 4096);
+        let addi = decode(0x0010_0093);
+        for page in 0..POOL_PAGES as u64 {
+            let p = c.page_for(page);
+            c.set(p, 0, addi);
+        }
+        // One more page evicts the oldest only; the rest stay decoded.
+        let q = c.page_for(POOL_PAGES as u64);
+        assert_eq!(c.get(q, 0).op, Op::Undecoded);
+        assert_eq!(c.slot_of[0], NONE);
+        let p1 = c.page_for(1);
+        assert_eq!(c.get(p1, 0).op, addi.op);
+    }
+
+    #[test]
+    fn flush_forgets_pages_and_reuses_buffers() {
+        let mut c = DecodeCache::new(16 * 4096);
+        let p = c.page_for(1);
+        c.set(p, 0, decode(0x0010_0093));
+        c.flush();
+        let q = c.page_for(2);
+        assert_eq!(q, p);
+        assert_eq!(c.get(q, 0).op, Op::Undecoded);
+        assert_eq!(c.page_for(2), q);
+        assert_ne!(c.page_for(1), q);
+    }
+}
