@@ -8,4 +8,15 @@
 //! The library does no I/O of its own: the caller hands it images as bytes and drains the
 //! console output it collects.
 
+pub mod bench;
 pub mod board;
+pub mod bus;
+pub mod devices;
+pub mod fdt;
+pub mod hart;
+pub mod machine;
+pub mod memory;
+pub mod merkle;
+pub mod snapshot;
+pub mod softfloat;
+pub mod state;

@@ -1,0 +1,101 @@
+//! `cmbuild machine run` through the real binary: the output contract of DESIGN.md
+//! (console bytes on stdout, one summary line on stderr, the guest's exit code, 124 at
+//! `--max-mcycle`, 2 with a message on usage errors) and a deterministic `--final-hash`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Prints "A" through HTIF, then halts with exit code 3: seven instructions.
+const PRINT_A_EXIT_3: [u32; 8] = [
+    0x4000_82b7, // lui t0, 0x40008          (HTIF tohost)
+    0x0101_03b7, // lui t2, 0x1010
+    0x0203_9393, // slli t2, t2, 32          (dev 1, cmd 1)
+    0x0413_8393, // addi t2, t2, 'A'
+    0x0072_b023, // sd t2, 0(t0)             (putchar)
+    0x0070_0313, // addi t1, zero, 7         (3 << 1 | 1)
+    0x0062_b023, // sd t1, 0(t0)             (halt)
+    0x0000_006f, // j .
+];
+
+fn write_image(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("prog.bin");
+    let bytes: Vec<u8> = PRINT_A_EXIT_3
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn cmbuild(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cmbuild"))
+        .args(["machine", "run"])
+        .args(args)
+        .output()
+        .expect("run cmbuild")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn halting_program_prints_and_exits_with_its_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = write_image(tmp.path());
+    let image = image.to_str().unwrap();
+    let o = cmbuild(&["--ram-length", "1Mi", "--ram-image", image, "--final-hash"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"A");
+    let lines: Vec<String> = stderr(&o).lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines[0],
+        "cmbuild-machine: break=halted exit_code=3 mcycle=7"
+    );
+    let hash = lines[1]
+        .strip_prefix("root_hash=cmvm-sha256-v1:")
+        .expect("hash line");
+    assert_eq!(hash.len(), 64);
+    assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
+    // Same inputs, same hash; another RAM size is another machine.
+    let again = cmbuild(&["--ram-length", "1Mi", "--ram-image", image, "--final-hash"]);
+    assert_eq!(stderr(&again), stderr(&o));
+    let other = cmbuild(&["--ram-length", "2Mi", "--ram-image", image, "--final-hash"]);
+    assert_ne!(stderr(&other).lines().nth(1), Some(lines[1].as_str()));
+}
+
+#[test]
+fn max_mcycle_stops_with_124() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = write_image(tmp.path());
+    let o = cmbuild(&[
+        "--ram-length",
+        "1Mi",
+        "--ram-image",
+        image.to_str().unwrap(),
+        "--max-mcycle",
+        "5",
+    ]);
+    assert_eq!(o.status.code(), Some(124));
+    assert_eq!(o.stdout, b"A", "the putchar is the fifth instruction");
+    assert_eq!(stderr(&o), "cmbuild-machine: break=max-mcycle mcycle=5\n");
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_message() {
+    let o = cmbuild(&["--ram-image", "/nonexistent/prog.bin"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/nonexistent/prog.bin"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cmbuild(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nothing to run"), "{}", stderr(&o));
+    let o = cmbuild(&["--ram-length", "12Q", "--ram-image", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = cmbuild(&["--flash-drive", "label:x", "--ram-image", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("filename:PATH"), "{}", stderr(&o));
+}

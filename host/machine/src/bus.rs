@@ -1,0 +1,147 @@
+//! The physical address space: memory ranges (RAM, flash drives), the device tree ROM
+//! and the memory-mapped devices, at the addresses of [`crate::board`].
+
+use crate::board::{
+    CLINT_BASE, CLINT_SIZE, DTB_BASE, DTB_SIZE, HTIF_BASE, HTIF_SIZE, PLIC_BASE, PLIC_SIZE,
+    UART_BASE, UART_IRQ, UART_SIZE,
+};
+use crate::devices::{clint::Clint, htif::Htif, plic::Plic, uart::Uart};
+use crate::memory::MemRange;
+
+/// A flash drive: a file-backed memory range above RAM (a `pmem-region` for Linux).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlashDrive {
+    /// The label the configuration gave it (`label:NAME`).
+    pub label: String,
+    /// Whether guest writes go back to the host file when the run ends.
+    pub shared: bool,
+    /// Length of the image it was loaded from (the range is rounded up to 2 MiB).
+    pub image_length: u64,
+    /// The bytes.
+    pub mem: MemRange,
+}
+
+/// Index of RAM among the memory regions (flash drive `i` is region `i + 1`).
+pub const REGION_RAM: u32 = 0;
+/// Region index of anything that is not memory (devices, the DTB ROM).
+pub const REGION_MMIO: u32 = u32::MAX;
+
+/// Everything the hart reaches through physical addresses.
+#[derive(Debug)]
+pub struct Bus {
+    /// Main memory at [`crate::board::RAM_BASE`].
+    pub ram: MemRange,
+    /// Flash drives, in increasing address order.
+    pub flash: Vec<FlashDrive>,
+    /// The generated device tree blob, read-only at [`DTB_BASE`].
+    pub dtb: Vec<u8>,
+    /// CLINT.
+    pub clint: Clint,
+    /// HTIF.
+    pub htif: Htif,
+    /// PLIC.
+    pub plic: Plic,
+    /// UART 16550.
+    pub uart: Uart,
+    /// Console bytes the guest wrote (HTIF and UART), for the caller to drain.
+    pub console: Vec<u8>,
+}
+
+impl Bus {
+    /// The memory region holding `pa`: (region index, offset inside the region).
+    #[inline(always)]
+    pub fn find_memory(&self, pa: u64) -> Option<(u32, u64)> {
+        if self.ram.contains(pa) {
+            return Some((REGION_RAM, pa - self.ram.start));
+        }
+        self.flash
+            .iter()
+            .position(|f| f.mem.contains(pa))
+            .map(|i| (i as u32 + 1, pa - self.flash[i].mem.start))
+    }
+
+    /// Memory region `region` (as numbered by [`Bus::find_memory`]).
+    #[inline(always)]
+    pub fn region(&self, region: u32) -> &MemRange {
+        if region == REGION_RAM {
+            &self.ram
+        } else {
+            &self.flash[region as usize - 1].mem
+        }
+    }
+
+    /// Memory region `region`, writable.
+    #[inline(always)]
+    pub fn region_mut(&mut self, region: u32) -> &mut MemRange {
+        if region == REGION_RAM {
+            &mut self.ram
+        } else {
+            &mut self.flash[region as usize - 1].mem
+        }
+    }
+
+    /// A load of `size` bytes (naturally aligned) from a device or the DTB ROM at `pa`;
+    /// `None` means nothing answers there (an access fault).
+    pub fn read_mmio(&mut self, pa: u64, size: u32, mcycle: u64) -> Option<u64> {
+        if let Some(off) = offset_in(pa, CLINT_BASE, CLINT_SIZE) {
+            return self.clint.read(off, size, mcycle);
+        }
+        if let Some(off) = offset_in(pa, HTIF_BASE, HTIF_SIZE) {
+            return self.htif.read(off, size);
+        }
+        if let Some(off) = offset_in(pa, UART_BASE, UART_SIZE) {
+            let value = self.uart.read(off, size);
+            self.update_uart_line();
+            return Some(value);
+        }
+        if let Some(off) = offset_in(pa, PLIC_BASE, PLIC_SIZE) {
+            return Some(self.plic.read(off, size));
+        }
+        if let Some(off) = offset_in(pa, DTB_BASE, DTB_SIZE) {
+            let mut value = 0u64;
+            for i in 0..size as u64 {
+                let byte = self.dtb.get((off + i) as usize).copied().unwrap_or(0);
+                value |= (byte as u64) << (8 * i);
+            }
+            return Some(value);
+        }
+        None
+    }
+
+    /// A store of `size` bytes to a device at `pa`; `None` means an access fault.
+    pub fn write_mmio(&mut self, pa: u64, size: u32, value: u64) -> Option<()> {
+        if let Some(off) = offset_in(pa, CLINT_BASE, CLINT_SIZE) {
+            return self.clint.write(off, size, value);
+        }
+        if let Some(off) = offset_in(pa, HTIF_BASE, HTIF_SIZE) {
+            return self.htif.write(off, size, value, &mut self.console);
+        }
+        if let Some(off) = offset_in(pa, UART_BASE, UART_SIZE) {
+            self.uart.write(off, size, value, &mut self.console);
+            self.update_uart_line();
+            return Some(());
+        }
+        if let Some(off) = offset_in(pa, PLIC_BASE, PLIC_SIZE) {
+            self.plic.write(off, size, value);
+            return Some(());
+        }
+        None
+    }
+
+    /// Propagates the UART's interrupt output to its PLIC source.
+    fn update_uart_line(&mut self) {
+        self.plic
+            .set_source_level(UART_IRQ, self.uart.interrupt_pending());
+    }
+
+    /// Whether the interrupt lines into the hart's `mip.MEIP`/`mip.SEIP` are raised.
+    #[inline]
+    pub fn external_interrupts(&self) -> (bool, bool) {
+        (self.plic.meip(), self.plic.seip())
+    }
+}
+
+fn offset_in(pa: u64, base: u64, size: u64) -> Option<u64> {
+    let off = pa.wrapping_sub(base);
+    (off < size).then_some(off)
+}

@@ -1,0 +1,157 @@
+//! HTIF (`ucb,htif0`): the host-target interface bare-metal programs and OpenSBI use to
+//! halt the machine and print to the console.
+//!
+//! `tohost = (dev << 56) | (cmd << 48) | data`. dev 0 cmd 0 with `data & 1` halts with
+//! exit code `data >> 1`; dev 1 cmd 1 prints the byte `data & 0xff`. Each command is
+//! consumed the moment it is written (`tohost` reads back as 0 afterwards), so a guest
+//! never polls. A command is triggered by an 8-byte store to `tohost`, or by a 4-byte
+//! store to its upper half (32-bit code writes the low half first).
+
+use crate::board::{HTIF_FROMHOST, HTIF_TOHOST};
+use crate::state::{put_u64, put_u8, Reader, StateError};
+
+/// The HTIF's registers and the halt it may have been asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Htif {
+    /// `tohost` (holds only a pending low half between two 4-byte stores).
+    pub tohost: u64,
+    /// `fromhost` (nothing the machine sends; a plain register).
+    pub fromhost: u64,
+    /// `Some(exit code)` once the guest asked to halt.
+    pub halt: Option<u64>,
+}
+
+impl Htif {
+    /// Reset state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A load of `size` bytes at `offset`; `None` where no register lives.
+    pub fn read(&self, offset: u64, size: u32) -> Option<u64> {
+        let (reg, shift) = locate(offset, size)?;
+        let value = match reg {
+            HTIF_TOHOST => self.tohost,
+            HTIF_FROMHOST => self.fromhost,
+            _ => 0,
+        };
+        Some(if size == 8 {
+            value
+        } else {
+            (value >> shift) & 0xffff_ffff
+        })
+    }
+
+    /// A store of `size` bytes at `offset`; console bytes are appended to `console`.
+    pub fn write(
+        &mut self,
+        offset: u64,
+        size: u32,
+        value: u64,
+        console: &mut Vec<u8>,
+    ) -> Option<()> {
+        let (reg, shift) = locate(offset, size)?;
+        let (old, mask) = match reg {
+            HTIF_TOHOST => (self.tohost, mask_for(size, shift)),
+            HTIF_FROMHOST => (self.fromhost, mask_for(size, shift)),
+            _ => return Some(()),
+        };
+        let new = (old & !mask) | ((value << shift) & mask);
+        if reg == HTIF_FROMHOST {
+            self.fromhost = new;
+            return Some(());
+        }
+        self.tohost = new;
+        if size == 8 || shift == 32 {
+            self.run_command(console);
+        }
+        Some(())
+    }
+
+    fn run_command(&mut self, console: &mut Vec<u8>) {
+        let cmd = std::mem::take(&mut self.tohost);
+        let (dev, op, data) = (cmd >> 56, (cmd >> 48) & 0xff, cmd & 0xffff_ffff_ffff);
+        match (dev, op) {
+            (0, 0) if data & 1 != 0 && self.halt.is_none() => self.halt = Some(data >> 1),
+            (1, 1) => console.push(data as u8),
+            _ => {}
+        }
+    }
+
+    /// Appends the canonical encoding of the registers.
+    pub fn save_state(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.tohost);
+        put_u64(out, self.fromhost);
+        put_u8(out, self.halt.is_some() as u8);
+        put_u64(out, self.halt.unwrap_or(0));
+    }
+
+    /// Restores what [`Htif::save_state`] wrote.
+    pub fn load_state(&mut self, r: &mut Reader<'_>) -> Result<(), StateError> {
+        self.tohost = r.u64()?;
+        self.fromhost = r.u64()?;
+        let halted = r.bool("htif halt flag")?;
+        let code = r.u64()?;
+        self.halt = halted.then_some(code);
+        Ok(())
+    }
+}
+
+fn locate(offset: u64, size: u32) -> Option<(u64, u32)> {
+    match size {
+        8 if offset % 8 == 0 => Some((offset, 0)),
+        4 if offset % 4 == 0 => Some((offset & !7, ((offset & 4) * 8) as u32)),
+        _ => None,
+    }
+}
+
+fn mask_for(size: u32, shift: u32) -> u64 {
+    if size == 8 {
+        !0
+    } else {
+        0xffff_ffffu64 << shift
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn putchar_and_halt_are_consumed_at_once() {
+        let mut h = Htif::new();
+        let mut console = Vec::new();
+        h.write(0, 8, (1 << 56) | (1 << 48) | b'A' as u64, &mut console)
+            .unwrap();
+        assert_eq!(console, b"A");
+        assert_eq!(h.read(0, 8), Some(0));
+        assert_eq!(h.halt, None);
+        h.write(0, 8, (42 << 1) | 1, &mut console).unwrap();
+        assert_eq!(h.halt, Some(42));
+    }
+
+    #[test]
+    fn two_word_stores_trigger_on_the_upper_half() {
+        let mut h = Htif::new();
+        let mut console = Vec::new();
+        h.write(0, 4, b'c' as u64, &mut console).unwrap();
+        assert!(console.is_empty() && h.halt.is_none());
+        h.write(4, 4, 0x0101_0000, &mut console).unwrap();
+        assert_eq!(console, b"c");
+        assert_eq!(h.halt, None);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let h = Htif {
+            tohost: 5,
+            fromhost: 6,
+            halt: Some(3),
+        };
+        let mut out = Vec::new();
+        h.save_state(&mut out);
+        let mut g = Htif::new();
+        g.load_state(&mut Reader::new(&out)).unwrap();
+        assert_eq!(h, g);
+    }
+}

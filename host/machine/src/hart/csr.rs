@@ -1,0 +1,310 @@
+//! The control and status registers: their storage, numbers and field masks.
+//!
+//! Reading and writing them (with the privilege checks) is in [`super::zicsr`].
+
+use crate::state::{put_u64, put_u8, Reader, StateError};
+
+/// `mstatus.SIE`.
+pub const MSTATUS_SIE: u64 = 1 << 1;
+/// `mstatus.MIE`.
+pub const MSTATUS_MIE: u64 = 1 << 3;
+/// `mstatus.SPIE`.
+pub const MSTATUS_SPIE: u64 = 1 << 5;
+/// `mstatus.MPIE`.
+pub const MSTATUS_MPIE: u64 = 1 << 7;
+/// `mstatus.SPP`.
+pub const MSTATUS_SPP: u64 = 1 << 8;
+/// `mstatus.MPP` (two bits).
+pub const MSTATUS_MPP: u64 = 3 << 11;
+/// `mstatus.FS` (two bits).
+pub const MSTATUS_FS: u64 = 3 << 13;
+/// `mstatus.MPRV`.
+pub const MSTATUS_MPRV: u64 = 1 << 17;
+/// `mstatus.SUM`.
+pub const MSTATUS_SUM: u64 = 1 << 18;
+/// `mstatus.MXR`.
+pub const MSTATUS_MXR: u64 = 1 << 19;
+/// `mstatus.TVM`.
+pub const MSTATUS_TVM: u64 = 1 << 20;
+/// `mstatus.TW`.
+pub const MSTATUS_TW: u64 = 1 << 21;
+/// `mstatus.TSR`.
+pub const MSTATUS_TSR: u64 = 1 << 22;
+/// `mstatus.UXL` and `SXL`, fixed at 64 bits.
+pub const MSTATUS_UXL_SXL: u64 = (2 << 32) | (2 << 34);
+/// `mstatus.SD`.
+pub const MSTATUS_SD: u64 = 1 << 63;
+
+/// The `mstatus` bits M-mode software can write.
+pub const MSTATUS_WRITABLE: u64 = MSTATUS_SIE
+    | MSTATUS_MIE
+    | MSTATUS_SPIE
+    | MSTATUS_MPIE
+    | MSTATUS_SPP
+    | MSTATUS_MPP
+    | MSTATUS_FS
+    | MSTATUS_MPRV
+    | MSTATUS_SUM
+    | MSTATUS_MXR
+    | MSTATUS_TVM
+    | MSTATUS_TW
+    | MSTATUS_TSR;
+/// The `mstatus` bits visible in `sstatus`.
+pub const SSTATUS_VISIBLE: u64 = MSTATUS_SIE
+    | MSTATUS_SPIE
+    | MSTATUS_SPP
+    | MSTATUS_FS
+    | MSTATUS_SUM
+    | MSTATUS_MXR
+    | (3 << 32)
+    | MSTATUS_SD;
+/// The `sstatus` bits S-mode software can write.
+pub const SSTATUS_WRITABLE: u64 =
+    MSTATUS_SIE | MSTATUS_SPIE | MSTATUS_SPP | MSTATUS_FS | MSTATUS_SUM | MSTATUS_MXR;
+
+/// Supervisor software interrupt pending.
+pub const MIP_SSIP: u64 = 1 << 1;
+/// Machine software interrupt pending.
+pub const MIP_MSIP: u64 = 1 << 3;
+/// Supervisor timer interrupt pending.
+pub const MIP_STIP: u64 = 1 << 5;
+/// Machine timer interrupt pending.
+pub const MIP_MTIP: u64 = 1 << 7;
+/// Supervisor external interrupt pending.
+pub const MIP_SEIP: u64 = 1 << 9;
+/// Machine external interrupt pending.
+pub const MIP_MEIP: u64 = 1 << 11;
+/// Interrupts that exist (and can be enabled in `mie`).
+pub const MIE_WRITABLE: u64 = MIP_SSIP | MIP_MSIP | MIP_STIP | MIP_MTIP | MIP_SEIP | MIP_MEIP;
+/// `mip` bits M-mode software can write (the others follow devices).
+pub const MIP_WRITABLE: u64 = MIP_SSIP | MIP_STIP | MIP_SEIP;
+/// Interrupts that can be delegated to S-mode.
+pub const MIDELEG_WRITABLE: u64 = MIP_SSIP | MIP_STIP | MIP_SEIP;
+/// Exceptions that can be delegated to S-mode (all but ecall from M and reserved codes).
+pub const MEDELEG_WRITABLE: u64 = 0xb3ff;
+
+/// `misa`: RV64 with A, C, D, F, I, M, S and U.
+pub const MISA: u64 = (2 << 62)
+    | (1 << 0)
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 5)
+    | (1 << 8)
+    | (1 << 12)
+    | (1 << 18)
+    | (1 << 20);
+
+/// `satp.MODE` for bare (no translation).
+pub const SATP_MODE_BARE: u64 = 0;
+/// `satp.MODE` for Sv39.
+pub const SATP_MODE_SV39: u64 = 8;
+/// `satp.MODE` for Sv48.
+pub const SATP_MODE_SV48: u64 = 9;
+/// `satp.PPN`.
+pub const SATP_PPN: u64 = (1 << 44) - 1;
+
+/// Number of PMP entries (their CSRs exist; the machine grants every access, which is
+/// what PMP does for a single trusted M-mode that opens everything to S and U).
+pub const PMP_ENTRIES: usize = 16;
+
+/// CSR numbers.
+pub mod num {
+    #![allow(missing_docs)]
+    pub const FFLAGS: u16 = 0x001;
+    pub const FRM: u16 = 0x002;
+    pub const FCSR: u16 = 0x003;
+    pub const CYCLE: u16 = 0xc00;
+    pub const TIME: u16 = 0xc01;
+    pub const INSTRET: u16 = 0xc02;
+    pub const HPMCOUNTER3: u16 = 0xc03;
+    pub const HPMCOUNTER31: u16 = 0xc1f;
+    pub const SSTATUS: u16 = 0x100;
+    pub const SIE: u16 = 0x104;
+    pub const STVEC: u16 = 0x105;
+    pub const SCOUNTEREN: u16 = 0x106;
+    pub const SSCRATCH: u16 = 0x140;
+    pub const SEPC: u16 = 0x141;
+    pub const SCAUSE: u16 = 0x142;
+    pub const STVAL: u16 = 0x143;
+    pub const SIP: u16 = 0x144;
+    pub const SATP: u16 = 0x180;
+    pub const MVENDORID: u16 = 0xf11;
+    pub const MARCHID: u16 = 0xf12;
+    pub const MIMPID: u16 = 0xf13;
+    pub const MHARTID: u16 = 0xf14;
+    pub const MCONFIGPTR: u16 = 0xf15;
+    pub const MSTATUS: u16 = 0x300;
+    pub const MISA: u16 = 0x301;
+    pub const MEDELEG: u16 = 0x302;
+    pub const MIDELEG: u16 = 0x303;
+    pub const MIE: u16 = 0x304;
+    pub const MTVEC: u16 = 0x305;
+    pub const MCOUNTEREN: u16 = 0x306;
+    pub const MCOUNTINHIBIT: u16 = 0x320;
+    pub const MHPMEVENT3: u16 = 0x323;
+    pub const MHPMEVENT31: u16 = 0x33f;
+    pub const MSCRATCH: u16 = 0x340;
+    pub const MEPC: u16 = 0x341;
+    pub const MCAUSE: u16 = 0x342;
+    pub const MTVAL: u16 = 0x343;
+    pub const MIP: u16 = 0x344;
+    pub const PMPCFG0: u16 = 0x3a0;
+    pub const PMPCFG15: u16 = 0x3af;
+    pub const PMPADDR0: u16 = 0x3b0;
+    pub const PMPADDR63: u16 = 0x3ef;
+    pub const MCYCLE: u16 = 0xb00;
+    pub const MINSTRET: u16 = 0xb02;
+    pub const MHPMCOUNTER3: u16 = 0xb03;
+    pub const MHPMCOUNTER31: u16 = 0xb1f;
+}
+
+/// CSR storage. Counters live in [`super::Hart`]; `mip` here holds only the
+/// software-writable bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Csrs {
+    /// `mstatus` (sstatus is a view of it).
+    pub mstatus: u64,
+    /// `medeleg`.
+    pub medeleg: u64,
+    /// `mideleg`.
+    pub mideleg: u64,
+    /// `mie` (sie is a view of it).
+    pub mie: u64,
+    /// Software-writable bits of `mip`.
+    pub mip: u64,
+    /// `mtvec`.
+    pub mtvec: u64,
+    /// `mcounteren`.
+    pub mcounteren: u64,
+    /// `mscratch`.
+    pub mscratch: u64,
+    /// `mepc`.
+    pub mepc: u64,
+    /// `mcause`.
+    pub mcause: u64,
+    /// `mtval`.
+    pub mtval: u64,
+    /// `stvec`.
+    pub stvec: u64,
+    /// `scounteren`.
+    pub scounteren: u64,
+    /// `sscratch`.
+    pub sscratch: u64,
+    /// `sepc`.
+    pub sepc: u64,
+    /// `scause`.
+    pub scause: u64,
+    /// `stval`.
+    pub stval: u64,
+    /// `satp`.
+    pub satp: u64,
+    /// `fcsr.frm`.
+    pub frm: u8,
+    /// `fcsr.fflags`.
+    pub fflags: u8,
+    /// `pmpcfg0`, `pmpcfg2` (RV64 has only the even ones).
+    pub pmpcfg: [u64; PMP_ENTRIES / 8],
+    /// `pmpaddr0..`.
+    pub pmpaddr: [u64; PMP_ENTRIES],
+}
+
+impl Default for Csrs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Csrs {
+    /// Reset values.
+    pub fn new() -> Self {
+        Self {
+            mstatus: MSTATUS_UXL_SXL,
+            medeleg: 0,
+            mideleg: 0,
+            mie: 0,
+            mip: 0,
+            mtvec: 0,
+            mcounteren: 0,
+            mscratch: 0,
+            mepc: 0,
+            mcause: 0,
+            mtval: 0,
+            stvec: 0,
+            scounteren: 0,
+            sscratch: 0,
+            sepc: 0,
+            scause: 0,
+            stval: 0,
+            satp: 0,
+            frm: 0,
+            fflags: 0,
+            pmpcfg: [0; PMP_ENTRIES / 8],
+            pmpaddr: [0; PMP_ENTRIES],
+        }
+    }
+
+    /// Appends the canonical encoding.
+    pub fn save_state(&self, out: &mut Vec<u8>) {
+        for v in [
+            self.mstatus,
+            self.medeleg,
+            self.mideleg,
+            self.mie,
+            self.mip,
+            self.mtvec,
+            self.mcounteren,
+            self.mscratch,
+            self.mepc,
+            self.mcause,
+            self.mtval,
+            self.stvec,
+            self.scounteren,
+            self.sscratch,
+            self.sepc,
+            self.scause,
+            self.stval,
+            self.satp,
+        ] {
+            put_u64(out, v);
+        }
+        put_u8(out, self.frm);
+        put_u8(out, self.fflags);
+        self.pmpcfg.iter().for_each(|&v| put_u64(out, v));
+        self.pmpaddr.iter().for_each(|&v| put_u64(out, v));
+    }
+
+    /// Restores what [`Csrs::save_state`] wrote.
+    pub fn load_state(&mut self, r: &mut Reader<'_>) -> Result<(), StateError> {
+        for v in [
+            &mut self.mstatus,
+            &mut self.medeleg,
+            &mut self.mideleg,
+            &mut self.mie,
+            &mut self.mip,
+            &mut self.mtvec,
+            &mut self.mcounteren,
+            &mut self.mscratch,
+            &mut self.mepc,
+            &mut self.mcause,
+            &mut self.mtval,
+            &mut self.stvec,
+            &mut self.scounteren,
+            &mut self.sscratch,
+            &mut self.sepc,
+            &mut self.scause,
+            &mut self.stval,
+            &mut self.satp,
+        ] {
+            *v = r.u64()?;
+        }
+        self.frm = r.u8()?;
+        self.fflags = r.u8()?;
+        for v in self.pmpcfg.iter_mut() {
+            *v = r.u64()?;
+        }
+        for v in self.pmpaddr.iter_mut() {
+            *v = r.u64()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,464 @@
+//! Virtual memory: Sv39/Sv48 page-table walks and a software TLB, plus the load, store
+//! and fetch paths that use them.
+//!
+//! The TLB is direct-mapped, one array per access kind (fetch, load, store). A tag is
+//! the virtual page number with a context in its top bits: the effective privilege,
+//! `mstatus.SUM`/`MXR` and whether translation is on. Changing privilege or those bits
+//! therefore needs no flush — entries of another context simply miss — while a `satp`
+//! write or `sfence.vma` flushes everything. Store entries are only made once the PTE's
+//! D bit is set, so a hit never needs a page-table update.
+
+use super::csr::*;
+use super::{cause, Exception, Hart, Insn, PRV_M, PRV_S, PRV_U};
+use crate::bus::{Bus, REGION_MMIO, REGION_RAM};
+
+const TLB_SIZE: usize = 256;
+
+/// What an access is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Instruction fetch.
+    Fetch,
+    /// Load (and LR).
+    Load,
+    /// Store and AMO.
+    Store,
+}
+
+impl Access {
+    fn page_fault(self, va: u64) -> Exception {
+        let cause = match self {
+            Access::Fetch => cause::FETCH_PAGE,
+            Access::Load => cause::LOAD_PAGE,
+            Access::Store => cause::STORE_PAGE,
+        };
+        Exception { cause, tval: va }
+    }
+
+    fn access_fault(self, va: u64) -> Exception {
+        let cause = match self {
+            Access::Fetch => cause::FETCH_ACCESS,
+            Access::Load => cause::LOAD_ACCESS,
+            Access::Store => cause::STORE_ACCESS,
+        };
+        Exception { cause, tval: va }
+    }
+}
+
+/// A cached translation of one virtual page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TlbEntry {
+    /// `vpn | ctx`; 0 never matches (every context has bit 63 set).
+    tag: u64,
+    /// Memory region of the physical page ([`REGION_MMIO`] for devices).
+    region: u32,
+    /// Offset of the physical page inside its region (the physical page for MMIO).
+    page: u64,
+}
+
+const EMPTY: TlbEntry = TlbEntry {
+    tag: 0,
+    region: REGION_MMIO,
+    page: 0,
+};
+
+/// The translation caches of the hart.
+#[derive(Debug)]
+pub struct Mmu {
+    fetch: Box<[TlbEntry; TLB_SIZE]>,
+    load: Box<[TlbEntry; TLB_SIZE]>,
+    store: Box<[TlbEntry; TLB_SIZE]>,
+    /// Context bits of fetches (privilege, translation on).
+    fetch_ctx: u64,
+    /// Context bits of loads and stores (effective privilege after MPRV, SUM, MXR).
+    data_ctx: u64,
+    /// The page the last fetch came from: `vpn | fetch_ctx`, or 0.
+    pub(super) fetch_tag: u64,
+    /// Its decode-cache page.
+    pub(super) fetch_page: u32,
+}
+
+impl Mmu {
+    pub(super) fn new() -> Self {
+        Self {
+            fetch: Box::new([EMPTY; TLB_SIZE]),
+            load: Box::new([EMPTY; TLB_SIZE]),
+            store: Box::new([EMPTY; TLB_SIZE]),
+            fetch_ctx: 1 << 63,
+            data_ctx: 1 << 63,
+            fetch_tag: 0,
+            fetch_page: 0,
+        }
+    }
+
+    /// Drops every translation (satp write, sfence.vma).
+    pub(super) fn flush(&mut self) {
+        self.fetch.fill(EMPTY);
+        self.load.fill(EMPTY);
+        self.store.fill(EMPTY);
+        self.fetch_tag = 0;
+    }
+
+    /// Recomputes the contexts after a change of privilege, `mstatus` or `satp`.
+    pub(super) fn update_ctx(&mut self, prv: u8, mstatus: u64, satp: u64) {
+        let bare = satp >> 60 == SATP_MODE_BARE;
+        let data_prv = if mstatus & MSTATUS_MPRV != 0 && prv == PRV_M {
+            ((mstatus & MSTATUS_MPP) >> 11) as u8
+        } else {
+            prv
+        };
+        let ctx = |p: u8, sum: bool, mxr: bool| {
+            let translated = !bare && p != PRV_M;
+            (1u64 << 63)
+                | ((p as u64) << 56)
+                | ((translated as u64) << 58)
+                | ((sum as u64) << 59)
+                | ((mxr as u64) << 60)
+        };
+        self.fetch_ctx = ctx(prv, false, false);
+        self.data_ctx = ctx(
+            data_prv,
+            mstatus & MSTATUS_SUM != 0,
+            mstatus & MSTATUS_MXR != 0,
+        );
+    }
+}
+
+#[inline(always)]
+fn tlb_index(va: u64) -> usize {
+    ((va >> 12) as usize) & (TLB_SIZE - 1)
+}
+
+#[inline(always)]
+fn vpn(va: u64) -> u64 {
+    va >> 12
+}
+
+impl Hart {
+    /// Translates `va` for `access` by walking the page tables (no TLB).
+    pub fn translate(&mut self, bus: &mut Bus, va: u64, access: Access) -> Result<u64, Exception> {
+        let mstatus = self.csr.mstatus;
+        let prv = match access {
+            Access::Fetch => self.prv,
+            _ if mstatus & MSTATUS_MPRV != 0 && self.prv == PRV_M => {
+                ((mstatus & MSTATUS_MPP) >> 11) as u8
+            }
+            _ => self.prv,
+        };
+        let mode = self.csr.satp >> 60;
+        if prv == PRV_M || mode == SATP_MODE_BARE {
+            return Ok(va);
+        }
+        let levels: u32 = if mode == SATP_MODE_SV39 { 3 } else { 4 };
+        let va_bits = 12 + 9 * levels;
+        let shift = 64 - va_bits;
+        if ((va << shift) as i64 >> shift) as u64 != va {
+            return Err(access.page_fault(va));
+        }
+        let mut table = (self.csr.satp & SATP_PPN) << 12;
+        for level in (0..levels).rev() {
+            let pte_addr = table + ((va >> (12 + 9 * level)) & 0x1ff) * 8;
+            let Some((region, off)) = bus.find_memory(pte_addr) else {
+                return Err(access.access_fault(va));
+            };
+            let pte = bus.region(region).read_sized(off, 8);
+            let (v, r, w, x, u, a, d) = (
+                pte & 1 != 0,
+                pte & 2 != 0,
+                pte & 4 != 0,
+                pte & 8 != 0,
+                pte & 16 != 0,
+                pte & 64 != 0,
+                pte & 128 != 0,
+            );
+            // Bits 63:54 (N, PBMT, reserved) must be zero: no Svnapot, no Svpbmt.
+            if !v || (!r && w) || pte >> 54 != 0 {
+                return Err(access.page_fault(va));
+            }
+            let ppn = (pte >> 10) & ((1 << 44) - 1);
+            if !r && !x {
+                if level == 0 {
+                    return Err(access.page_fault(va));
+                }
+                table = ppn << 12;
+                continue;
+            }
+            let allowed = match access {
+                Access::Fetch => x,
+                Access::Load => r || (x && mstatus & MSTATUS_MXR != 0),
+                Access::Store => w,
+            };
+            let user_ok = match prv {
+                PRV_U => u,
+                PRV_S => !u || (access != Access::Fetch && mstatus & MSTATUS_SUM != 0),
+                _ => true,
+            };
+            let page_mask = (1u64 << (9 * level)) - 1;
+            if !allowed || !user_ok || ppn & page_mask != 0 {
+                return Err(access.page_fault(va));
+            }
+            // Hardware A/D updates (as QEMU and the Cartesi Machine do).
+            let need_d = access == Access::Store && !d;
+            if !a || need_d {
+                let new = pte | 64 | if need_d { 128 } else { 0 };
+                bus.region_mut(region).write_sized(off, 8, new);
+                if region == REGION_RAM {
+                    self.dcache.invalidate(off, 8);
+                }
+            }
+            let offset_mask = (1u64 << (12 + 9 * level)) - 1;
+            return Ok(((ppn << 12) & !offset_mask) | (va & offset_mask));
+        }
+        unreachable!("the loop returns at level 0")
+    }
+
+    /// The TLB entry for `va`, walking and filling on a miss.
+    #[inline(never)]
+    fn fill_tlb(&mut self, bus: &mut Bus, va: u64, access: Access) -> Result<TlbEntry, Exception> {
+        let pa = self.translate(bus, va, access)?;
+        let ctx = match access {
+            Access::Fetch => self.mmu.fetch_ctx,
+            _ => self.mmu.data_ctx,
+        };
+        let entry = match bus.find_memory(pa & !0xfff) {
+            Some((region, off)) => TlbEntry {
+                tag: vpn(va) | ctx,
+                region,
+                page: off,
+            },
+            None => TlbEntry {
+                tag: vpn(va) | ctx,
+                region: REGION_MMIO,
+                page: pa & !0xfff,
+            },
+        };
+        let table = match access {
+            Access::Fetch => &mut self.mmu.fetch,
+            Access::Load => &mut self.mmu.load,
+            Access::Store => &mut self.mmu.store,
+        };
+        table[tlb_index(va)] = entry;
+        Ok(entry)
+    }
+
+    #[inline(always)]
+    fn lookup(&mut self, bus: &mut Bus, va: u64, access: Access) -> Result<TlbEntry, Exception> {
+        let (table, ctx) = match access {
+            Access::Fetch => (&self.mmu.fetch, self.mmu.fetch_ctx),
+            Access::Load => (&self.mmu.load, self.mmu.data_ctx),
+            Access::Store => (&self.mmu.store, self.mmu.data_ctx),
+        };
+        let e = table[tlb_index(va)];
+        if e.tag == vpn(va) | ctx {
+            Ok(e)
+        } else {
+            self.fill_tlb(bus, va, access)
+        }
+    }
+
+    /// Loads `size` bytes (1, 2, 4, 8) at virtual address `va`, zero-extended.
+    #[inline(always)]
+    pub fn load(&mut self, bus: &mut Bus, va: u64, size: u32) -> Result<u64, Exception> {
+        if va & (size as u64 - 1) != 0 {
+            return self.load_misaligned(bus, va, size);
+        }
+        let e = self.mmu.load[tlb_index(va)];
+        if e.tag == vpn(va) | self.mmu.data_ctx && e.region == REGION_RAM {
+            return Ok(bus.ram.read_sized(e.page + (va & 0xfff), size));
+        }
+        self.load_slow(bus, va, size)
+    }
+
+    #[inline(never)]
+    fn load_slow(&mut self, bus: &mut Bus, va: u64, size: u32) -> Result<u64, Exception> {
+        let e = self.lookup(bus, va, Access::Load)?;
+        let off = e.page + (va & 0xfff);
+        if e.region != REGION_MMIO {
+            return Ok(bus.region(e.region).read_sized(off, size));
+        }
+        let value = bus.read_mmio(off, size, self.mcycle);
+        value.ok_or(Access::Load.access_fault(va))
+    }
+
+    /// Misaligned loads are emulated byte by byte (all bytes checked before any is read).
+    #[inline(never)]
+    fn load_misaligned(&mut self, bus: &mut Bus, va: u64, size: u32) -> Result<u64, Exception> {
+        self.check_both_pages(bus, va, size, Access::Load)?;
+        let mut value = 0;
+        for i in 0..size as u64 {
+            value |= self.load(bus, va.wrapping_add(i), 1)? << (8 * i);
+        }
+        Ok(value)
+    }
+
+    /// Translates both pages a misaligned access touches before any byte moves. A fault on
+    /// the second page reports that page's first address (as QEMU does): it is the first
+    /// byte that could not be accessed.
+    fn check_both_pages(
+        &mut self,
+        bus: &mut Bus,
+        va: u64,
+        size: u32,
+        access: Access,
+    ) -> Result<(), Exception> {
+        self.lookup(bus, va, access)?;
+        let last = va.wrapping_add(size as u64 - 1);
+        if (last ^ va) >> 12 != 0 {
+            self.lookup(bus, last, access).map_err(|e| Exception {
+                tval: last & !0xfff,
+                ..e
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Stores the low `size` bytes of `value` at virtual address `va`.
+    #[inline(always)]
+    pub fn store(
+        &mut self,
+        bus: &mut Bus,
+        va: u64,
+        size: u32,
+        value: u64,
+    ) -> Result<(), Exception> {
+        if va & (size as u64 - 1) != 0 {
+            return self.store_misaligned(bus, va, size, value);
+        }
+        let e = self.mmu.store[tlb_index(va)];
+        if e.tag == vpn(va) | self.mmu.data_ctx && e.region == REGION_RAM {
+            let off = e.page + (va & 0xfff);
+            bus.ram.write_sized(off, size, value);
+            self.dcache.invalidate(off, size);
+            return Ok(());
+        }
+        self.store_slow(bus, va, size, value)
+    }
+
+    #[inline(never)]
+    fn store_slow(
+        &mut self,
+        bus: &mut Bus,
+        va: u64,
+        size: u32,
+        value: u64,
+    ) -> Result<(), Exception> {
+        let e = self.lookup(bus, va, Access::Store)?;
+        let off = e.page + (va & 0xfff);
+        if e.region != REGION_MMIO {
+            bus.region_mut(e.region).write_sized(off, size, value);
+            if e.region == REGION_RAM {
+                self.dcache.invalidate(off, size);
+            }
+            return Ok(());
+        }
+        // A device may have raised or lowered an interrupt line, or halted the machine.
+        self.request_stop();
+        bus.write_mmio(off, size, value)
+            .ok_or(Access::Store.access_fault(va))
+    }
+
+    #[inline(never)]
+    fn store_misaligned(
+        &mut self,
+        bus: &mut Bus,
+        va: u64,
+        size: u32,
+        value: u64,
+    ) -> Result<(), Exception> {
+        self.check_both_pages(bus, va, size, Access::Store)?;
+        for i in 0..size as u64 {
+            self.store(bus, va.wrapping_add(i), 1, value >> (8 * i))?;
+        }
+        Ok(())
+    }
+
+    /// Translates `va` for a store without storing (AMOs check write permission first).
+    pub(super) fn translate_store(&mut self, bus: &mut Bus, va: u64) -> Result<u64, Exception> {
+        let e = self.lookup(bus, va, Access::Store)?;
+        Ok(if e.region == REGION_MMIO {
+            e.page + (va & 0xfff)
+        } else {
+            bus.region(e.region).start + e.page + (va & 0xfff)
+        })
+    }
+
+    /// Drops every translation (`sfence.vma`, `satp` writes).
+    pub(super) fn flush_tlb(&mut self) {
+        self.mmu.flush();
+    }
+
+    /// Fetches the instruction at `pc`, decoded, through the decode cache.
+    #[inline(always)]
+    /// A fetch fault comes back as an [`super::Op::FetchFault`] instruction (the
+    /// exception itself in `self.fetch_fault`): returning a plain `Insn` keeps the hot
+    /// path free of a `Result` aggregate copied through memory.
+    pub(super) fn fetch(&mut self, bus: &mut Bus) -> Insn {
+        let pc = self.pc;
+        if vpn(pc) | self.mmu.fetch_ctx == self.mmu.fetch_tag {
+            let insn = self.dcache.get(self.mmu.fetch_page, pc);
+            if insn.op != super::Op::Undecoded {
+                return insn;
+            }
+        }
+        match self.fetch_slow(bus) {
+            Ok(insn) => insn,
+            Err(e) => {
+                self.fetch_fault = e;
+                Insn {
+                    op: super::Op::FetchFault,
+                    ..Insn::UNDECODED
+                }
+            }
+        }
+    }
+
+    #[inline(never)]
+    fn fetch_slow(&mut self, bus: &mut Bus) -> Result<Insn, Exception> {
+        let pc = self.pc;
+        let e = self.lookup(bus, pc, Access::Fetch)?;
+        if e.region != REGION_RAM {
+            // Flash or a device: decode every time (nothing here runs code from there).
+            self.mmu.fetch_tag = 0;
+            if e.region == REGION_MMIO {
+                return Err(Access::Fetch.access_fault(pc));
+            }
+            let lo = bus.region(e.region).read_sized(e.page + (pc & 0xfff), 2) as u32;
+            return self.finish_fetch(bus, pc, lo);
+        }
+        let page = self.dcache.page_for(e.page >> 12);
+        self.mmu.fetch_tag = vpn(pc) | self.mmu.fetch_ctx;
+        self.mmu.fetch_page = page;
+        let cached = self.dcache.get(page, pc);
+        if cached.op != super::Op::Undecoded {
+            return Ok(cached);
+        }
+        let off = e.page + (pc & 0xfff);
+        let lo = bus.ram.read_sized(off, 2) as u32;
+        if lo & 3 != 3 || pc & 0xfff != 0xffe {
+            let raw = if lo & 3 == 3 {
+                bus.ram.read_sized(off, 4) as u32
+            } else {
+                lo
+            };
+            let insn = super::decode(raw);
+            self.dcache.set(page, pc, insn);
+            return Ok(insn);
+        }
+        self.finish_fetch(bus, pc, lo)
+    }
+
+    /// Decodes without caching, fetching the upper half through the MMU if needed (a
+    /// 32-bit instruction that straddles a page boundary).
+    fn finish_fetch(&mut self, bus: &mut Bus, pc: u64, lo: u32) -> Result<Insn, Exception> {
+        if lo & 3 != 3 {
+            return Ok(super::decode(lo));
+        }
+        let hi_va = pc.wrapping_add(2);
+        let e = self.lookup(bus, hi_va, Access::Fetch)?;
+        if e.region == REGION_MMIO {
+            return Err(Access::Fetch.access_fault(hi_va));
+        }
+        let hi = bus.region(e.region).read_sized(e.page + (hi_va & 0xfff), 2) as u32;
+        Ok(super::decode(lo | (hi << 16)))
+    }
+}

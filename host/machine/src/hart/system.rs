@@ -1,0 +1,123 @@
+//! Privileged and environment instructions: ECALL, EBREAK, MRET, SRET, WFI, SFENCE.VMA,
+//! and FENCE.I (Zifencei). Privileged spec, chapter 3.3 and 4.2.
+
+use super::csr::*;
+use super::{cause, Exception, Hart, Insn, Op, PRV_M, PRV_S, PRV_U};
+use crate::bus::Bus;
+
+/// System operations.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sys {
+    Ecall,
+    Ebreak,
+    Mret,
+    Sret,
+    Wfi,
+    SfenceVma,
+    FenceI,
+}
+
+/// Decodes SYSTEM with funct3 = 0, and MISC-MEM with funct3 = 1 (FENCE.I).
+pub fn decode(raw: u32) -> Insn {
+    let op = |s: Sys| Insn::r(Op::Sys(s), raw, 0);
+    if raw & 0x7f == 0x0f {
+        // FENCE.I ignores its rd, rs1 and imm fields (reserved for future use).
+        return op(Sys::FenceI);
+    }
+    match raw {
+        0x0000_0073 => op(Sys::Ecall),
+        0x0010_0073 => op(Sys::Ebreak),
+        0x3020_0073 => op(Sys::Mret),
+        0x1020_0073 => op(Sys::Sret),
+        0x1050_0073 => op(Sys::Wfi),
+        _ if raw >> 25 == 0x09 && (raw >> 7) & 31 == 0 => op(Sys::SfenceVma),
+        _ => Insn::illegal(raw, 4),
+    }
+}
+
+impl Hart {
+    /// Executes a system operation.
+    pub(super) fn exec_sys(
+        &mut self,
+        bus: &mut Bus,
+        op: Sys,
+        d: &Insn,
+        next: u64,
+    ) -> Result<u64, Exception> {
+        let st = self.csr.mstatus;
+        let illegal = Err(Exception::illegal(d.raw));
+        match op {
+            Sys::Ecall => Err(Exception {
+                cause: cause::ECALL_U + self.prv as u64,
+                tval: 0,
+            }),
+            Sys::Ebreak => Err(Exception {
+                cause: cause::BREAKPOINT,
+                tval: self.pc,
+            }),
+            Sys::Mret => {
+                if self.prv != PRV_M {
+                    return illegal;
+                }
+                let mpp = ((st & MSTATUS_MPP) >> 11) as u8;
+                let mpie = (st & MSTATUS_MPIE != 0) as u64;
+                let mut new = (st & !(MSTATUS_MIE | MSTATUS_MPP)) | (mpie << 3) | MSTATUS_MPIE;
+                if mpp != PRV_M {
+                    new &= !MSTATUS_MPRV;
+                }
+                self.csr.mstatus = new;
+                self.prv = mpp;
+                self.reservation = None;
+                self.on_mode_change();
+                Ok(self.csr.mepc)
+            }
+            Sys::Sret => {
+                if self.prv == PRV_U || (self.prv == PRV_S && st & MSTATUS_TSR != 0) {
+                    return illegal;
+                }
+                let spp = ((st & MSTATUS_SPP) >> 8) as u8;
+                let spie = (st & MSTATUS_SPIE != 0) as u64;
+                let new =
+                    (st & !(MSTATUS_SIE | MSTATUS_SPP | MSTATUS_MPRV)) | (spie << 1) | MSTATUS_SPIE;
+                self.csr.mstatus = new;
+                self.prv = spp;
+                self.reservation = None;
+                self.on_mode_change();
+                Ok(self.csr.sepc)
+            }
+            Sys::Wfi => {
+                if self.prv == PRV_U || (self.prv == PRV_S && st & MSTATUS_TW != 0) {
+                    return illegal;
+                }
+                if self.mip(bus) & self.csr.mie != 0 {
+                    return Ok(next);
+                }
+                // Nothing can wake the hart before the timer (if enabled): jump there, or
+                // to the end of this run. The WFI itself does not retire yet, so a run
+                // resumed later re-executes it and ends in the same state.
+                let wake = if self.csr.mie & MIP_MTIP != 0 {
+                    bus.clint.timer_deadline()
+                } else {
+                    u64::MAX
+                };
+                let target = wake.min(self.limit).max(self.mcycle + 1);
+                // The loop counts one cycle for this instruction.
+                self.non_retired += target - self.mcycle;
+                self.mcycle = target - 1;
+                self.request_stop();
+                Ok(self.pc)
+            }
+            Sys::SfenceVma => {
+                if self.prv == PRV_U || (self.prv == PRV_S && st & MSTATUS_TVM != 0) {
+                    return illegal;
+                }
+                self.flush_tlb();
+                Ok(next)
+            }
+            // Stores already invalidate the decode cache exactly, which is all FENCE.I
+            // has to guarantee on one hart.
+            Sys::FenceI => Ok(next),
+        }
+    }
+}

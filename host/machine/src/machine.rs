@@ -1,0 +1,394 @@
+//! The machine: a hart and its board, built from a configuration of plain bytes, run
+//! until it halts or reaches an `mcycle` limit.
+//!
+//! # Boot
+//! `--ram-image` and `--bios` load at `RAM_BASE`, `--kernel` at `RAM_BASE + 2 MiB`, the
+//! initrd at the top of RAM (page aligned), the device tree at [`board::DTB_BASE`]. The
+//! hart starts in M-mode at `RAM_BASE` (or at the kernel when only a kernel is given) with
+//! `a0 = 0` (hart id) and `a1` = the DTB address.
+//!
+//! # State hash (`cmvm-sha256-v1`)
+//! The root is [`merkle::combine_leaves`] over, in this order: the state leaf
+//! `SHA-256(canonical processor and device state, see [`Machine::save_state`])`, then the
+//! page-tree root of RAM ([`merkle`]), then the page-tree root of each flash drive in
+//! address order. Page trees are updated incrementally from the dirty-page bitmaps.
+
+use sha2::{Digest, Sha256};
+
+use crate::board::{self, DTB_BASE, KERNEL_OFFSET, RAM_BASE};
+use crate::bus::{Bus, FlashDrive};
+use crate::devices::{clint::Clint, htif::Htif, plic::Plic, uart::Uart};
+use crate::fdt::{self, BoardDescription};
+use crate::hart::{Hart, Stop};
+use crate::memory::MemRange;
+use crate::merkle::{self, PageTree};
+use crate::state::{put_u64, put_u8, Reader, StateError};
+
+/// Name and version of the state hash recipe; part of every published hash.
+pub const HASH_SCHEME: &str = "cmvm-sha256-v1";
+
+/// A flash drive to attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlashConfig {
+    /// Label (`label:NAME`).
+    pub label: String,
+    /// The drive's initial contents.
+    pub image: Vec<u8>,
+    /// Whether the caller will write the final contents back to the host file.
+    pub shared: bool,
+}
+
+/// Everything a run starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// Bytes of RAM (a multiple of 4 KiB).
+    pub ram_length: u64,
+    /// A raw image loaded at `RAM_BASE` (bare-metal programs).
+    pub ram_image: Option<Vec<u8>>,
+    /// Firmware loaded at `RAM_BASE` (OpenSBI `fw_jump.bin`).
+    pub bios: Option<Vec<u8>>,
+    /// Kernel loaded at `RAM_BASE + 2 MiB`.
+    pub kernel: Option<Vec<u8>>,
+    /// Initrd, loaded at the top of RAM.
+    pub initrd: Option<Vec<u8>>,
+    /// Kernel command line.
+    pub bootargs: String,
+    /// Flash drives, placed above RAM in this order.
+    pub flash_drives: Vec<FlashConfig>,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            ram_length: 128 << 20,
+            ram_image: None,
+            bios: None,
+            kernel: None,
+            initrd: None,
+            bootargs: String::new(),
+            flash_drives: Vec::new(),
+        }
+    }
+}
+
+/// Why a machine could not be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MachineError {
+    /// RAM length {0} is not a nonzero multiple of 4096 below 64 GiB
+    #[error("RAM length {0} is not a nonzero multiple of 4096 below 64 GiB")]
+    BadRamLength(u64),
+    /// {what} ({len} bytes) does not fit in RAM at offset {offset:#x}
+    #[error("{what} ({len} bytes) does not fit in RAM at offset {offset:#x}")]
+    DoesNotFit {
+        /// Which image.
+        what: &'static str,
+        /// Its length.
+        len: u64,
+        /// Where it should go.
+        offset: u64,
+    },
+    /// --ram-image and --bios both load at the start of RAM; give one
+    #[error("--ram-image and --bios both load at the start of RAM; give one")]
+    RamImageAndBios,
+    /// the initrd overlaps the kernel or firmware
+    #[error("the initrd overlaps the kernel or firmware")]
+    InitrdOverlaps,
+    /// the generated device tree ({0} bytes) is larger than its 1 MiB window
+    #[error("the generated device tree ({0} bytes) is larger than its 1 MiB window")]
+    DtbTooLarge(usize),
+    /// flash drive label {0:?} is empty or used twice
+    #[error("flash drive label {0:?} is empty or used twice")]
+    BadFlashLabel(String),
+}
+
+/// Why [`Machine::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Break {
+    /// The guest halted with this exit code.
+    Halted(u64),
+    /// `mcycle` reached the limit.
+    MaxMcycle,
+}
+
+/// A machine: the hart, the board and the page trees of the state hash.
+#[derive(Debug)]
+pub struct Machine {
+    /// The hart.
+    pub hart: Hart,
+    /// Memory and devices.
+    pub bus: Bus,
+    /// Page trees of RAM and each flash drive, built on the first hash.
+    trees: Option<Vec<PageTree>>,
+}
+
+impl Machine {
+    /// Builds a machine at reset from `config`.
+    pub fn new(config: &MachineConfig) -> Result<Self, MachineError> {
+        let ram_length = config.ram_length;
+        if ram_length == 0 || ram_length % 4096 != 0 || ram_length > 64 << 30 {
+            return Err(MachineError::BadRamLength(ram_length));
+        }
+        if config.ram_image.is_some() && config.bios.is_some() {
+            return Err(MachineError::RamImageAndBios);
+        }
+        let mut labels = std::collections::BTreeSet::new();
+        for f in &config.flash_drives {
+            if f.label.is_empty() || !labels.insert(f.label.as_str()) {
+                return Err(MachineError::BadFlashLabel(f.label.clone()));
+            }
+        }
+        let mut ram = MemRange::new(RAM_BASE, ram_length);
+        let mut load = |what: &'static str, bytes: &[u8], offset: u64| {
+            if ram.write_bytes(offset, bytes) {
+                Ok(offset..offset + bytes.len() as u64)
+            } else {
+                Err(MachineError::DoesNotFit {
+                    what,
+                    len: bytes.len() as u64,
+                    offset,
+                })
+            }
+        };
+        let mut occupied = Vec::new();
+        if let Some(image) = &config.ram_image {
+            occupied.push(load("the RAM image", image, 0)?);
+        }
+        if let Some(bios) = &config.bios {
+            occupied.push(load("the firmware", bios, 0)?);
+        }
+        if let Some(kernel) = &config.kernel {
+            occupied.push(load("the kernel", kernel, KERNEL_OFFSET)?);
+        }
+        let initrd = match &config.initrd {
+            Some(initrd) => {
+                let len = initrd.len() as u64;
+                let offset = ram_length
+                    .checked_sub(len)
+                    .ok_or(MachineError::DoesNotFit {
+                        what: "the initrd",
+                        len,
+                        offset: 0,
+                    })?
+                    & !0xfff;
+                let range = load("the initrd", initrd, offset)?;
+                if occupied
+                    .iter()
+                    .any(|r| r.start < range.end && range.start < r.end)
+                {
+                    return Err(MachineError::InitrdOverlaps);
+                }
+                Some((RAM_BASE + range.start, RAM_BASE + range.end))
+            }
+            None => None,
+        };
+        let lengths: Vec<u64> = config
+            .flash_drives
+            .iter()
+            .map(|f| f.image.len() as u64)
+            .collect();
+        let placed = fdt::place_flash_drives(ram_length, &lengths);
+        let flash: Vec<FlashDrive> = config
+            .flash_drives
+            .iter()
+            .zip(&placed)
+            .map(|(f, &(start, length))| {
+                let mut mem = MemRange::new(start, length);
+                mem.write_bytes(0, &f.image);
+                FlashDrive {
+                    label: f.label.clone(),
+                    shared: f.shared,
+                    image_length: f.image.len() as u64,
+                    mem,
+                }
+            })
+            .collect();
+        let desc = BoardDescription {
+            ram_length,
+            flash_drives: flash
+                .iter()
+                .map(|f| fdt::FlashDrive {
+                    label: f.label.clone(),
+                    start: f.mem.start,
+                    length: f.mem.len(),
+                })
+                .collect(),
+            bootargs: config.bootargs.clone(),
+            initrd,
+            rng_seed: rng_seed(config),
+        };
+        let dtb = fdt::board_device_tree(&desc);
+        if dtb.len() as u64 > board::DTB_SIZE {
+            return Err(MachineError::DtbTooLarge(dtb.len()));
+        }
+        let mut hart = Hart::new(ram_length);
+        if config.kernel.is_some() && config.bios.is_none() && config.ram_image.is_none() {
+            hart.pc = RAM_BASE + KERNEL_OFFSET;
+        }
+        hart.x[10] = 0;
+        hart.x[11] = DTB_BASE;
+        hart.flush_caches();
+        Ok(Self {
+            hart,
+            bus: Bus {
+                ram,
+                flash,
+                dtb,
+                clint: Clint::new(),
+                htif: Htif::new(),
+                plic: Plic::new(),
+                uart: Uart::new(),
+                console: Vec::new(),
+            },
+            trees: None,
+        })
+    }
+
+    /// A machine from its parts (snapshot loading).
+    pub(crate) fn from_parts(hart: Hart, bus: Bus) -> Self {
+        Self {
+            hart,
+            bus,
+            trees: None,
+        }
+    }
+
+    /// Runs until the guest halts or `mcycle` reaches `max_mcycle`.
+    pub fn run(&mut self, max_mcycle: u64) -> Break {
+        match self.hart.run(&mut self.bus, max_mcycle) {
+            Stop::Halted => Break::Halted(self.bus.htif.halt.unwrap_or(0)),
+            Stop::Limit => Break::MaxMcycle,
+        }
+    }
+
+    /// The break state without running (a halted machine stays halted).
+    pub fn halted(&self) -> Option<u64> {
+        self.bus.htif.halt
+    }
+
+    /// `mcycle`.
+    pub fn mcycle(&self) -> u64 {
+        self.hart.mcycle
+    }
+
+    /// Takes the console bytes written since the last call.
+    pub fn drain_console(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.bus.console)
+    }
+
+    /// Appends the canonical encoding of the processor and device state: the hart, then
+    /// CLINT, HTIF, PLIC and UART (each as its `save_state` documents). Memory is not
+    /// included (the page trees cover it).
+    pub fn save_state(&self, out: &mut Vec<u8>) {
+        self.hart.save_state(out);
+        self.bus.clint.save_state(out);
+        self.bus.htif.save_state(out);
+        self.bus.plic.save_state(out);
+        self.bus.uart.save_state(out);
+    }
+
+    /// Restores what [`Machine::save_state`] wrote; the whole input must be consumed.
+    pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let mut r = Reader::new(bytes);
+        self.hart.load_state(&mut r)?;
+        self.bus.clint.load_state(&mut r)?;
+        self.bus.htif.load_state(&mut r)?;
+        self.bus.plic = Plic::load_state_from(&mut r)?;
+        self.bus.uart = Uart::load_state_from(&mut r)?;
+        if !r.remaining().is_empty() {
+            return Err(StateError::Invalid("trailing bytes after the device state"));
+        }
+        Ok(())
+    }
+
+    /// After the caller replaced memory contents wholesale (snapshot load): drop the
+    /// hart's caches and rebuild the page trees on the next hash.
+    pub fn memory_replaced(&mut self) {
+        self.hart.flush_caches();
+        self.trees = None;
+    }
+
+    /// The state hash, `cmvm-sha256-v1:<64 hex>`.
+    pub fn root_hash(&mut self) -> String {
+        let root = self.root_hash_bytes();
+        let hex: String = root.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{HASH_SCHEME}:{hex}")
+    }
+
+    /// The state hash as bytes, updating the page trees from the dirty pages.
+    pub fn root_hash_bytes(&mut self) -> merkle::Hash {
+        let old = self.trees.take();
+        let ranges = self.memory_ranges_mut();
+        let trees = match old {
+            Some(mut trees) => {
+                for (tree, mem) in trees.iter_mut().zip(ranges) {
+                    let dirty: Vec<usize> = mem.dirty_pages().map(|p| p as usize).collect();
+                    tree.update(mem.bytes(), dirty)
+                        .expect("page tree matches its range");
+                    mem.clear_dirty();
+                }
+                trees
+            }
+            None => ranges
+                .into_iter()
+                .map(|mem| {
+                    mem.clear_dirty();
+                    PageTree::build(mem.bytes())
+                })
+                .collect(),
+        };
+        let mut leaves = vec![self.state_leaf()];
+        leaves.extend(trees.iter().map(PageTree::root));
+        self.trees = Some(trees);
+        merkle::combine_leaves(&leaves)
+    }
+
+    /// The state hash recomputed from scratch (no page tree reused), to check the
+    /// incremental one.
+    pub fn root_hash_from_scratch(&self) -> merkle::Hash {
+        let mut leaves = vec![self.state_leaf()];
+        leaves.push(merkle::range_root(self.bus.ram.bytes()));
+        leaves.extend(
+            self.bus
+                .flash
+                .iter()
+                .map(|f| merkle::range_root(f.mem.bytes())),
+        );
+        merkle::combine_leaves(&leaves)
+    }
+
+    fn state_leaf(&self) -> merkle::Hash {
+        let mut state = Vec::new();
+        self.save_state(&mut state);
+        Sha256::digest(&state).into()
+    }
+
+    fn memory_ranges_mut(&mut self) -> Vec<&mut MemRange> {
+        let mut v = vec![&mut self.bus.ram];
+        v.extend(self.bus.flash.iter_mut().map(|f| &mut f.mem));
+        v
+    }
+}
+
+/// `/chosen/rng-seed`: a hash of the run's inputs (never host randomness).
+fn rng_seed(config: &MachineConfig) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"cmbuild rng-seed v1");
+    let mut field = |bytes: Option<&[u8]>| {
+        let mut len = Vec::new();
+        put_u8(&mut len, bytes.is_some() as u8);
+        put_u64(&mut len, bytes.map_or(0, |b| b.len() as u64));
+        h.update(&len);
+        h.update(bytes.unwrap_or_default());
+    };
+    field(Some(&config.ram_length.to_le_bytes()));
+    field(config.ram_image.as_deref());
+    field(config.bios.as_deref());
+    field(config.kernel.as_deref());
+    field(config.initrd.as_deref());
+    field(Some(config.bootargs.as_bytes()));
+    for f in &config.flash_drives {
+        field(Some(f.label.as_bytes()));
+        field(Some(&f.image));
+    }
+    h.finalize().into()
+}

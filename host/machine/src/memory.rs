@@ -1,0 +1,160 @@
+//! Memory ranges (RAM and flash drives): plain bytes plus a bitmap of dirty 4 KiB pages.
+//!
+//! The state hash rehashes only the pages written since it last looked, so every store
+//! that reaches a range marks its page here (one bit per page).
+
+/// Size of the pages the dirty bitmap (and the state hash) works with.
+pub const PAGE_SIZE: u64 = 4096;
+/// log2 of [`PAGE_SIZE`].
+pub const PAGE_SHIFT: u32 = 12;
+
+/// A contiguous range of guest-physical memory backed by host bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemRange {
+    /// Guest-physical address of the first byte.
+    pub start: u64,
+    data: Vec<u8>,
+    /// One bit per page: written since the last [`MemRange::clear_dirty`].
+    dirty: Vec<u64>,
+}
+
+impl MemRange {
+    /// A zero-filled range of `length` bytes (rounded up to whole pages) at `start`.
+    pub fn new(start: u64, length: u64) -> Self {
+        let length = length.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let pages = (length >> PAGE_SHIFT) as usize;
+        Self {
+            start,
+            data: vec![0; length as usize],
+            dirty: vec![!0; pages.div_ceil(64)],
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    /// True for a range of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Whether the guest-physical address `pa` lies inside the range.
+    #[inline(always)]
+    pub fn contains(&self, pa: u64) -> bool {
+        pa.wrapping_sub(self.start) < self.len()
+    }
+
+    /// The bytes, read-only.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Writes `bytes` at `offset` (from the start of the range), marking pages dirty.
+    /// Returns false (and writes nothing) when they do not fit.
+    pub fn write_bytes(&mut self, offset: u64, bytes: &[u8]) -> bool {
+        let Some(end) = offset.checked_add(bytes.len() as u64) else {
+            return false;
+        };
+        if end > self.len() {
+            return false;
+        }
+        self.data[offset as usize..end as usize].copy_from_slice(bytes);
+        let mut page = offset >> PAGE_SHIFT;
+        while page << PAGE_SHIFT < end {
+            self.mark_dirty(page);
+            page += 1;
+        }
+        true
+    }
+
+    /// Reads `N` little-endian bytes at `offset`; the caller checked the bounds' page.
+    #[inline(always)]
+    pub fn read<const N: usize>(&self, offset: u64) -> [u8; N] {
+        let o = offset as usize;
+        self.data[o..o + N].try_into().expect("N bytes")
+    }
+
+    /// Writes `N` bytes at `offset` and marks the page dirty.
+    #[inline(always)]
+    pub fn write<const N: usize>(&mut self, offset: u64, value: [u8; N]) {
+        let o = offset as usize;
+        self.data[o..o + N].copy_from_slice(&value);
+        self.mark_dirty(offset >> PAGE_SHIFT);
+    }
+
+    /// Reads a little-endian value of `size` bytes (1, 2, 4 or 8) at `offset`.
+    #[inline(always)]
+    pub fn read_sized(&self, offset: u64, size: u32) -> u64 {
+        match size {
+            1 => self.data[offset as usize] as u64,
+            2 => u16::from_le_bytes(self.read(offset)) as u64,
+            4 => u32::from_le_bytes(self.read(offset)) as u64,
+            _ => u64::from_le_bytes(self.read(offset)),
+        }
+    }
+
+    /// Writes the low `size` bytes (1, 2, 4 or 8) of `value` at `offset`.
+    #[inline(always)]
+    pub fn write_sized(&mut self, offset: u64, size: u32, value: u64) {
+        match size {
+            1 => self.write(offset, [value as u8]),
+            2 => self.write(offset, (value as u16).to_le_bytes()),
+            4 => self.write(offset, (value as u32).to_le_bytes()),
+            _ => self.write(offset, value.to_le_bytes()),
+        }
+    }
+
+    #[inline(always)]
+    fn mark_dirty(&mut self, page: u64) {
+        self.dirty[(page >> 6) as usize] |= 1 << (page & 63);
+    }
+
+    /// Whether page `page` (index from the start of the range) was written since the last
+    /// [`MemRange::clear_dirty`]. A new range has every page dirty.
+    pub fn is_dirty(&self, page: u64) -> bool {
+        self.dirty[(page >> 6) as usize] >> (page & 63) & 1 != 0
+    }
+
+    /// Indices of the dirty pages, in increasing order.
+    pub fn dirty_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        let pages = self.len() >> PAGE_SHIFT;
+        (0..pages).filter(move |&p| self.is_dirty(p))
+    }
+
+    /// Forgets which pages were written (after the state hash has caught up).
+    pub fn clear_dirty(&mut self) {
+        self.dirty.iter_mut().for_each(|w| *w = 0);
+    }
+
+    /// Marks every page dirty (after a wholesale change such as loading a snapshot).
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty.iter_mut().for_each(|w| *w = !0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_mark_only_their_page_dirty() {
+        let mut m = MemRange::new(0x8000_0000, 5 * PAGE_SIZE);
+        m.clear_dirty();
+        m.write_sized(2 * PAGE_SIZE + 8, 8, 0x1122_3344_5566_7788);
+        assert_eq!(m.dirty_pages().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(m.read_sized(2 * PAGE_SIZE + 8, 4), 0x5566_7788);
+        assert!(m.write_bytes(PAGE_SIZE - 1, &[1, 2]));
+        assert_eq!(m.dirty_pages().collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert!(!m.write_bytes(5 * PAGE_SIZE - 1, &[1, 2]));
+    }
+
+    #[test]
+    fn length_rounds_up_to_pages_and_contains_checks_bounds() {
+        let m = MemRange::new(0x1000, 1);
+        assert_eq!(m.len(), PAGE_SIZE);
+        assert!(m.contains(0x1000) && m.contains(0x1fff));
+        assert!(!m.contains(0xfff) && !m.contains(0x2000));
+    }
+}

@@ -1,0 +1,107 @@
+//! Helpers of the integration tests: build bare-metal programs with Debian's RISC-V cross
+//! toolchain, run them on the machine, find QEMU.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cmbuild_machine::machine::{Break, Machine, MachineConfig};
+
+/// The directory of the ISA test sources.
+pub fn isa_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/isa")
+}
+
+/// Whether a missing tool must fail the test (CI) rather than skip it loudly.
+pub fn require_tools() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Reports a missing tool: a panic under CI=true, a loud SKIP otherwise. Returns false so
+/// callers can `if !have(..) { return; }`.
+pub fn have(tool: &str, why: &str) -> bool {
+    let found = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let msg =
+            format!("{tool} not found ({why}); install the Debian packages in .ci/install-deps");
+        if require_tools() {
+            panic!("{msg}");
+        }
+        eprintln!("SKIP: {msg}");
+    }
+    found
+}
+
+/// Builds the raw image of a bare-metal program from `sources` (in tests/isa, .S or .c),
+/// linked at RAM_BASE with tests/isa/link.ld. `None` when the cross compiler is missing.
+pub fn build(name: &str, sources: &[&str]) -> Option<Vec<u8>> {
+    if !have("riscv64-linux-gnu-gcc", "needed to build the ISA tests") {
+        return None;
+    }
+    let dir = isa_dir();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("isa");
+    std::fs::create_dir_all(&out).unwrap();
+    let elf = out.join(format!("{name}.elf"));
+    let bin = out.join(format!("{name}.bin"));
+    let mut cmd = Command::new("riscv64-linux-gnu-gcc");
+    cmd.args([
+        "-nostdlib",
+        "-nostartfiles",
+        "-ffreestanding",
+        "-fno-pic",
+        "-static",
+        "-march=rv64gc",
+        "-mabi=lp64d",
+        "-mcmodel=medany",
+        "-O2",
+        "-Wl,--no-relax",
+        "-Wl,--build-id=none",
+    ])
+    .arg("-T")
+    .arg(dir.join("link.ld"))
+    .arg("-I")
+    .arg(&dir)
+    .arg("-o")
+    .arg(&elf);
+    for s in sources {
+        cmd.arg(dir.join(s));
+    }
+    let o = cmd.output().expect("run riscv64-linux-gnu-gcc");
+    assert!(
+        o.status.success(),
+        "building {name} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = Command::new("riscv64-linux-gnu-objcopy")
+        .args(["-O", "binary"])
+        .arg(&elf)
+        .arg(&bin)
+        .output()
+        .expect("run riscv64-linux-gnu-objcopy");
+    assert!(o.status.success(), "objcopy {name} failed");
+    Some(std::fs::read(&bin).unwrap())
+}
+
+/// Path of the ELF [`build`] wrote for `name`.
+pub fn elf_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("isa")
+        .join(format!("{name}.elf"))
+}
+
+/// Runs a raw image with 16 MiB of RAM for at most `max_mcycle`.
+pub fn run_image(image: &[u8], max_mcycle: u64) -> (Break, Vec<u8>, Machine) {
+    let config = MachineConfig {
+        ram_length: 16 << 20,
+        ram_image: Some(image.to_vec()),
+        ..MachineConfig::default()
+    };
+    let mut m = Machine::new(&config).expect("machine");
+    let brk = m.run(max_mcycle);
+    let console = m.drain_console();
+    (brk, console, m)
+}
