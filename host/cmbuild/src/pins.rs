@@ -25,7 +25,9 @@ pub enum PinsError {
     #[error("line {0}: {1} is pinned twice")]
     Duplicate(usize, String),
     /// A pin the run needs is absent.
-    #[error("{0} is not pinned in digests.lock.env; run `cmbuild image build` to pin the guest image")]
+    #[error(
+        "{0} is not pinned in digests.lock.env; run `cmbuild image build` to pin the guest image"
+    )]
     Missing(String),
 }
 
@@ -41,7 +43,8 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, PinsError> {
             .split_once('=')
             .filter(|(k, v)| {
                 !k.is_empty()
-                    && k.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                    && k.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
                     && !v.is_empty()
                     && !v.contains(char::is_whitespace)
             })
@@ -65,7 +68,13 @@ pub fn require<'a>(pins: &'a BTreeMap<String, String>, key: &str) -> Result<&'a 
 pub fn toolchain_key(triple: &str) -> String {
     let upper: String = triple
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("RUST_TOOLCHAIN__{upper}")
 }
@@ -79,7 +88,10 @@ mod tests {
         let pins = parse("# pins\nB=2\nA='1'\n\n").unwrap();
         assert_eq!(pins.keys().collect::<Vec<_>>(), ["A", "B"]);
         assert_eq!(pins["A"], "1");
-        assert_eq!(parse("A=1\nA=2\n"), Err(PinsError::Duplicate(2, "A".into())));
+        assert_eq!(
+            parse("A=1\nA=2\n"),
+            Err(PinsError::Duplicate(2, "A".into()))
+        );
         assert!(matches!(parse("lower=1"), Err(PinsError::Syntax(1, _))));
         assert!(matches!(parse("A = 1"), Err(PinsError::Syntax(1, _))));
         assert!(matches!(require(&pins, "C"), Err(PinsError::Missing(_))));

@@ -137,7 +137,13 @@ impl Plan {
 /// dependency resolution), so the answer depends on the source alone.
 pub fn list_workspace_bins(source_dir: &Path) -> Result<Vec<PlannedBin>, PlanError> {
     let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["metadata", "--no-deps", "--offline", "--format-version", "1"])
+        .args([
+            "metadata",
+            "--no-deps",
+            "--offline",
+            "--format-version",
+            "1",
+        ])
         .arg("--manifest-path")
         .arg(source_dir.join("Cargo.toml"))
         .stdin(Stdio::null())
@@ -404,7 +410,10 @@ mod tests {
             assert_eq!(entry.header().mtime().unwrap(), 7);
             names.push(entry.path().unwrap().display().to_string());
         }
-        assert_eq!(names, ["cargo-config.toml", "plan.env", "source.tar", "vendor.tar"]);
+        assert_eq!(
+            names,
+            ["cargo-config.toml", "plan.env", "source.tar", "vendor.tar"]
+        );
     }
 
     #[test]
@@ -412,8 +421,10 @@ mod tests {
         let plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
         let mut tar = DeterministicTar::new(Vec::new(), 0);
         tar.dir("./x86_64-unknown-linux-gnu").unwrap();
-        tar.file("./x86_64-unknown-linux-gnu/a", b"ELF-a", true).unwrap();
-        tar.file("./x86_64-unknown-linux-gnu/status", b"0\n", false).unwrap();
+        tar.file("./x86_64-unknown-linux-gnu/a", b"ELF-a", true)
+            .unwrap();
+        tar.file("./x86_64-unknown-linux-gnu/status", b"0\n", false)
+            .unwrap();
         let mut drive = tar.finish().unwrap();
         drive.resize(1 << 20, 0); // the rest of the drive is zeros
         let dir = tempfile::tempdir().unwrap();

@@ -223,8 +223,7 @@ pub fn run_release(
         Ok(text) => project::parse_config(&text)?,
         Err(_) => project::ProjectConfig::default(),
     };
-    let selection =
-        project::select(&config, opts.profile.as_deref(), opts.target.as_deref())?;
+    let selection = project::select(&config, opts.profile.as_deref(), opts.target.as_deref())?;
     let workspace_bins = plan::list_workspace_bins(&source_dir)?;
     let plan = Plan::new(&selection, rev.commit_time, &workspace_bins)?;
     let lock_bytes = std::fs::read(source_dir.join("Cargo.lock")).map_err(|_| {
@@ -236,8 +235,7 @@ pub fn run_release(
     let lock_sha256 = sha256_hex(&lock_bytes);
 
     progress(Progress::Phase("checking inputs in the mirror".into()));
-    let mirror =
-        Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
+    let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
     let mut missing = Vec::new();
     let mut blob = |key: &str| -> Option<Vec<u8>> {
         match pins::require(&opts.pins, key) {
@@ -314,9 +312,7 @@ pub fn run_release(
                 };
                 let result = build_input_drive_for(&group_plan, &source_tar, &vendor_tar)
                     .map_err(RunError::from)
-                    .and_then(|input| {
-                        run_machine(opts, &image, targets, input, &inputs, progress)
-                    });
+                    .and_then(|input| run_machine(opts, &image, targets, input, &inputs, progress));
                 results
                     .lock()
                     .expect("no panics hold this lock")
@@ -544,7 +540,10 @@ mod tests {
     #[test]
     fn groups_follow_the_machine_per_target_choice() {
         let t = vec!["a".to_string(), "b".to_string()];
-        assert_eq!(machine_groups(&t, true), vec![vec!["a".to_string()], vec!["b".to_string()]]);
+        assert_eq!(
+            machine_groups(&t, true),
+            vec![vec!["a".to_string()], vec!["b".to_string()]]
+        );
         assert_eq!(machine_groups(&t, false), vec![t.clone()]);
     }
 }

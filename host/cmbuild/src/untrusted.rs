@@ -474,7 +474,10 @@ mod tests {
         for target in ["../../x", "/etc/passwd", "../d/../../x"] {
             let outer = tar_with(&[("d/l", tar::EntryType::Symlink, b"", Some(target))]);
             let dir = tempfile::tempdir().unwrap();
-            assert!(extract_tar_with_links(&outer[..], dir.path()).is_err(), "{target}");
+            assert!(
+                extract_tar_with_links(&outer[..], dir.path()).is_err(),
+                "{target}"
+            );
         }
     }
 

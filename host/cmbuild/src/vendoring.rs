@@ -30,8 +30,8 @@ pub fn unpack_locked_crates(
     lock_bytes: &[u8],
     dest: &Path,
 ) -> Result<usize, VendoringError> {
-    let text = std::str::from_utf8(lock_bytes)
-        .map_err(|_| VendoringError::Lock("not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(lock_bytes).map_err(|_| VendoringError::Lock("not UTF-8".into()))?;
     let lock = parse_lockfile(text, Path::new("Cargo.lock"))
         .map_err(|e| VendoringError::Lock(format!("{e:#}")))?;
     let index = mirror

@@ -60,7 +60,10 @@ fn identical_builds_and_a_subset_pass() {
     write_build(&b, &[(X86, b"\x7fELF x86")], LOCK);
     let (code, out) = compare(&a, &b);
     assert_eq!(code, 0, "{out}");
-    assert!(out.trim_end().ends_with("Reproducibility check PASSED"), "{out}");
+    assert!(
+        out.trim_end().ends_with("Reproducibility check PASSED"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -71,9 +74,15 @@ fn a_flipped_byte_is_output_drift() {
     write_build(&b, &[(X86, b"\x7fELF x87")], LOCK);
     let (code, out) = compare(&a, &b);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("output drift: x86_64-unknown-linux-gnu/hello"), "{out}");
+    assert!(
+        out.contains("output drift: x86_64-unknown-linux-gnu/hello"),
+        "{out}"
+    );
     assert!(!out.contains("input drift"), "{out}");
-    assert!(out.trim_end().ends_with("Reproducibility check FAILED"), "{out}");
+    assert!(
+        out.trim_end().ends_with("Reproducibility check FAILED"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -55,11 +55,25 @@ fn fixture_project(dir: &Path) -> PathBuf {
     let project = dir.join("hello");
     std::fs::create_dir_all(project.join("src")).unwrap();
     for file in ["Cargo.toml", "Cargo.lock", "src/main.rs"] {
-        std::fs::copy(repo_root().join("examples/hello").join(file), project.join(file)).unwrap();
+        std::fs::copy(
+            repo_root().join("examples/hello").join(file),
+            project.join(file),
+        )
+        .unwrap();
     }
     git(&project, &["-c", "init.defaultBranch=main", "init", "-q"]);
     git(&project, &["add", "-A"]);
-    git(&project, &["-c", "commit.gpgsign=false", "commit", "-q", "-m", "hello v0.1.0"]);
+    git(
+        &project,
+        &[
+            "-c",
+            "commit.gpgsign=false",
+            "commit",
+            "-q",
+            "-m",
+            "hello v0.1.0",
+        ],
+    );
     git(&project, &["tag", "v0.1.0"]);
     project
 }
@@ -109,7 +123,10 @@ fn release_builds_reproduce_inside_the_machine() {
         s(&pins),
         "--check",
     ]);
-    assert!(out.status.success(), "the committed image pins must reproduce");
+    assert!(
+        out.status.success(),
+        "the committed image pins must reproduce"
+    );
 
     let builds = work.path().join("builds");
     let mut args = vec![
@@ -168,7 +185,10 @@ fn release_builds_reproduce_inside_the_machine() {
             .unwrap();
         let text = String::from_utf8_lossy(&run.stdout);
         assert!(run.status.success());
-        assert!(text.starts_with("hello from cmbuild (2 distinct words)"), "{text}");
+        assert!(
+            text.starts_with("hello from cmbuild (2 distinct words)"),
+            "{text}"
+        );
     }
 
     // compare on the real outputs: a flipped byte (with an honest manifest) is output

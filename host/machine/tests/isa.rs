@@ -60,6 +60,11 @@ fn interrupts_and_wfi() {
 }
 
 #[test]
+fn wfi_with_interrupts_enabled_retires() {
+    run_test("wfi", &["wfi.S"]);
+}
+
+#[test]
 fn virtual_memory() {
     run_test("vm", &["vm.S"]);
 }

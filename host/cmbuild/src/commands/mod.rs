@@ -13,4 +13,3 @@ pub mod run;
 pub mod vendor;
 pub mod vendor_debs;
 pub mod verify;
-

@@ -69,8 +69,9 @@ pub struct Args {
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let pins_text = match &args.pins {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
         None => cmbuild::pins::BUILTIN.to_owned(),
     };
     let pins = cmbuild::pins::parse(&pins_text)?;
@@ -106,7 +107,8 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         })?;
         dirs.push(summary);
     }
-    let report = cmbuild::compare::compare_builds(&dirs[0], &dirs[1], &super::compare::cid_of_file)?;
+    let report =
+        cmbuild::compare::compare_builds(&dirs[0], &dirs[1], &super::compare::cid_of_file)?;
     Ok(super::compare::print_report(&report))
 }
 
@@ -145,12 +147,20 @@ fn run_once(opts: &RunOptions) -> anyhow::Result<PathBuf> {
         ),
     };
     let summary = run_release(opts, &progress)?;
-    println!("release {} (commit {})", summary.manifest.release, summary.manifest.commit);
+    println!(
+        "release {} (commit {})",
+        summary.manifest.release, summary.manifest.commit
+    );
     for a in &summary.manifest.artifacts {
         println!("  {:<30} {:<12} {}  {}", a.target, a.bin, a.sha256, a.cid);
     }
     for m in &summary.machine.machines {
-        println!("  machine [{}] {} mcycle {}", m.targets.join(","), m.root_hash, m.mcycle);
+        println!(
+            "  machine [{}] {} mcycle {}",
+            m.targets.join(","),
+            m.root_hash,
+            m.mcycle
+        );
     }
     eprintln!(
         "cmbuild run: wrote {} in {:.0}s",

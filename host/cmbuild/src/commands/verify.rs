@@ -42,11 +42,19 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let manifest = cmbuild::manifest::read_manifest(&args.published.join("manifest.json"))?;
     let rev = cmbuild::project::resolve_revision(&args.project, &manifest.commit)
         .with_context(|| format!("the published build is of commit {}", manifest.commit))?;
-    let targets: BTreeSet<&str> = manifest.artifacts.iter().map(|a| a.target.as_str()).collect();
-    anyhow::ensure!(!targets.is_empty(), "the published manifest lists no artifacts");
+    let targets: BTreeSet<&str> = manifest
+        .artifacts
+        .iter()
+        .map(|a| a.target.as_str())
+        .collect();
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "the published manifest lists no artifacts"
+    );
     let pins_text = match &args.pins {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
         None => cmbuild::pins::BUILTIN.to_owned(),
     };
     let out = args
@@ -84,11 +92,8 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     // One verdict over every target's comparison.
     let mut combined = cmbuild::compare::Report::default();
     for dir in &dirs {
-        let report = cmbuild::compare::compare_builds(
-            dir,
-            &args.published,
-            &super::compare::cid_of_file,
-        )?;
+        let report =
+            cmbuild::compare::compare_builds(dir, &args.published, &super::compare::cid_of_file)?;
         combined.compared.extend(report.compared);
         combined.findings.extend(report.findings);
     }

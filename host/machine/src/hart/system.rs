@@ -94,19 +94,30 @@ impl Hart {
                     return Ok(next);
                 }
                 // Nothing can wake the hart before the timer (if enabled): jump there, or
-                // to the end of this run. The WFI itself does not retire yet, so a run
-                // resumed later re-executes it and ends in the same state.
+                // to the end of this run, whichever comes first.
                 let wake = if self.csr.mie & MIP_MTIP != 0 {
                     bus.clint.timer_deadline()
                 } else {
                     u64::MAX
                 };
-                let target = wake.min(self.limit).max(self.mcycle + 1);
-                // The loop counts one cycle for this instruction.
-                self.non_retired += target - self.mcycle;
-                self.mcycle = target - 1;
                 self.request_stop();
-                Ok(self.pc)
+                if wake != u64::MAX && wake <= self.limit {
+                    // The wake-up happens within this run: the WFI retires (the interrupt,
+                    // if enabled, is then taken with xepc = pc + 4, as the privileged spec
+                    // says), and the cycles in between are idle. The loop counts the
+                    // WFI's own cycle, which ends on the deadline.
+                    let target = wake.max(self.mcycle + 1);
+                    self.non_retired += target - self.mcycle - 1;
+                    self.mcycle = target - 1;
+                    Ok(next)
+                } else {
+                    // The run ends first: the WFI does not retire, so a run resumed later
+                    // re-executes it and ends in the same state as an uninterrupted one.
+                    let target = self.limit.max(self.mcycle + 1);
+                    self.non_retired += target - self.mcycle;
+                    self.mcycle = target - 1;
+                    Ok(self.pc)
+                }
             }
             Sys::SfenceVma => {
                 if self.prv == PRV_U || (self.prv == PRV_S && st & MSTATUS_TVM != 0) {

@@ -58,12 +58,9 @@ loop:
 	addi s3, s3, 1
 	andi t0, s3, 1023
 	bnez t0, 1f
-	/* Wait for the next tick the way Linux idles: interrupts masked around wfi (which
-	 * wakes on a pending interrupt regardless of mstatus.MIE and may jump mcycle
-	 * straight to the timer deadline), taken once they are unmasked again. */
-	csrci mstatus, 8
+	/* Wait for the next tick with interrupts enabled: wfi may jump mcycle straight to
+	 * the timer deadline, retires, and the interrupt is taken with mepc after it. */
 	wfi
-	csrsi mstatus, 8
 1:
 	li t0, TICKS
 	blt s0, t0, loop
