@@ -62,6 +62,9 @@ pub enum Progress {
     Machine {
         name: String,
         mcycle: u64,
+        /// The mcycle at which an earlier build of the same targets halted, if one is
+        /// known (an estimate of the end, for an ETA).
+        expected_mcycle: Option<u64>,
         console: Vec<u8>,
     },
     /// A machine ended.
@@ -418,6 +421,7 @@ fn run_machine(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> MachineResult {
     let name = targets.join(",");
+    let expected_mcycle = previous_mcycle(&opts.out_dir, targets);
     let zeros = |len: u64| vec![0u8; (len.max(1).div_ceil(DRIVE_ALIGN) * DRIVE_ALIGN) as usize];
     // The input drive's CID enters the machine's identity through the state hash; keep it
     // in the record too.
@@ -464,6 +468,7 @@ fn run_machine(
         progress(Progress::Machine {
             name: name.clone(),
             mcycle: machine.mcycle(),
+            expected_mcycle,
             console: machine.drain_console(),
         });
         match stop {
@@ -493,6 +498,25 @@ fn run_machine(
         },
         output,
     ))
+}
+
+/// The mcycle at which an earlier build under `out_dir` of exactly these targets halted:
+/// the best estimate of how long this one will take (the guest's work depends on the
+/// project, not on the host). Unreadable records are ignored; this only feeds an ETA.
+fn previous_mcycle(out_dir: &Path, targets: &[String]) -> Option<u64> {
+    let mut found = None;
+    for entry in std::fs::read_dir(out_dir).ok()?.flatten() {
+        let path = entry.path().join("machine.json");
+        let Ok(record) = crate::manifest::read_machine_record(&path) else {
+            continue;
+        };
+        for run in record.machines {
+            if run.targets == targets {
+                found = found.max(Some(run.mcycle));
+            }
+        }
+    }
+    found
 }
 
 fn ensure_dir(dir: &Path) -> std::io::Result<&Path> {
@@ -535,6 +559,37 @@ mod tests {
         assert_eq!(sanitize_dir_name("release/1.0"), "release_1.0");
         assert_eq!(sanitize_dir_name(".."), "_..");
         assert_eq!(sanitize_dir_name("HEAD~1"), "HEAD_1");
+    }
+
+    #[test]
+    fn previous_builds_give_the_expected_mcycle() {
+        let out = tempfile::tempdir().unwrap();
+        let record = MachineRecord {
+            schema: MACHINE_SCHEMA.into(),
+            emulator_version: "0".into(),
+            hash_scheme: HASH_SCHEME.into(),
+            inputs: BTreeMap::new(),
+            machines: vec![MachineRun {
+                targets: vec!["a".into()],
+                root_hash: "h".into(),
+                mcycle: 1234,
+                exit_code: 0,
+            }],
+        };
+        std::fs::create_dir(out.path().join("v1")).unwrap();
+        std::fs::write(
+            out.path().join("v1/machine.json"),
+            to_canonical_json(&record),
+        )
+        .unwrap();
+        std::fs::create_dir(out.path().join("junk")).unwrap();
+        std::fs::write(out.path().join("junk/machine.json"), b"{").unwrap();
+        assert_eq!(previous_mcycle(out.path(), &["a".into()]), Some(1234));
+        assert_eq!(previous_mcycle(out.path(), &["b".into()]), None);
+        assert_eq!(
+            previous_mcycle(&out.path().join("none"), &["a".into()]),
+            None
+        );
     }
 
     #[test]

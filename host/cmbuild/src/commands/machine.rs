@@ -81,12 +81,17 @@ struct BenchArgs {
     /// Skip the QEMU comparison.
     #[arg(long)]
     no_qemu: bool,
+    /// Skip the Linux boot figure (otherwise run when scripts/boot-test-inputs has filled
+    /// the cache, or BOOT_TEST_FW_JUMP, BOOT_TEST_VMLINUX and BOOT_TEST_INITRAMFS name the
+    /// inputs).
+    #[arg(long)]
+    no_linux: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Run(a) => run(*a),
-        Command::Bench(a) => bench::run(a.mega_instructions, !a.no_qemu),
+        Command::Bench(a) => bench::run(a.mega_instructions, !a.no_qemu, !a.no_linux),
     }
 }
 
@@ -240,7 +245,7 @@ mod bench {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    pub fn run(mega: u64, with_qemu: bool) -> anyhow::Result<ExitCode> {
+    pub fn run(mega: u64, with_qemu: bool, with_linux: bool) -> anyhow::Result<ExitCode> {
         let instructions = mega.max(1) * 1_000_000;
         let qemu = with_qemu && qemu_available();
         if with_qemu && !qemu {
@@ -295,7 +300,131 @@ mod bench {
                 .powf(1.0 / ratios.len() as f64);
             println!("geometric mean ratio cmbuild/qemu-icount: {geo:.2}x (target >= 0.75x)");
         }
+        if with_linux {
+            linux_boot(qemu)?;
+        }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// The inputs of the Linux boot figure: OpenSBI fw_jump.bin, vmlinux, initramfs.
+    struct BootInputs {
+        bios: PathBuf,
+        kernel: PathBuf,
+        initrd: PathBuf,
+    }
+
+    /// From the BOOT_TEST_* variables (what scripts/boot-test-inputs prints), else the
+    /// first complete directory the script left in its cache.
+    fn boot_inputs() -> Option<BootInputs> {
+        let var = |k: &str| std::env::var_os(k).map(PathBuf::from);
+        if let (Some(bios), Some(kernel), Some(initrd)) = (
+            var("BOOT_TEST_FW_JUMP"),
+            var("BOOT_TEST_VMLINUX"),
+            var("BOOT_TEST_INITRAMFS"),
+        ) {
+            return Some(BootInputs {
+                bios,
+                kernel,
+                initrd,
+            });
+        }
+        let cache = var("CMBUILD_CACHE")
+            .or_else(|| var("HOME").map(|h| h.join(".cache/cmbuild")))?
+            .join("boot-test-inputs");
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(cache)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        dirs.sort();
+        dirs.into_iter()
+            .map(|d| BootInputs {
+                bios: d.join("fw_jump.bin"),
+                kernel: d.join("vmlinux"),
+                initrd: d.join("initramfs.cpio"),
+            })
+            .find(|i| i.bios.is_file() && i.kernel.is_file() && i.initrd.is_file())
+    }
+
+    /// Boots Debian's kernel and the boot-test initramfs to power-off on the machine and
+    /// under QEMU, and prints both speeds.
+    fn linux_boot(qemu: bool) -> anyhow::Result<()> {
+        let Some(inputs) = boot_inputs() else {
+            println!(
+                "linux boot: skipped (no inputs cached; run scripts/boot-test-inputs, or set \
+                 BOOT_TEST_FW_JUMP, BOOT_TEST_VMLINUX and BOOT_TEST_INITRAMFS)"
+            );
+            return Ok(());
+        };
+        const APPEND: &str = "console=ttyS0";
+        let mut m = Machine::new(&MachineConfig {
+            ram_length: 256 << 20,
+            bios: Some(read(&inputs.bios, "firmware")?),
+            kernel: Some(read(&inputs.kernel, "kernel")?),
+            initrd: Some(read(&inputs.initrd, "initrd")?),
+            bootargs: APPEND.into(),
+            ..MachineConfig::default()
+        })?;
+        let start = Instant::now();
+        let brk = m.run(20_000_000_000);
+        let secs = start.elapsed().as_secs_f64();
+        if !matches!(brk, Break::Halted(_)) {
+            bail!("the Linux boot did not power off ({brk:?})");
+        }
+        let instret = m.hart.minstret();
+        let mips = instret as f64 / secs / 1e6;
+        print!(
+            "linux boot    {:>6} M instr  cmbuild {:>8.1} MIPS ({:.3} s, mcycle {})",
+            instret / 1_000_000,
+            mips,
+            secs,
+            m.mcycle()
+        );
+        if qemu {
+            let wall = time_qemu_boot(&inputs, APPEND)?.as_secs_f64();
+            // QEMU does not report how many instructions it executed; the boot does the
+            // same work there (same kernel, initramfs and command line; QEMU's virt board
+            // lacks the flash drives), so its figure is the machine's instruction count
+            // over QEMU's wall time, and the ratio is the ratio of wall times.
+            let q_mips = instret as f64 / wall / 1e6;
+            print!(
+                "  qemu-icount {:>8.1} MIPS ({:.3} s)  ratio {:.2}x",
+                q_mips,
+                wall,
+                mips / q_mips
+            );
+        }
+        println!();
+        if qemu {
+            println!(
+                "  (qemu: -M virt -icount shift=0,sleep=off, same kernel/initrd/append; its MIPS \
+                 is cmbuild's instruction count of the boot over qemu's wall time)"
+            );
+        }
+        Ok(())
+    }
+
+    fn time_qemu_boot(inputs: &BootInputs, append: &str) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let status = Command::new("qemu-system-riscv64")
+            .args(["-M", "virt", "-m", "256M", "-smp", "1", "-no-reboot"])
+            .args(["-icount", "shift=0,sleep=off"])
+            .args(["-display", "none", "-monitor", "none", "-serial", "null"])
+            .arg("-bios")
+            .arg(&inputs.bios)
+            .arg("-kernel")
+            .arg(&inputs.kernel)
+            .arg("-initrd")
+            .arg(&inputs.initrd)
+            .args(["-append", append])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .context("running qemu-system-riscv64")?;
+        let elapsed = start.elapsed();
+        if !status.success() {
+            bail!("qemu-system-riscv64 failed on the Linux boot ({status})");
+        }
+        Ok(elapsed)
     }
 
     fn time_machine(p: &Program) -> anyhow::Result<f64> {

@@ -112,40 +112,69 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     Ok(super::compare::print_report(&report))
 }
 
+/// A progress printer for machines: the guest's console goes to stdout unchanged, the
+/// machine's pace (mcycle, MIPS, ETA when an earlier build gives one) to stderr.
+pub struct ProgressPrinter {
+    label: &'static str,
+    started: Instant,
+    last: Mutex<(Instant, u64)>,
+}
+
+impl ProgressPrinter {
+    pub fn new(label: &'static str) -> Self {
+        ProgressPrinter {
+            label,
+            started: Instant::now(),
+            last: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    pub fn show(&self, event: Progress) {
+        let label = self.label;
+        match event {
+            Progress::Phase(text) => eprintln!("{label}: {text}"),
+            Progress::Machine {
+                name,
+                mcycle,
+                expected_mcycle,
+                console,
+            } => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&console);
+                let _ = out.flush();
+                let mut last = self.last.lock().expect("progress lock");
+                let elapsed = last.0.elapsed().as_secs_f64();
+                if elapsed >= 10.0 {
+                    let mips = mcycle.saturating_sub(last.1) as f64 / elapsed / 1e6;
+                    let eta = match expected_mcycle {
+                        Some(end) if end > mcycle && mips > 0.0 => {
+                            format!(", ETA {:.0}s", (end - mcycle) as f64 / (mips * 1e6))
+                        }
+                        _ => String::new(),
+                    };
+                    eprintln!(
+                        "{label}: [{name}] mcycle {mcycle} ({mips:.0} MIPS, {:.0}s elapsed{eta})",
+                        self.started.elapsed().as_secs_f64()
+                    );
+                    *last = (Instant::now(), mcycle);
+                }
+            }
+            Progress::MachineDone {
+                name,
+                mcycle,
+                exit_code,
+            } => eprintln!(
+                "{label}: [{name}] halted, exit code {} at mcycle {mcycle}",
+                exit_code.map_or("?".into(), |c| c.to_string())
+            ),
+        }
+    }
+}
+
 fn run_once(opts: &RunOptions) -> anyhow::Result<PathBuf> {
     let started = Instant::now();
-    let last: Mutex<(Instant, u64)> = Mutex::new((Instant::now(), 0));
-    let progress = |event: Progress| match event {
-        Progress::Phase(text) => eprintln!("cmbuild run: {text}"),
-        Progress::Machine {
-            name,
-            mcycle,
-            console,
-        } => {
-            // The guest's console goes to stdout unchanged; the machine's pace to stderr.
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(&console);
-            let _ = out.flush();
-            let mut last = last.lock().expect("progress lock");
-            let elapsed = last.0.elapsed().as_secs_f64();
-            if elapsed >= 10.0 {
-                let mips = mcycle.saturating_sub(last.1) as f64 / elapsed / 1e6;
-                eprintln!(
-                    "cmbuild run: [{name}] mcycle {mcycle} ({mips:.0} MIPS, {:.0}s elapsed)",
-                    started.elapsed().as_secs_f64()
-                );
-                *last = (Instant::now(), mcycle);
-            }
-        }
-        Progress::MachineDone {
-            name,
-            mcycle,
-            exit_code,
-        } => eprintln!(
-            "cmbuild run: [{name}] halted, exit code {} at mcycle {mcycle}",
-            exit_code.map_or("?".into(), |c| c.to_string())
-        ),
-    };
+    let printer = ProgressPrinter::new("cmbuild run");
+    let progress = |event: Progress| printer.show(event);
     let summary = run_release(opts, &progress)?;
     println!(
         "release {} (commit {})",

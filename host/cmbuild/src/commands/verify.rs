@@ -82,11 +82,8 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
             machine_per_target: true,
             pins: cmbuild::pins::parse(&pins_text)?,
         };
-        let summary = cmbuild::run::run_release(&opts, &|p| {
-            if let cmbuild::run::Progress::Phase(text) = p {
-                eprintln!("cmbuild verify: [{target}] {text}");
-            }
-        })?;
+        let printer = super::run::ProgressPrinter::new("cmbuild verify");
+        let summary = cmbuild::run::run_release(&opts, &|p| printer.show(p))?;
         dirs.push(summary.dir);
     }
     // One verdict over every target's comparison.
