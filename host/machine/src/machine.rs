@@ -10,8 +10,12 @@
 //! # State hash (`cmvm-sha256-v1`)
 //! The root is [`merkle::combine_leaves`] over, in this order: the state leaf
 //! `SHA-256(canonical processor and device state, see [`Machine::save_state`])`, then the
-//! page-tree root of RAM ([`merkle`]), then the page-tree root of each flash drive in
-//! address order. Page trees are updated incrementally from the dirty-page bitmaps.
+//! page-tree root ([`merkle`]) of each memory range in address order: the device-tree ROM
+//! (the [`board::DTB_SIZE`] bytes at [`board::DTB_BASE`]: the blob, then zeros; see
+//! [`merkle::range_root_of_length`]), RAM, then each flash drive. The ROM is in the hash
+//! because it is guest-visible state (it carries the bootargs, the initrd location and the
+//! rng seed); it never changes, so only RAM and the flash drives have trees updated
+//! incrementally from the dirty-page bitmaps.
 
 use sha2::{Digest, Sha256};
 
@@ -336,7 +340,7 @@ impl Machine {
                 })
                 .collect(),
         };
-        let mut leaves = vec![self.state_leaf()];
+        let mut leaves = vec![self.state_leaf(), self.dtb_root()];
         leaves.extend(trees.iter().map(PageTree::root));
         self.trees = Some(trees);
         merkle::combine_leaves(&leaves)
@@ -345,7 +349,7 @@ impl Machine {
     /// The state hash recomputed from scratch (no page tree reused), to check the
     /// incremental one.
     pub fn root_hash_from_scratch(&self) -> merkle::Hash {
-        let mut leaves = vec![self.state_leaf()];
+        let mut leaves = vec![self.state_leaf(), self.dtb_root()];
         leaves.push(merkle::range_root(self.bus.ram.bytes()));
         leaves.extend(
             self.bus
@@ -354,6 +358,13 @@ impl Machine {
                 .map(|f| merkle::range_root(f.mem.bytes())),
         );
         merkle::combine_leaves(&leaves)
+    }
+
+    /// The page-tree root of the device-tree ROM window. Recomputed each time rather than
+    /// cached: the blob is a few pages and the rest are zero subtrees, so this costs a
+    /// couple of page hashes.
+    fn dtb_root(&self) -> merkle::Hash {
+        merkle::range_root_of_length(&self.bus.dtb, board::DTB_SIZE)
     }
 
     fn state_leaf(&self) -> merkle::Hash {
@@ -391,4 +402,57 @@ fn rng_seed(config: &MachineConfig) -> [u8; 32] {
         field(Some(&f.image));
     }
     h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(bootargs: &str) -> MachineConfig {
+        MachineConfig {
+            ram_length: 1 << 20,
+            ram_image: Some(vec![0x73, 0x00, 0x50, 0x10]), // wfi
+            bootargs: bootargs.to_string(),
+            ..MachineConfig::default()
+        }
+    }
+
+    #[test]
+    fn bootargs_alone_change_the_reset_hash() {
+        let mut a = Machine::new(&config("console=ttyS0")).unwrap();
+        let mut b = Machine::new(&config("console=ttyS0 quiet")).unwrap();
+        // Everything but the device tree is equal at reset...
+        let (mut sa, mut sb) = (Vec::new(), Vec::new());
+        a.save_state(&mut sa);
+        b.save_state(&mut sb);
+        assert_eq!(sa, sb);
+        assert_eq!(a.bus.ram.bytes(), b.bus.ram.bytes());
+        assert_ne!(a.bus.dtb, b.bus.dtb);
+        // ...and the hash still tells them apart.
+        assert_ne!(a.root_hash(), b.root_hash());
+        assert_eq!(a.root_hash_bytes(), a.root_hash_from_scratch());
+    }
+
+    #[test]
+    fn the_root_combines_state_dtb_ram_and_flash_in_address_order() {
+        let mut cfg = config("x");
+        cfg.flash_drives.push(FlashConfig {
+            label: "d".into(),
+            image: vec![1; 5000],
+            shared: false,
+        });
+        let mut m = Machine::new(&cfg).unwrap();
+        let mut state = Vec::new();
+        m.save_state(&mut state);
+        let mut dtb_window = m.bus.dtb.clone();
+        dtb_window.resize(board::DTB_SIZE as usize, 0);
+        let expected = merkle::combine_leaves(&[
+            Sha256::digest(&state).into(),
+            merkle::range_root(&dtb_window),
+            merkle::range_root(m.bus.ram.bytes()),
+            merkle::range_root(m.bus.flash[0].mem.bytes()),
+        ]);
+        assert_eq!(m.root_hash_bytes(), expected);
+        assert_eq!(m.root_hash_from_scratch(), expected);
+    }
 }

@@ -135,6 +135,15 @@ pub fn range_root(data: &[u8]) -> Hash {
     subtree_root(data, 0, height, pages)
 }
 
+/// The root of a range of `length` bytes whose contents are `data` followed by zeros (a
+/// ROM window larger than what it holds, like the device tree's).
+pub fn range_root_of_length(data: &[u8], length: u64) -> Hash {
+    debug_assert!(data.len() as u64 <= length);
+    let pages = page_count(length);
+    let height = pages.next_power_of_two().trailing_zeros() as usize;
+    subtree_root(data, 0, height, pages)
+}
+
 /// Root of the subtree of `height` whose first page is `first`.
 fn subtree_root(data: &[u8], first: usize, height: usize, pages: usize) -> Hash {
     if first >= pages {

@@ -65,6 +65,11 @@ fn wfi_with_interrupts_enabled_retires() {
 }
 
 #[test]
+fn counters_and_triggers() {
+    run_test("counters", &["counters.S"]);
+}
+
+#[test]
 fn virtual_memory() {
     run_test("vm", &["vm.S"]);
 }

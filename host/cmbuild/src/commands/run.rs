@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -117,7 +118,8 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 pub struct ProgressPrinter {
     label: &'static str,
     started: Instant,
-    last: Mutex<(Instant, u64)>,
+    /// Per machine: when its pace was last printed, and its mcycle then.
+    last: Mutex<BTreeMap<String, (Instant, u64)>>,
 }
 
 impl ProgressPrinter {
@@ -125,7 +127,7 @@ impl ProgressPrinter {
         ProgressPrinter {
             label,
             started: Instant::now(),
-            last: Mutex::new((Instant::now(), 0)),
+            last: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -142,7 +144,8 @@ impl ProgressPrinter {
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&console);
                 let _ = out.flush();
-                let mut last = self.last.lock().expect("progress lock");
+                let mut all = self.last.lock().expect("progress lock");
+                let last = all.entry(name.clone()).or_insert((self.started, 0));
                 let elapsed = last.0.elapsed().as_secs_f64();
                 if elapsed >= 10.0 {
                     let mips = mcycle.saturating_sub(last.1) as f64 / elapsed / 1e6;

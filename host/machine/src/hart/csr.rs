@@ -141,6 +141,14 @@ pub mod num {
     pub const MTVEC: u16 = 0x305;
     pub const MCOUNTEREN: u16 = 0x306;
     pub const MCOUNTINHIBIT: u16 = 0x320;
+    /// Trigger select (Sdtrig); no triggers exist.
+    pub const TSELECT: u16 = 0x7a0;
+    /// Trigger data 1.
+    pub const TDATA1: u16 = 0x7a1;
+    /// Trigger data 2.
+    pub const TDATA2: u16 = 0x7a2;
+    /// Trigger data 3.
+    pub const TDATA3: u16 = 0x7a3;
     pub const MHPMEVENT3: u16 = 0x323;
     pub const MHPMEVENT31: u16 = 0x33f;
     pub const MSCRATCH: u16 = 0x340;

@@ -23,7 +23,7 @@ pub struct DecodeCache {
     /// For each RAM page, its index in `pages` or `NONE`.
     slot_of: Vec<u32>,
     /// Decoded pages.
-    pages: Vec<Box<[Insn]>>,
+    pages: Vec<Box<[Insn; SLOTS]>>,
     /// The RAM page each entry of `pages` holds, or `NONE` for a free (clean) entry.
     owner: Vec<u32>,
     /// Entries of `pages` that hold no RAM page (after a flush).
@@ -57,8 +57,13 @@ impl DecodeCache {
         let i = if let Some(free) = self.free.pop() {
             free as usize
         } else if self.pages.len() < POOL_PAGES {
-            self.pages
-                .push(vec![Insn::UNDECODED; SLOTS].into_boxed_slice());
+            // A fixed-size array (not a slice): the slot index is < SLOTS by construction,
+            // so the fetch fast path carries no bounds check.
+            let page: Box<[Insn; SLOTS]> = vec![Insn::UNDECODED; SLOTS]
+                .into_boxed_slice()
+                .try_into()
+                .expect("SLOTS entries");
+            self.pages.push(page);
             self.owner.push(NONE);
             self.pages.len() - 1
         } else {

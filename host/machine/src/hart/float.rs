@@ -209,7 +209,7 @@ impl Hart {
     /// Reads `f[r]` as a single: an improperly boxed value is the canonical NaN.
     #[inline(always)]
     fn get_s(&self, r: u8) -> u32 {
-        let v = self.f[r as usize];
+        let v = self.f[(r & 31) as usize];
         if v & BOX == BOX {
             v as u32
         } else {
@@ -219,7 +219,7 @@ impl Hart {
 
     #[inline(always)]
     fn set_s(&mut self, r: u8, v: u32) {
-        self.f[r as usize] = BOX | v as u64;
+        self.f[(r & 31) as usize] = BOX | v as u64;
     }
 
     /// Executes an F or D operation.
@@ -261,7 +261,11 @@ impl Hart {
         let x = |v: bool| Out::X(v as u64);
         let sext32 = |v: u32| Out::X(v as i32 as i64 as u64);
         let (s1, s2, s3) = (self.get_s(a), self.get_s(b), self.get_s(c));
-        let (d1, d2, d3) = (self.f[a as usize], self.f[b as usize], self.f[c as usize]);
+        let (d1, d2, d3) = (
+            self.f[(a & 31) as usize],
+            self.f[(b & 31) as usize],
+            self.f[(c & 31) as usize],
+        );
         const SS: u32 = 1 << 31;
         const SD: u64 = 1 << 63;
         let out = match op {
@@ -269,7 +273,7 @@ impl Hart {
             Fld => Out::D(self.load(bus, addr, 8)?),
             Fsw => {
                 // Stores move bits: no unboxing.
-                self.store(bus, addr, 4, self.f[b as usize])?;
+                self.store(bus, addr, 4, self.f[(b & 31) as usize])?;
                 return Ok(next);
             }
             Fsd => {
@@ -294,7 +298,7 @@ impl Hart {
             CvtWuS => sext32(sf::f32_to_u32(s1, rm, fl_)),
             CvtLS => Out::X(sf::f32_to_i64(s1, rm, fl_) as u64),
             CvtLuS => Out::X(sf::f32_to_u64(s1, rm, fl_)),
-            MvXW => sext32(self.f[a as usize] as u32),
+            MvXW => sext32(self.f[(a & 31) as usize] as u32),
             EqS => x(sf::f32_eq(s1, s2, fl_)),
             LtS => x(sf::f32_lt(s1, s2, fl_)),
             LeS => x(sf::f32_le(s1, s2, fl_)),
@@ -341,7 +345,7 @@ impl Hart {
                 self.csr.mstatus |= MSTATUS_FS;
             }
             Out::D(v) => {
-                self.f[d.rd as usize] = v;
+                self.f[(d.rd & 31) as usize] = v;
                 self.csr.mstatus |= MSTATUS_FS;
             }
             Out::X(v) => self.set_x(d.rd, v),

@@ -206,7 +206,8 @@ pub struct Hart {
     pub csr: Csrs,
     /// Cycle counter: one per retired instruction or trap (and jumps over idle WFI).
     pub mcycle: u64,
-    /// `mcycle - minstret`: cycles spent on traps and idle waits.
+    /// `mcycle - minstret` (wrapping): cycles spent on traps and idle waits, less what
+    /// writes to `minstret` added.
     pub non_retired: u64,
     /// The LR reservation (physical address) if any.
     pub reservation: Option<u64>,
@@ -245,7 +246,7 @@ impl Hart {
 
     /// `minstret`: instructions retired.
     pub fn minstret(&self) -> u64 {
-        self.mcycle - self.non_retired
+        self.mcycle.wrapping_sub(self.non_retired)
     }
 
     /// Runs until `mcycle` reaches `limit` or the guest halts.
@@ -261,7 +262,7 @@ impl Hart {
             if let Some(int) = self.pending_interrupt(bus) {
                 self.take_trap(int, 0, true);
                 self.mcycle += 1;
-                self.non_retired += 1;
+                self.non_retired = self.non_retired.wrapping_add(1);
                 continue;
             }
             // Run until the timer could fire (if nothing else unmasks an interrupt first).
@@ -284,7 +285,7 @@ impl Hart {
                 Ok(next) => self.pc = next,
                 Err(e) => {
                     self.take_trap(e.cause, e.tval, false);
-                    self.non_retired += 1;
+                    self.non_retired = self.non_retired.wrapping_add(1);
                 }
             }
             self.x[0] = 0;
@@ -420,13 +421,15 @@ impl Hart {
     /// Writes integer register `rd` (writes to x0 are undone by the loop).
     #[inline(always)]
     pub(crate) fn set_x(&mut self, rd: u8, value: u64) {
-        self.x[rd as usize] = value;
+        // Register fields are 5 bits wide; the mask lets the compiler drop the bounds
+        // check on the hot path (it never changes a decoded index).
+        self.x[(rd & 31) as usize] = value;
     }
 
     /// Reads integer register `r`.
     #[inline(always)]
     pub(crate) fn get_x(&self, r: u8) -> u64 {
-        self.x[r as usize]
+        self.x[(r & 31) as usize]
     }
 
     /// Appends the canonical encoding of the architectural state (no caches).

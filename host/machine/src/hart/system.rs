@@ -107,14 +107,14 @@ impl Hart {
                     // says), and the cycles in between are idle. The loop counts the
                     // WFI's own cycle, which ends on the deadline.
                     let target = wake.max(self.mcycle + 1);
-                    self.non_retired += target - self.mcycle - 1;
+                    self.non_retired = self.non_retired.wrapping_add(target - self.mcycle - 1);
                     self.mcycle = target - 1;
                     Ok(next)
                 } else {
                     // The run ends first: the WFI does not retire, so a run resumed later
                     // re-executes it and ends in the same state as an uninterrupted one.
                     let target = self.limit.max(self.mcycle + 1);
-                    self.non_retired += target - self.mcycle;
+                    self.non_retired = self.non_retired.wrapping_add(target - self.mcycle);
                     self.mcycle = target - 1;
                     Ok(self.pc)
                 }

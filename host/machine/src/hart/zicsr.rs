@@ -164,6 +164,7 @@ impl Hart {
             num::MCYCLE => self.mcycle,
             num::MINSTRET => self.minstret(),
             num::MHPMCOUNTER3..=num::MHPMCOUNTER31 => 0,
+            num::TSELECT | num::TDATA1 | num::TDATA2 | num::TDATA3 => 0,
             _ => return None,
         })
     }
@@ -265,9 +266,19 @@ impl Hart {
                     *slot = value & ((1 << 54) - 1);
                 }
             }
-            // mcycle and minstret are the machine's clock: writes are ignored so that
-            // time stays the instruction count.
-            num::MCYCLE | num::MINSTRET | num::MHPMCOUNTER3..=num::MHPMCOUNTER31 => {}
+            // mcycle is the machine's clock (mtime = mcycle / 8192): writes are ignored so
+            // that time stays the instruction count.
+            num::MCYCLE | num::MHPMCOUNTER3..=num::MHPMCOUNTER31 => {}
+            // minstret is writable (privileged spec, "Hardware Performance Monitor"), and
+            // the value written is what the next instruction reads: this instruction's
+            // own retirement, counted by the loop after it, is suppressed.
+            num::MINSTRET => {
+                self.non_retired = self.mcycle.wrapping_add(1).wrapping_sub(value);
+            }
+            // No triggers (Sdtrig): tselect reads 0 whatever is written, and tdata1 reads
+            // type 0 ("no trigger at this tselect"), the way the debug spec's enumeration
+            // recognises that none exist; writes are ignored rather than trapping.
+            num::TSELECT | num::TDATA1 | num::TDATA2 | num::TDATA3 => {}
             _ => return None,
         }
         Some(())
