@@ -417,6 +417,34 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_output_drive_is_refused() {
+        let plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
+        // A guest that plants a symlink to a host file under the name of an artifact, and one
+        // that climbs out of the extraction directory.
+        let mut link = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        link.append_link(&mut header, "x86_64-unknown-linux-gnu/a", "/etc/passwd")
+            .unwrap();
+        let mut climb = tar::Header::new_gnu();
+        climb.set_entry_type(tar::EntryType::Regular);
+        climb.set_size(1);
+        climb.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        climb.set_cksum();
+        let mut escape = tar::Builder::new(Vec::new());
+        escape.append(&climb, &b"x"[..]).unwrap();
+        for drive in [link.into_inner().unwrap(), escape.into_inner().unwrap()] {
+            let outer = tempfile::tempdir().unwrap();
+            let dest = outer.path().join("out");
+            std::fs::create_dir(&dest).unwrap();
+            let result = collect_outputs(&drive, &dest, &plan);
+            assert!(matches!(result, Err(PlanError::Output(_))), "{result:?}");
+            assert!(!outer.path().join("escape").exists());
+        }
+    }
+
+    #[test]
     fn outputs_are_collected_per_target() {
         let plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
         let mut tar = DeterministicTar::new(Vec::new(), 0);
