@@ -131,12 +131,13 @@ impl Plan {
     }
 }
 
-/// Lists every binary target of the workspace in an extracted source tree.
+/// Runs `cargo metadata --no-deps --offline` on a manifest and returns its JSON.
 ///
-/// Uses the host's `cargo metadata --no-deps`, which reads manifests only (no network, no
-/// dependency resolution), so the answer depends on the source alone.
-pub fn list_workspace_bins(source_dir: &Path) -> Result<Vec<PlannedBin>, PlanError> {
-    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+/// With `--no-deps` cargo reads manifests only (no network, no dependency resolution), so
+/// the answer depends on the source alone.
+pub fn read_cargo_metadata(manifest: &Path) -> Result<serde_json::Value, PlanError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(&cargo)
         .args([
             "metadata",
             "--no-deps",
@@ -145,17 +146,26 @@ pub fn list_workspace_bins(source_dir: &Path) -> Result<Vec<PlannedBin>, PlanErr
             "1",
         ])
         .arg("--manifest-path")
-        .arg(source_dir.join("Cargo.toml"))
+        .arg(manifest)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| PlanError::Metadata(e.to_string()))?;
+        .map_err(|e| PlanError::Metadata(format!("running {}: {e}", cargo.to_string_lossy())))?;
     if !out.status.success() {
-        return Err(PlanError::Metadata(
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        ));
+        return Err(PlanError::Metadata(format!(
+            "{}: {}",
+            manifest.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| PlanError::Metadata(e.to_string()))?;
+    serde_json::from_slice(&out.stdout).map_err(|e| PlanError::Metadata(e.to_string()))
+}
+
+/// Lists every binary target of the workspace in an extracted source tree.
+///
+/// Uses the host's `cargo metadata --no-deps`, which reads manifests only (no network, no
+/// dependency resolution), so the answer depends on the source alone.
+pub fn list_workspace_bins(source_dir: &Path) -> Result<Vec<PlannedBin>, PlanError> {
+    let meta = read_cargo_metadata(&source_dir.join("Cargo.toml"))?;
     let mut bins = Vec::new();
     for package in meta["packages"].as_array().into_iter().flatten() {
         let name = package["name"].as_str().unwrap_or_default();

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -190,28 +190,7 @@ struct WorkspaceMetadata {
 
 impl WorkspaceMetadata {
     fn read(manifest: &Path) -> anyhow::Result<WorkspaceMetadata> {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let output = Command::new(&cargo)
-            .args([
-                "metadata",
-                "--no-deps",
-                "--offline",
-                "--format-version",
-                "1",
-            ])
-            .arg("--manifest-path")
-            .arg(manifest)
-            .output()
-            .with_context(|| format!("running {} metadata", cargo.to_string_lossy()))?;
-        if !output.status.success() {
-            bail!(
-                "`cargo metadata` failed for {}:\n{}",
-                manifest.display(),
-                String::from_utf8_lossy(&output.stderr).trim_end()
-            );
-        }
-        let json: serde_json::Value =
-            serde_json::from_slice(&output.stdout).context("reading `cargo metadata` output")?;
+        let json = cmbuild::plan::read_cargo_metadata(manifest)?;
         let root = json["workspace_root"]
             .as_str()
             .context("`cargo metadata` gave no workspace_root")?;
