@@ -26,6 +26,7 @@ fn insn(op: Op, rd: u32, rs1: u32, rs2: u32, imm: i32, raw: u32) -> Insn {
         len: 2,
         imm,
         raw,
+        code: 0,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The hart: registers, the fetch–execute loop, traps and interrupts.
 //!
 //! Each instruction is decoded once per physical address into an [`Insn`] (see
-//! [`dcache`]) and executed by one `match` over its [`Op`]; the extension files
+//! [`dcache`]) and executed by one `match` over its flat opcode ([`Insn::code`]) or, for
+//! the rarer operations, over its [`Op`]; the extension files
 //! (`rv64i`, `m`, `a`, `float`, `c`, `zicsr`, `system`) each decode and execute their own
 //! part of the ISA, in the order and with the names of the RISC-V manual. Virtual memory
 //! goes through a software TLB ([`mmu`]).
@@ -114,6 +115,12 @@ pub struct Insn {
     pub rs3: u8,
     /// Length in bytes (2 or 4).
     pub len: u8,
+    /// A flat one-byte opcode for the hot operations (RV64I except loads and stores, and
+    /// M), or 0. The hot loop reaches their executors through one jump table instead of
+    /// two (extension tag, then operation). Set only by [`decode`]; 0 means "dispatch on
+    /// `op`", so an `Insn` built any other way still executes correctly. It sits in what
+    /// was padding (before `imm`), so `Insn` stays 16 bytes.
+    pub code: u8,
     /// Immediate (for F/D arithmetic: the rounding-mode field).
     pub imm: i32,
     /// The instruction bits as fetched (16 bits for compressed), for `mtval`.
@@ -131,6 +138,7 @@ impl Insn {
         len: 4,
         imm: 0,
         raw: 0,
+        code: 0,
     };
 
     /// An illegal instruction with bits `raw` of length `len`.
@@ -154,12 +162,84 @@ impl Insn {
             len: 4,
             imm,
             raw,
+            code: 0,
         }
     }
 }
 
 /// Decodes a 32-bit instruction, or a compressed one in the low 16 bits.
 pub fn decode(raw: u32) -> Insn {
+    let mut insn = decode_op(raw);
+    insn.code = flat_code(insn.op);
+    insn
+}
+
+/// The first flat opcode of M (after the 50 RV64I operations).
+const FLAT_M: u8 = 1 + rv64i::I::Fence as u8 + 1;
+
+/// Generates the flat opcode constants and [`Hart::execute`], whose single `match` on
+/// [`Insn::code`] calls the RV64I and M executors with a constant operation (so each arm
+/// is that operation's code alone), and falls back to the two-level match otherwise.
+macro_rules! flat_dispatch {
+    (I: [$($i:ident),* $(,)?], M: [$($m:ident),* $(,)?] $(,)?) => {
+        /// Flat opcodes, named after their operation.
+        #[allow(non_upper_case_globals)]
+        mod flat {
+            use super::m::M;
+            use super::rv64i::I;
+            $(pub const $i: u8 = 1 + I::$i as u8;)*
+            /// M operations.
+            pub mod m {
+                use super::M;
+                $(pub const $m: u8 = super::super::FLAT_M + M::$m as u8;)*
+            }
+        }
+
+        /// Every flat opcode with its operation, for the tests.
+        #[cfg(test)]
+        const FLAT_ALL: &[(u8, Op)] = &[
+            $((flat::$i, Op::I(rv64i::I::$i)),)*
+            $((flat::m::$m, Op::M(m::M::$m)),)*
+        ];
+
+        /// The flat opcode of `op` (see [`Insn::code`]), 0 if it has none.
+        const fn flat_code(op: Op) -> u8 {
+            match op {
+                $(Op::I(rv64i::I::$i) => flat::$i,)*
+                $(Op::M(m::M::$m) => flat::m::$m,)*
+                _ => 0,
+            }
+        }
+
+        impl Hart {
+            /// Executes one decoded instruction; returns the next `pc`.
+            #[inline(always)]
+            fn execute(&mut self, bus: &mut Bus, d: &Insn) -> Result<u64, Exception> {
+                let next = self.pc.wrapping_add(d.len as u64);
+                match d.code {
+                    $(flat::$i => self.exec_i(bus, rv64i::I::$i, d, next),)*
+                    $(flat::m::$m => Ok(self.exec_m(m::M::$m, d, next)),)*
+                    _ => self.execute_nested(bus, d, next),
+                }
+            }
+        }
+    };
+}
+
+flat_dispatch! {
+    I: [
+        // Not the loads and stores: a copy of the TLB path per operation made the hot
+        // loop large enough that the integer loop lost a third of its speed for a tenth
+        // gained on the memory loop.
+        Lui, Auipc, Jal, Jalr, Beq, Bne, Blt, Bge, Bltu, Bgeu, Addi, Slti, Sltiu, Xori, Ori,
+        Andi, Slli, Srli, Srai, Add, Sub, Sll, Slt, Sltu, Xor, Srl, Sra, Or, And, Addiw, Slliw,
+        Srliw, Sraiw, Addw, Subw, Sllw, Srlw, Sraw, Fence,
+    ],
+    M: [Mul, Mulh, Mulhsu, Mulhu, Div, Divu, Rem, Remu, Mulw, Divw, Divuw, Remw, Remuw],
+}
+
+/// [`decode`] without the flat opcode.
+fn decode_op(raw: u32) -> Insn {
     if raw & 3 != 3 {
         return c::decode(raw as u16);
     }
@@ -293,10 +373,10 @@ impl Hart {
         }
     }
 
-    /// Executes one decoded instruction; returns the next `pc`.
+    /// Executes a decoded instruction by its extension, then its operation: the path for
+    /// everything without a flat opcode.
     #[inline(always)]
-    fn execute(&mut self, bus: &mut Bus, d: &Insn) -> Result<u64, Exception> {
-        let next = self.pc.wrapping_add(d.len as u64);
+    fn execute_nested(&mut self, bus: &mut Bus, d: &Insn, next: u64) -> Result<u64, Exception> {
         match d.op {
             Op::I(op) => self.exec_i(bus, op, d, next),
             Op::M(op) => Ok(self.exec_m(op, d, next)),
@@ -478,9 +558,45 @@ mod tests {
     fn decoded_instructions_stay_16_bytes() {
         // The decode cache holds 2048 of them per page; its memory bound assumes 16.
         assert_eq!(std::mem::size_of::<Insn>(), 16);
-        // Extension tag plus operation: two bytes (a flat one-byte opcode would save the
-        // second dispatch; see the crate notes on speed).
+        // Extension tag plus operation: two bytes; the hot path dispatches on the flat
+        // `code` byte instead, which must fit in the padding.
         assert_eq!(std::mem::size_of::<Op>(), 2);
+    }
+
+    #[test]
+    fn flat_opcodes_are_distinct_and_match_the_operation() {
+        // Each flat operation has its own nonzero code; everything else gets 0.
+        let mut seen = [false; 256];
+        for &(code, op) in FLAT_ALL {
+            assert_eq!(flat_code(op), code, "{op:?}");
+            assert!(code != 0 && !seen[code as usize], "{op:?}");
+            seen[code as usize] = true;
+        }
+        assert_eq!(FLAT_ALL.len(), 39 + 13);
+        for raw in [
+            0x0020_81b3u32, // add
+            0x4020_81b3,    // sub
+            0x0000_0537,    // lui a0, 0
+            0x0085_3503,    // ld a0, 8(a0)
+            0x00a5_3423,    // sd a0, 8(a0)
+            0x0220_81b3,    // mul
+            0x0220_c1bb,    // divw
+            0x0000_100f,    // fence.i
+            0x3000_2573,    // csrr a0, mstatus
+            0x0000_007b,    // illegal
+            0x4505,         // c.li a0, 1
+        ] {
+            let d = decode(raw);
+            assert_eq!(d.code, flat_code(d.op), "{raw:#x}");
+        }
+        assert_eq!(decode(0x0020_81b3).code, flat::Add);
+        assert_eq!(decode(0x0220_81b3).code, flat::m::Mul);
+        assert_eq!(decode(0x4505).code, flat::Addi); // c.li expands to addi
+        assert_eq!(decode(0x3000_2573).code, 0);
+        assert_eq!(decode(0x0085_3503).code, 0); // loads and stores take the nested path
+        assert_eq!(decode(0x00a5_3423).code, 0);
+        assert_eq!(flat::m::Remuw as usize + 1, FLAT_M as usize + 13);
+        const _: () = assert!(flat::Fence < flat::m::Mul);
     }
 
     #[test]
