@@ -55,51 +55,16 @@ _start:
 /// Assembles `source` with FLASH_BASE defined; `None` (after a loud SKIP, or a panic under
 /// CI=true) when the cross toolchain is missing.
 fn assemble(name: &str, source: &str, flash_base: u64) -> Option<Vec<u8>> {
-    if !common::have(
-        "riscv64-linux-gnu-gcc",
-        "needed to build the snapshot test programs",
-    ) || !common::have(
-        "riscv64-linux-gnu-objcopy",
-        "needed to build the snapshot test programs",
-    ) {
-        return None;
-    }
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshot");
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join(format!("{name}.S"));
-    let elf = dir.join(format!("{name}.elf"));
-    let bin = dir.join(format!("{name}.bin"));
     std::fs::write(&src, source).unwrap();
-    let o = Command::new("riscv64-linux-gnu-gcc")
-        .args([
-            "-nostdlib",
-            "-nostartfiles",
-            "-static",
-            "-march=rv64gc",
-            "-mabi=lp64d",
-        ])
-        .args(["-mcmodel=medany", "-Wl,--no-relax", "-Wl,--build-id=none"])
-        .arg(format!("-DFLASH_BASE={flash_base:#x}"))
-        .arg("-T")
-        .arg(common::isa_dir().join("link.ld"))
-        .arg("-o")
-        .arg(&elf)
-        .arg(&src)
-        .output()
-        .expect("run riscv64-linux-gnu-gcc");
-    assert!(
-        o.status.success(),
-        "assembling {name}:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let o = Command::new("riscv64-linux-gnu-objcopy")
-        .args(["-O", "binary"])
-        .arg(&elf)
-        .arg(&bin)
-        .output()
-        .expect("run riscv64-linux-gnu-objcopy");
-    assert!(o.status.success(), "objcopy {name} failed");
-    Some(std::fs::read(&bin).unwrap())
+    common::build_with(
+        name,
+        "snapshot",
+        &[src],
+        &[format!("-DFLASH_BASE={flash_base:#x}")],
+    )
 }
 
 /// Where the first flash drive lands for a RAM of `ram_length` (2 MiB aligned above RAM).

@@ -39,11 +39,29 @@ pub fn have(tool: &str, why: &str) -> bool {
 /// Builds the raw image of a bare-metal program from `sources` (in tests/isa, .S or .c),
 /// linked at RAM_BASE with tests/isa/link.ld. `None` when the cross compiler is missing.
 pub fn build(name: &str, sources: &[&str]) -> Option<Vec<u8>> {
-    if !have("riscv64-linux-gnu-gcc", "needed to build the ISA tests") {
+    let dir = isa_dir();
+    let paths: Vec<PathBuf> = sources.iter().map(|s| dir.join(s)).collect();
+    build_with(name, "isa", &paths, &[])
+}
+
+/// Like [`build`], for sources anywhere, with extra compiler arguments (e.g. `-DNAME=..`);
+/// outputs go to `$CARGO_TARGET_TMPDIR/<out_subdir>/`.
+pub fn build_with(
+    name: &str,
+    out_subdir: &str,
+    sources: &[PathBuf],
+    extra_args: &[String],
+) -> Option<Vec<u8>> {
+    if !have("riscv64-linux-gnu-gcc", "needed to build the test programs")
+        || !have(
+            "riscv64-linux-gnu-objcopy",
+            "needed to build the test programs",
+        )
+    {
         return None;
     }
     let dir = isa_dir();
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("isa");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(out_subdir);
     std::fs::create_dir_all(&out).unwrap();
     let elf = out.join(format!("{name}.elf"));
     let bin = out.join(format!("{name}.bin"));
@@ -61,6 +79,7 @@ pub fn build(name: &str, sources: &[&str]) -> Option<Vec<u8>> {
         "-Wl,--no-relax",
         "-Wl,--build-id=none",
     ])
+    .args(extra_args)
     .arg("-T")
     .arg(dir.join("link.ld"))
     .arg("-I")
@@ -68,7 +87,7 @@ pub fn build(name: &str, sources: &[&str]) -> Option<Vec<u8>> {
     .arg("-o")
     .arg(&elf);
     for s in sources {
-        cmd.arg(dir.join(s));
+        cmd.arg(s);
     }
     let o = cmd.output().expect("run riscv64-linux-gnu-gcc");
     assert!(
