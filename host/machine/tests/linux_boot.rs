@@ -11,35 +11,13 @@
 //! `~/.cache/cmbuild`); the script needs curl, dpkg-deb, xz, cpio and
 //! riscv64-linux-gnu-objcopy (`.ci/install-deps`).
 
-use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use cmbuild_machine::machine::{Break, Machine, MachineConfig};
 
 /// Generous bound: the boot takes about 1.8e9 cycles.
 const MAX_MCYCLE: u64 = 6_000_000_000;
-const PMEM0_LINE: &str = "pmem0 says hello to the boot test";
 const GUEST_LINE: &[u8] = b"cmbuild-boot-test: written by the guest\n";
-
-/// Runs the input script and returns the paths it prints.
-fn boot_test_inputs() -> BTreeMap<String, PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/boot-test-inputs");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("run scripts/boot-test-inputs");
-    assert!(
-        out.status.success(),
-        "scripts/boot-test-inputs failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8 paths")
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), PathBuf::from(v)))
-        .collect()
-}
 
 struct Outcome {
     brk: Break,
@@ -69,30 +47,9 @@ fn boot(config: &MachineConfig) -> Outcome {
 
 #[test]
 fn debian_linux_boots_uses_pmem_and_powers_off_deterministically() {
-    let inputs = boot_test_inputs();
-    let read = |key: &str| std::fs::read(&inputs[key]).unwrap_or_else(|e| panic!("{key}: {e}"));
-    let mut pmem0 = format!("{PMEM0_LINE}\nsecond line\n").into_bytes();
-    pmem0.resize(1 << 20, 0);
-    let config = MachineConfig {
-        ram_length: 256 << 20,
-        bios: Some(read("BOOT_TEST_FW_JUMP")),
-        kernel: Some(read("BOOT_TEST_VMLINUX")),
-        initrd: Some(read("BOOT_TEST_INITRAMFS")),
-        bootargs: "console=ttyS0 earlycon".into(),
-        flash_drives: vec![
-            FlashConfig {
-                label: "data".into(),
-                image: pmem0,
-                shared: false,
-            },
-            FlashConfig {
-                label: "shared".into(),
-                image: vec![0; 1 << 20],
-                shared: true,
-            },
-        ],
-        ..MachineConfig::default()
-    };
+    let inputs = common::fetch_boot_inputs()
+        .unwrap_or_else(|e| panic!("scripts/boot-test-inputs failed:\n{e}"));
+    let config = common::linux_boot_config(&inputs);
 
     // Two boots side by side: a machine must not depend on anything but its inputs.
     let (a, b) = std::thread::scope(|s| {
@@ -125,7 +82,7 @@ fn debian_linux_boots_uses_pmem_and_powers_off_deterministically() {
         "Run /init as init process".to_owned(),
         "cmbuild-boot-test: init reached".to_owned(),
         "cmbuild-boot-test: 2 pmem-region nodes".to_owned(),
-        format!("cmbuild-boot-test: pmem0: {PMEM0_LINE}"),
+        format!("cmbuild-boot-test: pmem0: {}", common::PMEM0_LINE),
         "cmbuild-boot-test: pmem1 written".to_owned(),
         "reboot: Power down".to_owned(),
     ] {

@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig};
 use cmbuild_machine::snapshot::{self, SnapshotConfig, SnapshotError};
@@ -606,31 +605,20 @@ fn wfi_with_nothing_pending_jumps_to_the_timer_deadline() {
 
 /// The pinned boot inputs of `scripts/boot-test-inputs` (see tests/linux_boot.rs), or
 /// `None` after a loud SKIP when they cannot be fetched (a failure under CI=true).
-fn linux_inputs() -> Option<Vec<(String, PathBuf)>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/boot-test-inputs");
-    let out = Command::new("bash").arg(&script).output();
-    let ok = out.as_ref().is_ok_and(|o| o.status.success());
-    if !ok {
-        let why = match &out {
-            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-            Err(e) => e.to_string(),
-        };
-        let msg =
-            format!("scripts/boot-test-inputs failed (needed for the Linux snapshot test):\n{why}");
-        if common::require_tools() {
-            panic!("{msg}");
+fn linux_inputs() -> Option<std::collections::BTreeMap<String, PathBuf>> {
+    match common::fetch_boot_inputs() {
+        Ok(inputs) => Some(inputs),
+        Err(why) => {
+            let msg = format!(
+                "scripts/boot-test-inputs failed (needed for the Linux snapshot test):\n{why}"
+            );
+            if common::require_tools() {
+                panic!("{msg}");
+            }
+            eprintln!("SKIP: {msg}");
+            None
         }
-        eprintln!("SKIP: {msg}");
-        return None;
     }
-    Some(
-        String::from_utf8(out.unwrap().stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), PathBuf::from(v)))
-            .collect(),
-    )
 }
 
 /// Debian's OpenSBI and Linux 6.12, stored mid-boot (after the kernel has set up paging,
@@ -642,32 +630,7 @@ fn linux_boot_resumed_from_a_snapshot_ends_identically() {
     let Some(inputs) = linux_inputs() else {
         return;
     };
-    let read = |key: &str| {
-        let path = &inputs.iter().find(|(k, _)| k == key).expect(key).1;
-        std::fs::read(path).unwrap_or_else(|e| panic!("{key}: {e}"))
-    };
-    let mut pmem0 = b"pmem0 says hello to the boot test\nsecond line\n".to_vec();
-    pmem0.resize(1 << 20, 0);
-    let config = MachineConfig {
-        ram_length: 256 << 20,
-        bios: Some(read("BOOT_TEST_FW_JUMP")),
-        kernel: Some(read("BOOT_TEST_VMLINUX")),
-        initrd: Some(read("BOOT_TEST_INITRAMFS")),
-        bootargs: "console=ttyS0 earlycon".into(),
-        flash_drives: vec![
-            FlashConfig {
-                label: "data".into(),
-                image: pmem0,
-                shared: false,
-            },
-            FlashConfig {
-                label: "shared".into(),
-                image: vec![0; 1 << 20],
-                shared: true,
-            },
-        ],
-        ..MachineConfig::default()
-    };
+    let config = common::linux_boot_config(&inputs);
     const CUT: u64 = 1_000_000_000;
     const LIMIT: u64 = 6_000_000_000;
     let mut m = Machine::new(&config).unwrap();

@@ -3,10 +3,11 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cmbuild_machine::machine::{Break, Machine, MachineConfig};
+use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig};
 
 /// The directory of the ISA test sources.
 pub fn isa_dir() -> PathBuf {
@@ -123,4 +124,59 @@ pub fn run_image(image: &[u8], max_mcycle: u64) -> (Break, Vec<u8>, Machine) {
     let brk = m.run(max_mcycle);
     let console = m.drain_console();
     (brk, console, m)
+}
+
+/// The first line the Linux boot tests put on `/dev/pmem0`.
+pub const PMEM0_LINE: &str = "pmem0 says hello to the boot test";
+
+/// Runs `scripts/boot-test-inputs` (pinned Debian firmware, kernel and initramfs, cached
+/// outside the repository) and returns the paths it prints by name, or its stderr.
+pub fn fetch_boot_inputs() -> Result<BTreeMap<String, PathBuf>, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/boot-test-inputs");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8(out.stdout)
+        .expect("utf-8 paths")
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), PathBuf::from(v)))
+        .collect())
+}
+
+/// The machine the Linux boot tests start: 256 MiB RAM, the pinned firmware, kernel and
+/// initramfs, a read-only drive starting with [`PMEM0_LINE`] and an empty shared drive.
+pub fn linux_boot_config(inputs: &BTreeMap<String, PathBuf>) -> MachineConfig {
+    let read = |key: &str| {
+        let path = inputs
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} not printed"));
+        std::fs::read(path).unwrap_or_else(|e| panic!("{key}: {e}"))
+    };
+    let mut pmem0 = format!("{PMEM0_LINE}\nsecond line\n").into_bytes();
+    pmem0.resize(1 << 20, 0);
+    MachineConfig {
+        ram_length: 256 << 20,
+        bios: Some(read("BOOT_TEST_FW_JUMP")),
+        kernel: Some(read("BOOT_TEST_VMLINUX")),
+        initrd: Some(read("BOOT_TEST_INITRAMFS")),
+        bootargs: "console=ttyS0 earlycon".into(),
+        flash_drives: vec![
+            FlashConfig {
+                label: "data".into(),
+                image: pmem0,
+                shared: false,
+            },
+            FlashConfig {
+                label: "shared".into(),
+                image: vec![0; 1 << 20],
+                shared: true,
+            },
+        ],
+        ..MachineConfig::default()
+    }
 }
