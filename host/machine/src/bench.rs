@@ -48,7 +48,7 @@ fn s(imm: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
     let imm = imm as u32;
     ((imm >> 5 & 0x7f) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 31) << 7) | 0x23
 }
-fn b(off: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
+pub(crate) fn b(off: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
     let o = off as u32;
     ((o >> 12 & 1) << 31)
         | ((o >> 5 & 0x3f) << 25)
@@ -59,7 +59,7 @@ fn b(off: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
         | ((o >> 11 & 1) << 7)
         | 0x63
 }
-fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
+pub(crate) fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
     i(imm, rs1, 0, rd, 0x13)
 }
 fn lui(rd: u32, imm20: u32) -> u32 {
@@ -70,14 +70,14 @@ fn slli(rd: u32, rs1: u32, sh: i32) -> u32 {
 }
 
 /// Loads a 32-bit constant (sign-extended) into `rd`: two instructions.
-fn li32(rd: u32, value: i32) -> [u32; 2] {
+pub(crate) fn li32(rd: u32, value: i32) -> [u32; 2] {
     let lo = (value << 20) >> 20;
     let hi = ((value - lo) as u32) >> 12;
     [lui(rd, hi), addi(rd, rd, lo)]
 }
 
 /// The halting sequence (exit code 0), 5 instructions.
-fn halt(platform: Platform) -> Vec<u32> {
+pub(crate) fn halt(platform: Platform) -> Vec<u32> {
     let mut v = Vec::new();
     match platform {
         Platform::Cmvm => {
@@ -95,7 +95,7 @@ fn halt(platform: Platform) -> Vec<u32> {
     v
 }
 
-fn assemble(words: &[u32]) -> Vec<u8> {
+pub(crate) fn assemble(words: &[u32]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 

@@ -51,6 +51,13 @@ impl MemRange {
         &self.data
     }
 
+    /// The bytes and the dirty bitmap as raw pointers, for translated code that stores
+    /// through them (see `hart::jit`). Both stay valid until the range is dropped: neither
+    /// vector ever changes length.
+    pub(crate) fn raw_parts(&mut self) -> (*mut u8, *mut u64) {
+        (self.data.as_mut_ptr(), self.dirty.as_mut_ptr())
+    }
+
     /// Writes `bytes` at `offset` (from the start of the range), marking pages dirty.
     /// Returns false (and writes nothing) when they do not fit.
     pub fn write_bytes(&mut self, offset: u64, bytes: &[u8]) -> bool {

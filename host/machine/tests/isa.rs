@@ -35,6 +35,11 @@ fn rv64i() {
 }
 
 #[test]
+fn translator_paths() {
+    run_test("jit", &["jit.S"]);
+}
+
+#[test]
 fn rv64m() {
     run_test("rv64m", &["rv64m.S"]);
 }

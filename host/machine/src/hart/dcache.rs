@@ -10,7 +10,32 @@
 
 use super::Insn;
 
-const SLOTS: usize = 2048;
+/// Halfword slots per page.
+pub(super) const SLOTS: usize = 2048;
+
+/// [`BlockTable::entry`] of a slot no block was tried for yet.
+pub(super) const BLOCK_UNKNOWN: u32 = 0;
+/// [`BlockTable::entry`] of a slot whose first instruction the JIT does not translate.
+pub(super) const BLOCK_NONE: u32 = 1;
+
+/// The translated blocks of one decoded page (see [`super::jit`]), by the halfword slot
+/// they start at. Translated code reads `entry` to chain to the next block, so it is
+/// `repr(C)` and each table stays at one address for the life of the cache.
+#[derive(Debug)]
+#[repr(C)]
+pub(super) struct BlockTable {
+    /// [`BLOCK_UNKNOWN`], [`BLOCK_NONE`], or the block's offset in the code region.
+    pub(super) entry: [u32; SLOTS],
+    /// How many halfwords the block starting here covers (a store into them drops it).
+    pub(super) span: [u8; SLOTS],
+}
+
+impl BlockTable {
+    fn clear(&mut self) {
+        self.entry.fill(BLOCK_UNKNOWN);
+        self.span.fill(0);
+    }
+}
 const NONE: u32 = u32::MAX;
 /// Most RAM pages decoded at once: 32 MiB of guest code (256 MiB of host memory at most).
 /// A compiler's hot code is tens of MiB; a pool smaller than the working set turns every
@@ -31,6 +56,10 @@ pub struct DecodeCache {
     /// The next entry to evict once the pool is full (round robin: deterministic, and it
     /// never throws away the whole working set at once).
     hand: usize,
+    /// Translated blocks, one table per entry of `pages`.
+    blocks: Vec<Box<BlockTable>>,
+    /// Whether each table holds anything but [`BLOCK_UNKNOWN`] (saves clearing clean ones).
+    has_blocks: Vec<bool>,
 }
 
 impl DecodeCache {
@@ -42,6 +71,8 @@ impl DecodeCache {
             owner: Vec::new(),
             free: Vec::new(),
             hand: 0,
+            blocks: Vec::new(),
+            has_blocks: Vec::new(),
         }
     }
 
@@ -65,12 +96,18 @@ impl DecodeCache {
                 .expect("SLOTS entries");
             self.pages.push(page);
             self.owner.push(NONE);
+            self.blocks.push(Box::new(BlockTable {
+                entry: [BLOCK_UNKNOWN; SLOTS],
+                span: [0; SLOTS],
+            }));
+            self.has_blocks.push(false);
             self.pages.len() - 1
         } else {
             let victim = self.hand;
             self.hand = (self.hand + 1) % POOL_PAGES;
             self.slot_of[self.owner[victim] as usize] = NONE;
             self.pages[victim].fill(Insn::UNDECODED);
+            self.clear_blocks(victim);
             victim
         };
         self.owner[i] = ram_page as u32;
@@ -108,6 +145,63 @@ impl DecodeCache {
         page[first..=last].fill(Insn::UNDECODED);
         // A store that runs into the next page (byte-wise misaligned stores do not) is
         // handled by the caller's per-page stores.
+        if self.has_blocks[slot as usize] {
+            // Drop every block whose halfwords the store wrote: those starting at most
+            // 255 halfwords (the longest span) before the first written one.
+            let table = &mut self.blocks[slot as usize];
+            let first = ((off & 0xfff) >> 1) as usize;
+            for s in first.saturating_sub(255)..=last {
+                if s + table.span[s] as usize > first {
+                    table.entry[s] = BLOCK_UNKNOWN;
+                    table.span[s] = 0;
+                }
+            }
+        }
+    }
+
+    /// The block entry of `pc` in cache page `page`.
+    #[inline(always)]
+    pub(super) fn block(&self, page: u32, pc: u64) -> u32 {
+        self.blocks[page as usize].entry[((pc & 0xfff) >> 1) as usize]
+    }
+
+    /// Records the block (or [`BLOCK_NONE`]) starting at `pc` in cache page `page`.
+    pub(super) fn set_block(&mut self, page: u32, pc: u64, entry: u32, span: u8) {
+        let table = &mut self.blocks[page as usize];
+        let s = ((pc & 0xfff) >> 1) as usize;
+        table.entry[s] = entry;
+        table.span[s] = span;
+        self.has_blocks[page as usize] = true;
+    }
+
+    /// The address of the entry array of cache page `page` (stable while the cache lives).
+    pub(super) fn block_table_addr(&self, page: u32) -> u64 {
+        self.blocks[page as usize].entry.as_ptr() as u64
+    }
+
+    /// The RAM page that cache page `page` holds.
+    pub(super) fn ram_page(&self, page: u32) -> u64 {
+        self.owner[page as usize] as u64
+    }
+
+    /// The page-to-cache map, for translated code (a store to a page with decoded code
+    /// leaves translated code so that the caches see it).
+    pub(super) fn slot_of_addr(&self) -> u64 {
+        self.slot_of.as_ptr() as u64
+    }
+
+    fn clear_blocks(&mut self, i: usize) {
+        if self.has_blocks[i] {
+            self.blocks[i].clear();
+            self.has_blocks[i] = false;
+        }
+    }
+
+    /// Forgets every translated block (the code region was reset), keeping decoded pages.
+    pub(super) fn flush_blocks(&mut self) {
+        for i in 0..self.blocks.len() {
+            self.clear_blocks(i);
+        }
     }
 
     /// Drops everything (the pool's buffers are kept, cleaned, for reuse).
@@ -119,6 +213,7 @@ impl DecodeCache {
                 *owner = NONE;
             }
         }
+        self.flush_blocks();
         // Hand entries out again in index order, so the pool refills as it first filled.
         self.free = (0..self.owner.len() as u32).rev().collect();
         self.hand = 0;

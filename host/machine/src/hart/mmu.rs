@@ -12,7 +12,8 @@ use super::csr::*;
 use super::{cause, Exception, Hart, Insn, PRV_M, PRV_S, PRV_U};
 use crate::bus::{Bus, REGION_MMIO, REGION_RAM};
 
-const TLB_SIZE: usize = 256;
+/// Entries per TLB array (the JIT's inline lookup masks with it too).
+pub(super) const TLB_SIZE: usize = 256;
 
 /// What an access is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +46,17 @@ impl Access {
     }
 }
 
-/// A cached translation of one virtual page.
+/// A cached translation of one virtual page. `repr(C)` because translated code reads
+/// it: `tag` at 0, `page` at 8, `region` at 16 (see [`super::jit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TlbEntry {
+#[repr(C)]
+pub(super) struct TlbEntry {
     /// `vpn | ctx`; 0 never matches (every context has bit 63 set).
-    tag: u64,
-    /// Memory region of the physical page ([`REGION_MMIO`] for devices).
-    region: u32,
+    pub(super) tag: u64,
     /// Offset of the physical page inside its region (the physical page for MMIO).
-    page: u64,
+    pub(super) page: u64,
+    /// Memory region of the physical page ([`REGION_MMIO`] for devices).
+    pub(super) region: u32,
 }
 
 const EMPTY: TlbEntry = TlbEntry {
@@ -66,12 +69,12 @@ const EMPTY: TlbEntry = TlbEntry {
 #[derive(Debug)]
 pub struct Mmu {
     fetch: Box<[TlbEntry; TLB_SIZE]>,
-    load: Box<[TlbEntry; TLB_SIZE]>,
-    store: Box<[TlbEntry; TLB_SIZE]>,
+    pub(super) load: Box<[TlbEntry; TLB_SIZE]>,
+    pub(super) store: Box<[TlbEntry; TLB_SIZE]>,
     /// Context bits of fetches (privilege, translation on).
-    fetch_ctx: u64,
+    pub(super) fetch_ctx: u64,
     /// Context bits of loads and stores (effective privilege after MPRV, SUM, MXR).
-    data_ctx: u64,
+    pub(super) data_ctx: u64,
     /// The page the last fetch came from: `vpn | fetch_ctx`, or 0.
     pub(super) fetch_tag: u64,
     /// Its decode-cache page.
@@ -130,7 +133,7 @@ fn tlb_index(va: u64) -> usize {
 }
 
 #[inline(always)]
-fn vpn(va: u64) -> u64 {
+pub(super) fn vpn(va: u64) -> u64 {
     va >> 12
 }
 

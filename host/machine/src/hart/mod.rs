@@ -12,6 +12,7 @@ pub mod c;
 pub mod csr;
 pub mod dcache;
 pub mod float;
+pub mod jit;
 pub mod m;
 pub mod mmu;
 pub mod rv64i;
@@ -302,6 +303,8 @@ pub struct Hart {
     mmu: mmu::Mmu,
     /// Decoded instructions, by physical page.
     dcache: dcache::DecodeCache,
+    /// Translated code (a cache over `dcache`'s pages).
+    jit: jit::Jit,
 }
 
 impl Hart {
@@ -321,6 +324,7 @@ impl Hart {
             fetch_fault: Exception { cause: 0, tval: 0 },
             mmu: mmu::Mmu::new(),
             dcache: dcache::DecodeCache::new(ram_length),
+            jit: jit::Jit::new(),
         }
     }
 
@@ -359,6 +363,9 @@ impl Hart {
     /// The hot loop: fetch (through the decode cache), execute, count.
     fn run_inner(&mut self, bus: &mut Bus) {
         while self.mcycle < self.stop {
+            if self.jit.enabled() && self.run_jit(bus) {
+                continue;
+            }
             let insn = self.fetch(bus);
             let result = self.execute(bus, &insn);
             match result {

@@ -113,16 +113,42 @@ pub fn elf_path(name: &str) -> PathBuf {
         .join(format!("{name}.elf"))
 }
 
-/// Runs a raw image with 16 MiB of RAM for at most `max_mcycle`.
+/// Runs a raw image with 16 MiB of RAM for at most `max_mcycle`, twice: with translated
+/// code (the default) and with the interpreter alone, which must end in the same break,
+/// console output, `mcycle` and state hash. Returns the first run.
 pub fn run_image(image: &[u8], max_mcycle: u64) -> (Break, Vec<u8>, Machine) {
     let config = MachineConfig {
         ram_length: 16 << 20,
         ram_image: Some(image.to_vec()),
         ..MachineConfig::default()
     };
-    let mut m = Machine::new(&config).expect("machine");
-    let brk = m.run(max_mcycle);
-    let console = m.drain_console();
+    let run = |jit: bool| {
+        let mut m = Machine::new(&config).expect("machine");
+        m.hart.set_jit(jit);
+        let brk = m.run(max_mcycle);
+        let console = m.drain_console();
+        (brk, console, m)
+    };
+    let (brk, console, mut m) = run(true);
+    let (brk_i, console_i, mut m_i) = run(false);
+    assert_eq!(
+        brk, brk_i,
+        "translated and interpreted runs stop differently"
+    );
+    assert_eq!(
+        console, console_i,
+        "translated and interpreted consoles differ"
+    );
+    assert_eq!(
+        m.mcycle(),
+        m_i.mcycle(),
+        "translated and interpreted mcycle differ"
+    );
+    assert_eq!(
+        m.root_hash(),
+        m_i.root_hash(),
+        "translated and interpreted states differ"
+    );
     (brk, console, m)
 }
 

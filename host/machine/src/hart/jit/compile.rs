@@ -1,0 +1,744 @@
+//! Translation of one block: which instructions, which host registers, and the code.
+
+use super::exec::ExecMem;
+use super::x86::*;
+use super::{Env, Jit};
+use crate::bus::REGION_RAM;
+use crate::hart::m::M;
+use crate::hart::mmu::{Mmu, TLB_SIZE};
+use crate::hart::rv64i::I;
+use crate::hart::{decode, Hart, Insn, Op};
+use std::mem::offset_of;
+
+/// Most instructions in a block (keeps spans under 256 halfwords).
+const MAX_INSNS: usize = 64;
+
+/// Host registers that hold guest registers inside a block; rax, rcx and rdx are
+/// scratch, rbx points at the hart, rsp is the stack.
+const POOL: [u8; 11] = [R12, R13, R14, R15, RBP, RSI, RDI, R8, R9, R10, R11];
+
+fn disp(off: usize) -> i32 {
+    off as i32
+}
+
+/// Offsets (from the `Hart`) of what translated code reads and writes.
+fn x_at(g: u8) -> i32 {
+    disp(offset_of!(Hart, x) + 8 * g as usize)
+}
+fn pc_at() -> i32 {
+    disp(offset_of!(Hart, pc))
+}
+fn mcycle_at() -> i32 {
+    disp(offset_of!(Hart, mcycle))
+}
+fn stop_at() -> i32 {
+    disp(offset_of!(Hart, stop))
+}
+fn data_ctx_at() -> i32 {
+    disp(offset_of!(Hart, mmu) + offset_of!(Mmu, data_ctx))
+}
+fn env_at(field: usize) -> i32 {
+    disp(offset_of!(Hart, jit) + offset_of!(Jit, env) + field)
+}
+
+/// What a translated instruction is, for the code generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Computes `rd` from registers and immediates only.
+    Alu,
+    /// A load of `size` bytes.
+    Load,
+    /// A store.
+    Store,
+    /// A conditional branch (ends the block).
+    Branch,
+    /// `jal` (ends the block).
+    Jal,
+    /// `jalr` (ends the block).
+    Jalr,
+}
+
+fn kind(op: Op) -> Option<Kind> {
+    Some(match op {
+        Op::I(i) => match i {
+            I::Lb | I::Lh | I::Lw | I::Ld | I::Lbu | I::Lhu | I::Lwu => Kind::Load,
+            I::Sb | I::Sh | I::Sw | I::Sd => Kind::Store,
+            I::Beq | I::Bne | I::Blt | I::Bge | I::Bltu | I::Bgeu => Kind::Branch,
+            I::Jal => Kind::Jal,
+            I::Jalr => Kind::Jalr,
+            _ => Kind::Alu,
+        },
+        Op::M(M::Mul | M::Mulh | M::Mulhsu | M::Mulhu | M::Mulw) => Kind::Alu,
+        _ => return None,
+    })
+}
+
+/// Which source registers an operation reads: (rs1, rs2).
+fn reads(op: Op) -> (bool, bool) {
+    match op {
+        Op::I(I::Lui | I::Auipc | I::Jal | I::Fence) => (false, false),
+        Op::I(
+            I::Jalr
+            | I::Lb
+            | I::Lh
+            | I::Lw
+            | I::Ld
+            | I::Lbu
+            | I::Lhu
+            | I::Lwu
+            | I::Addi
+            | I::Slti
+            | I::Sltiu
+            | I::Xori
+            | I::Ori
+            | I::Andi
+            | I::Slli
+            | I::Srli
+            | I::Srai
+            | I::Addiw
+            | I::Slliw
+            | I::Srliw
+            | I::Sraiw,
+        ) => (true, false),
+        _ => (true, true),
+    }
+}
+
+/// Whether an operation writes `rd`.
+fn writes(op: Op) -> bool {
+    !matches!(
+        op,
+        Op::I(
+            I::Sb
+                | I::Sh
+                | I::Sw
+                | I::Sd
+                | I::Beq
+                | I::Bne
+                | I::Blt
+                | I::Bge
+                | I::Bltu
+                | I::Bgeu
+                | I::Fence
+        )
+    )
+}
+
+/// One instruction of a block: page offset, decoded form, kind.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Item {
+    off: usize,
+    insn: Insn,
+    kind: Kind,
+}
+
+/// The instructions of the block starting at page offset `start` of the 4 KiB `page`.
+pub(super) fn collect(page: &[u8], start: usize) -> Vec<Item> {
+    let mut items = Vec::new();
+    let mut off = start;
+    while items.len() < MAX_INSNS && off + 2 <= page.len() {
+        let lo = u16::from_le_bytes([page[off], page[off + 1]]) as u32;
+        let raw = if lo & 3 == 3 {
+            if off + 4 > page.len() {
+                break; // straddles the page: the interpreter's
+            }
+            lo | (u16::from_le_bytes([page[off + 2], page[off + 3]]) as u32) << 16
+        } else {
+            lo
+        };
+        let insn = decode(raw);
+        let Some(kind) = kind(insn.op) else { break };
+        items.push(Item { off, insn, kind });
+        off += insn.len as usize;
+        if matches!(kind, Kind::Branch | Kind::Jal | Kind::Jalr) {
+            break;
+        }
+    }
+    items
+}
+
+/// Halfwords covered by a block from `start`.
+pub(super) fn span(items: &[Item], start: usize) -> u8 {
+    let last = items.last().expect("a block has instructions");
+    ((last.off + last.insn.len as usize - start) / 2) as u8
+}
+
+/// The code generator for one block.
+pub(super) struct Block<'a> {
+    items: &'a [Item],
+    start: usize,
+    /// Host register of each guest register, if cached.
+    map: [Option<u8>; 32],
+    /// Cached guest registers written so far (bit per register): what exits write back.
+    dirty: u32,
+    /// Host address of the page's block table.
+    table: u64,
+    /// Host address of the code region.
+    code_base: u64,
+    epilogue: usize,
+    a: Asm,
+}
+
+impl<'a> Block<'a> {
+    /// Plans the block at page offset `start`, to be placed at `mem.next()`.
+    pub(super) fn new(items: &'a [Item], start: usize, table: u64, mem: &ExecMem) -> Self {
+        // Cache the most used guest registers (ties: lower number first, for a stable
+        // translation).
+        let mut uses = [0u32; 32];
+        for it in items {
+            let (r1, r2) = reads(it.insn.op);
+            if r1 {
+                uses[it.insn.rs1 as usize] += 1;
+            }
+            if r2 {
+                uses[it.insn.rs2 as usize] += 1;
+            }
+            if writes(it.insn.op) {
+                uses[it.insn.rd as usize] += 1;
+            }
+        }
+        uses[0] = 0;
+        let mut order: Vec<u8> = (1..32).filter(|&g| uses[g as usize] > 0).collect();
+        order.sort_by_key(|&g| std::cmp::Reverse(uses[g as usize]));
+        let mut map = [None; 32];
+        for (&g, &h) in order.iter().zip(POOL.iter()) {
+            map[g as usize] = Some(h);
+        }
+        Self {
+            items,
+            start,
+            map,
+            dirty: 0,
+            table,
+            code_base: mem.base_addr(),
+            epilogue: mem.epilogue(),
+            a: Asm::new(mem.next()),
+        }
+    }
+
+    /// The operand for guest register `g` (x0 reads the hart's `x[0]`, always 0).
+    fn rm(&self, g: u8) -> Rm {
+        match self.map[g as usize] {
+            Some(h) => Rm::Reg(h),
+            None => Rm::at(RBX, x_at(g)),
+        }
+    }
+
+    /// `dst = x[g]`.
+    fn get(&mut self, dst: u8, g: u8) {
+        match self.map[g as usize] {
+            Some(h) => self.a.mov_rr(dst, h),
+            None => self.a.mov_load(W::B64, dst, Rm::at(RBX, x_at(g))),
+        }
+    }
+
+    /// `x[g] = src` (nothing for x0).
+    fn put(&mut self, g: u8, src: u8) {
+        if g == 0 {
+            return;
+        }
+        match self.map[g as usize] {
+            Some(h) => {
+                self.a.mov_rr(h, src);
+                self.dirty |= 1 << g;
+            }
+            None => self.a.mov_store(W::B64, Rm::at(RBX, x_at(g)), src),
+        }
+    }
+
+    /// Where to compute a value for `rd`: its host register unless that is also the
+    /// register of `avoid` (a source read after the first), else rax.
+    fn target(&self, rd: u8, avoid: Option<u8>) -> u8 {
+        match self.map[rd as usize] {
+            Some(h) if rd != 0 && avoid.is_none_or(|s| self.map[s as usize] != Some(h)) => h,
+            _ => RAX,
+        }
+    }
+
+    fn write_back(&mut self, dirty: u32) {
+        for g in 1..32u8 {
+            if dirty >> g & 1 != 0 {
+                let h = self.map[g as usize].expect("dirty registers are cached");
+                self.a.mov_store(W::B64, Rm::at(RBX, x_at(g)), h);
+            }
+        }
+    }
+
+    /// Leaves the block: write back, count `retired`, move `pc` by `delta`, then chain to
+    /// the block at page offset `to` if there is one, else return to Rust.
+    fn exit(&mut self, dirty: u32, retired: usize, delta: i64, to: Option<usize>) {
+        self.write_back(dirty);
+        if retired > 0 {
+            self.a
+                .alu_imm(W::B64, Alu::Add, Rm::at(RBX, mcycle_at()), retired as i32);
+        }
+        if delta != 0 {
+            self.a
+                .alu_imm(W::B64, Alu::Add, Rm::at(RBX, pc_at()), delta as i32);
+        }
+        match to {
+            Some(off) => {
+                self.a.mov_imm(RCX, self.table + 4 * (off as u64 / 2));
+                self.a.mov_load(W::B32, RAX, Rm::at(RCX, 0));
+                self.chain_rax();
+            }
+            None => self.a.jmp_to(self.epilogue),
+        }
+    }
+
+    /// With a table entry in eax: jump to its block, or return to Rust if there is none.
+    fn chain_rax(&mut self) {
+        self.a.alu_imm(W::B32, Alu::Cmp, Rm::Reg(RAX), 2);
+        self.a.jcc_to(Cond::B, self.epilogue);
+        self.a.mov_imm(RCX, self.code_base);
+        self.a.alu(W::B64, Alu::Add, RAX, Rm::Reg(RCX));
+        self.a.jmp_reg(RAX);
+    }
+
+    /// `jcc` or fall into: mcycle + n <= stop (n instructions fit before the stop).
+    fn budget_ok(&mut self, n: usize) -> Cond {
+        self.a.mov_load(W::B64, RAX, Rm::at(RBX, mcycle_at()));
+        self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), n as i32);
+        self.a.alu(W::B64, Alu::Cmp, RAX, Rm::at(RBX, stop_at()));
+        Cond::Be
+    }
+
+    /// Page offset `to` as a chaining target, if it is in this page.
+    fn in_page(to: i64) -> Option<usize> {
+        (0..4096).contains(&to).then_some(to as usize)
+    }
+
+    /// A jump to page offset `to` after all `n` instructions of the block.
+    fn jump(&mut self, to: i64, n: usize, body: usize) {
+        if to == self.start as i64 {
+            // A loop on this block: stay in host registers while the budget lasts.
+            self.a
+                .alu_imm(W::B64, Alu::Add, Rm::at(RBX, mcycle_at()), n as i32);
+            let ok = self.budget_ok(n);
+            self.a.jcc_to(ok, body);
+            self.exit(self.dirty, 0, 0, None);
+        } else {
+            let delta = to - self.start as i64;
+            self.exit(self.dirty, n, delta, Self::in_page(to));
+        }
+    }
+
+    /// Emits the whole block.
+    pub(super) fn emit(mut self) -> Vec<u8> {
+        let n = self.items.len();
+        // Entry: all n instructions must fit before the stop.
+        let ok = self.budget_ok(n);
+        let fits = self.a.jcc_fwd(ok);
+        self.a.jmp_to(self.epilogue);
+        self.a.bind(fits);
+        // Load the cached registers the block reads before writing.
+        let mut seen = 0u32;
+        let mut load = 0u32;
+        for it in self.items {
+            let (r1, r2) = reads(it.insn.op);
+            for (r, g) in [(r1, it.insn.rs1), (r2, it.insn.rs2)] {
+                if r && seen >> g & 1 == 0 {
+                    load |= 1 << g;
+                }
+            }
+            for (r, g) in [(r1, it.insn.rs1), (r2, it.insn.rs2)] {
+                if r {
+                    seen |= 1 << g;
+                }
+            }
+            if writes(it.insn.op) {
+                seen |= 1 << it.insn.rd;
+            }
+        }
+        // A block that loops on itself reaches each exit with whatever the earlier
+        // iterations wrote, so there every cached register holds a live value (all are
+        // loaded) and every one the block writes counts as dirty from the start.
+        let loops = self.items.iter().any(|it| {
+            let to = it.off as i64 + it.insn.imm as i64;
+            matches!(it.kind, Kind::Branch | Kind::Jal) && to == self.start as i64
+        });
+        if loops {
+            load = !0;
+            for it in self.items {
+                if writes(it.insn.op) && self.map[it.insn.rd as usize].is_some() {
+                    self.dirty |= 1 << it.insn.rd;
+                }
+            }
+        }
+        for g in 1..32u8 {
+            if let Some(h) = self.map[g as usize] {
+                if load >> g & 1 != 0 {
+                    self.a.mov_load(W::B64, h, Rm::at(RBX, x_at(g)));
+                }
+            }
+        }
+        let body = self.a.here();
+        // Exits to the interpreter from loads and stores, emitted after the body.
+        let mut slow: Vec<(usize, u32, usize, i64)> = Vec::new();
+        let items = self.items;
+        for (k, it) in items.iter().enumerate() {
+            let d = it.insn;
+            let delta = (it.off - self.start) as i64;
+            match it.kind {
+                Kind::Alu => self.alu(d, delta),
+                Kind::Load | Kind::Store => {
+                    // The slow exit writes back what was dirty before this instruction.
+                    let dirty = self.dirty;
+                    for f in self.memory(d) {
+                        slow.push((f, dirty, k, delta));
+                    }
+                }
+                Kind::Branch => {
+                    let cond = match d.op {
+                        Op::I(I::Beq) => Cond::E,
+                        Op::I(I::Bne) => Cond::Ne,
+                        Op::I(I::Blt) => Cond::L,
+                        Op::I(I::Bge) => Cond::Ge,
+                        Op::I(I::Bltu) => Cond::B,
+                        _ => Cond::Ae,
+                    };
+                    self.get(RAX, d.rs1);
+                    let rs2 = self.rm(d.rs2);
+                    self.a.alu(W::B64, Alu::Cmp, RAX, rs2);
+                    let taken = self.a.jcc_fwd(cond);
+                    let next = (it.off + d.len as usize) as i64;
+                    self.jump(next, n, body);
+                    self.a.bind(taken);
+                    self.jump(it.off as i64 + d.imm as i64, n, body);
+                }
+                Kind::Jal => {
+                    if d.rd != 0 {
+                        let t = self.target(d.rd, None);
+                        self.a.mov_load(W::B64, t, Rm::at(RBX, pc_at()));
+                        self.a
+                            .alu_imm(W::B64, Alu::Add, Rm::Reg(t), (delta + d.len as i64) as i32);
+                        self.put(d.rd, t);
+                    }
+                    self.jump(it.off as i64 + d.imm as i64, n, body);
+                }
+                Kind::Jalr => self.jalr(d, delta, n),
+            }
+        }
+        if let Some(last) = items.last() {
+            if !matches!(last.kind, Kind::Branch | Kind::Jal | Kind::Jalr) {
+                // The block ran into an instruction it does not translate, or its size
+                // limit: continue at the next one.
+                let to = last.off + last.insn.len as usize;
+                let delta = (to - self.start) as i64;
+                self.exit(self.dirty, n, delta, Self::in_page(to as i64));
+            }
+        }
+        for (fixup, dirty, retired, delta) in slow {
+            self.a.bind(fixup);
+            self.exit(dirty, retired, delta, None);
+        }
+        self.a.buf
+    }
+
+    fn jalr(&mut self, d: Insn, delta: i64, n: usize) {
+        // Target first: rd may be rs1.
+        self.get(RAX, d.rs1);
+        if d.imm != 0 {
+            self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), d.imm);
+        }
+        self.a.alu_imm(W::B64, Alu::And, Rm::Reg(RAX), -2);
+        if d.rd != 0 {
+            self.a.mov_load(W::B64, RCX, Rm::at(RBX, pc_at()));
+            self.a.alu_imm(
+                W::B64,
+                Alu::Add,
+                Rm::Reg(RCX),
+                (delta + d.len as i64) as i32,
+            );
+            self.put(d.rd, RCX);
+        }
+        self.write_back(self.dirty);
+        self.a
+            .alu_imm(W::B64, Alu::Add, Rm::at(RBX, mcycle_at()), n as i32);
+        // pc = target; chain if it stays in this (virtual, hence physical) page.
+        self.a.mov_load(W::B64, RCX, Rm::at(RBX, pc_at()));
+        self.a.mov_store(W::B64, Rm::at(RBX, pc_at()), RAX);
+        self.a.alu(W::B64, Alu::Xor, RCX, Rm::Reg(RAX));
+        self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
+        self.a.jcc_to(Cond::Ne, self.epilogue);
+        self.a.alu_imm(W::B32, Alu::And, Rm::Reg(RAX), 0xffe);
+        self.a.mov_imm(RCX, self.table);
+        // Entry of slot (off / 2): 4 * off / 2 = 2 * off bytes into the table.
+        self.a.mov_load(
+            W::B32,
+            RAX,
+            Rm::Mem {
+                base: RCX,
+                index: Some((RAX, 2)),
+                disp: 0,
+            },
+        );
+        self.chain_rax();
+    }
+
+    /// Integer operations without memory access.
+    fn alu(&mut self, d: Insn, delta: i64) {
+        let Insn {
+            rd, rs1, rs2, imm, ..
+        } = d;
+        if rd == 0 {
+            return; // no effect at all
+        }
+        let a64 = |s: &mut Self, op: Alu| {
+            let t = s.target(rd, Some(rs2));
+            s.get(t, rs1);
+            let r = s.rm(rs2);
+            s.a.alu(W::B64, op, t, r);
+            s.put(rd, t);
+        };
+        let a32 = |s: &mut Self, op: Alu| {
+            let t = s.target(rd, Some(rs2));
+            s.get(t, rs1);
+            let r = s.rm(rs2);
+            s.a.alu(W::B32, op, t, r);
+            s.a.movsx(W::B32, t, Rm::Reg(t));
+            s.put(rd, t);
+        };
+        let imm64 = |s: &mut Self, op: Alu| {
+            let t = s.target(rd, None);
+            s.get(t, rs1);
+            s.a.alu_imm(W::B64, op, Rm::Reg(t), imm);
+            s.put(rd, t);
+        };
+        let shift = |s: &mut Self, w: W, op: Shift, by_reg: bool| {
+            if by_reg {
+                s.get(RCX, rs2);
+            }
+            let t = s.target(rd, None);
+            s.get(t, rs1);
+            if by_reg {
+                s.a.shift_cl(w, op, Rm::Reg(t));
+            } else {
+                let mask = if w == W::B64 { 63 } else { 31 };
+                s.a.shift_imm(w, op, Rm::Reg(t), (imm & mask) as u8);
+            }
+            if w == W::B32 {
+                s.a.movsx(W::B32, t, Rm::Reg(t));
+            }
+            s.put(rd, t);
+        };
+        let set = |s: &mut Self, cond: Cond, with_imm: bool| {
+            s.get(RAX, rs1);
+            if with_imm {
+                s.a.alu_imm(W::B64, Alu::Cmp, Rm::Reg(RAX), imm);
+            } else {
+                let r = s.rm(rs2);
+                s.a.alu(W::B64, Alu::Cmp, RAX, r);
+            }
+            s.a.set_rax(cond);
+            s.put(rd, RAX);
+        };
+        match d.op {
+            Op::I(I::Lui) => {
+                let t = self.target(rd, None);
+                self.a.mov_imm(t, imm as i64 as u64);
+                self.put(rd, t);
+            }
+            Op::I(I::Auipc) => {
+                let t = self.target(rd, None);
+                self.a.mov_load(W::B64, t, Rm::at(RBX, pc_at()));
+                let v = delta + imm as i64;
+                if v == v as i32 as i64 {
+                    self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(t), v as i32);
+                } else {
+                    self.a.mov_imm(RCX, v as u64);
+                    self.a.alu(W::B64, Alu::Add, t, Rm::Reg(RCX));
+                }
+                self.put(rd, t);
+            }
+            Op::I(I::Addi) => imm64(self, Alu::Add),
+            Op::I(I::Xori) => imm64(self, Alu::Xor),
+            Op::I(I::Ori) => imm64(self, Alu::Or),
+            Op::I(I::Andi) => imm64(self, Alu::And),
+            Op::I(I::Slti) => set(self, Cond::L, true),
+            Op::I(I::Sltiu) => set(self, Cond::B, true),
+            Op::I(I::Slli) => shift(self, W::B64, Shift::Shl, false),
+            Op::I(I::Srli) => shift(self, W::B64, Shift::Shr, false),
+            Op::I(I::Srai) => shift(self, W::B64, Shift::Sar, false),
+            Op::I(I::Add) => a64(self, Alu::Add),
+            Op::I(I::Sub) => a64(self, Alu::Sub),
+            Op::I(I::Xor) => a64(self, Alu::Xor),
+            Op::I(I::Or) => a64(self, Alu::Or),
+            Op::I(I::And) => a64(self, Alu::And),
+            Op::I(I::Sll) => shift(self, W::B64, Shift::Shl, true),
+            Op::I(I::Srl) => shift(self, W::B64, Shift::Shr, true),
+            Op::I(I::Sra) => shift(self, W::B64, Shift::Sar, true),
+            Op::I(I::Slt) => set(self, Cond::L, false),
+            Op::I(I::Sltu) => set(self, Cond::B, false),
+            Op::I(I::Addiw) => {
+                let t = self.target(rd, None);
+                self.get(t, rs1);
+                self.a.alu_imm(W::B32, Alu::Add, Rm::Reg(t), imm);
+                self.a.movsx(W::B32, t, Rm::Reg(t));
+                self.put(rd, t);
+            }
+            Op::I(I::Slliw) => shift(self, W::B32, Shift::Shl, false),
+            Op::I(I::Srliw) => shift(self, W::B32, Shift::Shr, false),
+            Op::I(I::Sraiw) => shift(self, W::B32, Shift::Sar, false),
+            Op::I(I::Addw) => a32(self, Alu::Add),
+            Op::I(I::Subw) => a32(self, Alu::Sub),
+            Op::I(I::Sllw) => shift(self, W::B32, Shift::Shl, true),
+            Op::I(I::Srlw) => shift(self, W::B32, Shift::Shr, true),
+            Op::I(I::Sraw) => shift(self, W::B32, Shift::Sar, true),
+            Op::I(I::Fence) => {}
+            Op::M(M::Mul) => {
+                let t = self.target(rd, Some(rs2));
+                self.get(t, rs1);
+                let r = self.rm(rs2);
+                self.a.imul(W::B64, t, r);
+                self.put(rd, t);
+            }
+            Op::M(M::Mulw) => {
+                let t = self.target(rd, Some(rs2));
+                self.get(t, rs1);
+                let r = self.rm(rs2);
+                self.a.imul(W::B32, t, r);
+                self.a.movsx(W::B32, t, Rm::Reg(t));
+                self.put(rd, t);
+            }
+            Op::M(op @ (M::Mulh | M::Mulhu)) => {
+                self.get(RAX, rs1);
+                let r = self.rm(rs2);
+                self.a.mul_wide(op == M::Mulh, r);
+                self.put(rd, RDX);
+            }
+            Op::M(M::Mulhsu) => {
+                // Signed rs1 times unsigned rs2: the unsigned high half, less rs2 when
+                // rs1 is negative.
+                self.get(RAX, rs1);
+                let r = self.rm(rs2);
+                self.a.mul_wide(false, r);
+                self.get(RCX, rs1);
+                self.a.shift_imm(W::B64, Shift::Sar, Rm::Reg(RCX), 63);
+                self.a.alu(W::B64, Alu::And, RCX, r);
+                self.a.alu(W::B64, Alu::Sub, RDX, Rm::Reg(RCX));
+                self.put(rd, RDX);
+            }
+            op => unreachable!("{op:?} is not translated as ALU"),
+        }
+    }
+
+    /// A load or store through the inline TLB; returns the jumps to its slow exit.
+    fn memory(&mut self, d: Insn) -> Vec<usize> {
+        let Op::I(op) = d.op else {
+            unreachable!("memory operations are RV64I")
+        };
+        let (size, store) = match op {
+            I::Lb | I::Lbu => (1u8, false),
+            I::Lh | I::Lhu => (2, false),
+            I::Lw | I::Lwu => (4, false),
+            I::Ld => (8, false),
+            I::Sb => (1, true),
+            I::Sh => (2, true),
+            I::Sw => (4, true),
+            _ => (8, true),
+        };
+        let mut exits = Vec::new();
+        // rax = virtual address.
+        self.get(RAX, d.rs1);
+        if d.imm != 0 {
+            self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), d.imm);
+        }
+        if size > 1 {
+            self.a.test_al(size - 1);
+            exits.push(self.a.jcc_fwd(Cond::Ne));
+        }
+        // rcx = tag (vpn | context); rdx = &tlb[vpn % TLB_SIZE] (24-byte entries).
+        self.a.mov_rr(RCX, RAX);
+        self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
+        self.a.mov_load(W::B32, RDX, Rm::Reg(RCX));
+        self.a
+            .alu_imm(W::B32, Alu::And, Rm::Reg(RDX), TLB_SIZE as i32 - 1);
+        self.a.lea(
+            RDX,
+            Rm::Mem {
+                base: RDX,
+                index: Some((RDX, 2)),
+                disp: 0,
+            },
+        );
+        self.a.shift_imm(W::B64, Shift::Shl, Rm::Reg(RDX), 3);
+        let tlb = if store {
+            offset_of!(Env, store_tlb)
+        } else {
+            offset_of!(Env, load_tlb)
+        };
+        self.a.alu(W::B64, Alu::Add, RDX, Rm::at(RBX, env_at(tlb)));
+        self.a.alu(W::B64, Alu::Or, RCX, Rm::at(RBX, data_ctx_at()));
+        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, 0));
+        exits.push(self.a.jcc_fwd(Cond::Ne));
+        self.a
+            .alu_imm(W::B32, Alu::Cmp, Rm::at(RDX, 16), REGION_RAM as i32);
+        exits.push(self.a.jcc_fwd(Cond::Ne));
+        // rax = RAM offset.
+        self.a.alu_imm(W::B32, Alu::And, Rm::Reg(RAX), 0xfff);
+        self.a.alu(W::B64, Alu::Add, RAX, Rm::at(RDX, 8));
+        if store {
+            // Leave for the interpreter if the page holds decoded code; else mark the
+            // page dirty for the state hash.
+            self.a.mov_rr(RCX, RAX);
+            self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
+            self.a
+                .mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, slot_of))));
+            self.a.alu_imm(
+                W::B32,
+                Alu::Cmp,
+                Rm::Mem {
+                    base: RDX,
+                    index: Some((RCX, 4)),
+                    disp: 0,
+                },
+                -1,
+            );
+            exits.push(self.a.jcc_fwd(Cond::Ne));
+            self.a
+                .mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, dirty))));
+            self.a.bts(Rm::at(RDX, 0), RCX);
+        }
+        self.a.alu(
+            W::B64,
+            Alu::Add,
+            RAX,
+            Rm::at(RBX, env_at(offset_of!(Env, ram))),
+        );
+        let at = Rm::at(RAX, 0);
+        if store {
+            let w = match size {
+                1 => W::B8,
+                2 => W::B16,
+                4 => W::B32,
+                _ => W::B64,
+            };
+            let src = match self.map[d.rs2 as usize] {
+                Some(h) => h,
+                None => {
+                    self.get(RCX, d.rs2);
+                    RCX
+                }
+            };
+            self.a.mov_store(w, at, src);
+        } else {
+            let t = if d.rd == 0 {
+                RAX
+            } else {
+                self.target(d.rd, None)
+            };
+            match op {
+                I::Lb => self.a.movsx(W::B8, t, at),
+                I::Lh => self.a.movsx(W::B16, t, at),
+                I::Lw => self.a.movsx(W::B32, t, at),
+                I::Ld => self.a.mov_load(W::B64, t, at),
+                I::Lbu => self.a.movzx(W::B8, t, at),
+                I::Lhu => self.a.movzx(W::B16, t, at),
+                _ => self.a.mov_load(W::B32, t, at),
+            }
+            self.put(d.rd, t);
+        }
+        exits
+    }
+}

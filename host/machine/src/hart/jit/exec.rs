@@ -1,0 +1,219 @@
+//! The executable code region: one anonymous mapping, kept read+execute except while a
+//! block is copied in (W^X), with the entry trampoline and shared epilogue at its start.
+
+#[cfg(all(feature = "jit", target_arch = "x86_64", target_os = "linux"))]
+mod imp {
+    use super::super::x86::*;
+    use crate::hart::Hart;
+    use std::ptr::NonNull;
+
+    /// Whether this build can translate.
+    pub const AVAILABLE: bool = true;
+
+    /// How translated code is entered: `run(hart, block)`.
+    pub type EntryFn = unsafe extern "sysv64" fn(*mut Hart, *const u8);
+
+    /// Registers translated code may change that the C ABI asks callees to preserve.
+    const SAVED: [u8; 6] = [RBX, RBP, R12, R13, R14, R15];
+
+    /// Host page size assumed for `mprotect` ranges (x86-64 Linux).
+    const HOST_PAGE: usize = 4096;
+
+    /// An executable mapping and the bytes placed in it so far.
+    pub struct ExecMem {
+        base: NonNull<u8>,
+        size: usize,
+        /// Bytes in use (placements are 16-byte aligned).
+        used: usize,
+        /// Bytes taken by the trampoline and epilogue, which survive [`ExecMem::reset`].
+        fixed: usize,
+        /// Offset of the shared epilogue.
+        epilogue: usize,
+    }
+
+    // SAFETY: the mapping is owned by this value alone (nothing else holds its address
+    // except code inside it and block tables of the same hart), so moving it to another
+    // thread moves all of its users with it.
+    unsafe impl Send for ExecMem {}
+
+    impl std::fmt::Debug for ExecMem {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ExecMem")
+                .field("size", &self.size)
+                .field("used", &self.used)
+                .finish()
+        }
+    }
+
+    impl ExecMem {
+        /// Maps `size` bytes and places the trampoline; `None` if the host refuses.
+        pub fn new(size: usize) -> Option<Self> {
+            // SAFETY: an anonymous private mapping at an address the kernel picks touches
+            // no existing memory; the result is checked before use.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return None;
+            }
+            let mut mem = Self {
+                base: NonNull::new(p.cast())?,
+                size,
+                used: 0,
+                fixed: 0,
+                epilogue: 0,
+            };
+            // Entry: save what the ABI wants kept, hart pointer in rbx, jump to the block.
+            let mut a = Asm::new(0);
+            for r in SAVED {
+                a.push(r);
+            }
+            a.mov_rr(RBX, RDI);
+            a.jmp_reg(RSI);
+            let epilogue = a.here();
+            for r in SAVED.iter().rev() {
+                a.pop(*r);
+            }
+            a.ret();
+            mem.place(&a.buf)?;
+            mem.epilogue = epilogue;
+            mem.fixed = mem.used;
+            Some(mem)
+        }
+
+        /// The trampoline, as a function.
+        pub fn entry_fn(&self) -> EntryFn {
+            // SAFETY: offset 0 holds the trampoline written by `new`, which follows the
+            // sysv64 convention for this signature (arguments in rdi and rsi, callee-saved
+            // registers restored by the epilogue before `ret`).
+            unsafe { std::mem::transmute::<*const u8, EntryFn>(self.base.as_ptr()) }
+        }
+
+        /// Host address of region offset `off`.
+        pub fn addr(&self, off: usize) -> *const u8 {
+            self.base.as_ptr().wrapping_add(off)
+        }
+
+        /// Host address of the region's start.
+        pub fn base_addr(&self) -> u64 {
+            self.base.as_ptr() as u64
+        }
+
+        /// Where the next placement will go.
+        pub fn next(&self) -> usize {
+            self.used
+        }
+
+        /// Offset of the shared epilogue (restores registers and returns to Rust).
+        pub fn epilogue(&self) -> usize {
+            self.epilogue
+        }
+
+        /// Whether `len` more bytes fit.
+        pub fn fits(&self, len: usize) -> bool {
+            self.used + len <= self.size
+        }
+
+        /// Drops every placed block (the trampoline stays).
+        pub fn reset(&mut self) {
+            self.used = self.fixed;
+        }
+
+        /// Copies `code` to the next free offset (which it must have been assembled
+        /// for) and returns that offset; `None` if it does not fit.
+        pub fn place(&mut self, code: &[u8]) -> Option<usize> {
+            let at = self.used;
+            if !self.fits(code.len()) {
+                return None;
+            }
+            let first = at / HOST_PAGE * HOST_PAGE;
+            let end = (at + code.len()).div_ceil(HOST_PAGE) * HOST_PAGE;
+            let span = end.min(self.size) - first;
+            let page = self.base.as_ptr().wrapping_add(first).cast();
+            // SAFETY: [first, first + span) lies inside the mapping; no translated code
+            // runs while the pages are writable (the hart is single-threaded and is here,
+            // not in translated code), and they are executable again before return.
+            unsafe {
+                assert_eq!(
+                    libc::mprotect(page, span, libc::PROT_READ | libc::PROT_WRITE),
+                    0,
+                    "mprotect RW"
+                );
+                std::ptr::copy_nonoverlapping(
+                    code.as_ptr(),
+                    self.base.as_ptr().add(at),
+                    code.len(),
+                );
+                assert_eq!(
+                    libc::mprotect(page, span, libc::PROT_READ | libc::PROT_EXEC),
+                    0,
+                    "mprotect RX"
+                );
+            }
+            self.used = (at + code.len()).next_multiple_of(16);
+            Some(at)
+        }
+    }
+
+    impl Drop for ExecMem {
+        fn drop(&mut self) {
+            // SAFETY: the mapping was created by `new` with this size and nothing can run
+            // in it after its owner is gone.
+            unsafe {
+                libc::munmap(self.base.as_ptr().cast(), self.size);
+            }
+        }
+    }
+}
+
+#[cfg(not(all(feature = "jit", target_arch = "x86_64", target_os = "linux")))]
+mod imp {
+    use crate::hart::Hart;
+
+    /// Whether this build can translate.
+    pub const AVAILABLE: bool = false;
+
+    /// How translated code is entered (never, in this build).
+    pub type EntryFn = unsafe extern "C" fn(*mut Hart, *const u8);
+
+    /// No executable memory in this build: `new` always declines.
+    #[derive(Debug)]
+    pub struct ExecMem(());
+
+    impl ExecMem {
+        pub fn new(_size: usize) -> Option<Self> {
+            None
+        }
+        pub fn entry_fn(&self) -> EntryFn {
+            unreachable!("never created")
+        }
+        pub fn addr(&self, _off: usize) -> *const u8 {
+            unreachable!("never created")
+        }
+        pub fn base_addr(&self) -> u64 {
+            unreachable!("never created")
+        }
+        pub fn next(&self) -> usize {
+            unreachable!("never created")
+        }
+        pub fn epilogue(&self) -> usize {
+            unreachable!("never created")
+        }
+        pub fn fits(&self, _len: usize) -> bool {
+            unreachable!("never created")
+        }
+        pub fn reset(&mut self) {}
+        pub fn place(&mut self, _code: &[u8]) -> Option<usize> {
+            None
+        }
+    }
+}
+
+pub use imp::*;

@@ -1,0 +1,272 @@
+//! A translator from RISC-V basic blocks to x86-64 code: the fast path of the hart.
+//!
+//! # Design
+//!
+//! The interpreter stays the reference: translated code runs only what it can run
+//! *exactly* as the interpreter would, and hands everything else back.
+//!
+//! - A block is a run of RV64I and M integer instructions (no division) within one
+//!   physical page, ending at a branch or jump, before the first instruction it does not
+//!   translate, or at 64 instructions. Block entries live in the decode cache's
+//!   [`BlockTable`](super::dcache::BlockTable) of their page, so every event that drops
+//!   decoded instructions (stores into code, eviction, flushes) drops blocks too.
+//! - Time: a block runs only if all of its instructions fit before `Hart::stop`
+//!   (`mcycle + n <= stop`, checked on entry), which is when the interpreter would have
+//!   run all of them too: nothing a translated instruction does can move `stop`.
+//! - Traps never happen inside translated code. Loads and stores take an inline TLB hit
+//!   path for aligned RAM accesses (stores only to pages with no decoded code); anything
+//!   else (a TLB miss, MMIO, misalignment, a store into code) leaves the block with `pc`
+//!   at that instruction and `mcycle` counting the ones before it, and the interpreter
+//!   executes it with every check.
+//! - Guest registers: each block keeps the ones it uses most in host registers, loaded on
+//!   entry and written back at every exit. A direct jump to the block's own start (a
+//!   loop) stays in host registers; a jump elsewhere in the same page chains through the
+//!   page's table to the next block's code without returning to Rust.
+//!
+//! The result is a pure cache: the same instructions retire with the same results at the
+//! same `mcycle` with or without it, which the tests check (whole Linux boots included).
+
+mod compile;
+mod exec;
+pub mod x86;
+
+use super::dcache::{BLOCK_NONE, BLOCK_UNKNOWN};
+use super::mmu::vpn;
+use super::Hart;
+use crate::bus::Bus;
+use exec::ExecMem;
+
+/// Bytes reserved for translated code; when full, every block is dropped and
+/// translation starts over.
+const CODE_BYTES: usize = 64 << 20;
+
+/// What translated code needs from outside the hart, refreshed before each entry.
+/// `repr(C)`: translated code reads it at fixed offsets.
+#[derive(Debug, Default, Clone, Copy)]
+#[repr(C)]
+pub(super) struct Env {
+    /// Host address of RAM byte 0.
+    ram: u64,
+    /// Host address of RAM's dirty-page bitmap.
+    dirty: u64,
+    /// Host address of the decode cache's page map (`u32` per RAM page).
+    slot_of: u64,
+    /// Host address of the load TLB.
+    load_tlb: u64,
+    /// Host address of the store TLB.
+    store_tlb: u64,
+}
+
+/// The translator's state: the code region and what has been placed in it.
+#[derive(Debug, Default)]
+pub struct Jit {
+    /// Whether [`Hart::run`] uses translated code.
+    enabled: bool,
+    /// The executable region, created on first use.
+    mem: Option<ExecMem>,
+    /// Pointers for the translated code.
+    pub(super) env: Env,
+    /// Blocks translated so far (for reports and tests).
+    pub blocks: u64,
+    /// Times the region filled up and was emptied.
+    pub resets: u64,
+    /// Size of the region to create.
+    code_bytes: usize,
+}
+
+impl Jit {
+    /// A translator, on if this build has one for its host.
+    pub fn new() -> Self {
+        Self {
+            enabled: exec::AVAILABLE,
+            code_bytes: CODE_BYTES,
+            ..Self::default()
+        }
+    }
+
+    /// Whether translated code is in use.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+}
+
+impl Hart {
+    /// Turns translation on or off (on only where the host has a translator). Results
+    /// are the same either way; this is for comparisons and benchmarks.
+    pub fn set_jit(&mut self, on: bool) {
+        self.jit.enabled = on && exec::AVAILABLE;
+    }
+
+    /// Runs translated code from `pc` if there is (or can be) a block there. Returns
+    /// whether any instruction retired.
+    #[inline(always)]
+    pub(super) fn run_jit(&mut self, bus: &mut Bus) -> bool {
+        let pc = self.pc;
+        // Only from a page the fetch path has already translated and checked.
+        if vpn(pc) | self.mmu.fetch_ctx != self.mmu.fetch_tag {
+            return false;
+        }
+        let page = self.mmu.fetch_page;
+        let mut entry = self.dcache.block(page, pc);
+        if entry == BLOCK_UNKNOWN {
+            entry = self.translate_block(bus, page);
+        }
+        if entry == BLOCK_NONE {
+            return false;
+        }
+        self.enter_block(bus, entry)
+    }
+
+    #[inline(never)]
+    fn enter_block(&mut self, bus: &mut Bus, entry: u32) -> bool {
+        let Some(mem) = self.jit.mem.as_ref() else {
+            return false;
+        };
+        let (ram, dirty) = bus.ram.raw_parts();
+        self.jit.env = Env {
+            ram: ram as u64,
+            dirty: dirty as u64,
+            slot_of: self.dcache.slot_of_addr(),
+            load_tlb: self.mmu.load.as_ptr() as u64,
+            store_tlb: self.mmu.store.as_ptr() as u64,
+        };
+        let before = self.mcycle;
+        let run = mem.entry_fn();
+        let code = mem.addr(entry as usize);
+        // SAFETY: `code` is the start of a block that `compile` produced for this hart
+        // (entries are only ever block starts in this region, and are dropped with the
+        // region's contents). Translated code reads and writes only the `Hart` fields
+        // named by `compile::Layout` (through the pointer passed here), RAM bytes inside
+        // the TLB-mapped pages of `bus.ram` and its dirty bitmap (through `env`, taken
+        // from `bus` just above, so no other reference to them is live), and returns with
+        // callee-saved registers restored by the trampoline.
+        unsafe { run(self as *mut Hart, code) };
+        self.mcycle != before
+    }
+
+    /// Translates the block at `pc` (in cache page `page`) and records it; returns its
+    /// entry, or [`BLOCK_NONE`] if the first instruction is not translated.
+    #[inline(never)]
+    fn translate_block(&mut self, bus: &mut Bus, page: u32) -> u32 {
+        let pc = self.pc;
+        let ram_off = (self.dcache.ram_page(page) << 12) as usize;
+        let bytes = &bus.ram.bytes()[ram_off..ram_off + 4096];
+        let insns = compile::collect(bytes, (pc & 0xfff) as usize);
+        if insns.is_empty() {
+            let first = bytes[(pc & 0xfff) as usize];
+            let halfwords = if first & 3 == 3 { 2 } else { 1 };
+            self.dcache.set_block(page, pc, BLOCK_NONE, halfwords);
+            return BLOCK_NONE;
+        }
+        if self.jit.mem.is_none() {
+            match ExecMem::new(self.jit.code_bytes) {
+                Some(m) => self.jit.mem = Some(m),
+                None => {
+                    // No executable memory on this host: interpret.
+                    self.jit.enabled = false;
+                    return BLOCK_NONE;
+                }
+            }
+        }
+        let table = self.dcache.block_table_addr(page);
+        let mem = self.jit.mem.as_mut().expect("created above");
+        let mut code = compile::Block::new(&insns, (pc & 0xfff) as usize, table, mem).emit();
+        if !mem.fits(code.len()) {
+            // Region full: start over. Every table entry pointing into it goes first.
+            mem.reset();
+            self.jit.resets += 1;
+            self.dcache.flush_blocks();
+            code = compile::Block::new(&insns, (pc & 0xfff) as usize, table, mem).emit();
+        }
+        let at = mem.place(&code).expect("fits in an empty region");
+        self.jit.blocks += 1;
+        let span = compile::span(&insns, (pc & 0xfff) as usize);
+        self.dcache.set_block(page, pc, at as u32, span);
+        at as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bench::{integer_loop, memory_loop, Platform};
+    use crate::machine::{Machine, MachineConfig};
+
+    fn machine(image: &[u8], jit: bool) -> Machine {
+        let mut m = Machine::new(&MachineConfig {
+            ram_length: 4 << 20,
+            ram_image: Some(image.to_vec()),
+            ..MachineConfig::default()
+        })
+        .unwrap();
+        m.hart.set_jit(jit);
+        m
+    }
+
+    /// Runs `image` to each of `points` with and without translation; the registers,
+    /// `pc` and `mcycle` must agree at every one.
+    fn agree_at(image: &[u8], points: &[u64]) {
+        let mut a = machine(image, false);
+        let mut b = machine(image, true);
+        for &p in points {
+            a.run(p);
+            b.run(p);
+            assert_eq!(
+                (a.hart.pc, a.mcycle(), a.hart.x),
+                (b.hart.pc, b.mcycle(), b.hart.x),
+                "at mcycle limit {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_code_region_starts_over_without_changing_results() {
+        use crate::bench::{addi, assemble, b, halt, li32};
+        // 400 blocks of "addi a0, a0, 1; jal zero, next", run 20 times: far more code
+        // than a 32 KiB region holds.
+        const A0: u32 = 10;
+        const T0: u32 = 5;
+        let mut w = Vec::new();
+        w.extend(li32(T0, 20));
+        let top = w.len();
+        for _ in 0..400 {
+            w.push(addi(A0, A0, 1));
+            w.push(0x0040_006f); // jal zero, +4
+        }
+        w.push(addi(T0, T0, -1));
+        w.push(b((top as i32 - w.len() as i32) * 4, 0, T0, 1)); // bne t0, zero, top
+        w.extend(halt(crate::bench::Platform::Cmvm));
+        let image = assemble(&w);
+        let mut a = machine(&image, false);
+        let mut b = machine(&image, true);
+        b.hart.jit.code_bytes = 32 << 10;
+        for limit in (5_000..40_000).step_by(5_000).chain([1 << 20]) {
+            a.run(limit);
+            b.run(limit);
+            assert_eq!(
+                (a.hart.pc, a.mcycle(), a.hart.x),
+                (b.hart.pc, b.mcycle(), b.hart.x),
+                "at {limit}"
+            );
+        }
+        assert_eq!(b.halted(), Some(0));
+        assert_eq!(b.hart.x[A0 as usize], 20 * 400);
+        assert!(b.hart.jit.resets >= 5, "{} resets", b.hart.jit.resets);
+        assert_eq!(a.root_hash(), b.root_hash());
+    }
+
+    #[test]
+    fn bench_programs_agree_with_the_interpreter_at_every_step() {
+        for p in [
+            integer_loop(3_000, Platform::Cmvm),
+            memory_loop(3_000, Platform::Cmvm),
+        ] {
+            // Strides that end runs inside blocks, at block ends and across many blocks.
+            for stride in [1, 7, 37, 1000] {
+                let points: Vec<u64> = (1..=p.instructions + stride)
+                    .step_by(stride as usize)
+                    .collect();
+                agree_at(&p.image, &points);
+            }
+        }
+    }
+}
