@@ -197,7 +197,7 @@ impl Machine {
             .zip(&placed)
             .map(|(f, &(start, length))| {
                 let mut mem = MemRange::new(start, length);
-                mem.write_bytes(0, &f.image);
+                mem.fill_fresh(&f.image);
                 FlashDrive {
                     label: f.label.clone(),
                     shared: f.shared,

@@ -64,6 +64,11 @@ struct RunArgs {
         conflicts_with_all = ["ram_length", "ram_image", "bios", "kernel", "initrd", "append", "flash_drives"]
     )]
     load: Option<PathBuf>,
+    /// Interpret every instruction instead of running translated x86-64 code for hot
+    /// integer blocks. The results (console, mcycle, hashes) are identical; this is for
+    /// cross-checking the translator, at a few times the run time.
+    #[arg(long)]
+    no_jit: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -86,12 +91,15 @@ struct BenchArgs {
     /// inputs).
     #[arg(long)]
     no_linux: bool,
+    /// Measure the interpreter alone (no translated code).
+    #[arg(long)]
+    no_jit: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Run(a) => run(*a),
-        Command::Bench(a) => bench::run(a.mega_instructions, !a.no_qemu, !a.no_linux),
+        Command::Bench(a) => bench::run(a.mega_instructions, !a.no_qemu, !a.no_linux, !a.no_jit),
     }
 }
 
@@ -161,6 +169,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             (Machine::new(&config)?, record, false)
         }
     };
+    machine.hart.set_jit(!a.no_jit);
     let limit = a.max_mcycle.unwrap_or(u64::MAX);
     let brk = run_streaming(&mut machine, limit)?;
     if !resumed {
@@ -245,8 +254,21 @@ mod bench {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    pub fn run(mega: u64, with_qemu: bool, with_linux: bool) -> anyhow::Result<ExitCode> {
+    pub fn run(
+        mega: u64,
+        with_qemu: bool,
+        with_linux: bool,
+        jit: bool,
+    ) -> anyhow::Result<ExitCode> {
         let instructions = mega.max(1) * 1_000_000;
+        println!(
+            "cmbuild: {}",
+            if jit {
+                "translated code for hot integer blocks (--no-jit: interpreter alone)"
+            } else {
+                "interpreter alone"
+            }
+        );
         let qemu = with_qemu && qemu_available();
         if with_qemu && !qemu {
             eprintln!("qemu-system-riscv64 not found: showing the machine's figures only");
@@ -270,7 +292,7 @@ mod bench {
         let mut ratios = Vec::new();
         for make in [integer_loop, memory_loop] {
             let ours = make(instructions, Platform::Cmvm);
-            let secs = time_machine(&ours)?;
+            let secs = time_machine(&ours, jit)?;
             let mips = ours.instructions as f64 / secs / 1e6;
             print!(
                 "{:<13} {:>6} M instr  cmbuild {:>8.1} MIPS ({:.3} s)",
@@ -301,7 +323,7 @@ mod bench {
             println!("geometric mean ratio cmbuild/qemu-icount: {geo:.2}x (target >= 0.75x)");
         }
         if with_linux {
-            linux_boot(qemu)?;
+            linux_boot(qemu, jit)?;
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -347,7 +369,7 @@ mod bench {
 
     /// Boots Debian's kernel and the boot-test initramfs to power-off on the machine and
     /// under QEMU, and prints both speeds.
-    fn linux_boot(qemu: bool) -> anyhow::Result<()> {
+    fn linux_boot(qemu: bool, jit: bool) -> anyhow::Result<()> {
         let Some(inputs) = boot_inputs() else {
             println!(
                 "linux boot: skipped (no inputs cached; run scripts/boot-test-inputs, or set \
@@ -364,6 +386,7 @@ mod bench {
             bootargs: APPEND.into(),
             ..MachineConfig::default()
         })?;
+        m.hart.set_jit(jit);
         let start = Instant::now();
         let brk = m.run(20_000_000_000);
         let secs = start.elapsed().as_secs_f64();
@@ -427,12 +450,13 @@ mod bench {
         Ok(elapsed)
     }
 
-    fn time_machine(p: &Program) -> anyhow::Result<f64> {
+    fn time_machine(p: &Program, jit: bool) -> anyhow::Result<f64> {
         let mut m = Machine::new(&MachineConfig {
             ram_length: 16 << 20,
             ram_image: Some(p.image.clone()),
             ..MachineConfig::default()
         })?;
+        m.hart.set_jit(jit);
         let start = Instant::now();
         let brk = m.run(p.instructions.saturating_mul(2));
         let secs = start.elapsed().as_secs_f64();

@@ -60,6 +60,9 @@ pub struct DecodeCache {
     blocks: Vec<Box<BlockTable>>,
     /// Whether each table holds anything but [`BLOCK_UNKNOWN`] (saves clearing clean ones).
     has_blocks: Vec<bool>,
+    /// The address of each table's entry array, for translated code that chains to a
+    /// block in another page.
+    table_addrs: Vec<u64>,
 }
 
 impl DecodeCache {
@@ -73,6 +76,7 @@ impl DecodeCache {
             hand: 0,
             blocks: Vec::new(),
             has_blocks: Vec::new(),
+            table_addrs: Vec::new(),
         }
     }
 
@@ -101,6 +105,8 @@ impl DecodeCache {
                 span: [0; SLOTS],
             }));
             self.has_blocks.push(false);
+            let table = self.blocks.last().expect("just pushed");
+            self.table_addrs.push(table.entry.as_ptr() as u64);
             self.pages.len() - 1
         } else {
             let victim = self.hand;
@@ -165,6 +171,17 @@ impl DecodeCache {
         self.blocks[page as usize].entry[((pc & 0xfff) >> 1) as usize]
     }
 
+    /// Counts a visit to the block start `pc` (not translated yet) in cache page `page`;
+    /// returns whether it has had `hot` of them. Until translated, a slot's `span` is its
+    /// visit count.
+    pub(super) fn visit(&mut self, page: u32, pc: u64, hot: u8) -> bool {
+        let table = &mut self.blocks[page as usize];
+        let s = ((pc & 0xfff) >> 1) as usize;
+        table.span[s] = table.span[s].saturating_add(1);
+        self.has_blocks[page as usize] = true;
+        table.span[s] >= hot
+    }
+
     /// Records the block (or [`BLOCK_NONE`]) starting at `pc` in cache page `page`.
     pub(super) fn set_block(&mut self, page: u32, pc: u64, entry: u32, span: u8) {
         let table = &mut self.blocks[page as usize];
@@ -177,6 +194,12 @@ impl DecodeCache {
     /// The address of the entry array of cache page `page` (stable while the cache lives).
     pub(super) fn block_table_addr(&self, page: u32) -> u64 {
         self.blocks[page as usize].entry.as_ptr() as u64
+    }
+
+    /// The address of the table addresses (`u64` per cache page; valid until a page is
+    /// added to the pool).
+    pub(super) fn table_addrs_addr(&self) -> u64 {
+        self.table_addrs.as_ptr() as u64
     }
 
     /// The RAM page that cache page `page` holds.

@@ -68,7 +68,7 @@ const EMPTY: TlbEntry = TlbEntry {
 /// The translation caches of the hart.
 #[derive(Debug)]
 pub struct Mmu {
-    fetch: Box<[TlbEntry; TLB_SIZE]>,
+    pub(super) fetch: Box<[TlbEntry; TLB_SIZE]>,
     pub(super) load: Box<[TlbEntry; TLB_SIZE]>,
     pub(super) store: Box<[TlbEntry; TLB_SIZE]>,
     /// Context bits of fetches (privilege, translation on).
@@ -413,6 +413,20 @@ impl Hart {
                 }
             }
         }
+    }
+
+    /// Points the fetch fast path at `pc`'s page if the fetch TLB already maps it to RAM
+    /// (no walk, so no fault: anything else is left to [`Hart::fetch`]). Lets translated
+    /// code continue in another page without an interpreted instruction in between.
+    pub(super) fn refill_fetch_page(&mut self) -> bool {
+        let pc = self.pc;
+        let e = self.mmu.fetch[tlb_index(pc)];
+        if e.tag != vpn(pc) | self.mmu.fetch_ctx || e.region != REGION_RAM {
+            return false;
+        }
+        self.mmu.fetch_page = self.dcache.page_for(e.page >> 12);
+        self.mmu.fetch_tag = vpn(pc) | self.mmu.fetch_ctx;
+        true
     }
 
     #[inline(never)]

@@ -369,10 +369,17 @@ impl Hart {
             let insn = self.fetch(bus);
             let result = self.execute(bus, &insn);
             match result {
-                Ok(next) => self.pc = next,
+                Ok(next) => {
+                    // A block may start here: after a jump or branch, after what no block
+                    // holds, or after what translated code left to the interpreter.
+                    self.jit.candidate = jit::block_boundary(insn.op) || self.jit.resume;
+                    self.jit.resume = false;
+                    self.pc = next;
+                }
                 Err(e) => {
                     self.take_trap(e.cause, e.tval, false);
                     self.non_retired = self.non_retired.wrapping_add(1);
+                    self.jit.candidate = true;
                 }
             }
             self.x[0] = 0;

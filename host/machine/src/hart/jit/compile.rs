@@ -37,6 +37,9 @@ fn stop_at() -> i32 {
 fn data_ctx_at() -> i32 {
     disp(offset_of!(Hart, mmu) + offset_of!(Mmu, data_ctx))
 }
+fn fetch_ctx_at() -> i32 {
+    disp(offset_of!(Hart, mmu) + offset_of!(Mmu, fetch_ctx))
+}
 fn env_at(field: usize) -> i32 {
     disp(offset_of!(Hart, jit) + offset_of!(Jit, env) + field)
 }
@@ -58,6 +61,7 @@ enum Kind {
     Jalr,
 }
 
+#[inline(always)]
 fn kind(op: Op) -> Option<Kind> {
     Some(match op {
         Op::I(i) => match i {
@@ -71,6 +75,12 @@ fn kind(op: Op) -> Option<Kind> {
         Op::M(M::Mul | M::Mulh | M::Mulhsu | M::Mulhu | M::Mulw) => Kind::Alu,
         _ => return None,
     })
+}
+
+/// Whether no block continues past `op`.
+#[inline(always)]
+pub(super) fn block_boundary(op: Op) -> bool {
+    !matches!(kind(op), Some(Kind::Alu | Kind::Load | Kind::Store))
 }
 
 /// Which source registers an operation reads: (rs1, rs2).
@@ -161,6 +171,17 @@ pub(super) fn collect(page: &[u8], start: usize) -> Vec<Item> {
 pub(super) fn span(items: &[Item], start: usize) -> u8 {
     let last = items.last().expect("a block has instructions");
     ((last.off + last.insn.len as usize - start) / 2) as u8
+}
+
+/// Where an exit from a block goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// The block at this offset of the same page, through the page's table.
+    InPage(usize),
+    /// The block at the new `pc`, wherever the fetch TLB maps it.
+    Anywhere,
+    /// Back to Rust (the interpreter runs the next instruction, or the budget ran out).
+    Rust,
 }
 
 /// The code generator for one block.
@@ -264,9 +285,8 @@ impl<'a> Block<'a> {
         }
     }
 
-    /// Leaves the block: write back, count `retired`, move `pc` by `delta`, then chain to
-    /// the block at page offset `to` if there is one, else return to Rust.
-    fn exit(&mut self, dirty: u32, retired: usize, delta: i64, to: Option<usize>) {
+    /// Leaves the block: write back, count `retired`, move `pc` by `delta`, then go `to`.
+    fn exit(&mut self, dirty: u32, retired: usize, delta: i64, to: Next) {
         self.write_back(dirty);
         if retired > 0 {
             self.a
@@ -277,13 +297,90 @@ impl<'a> Block<'a> {
                 .alu_imm(W::B64, Alu::Add, Rm::at(RBX, pc_at()), delta as i32);
         }
         match to {
-            Some(off) => {
+            Next::InPage(off) => {
                 self.a.mov_imm(RCX, self.table + 4 * (off as u64 / 2));
                 self.a.mov_load(W::B32, RAX, Rm::at(RCX, 0));
                 self.chain_rax();
             }
-            None => self.a.jmp_to(self.epilogue),
+            Next::Anywhere => {
+                self.a.mov_load(W::B64, RAX, Rm::at(RBX, pc_at()));
+                self.chain_va();
+            }
+            Next::Rust => self.a.jmp_to(self.epilogue),
         }
+    }
+
+    /// With the new `pc` in rax (already stored): jump to its block if the fetch TLB maps
+    /// its page to RAM in the current context (as the interpreter's fetch would find it)
+    /// and that page has a block there; else return to Rust.
+    fn chain_va(&mut self) {
+        // rdx = &fetch_tlb[vpn % TLB_SIZE]; rcx = vpn | fetch context.
+        self.a.mov_rr(RCX, RAX);
+        self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
+        self.a.mov_load(W::B32, RDX, Rm::Reg(RCX));
+        self.a
+            .alu_imm(W::B32, Alu::And, Rm::Reg(RDX), TLB_SIZE as i32 - 1);
+        self.a.lea(
+            RDX,
+            Rm::Mem {
+                base: RDX,
+                index: Some((RDX, 2)),
+                disp: 0,
+            },
+        );
+        self.a.shift_imm(W::B64, Shift::Shl, Rm::Reg(RDX), 3);
+        self.a.alu(
+            W::B64,
+            Alu::Add,
+            RDX,
+            Rm::at(RBX, env_at(offset_of!(Env, fetch_tlb))),
+        );
+        self.a
+            .alu(W::B64, Alu::Or, RCX, Rm::at(RBX, fetch_ctx_at()));
+        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, 0));
+        self.a.jcc_to(Cond::Ne, self.epilogue);
+        self.a
+            .alu_imm(W::B32, Alu::Cmp, Rm::at(RDX, 16), REGION_RAM as i32);
+        self.a.jcc_to(Cond::Ne, self.epilogue);
+        // ecx = decode-cache page of the RAM page, if it has one.
+        self.a.mov_load(W::B64, RCX, Rm::at(RDX, 8));
+        self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
+        self.a
+            .mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, slot_of))));
+        self.a.mov_load(
+            W::B32,
+            RCX,
+            Rm::Mem {
+                base: RDX,
+                index: Some((RCX, 4)),
+                disp: 0,
+            },
+        );
+        self.a.alu_imm(W::B32, Alu::Cmp, Rm::Reg(RCX), -1);
+        self.a.jcc_to(Cond::E, self.epilogue);
+        // rdx = that page's block table; eax = the entry of the target's slot.
+        self.a
+            .mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, tables))));
+        self.a.mov_load(
+            W::B64,
+            RDX,
+            Rm::Mem {
+                base: RDX,
+                index: Some((RCX, 8)),
+                disp: 0,
+            },
+        );
+        self.a.alu_imm(W::B32, Alu::And, Rm::Reg(RAX), 0xffe);
+        self.a.mov_load(
+            W::B32,
+            RAX,
+            Rm::Mem {
+                base: RDX,
+                index: Some((RAX, 2)),
+                disp: 0,
+            },
+        );
+        self.chain_rax();
     }
 
     /// With a table entry in eax: jump to its block, or return to Rust if there is none.
@@ -303,9 +400,13 @@ impl<'a> Block<'a> {
         Cond::Be
     }
 
-    /// Page offset `to` as a chaining target, if it is in this page.
-    fn in_page(to: i64) -> Option<usize> {
-        (0..4096).contains(&to).then_some(to as usize)
+    /// Where a jump to page offset `to` continues.
+    fn next(to: i64) -> Next {
+        if (0..4096).contains(&to) {
+            Next::InPage(to as usize)
+        } else {
+            Next::Anywhere
+        }
     }
 
     /// A jump to page offset `to` after all `n` instructions of the block.
@@ -316,10 +417,10 @@ impl<'a> Block<'a> {
                 .alu_imm(W::B64, Alu::Add, Rm::at(RBX, mcycle_at()), n as i32);
             let ok = self.budget_ok(n);
             self.a.jcc_to(ok, body);
-            self.exit(self.dirty, 0, 0, None);
+            self.exit(self.dirty, 0, 0, Next::Rust);
         } else {
             let delta = to - self.start as i64;
-            self.exit(self.dirty, n, delta, Self::in_page(to));
+            self.exit(self.dirty, n, delta, Self::next(to));
         }
     }
 
@@ -373,8 +474,9 @@ impl<'a> Block<'a> {
             }
         }
         let body = self.a.here();
-        // Exits to the interpreter from loads and stores, emitted after the body.
-        let mut slow: Vec<(usize, u32, usize, i64)> = Vec::new();
+        // Exits to the interpreter from loads and stores (one per instruction, whatever
+        // sent it there), emitted after the body.
+        let mut slow: Vec<(Vec<usize>, u32, usize, i64)> = Vec::new();
         let items = self.items;
         for (k, it) in items.iter().enumerate() {
             let d = it.insn;
@@ -384,9 +486,8 @@ impl<'a> Block<'a> {
                 Kind::Load | Kind::Store => {
                     // The slow exit writes back what was dirty before this instruction.
                     let dirty = self.dirty;
-                    for f in self.memory(d) {
-                        slow.push((f, dirty, k, delta));
-                    }
+                    let fixups = self.memory(d);
+                    slow.push((fixups, dirty, k, delta));
                 }
                 Kind::Branch => {
                     let cond = match d.op {
@@ -425,12 +526,15 @@ impl<'a> Block<'a> {
                 // limit: continue at the next one.
                 let to = last.off + last.insn.len as usize;
                 let delta = (to - self.start) as i64;
-                self.exit(self.dirty, n, delta, Self::in_page(to as i64));
+                self.exit(self.dirty, n, delta, Self::next(to as i64));
             }
         }
-        for (fixup, dirty, retired, delta) in slow {
-            self.a.bind(fixup);
-            self.exit(dirty, retired, delta, None);
+        for (fixups, dirty, retired, delta) in slow {
+            for f in fixups {
+                self.a.bind(f);
+            }
+            // Back to Rust: the interpreter must run this instruction.
+            self.exit(dirty, retired, delta, Next::Rust);
         }
         self.a.buf
     }
@@ -455,25 +559,9 @@ impl<'a> Block<'a> {
         self.write_back(self.dirty);
         self.a
             .alu_imm(W::B64, Alu::Add, Rm::at(RBX, mcycle_at()), n as i32);
-        // pc = target; chain if it stays in this (virtual, hence physical) page.
-        self.a.mov_load(W::B64, RCX, Rm::at(RBX, pc_at()));
+        // pc = target; chain to its block wherever it is.
         self.a.mov_store(W::B64, Rm::at(RBX, pc_at()), RAX);
-        self.a.alu(W::B64, Alu::Xor, RCX, Rm::Reg(RAX));
-        self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
-        self.a.jcc_to(Cond::Ne, self.epilogue);
-        self.a.alu_imm(W::B32, Alu::And, Rm::Reg(RAX), 0xffe);
-        self.a.mov_imm(RCX, self.table);
-        // Entry of slot (off / 2): 4 * off / 2 = 2 * off bytes into the table.
-        self.a.mov_load(
-            W::B32,
-            RAX,
-            Rm::Mem {
-                base: RCX,
-                index: Some((RAX, 2)),
-                disp: 0,
-            },
-        );
-        self.chain_rax();
+        self.chain_va();
     }
 
     /// Integer operations without memory access.

@@ -1,5 +1,7 @@
-//! The executable code region: one anonymous mapping, kept read+execute except while a
-//! block is copied in (W^X), with the entry trampoline and shared epilogue at its start.
+//! The executable code region: one shared-memory object mapped twice, read+execute where
+//! code runs and read+write where blocks are copied in, so that no page is ever both
+//! writable and executable at one address (W^X) and placing a block needs no system call.
+//! The entry trampoline and the shared epilogue sit at its start.
 
 #[cfg(all(feature = "jit", target_arch = "x86_64", target_os = "linux"))]
 mod imp {
@@ -16,12 +18,12 @@ mod imp {
     /// Registers translated code may change that the C ABI asks callees to preserve.
     const SAVED: [u8; 6] = [RBX, RBP, R12, R13, R14, R15];
 
-    /// Host page size assumed for `mprotect` ranges (x86-64 Linux).
-    const HOST_PAGE: usize = 4096;
-
-    /// An executable mapping and the bytes placed in it so far.
+    /// An executable mapping, its writable twin, and the bytes placed in them so far.
     pub struct ExecMem {
+        /// The read+execute view.
         base: NonNull<u8>,
+        /// The read+write view of the same memory.
+        write: NonNull<u8>,
         size: usize,
         /// Bytes in use (placements are 16-byte aligned).
         used: usize,
@@ -31,9 +33,9 @@ mod imp {
         epilogue: usize,
     }
 
-    // SAFETY: the mapping is owned by this value alone (nothing else holds its address
-    // except code inside it and block tables of the same hart), so moving it to another
-    // thread moves all of its users with it.
+    // SAFETY: the mappings are owned by this value alone (nothing else holds their
+    // addresses except code inside them and block tables of the same hart), so moving it
+    // to another thread moves all of its users with it.
     unsafe impl Send for ExecMem {}
 
     impl std::fmt::Debug for ExecMem {
@@ -45,26 +47,44 @@ mod imp {
         }
     }
 
+    /// Maps `size` bytes of `fd` with `prot`, or `None`.
+    fn map(fd: libc::c_int, size: usize, prot: libc::c_int) -> Option<NonNull<u8>> {
+        // SAFETY: a shared mapping of our own memory object at an address the kernel
+        // picks touches no existing memory; the result is checked before use.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), size, prot, libc::MAP_SHARED, fd, 0) };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        NonNull::new(p.cast())
+    }
+
     impl ExecMem {
-        /// Maps `size` bytes and places the trampoline; `None` if the host refuses.
+        /// Maps `size` bytes twice and places the trampoline; `None` if the host refuses
+        /// (then the hart interprets).
         pub fn new(size: usize) -> Option<Self> {
-            // SAFETY: an anonymous private mapping at an address the kernel picks touches
-            // no existing memory; the result is checked before use.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    size,
-                    libc::PROT_READ | libc::PROT_EXEC,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
+            // SAFETY: the name is a NUL-terminated literal; the descriptor is closed
+            // below once both mappings hold the memory.
+            let fd = unsafe { libc::memfd_create(c"cmbuild-jit".as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
                 return None;
             }
+            // SAFETY: `fd` is the memory object just created.
+            let sized = unsafe { libc::ftruncate(fd, size as libc::off_t) } == 0;
+            let views = if sized {
+                map(fd, size, libc::PROT_READ | libc::PROT_EXEC).zip(map(
+                    fd,
+                    size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                ))
+            } else {
+                None
+            };
+            // SAFETY: `fd` is ours and not used after this.
+            unsafe { libc::close(fd) };
+            let (base, write) = views?;
             let mut mem = Self {
-                base: NonNull::new(p.cast())?,
+                base,
+                write,
                 size,
                 used: 0,
                 fixed: 0,
@@ -133,28 +153,15 @@ mod imp {
             if !self.fits(code.len()) {
                 return None;
             }
-            let first = at / HOST_PAGE * HOST_PAGE;
-            let end = (at + code.len()).div_ceil(HOST_PAGE) * HOST_PAGE;
-            let span = end.min(self.size) - first;
-            let page = self.base.as_ptr().wrapping_add(first).cast();
-            // SAFETY: [first, first + span) lies inside the mapping; no translated code
-            // runs while the pages are writable (the hart is single-threaded and is here,
-            // not in translated code), and they are executable again before return.
+            // SAFETY: [at, at + len) lies inside the writable view (checked by `fits`),
+            // which nothing else writes; no translated code runs meanwhile (the hart is
+            // single-threaded and is here), and x86 keeps instruction fetch coherent with
+            // stores to the same physical memory.
             unsafe {
-                assert_eq!(
-                    libc::mprotect(page, span, libc::PROT_READ | libc::PROT_WRITE),
-                    0,
-                    "mprotect RW"
-                );
                 std::ptr::copy_nonoverlapping(
                     code.as_ptr(),
-                    self.base.as_ptr().add(at),
+                    self.write.as_ptr().add(at),
                     code.len(),
-                );
-                assert_eq!(
-                    libc::mprotect(page, span, libc::PROT_READ | libc::PROT_EXEC),
-                    0,
-                    "mprotect RX"
                 );
             }
             self.used = (at + code.len()).next_multiple_of(16);
@@ -164,10 +171,11 @@ mod imp {
 
     impl Drop for ExecMem {
         fn drop(&mut self) {
-            // SAFETY: the mapping was created by `new` with this size and nothing can run
-            // in it after its owner is gone.
+            // SAFETY: both mappings were created by `new` with this size and nothing can
+            // run in them after their owner is gone.
             unsafe {
                 libc::munmap(self.base.as_ptr().cast(), self.size);
+                libc::munmap(self.write.as_ptr().cast(), self.size);
             }
         }
     }

@@ -21,7 +21,14 @@
 //! - Guest registers: each block keeps the ones it uses most in host registers, loaded on
 //!   entry and written back at every exit. A direct jump to the block's own start (a
 //!   loop) stays in host registers; a jump elsewhere in the same page chains through the
-//!   page's table to the next block's code without returning to Rust.
+//!   page's table to the next block's code without returning to Rust, and a jump to
+//!   another page (or any `jalr`) chains through the fetch TLB, the decode cache's page
+//!   map and that page's table — the lookups the interpreter's fetch makes, so code runs
+//!   only from pages it could fetch from in the current context.
+//! - What gets translated: a block start (a jump target, or the instruction after one no
+//!   block holds) once it has been reached [`HOT`] times; colder code is interpreted.
+//! - The code region is one memory object mapped twice, executable and writable, so no
+//!   page is both at one address; when full it is emptied and translation starts over.
 //!
 //! The result is a pure cache: the same instructions retire with the same results at the
 //! same `mcycle` with or without it, which the tests check (whole Linux boots included).
@@ -38,7 +45,7 @@ use exec::ExecMem;
 
 /// Bytes reserved for translated code; when full, every block is dropped and
 /// translation starts over.
-const CODE_BYTES: usize = 64 << 20;
+const CODE_BYTES: usize = 256 << 20;
 
 /// What translated code needs from outside the hart, refreshed before each entry.
 /// `repr(C)`: translated code reads it at fixed offsets.
@@ -55,6 +62,10 @@ pub(super) struct Env {
     load_tlb: u64,
     /// Host address of the store TLB.
     store_tlb: u64,
+    /// Host address of the fetch TLB.
+    fetch_tlb: u64,
+    /// Host address of the decode cache's block-table addresses (`u64` per cache page).
+    tables: u64,
 }
 
 /// The translator's state: the code region and what has been placed in it.
@@ -72,6 +83,24 @@ pub struct Jit {
     pub resets: u64,
     /// Size of the region to create.
     code_bytes: usize,
+    /// Whether `pc` is where a block could start (reached by a jump or a trap, or right
+    /// after an instruction no block holds). Only such places count towards [`HOT`], so
+    /// that cold code run by the interpreter does not grow a block at every instruction.
+    pub(super) candidate: bool,
+    /// Set when translated code returns: the instruction the interpreter runs next is one
+    /// a block left to it (or a jump target), and a block may start right after it.
+    pub(super) resume: bool,
+}
+
+/// Times a block start is reached before it is translated: code that runs a few times
+/// (most of a boot) is cheaper to interpret than to translate.
+const HOT: u8 = 8;
+
+/// Whether a block can start right after `op`: it ends blocks (a jump or branch), or no
+/// block holds it.
+#[inline(always)]
+pub(super) fn block_boundary(op: super::Op) -> bool {
+    compile::block_boundary(op)
 }
 
 impl Jit {
@@ -80,6 +109,7 @@ impl Jit {
         Self {
             enabled: exec::AVAILABLE,
             code_bytes: CODE_BYTES,
+            candidate: true,
             ..Self::default()
         }
     }
@@ -103,17 +133,24 @@ impl Hart {
     pub(super) fn run_jit(&mut self, bus: &mut Bus) -> bool {
         let pc = self.pc;
         // Only from a page the fetch path has already translated and checked.
-        if vpn(pc) | self.mmu.fetch_ctx != self.mmu.fetch_tag {
+        if vpn(pc) | self.mmu.fetch_ctx != self.mmu.fetch_tag && !self.refill_fetch_page() {
             return false;
         }
         let page = self.mmu.fetch_page;
         let mut entry = self.dcache.block(page, pc);
         if entry == BLOCK_UNKNOWN {
+            if !self.jit.candidate || !self.dcache.visit(page, pc, HOT) {
+                return false;
+            }
             entry = self.translate_block(bus, page);
         }
         if entry == BLOCK_NONE {
             return false;
         }
+        // Wherever translated code stops is a jump target or an instruction it left to
+        // the interpreter: either way a block may start there.
+        self.jit.candidate = true;
+        self.jit.resume = true;
         self.enter_block(bus, entry)
     }
 
@@ -129,6 +166,8 @@ impl Hart {
             slot_of: self.dcache.slot_of_addr(),
             load_tlb: self.mmu.load.as_ptr() as u64,
             store_tlb: self.mmu.store.as_ptr() as u64,
+            fetch_tlb: self.mmu.fetch.as_ptr() as u64,
+            tables: self.dcache.table_addrs_addr(),
         };
         let before = self.mcycle;
         let run = mem.entry_fn();
@@ -221,12 +260,12 @@ mod tests {
     #[test]
     fn a_full_code_region_starts_over_without_changing_results() {
         use crate::bench::{addi, assemble, b, halt, li32};
-        // 400 blocks of "addi a0, a0, 1; jal zero, next", run 20 times: far more code
-        // than a 32 KiB region holds.
+        // 400 blocks of "addi a0, a0, 1; jal zero, next", run 40 times: several times
+        // the code an 8 KiB region holds.
         const A0: u32 = 10;
         const T0: u32 = 5;
         let mut w = Vec::new();
-        w.extend(li32(T0, 20));
+        w.extend(li32(T0, 40));
         let top = w.len();
         for _ in 0..400 {
             w.push(addi(A0, A0, 1));
@@ -238,8 +277,8 @@ mod tests {
         let image = assemble(&w);
         let mut a = machine(&image, false);
         let mut b = machine(&image, true);
-        b.hart.jit.code_bytes = 32 << 10;
-        for limit in (5_000..40_000).step_by(5_000).chain([1 << 20]) {
+        b.hart.jit.code_bytes = 8 << 10;
+        for limit in (5_000..80_000).step_by(5_000).chain([1 << 20]) {
             a.run(limit);
             b.run(limit);
             assert_eq!(
@@ -249,7 +288,7 @@ mod tests {
             );
         }
         assert_eq!(b.halted(), Some(0));
-        assert_eq!(b.hart.x[A0 as usize], 20 * 400);
+        assert_eq!(b.hart.x[A0 as usize], 40 * 400);
         assert!(b.hart.jit.resets >= 5, "{} resets", b.hart.jit.resets);
         assert_eq!(a.root_hash(), b.root_hash());
     }
