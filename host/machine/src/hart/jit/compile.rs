@@ -10,6 +10,9 @@ use crate::hart::rv64i::I;
 use crate::hart::{decode, Hart, Insn, Op};
 use std::mem::offset_of;
 
+// The inline TLB index is the low byte of the virtual page number.
+const _: () = assert!(TLB_SIZE == 256);
+
 /// Most instructions in a block (keeps spans under 256 halfwords).
 const MAX_INSNS: usize = 64;
 
@@ -317,9 +320,7 @@ impl<'a> Block<'a> {
         // rdx = &fetch_tlb[vpn % TLB_SIZE]; rcx = vpn | fetch context.
         self.a.mov_rr(RCX, RAX);
         self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
-        self.a.mov_load(W::B32, RDX, Rm::Reg(RCX));
-        self.a
-            .alu_imm(W::B32, Alu::And, Rm::Reg(RDX), TLB_SIZE as i32 - 1);
+        self.a.movzx_byte_reg(RDX, RCX); // vpn % TLB_SIZE
         self.a.lea(
             RDX,
             Rm::Mem {
@@ -529,14 +530,39 @@ impl<'a> Block<'a> {
                 self.exit(self.dirty, n, delta, Self::next(to as i64));
             }
         }
-        for (fixups, dirty, retired, delta) in slow {
-            for f in fixups {
+        self.emit_slow_exits(slow);
+        self.a.buf
+    }
+
+    /// The exits of loads and stores to the interpreter, compactly: each site sets eax to
+    /// the instructions retired before it and ecx to its `pc` offset, then enters a
+    /// ladder of write-backs at its own rung. Sites come in program order and the dirty
+    /// set only grows along the block, so the rung of site i writes back what became
+    /// dirty since site i-1 and falls into the rung below: every site writes back
+    /// exactly its own dirty set, each register's store appearing once.
+    fn emit_slow_exits(&mut self, slow: Vec<(Vec<usize>, u32, usize, i64)>) {
+        if slow.is_empty() {
+            return;
+        }
+        let mut to_rung = Vec::with_capacity(slow.len());
+        for (fixups, _, retired, delta) in &slow {
+            for &f in fixups {
                 self.a.bind(f);
             }
-            // Back to Rust: the interpreter must run this instruction.
-            self.exit(dirty, retired, delta, Next::Rust);
+            self.a.mov_imm(RAX, *retired as u64);
+            self.a.mov_imm(RCX, *delta as u64);
+            to_rung.push(self.a.jmp_fwd());
         }
-        self.a.buf
+        for i in (0..slow.len()).rev() {
+            self.a.bind(to_rung[i]);
+            let below = if i > 0 { slow[i - 1].1 } else { 0 };
+            debug_assert_eq!(below & !slow[i].1, 0, "dirty sets only grow");
+            self.write_back(slow[i].1 & !below);
+        }
+        self.a
+            .alu_to(W::B64, Alu::Add, Rm::at(RBX, mcycle_at()), RAX);
+        self.a.alu_to(W::B64, Alu::Add, Rm::at(RBX, pc_at()), RCX);
+        self.a.jmp_to(self.epilogue);
     }
 
     fn jalr(&mut self, d: Insn, delta: i64, n: usize) {
@@ -739,9 +765,7 @@ impl<'a> Block<'a> {
         // rcx = tag (vpn | context); rdx = &tlb[vpn % TLB_SIZE] (24-byte entries).
         self.a.mov_rr(RCX, RAX);
         self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
-        self.a.mov_load(W::B32, RDX, Rm::Reg(RCX));
-        self.a
-            .alu_imm(W::B32, Alu::And, Rm::Reg(RDX), TLB_SIZE as i32 - 1);
+        self.a.movzx_byte_reg(RDX, RCX); // vpn % TLB_SIZE
         self.a.lea(
             RDX,
             Rm::Mem {

@@ -2,9 +2,9 @@
 //!
 //! Encodings follow the Intel SDM, volume 2: an optional operand-size prefix (`66`), a
 //! REX prefix when a 64-bit operand or a register above 7 needs one, the opcode, then a
-//! ModRM byte (with SIB and a 32-bit displacement for memory operands). Every memory
-//! operand uses the 32-bit displacement form, which needs no special case for `rbp`/`r13`
-//! bases; only `rsp`/`r12` bases take a SIB byte.
+//! ModRM byte (with SIB and a displacement for memory operands). Displacements take the
+//! shortest form: none when zero (except on `rbp`/`r13` bases, where that form means
+//! something else), 8 bits when they fit, else 32; `rsp`/`r12` bases take a SIB byte.
 
 /// Host registers, numbered as in their encodings.
 pub const RAX: u8 = 0;
@@ -157,6 +157,14 @@ impl Asm {
         match rm {
             Rm::Reg(r) => self.byte(0xc0 | reg | (r & 7)),
             Rm::Mem { base, index, disp } => {
+                // mod: 00 no displacement, 01 disp8, 10 disp32.
+                let md = if disp == 0 && base & 7 != RBP {
+                    0x00
+                } else if (-128..128).contains(&disp) {
+                    0x40
+                } else {
+                    0x80
+                };
                 match index {
                     Some((i, scale)) => {
                         debug_assert!(i != RSP, "rsp cannot be an index");
@@ -166,16 +174,20 @@ impl Asm {
                             4 => 2,
                             _ => 3,
                         };
-                        self.byte(0x80 | reg | 4);
+                        self.byte(md | reg | 4);
                         self.byte(ss << 6 | (i & 7) << 3 | (base & 7));
                     }
                     None if base & 7 == RSP => {
-                        self.byte(0x80 | reg | 4);
+                        self.byte(md | reg | 4);
                         self.byte(0x24);
                     }
-                    None => self.byte(0x80 | reg | (base & 7)),
+                    None => self.byte(md | reg | (base & 7)),
                 }
-                self.imm32(disp);
+                match md {
+                    0x40 => self.byte(disp as u8),
+                    0x80 => self.imm32(disp),
+                    _ => {}
+                }
             }
         }
     }
@@ -204,6 +216,11 @@ impl Asm {
         self.head(W::B32, &[0x0f, op], reg, rm);
     }
 
+    /// `movzx reg32, r8` of a low byte register (zero-extends to 64 bits).
+    pub fn movzx_byte_reg(&mut self, reg: u8, src: u8) {
+        self.head(W::B8, &[0x0f, 0xb6], reg, Rm::Reg(src));
+    }
+
     /// `movsx reg64, byte/word [rm]` or `movsxd reg64, dword [rm]`.
     pub fn movsx(&mut self, from: W, reg: u8, rm: Rm) {
         match from {
@@ -215,17 +232,17 @@ impl Asm {
 
     /// `mov reg64, imm64` (the shortest form that gives the value).
     pub fn mov_imm(&mut self, reg: u8, v: u64) {
-        if v as i64 == v as i32 as i64 {
-            // C7 /0 id: sign-extended 32-bit immediate.
-            self.head(W::B64, &[0xc7], 0, Rm::Reg(reg));
-            self.imm32(v as i32);
-        } else if v <= u32::MAX as u64 {
+        if v <= u32::MAX as u64 {
             // B8+r id with a 32-bit register zero-extends.
             if reg >= 8 {
                 self.byte(0x41);
             }
             self.byte(0xb8 | (reg & 7));
             self.imm32(v as u32 as i32);
+        } else if v as i64 == v as i32 as i64 {
+            // C7 /0 id: sign-extended 32-bit immediate.
+            self.head(W::B64, &[0xc7], 0, Rm::Reg(reg));
+            self.imm32(v as i32);
         } else {
             self.byte(0x48 | (reg >> 3));
             self.byte(0xb8 | (reg & 7));
@@ -236,6 +253,11 @@ impl Asm {
     /// `op reg, r/m`.
     pub fn alu(&mut self, w: W, op: Alu, reg: u8, rm: Rm) {
         self.head(w, &[(op as u8) << 3 | 3], reg, rm);
+    }
+
+    /// `op r/m, reg`.
+    pub fn alu_to(&mut self, w: W, op: Alu, rm: Rm, reg: u8) {
+        self.head(w, &[(op as u8) << 3 | 1], reg, rm);
     }
 
     /// `op r/m, imm32` (sign-extended for 64-bit operands).
@@ -367,32 +389,51 @@ mod tests {
     // Expected bytes from the Intel SDM encodings (checked against GNU as).
     #[test]
     fn encodes_register_and_memory_forms() {
-        // mov rax, [rbx+0x10] = 48 8b 83 10 00 00 00
+        // mov rax, [rbx+0x10] = 48 8b 43 10 ; mov rax, [rbx+0x100] = 48 8b 83 00 01 00 00
         assert_eq!(
             asm(|a| a.mov_load(W::B64, RAX, Rm::at(RBX, 0x10))),
-            [0x48, 0x8b, 0x83, 0x10, 0, 0, 0]
+            [0x48, 0x8b, 0x43, 0x10]
         );
-        // mov [rbx+8], r13 = 4c 89 ab 08 00 00 00
+        assert_eq!(
+            asm(|a| a.mov_load(W::B64, RAX, Rm::at(RBX, 0x100))),
+            [0x48, 0x8b, 0x83, 0, 1, 0, 0]
+        );
+        // mov rax, [rbp] = 48 8b 45 00 (rbp needs a displacement); mov rax, [r13] = 49 8b 45 00
+        assert_eq!(
+            asm(|a| a.mov_load(W::B64, RAX, Rm::at(RBP, 0))),
+            [0x48, 0x8b, 0x45, 0]
+        );
+        assert_eq!(
+            asm(|a| a.mov_load(W::B64, RAX, Rm::at(R13, 0))),
+            [0x49, 0x8b, 0x45, 0]
+        );
+        // mov [rbx+8], r13 = 4c 89 6b 08
         assert_eq!(
             asm(|a| a.mov_store(W::B64, Rm::at(RBX, 8), R13)),
-            [0x4c, 0x89, 0xab, 8, 0, 0, 0]
+            [0x4c, 0x89, 0x6b, 8]
         );
-        // mov [rax], sil = 40 88 b0 00 00 00 00
+        // mov [rax], sil = 40 88 30
         assert_eq!(
             asm(|a| a.mov_store(W::B8, Rm::at(RAX, 0), RSI)),
-            [0x40, 0x88, 0xb0, 0, 0, 0, 0]
+            [0x40, 0x88, 0x30]
         );
-        // mov rax, [r12] = 49 8b 84 24 00 00 00 00
+        // mov rax, [r12] = 49 8b 04 24
         assert_eq!(
             asm(|a| a.mov_load(W::B64, RAX, Rm::at(R12, 0))),
-            [0x49, 0x8b, 0x84, 0x24, 0, 0, 0, 0]
+            [0x49, 0x8b, 0x04, 0x24]
+        );
+        // movzx edx, cl = 0f b6 d1 ; movzx edx, sil = 40 0f b6 d6
+        assert_eq!(asm(|a| a.movzx_byte_reg(RDX, RCX)), [0x0f, 0xb6, 0xd1]);
+        assert_eq!(
+            asm(|a| a.movzx_byte_reg(RDX, RSI)),
+            [0x40, 0x0f, 0xb6, 0xd6]
         );
         // add rax, r9 = 49 03 c1
         assert_eq!(
             asm(|a| a.alu(W::B64, Alu::Add, RAX, Rm::Reg(R9))),
             [0x49, 0x03, 0xc1]
         );
-        // cmp dword [rdx+rcx*4+0], -1 = 83 bc 8a 00 00 00 00 ff
+        // cmp dword [rdx+rcx*4], -1 = 83 3c 8a ff
         assert_eq!(
             asm(|a| a.alu_imm(
                 W::B32,
@@ -404,7 +445,7 @@ mod tests {
                 },
                 -1
             )),
-            [0x83, 0xbc, 0x8a, 0, 0, 0, 0, 0xff]
+            [0x83, 0x3c, 0x8a, 0xff]
         );
         // shl r10d, cl = 41 d3 e2
         assert_eq!(
@@ -421,34 +462,52 @@ mod tests {
             asm(|a| a.mov_imm(R15, 1 << 32)),
             [0x49, 0xbf, 0, 0, 0, 0, 1, 0, 0, 0]
         );
+        // mov ecx, 7 = b9 07 00 00 00 ; add [rbx+8], rax = 48 01 43 08
+        assert_eq!(asm(|a| a.mov_imm(RCX, 7)), [0xb9, 7, 0, 0, 0]);
+        assert_eq!(
+            asm(|a| a.alu_to(W::B64, Alu::Add, Rm::at(RBX, 8), RAX)),
+            [0x48, 0x01, 0x43, 8]
+        );
         // mov rax, -2 = 48 c7 c0 fe ff ff ff
         assert_eq!(
             asm(|a| a.mov_imm(RAX, -2i64 as u64)),
             [0x48, 0xc7, 0xc0, 0xfe, 0xff, 0xff, 0xff]
         );
-        // bts [rdx], rcx = 48 0f ab 8a 00 00 00 00
+        // bts [rdx], rcx = 48 0f ab 0a
         assert_eq!(
             asm(|a| a.bts(Rm::at(RDX, 0), RCX)),
-            [0x48, 0x0f, 0xab, 0x8a, 0, 0, 0, 0]
+            [0x48, 0x0f, 0xab, 0x0a]
         );
-        // imul rax, [rbx+0x20] = 48 0f af 83 20 00 00 00
+        // imul rax, [rbx+0x200] = 48 0f af 83 00 02 00 00
         assert_eq!(
-            asm(|a| a.imul(W::B64, RAX, Rm::at(RBX, 0x20))),
-            [0x48, 0x0f, 0xaf, 0x83, 0x20, 0, 0, 0]
+            asm(|a| a.imul(W::B64, RAX, Rm::at(RBX, 0x200))),
+            [0x48, 0x0f, 0xaf, 0x83, 0, 2, 0, 0]
         );
         // jmp rax = ff e0 ; push r12 = 41 54 ; pop rbp = 5d
         assert_eq!(asm(|a| a.jmp_reg(RAX)), [0xff, 0xe0]);
         assert_eq!(asm(|a| a.push(R12)), [0x41, 0x54]);
         assert_eq!(asm(|a| a.pop(RBP)), [0x5d]);
-        // movzx eax, word [rax] = 0f b7 80 00 00 00 00
+        // movzx eax, word [rax] = 0f b7 00
         assert_eq!(
             asm(|a| a.movzx(W::B16, RAX, Rm::at(RAX, 0))),
-            [0x0f, 0xb7, 0x80, 0, 0, 0, 0]
+            [0x0f, 0xb7, 0x00]
         );
-        // mov word [rax], r8w = 66 44 89 80 00 00 00 00
+        // mov word [rax-8], r8w = 66 44 89 40 f8
         assert_eq!(
-            asm(|a| a.mov_store(W::B16, Rm::at(RAX, 0), R8)),
-            [0x66, 0x44, 0x89, 0x80, 0, 0, 0, 0]
+            asm(|a| a.mov_store(W::B16, Rm::at(RAX, -8), R8)),
+            [0x66, 0x44, 0x89, 0x40, 0xf8]
+        );
+        // lea rdx, [rdx+rdx*2] = 48 8d 14 52
+        assert_eq!(
+            asm(|a| a.lea(
+                RDX,
+                Rm::Mem {
+                    base: RDX,
+                    index: Some((RDX, 2)),
+                    disp: 0
+                }
+            )),
+            [0x48, 0x8d, 0x14, 0x52]
         );
     }
 
