@@ -13,10 +13,11 @@ use super::{cause, Exception, Hart, Insn, PRV_M, PRV_S, PRV_U};
 use crate::bus::{Bus, REGION_MMIO, REGION_RAM};
 
 /// Entries per TLB array (the JIT's inline lookup masks with it too).
-pub(super) const TLB_SIZE: usize = 256;
+pub(super) const TLB_SIZE: usize = 4096;
 
 /// What an access is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
 pub enum Access {
     /// Instruction fetch.
     Fetch,
@@ -79,27 +80,69 @@ pub struct Mmu {
     pub(super) fetch_tag: u64,
     /// Its decode-cache page.
     pub(super) fetch_page: u32,
+    /// Entries filled since the last flush (array in the top two bits, index below), so a
+    /// flush clears those rather than all three arrays; `None` once there were too many
+    /// to track (then a flush clears everything).
+    filled: Option<Vec<u32>>,
+}
+
+/// A TLB array, allocated on the heap directly (it is too large for some thread stacks).
+fn empty_tlb() -> Box<[TlbEntry; TLB_SIZE]> {
+    vec![EMPTY; TLB_SIZE]
+        .into_boxed_slice()
+        .try_into()
+        .expect("TLB_SIZE entries")
 }
 
 impl Mmu {
     pub(super) fn new() -> Self {
         Self {
-            fetch: Box::new([EMPTY; TLB_SIZE]),
-            load: Box::new([EMPTY; TLB_SIZE]),
-            store: Box::new([EMPTY; TLB_SIZE]),
+            fetch: empty_tlb(),
+            load: empty_tlb(),
+            store: empty_tlb(),
             fetch_ctx: 1 << 63,
             data_ctx: 1 << 63,
             fetch_tag: 0,
             fetch_page: 0,
+            filled: Some(Vec::new()),
         }
     }
 
-    /// Drops every translation (satp write, sfence.vma).
+    /// Drops every translation (satp write, sfence.vma). Linux does this on every switch
+    /// of address space, so it costs what was filled since the last one, not the arrays'
+    /// size.
     pub(super) fn flush(&mut self) {
-        self.fetch.fill(EMPTY);
-        self.load.fill(EMPTY);
-        self.store.fill(EMPTY);
+        match self.filled.as_mut() {
+            Some(filled) => {
+                for &f in filled.iter() {
+                    let i = (f & 0x3fff_ffff) as usize;
+                    match f >> 30 {
+                        0 => self.fetch[i] = EMPTY,
+                        1 => self.load[i] = EMPTY,
+                        _ => self.store[i] = EMPTY,
+                    }
+                }
+                filled.clear();
+            }
+            None => {
+                self.fetch.fill(EMPTY);
+                self.load.fill(EMPTY);
+                self.store.fill(EMPTY);
+                self.filled = Some(Vec::new());
+            }
+        }
         self.fetch_tag = 0;
+    }
+
+    /// Notes that entry `index` of the array for `access` was filled.
+    fn note_filled(&mut self, access: Access, index: usize) {
+        if let Some(filled) = self.filled.as_mut() {
+            if filled.len() >= TLB_SIZE {
+                self.filled = None;
+            } else {
+                filled.push((access as u32) << 30 | index as u32);
+            }
+        }
     }
 
     /// Recomputes the contexts after a change of privilege, `mstatus` or `satp`.
@@ -241,6 +284,7 @@ impl Hart {
             Access::Store => &mut self.mmu.store,
         };
         table[tlb_index(va)] = entry;
+        self.mmu.note_filled(access, tlb_index(va));
         Ok(entry)
     }
 
@@ -477,5 +521,44 @@ impl Hart {
         }
         let hi = bus.region(e.region).read_sized(e.page + (hi_va & 0xfff), 2) as u32;
         Ok(super::decode(lo | (hi << 16)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(tag: u64) -> TlbEntry {
+        TlbEntry {
+            tag,
+            page: 0,
+            region: REGION_RAM,
+        }
+    }
+
+    #[test]
+    fn flush_clears_what_was_filled_whether_tracked_or_not() {
+        for fills in [3, TLB_SIZE + 10] {
+            let mut m = Mmu::new();
+            for i in 0..fills {
+                let (k, idx) = (i % 3, (i * 7) % TLB_SIZE);
+                let access = [Access::Fetch, Access::Load, Access::Store][k];
+                match access {
+                    Access::Fetch => m.fetch[idx] = entry(1 << 63 | i as u64),
+                    Access::Load => m.load[idx] = entry(1 << 63 | i as u64),
+                    Access::Store => m.store[idx] = entry(1 << 63 | i as u64),
+                }
+                m.note_filled(access, idx);
+            }
+            assert_eq!(m.filled.is_none(), fills > TLB_SIZE, "{fills} fills");
+            m.flush();
+            assert!(
+                [&m.fetch, &m.load, &m.store]
+                    .iter()
+                    .all(|t| t.iter().all(|e| *e == EMPTY)),
+                "{fills} fills"
+            );
+            assert_eq!(m.filled.as_ref().map(Vec::len), Some(0));
+        }
     }
 }

@@ -10,8 +10,8 @@ use crate::hart::rv64i::I;
 use crate::hart::{decode, Hart, Insn, Op};
 use std::mem::offset_of;
 
-// The inline TLB index is the low byte of the virtual page number.
-const _: () = assert!(TLB_SIZE == 256);
+// The inline TLB index masks the virtual page number.
+const _: () = assert!(TLB_SIZE.is_power_of_two() && TLB_SIZE <= 1 << 16);
 
 /// Most instructions in a block (keeps spans under 256 halfwords).
 const MAX_INSNS: usize = 64;
@@ -320,7 +320,7 @@ impl<'a> Block<'a> {
         // rdx = &fetch_tlb[vpn % TLB_SIZE]; rcx = vpn | fetch context.
         self.a.mov_rr(RCX, RAX);
         self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
-        self.a.movzx_byte_reg(RDX, RCX); // vpn % TLB_SIZE
+        self.tlb_index_rdx();
         self.a.lea(
             RDX,
             Rm::Mem {
@@ -382,6 +382,17 @@ impl<'a> Block<'a> {
             },
         );
         self.chain_rax();
+    }
+
+    /// edx = ecx % TLB_SIZE (ecx holds a virtual page number).
+    fn tlb_index_rdx(&mut self) {
+        if TLB_SIZE == 256 {
+            self.a.movzx_byte_reg(RDX, RCX);
+        } else {
+            self.a.mov_load(W::B32, RDX, Rm::Reg(RCX));
+            self.a
+                .alu_imm(W::B32, Alu::And, Rm::Reg(RDX), TLB_SIZE as i32 - 1);
+        }
     }
 
     /// With a table entry in eax: jump to its block, or return to Rust if there is none.
@@ -765,7 +776,7 @@ impl<'a> Block<'a> {
         // rcx = tag (vpn | context); rdx = &tlb[vpn % TLB_SIZE] (24-byte entries).
         self.a.mov_rr(RCX, RAX);
         self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
-        self.a.movzx_byte_reg(RDX, RCX); // vpn % TLB_SIZE
+        self.tlb_index_rdx();
         self.a.lea(
             RDX,
             Rm::Mem {
