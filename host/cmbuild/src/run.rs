@@ -457,8 +457,7 @@ fn run_machine(
         ],
     };
     let mut machine =
-        Machine::new(&config).map_err(|e| RunError::Machine(name.clone(), e.to_string()))?;
-    drop(config);
+        Machine::from_config(config).map_err(|e| RunError::Machine(name.clone(), e.to_string()))?;
     // Run in slices so the caller sees progress; the slicing does not change the result,
     // since the machine is a pure function of mcycle.
     const SLICE: u64 = 200_000_000;

@@ -128,6 +128,29 @@ pub struct Machine {
 impl Machine {
     /// Builds a machine at reset from `config`.
     pub fn new(config: &MachineConfig) -> Result<Self, MachineError> {
+        Self::build(config, Vec::new(), rng_seed(config))
+    }
+
+    /// [`Machine::new`], taking the flash drive images over instead of copying them (a
+    /// root image is gigabytes).
+    pub fn from_config(mut config: MachineConfig) -> Result<Self, MachineError> {
+        // The seed covers the images: take it while they are still in the config.
+        let seed = rng_seed(&config);
+        let images = config
+            .flash_drives
+            .iter_mut()
+            .map(|f| std::mem::take(&mut f.image))
+            .collect();
+        Self::build(&config, images, seed)
+    }
+
+    /// Builds the machine; `images`, if not empty, are the flash drives' images (those in
+    /// `config` are then empty), and `seed` is [`rng_seed`] of the whole configuration.
+    fn build(
+        config: &MachineConfig,
+        mut images: Vec<Vec<u8>>,
+        seed: [u8; 32],
+    ) -> Result<Self, MachineError> {
         let ram_length = config.ram_length;
         if ram_length == 0 || ram_length % 4096 != 0 || ram_length > 64 << 30 {
             return Err(MachineError::BadRamLength(ram_length));
@@ -185,23 +208,34 @@ impl Machine {
             }
             None => None,
         };
-        let lengths: Vec<u64> = config
-            .flash_drives
-            .iter()
-            .map(|f| f.image.len() as u64)
-            .collect();
+        let owned = !images.is_empty();
+        let lengths: Vec<u64> = if owned {
+            images.iter().map(|i| i.len() as u64).collect()
+        } else {
+            config
+                .flash_drives
+                .iter()
+                .map(|f| f.image.len() as u64)
+                .collect()
+        };
         let placed = fdt::place_flash_drives(ram_length, &lengths);
         let flash: Vec<FlashDrive> = config
             .flash_drives
             .iter()
             .zip(&placed)
-            .map(|(f, &(start, length))| {
-                let mut mem = MemRange::new(start, length);
-                mem.fill_fresh(&f.image);
+            .enumerate()
+            .map(|(i, (f, &(start, length)))| {
+                let mem = if owned {
+                    MemRange::from_vec(start, std::mem::take(&mut images[i]), length)
+                } else {
+                    let mut mem = MemRange::new(start, length);
+                    mem.fill_fresh(&f.image);
+                    mem
+                };
                 FlashDrive {
                     label: f.label.clone(),
                     shared: f.shared,
-                    image_length: f.image.len() as u64,
+                    image_length: lengths[i],
                     mem,
                 }
             })
@@ -218,7 +252,7 @@ impl Machine {
                 .collect(),
             bootargs: config.bootargs.clone(),
             initrd,
-            rng_seed: rng_seed(config),
+            rng_seed: seed,
         };
         let dtb = fdt::board_device_tree(&desc);
         if dtb.len() as u64 > board::DTB_SIZE {
@@ -454,5 +488,25 @@ mod tests {
         ]);
         assert_eq!(m.root_hash_bytes(), expected);
         assert_eq!(m.root_hash_from_scratch(), expected);
+    }
+
+    #[test]
+    fn taking_the_images_builds_the_same_machine_as_copying_them() {
+        let mut cfg = config("x");
+        for (label, image) in [("a", vec![7u8; 9000]), ("b", vec![0u8; 3]), ("c", vec![])] {
+            cfg.flash_drives.push(FlashConfig {
+                label: label.into(),
+                image,
+                shared: false,
+            });
+        }
+        let mut copied = Machine::new(&cfg).unwrap();
+        let mut taken = Machine::from_config(cfg).unwrap();
+        assert_eq!(copied.bus.flash.len(), 3);
+        for (a, b) in copied.bus.flash.iter().zip(&taken.bus.flash) {
+            assert_eq!((a.mem.start, a.image_length), (b.mem.start, b.image_length));
+            assert_eq!(a.mem.bytes(), b.mem.bytes());
+        }
+        assert_eq!(copied.root_hash(), taken.root_hash());
     }
 }

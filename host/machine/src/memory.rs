@@ -52,6 +52,20 @@ impl MemRange {
         }
     }
 
+    /// A range at `start` holding `data` followed by zeros up to `length` bytes (rounded
+    /// up to whole pages; never less than `data`), without copying `data`.
+    pub fn from_vec(start: u64, mut data: Vec<u8>, length: u64) -> Self {
+        let length = length.max(data.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        data.resize(length as usize, 0);
+        advise_huge_pages(&mut data);
+        let pages = (length >> PAGE_SHIFT) as usize;
+        Self {
+            start,
+            data,
+            dirty: vec![!0; pages.div_ceil(64)],
+        }
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> u64 {
         self.data.len() as u64
@@ -185,6 +199,18 @@ impl MemRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_vec_pads_with_zeros_and_matches_a_filled_range() {
+        let image: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8 + 1).collect();
+        let owned = MemRange::from_vec(0x2000, image.clone(), 3 * PAGE_SIZE);
+        let mut copied = MemRange::new(0x2000, 3 * PAGE_SIZE);
+        assert!(copied.fill_fresh(&image));
+        assert_eq!(owned, copied);
+        assert_eq!(owned.len(), 3 * PAGE_SIZE);
+        // Never shorter than the data.
+        assert_eq!(MemRange::from_vec(0, image, 1).len(), 2 * PAGE_SIZE);
+    }
 
     #[test]
     fn fill_fresh_copies_what_is_not_zero() {
