@@ -99,3 +99,36 @@ fn usage_errors_exit_2_with_a_message() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("filename:PATH"), "{}", stderr(&o));
 }
+
+#[test]
+fn no_jit_interprets_with_identical_results() {
+    // A loop hot enough to be translated: 98304 iterations of addi + bnez, then halt.
+    const LOOP: [u32; 7] = [
+        0x0001_82b7, // lui t0, 0x18
+        0xfff2_8293, // addi t0, t0, -1
+        0xfe02_9ee3, // bnez t0, -4
+        0x4000_82b7, // lui t0, 0x40008
+        0x0010_0313, // addi t1, zero, 1      (exit code 0)
+        0x0062_b023, // sd t1, 0(t0)
+        0x0000_006f, // j .
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("loop.bin");
+    let bytes: Vec<u8> = LOOP.iter().flat_map(|w| w.to_le_bytes()).collect();
+    std::fs::write(&path, bytes).unwrap();
+    let path = path.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--ram-length", "1Mi", "--ram-image", path, "--final-hash"];
+        args.extend_from_slice(extra);
+        let o = cmbuild(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let translated = run(&[]);
+    let interpreted = run(&["--no-jit"]);
+    assert!(
+        translated.starts_with("cmbuild-machine: break=halted exit_code=0 mcycle=196612\n"),
+        "{translated}"
+    );
+    assert_eq!(translated, interpreted);
+}
