@@ -5,7 +5,8 @@
 //! the rarer operations, over its [`Op`]; the extension files
 //! (`rv64i`, `m`, `a`, `float`, `c`, `zicsr`, `system`) each decode and execute their own
 //! part of the ISA, in the order and with the names of the RISC-V manual. Virtual memory
-//! goes through a software TLB ([`mmu`]).
+//! goes through a software TLB ([`mmu`]). On x86-64 Linux hosts, hot integer blocks also
+//! run as translated code ([`jit`]), a cache that never changes a result.
 
 pub mod a;
 pub mod c;

@@ -35,7 +35,7 @@
 
 mod compile;
 mod exec;
-pub mod x86;
+mod x86;
 
 use super::dcache::{BLOCK_NONE, BLOCK_UNKNOWN};
 use super::mmu::vpn;

@@ -38,8 +38,6 @@ pub enum Cond {
     Ne = 0x5,
     /// Below or equal (unsigned <=).
     Be = 0x6,
-    /// Above (unsigned >).
-    A = 0x7,
     /// Less (signed <).
     L = 0xc,
     /// Greater or equal (signed >=).
