@@ -317,27 +317,7 @@ impl<'a> Block<'a> {
     /// its page to RAM in the current context (as the interpreter's fetch would find it)
     /// and that page has a block there; else return to Rust.
     fn chain_va(&mut self) {
-        // rdx = &fetch_tlb[vpn % TLB_SIZE]; rcx = vpn | fetch context.
-        self.a.mov_rr(RCX, RAX);
-        self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
-        self.tlb_index_rdx();
-        self.a.lea(
-            RDX,
-            Rm::Mem {
-                base: RDX,
-                index: Some((RDX, 2)),
-                disp: 0,
-            },
-        );
-        self.a.shift_imm(W::B64, Shift::Shl, Rm::Reg(RDX), 3);
-        self.a.alu(
-            W::B64,
-            Alu::Add,
-            RDX,
-            Rm::at(RBX, env_at(offset_of!(Env, fetch_tlb))),
-        );
-        self.a
-            .alu(W::B64, Alu::Or, RCX, Rm::at(RBX, fetch_ctx_at()));
+        self.tlb_entry(offset_of!(Env, fetch_tlb), fetch_ctx_at());
         self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, 0));
         self.a.jcc_to(Cond::Ne, self.epilogue);
         self.a
@@ -382,6 +362,26 @@ impl<'a> Block<'a> {
             },
         );
         self.chain_rax();
+    }
+
+    /// For the virtual address in rax: rcx = its TLB tag (page number | the context at
+    /// `ctx_at`), rdx = the address of its entry in the TLB whose address is in the `Env`
+    /// field at `tlb` (24-byte entries, see `mmu::TlbEntry`).
+    fn tlb_entry(&mut self, tlb: usize, ctx_at: i32) {
+        self.a.mov_rr(RCX, RAX);
+        self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
+        self.tlb_index_rdx();
+        self.a.lea(
+            RDX,
+            Rm::Mem {
+                base: RDX,
+                index: Some((RDX, 2)),
+                disp: 0,
+            },
+        );
+        self.a.shift_imm(W::B64, Shift::Shl, Rm::Reg(RDX), 3);
+        self.a.alu(W::B64, Alu::Add, RDX, Rm::at(RBX, env_at(tlb)));
+        self.a.alu(W::B64, Alu::Or, RCX, Rm::at(RBX, ctx_at));
     }
 
     /// edx = ecx % TLB_SIZE (ecx holds a virtual page number).
@@ -773,26 +773,12 @@ impl<'a> Block<'a> {
             self.a.test_al(size - 1);
             exits.push(self.a.jcc_fwd(Cond::Ne));
         }
-        // rcx = tag (vpn | context); rdx = &tlb[vpn % TLB_SIZE] (24-byte entries).
-        self.a.mov_rr(RCX, RAX);
-        self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
-        self.tlb_index_rdx();
-        self.a.lea(
-            RDX,
-            Rm::Mem {
-                base: RDX,
-                index: Some((RDX, 2)),
-                disp: 0,
-            },
-        );
-        self.a.shift_imm(W::B64, Shift::Shl, Rm::Reg(RDX), 3);
         let tlb = if store {
             offset_of!(Env, store_tlb)
         } else {
             offset_of!(Env, load_tlb)
         };
-        self.a.alu(W::B64, Alu::Add, RDX, Rm::at(RBX, env_at(tlb)));
-        self.a.alu(W::B64, Alu::Or, RCX, Rm::at(RBX, data_ctx_at()));
+        self.tlb_entry(tlb, data_ctx_at());
         self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, 0));
         exits.push(self.a.jcc_fwd(Cond::Ne));
         self.a

@@ -241,12 +241,18 @@ mod tests {
         m
     }
 
-    /// Runs `image` to each of `points` with and without translation; the registers,
-    /// `pc` and `mcycle` must agree at every one.
-    fn agree_at(image: &[u8], points: &[u64]) {
+    /// Runs `image` to each of `points` with and without translation (the translating
+    /// machine set up by `setup`); the registers, `pc` and `mcycle` must agree at every
+    /// one. Returns both machines.
+    fn agree_at(
+        image: &[u8],
+        points: impl IntoIterator<Item = u64>,
+        setup: impl FnOnce(&mut Machine),
+    ) -> (Machine, Machine) {
         let mut a = machine(image, false);
         let mut b = machine(image, true);
-        for &p in points {
+        setup(&mut b);
+        for p in points {
             a.run(p);
             b.run(p);
             assert_eq!(
@@ -255,6 +261,7 @@ mod tests {
                 "at mcycle limit {p}"
             );
         }
+        (a, b)
     }
 
     #[test]
@@ -274,19 +281,10 @@ mod tests {
         w.push(addi(T0, T0, -1));
         w.push(b((top as i32 - w.len() as i32) * 4, 0, T0, 1)); // bne t0, zero, top
         w.extend(halt(crate::bench::Platform::Cmvm));
-        let image = assemble(&w);
-        let mut a = machine(&image, false);
-        let mut b = machine(&image, true);
-        b.hart.jit.code_bytes = 8 << 10;
-        for limit in (5_000..80_000).step_by(5_000).chain([1 << 20]) {
-            a.run(limit);
-            b.run(limit);
-            assert_eq!(
-                (a.hart.pc, a.mcycle(), a.hart.x),
-                (b.hart.pc, b.mcycle(), b.hart.x),
-                "at {limit}"
-            );
-        }
+        let points = (5_000..80_000).step_by(5_000).chain([1 << 20]);
+        let (mut a, mut b) = agree_at(&assemble(&w), points, |b| {
+            b.hart.jit.code_bytes = 8 << 10;
+        });
         assert_eq!(b.halted(), Some(0));
         assert_eq!(b.hart.x[A0 as usize], 40 * 400);
         assert!(b.hart.jit.resets >= 5, "{} resets", b.hart.jit.resets);
@@ -301,10 +299,8 @@ mod tests {
         ] {
             // Strides that end runs inside blocks, at block ends and across many blocks.
             for stride in [1, 7, 37, 1000] {
-                let points: Vec<u64> = (1..=p.instructions + stride)
-                    .step_by(stride as usize)
-                    .collect();
-                agree_at(&p.image, &points);
+                let points = (1..=p.instructions + stride).step_by(stride as usize);
+                agree_at(&p.image, points, |_| {});
             }
         }
     }
