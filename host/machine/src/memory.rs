@@ -42,14 +42,8 @@ impl MemRange {
     /// A zero-filled range of `length` bytes (rounded up to whole pages) at `start`.
     pub fn new(start: u64, length: u64) -> Self {
         let length = length.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-        let pages = (length >> PAGE_SHIFT) as usize;
-        let mut data = vec![0; length as usize];
-        advise_huge_pages(&mut data);
-        Self {
-            start,
-            data,
-            dirty: vec![!0; pages.div_ceil(64)],
-        }
+        // `vec!` of zeros asks the allocator for zeroed memory: nothing is written.
+        Self::with_data(start, vec![0; length as usize])
     }
 
     /// A range at `start` holding `data` followed by zeros up to `length` bytes (rounded
@@ -57,8 +51,13 @@ impl MemRange {
     pub fn from_vec(start: u64, mut data: Vec<u8>, length: u64) -> Self {
         let length = length.max(data.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         data.resize(length as usize, 0);
+        Self::with_data(start, data)
+    }
+
+    /// A range of `data` (a whole number of pages), every page dirty.
+    fn with_data(start: u64, mut data: Vec<u8>) -> Self {
         advise_huge_pages(&mut data);
-        let pages = (length >> PAGE_SHIFT) as usize;
+        let pages = data.len() >> PAGE_SHIFT;
         Self {
             start,
             data,
@@ -122,7 +121,7 @@ impl MemRange {
             return false;
         }
         for (i, chunk) in bytes.chunks(PAGE_SIZE as usize).enumerate() {
-            if chunk.iter().any(|&b| b != 0) {
+            if !crate::merkle::is_zero(chunk) {
                 let at = i * PAGE_SIZE as usize;
                 self.data[at..at + chunk.len()].copy_from_slice(chunk);
             }

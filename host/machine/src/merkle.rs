@@ -106,7 +106,7 @@ fn zero_hashes() -> &'static [Hash; ZERO_LEVELS] {
 }
 
 /// True when every byte is zero; word-wise so that scanning gigabytes of zeros is quick.
-fn is_zero(bytes: &[u8]) -> bool {
+pub(crate) fn is_zero(bytes: &[u8]) -> bool {
     let mut chunks = bytes.chunks_exact(64);
     let words_zero = chunks.by_ref().all(|c| {
         c.chunks_exact(8).fold(0u64, |acc, w| {

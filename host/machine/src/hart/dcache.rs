@@ -30,6 +30,12 @@ pub(super) struct BlockTable {
     pub(super) span: [u8; SLOTS],
 }
 
+/// The halfword slot of `pc` in its page.
+#[inline(always)]
+fn slot(pc: u64) -> usize {
+    ((pc & 0xfff) >> 1) as usize
+}
+
 impl BlockTable {
     fn clear(&mut self) {
         self.entry.fill(BLOCK_UNKNOWN);
@@ -124,13 +130,13 @@ impl DecodeCache {
     /// The slot of `pc` in cache page `page`.
     #[inline(always)]
     pub fn get(&self, page: u32, pc: u64) -> Insn {
-        self.pages[page as usize][((pc & 0xfff) >> 1) as usize]
+        self.pages[page as usize][slot(pc)]
     }
 
     /// Fills the slot of `pc` in cache page `page`.
     #[inline(always)]
     pub fn set(&mut self, page: u32, pc: u64, insn: Insn) {
-        self.pages[page as usize][((pc & 0xfff) >> 1) as usize] = insn;
+        self.pages[page as usize][slot(pc)] = insn;
     }
 
     /// Forgets decoded instructions that a store of `size` bytes at RAM offset `off` may
@@ -168,7 +174,7 @@ impl DecodeCache {
     /// The block entry of `pc` in cache page `page`.
     #[inline(always)]
     pub(super) fn block(&self, page: u32, pc: u64) -> u32 {
-        self.blocks[page as usize].entry[((pc & 0xfff) >> 1) as usize]
+        self.blocks[page as usize].entry[slot(pc)]
     }
 
     /// Counts a visit to the block start `pc` (not translated yet) in cache page `page`;
@@ -176,7 +182,7 @@ impl DecodeCache {
     /// visit count.
     pub(super) fn visit(&mut self, page: u32, pc: u64, hot: u8) -> bool {
         let table = &mut self.blocks[page as usize];
-        let s = ((pc & 0xfff) >> 1) as usize;
+        let s = slot(pc);
         table.span[s] = table.span[s].saturating_add(1);
         self.has_blocks[page as usize] = true;
         table.span[s] >= hot
@@ -185,7 +191,7 @@ impl DecodeCache {
     /// Records the block (or [`BLOCK_NONE`]) starting at `pc` in cache page `page`.
     pub(super) fn set_block(&mut self, page: u32, pc: u64, entry: u32, span: u8) {
         let table = &mut self.blocks[page as usize];
-        let s = ((pc & 0xfff) >> 1) as usize;
+        let s = slot(pc);
         table.entry[s] = entry;
         table.span[s] = span;
         self.has_blocks[page as usize] = true;
@@ -193,7 +199,7 @@ impl DecodeCache {
 
     /// The address of the entry array of cache page `page` (stable while the cache lives).
     pub(super) fn block_table_addr(&self, page: u32) -> u64 {
-        self.blocks[page as usize].entry.as_ptr() as u64
+        self.table_addrs[page as usize]
     }
 
     /// The address of the table addresses (`u64` per cache page; valid until a page is

@@ -114,15 +114,10 @@ impl Mmu {
     pub(super) fn flush(&mut self) {
         match self.filled.as_mut() {
             Some(filled) => {
-                for &f in filled.iter() {
-                    let i = (f & 0x3fff_ffff) as usize;
-                    match f >> 30 {
-                        0 => self.fetch[i] = EMPTY,
-                        1 => self.load[i] = EMPTY,
-                        _ => self.store[i] = EMPTY,
-                    }
+                for f in std::mem::take(filled) {
+                    let access = [Access::Fetch, Access::Load, Access::Store][(f >> 30) as usize];
+                    self.table_mut(access)[(f & 0x3fff_ffff) as usize] = EMPTY;
                 }
-                filled.clear();
             }
             None => {
                 self.fetch.fill(EMPTY);
@@ -132,6 +127,15 @@ impl Mmu {
             }
         }
         self.fetch_tag = 0;
+    }
+
+    /// The TLB array for `access`.
+    fn table_mut(&mut self, access: Access) -> &mut [TlbEntry; TLB_SIZE] {
+        match access {
+            Access::Fetch => &mut self.fetch,
+            Access::Load => &mut self.load,
+            Access::Store => &mut self.store,
+        }
     }
 
     /// Notes that entry `index` of the array for `access` was filled.
@@ -278,12 +282,7 @@ impl Hart {
                 page: pa & !0xfff,
             },
         };
-        let table = match access {
-            Access::Fetch => &mut self.mmu.fetch,
-            Access::Load => &mut self.mmu.load,
-            Access::Store => &mut self.mmu.store,
-        };
-        table[tlb_index(va)] = entry;
+        self.mmu.table_mut(access)[tlb_index(va)] = entry;
         self.mmu.note_filled(access, tlb_index(va));
         Ok(entry)
     }
@@ -468,9 +467,17 @@ impl Hart {
         if e.tag != vpn(pc) | self.mmu.fetch_ctx || e.region != REGION_RAM {
             return false;
         }
-        self.mmu.fetch_page = self.dcache.page_for(e.page >> 12);
-        self.mmu.fetch_tag = vpn(pc) | self.mmu.fetch_ctx;
+        self.point_fetch_at(e);
         true
+    }
+
+    /// Makes the fetch fast path serve `pc`'s page, which `e` maps to RAM; returns its
+    /// decode-cache page.
+    fn point_fetch_at(&mut self, e: TlbEntry) -> u32 {
+        let page = self.dcache.page_for(e.page >> 12);
+        self.mmu.fetch_tag = vpn(self.pc) | self.mmu.fetch_ctx;
+        self.mmu.fetch_page = page;
+        page
     }
 
     #[inline(never)]
@@ -486,9 +493,7 @@ impl Hart {
             let lo = bus.region(e.region).read_sized(e.page + (pc & 0xfff), 2) as u32;
             return self.finish_fetch(bus, pc, lo);
         }
-        let page = self.dcache.page_for(e.page >> 12);
-        self.mmu.fetch_tag = vpn(pc) | self.mmu.fetch_ctx;
-        self.mmu.fetch_page = page;
+        let page = self.point_fetch_at(e);
         let cached = self.dcache.get(page, pc);
         if cached.op != super::Op::Undecoded {
             return Ok(cached);
@@ -543,11 +548,7 @@ mod tests {
             for i in 0..fills {
                 let (k, idx) = (i % 3, (i * 7) % TLB_SIZE);
                 let access = [Access::Fetch, Access::Load, Access::Store][k];
-                match access {
-                    Access::Fetch => m.fetch[idx] = entry(1 << 63 | i as u64),
-                    Access::Load => m.load[idx] = entry(1 << 63 | i as u64),
-                    Access::Store => m.store[idx] = entry(1 << 63 | i as u64),
-                }
+                m.table_mut(access)[idx] = entry(1 << 63 | i as u64);
                 m.note_filled(access, idx);
             }
             assert_eq!(m.filled.is_none(), fills > TLB_SIZE, "{fills} fills");

@@ -64,6 +64,13 @@ enum Kind {
     Jalr,
 }
 
+impl Kind {
+    /// Whether a block ends with this instruction (a jump or branch).
+    fn ends_block(self) -> bool {
+        matches!(self, Kind::Branch | Kind::Jal | Kind::Jalr)
+    }
+}
+
 #[inline(always)]
 fn kind(op: Op) -> Option<Kind> {
     Some(match op {
@@ -80,10 +87,11 @@ fn kind(op: Op) -> Option<Kind> {
     })
 }
 
-/// Whether no block continues past `op`.
+/// Whether a block can start right after `op`: it ends blocks (a jump or branch), or no
+/// block holds it.
 #[inline(always)]
-pub(super) fn block_boundary(op: Op) -> bool {
-    !matches!(kind(op), Some(Kind::Alu | Kind::Load | Kind::Store))
+pub(crate) fn block_boundary(op: Op) -> bool {
+    kind(op).is_none_or(Kind::ends_block)
 }
 
 /// Which source registers an operation reads: (rs1, rs2).
@@ -163,7 +171,7 @@ pub(super) fn collect(page: &[u8], start: usize) -> Vec<Item> {
         let Some(kind) = kind(insn.op) else { break };
         items.push(Item { off, insn, kind });
         off += insn.len as usize;
-        if matches!(kind, Kind::Branch | Kind::Jal | Kind::Jalr) {
+        if kind.ends_block() {
             break;
         }
     }
@@ -250,9 +258,9 @@ impl<'a> Block<'a> {
 
     /// `dst = x[g]`.
     fn get(&mut self, dst: u8, g: u8) {
-        match self.map[g as usize] {
-            Some(h) => self.a.mov_rr(dst, h),
-            None => self.a.mov_load(W::B64, dst, Rm::at(RBX, x_at(g))),
+        match self.rm(g) {
+            Rm::Reg(h) => self.a.mov_rr(dst, h),
+            m => self.a.mov_load(W::B64, dst, m),
         }
     }
 
@@ -450,12 +458,8 @@ impl<'a> Block<'a> {
         for it in self.items {
             let (r1, r2) = reads(it.insn.op);
             for (r, g) in [(r1, it.insn.rs1), (r2, it.insn.rs2)] {
-                if r && seen >> g & 1 == 0 {
-                    load |= 1 << g;
-                }
-            }
-            for (r, g) in [(r1, it.insn.rs1), (r2, it.insn.rs2)] {
                 if r {
+                    load |= !seen & 1 << g;
                     seen |= 1 << g;
                 }
             }
@@ -533,7 +537,7 @@ impl<'a> Block<'a> {
             }
         }
         if let Some(last) = items.last() {
-            if !matches!(last.kind, Kind::Branch | Kind::Jal | Kind::Jalr) {
+            if !last.kind.ends_block() {
                 // The block ran into an instruction it does not translate, or its size
                 // limit: continue at the next one.
                 let to = last.off + last.insn.len as usize;

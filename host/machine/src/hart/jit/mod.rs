@@ -77,8 +77,6 @@ pub struct Jit {
     mem: Option<ExecMem>,
     /// Pointers for the translated code.
     pub(super) env: Env,
-    /// Blocks translated so far (for reports and tests).
-    pub blocks: u64,
     /// Times the region filled up and was emptied.
     pub resets: u64,
     /// Size of the region to create.
@@ -96,12 +94,7 @@ pub struct Jit {
 /// (most of a boot) is cheaper to interpret than to translate.
 const HOT: u8 = 8;
 
-/// Whether a block can start right after `op`: it ends blocks (a jump or branch), or no
-/// block holds it.
-#[inline(always)]
-pub(super) fn block_boundary(op: super::Op) -> bool {
-    compile::block_boundary(op)
-}
+pub(super) use compile::block_boundary;
 
 impl Jit {
     /// A translator, on if this build has one for its host.
@@ -175,7 +168,8 @@ impl Hart {
         // SAFETY: `code` is the start of a block that `compile` produced for this hart
         // (entries are only ever block starts in this region, and are dropped with the
         // region's contents). Translated code reads and writes only the `Hart` fields
-        // named by `compile::Layout` (through the pointer passed here), RAM bytes inside
+        // whose offsets `compile` takes with `offset_of!` (`x`, `pc`, `mcycle`, `stop`,
+        // the TLB contexts, `jit.env`; through the pointer passed here), RAM bytes inside
         // the TLB-mapped pages of `bus.ram` and its dirty bitmap (through `env`, taken
         // from `bus` just above, so no other reference to them is live), and returns with
         // callee-saved registers restored by the trampoline.
@@ -188,11 +182,12 @@ impl Hart {
     #[inline(never)]
     fn translate_block(&mut self, bus: &mut Bus, page: u32) -> u32 {
         let pc = self.pc;
+        let start = (pc & 0xfff) as usize;
         let ram_off = (self.dcache.ram_page(page) << 12) as usize;
         let bytes = &bus.ram.bytes()[ram_off..ram_off + 4096];
-        let insns = compile::collect(bytes, (pc & 0xfff) as usize);
+        let insns = compile::collect(bytes, start);
         if insns.is_empty() {
-            let first = bytes[(pc & 0xfff) as usize];
+            let first = bytes[start];
             let halfwords = if first & 3 == 3 { 2 } else { 1 };
             self.dcache.set_block(page, pc, BLOCK_NONE, halfwords);
             return BLOCK_NONE;
@@ -209,17 +204,16 @@ impl Hart {
         }
         let table = self.dcache.block_table_addr(page);
         let mem = self.jit.mem.as_mut().expect("created above");
-        let mut code = compile::Block::new(&insns, (pc & 0xfff) as usize, table, mem).emit();
+        let mut code = compile::Block::new(&insns, start, table, mem).emit();
         if !mem.fits(code.len()) {
             // Region full: start over. Every table entry pointing into it goes first.
             mem.reset();
             self.jit.resets += 1;
             self.dcache.flush_blocks();
-            code = compile::Block::new(&insns, (pc & 0xfff) as usize, table, mem).emit();
+            code = compile::Block::new(&insns, start, table, mem).emit();
         }
         let at = mem.place(&code).expect("fits in an empty region");
-        self.jit.blocks += 1;
-        let span = compile::span(&insns, (pc & 0xfff) as usize);
+        let span = compile::span(&insns, start);
         self.dcache.set_block(page, pc, at as u32, span);
         at as u32
     }
