@@ -48,6 +48,21 @@ pub struct Bus {
 }
 
 impl Bus {
+    /// A bus over `ram`, `flash` and the device tree `dtb`, with every device at reset
+    /// and no console output.
+    pub fn new(ram: MemRange, flash: Vec<FlashDrive>, dtb: Vec<u8>) -> Self {
+        Self {
+            ram,
+            flash,
+            dtb,
+            clint: Clint::new(),
+            htif: Htif::new(),
+            plic: Plic::new(),
+            uart: Uart::new(),
+            console: Vec::new(),
+        }
+    }
+
     /// The memory region holding `pa`: (region index, offset inside the region).
     #[inline(always)]
     pub fn find_memory(&self, pa: u64) -> Option<(u32, u64)> {

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::board::{self, DTB_BASE, KERNEL_OFFSET, RAM_BASE};
 use crate::bus::{Bus, FlashDrive};
-use crate::devices::{clint::Clint, htif::Htif, plic::Plic, uart::Uart};
+use crate::devices::{plic::Plic, uart::Uart};
 use crate::fdt::{self, BoardDescription};
 use crate::hart::{Hart, Stop};
 use crate::memory::MemRange;
@@ -267,16 +267,7 @@ impl Machine {
         hart.flush_caches();
         Ok(Self {
             hart,
-            bus: Bus {
-                ram,
-                flash,
-                dtb,
-                clint: Clint::new(),
-                htif: Htif::new(),
-                plic: Plic::new(),
-                uart: Uart::new(),
-                console: Vec::new(),
-            },
+            bus: Bus::new(ram, flash, dtb),
             trees: None,
         })
     }

@@ -96,7 +96,6 @@ use sha2::{Digest, Sha256};
 
 use crate::board::{DTB_SIZE, RAM_BASE};
 use crate::bus::{Bus, FlashDrive};
-use crate::devices::{clint::Clint, htif::Htif, plic::Plic, uart::Uart};
 use crate::hart::Hart;
 use crate::machine::{Machine, MachineConfig, HASH_SCHEME};
 use crate::memory::{MemRange, PAGE_SIZE};
@@ -399,16 +398,7 @@ pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
             mem: MemRange::new(start, length),
         })
         .collect();
-    let bus = Bus {
-        ram: MemRange::new(RAM_BASE, ram_length),
-        flash,
-        dtb,
-        clint: Clint::new(),
-        htif: Htif::new(),
-        plic: Plic::new(),
-        uart: Uart::new(),
-        console: Vec::new(),
-    };
+    let bus = Bus::new(MemRange::new(RAM_BASE, ram_length), flash, dtb);
     let mut machine = Machine::from_parts(Hart::new(ram_length), bus);
     let mut pages = pages.into_iter();
     if let Some((_, bytes)) = pages.next() {
