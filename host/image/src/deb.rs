@@ -170,7 +170,7 @@ pub fn normalize_path(raw: &[u8]) -> Result<String, DebError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Build a tar in memory; `links` are (path, type, target).
@@ -224,7 +224,8 @@ mod tests {
         out
     }
 
-    fn xz(data: &[u8]) -> Vec<u8> {
+    /// `data` compressed as a `.xz` stream (for tests of what reads them).
+    pub(crate) fn xz(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         xz2::read::XzEncoder::new(data, 6)
             .read_to_end(&mut out)

@@ -280,6 +280,7 @@ pub fn kernel_image(kernel: &Tree) -> Result<Vec<u8>, InitramfsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deb::tests::xz;
 
     /// A minimal ELF64 with a section-name table and a `.modinfo` section.
     fn fake_module(modinfo: &[u8]) -> Vec<u8> {
@@ -315,14 +316,6 @@ mod tests {
         let none = fake_module(b"license=GPL\0depends=\0");
         assert!(module_depends(&none).unwrap().is_empty());
         assert!(module_depends(b"not an elf").is_err());
-    }
-
-    fn xz(data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        xz2::read::XzEncoder::new(data, 6)
-            .read_to_end(&mut out)
-            .unwrap();
-        out
     }
 
     /// A kernel package tree whose modules carry the given `depends=` lists.
