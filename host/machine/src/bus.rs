@@ -7,6 +7,7 @@ use crate::board::{
 };
 use crate::devices::{clint::Clint, htif::Htif, plic::Plic, uart::Uart};
 use crate::memory::MemRange;
+use std::num::NonZeroU32;
 
 /// A flash drive: a file-backed memory range above RAM (a `pmem-region` for Linux).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,10 +22,41 @@ pub struct FlashDrive {
     pub mem: MemRange,
 }
 
-/// Index of RAM among the memory regions (flash drive `i` is region `i + 1`).
-pub const REGION_RAM: u32 = 0;
-/// Region index of anything that is not memory (devices, the DTB ROM).
-pub const REGION_MMIO: u32 = u32::MAX;
+/// A memory region of the bus: RAM or one flash drive. Devices and the DTB ROM are not
+/// memory regions; where a translation may lead to either, it holds an
+/// `Option<RegionId>` (`None`: not memory).
+///
+/// The raw value is 1 for RAM and `2 + i` for flash drive `i`, so that `Option<RegionId>`
+/// is a `u32` with `None` as 0 (translated code compares the raw value; see
+/// [`RegionId::raw`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct RegionId(NonZeroU32);
+
+impl RegionId {
+    /// Main memory.
+    pub const RAM: RegionId = RegionId(NonZeroU32::MIN);
+
+    /// Flash drive `index` (in address order).
+    pub fn flash(index: usize) -> Self {
+        let raw = u32::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_add(2))
+            .and_then(NonZeroU32::new)
+            .expect("a bus has far fewer than 2^32 flash drives");
+        RegionId(raw)
+    }
+
+    /// The flash drive index of this region, `None` for RAM.
+    pub fn flash_index(self) -> Option<usize> {
+        (self != Self::RAM).then(|| (self.0.get() - 2) as usize)
+    }
+
+    /// The raw value, as an `Option<RegionId>` holding it is laid out in memory.
+    pub const fn raw(self) -> u32 {
+        self.0.get()
+    }
+}
 
 /// Everything the hart reaches through physical addresses.
 #[derive(Debug)]
@@ -63,35 +95,34 @@ impl Bus {
         }
     }
 
-    /// The memory region holding `pa`: (region index, offset inside the region).
+    /// The memory region holding `pa` and the offset of `pa` inside it; `None` if `pa`
+    /// is not memory.
     #[inline(always)]
-    pub fn find_memory(&self, pa: u64) -> Option<(u32, u64)> {
+    pub fn find_memory(&self, pa: u64) -> Option<(RegionId, u64)> {
         if self.ram.contains(pa) {
-            return Some((REGION_RAM, pa - self.ram.start));
+            return Some((RegionId::RAM, pa - self.ram.start));
         }
         self.flash
             .iter()
             .position(|f| f.mem.contains(pa))
-            .map(|i| (i as u32 + 1, pa - self.flash[i].mem.start))
+            .map(|i| (RegionId::flash(i), pa - self.flash[i].mem.start))
     }
 
-    /// Memory region `region` (as numbered by [`Bus::find_memory`]).
+    /// Memory region `region` (as [`Bus::find_memory`] named it).
     #[inline(always)]
-    pub fn region(&self, region: u32) -> &MemRange {
-        if region == REGION_RAM {
-            &self.ram
-        } else {
-            &self.flash[region as usize - 1].mem
+    pub fn region(&self, region: RegionId) -> &MemRange {
+        match region.flash_index() {
+            None => &self.ram,
+            Some(i) => &self.flash[i].mem,
         }
     }
 
     /// Memory region `region`, writable.
     #[inline(always)]
-    pub fn region_mut(&mut self, region: u32) -> &mut MemRange {
-        if region == REGION_RAM {
-            &mut self.ram
-        } else {
-            &mut self.flash[region as usize - 1].mem
+    pub fn region_mut(&mut self, region: RegionId) -> &mut MemRange {
+        match region.flash_index() {
+            None => &mut self.ram,
+            Some(i) => &mut self.flash[i].mem,
         }
     }
 

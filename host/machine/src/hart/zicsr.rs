@@ -3,7 +3,7 @@
 //! from too low a privilege, or a write to a read-only CSR is an illegal instruction.
 
 use super::csr::{num, *};
-use super::{Exception, Hart, Insn, Op, PRV_M, PRV_S};
+use super::{Exception, Hart, Insn, Op, Privilege};
 use crate::bus::Bus;
 use crate::devices::clint::Clint;
 
@@ -52,7 +52,7 @@ impl Hart {
         // operand register/immediate do not write.
         let writes = matches!(op, Csr::Rw | Csr::Rwi) || d.rs1 != 0;
         let reads = !matches!(op, Csr::Rw | Csr::Rwi) || d.rd != 0;
-        if (csr >> 8) & 3 > self.prv as u16 || (writes && csr >> 10 == 3) {
+        if (csr >> 8) & 3 > self.prv.as_u8() as u16 || (writes && csr >> 10 == 3) {
             return Err(illegal);
         }
         let old = if reads {
@@ -80,9 +80,9 @@ impl Hart {
     fn counter_allowed(&self, index: u16) -> bool {
         let bit = 1u64 << index;
         match self.prv {
-            PRV_M => true,
-            PRV_S => self.csr.mcounteren & bit != 0,
-            _ => self.csr.mcounteren & bit != 0 && self.csr.scounteren & bit != 0,
+            Privilege::Machine => true,
+            Privilege::Supervisor => self.csr.mcounteren & bit != 0,
+            Privilege::User => self.csr.mcounteren & bit != 0 && self.csr.scounteren & bit != 0,
         }
     }
 
@@ -129,7 +129,7 @@ impl Hart {
             num::STVAL => c.stval,
             num::SIP => self.mip(bus) & c.mideleg,
             num::SATP => {
-                if self.prv == PRV_S && c.mstatus & MSTATUS_TVM != 0 {
+                if self.prv == Privilege::Supervisor && c.mstatus & MSTATUS_TVM != 0 {
                     return None;
                 }
                 c.satp
@@ -208,7 +208,7 @@ impl Hart {
                 self.request_stop();
             }
             num::SATP => {
-                if self.prv == PRV_S && c.mstatus & MSTATUS_TVM != 0 {
+                if self.prv == Privilege::Supervisor && c.mstatus & MSTATUS_TVM != 0 {
                     return None;
                 }
                 let mode = value >> 60;
