@@ -8,5 +8,6 @@ pub mod pins;
 pub mod plan;
 pub mod project;
 pub mod run;
+pub mod snapshot_dir;
 pub mod untrusted;
 pub mod vendoring;

@@ -21,7 +21,6 @@ use sha2::{Digest, Sha256};
 
 use crate::board::{self, DTB_BASE, KERNEL_OFFSET, RAM_BASE};
 use crate::bus::{Bus, FlashDrive};
-use crate::devices::{plic::Plic, uart::Uart};
 use crate::fdt::{self, BoardDescription};
 use crate::hart::{Hart, Stop};
 use crate::memory::MemRange;
@@ -284,14 +283,14 @@ impl Machine {
     /// Runs until the guest halts or `mcycle` reaches `max_mcycle`.
     pub fn run(&mut self, max_mcycle: u64) -> Break {
         match self.hart.run(&mut self.bus, max_mcycle) {
-            Stop::Halted => Break::Halted(self.bus.htif.halt.unwrap_or(0)),
+            Stop::Halted => Break::Halted(self.bus.devices.htif.halt.unwrap_or(0)),
             Stop::Limit => Break::MaxMcycle,
         }
     }
 
     /// The break state without running (a halted machine stays halted).
     pub fn halted(&self) -> Option<u64> {
-        self.bus.htif.halt
+        self.bus.devices.htif.halt
     }
 
     /// `mcycle`.
@@ -305,24 +304,23 @@ impl Machine {
     }
 
     /// Appends the canonical encoding of the processor and device state: the hart, then
-    /// CLINT, HTIF, PLIC and UART (each as its `save_state` documents). Memory is not
-    /// included (the page trees cover it).
+    /// each device in the order of [`board::DEVICES`] (CLINT, HTIF, PLIC, UART), each as
+    /// its [`crate::devices::Device::save_state`] documents. Memory is not included (the page trees cover
+    /// it).
     pub fn save_state(&self, out: &mut Vec<u8>) {
         self.hart.save_state(out);
-        self.bus.clint.save_state(out);
-        self.bus.htif.save_state(out);
-        self.bus.plic.save_state(out);
-        self.bus.uart.save_state(out);
+        for slot in board::DEVICES {
+            self.bus.devices.get(slot.id).save_state(out);
+        }
     }
 
     /// Restores what [`Machine::save_state`] wrote; the whole input must be consumed.
     pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
         let mut r = Reader::new(bytes);
         self.hart.load_state(&mut r)?;
-        self.bus.clint.load_state(&mut r)?;
-        self.bus.htif.load_state(&mut r)?;
-        self.bus.plic = Plic::load_state_from(&mut r)?;
-        self.bus.uart = Uart::load_state_from(&mut r)?;
+        for slot in board::DEVICES {
+            self.bus.devices.get_mut(slot.id).load_state(&mut r)?;
+        }
         if !r.remaining().is_empty() {
             return Err(StateError::Invalid("trailing bytes after the device state"));
         }

@@ -1,15 +1,16 @@
 //! The snapshot side of `cmbuild machine run`: `--store DIR` and `--load DIR`.
 //!
-//! The directory format and its checks are the library's (`cmbuild_machine::snapshot`);
-//! this module records where shared flash drives live on the host, so that a resumed run
+//! The format and its checks are the machine crate's (`cmbuild_machine::snapshot`), the
+//! directory I/O is `cmbuild::snapshot_dir`'s; this module records where shared flash drives live on the host, so that a resumed run
 //! writes a shared drive's final contents back to the same file an uninterrupted run would
 //! have written, and turns library errors into messages that name the directory.
 
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use cmbuild::snapshot_dir;
 use cmbuild_machine::machine::{Machine, MachineConfig};
-use cmbuild_machine::snapshot::{self, SnapshotConfig};
+use cmbuild_machine::snapshot::SnapshotConfig;
 
 /// Fails early (before a long run) when `--store DIR` could not be written at the end.
 pub fn check_store_target(dir: &Path) -> anyhow::Result<()> {
@@ -48,7 +49,7 @@ pub fn record<'a>(
 
 /// Loads the snapshot in `dir`, with every check of the library.
 pub fn load(dir: &Path) -> anyhow::Result<(Machine, SnapshotConfig)> {
-    let loaded = snapshot::load(dir)
+    let loaded = snapshot_dir::load(dir)
         .with_context(|| format!("--load {}: refusing the snapshot", dir.display()))?;
     Ok((loaded.machine, loaded.config))
 }
@@ -73,7 +74,7 @@ pub fn finish(
     }
     if let Some(dir) = store {
         let record = record.context("internal: --store without a snapshot record")?;
-        snapshot::store(dir, machine, record)
+        snapshot_dir::store(dir, machine, record)
             .with_context(|| format!("--store {}", dir.display()))?;
     }
     Ok(())

@@ -445,7 +445,7 @@ impl Hart {
                 // A device may have raised or lowered an interrupt line, or halted the
                 // machine.
                 self.request_stop();
-                bus.write_mmio(page + in_page, size, value)
+                bus.write_mmio(page + in_page, size, value, self.mcycle)
                     .ok_or(Access::Store.access_fault(va))
             }
         }

@@ -382,7 +382,7 @@ impl Hart {
     pub fn run(&mut self, bus: &mut Bus, limit: u64) -> Stop {
         self.limit = limit;
         loop {
-            if bus.htif.halt.is_some() {
+            if bus.devices.htif.halt.is_some() {
                 return Stop::Halted;
             }
             if self.mcycle >= limit {
@@ -395,8 +395,8 @@ impl Hart {
                 continue;
             }
             // Run until the timer could fire (if nothing else unmasks an interrupt first).
-            let timer = if self.csr.mie & MIP_MTIP != 0 && !bus.clint.mtip(self.mcycle) {
-                bus.clint.timer_deadline()
+            let timer = if self.csr.mie & MIP_MTIP != 0 && !bus.devices.clint.mtip(self.mcycle) {
+                bus.devices.clint.timer_deadline()
             } else {
                 u64::MAX
             };
@@ -457,10 +457,10 @@ impl Hart {
     pub fn mip(&self, bus: &Bus) -> u64 {
         let (meip, seip) = bus.external_interrupts();
         let mut mip = self.csr.mip;
-        if bus.clint.msip {
+        if bus.devices.clint.msip {
             mip |= MIP_MSIP;
         }
-        if bus.clint.mtip(self.mcycle) {
+        if bus.devices.clint.mtip(self.mcycle) {
             mip |= MIP_MTIP;
         }
         if meip {

@@ -100,7 +100,7 @@ impl Hart {
                 // Nothing can wake the hart before the timer (if enabled): jump there, or
                 // to the end of this run, whichever comes first.
                 let wake = if self.csr.mie & MIP_MTIP != 0 {
-                    bus.clint.timer_deadline()
+                    bus.devices.clint.timer_deadline()
                 } else {
                     u64::MAX
                 };
