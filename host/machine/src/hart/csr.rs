@@ -109,37 +109,67 @@ pub const PMP_ENTRIES: usize = 16;
 
 /// CSR numbers.
 pub mod num {
-    #![allow(missing_docs)]
+    /// `fflags`
     pub const FFLAGS: u16 = 0x001;
+    /// `frm`
     pub const FRM: u16 = 0x002;
+    /// `fcsr`
     pub const FCSR: u16 = 0x003;
+    /// `cycle`
     pub const CYCLE: u16 = 0xc00;
+    /// `time`
     pub const TIME: u16 = 0xc01;
+    /// `instret`
     pub const INSTRET: u16 = 0xc02;
+    /// `hpmcounter3`
     pub const HPMCOUNTER3: u16 = 0xc03;
+    /// `hpmcounter31`
     pub const HPMCOUNTER31: u16 = 0xc1f;
+    /// `sstatus`
     pub const SSTATUS: u16 = 0x100;
+    /// `sie`
     pub const SIE: u16 = 0x104;
+    /// `stvec`
     pub const STVEC: u16 = 0x105;
+    /// `scounteren`
     pub const SCOUNTEREN: u16 = 0x106;
+    /// `sscratch`
     pub const SSCRATCH: u16 = 0x140;
+    /// `sepc`
     pub const SEPC: u16 = 0x141;
+    /// `scause`
     pub const SCAUSE: u16 = 0x142;
+    /// `stval`
     pub const STVAL: u16 = 0x143;
+    /// `sip`
     pub const SIP: u16 = 0x144;
+    /// `satp`
     pub const SATP: u16 = 0x180;
+    /// `mvendorid`
     pub const MVENDORID: u16 = 0xf11;
+    /// `marchid`
     pub const MARCHID: u16 = 0xf12;
+    /// `mimpid`
     pub const MIMPID: u16 = 0xf13;
+    /// `mhartid`
     pub const MHARTID: u16 = 0xf14;
+    /// `mconfigptr`
     pub const MCONFIGPTR: u16 = 0xf15;
+    /// `mstatus`
     pub const MSTATUS: u16 = 0x300;
+    /// `misa`
     pub const MISA: u16 = 0x301;
+    /// `medeleg`
     pub const MEDELEG: u16 = 0x302;
+    /// `mideleg`
     pub const MIDELEG: u16 = 0x303;
+    /// `mie`
     pub const MIE: u16 = 0x304;
+    /// `mtvec`
     pub const MTVEC: u16 = 0x305;
+    /// `mcounteren`
     pub const MCOUNTEREN: u16 = 0x306;
+    /// `mcountinhibit`
     pub const MCOUNTINHIBIT: u16 = 0x320;
     /// Trigger select (Sdtrig); no triggers exist.
     pub const TSELECT: u16 = 0x7a0;
@@ -149,20 +179,35 @@ pub mod num {
     pub const TDATA2: u16 = 0x7a2;
     /// Trigger data 3.
     pub const TDATA3: u16 = 0x7a3;
+    /// `mhpmevent3`
     pub const MHPMEVENT3: u16 = 0x323;
+    /// `mhpmevent31`
     pub const MHPMEVENT31: u16 = 0x33f;
+    /// `mscratch`
     pub const MSCRATCH: u16 = 0x340;
+    /// `mepc`
     pub const MEPC: u16 = 0x341;
+    /// `mcause`
     pub const MCAUSE: u16 = 0x342;
+    /// `mtval`
     pub const MTVAL: u16 = 0x343;
+    /// `mip`
     pub const MIP: u16 = 0x344;
+    /// `pmpcfg0`
     pub const PMPCFG0: u16 = 0x3a0;
+    /// `pmpcfg15`
     pub const PMPCFG15: u16 = 0x3af;
+    /// `pmpaddr0`
     pub const PMPADDR0: u16 = 0x3b0;
+    /// `pmpaddr63`
     pub const PMPADDR63: u16 = 0x3ef;
+    /// `mcycle`
     pub const MCYCLE: u16 = 0xb00;
+    /// `minstret`
     pub const MINSTRET: u16 = 0xb02;
+    /// `mhpmcounter3`
     pub const MHPMCOUNTER3: u16 = 0xb03;
+    /// `mhpmcounter31`
     pub const MHPMCOUNTER31: u16 = 0xb1f;
 }
 

@@ -6,15 +6,21 @@ use super::{cause, Exception, Hart, Insn, Op, Privilege};
 use crate::bus::Bus;
 
 /// System operations.
-#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sys {
+    /// `ecall`
     Ecall,
+    /// `ebreak`
     Ebreak,
+    /// `mret`
     Mret,
+    /// `sret`
     Sret,
+    /// `wfi`
     Wfi,
+    /// `sfence.vma`
     SfenceVma,
+    /// `fence.i`
     FenceI,
 }
 

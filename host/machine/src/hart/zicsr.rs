@@ -8,14 +8,19 @@ use crate::bus::Bus;
 use crate::devices::clint::Clint;
 
 /// CSR operations.
-#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Csr {
+    /// `csrrw`
     Rw,
+    /// `csrrs`
     Rs,
+    /// `csrrc`
     Rc,
+    /// `csrrwi`
     Rwi,
+    /// `csrrsi`
     Rsi,
+    /// `csrrci`
     Rci,
 }
 
