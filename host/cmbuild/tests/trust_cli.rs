@@ -123,6 +123,26 @@ fn keys_attestations_threshold_and_log() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("x86_64-unknown-linux-gnu/hello"));
 
+    // Attestations shipped inside the build directory (the default place) are found there.
+    ok(&cmbuild(&[
+        "attest",
+        p(&build),
+        "--key",
+        p(&t.join("c.key")),
+    ]));
+    let out = ok(&cmbuild(&[
+        "verify-attestations",
+        "--attestations",
+        p(&build),
+        "--trusted-keys",
+        p(&trusted_file),
+        "--threshold",
+        "1",
+        p(&build),
+    ]));
+    assert!(out.contains("1 of 1 required"), "{out}");
+    assert!(!out.contains("not counted"), "{out}");
+
     // The transparency log.
     let log = t.join("log");
     let log_key = t.join("log.key");

@@ -103,7 +103,11 @@ pub fn differences(reference: &Claim, other: &Claim) -> Vec<String> {
     out
 }
 
-/// Reads every regular `*.json` file of `dir`, sorted by name.
+/// Files of a build directory that are never attestations, skipped so that attestations can
+/// be shipped next to the artifacts.
+pub const NOT_ATTESTATIONS: [&str; 2] = ["manifest.json", "machine.json"];
+
+/// Reads every regular `*.json` file of `dir` (except [`NOT_ATTESTATIONS`]), sorted by name.
 pub fn read_attestation_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, ThresholdError> {
     let io = |source| ThresholdError::Io {
         path: dir.display().to_string(),
@@ -113,7 +117,10 @@ pub fn read_attestation_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, Thresh
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".json") && entry.file_type().map_err(io)?.is_file() {
+        if name.ends_with(".json")
+            && !NOT_ATTESTATIONS.contains(&name.as_str())
+            && entry.file_type().map_err(io)?.is_file()
+        {
             names.push(name);
             if names.len() > MAX_ATTESTATION_FILES {
                 return Err(ThresholdError::TooMany(dir.display().to_string()));

@@ -5,7 +5,8 @@ use anyhow::Context;
 
 /// Check that at least K trusted builders attest the same build (k-of-n).
 ///
-/// Reads every *.json DSSE envelope in --attestations DIR, keeps the signatures made by keys
+/// Reads every *.json DSSE envelope in --attestations DIR (a build directory's manifest.json
+/// and machine.json are skipped, so attestations can sit next to the artifacts), keeps the signatures made by keys
 /// of --trusted-keys FILE (one public key per line, hex or base64 of the 32 raw bytes, `#`
 /// comments), and groups the signers by what they attest: the commit, every artifact's
 /// sha256 and every machine's root hash. Passes when at least K distinct trusted keys
