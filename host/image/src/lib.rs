@@ -1,14 +1,17 @@
-//! The guest image: Debian metadata and the package lock ([`debian`], [`resolve`],
-//! [`lock`]), and its deterministic assembly from the locked `.deb`s ([`deb`] extraction,
-//! [`rootfs`] merging and fixups, the [`erofs`] and [`cpio`] writers, the [`initramfs`],
-//! and [`image`], the whole build).
+//! The guest image: Debian metadata and the package lock ([`debian`], [`resolve`], the
+//! [`lock`] file, [`locking`] from the archive's indices, archive files over [`http`]),
+//! and its deterministic assembly from the locked `.deb`s ([`deb`] extraction, [`rootfs`]
+//! merging and fixups, the [`erofs`] and [`cpio`] writers, the [`initramfs`], and
+//! [`image`], the whole build).
 
 pub mod cpio;
 pub mod deb;
 pub mod debian;
 pub mod erofs;
+pub mod http;
 pub mod image;
 pub mod initramfs;
 pub mod lock;
+pub mod locking;
 pub mod resolve;
 pub mod rootfs;

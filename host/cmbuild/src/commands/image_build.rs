@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use cmbuild_image::image::{self, Step, OUTPUTS};
 use cmbuild_image::lock::Lock;
-use cmbuild_store::cid::{cid_of_bytes, cid_of_file, Cid};
+use cmbuild_store::cid::{cid_of_bytes, cid_of_file};
 use cmbuild_store::mirror::{Mirror, DEFAULT_DIR};
 
 /// Assemble kernel, firmware, initramfs and root image offline from the mirror.
@@ -40,10 +40,8 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let lock = Lock::parse(&text).with_context(|| format!("parsing {}", args.lock.display()))?;
     let mirror = Mirror::open(&args.mirror)
         .with_context(|| format!("opening the mirror {}", args.mirror.display()))?;
-    let load = |package: &cmbuild_image::lock::LockedPackage| {
-        let cid: Cid = package.cid.parse()?;
-        Ok(mirror.read_verified(&cid)?)
-    };
+    let load =
+        |package: &cmbuild_image::lock::LockedPackage| Ok(mirror.read_verified(&package.cid)?);
     let progress = |step: Step| match step {
         Step::Extracting { name, index, total } => {
             eprintln!("image build: [{}/{total}] extracting {name}", index + 1)

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use cmbuild_image::debian::DEFAULT_KEYRING;
-use cmbuild_image::lock::{self, HttpArchive, LockOptions, MirrorDebStore, Progress, Request};
+use cmbuild_image::http::{default_cache_dir, HttpArchive};
+use cmbuild_image::lock::Request;
+use cmbuild_image::locking::{self, LockOptions, MirrorDebStore, Progress};
 use cmbuild_store::mirror::{Mirror, DEFAULT_DIR};
 
 /// Resolve the package request against Debian's signed indices into the guest-image lock.
@@ -37,7 +39,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let options = LockOptions {
         keyring: args.keyring.clone(),
     };
-    let mut archive = HttpArchive::new(&request.mirror, lock::default_cache_dir());
+    let mut archive = HttpArchive::new(&request.mirror, default_cache_dir());
     eprintln!(
         "image lock: {} {} for {} from {}, signed with a key of {}",
         request.suite,
@@ -47,7 +49,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         args.keyring.display()
     );
     let mut progress = |event: Progress| print_progress(&event, "image lock");
-    let resolution = lock::resolve_request(&request, &options, &mut archive, &mut progress)?;
+    let resolution = locking::resolve_request(&request, &options, &mut archive, &mut progress)?;
     if args.dry_run {
         for p in &resolution.packages {
             println!("{} {} {} {}", p.name, p.architecture, p.version, p.size);
@@ -63,7 +65,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let mirror = Mirror::open(&args.mirror)
         .with_context(|| format!("opening the mirror {}", args.mirror.display()))?;
     let mut store = MirrorDebStore::new(&mirror, &request.mirror);
-    let lock = lock::pin_packages(
+    let lock = locking::pin_packages(
         &request,
         resolution,
         &mut archive,

@@ -19,6 +19,7 @@ use cmbuild_store::crates::{write_directory_source, VendoredCrate};
 use cmbuild_store::download::Downloader;
 use cmbuild_store::lockfile::{read_lockfile, Package, Source};
 use cmbuild_store::mirror::{Entry, Key, Mirror, DEFAULT_DIR};
+use cmbuild_store::sha256::Sha256;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 /// Where `.crate` files are downloaded from, unless `CMBUILD_CRATES_URL` says otherwise.
@@ -62,7 +63,7 @@ pub struct Args {
 pub struct Wanted {
     pub key: Key,
     pub url: String,
-    pub sha256: [u8; 32],
+    pub sha256: Sha256,
     /// Size when the lock knows it (Debian does, Cargo.lock does not).
     pub size: Option<u64>,
 }
@@ -121,7 +122,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 /// The project's lock, checked: only crates.io packages and workspace members.
 struct CargoProject {
     lock_path: PathBuf,
-    crates_io: Vec<(Package, [u8; 32])>,
+    crates_io: Vec<(Package, Sha256)>,
 }
 
 impl CargoProject {
@@ -234,7 +235,7 @@ pub fn fetch_all(
                 let size = std::fs::metadata(mirror.blob_path(&cid))?.len();
                 let entry = Entry {
                     cid,
-                    sha256: hex::encode(item.sha256),
+                    sha256: item.sha256,
                     size,
                     url: Some(item.url.clone()),
                 };
@@ -281,12 +282,12 @@ fn present_cid(
     item: &Wanted,
 ) -> anyhow::Result<Option<Cid>> {
     if let Some(entry) = index.get(&item.key) {
-        if entry.sha256 == hex::encode(item.sha256) && mirror.has_valid(&entry.cid)? {
+        if entry.sha256 == item.sha256 && mirror.has_valid(&entry.cid)? {
             return Ok(Some(entry.cid));
         }
     }
     // A file of at most one chunk is a raw leaf named by its sha256: found without an index.
-    let leaf = Cid::new(Codec::Raw, item.sha256);
+    let leaf = Cid::new(Codec::Raw, *item.sha256.as_bytes());
     Ok(mirror.has_valid(&leaf)?.then_some(leaf))
 }
 
@@ -388,7 +389,7 @@ pub fn directory_source_for(config: &Path) -> PathBuf {
 /// Unpacks the project's crates next to `config` and writes the cargo config naming them.
 fn write_cargo_config(
     mirror: &Mirror,
-    crates_io: &[(Package, [u8; 32])],
+    crates_io: &[(Package, Sha256)],
     config: &Path,
 ) -> anyhow::Result<PathBuf> {
     let index = mirror.load_index()?;
@@ -401,7 +402,7 @@ fn write_cargo_config(
         crates.push(VendoredCrate {
             name: package.name.clone(),
             version: package.version.clone(),
-            sha256: hex::encode(sha256),
+            sha256: *sha256,
             cid: entry.cid,
         });
     }
@@ -439,7 +440,6 @@ fn toml_string(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::{Digest, Sha256};
     use std::time::Duration;
 
     /// A URL nothing answers: any download attempt fails.
@@ -458,7 +458,7 @@ mod tests {
         let wanted = Wanted {
             key: Key::crate_("small", "1.0.0"),
             url: DEAD_URL.to_owned(),
-            sha256: Sha256::digest(&bytes).into(),
+            sha256: Sha256::of(&bytes),
             size: None,
         };
         let report = fetch_all(&mirror, std::slice::from_ref(&wanted), &offline()).unwrap();

@@ -12,7 +12,7 @@ use super::vendor::Wanted;
 /// The compiled-in guest-image lock and its packages as files to fetch.
 pub fn wanted_guest_packages() -> anyhow::Result<(Lock, Vec<Wanted>)> {
     let lock = lock::shipped_lock().context("reading the compiled-in guest-image lock")?;
-    let wanted = wanted_from_lock(&lock)?;
+    let wanted = wanted_from_lock(&lock);
     eprintln!(
         "cmbuild vendor: guest image: {} Debian {} packages ({})",
         lock.packages.len(),
@@ -22,20 +22,14 @@ pub fn wanted_guest_packages() -> anyhow::Result<(Lock, Vec<Wanted>)> {
     Ok((lock, wanted))
 }
 
-fn wanted_from_lock(lock: &Lock) -> anyhow::Result<Vec<Wanted>> {
+fn wanted_from_lock(lock: &Lock) -> Vec<Wanted> {
     lock.packages
         .iter()
-        .map(|p| {
-            let sha256 = hex::decode(&p.sha256)
-                .ok()
-                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                .with_context(|| format!("the lock's sha256 of {} is malformed", p.filename))?;
-            Ok(Wanted {
-                key: Key::deb(&p.name, &p.version, &p.architecture),
-                url: lock.url_of(p),
-                sha256,
-                size: Some(p.size),
-            })
+        .map(|p| Wanted {
+            key: Key::deb(&p.name, &p.version, &p.architecture),
+            url: lock.url_of(p),
+            sha256: p.sha256,
+            size: Some(p.size),
         })
         .collect()
 }
@@ -50,7 +44,7 @@ pub fn check_guest_packages(mirror: &Mirror, lock: &Lock) -> anyhow::Result<()> 
             .get(&key)
             .with_context(|| format!("{key} is missing from the mirror index after vendoring"))?;
         ensure!(
-            entry.cid.to_string() == p.cid && entry.sha256 == p.sha256 && entry.size == p.size,
+            entry.cid == p.cid && entry.sha256 == p.sha256 && entry.size == p.size,
             "{} is in the mirror as {} (sha256 {}, {} bytes), but the guest-image lock pins {} \
              (sha256 {}, {} bytes)",
             p.filename,
@@ -83,10 +77,10 @@ mod tests {
     #[test]
     fn every_locked_package_is_wanted_with_its_pins() {
         let lock = lock::shipped_lock().unwrap();
-        let wanted = wanted_from_lock(&lock).unwrap();
+        let wanted = wanted_from_lock(&lock);
         assert_eq!(wanted.len(), lock.packages.len());
         for (w, p) in wanted.iter().zip(&lock.packages) {
-            assert_eq!(hex::encode(w.sha256), p.sha256);
+            assert_eq!(w.sha256, p.sha256);
             assert_eq!(w.size, Some(p.size));
             assert_eq!(
                 w.url,
@@ -108,26 +102,26 @@ mod tests {
         let mut lock = lock::shipped_lock().unwrap();
         lock.packages.truncate(1);
         let p = &mut lock.packages[0];
-        p.sha256 = hex::encode(stored.sha256);
+        p.sha256 = stored.sha256;
         p.size = stored.size;
-        p.cid = stored.cid.to_string();
+        p.cid = stored.cid;
         let key = Key::deb(&p.name, &p.version, &p.architecture);
         mirror
             .record([(key.clone(), Entry::new(&stored, None))])
             .unwrap();
         check_guest_packages(&mirror, &lock).unwrap();
         // The lock pins another CID for the same bytes: refused, naming both.
-        let other = cmbuild_store::cid::cid_of_bytes(b"other").to_string();
-        lock.packages[0].cid = other.clone();
+        let other = cmbuild_store::cid::cid_of_bytes(b"other");
+        lock.packages[0].cid = other;
         let err = check_guest_packages(&mirror, &lock)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains(&other) && err.contains(&stored.cid.to_string()),
+            err.contains(&other.to_string()) && err.contains(&stored.cid.to_string()),
             "{err}"
         );
         // A blob that rotted after the fetch is refused too.
-        lock.packages[0].cid = stored.cid.to_string();
+        lock.packages[0].cid = stored.cid;
         std::fs::write(mirror.blob_path(&stored.cid), b"rotten").unwrap();
         assert!(check_guest_packages(&mirror, &lock).is_err());
     }
