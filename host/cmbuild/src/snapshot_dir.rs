@@ -290,4 +290,69 @@ mod tests {
             "{err}"
         );
     }
+
+    /// A snapshot directory someone else prepared: files replaced by a FIFO (which a plain
+    /// read would wait on forever), a symbolic link (which could point anywhere), a
+    /// directory, or an oversized manifest are refused at once, before anything is read.
+    #[cfg(unix)]
+    #[test]
+    fn special_files_and_links_are_refused_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut m, sc) = machine();
+        let good = tmp.path().join("good");
+        store(&good, &mut m, &sc).unwrap();
+        let copy = |name: &str| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            for e in std::fs::read_dir(&good).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+            }
+            dir
+        };
+        let fifo = |path: &Path| {
+            std::fs::remove_file(path).unwrap();
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: `c` is a NUL-terminated path that outlives the call.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        };
+        let d = copy("fifo-pages");
+        fifo(&d.join("ram.pages"));
+        let err = load(&d).unwrap_err();
+        assert!(matches!(err, SnapshotDirError::NotRegular(_)), "{err}");
+        let d = copy("fifo-manifest");
+        fifo(&d.join("manifest"));
+        let err = load(&d).unwrap_err();
+        assert!(matches!(err, SnapshotDirError::NotRegular(_)), "{err}");
+        let d = copy("link");
+        std::fs::remove_file(d.join("state")).unwrap();
+        std::os::unix::fs::symlink(good.join("state"), d.join("state")).unwrap();
+        let err = load(&d).unwrap_err();
+        assert!(matches!(err, SnapshotDirError::NotRegular(_)), "{err}");
+        let d = copy("dir");
+        std::fs::remove_file(d.join("dtb")).unwrap();
+        std::fs::create_dir(d.join("dtb")).unwrap();
+        let err = load(&d).unwrap_err();
+        assert!(matches!(err, SnapshotDirError::NotRegular(_)), "{err}");
+        let d = copy("huge-manifest");
+        std::fs::write(d.join("manifest"), vec![b'x'; (MAX_MANIFEST + 1) as usize]).unwrap();
+        let err = load(&d).unwrap_err();
+        assert!(
+            matches!(err, SnapshotDirError::ManifestTooLarge(_)),
+            "{err}"
+        );
+        // A file whose length differs from its entry is refused before it is read.
+        let d = copy("grown");
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join("ram.pages"))
+            .unwrap();
+        f.set_len(1 << 40).unwrap();
+        let err = load(&d).unwrap_err();
+        assert!(
+            matches!(err, SnapshotDirError::FileLength { actual, .. } if actual == 1 << 40),
+            "{err}"
+        );
+        load(&good).unwrap();
+    }
 }

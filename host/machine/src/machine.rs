@@ -27,6 +27,10 @@ use crate::memory::MemRange;
 use crate::merkle::{self, PageTree};
 use crate::state::{put_u64, put_u8, Reader, StateError};
 
+/// RAM and each flash drive are smaller than this (64 GiB): a bound on what a
+/// configuration or a snapshot can make the host allocate.
+pub const MEMORY_LIMIT: u64 = 64 << 30;
+
 /// Name and version of the state hash recipe; part of every published hash.
 pub const HASH_SCHEME: &str = "cmvm-sha256-v1";
 
@@ -102,6 +106,12 @@ pub enum MachineError {
     /// flash drive label {0:?} is empty or used twice
     #[error("flash drive label {0:?} is empty or used twice")]
     BadFlashLabel(String),
+    /// flash drive {0:?} is 64 GiB or larger
+    #[error("flash drive {0:?} is 64 GiB or larger")]
+    FlashTooLarge(String),
+    /// the host cannot allocate {0} bytes of RAM
+    #[error("the host cannot allocate {0} bytes of RAM")]
+    OutOfMemory(u64),
 }
 
 /// Why [`Machine::run`] returned.
@@ -151,7 +161,7 @@ impl Machine {
         seed: [u8; 32],
     ) -> Result<Self, MachineError> {
         let ram_length = config.ram_length;
-        if ram_length == 0 || ram_length % 4096 != 0 || ram_length > 64 << 30 {
+        if ram_length == 0 || ram_length % 4096 != 0 || ram_length >= MEMORY_LIMIT {
             return Err(MachineError::BadRamLength(ram_length));
         }
         if config.ram_image.is_some() && config.bios.is_some() {
@@ -163,7 +173,14 @@ impl Machine {
                 return Err(MachineError::BadFlashLabel(f.label.clone()));
             }
         }
-        let mut ram = MemRange::new(RAM_BASE, ram_length);
+        for (i, f) in config.flash_drives.iter().enumerate() {
+            let len = images.get(i).map_or(f.image.len(), Vec::len) as u64;
+            if len >= MEMORY_LIMIT {
+                return Err(MachineError::FlashTooLarge(f.label.clone()));
+            }
+        }
+        let mut ram =
+            MemRange::try_new(RAM_BASE, ram_length).ok_or(MachineError::OutOfMemory(ram_length))?;
         let mut load = |what: &'static str, bytes: &[u8], offset: u64| {
             if ram.write_bytes(offset, bytes) {
                 Ok(offset..offset + bytes.len() as u64)

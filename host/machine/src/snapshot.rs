@@ -40,8 +40,7 @@
 //! image-length <decimal>                   bytes of the drive's image (and host file)
 //! start <0x hex>                           guest-physical address of the range
 //! range-length <decimal>                   bytes of the range (2 MiB aligned)
-//! host-file <text>                         where the caller writes a shared drive back
-//!                                          (empty: nowhere)
+//! host-file <text>                         always empty (see "Shared flash drives")
 //! files <n>                                then n lines, in the order of the table above:
 //! file <name> <length> <sha256 hex>
 //! checksum <sha256 hex>                    of every manifest byte before this line
@@ -51,7 +50,7 @@
 //! Text values escape `%`, bytes below 0x20 and 0x7f as `%XX` (two upper-case hex digits);
 //! nothing else is escaped. Numbers are plain decimal except `start`. The manifest has no
 //! timestamps or host names: the same machine state stored twice gives identical files
-//! (given the same `host-file` values).
+//! (and no host paths).
 //!
 //! ## `*.pages`
 //! Little-endian, no padding:
@@ -87,10 +86,12 @@
 //!
 //! # Shared flash drives
 //! A snapshot holds every flash drive's contents, shared or not, and a resumed machine
-//! starts from those contents, not from the host file (which may have changed since). A
-//! shared drive's host file is recorded in `host-file`, so that the caller, at the end of a
-//! resumed run, writes the drive's final contents back to it exactly as an uninterrupted run
-//! would have; the library itself never writes host files of drives.
+//! starts from those contents, not from the host file (which may have changed since).
+//! A snapshot never names host paths: where a shared drive's final contents go is the
+//! resuming caller's to say (`cmbuild machine run --load DIR --flash-drive
+//! label:NAME,filename:PATH,shared`), never the snapshot's, since a snapshot may come from
+//! anyone. The `host-file` line is written empty; a value in a snapshot written by an
+//! older build (which recorded the path there) is read as text and ignored.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -100,7 +101,7 @@ use sha2::{Digest, Sha256};
 use crate::board::{DTB_SIZE, RAM_BASE};
 use crate::bus::{Bus, FlashDrive};
 use crate::hart::Hart;
-use crate::machine::{Machine, MachineConfig, HASH_SCHEME};
+use crate::machine::{Machine, MachineConfig, HASH_SCHEME, MEMORY_LIMIT};
 use crate::memory::{MemRange, PAGE_SIZE};
 use crate::merkle::Hash;
 use crate::state::StateError;
@@ -119,8 +120,6 @@ const PAGES_HEADER: u64 = 32;
 pub const MAX_MANIFEST: u64 = 1 << 20;
 /// The most bytes the processor and device state can take (it is under a kilobyte).
 const MAX_STATE: u64 = 1 << 20;
-/// The largest RAM a machine accepts (as [`Machine::new`] checks).
-const MAX_RAM: u64 = 64 << 30;
 
 /// Why a snapshot could not be encoded or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +206,9 @@ pub enum SnapshotError {
     /// snapshot file {0} is missing
     #[error("snapshot file {0} is missing")]
     MissingFile(String),
+    /// the host cannot allocate the {0} bytes of a memory range of the snapshot
+    #[error("the host cannot allocate the {0} bytes of a memory range of the snapshot")]
+    OutOfMemory(u64),
 }
 
 /// Provenance of one image the machine was built from (not needed to rebuild it).
@@ -227,10 +229,9 @@ pub struct DriveRecord {
     pub label: String,
     /// Length of its image (the range is rounded up to 2 MiB).
     pub image_length: u64,
-    /// Whether the caller writes its contents back to `host_file` at the end of a run.
+    /// Whether the caller writes its contents back to a host file at the end of a run
+    /// (which file is the caller's to say: a snapshot names none).
     pub shared: bool,
-    /// The host file of a shared drive, as the caller named it.
-    pub host_file: Option<String>,
 }
 
 /// The configuration a snapshot records: [`MachineConfig`] without the images' bytes.
@@ -247,7 +248,7 @@ pub struct SnapshotConfig {
 }
 
 impl SnapshotConfig {
-    /// The record of `config` (no host files: the caller fills them in).
+    /// The record of `config`.
     pub fn from_config(config: &MachineConfig) -> Self {
         let images = [
             ("ram-image", &config.ram_image),
@@ -275,7 +276,6 @@ impl SnapshotConfig {
                     label: f.label.clone(),
                     image_length: f.image.len() as u64,
                     shared: f.shared,
-                    host_file: None,
                 })
                 .collect(),
         }
@@ -442,20 +442,26 @@ pub fn load(m: &Manifest, files: &[&[u8]]) -> Result<Snapshot, SnapshotError> {
     for ((name, bytes), length) in pages.iter().zip(range_lengths) {
         check_pages(name, bytes, length)?;
     }
-    // Everything above was checked before any of the machine's memory is allocated.
+    // Everything above was checked before any of the machine's memory is allocated, and
+    // the sizes are bounded; an allocation the host still refuses is an error too.
+    let alloc = |start: u64, length: u64| {
+        MemRange::try_new(start, length).ok_or(SnapshotError::OutOfMemory(length))
+    };
     let flash = m
         .config
         .flash_drives
         .iter()
         .zip(&m.ranges)
-        .map(|(d, &(start, length))| FlashDrive {
-            label: d.label.clone(),
-            shared: d.shared,
-            image_length: d.image_length,
-            mem: MemRange::new(start, length),
+        .map(|(d, &(start, length))| {
+            Ok(FlashDrive {
+                label: d.label.clone(),
+                shared: d.shared,
+                image_length: d.image_length,
+                mem: alloc(start, length)?,
+            })
         })
-        .collect();
-    let bus = Bus::new(MemRange::new(RAM_BASE, ram_length), flash, dtb);
+        .collect::<Result<_, SnapshotError>>()?;
+    let bus = Bus::new(alloc(RAM_BASE, ram_length)?, flash, dtb);
     let mut machine = Machine::from_parts(Hart::new(ram_length), bus);
     let mut pages = pages.into_iter();
     if let Some((_, bytes)) = pages.next() {
@@ -593,10 +599,7 @@ fn manifest_text(
         line("image-length", &d.image_length.to_string());
         line("start", &format!("{:#x}", f.mem.start));
         line("range-length", &f.mem.len().to_string());
-        line(
-            "host-file",
-            &escape(d.host_file.as_deref().unwrap_or_default()),
-        );
+        line("host-file", "");
     }
     line("files", &files.len().to_string());
     for f in files {
@@ -827,7 +830,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, SnapshotError> {
         });
     }
     // Every later field is covered by the checksum, so nothing corrupted is acted upon
-    // (a host-file path least of all).
+    // (a corrupted length least of all).
     if !sealed(text) {
         return Err(SnapshotError::ManifestChecksum);
     }
@@ -883,6 +886,11 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, SnapshotError> {
             v => return Err(l.err(format!("`shared` is yes or no, not {v:?}"))),
         };
         let image_length = l.number("image-length")?;
+        if image_length >= MEMORY_LIMIT {
+            return Err(l.err(format!(
+                "flash drive image length {image_length} is 64 GiB or more"
+            )));
+        }
         let start_text = l.value("start")?;
         let start = start_text
             .strip_prefix("0x")
@@ -894,12 +902,12 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, SnapshotError> {
                 "image length {image_length} exceeds the range length {range_length}"
             )));
         }
-        let host_file = l.text("host-file")?;
+        // Ignored: see "Shared flash drives" in the module docs.
+        l.text("host-file")?;
         flash_drives.push(DriveRecord {
             label,
             image_length,
             shared,
-            host_file: (!host_file.is_empty()).then_some(host_file),
         });
         ranges.push((start, range_length));
     }
@@ -959,7 +967,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, SnapshotError> {
 /// configuration, and bounds every file's length by what its contents can hold.
 fn check_layout(m: &Manifest) -> Result<(), SnapshotError> {
     let ram_length = m.config.ram_length;
-    if ram_length == 0 || ram_length % PAGE_SIZE != 0 || ram_length > MAX_RAM {
+    if ram_length == 0 || ram_length % PAGE_SIZE != 0 || ram_length >= MEMORY_LIMIT {
         return Err(SnapshotError::Layout(format!(
             "RAM length {ram_length} is not a nonzero multiple of 4096 below 64 GiB"
         )));

@@ -83,6 +83,44 @@ pub const MIDELEG_WRITABLE: u64 = MIP_SSIP | MIP_STIP | MIP_SEIP;
 /// Exceptions that can be delegated to S-mode (all but ecall from M and reserved codes).
 pub const MEDELEG_WRITABLE: u64 = 0xb3ff;
 
+/// The bits of `mcounteren` and `scounteren` that exist.
+pub const COUNTEREN_WRITABLE: u64 = 0xffff_ffff;
+/// The bits of each `pmpcfg` register that hold values (the reserved bits 6:5 of each
+/// byte read as zero).
+pub const PMPCFG_WRITABLE: u64 = 0x9f9f_9f9f_9f9f_9f9f;
+/// The bits of each `pmpaddr` register that exist.
+pub const PMPADDR_WRITABLE: u64 = (1 << 54) - 1;
+
+/// `mstatus` after M-mode software writes `value` over `old` (WARL: the fixed fields keep
+/// their values, the reserved MPP encoding 2 keeps the previous mode, SD is computed on
+/// read and never stored).
+pub fn legal_mstatus(old: u64, value: u64) -> u64 {
+    let mut new = (old & !MSTATUS_WRITABLE) | (value & MSTATUS_WRITABLE);
+    if (new & MSTATUS_MPP) >> 11 == 2 {
+        new = (new & !MSTATUS_MPP) | (old & MSTATUS_MPP);
+    }
+    new & !MSTATUS_SD
+}
+
+/// `satp` after a write of `value`, or `None` when the write has no effect at all (WARL:
+/// a write selecting an unsupported mode is ignored). ASIDs are not implemented
+/// (ASIDLEN = 0), so the ASID field reads as zero.
+pub fn legal_satp(value: u64) -> Option<u64> {
+    let mode = value >> 60;
+    matches!(mode, SATP_MODE_BARE | SATP_MODE_SV39 | SATP_MODE_SV48)
+        .then_some((mode << 60) | (value & SATP_PPN))
+}
+
+/// `xtvec` WARL: modes 0 (direct) and 1 (vectored) only; base 4-byte aligned.
+pub fn legal_tvec(value: u64) -> u64 {
+    value & !2
+}
+
+/// `xepc` WARL: bit 0 is always zero (IALIGN = 16).
+pub fn legal_epc(value: u64) -> u64 {
+    value & !1
+}
+
 /// `misa`: RV64 with A, C, D, F, I, M, S and U.
 pub const MISA: u64 = (2 << 62)
     | (1 << 0)
@@ -326,7 +364,35 @@ impl Csrs {
         self.pmpaddr.iter().for_each(|&v| put_u64(out, v));
     }
 
-    /// Restores what [`Csrs::save_state`] wrote.
+    /// Makes every field a value software could have written: each goes through the
+    /// legalisation of a write by M-mode software over its reset value (the rules
+    /// [`super::Hart::write_csr`] applies). A legal state is left unchanged.
+    pub fn legalize(&mut self) {
+        let reset = Csrs::new();
+        self.mstatus = legal_mstatus(reset.mstatus, self.mstatus);
+        self.medeleg &= MEDELEG_WRITABLE;
+        self.mideleg &= MIDELEG_WRITABLE;
+        self.mie &= MIE_WRITABLE;
+        self.mip &= MIP_WRITABLE;
+        self.mtvec = legal_tvec(self.mtvec);
+        self.stvec = legal_tvec(self.stvec);
+        self.mcounteren &= COUNTEREN_WRITABLE;
+        self.scounteren &= COUNTEREN_WRITABLE;
+        self.mepc = legal_epc(self.mepc);
+        self.sepc = legal_epc(self.sepc);
+        self.satp = legal_satp(self.satp).unwrap_or(reset.satp);
+        self.frm &= 7;
+        self.fflags &= 0x1f;
+        for v in self.pmpcfg.iter_mut() {
+            *v &= PMPCFG_WRITABLE;
+        }
+        for v in self.pmpaddr.iter_mut() {
+            *v &= PMPADDR_WRITABLE;
+        }
+    }
+
+    /// Restores what [`Csrs::save_state`] wrote, legalised ([`Csrs::legalize`]): saved
+    /// state may come from anyone.
     pub fn load_state(&mut self, r: &mut Reader<'_>) -> Result<(), StateError> {
         for v in [
             &mut self.mstatus,
@@ -358,6 +424,7 @@ impl Csrs {
         for v in self.pmpaddr.iter_mut() {
             *v = r.u64()?;
         }
+        self.legalize();
         Ok(())
     }
 }

@@ -584,7 +584,8 @@ impl Hart {
         self.csr.save_state(out);
     }
 
-    /// Restores what [`Hart::save_state`] wrote, and drops every cache.
+    /// Restores what [`Hart::save_state`] wrote, legalised as software could have left it
+    /// (pc even, CSRs through [`Csrs::legalize`]), and drops every cache.
     pub fn load_state(&mut self, r: &mut Reader<'_>) -> Result<(), StateError> {
         for v in self.x.iter_mut() {
             *v = r.u64()?;
@@ -593,7 +594,8 @@ impl Hart {
             *v = r.u64()?;
         }
         self.x[0] = 0;
-        self.pc = r.u64()?;
+        // Instructions are 2-byte aligned (IALIGN = 16): no jump can make pc odd.
+        self.pc = r.u64()? & !1;
         self.prv = Privilege::from_bits(r.u8()?).ok_or(StateError::Invalid("privilege level"))?;
         self.mcycle = r.u64()?;
         self.non_retired = r.u64()?;
