@@ -3,6 +3,7 @@
 //! layer over this library and the host crates.
 
 pub mod compare;
+pub mod guest;
 pub mod manifest;
 pub mod pins;
 pub mod plan;

@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::guest::MachineSettings;
+
 /// Identifies the manifest format; bumped on any incompatible change.
 pub const MANIFEST_SCHEMA: &str = "cmbuild-manifest-v1";
 /// Identifies the machine record format.
@@ -96,6 +98,10 @@ pub struct MachineRecord {
     pub inputs: BTreeMap<String, String>,
     /// One entry per machine that ran (one per target triple, or one for all).
     pub machines: Vec<MachineRun>,
+    /// The machines' settings (RAM, drive sizes, mcycle limit). Absent from records written
+    /// before cmbuild recorded it; readers then assume [`MachineSettings::default`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<MachineSettings>,
 }
 
 /// One machine's run.

@@ -9,6 +9,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use cmbuild_image::triple::Triple;
+
 use crate::project::Selection;
 use crate::untrusted::{self, TarLimits};
 
@@ -49,9 +51,13 @@ pub struct PlannedBin {
 /// What the guest builds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// The commit time, exported to the build as `SOURCE_DATE_EPOCH`.
     pub source_date_epoch: u64,
-    pub targets: Vec<String>,
+    /// The triples to build, in order.
+    pub targets: Vec<Triple>,
+    /// Flags for `cargo build` (packages, bins, features).
     pub cargo_flags: Vec<String>,
+    /// The binaries expected for every target.
     pub bins: Vec<PlannedBin>,
 }
 
@@ -118,13 +124,25 @@ impl Plan {
         })
     }
 
+    /// The same plan for some of its targets (one machine's share).
+    pub fn for_targets(&self, targets: &[Triple]) -> Plan {
+        Plan {
+            targets: targets.to_vec(),
+            ..self.clone()
+        }
+    }
+
     /// `plan.env` as the guest's build driver sources it.
     pub fn to_env(&self) -> String {
         let bins: Vec<&str> = self.bins.iter().map(|b| b.bin.as_str()).collect();
         format!(
             "CMBUILD_PLAN_VERSION='1'\nSOURCE_DATE_EPOCH='{}'\nTARGETS='{}'\nCARGO_FLAGS='{}'\nBINS='{}'\n",
             self.source_date_epoch,
-            self.targets.join(" "),
+            self.targets
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
             self.cargo_flags.join(" "),
             bins.join(" "),
         )
@@ -307,7 +325,7 @@ pub fn collect_outputs(
     output_drive: &[u8],
     dest: &Path,
     plan: &Plan,
-) -> Result<BTreeMap<String, TargetOutput>, PlanError> {
+) -> Result<BTreeMap<Triple, TargetOutput>, PlanError> {
     let limits = TarLimits::default();
     let files = untrusted::extract_tar(output_drive, dest, limits)?;
     let mut outputs = BTreeMap::new();
@@ -331,7 +349,7 @@ pub fn collect_outputs(
             }
         }
         outputs.insert(
-            target.clone(),
+            *target,
             TargetOutput {
                 status,
                 bins,
@@ -364,7 +382,7 @@ mod tests {
 
     fn selection(profile: Profile) -> Selection {
         Selection {
-            targets: vec!["x86_64-unknown-linux-gnu".into()],
+            targets: vec![Triple::ALL[0]],
             profile,
             profile_name: "p".into(),
         }
@@ -467,7 +485,7 @@ mod tests {
         drive.resize(1 << 20, 0); // the rest of the drive is zeros
         let dir = tempfile::tempdir().unwrap();
         let outputs = collect_outputs(&drive, dir.path(), &plan).unwrap();
-        let x86 = &outputs["x86_64-unknown-linux-gnu"];
+        let x86 = &outputs[&Triple::ALL[0]];
         assert_eq!(x86.status, Some(0));
         assert_eq!(x86.bins.len(), 1, "b-tool was not built");
         assert_eq!(std::fs::read(&x86.bins["a"]).unwrap(), b"ELF-a");

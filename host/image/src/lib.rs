@@ -1,7 +1,8 @@
 //! The guest image: Debian metadata and the package lock ([`debian`], [`resolve`],
 //! [`lock`]), and its deterministic assembly from the locked `.deb`s ([`deb`] extraction,
 //! [`rootfs`] merging and fixups, the [`erofs`] and [`cpio`] writers, the [`initramfs`],
-//! and [`image`], the whole build).
+//! and [`image`], the whole build); the facts the host and guest share: the supported
+//! target triples ([`triple`]) and the pins file ([`pins`]).
 
 pub mod cpio;
 pub mod deb;
@@ -10,5 +11,7 @@ pub mod erofs;
 pub mod image;
 pub mod initramfs;
 pub mod lock;
+pub mod pins;
 pub mod resolve;
 pub mod rootfs;
+pub mod triple;

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use cmbuild_image::image::{self, Step, OUTPUTS};
+use cmbuild_image::image::{self, Step};
 use cmbuild_image::lock::Lock;
+use cmbuild_image::pins;
 use cmbuild_store::cid::{cid_of_bytes, cid_of_file, Cid};
 use cmbuild_store::mirror::{Mirror, DEFAULT_DIR};
 
@@ -58,7 +59,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     })?;
 
     let mut pins = BTreeMap::new();
-    for (key, file) in OUTPUTS {
+    for (key, file) in pins::IMAGE_FILES {
         let path = &built.files[*file];
         let cid = cid_of_file(path).with_context(|| format!("hashing {}", path.display()))?;
         pins.insert(
@@ -69,13 +70,15 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     for (triple, text) in &built.toolchains {
         let cid = cid_of_bytes(text.as_bytes());
         pins.insert(
-            image::toolchain_key(triple),
+            pins::toolchain_key(*triple),
             (cid.to_string(), format!("toolchain of {triple}")),
         );
     }
 
     let existing = match std::fs::read_to_string(&args.digests) {
-        Ok(text) => image::parse_env(&text),
+        Ok(text) => {
+            pins::parse(&text).with_context(|| format!("reading {}", args.digests.display()))?
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound && !args.check => BTreeMap::new(),
         Err(err) => return Err(err).with_context(|| format!("reading {}", args.digests.display())),
     };
@@ -119,7 +122,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         println!("{key}={cid}  # {what}");
         merged.insert(key.clone(), cid.clone());
     }
-    std::fs::write(&args.digests, image::render_env(&merged))
+    std::fs::write(&args.digests, pins::render(&merged))
         .with_context(|| format!("writing {}", args.digests.display()))?;
     eprintln!(
         "image build: wrote {} and {} in {:.0?}",

@@ -88,10 +88,11 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         mirror_dir: args.mirror.clone(),
         image_dir: Some(args.image_dir.clone()),
         jobs,
-        ram_length: args.ram_mib << 20,
-        scratch_length: 256 << 20,
-        output_length: 512 << 20,
-        max_mcycle: args.max_mcycle,
+        machine: cmbuild::guest::MachineSettings {
+            ram_length: args.ram_mib << 20,
+            max_mcycle: args.max_mcycle,
+            ..Default::default()
+        },
         machine_per_target: !args.single_machine,
         pins,
     };

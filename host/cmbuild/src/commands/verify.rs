@@ -75,10 +75,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
             mirror_dir: args.mirror.clone(),
             image_dir: Some(args.image_dir.clone()),
             jobs,
-            ram_length: 4096 << 20,
-            scratch_length: 256 << 20,
-            output_length: 512 << 20,
-            max_mcycle: 1 << 44,
+            machine: Default::default(),
             machine_per_target: true,
             pins: cmbuild::pins::parse(&pins_text)?,
         };
