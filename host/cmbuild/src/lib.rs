@@ -5,9 +5,11 @@
 pub mod compare;
 pub mod guest;
 pub mod manifest;
+pub mod ops;
 pub mod pins;
 pub mod plan;
 pub mod project;
 pub mod run;
+pub mod terminal;
 pub mod untrusted;
 pub mod vendoring;

@@ -61,3 +61,14 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Every subcommand, with its flattened argument groups: unique ids, valid defaults.
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,7 +1,8 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cmbuild::compare::{compare_builds, Finding};
+use cmbuild::compare::Finding;
+use cmbuild::terminal::sanitize;
 
 /// Compare two build outputs: the smaller set of artifacts must be inside the larger.
 ///
@@ -20,35 +21,28 @@ pub struct Args {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let report = compare_builds(&args.a, &args.b, &cid_of_file)?;
+    let report = cmbuild::ops::compare::compare(&args.a, &args.b)?;
     Ok(print_report(&report))
-}
-
-/// The CID of a file as `cmbuild cid` prints it.
-pub fn cid_of_file(path: &Path) -> std::io::Result<String> {
-    let file = std::fs::File::open(path)?;
-    let (cid, _len) = cmbuild_store::cid::cid_of_reader(file)?;
-    Ok(cid.to_string())
 }
 
 /// Prints a comparison's findings, inputs first, and the verdict; returns the exit code.
 pub fn print_report(report: &cmbuild::compare::Report) -> ExitCode {
     println!("compared {} artifact(s)", report.compared.len());
     for key in &report.compared {
-        println!("  {key}");
+        println!("  {}", sanitize(&key.to_string()));
     }
     let (inputs, others): (Vec<&Finding>, Vec<&Finding>) =
         report.findings.iter().partition(|f| f.is_input_drift());
     if !inputs.is_empty() {
         println!("input drift (the builds did not start from the same inputs):");
         for finding in inputs {
-            println!("  {finding}");
+            println!("  {}", sanitize(&finding.to_string()));
         }
     }
     if !others.is_empty() {
         println!("problems:");
         for finding in others {
-            println!("  {finding}");
+            println!("  {}", sanitize(&finding.to_string()));
         }
     }
     if report.passed() {

@@ -1,6 +1,9 @@
-//! One module per subcommand: `Args` (parsed by clap) and `exec` (calls the library).
+//! One module per subcommand: `Args` (parsed by clap) and `exec`, which fills an options
+//! struct, calls one `cmbuild::ops` function and prints its result; [`common`] holds the
+//! argument groups several subcommands share.
 
 pub mod cid;
+pub mod common;
 pub mod compare;
 pub mod image;
 pub mod image_build;
@@ -8,8 +11,6 @@ pub mod image_lock;
 pub mod machine;
 pub mod machine_snapshot;
 pub mod mirror;
-pub mod mirror_ipfs;
 pub mod run;
 pub mod vendor;
-pub mod vendor_debs;
 pub mod verify;

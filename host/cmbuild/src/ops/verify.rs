@@ -1,0 +1,128 @@
+//! `cmbuild verify PUBLISHED`: rebuild what a published manifest lists, on the machine its
+//! `machine.json` describes, and compare the rebuild with it.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use cmbuild_image::triple::Triple;
+
+use crate::compare::{CompareError, Report};
+use crate::guest::{MachineSettings, SettingsError};
+use crate::manifest::{self, RecordError};
+use crate::pins::Pins;
+use crate::project::{self, ProjectError};
+use crate::run::{run_release, Progress, RunError, RunOptions};
+
+/// Why a verification could not conclude (a rebuild that differs is a failed
+/// [`Report`], not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The published records are unreadable.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The published manifest names a commit the project lacks.
+    #[error("the published build is of commit {commit}")]
+    Commit {
+        /// The commit.
+        commit: String,
+        /// Why it could not be resolved.
+        #[source]
+        source: ProjectError,
+    },
+    /// The published manifest lists nothing.
+    #[error("the published manifest lists no artifacts")]
+    NoArtifacts,
+    /// The published manifest names a target cmbuild does not build.
+    #[error("the published manifest names target {0:?}, which cmbuild does not build")]
+    BadTarget(String),
+    /// The published machine settings are refused.
+    #[error("the published machine.json: {0}")]
+    Settings(#[from] SettingsError),
+    /// A rebuild failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The comparison could not be made.
+    #[error(transparent)]
+    Compare(#[from] CompareError),
+}
+
+/// What `cmbuild verify` is asked to do.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// The published build directory (untrusted).
+    pub published: PathBuf,
+    /// The project's source.
+    pub project_dir: PathBuf,
+    /// The content-addressed mirror.
+    pub mirror_dir: PathBuf,
+    /// Where `cmbuild image build` wrote the guest image.
+    pub image_dir: Option<PathBuf>,
+    /// Where the rebuild goes; default `builds/verify/<commit prefix>`.
+    pub out: Option<PathBuf>,
+    /// Machines run at once.
+    pub jobs: usize,
+    /// The pins to build with.
+    pub pins: Pins,
+}
+
+/// Rebuilds every target of the published manifest (one run per target, on the machine
+/// settings the published `machine.json` records, else the defaults) and compares.
+pub fn verify(
+    opts: &VerifyOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, VerifyError> {
+    let manifest = manifest::read_manifest(&opts.published.join("manifest.json"))?;
+    let rev = project::resolve_revision(&opts.project_dir, &manifest.commit).map_err(|source| {
+        VerifyError::Commit {
+            commit: manifest.commit.clone(),
+            source,
+        }
+    })?;
+    let mut targets = BTreeSet::new();
+    for artifact in &manifest.artifacts {
+        let triple: Triple = artifact
+            .target
+            .parse()
+            .map_err(|_| VerifyError::BadTarget(artifact.target.clone()))?;
+        targets.insert(triple);
+    }
+    if targets.is_empty() {
+        return Err(VerifyError::NoArtifacts);
+    }
+    let machine_json = opts.published.join("machine.json");
+    let settings = if machine_json.exists() {
+        manifest::read_machine_record(&machine_json)?
+            .config
+            .unwrap_or_default()
+    } else {
+        MachineSettings::default()
+    };
+    settings.validate()?;
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("builds/verify").join(&rev.commit[..12]));
+    let mut combined = Report::default();
+    for target in targets {
+        // One run per target keeps each machine's identity independent of the others.
+        let run = RunOptions {
+            project_dir: opts.project_dir.clone(),
+            rev: rev.commit.clone(),
+            target: Some(target.to_string()),
+            profile: None,
+            out_dir: out.join(target.as_str()),
+            mirror_dir: opts.mirror_dir.clone(),
+            image_dir: opts.image_dir.clone(),
+            jobs: opts.jobs,
+            machine: settings,
+            machine_per_target: true,
+            pins: opts.pins.clone(),
+        };
+        let summary = run_release(&run, progress)?;
+        // One verdict over every target's comparison.
+        let report = super::compare::compare(&summary.dir, &opts.published)?;
+        combined.compared.extend(report.compared);
+        combined.findings.extend(report.findings);
+    }
+    Ok(combined)
+}
