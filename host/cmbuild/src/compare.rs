@@ -27,36 +27,64 @@ pub enum CompareError {
     Record(#[from] RecordError),
     /// A manifest lists the same artifact twice.
     #[error("{side}: manifest lists {key} twice")]
-    DuplicateArtifact { side: String, key: ArtifactKey },
+    DuplicateArtifact {
+        /// The build directory.
+        side: String,
+        /// The artifact.
+        key: ArtifactKey,
+    },
 }
 
 /// One finding of a comparison.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finding {
     /// An artifact of the smaller build is missing from the larger.
-    Missing { key: ArtifactKey, in_side: String },
+    Missing {
+        /// The artifact.
+        key: ArtifactKey,
+        /// The build that lacks it.
+        in_side: String,
+    },
     /// The two builds started from different inputs for this artifact.
     InputDrift {
+        /// The artifact.
         key: ArtifactKey,
+        /// The input that differs.
         field: &'static str,
+        /// Its value in the first build.
         a: String,
+        /// Its value in the second build.
         b: String,
     },
     /// Same inputs, different output bytes.
     OutputDrift {
+        /// The artifact.
         key: ArtifactKey,
+        /// The output hash that differs.
         field: &'static str,
+        /// Its value in the first build.
         a: String,
+        /// Its value in the second build.
         b: String,
     },
     /// A manifest's claim does not match the file it names, or the file is unusable.
     BadArtifact {
+        /// The build directory.
         side: String,
+        /// The artifact.
         key: ArtifactKey,
+        /// What is wrong.
         problem: String,
     },
     /// The machines' final state hashes differ.
-    MachineDrift { what: String, a: String, b: String },
+    MachineDrift {
+        /// Which machine (its targets) or which property.
+        what: String,
+        /// The first build's value.
+        a: String,
+        /// The second build's value.
+        b: String,
+    },
 }
 
 impl Finding {

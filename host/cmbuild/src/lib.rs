@@ -2,6 +2,9 @@
 //! two builds, and the release-build pipeline. The CLI (`main.rs`, `commands/`) is a thin
 //! layer over this library and the host crates.
 
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod compare;
 pub mod guest;
 pub mod manifest;

@@ -43,8 +43,11 @@ pub enum PlanError {
 /// One binary the plan expects for every target.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PlannedBin {
+    /// The package it belongs to.
     pub package: String,
+    /// The package's version.
     pub version: String,
+    /// The binary target's name.
     pub bin: String,
 }
 
@@ -212,6 +215,7 @@ pub struct DeterministicTar<W: Write> {
 }
 
 impl<W: Write> DeterministicTar<W> {
+    /// A new archive written to `out`, every entry's mtime `mtime`.
     pub fn new(out: W, mtime: u64) -> Self {
         let mut builder = tar::Builder::new(out);
         builder.mode(tar::HeaderMode::Deterministic);
@@ -316,7 +320,8 @@ pub struct TargetOutput {
     pub status: Option<i32>,
     /// The binaries found, by name, as paths under the extraction directory.
     pub bins: BTreeMap<String, PathBuf>,
-    /// The tail of the build log, if any.
+    /// The tail of the build log, if any, after the driver's `error` report, if any
+    /// (untrusted guest text: sanitise before printing).
     pub log_tail: String,
 }
 
@@ -328,6 +333,16 @@ pub fn collect_outputs(
 ) -> Result<BTreeMap<Triple, TargetOutput>, PlanError> {
     let limits = TarLimits::default();
     let files = untrusted::extract_tar(output_drive, dest, limits)?;
+    // The driver writes `error` when it could not even start building (PROTOCOL.md).
+    let driver_error = if files.iter().any(|f| f == "error") {
+        let bytes = untrusted::read_capped(&dest.join("error"), 4 << 10).unwrap_or_default();
+        format!(
+            "the guest's build driver failed: {}\n",
+            String::from_utf8_lossy(&bytes).trim()
+        )
+    } else {
+        String::new()
+    };
     let mut outputs = BTreeMap::new();
     for target in &plan.targets {
         let read_small = |name: &str| -> String {
@@ -340,7 +355,7 @@ pub fn collect_outputs(
                 .unwrap_or_default()
         };
         let status = read_small("status").trim().parse().ok();
-        let log_tail = read_small("build.log");
+        let log_tail = driver_error.clone() + &read_small("build.log");
         let mut bins = BTreeMap::new();
         for planned in &plan.bins {
             let rel = format!("{target}/{}", planned.bin);
@@ -487,7 +502,21 @@ mod tests {
         let outputs = collect_outputs(&drive, dir.path(), &plan).unwrap();
         let x86 = &outputs[&Triple::ALL[0]];
         assert_eq!(x86.status, Some(0));
+        assert_eq!(x86.log_tail, "");
         assert_eq!(x86.bins.len(), 1, "b-tool was not built");
         assert_eq!(std::fs::read(&x86.bins["a"]).unwrap(), b"ELF-a");
+    }
+
+    #[test]
+    fn the_drivers_error_report_reaches_the_log() {
+        let plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
+        let mut tar = DeterministicTar::new(Vec::new(), 0);
+        tar.file("./error", b"unpack\n", false).unwrap();
+        let drive = tar.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let outputs = collect_outputs(&drive, dir.path(), &plan).unwrap();
+        let x86 = &outputs[&Triple::ALL[0]];
+        assert_eq!(x86.status, None);
+        assert_eq!(x86.log_tail, "the guest's build driver failed: unpack\n");
     }
 }

@@ -23,13 +23,28 @@ pub enum ProjectError {
     Git(std::io::Error),
     /// A git command failed.
     #[error("git {args} failed: {stderr}")]
-    GitFailed { args: String, stderr: String },
+    GitFailed {
+        /// The git arguments.
+        args: String,
+        /// What git said.
+        stderr: String,
+    },
     /// The revision does not exist.
     #[error("revision {rev:?} is not in the project's git repository ({stderr})")]
-    NoSuchRevision { rev: String, stderr: String },
+    NoSuchRevision {
+        /// The revision asked for.
+        rev: String,
+        /// What git said.
+        stderr: String,
+    },
     /// The tree has something cmbuild cannot archive.
     #[error("{path}: {what} cannot be part of a source archive")]
-    Unsupported { path: String, what: String },
+    Unsupported {
+        /// The entry's path.
+        path: String,
+        /// What it is.
+        what: String,
+    },
     /// `cmbuild.toml` is malformed.
     #[error("cmbuild.toml is invalid: {0}")]
     Config(String),
@@ -123,8 +138,11 @@ pub struct TreeEntry {
 /// The kinds of tree entries a source archive holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryKind {
+    /// A regular file (mode 0644).
     File,
+    /// An executable file (mode 0755).
     Executable,
+    /// A symbolic link.
     Symlink,
 }
 
