@@ -43,13 +43,13 @@ pub fn unpack_locked_crates(
     for package in &lock.packages {
         match &package.source {
             Source::Local => {}
-            Source::CratesIo { .. } => {
+            Source::CratesIo { sha256 } => {
                 let key = Key::crate_(&package.name, &package.version);
                 match index.get(&key) {
                     Some(entry) => crates.push(VendoredCrate {
                         name: package.name.clone(),
                         version: package.version.clone(),
-                        sha256: package.sha256_hex().unwrap_or_default(),
+                        sha256: *sha256,
                         cid: entry.cid,
                     }),
                     None => missing.push(format!("{} {}", package.name, package.version)),

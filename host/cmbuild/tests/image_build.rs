@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cmbuild_image::lock::{self, HttpArchive, Lock, MirrorDebStore};
+use cmbuild_image::http::{default_cache_dir, HttpArchive};
+use cmbuild_image::lock::Lock;
+use cmbuild_image::locking::{self, MirrorDebStore};
 use cmbuild_store::mirror::Mirror;
 
 const TRIPLES: &[(&str, u16)] = &[
@@ -33,7 +35,7 @@ fn repo_root() -> PathBuf {
 }
 
 fn cache_dir() -> PathBuf {
-    lock::default_cache_dir().expect("HOME or CMBUILD_CACHE must be set")
+    default_cache_dir().expect("HOME or CMBUILD_CACHE must be set")
 }
 
 /// The lock and a mirror holding every package it names (downloaded once, verified).
@@ -53,7 +55,7 @@ fn locked_mirror() -> Option<(PathBuf, PathBuf)> {
     let mirror = Mirror::open(&mirror_dir).expect("mirror opens");
     let mut archive = HttpArchive::new(&lock.mirror, Some(cache_dir()));
     let mut store = MirrorDebStore::new(&mirror, &lock.mirror);
-    let report = lock::vendor_locked_packages(&lock, &mut archive, &mut store, &mut |_| {});
+    let report = locking::vendor_locked_packages(&lock, &mut archive, &mut store, &mut |_| {});
     match report {
         Ok(report) => eprintln!("packages: {report:?}"),
         Err(err) => {

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use sha2::{Digest, Sha256};
+use cmbuild_store::sha256::Sha256;
 
 /// Where Debian keeps its archive keyring on a Debian host (package debian-archive-keyring).
 pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -62,9 +62,9 @@ pub enum DebianError {
     #[error("index `{path}` does not match InRelease: expected sha256 {expected} ({expected_size} bytes), got {actual} ({actual_size} bytes)")]
     IndexMismatch {
         path: String,
-        expected: String,
+        expected: Sha256,
         expected_size: u64,
-        actual: String,
+        actual: Sha256,
         actual_size: u64,
     },
 }
@@ -387,7 +387,7 @@ pub struct Package {
     /// Path of the `.deb` below the archive root, e.g. `pool/main/b/busybox/...deb`.
     pub filename: String,
     pub size: u64,
-    pub sha256: String,
+    pub sha256: Sha256,
 }
 
 /// Parse a `Packages` index.
@@ -423,10 +423,10 @@ fn package_from_stanza(stanza: &Stanza) -> Result<Package, DebianError> {
     };
     let size_text = required("Size")?;
     let size = size_text.parse().map_err(|_| invalid("Size", size_text))?;
-    let sha256 = required("SHA256")?;
-    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(invalid("SHA256", sha256));
-    }
+    let sha256_text = required("SHA256")?;
+    let sha256: Sha256 = sha256_text
+        .parse()
+        .map_err(|_| invalid("SHA256", sha256_text))?;
     let mut provides = Vec::new();
     for clause in relations("Provides")? {
         // Provides is a plain list; an `|` in it is malformed.
@@ -446,14 +446,14 @@ fn package_from_stanza(stanza: &Stanza) -> Result<Package, DebianError> {
         provides,
         filename: required("Filename")?.to_string(),
         size,
-        sha256: sha256.to_ascii_lowercase(),
+        sha256,
     })
 }
 
 /// An index file as InRelease lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
-    pub sha256: String,
+    pub sha256: Sha256,
     pub size: u64,
 }
 
@@ -499,7 +499,7 @@ pub fn parse_release(text: &str) -> Result<Release, DebianError> {
         sha256.insert(
             path.to_string(),
             IndexEntry {
-                sha256: hash.to_ascii_lowercase(),
+                sha256: hash.parse().map_err(|_| bad())?,
                 size,
             },
         );
@@ -537,11 +537,11 @@ impl Release {
     /// Accept `bytes` as the index `path` only if sha256 and size match this release.
     pub fn check_index(&self, path: &str, bytes: &[u8]) -> Result<(), DebianError> {
         let entry = self.entry(path)?;
-        let actual = hex::encode(Sha256::digest(bytes));
+        let actual = Sha256::of(bytes);
         if actual != entry.sha256 || bytes.len() as u64 != entry.size {
             return Err(DebianError::IndexMismatch {
                 path: path.to_string(),
-                expected: entry.sha256.clone(),
+                expected: entry.sha256,
                 expected_size: entry.size,
                 actual,
                 actual_size: bytes.len() as u64,
@@ -702,7 +702,7 @@ mod tests {
         assert_eq!(p.provides[0].name, "libc-dev");
         assert_eq!(p.depends.len(), 2);
         assert_eq!(p.size, 42);
-        assert!(p.sha256.starts_with("00112233445566778899aabb"));
+        assert!(p.sha256.to_string().starts_with("00112233445566778899aabb"));
         let broken = text.replace("Size: 42", "Size: lots");
         assert!(matches!(
             parse_packages(&broken),
@@ -721,7 +721,7 @@ mod tests {
     #[test]
     fn release_lists_index_hashes_and_refuses_a_doctored_index() {
         let index = b"Package: x\n";
-        let digest = hex::encode(Sha256::digest(index));
+        let digest = Sha256::of(index);
         let text = format!(
             "Codename: trixie\nDate: Sat, 01 Jan 2000 00:00:00 UTC\nAcquire-By-Hash: yes\nSHA256:\n {digest} {} main/binary-riscv64/Packages\n",
             index.len()

@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use cmbuild_store::sha256::Sha256;
 
 use crate::deb::{extract_deb, DebError};
 use crate::erofs::{write_erofs, ErofsError, ErofsOptions};
 use crate::initramfs::{initramfs_bytes, initramfs_tree, kernel_image, InitramfsError};
-use crate::lock::{BoxError, Lock, LockedPackage};
+use crate::lock::{Lock, LockedPackage};
+use crate::locking::BoxError;
 use crate::rootfs::{add_skeleton, apply_fixups, RootfsError, Tree, CMBUILD_DIR};
 use crate::triple::Triple;
 
@@ -52,8 +53,8 @@ pub enum ImageError {
     Mismatch {
         name: String,
         arch: String,
-        expected: String,
-        actual: String,
+        expected: Sha256,
+        actual: Sha256,
     },
     /// the lock has no {0} package
     #[error("the lock has no {0} package")]
@@ -209,12 +210,12 @@ fn read_package(
         arch: package.architecture.clone(),
         source,
     })?;
-    let actual = hex::encode(Sha256::digest(&bytes));
+    let actual = Sha256::of(&bytes);
     if actual != package.sha256 {
         return Err(ImageError::Mismatch {
             name: package.name.clone(),
             arch: package.architecture.clone(),
-            expected: package.sha256.clone(),
+            expected: package.sha256,
             actual,
         });
     }
@@ -267,10 +268,10 @@ mod tests {
     fn package(name: &str, arch: &str) -> LockedPackage {
         LockedPackage {
             architecture: arch.into(),
-            cid: "bafkrei".into(),
+            cid: cmbuild_store::cid::cid_of_bytes(name.as_bytes()),
             filename: format!("pool/{name}_{arch}.deb"),
             name: name.into(),
-            sha256: format!("{name}{arch}"),
+            sha256: Sha256::of(format!("{name}{arch}")),
             size: 1,
             version: "1.0".into(),
         }
@@ -300,7 +301,10 @@ mod tests {
         ]);
         let [x86_64, aarch64, riscv64] = Triple::ALL;
         let text = toolchain_descriptor(&lock, x86_64).unwrap();
-        assert!(text.contains("package libstd-rust-dev amd64 1.0 libstd-rust-devamd64"));
+        assert!(text.contains(&format!(
+            "package libstd-rust-dev amd64 1.0 {}",
+            Sha256::of("libstd-rust-devamd64")
+        )));
         assert!(text.contains("package rustc riscv64"));
         assert!(!text.contains("arm64") && !text.contains("clang"));
         let other = toolchain_descriptor(&lock, aarch64).unwrap();

@@ -1,16 +1,19 @@
-//! The guest image: Debian metadata and the package lock ([`debian`], [`resolve`],
-//! [`lock`]), and its deterministic assembly from the locked `.deb`s ([`deb`] extraction,
-//! [`rootfs`] merging and fixups, the [`erofs`] and [`cpio`] writers, the [`initramfs`],
-//! and [`image`], the whole build); the facts the host and guest share: the supported
+//! The guest image: Debian metadata and the package lock ([`debian`], [`resolve`], the
+//! [`lock`] file, [`locking`] from the archive's indices, archive files over [`http`]),
+//! and its deterministic assembly from the locked `.deb`s ([`deb`] extraction, [`rootfs`]
+//! merging and fixups, the [`erofs`] and [`cpio`] writers, the [`initramfs`], and
+//! [`image`], the whole build); and the facts the host and the guest share: the supported
 //! target triples ([`triple`]) and the pins file ([`pins`]).
 
 pub mod cpio;
 pub mod deb;
 pub mod debian;
 pub mod erofs;
+pub mod http;
 pub mod image;
 pub mod initramfs;
 pub mod lock;
+pub mod locking;
 pub mod pins;
 pub mod resolve;
 pub mod rootfs;

@@ -74,7 +74,7 @@ impl Universe {
                 package.name.clone(),
                 package.architecture.clone(),
                 package.version.clone(),
-                package.sha256.clone(),
+                package.sha256,
             );
             if !seen.insert(key) {
                 continue;

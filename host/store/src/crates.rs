@@ -15,10 +15,9 @@ use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
-
 use crate::cid::Cid;
 use crate::mirror::{Mirror, MirrorError};
+use crate::sha256::Sha256;
 
 /// The file cargo reads to check a directory-source crate.
 pub const CHECKSUM_FILE: &str = ".cargo-checksum.json";
@@ -32,8 +31,8 @@ pub enum CrateError {
     Checksum {
         name: String,
         version: String,
-        expected: String,
-        actual: String,
+        expected: Sha256,
+        actual: Sha256,
     },
     /// {name} {version}: the archive is not a readable .crate (gzip tar)
     #[error("{name} {version}: the archive is not a readable .crate (gzip tar)")]
@@ -86,8 +85,8 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Crat
 pub struct VendoredCrate {
     pub name: String,
     pub version: String,
-    /// The lock's checksum: sha256 of the `.crate`, lowercase hex.
-    pub sha256: String,
+    /// The lock's checksum: sha256 of the `.crate`.
+    pub sha256: Sha256,
     pub cid: Cid,
 }
 
@@ -119,7 +118,7 @@ pub fn write_directory_source(
     let wanted: BTreeSet<String> = crates.iter().map(VendoredCrate::dir_name).collect();
     for krate in crates {
         let target = dir.join(krate.dir_name());
-        if recorded_package_checksum(&target).as_deref() == Some(krate.sha256.as_str()) {
+        if recorded_package_checksum(&target) == Some(krate.sha256) {
             report.already_present += 1;
             continue;
         }
@@ -153,10 +152,10 @@ pub fn write_directory_source(
 }
 
 /// The `package` checksum of an unpacked crate, if it has a readable checksum file.
-fn recorded_package_checksum(crate_dir: &Path) -> Option<String> {
+fn recorded_package_checksum(crate_dir: &Path) -> Option<Sha256> {
     let text = fs::read(crate_dir.join(CHECKSUM_FILE)).ok()?;
     let json: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    json.get("package")?.as_str().map(str::to_owned)
+    json.get("package")?.as_str()?.parse().ok()
 }
 
 /// One regular file of a crate archive.
@@ -173,15 +172,15 @@ pub fn unpack_crate(
     archive: &[u8],
     name: &str,
     version: &str,
-    sha256: &str,
+    sha256: &Sha256,
     parent: &Path,
 ) -> Result<PathBuf, CrateError> {
-    let actual = hex::encode(Sha256::digest(archive));
-    if actual != sha256 {
+    let actual = Sha256::of(archive);
+    if actual != *sha256 {
         return Err(CrateError::Checksum {
             name: name.to_owned(),
             version: version.to_owned(),
-            expected: sha256.to_owned(),
+            expected: *sha256,
             actual,
         });
     }
@@ -280,7 +279,7 @@ fn read_archive(
 fn write_tree(
     root: &Path,
     files: &BTreeMap<PathBuf, ArchiveFile>,
-    package_sha256: &str,
+    package_sha256: &Sha256,
 ) -> Result<(), CrateError> {
     fs::create_dir_all(root).map_err(io_error("create", root))?;
     let mut checksums = BTreeMap::new();
@@ -301,9 +300,9 @@ fn write_tree(
             .map(|c| c.as_os_str().to_string_lossy())
             .collect::<Vec<_>>()
             .join("/");
-        checksums.insert(key, hex::encode(Sha256::digest(&file.bytes)));
+        checksums.insert(key, Sha256::of(&file.bytes).to_string());
     }
-    let json = serde_json::json!({ "files": checksums, "package": package_sha256 });
+    let json = serde_json::json!({ "files": checksums, "package": package_sha256.to_string() });
     let path = root.join(CHECKSUM_FILE);
     fs::write(&path, serde_json::to_vec(&json).expect("json serialises"))
         .map_err(io_error("write", &path))
@@ -344,8 +343,8 @@ mod tests {
         builder.into_inner().unwrap().finish().unwrap()
     }
 
-    fn sha(bytes: &[u8]) -> String {
-        hex::encode(Sha256::digest(bytes))
+    fn sha(bytes: &[u8]) -> Sha256 {
+        Sha256::of(bytes)
     }
 
     fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -386,10 +385,10 @@ mod tests {
 
         let json: serde_json::Value =
             serde_json::from_slice(&fs::read(dir_a.join(CHECKSUM_FILE)).unwrap()).unwrap();
-        assert_eq!(json["package"], sum.as_str());
+        assert_eq!(json["package"], sum.to_string().as_str());
         assert_eq!(
             json["files"]["src/lib.rs"],
-            sha(b"pub fn f() {}\n").as_str()
+            sha(b"pub fn f() {}\n").to_string().as_str()
         );
         assert_eq!(json["files"].as_object().unwrap().len(), 3);
 
@@ -411,7 +410,8 @@ mod tests {
     fn wrong_checksum_unpacks_nothing() {
         let archive = make_crate(&[("demo-1.0.0/Cargo.toml", b"x", 0o644)]);
         let dir = tempfile::tempdir().unwrap();
-        let err = unpack_crate(&archive, "demo", "1.0.0", &"0".repeat(64), dir.path()).unwrap_err();
+        let err =
+            unpack_crate(&archive, "demo", "1.0.0", &Sha256::default(), dir.path()).unwrap_err();
         assert!(matches!(err, CrateError::Checksum { .. }), "{err}");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }

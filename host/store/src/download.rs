@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use crate::mirror::{Mirror, MirrorError, Stored};
+use crate::sha256::Sha256;
 
 /// How often a transient failure is tried again, in all.
 const DEFAULT_ATTEMPTS: u32 = 4;
@@ -45,8 +46,8 @@ pub enum DownloadError {
     #[error("sha256 mismatch for {url}: expected {expected}, got {actual}; nothing was stored")]
     Mismatch {
         url: String,
-        expected: String,
-        actual: String,
+        expected: Sha256,
+        actual: Sha256,
     },
     /// the mirror refused the download of {url}
     #[error("the mirror refused the download of {url}")]
@@ -105,7 +106,7 @@ impl Downloader {
     pub fn fetch_to_mirror(
         &self,
         url: &str,
-        expected_sha256: &[u8; 32],
+        expected_sha256: &Sha256,
         mirror: &Mirror,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<Stored, DownloadError> {
@@ -126,7 +127,7 @@ impl Downloader {
         &self,
         url: &str,
         attempts: u32,
-        expected_sha256: &[u8; 32],
+        expected_sha256: &Sha256,
         mirror: &Mirror,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<Stored, Failure> {
@@ -202,8 +203,8 @@ impl Downloader {
             // Dropping the staged blob removes it.
             return Err(Failure::Final(DownloadError::Mismatch {
                 url: url.to_owned(),
-                expected: hex::encode(expected_sha256),
-                actual: hex::encode(staged.stored().sha256),
+                expected: *expected_sha256,
+                actual: staged.stored().sha256,
             }));
         }
         staged.commit().map_err(mirror_error)
@@ -213,7 +214,6 @@ impl Downloader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::{Digest, Sha256};
     use std::io::BufRead;
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
@@ -277,7 +277,7 @@ mod tests {
         let (url, seen) = serve(vec![status(503), status(429), ok(&body)]);
         let dir = tempfile::tempdir().unwrap();
         let mirror = Mirror::open(dir.path()).unwrap();
-        let sha: [u8; 32] = Sha256::digest(&body).into();
+        let sha = Sha256::of(&body);
         let mut last = (0, None);
         let stored = fast()
             .fetch_to_mirror(&format!("{url}/x.crate"), &sha, &mirror, &mut |d, t| {
@@ -296,7 +296,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mirror = Mirror::open(dir.path()).unwrap();
         let err = fast()
-            .fetch_to_mirror(&format!("{url}/gone"), &[0; 32], &mirror, &mut |_, _| {})
+            .fetch_to_mirror(
+                &format!("{url}/gone"),
+                &Sha256::default(),
+                &mirror,
+                &mut |_, _| {},
+            )
             .unwrap_err();
         assert!(matches!(err, DownloadError::Status { status: 404, .. }));
         assert!(err.to_string().contains("/gone"), "{err}");
@@ -310,12 +315,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mirror = Mirror::open(dir.path()).unwrap();
         let err = fast()
-            .fetch_to_mirror(&url, &[0xab; 32], &mirror, &mut |_, _| {})
+            .fetch_to_mirror(
+                &url,
+                &Sha256::from_bytes([0xab; 32]),
+                &mirror,
+                &mut |_, _| {},
+            )
             .unwrap_err();
         let text = err.to_string();
         assert!(text.contains(&"ab".repeat(32)), "{text}");
         assert!(
-            text.contains(&hex::encode(Sha256::digest(b"doctored"))),
+            text.contains(&Sha256::of(b"doctored").to_string()),
             "{text}"
         );
         assert_eq!(blob_count(&mirror), 0);
@@ -328,7 +338,7 @@ mod tests {
         let (url, seen) = serve(vec![short.clone(), short.clone(), short]);
         let dir = tempfile::tempdir().unwrap();
         let mirror = Mirror::open(dir.path()).unwrap();
-        let sha: [u8; 32] = Sha256::digest(b"0123456789").into();
+        let sha = Sha256::of(b"0123456789");
         let err = fast()
             .fetch_to_mirror(&url, &sha, &mirror, &mut |_, _| {})
             .unwrap_err();
@@ -354,7 +364,7 @@ mod tests {
             .with_retries(2, Duration::ZERO)
             .fetch_to_mirror(
                 &format!("http://127.0.0.1:{port}/x"),
-                &[0; 32],
+                &Sha256::default(),
                 &mirror,
                 &mut |_, _| {},
             )

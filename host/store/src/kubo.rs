@@ -613,7 +613,7 @@ fn make_boundary() -> String {
     hasher.update(now.as_nanos().to_le_bytes());
     hasher.update(std::process::id().to_le_bytes());
     hasher.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    format!("cmbuild-{}", hex::encode(&hasher.finalize()[..16]))
+    format!("cmbuild-{}", crate::hex::encode(&hasher.finalize()[..16]))
 }
 
 /// A name safe inside a quoted `filename="..."`; the node ignores it for a single file.

@@ -7,11 +7,15 @@
 //! - [`lockfile`] and [`crates`]: Cargo.lock parsing and the deterministic unpacking of
 //!   `.crate` archives into a cargo directory source.
 //! - [`car`] and [`kubo`]: CAR export of blob DAGs and a Kubo RPC client.
+//! - [`sha256`] and [`hex`]: the [`sha256::Sha256`] digest type and the workspace's one
+//!   hex codec.
 
 pub mod car;
 pub mod cid;
 pub mod crates;
 pub mod download;
+pub mod hex;
 pub mod kubo;
 pub mod lockfile;
 pub mod mirror;
+pub mod sha256;

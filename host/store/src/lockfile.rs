@@ -8,6 +8,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::sha256::Sha256;
+
 /// The source string of crates.io packages in every lock file version.
 pub const CRATES_IO_GIT: &str = "registry+https://github.com/rust-lang/crates.io-index";
 /// The source string of crates.io when a project uses the sparse protocol explicitly.
@@ -57,7 +59,7 @@ pub enum LockError {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
     /// crates.io, with the sha256 of the `.crate` archive.
-    CratesIo { sha256: [u8; 32] },
+    CratesIo { sha256: Sha256 },
     /// A git repository (the lock's source string, with the commit).
     Git(String),
     /// No source: a workspace member or a path dependency.
@@ -75,10 +77,10 @@ pub struct Package {
 }
 
 impl Package {
-    /// The lowercase hex checksum of a crates.io package.
-    pub fn sha256_hex(&self) -> Option<String> {
+    /// The checksum of a crates.io package.
+    pub fn sha256(&self) -> Option<Sha256> {
         match &self.source {
-            Source::CratesIo { sha256 } => Some(hex::encode(sha256)),
+            Source::CratesIo { sha256 } => Some(*sha256),
             _ => None,
         }
     }
@@ -177,13 +179,13 @@ pub fn parse_lockfile(text: &str, path: &Path) -> Result<Lockfile, LockError> {
     Ok(Lockfile { version, packages })
 }
 
-fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+fn parse_sha256(text: &str) -> Option<Sha256> {
     // Lowercase only: the lock writes lowercase, and two spellings of one hash would make
     // two index entries.
     if text.bytes().any(|b| b.is_ascii_uppercase()) {
         return None;
     }
-    hex::decode(text).ok()?.try_into().ok()
+    text.parse().ok()
 }
 
 #[cfg(test)]
@@ -228,7 +230,7 @@ source = "git+https://example.com/dep.git#0123abcd"
                 lock.packages[1].source,
                 Source::Git("git+https://example.com/dep.git#0123abcd".into())
             );
-            assert_eq!(lock.packages[2].sha256_hex().unwrap(), SUM);
+            assert_eq!(lock.packages[2].sha256().unwrap().to_string(), SUM);
         }
     }
 
@@ -246,7 +248,7 @@ source = "registry+https://github.com/rust-lang/crates.io-index"
         );
         let lock = parse(&text).unwrap();
         assert_eq!(lock.version, 1);
-        assert_eq!(lock.packages[0].sha256_hex().unwrap(), SUM);
+        assert_eq!(lock.packages[0].sha256().unwrap().to_string(), SUM);
     }
 
     #[test]

@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
 use crate::cid::{Cid, CidHasher};
+use crate::sha256::Sha256;
 
 /// Where the mirror lives unless `--mirror DIR` says otherwise (relative to the project).
 pub const DEFAULT_DIR: &str = "vendor-mirror";
@@ -77,7 +78,7 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Mirr
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
     pub cid: Cid,
-    pub sha256: [u8; 32],
+    pub sha256: Sha256,
     pub size: u64,
 }
 
@@ -172,7 +173,7 @@ impl Mirror {
             temp: TempFile { path: Some(path) },
             file: Some(file),
             blobs: self.blobs_dir(),
-            sha256: Sha256::new(),
+            sha256: sha2::Sha256::new(),
             cid: CidHasher::hasher(),
         })
     }
@@ -383,7 +384,7 @@ pub struct BlobWriter {
     temp: TempFile,
     file: Option<File>,
     blobs: PathBuf,
-    sha256: Sha256,
+    sha256: sha2::Sha256,
     cid: CidHasher,
 }
 
@@ -402,7 +403,7 @@ impl BlobWriter {
         let Ok(cid) = std::mem::replace(&mut self.cid, CidHasher::hasher()).finish();
         let stored = Stored {
             cid,
-            sha256: std::mem::take(&mut self.sha256).finalize().into(),
+            sha256: Sha256::from_bytes(std::mem::take(&mut self.sha256).finalize().into()),
             size,
         };
         Ok(StagedBlob {
@@ -553,8 +554,8 @@ impl FromStr for Key {
 #[serde(deny_unknown_fields)]
 pub struct Entry {
     pub cid: Cid,
-    /// Lowercase hex sha256 of the blob.
-    pub sha256: String,
+    /// sha256 of the blob (lowercase hex in the file).
+    pub sha256: Sha256,
     pub size: u64,
     /// Where the blob was downloaded from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -565,7 +566,7 @@ impl Entry {
     pub fn new(stored: &Stored, url: Option<String>) -> Entry {
         Entry {
             cid: stored.cid,
-            sha256: hex::encode(stored.sha256),
+            sha256: stored.sha256,
             size: stored.size,
             url,
         }
@@ -617,7 +618,7 @@ mod tests {
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
         let stored = mirror.put_reader(&data[..]).unwrap();
         assert_eq!(stored.cid, cid_of_bytes(&data));
-        assert_eq!(stored.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+        assert_eq!(stored.sha256, Sha256::of(&data));
         assert_eq!(stored.size, data.len() as u64);
         assert!(mirror.blob_path(&stored.cid).is_file());
         assert_eq!(mirror.read_verified(&stored.cid).unwrap(), data);
@@ -671,7 +672,7 @@ mod tests {
         fs::write(dir.path().join(BLOBS_DIR).join("notes.txt"), b"x").unwrap();
         let absent = Stored {
             cid: cid_of_bytes(b"never stored"),
-            sha256: [0; 32],
+            sha256: Sha256::default(),
             size: 12,
         };
         mirror

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use cmbuild::ops::human_size;
 use cmbuild::ops::image::{lock, ImageLockOptions, LockOutcome};
 use cmbuild_image::debian::DEFAULT_KEYRING;
-use cmbuild_image::lock::{Progress, Request};
+use cmbuild_image::lock::Request;
+use cmbuild_image::locking::Progress;
 
 use super::common::MirrorArg;
 

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use cmbuild_image::debian::Package;
+use cmbuild_image::http::{default_cache_dir, HttpArchive};
 use cmbuild_image::image::{self, ImageError, Step};
-use cmbuild_image::lock::{self, HttpArchive, Lock, LockError, MirrorDebStore, Progress, Request};
+use cmbuild_image::lock::{self, Lock, LockFileError, Request};
+use cmbuild_image::locking::{self, LockError, MirrorDebStore, Progress};
 use cmbuild_image::pins::{self, Pins, PinsError};
-use cmbuild_store::cid::{cid_of_bytes, cid_of_file, Cid};
+use cmbuild_store::cid::{cid_of_bytes, cid_of_file};
 use cmbuild_store::mirror::{Mirror, MirrorError};
 
 /// Why an image operation failed.
@@ -26,7 +28,7 @@ pub enum ImageOpError {
         #[source]
         source: std::io::Error,
     },
-    /// The request or the lock is invalid, or resolving failed.
+    /// Resolving or pinning the request failed.
     #[error("{what} {}", .path.display())]
     Lock {
         /// What was being done.
@@ -36,6 +38,17 @@ pub enum ImageOpError {
         /// What failed.
         #[source]
         source: Box<LockError>,
+    },
+    /// The request or the lock file is malformed.
+    #[error("{what} {}", .path.display())]
+    LockFile {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: LockFileError,
     },
     /// The mirror failed.
     #[error("the mirror {}", .dir.display())]
@@ -56,7 +69,7 @@ pub enum ImageOpError {
         mirror: PathBuf,
         /// What failed.
         #[source]
-        source: ImageError,
+        source: Box<ImageError>,
     },
     /// The pins file is malformed.
     #[error("reading {}", .path.display())]
@@ -117,13 +130,17 @@ pub fn lock(
             source: Box::new(source),
         }
     };
-    let request = Request::parse(&text).map_err(lock_err("parsing", &opts.request))?;
-    let options = lock::LockOptions {
+    let request = Request::parse(&text).map_err(|source| ImageOpError::LockFile {
+        what: "parsing",
+        path: opts.request.clone(),
+        source,
+    })?;
+    let options = locking::LockOptions {
         keyring: opts.keyring.clone(),
     };
-    let mut archive = HttpArchive::new(&request.mirror, lock::default_cache_dir());
+    let mut archive = HttpArchive::new(&request.mirror, default_cache_dir());
     announce(&request);
-    let resolution = lock::resolve_request(&request, &options, &mut archive, progress)
+    let resolution = locking::resolve_request(&request, &options, &mut archive, progress)
         .map_err(lock_err("resolving", &opts.request))?;
     if opts.dry_run {
         return Ok(LockOutcome::Resolved(resolution.packages));
@@ -133,7 +150,7 @@ pub fn lock(
         source,
     })?;
     let mut store = MirrorDebStore::new(&mirror, &request.mirror);
-    let lock = lock::pin_packages(&request, resolution, &mut archive, &mut store, progress)
+    let lock = locking::pin_packages(&request, resolution, &mut archive, &mut store, progress)
         .map_err(lock_err("pinning the packages of", &opts.request))?;
     cmbuild_store::mirror::write_atomically(&opts.output, lock.to_json().as_bytes()).map_err(
         |source| ImageOpError::Mirror {
@@ -184,23 +201,20 @@ impl BuiltPin {
 pub fn build(opts: &ImageBuildOptions, progress: &mut dyn FnMut(Step)) -> Result<Vec<BuiltPin>> {
     let text = std::fs::read_to_string(&opts.lock)
         .map_err(io_err("reading the guest-image lock", &opts.lock))?;
-    let lock = Lock::parse(&text).map_err(|source| ImageOpError::Lock {
+    let lock = Lock::parse(&text).map_err(|source| ImageOpError::LockFile {
         what: "parsing",
         path: opts.lock.clone(),
-        source: Box::new(source),
+        source,
     })?;
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|source| ImageOpError::Mirror {
         dir: opts.mirror_dir.clone(),
         source,
     })?;
-    let load = |package: &lock::LockedPackage| {
-        let cid: Cid = package.cid.parse()?;
-        Ok(mirror.read_verified(&cid)?)
-    };
+    let load = |package: &lock::LockedPackage| Ok(mirror.read_verified(&package.cid)?);
     let built = image::build_image(&lock, load, &opts.out_dir, progress).map_err(|source| {
         ImageOpError::Build {
             mirror: opts.mirror_dir.clone(),
-            source,
+            source: Box::new(source),
         }
     })?;
 

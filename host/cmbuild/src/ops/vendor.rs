@@ -14,12 +14,13 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cmbuild_image::lock::{self, Lock, LockError};
+use cmbuild_image::lock::{self, Lock, LockFileError};
 use cmbuild_store::cid::{Cid, Codec};
 use cmbuild_store::crates::{write_directory_source, CrateError, VendoredCrate};
 use cmbuild_store::download::{DownloadError, Downloader};
 use cmbuild_store::lockfile::{read_lockfile, LockError as CargoLockError, Package, Source};
 use cmbuild_store::mirror::{Entry, Key, Mirror, MirrorError};
+use cmbuild_store::sha256::Sha256;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use super::human_size;
@@ -57,10 +58,7 @@ pub enum VendorError {
     },
     /// The compiled-in guest-image lock is invalid.
     #[error("reading the compiled-in guest-image lock")]
-    GuestLock(#[source] LockError),
-    /// A locked sha256 is not 64 hex digits.
-    #[error("the lock's sha256 of {0} is malformed")]
-    BadSha256(String),
+    GuestLock(#[source] LockFileError),
     /// The mirror failed.
     #[error("the mirror {}", .dir.display())]
     Mirror {
@@ -211,7 +209,7 @@ pub struct Wanted {
     /// Where to download it.
     pub url: String,
     /// Its pinned sha256.
-    pub sha256: [u8; 32],
+    pub sha256: Sha256,
     /// Size when the lock knows it (Debian does, Cargo.lock does not).
     pub size: Option<u64>,
 }
@@ -230,7 +228,7 @@ pub struct FetchReport {
 /// The project's lock, checked: only crates.io packages and workspace members.
 struct CargoProject {
     lock_path: PathBuf,
-    crates_io: Vec<(Package, [u8; 32])>,
+    crates_io: Vec<(Package, Sha256)>,
 }
 
 impl CargoProject {
@@ -348,7 +346,7 @@ pub fn fetch_all(
                     .len();
                 let entry = Entry {
                     cid,
-                    sha256: hex::encode(item.sha256),
+                    sha256: item.sha256,
                     size,
                     url: Some(item.url.clone()),
                 };
@@ -402,14 +400,14 @@ fn present_cid(
     item: &Wanted,
 ) -> Result<Option<Cid>> {
     if let Some(entry) = index.get(&item.key) {
-        if entry.sha256 == hex::encode(item.sha256)
+        if entry.sha256 == item.sha256
             && mirror.has_valid(&entry.cid).map_err(mirror_err(mirror))?
         {
             return Ok(Some(entry.cid));
         }
     }
     // A file of at most one chunk is a raw leaf named by its sha256: found without an index.
-    let leaf = Cid::new(Codec::Raw, item.sha256);
+    let leaf = Cid::new(Codec::Raw, *item.sha256.as_bytes());
     Ok(mirror
         .has_valid(&leaf)
         .map_err(mirror_err(mirror))?
@@ -514,7 +512,7 @@ pub fn directory_source_for(config: &Path) -> PathBuf {
 /// Unpacks the project's crates next to `config` and writes the cargo config naming them.
 fn write_cargo_config(
     mirror: &Mirror,
-    crates_io: &[(Package, [u8; 32])],
+    crates_io: &[(Package, Sha256)],
     config: &Path,
 ) -> Result<PathBuf> {
     let index = mirror.load_index().map_err(mirror_err(mirror))?;
@@ -527,7 +525,7 @@ fn write_cargo_config(
         crates.push(VendoredCrate {
             name: package.name.clone(),
             version: package.version.clone(),
-            sha256: hex::encode(sha256),
+            sha256: *sha256,
             cid: entry.cid,
         });
     }
@@ -571,7 +569,7 @@ fn toml_string(text: &str) -> String {
 /// The compiled-in guest-image lock and its packages as files to fetch.
 pub fn wanted_guest_packages() -> Result<(Lock, Vec<Wanted>)> {
     let lock = lock::shipped_lock().map_err(VendorError::GuestLock)?;
-    let wanted = wanted_from_lock(&lock)?;
+    let wanted = wanted_from_lock(&lock);
     eprintln!(
         "cmbuild vendor: guest image: {} Debian {} packages ({})",
         lock.packages.len(),
@@ -581,20 +579,14 @@ pub fn wanted_guest_packages() -> Result<(Lock, Vec<Wanted>)> {
     Ok((lock, wanted))
 }
 
-fn wanted_from_lock(lock: &Lock) -> Result<Vec<Wanted>> {
+fn wanted_from_lock(lock: &Lock) -> Vec<Wanted> {
     lock.packages
         .iter()
-        .map(|p| {
-            let sha256 = hex::decode(&p.sha256)
-                .ok()
-                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                .ok_or_else(|| VendorError::BadSha256(p.filename.clone()))?;
-            Ok(Wanted {
-                key: Key::deb(&p.name, &p.version, &p.architecture),
-                url: lock.url_of(p),
-                sha256,
-                size: Some(p.size),
-            })
+        .map(|p| Wanted {
+            key: Key::deb(&p.name, &p.version, &p.architecture),
+            url: lock.url_of(p),
+            sha256: p.sha256,
+            size: Some(p.size),
         })
         .collect()
 }
@@ -608,7 +600,7 @@ pub fn check_guest_packages(mirror: &Mirror, lock: &Lock) -> Result<()> {
         let entry = index
             .get(&key)
             .ok_or_else(|| VendorError::NotIndexed(key.clone()))?;
-        if !(entry.cid.to_string() == p.cid && entry.sha256 == p.sha256 && entry.size == p.size) {
+        if !(entry.cid == p.cid && entry.sha256 == p.sha256 && entry.size == p.size) {
             return Err(VendorError::Drift {
                 filename: p.filename.clone(),
                 found: format!(
@@ -636,7 +628,6 @@ pub fn check_guest_packages(mirror: &Mirror, lock: &Lock) -> Result<()> {
 mod tests {
     use super::*;
     use cmbuild_store::mirror::Entry;
-    use sha2::{Digest, Sha256};
     use std::time::Duration;
 
     /// A URL nothing answers: any download attempt fails.
@@ -655,7 +646,7 @@ mod tests {
         let wanted = Wanted {
             key: Key::crate_("small", "1.0.0"),
             url: DEAD_URL.to_owned(),
-            sha256: Sha256::digest(&bytes).into(),
+            sha256: Sha256::of(&bytes),
             size: None,
         };
         let report = fetch_all(&mirror, std::slice::from_ref(&wanted), &offline()).unwrap();
@@ -690,10 +681,10 @@ mod tests {
     #[test]
     fn every_locked_package_is_wanted_with_its_pins() {
         let lock = lock::shipped_lock().unwrap();
-        let wanted = wanted_from_lock(&lock).unwrap();
+        let wanted = wanted_from_lock(&lock);
         assert_eq!(wanted.len(), lock.packages.len());
         for (w, p) in wanted.iter().zip(&lock.packages) {
-            assert_eq!(hex::encode(w.sha256), p.sha256);
+            assert_eq!(w.sha256, p.sha256);
             assert_eq!(w.size, Some(p.size));
             assert_eq!(
                 w.url,
@@ -715,26 +706,26 @@ mod tests {
         let mut lock = lock::shipped_lock().unwrap();
         lock.packages.truncate(1);
         let p = &mut lock.packages[0];
-        p.sha256 = hex::encode(stored.sha256);
+        p.sha256 = stored.sha256;
         p.size = stored.size;
-        p.cid = stored.cid.to_string();
+        p.cid = stored.cid;
         let key = Key::deb(&p.name, &p.version, &p.architecture);
         mirror
             .record([(key.clone(), Entry::new(&stored, None))])
             .unwrap();
         check_guest_packages(&mirror, &lock).unwrap();
         // The lock pins another CID for the same bytes: refused, naming both.
-        let other = cmbuild_store::cid::cid_of_bytes(b"other").to_string();
-        lock.packages[0].cid = other.clone();
+        let other = cmbuild_store::cid::cid_of_bytes(b"other");
+        lock.packages[0].cid = other;
         let err = check_guest_packages(&mirror, &lock)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains(&other) && err.contains(&stored.cid.to_string()),
+            err.contains(&other.to_string()) && err.contains(&stored.cid.to_string()),
             "{err}"
         );
         // A blob that rotted after the fetch is refused too.
-        lock.packages[0].cid = stored.cid.to_string();
+        lock.packages[0].cid = stored.cid;
         std::fs::write(mirror.blob_path(&stored.cid), b"rotten").unwrap();
         assert!(check_guest_packages(&mirror, &lock).is_err());
     }

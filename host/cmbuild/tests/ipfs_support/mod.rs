@@ -36,7 +36,7 @@ pub fn make_mirror(dir: &Path, blobs: &[(&str, &[u8])]) -> Vec<Cid> {
             Key::crate_(name, "1.0.0"),
             Entry {
                 cid: stored.cid,
-                sha256: hex_of(&stored.sha256),
+                sha256: stored.sha256,
                 size: stored.size,
                 url: None,
             },
@@ -44,10 +44,6 @@ pub fn make_mirror(dir: &Path, blobs: &[(&str, &[u8])]) -> Vec<Cid> {
     }
     mirror.record(entries).unwrap();
     cids
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs the `cmbuild` binary built for these tests.
