@@ -2,7 +2,7 @@
 //! `machine.json` describes, and compare the rebuild with it.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cmbuild_image::triple::Triple;
 
@@ -65,6 +65,22 @@ pub struct VerifyOptions {
     pub pins: Pins,
 }
 
+/// The machine settings a published build records in its `machine.json` (checked), or the
+/// defaults for a record from before cmbuild recorded them (or no record: the comparison
+/// then fails on the missing `machine.json`).
+pub fn published_settings(published: &Path) -> Result<MachineSettings, VerifyError> {
+    let path = published.join("machine.json");
+    let settings = if path.exists() {
+        manifest::read_machine_record(&path)?
+            .config
+            .unwrap_or_default()
+    } else {
+        MachineSettings::default()
+    };
+    settings.validate()?;
+    Ok(settings)
+}
+
 /// Rebuilds every target of the published manifest (one run per target, on the machine
 /// settings the published `machine.json` records, else the defaults) and compares.
 pub fn verify(
@@ -89,15 +105,7 @@ pub fn verify(
     if targets.is_empty() {
         return Err(VerifyError::NoArtifacts);
     }
-    let machine_json = opts.published.join("machine.json");
-    let settings = if machine_json.exists() {
-        manifest::read_machine_record(&machine_json)?
-            .config
-            .unwrap_or_default()
-    } else {
-        MachineSettings::default()
-    };
-    settings.validate()?;
+    let settings = published_settings(&opts.published)?;
     let out = opts
         .out
         .clone()
@@ -125,4 +133,51 @@ pub fn verify(
         combined.findings.extend(report.findings);
     }
     Ok(combined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{to_canonical_json, MachineRecord, MACHINE_SCHEMA};
+
+    fn publish(dir: &Path, config: Option<MachineSettings>) {
+        let record = MachineRecord {
+            schema: MACHINE_SCHEMA.into(),
+            emulator_version: "0".into(),
+            hash_scheme: "h".into(),
+            inputs: Default::default(),
+            machines: vec![],
+            config,
+        };
+        std::fs::write(dir.join("machine.json"), to_canonical_json(&record)).unwrap();
+    }
+
+    #[test]
+    fn the_rebuild_uses_the_published_machine_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = MachineSettings {
+            ram_length: 8192 << 20,
+            ..MachineSettings::default()
+        };
+        publish(dir.path(), Some(big));
+        assert_eq!(published_settings(dir.path()).unwrap(), big);
+        // A record from before the settings were recorded: the defaults it was built with.
+        publish(dir.path(), None);
+        assert_eq!(
+            published_settings(dir.path()).unwrap(),
+            MachineSettings::default()
+        );
+        // Hostile settings are refused before any machine is built.
+        publish(
+            dir.path(),
+            Some(MachineSettings {
+                ram_length: 1 << 50,
+                ..MachineSettings::default()
+            }),
+        );
+        assert!(matches!(
+            published_settings(dir.path()),
+            Err(VerifyError::Settings(_))
+        ));
+    }
 }
