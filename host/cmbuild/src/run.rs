@@ -5,8 +5,10 @@
 //! the mirror (else name what is missing and say to run `cmbuild vendor`); build the input
 //! drive (`guest-image/PROTOCOL.md`); boot one machine per group of targets (in parallel
 //! up to `jobs`), each a pure function of its inputs; extract each output drive
-//! defensively; write `manifest.json`, `machine.json` and `<triple>/<bin>` into a temporary
-//! directory and rename it into place, so a failed run leaves nothing half-written.
+//! defensively; write `manifest.json`, `machine.json` and `<triple>/<bin>` into a working
+//! directory, synced, and rename it into place ([`crate::staging`]), so a failed or killed
+//! run leaves nothing half-written (and the next run removes a killed run's working
+//! directory).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ use crate::manifest::{
 use crate::pins::{self, Pins};
 use crate::plan::{self, Plan};
 use crate::project;
+use crate::staging::{self, WorkDir};
 
 /// Everything `cmbuild run` needs to know.
 #[derive(Clone, Debug)]
@@ -234,8 +237,8 @@ pub struct ReleaseJob {
     pub rev: project::Revision,
     /// Where the finished run goes (`OUT/REV`; must not exist).
     pub final_dir: PathBuf,
-    /// The run's temporary directory beside `final_dir`, removed when dropped.
-    pub work: tempfile::TempDir,
+    /// The run's working directory beside `final_dir`, removed when dropped.
+    pub work: WorkDir,
     /// The deterministic source archive.
     pub source_tar: Vec<u8>,
     /// The commit's `Cargo.lock`.
@@ -250,6 +253,8 @@ pub fn plan_release(
     opts: &RunOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<ReleaseJob, RunError> {
+    // First, whatever happens next: a killed run's working directories go.
+    staging::clean_stale(&opts.out_dir)?;
     progress(Progress::Phase(format!("resolving {}", opts.rev)));
     let rev = project::resolve_revision(&opts.project_dir, &opts.rev)?;
     let final_dir = opts.out_dir.join(sanitize_dir_name(&opts.rev));
@@ -263,9 +268,7 @@ pub fn plan_release(
     )));
     let mut source_tar = Vec::new();
     project::write_source_archive(&opts.project_dir, &rev, &mut source_tar)?;
-    let work = tempfile::Builder::new()
-        .prefix(".cmbuild-run-")
-        .tempdir_in(ensure_dir(&opts.out_dir)?)?;
+    let work = WorkDir::create(&opts.out_dir)?;
     let source_dir = work.path().join("source");
     std::fs::create_dir(&source_dir)?;
     crate::untrusted::extract_tar_with_links(&source_tar[..], &source_dir)?;
@@ -450,7 +453,7 @@ pub fn collect_release(
             for planned in &plan.bins {
                 let bytes = std::fs::read(&output.bins[&planned.bin])?;
                 let rel = format!("{target}/{}", planned.bin);
-                write_executable(&staging.join(&rel), &bytes)?;
+                staging::write_synced(&staging.join(&rel), &bytes, 0o755)?;
                 let toolchain = opts
                     .pins
                     .get(&pins::toolchain_key(*target))
@@ -490,17 +493,32 @@ pub fn collect_release(
     Ok((manifest, machine))
 }
 
-/// Writes the records beside the staged artifacts and moves the whole directory into
-/// place in one rename, so a failed run leaves nothing half-written.
+/// Writes the records beside the staged artifacts (every file synced) and moves the whole
+/// directory into place in one rename, so a failed or killed run leaves nothing
+/// half-written (see [`crate::staging`]).
 pub fn publish(
     job: &ReleaseJob,
     manifest: &Manifest,
     machine: &MachineRecord,
 ) -> Result<PathBuf, RunError> {
     let staging = job.work.path().join("out");
-    std::fs::write(staging.join("manifest.json"), to_canonical_json(manifest))?;
-    std::fs::write(staging.join("machine.json"), to_canonical_json(machine))?;
-    std::fs::rename(&staging, &job.final_dir)?;
+    staging::write_synced(
+        &staging.join("manifest.json"),
+        &to_canonical_json(manifest),
+        0o644,
+    )?;
+    staging::write_synced(
+        &staging.join("machine.json"),
+        &to_canonical_json(machine),
+        0o644,
+    )?;
+    for target in job.plan.targets.iter() {
+        let dir = staging.join(target.as_str());
+        if dir.exists() {
+            staging::sync_dir(&dir)?;
+        }
+    }
+    staging::publish_dir(&staging, &job.final_dir)?;
     Ok(job.final_dir.clone())
 }
 
@@ -577,17 +595,6 @@ fn previous_mcycle(out_dir: &Path, targets: &[String]) -> Option<u64> {
         }
     }
     found
-}
-
-fn ensure_dir(dir: &Path) -> std::io::Result<&Path> {
-    std::fs::create_dir_all(dir)?;
-    Ok(dir)
-}
-
-fn write_executable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, bytes)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
 }
 
 /// A revision as a directory name: `v0.1.0` stays, `/` and other oddities become `_`.
