@@ -6,11 +6,13 @@ use cmbuild::terminal::sanitize;
 
 /// Compare two build outputs: the smaller set of artifacts must be inside the larger.
 ///
-/// Each directory holds a `manifest.json` (and usually `machine.json`) as written by
-/// `cmbuild run`; both are treated as untrusted: paths must be relative with no `..` and no
-/// symlinks, and every hash a manifest claims is recomputed from its file. Input drift (the
-/// builds used a different crate, version, Cargo.lock or toolchain) is reported apart from
-/// output drift (same inputs, different bytes or machine root hashes). Ends with
+/// Each directory holds a `manifest.json` and a `machine.json` as written by `cmbuild run`;
+/// both are treated as untrusted: paths must be relative with no `..` and no symlinks, and
+/// every hash a manifest claims is recomputed from its file. A side with no artifacts or no
+/// machine.json fails, and so does a machine without a counterpart that built the same
+/// targets. Input drift (the builds used a different crate, version, Cargo.lock, toolchain,
+/// machine input or machine setting) is reported apart from output drift (same inputs,
+/// different bytes or machine root hashes). Ends with
 /// `Reproducibility check PASSED` (exit 0) or `Reproducibility check FAILED` (exit 1).
 #[derive(Debug, clap::Args)]
 pub struct Args {
