@@ -29,6 +29,11 @@ pub enum VerifyError {
         #[source]
         source: ProjectError,
     },
+    /// The published manifest's commit is not a full object id.
+    #[error(
+        "the published manifest names commit {0:?}, which is not a full hexadecimal object id"
+    )]
+    BadCommit(String),
     /// The published manifest lists nothing.
     #[error("the published manifest lists no artifacts")]
     NoArtifacts,
@@ -88,12 +93,17 @@ pub fn verify(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, VerifyError> {
     let manifest = manifest::read_manifest(&opts.published.join("manifest.json"))?;
-    let rev = project::resolve_revision(&opts.project_dir, &manifest.commit).map_err(|source| {
-        VerifyError::Commit {
-            commit: manifest.commit.clone(),
-            source,
-        }
-    })?;
+    // Every name taken from the published (untrusted) records is checked before it reaches
+    // git or a path: the commit is a full hex object id (not an option, not a revision
+    // expression), every target is a supported triple (so `OUT/<target>` stays in OUT).
+    let commit_ok = matches!(manifest.commit.len(), 40 | 64)
+        && manifest
+            .commit
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !commit_ok {
+        return Err(VerifyError::BadCommit(manifest.commit));
+    }
     let mut targets = BTreeSet::new();
     for artifact in &manifest.artifacts {
         let triple: Triple = artifact
@@ -106,6 +116,12 @@ pub fn verify(
         return Err(VerifyError::NoArtifacts);
     }
     let settings = published_settings(&opts.published)?;
+    let rev = project::resolve_revision(&opts.project_dir, &manifest.commit).map_err(|source| {
+        VerifyError::Commit {
+            commit: manifest.commit.clone(),
+            source,
+        }
+    })?;
     let out = opts
         .out
         .clone()
@@ -150,6 +166,88 @@ mod tests {
             config,
         };
         std::fs::write(dir.join("machine.json"), to_canonical_json(&record)).unwrap();
+    }
+
+    fn manifest_with(dir: &Path, commit: &str, target: &str) {
+        let manifest = crate::manifest::Manifest {
+            schema: crate::manifest::MANIFEST_SCHEMA.into(),
+            release: "v1".into(),
+            commit: commit.into(),
+            artifacts: vec![crate::manifest::Artifact {
+                package: "p".into(),
+                target: target.into(),
+                bin: "p".into(),
+                bin_path: format!("{target}/p"),
+                krate: "p".into(),
+                version: "1.0.0".into(),
+                crate_lock_sha256: "0".repeat(64),
+                toolchain: "t".into(),
+                sha256: "0".repeat(64),
+                cid: "c".into(),
+            }],
+        };
+        std::fs::write(dir.join("manifest.json"), to_canonical_json(&manifest)).unwrap();
+    }
+
+    #[test]
+    fn published_names_are_validated_before_they_reach_a_path_or_git() {
+        let root = tempfile::tempdir().unwrap();
+        let published = root.path().join("published");
+        std::fs::create_dir(&published).unwrap();
+        // A real project holding the commit, so that only the names can stop the rebuild.
+        let project = root.path().join("project");
+        std::fs::create_dir(&project).unwrap();
+        let git = |args: &[&str]| {
+            let status = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&project)
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        git(&["commit", "-q", "--allow-empty", "-m", "c"]);
+        let head = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&project)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        let commit = String::from_utf8(head.stdout).unwrap().trim().to_owned();
+        let commit = commit.as_str();
+        let out = root.path().join("deep/out");
+        let opts = VerifyOptions {
+            published: published.clone(),
+            project_dir: project.clone(),
+            mirror_dir: root.path().join("no-mirror"),
+            image_dir: None,
+            out: Some(out.clone()),
+            jobs: 1,
+            pins: Default::default(),
+        };
+        for target in [
+            "../../escape",
+            "/tmp/abs",
+            "x86_64-unknown-linux-gnu/../../x",
+        ] {
+            manifest_with(&published, commit, target);
+            let err = verify(&opts, &|_| {}).unwrap_err();
+            assert!(matches!(err, VerifyError::BadTarget(_)), "{target}: {err}");
+        }
+        for bad in ["--output=/tmp/x", "HEAD~1", "0123"] {
+            manifest_with(&published, bad, "x86_64-unknown-linux-gnu");
+            let err = verify(&opts, &|_| {}).unwrap_err();
+            assert!(matches!(err, VerifyError::BadCommit(_)), "{bad}: {err}");
+        }
+        // Nothing was created anywhere: not under --out, not beside it.
+        let mut seen: Vec<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        seen.sort();
+        assert_eq!(seen, ["project", "published"]);
     }
 
     #[test]
