@@ -2,15 +2,19 @@
 //! struct, calls one `cmbuild::ops` function and prints its result; [`common`] holds the
 //! argument groups several subcommands share.
 
+pub mod attest;
 pub mod cid;
 pub mod common;
 pub mod compare;
 pub mod image;
 pub mod image_build;
 pub mod image_lock;
+pub mod key;
+pub mod log;
 pub mod machine;
 pub mod machine_snapshot;
 pub mod mirror;
 pub mod run;
 pub mod vendor;
 pub mod verify;
+pub mod verify_attestations;
