@@ -2,7 +2,7 @@
 //! devices ([`DEVICES`]) that the bus, the state hash, snapshots and the device tree use.
 //!
 //! Laid out like the Cartesi Machine so that the same bare-metal programs and guest
-//! images run on both (DESIGN.md, "The machine"). Everything here is a constant of the
+//! images run on both (docs/design.md, "The machine"). Everything here is a constant of the
 //! machine: changing any of it changes every state hash, so it goes with a hash-scheme
 //! version bump.
 

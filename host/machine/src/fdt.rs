@@ -2,7 +2,7 @@
 //! reader, and [`board_device_tree`], the blob the machine places at `DTB_BASE`.
 //!
 //! What the tree holds is dictated by Debian's OpenSBI 1.6 (`generic`, `fw_jump`) and
-//! Linux 6.12; DESIGN.md ("The machine") lists each requirement and why. The blob is a pure
+//! Linux 6.12; docs/design.md ("The machine") lists each requirement and why. The blob is a pure
 //! function of [`BoardDescription`], so it is part of the deterministic state.
 //!
 //! Blob layout (all integers big-endian): the 40-byte header, the memory reservation block

@@ -1,6 +1,6 @@
 //! CLINT (`riscv,clint0`): machine software and timer interrupts of hart 0.
 //!
-//! `mtime` is not state of its own: it is `mcycle / 8192` (DESIGN.md), so the CLINT only
+//! `mtime` is not state of its own: it is `mcycle / 8192` (docs/design.md), so the CLINT only
 //! keeps `msip` and `mtimecmp`; writes to `mtime` are ignored because time is the
 //! instruction count.
 
