@@ -9,8 +9,8 @@
 //! runs it (PLIC context 1, a supervisor timer raised by an M-mode handler the way
 //! OpenSBI does, so that M-mode traps also land between the driver's instructions).
 //!
-//! `CMBUILD_UART_SWEEP` sets the window (default 1024 offsets; a timer tick is 8192
-//! cycles, so 9000 covers every phase of it: the heavy run).
+//! The default run sweeps 1024 offsets; the heavy run (`--ignored`) 9000, which covers
+//! every phase of a timer tick (8192 cycles). `CMBUILD_UART_SWEEP` overrides either.
 
 mod common;
 
@@ -31,15 +31,22 @@ fn run(config: &MachineConfig, offset: u64, jit: bool) -> (Break, Vec<u8>, u64, 
 
 #[test]
 fn console_bursts_against_timer_interrupts_at_every_offset_m_mode() {
-    sweep("uart_sweep", &[]);
+    sweep("uart_sweep", &[], 1024);
 }
 
 #[test]
 fn console_bursts_against_timer_interrupts_at_every_offset_s_mode() {
-    sweep("uart_sweep_s", &["-DSMODE".to_string()]);
+    sweep("uart_sweep_s", &["-DSMODE".to_string()], 1024);
 }
 
-fn sweep(name: &str, defines: &[String]) {
+#[test]
+#[ignore = "heavy: every phase of a timer tick, both modes (a few minutes)"]
+fn console_bursts_against_timer_interrupts_over_a_whole_tick() {
+    sweep("uart_sweep", &[], 9000);
+    sweep("uart_sweep_s", &["-DSMODE".to_string()], 9000);
+}
+
+fn sweep(name: &str, defines: &[String], default_window: u64) {
     let sources = ["crt0.S", "uart_sweep.c"].map(|s| common::isa_dir().join(s));
     let Some(image) = common::build_with(name, "isa", &sources, defines) else {
         return;
@@ -53,7 +60,7 @@ fn sweep(name: &str, defines: &[String]) {
     let window: u64 = std::env::var("CMBUILD_UART_SWEEP")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1024)
+        .unwrap_or(default_window)
         .min(9000);
     let mut ticks_seen = 0usize;
     for offset in 0..window {
