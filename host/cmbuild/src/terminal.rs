@@ -5,16 +5,21 @@
 //! escape sequence could otherwise move the cursor, rewrite earlier lines (a forged
 //! `Reproducibility check PASSED`), set the window title or worse. Newlines and tabs pass;
 //! every other control character (C0, DEL, C1) is shown escaped as `\x1b`, `\u{9b}` and so
-//! on, so nothing of it is lost.
+//! on, so nothing of it is lost. A carriage return that ends a line (before a newline, or at
+//! the end of the text: a console line cut between two reads) is the tty's line ending and is
+//! dropped; anywhere else it could overwrite a line and is shown escaped.
 
 use std::fmt::Write;
 
-/// `text` with every control character other than newline and tab shown escaped.
+/// `text` with every control character other than newline and tab shown escaped (a
+/// carriage return that ends a line is dropped).
 pub fn sanitize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
         match c {
             '\n' | '\t' => out.push(c),
+            '\r' if matches!(chars.peek(), None | Some('\n')) => {}
             c if (c as u32) < 0x80 && c.is_control() => {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
@@ -61,5 +66,8 @@ mod tests {
             .any(|c| c.is_control() && c != '\n' && c != '\t'));
         assert_eq!(sanitize_bytes(b"a\xffb\x1b"), "a\u{fffd}b\\x1b");
         assert_eq!(sanitize("plain text, ünïcode\n"), "plain text, ünïcode\n");
+        // The guest tty ends lines with CR LF; a line cut between two reads ends in CR.
+        assert_eq!(sanitize("one\r\ntwo\r"), "one\ntwo");
+        assert_eq!(sanitize("a\rb\r\r\n"), "a\\x0db\\x0d\n");
     }
 }
