@@ -112,6 +112,12 @@ pub enum RunError {
     /// The mirror failed.
     #[error("mirror: {0}")]
     Mirror(String),
+    /// The guest image was not in the mirror and could not be assembled there.
+    #[error(transparent)]
+    Assemble(#[from] cmbuild_image::assemble::AssembleError),
+    /// This cmbuild's guest-image lock does not parse.
+    #[error("the guest-image lock this cmbuild carries: {0}")]
+    GuestLock(#[from] cmbuild_image::lock::LockFileError),
     /// The machine could not be built.
     #[error("machine {0}: {1}")]
     Machine(String, String),
@@ -315,6 +321,7 @@ pub fn gather_inputs(
 ) -> Result<ReleaseInputs, RunError> {
     progress(Progress::Phase("checking inputs in the mirror".into()));
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
+    assemble_image_on_first_use(&mirror, opts, job, progress)?;
     let mut missing = Vec::new();
     let mut blob = |key: &str| -> Option<Vec<u8>> {
         match pins::require(&opts.pins, key) {
@@ -366,6 +373,56 @@ pub fn gather_inputs(
         vendor_tar,
         cids,
     })
+}
+
+/// The first run after `cmbuild vendor` finds the guest image's files missing from the
+/// mirror: assemble them offline from the vendored `.deb`s of the lock this cmbuild carries,
+/// check them against the pins and keep them in the mirror by CID (later runs read them from
+/// there). Nothing happens when each is in the mirror or in the image directory (where
+/// [`read_pinned`] checks it against its pin).
+fn assemble_image_on_first_use(
+    mirror: &Mirror,
+    opts: &RunOptions,
+    job: &ReleaseJob,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), RunError> {
+    use cmbuild_image::assemble;
+    let present = assemble::pinned_files(&opts.pins)?
+        .iter()
+        .all(|(_, file, cid)| {
+            mirror.has_valid(cid).unwrap_or(false)
+                || opts
+                    .image_dir
+                    .as_ref()
+                    .is_some_and(|dir| dir.join(file).is_file())
+        });
+    if present {
+        return Ok(());
+    }
+    progress(Progress::Phase(
+        "assembling the guest image from the mirror's Debian packages (first use, offline)".into(),
+    ));
+    let lock = cmbuild_image::lock::shipped_lock()?;
+    let work = job.work.path().join("image");
+    let mut last = 0;
+    assemble::ensure_in_mirror(mirror, &lock, &opts.pins, &work, |step| {
+        if let cmbuild_image::image::Step::Extracting { index, total, .. } = step {
+            // One line per tenth of the packages: progress without a flood.
+            let tenth = (index + 1) * 10 / total.max(1);
+            if tenth > last {
+                last = tenth;
+                progress(Progress::Phase(format!(
+                    "guest image: {}/{total} packages extracted",
+                    index + 1
+                )));
+            }
+        }
+    })?;
+    std::fs::remove_dir_all(&work).ok();
+    progress(Progress::Phase(
+        "guest image assembled, matches its pins, kept in the mirror".into(),
+    ));
+    Ok(())
 }
 
 /// A machine's record and its output drive, or why it failed.

@@ -5,6 +5,7 @@
 //! [`image`], the whole build); and the facts the host and the guest share: the supported
 //! target triples ([`triple`]) and the pins file ([`pins`]).
 
+pub mod assemble;
 pub mod cpio;
 pub mod deb;
 pub mod debian;

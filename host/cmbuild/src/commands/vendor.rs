@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cmbuild::ops::vendor::{vendor, VendorOptions, CRATES_URL};
+use cmbuild_store::mirror::Kind;
 use indicatif::HumanBytes;
 
 use super::common::MirrorArg;
@@ -59,13 +60,20 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("cmbuild vendor: {push}");
     }
     eprintln!(
-        "cmbuild vendor: {} crates from {}: {} downloaded ({}), {} already in {}",
+        "cmbuild vendor: {} crates from {} are in {}",
         report.crates,
         report.lock_path.display(),
-        report.fetch.downloaded,
-        HumanBytes(report.fetch.bytes),
-        report.fetch.present,
         args.mirror.dir.display()
     );
+    for (kind, what) in [(Kind::Crate, "crates"), (Kind::Deb, "Debian packages")] {
+        if let Some(counts) = report.fetch.per_kind.get(&kind) {
+            eprintln!(
+                "cmbuild vendor:   {what}: {} downloaded ({}), {} already there",
+                counts.downloaded,
+                HumanBytes(counts.bytes),
+                counts.present
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

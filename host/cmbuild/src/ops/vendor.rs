@@ -223,6 +223,19 @@ pub struct FetchReport {
     pub bytes: u64,
     /// Files already present.
     pub present: usize,
+    /// The same counts for each kind of input (crates, Debian packages).
+    pub per_kind: std::collections::BTreeMap<cmbuild_store::mirror::Kind, KindCounts>,
+}
+
+/// The fetch loop's counts for one kind of input.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KindCounts {
+    /// Files downloaded.
+    pub downloaded: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files already present.
+    pub present: usize,
 }
 
 /// The project's lock, checked: only crates.io packages and workspace members.
@@ -333,6 +346,11 @@ pub fn fetch_all(
     for item in wanted {
         if let Some(cid) = present_cid(mirror, &index, item)? {
             report.present += 1;
+            report
+                .per_kind
+                .entry(item.key.kind.clone())
+                .or_default()
+                .present += 1;
             if index.get(&item.key).map(|e| e.cid) != Some(cid) {
                 let path = mirror.blob_path(&cid);
                 let size = std::fs::metadata(&path)
@@ -387,6 +405,9 @@ pub fn fetch_all(
             .map_err(mirror_err(mirror))?;
         report.downloaded += 1;
         report.bytes += stored.size;
+        let kind = report.per_kind.entry(item.key.kind.clone()).or_default();
+        kind.downloaded += 1;
+        kind.bytes += stored.size;
         progress.finish_item(stored.size);
     }
     progress.done();
@@ -651,6 +672,13 @@ mod tests {
         };
         let report = fetch_all(&mirror, std::slice::from_ref(&wanted), &offline()).unwrap();
         assert_eq!((report.present, report.downloaded), (1, 0));
+        assert_eq!(
+            report.per_kind[&cmbuild_store::mirror::Kind::Crate].present,
+            1
+        );
+        assert!(!report
+            .per_kind
+            .contains_key(&cmbuild_store::mirror::Kind::Deb));
         let index = mirror.load_index().unwrap();
         let entry = index.get(&wanted.key).unwrap();
         assert_eq!((entry.cid, entry.size), (stored.cid, bytes.len() as u64));
