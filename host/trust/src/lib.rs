@@ -47,8 +47,9 @@
 //! directory against a trusted-keys file and groups the signers by claim (commit, every
 //! subject's SHA-256, every machine's root hash). It passes when at least K distinct trusted
 //! keys make the reference claim (the build directory's own, if given, otherwise the claim
-//! with the most keys) and no other claim also reaches K. A key that signed two different
-//! claims counts for none. Everything else is named: who disagrees on which artifact or root
+//! with the most keys) and no other claim about the same commit also reaches K. A key that
+//! signed two different claims about one commit counts for none; claims about other commits
+//! are listed and ignored. Everything else is named: who disagrees on which artifact or root
 //! hash, which signatures did not verify, which files were unreadable.
 //!
 //! # The transparency log on disk

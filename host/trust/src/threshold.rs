@@ -2,8 +2,9 @@
 //!
 //! Every envelope of a directory is checked against the trusted keys; the claim (commit,
 //! subjects' SHA-256, machines' root hashes) of each validly signed statement is grouped by
-//! signer. A key that signed two different claims is an equivocator: it is reported and
-//! counts for nothing. The reference claim is the build directory's own claim when one is
+//! signer. A key that signed two different claims about the same commit is an equivocator:
+//! it is reported and counts for nothing. Claims about other commits than the reference's
+//! are listed and otherwise ignored (a directory may hold attestations of several releases). The reference claim is the build directory's own claim when one is
 //! given, otherwise the claim most keys support. The check passes when the reference has at
 //! least K supporting keys and no other claim also reaches K.
 
@@ -66,9 +67,12 @@ pub struct ThresholdReport {
     pub reference: Option<Group>,
     /// Whether the reference is the given build directory's claim.
     pub reference_is_build: bool,
-    /// Every other claim, with how it differs from the reference.
+    /// Every other claim about the reference's commit, with how it differs from the
+    /// reference (every claim, when no claim leads).
     pub dissent: Vec<(Group, Vec<String>)>,
-    /// Keys that signed more than one claim.
+    /// Claims about other commits (other builds), which are neither counted nor rivals.
+    pub other_commits: Vec<Group>,
+    /// Keys that signed two different claims about the same commit.
     pub equivocators: BTreeSet<String>,
     /// Files or signatures that were not counted, and why.
     pub problems: Vec<String>,
@@ -215,7 +219,9 @@ pub fn evaluate(
     }
     let mut groups: BTreeMap<Claim, Group> = BTreeMap::new();
     for (keyid, claims) in by_key {
-        if claims.len() > 1 {
+        // Two different claims about the same commit: the key cannot be believed on any.
+        let commits: BTreeSet<&String> = claims.keys().map(|c| &c.commit).collect();
+        if commits.len() < claims.len() {
             report.equivocators.insert(keyid);
             continue;
         }
@@ -251,7 +257,13 @@ pub fn evaluate(
             }
         }
     };
-    let others: Vec<Group> = groups.into_values().collect();
+    // Claims about other commits are about other builds: listed, never rivals.
+    let (others, elsewhere): (Vec<Group>, Vec<Group>) = groups.into_values().partition(|g| {
+        reference
+            .as_ref()
+            .is_none_or(|r| r.claim.commit == g.claim.commit)
+    });
+    report.other_commits = elsewhere;
     let rival_reaches = others.iter().any(|g| g.keyids.len() >= threshold);
     report.passed = reference
         .as_ref()
@@ -327,10 +339,19 @@ impl ThresholdReport {
                 let _ = writeln!(out, "    (this rival claim also reaches the threshold)");
             }
         }
+        for group in &self.other_commits {
+            let keys: Vec<String> = group.keyids.iter().map(short).collect();
+            let _ = writeln!(
+                out,
+                "  ignored: key(s) {} attest another commit, {}",
+                keys.join(", "),
+                group.claim.commit
+            );
+        }
         for k in &self.equivocators {
             let _ = writeln!(
                 out,
-                "  equivocates: key {} signed different claims; it counts for none",
+                "  equivocates: key {} signed different claims about one commit; it counts for none",
                 short(k)
             );
         }

@@ -378,3 +378,39 @@ print("OK")
     assert!(!out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "BAD SIGNATURE");
 }
+
+/// Writes a build like `common::write_build` but of another commit.
+fn write_build_of_commit(dir: &Path, commit: &str) {
+    common::write_build(dir, "a", "r");
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        manifest.replace(&"c0".repeat(20), commit),
+    )
+    .unwrap();
+}
+
+#[test]
+fn attestations_of_other_releases_are_ignored_not_rivals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = tmp.path().join("v1");
+    let v2 = tmp.path().join("v2");
+    common::write_build(&v1, "a", "r");
+    write_build_of_commit(&v2, &"d1".repeat(20));
+    let atts = tmp.path().join("atts");
+    let (k1, k2, k3) = (key(1), key(2), key(3));
+    for (k, n) in [(&k1, "1"), (&k2, "2"), (&k3, "3")] {
+        attest_into(&v1, k, &atts, &format!("v1-{n}"));
+    }
+    attest_into(&v2, &k1, &atts, "v2-1");
+    attest_into(&v2, &k2, &atts, "v2-2");
+    // Each release passes against its own build directory; the other is listed as ignored.
+    let report = check(&atts, &[&k1, &k2, &k3], 2, Some(&v1));
+    assert!(report.passed, "{}", report.render());
+    assert_eq!(report.reference.as_ref().unwrap().keyids.len(), 3);
+    assert!(report.equivocators.is_empty());
+    assert!(report.render().contains("ignored:"), "{}", report.render());
+    let report = check(&atts, &[&k1, &k2, &k3], 2, Some(&v2));
+    assert!(report.passed, "{}", report.render());
+    assert!(!check(&atts, &[&k1, &k2, &k3], 3, Some(&v2)).passed);
+}

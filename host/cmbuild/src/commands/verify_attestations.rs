@@ -5,16 +5,18 @@ use anyhow::Context;
 
 /// Check that at least K trusted builders attest the same build (k-of-n).
 ///
-/// Reads every *.json DSSE envelope in --attestations DIR (a build directory's manifest.json
-/// and machine.json are skipped, so attestations can sit next to the artifacts), keeps the signatures made by keys
-/// of --trusted-keys FILE (one public key per line, hex or base64 of the 32 raw bytes, `#`
-/// comments), and groups the signers by what they attest: the commit, every artifact's
-/// sha256 and every machine's root hash. Passes when at least K distinct trusted keys
-/// attest the same thing and no other claim also reaches K; given BUILD_DIR, that thing must
-/// be BUILD_DIR itself (its artifacts are rehashed). A key that signed two different claims
-/// counts for none. Names every key that disagrees and on what, every signature that does
-/// not verify and every file that was not counted. Ends with `Attestation check PASSED`
-/// (exit 0) or `Attestation check FAILED` (exit 1).
+/// Reads every *.json DSSE envelope in --attestations DIR (a build directory's
+/// manifest.json and machine.json are skipped, so attestations can sit next to the
+/// artifacts), keeps the signatures made by keys of --trusted-keys FILE (one public key per
+/// line, hex or base64 of the 32 raw bytes, `#` comments), and groups the signers by what
+/// they attest: the commit, every artifact's sha256 and every machine's root hash. Passes
+/// when at least K distinct trusted keys attest the same thing and no other claim about the
+/// same commit also reaches K; given BUILD_DIR, that thing must be BUILD_DIR itself (its
+/// artifacts are rehashed). A key that signed two different claims about one commit counts
+/// for none; attestations of other commits are listed and ignored. Names every key that
+/// disagrees and on what, every signature that does not verify and every file that was not
+/// counted. Ends with `Attestation check PASSED` (exit 0) or `Attestation check FAILED`
+/// (exit 1).
 ///
 /// (`cmbuild verify` rebuilds a published release; this command checks signatures only.)
 ///
