@@ -204,11 +204,19 @@ fn appends_are_checked() {
         log.append(&key, &[att(1), att(1)]),
         Err(LogError::AlreadyLogged { index: 1, .. })
     ));
+    // One appender at a time; the lock goes with the appender.
+    assert!(matches!(
+        Log::open_or_create(tmp.path(), &key),
+        Err(LogError::Locked(_))
+    ));
+    drop(log);
+    let mut log = Log::open_or_create(tmp.path(), &key).unwrap();
     let stranger = SecretKey::from_seed(&[2; 32]);
     assert!(matches!(
         log.append(&stranger, &[att(1)]),
         Err(LogError::WrongKey { .. })
     ));
+    drop(log);
     assert!(matches!(
         Log::open_or_create(tmp.path(), &stranger),
         Err(LogError::WrongKey { .. })
