@@ -1,8 +1,8 @@
 //! Trust without trusting one builder: signed attestations of cmbuild releases, k-of-n
 //! verification, a transparency log kept as files, and offline proofs.
 //!
-//! This crate holds all the logic; the `cmbuild key`, `attest`, `verify-attestations` and
-//! `log` commands only parse flags and call it. It depends on `cmbuild-store` (CIDs) and
+//! This crate holds all the logic; the `cmbuild key`, `attest`, `verify-attestations`,
+//! `log`, `prove` and `verify-proof` commands only parse flags and call it. It depends on `cmbuild-store` (CIDs) and
 //! never on `cmbuild`: it reads build directories itself ([`build`]).
 //!
 //! # What is signed
@@ -80,11 +80,20 @@
 //! Each verifies offline with only the log's public key (and the attestation file, or the
 //! older head).
 //!
+//! # Artifact proofs
+//!
+//! `cmbuild prove BUILD_DIR <triple>/<bin>` bundles, for one binary, every attestation that
+//! names it with its digest and each one's log inclusion proof ([`artifact`]); `cmbuild
+//! verify-proof` checks the bundle offline against the user's trusted keys, threshold and
+//! (optionally) log key. It proves that K trusted keys signed statements naming those bytes,
+//! not a path from the bytes into a machine's state hash.
+//!
 //! [in-toto Statement v1]: https://github.com/in-toto/attestation/blob/main/spec/v1/statement.md
 //! [SLSA Provenance v1]: https://slsa.dev/spec/v1.0/provenance
 //! [DSSE]: https://github.com/secure-systems-lab/dsse/blob/master/protocol.md
 #![warn(missing_docs)]
 
+pub mod artifact;
 pub mod build;
 pub mod canonical;
 pub mod dsse;
