@@ -15,7 +15,8 @@
 //! - `predicate.buildDefinition`: `buildType` = [`statement::BUILD_TYPE`];
 //!   `externalParameters` = `commit`, `release`, `targets`, `toolchains` (triple → CID) and
 //!   `pins` (the `GUEST_*` inputs of `machine.json` and each target's
-//!   `RUST_TOOLCHAIN__<TRIPLE>`); `internalParameters` = the `template*` string fields of
+//!   `RUST_TOOLCHAIN__<TRIPLE>`), and `machine` (the machine settings of `machine.json`'s
+//!   `config`, when present); `internalParameters` = the `template*` string fields of
 //!   `machine.json` when it has any; `resolvedDependencies` = every input of `machine.json`,
 //!   every toolchain and the Cargo.lock, each with `uri` = `ipfs://<CID>` and, where the CID
 //!   is a raw leaf (its digest is the content's SHA-256), `digest.sha256`;

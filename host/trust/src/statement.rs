@@ -129,6 +129,9 @@ pub fn statement(facts: &BuildFacts, opts: &AttestOptions) -> Value {
         },
         "resolvedDependencies": deps.into_iter().map(|d| d.2).collect::<Vec<_>>(),
     });
+    if let Some(config) = &facts.machine_config {
+        build_definition["externalParameters"]["machine"] = json!(config);
+    }
     if !facts.template.is_empty() {
         build_definition["internalParameters"] = json!(facts.template);
     }

@@ -90,6 +90,10 @@ fn statement_has_the_in_toto_and_slsa_shape_and_is_reproducible() {
     );
     assert!(def["externalParameters"]["pins"]["GUEST_KERNEL_CID"].is_string());
     assert!(def.get("internalParameters").is_none());
+    assert_eq!(
+        def["externalParameters"]["machine"]["ram_length"],
+        4_294_967_296_u64
+    );
     let deps = def["resolvedDependencies"].as_array().unwrap();
     let source = deps.iter().find(|d| d["name"] == "SOURCE_CID").unwrap();
     // A raw-leaf CID gives the content's sha256; a dag-pb one gives only the URI.

@@ -31,13 +31,12 @@ pub struct Args {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let log = args
-        .log
-        .as_deref()
-        .map(cmbuild_trust::tlog::Log::open)
-        .transpose()?;
-    let dir = args.attestations.as_ref().unwrap_or(&args.build_dir);
-    let proof = cmbuild_trust::artifact::prove(&args.build_dir, &args.artifact, dir, log.as_ref())?;
+    let proof = cmbuild::ops::prove::prove(&cmbuild::ops::prove::ProveOptions {
+        build_dir: args.build_dir,
+        artifact: args.artifact,
+        attestations: args.attestations,
+        log: args.log,
+    })?;
     let bytes = proof.to_file_bytes()?;
     match &args.out {
         Some(path) => {

@@ -1,8 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 /// Check that at least K trusted builders attest the same build (k-of-n).
 ///
 /// Reads every *.json DSSE envelope in --attestations DIR (a build directory's
@@ -38,20 +36,15 @@ pub struct Args {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let trusted = cmbuild_trust::keys::read_trusted_keys(&args.trusted_keys)
-        .with_context(|| format!("reading {}", args.trusted_keys.display()))?;
-    let claim = match &args.build_dir {
-        Some(dir) => Some(
-            cmbuild_trust::build::read_build_dir(dir)
-                .with_context(|| format!("reading the build {}", dir.display()))?
-                .claim(),
-        ),
-        None => None,
-    };
-    let files = cmbuild_trust::threshold::read_attestation_dir(&args.attestations)?;
-    let report =
-        cmbuild_trust::threshold::evaluate(&files, &trusted, args.threshold, claim.as_ref())?;
-    print!("{}", report.render());
+    use cmbuild::ops::verify_attestations::{verify_attestations, VerifyAttestationsOptions};
+    let report = verify_attestations(&VerifyAttestationsOptions {
+        attestations: args.attestations,
+        trusted_keys: args.trusted_keys,
+        threshold: args.threshold,
+        build_dir: args.build_dir,
+    })?;
+    // The report quotes attested data (commits, artifact names, file names): untrusted.
+    print!("{}", cmbuild::terminal::sanitize(&report.render()));
     Ok(if report.passed {
         ExitCode::SUCCESS
     } else {

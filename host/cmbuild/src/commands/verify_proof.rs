@@ -1,8 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 /// Check an artifact proof offline: do K trusted keys attest this binary?
 ///
 /// Passes when at least K distinct keys of --trusted-keys attest the same build and that
@@ -32,45 +30,38 @@ pub struct Args {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let proof = cmbuild_trust::artifact::ArtifactProof::read(&args.proof)
-        .with_context(|| format!("reading {}", args.proof.display()))?;
-    let trusted = cmbuild_trust::keys::read_trusted_keys(&args.trusted_keys)
-        .with_context(|| format!("reading {}", args.trusted_keys.display()))?;
-    let log_key = args
-        .log_key
-        .as_deref()
-        .map(cmbuild_trust::keys::read_public_key)
-        .transpose()?;
-    let artifact = args
-        .artifact
-        .as_ref()
-        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
-        .transpose()?;
-    println!(
-        "artifact {} sha256 {}",
+    let (proof, verdict) =
+        cmbuild::ops::prove::verify_proof(&cmbuild::ops::prove::VerifyProofOptions {
+            proof: args.proof,
+            artifact: args.artifact,
+            trusted_keys: args.trusted_keys,
+            threshold: args.threshold,
+            log_key: args.log_key,
+        })?;
+    // Everything below quotes the proof's contents: untrusted.
+    let mut text = format!(
+        "artifact {} sha256 {}\n",
         proof.artifact.name, proof.artifact.sha256
     );
-    let verdict = proof.verify(
-        artifact.as_deref(),
-        &trusted,
-        args.threshold,
-        log_key.as_ref(),
-    )?;
     for why in &verdict.excluded {
-        println!("  excluded: {why}");
+        text.push_str(&format!("  excluded: {why}\n"));
     }
-    let text = verdict.report.render();
+    let report = verdict.report.render();
     if verdict.passed {
-        print!("{text}");
-        Ok(ExitCode::SUCCESS)
+        text.push_str(&report);
     } else {
-        // The report's own verdict line may say PASSED for a build that does not list this
-        // artifact; end with the proof's verdict.
-        print!("{}", text.replace("Attestation check PASSED\n", ""));
+        // The report's verdict may be PASSED for a build that does not list this artifact;
+        // end with the proof's own verdict.
+        text.push_str(&report.replace("Attestation check PASSED\n", ""));
         if verdict.report.passed {
-            println!("  the attested build does not list this artifact with this sha256");
+            text.push_str("  the attested build does not list this artifact with this sha256\n");
         }
-        println!("Attestation check FAILED");
-        Ok(ExitCode::from(1))
+        text.push_str("Attestation check FAILED\n");
     }
+    print!("{}", cmbuild::terminal::sanitize(&text));
+    Ok(if verdict.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
