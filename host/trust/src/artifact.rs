@@ -13,6 +13,7 @@
 //!  "type": "cmbuild-artifact-proof-v1"}
 //! ```
 
+use cmbuild_store::hex;
 use std::path::Path;
 
 use base64::Engine as _;

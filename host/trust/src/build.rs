@@ -6,6 +6,7 @@
 //! a plain relative `<triple>/<bin>` that goes through no symbolic link, and every artifact's
 //! SHA-256 is recomputed from its file and must equal what the manifest claims.
 
+use cmbuild_store::hex;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;

@@ -59,8 +59,9 @@
 //! digests of attestation files (their exact bytes); leaf hash = SHA-256(0x00 || data),
 //! node hash = SHA-256(0x01 || left || right), split at the largest power of two smaller
 //! than n. A directory holds `log.pub`, `leaves` (one hex entry per line), `entries/<hex>.json`
-//! (copies of the attestations) and `heads/<size>.json` (every signed tree head ever
-//! published, never rewritten).
+//! (copies of the attestations), `heads/<size>.json` (every signed tree head ever
+//! published, never rewritten) and, only while an append runs, `lock`. `leaves` is replaced
+//! through a synced temporary file and a rename; every other file is created once.
 //!
 //! # Proof formats
 //!

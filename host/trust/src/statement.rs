@@ -1,6 +1,7 @@
 //! The in-toto Statement v1 with a SLSA Provenance v1 predicate that `cmbuild attest` signs,
 //! and the [`Claim`] a verifier reads back out of one.
 
+use cmbuild_store::hex;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};

@@ -13,6 +13,7 @@
 //!   rewritten. The head with the largest size is the current one;
 //! - `lock`: present only while an append runs (one appender at a time).
 
+use cmbuild_store::hex;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -102,6 +103,9 @@ pub enum LogError {
     /// A proof does not verify.
     #[error("proof refused: {0}")]
     Refused(String),
+    /// The entries could not be written (through a synced temporary file and a rename).
+    #[error(transparent)]
+    Write(#[from] cmbuild_store::mirror::MirrorError),
     /// Something could not be written canonically.
     #[error(transparent)]
     Canonical(#[from] canonical::CanonicalError),
@@ -132,9 +136,7 @@ fn parse_hash(what: &str, s: &str) -> Result<Hash, LogError> {
             format!("{s:?} is not 64 lowercase hex digits"),
         ));
     }
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(s, &mut out).map_err(|e| malformed(what, e.to_string()))?;
-    Ok(out)
+    hex::decode_array::<32>(s).map_err(|e| malformed(what, e.to_string()))
 }
 
 fn parse_path(what: &str, path: &[String]) -> Result<Vec<Hash>, LogError> {
@@ -625,8 +627,7 @@ impl Log {
             text.push_str(&hex::encode(e));
             text.push('\n');
         }
-        let leaves_path = self.dir.join("leaves");
-        files::replace(&leaves_path, text.as_bytes()).map_err(io_err(&leaves_path))?;
+        cmbuild_store::mirror::write_atomically(&self.dir.join("leaves"), text.as_bytes())?;
         self.entries = new;
         let size = self.size();
         let head = TreeHead::sign(key, size, &merkle::root(&self.leaf_hashes(size)));

@@ -3,6 +3,7 @@
 
 mod common;
 
+use cmbuild_store::hex;
 use std::path::Path;
 use std::process::Command;
 

@@ -1,5 +1,6 @@
 //! The transparency log on disk: appends, signed heads, proofs, and the refusals.
 
+use cmbuild_store::hex;
 use cmbuild_trust::keys::SecretKey;
 use cmbuild_trust::merkle;
 use cmbuild_trust::tlog::{ConsistencyProof, InclusionProof, Log, LogError, TreeHead};
@@ -168,7 +169,7 @@ fn rewriting_the_files_in_place_is_detected() {
     std::fs::write(tmp.path().join("leaves"), &rewritten).unwrap();
     let entries: Vec<[u8; 32]> = rewritten
         .lines()
-        .map(|l| hex::decode(l).unwrap().try_into().unwrap())
+        .map(|l| hex::decode_array::<32>(l).unwrap())
         .collect();
     let leaf_hashes: Vec<_> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
     let resigned = TreeHead::sign(&key, 3, &merkle::root(&leaf_hashes));

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use cmbuild_store::hex;
 use std::path::Path;
 
 use serde_json::json;
