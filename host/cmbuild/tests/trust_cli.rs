@@ -132,8 +132,6 @@ fn keys_attestations_threshold_and_log() {
     ]));
     let out = ok(&cmbuild(&[
         "verify-attestations",
-        "--attestations",
-        p(&build),
         "--trusted-keys",
         p(&trusted_file),
         "--threshold",

@@ -20,6 +20,8 @@ use crate::statement::claim_of_statement;
 
 /// Most files read from an attestation directory.
 pub const MAX_ATTESTATION_FILES: usize = 10_000;
+/// Most bytes read from an attestation directory, all files together.
+pub const MAX_ATTESTATION_DIR_BYTES: u64 = 256 << 20;
 
 /// Why the attestations could not be evaluated at all.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,9 @@ pub enum ThresholdError {
     /// The directory holds more files than are read.
     #[error("{0} holds more than {MAX_ATTESTATION_FILES} attestation files")]
     TooMany(String),
+    /// The directory's attestations are larger, together, than is read.
+    #[error("the attestations in {0} are larger than {MAX_ATTESTATION_DIR_BYTES} bytes together")]
+    TooLarge(String),
     /// The threshold is 0 or larger than the number of trusted keys.
     #[error(
         "threshold {threshold} is impossible with {keys} trusted key(s); it must be 1..={keys}"
@@ -132,18 +137,22 @@ pub fn read_attestation_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, Thresh
         }
     }
     names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let path = dir.join(&name);
-            files::read_capped(&path, MAX_ENVELOPE_BYTES)
-                .map(|bytes| (path.display().to_string(), bytes))
-                .map_err(|source| ThresholdError::Io {
-                    path: path.display().to_string(),
-                    source,
-                })
-        })
-        .collect()
+    let mut total = 0u64;
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let path = dir.join(&name);
+        let bytes =
+            files::read_capped(&path, MAX_ENVELOPE_BYTES).map_err(|source| ThresholdError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        total += bytes.len() as u64;
+        if total > MAX_ATTESTATION_DIR_BYTES {
+            return Err(ThresholdError::TooLarge(dir.display().to_string()));
+        }
+        out.push((path.display().to_string(), bytes));
+    }
+    Ok(out)
 }
 
 /// Evaluates attestation files (name, bytes) against `trusted` keys and threshold K,

@@ -24,9 +24,9 @@ use std::process::ExitCode;
 pub struct Args {
     /// A build directory that must match what the attestations say.
     build_dir: Option<PathBuf>,
-    /// The directory of attestation envelopes (*.json).
-    #[arg(long, value_name = "DIR")]
-    attestations: PathBuf,
+    /// The directory of attestation envelopes (*.json); default: BUILD_DIR.
+    #[arg(long, value_name = "DIR", required_unless_present = "build_dir")]
+    attestations: Option<PathBuf>,
     /// The trusted public keys, one per line.
     #[arg(long, value_name = "FILE")]
     trusted_keys: PathBuf,
@@ -37,8 +37,11 @@ pub struct Args {
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     use cmbuild::ops::verify_attestations::{verify_attestations, VerifyAttestationsOptions};
+    let Some(attestations) = args.attestations.or_else(|| args.build_dir.clone()) else {
+        anyhow::bail!("--attestations DIR or a BUILD_DIR holding the attestations is needed");
+    };
     let report = verify_attestations(&VerifyAttestationsOptions {
-        attestations: args.attestations,
+        attestations,
         trusted_keys: args.trusted_keys,
         threshold: args.threshold,
         build_dir: args.build_dir,
