@@ -6,13 +6,18 @@
 //! returned as data; the binary prints it. Long operations report progress through
 //! callbacks (or, for the vendor download bar, on stderr).
 
+pub mod attest;
 pub mod bench;
 pub mod compare;
 pub mod image;
+pub mod key;
+pub mod log;
 pub mod mirror;
+pub mod prove;
 pub mod run;
 pub mod vendor;
 pub mod verify;
+pub mod verify_attestations;
 
 /// Sizes as people read them: `12.9 MB` (powers of 1000, like Debian's tools).
 pub fn human_size(bytes: u64) -> String {
