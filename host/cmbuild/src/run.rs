@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig, HASH_SCHEME};
-use cmbuild_store::cid::Cid;
+use cmbuild_store::cid::{cid_of_bytes, Cid};
 use cmbuild_store::mirror::Mirror;
-use sha2::{Digest, Sha256};
+use cmbuild_store::sha256::Sha256;
 
 use crate::manifest::{
     to_canonical_json, Artifact, MachineRecord, MachineRun, Manifest, MACHINE_SCHEMA,
@@ -84,6 +84,13 @@ pub enum RunError {
     Pins(#[from] pins::PinsError),
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
+    /// A pin that must be a content ID is not one.
+    #[error("pin {key}: {source}")]
+    Pin {
+        key: String,
+        #[source]
+        source: cmbuild_store::cid::CidError,
+    },
     /// Inputs are missing from the mirror.
     #[error("the mirror {mirror} lacks {}:\n  {}\nrun `cmbuild vendor` (online) first", .missing.len(), .missing.join("\n  "))]
     MissingInputs {
@@ -124,12 +131,14 @@ pub struct RunSummary {
     pub machine: MachineRecord,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn cid_string(bytes: &[u8]) -> String {
-    cmbuild_store::cid::cid_of_bytes(bytes).to_string()
+/// The pin `key` as a content ID.
+fn pinned_cid(pins: &BTreeMap<String, String>, key: &str) -> Result<Cid, RunError> {
+    pins::require(pins, key)?
+        .parse()
+        .map_err(|source| RunError::Pin {
+            key: key.to_owned(),
+            source,
+        })
 }
 
 /// The file `cmbuild image build` writes for each guest-image pin.
@@ -235,7 +244,7 @@ pub fn run_release(
             opts.rev, rev.commit
         ))
     })?;
-    let lock_sha256 = sha256_hex(&lock_bytes);
+    let lock_sha256 = Sha256::of(&lock_bytes);
 
     progress(Progress::Phase("checking inputs in the mirror".into()));
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
@@ -281,10 +290,10 @@ pub fn run_release(
 
     let mut inputs = BTreeMap::new();
     for key in [pins::KERNEL, pins::FIRMWARE, pins::INITRD, pins::ROOTFS] {
-        inputs.insert(key.to_owned(), opts.pins[key].clone());
+        inputs.insert(key.to_owned(), pinned_cid(&opts.pins, key)?);
     }
-    inputs.insert("SOURCE_CID".to_owned(), cid_string(&source_tar));
-    inputs.insert("VENDOR_CID".to_owned(), cid_string(&vendor_tar));
+    inputs.insert("SOURCE_CID".to_owned(), cid_of_bytes(&source_tar));
+    inputs.insert("VENDOR_CID".to_owned(), cid_of_bytes(&vendor_tar));
 
     // One machine per group; each gets the plan restricted to its targets.
     let groups = machine_groups(&plan.targets, opts.machine_per_target);
@@ -352,11 +361,12 @@ pub fn run_release(
                 let bytes = std::fs::read(&output.bins[&planned.bin])?;
                 let rel = format!("{target}/{}", planned.bin);
                 write_executable(&staging.join(&rel), &bytes)?;
-                let toolchain = opts
-                    .pins
-                    .get(&pins::toolchain_key(target))
-                    .cloned()
-                    .unwrap_or_else(|| opts.pins[pins::ROOTFS].clone());
+                let toolchain_key = pins::toolchain_key(target);
+                let toolchain = if opts.pins.contains_key(&toolchain_key) {
+                    pinned_cid(&opts.pins, &toolchain_key)?
+                } else {
+                    pinned_cid(&opts.pins, pins::ROOTFS)?
+                };
                 artifacts.push(Artifact {
                     package: planned.package.clone(),
                     target: target.clone(),
@@ -364,10 +374,10 @@ pub fn run_release(
                     bin_path: rel,
                     krate: planned.package.clone(),
                     version: planned.version.clone(),
-                    crate_lock_sha256: lock_sha256.clone(),
+                    crate_lock_sha256: lock_sha256,
                     toolchain,
-                    sha256: sha256_hex(&bytes),
-                    cid: cid_string(&bytes),
+                    sha256: Sha256::of(&bytes),
+                    cid: cid_of_bytes(&bytes),
                 });
             }
         }
@@ -417,7 +427,7 @@ fn run_machine(
     image: &GuestImage,
     targets: &[String],
     input_drive: Vec<u8>,
-    inputs: &BTreeMap<String, String>,
+    inputs: &BTreeMap<String, Cid>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> MachineResult {
     let name = targets.join(",");

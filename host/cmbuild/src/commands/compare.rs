@@ -25,10 +25,8 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The CID of a file as `cmbuild cid` prints it.
-pub fn cid_of_file(path: &Path) -> std::io::Result<String> {
-    let file = std::fs::File::open(path)?;
-    let (cid, _len) = cmbuild_store::cid::cid_of_reader(file)?;
-    Ok(cid.to_string())
+pub fn cid_of_file(path: &Path) -> std::io::Result<cmbuild_store::cid::Cid> {
+    cmbuild_store::cid::cid_of_file(path)
 }
 
 /// Prints a comparison's findings, inputs first, and the verdict; returns the exit code.
