@@ -29,7 +29,12 @@ pub enum DebError {
     UnsafePath(String),
     /// unsupported tar entry type {kind:?} for {path:?}
     #[error("unsupported tar entry type {kind:?} for {path:?}")]
-    UnsupportedEntry { path: String, kind: u8 },
+    UnsupportedEntry {
+        /// The path concerned.
+        path: String,
+        /// The tar entry type byte.
+        kind: u8,
+    },
 }
 
 /// What a path in a package is.
@@ -52,6 +57,7 @@ pub struct Entry {
     pub path: String,
     /// Permission bits (`0o7777`), without the file type.
     pub mode: u32,
+    /// What it is.
     pub node: Node,
 }
 

@@ -54,9 +54,12 @@ pub enum ImageError {
     /// package {name} ({arch}) could not be loaded
     #[error("package {name} ({arch}) could not be loaded")]
     Load {
+        /// Package name.
         name: String,
+        /// Debian architecture.
         arch: String,
         #[source]
+        /// The underlying error.
         source: BoxError,
     },
     /// package {name} ({arch}) does not match the lock: sha256 {actual}, lock says {expected}
@@ -64,9 +67,13 @@ pub enum ImageError {
         "package {name} ({arch}) does not match the lock: sha256 {actual}, lock says {expected}"
     )]
     Mismatch {
+        /// Package name.
         name: String,
+        /// Debian architecture.
         arch: String,
+        /// What was pinned or expected.
         expected: Sha256,
+        /// What was found.
         actual: Sha256,
     },
     /// the lock has no {0} package
@@ -75,9 +82,12 @@ pub enum ImageError {
     /// extracting {name} ({arch})
     #[error("extracting {name} ({arch})")]
     Deb {
+        /// Package name.
         name: String,
+        /// Debian architecture.
         arch: String,
         #[source]
+        /// The underlying error.
         source: DebError,
     },
     /// assembling the root tree
@@ -92,8 +102,10 @@ pub enum ImageError {
     /// writing {path}
     #[error("writing {path}")]
     Io {
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// The underlying error.
         source: std::io::Error,
     },
 }
@@ -101,6 +113,7 @@ pub enum ImageError {
 /// What a build produced: output file name -> path, and the toolchain descriptors.
 #[derive(Debug, Clone)]
 pub struct Built {
+    /// Output file name -> path.
     pub files: BTreeMap<String, PathBuf>,
     /// Triple -> canonical text describing its toolchain (see [`toolchain_descriptor`]).
     pub toolchains: BTreeMap<String, String>,
@@ -109,11 +122,16 @@ pub struct Built {
 /// Progress reports, so the CLI can say what is going on during a minutes-long build.
 #[derive(Debug, Clone)]
 pub enum Step<'a> {
+    /// A package is being extracted.
     Extracting {
+        /// Package name.
         name: &'a str,
+        /// Its position, from 0.
         index: usize,
+        /// How many packages.
         total: usize,
     },
+    /// An output file is being written.
     Writing(&'a str),
 }
 

@@ -4,6 +4,9 @@
 //! merging and fixups, the [`erofs`] and [`cpio`] writers, the [`initramfs`], and
 //! [`image`], the whole build).
 
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod cpio;
 pub mod deb;
 pub mod debian;

@@ -29,44 +29,66 @@ pub enum CrateError {
     /// {name} {version}: the archive's sha256 is {actual}, the lock says {expected}
     #[error("{name} {version}: the archive's sha256 is {actual}, the lock says {expected}")]
     Checksum {
+        /// Package or crate name.
         name: String,
+        /// Its version.
         version: String,
+        /// What was pinned or expected.
         expected: Sha256,
+        /// What was found.
         actual: Sha256,
     },
     /// {name} {version}: the archive is not a readable .crate (gzip tar)
     #[error("{name} {version}: the archive is not a readable .crate (gzip tar)")]
     Archive {
+        /// Package or crate name.
         name: String,
+        /// Its version.
         version: String,
         #[source]
+        /// The underlying error.
         source: io::Error,
     },
     /// {name} {version}: archive entry `{entry}` is refused ({why})
     #[error("{name} {version}: archive entry `{entry}` is refused ({why})")]
     Entry {
+        /// Package or crate name.
         name: String,
+        /// Its version.
         version: String,
+        /// The archive entry.
         entry: String,
+        /// Why it was refused.
         why: &'static str,
     },
     /// {name} {version}: the archive has no Cargo.toml
     #[error("{name} {version}: the archive has no Cargo.toml")]
-    NoManifest { name: String, version: String },
+    NoManifest {
+        /// Package or crate name.
+        name: String,
+        /// Its version.
+        version: String,
+    },
     /// cannot {action} {path}
     #[error("cannot {action} {path}")]
     Io {
+        /// What was being done (create, read, rename, ...).
         action: &'static str,
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// The underlying error.
         source: io::Error,
     },
     /// the mirror cannot provide {name} {version}
     #[error("the mirror cannot provide {name} {version}")]
     Mirror {
+        /// Package or crate name.
         name: String,
+        /// Its version.
         version: String,
         #[source]
+        /// The underlying error.
         source: MirrorError,
     },
 }
@@ -83,10 +105,13 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Crat
 /// A crate to place in a directory source: what the lock pins and where the mirror keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct VendoredCrate {
+    /// Package or crate name.
     pub name: String,
+    /// Its version.
     pub version: String,
     /// The lock's checksum: sha256 of the `.crate`.
     pub sha256: Sha256,
+    /// Content ID.
     pub cid: Cid,
 }
 
@@ -100,8 +125,11 @@ impl VendoredCrate {
 /// What [`write_directory_source`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DirectorySourceReport {
+    /// Crates unpacked now.
     pub unpacked: usize,
+    /// Crates already unpacked with the right checksum.
     pub already_present: usize,
+    /// Directories of crates no longer wanted, removed.
     pub removed: Vec<String>,
 }
 

@@ -10,6 +10,9 @@
 //! - [`sha256`] and [`hex`]: the [`sha256::Sha256`] digest type and the workspace's one
 //!   hex codec.
 
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod car;
 pub mod cid;
 pub mod crates;

@@ -24,33 +24,49 @@ pub enum LockError {
     /// cannot read {path}
     #[error("cannot read {path}")]
     Io {
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// Where it comes from (or the underlying error).
         source: io::Error,
     },
     /// {path} is not a valid Cargo.lock
     #[error("{path} is not a valid Cargo.lock")]
     Malformed {
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// Where it comes from (or the underlying error).
         source: toml::de::Error,
     },
     /// {path} has lock file version {version}; cmbuild reads versions 1 to 4
     #[error("{path} has lock file version {version}; cmbuild reads versions 1 to 4")]
-    Version { path: PathBuf, version: u32 },
+    Version {
+        /// The path concerned.
+        path: PathBuf,
+        /// Lock format version (or the package version).
+        version: u32,
+    },
     /// {path}: package {name} {version} from crates.io has no checksum
     #[error("{path}: package {name} {version} from crates.io has no checksum")]
     NoChecksum {
+        /// The path concerned.
         path: PathBuf,
+        /// Package or crate name.
         name: String,
+        /// Lock format version (or the package version).
         version: String,
     },
     /// {path}: checksum of {name} {version} is not 64 hex digits: `{checksum}`
     #[error("{path}: checksum of {name} {version} is not 64 hex digits: `{checksum}`")]
     BadChecksum {
+        /// The path concerned.
         path: PathBuf,
+        /// Package or crate name.
         name: String,
+        /// Lock format version (or the package version).
         version: String,
+        /// The checksum text found.
         checksum: String,
     },
 }
@@ -59,7 +75,10 @@ pub enum LockError {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
     /// crates.io, with the sha256 of the `.crate` archive.
-    CratesIo { sha256: Sha256 },
+    CratesIo {
+        /// sha256 of the `.crate` archive.
+        sha256: Sha256,
+    },
     /// A git repository (the lock's source string, with the commit).
     Git(String),
     /// No source: a workspace member or a path dependency.
@@ -71,8 +90,11 @@ pub enum Source {
 /// One `[[package]]` of the lock.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Package {
+    /// Package or crate name.
     pub name: String,
+    /// Lock format version (or the package version).
     pub version: String,
+    /// Where it comes from (or the underlying error).
     pub source: Source,
 }
 
@@ -89,7 +111,9 @@ impl Package {
 /// The packages of a Cargo.lock, sorted by name, version and source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lockfile {
+    /// Lock format version (or the package version).
     pub version: u32,
+    /// Packages sorted by name, version and source.
     pub packages: Vec<Package>,
 }
 

@@ -37,27 +37,47 @@ pub enum MirrorError {
     /// cannot {action} {path}
     #[error("cannot {action} {path}")]
     Io {
+        /// What was being done (create, read, rename, ...).
         action: &'static str,
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// The underlying error.
         source: io::Error,
     },
     /// blob {cid} is not in the mirror {root}
     #[error("blob {cid} is not in the mirror {root}")]
-    Missing { cid: Cid, root: PathBuf },
+    Missing {
+        /// Content ID of the blob.
+        cid: Cid,
+        /// The mirror root.
+        root: PathBuf,
+    },
     /// blob {path} does not match its CID (its bytes are {actual}); it was not used
     #[error("blob {path} does not match its CID (its bytes are {actual}); it was not used")]
-    Corrupt { path: PathBuf, actual: Cid },
+    Corrupt {
+        /// The path concerned.
+        path: PathBuf,
+        /// What was found.
+        actual: Cid,
+    },
     /// mirror index {path} is malformed
     #[error("mirror index {path} is malformed")]
     Index {
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// The underlying error.
         source: serde_json::Error,
     },
     /// mirror index {path} has version {found}, this cmbuild reads version {INDEX_VERSION}
     #[error("mirror index {path} has version {found}, this cmbuild reads version {INDEX_VERSION}")]
-    IndexVersion { path: PathBuf, found: u32 },
+    IndexVersion {
+        /// The path concerned.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+    },
     /// index key `{0}` is not `KIND/NAME/VERSION[/ARCH]`
     #[error("index key `{0}` is not `KIND/NAME/VERSION[/ARCH]`")]
     Key(String),
@@ -77,8 +97,11 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Mirr
 /// What a stored blob is: its CID, its sha256 (what Cargo.lock and Debian indices pin) and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
+    /// Content ID of the blob.
     pub cid: Cid,
+    /// sha256 of the blob (lowercase hex in the index file).
     pub sha256: Sha256,
+    /// Size of the blob in bytes.
     pub size: u64,
 }
 
@@ -99,6 +122,7 @@ impl Mirror {
         Ok(mirror)
     }
 
+    /// The mirror directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -439,6 +463,7 @@ pub struct StagedBlob {
 }
 
 impl StagedBlob {
+    /// What the blob is (CID, sha256, size).
     pub fn stored(&self) -> &Stored {
         &self.stored
     }
@@ -459,13 +484,16 @@ impl StagedBlob {
 pub struct VerifyReport {
     /// Blobs whose bytes match their name.
     pub good: usize,
+    /// Blobs that failed, with why.
     pub problems: Vec<Problem>,
 }
 
 /// One blob that failed verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The path concerned.
     pub path: PathBuf,
+    /// What is wrong with it.
     pub what: String,
 }
 
@@ -496,13 +524,18 @@ impl Kind {
 /// An index key; printed `KIND/NAME/VERSION[/ARCH]`, e.g. `crate/itoa/1.0.18`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
+    /// What kind of input.
     pub kind: Kind,
+    /// Package or crate name.
     pub name: String,
+    /// Its version.
     pub version: String,
+    /// Debian architecture (Debian packages only).
     pub arch: Option<String>,
 }
 
 impl Key {
+    /// The key of a crates.io `.crate`.
     pub fn crate_(name: &str, version: &str) -> Key {
         Key {
             kind: Kind::Crate,
@@ -512,6 +545,7 @@ impl Key {
         }
     }
 
+    /// The key of a Debian package.
     pub fn deb(name: &str, version: &str, arch: &str) -> Key {
         Key {
             kind: Kind::Deb,
@@ -553,9 +587,11 @@ impl FromStr for Key {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
+    /// Content ID of the blob.
     pub cid: Cid,
     /// sha256 of the blob (lowercase hex in the file).
     pub sha256: Sha256,
+    /// Size of the blob in bytes.
     pub size: u64,
     /// Where the blob was downloaded from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -563,6 +599,7 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry of a stored blob, downloaded from `url` if given.
     pub fn new(stored: &Stored, url: Option<String>) -> Entry {
         Entry {
             cid: stored.cid,
@@ -576,10 +613,12 @@ impl Entry {
 /// Names to CIDs, sorted by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Index {
+    /// Key -> entry.
     pub entries: BTreeMap<Key, Entry>,
 }
 
 impl Index {
+    /// The entry of `key`, if any.
     pub fn get(&self, key: &Key) -> Option<&Entry> {
         self.entries.get(key)
     }
