@@ -542,6 +542,13 @@ mod tests {
         bytes[2] = 0x13;
         let text = format!("b{}", encode_base32(&bytes));
         assert!(matches!(text.parse::<Cid>(), Err(CidError::Unsupported(_))));
+        // serde uses the same text and the same validation.
+        let json = serde_json::to_string(&cid).unwrap();
+        assert_eq!(json, format!("\"{cid}\""));
+        assert_eq!(serde_json::from_str::<Cid>(&json).unwrap(), cid);
+        for junk in ["\"Qmfoo\"", "\"bafy\"", "17", &format!("\"{text}\"")] {
+            assert!(serde_json::from_str::<Cid>(junk).is_err(), "{junk}");
+        }
     }
 
     #[test]

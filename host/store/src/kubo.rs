@@ -141,16 +141,24 @@ impl Default for Options {
 pub struct Added {
     /// The name the node reports.
     pub name: String,
-    /// The node's CID of the file, as it printed it (compare it with [`Cid`]'s `Display`).
+    /// The node's CID of the file, as it printed it (untrusted text: see [`Added::cid`]).
     pub hash: String,
     /// Size of the DAG (file bytes plus node overhead), as the node reported it.
     pub size: u64,
 }
 
+impl Added {
+    /// The node's CID as a [`Cid`]; `None` when the text is not a CID cmbuild makes (another
+    /// version, base or hash function), which never equals a mirror blob's name.
+    pub fn cid(&self) -> Option<Cid> {
+        self.hash.parse().ok()
+    }
+}
+
 /// One root that `dag/import` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportedRoot {
-    /// The CID the node reports, as text.
+    /// The CID the node reports, as text (untrusted; parse it to compare).
     pub cid: String,
     /// Empty when the root was pinned.
     pub pin_error: String,

@@ -168,7 +168,7 @@ pub fn push_mirror(mirror: &Mirror, kubo: &Kubo) -> anyhow::Result<PushReport> {
         let added = kubo
             .add_file(&path)
             .with_context(|| format!("cannot add blob {cid} to the IPFS node"))?;
-        if added.hash != cid.to_string() {
+        if added.cid() != Some(cid) {
             eprintln!(
                 "the IPFS node names blob {cid} `{}`; not pinned",
                 added.hash
