@@ -39,6 +39,10 @@ enum Command {
     Run(commands::run::Args),
     Compare(commands::compare::Args),
     Verify(commands::verify::Args),
+    Key(commands::key::Args),
+    Attest(commands::attest::Args),
+    VerifyAttestations(commands::verify_attestations::Args),
+    Log(commands::log::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +56,10 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::exec(args),
         Command::Compare(args) => commands::compare::exec(args),
         Command::Verify(args) => commands::verify::exec(args),
+        Command::Key(args) => commands::key::exec(args),
+        Command::Attest(args) => commands::attest::exec(args),
+        Command::VerifyAttestations(args) => commands::verify_attestations::exec(args),
+        Command::Log(args) => commands::log::exec(args),
     };
     match result {
         Ok(code) => code,
