@@ -287,8 +287,12 @@ impl Mirror {
         Ok(Index { entries })
     }
 
-    /// Writes the index atomically.
+    /// Writes the index atomically. A key that would not read back as itself (a name with
+    /// a `/`, a control character, ...) is refused, so that the index always loads again.
     pub fn save_index(&self, index: &Index) -> Result<()> {
+        for key in index.entries.keys() {
+            key.check()?;
+        }
         let file = IndexFile {
             version: INDEX_VERSION,
             entries: index
@@ -566,13 +570,41 @@ impl fmt::Display for Key {
     }
 }
 
+/// Longest name, version or architecture an index key may hold.
+pub const MAX_KEY_PART: usize = 128;
+
+/// Whether `part` may be one `/`-separated part of an index key: 1 to [`MAX_KEY_PART`]
+/// printable ASCII characters, no `/` or `\`, not starting with `.`.
+pub fn is_valid_key_part(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= MAX_KEY_PART
+        && !part.starts_with('.')
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\')
+}
+
+impl Key {
+    /// Refuses a key whose parts could not be read back from its text.
+    pub fn check(&self) -> Result<()> {
+        let parts = [Some(&self.name), Some(&self.version), self.arch.as_ref()];
+        if parts.into_iter().flatten().all(|p| is_valid_key_part(p))
+            && (self.kind == Kind::Deb) == self.arch.is_some()
+        {
+            Ok(())
+        } else {
+            Err(MirrorError::Key(self.to_string()))
+        }
+    }
+}
+
 impl FromStr for Key {
     type Err = MirrorError;
 
     fn from_str(s: &str) -> Result<Key> {
         let bad = || MirrorError::Key(s.to_owned());
         let parts: Vec<&str> = s.split('/').collect();
-        if parts.iter().any(|p| p.is_empty()) {
+        if !parts.iter().all(|p| is_valid_key_part(p)) {
             return Err(bad());
         }
         match parts.as_slice() {
@@ -869,8 +901,44 @@ mod tests {
             mirror.load_index(),
             Err(MirrorError::Index { .. })
         ));
-        for key in ["crate/x", "crate//1", "pypi/x/1", "deb/a/1"] {
+        for key in [
+            "crate/x",
+            "crate//1",
+            "pypi/x/1",
+            "deb/a/1",
+            "crate/.x/1",
+            "crate/x/1\0",
+        ] {
             assert!(key.parse::<Key>().is_err(), "{key}");
         }
+    }
+
+    #[test]
+    fn a_key_that_would_not_read_back_is_never_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let stored = mirror.put_bytes(b"x").unwrap();
+        mirror
+            .record([(Key::crate_("good", "1.0.0"), Entry::new(&stored, None))])
+            .unwrap();
+        let long = "a".repeat(MAX_KEY_PART + 1);
+        for (name, version) in [
+            ("evil/x", "1.0.0"),
+            ("..", "1.0.0"),
+            (".hidden", "1.0.0"),
+            ("back\\slash", "1.0.0"),
+            ("nul\0", "1.0.0"),
+            ("x", "1 0"),
+            (long.as_str(), "1.0.0"),
+        ] {
+            let err = mirror
+                .record([(Key::crate_(name, version), Entry::new(&stored, None))])
+                .unwrap_err();
+            assert!(matches!(err, MirrorError::Key(_)), "{name}: {err}");
+        }
+        // The index still loads and holds only the good entry.
+        let index = mirror.load_index().unwrap();
+        assert_eq!(index.entries.len(), 1);
+        assert!(index.get(&Key::crate_("good", "1.0.0")).is_some());
     }
 }
