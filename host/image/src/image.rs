@@ -7,9 +7,10 @@
 //! directory order: the trees are in-memory maps and every writer fixes its own metadata.
 
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
+use cmbuild_store::atomic::{write_atomically, AtomicError, AtomicFile};
 use cmbuild_store::sha256::Sha256;
 
 use crate::deb::{extract_deb, DebError};
@@ -99,6 +100,9 @@ pub enum ImageError {
     /// building the initramfs
     #[error(transparent)]
     Initramfs(#[from] InitramfsError),
+    /// writing an output file atomically
+    #[error(transparent)]
+    Write(#[from] AtomicError),
     /// writing {path}
     #[error("writing {path}")]
     Io {
@@ -147,6 +151,8 @@ pub fn build_image(
         move |source| ImageError::Io { path, source }
     };
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    // Temporaries of an earlier build that was killed.
+    cmbuild_store::atomic::remove_stale_temp_files(out_dir);
     let mut packages: Vec<&LockedPackage> = lock.packages.iter().collect();
     packages.sort_by(|a, b| (&a.name, &a.architecture).cmp(&(&b.name, &b.architecture)));
 
@@ -206,13 +212,13 @@ pub fn build_image(
     ] {
         progress(Step::Writing(name));
         let path = out_dir.join(name);
-        std::fs::write(&path, bytes).map_err(io(&path))?;
+        write_atomically(&path, &bytes)?;
         files.insert(name.to_string(), path);
     }
 
     progress(Step::Writing("rootfs.erofs"));
     let path = out_dir.join("rootfs.erofs");
-    let file = std::fs::File::create(&path).map_err(io(&path))?;
+    let file = AtomicFile::create(&path)?;
     let mut writer = BufWriter::with_capacity(1 << 20, file);
     let options = ErofsOptions {
         uuid: ROOTFS_UUID,
@@ -220,7 +226,14 @@ pub fn build_image(
         build_time: FIXED_TIME,
     };
     write_erofs(&root, &options, &mut writer)?;
-    writer.flush().map_err(io(&path))?;
+    // Nothing is visible under the name until the whole image is written and synced.
+    writer
+        .into_inner()
+        .map_err(|err| ImageError::Io {
+            path: path.clone(),
+            source: err.into_error(),
+        })?
+        .commit()?;
     files.insert("rootfs.erofs".to_string(), path);
 
     let mut toolchains = BTreeMap::new();

@@ -17,10 +17,12 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::Digest;
 
+use crate::atomic::{
+    create_temp_file, sync_dir, write_atomically, AtomicError, TempFile, TEMP_PREFIX,
+};
 use crate::cid::{Cid, CidHasher};
 use crate::sha256::Sha256;
 
@@ -28,7 +30,6 @@ use crate::sha256::Sha256;
 pub const DEFAULT_DIR: &str = "vendor-mirror";
 const BLOBS_DIR: &str = "blobs";
 const INDEX_FILE: &str = "index.json";
-const TEMP_PREFIX: &str = ".tmp-";
 const INDEX_VERSION: u32 = 1;
 
 /// Errors of the mirror.
@@ -84,6 +85,16 @@ pub enum MirrorError {
 }
 
 type Result<T, E = MirrorError> = std::result::Result<T, E>;
+
+impl From<AtomicError> for MirrorError {
+    fn from(err: AtomicError) -> MirrorError {
+        MirrorError::Io {
+            action: err.action,
+            path: err.path,
+            source: err.source,
+        }
+    }
+}
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> MirrorError {
     let path = path.to_owned();
@@ -303,7 +314,7 @@ impl Mirror {
         };
         let mut text = serde_json::to_vec_pretty(&file).expect("the index always serialises");
         text.push(b'\n');
-        write_atomically(&self.index_path(), &text)
+        Ok(write_atomically(&self.index_path(), &text)?)
     }
 
     /// Adds or replaces index entries (load, merge, save).
@@ -315,94 +326,9 @@ impl Mirror {
 
     fn remove_stale_temp_files(&self) -> Result<()> {
         for dir in [self.blobs_dir(), self.root.clone()] {
-            let Ok(listing) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in listing.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(rest) = name.strip_prefix(TEMP_PREFIX) {
-                    if temp_owner_is_gone(rest, &entry.path()) {
-                        // Best effort: a file another process just removed is not an error.
-                        let _ = fs::remove_file(entry.path());
-                    }
-                }
-            }
+            crate::atomic::remove_stale_temp_files(&dir);
         }
         Ok(())
-    }
-}
-
-/// Whether the process that created temp file `.tmp-<pid>-...` has ended: on Linux by
-/// `/proc/<pid>`, elsewhere when the file is more than a day old.
-fn temp_owner_is_gone(rest: &str, path: &Path) -> bool {
-    let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-    if Path::new("/proc/self").exists() {
-        return match pid {
-            Some(pid) => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
-            None => true,
-        };
-    }
-    let age = fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok());
-    age.is_some_and(|age| age.as_secs() > 24 * 3600)
-}
-
-fn create_temp_file(dir: &Path) -> Result<(PathBuf, File)> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(file) => return Ok((path, file)),
-            // A leftover of an earlier process with the same pid: take the next number.
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(err) => return Err(io_error("create", &path)(err)),
-        }
-    }
-}
-
-/// Makes a rename durable: the directory entry itself must reach the disk.
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error("sync directory", dir))
-}
-
-/// Writes `bytes` to `path` through a synced temporary file and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
-    let (temp, mut file) = create_temp_file(&dir)?;
-    let mut guard = TempFile { path: Some(temp) };
-    let temp = guard.path.clone().expect("just set");
-    file.write_all(bytes).map_err(io_error("write", &temp))?;
-    file.sync_all().map_err(io_error("sync", &temp))?;
-    drop(file);
-    fs::rename(&temp, path).map_err(io_error("rename into place", path))?;
-    guard.path = None;
-    sync_dir(&dir)
-}
-
-/// Removes the temporary file on drop unless it was renamed into place.
-#[derive(Debug)]
-struct TempFile {
-    path: Option<PathBuf>,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(path) = self.path.take() {
-            let _ = fs::remove_file(path);
-        }
     }
 }
 

@@ -117,7 +117,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         println!("{key}={cid}  # {what}");
         merged.insert(key.clone(), cid.clone());
     }
-    std::fs::write(&args.digests, image::render_env(&merged))
+    cmbuild_store::atomic::write_atomically(&args.digests, image::render_env(&merged).as_bytes())
         .with_context(|| format!("writing {}", args.digests.display()))?;
     eprintln!(
         "image build: wrote {} and {} in {:.0?}",

@@ -72,7 +72,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         &mut store,
         &mut progress,
     )?;
-    cmbuild_store::mirror::write_atomically(&args.output, lock.to_json().as_bytes())
+    cmbuild_store::atomic::write_atomically(&args.output, lock.to_json().as_bytes())
         .with_context(|| format!("writing {}", args.output.display()))?;
     eprintln!(
         "image lock: wrote {}: {} packages, {} (Debian {}, {})",

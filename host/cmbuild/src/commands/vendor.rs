@@ -427,7 +427,7 @@ fn write_cargo_config(
         config.display(),
         toml_string(dir_text)
     );
-    cmbuild_store::mirror::write_atomically(config, text.as_bytes())
+    cmbuild_store::atomic::write_atomically(config, text.as_bytes())
         .with_context(|| format!("writing {}", config.display()))?;
     Ok(dir)
 }
