@@ -8,8 +8,13 @@
 //! *output drift* — same inputs, different bytes: a reproducibility failure. Every hash a
 //! manifest claims is recomputed from the file it names; a claim that does not match its
 //! file fails the check whatever the other side says.
+//!
+//! The machine records are part of the check: a side without `machine.json`, or without
+//! artifacts, fails; every machine of the smaller build must have a counterpart in the other
+//! that built exactly the same targets and ended in the same state; and the records' inputs
+//! (image pins, source and vendor CIDs) and machine settings are compared as input drift.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -29,42 +34,100 @@ pub enum CompareError {
     Record(#[from] RecordError),
     /// A manifest lists the same artifact twice.
     #[error("{side}: manifest lists {key} twice")]
-    DuplicateArtifact { side: String, key: ArtifactKey },
+    DuplicateArtifact {
+        /// The build directory.
+        side: String,
+        /// The artifact.
+        key: ArtifactKey,
+    },
 }
 
 /// One finding of a comparison.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finding {
     /// An artifact of the smaller build is missing from the larger.
-    Missing { key: ArtifactKey, in_side: String },
+    Missing {
+        /// The artifact.
+        key: ArtifactKey,
+        /// The build that lacks it.
+        in_side: String,
+    },
     /// The two builds started from different inputs for this artifact.
     InputDrift {
+        /// The artifact.
         key: ArtifactKey,
+        /// The input that differs.
         field: &'static str,
+        /// Its value in the first build.
         a: String,
+        /// Its value in the second build.
         b: String,
     },
     /// Same inputs, different output bytes.
     OutputDrift {
+        /// The artifact.
         key: ArtifactKey,
+        /// The output hash that differs.
         field: &'static str,
+        /// Its value in the first build.
         a: String,
+        /// Its value in the second build.
         b: String,
     },
     /// A manifest's claim does not match the file it names, or the file is unusable.
     BadArtifact {
+        /// The build directory.
         side: String,
+        /// The artifact.
         key: ArtifactKey,
+        /// What is wrong.
         problem: String,
     },
+    /// A build lists no artifacts: it proves nothing.
+    NoArtifacts {
+        /// The build directory.
+        side: String,
+    },
+    /// A build has no `machine.json`: its machines' final states cannot be checked.
+    NoMachineRecord {
+        /// The build directory.
+        side: String,
+    },
+    /// A machine of one build has no counterpart that built the same targets in the other
+    /// (the builds grouped their targets differently).
+    MachineMissing {
+        /// The machine's targets, comma-separated.
+        targets: String,
+        /// The build that lacks it.
+        in_side: String,
+    },
+    /// The machines started from different inputs (`machine.json` inputs or settings).
+    MachineInputDrift {
+        /// The input (`SOURCE_CID`, `GUEST_ROOTFS_CID`, `config`, ...).
+        input: String,
+        /// Its value in the first build.
+        a: String,
+        /// Its value in the second build.
+        b: String,
+    },
     /// The machines' final state hashes differ.
-    MachineDrift { what: String, a: String, b: String },
+    MachineDrift {
+        /// Which machine (its targets) or which property.
+        what: String,
+        /// The first build's value.
+        a: String,
+        /// The second build's value.
+        b: String,
+    },
 }
 
 impl Finding {
     /// Whether the finding is about the builds' inputs rather than their reproducibility.
     pub fn is_input_drift(&self) -> bool {
-        matches!(self, Finding::InputDrift { .. })
+        matches!(
+            self,
+            Finding::InputDrift { .. } | Finding::MachineInputDrift { .. }
+        )
     }
 }
 
@@ -80,6 +143,21 @@ impl std::fmt::Display for Finding {
             }
             Finding::BadArtifact { side, key, problem } => {
                 write!(f, "bad artifact: {side}: {key}: {problem}")
+            }
+            Finding::NoArtifacts { side } => {
+                write!(f, "empty build: {side} lists no artifacts")
+            }
+            Finding::NoMachineRecord { side } => write!(
+                f,
+                "missing record: {side} has no machine.json, so its machines cannot be compared"
+            ),
+            Finding::MachineMissing { targets, in_side } => write!(
+                f,
+                "missing machine: no machine of {in_side} built exactly [{targets}] \
+                 (the builds grouped their targets differently)"
+            ),
+            Finding::MachineInputDrift { input, a, b } => {
+                write!(f, "input drift: machine input {input} differs: {a} != {b}")
             }
             Finding::MachineDrift { what, a, b } => {
                 write!(
@@ -288,35 +366,109 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
         }
     }
 
-    // Machines that built the same set of targets must end in the same state.
-    if let (Some(ma), Some(mb)) = (&a.machine, &b.machine) {
-        if ma.hash_scheme != mb.hash_scheme {
-            report.findings.push(Finding::MachineDrift {
-                what: "hash scheme".into(),
-                a: ma.hash_scheme.clone(),
-                b: mb.hash_scheme.clone(),
+    // An empty build proves nothing, and a build without its machine record cannot be
+    // checked where it matters most: the machines' final states.
+    for side in [&a, &b] {
+        if side.artifacts.is_empty() {
+            report.findings.push(Finding::NoArtifacts {
+                side: side.name.clone(),
             });
-        } else {
-            for run in &ma.machines {
-                if let Some(other) = mb.machines.iter().find(|o| o.targets == run.targets) {
-                    if other.root_hash != run.root_hash {
-                        report.findings.push(Finding::MachineDrift {
-                            what: run.targets.join(","),
-                            a: run.root_hash.clone(),
-                            b: other.root_hash.clone(),
-                        });
-                    }
+        }
+        if side.machine.is_none() {
+            report.findings.push(Finding::NoMachineRecord {
+                side: side.name.clone(),
+            });
+        }
+    }
+    if let (Some(ma), Some(mb)) = (&a.machine, &b.machine) {
+        let a_is_small = a.artifacts.len() <= b.artifacts.len();
+        let both_ways = a.artifacts.len() == b.artifacts.len();
+        compare_machines(&a.name, ma, &b.name, mb, a_is_small, both_ways, &mut report);
+    }
+    Ok(report)
+}
+
+/// Compares two machine records: their inputs and settings (input drift), and the final
+/// state of every machine of the smaller build (both builds' when they are the same size),
+/// which must have a counterpart that built exactly the same targets in the other.
+fn compare_machines(
+    a_name: &str,
+    ma: &MachineRecord,
+    b_name: &str,
+    mb: &MachineRecord,
+    a_is_small: bool,
+    both_ways: bool,
+    report: &mut Report,
+) {
+    if ma.hash_scheme != mb.hash_scheme {
+        report.findings.push(Finding::MachineDrift {
+            what: "hash scheme".into(),
+            a: ma.hash_scheme.clone(),
+            b: mb.hash_scheme.clone(),
+        });
+        return;
+    }
+    let keys: BTreeSet<&String> = ma.inputs.keys().chain(mb.inputs.keys()).collect();
+    for key in keys {
+        let (x, y) = (ma.inputs.get(key), mb.inputs.get(key));
+        if x != y {
+            report.findings.push(Finding::MachineInputDrift {
+                input: key.clone(),
+                a: x.map_or_else(|| "(absent)".into(), Cid::to_string),
+                b: y.map_or_else(|| "(absent)".into(), Cid::to_string),
+            });
+        }
+    }
+    let (ca, cb) = (ma.config.unwrap_or_default(), mb.config.unwrap_or_default());
+    if ca != cb {
+        let show = |c: &crate::guest::MachineSettings| {
+            serde_json::to_string(c).unwrap_or_else(|_| format!("{c:?}"))
+        };
+        report.findings.push(Finding::MachineInputDrift {
+            input: "config".into(),
+            a: show(&ca),
+            b: show(&cb),
+        });
+    }
+    // (the record whose machines need a counterpart, its name, the other record, its name,
+    // whether the first is side a)
+    let mut directions = Vec::new();
+    if a_is_small || both_ways {
+        directions.push((ma, mb, b_name, true));
+    }
+    if !a_is_small || both_ways {
+        directions.push((mb, ma, a_name, false));
+    }
+    for (from, to, to_name, from_is_a) in directions {
+        for run in &from.machines {
+            match to.machines.iter().find(|o| o.targets == run.targets) {
+                None => report.findings.push(Finding::MachineMissing {
+                    targets: run.targets.join(","),
+                    in_side: to_name.to_owned(),
+                }),
+                // Report each pair once, a's hash first.
+                Some(other) if other.root_hash != run.root_hash && (from_is_a || !both_ways) => {
+                    let (x, y) = if from_is_a {
+                        (&run.root_hash, &other.root_hash)
+                    } else {
+                        (&other.root_hash, &run.root_hash)
+                    };
+                    report.findings.push(Finding::MachineDrift {
+                        what: run.targets.join(","),
+                        a: x.clone(),
+                        b: y.clone(),
+                    });
                 }
+                Some(_) => {}
             }
         }
     }
-    Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{to_canonical_json, MANIFEST_SCHEMA};
+    use crate::manifest::{to_canonical_json, MachineRun, MACHINE_SCHEMA, MANIFEST_SCHEMA};
     use std::fs;
 
     fn fake_cid(path: &Path) -> std::io::Result<Cid> {
@@ -324,6 +476,7 @@ mod tests {
     }
 
     fn write_build(dir: &Path, bins: &[(&str, &[u8])], lock: &str) {
+        fs::create_dir_all(dir).unwrap();
         let mut artifacts = Vec::new();
         for (target, bytes) in bins {
             fs::create_dir_all(dir.join(target)).unwrap();
@@ -349,6 +502,121 @@ mod tests {
             artifacts,
         };
         fs::write(dir.join("manifest.json"), to_canonical_json(&manifest)).unwrap();
+        // One machine per target, as `cmbuild run` does by default.
+        let groups = bins.iter().map(|(t, _)| vec![*t]).collect();
+        write_machines(dir, groups, "src");
+    }
+
+    fn write_machines(dir: &Path, groups: Vec<Vec<&str>>, source: &str) {
+        let record = MachineRecord {
+            schema: MACHINE_SCHEMA.into(),
+            emulator_version: "0".into(),
+            hash_scheme: "cmvm-sha256-v1".into(),
+            inputs: [(
+                "SOURCE_CID".to_string(),
+                cmbuild_store::cid::cid_of_bytes(source.as_bytes()),
+            )]
+            .into(),
+            machines: groups
+                .into_iter()
+                .map(|targets| MachineRun {
+                    root_hash: format!("hash-{}", targets.join("+")),
+                    targets: targets.into_iter().map(String::from).collect(),
+                    mcycle: 1,
+                    exit_code: 0,
+                })
+                .collect(),
+            config: None,
+        };
+        fs::write(dir.join("machine.json"), to_canonical_json(&record)).unwrap();
+    }
+
+    #[test]
+    fn an_empty_build_fails() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[], "L");
+        write_build(&b, &[], "L");
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(!report.passed());
+        assert!(matches!(report.findings[0], Finding::NoArtifacts { .. }));
+    }
+
+    #[test]
+    fn a_missing_machine_record_fails() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one")], "L");
+        write_build(&b, &[("x86_64", b"one")], "L");
+        fs::remove_file(b.join("machine.json")).unwrap();
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(!report.passed());
+        assert!(matches!(
+            &report.findings[..],
+            [Finding::NoMachineRecord { side }] if side.ends_with("b")
+        ));
+    }
+
+    #[test]
+    fn a_different_grouping_fails_instead_of_skipping_the_root_hashes() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one"), ("aarch64", b"two")], "L");
+        write_build(&b, &[("x86_64", b"one"), ("aarch64", b"two")], "L");
+        write_machines(&b, vec![vec!["x86_64", "aarch64"]], "src");
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(!report.passed());
+        let missing = report
+            .findings
+            .iter()
+            .filter(|f| matches!(f, Finding::MachineMissing { .. }))
+            .count();
+        assert_eq!(missing, 3, "{:?}", report.findings);
+        // A subset built in its own machine is inside a build of one machine per target.
+        let c = t.path().join("c");
+        write_build(&c, &[("x86_64", b"one")], "L");
+        assert!(compare_builds(&c, &a, &fake_cid).unwrap().passed());
+        // A different final state is output drift, reported once.
+        write_machines(&c, vec![vec!["x86_64"]], "src");
+        let mut record = crate::manifest::read_machine_record(&c.join("machine.json")).unwrap();
+        record.machines[0].root_hash = "other".into();
+        fs::write(c.join("machine.json"), to_canonical_json(&record)).unwrap();
+        let report = compare_builds(&c, &a, &fake_cid).unwrap();
+        assert!(matches!(
+            &report.findings[..],
+            [Finding::MachineDrift { a, .. }] if a == "other"
+        ));
+    }
+
+    #[test]
+    fn machine_inputs_are_compared() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one")], "L");
+        write_build(&b, &[("x86_64", b"one")], "L");
+        write_machines(&b, vec![vec!["x86_64"]], "other-src");
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(matches!(
+            &report.findings[..],
+            [Finding::MachineInputDrift { input, .. }] if input == "SOURCE_CID"
+        ));
+        assert!(report.findings[0].is_input_drift());
+        let mut record = crate::manifest::read_machine_record(&b.join("machine.json")).unwrap();
+        record.inputs = [(
+            "SOURCE_CID".to_string(),
+            cmbuild_store::cid::cid_of_bytes(b"src"),
+        )]
+        .into();
+        record.config = Some(crate::guest::MachineSettings {
+            ram_length: 8192 << 20,
+            ..Default::default()
+        });
+        fs::write(b.join("machine.json"), to_canonical_json(&record)).unwrap();
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(matches!(
+            &report.findings[..],
+            [Finding::MachineInputDrift { input, .. }] if input == "config"
+        ));
     }
 
     #[test]

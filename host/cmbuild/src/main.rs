@@ -1,8 +1,9 @@
 //! The `cmbuild` command line: a thin layer over the host crates.
 //!
 //! Each subcommand lives in `commands/<name>.rs` with an `Args` struct (what clap parses)
-//! and an `exec` function that turns it into a library call. Errors are reported once,
-//! here, as `error: <cause chain>` with exit status 2; a check that ran and failed
+//! and an `exec` function that fills an options struct and calls one `cmbuild::ops`
+//! function. Errors are reported once, here, as `error: <cause chain>` (sanitised: see
+//! `cmbuild::terminal`) with exit status 2; a check that ran and failed
 //! (a mirror blob that does not verify, a reproducibility mismatch) exits 1.
 
 mod commands;
@@ -64,8 +65,23 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Errors may quote untrusted text (guest logs, published records, servers).
+            eprintln!(
+                "error: {}",
+                cmbuild::terminal::sanitize(&format!("{err:#}"))
+            );
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Every subcommand, with its flattened argument groups: unique ids, valid defaults.
+        super::Cli::command().debug_assert();
     }
 }

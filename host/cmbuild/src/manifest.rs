@@ -11,6 +11,8 @@ use cmbuild_store::cid::Cid;
 use cmbuild_store::sha256::Sha256;
 use serde::{Deserialize, Serialize};
 
+use crate::guest::MachineSettings;
+
 /// Identifies the manifest format; bumped on any incompatible change.
 pub const MANIFEST_SCHEMA: &str = "cmbuild-manifest-v1";
 /// Identifies the machine record format.
@@ -73,8 +75,11 @@ impl Artifact {
 /// What names "the same artifact" in two builds.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ArtifactKey {
+    /// The target triple.
     pub target: String,
+    /// The Cargo package.
     pub package: String,
+    /// The binary.
     pub bin: String,
 }
 
@@ -98,6 +103,10 @@ pub struct MachineRecord {
     pub inputs: BTreeMap<String, Cid>,
     /// One entry per machine that ran (one per target triple, or one for all).
     pub machines: Vec<MachineRun>,
+    /// The machines' settings (RAM, drive sizes, mcycle limit). Absent from records written
+    /// before cmbuild recorded it; readers then assume [`MachineSettings::default`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<MachineSettings>,
 }
 
 /// One machine's run.
@@ -120,25 +129,37 @@ pub enum RecordError {
     /// Could not read a build record.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The record's path.
         path: String,
+        /// What failed.
         source: std::io::Error,
     },
     /// A build record is larger than cmbuild accepts.
     #[error(
         "{path} is {size} bytes, more than the {MAX_RECORD_BYTES} bytes a build record may have"
     )]
-    TooLarge { path: String, size: u64 },
+    TooLarge {
+        /// The record's path.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
     /// A build record is not valid JSON of the expected shape.
     #[error("{path} is not a valid build record: {source}")]
     Parse {
+        /// The record's path.
         path: String,
+        /// What is wrong.
         source: serde_json::Error,
     },
     /// A build record names a schema this cmbuild does not know.
     #[error("{path} has schema {found:?}; this cmbuild reads {expected:?}")]
     Schema {
+        /// The record's path.
         path: String,
+        /// The schema it names.
         found: String,
+        /// The schema this cmbuild reads.
         expected: &'static str,
     },
 }

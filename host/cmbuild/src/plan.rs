@@ -9,6 +9,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use cmbuild_image::triple::Triple;
+
 use crate::project::Selection;
 use crate::untrusted::{self, TarLimits};
 
@@ -41,17 +43,24 @@ pub enum PlanError {
 /// One binary the plan expects for every target.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PlannedBin {
+    /// The package it belongs to.
     pub package: String,
+    /// The package's version.
     pub version: String,
+    /// The binary target's name.
     pub bin: String,
 }
 
 /// What the guest builds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// The commit time, exported to the build as `SOURCE_DATE_EPOCH`.
     pub source_date_epoch: u64,
-    pub targets: Vec<String>,
+    /// The triples to build, in order.
+    pub targets: Vec<Triple>,
+    /// Flags for `cargo build` (packages, bins, features).
     pub cargo_flags: Vec<String>,
+    /// The binaries expected for every target.
     pub bins: Vec<PlannedBin>,
 }
 
@@ -118,13 +127,25 @@ impl Plan {
         })
     }
 
+    /// The same plan for some of its targets (one machine's share).
+    pub fn for_targets(&self, targets: &[Triple]) -> Plan {
+        Plan {
+            targets: targets.to_vec(),
+            ..self.clone()
+        }
+    }
+
     /// `plan.env` as the guest's build driver sources it.
     pub fn to_env(&self) -> String {
         let bins: Vec<&str> = self.bins.iter().map(|b| b.bin.as_str()).collect();
         format!(
             "CMBUILD_PLAN_VERSION='1'\nSOURCE_DATE_EPOCH='{}'\nTARGETS='{}'\nCARGO_FLAGS='{}'\nBINS='{}'\n",
             self.source_date_epoch,
-            self.targets.join(" "),
+            self.targets
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
             self.cargo_flags.join(" "),
             bins.join(" "),
         )
@@ -194,6 +215,7 @@ pub struct DeterministicTar<W: Write> {
 }
 
 impl<W: Write> DeterministicTar<W> {
+    /// A new archive written to `out`, every entry's mtime `mtime`.
     pub fn new(out: W, mtime: u64) -> Self {
         let mut builder = tar::Builder::new(out);
         builder.mode(tar::HeaderMode::Deterministic);
@@ -298,7 +320,8 @@ pub struct TargetOutput {
     pub status: Option<i32>,
     /// The binaries found, by name, as paths under the extraction directory.
     pub bins: BTreeMap<String, PathBuf>,
-    /// The tail of the build log, if any.
+    /// The tail of the build log, if any, after the driver's `error` report, if any
+    /// (untrusted guest text: sanitise before printing).
     pub log_tail: String,
 }
 
@@ -307,9 +330,19 @@ pub fn collect_outputs(
     output_drive: &[u8],
     dest: &Path,
     plan: &Plan,
-) -> Result<BTreeMap<String, TargetOutput>, PlanError> {
+) -> Result<BTreeMap<Triple, TargetOutput>, PlanError> {
     let limits = TarLimits::default();
     let files = untrusted::extract_tar(output_drive, dest, limits)?;
+    // The driver writes `error` when it could not even start building (PROTOCOL.md).
+    let driver_error = if files.iter().any(|f| f == "error") {
+        let bytes = untrusted::read_capped(&dest.join("error"), 4 << 10).unwrap_or_default();
+        format!(
+            "the guest's build driver failed: {}\n",
+            String::from_utf8_lossy(&bytes).trim()
+        )
+    } else {
+        String::new()
+    };
     let mut outputs = BTreeMap::new();
     for target in &plan.targets {
         let read_small = |name: &str| -> String {
@@ -322,7 +355,7 @@ pub fn collect_outputs(
                 .unwrap_or_default()
         };
         let status = read_small("status").trim().parse().ok();
-        let log_tail = read_small("build.log");
+        let log_tail = driver_error.clone() + &read_small("build.log");
         let mut bins = BTreeMap::new();
         for planned in &plan.bins {
             let rel = format!("{target}/{}", planned.bin);
@@ -331,7 +364,7 @@ pub fn collect_outputs(
             }
         }
         outputs.insert(
-            target.clone(),
+            *target,
             TargetOutput {
                 status,
                 bins,
@@ -364,7 +397,7 @@ mod tests {
 
     fn selection(profile: Profile) -> Selection {
         Selection {
-            targets: vec!["x86_64-unknown-linux-gnu".into()],
+            targets: vec![Triple::ALL[0]],
             profile,
             profile_name: "p".into(),
         }
@@ -467,9 +500,23 @@ mod tests {
         drive.resize(1 << 20, 0); // the rest of the drive is zeros
         let dir = tempfile::tempdir().unwrap();
         let outputs = collect_outputs(&drive, dir.path(), &plan).unwrap();
-        let x86 = &outputs["x86_64-unknown-linux-gnu"];
+        let x86 = &outputs[&Triple::ALL[0]];
         assert_eq!(x86.status, Some(0));
+        assert_eq!(x86.log_tail, "");
         assert_eq!(x86.bins.len(), 1, "b-tool was not built");
         assert_eq!(std::fs::read(&x86.bins["a"]).unwrap(), b"ELF-a");
+    }
+
+    #[test]
+    fn the_drivers_error_report_reaches_the_log() {
+        let plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
+        let mut tar = DeterministicTar::new(Vec::new(), 0);
+        tar.file("./error", b"unpack\n", false).unwrap();
+        let drive = tar.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let outputs = collect_outputs(&drive, dir.path(), &plan).unwrap();
+        let x86 = &outputs[&Triple::ALL[0]];
+        assert_eq!(x86.status, None);
+        assert_eq!(x86.log_tail, "the guest's build driver failed: unpack\n");
     }
 }

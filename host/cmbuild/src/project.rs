@@ -12,14 +12,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use cmbuild_image::triple::{Triple, UnsupportedTriple};
 use serde::Deserialize;
-
-/// The triples built when `cmbuild.toml` does not say otherwise.
-pub const DEFAULT_TARGETS: [&str; 3] = [
-    "x86_64-unknown-linux-gnu",
-    "aarch64-unknown-linux-gnu",
-    "riscv64gc-unknown-linux-gnu",
-];
 
 /// Errors about the project and its revision.
 #[derive(Debug, thiserror::Error)]
@@ -29,13 +23,28 @@ pub enum ProjectError {
     Git(std::io::Error),
     /// A git command failed.
     #[error("git {args} failed: {stderr}")]
-    GitFailed { args: String, stderr: String },
+    GitFailed {
+        /// The git arguments.
+        args: String,
+        /// What git said.
+        stderr: String,
+    },
     /// The revision does not exist.
     #[error("revision {rev:?} is not in the project's git repository ({stderr})")]
-    NoSuchRevision { rev: String, stderr: String },
+    NoSuchRevision {
+        /// The revision asked for.
+        rev: String,
+        /// What git said.
+        stderr: String,
+    },
     /// The tree has something cmbuild cannot archive.
     #[error("{path}: {what} cannot be part of a source archive")]
-    Unsupported { path: String, what: String },
+    Unsupported {
+        /// The entry's path.
+        path: String,
+        /// What it is.
+        what: String,
+    },
     /// `cmbuild.toml` is malformed.
     #[error("cmbuild.toml is invalid: {0}")]
     Config(String),
@@ -43,8 +52,8 @@ pub enum ProjectError {
     #[error("profile {0:?} is not defined in cmbuild.toml (defined: {1})")]
     NoSuchProfile(String, String),
     /// A target triple is not one cmbuild can build.
-    #[error("target {0:?} is not supported; cmbuild builds {1}")]
-    UnsupportedTarget(String, String),
+    #[error(transparent)]
+    UnsupportedTarget(#[from] UnsupportedTriple),
     /// Writing the archive failed.
     #[error("writing the source archive: {0}")]
     Io(#[from] std::io::Error),
@@ -129,8 +138,11 @@ pub struct TreeEntry {
 /// The kinds of tree entries a source archive holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryKind {
+    /// A regular file (mode 0644).
     File,
+    /// An executable file (mode 0755).
     Executable,
+    /// A symbolic link.
     Symlink,
 }
 
@@ -280,7 +292,7 @@ fn base_header(mtime: u64, kind: tar::EntryType, mode: u32) -> tar::Header {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectConfig {
-    /// Target triples; default: [`DEFAULT_TARGETS`].
+    /// Target triples; default: every supported triple ([`Triple::ALL`]).
     #[serde(default)]
     pub targets: Option<Vec<String>>,
     /// Named build profiles.
@@ -312,8 +324,11 @@ pub struct Profile {
 /// What one `cmbuild run` builds: resolved from `cmbuild.toml`, `--profile` and `--target`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Selection {
-    pub targets: Vec<String>,
+    /// The triples to build, in order.
+    pub targets: Vec<Triple>,
+    /// What to build of the project.
     pub profile: Profile,
+    /// The profile's name (`default` unless `--profile` named one).
     pub profile_name: String,
 }
 
@@ -348,21 +363,16 @@ pub fn select(
             config.profiles.get("default").cloned().unwrap_or_default(),
         ),
     };
-    let configured: Vec<String> = chosen
-        .targets
-        .clone()
-        .or_else(|| config.targets.clone())
-        .unwrap_or_else(|| DEFAULT_TARGETS.iter().map(|t| t.to_string()).collect());
-    let supported = DEFAULT_TARGETS.join(", ");
-    for t in &configured {
-        if !DEFAULT_TARGETS.contains(&t.as_str()) {
-            return Err(ProjectError::UnsupportedTarget(t.clone(), supported));
-        }
-    }
+    let configured: Vec<Triple> = match chosen.targets.as_ref().or(config.targets.as_ref()) {
+        Some(names) => names
+            .iter()
+            .map(|t| t.parse())
+            .collect::<Result<_, UnsupportedTriple>>()?,
+        None => Triple::ALL.to_vec(),
+    };
     let targets = match target {
         None | Some("all") => configured,
-        Some(t) if DEFAULT_TARGETS.contains(&t) => vec![t.to_owned()],
-        Some(t) => return Err(ProjectError::UnsupportedTarget(t.to_owned(), supported)),
+        Some(t) => vec![t.parse()?],
     };
     Ok(Selection {
         targets,
@@ -466,7 +476,7 @@ mod tests {
         assert_eq!(all.targets.len(), 2);
         assert_eq!(all.profile, Profile::default());
         let cam = select(&config, Some("cam"), Some("aarch64-unknown-linux-gnu")).unwrap();
-        assert_eq!(cam.targets, ["aarch64-unknown-linux-gnu"]);
+        assert_eq!(cam.targets, ["aarch64-unknown-linux-gnu".parse().unwrap()]);
         assert_eq!(cam.profile.features, ["pi"]);
         assert!(matches!(
             select(&config, Some("nope"), None),

@@ -5,52 +5,57 @@
 //! the mirror (else name what is missing and say to run `cmbuild vendor`); build the input
 //! drive (`guest-image/PROTOCOL.md`); boot one machine per group of targets (in parallel
 //! up to `jobs`), each a pure function of its inputs; extract each output drive
-//! defensively; write `manifest.json`, `machine.json` and `<triple>/<bin>` into a temporary
-//! directory and rename it into place, so a failed run leaves nothing half-written.
+//! defensively; write `manifest.json`, `machine.json` and `<triple>/<bin>` into a working
+//! directory, synced, and rename it into place ([`crate::staging`]), so a failed or killed
+//! run leaves nothing half-written (and the next run removes a killed run's working
+//! directory).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig, HASH_SCHEME};
+use cmbuild_image::triple::Triple;
+use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
 use cmbuild_store::cid::{cid_of_bytes, Cid};
 use cmbuild_store::mirror::Mirror;
 use cmbuild_store::sha256::Sha256;
 
+use crate::guest::{drive_bytes, Drive, GuestImage, MachineSettings, SettingsError};
 use crate::manifest::{
     to_canonical_json, Artifact, MachineRecord, MachineRun, Manifest, MACHINE_SCHEMA,
     MANIFEST_SCHEMA,
 };
-use crate::plan::{self, Plan, DRIVE_ALIGN};
-use crate::{pins, project};
+use crate::pins::{self, Pins};
+use crate::plan::{self, Plan};
+use crate::project;
+use crate::staging::{self, WorkDir};
 
 /// Everything `cmbuild run` needs to know.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
+    /// The project (any directory inside its git repository).
     pub project_dir: PathBuf,
+    /// The tag or commit to build.
     pub rev: String,
+    /// One target triple, `all` or `None` (the project's configured triples).
     pub target: Option<String>,
+    /// A profile of `cmbuild.toml`.
     pub profile: Option<String>,
     /// Where `REV/` is created.
     pub out_dir: PathBuf,
+    /// The content-addressed mirror.
     pub mirror_dir: PathBuf,
     /// Where `cmbuild image build` wrote the guest image; consulted for pinned image files
     /// the mirror does not hold (each file is still checked against its pinned CID).
     pub image_dir: Option<PathBuf>,
     /// Machines run at once.
     pub jobs: usize,
-    /// RAM of each machine, bytes.
-    pub ram_length: u64,
-    /// Scratch drive of each machine, bytes.
-    pub scratch_length: u64,
-    /// Output drive of each machine, bytes.
-    pub output_length: u64,
-    /// A machine that reaches this mcycle is stopped and the run fails.
-    pub max_mcycle: u64,
+    /// The machines' RAM, drive sizes and mcycle limit.
+    pub machine: MachineSettings,
     /// One machine per target (true) or one machine for all targets (false).
     pub machine_per_target: bool,
     /// The pins (`digests.lock.env`) to use.
-    pub pins: BTreeMap<String, String>,
+    pub pins: Pins,
 }
 
 /// Progress events, for the CLI to display.
@@ -60,17 +65,23 @@ pub enum Progress {
     Phase(String),
     /// A machine advanced: its name, mcycle, and console bytes since the last event.
     Machine {
+        /// The machine's name (its targets, comma-separated).
         name: String,
+        /// Its mcycle now.
         mcycle: u64,
         /// The mcycle at which an earlier build of the same targets halted, if one is
         /// known (an estimate of the end, for an ETA).
         expected_mcycle: Option<u64>,
+        /// Console bytes (untrusted guest output) since the last event.
         console: Vec<u8>,
     },
     /// A machine ended.
     MachineDone {
+        /// The machine's name.
         name: String,
+        /// Its mcycle at the end.
         mcycle: u64,
+        /// The guest's exit code, if it halted.
         exit_code: Option<u64>,
     },
 }
@@ -78,23 +89,24 @@ pub enum Progress {
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The project or its revision.
     #[error(transparent)]
     Project(#[from] project::ProjectError),
+    /// The pins.
     #[error(transparent)]
     Pins(#[from] pins::PinsError),
+    /// The build plan or the output drive.
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
-    /// A pin that must be a content ID is not one.
-    #[error("pin {key}: {source}")]
-    Pin {
-        key: String,
-        #[source]
-        source: cmbuild_store::cid::CidError,
-    },
+    /// The machine settings.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     /// Inputs are missing from the mirror.
     #[error("the mirror {mirror} lacks {}:\n  {}\nrun `cmbuild vendor` (online) first", .missing.len(), .missing.join("\n  "))]
     MissingInputs {
+        /// The mirror directory.
         mirror: String,
+        /// What is missing, one line each.
         missing: Vec<String>,
     },
     /// The mirror failed.
@@ -105,12 +117,20 @@ pub enum RunError {
     Machine(String, String),
     /// The machine did not halt in time.
     #[error("machine {name} reached --max-mcycle {mcycle} without halting")]
-    Timeout { name: String, mcycle: u64 },
+    Timeout {
+        /// The machine's name.
+        name: String,
+        /// The limit it reached.
+        mcycle: u64,
+    },
     /// The guest reported a failed build.
     #[error("the build failed inside machine {name} (exit code {exit_code}):\n{log}")]
     GuestFailed {
+        /// The target that failed.
         name: String,
+        /// The guest's exit code.
         exit_code: u64,
+        /// The tail of its build log (untrusted guest output).
         log: String,
     },
     /// The output directory exists already.
@@ -119,6 +139,7 @@ pub enum RunError {
     /// The source archive could not be unpacked on the host.
     #[error("unpacking the source archive: {0}")]
     Source(#[from] crate::untrusted::TarError),
+    /// File I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -126,30 +147,12 @@ pub enum RunError {
 /// What a finished run produced.
 #[derive(Debug)]
 pub struct RunSummary {
+    /// The directory written (`OUT/REV`).
     pub dir: PathBuf,
+    /// Its `manifest.json`.
     pub manifest: Manifest,
+    /// Its `machine.json`.
     pub machine: MachineRecord,
-}
-
-/// The pin `key` as a content ID.
-fn pinned_cid(pins: &BTreeMap<String, String>, key: &str) -> Result<Cid, RunError> {
-    pins::require(pins, key)?
-        .parse()
-        .map_err(|source| RunError::Pin {
-            key: key.to_owned(),
-            source,
-        })
-}
-
-/// The file `cmbuild image build` writes for each guest-image pin.
-fn image_file_name(pin: &str) -> Option<&'static str> {
-    match pin {
-        pins::KERNEL => Some("vmlinux"),
-        pins::FIRMWARE => Some("fw_jump.bin"),
-        pins::INITRD => Some("initramfs.cpio"),
-        pins::ROOTFS => Some("rootfs.erofs"),
-        _ => None,
-    }
 }
 
 /// Reads a pinned blob from the mirror (or the image directory), verified against its CID;
@@ -172,7 +175,7 @@ fn read_pinned(
         Ok(bytes) => return Some(bytes),
         Err(e) => e.to_string(),
     };
-    if let (Some(dir), Some(file)) = (image_dir, image_file_name(name)) {
+    if let (Some(dir), Some(file)) = (image_dir, pins::image_file(name)) {
         let path = dir.join(file);
         if let Ok(bytes) = std::fs::read(&path) {
             if cmbuild_store::cid::cid_of_bytes(&bytes) == parsed {
@@ -189,28 +192,61 @@ fn read_pinned(
     None
 }
 
-/// The guest image, read from the mirror by its pins.
-struct GuestImage {
-    kernel: Vec<u8>,
-    firmware: Vec<u8>,
-    initrd: Vec<u8>,
-    rootfs: Vec<u8>,
-}
-
 /// The machine groups of a run: which targets each machine builds.
-fn machine_groups(targets: &[String], per_target: bool) -> Vec<Vec<String>> {
+fn machine_groups(targets: &[Triple], per_target: bool) -> Vec<Vec<Triple>> {
     if per_target {
-        targets.iter().map(|t| vec![t.clone()]).collect()
+        targets.iter().map(|t| vec![*t]).collect()
     } else {
         vec![targets.to_vec()]
     }
 }
 
-/// Runs the whole release build.
+/// Runs the whole release build: [`plan_release`] (revision, source archive, plan),
+/// [`gather_inputs`] (the mirror's blobs), [`run_machines`] (one machine per group of
+/// targets), [`collect_release`] (artifacts and records) and [`publish`].
 pub fn run_release(
     opts: &RunOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<RunSummary, RunError> {
+    opts.machine.validate()?;
+    let job = plan_release(opts, progress)?;
+    let inputs = gather_inputs(opts, &job, progress)?;
+    let groups = machine_groups(&job.plan.targets, opts.machine_per_target);
+    let results = run_machines(opts, &job, &inputs, &groups, progress);
+    progress(Progress::Phase("collecting artifacts".into()));
+    let (manifest, machine) = collect_release(opts, &job, &inputs, &groups, results)?;
+    let dir = publish(&job, &manifest, &machine)?;
+    Ok(RunSummary {
+        dir,
+        manifest,
+        machine,
+    })
+}
+
+/// A release being built: what [`plan_release`] settled.
+pub struct ReleaseJob {
+    /// The revision, resolved.
+    pub rev: project::Revision,
+    /// Where the finished run goes (`OUT/REV`; must not exist).
+    pub final_dir: PathBuf,
+    /// The run's working directory beside `final_dir`, removed when dropped.
+    pub work: WorkDir,
+    /// The deterministic source archive.
+    pub source_tar: Vec<u8>,
+    /// The commit's `Cargo.lock`.
+    pub lock_bytes: Vec<u8>,
+    /// What the guest builds.
+    pub plan: Plan,
+}
+
+/// Resolves the revision, makes its source archive, and plans the build from the
+/// archive's `cmbuild.toml`, `Cargo.toml`s and `Cargo.lock`.
+pub fn plan_release(
+    opts: &RunOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<ReleaseJob, RunError> {
+    // First, whatever happens next: a killed run's working directories go.
+    staging::clean_stale(&opts.out_dir)?;
     progress(Progress::Phase(format!("resolving {}", opts.rev)));
     let rev = project::resolve_revision(&opts.project_dir, &opts.rev)?;
     let final_dir = opts.out_dir.join(sanitize_dir_name(&opts.rev));
@@ -224,9 +260,7 @@ pub fn run_release(
     )));
     let mut source_tar = Vec::new();
     project::write_source_archive(&opts.project_dir, &rev, &mut source_tar)?;
-    let work = tempfile::Builder::new()
-        .prefix(".cmbuild-run-")
-        .tempdir_in(ensure_dir(&opts.out_dir)?)?;
+    let work = WorkDir::create(&opts.out_dir)?;
     let source_dir = work.path().join("source");
     std::fs::create_dir(&source_dir)?;
     crate::untrusted::extract_tar_with_links(&source_tar[..], &source_dir)?;
@@ -244,8 +278,33 @@ pub fn run_release(
             opts.rev, rev.commit
         ))
     })?;
-    let lock_sha256 = Sha256::of(&lock_bytes);
+    Ok(ReleaseJob {
+        rev,
+        final_dir,
+        work,
+        source_tar,
+        lock_bytes,
+        plan,
+    })
+}
 
+/// The machine inputs of a release, from the mirror.
+pub struct ReleaseInputs {
+    /// The guest image.
+    pub image: GuestImage,
+    /// The vendored crates as a deterministic tar (a cargo directory source).
+    pub vendor_tar: Vec<u8>,
+    /// Content ID of every input, by name, as `machine.json` records them.
+    pub cids: BTreeMap<String, Cid>,
+}
+
+/// Reads the pinned guest image and the locked crates from the mirror; fails naming
+/// everything missing.
+pub fn gather_inputs(
+    opts: &RunOptions,
+    job: &ReleaseJob,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<ReleaseInputs, RunError> {
     progress(Progress::Phase("checking inputs in the mirror".into()));
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
     let mut missing = Vec::new();
@@ -264,8 +323,8 @@ pub fn run_release(
         blob(pins::INITRD),
         blob(pins::ROOTFS),
     );
-    let vendor_dir = work.path().join("vendor");
-    if let Err(e) = crate::vendoring::unpack_locked_crates(&mirror, &lock_bytes, &vendor_dir) {
+    let vendor_dir = job.work.path().join("vendor");
+    if let Err(e) = crate::vendoring::unpack_locked_crates(&mirror, &job.lock_bytes, &vendor_dir) {
         missing.push(e.to_string());
     }
     let image = match image {
@@ -284,25 +343,41 @@ pub fn run_release(
             })
         }
     };
-    let mut vendor_tar = plan::DeterministicTar::new(Vec::new(), rev.commit_time);
+    let mut vendor_tar = plan::DeterministicTar::new(Vec::new(), job.rev.commit_time);
     vendor_tar.tree("", &vendor_dir)?;
     let vendor_tar = vendor_tar.finish()?;
 
-    let mut inputs = BTreeMap::new();
-    for key in [pins::KERNEL, pins::FIRMWARE, pins::INITRD, pins::ROOTFS] {
-        inputs.insert(key.to_owned(), pinned_cid(&opts.pins, key)?);
+    let mut cids = BTreeMap::new();
+    for (key, _file) in pins::IMAGE_FILES {
+        cids.insert((*key).to_owned(), pins::require_cid(&opts.pins, key)?);
     }
-    inputs.insert("SOURCE_CID".to_owned(), cid_of_bytes(&source_tar));
-    inputs.insert("VENDOR_CID".to_owned(), cid_of_bytes(&vendor_tar));
+    cids.insert("SOURCE_CID".to_owned(), cid_of_bytes(&job.source_tar));
+    cids.insert("VENDOR_CID".to_owned(), cid_of_bytes(&vendor_tar));
+    Ok(ReleaseInputs {
+        image,
+        vendor_tar,
+        cids,
+    })
+}
 
-    // One machine per group; each gets the plan restricted to its targets.
-    let groups = machine_groups(&plan.targets, opts.machine_per_target);
+/// A machine's record and its output drive, or why it failed.
+pub type MachineResult = Result<(MachineRun, Vec<u8>), RunError>;
+
+/// Runs one machine per group of targets, up to `opts.jobs` at once; each gets the plan
+/// restricted to its targets. Returns each group's result by group index.
+pub fn run_machines(
+    opts: &RunOptions,
+    job: &ReleaseJob,
+    inputs: &ReleaseInputs,
+    groups: &[Vec<Triple>],
+    progress: &(dyn Fn(Progress) + Sync),
+) -> BTreeMap<usize, MachineResult> {
     let results: Mutex<BTreeMap<usize, MachineResult>> = Mutex::new(BTreeMap::new());
     let next = Mutex::new(0usize);
     let jobs = opts.jobs.clamp(1, groups.len().max(1));
     progress(Progress::Phase(format!(
         "building {} target(s) in {} machine(s), {} at a time",
-        plan.targets.len(),
+        job.plan.targets.len(),
         groups.len(),
         jobs
     )));
@@ -318,13 +393,15 @@ pub fn run_release(
                 let Some(targets) = groups.get(index) else {
                     break;
                 };
-                let group_plan = Plan {
-                    targets: targets.clone(),
-                    ..plan.clone()
-                };
-                let result = build_input_drive_for(&group_plan, &source_tar, &vendor_tar)
-                    .map_err(RunError::from)
-                    .and_then(|input| run_machine(opts, &image, targets, input, &inputs, progress));
+                let group_plan = job.plan.for_targets(targets);
+                let result = plan::build_input_drive(
+                    &group_plan,
+                    &job.source_tar,
+                    &inputs.vendor_tar,
+                    plan::GUEST_CARGO_CONFIG,
+                )
+                .map_err(RunError::from)
+                .and_then(|input| run_machine(opts, &inputs.image, targets, input, progress));
                 results
                     .lock()
                     .expect("no panics hold this lock")
@@ -332,44 +409,52 @@ pub fn run_release(
             });
         }
     });
+    results.into_inner().expect("threads ended")
+}
 
-    progress(Progress::Phase("collecting artifacts".into()));
-    let staging = work.path().join("out");
+/// Extracts every machine's output drive, checks it against the plan, stages the
+/// artifacts under the work directory's `out/`, and makes the two records.
+pub fn collect_release(
+    opts: &RunOptions,
+    job: &ReleaseJob,
+    inputs: &ReleaseInputs,
+    groups: &[Vec<Triple>],
+    results: BTreeMap<usize, MachineResult>,
+) -> Result<(Manifest, MachineRecord), RunError> {
+    let staging = job.work.path().join("out");
     std::fs::create_dir(&staging)?;
+    let lock_sha256 = Sha256::of(&job.lock_bytes);
+    let plan = &job.plan;
     let mut artifacts = Vec::new();
     let mut machines = Vec::new();
-    let results = results.into_inner().expect("threads ended");
     for (index, result) in results {
         let (run, output_drive) = result?;
-        let extract = work.path().join(format!("extract-{index}"));
+        let extract = job.work.path().join(format!("extract-{index}"));
         std::fs::create_dir(&extract)?;
-        let group_plan = Plan {
-            targets: groups[index].clone(),
-            ..plan.clone()
-        };
-        let outputs = plan::collect_outputs(&output_drive, &extract, &group_plan)?;
+        let outputs =
+            plan::collect_outputs(&output_drive, &extract, &plan.for_targets(&groups[index]))?;
         for (target, output) in &outputs {
             if output.status != Some(0) || output.bins.len() != plan.bins.len() {
                 return Err(RunError::GuestFailed {
-                    name: target.clone(),
+                    name: target.to_string(),
                     exit_code: u64::from(run.exit_code),
                     log: output.log_tail.clone(),
                 });
             }
-            std::fs::create_dir_all(staging.join(target))?;
+            std::fs::create_dir_all(staging.join(target.as_str()))?;
             for planned in &plan.bins {
                 let bytes = std::fs::read(&output.bins[&planned.bin])?;
                 let rel = format!("{target}/{}", planned.bin);
-                write_executable(&staging.join(&rel), &bytes)?;
-                let toolchain_key = pins::toolchain_key(target);
+                staging::write_synced(&staging.join(&rel), &bytes, 0o755)?;
+                let toolchain_key = pins::toolchain_key(*target);
                 let toolchain = if opts.pins.contains_key(&toolchain_key) {
-                    pinned_cid(&opts.pins, &toolchain_key)?
+                    pins::require_cid(&opts.pins, &toolchain_key)?
                 } else {
-                    pinned_cid(&opts.pins, pins::ROOTFS)?
+                    pins::require_cid(&opts.pins, pins::ROOTFS)?
                 };
                 artifacts.push(Artifact {
                     package: planned.package.clone(),
-                    target: target.clone(),
+                    target: target.to_string(),
                     bin: planned.bin.clone(),
                     bin_path: rel,
                     krate: planned.package.clone(),
@@ -387,92 +472,69 @@ pub fn run_release(
     let manifest = Manifest {
         schema: MANIFEST_SCHEMA.into(),
         release: opts.rev.clone(),
-        commit: rev.commit.clone(),
+        commit: job.rev.commit.clone(),
         artifacts,
     };
     let machine = MachineRecord {
         schema: MACHINE_SCHEMA.into(),
         emulator_version: env!("CARGO_PKG_VERSION").into(),
         hash_scheme: HASH_SCHEME.into(),
-        inputs,
+        inputs: inputs.cids.clone(),
         machines,
+        config: Some(opts.machine),
     };
-    std::fs::write(staging.join("manifest.json"), to_canonical_json(&manifest))?;
-    std::fs::write(staging.join("machine.json"), to_canonical_json(&machine))?;
-    std::fs::rename(&staging, &final_dir)?;
-    Ok(RunSummary {
-        dir: final_dir,
-        manifest,
-        machine,
-    })
+    Ok((manifest, machine))
 }
 
-fn build_input_drive_for(
-    plan: &Plan,
-    source_tar: &[u8],
-    vendor_tar: &[u8],
-) -> Result<Vec<u8>, std::io::Error> {
-    plan::build_input_drive(plan, source_tar, vendor_tar, plan::GUEST_CARGO_CONFIG)
+/// Writes the records beside the staged artifacts (every file synced) and moves the whole
+/// directory into place in one rename, so a failed or killed run leaves nothing
+/// half-written (see [`crate::staging`]).
+pub fn publish(
+    job: &ReleaseJob,
+    manifest: &Manifest,
+    machine: &MachineRecord,
+) -> Result<PathBuf, RunError> {
+    let staging = job.work.path().join("out");
+    staging::write_synced(
+        &staging.join("manifest.json"),
+        &to_canonical_json(manifest),
+        0o644,
+    )?;
+    staging::write_synced(
+        &staging.join("machine.json"),
+        &to_canonical_json(machine),
+        0o644,
+    )?;
+    for target in job.plan.targets.iter() {
+        let dir = staging.join(target.as_str());
+        if dir.exists() {
+            staging::sync_dir(&dir)?;
+        }
+    }
+    staging::publish_dir(&staging, &job.final_dir)?;
+    Ok(job.final_dir.clone())
 }
-
-/// A machine's record and its output drive, or why it failed.
-type MachineResult = Result<(MachineRun, Vec<u8>), RunError>;
-
-/// The kernel command line of a build machine.
-pub const BOOTARGS: &str = "console=ttyS0 quiet cmbuild.mode=build";
 
 /// Boots one machine and runs it to halt; returns its record and its output drive.
 fn run_machine(
     opts: &RunOptions,
     image: &GuestImage,
-    targets: &[String],
+    targets: &[Triple],
     input_drive: Vec<u8>,
-    inputs: &BTreeMap<String, Cid>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> MachineResult {
-    let name = targets.join(",");
-    let expected_mcycle = previous_mcycle(&opts.out_dir, targets);
-    let zeros = |len: u64| vec![0u8; (len.max(1).div_ceil(DRIVE_ALIGN) * DRIVE_ALIGN) as usize];
-    // The input drive's CID enters the machine's identity through the state hash; keep it
-    // in the record too.
-    let _ = inputs;
-    let config = MachineConfig {
-        ram_length: opts.ram_length,
-        ram_image: None,
-        bios: Some(image.firmware.clone()),
-        kernel: Some(image.kernel.clone()),
-        initrd: Some(image.initrd.clone()),
-        bootargs: BOOTARGS.to_owned(),
-        flash_drives: vec![
-            FlashConfig {
-                label: "root".into(),
-                image: image.rootfs.clone(),
-                shared: false,
-            },
-            FlashConfig {
-                label: "input".into(),
-                image: input_drive,
-                shared: false,
-            },
-            FlashConfig {
-                label: "output".into(),
-                image: zeros(opts.output_length),
-                shared: true,
-            },
-            FlashConfig {
-                label: "scratch".into(),
-                image: zeros(opts.scratch_length),
-                shared: false,
-            },
-        ],
-    };
+    let names: Vec<String> = targets.iter().map(Triple::to_string).collect();
+    let name = names.join(",");
+    let expected_mcycle = previous_mcycle(&opts.out_dir, &names);
+    let config = opts.machine.machine_config(image, input_drive);
     let mut machine =
         Machine::from_config(config).map_err(|e| RunError::Machine(name.clone(), e.to_string()))?;
+    let max_mcycle = opts.machine.max_mcycle;
     // Run in slices so the caller sees progress; the slicing does not change the result,
     // since the machine is a pure function of mcycle.
     const SLICE: u64 = 200_000_000;
     let exit_code = loop {
-        let limit = (machine.mcycle() + SLICE).min(opts.max_mcycle);
+        let limit = (machine.mcycle() + SLICE).min(max_mcycle);
         let stop = machine.run(limit);
         progress(Progress::Machine {
             name: name.clone(),
@@ -482,10 +544,10 @@ fn run_machine(
         });
         match stop {
             Break::Halted(code) => break code,
-            Break::MaxMcycle if machine.mcycle() >= opts.max_mcycle => {
+            Break::MaxMcycle if machine.mcycle() >= max_mcycle => {
                 return Err(RunError::Timeout {
                     name,
-                    mcycle: opts.max_mcycle,
+                    mcycle: max_mcycle,
                 })
             }
             Break::MaxMcycle => {}
@@ -497,10 +559,10 @@ fn run_machine(
         exit_code: Some(exit_code),
     });
     let root_hash = machine.root_hash();
-    let output = machine.bus.flash[2].mem.bytes().to_vec();
+    let output = drive_bytes(&machine, Drive::Output).to_vec();
     Ok((
         MachineRun {
-            targets: targets.to_vec(),
+            targets: names,
             root_hash,
             mcycle: machine.mcycle(),
             exit_code: u32::try_from(exit_code).unwrap_or(u32::MAX),
@@ -526,17 +588,6 @@ fn previous_mcycle(out_dir: &Path, targets: &[String]) -> Option<u64> {
         }
     }
     found
-}
-
-fn ensure_dir(dir: &Path) -> std::io::Result<&Path> {
-    std::fs::create_dir_all(dir)?;
-    Ok(dir)
-}
-
-fn write_executable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, bytes)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
 }
 
 /// A revision as a directory name: `v0.1.0` stays, `/` and other oddities become `_`.
@@ -578,6 +629,7 @@ mod tests {
             emulator_version: "0".into(),
             hash_scheme: HASH_SCHEME.into(),
             inputs: BTreeMap::new(),
+            config: None,
             machines: vec![MachineRun {
                 targets: vec!["a".into()],
                 root_hash: "h".into(),
@@ -603,11 +655,8 @@ mod tests {
 
     #[test]
     fn groups_follow_the_machine_per_target_choice() {
-        let t = vec!["a".to_string(), "b".to_string()];
-        assert_eq!(
-            machine_groups(&t, true),
-            vec![vec!["a".to_string()], vec!["b".to_string()]]
-        );
+        let t = Triple::ALL[..2].to_vec();
+        assert_eq!(machine_groups(&t, true), vec![vec![t[0]], vec![t[1]]]);
         assert_eq!(machine_groups(&t, false), vec![t.clone()]);
     }
 }

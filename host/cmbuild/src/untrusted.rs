@@ -144,22 +144,38 @@ impl Default for TarLimits {
 pub enum TarError {
     /// An entry has a path cmbuild refuses.
     #[error("entry {index}: {source}")]
-    Path { index: usize, source: PathError },
+    Path {
+        /// The entry's position.
+        index: usize,
+        /// Why its path was refused.
+        source: PathError,
+    },
     /// An entry is a link, device, FIFO or other non-regular file.
     #[error(
         "entry {index} ({path:?}) is a {kind}; only regular files and directories are accepted"
     )]
     Kind {
+        /// The entry's position.
         index: usize,
+        /// Its path.
         path: String,
+        /// What it is.
         kind: String,
     },
     /// An entry's path is not UTF-8.
     #[error("entry {index} has a path that is not UTF-8")]
-    NotUtf8 { index: usize },
+    NotUtf8 {
+        /// The entry's position.
+        index: usize,
+    },
     /// Two entries name the same path.
     #[error("entry {index} ({path:?}) appears twice")]
-    Duplicate { index: usize, path: String },
+    Duplicate {
+        /// The entry's position.
+        index: usize,
+        /// Its path.
+        path: String,
+    },
     /// The archive exceeds a limit.
     #[error("the archive exceeds a limit: {0}")]
     Limit(String),

@@ -3,7 +3,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use cmbuild::manifest::{to_canonical_json, Artifact, Manifest, MANIFEST_SCHEMA};
+use cmbuild::manifest::{
+    to_canonical_json, Artifact, MachineRecord, MachineRun, Manifest, MACHINE_SCHEMA,
+    MANIFEST_SCHEMA,
+};
 use cmbuild_store::cid::{cid_of_bytes, Cid};
 use cmbuild_store::sha256::Sha256;
 
@@ -41,6 +44,23 @@ fn write_build(dir: &Path, bins: &[(&str, &[u8])], lock_sha256: &str) {
         artifacts,
     };
     std::fs::write(dir.join("manifest.json"), to_canonical_json(&manifest)).unwrap();
+    let record = MachineRecord {
+        schema: MACHINE_SCHEMA.into(),
+        emulator_version: "0.1.0".into(),
+        hash_scheme: "cmvm-sha256-v1".into(),
+        inputs: [("SOURCE_CID".to_string(), cid_of(b"source"))].into(),
+        machines: bins
+            .iter()
+            .map(|(target, _)| MachineRun {
+                targets: vec![(*target).into()],
+                root_hash: format!("cmvm-sha256-v1:{}", Sha256::of(target)),
+                mcycle: 1,
+                exit_code: 0,
+            })
+            .collect(),
+        config: None,
+    };
+    std::fs::write(dir.join("machine.json"), to_canonical_json(&record)).unwrap();
 }
 
 fn compare(a: &Path, b: &Path) -> (i32, String) {
@@ -135,4 +155,22 @@ fn a_missing_manifest_is_an_error_not_a_verdict() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("manifest.json"), "{stderr}");
+}
+
+#[test]
+fn an_empty_published_build_or_one_without_machine_json_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    write_build(&a, &[(X86, b"hello")], LOCK);
+    write_build(&b, &[], LOCK);
+    let (code, out) = compare(&a, &b);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("lists no artifacts"), "{out}");
+    write_build(&b, &[(X86, b"hello")], LOCK);
+    std::fs::remove_file(b.join("machine.json")).unwrap();
+    let (code, out) = compare(&a, &b);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("has no machine.json"), "{out}");
 }

@@ -173,8 +173,8 @@ fn image_build_is_byte_identical_and_check_names_drift() {
     // The committed pins are what this build gives (when the lock is the committed one).
     if std::env::var_os("CMBUILD_IMAGE_LOCK").is_none() {
         let committed = std::fs::read_to_string(repo_root().join("digests.lock.env")).unwrap();
-        let committed = cmbuild_image::image::parse_env(&committed);
-        for (key, value) in cmbuild_image::image::parse_env(&pins) {
+        let committed = cmbuild_image::pins::parse(&committed).unwrap();
+        for (key, value) in cmbuild_image::pins::parse(&pins).unwrap() {
             assert_eq!(
                 committed.get(&key),
                 Some(&value),

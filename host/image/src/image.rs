@@ -19,28 +19,15 @@ use crate::initramfs::{initramfs_bytes, initramfs_tree, kernel_image, InitramfsE
 use crate::lock::{Lock, LockedPackage};
 use crate::locking::BoxError;
 use crate::rootfs::{add_skeleton, apply_fixups, RootfsError, Tree, CMBUILD_DIR};
+use crate::triple::Triple;
 
 /// `/init` of the initramfs.
 pub const INIT_SCRIPT: &str = include_str!("../../../guest-image/init");
 /// The build driver the init runs inside the root image.
 pub const BUILD_DRIVER: &str = include_str!("../../../guest-image/build-driver.sh");
-/// Cross-linking configuration for cargo inside the guest.
+/// Cross-linking configuration for cargo inside the guest: the committed file, which a test
+/// keeps byte-identical to [`crate::triple::cargo_config`]'s output.
 pub const CARGO_CONFIG: &str = include_str!("../../../guest-image/cargo-config.toml");
-
-/// Output file names inside the output directory, with their `digests.lock.env` keys.
-pub const OUTPUTS: &[(&str, &str)] = &[
-    ("GUEST_FIRMWARE_CID", "fw_jump.bin"),
-    ("GUEST_INITRD_CID", "initramfs.cpio"),
-    ("GUEST_KERNEL_CID", "vmlinux"),
-    ("GUEST_ROOTFS_CID", "rootfs.erofs"),
-];
-
-/// Rust target triples and the Debian architecture whose `libstd-rust-dev` serves each.
-pub const TRIPLES: &[(&str, &str)] = &[
-    ("aarch64-unknown-linux-gnu", "arm64"),
-    ("riscv64gc-unknown-linux-gnu", "riscv64"),
-    ("x86_64-unknown-linux-gnu", "amd64"),
-];
 
 /// Fixed volume UUID of the root image ("cmbuild rootfs v1" in ASCII, truncated).
 const ROOTFS_UUID: [u8; 16] = *b"cmbuild-rootfs-1";
@@ -120,7 +107,7 @@ pub struct Built {
     /// Output file name -> path.
     pub files: BTreeMap<String, PathBuf>,
     /// Triple -> canonical text describing its toolchain (see [`toolchain_descriptor`]).
-    pub toolchains: BTreeMap<String, String>,
+    pub toolchains: BTreeMap<Triple, String>,
 }
 
 /// Progress reports, so the CLI can say what is going on during a minutes-long build.
@@ -237,9 +224,9 @@ pub fn build_image(
     files.insert("rootfs.erofs".to_string(), path);
 
     let mut toolchains = BTreeMap::new();
-    for (triple, arch) in TRIPLES {
-        if let Some(text) = toolchain_descriptor(lock, triple, arch) {
-            toolchains.insert(triple.to_string(), text);
+    for triple in Triple::ALL {
+        if let Some(text) = toolchain_descriptor(lock, triple) {
+            toolchains.insert(triple, text);
         }
     }
     Ok(Built { files, toolchains })
@@ -274,7 +261,8 @@ fn read_package(
 /// cargo, and the target's standard library packages, each by version and sha256. Its CID
 /// is the `RUST_TOOLCHAIN__<TRIPLE>` pin and the manifest's `toolchain` field. `None` when
 /// the lock has no standard library for the triple.
-pub fn toolchain_descriptor(lock: &Lock, triple: &str, arch: &str) -> Option<String> {
+pub fn toolchain_descriptor(lock: &Lock, triple: Triple) -> Option<String> {
+    let arch = triple.spec().debian_arch;
     let relevant = |p: &&LockedPackage| {
         let host_tool = (p.name == "rustc" || p.name == "cargo") && p.architecture != "all";
         let std_lib = p.name.starts_with("libstd-rust-") && p.architecture == arch;
@@ -302,40 +290,6 @@ pub fn toolchain_descriptor(lock: &Lock, triple: &str, arch: &str) -> Option<Str
         "cmbuild-toolchain-v1\ntarget {triple}\n{}\n",
         lines.join("\n")
     ))
-}
-
-/// The `digests.lock.env` key of a triple's toolchain pin.
-pub fn toolchain_key(triple: &str) -> String {
-    format!(
-        "RUST_TOOLCHAIN__{}",
-        triple.to_uppercase().replace('-', "_")
-    )
-}
-
-/// Parse `KEY=value` lines (comments and blank lines ignored).
-pub fn parse_env(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| {
-            (
-                k.trim().to_string(),
-                v.trim().trim_matches('\'').to_string(),
-            )
-        })
-        .collect()
-}
-
-/// The comment heading `digests.lock.env`.
-pub const DIGESTS_HEADER: &str =
-    "# Pinned content IDs of every machine input (cmbuild image build writes this file).\n";
-
-/// Render the pins file: the header, then `KEY=value` lines sorted by key (the map's
-/// order), each ending in a newline.
-pub fn render_env(values: &BTreeMap<String, String>) -> String {
-    let lines: String = values.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    format!("{DIGESTS_HEADER}{lines}")
 }
 
 #[cfg(test)]
@@ -376,27 +330,17 @@ mod tests {
             package("libstd-rust-dev", "arm64"),
             package("clang", "riscv64"),
         ]);
-        let text = toolchain_descriptor(&lock, "x86_64-unknown-linux-gnu", "amd64").unwrap();
+        let [x86_64, aarch64, riscv64] = Triple::ALL;
+        let text = toolchain_descriptor(&lock, x86_64).unwrap();
         assert!(text.contains(&format!(
             "package libstd-rust-dev amd64 1.0 {}",
             Sha256::of("libstd-rust-devamd64")
         )));
         assert!(text.contains("package rustc riscv64"));
         assert!(!text.contains("arm64") && !text.contains("clang"));
-        let other = toolchain_descriptor(&lock, "aarch64-unknown-linux-gnu", "arm64").unwrap();
+        let other = toolchain_descriptor(&lock, aarch64).unwrap();
         assert_ne!(text, other);
-        assert!(toolchain_descriptor(&lock, "riscv64gc-unknown-linux-gnu", "riscv64").is_none());
-        assert_eq!(
-            toolchain_key("riscv64gc-unknown-linux-gnu"),
-            "RUST_TOOLCHAIN__RISCV64GC_UNKNOWN_LINUX_GNU"
-        );
-    }
-
-    #[test]
-    fn env_files_round_trip_sorted() {
-        let parsed = parse_env("# pins\nZ=1\n\nA='x'\n");
-        assert_eq!(render_env(&parsed), format!("{DIGESTS_HEADER}A=x\nZ=1\n"));
-        assert_eq!(parse_env(&render_env(&parsed)), parsed);
+        assert!(toolchain_descriptor(&lock, riscv64).is_none());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! [`lock`] file, [`locking`] from the archive's indices, archive files over [`http`]),
 //! and its deterministic assembly from the locked `.deb`s ([`deb`] extraction, [`rootfs`]
 //! merging and fixups, the [`erofs`] and [`cpio`] writers, the [`initramfs`], and
-//! [`image`], the whole build).
+//! [`image`], the whole build); and the facts the host and the guest share: the supported
+//! target triples ([`triple`]) and the pins file ([`pins`]).
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -16,5 +17,7 @@ pub mod image;
 pub mod initramfs;
 pub mod lock;
 pub mod locking;
+pub mod pins;
 pub mod resolve;
 pub mod rootfs;
+pub mod triple;

@@ -1,15 +1,18 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cmbuild::compare::{compare_builds, Finding};
+use cmbuild::compare::Finding;
+use cmbuild::terminal::sanitize;
 
 /// Compare two build outputs: the smaller set of artifacts must be inside the larger.
 ///
-/// Each directory holds a `manifest.json` (and usually `machine.json`) as written by
-/// `cmbuild run`; both are treated as untrusted: paths must be relative with no `..` and no
-/// symlinks, and every hash a manifest claims is recomputed from its file. Input drift (the
-/// builds used a different crate, version, Cargo.lock or toolchain) is reported apart from
-/// output drift (same inputs, different bytes or machine root hashes). Ends with
+/// Each directory holds a `manifest.json` and a `machine.json` as written by `cmbuild run`;
+/// both are treated as untrusted: paths must be relative with no `..` and no symlinks, and
+/// every hash a manifest claims is recomputed from its file. A side with no artifacts or no
+/// machine.json fails, and so does a machine without a counterpart that built the same
+/// targets. Input drift (the builds used a different crate, version, Cargo.lock, toolchain,
+/// machine input or machine setting) is reported apart from output drift (same inputs,
+/// different bytes or machine root hashes). Ends with
 /// `Reproducibility check PASSED` (exit 0) or `Reproducibility check FAILED` (exit 1).
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,33 +23,28 @@ pub struct Args {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let report = compare_builds(&args.a, &args.b, &cid_of_file)?;
+    let report = cmbuild::ops::compare::compare(&args.a, &args.b)?;
     Ok(print_report(&report))
-}
-
-/// The CID of a file as `cmbuild cid` prints it.
-pub fn cid_of_file(path: &Path) -> std::io::Result<cmbuild_store::cid::Cid> {
-    cmbuild_store::cid::cid_of_file(path)
 }
 
 /// Prints a comparison's findings, inputs first, and the verdict; returns the exit code.
 pub fn print_report(report: &cmbuild::compare::Report) -> ExitCode {
     println!("compared {} artifact(s)", report.compared.len());
     for key in &report.compared {
-        println!("  {key}");
+        println!("  {}", sanitize(&key.to_string()));
     }
     let (inputs, others): (Vec<&Finding>, Vec<&Finding>) =
         report.findings.iter().partition(|f| f.is_input_drift());
     if !inputs.is_empty() {
         println!("input drift (the builds did not start from the same inputs):");
         for finding in inputs {
-            println!("  {finding}");
+            println!("  {}", sanitize(&finding.to_string()));
         }
     }
     if !others.is_empty() {
         println!("problems:");
         for finding in others {
-            println!("  {finding}");
+            println!("  {}", sanitize(&finding.to_string()));
         }
     }
     if report.passed() {

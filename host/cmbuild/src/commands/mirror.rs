@@ -1,8 +1,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use cmbuild_store::mirror::{Mirror, DEFAULT_DIR};
+use cmbuild::ops::mirror;
+use cmbuild::terminal::sanitize;
+
+use super::common::MirrorArg;
 
 /// Inspect and maintain the content-addressed vendor mirror.
 #[derive(Debug, clap::Args)]
@@ -17,49 +19,112 @@ enum Command {
     ///
     /// Also names files under blobs/ that are not CIDs and index entries whose blob is missing.
     Verify(VerifyArgs),
-    Push(super::mirror_ipfs::PushArgs),
-    Pull(super::mirror_ipfs::PullArgs),
-    Export(super::mirror_ipfs::ExportArgs),
-}
-
-pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    match args.command {
-        Command::Verify(args) => exec_verify(args),
-        Command::Push(args) => super::mirror_ipfs::exec_push(args),
-        Command::Pull(args) => super::mirror_ipfs::exec_pull(args),
-        Command::Export(args) => super::mirror_ipfs::exec_export(args),
-    }
+    Push(PushArgs),
+    Pull(PullArgs),
+    Export(ExportArgs),
 }
 
 #[derive(Debug, clap::Args)]
 struct VerifyArgs {
-    /// The mirror directory.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR)]
-    mirror: PathBuf,
+    #[command(flatten)]
+    mirror: MirrorArg,
 }
 
-fn exec_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    if !args.mirror.is_dir() {
-        anyhow::bail!(
-            "no mirror at {} (`cmbuild vendor` makes one)",
-            args.mirror.display()
-        );
+/// Add and pin every blob of the mirror on an IPFS node.
+///
+/// Each blob is added with the parameters that make the node's CIDs equal to cmbuild's
+/// (`cid-version=1`, `raw-leaves`, `chunker=size-262144`); a blob the node names differently
+/// is not pinned, and the command fails naming it.
+#[derive(Debug, clap::Args)]
+struct PushArgs {
+    /// The node's Kubo RPC API, e.g. http://127.0.0.1:5001
+    #[arg(long, value_name = "URL")]
+    ipfs_api: String,
+    #[command(flatten)]
+    mirror: MirrorArg,
+}
+
+/// Fetch, from an IPFS node, every blob the mirror index names but the mirror lacks.
+///
+/// Every blob is rehashed before it enters the mirror; bytes that do not hash to the CID the
+/// index names are refused (exit 1, naming each refused blob).
+#[derive(Debug, clap::Args)]
+struct PullArgs {
+    /// The node's Kubo RPC API, e.g. http://127.0.0.1:5001
+    #[arg(long, value_name = "URL")]
+    ipfs_api: String,
+    #[command(flatten)]
+    mirror: MirrorArg,
+}
+
+/// Write every blob of the mirror into a CARv1 archive (`ipfs dag import FILE` takes it).
+///
+/// The archive holds every block of each blob's UnixFS DAG, each block once; its roots are
+/// the blob CIDs, sorted.
+#[derive(Debug, clap::Args)]
+struct ExportArgs {
+    /// Where to write the archive.
+    #[arg(long, value_name = "FILE")]
+    car: PathBuf,
+    #[command(flatten)]
+    mirror: MirrorArg,
+}
+
+pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Verify(args) => {
+            let report = mirror::verify(&args.mirror.dir)?;
+            for problem in &report.problems {
+                println!("MISMATCH {}", sanitize(&problem.to_string()));
+            }
+            println!(
+                "{}: {} blobs verified, {} problems",
+                args.mirror.dir.display(),
+                report.good,
+                report.problems.len()
+            );
+            Ok(exit_if(report.problems.is_empty()))
+        }
+        Command::Push(args) => {
+            let mirror = mirror::open_existing(&args.mirror.dir)?;
+            println!("{}", mirror::push(&mirror, &args.ipfs_api)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pull(args) => {
+            let mirror = mirror::open_existing(&args.mirror.dir)?;
+            let report = mirror::pull(&mirror, &args.ipfs_api)?;
+            println!(
+                "pulled {} blobs ({} bytes) from {}; {} already present; {} refused",
+                report.pulled,
+                report.bytes,
+                report.node,
+                report.present,
+                report.refused.len()
+            );
+            for refusal in &report.refused {
+                eprintln!("refused {}", sanitize(&refusal.to_string()));
+            }
+            Ok(exit_if(report.refused.is_empty()))
+        }
+        Command::Export(args) => {
+            let mirror = mirror::open_existing(&args.mirror.dir)?;
+            let report = mirror::export_car(&mirror, &args.car)?;
+            println!(
+                "wrote {}: {} roots, {} blocks, {} bytes",
+                args.car.display(),
+                report.roots,
+                report.blocks,
+                report.bytes
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
-    let mirror = Mirror::open(&args.mirror)
-        .with_context(|| format!("opening the mirror {}", args.mirror.display()))?;
-    let report = mirror.verify_all()?;
-    for problem in &report.problems {
-        println!("MISMATCH {problem}");
-    }
-    println!(
-        "{}: {} blobs verified, {} problems",
-        args.mirror.display(),
-        report.good,
-        report.problems.len()
-    );
-    Ok(if report.problems.is_empty() {
+}
+
+fn exit_if(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    }
 }

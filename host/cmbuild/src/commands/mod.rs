@@ -1,7 +1,10 @@
-//! One module per subcommand: `Args` (parsed by clap) and `exec` (calls the library).
+//! One module per subcommand: `Args` (parsed by clap) and `exec`, which fills an options
+//! struct, calls one `cmbuild::ops` function and prints its result; [`common`] holds the
+//! argument groups several subcommands share.
 
 pub mod attest;
 pub mod cid;
+pub mod common;
 pub mod compare;
 pub mod image;
 pub mod image_build;
@@ -11,9 +14,7 @@ pub mod log;
 pub mod machine;
 pub mod machine_snapshot;
 pub mod mirror;
-pub mod mirror_ipfs;
 pub mod run;
 pub mod vendor;
-pub mod vendor_debs;
 pub mod verify;
 pub mod verify_attestations;

@@ -5,8 +5,11 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use anyhow::Context;
-use cmbuild::run::{run_release, Progress, RunOptions};
+use cmbuild::guest::MachineSettings;
+use cmbuild::run::{Progress, RunOptions, RunSummary};
+use cmbuild::terminal::sanitize_bytes;
+
+use super::common::{ImageDirArg, JobsArg, MirrorArg, PinsArg};
 
 /// Build a release of the project offline, inside the deterministic machine, for every triple.
 ///
@@ -41,79 +44,65 @@ pub struct Args {
     /// Where REV/ is written.
     #[arg(long, default_value = "builds", value_name = "DIR")]
     out: PathBuf,
-    /// The content-addressed mirror `cmbuild vendor` filled.
-    #[arg(long, default_value = "vendor-mirror", value_name = "DIR")]
-    mirror: PathBuf,
-    /// Where `cmbuild image build` wrote the guest image (used for pinned image files that
-    /// are not in the mirror; every file is checked against its pinned CID).
-    #[arg(long, default_value = "build/image", value_name = "DIR")]
-    image_dir: PathBuf,
-    /// Machines run at once (one per triple); default: the number of cores.
-    #[arg(long, value_name = "N")]
-    jobs: Option<usize>,
+    #[command(flatten)]
+    mirror: MirrorArg,
+    #[command(flatten)]
+    image_dir: ImageDirArg,
+    #[command(flatten)]
+    jobs: JobsArg,
     /// Build all triples in one machine instead of one machine per triple.
     #[arg(long)]
     single_machine: bool,
     /// RAM of each machine, in MiB.
-    #[arg(long, default_value_t = 4096, value_name = "MIB")]
+    #[arg(long, default_value_t = MachineSettings::default().ram_length >> 20, value_name = "MIB")]
     ram_mib: u64,
     /// Stop a machine that has not halted by this mcycle (the run then fails).
-    #[arg(long, default_value_t = 1 << 44, value_name = "N")]
+    #[arg(long, default_value_t = MachineSettings::default().max_mcycle, value_name = "N")]
     max_mcycle: u64,
-    /// A digests.lock.env to use instead of the one cmbuild was built with.
-    #[arg(long, value_name = "FILE")]
-    pins: Option<PathBuf>,
+    #[command(flatten)]
+    pins: PinsArg,
     /// Run twice, into OUT/run1 and OUT/run2, then compare the two.
     #[arg(long)]
     test_reproduce: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let pins_text = match &args.pins {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-        }
-        None => cmbuild::pins::BUILTIN.to_owned(),
-    };
-    let pins = cmbuild::pins::parse(&pins_text)?;
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let opts = RunOptions {
         project_dir: args.project.clone(),
         rev: args.release.clone(),
         target: args.target.clone(),
         profile: args.profile.clone(),
         out_dir: args.out.clone(),
-        mirror_dir: args.mirror.clone(),
-        image_dir: Some(args.image_dir.clone()),
-        jobs,
-        ram_length: args.ram_mib << 20,
-        scratch_length: 256 << 20,
-        output_length: 512 << 20,
-        max_mcycle: args.max_mcycle,
+        mirror_dir: args.mirror.dir.clone(),
+        image_dir: Some(args.image_dir.dir.clone()),
+        jobs: args.jobs.get(),
+        machine: MachineSettings {
+            ram_length: args.ram_mib.saturating_mul(1 << 20),
+            max_mcycle: args.max_mcycle,
+            ..MachineSettings::default()
+        },
         machine_per_target: !args.single_machine,
-        pins,
+        pins: args.pins.load()?,
     };
-    if !args.test_reproduce {
-        run_once(&opts)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut dirs = Vec::new();
-    for name in ["run1", "run2"] {
-        eprintln!("== {name}");
-        let summary = run_once(&RunOptions {
-            out_dir: args.out.join(name),
-            ..opts.clone()
-        })?;
-        dirs.push(summary);
-    }
-    let report =
-        cmbuild::compare::compare_builds(&dirs[0], &dirs[1], &super::compare::cid_of_file)?;
-    Ok(super::compare::print_report(&report))
+    let started = Instant::now();
+    let printer = ProgressPrinter::new("cmbuild run");
+    let mut on_run = |name: &str, summary: Option<&RunSummary>| match summary {
+        None => eprintln!("== {name}"),
+        Some(summary) => print_summary(summary, started),
+    };
+    let report = cmbuild::ops::run::run(
+        &opts,
+        args.test_reproduce,
+        &|event| printer.show(event),
+        &mut on_run,
+    )?;
+    Ok(match report {
+        Some(report) => super::compare::print_report(&report),
+        None => ExitCode::SUCCESS,
+    })
 }
 
-/// A progress printer for machines: the guest's console goes to stdout unchanged, the
+/// A progress printer for machines: the guest's console goes to stdout (sanitised), the
 /// machine's pace (mcycle, MIPS, ETA when an earlier build gives one) to stderr.
 pub struct ProgressPrinter {
     label: &'static str,
@@ -142,7 +131,7 @@ impl ProgressPrinter {
                 console,
             } => {
                 let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&console);
+                let _ = out.write_all(sanitize_bytes(&console).as_bytes());
                 let _ = out.flush();
                 let mut all = self.last.lock().expect("progress lock");
                 let last = all.entry(name.clone()).or_insert((self.started, 0));
@@ -174,11 +163,7 @@ impl ProgressPrinter {
     }
 }
 
-fn run_once(opts: &RunOptions) -> anyhow::Result<PathBuf> {
-    let started = Instant::now();
-    let printer = ProgressPrinter::new("cmbuild run");
-    let progress = |event: Progress| printer.show(event);
-    let summary = run_release(opts, &progress)?;
+fn print_summary(summary: &RunSummary, started: Instant) {
     println!(
         "release {} (commit {})",
         summary.manifest.release, summary.manifest.commit
@@ -199,5 +184,4 @@ fn run_once(opts: &RunOptions) -> anyhow::Result<PathBuf> {
         summary.dir.display(),
         started.elapsed().as_secs_f64()
     );
-    Ok(summary.dir)
 }

@@ -1,0 +1,227 @@
+//! The build machine of a run: its four drives and its configuration.
+//!
+//! `guest-image/PROTOCOL.md` is the contract; the drive order fixes the guest's
+//! `/dev/pmemN` names, so [`Drive`] is the one place that knows which drive is which.
+
+use cmbuild_machine::machine::{FlashConfig, Machine, MachineConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::DRIVE_ALIGN;
+
+/// The kernel command line of a build machine.
+pub const BOOTARGS: &str = "console=ttyS0 quiet cmbuild.mode=build";
+
+/// The flash drives of a build machine, in board order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drive {
+    /// The root image (EROFS), `/dev/pmem0`.
+    Root,
+    /// The input drive (a tar written by the host), `/dev/pmem1`.
+    Input,
+    /// The output drive (a tar written by the guest), `/dev/pmem2`.
+    Output,
+    /// The scratch drive, `/dev/pmem3`.
+    Scratch,
+}
+
+impl Drive {
+    /// Every drive, in board order (index `i` is `/dev/pmem{i}`).
+    pub const ALL: [Drive; 4] = [Drive::Root, Drive::Input, Drive::Output, Drive::Scratch];
+
+    /// The drive's position on the board.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The drive's label in the device tree.
+    pub fn label(self) -> &'static str {
+        match self {
+            Drive::Root => "root",
+            Drive::Input => "input",
+            Drive::Output => "output",
+            Drive::Scratch => "scratch",
+        }
+    }
+
+    /// Whether the host reads the drive's final contents back.
+    pub fn shared(self) -> bool {
+        self == Drive::Output
+    }
+}
+
+/// Why a machine configuration was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingsError {
+    /// A size is zero, not a multiple of its unit, or over cmbuild's limit.
+    #[error("{what} of {value} bytes is not accepted (a multiple of {unit} bytes, at most {max})")]
+    Size {
+        /// Which setting.
+        what: &'static str,
+        /// The value refused.
+        value: u64,
+        /// What it must be a multiple of.
+        unit: u64,
+        /// The largest value accepted.
+        max: u64,
+    },
+}
+
+/// Everything about a build machine that `cmbuild run` takes as a setting rather than as
+/// an input. Recorded in `machine.json` (`config`), so that `cmbuild verify` rebuilds on
+/// the same machine; the RAM and drive sizes also enter the state hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineSettings {
+    /// RAM of each machine, bytes.
+    pub ram_length: u64,
+    /// Scratch drive of each machine, bytes.
+    pub scratch_length: u64,
+    /// Output drive of each machine, bytes.
+    pub output_length: u64,
+    /// A machine that reaches this mcycle is stopped and the run fails.
+    pub max_mcycle: u64,
+}
+
+/// Largest RAM cmbuild configures (a published `machine.json` is untrusted).
+pub const MAX_RAM: u64 = 64 << 30;
+/// Largest scratch or output drive cmbuild configures.
+pub const MAX_DRIVE: u64 = 64 << 30;
+
+impl Default for MachineSettings {
+    /// The settings of `cmbuild run` without options.
+    fn default() -> Self {
+        MachineSettings {
+            ram_length: 4096 << 20,
+            scratch_length: 256 << 20,
+            output_length: 512 << 20,
+            max_mcycle: 1 << 44,
+        }
+    }
+}
+
+impl MachineSettings {
+    /// Checks the sizes (RAM in whole MiB, drives in whole drive units, all bounded).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let check = |what, value: u64, unit: u64, max: u64| {
+            if value == 0 || value % unit != 0 || value > max {
+                Err(SettingsError::Size {
+                    what,
+                    value,
+                    unit,
+                    max,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        check("ram_length", self.ram_length, 1 << 20, MAX_RAM)?;
+        check(
+            "scratch_length",
+            self.scratch_length,
+            DRIVE_ALIGN,
+            MAX_DRIVE,
+        )?;
+        check("output_length", self.output_length, DRIVE_ALIGN, MAX_DRIVE)
+    }
+
+    /// The machine that builds: the guest image, `input` as the input drive, and zeroed
+    /// output and scratch drives of the configured sizes.
+    pub fn machine_config(&self, image: &GuestImage, input: Vec<u8>) -> MachineConfig {
+        let zeros = |len: u64| vec![0u8; (len.max(1).div_ceil(DRIVE_ALIGN) * DRIVE_ALIGN) as usize];
+        let mut input = Some(input);
+        let flash_drives = Drive::ALL
+            .iter()
+            .map(|&drive| FlashConfig {
+                label: drive.label().into(),
+                image: match drive {
+                    Drive::Root => image.rootfs.clone(),
+                    Drive::Input => input.take().unwrap_or_default(),
+                    Drive::Output => zeros(self.output_length),
+                    Drive::Scratch => zeros(self.scratch_length),
+                },
+                shared: drive.shared(),
+            })
+            .collect();
+        MachineConfig {
+            ram_length: self.ram_length,
+            ram_image: None,
+            bios: Some(image.firmware.clone()),
+            kernel: Some(image.kernel.clone()),
+            initrd: Some(image.initrd.clone()),
+            bootargs: BOOTARGS.to_owned(),
+            flash_drives,
+        }
+    }
+}
+
+/// The guest image's four files, read from the mirror by their pins.
+#[derive(Clone, Debug)]
+pub struct GuestImage {
+    /// `vmlinux`.
+    pub kernel: Vec<u8>,
+    /// OpenSBI `fw_jump.bin`.
+    pub firmware: Vec<u8>,
+    /// `initramfs.cpio`.
+    pub initrd: Vec<u8>,
+    /// `rootfs.erofs`.
+    pub rootfs: Vec<u8>,
+}
+
+/// The contents of a machine's drive.
+pub fn drive_bytes(machine: &Machine, drive: Drive) -> &[u8] {
+    machine.bus.flash[drive.index()].mem.bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drives_are_in_board_order_and_only_output_is_shared() {
+        let image = GuestImage {
+            kernel: vec![],
+            firmware: vec![1],
+            initrd: vec![],
+            rootfs: vec![2; 4096],
+        };
+        let config = MachineSettings::default().machine_config(&image, vec![3; 4096]);
+        let labels: Vec<&str> = config
+            .flash_drives
+            .iter()
+            .map(|d| d.label.as_str())
+            .collect();
+        assert_eq!(labels, ["root", "input", "output", "scratch"]);
+        assert_eq!(
+            config.flash_drives[Drive::Input.index()].image,
+            vec![3; 4096]
+        );
+        assert_eq!(
+            config.flash_drives[Drive::Output.index()].image.len(),
+            512 << 20
+        );
+        let shared: Vec<bool> = config.flash_drives.iter().map(|d| d.shared).collect();
+        assert_eq!(shared, [false, false, true, false]);
+        assert_eq!(config.bootargs, BOOTARGS);
+    }
+
+    #[test]
+    fn settings_are_bounded() {
+        MachineSettings::default().validate().unwrap();
+        for bad in [
+            MachineSettings {
+                ram_length: 0,
+                ..MachineSettings::default()
+            },
+            MachineSettings {
+                ram_length: 1 << 50,
+                ..MachineSettings::default()
+            },
+            MachineSettings {
+                output_length: 12345,
+                ..MachineSettings::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! `cmbuild image lock|build`: resolve the guest image's package request into the lock, and
+//! assemble the image from the mirror, pinning (or, with `check`, re-proving) the content
+//! IDs of its four files and of each triple's toolchain in `digests.lock.env`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use cmbuild_image::debian::Package;
+use cmbuild_image::http::{default_cache_dir, HttpArchive};
+use cmbuild_image::image::{self, ImageError, Step};
+use cmbuild_image::lock::{self, Lock, LockFileError, Request};
+use cmbuild_image::locking::{self, LockError, MirrorDebStore, Progress};
+use cmbuild_image::pins::{self, Pins, PinsError};
+use cmbuild_store::cid::{cid_of_bytes, cid_of_file};
+use cmbuild_store::mirror::{Mirror, MirrorError};
+
+/// Why an image operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageOpError {
+    /// A file could not be read or written.
+    #[error("{what} {}", .path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Resolving or pinning the request failed.
+    #[error("{what} {}", .path.display())]
+    Lock {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: Box<LockError>,
+    },
+    /// The request or the lock file is malformed.
+    #[error("{what} {}", .path.display())]
+    LockFile {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: LockFileError,
+    },
+    /// The mirror failed.
+    #[error("the mirror {}", .dir.display())]
+    Mirror {
+        /// The mirror directory.
+        dir: PathBuf,
+        /// What failed.
+        #[source]
+        source: MirrorError,
+    },
+    /// The image could not be built.
+    #[error(
+        "building the guest image (is every locked package in {}? `cmbuild vendor` puts them there)",
+        .mirror.display()
+    )]
+    Build {
+        /// The mirror directory.
+        mirror: PathBuf,
+        /// What failed.
+        #[source]
+        source: Box<ImageError>,
+    },
+    /// The pins file is malformed.
+    #[error("reading {}", .path.display())]
+    Pins {
+        /// The pins file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: PinsError,
+    },
+}
+
+type Result<T, E = ImageOpError> = std::result::Result<T, E>;
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageOpError {
+    let path = path.to_path_buf();
+    move |source| ImageOpError::Io { what, path, source }
+}
+
+/// What `cmbuild image lock` is asked to do.
+#[derive(Clone, Debug)]
+pub struct ImageLockOptions {
+    /// The mirror that receives every locked `.deb`.
+    pub mirror_dir: PathBuf,
+    /// The package request (`guest-image/packages.toml`).
+    pub request: PathBuf,
+    /// Where the lock is written.
+    pub output: PathBuf,
+    /// The OpenPGP keyring InRelease must be signed with.
+    pub keyring: PathBuf,
+    /// Resolve only: download no package, write no lock.
+    pub dry_run: bool,
+}
+
+/// What `cmbuild image lock` did.
+#[derive(Debug)]
+pub enum LockOutcome {
+    /// A dry run: the resolved closure.
+    Resolved(Vec<Package>),
+    /// The lock written.
+    Written(Box<Lock>),
+}
+
+/// Reads the request, says what it is about to do (`announce`), resolves it against the
+/// signed indices and, unless a dry run, pins every package into the mirror and writes
+/// the lock.
+pub fn lock(
+    opts: &ImageLockOptions,
+    announce: &mut dyn FnMut(&Request),
+    progress: &mut dyn FnMut(Progress),
+) -> Result<LockOutcome> {
+    let text = std::fs::read_to_string(&opts.request).map_err(io_err("reading", &opts.request))?;
+    let lock_err = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageOpError::Lock {
+            what,
+            path,
+            source: Box::new(source),
+        }
+    };
+    let request = Request::parse(&text).map_err(|source| ImageOpError::LockFile {
+        what: "parsing",
+        path: opts.request.clone(),
+        source,
+    })?;
+    let options = locking::LockOptions {
+        keyring: opts.keyring.clone(),
+    };
+    let mut archive = HttpArchive::new(&request.mirror, default_cache_dir());
+    announce(&request);
+    let resolution = locking::resolve_request(&request, &options, &mut archive, progress)
+        .map_err(lock_err("resolving", &opts.request))?;
+    if opts.dry_run {
+        return Ok(LockOutcome::Resolved(resolution.packages));
+    }
+    let mirror = Mirror::open(&opts.mirror_dir).map_err(|source| ImageOpError::Mirror {
+        dir: opts.mirror_dir.clone(),
+        source,
+    })?;
+    let mut store = MirrorDebStore::new(&mirror, &request.mirror);
+    let lock = locking::pin_packages(&request, resolution, &mut archive, &mut store, progress)
+        .map_err(lock_err("pinning the packages of", &opts.request))?;
+    cmbuild_store::atomic::write_atomically(&opts.output, lock.to_json().as_bytes()).map_err(
+        |source| ImageOpError::Mirror {
+            dir: opts.output.clone(),
+            source: source.into(),
+        },
+    )?;
+    Ok(LockOutcome::Written(Box::new(lock)))
+}
+
+/// What `cmbuild image build` is asked to do.
+#[derive(Clone, Debug)]
+pub struct ImageBuildOptions {
+    /// The mirror holding every locked `.deb`.
+    pub mirror_dir: PathBuf,
+    /// Where the image files are written.
+    pub out_dir: PathBuf,
+    /// The guest-image lock.
+    pub lock: PathBuf,
+    /// The pins file updated (or, with `check`, compared).
+    pub digests: PathBuf,
+    /// Compare the result with the pins instead of writing them.
+    pub check: bool,
+}
+
+/// One pin a build produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuiltPin {
+    /// The pin's key.
+    pub key: String,
+    /// The CID this build gives.
+    pub cid: String,
+    /// What it pins (a file path or `toolchain of T`).
+    pub what: String,
+    /// What the pins file said before, if anything.
+    pub pinned: Option<String>,
+}
+
+impl BuiltPin {
+    /// Whether the pins file already pinned exactly this.
+    pub fn reproduces(&self) -> bool {
+        self.pinned.as_deref() == Some(self.cid.as_str())
+    }
+}
+
+/// Builds the image and compares (`check`) or records its pins; returns every pin, with
+/// what the pins file said before. With `check`, nothing but the image files is written.
+pub fn build(opts: &ImageBuildOptions, progress: &mut dyn FnMut(Step)) -> Result<Vec<BuiltPin>> {
+    let text = std::fs::read_to_string(&opts.lock)
+        .map_err(io_err("reading the guest-image lock", &opts.lock))?;
+    let lock = Lock::parse(&text).map_err(|source| ImageOpError::LockFile {
+        what: "parsing",
+        path: opts.lock.clone(),
+        source,
+    })?;
+    let mirror = Mirror::open(&opts.mirror_dir).map_err(|source| ImageOpError::Mirror {
+        dir: opts.mirror_dir.clone(),
+        source,
+    })?;
+    let load = |package: &lock::LockedPackage| Ok(mirror.read_verified(&package.cid)?);
+    let built = image::build_image(&lock, load, &opts.out_dir, progress).map_err(|source| {
+        ImageOpError::Build {
+            mirror: opts.mirror_dir.clone(),
+            source: Box::new(source),
+        }
+    })?;
+
+    let mut produced: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (key, file) in pins::IMAGE_FILES {
+        let path = &built.files[*file];
+        let cid = cid_of_file(path).map_err(io_err("hashing", path))?;
+        produced.insert(
+            key.to_string(),
+            (cid.to_string(), path.display().to_string()),
+        );
+    }
+    for (triple, text) in &built.toolchains {
+        produced.insert(
+            pins::toolchain_key(*triple),
+            (
+                cid_of_bytes(text.as_bytes()).to_string(),
+                format!("toolchain of {triple}"),
+            ),
+        );
+    }
+
+    let existing: Pins = match std::fs::read_to_string(&opts.digests) {
+        Ok(text) => pins::parse(&text).map_err(|source| ImageOpError::Pins {
+            path: opts.digests.clone(),
+            source,
+        })?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !opts.check => Pins::new(),
+        Err(err) => return Err(io_err("reading", &opts.digests)(err)),
+    };
+    let result: Vec<BuiltPin> = produced
+        .iter()
+        .map(|(key, (cid, what))| BuiltPin {
+            key: key.clone(),
+            cid: cid.clone(),
+            what: what.clone(),
+            pinned: existing.get(key).cloned(),
+        })
+        .collect();
+    if !opts.check {
+        // Other pins in the file (written by other commands) are kept; ours are replaced.
+        let mut merged = existing;
+        for pin in &result {
+            merged.insert(pin.key.clone(), pin.cid.clone());
+        }
+        cmbuild_store::atomic::write_atomically(&opts.digests, pins::render(&merged).as_bytes())
+            .map_err(|source| ImageOpError::Io {
+                what: "writing",
+                path: opts.digests.clone(),
+                source: source.source,
+            })?;
+    }
+    Ok(result)
+}

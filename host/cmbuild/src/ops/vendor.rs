@@ -1,0 +1,733 @@
+//! `cmbuild vendor`: fetch every input of a build into the mirror, once, online.
+//!
+//! The operation is a pipeline of input kinds. Each kind turns its lock into a list of
+//! [`Wanted`] files (index key, URL, pinned sha256); one fetch loop ([`fetch_all`])
+//! downloads whatever the mirror lacks, verified, and records it in the index; then each
+//! kind may write what the offline build needs. Kinds today: the crates.io packages of the
+//! project's Cargo.lock (and, with a cargo config path, a directory source and config for
+//! offline builds), and the Debian packages of the guest-image lock this cmbuild was built
+//! with (each must end up in the mirror under exactly its locked CID). `--ipfs-api URL`
+//! then pushes the whole mirror.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cmbuild_image::lock::{self, Lock, LockFileError};
+use cmbuild_store::cid::{Cid, Codec};
+use cmbuild_store::crates::{write_directory_source, CrateError, VendoredCrate};
+use cmbuild_store::download::{DownloadError, Downloader};
+use cmbuild_store::lockfile::{read_lockfile, LockError as CargoLockError, Package, Source};
+use cmbuild_store::mirror::{Entry, Key, Mirror, MirrorError};
+use cmbuild_store::sha256::Sha256;
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+
+use super::human_size;
+use super::mirror::{MirrorOpError, PushReport};
+use crate::plan::PlanError;
+
+/// Where `.crate` files are downloaded from, unless `CMBUILD_CRATES_URL` says otherwise.
+pub const CRATES_URL: &str = "https://static.crates.io/crates";
+
+/// Why vendoring failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VendorError {
+    /// The project's manifest is missing.
+    #[error("no Cargo.toml at {}", .0.display())]
+    NoManifest(PathBuf),
+    /// `cargo metadata` failed.
+    #[error(transparent)]
+    Metadata(#[from] PlanError),
+    /// `cargo metadata` gave no workspace root.
+    #[error("`cargo metadata` gave no workspace_root")]
+    NoWorkspaceRoot,
+    /// The project's Cargo.lock could not be read.
+    #[error(transparent)]
+    CargoLock(#[from] CargoLockError),
+    /// The lock has packages cmbuild does not vendor.
+    #[error(
+        "{} cannot be vendored: cmbuild vendors crates.io packages and builds workspace \
+         members; these come from elsewhere:\n  {}", .lock.display(), .refused.join("\n  ")
+    )]
+    Refused {
+        /// The Cargo.lock.
+        lock: PathBuf,
+        /// One line per refused package.
+        refused: Vec<String>,
+    },
+    /// The compiled-in guest-image lock is invalid.
+    #[error("reading the compiled-in guest-image lock")]
+    GuestLock(#[source] LockFileError),
+    /// The mirror failed.
+    #[error("the mirror {}", .dir.display())]
+    Mirror {
+        /// The mirror directory.
+        dir: PathBuf,
+        /// What failed.
+        #[source]
+        source: MirrorError,
+    },
+    /// A download failed.
+    #[error("downloading {key}")]
+    Download {
+        /// The index key of the file.
+        key: Key,
+        /// What failed.
+        #[source]
+        source: Box<DownloadError>,
+    },
+    /// A file the index should name is not in it.
+    #[error("{0} is missing from the mirror index after vendoring")]
+    NotIndexed(Key),
+    /// A Debian package sits in the mirror under another CID than the lock pins.
+    #[error("{filename} is in the mirror as {found}, but the guest-image lock pins {pinned}")]
+    Drift {
+        /// The package file.
+        filename: String,
+        /// What the mirror holds (CID, sha256, size).
+        found: String,
+        /// What the lock pins (CID, sha256, size).
+        pinned: String,
+    },
+    /// A blob rotted after it was fetched.
+    #[error("{filename} ({cid}) is not intact in the mirror")]
+    NotIntact {
+        /// The package file.
+        filename: String,
+        /// Its CID.
+        cid: Cid,
+    },
+    /// The cargo config or its directory source could not be written.
+    #[error("unpacking the crates into {}", .dir.display())]
+    DirectorySource {
+        /// The directory source.
+        dir: PathBuf,
+        /// What failed.
+        #[source]
+        source: Box<CrateError>,
+    },
+    /// A path is not usable in the cargo config.
+    #[error("{}: {what}", .path.display())]
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The push to IPFS failed.
+    #[error(transparent)]
+    Push(#[from] MirrorOpError),
+}
+
+type Result<T, E = VendorError> = std::result::Result<T, E>;
+
+fn mirror_err(mirror: &Mirror) -> impl Fn(MirrorError) -> VendorError + '_ {
+    move |source| VendorError::Mirror {
+        dir: mirror.root().to_path_buf(),
+        source,
+    }
+}
+
+/// What `cmbuild vendor` is asked to do.
+#[derive(Clone, Debug)]
+pub struct VendorOptions {
+    /// The project's Cargo.toml (its workspace's Cargo.lock is read).
+    pub manifest_path: PathBuf,
+    /// The mirror directory.
+    pub mirror_dir: PathBuf,
+    /// Write a cargo config for offline builds from the mirror (and `OUT.crates/` beside it).
+    pub cargo_config: Option<PathBuf>,
+    /// Vendor only the project's crates, not the guest image's Debian packages.
+    pub crates_only: bool,
+    /// Then push the whole mirror to this IPFS node's Kubo RPC API.
+    pub ipfs_api: Option<String>,
+    /// The download base for `.crate` files (default [`CRATES_URL`]).
+    pub crates_url: String,
+}
+
+/// What `cmbuild vendor` did.
+#[derive(Debug, Clone)]
+pub struct VendorReport {
+    /// crates.io packages of the lock.
+    pub crates: usize,
+    /// The Cargo.lock read.
+    pub lock_path: PathBuf,
+    /// The fetch loop's counts.
+    pub fetch: FetchReport,
+    /// The directory source written for `cargo_config`, if asked.
+    pub directory_source: Option<PathBuf>,
+    /// The IPFS push, if asked.
+    pub push: Option<String>,
+}
+
+/// Vendors every input of a build into the mirror (progress on stderr).
+pub fn vendor(opts: &VendorOptions) -> Result<VendorReport> {
+    let project = CargoProject::read(&opts.manifest_path)?;
+    let mut wanted = project.wanted(&opts.crates_url);
+    let guest_lock = if opts.crates_only {
+        None
+    } else {
+        let (guest_lock, guest_wanted) = wanted_guest_packages()?;
+        wanted.extend(guest_wanted);
+        Some(guest_lock)
+    };
+
+    let mirror = Mirror::open(&opts.mirror_dir).map_err(|source| VendorError::Mirror {
+        dir: opts.mirror_dir.clone(),
+        source,
+    })?;
+    let fetch = fetch_all(&mirror, &wanted, &Downloader::new())?;
+    if let Some(guest_lock) = &guest_lock {
+        check_guest_packages(&mirror, guest_lock)?;
+    }
+    let directory_source = match &opts.cargo_config {
+        Some(config) => Some(write_cargo_config(&mirror, &project.crates_io, config)?),
+        None => None,
+    };
+    let push = match &opts.ipfs_api {
+        Some(url) => {
+            let report: PushReport = super::mirror::push(&mirror, url)?;
+            Some(report.to_string())
+        }
+        None => None,
+    };
+    Ok(VendorReport {
+        crates: project.crates_io.len(),
+        lock_path: project.lock_path,
+        fetch,
+        directory_source,
+        push,
+    })
+}
+
+/// One file the mirror must hold: its index key, where to get it, and its pinned sha256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// The index key.
+    pub key: Key,
+    /// Where to download it.
+    pub url: String,
+    /// Its pinned sha256.
+    pub sha256: Sha256,
+    /// Size when the lock knows it (Debian does, Cargo.lock does not).
+    pub size: Option<u64>,
+}
+
+/// What the fetch loop did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FetchReport {
+    /// Files downloaded.
+    pub downloaded: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files already present.
+    pub present: usize,
+}
+
+/// The project's lock, checked: only crates.io packages and workspace members.
+struct CargoProject {
+    lock_path: PathBuf,
+    crates_io: Vec<(Package, Sha256)>,
+}
+
+impl CargoProject {
+    fn read(manifest: &Path) -> Result<CargoProject> {
+        if !manifest.is_file() {
+            return Err(VendorError::NoManifest(manifest.to_path_buf()));
+        }
+        let workspace = WorkspaceMetadata::read(manifest)?;
+        let lock_path = workspace.root.join("Cargo.lock");
+        let lock = read_lockfile(&lock_path)?;
+        let mut refused = Vec::new();
+        let mut crates_io = Vec::new();
+        for package in lock.packages {
+            match &package.source {
+                Source::CratesIo { sha256 } => crates_io.push((package.clone(), *sha256)),
+                Source::Local if workspace.has_member(&package) => {}
+                Source::Local => refused.push(format!(
+                    "{} {} (a path dependency outside the workspace)",
+                    package.name, package.version
+                )),
+                Source::Git(url) => refused.push(format!(
+                    "{} {} (git dependency {url})",
+                    package.name, package.version
+                )),
+                Source::Other(source) => refused.push(format!(
+                    "{} {} (from {source}, not crates.io)",
+                    package.name, package.version
+                )),
+            }
+        }
+        if !refused.is_empty() {
+            return Err(VendorError::Refused {
+                lock: lock_path,
+                refused,
+            });
+        }
+        Ok(CargoProject {
+            lock_path,
+            crates_io,
+        })
+    }
+
+    fn wanted(&self, base: &str) -> Vec<Wanted> {
+        let base = base.trim_end_matches('/');
+        self.crates_io
+            .iter()
+            .map(|(package, sha256)| Wanted {
+                key: Key::crate_(&package.name, &package.version),
+                url: format!("{base}/{0}/{0}-{1}.crate", package.name, package.version),
+                sha256: *sha256,
+                size: None,
+            })
+            .collect()
+    }
+}
+
+/// What `cargo metadata --no-deps` says about the workspace.
+struct WorkspaceMetadata {
+    root: PathBuf,
+    members: BTreeSet<(String, String)>,
+}
+
+impl WorkspaceMetadata {
+    fn read(manifest: &Path) -> Result<WorkspaceMetadata> {
+        let json = crate::plan::read_cargo_metadata(manifest)?;
+        let root = json["workspace_root"]
+            .as_str()
+            .ok_or(VendorError::NoWorkspaceRoot)?;
+        let members = json["packages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p["name"].as_str()?.to_owned(),
+                    p["version"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        Ok(WorkspaceMetadata {
+            root: PathBuf::from(root),
+            members,
+        })
+    }
+
+    fn has_member(&self, package: &Package) -> bool {
+        self.members
+            .contains(&(package.name.clone(), package.version.clone()))
+    }
+}
+
+/// Downloads every wanted file the mirror lacks (or holds corrupt), verified, and records
+/// each in the index as soon as it is stored.
+pub fn fetch_all(
+    mirror: &Mirror,
+    wanted: &[Wanted],
+    downloader: &Downloader,
+) -> Result<FetchReport> {
+    let index = mirror.load_index().map_err(mirror_err(mirror))?;
+    let mut report = FetchReport::default();
+    let mut missing = Vec::new();
+    for item in wanted {
+        if let Some(cid) = present_cid(mirror, &index, item)? {
+            report.present += 1;
+            if index.get(&item.key).map(|e| e.cid) != Some(cid) {
+                let path = mirror.blob_path(&cid);
+                let size = std::fs::metadata(&path)
+                    .map_err(|source| {
+                        mirror_err(mirror)(MirrorError::Io {
+                            action: "read",
+                            path,
+                            source,
+                        })
+                    })?
+                    .len();
+                let entry = Entry {
+                    cid,
+                    sha256: item.sha256,
+                    size,
+                    url: Some(item.url.clone()),
+                };
+                mirror
+                    .record([(item.key.clone(), entry)])
+                    .map_err(mirror_err(mirror))?;
+            }
+        } else {
+            missing.push(item);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(report);
+    }
+
+    let mut progress = Progress::new(&missing);
+    for item in missing {
+        let started = progress.bytes_done;
+        let mut announced = item.size.is_some();
+        let mut on_bytes = |done: u64, total: Option<u64>| {
+            if let (false, Some(total)) = (announced, total) {
+                progress.add_length(total);
+                announced = true;
+            }
+            progress.show(started + done);
+        };
+        let stored = downloader
+            .fetch_to_mirror(&item.url, &item.sha256, mirror, &mut on_bytes)
+            .map_err(|source| VendorError::Download {
+                key: item.key.clone(),
+                source: Box::new(source),
+            })?;
+        mirror
+            .record([(
+                item.key.clone(),
+                Entry::new(&stored, Some(item.url.clone())),
+            )])
+            .map_err(mirror_err(mirror))?;
+        report.downloaded += 1;
+        report.bytes += stored.size;
+        progress.finish_item(stored.size);
+    }
+    progress.done();
+    Ok(report)
+}
+
+/// The CID of a wanted file the mirror already holds intact, if any.
+fn present_cid(
+    mirror: &Mirror,
+    index: &cmbuild_store::mirror::Index,
+    item: &Wanted,
+) -> Result<Option<Cid>> {
+    if let Some(entry) = index.get(&item.key) {
+        if entry.sha256 == item.sha256
+            && mirror.has_valid(&entry.cid).map_err(mirror_err(mirror))?
+        {
+            return Ok(Some(entry.cid));
+        }
+    }
+    // A file of at most one chunk is a raw leaf named by its sha256: found without an index.
+    let leaf = Cid::new(Codec::Raw, *item.sha256.as_bytes());
+    Ok(mirror
+        .has_valid(&leaf)
+        .map_err(mirror_err(mirror))?
+        .then_some(leaf))
+}
+
+/// The progress bar on stderr (hidden when stderr is not a terminal, where the one-line
+/// summaries say enough). With sizes known up front (Debian packages) it counts bytes, and
+/// files of unknown size add their announced length as they start; with no size known
+/// (Cargo.lock has none) it counts files and shows the bytes in its message.
+struct Progress {
+    bar: ProgressBar,
+    by_bytes: bool,
+    files_done: usize,
+    files: usize,
+    bytes_done: u64,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(missing: &[&Wanted]) -> Progress {
+        let known: u64 = missing.iter().filter_map(|w| w.size).sum();
+        let by_bytes = missing.iter().any(|w| w.size.is_some());
+        let (length, template) = if by_bytes {
+            (
+                known,
+                "{spinner} vendoring [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+        } else {
+            (
+                missing.len() as u64,
+                "{spinner} vendoring [{bar:30}] {pos}/{len} files, {msg} ETA {eta}",
+            )
+        };
+        let bar = if std::io::stderr().is_terminal() {
+            ProgressBar::new(length).with_style(
+                ProgressStyle::with_template(template)
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            )
+        } else {
+            ProgressBar::hidden()
+        };
+        let progress = Progress {
+            bar,
+            by_bytes,
+            files_done: 0,
+            files: missing.len(),
+            bytes_done: 0,
+            started: Instant::now(),
+        };
+        progress.show(0);
+        progress
+    }
+
+    /// Shows `bytes` downloaded in all (finished files plus the current one).
+    fn show(&self, bytes: u64) {
+        if self.by_bytes {
+            self.bar.set_position(bytes);
+            self.bar
+                .set_message(format!("{}/{} files", self.files_done, self.files));
+        } else {
+            self.bar
+                .set_message(format!("{} downloaded", HumanBytes(bytes)));
+        }
+    }
+
+    /// A download of unknown size announced its length.
+    fn add_length(&self, length: u64) {
+        if self.by_bytes {
+            self.bar.inc_length(length);
+        }
+    }
+
+    fn finish_item(&mut self, size: u64) {
+        self.bytes_done += size;
+        self.files_done += 1;
+        if !self.by_bytes {
+            self.bar.inc(1);
+        }
+        self.show(self.bytes_done);
+    }
+
+    fn done(&self) {
+        self.bar.finish_and_clear();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        eprintln!(
+            "cmbuild vendor: downloaded {} files, {} in {:.1} s ({}/s)",
+            self.files_done,
+            HumanBytes(self.bytes_done),
+            secs,
+            HumanBytes((self.bytes_done as f64 / secs) as u64)
+        );
+    }
+}
+
+/// The directory source that belongs to config file `config`: `OUT.crates/` beside `OUT.toml`.
+pub fn directory_source_for(config: &Path) -> PathBuf {
+    config.with_extension("crates")
+}
+
+/// Unpacks the project's crates next to `config` and writes the cargo config naming them.
+fn write_cargo_config(
+    mirror: &Mirror,
+    crates_io: &[(Package, Sha256)],
+    config: &Path,
+) -> Result<PathBuf> {
+    let index = mirror.load_index().map_err(mirror_err(mirror))?;
+    let mut crates = Vec::new();
+    for (package, sha256) in crates_io {
+        let key = Key::crate_(&package.name, &package.version);
+        let entry = index
+            .get(&key)
+            .ok_or_else(|| VendorError::NotIndexed(key.clone()))?;
+        crates.push(VendoredCrate {
+            name: package.name.clone(),
+            version: package.version.clone(),
+            sha256: *sha256,
+            cid: entry.cid,
+        });
+    }
+    let dir = directory_source_for(config);
+    write_directory_source(mirror, &crates, &dir).map_err(|source| {
+        VendorError::DirectorySource {
+            dir: dir.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    // An absolute path: cargo resolves relative ones against the current directory's
+    // `.cargo`, not against this file.
+    let dir = std::fs::canonicalize(&dir).map_err(|e| VendorError::Path {
+        path: dir.clone(),
+        what: format!("cannot resolve: {e}"),
+    })?;
+    let dir_text = dir.to_str().ok_or_else(|| VendorError::Path {
+        path: dir.clone(),
+        what: "not UTF-8".into(),
+    })?;
+    let text = format!(
+        "# Written by `cmbuild vendor`: builds from the vendored crates, offline:\n\
+         #   cargo build --offline --locked --config {}\n\
+         [source.crates-io]\n\
+         replace-with = \"cmbuild-vendored\"\n\
+         \n\
+         [source.cmbuild-vendored]\n\
+         directory = {}\n",
+        config.display(),
+        toml_string(dir_text)
+    );
+    cmbuild_store::atomic::write_atomically(config, text.as_bytes())
+        .map_err(|source| mirror_err(mirror)(source.into()))?;
+    Ok(dir)
+}
+
+/// A TOML basic string.
+fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serialises")
+}
+
+/// The compiled-in guest-image lock and its packages as files to fetch.
+pub fn wanted_guest_packages() -> Result<(Lock, Vec<Wanted>)> {
+    let lock = lock::shipped_lock().map_err(VendorError::GuestLock)?;
+    let wanted = wanted_from_lock(&lock);
+    eprintln!(
+        "cmbuild vendor: guest image: {} Debian {} packages ({})",
+        lock.packages.len(),
+        lock.release_version,
+        human_size(lock.total_size())
+    );
+    Ok((lock, wanted))
+}
+
+fn wanted_from_lock(lock: &Lock) -> Vec<Wanted> {
+    lock.packages
+        .iter()
+        .map(|p| Wanted {
+            key: Key::deb(&p.name, &p.version, &p.architecture),
+            url: lock.url_of(p),
+            sha256: p.sha256,
+            size: Some(p.size),
+        })
+        .collect()
+}
+
+/// After fetching: every locked package is in the mirror, intact, under its locked CID
+/// (the fetch loop checked the sha256; this checks the CID the image build will ask for).
+pub fn check_guest_packages(mirror: &Mirror, lock: &Lock) -> Result<()> {
+    let index = mirror.load_index().map_err(mirror_err(mirror))?;
+    for p in &lock.packages {
+        let key = Key::deb(&p.name, &p.version, &p.architecture);
+        let entry = index
+            .get(&key)
+            .ok_or_else(|| VendorError::NotIndexed(key.clone()))?;
+        if !(entry.cid == p.cid && entry.sha256 == p.sha256 && entry.size == p.size) {
+            return Err(VendorError::Drift {
+                filename: p.filename.clone(),
+                found: format!(
+                    "{} (sha256 {}, {} bytes)",
+                    entry.cid, entry.sha256, entry.size
+                ),
+                pinned: format!("{} (sha256 {}, {} bytes)", p.cid, p.sha256, p.size),
+            });
+        }
+        if !mirror.has_valid(&entry.cid).map_err(mirror_err(mirror))? {
+            return Err(VendorError::NotIntact {
+                filename: p.filename.clone(),
+                cid: entry.cid,
+            });
+        }
+    }
+    eprintln!(
+        "cmbuild vendor: guest image: all {} Debian packages in the mirror under their locked CIDs",
+        lock.packages.len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cmbuild_store::mirror::Entry;
+    use std::time::Duration;
+
+    /// A URL nothing answers: any download attempt fails.
+    const DEAD_URL: &str = "http://127.0.0.1:9/never";
+
+    fn offline() -> Downloader {
+        Downloader::new().with_retries(1, Duration::ZERO)
+    }
+
+    #[test]
+    fn small_file_already_stored_is_found_by_its_sha256_without_downloading() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let bytes = b"a small .crate".to_vec();
+        let stored = mirror.put_bytes(&bytes).unwrap();
+        let wanted = Wanted {
+            key: Key::crate_("small", "1.0.0"),
+            url: DEAD_URL.to_owned(),
+            sha256: Sha256::of(&bytes),
+            size: None,
+        };
+        let report = fetch_all(&mirror, std::slice::from_ref(&wanted), &offline()).unwrap();
+        assert_eq!((report.present, report.downloaded), (1, 0));
+        let index = mirror.load_index().unwrap();
+        let entry = index.get(&wanted.key).unwrap();
+        assert_eq!((entry.cid, entry.size), (stored.cid, bytes.len() as u64));
+    }
+
+    #[test]
+    fn corrupt_blob_is_not_counted_as_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let stored = mirror.put_bytes(b"original").unwrap();
+        let wanted = Wanted {
+            key: Key::crate_("c", "1.0.0"),
+            url: DEAD_URL.to_owned(),
+            sha256: stored.sha256,
+            size: Some(8),
+        };
+        mirror
+            .record([(wanted.key.clone(), Entry::new(&stored, None))])
+            .unwrap();
+        std::fs::write(mirror.blob_path(&stored.cid), b"tampered").unwrap();
+        // The mirror copy is refused, so a download is attempted (and fails here).
+        let err = fetch_all(&mirror, &[wanted], &offline()).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("downloading crate/c/1.0.0"),
+            "{err:#}"
+        );
+    }
+    #[test]
+    fn every_locked_package_is_wanted_with_its_pins() {
+        let lock = lock::shipped_lock().unwrap();
+        let wanted = wanted_from_lock(&lock);
+        assert_eq!(wanted.len(), lock.packages.len());
+        for (w, p) in wanted.iter().zip(&lock.packages) {
+            assert_eq!(w.sha256, p.sha256);
+            assert_eq!(w.size, Some(p.size));
+            assert_eq!(
+                w.url,
+                format!("http://deb.debian.org/debian/{}", p.filename)
+            );
+            assert_eq!(
+                w.key.to_string(),
+                format!("deb/{}/{}/{}", p.name, p.version, p.architecture)
+            );
+        }
+    }
+
+    #[test]
+    fn a_package_stored_under_another_cid_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let bytes = b"fake deb tzdata 2025b-4 all\n";
+        let stored = mirror.put_bytes(bytes).unwrap();
+        let mut lock = lock::shipped_lock().unwrap();
+        lock.packages.truncate(1);
+        let p = &mut lock.packages[0];
+        p.sha256 = stored.sha256;
+        p.size = stored.size;
+        p.cid = stored.cid;
+        let key = Key::deb(&p.name, &p.version, &p.architecture);
+        mirror
+            .record([(key.clone(), Entry::new(&stored, None))])
+            .unwrap();
+        check_guest_packages(&mirror, &lock).unwrap();
+        // The lock pins another CID for the same bytes: refused, naming both.
+        let other = cmbuild_store::cid::cid_of_bytes(b"other");
+        lock.packages[0].cid = other;
+        let err = check_guest_packages(&mirror, &lock)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&other.to_string()) && err.contains(&stored.cid.to_string()),
+            "{err}"
+        );
+        // A blob that rotted after the fetch is refused too.
+        lock.packages[0].cid = stored.cid;
+        std::fs::write(mirror.blob_path(&stored.cid), b"rotten").unwrap();
+        assert!(check_guest_packages(&mirror, &lock).is_err());
+    }
+}

@@ -1,0 +1,281 @@
+//! `cmbuild verify PUBLISHED`: rebuild what a published manifest lists, on the machine its
+//! `machine.json` describes, and compare the rebuild with it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use cmbuild_image::triple::Triple;
+
+use crate::compare::{CompareError, Report};
+use crate::guest::{MachineSettings, SettingsError};
+use crate::manifest::{self, RecordError};
+use crate::pins::Pins;
+use crate::project::{self, ProjectError};
+use crate::run::{run_release, Progress, RunError, RunOptions};
+
+/// Why a verification could not conclude (a rebuild that differs is a failed
+/// [`Report`], not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The published records are unreadable.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The published manifest names a commit the project lacks.
+    #[error("the published build is of commit {commit}")]
+    Commit {
+        /// The commit.
+        commit: String,
+        /// Why it could not be resolved.
+        #[source]
+        source: ProjectError,
+    },
+    /// The published manifest's commit is not a full object id.
+    #[error(
+        "the published manifest names commit {0:?}, which is not a full hexadecimal object id"
+    )]
+    BadCommit(String),
+    /// The published manifest lists nothing.
+    #[error("the published manifest lists no artifacts")]
+    NoArtifacts,
+    /// The published manifest names a target cmbuild does not build.
+    #[error("the published manifest names target {0:?}, which cmbuild does not build")]
+    BadTarget(String),
+    /// The published machine settings are refused.
+    #[error("the published machine.json: {0}")]
+    Settings(#[from] SettingsError),
+    /// A rebuild failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The comparison could not be made.
+    #[error(transparent)]
+    Compare(#[from] CompareError),
+}
+
+/// What `cmbuild verify` is asked to do.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// The published build directory (untrusted).
+    pub published: PathBuf,
+    /// The project's source.
+    pub project_dir: PathBuf,
+    /// The content-addressed mirror.
+    pub mirror_dir: PathBuf,
+    /// Where `cmbuild image build` wrote the guest image.
+    pub image_dir: Option<PathBuf>,
+    /// Where the rebuild goes; default `builds/verify/<commit prefix>`.
+    pub out: Option<PathBuf>,
+    /// Machines run at once.
+    pub jobs: usize,
+    /// The pins to build with.
+    pub pins: Pins,
+}
+
+/// The machine settings a published build records in its `machine.json` (checked), or the
+/// defaults for a record from before cmbuild recorded them (or no record: the comparison
+/// then fails on the missing `machine.json`).
+pub fn published_settings(published: &Path) -> Result<MachineSettings, VerifyError> {
+    let path = published.join("machine.json");
+    let settings = if path.exists() {
+        manifest::read_machine_record(&path)?
+            .config
+            .unwrap_or_default()
+    } else {
+        MachineSettings::default()
+    };
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// Rebuilds every target of the published manifest (one run per target, on the machine
+/// settings the published `machine.json` records, else the defaults) and compares.
+pub fn verify(
+    opts: &VerifyOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, VerifyError> {
+    let manifest = manifest::read_manifest(&opts.published.join("manifest.json"))?;
+    // Every name taken from the published (untrusted) records is checked before it reaches
+    // git or a path: the commit is a full hex object id (not an option, not a revision
+    // expression), every target is a supported triple (so `OUT/<target>` stays in OUT).
+    let commit_ok = matches!(manifest.commit.len(), 40 | 64)
+        && manifest
+            .commit
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !commit_ok {
+        return Err(VerifyError::BadCommit(manifest.commit));
+    }
+    let mut targets = BTreeSet::new();
+    for artifact in &manifest.artifacts {
+        let triple: Triple = artifact
+            .target
+            .parse()
+            .map_err(|_| VerifyError::BadTarget(artifact.target.clone()))?;
+        targets.insert(triple);
+    }
+    if targets.is_empty() {
+        return Err(VerifyError::NoArtifacts);
+    }
+    let settings = published_settings(&opts.published)?;
+    let rev = project::resolve_revision(&opts.project_dir, &manifest.commit).map_err(|source| {
+        VerifyError::Commit {
+            commit: manifest.commit.clone(),
+            source,
+        }
+    })?;
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("builds/verify").join(&rev.commit[..12]));
+    let mut combined = Report::default();
+    for target in targets {
+        // One run per target keeps each machine's identity independent of the others.
+        let run = RunOptions {
+            project_dir: opts.project_dir.clone(),
+            rev: rev.commit.clone(),
+            target: Some(target.to_string()),
+            profile: None,
+            out_dir: out.join(target.as_str()),
+            mirror_dir: opts.mirror_dir.clone(),
+            image_dir: opts.image_dir.clone(),
+            jobs: opts.jobs,
+            machine: settings,
+            machine_per_target: true,
+            pins: opts.pins.clone(),
+        };
+        let summary = run_release(&run, progress)?;
+        // One verdict over every target's comparison.
+        let report = super::compare::compare(&summary.dir, &opts.published)?;
+        combined.compared.extend(report.compared);
+        combined.findings.extend(report.findings);
+    }
+    Ok(combined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{to_canonical_json, MachineRecord, MACHINE_SCHEMA};
+
+    fn publish(dir: &Path, config: Option<MachineSettings>) {
+        let record = MachineRecord {
+            schema: MACHINE_SCHEMA.into(),
+            emulator_version: "0".into(),
+            hash_scheme: "h".into(),
+            inputs: Default::default(),
+            machines: vec![],
+            config,
+        };
+        std::fs::write(dir.join("machine.json"), to_canonical_json(&record)).unwrap();
+    }
+
+    fn manifest_with(dir: &Path, commit: &str, target: &str) {
+        let manifest = crate::manifest::Manifest {
+            schema: crate::manifest::MANIFEST_SCHEMA.into(),
+            release: "v1".into(),
+            commit: commit.into(),
+            artifacts: vec![crate::manifest::Artifact {
+                package: "p".into(),
+                target: target.into(),
+                bin: "p".into(),
+                bin_path: format!("{target}/p"),
+                krate: "p".into(),
+                version: "1.0.0".into(),
+                crate_lock_sha256: cmbuild_store::sha256::Sha256::from_bytes([0; 32]),
+                toolchain: cmbuild_store::cid::cid_of_bytes(b"t"),
+                sha256: cmbuild_store::sha256::Sha256::from_bytes([0; 32]),
+                cid: cmbuild_store::cid::cid_of_bytes(b"c"),
+            }],
+        };
+        std::fs::write(dir.join("manifest.json"), to_canonical_json(&manifest)).unwrap();
+    }
+
+    #[test]
+    fn published_names_are_validated_before_they_reach_a_path_or_git() {
+        let root = tempfile::tempdir().unwrap();
+        let published = root.path().join("published");
+        std::fs::create_dir(&published).unwrap();
+        // A real project holding the commit, so that only the names can stop the rebuild.
+        let project = root.path().join("project");
+        std::fs::create_dir(&project).unwrap();
+        let git = |args: &[&str]| {
+            let status = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&project)
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        git(&["commit", "-q", "--allow-empty", "-m", "c"]);
+        let head = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&project)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        let commit = String::from_utf8(head.stdout).unwrap().trim().to_owned();
+        let commit = commit.as_str();
+        let out = root.path().join("deep/out");
+        let opts = VerifyOptions {
+            published: published.clone(),
+            project_dir: project.clone(),
+            mirror_dir: root.path().join("no-mirror"),
+            image_dir: None,
+            out: Some(out.clone()),
+            jobs: 1,
+            pins: Default::default(),
+        };
+        for target in [
+            "../../escape",
+            "/tmp/abs",
+            "x86_64-unknown-linux-gnu/../../x",
+        ] {
+            manifest_with(&published, commit, target);
+            let err = verify(&opts, &|_| {}).unwrap_err();
+            assert!(matches!(err, VerifyError::BadTarget(_)), "{target}: {err}");
+        }
+        for bad in ["--output=/tmp/x", "HEAD~1", "0123"] {
+            manifest_with(&published, bad, "x86_64-unknown-linux-gnu");
+            let err = verify(&opts, &|_| {}).unwrap_err();
+            assert!(matches!(err, VerifyError::BadCommit(_)), "{bad}: {err}");
+        }
+        // Nothing was created anywhere: not under --out, not beside it.
+        let mut seen: Vec<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        seen.sort();
+        assert_eq!(seen, ["project", "published"]);
+    }
+
+    #[test]
+    fn the_rebuild_uses_the_published_machine_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = MachineSettings {
+            ram_length: 8192 << 20,
+            ..MachineSettings::default()
+        };
+        publish(dir.path(), Some(big));
+        assert_eq!(published_settings(dir.path()).unwrap(), big);
+        // A record from before the settings were recorded: the defaults it was built with.
+        publish(dir.path(), None);
+        assert_eq!(
+            published_settings(dir.path()).unwrap(),
+            MachineSettings::default()
+        );
+        // Hostile settings are refused before any machine is built.
+        publish(
+            dir.path(),
+            Some(MachineSettings {
+                ram_length: 1 << 50,
+                ..MachineSettings::default()
+            }),
+        );
+        assert!(matches!(
+            published_settings(dir.path()),
+            Err(VerifyError::Settings(_))
+        ));
+    }
+}

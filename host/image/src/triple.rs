@@ -1,0 +1,258 @@
+//! The target triples cmbuild builds, in one table: for each, the Rust target, the clang
+//! target it links with, the Debian architecture whose `libstd-rust-dev` serves it, the
+//! multiarch directory its C runtime lives in, and the linker settings.
+//!
+//! Everything that names triples derives from [`TABLE`]: the image (which standard
+//! libraries make a toolchain), the run (which targets a project may ask for, in what
+//! order), and the guest side — `guest-image/cargo-config.toml` is [`cargo_config`]'s output
+//! and the target `case` of `guest-image/build-driver.sh` is [`driver_case`]'s; tests keep
+//! both committed files byte-identical to the generated text (they are part of the root
+//! image, so their bytes are part of its CID).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// One supported target triple and how it is built.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TripleSpec {
+    /// The Rust target triple, e.g. `x86_64-unknown-linux-gnu`.
+    pub rust: &'static str,
+    /// The clang `--target` that links it, e.g. `x86_64-linux-gnu`.
+    pub clang: &'static str,
+    /// The Debian architecture of its standard library and C runtime, e.g. `amd64`.
+    pub debian_arch: &'static str,
+    /// The multiarch directory of its C runtime under `/usr/lib`, e.g. `x86_64-linux-gnu`.
+    pub multiarch: &'static str,
+    /// The linker cargo runs for it.
+    pub linker: &'static str,
+    /// Extra linker arguments (passed as `-C link-arg=...`).
+    pub link_args: &'static [&'static str],
+    /// The shell `case` pattern the build driver matches the triple with.
+    pub driver_pattern: &'static str,
+}
+
+/// Every triple cmbuild builds, in the order a run builds them by default.
+pub const TABLE: &[TripleSpec] = &[
+    TripleSpec {
+        rust: "x86_64-unknown-linux-gnu",
+        clang: "x86_64-linux-gnu",
+        debian_arch: "amd64",
+        multiarch: "x86_64-linux-gnu",
+        linker: "clang",
+        link_args: &["--target=x86_64-linux-gnu", "-fuse-ld=lld"],
+        driver_pattern: "x86_64-*",
+    },
+    TripleSpec {
+        rust: "aarch64-unknown-linux-gnu",
+        clang: "aarch64-linux-gnu",
+        debian_arch: "arm64",
+        multiarch: "aarch64-linux-gnu",
+        linker: "clang",
+        link_args: &["--target=aarch64-linux-gnu", "-fuse-ld=lld"],
+        driver_pattern: "aarch64-*",
+    },
+    TripleSpec {
+        rust: "riscv64gc-unknown-linux-gnu",
+        clang: "riscv64-linux-gnu",
+        debian_arch: "riscv64",
+        multiarch: "riscv64-linux-gnu",
+        linker: "clang",
+        link_args: &["--target=riscv64-linux-gnu", "-fuse-ld=lld"],
+        driver_pattern: "riscv64*",
+    },
+];
+
+/// A supported target triple: a handle on its row of [`TABLE`]. Parsing refuses any
+/// other text, so a `Triple` is always safe to use as a path component or a shell word.
+#[derive(Clone, Copy)]
+pub struct Triple(&'static TripleSpec);
+
+/// A triple cmbuild does not build.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("target {0:?} is not supported; cmbuild builds {list}", list = Triple::list())]
+pub struct UnsupportedTriple(pub String);
+
+impl Triple {
+    /// Every supported triple, in [`TABLE`] order.
+    pub const ALL: [Triple; 3] = [Triple(&TABLE[0]), Triple(&TABLE[1]), Triple(&TABLE[2])];
+
+    /// The triple's row of the table.
+    pub fn spec(self) -> &'static TripleSpec {
+        self.0
+    }
+
+    /// The Rust triple, e.g. `x86_64-unknown-linux-gnu`.
+    pub fn as_str(self) -> &'static str {
+        self.0.rust
+    }
+
+    /// The supported triples as a comma-separated list, for messages.
+    pub fn list() -> String {
+        TABLE.iter().map(|t| t.rust).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl FromStr for Triple {
+    type Err = UnsupportedTriple;
+
+    fn from_str(s: &str) -> Result<Triple, UnsupportedTriple> {
+        TABLE
+            .iter()
+            .find(|t| t.rust == s)
+            .map(Triple)
+            .ok_or_else(|| UnsupportedTriple(s.to_owned()))
+    }
+}
+
+impl PartialEq for Triple {
+    fn eq(&self, other: &Triple) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Triple {}
+
+impl PartialOrd for Triple {
+    fn partial_cmp(&self, other: &Triple) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Ordered by name, like the strings they replace.
+impl Ord for Triple {
+    fn cmp(&self, other: &Triple) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for Triple {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl fmt::Display for Triple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Triple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl serde::Serialize for Triple {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Triple {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Triple, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The comment heading `guest-image/cargo-config.toml`.
+const CARGO_CONFIG_HEADER: &str = "\
+# Cargo configuration inside cmbuild's guest ($CARGO_HOME/config.toml).
+#
+# Debian's toolchain cross-links with clang driving lld: clang finds each triple's crt
+# objects and libgcc in /usr/lib/<multiarch> and /usr/lib/gcc/<multiarch>/14 (from
+# libc6-dev and libgcc-14-dev of that architecture). The build driver passes the same
+# flags through RUSTFLAGS (which overrides these) together with its path remapping; this
+# file makes a plain `cargo build --target T` inside the guest work too.
+";
+
+/// The guest's cargo configuration (`guest-image/cargo-config.toml`, installed as
+/// `/usr/lib/cmbuild/cargo-config.toml` in the root image): one `[target.T]` section per
+/// row of [`TABLE`], then offline mode.
+pub fn cargo_config() -> String {
+    let mut out = String::from(CARGO_CONFIG_HEADER);
+    for t in TABLE {
+        let flags: Vec<String> = t
+            .link_args
+            .iter()
+            .flat_map(|a| ["\"-C\"".to_owned(), format!("\"link-arg={a}\"")])
+            .collect();
+        out += &format!(
+            "\n[target.{}]\nlinker = \"{}\"\nrustflags = [{}]\n",
+            t.rust,
+            t.linker,
+            flags.join(", ")
+        );
+    }
+    out + "\n[net]\noffline = true\n"
+}
+
+/// The `case` of `guest-image/build-driver.sh` that picks each triple's clang target (the
+/// driver puts the table's linker arguments into `RUSTFLAGS` from it).
+pub fn driver_case() -> String {
+    let mut out = String::from("    case \"$target\" in\n");
+    for t in TABLE {
+        out += &format!(
+            "        {}) clang_target={} ;;\n",
+            t.driver_pattern, t.clang
+        );
+    }
+    out + "        *) clang_target=\"\" ;;\n    esac\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_cargo_config_is_the_generated_one() {
+        // Byte for byte: the file is part of the root image.
+        assert_eq!(
+            cargo_config(),
+            include_str!("../../../guest-image/cargo-config.toml")
+        );
+    }
+
+    #[test]
+    fn the_committed_driver_matches_the_table() {
+        let driver = include_str!("../../../guest-image/build-driver.sh");
+        assert!(driver.contains(&driver_case()), "{}", driver_case());
+        // The driver spells the linker arguments out around `$clang_target`; the table's
+        // must have that shape.
+        for t in TABLE {
+            let expected = [format!("--target={}", t.clang), "-fuse-ld=lld".to_owned()];
+            assert_eq!(t.link_args, expected.each_ref().map(String::as_str));
+            assert_eq!(t.linker, "clang");
+        }
+        assert!(driver.contains(
+            "-C linker=clang\"\n    if [ -n \"$clang_target\" ]; then\n        RUSTFLAGS=\"$RUSTFLAGS -C link-arg=--target=$clang_target -C link-arg=-fuse-ld=lld\""
+        ));
+    }
+
+    #[test]
+    fn triples_parse_print_and_order_by_name() {
+        for (i, t) in Triple::ALL.iter().enumerate() {
+            assert_eq!(t.spec(), &TABLE[i]);
+            assert_eq!(t.as_str().parse::<Triple>().unwrap(), *t);
+            assert!(t
+                .as_str()
+                .starts_with(t.spec().driver_pattern.trim_end_matches('*')));
+            assert_eq!(t.spec().multiarch, t.spec().clang);
+        }
+        let err = "../etc".parse::<Triple>().unwrap_err();
+        assert!(
+            err.to_string().contains("x86_64-unknown-linux-gnu"),
+            "{err}"
+        );
+        let mut sorted = Triple::ALL;
+        sorted.sort();
+        assert_eq!(
+            sorted.map(|t| t.spec().debian_arch),
+            ["arm64", "riscv64", "amd64"]
+        );
+        let json = serde_json::to_string(&Triple::ALL[0]).unwrap();
+        assert_eq!(json, "\"x86_64-unknown-linux-gnu\"");
+        assert!(serde_json::from_str::<Triple>("\"/abs\"").is_err());
+    }
+}
