@@ -16,9 +16,9 @@ use std::sync::Mutex;
 
 use cmbuild_image::triple::Triple;
 use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
-use cmbuild_store::cid::Cid;
+use cmbuild_store::cid::{cid_of_bytes, Cid};
 use cmbuild_store::mirror::Mirror;
-use sha2::{Digest, Sha256};
+use cmbuild_store::sha256::Sha256;
 
 use crate::guest::{drive_bytes, Drive, GuestImage, MachineSettings, SettingsError};
 use crate::manifest::{
@@ -161,14 +161,6 @@ pub struct RunSummary {
     pub machine: MachineRecord,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn cid_string(bytes: &[u8]) -> String {
-    cmbuild_store::cid::cid_of_bytes(bytes).to_string()
-}
-
 /// Reads a pinned blob from the mirror (or the image directory), verified against its CID;
 /// records a missing one.
 fn read_pinned(
@@ -309,7 +301,7 @@ pub struct ReleaseInputs {
     /// The vendored crates as a deterministic tar (a cargo directory source).
     pub vendor_tar: Vec<u8>,
     /// Content ID of every input, by name, as `machine.json` records them.
-    pub cids: BTreeMap<String, String>,
+    pub cids: BTreeMap<String, Cid>,
 }
 
 /// Reads the pinned guest image and the locked crates from the mirror; fails naming
@@ -364,10 +356,10 @@ pub fn gather_inputs(
 
     let mut cids = BTreeMap::new();
     for (key, _file) in pins::IMAGE_FILES {
-        cids.insert((*key).to_owned(), opts.pins[*key].clone());
+        cids.insert((*key).to_owned(), pins::require_cid(&opts.pins, key)?);
     }
-    cids.insert("SOURCE_CID".to_owned(), cid_string(&job.source_tar));
-    cids.insert("VENDOR_CID".to_owned(), cid_string(&vendor_tar));
+    cids.insert("SOURCE_CID".to_owned(), cid_of_bytes(&job.source_tar));
+    cids.insert("VENDOR_CID".to_owned(), cid_of_bytes(&vendor_tar));
     Ok(ReleaseInputs {
         image,
         vendor_tar,
@@ -488,7 +480,7 @@ pub fn collect_release(
 ) -> Result<(Manifest, MachineRecord), RunError> {
     let staging = job.work.path().join("out");
     std::fs::create_dir(&staging)?;
-    let lock_sha256 = sha256_hex(&job.lock_bytes);
+    let lock_sha256 = Sha256::of(&job.lock_bytes);
     let plan = &job.plan;
     let mut artifacts = Vec::new();
     let mut machines = Vec::new();
@@ -511,11 +503,12 @@ pub fn collect_release(
                 let bytes = std::fs::read(&output.bins[&planned.bin])?;
                 let rel = format!("{target}/{}", planned.bin);
                 staging::write_synced(&staging.join(&rel), &bytes, 0o755)?;
-                let toolchain = opts
-                    .pins
-                    .get(&pins::toolchain_key(*target))
-                    .cloned()
-                    .unwrap_or_else(|| opts.pins[pins::ROOTFS].clone());
+                let toolchain_key = pins::toolchain_key(*target);
+                let toolchain = if opts.pins.contains_key(&toolchain_key) {
+                    pins::require_cid(&opts.pins, &toolchain_key)?
+                } else {
+                    pins::require_cid(&opts.pins, pins::ROOTFS)?
+                };
                 artifacts.push(Artifact {
                     package: planned.package.clone(),
                     target: target.to_string(),
@@ -523,10 +516,10 @@ pub fn collect_release(
                     bin_path: rel,
                     krate: planned.package.clone(),
                     version: planned.version.clone(),
-                    crate_lock_sha256: lock_sha256.clone(),
+                    crate_lock_sha256: lock_sha256,
                     toolchain,
-                    sha256: sha256_hex(&bytes),
-                    cid: cid_string(&bytes),
+                    sha256: Sha256::of(&bytes),
+                    cid: cid_of_bytes(&bytes),
                 });
             }
         }

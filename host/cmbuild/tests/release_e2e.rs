@@ -238,8 +238,8 @@ fn release_builds_reproduce_inside_the_machine() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
-    first.sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-    first.cid = cmbuild_store::cid::cid_of_bytes(&bytes).to_string();
+    first.sha256 = cmbuild_store::sha256::Sha256::of(&bytes);
+    first.cid = cmbuild_store::cid::cid_of_bytes(&bytes);
     std::fs::write(flipped.join("manifest.json"), to_canonical_json(&edited)).unwrap();
     let out = cmbuild(&["compare", s(&run1), s(&flipped)]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -250,7 +250,7 @@ fn release_builds_reproduce_inside_the_machine() {
     copy_build(&run1, &relocked);
     let mut edited = manifest.clone();
     for a in &mut edited.artifacts {
-        a.crate_lock_sha256 = "0".repeat(64);
+        a.crate_lock_sha256 = cmbuild_store::sha256::Sha256::from_bytes([0; 32]);
     }
     std::fs::write(relocked.join("manifest.json"), to_canonical_json(&edited)).unwrap();
     let out = cmbuild(&["compare", s(&run1), s(&relocked)]);

@@ -578,7 +578,8 @@ fn write_cargo_config(
         config.display(),
         toml_string(dir_text)
     );
-    cmbuild_store::mirror::write_atomically(config, text.as_bytes()).map_err(mirror_err(mirror))?;
+    cmbuild_store::atomic::write_atomically(config, text.as_bytes())
+        .map_err(|source| mirror_err(mirror)(source.into()))?;
     Ok(dir)
 }
 
