@@ -105,7 +105,7 @@ pub enum LogError {
     Refused(String),
     /// The entries could not be written (through a synced temporary file and a rename).
     #[error(transparent)]
-    Write(#[from] cmbuild_store::mirror::MirrorError),
+    Write(#[from] cmbuild_store::atomic::AtomicError),
     /// Something could not be written canonically.
     #[error(transparent)]
     Canonical(#[from] canonical::CanonicalError),
@@ -627,7 +627,7 @@ impl Log {
             text.push_str(&hex::encode(e));
             text.push('\n');
         }
-        cmbuild_store::mirror::write_atomically(&self.dir.join("leaves"), text.as_bytes())?;
+        cmbuild_store::atomic::write_atomically(&self.dir.join("leaves"), text.as_bytes())?;
         self.entries = new;
         let size = self.size();
         let head = TreeHead::sign(key, size, &merkle::root(&self.leaf_hashes(size)));
