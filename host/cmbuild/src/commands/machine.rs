@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use cmbuild::terminal::Stream;
 use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig};
 
 use super::machine_snapshot;
@@ -241,14 +242,20 @@ fn build_config(a: &RunArgs) -> anyhow::Result<MachineConfig> {
 fn run_streaming(machine: &mut Machine, limit: u64) -> anyhow::Result<Break> {
     const SLICE: u64 = 4_000_000;
     let mut stdout = std::io::stdout().lock();
+    // The guest's console is untrusted: escape sequences are shown, not sent.
+    let mut console = Stream::new();
     loop {
         let until = machine.mcycle().saturating_add(SLICE).min(limit);
         let brk = machine.run(until);
-        stdout.write_all(&machine.drain_console())?;
+        stdout.write_all(console.push(&machine.drain_console()).as_bytes())?;
         stdout.flush()?;
         match brk {
             Break::MaxMcycle if until < limit => continue,
-            other => return Ok(other),
+            other => {
+                stdout.write_all(console.finish().as_bytes())?;
+                stdout.flush()?;
+                return Ok(other);
+            }
         }
     }
 }
