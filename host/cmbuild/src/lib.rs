@@ -13,6 +13,7 @@ pub mod pins;
 pub mod plan;
 pub mod project;
 pub mod run;
+pub mod snapshot_dir;
 pub mod staging;
 pub mod terminal;
 pub mod untrusted;

@@ -1,4 +1,4 @@
-//! `cmbuild cid FILE...`: the public vectors of DESIGN.md through the command line.
+//! `cmbuild cid FILE...`: the public vectors of docs/design.md through the command line.
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -1,4 +1,4 @@
-//! `cmbuild machine run` through the real binary: the output contract of DESIGN.md
+//! `cmbuild machine run` through the real binary: the output contract of docs/design.md
 //! (console bytes on stdout, one summary line on stderr, the guest's exit code, 124 at
 //! `--max-mcycle`, 2 with a message on usage errors) and a deterministic `--final-hash`.
 

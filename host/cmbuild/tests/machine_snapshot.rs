@@ -122,8 +122,8 @@ fn store_and_load_resume_exactly_through_the_cli() {
     let end: u64 = summary.rsplit('=').next().unwrap().parse().unwrap();
     assert!(String::from_utf8_lossy(&whole.stdout).starts_with("A.B.C."));
 
-    // Three pieces; the drive file is named relatively, and the later pieces run from
-    // another directory, so the snapshot must have recorded where the drive lives.
+    // Three pieces; the later pieces run from another directory. A snapshot names no host
+    // files: the last piece names the shared drive's file again to have it written back.
     let (c1, c2) = (end / 3, end * 2 / 3 + 12_345);
     let p1 = fresh(
         dir,
@@ -152,9 +152,29 @@ fn store_and_load_resume_exactly_through_the_cli() {
         ],
     );
     assert_eq!(p2.status.code(), Some(124), "{}", stderr(&p2));
+    assert!(
+        stderr(&p2).contains("shared flash drive \"data\" is not written back"),
+        "{}",
+        stderr(&p2)
+    );
+    assert_eq!(
+        std::fs::read(dir.join("cut.img")).unwrap(),
+        drive,
+        "nothing names the drive's file: it is left alone"
+    );
+    let back = format!(
+        "label:data,filename:{},shared",
+        dir.join("cut.img").display()
+    );
     let p3 = cmbuild(
         &elsewhere,
-        &["--load", s2.to_str().unwrap(), "--final-hash"],
+        &[
+            "--load",
+            s2.to_str().unwrap(),
+            "--final-hash",
+            "--flash-drive",
+            &back,
+        ],
     );
     assert_eq!(p3.status.code(), Some(3), "{}", stderr(&p3));
     assert_eq!(stderr(&p3), whole_err, "same summary line and root hash");
@@ -175,11 +195,44 @@ fn store_and_load_resume_exactly_through_the_cli() {
         "the guest wrote the drive"
     );
 
+    // --flash-drive beside --load must match the snapshot's drives.
+    let o = cmbuild(
+        dir,
+        &[
+            "--load",
+            "s1",
+            "--flash-drive",
+            "label:other,filename:x.img,shared",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no drive of that label"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cmbuild(
+        dir,
+        &["--load", "s1", "--flash-drive", "label:data,filename:x.img"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("add ,shared"), "{}", stderr(&o));
+    assert!(!dir.join("x.img").exists());
+
     // A snapshot taken at the halt resumes halted: no console output, same end.
     std::fs::write(dir.join("halt.img"), &drive).unwrap();
     let at_halt = fresh(dir, &image, "halt.img", &["--store", "halted"]);
     assert_eq!(at_halt.status.code(), Some(3), "{}", stderr(&at_halt));
-    let again = cmbuild(dir, &["--load", "halted", "--final-hash"]);
+    let again = cmbuild(
+        dir,
+        &[
+            "--load",
+            "halted",
+            "--final-hash",
+            "--flash-drive",
+            "label:data,filename:halt.img,shared",
+        ],
+    );
     assert_eq!(again.status.code(), Some(3));
     assert!(again.stdout.is_empty());
     assert_eq!(stderr(&again), whole_err);
@@ -214,4 +267,45 @@ fn store_and_load_resume_exactly_through_the_cli() {
         err.contains("--load bad: refusing the snapshot") && err.contains("ram.pages"),
         "{err}"
     );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A snapshot handed over by someone else, whose manifest names a host file for its shared
+/// drive and is resealed (its checksum is a plain SHA-256): resuming it writes nothing
+/// there. Older builds wrote the drive's final contents to whatever path the manifest
+/// named.
+#[test]
+fn a_snapshot_naming_a_host_file_never_makes_load_write_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Some(image) = build_program(dir) else {
+        return;
+    };
+    let drive: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("d.img"), &drive).unwrap();
+    let o = fresh(
+        dir,
+        &image,
+        "d.img",
+        &["--max-mcycle", "20000", "--store", "snap"],
+    );
+    assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let manifest = std::fs::read_to_string(dir.join("snap/manifest")).unwrap();
+    assert!(manifest.contains("\nhost-file \n"), "{manifest}");
+    let forged = manifest.replace(
+        "\nhost-file \n",
+        &format!("\nhost-file {}\n", victim.display()),
+    );
+    let body = &forged[..forged.rfind("checksum ").unwrap()];
+    let sealed = format!("{body}checksum {}\nend\n", sha256_hex(body.as_bytes()));
+    std::fs::write(dir.join("snap/manifest"), sealed).unwrap();
+    let o = cmbuild(dir, &["--load", "snap"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 }

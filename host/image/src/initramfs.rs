@@ -12,7 +12,7 @@ use crate::cpio::{write_cpio, CharDevice, CpioError};
 use crate::rootfs::{Kind, RootfsError, Tree};
 
 /// Modules the guest needs, in the order they should load when independent: the pmem
-/// chain for cmbuild's machine (DESIGN.md's order), virtio for QEMU's `virt` board, erofs
+/// chain for cmbuild's machine (docs/design.md's order), virtio for QEMU's `virt` board, erofs
 /// for the root. `crc32c_generic` is named by hand because libnvdimm's users need a crc32c
 /// implementation that no `depends=` line mentions.
 pub const WANTED_MODULES: &[&str] = &[

@@ -1,7 +1,8 @@
-//! The board: where each device lives in the physical address space.
+//! The board: where each device lives in the physical address space, and the table of
+//! devices ([`DEVICES`]) that the bus, the state hash, snapshots and the device tree use.
 //!
 //! Laid out like the Cartesi Machine so that the same bare-metal programs and guest
-//! images run on both (DESIGN.md, "The machine"). Everything here is a constant of the
+//! images run on both (docs/design.md, "The machine"). Everything here is a constant of the
 //! machine: changing any of it changes every state hash, so it goes with a hash-scheme
 //! version bump.
 
@@ -61,3 +62,14 @@ pub const TIMEBASE_HZ: u32 = 15_625;
 
 /// `riscv,isa` of hart 0.
 pub const ISA_STRING: &str = "rv64imafdc_zicsr_zifencei";
+
+crate::devices::board_devices! {
+    /// CLINT: software interrupt and timer.
+    clint: crate::devices::clint::Clint => Clint at CLINT_BASE, size CLINT_SIZE, irq None, dt 0;
+    /// HTIF: halt and console.
+    htif: crate::devices::htif::Htif => Htif at HTIF_BASE, size HTIF_SIZE, irq None, dt 3;
+    /// PLIC: the external interrupt controller.
+    plic: crate::devices::plic::Plic => Plic at PLIC_BASE, size PLIC_SIZE, irq None, dt 1;
+    /// UART 16550: the Linux console.
+    uart: crate::devices::uart::Uart => Uart at UART_BASE, size UART_SIZE, irq Some(UART_IRQ), dt 2;
+}

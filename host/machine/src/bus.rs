@@ -1,12 +1,10 @@
 //! The physical address space: memory ranges (RAM, flash drives), the device tree ROM
 //! and the memory-mapped devices, at the addresses of [`crate::board`].
 
-use crate::board::{
-    CLINT_BASE, CLINT_SIZE, DTB_BASE, DTB_SIZE, HTIF_BASE, HTIF_SIZE, PLIC_BASE, PLIC_SIZE,
-    UART_BASE, UART_IRQ, UART_SIZE,
-};
-use crate::devices::{clint::Clint, htif::Htif, plic::Plic, uart::Uart};
+use crate::board::{Devices, DEVICES, DTB_BASE, DTB_SIZE};
+use crate::devices::{DeviceSlot, MmioContext};
 use crate::memory::MemRange;
+use std::num::NonZeroU32;
 
 /// A flash drive: a file-backed memory range above RAM (a `pmem-region` for Linux).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,10 +19,41 @@ pub struct FlashDrive {
     pub mem: MemRange,
 }
 
-/// Index of RAM among the memory regions (flash drive `i` is region `i + 1`).
-pub const REGION_RAM: u32 = 0;
-/// Region index of anything that is not memory (devices, the DTB ROM).
-pub const REGION_MMIO: u32 = u32::MAX;
+/// A memory region of the bus: RAM or one flash drive. Devices and the DTB ROM are not
+/// memory regions; where a translation may lead to either, it holds an
+/// `Option<RegionId>` (`None`: not memory).
+///
+/// The raw value is 1 for RAM and `2 + i` for flash drive `i`, so that `Option<RegionId>`
+/// is a `u32` with `None` as 0 (translated code compares the raw value; see
+/// [`RegionId::raw`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct RegionId(NonZeroU32);
+
+impl RegionId {
+    /// Main memory.
+    pub const RAM: RegionId = RegionId(NonZeroU32::MIN);
+
+    /// Flash drive `index` (in address order).
+    pub fn flash(index: usize) -> Self {
+        let raw = u32::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_add(2))
+            .and_then(NonZeroU32::new)
+            .expect("a bus has far fewer than 2^32 flash drives");
+        RegionId(raw)
+    }
+
+    /// The flash drive index of this region, `None` for RAM.
+    pub fn flash_index(self) -> Option<usize> {
+        (self != Self::RAM).then(|| (self.0.get() - 2) as usize)
+    }
+
+    /// The raw value, as an `Option<RegionId>` holding it is laid out in memory.
+    pub const fn raw(self) -> u32 {
+        self.0.get()
+    }
+}
 
 /// Everything the hart reaches through physical addresses.
 #[derive(Debug)]
@@ -35,14 +64,8 @@ pub struct Bus {
     pub flash: Vec<FlashDrive>,
     /// The generated device tree blob, read-only at [`DTB_BASE`].
     pub dtb: Vec<u8>,
-    /// CLINT.
-    pub clint: Clint,
-    /// HTIF.
-    pub htif: Htif,
-    /// PLIC.
-    pub plic: Plic,
-    /// UART 16550.
-    pub uart: Uart,
+    /// The memory-mapped devices, at the places [`DEVICES`] gives them.
+    pub devices: Devices,
     /// Console bytes the guest wrote (HTIF and UART), for the caller to drain.
     pub console: Vec<u8>,
 }
@@ -55,62 +78,61 @@ impl Bus {
             ram,
             flash,
             dtb,
-            clint: Clint::new(),
-            htif: Htif::new(),
-            plic: Plic::new(),
-            uart: Uart::new(),
+            devices: Devices::new(),
             console: Vec::new(),
         }
     }
 
-    /// The memory region holding `pa`: (region index, offset inside the region).
+    /// The memory region holding `pa` and the offset of `pa` inside it; `None` if `pa`
+    /// is not memory.
     #[inline(always)]
-    pub fn find_memory(&self, pa: u64) -> Option<(u32, u64)> {
+    pub fn find_memory(&self, pa: u64) -> Option<(RegionId, u64)> {
         if self.ram.contains(pa) {
-            return Some((REGION_RAM, pa - self.ram.start));
+            return Some((RegionId::RAM, pa - self.ram.start));
         }
         self.flash
             .iter()
             .position(|f| f.mem.contains(pa))
-            .map(|i| (i as u32 + 1, pa - self.flash[i].mem.start))
+            .map(|i| (RegionId::flash(i), pa - self.flash[i].mem.start))
     }
 
-    /// Memory region `region` (as numbered by [`Bus::find_memory`]).
+    /// Memory region `region` (as [`Bus::find_memory`] named it).
     #[inline(always)]
-    pub fn region(&self, region: u32) -> &MemRange {
-        if region == REGION_RAM {
-            &self.ram
-        } else {
-            &self.flash[region as usize - 1].mem
+    pub fn region(&self, region: RegionId) -> &MemRange {
+        match region.flash_index() {
+            None => &self.ram,
+            Some(i) => &self.flash[i].mem,
         }
     }
 
     /// Memory region `region`, writable.
     #[inline(always)]
-    pub fn region_mut(&mut self, region: u32) -> &mut MemRange {
-        if region == REGION_RAM {
-            &mut self.ram
-        } else {
-            &mut self.flash[region as usize - 1].mem
+    pub fn region_mut(&mut self, region: RegionId) -> &mut MemRange {
+        match region.flash_index() {
+            None => &mut self.ram,
+            Some(i) => &mut self.flash[i].mem,
         }
+    }
+
+    /// The device whose window holds `pa`, and the offset of `pa` in it.
+    #[inline]
+    fn device_at(pa: u64) -> Option<(&'static DeviceSlot, u64)> {
+        DEVICES
+            .iter()
+            .find_map(|slot| slot.offset_of(pa).map(|off| (slot, off)))
     }
 
     /// A load of `size` bytes (naturally aligned) from a device or the DTB ROM at `pa`;
     /// `None` means nothing answers there (an access fault).
     pub fn read_mmio(&mut self, pa: u64, size: u32, mcycle: u64) -> Option<u64> {
-        if let Some(off) = offset_in(pa, CLINT_BASE, CLINT_SIZE) {
-            return self.clint.read(off, size, mcycle);
-        }
-        if let Some(off) = offset_in(pa, HTIF_BASE, HTIF_SIZE) {
-            return self.htif.read(off, size);
-        }
-        if let Some(off) = offset_in(pa, UART_BASE, UART_SIZE) {
-            let value = self.uart.read(off, size);
-            self.update_uart_line();
-            return Some(value);
-        }
-        if let Some(off) = offset_in(pa, PLIC_BASE, PLIC_SIZE) {
-            return Some(self.plic.read(off, size));
+        if let Some((slot, off)) = Self::device_at(pa) {
+            let mut cx = MmioContext {
+                mcycle,
+                console: &mut self.console,
+            };
+            let value = self.devices.get_mut(slot.id).read(off, size, &mut cx);
+            self.update_interrupt_line(slot);
+            return value;
         }
         if let Some(off) = offset_in(pa, DTB_BASE, DTB_SIZE) {
             let mut value = 0u64;
@@ -123,36 +145,34 @@ impl Bus {
         None
     }
 
-    /// A store of `size` bytes to a device at `pa`; `None` means an access fault.
-    pub fn write_mmio(&mut self, pa: u64, size: u32, value: u64) -> Option<()> {
-        if let Some(off) = offset_in(pa, CLINT_BASE, CLINT_SIZE) {
-            return self.clint.write(off, size, value);
-        }
-        if let Some(off) = offset_in(pa, HTIF_BASE, HTIF_SIZE) {
-            return self.htif.write(off, size, value, &mut self.console);
-        }
-        if let Some(off) = offset_in(pa, UART_BASE, UART_SIZE) {
-            self.uart.write(off, size, value, &mut self.console);
-            self.update_uart_line();
-            return Some(());
-        }
-        if let Some(off) = offset_in(pa, PLIC_BASE, PLIC_SIZE) {
-            self.plic.write(off, size, value);
-            return Some(());
-        }
-        None
+    /// A store of `size` bytes to a device at `pa` (at `mcycle`); `None` means an access
+    /// fault.
+    pub fn write_mmio(&mut self, pa: u64, size: u32, value: u64, mcycle: u64) -> Option<()> {
+        let (slot, off) = Self::device_at(pa)?;
+        let mut cx = MmioContext {
+            mcycle,
+            console: &mut self.console,
+        };
+        let result = self
+            .devices
+            .get_mut(slot.id)
+            .write(off, size, value, &mut cx);
+        self.update_interrupt_line(slot);
+        result
     }
 
-    /// Propagates the UART's interrupt output to its PLIC source.
-    fn update_uart_line(&mut self) {
-        self.plic
-            .set_source_level(UART_IRQ, self.uart.interrupt_pending());
+    /// Propagates the interrupt output of the device in `slot` to its PLIC source.
+    fn update_interrupt_line(&mut self, slot: &DeviceSlot) {
+        if let Some(irq) = slot.irq {
+            let level = self.devices.get(slot.id).interrupt_line();
+            self.devices.plic.set_source_level(irq, level);
+        }
     }
 
     /// Whether the interrupt lines into the hart's `mip.MEIP`/`mip.SEIP` are raised.
     #[inline]
     pub fn external_interrupts(&self) -> (bool, bool) {
-        (self.plic.meip(), self.plic.seip())
+        (self.devices.plic.meip(), self.devices.plic.seip())
     }
 }
 

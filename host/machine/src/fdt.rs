@@ -2,14 +2,15 @@
 //! reader, and [`board_device_tree`], the blob the machine places at `DTB_BASE`.
 //!
 //! What the tree holds is dictated by Debian's OpenSBI 1.6 (`generic`, `fw_jump`) and
-//! Linux 6.12; DESIGN.md ("The machine") lists each requirement and why. The blob is a pure
+//! Linux 6.12; docs/design.md ("The machine") lists each requirement and why. The blob is a pure
 //! function of [`BoardDescription`], so it is part of the deterministic state.
 //!
 //! Blob layout (all integers big-endian): the 40-byte header, the memory reservation block
 //! (8-aligned, just the terminating empty entry), the structure block (4-aligned tokens),
 //! then the strings block with each property name stored once.
 
-use crate::board;
+use crate::board::{self, Devices, DEVICES};
+use crate::devices::DeviceSlot;
 use std::collections::BTreeMap;
 
 const FDT_MAGIC: u32 = 0xd00d_feed;
@@ -323,17 +324,17 @@ pub struct BoardDescription {
 }
 
 /// Phandle of hart 0's interrupt controller (`riscv,cpu-intc`).
-const PHANDLE_CPU_INTC: u32 = 1;
+pub(crate) const PHANDLE_CPU_INTC: u32 = 1;
 /// Phandle of the PLIC.
-const PHANDLE_PLIC: u32 = 2;
+pub(crate) const PHANDLE_PLIC: u32 = 2;
 /// Local interrupt numbers on the cpu-intc (mip bit positions).
-const IRQ_M_SOFT: u32 = 3;
-const IRQ_M_TIMER: u32 = 7;
-const IRQ_S_EXT: u32 = 9;
-const IRQ_M_EXT: u32 = 11;
+pub(crate) const IRQ_M_SOFT: u32 = 3;
+pub(crate) const IRQ_M_TIMER: u32 = 7;
+pub(crate) const IRQ_S_EXT: u32 = 9;
+pub(crate) const IRQ_M_EXT: u32 = 11;
 
 /// Cells of a `reg` entry with `#address-cells = #size-cells = 2`.
-fn reg_cells(start: u64, length: u64) -> [u32; 4] {
+pub(crate) fn reg_cells(start: u64, length: u64) -> [u32; 4] {
     [
         (start >> 32) as u32,
         start as u32,
@@ -366,6 +367,8 @@ pub fn place_flash_drives(ram_length: u64, lengths: &[u64]) -> Vec<(u64, u64)> {
 
 /// The board's device tree blob for a run described by `desc`.
 pub fn board_device_tree(desc: &BoardDescription) -> Vec<u8> {
+    // Nodes depend on where devices sit, never on their state: ask them at reset.
+    let devices = Devices::new();
     let mut w = FdtWriter::new();
     w.node("", |w| {
         w.property_u32("#address-cells", 2);
@@ -418,47 +421,13 @@ pub fn board_device_tree(desc: &BoardDescription) -> Vec<u8> {
             w.property_string("compatible", "simple-bus");
             w.property_empty("ranges");
 
-            w.node(&format!("clint@{:x}", board::CLINT_BASE), |w| {
-                w.property_string("compatible", "riscv,clint0");
-                w.property_cells("reg", &reg_cells(board::CLINT_BASE, board::CLINT_SIZE));
-                w.property_cells(
-                    "interrupts-extended",
-                    &[PHANDLE_CPU_INTC, IRQ_M_SOFT, PHANDLE_CPU_INTC, IRQ_M_TIMER],
-                );
-            });
-
-            w.node(&format!("plic@{:x}", board::PLIC_BASE), |w| {
-                w.property_strings("compatible", &["sifive,plic-1.0.0", "riscv,plic0"]);
-                w.property_cells("reg", &reg_cells(board::PLIC_BASE, board::PLIC_SIZE));
-                w.property_u32("riscv,ndev", board::PLIC_NDEV);
-                // Context 0 = M mode, context 1 = S mode, as the PLIC model numbers them.
-                w.property_cells(
-                    "interrupts-extended",
-                    &[PHANDLE_CPU_INTC, IRQ_M_EXT, PHANDLE_CPU_INTC, IRQ_S_EXT],
-                );
-                w.property_u32("#interrupt-cells", 1);
-                w.property_empty("interrupt-controller");
-                w.property_u32("#address-cells", 0);
-                w.property_u32("phandle", PHANDLE_PLIC);
-            });
-
-            w.node(&format!("serial@{:x}", board::UART_BASE), |w| {
-                w.property_string("compatible", "ns16550a");
-                w.property_cells("reg", &reg_cells(board::UART_BASE, board::UART_SIZE));
-                w.property_u32("clock-frequency", board::UART_CLOCK_HZ);
-                w.property_u32("reg-shift", 0);
-                w.property_u32("reg-io-width", 1);
-                w.property_u32("interrupts", board::UART_IRQ);
-                w.property_u32("interrupt-parent", PHANDLE_PLIC);
-            });
-
-            // OpenSBI takes the first `reg` entry as `fromhost`, the second as `tohost`.
-            w.node(&format!("htif@{:x}", board::HTIF_BASE), |w| {
-                w.property_string("compatible", "ucb,htif0");
-                let mut reg = reg_cells(board::HTIF_BASE + board::HTIF_FROMHOST, 8).to_vec();
-                reg.extend(reg_cells(board::HTIF_BASE + board::HTIF_TOHOST, 8));
-                w.property_cells("reg", &reg);
-            });
+            let mut slots: Vec<&DeviceSlot> = DEVICES.iter().collect();
+            slots.sort_by_key(|slot| slot.dt_position);
+            for slot in slots {
+                devices
+                    .get(slot.id)
+                    .device_tree_node(w, slot.base, slot.size, slot.irq);
+            }
         });
 
         for drive in &desc.flash_drives {

@@ -8,6 +8,9 @@
 //! The library does no I/O of its own: the caller hands it images as bytes and drains the
 //! console output it collects.
 
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod bench;
 pub mod board;
 pub mod bus;

@@ -21,12 +21,15 @@ use sha2::{Digest, Sha256};
 
 use crate::board::{self, DTB_BASE, KERNEL_OFFSET, RAM_BASE};
 use crate::bus::{Bus, FlashDrive};
-use crate::devices::{plic::Plic, uart::Uart};
 use crate::fdt::{self, BoardDescription};
 use crate::hart::{Hart, Stop};
 use crate::memory::MemRange;
 use crate::merkle::{self, PageTree};
 use crate::state::{put_u64, put_u8, Reader, StateError};
+
+/// RAM and each flash drive are smaller than this (64 GiB): a bound on what a
+/// configuration or a snapshot can make the host allocate.
+pub const MEMORY_LIMIT: u64 = 64 << 30;
 
 /// Name and version of the state hash recipe; part of every published hash.
 pub const HASH_SCHEME: &str = "cmvm-sha256-v1";
@@ -103,6 +106,12 @@ pub enum MachineError {
     /// flash drive label {0:?} is empty or used twice
     #[error("flash drive label {0:?} is empty or used twice")]
     BadFlashLabel(String),
+    /// flash drive {0:?} is 64 GiB or larger
+    #[error("flash drive {0:?} is 64 GiB or larger")]
+    FlashTooLarge(String),
+    /// the host cannot allocate {0} bytes of RAM
+    #[error("the host cannot allocate {0} bytes of RAM")]
+    OutOfMemory(u64),
 }
 
 /// Why [`Machine::run`] returned.
@@ -152,7 +161,7 @@ impl Machine {
         seed: [u8; 32],
     ) -> Result<Self, MachineError> {
         let ram_length = config.ram_length;
-        if ram_length == 0 || ram_length % 4096 != 0 || ram_length > 64 << 30 {
+        if ram_length == 0 || ram_length % 4096 != 0 || ram_length >= MEMORY_LIMIT {
             return Err(MachineError::BadRamLength(ram_length));
         }
         if config.ram_image.is_some() && config.bios.is_some() {
@@ -164,7 +173,14 @@ impl Machine {
                 return Err(MachineError::BadFlashLabel(f.label.clone()));
             }
         }
-        let mut ram = MemRange::new(RAM_BASE, ram_length);
+        for (i, f) in config.flash_drives.iter().enumerate() {
+            let len = images.get(i).map_or(f.image.len(), Vec::len) as u64;
+            if len >= MEMORY_LIMIT {
+                return Err(MachineError::FlashTooLarge(f.label.clone()));
+            }
+        }
+        let mut ram =
+            MemRange::try_new(RAM_BASE, ram_length).ok_or(MachineError::OutOfMemory(ram_length))?;
         let mut load = |what: &'static str, bytes: &[u8], offset: u64| {
             if ram.write_bytes(offset, bytes) {
                 Ok(offset..offset + bytes.len() as u64)
@@ -284,14 +300,14 @@ impl Machine {
     /// Runs until the guest halts or `mcycle` reaches `max_mcycle`.
     pub fn run(&mut self, max_mcycle: u64) -> Break {
         match self.hart.run(&mut self.bus, max_mcycle) {
-            Stop::Halted => Break::Halted(self.bus.htif.halt.unwrap_or(0)),
+            Stop::Halted => Break::Halted(self.bus.devices.htif.halt.unwrap_or(0)),
             Stop::Limit => Break::MaxMcycle,
         }
     }
 
     /// The break state without running (a halted machine stays halted).
     pub fn halted(&self) -> Option<u64> {
-        self.bus.htif.halt
+        self.bus.devices.htif.halt
     }
 
     /// `mcycle`.
@@ -305,24 +321,23 @@ impl Machine {
     }
 
     /// Appends the canonical encoding of the processor and device state: the hart, then
-    /// CLINT, HTIF, PLIC and UART (each as its `save_state` documents). Memory is not
-    /// included (the page trees cover it).
+    /// each device in the order of [`board::DEVICES`] (CLINT, HTIF, PLIC, UART), each as
+    /// its [`crate::devices::Device::save_state`] documents. Memory is not included (the page trees cover
+    /// it).
     pub fn save_state(&self, out: &mut Vec<u8>) {
         self.hart.save_state(out);
-        self.bus.clint.save_state(out);
-        self.bus.htif.save_state(out);
-        self.bus.plic.save_state(out);
-        self.bus.uart.save_state(out);
+        for slot in board::DEVICES {
+            self.bus.devices.get(slot.id).save_state(out);
+        }
     }
 
     /// Restores what [`Machine::save_state`] wrote; the whole input must be consumed.
     pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
         let mut r = Reader::new(bytes);
         self.hart.load_state(&mut r)?;
-        self.bus.clint.load_state(&mut r)?;
-        self.bus.htif.load_state(&mut r)?;
-        self.bus.plic = Plic::load_state_from(&mut r)?;
-        self.bus.uart = Uart::load_state_from(&mut r)?;
+        for slot in board::DEVICES {
+            self.bus.devices.get_mut(slot.id).load_state(&mut r)?;
+        }
         if !r.remaining().is_empty() {
             return Err(StateError::Invalid("trailing bytes after the device state"));
         }

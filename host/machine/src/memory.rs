@@ -38,12 +38,37 @@ fn advise_huge_pages(bytes: &mut [u8]) {
 #[cfg(not(target_os = "linux"))]
 fn advise_huge_pages(_bytes: &mut [u8]) {}
 
+/// `len` zero bytes from the allocator's zeroed memory (untouched pages stay unbacked), or
+/// `None` if the allocation fails.
+fn try_zeroed(len: usize) -> Option<Vec<u8>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(len).ok()?;
+    // SAFETY: `layout` has a nonzero size (len > 0 was checked above).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` comes from the global allocator with `layout` (size `len`, alignment 1,
+    // which is `u8`'s), all `len` bytes are initialised (zeroed), and the capacity given is
+    // the allocated size, as `Vec::from_raw_parts` requires.
+    Some(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
 impl MemRange {
     /// A zero-filled range of `length` bytes (rounded up to whole pages) at `start`.
     pub fn new(start: u64, length: u64) -> Self {
         let length = length.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         // `vec!` of zeros asks the allocator for zeroed memory: nothing is written.
         Self::with_data(start, vec![0; length as usize])
+    }
+
+    /// [`MemRange::new`], but `None` instead of aborting the process when the host cannot
+    /// give that much memory (sizes read from untrusted input, such as a snapshot).
+    pub fn try_new(start: u64, length: u64) -> Option<Self> {
+        let length = usize::try_from(length.checked_next_multiple_of(PAGE_SIZE)?).ok()?;
+        Some(Self::with_data(start, try_zeroed(length)?))
     }
 
     /// A range at `start` holding `data` followed by zeros up to `length` bytes (rounded
@@ -198,6 +223,18 @@ impl MemRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn try_new_gives_zeroed_pages_or_none() {
+        let m = MemRange::try_new(0x8000_0000, 3 * PAGE_SIZE + 1).unwrap();
+        assert_eq!(m.len(), 4 * PAGE_SIZE);
+        assert!(m.bytes().iter().all(|&b| b == 0));
+        assert_eq!(m, MemRange::new(0x8000_0000, 4 * PAGE_SIZE));
+        assert!(MemRange::try_new(0, 0).is_some_and(|m| m.is_empty()));
+        // More than any address space: refused, not an abort.
+        assert!(MemRange::try_new(0, u64::MAX - 5).is_none());
+        assert!(MemRange::try_new(0, 1 << 62).is_none());
+    }
 
     #[test]
     fn from_vec_pads_with_zeros_and_matches_a_filled_range() {

@@ -1,12 +1,15 @@
-//! Snapshots: a machine's whole state in a directory, to stop a run and resume it later in
-//! exactly the same state (state hash, console output and all).
+//! Snapshots: a machine's whole state as a few named files, to stop a run and resume it
+//! later in exactly the same state (state hash, console output and all).
 //!
-//! Unlike the rest of the library this module does file I/O: a snapshot is a directory, and
-//! writing it atomically is part of the contract.
+//! This module works on bytes only, like the rest of the library: [`encode`] turns a
+//! machine into its files (as pieces of bytes, page data borrowed from the machine's
+//! memory), and [`parse_manifest`] then [`load`] turn files back into a machine. Storing
+//! the files as a directory (atomically, with `fsync`) and reading them back (bounded by
+//! the manifest's lengths) is the caller's: `cmbuild`'s `snapshot_dir` module.
 //!
-//! # Directory format (version 1)
+//! # Format (version 1)
 //!
-//! A snapshot directory holds these files and nothing else:
+//! A snapshot is these files and nothing else (on disk: a directory holding them):
 //!
 //! | file | contents |
 //! |---|---|
@@ -37,8 +40,7 @@
 //! image-length <decimal>                   bytes of the drive's image (and host file)
 //! start <0x hex>                           guest-physical address of the range
 //! range-length <decimal>                   bytes of the range (2 MiB aligned)
-//! host-file <text>                         where the caller writes a shared drive back
-//!                                          (empty: nowhere)
+//! host-file <text>                         always empty (see "Shared flash drives")
 //! files <n>                                then n lines, in the order of the table above:
 //! file <name> <length> <sha256 hex>
 //! checksum <sha256 hex>                    of every manifest byte before this line
@@ -48,7 +50,7 @@
 //! Text values escape `%`, bytes below 0x20 and 0x7f as `%XX` (two upper-case hex digits);
 //! nothing else is escaped. Numbers are plain decimal except `start`. The manifest has no
 //! timestamps or host names: the same machine state stored twice gives identical files
-//! (given the same `host-file` values).
+//! (and no host paths).
 //!
 //! ## `*.pages`
 //! Little-endian, no padding:
@@ -66,38 +68,40 @@
 //! gigabytes of RAM it never touched gives a snapshot of its used pages only.
 //!
 //! # Checks on load
-//! [`load`] refuses, with an error naming what is wrong, a directory whose manifest has
+//! [`parse_manifest`] and [`load`] refuse, with an error naming what is wrong, a manifest
+//! with
 //! another magic, format version or hash scheme, a manifest that does not match its
 //! `checksum` line or is malformed, a file whose length or SHA-256 differs from the
 //! manifest's, a pages file with a bad header or index, a flash drive layout that this
 //! build would not give the same configuration, state bytes that do not decode, an `mcycle`
 //! that differs from the state's, and finally a state hash, recomputed from scratch over
 //! what was loaded, that differs from the stored `root-hash`. Everything but the last two
-//! is checked before the machine's memory is allocated.
+//! is checked before the machine's memory is allocated, and [`parse_manifest`] alone
+//! bounds every length a caller reads the files by.
 //!
 //! # Writing
-//! [`store`] writes into a temporary directory beside the target (`.<name>.tmp-<pid>`),
-//! fsyncs every file and the directory, renames it to the target and fsyncs the parent, so
-//! a snapshot directory either exists complete or not at all. It refuses a target that
-//! already exists. Console bytes the caller has not drained are not part of a snapshot.
+//! [`encode`] gives the files in the order of the table, then `manifest`, with their
+//! lengths and SHA-256 digests. Console bytes the caller has not drained are not part of
+//! a snapshot.
 //!
 //! # Shared flash drives
 //! A snapshot holds every flash drive's contents, shared or not, and a resumed machine
-//! starts from those contents, not from the host file (which may have changed since). A
-//! shared drive's host file is recorded in `host-file`, so that the caller, at the end of a
-//! resumed run, writes the drive's final contents back to it exactly as an uninterrupted run
-//! would have; the library itself never writes host files of drives.
+//! starts from those contents, not from the host file (which may have changed since).
+//! A snapshot never names host paths: where a shared drive's final contents go is the
+//! resuming caller's to say (`cmbuild machine run --load DIR --flash-drive
+//! label:NAME,filename:PATH,shared`), never the snapshot's, since a snapshot may come from
+//! anyone. The `host-file` line is written empty; a value in a snapshot written by an
+//! older build (which recorded the path there) is read as text and ignored.
 
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
 use crate::board::{DTB_SIZE, RAM_BASE};
 use crate::bus::{Bus, FlashDrive};
 use crate::hart::Hart;
-use crate::machine::{Machine, MachineConfig, HASH_SCHEME};
+use crate::machine::{Machine, MachineConfig, HASH_SCHEME, MEMORY_LIMIT};
 use crate::memory::{MemRange, PAGE_SIZE};
 use crate::merkle::Hash;
 use crate::state::StateError;
@@ -112,32 +116,19 @@ pub const PAGES_MAGIC: &[u8; 8] = b"CMVMPAGE";
 pub const PAGES_VERSION: u64 = 1;
 /// Bytes of a pages file before the page indices.
 const PAGES_HEADER: u64 = 32;
-/// A manifest larger than this is not one (read before anything is trusted).
-const MAX_MANIFEST: u64 = 1 << 20;
-/// The largest RAM a machine accepts (as [`Machine::new`] checks).
-const MAX_RAM: u64 = 64 << 30;
+/// A manifest larger than this is not one (callers read at most this many bytes of it).
+pub const MAX_MANIFEST: u64 = 1 << 20;
+/// The most bytes the processor and device state can take (it is under a kilobyte).
+const MAX_STATE: u64 = 1 << 20;
 
-/// Why a snapshot could not be written or loaded.
+/// Why a snapshot could not be encoded or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// cannot {action} {path}
-    #[error("cannot {action} {path}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file or directory.
-        path: PathBuf,
-        /// The underlying error (the next link of the error chain).
-        source: io::Error,
-    },
-    /// snapshot directory {0} already exists; remove it or choose another
-    #[error("snapshot directory {0} already exists; remove it or choose another")]
-    Exists(PathBuf),
-    /// {path} is not a cmbuild machine snapshot manifest (its first line is {found:?})
-    #[error("{path} is not a cmbuild machine snapshot manifest (its first line is {found:?})")]
+    /// the manifest is not a cmbuild machine snapshot manifest (its first line is {found:?})
+    #[error(
+        "the manifest is not a cmbuild machine snapshot manifest (its first line is {found:?})"
+    )]
     NotASnapshot {
-        /// The manifest.
-        path: PathBuf,
         /// What its first line holds.
         found: String,
     },
@@ -153,9 +144,9 @@ pub enum SnapshotError {
         /// The scheme the manifest names.
         found: String,
     },
-    /// snapshot manifest {0} does not match its checksum line (corrupted)
-    #[error("snapshot manifest {0} does not match its checksum line (corrupted)")]
-    ManifestChecksum(PathBuf),
+    /// the snapshot manifest does not match its checksum line (corrupted)
+    #[error("the snapshot manifest does not match its checksum line (corrupted)")]
+    ManifestChecksum,
     /// snapshot manifest line {line}: {message}
     #[error("snapshot manifest line {line}: {message}")]
     Manifest {
@@ -212,6 +203,12 @@ pub enum SnapshotError {
     /// the snapshot configuration does not describe the machine being stored: {0}
     #[error("the snapshot configuration does not describe the machine being stored: {0}")]
     ConfigMismatch(String),
+    /// snapshot file {0} is missing
+    #[error("snapshot file {0} is missing")]
+    MissingFile(String),
+    /// the host cannot allocate the {0} bytes of a memory range of the snapshot
+    #[error("the host cannot allocate the {0} bytes of a memory range of the snapshot")]
+    OutOfMemory(u64),
 }
 
 /// Provenance of one image the machine was built from (not needed to rebuild it).
@@ -232,10 +229,9 @@ pub struct DriveRecord {
     pub label: String,
     /// Length of its image (the range is rounded up to 2 MiB).
     pub image_length: u64,
-    /// Whether the caller writes its contents back to `host_file` at the end of a run.
+    /// Whether the caller writes its contents back to a host file at the end of a run
+    /// (which file is the caller's to say: a snapshot names none).
     pub shared: bool,
-    /// The host file of a shared drive, as the caller named it.
-    pub host_file: Option<String>,
 }
 
 /// The configuration a snapshot records: [`MachineConfig`] without the images' bytes.
@@ -252,7 +248,7 @@ pub struct SnapshotConfig {
 }
 
 impl SnapshotConfig {
-    /// The record of `config` (no host files: the caller fills them in).
+    /// The record of `config`.
     pub fn from_config(config: &MachineConfig) -> Self {
         let images = [
             ("ram-image", &config.ram_image),
@@ -280,7 +276,6 @@ impl SnapshotConfig {
                     label: f.label.clone(),
                     image_length: f.image.len() as u64,
                     shared: f.shared,
-                    host_file: None,
                 })
                 .collect(),
         }
@@ -298,116 +293,184 @@ pub struct Snapshot {
     pub root_hash: String,
 }
 
-/// Writes `machine`, built from `config`, as a snapshot directory `dir` (which must not
-/// exist; missing parents are created). Returns the state hash stored.
-pub fn store(
-    dir: &Path,
-    machine: &mut Machine,
-    config: &SnapshotConfig,
-) -> Result<String, SnapshotError> {
-    check_config(machine, config)?;
-    if dir.symlink_metadata().is_ok() {
-        return Err(SnapshotError::Exists(dir.to_path_buf()));
-    }
-    let root_hash = machine.root_hash();
-    let parent = parent_of(dir);
-    std::fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
-    let tmp = temp_dir_for(dir);
-    // A leftover of an earlier store by a process with the same id; never a user's file.
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err("remove the stale", &tmp))?;
-    }
-    std::fs::create_dir(&tmp).map_err(io_err("create", &tmp))?;
-    let result = write_all_files(&tmp, machine, config, &root_hash).and_then(|()| {
-        sync_dir(&tmp)?;
-        std::fs::rename(&tmp, dir).map_err(io_err("rename the temporary directory to", dir))?;
-        sync_dir(&parent)
-    });
-    if result.is_err() {
-        // Best effort: the error being returned is the one that matters.
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result.map(|()| root_hash)
+/// One file of an encoded snapshot: its name, and its bytes as pieces to be written one
+/// after another (headers owned, page data borrowed from the machine's memory, so that
+/// encoding copies no memory).
+#[derive(Debug)]
+pub struct SnapshotFile<'a> {
+    /// The file's name (`state`, `dtb`, `ram.pages`, `flash-<i>.pages`, `manifest`).
+    pub name: String,
+    /// The bytes, in order.
+    pub pieces: Vec<Cow<'a, [u8]>>,
+    /// The total length of the pieces.
+    pub length: u64,
+    /// SHA-256 of the concatenated pieces.
+    pub sha256: Hash,
 }
 
-/// Loads the snapshot directory `dir`, checking everything (see the module docs).
-pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
-    let manifest_path = dir.join("manifest");
-    let text = read_limited(&manifest_path)?;
-    let m = parse_manifest(&manifest_path, &text)?;
-    let file = |name: &str| -> Result<Vec<u8>, SnapshotError> {
-        let entry = m
-            .files
-            .iter()
-            .find(|f| f.name == name)
-            .expect("parse_manifest checked the file list");
-        read_checked(dir, entry)
-    };
-    let state = file("state")?;
-    let dtb = file("dtb")?;
-    // Everything is checked against the manifest before the machine is allocated, so a
-    // corrupted length cannot ask for gigabytes.
-    let ram_length = m.config.ram_length;
-    if ram_length == 0 || ram_length % PAGE_SIZE != 0 || ram_length > MAX_RAM {
-        return Err(SnapshotError::Layout(format!(
-            "RAM length {ram_length} is not a nonzero multiple of 4096 below 64 GiB"
-        )));
-    }
-    let lengths: Vec<u64> = m
-        .config
-        .flash_drives
-        .iter()
-        .map(|d| d.image_length)
-        .collect();
-    let placed = crate::fdt::place_flash_drives(ram_length, &lengths);
-    for (i, (&have, &want)) in m.ranges.iter().zip(&placed).enumerate() {
-        if have != want {
-            return Err(SnapshotError::Layout(format!(
-                "flash drive {i} would be at {:#x} with {} bytes, the snapshot has it at {:#x} with {} bytes",
-                want.0, want.1, have.0, have.1
-            )));
+impl<'a> SnapshotFile<'a> {
+    fn new(name: &str, pieces: Vec<Cow<'a, [u8]>>) -> Self {
+        let mut hasher = Sha256::new();
+        let mut length = 0;
+        for p in &pieces {
+            hasher.update(p);
+            length += p.len() as u64;
+        }
+        Self {
+            name: name.to_string(),
+            pieces,
+            length,
+            sha256: hasher.finalize().into(),
         }
     }
-    // The DTB depends on the images' bytes (rng-seed, initrd placement), which are gone:
-    // the stored one is the machine's.
-    if dtb.len() as u64 > DTB_SIZE {
-        return Err(SnapshotError::Layout(format!(
-            "the device tree has {} bytes, more than its window",
-            dtb.len()
+
+    /// The file's bytes in one buffer (a copy).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.pieces.concat()
+    }
+}
+
+/// A machine encoded as snapshot files.
+#[derive(Debug)]
+pub struct EncodedSnapshot<'a> {
+    /// The state hash of the machine (also in the manifest).
+    pub root_hash: String,
+    /// The files in the order of the module docs' table, then `manifest` last (a writer
+    /// that writes them in this order and the manifest last never leaves a manifest that
+    /// names files not yet written).
+    pub files: Vec<SnapshotFile<'a>>,
+}
+
+impl EncodedSnapshot<'_> {
+    /// The files as a map from name to bytes (copies; for tests and small machines).
+    pub fn to_map(&self) -> BTreeMap<String, Vec<u8>> {
+        self.files
+            .iter()
+            .map(|f| (f.name.clone(), f.to_vec()))
+            .collect()
+    }
+}
+
+/// Encodes `machine`, built from `config`, as snapshot files.
+pub fn encode<'a>(
+    machine: &'a mut Machine,
+    config: &SnapshotConfig,
+) -> Result<EncodedSnapshot<'a>, SnapshotError> {
+    check_config(machine, config)?;
+    let root_hash = machine.root_hash();
+    let machine: &'a Machine = machine;
+    let mut state = Vec::new();
+    machine.save_state(&mut state);
+    let mut files = vec![
+        SnapshotFile::new("state", vec![Cow::Owned(state)]),
+        SnapshotFile::new("dtb", vec![Cow::Borrowed(&machine.bus.dtb[..])]),
+        SnapshotFile::new("ram.pages", pages_pieces(&machine.bus.ram)),
+    ];
+    for (i, f) in machine.bus.flash.iter().enumerate() {
+        files.push(SnapshotFile::new(
+            &format!("flash-{i}.pages"),
+            pages_pieces(&f.mem),
+        ));
+    }
+    let entries: Vec<FileEntry> = files
+        .iter()
+        .map(|f| FileEntry {
+            name: f.name.clone(),
+            length: f.length,
+            sha256: f.sha256,
+        })
+        .collect();
+    let text = manifest_text(machine, config, &root_hash, &entries);
+    files.push(SnapshotFile::new(
+        "manifest",
+        vec![Cow::Owned(text.into_bytes())],
+    ));
+    Ok(EncodedSnapshot { root_hash, files })
+}
+
+/// Loads a snapshot given as a map from file name to bytes (every check of
+/// [`parse_manifest`] and [`load`]).
+pub fn load_files(files: &BTreeMap<String, Vec<u8>>) -> Result<Snapshot, SnapshotError> {
+    let manifest = files
+        .get("manifest")
+        .ok_or_else(|| SnapshotError::MissingFile("manifest".into()))?;
+    let m = parse_manifest(manifest)?;
+    let contents = m
+        .files()
+        .iter()
+        .map(|e| {
+            files
+                .get(&e.name)
+                .map(|b| b.as_slice())
+                .ok_or_else(|| SnapshotError::MissingFile(e.name.clone()))
+        })
+        .collect::<Result<Vec<&[u8]>, _>>()?;
+    load(&m, &contents)
+}
+
+/// Builds the machine a parsed manifest describes from the contents of its files
+/// (`files[i]` holds [`Manifest::files`]`[i]`), checking everything (see the module docs).
+pub fn load(m: &Manifest, files: &[&[u8]]) -> Result<Snapshot, SnapshotError> {
+    if files.len() != m.files.len() {
+        return Err(SnapshotError::MissingFile(format!(
+            "{} of {}",
+            m.files.len().saturating_sub(files.len()),
+            m.files.len()
         )));
     }
-    let mut pages = vec![("ram.pages".to_string(), file("ram.pages")?)];
+    for (entry, bytes) in m.files.iter().zip(files) {
+        check_file(entry, bytes)?;
+    }
+    let file = |name: &str| -> &[u8] {
+        let i = m
+            .files
+            .iter()
+            .position(|f| f.name == name)
+            .expect("parse_manifest checked the file list");
+        files[i]
+    };
+    let state = file("state");
+    let dtb = file("dtb").to_vec();
+    let ram_length = m.config.ram_length;
+    let mut pages = vec![("ram.pages".to_string(), file("ram.pages"))];
     for i in 0..m.ranges.len() {
         let name = format!("flash-{i}.pages");
-        let bytes = file(&name)?;
+        let bytes = file(&name);
         pages.push((name, bytes));
     }
     let range_lengths = std::iter::once(ram_length).chain(m.ranges.iter().map(|r| r.1));
     for ((name, bytes), length) in pages.iter().zip(range_lengths) {
         check_pages(name, bytes, length)?;
     }
+    // Everything above was checked before any of the machine's memory is allocated, and
+    // the sizes are bounded; an allocation the host still refuses is an error too.
+    let alloc = |start: u64, length: u64| {
+        MemRange::try_new(start, length).ok_or(SnapshotError::OutOfMemory(length))
+    };
     let flash = m
         .config
         .flash_drives
         .iter()
         .zip(&m.ranges)
-        .map(|(d, &(start, length))| FlashDrive {
-            label: d.label.clone(),
-            shared: d.shared,
-            image_length: d.image_length,
-            mem: MemRange::new(start, length),
+        .map(|(d, &(start, length))| {
+            Ok(FlashDrive {
+                label: d.label.clone(),
+                shared: d.shared,
+                image_length: d.image_length,
+                mem: alloc(start, length)?,
+            })
         })
-        .collect();
-    let bus = Bus::new(MemRange::new(RAM_BASE, ram_length), flash, dtb);
+        .collect::<Result<_, SnapshotError>>()?;
+    let bus = Bus::new(alloc(RAM_BASE, ram_length)?, flash, dtb);
     let mut machine = Machine::from_parts(Hart::new(ram_length), bus);
     let mut pages = pages.into_iter();
     if let Some((_, bytes)) = pages.next() {
-        apply_pages(&bytes, &mut machine.bus.ram);
+        apply_pages(bytes, &mut machine.bus.ram);
     }
     for (drive, (_, bytes)) in machine.bus.flash.iter_mut().zip(pages) {
-        apply_pages(&bytes, &mut drive.mem);
+        apply_pages(bytes, &mut drive.mem);
     }
-    machine.load_state(&state).map_err(SnapshotError::State)?;
+    machine.load_state(state).map_err(SnapshotError::State)?;
     machine.memory_replaced();
     if machine.mcycle() != m.mcycle {
         return Err(SnapshotError::Mcycle {
@@ -419,26 +482,15 @@ pub fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
     let computed = format!("{HASH_SCHEME}:{}", hex(&machine.root_hash_from_scratch()));
     if computed != m.root_hash {
         return Err(SnapshotError::RootHash {
-            stored: m.root_hash,
+            stored: m.root_hash.clone(),
             computed,
         });
     }
     Ok(Snapshot {
         machine,
-        config: m.config,
-        root_hash: m.root_hash,
+        config: m.config.clone(),
+        root_hash: m.root_hash.clone(),
     })
-}
-
-/// Bytes a snapshot directory takes on disk (the sum of its files' lengths).
-pub fn size_on_disk(dir: &Path) -> Result<u64, SnapshotError> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
-        let entry = entry.map_err(io_err("list", dir))?;
-        let meta = entry.metadata().map_err(io_err("stat", &entry.path()))?;
-        total += meta.len();
-    }
-    Ok(total)
 }
 
 fn check_config(machine: &Machine, config: &SnapshotConfig) -> Result<(), SnapshotError> {
@@ -470,15 +522,19 @@ fn check_config(machine: &Machine, config: &SnapshotConfig) -> Result<(), Snapsh
 
 /// One `file` line of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileEntry {
-    name: String,
-    length: u64,
-    sha256: Hash,
+pub struct FileEntry {
+    /// The file's name.
+    pub name: String,
+    /// Its length in bytes (checked against the machine's sizes by [`parse_manifest`]:
+    /// a caller may read this many bytes and no more).
+    pub length: u64,
+    /// SHA-256 of its bytes.
+    pub sha256: Hash,
 }
 
-/// The parsed manifest.
-#[derive(Debug)]
-struct Manifest {
+/// A parsed and checked manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
     root_hash: String,
     mcycle: u64,
     config: SnapshotConfig,
@@ -487,28 +543,21 @@ struct Manifest {
     files: Vec<FileEntry>,
 }
 
-fn write_all_files(
-    tmp: &Path,
-    machine: &Machine,
-    config: &SnapshotConfig,
-    root_hash: &str,
-) -> Result<(), SnapshotError> {
-    let mut files = Vec::new();
-    let mut state = Vec::new();
-    machine.save_state(&mut state);
-    files.push(write_file(tmp, "state", |w| w.write_all(&state))?);
-    files.push(write_file(tmp, "dtb", |w| w.write_all(&machine.bus.dtb))?);
-    files.push(write_file(tmp, "ram.pages", |w| {
-        write_pages(w, &machine.bus.ram)
-    })?);
-    for (i, f) in machine.bus.flash.iter().enumerate() {
-        files.push(write_file(tmp, &format!("flash-{i}.pages"), |w| {
-            write_pages(w, &f.mem)
-        })?);
+impl Manifest {
+    /// The files the snapshot consists of besides the manifest, in their fixed order.
+    pub fn files(&self) -> &[FileEntry] {
+        &self.files
     }
-    let text = manifest_text(machine, config, root_hash, &files);
-    write_file(tmp, "manifest", |w| w.write_all(text.as_bytes()))?;
-    Ok(())
+
+    /// The configuration the manifest records.
+    pub fn config(&self) -> &SnapshotConfig {
+        &self.config
+    }
+
+    /// The state hash it records.
+    pub fn root_hash(&self) -> &str {
+        &self.root_hash
+    }
 }
 
 fn manifest_text(
@@ -550,10 +599,7 @@ fn manifest_text(
         line("image-length", &d.image_length.to_string());
         line("start", &format!("{:#x}", f.mem.start));
         line("range-length", &f.mem.len().to_string());
-        line(
-            "host-file",
-            &escape(d.host_file.as_deref().unwrap_or_default()),
-        );
+        line("host-file", "");
     }
     line("files", &files.len().to_string());
     for f in files {
@@ -567,72 +613,38 @@ fn manifest_text(
     format!("{body}checksum {checksum}\nend\n")
 }
 
-/// A writer that hashes and counts what passes through it.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    length: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.length += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Creates `dir/name`, fills it with `fill`, fsyncs it; returns its manifest entry.
-fn write_file(
-    dir: &Path,
-    name: &str,
-    fill: impl FnOnce(&mut Hashing<io::BufWriter<File>>) -> io::Result<()>,
-) -> Result<FileEntry, SnapshotError> {
-    let path = dir.join(name);
-    let file = File::create(&path).map_err(io_err("create", &path))?;
-    let mut w = Hashing {
-        inner: io::BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-        length: 0,
-    };
-    fill(&mut w).map_err(io_err("write", &path))?;
-    let file = w
-        .inner
-        .into_inner()
-        .map_err(|e| io_err("write", &path)(e.into_error()))?;
-    file.sync_all().map_err(io_err("fsync", &path))?;
-    Ok(FileEntry {
-        name: name.to_string(),
-        length: w.length,
-        sha256: w.hasher.finalize().into(),
-    })
-}
-
-fn write_pages(w: &mut impl Write, mem: &MemRange) -> io::Result<()> {
-    let pages: Vec<u64> = mem
-        .bytes()
+/// The pages file of `mem` as pieces: the header and index, then each run of consecutive
+/// non-zero pages as one slice of `mem`.
+fn pages_pieces(mem: &MemRange) -> Vec<Cow<'_, [u8]>> {
+    let bytes = mem.bytes();
+    let pages: Vec<u64> = bytes
         .chunks(PAGE_SIZE as usize)
         .enumerate()
         .filter(|(_, page)| page.iter().any(|&b| b != 0))
         .map(|(i, _)| i as u64)
         .collect();
-    w.write_all(PAGES_MAGIC)?;
-    w.write_all(&PAGES_VERSION.to_le_bytes())?;
-    w.write_all(&mem.len().to_le_bytes())?;
-    w.write_all(&(pages.len() as u64).to_le_bytes())?;
+    let mut header = Vec::with_capacity(PAGES_HEADER as usize + 8 * pages.len());
+    header.extend_from_slice(PAGES_MAGIC);
+    header.extend_from_slice(&PAGES_VERSION.to_le_bytes());
+    header.extend_from_slice(&mem.len().to_le_bytes());
+    header.extend_from_slice(&(pages.len() as u64).to_le_bytes());
     for &p in &pages {
-        w.write_all(&p.to_le_bytes())?;
+        header.extend_from_slice(&p.to_le_bytes());
     }
-    for &p in &pages {
-        let at = (p * PAGE_SIZE) as usize;
-        w.write_all(&mem.bytes()[at..at + PAGE_SIZE as usize])?;
+    let mut pieces = vec![Cow::Owned(header)];
+    let mut k = 0;
+    while k < pages.len() {
+        let first = pages[k];
+        let mut end = k + 1;
+        while end < pages.len() && pages[end] == pages[end - 1] + 1 {
+            end += 1;
+        }
+        let from = (first * PAGE_SIZE) as usize;
+        let to = from + (end - k) * PAGE_SIZE as usize;
+        pieces.push(Cow::Borrowed(&bytes[from..to]));
+        k = end;
     }
-    Ok(())
+    pieces
 }
 
 /// Checks the header and index of a pages file for a range of `length` bytes.
@@ -708,21 +720,8 @@ fn u64_at(bytes: &[u8], at: u64) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Reads a file listed in the manifest, checking its length before reading it and its
-/// SHA-256 after.
-fn read_checked(dir: &Path, entry: &FileEntry) -> Result<Vec<u8>, SnapshotError> {
-    let path = dir.join(&entry.name);
-    let actual = std::fs::metadata(&path)
-        .map_err(io_err("read", &path))?
-        .len();
-    if actual != entry.length {
-        return Err(SnapshotError::FileLength {
-            file: entry.name.clone(),
-            expected: entry.length,
-            actual,
-        });
-    }
-    let bytes = std::fs::read(&path).map_err(io_err("read", &path))?;
+/// Checks a file's bytes against its manifest entry.
+fn check_file(entry: &FileEntry, bytes: &[u8]) -> Result<(), SnapshotError> {
     if bytes.len() as u64 != entry.length {
         return Err(SnapshotError::FileLength {
             file: entry.name.clone(),
@@ -730,25 +729,10 @@ fn read_checked(dir: &Path, entry: &FileEntry) -> Result<Vec<u8>, SnapshotError>
             actual: bytes.len() as u64,
         });
     }
-    if <[u8; 32]>::from(Sha256::digest(&bytes)) != entry.sha256 {
+    if <[u8; 32]>::from(Sha256::digest(bytes)) != entry.sha256 {
         return Err(SnapshotError::FileDigest(entry.name.clone()));
     }
-    Ok(bytes)
-}
-
-fn read_limited(path: &Path) -> Result<String, SnapshotError> {
-    let file = File::open(path).map_err(io_err("open", path))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_MANIFEST + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_err("read", path))?;
-    if bytes.len() as u64 > MAX_MANIFEST {
-        return Err(SnapshotError::NotASnapshot {
-            path: path.to_path_buf(),
-            found: "(more than 1 MiB)".into(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    Ok(())
 }
 
 /// Reads the manifest's lines in their fixed order.
@@ -810,11 +794,20 @@ fn sealed(text: &str) -> bool {
     })
 }
 
-fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, SnapshotError> {
+/// Parses and checks a manifest (at most [`MAX_MANIFEST`] bytes): its syntax, seal, the
+/// machine's sizes and layout, and the file list, so that the lengths it names bound what
+/// the caller then reads.
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, SnapshotError> {
+    if bytes.len() as u64 > MAX_MANIFEST {
+        return Err(SnapshotError::NotASnapshot {
+            found: "(more than 1 MiB)".into(),
+        });
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let text: &str = &text;
     let first = text.split('\n').next().unwrap_or_default();
     if first != MAGIC {
         return Err(SnapshotError::NotASnapshot {
-            path: path.to_path_buf(),
             found: first.chars().take(80).collect(),
         });
     }
@@ -837,9 +830,9 @@ fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, SnapshotError> {
         });
     }
     // Every later field is covered by the checksum, so nothing corrupted is acted upon
-    // (a host-file path least of all).
+    // (a corrupted length least of all).
     if !sealed(text) {
-        return Err(SnapshotError::ManifestChecksum(path.to_path_buf()));
+        return Err(SnapshotError::ManifestChecksum);
     }
     let root_hash = l.value("root-hash")?.to_string();
     let well_formed = root_hash
@@ -893,6 +886,11 @@ fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, SnapshotError> {
             v => return Err(l.err(format!("`shared` is yes or no, not {v:?}"))),
         };
         let image_length = l.number("image-length")?;
+        if image_length >= MEMORY_LIMIT {
+            return Err(l.err(format!(
+                "flash drive image length {image_length} is 64 GiB or more"
+            )));
+        }
         let start_text = l.value("start")?;
         let start = start_text
             .strip_prefix("0x")
@@ -904,12 +902,12 @@ fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, SnapshotError> {
                 "image length {image_length} exceeds the range length {range_length}"
             )));
         }
-        let host_file = l.text("host-file")?;
+        // Ignored: see "Shared flash drives" in the module docs.
+        l.text("host-file")?;
         flash_drives.push(DriveRecord {
             label,
             image_length,
             shared,
-            host_file: (!host_file.is_empty()).then_some(host_file),
         });
         ranges.push((start, range_length));
     }
@@ -949,7 +947,7 @@ fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, SnapshotError> {
     if l.next != l.lines.len() {
         return Err(l.err("lines after `end`".into()));
     }
-    Ok(Manifest {
+    let m = Manifest {
         root_hash,
         mcycle,
         config: SnapshotConfig {
@@ -960,7 +958,58 @@ fn parse_manifest(path: &Path, text: &str) -> Result<Manifest, SnapshotError> {
         },
         ranges,
         files,
-    })
+    };
+    check_layout(&m)?;
+    Ok(m)
+}
+
+/// Checks the sizes a manifest names against what this build would give the same
+/// configuration, and bounds every file's length by what its contents can hold.
+fn check_layout(m: &Manifest) -> Result<(), SnapshotError> {
+    let ram_length = m.config.ram_length;
+    if ram_length == 0 || ram_length % PAGE_SIZE != 0 || ram_length >= MEMORY_LIMIT {
+        return Err(SnapshotError::Layout(format!(
+            "RAM length {ram_length} is not a nonzero multiple of 4096 below 64 GiB"
+        )));
+    }
+    let lengths: Vec<u64> = m
+        .config
+        .flash_drives
+        .iter()
+        .map(|d| d.image_length)
+        .collect();
+    let placed = crate::fdt::place_flash_drives(ram_length, &lengths);
+    for (i, (&have, &want)) in m.ranges.iter().zip(&placed).enumerate() {
+        if have != want {
+            return Err(SnapshotError::Layout(format!(
+                "flash drive {i} would be at {:#x} with {} bytes, the snapshot has it at {:#x} with {} bytes",
+                want.0, want.1, have.0, have.1
+            )));
+        }
+    }
+    let range_lengths = std::iter::once(ram_length).chain(m.ranges.iter().map(|r| r.1));
+    let mut limits = vec![MAX_STATE, DTB_SIZE];
+    limits.extend(range_lengths.map(|len| {
+        (len / PAGE_SIZE)
+            .saturating_mul(8 + PAGE_SIZE)
+            .saturating_add(PAGES_HEADER)
+    }));
+    for (entry, limit) in m.files.iter().zip(limits) {
+        if entry.length > limit {
+            return Err(SnapshotError::Layout(if entry.name == "dtb" {
+                format!(
+                    "the device tree has {} bytes, more than its window",
+                    entry.length
+                )
+            } else {
+                format!(
+                    "file {} is said to hold {} bytes, more than the {limit} it can",
+                    entry.name, entry.length
+                )
+            }));
+        }
+    }
+    Ok(())
 }
 
 /// `%XX` for `%`, bytes below 0x20 and 0x7f; everything else as is.
@@ -1012,36 +1061,6 @@ fn unhex(s: &str) -> Option<Hash> {
     Some(out)
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotError {
-    let path = path.to_path_buf();
-    move |source| SnapshotError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
-fn parent_of(dir: &Path) -> PathBuf {
-    match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-fn temp_dir_for(dir: &Path) -> PathBuf {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "snapshot".into());
-    parent_of(dir).join(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync", dir))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1085,8 +1104,10 @@ mod tests {
         let mut mem = MemRange::new(0x8000_0000, 64 * PAGE_SIZE);
         mem.write_bytes(3 * PAGE_SIZE + 17, b"hello");
         mem.write_bytes(40 * PAGE_SIZE - 1, b"xy");
-        let mut file = Vec::new();
-        write_pages(&mut file, &mem).unwrap();
+        let pieces = pages_pieces(&mem);
+        // Header, then the page at 3, then the run of pages 39 and 40 as one piece.
+        assert_eq!(pieces.len(), 3);
+        let file = pieces.concat();
         assert_eq!(file.len() as u64, PAGES_HEADER + 3 * (8 + PAGE_SIZE));
         let mut back = MemRange::new(0x8000_0000, 64 * PAGE_SIZE);
         check_pages("t", &file, back.len()).unwrap();

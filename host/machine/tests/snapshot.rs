@@ -11,7 +11,39 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig};
-use cmbuild_machine::snapshot::{self, SnapshotConfig, SnapshotError};
+use cmbuild_machine::snapshot::{self, Snapshot, SnapshotConfig, SnapshotError};
+
+/// Writes the snapshot files of `m` into the new directory `dir`, one file each (the
+/// library does no I/O; cmbuild's `snapshot_dir` is the real, atomic writer).
+fn store(dir: &Path, m: &mut Machine, sc: &SnapshotConfig) -> Result<String, SnapshotError> {
+    let encoded = snapshot::encode(m, sc)?;
+    std::fs::create_dir_all(dir).unwrap();
+    for f in &encoded.files {
+        std::fs::write(dir.join(&f.name), f.to_vec()).unwrap();
+    }
+    Ok(encoded.root_hash)
+}
+
+/// Loads every file of `dir` through the library.
+fn load(dir: &Path) -> Result<Snapshot, SnapshotError> {
+    let files = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    snapshot::load_files(&files)
+}
+
+/// The bytes of the files in `dir`.
+fn size_on_disk(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
 
 /// Console output, timer interrupts, WFI sleeps, RAM and flash writes, exit code 3 (see the
 /// file's header).
@@ -142,10 +174,10 @@ fn run_with_cuts(config: &MachineConfig, cuts: &[u64], dir: &Path) -> (Outcome, 
         asleep += (u32::from_le_bytes(m.bus.ram.read::<4>(at)) == WFI) as usize;
         let before = m.root_hash();
         let snap_dir = dir.join(format!("cut-{i}"));
-        let stored = snapshot::store(&snap_dir, &mut m, &snap_config).unwrap();
+        let stored = store(&snap_dir, &mut m, &snap_config).unwrap();
         assert_eq!(stored, before);
         drop(m);
-        let loaded = snapshot::load(&snap_dir).unwrap();
+        let loaded = load(&snap_dir).unwrap();
         assert_eq!(loaded.root_hash, before);
         assert_eq!(loaded.config, snap_config);
         m = loaded.machine;
@@ -227,10 +259,10 @@ fn storing_the_same_state_gives_identical_files_and_reload_restores_it() {
     let mut m = Machine::new(&config).unwrap();
     m.run(200_000);
     let sc = SnapshotConfig::from_config(&config);
-    snapshot::store(&dir.join("a"), &mut m, &sc).unwrap();
-    snapshot::store(&dir.join("b"), &mut m, &sc).unwrap();
-    let mut loaded = snapshot::load(&dir.join("a")).unwrap();
-    snapshot::store(&dir.join("c"), &mut loaded.machine, &sc).unwrap();
+    store(&dir.join("a"), &mut m, &sc).unwrap();
+    store(&dir.join("b"), &mut m, &sc).unwrap();
+    let mut loaded = load(&dir.join("a")).unwrap();
+    store(&dir.join("c"), &mut loaded.machine, &sc).unwrap();
     let files = |d: &str| -> Vec<(String, Vec<u8>)> {
         let mut v: Vec<_> = std::fs::read_dir(dir.join(d))
             .unwrap()
@@ -275,20 +307,10 @@ fn storing_the_same_state_gives_identical_files_and_reload_restores_it() {
         manifest.contains("\nlabel data\nshared yes\nimage-length 1048576\n"),
         "{manifest}"
     );
-    // No leftover temporary directory beside the snapshots.
-    let leftovers: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
-    // An existing target is refused, not overwritten.
-    let err = snapshot::store(&dir.join("a"), &mut m, &sc).unwrap_err();
-    assert!(matches!(err, SnapshotError::Exists(_)), "{err}");
     // A configuration that does not describe the machine is refused.
     let mut wrong = sc.clone();
     wrong.ram_length *= 2;
-    let err = snapshot::store(&dir.join("d"), &mut m, &wrong).unwrap_err();
+    let err = store(&dir.join("d"), &mut m, &wrong).unwrap_err();
     assert!(matches!(err, SnapshotError::ConfigMismatch(_)), "{err}");
     assert!(!dir.join("d").exists());
 }
@@ -352,8 +374,8 @@ fn corrupted_or_foreign_snapshots_are_refused_with_a_clear_error() {
     let good = dir.join("good");
     let mut m = Machine::new(&config).unwrap();
     m.run(150_000);
-    snapshot::store(&good, &mut m, &SnapshotConfig::from_config(&config)).unwrap();
-    snapshot::load(&good).unwrap();
+    store(&good, &mut m, &SnapshotConfig::from_config(&config)).unwrap();
+    load(&good).unwrap();
 
     type Corruption = (&'static str, Box<dyn Fn(&Path)>, &'static str);
     let cases: Vec<Corruption> = vec![
@@ -502,14 +524,14 @@ fn corrupted_or_foreign_snapshots_are_refused_with_a_clear_error() {
         (
             "missing memory file",
             Box::new(|d| std::fs::remove_file(d.join("ram.pages")).unwrap()),
-            "cannot read",
+            "snapshot file ram.pages is missing",
         ),
     ];
     for (i, (what, corrupt, expected)) in cases.iter().enumerate() {
         let bad = dir.join(format!("bad-{i}"));
         copy_dir(&good, &bad);
         corrupt(&bad);
-        let err = match snapshot::load(&bad) {
+        let err = match load(&bad) {
             Ok(_) => panic!("{what}: the corrupted snapshot was accepted"),
             Err(e) => e.to_string(),
         };
@@ -518,11 +540,6 @@ fn corrupted_or_foreign_snapshots_are_refused_with_a_clear_error() {
             "{what}: error {err:?} does not say {expected:?}"
         );
     }
-    let err = snapshot::load(&dir.join("absent")).unwrap_err().to_string();
-    assert!(
-        err.contains("cannot open") && err.contains("absent/manifest"),
-        "{err}"
-    );
 }
 
 #[test]
@@ -544,12 +561,12 @@ fn snapshot_of_a_1_gib_ram_machine_is_small() {
     let mut m = Machine::new(&config).unwrap();
     assert_eq!(m.run(u64::MAX), Break::Halted(3));
     let dir = scratch("big").join("snap");
-    let hash = snapshot::store(&dir, &mut m, &SnapshotConfig::from_config(&config)).unwrap();
-    let size = snapshot::size_on_disk(&dir).unwrap();
+    let hash = store(&dir, &mut m, &SnapshotConfig::from_config(&config)).unwrap();
+    let size = size_on_disk(&dir);
     eprintln!("1 GiB RAM + 64 MiB flash: snapshot of {size} bytes");
     // The program, 12 data pages and 2 flash pages: a few dozen KiB, nowhere near a GiB.
     assert!(size < 256 << 10, "{size} bytes");
-    let mut loaded = snapshot::load(&dir).unwrap();
+    let mut loaded = load(&dir).unwrap();
     assert_eq!(loaded.machine.root_hash(), hash);
     assert_eq!(loaded.machine.bus.ram.bytes(), m.bus.ram.bytes());
     assert_eq!(
@@ -596,8 +613,8 @@ fn wfi_with_nothing_pending_jumps_to_the_timer_deadline() {
     assert_eq!(cut.run(deadline / 2), Break::MaxMcycle);
     assert_eq!(cut.mcycle(), deadline / 2);
     let dir = scratch("idle").join("snap");
-    snapshot::store(&dir, &mut cut, &SnapshotConfig::from_config(&config)).unwrap();
-    let mut resumed = snapshot::load(&dir).unwrap().machine;
+    store(&dir, &mut cut, &SnapshotConfig::from_config(&config)).unwrap();
+    let mut resumed = load(&dir).unwrap().machine;
     assert_eq!(resumed.run(limit), Break::MaxMcycle);
     assert_eq!(resumed.hart.x, m.hart.x);
     assert_eq!(resumed.root_hash(), m.root_hash());
@@ -637,8 +654,8 @@ fn linux_boot_resumed_from_a_snapshot_ends_identically() {
     assert_eq!(m.run(CUT), Break::MaxMcycle);
     let before = m.drain_console();
     let dir = scratch("linux").join("snap");
-    snapshot::store(&dir, &mut m, &SnapshotConfig::from_config(&config)).unwrap();
-    let size = snapshot::size_on_disk(&dir).unwrap();
+    store(&dir, &mut m, &SnapshotConfig::from_config(&config)).unwrap();
+    let size = size_on_disk(&dir);
     eprintln!("Linux at mcycle {CUT}: snapshot of {size} bytes (256 MiB RAM)");
     let brk = m.run(LIMIT);
     let mut console = before.clone();
@@ -648,7 +665,7 @@ fn linux_boot_resumed_from_a_snapshot_ends_identically() {
     assert_eq!(whole.brk, Break::Halted(0));
     assert!(String::from_utf8_lossy(&whole.console).contains("cmbuild-boot-test: powering off"));
 
-    let mut loaded = snapshot::load(&dir).unwrap().machine;
+    let mut loaded = load(&dir).unwrap().machine;
     let brk = loaded.run(LIMIT);
     let mut console = before;
     console.extend(loaded.drain_console());

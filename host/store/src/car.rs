@@ -429,7 +429,7 @@ mod tests {
     use super::*;
     use crate::cid::{cid_of_bytes, Codec};
 
-    /// DESIGN.md's test pattern: it repeats every 256 bytes, so all full chunks are equal.
+    /// docs/design.md's test pattern: it repeats every 256 bytes, so all full chunks are equal.
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i.wrapping_mul(7) + 3) as u8).collect()
     }

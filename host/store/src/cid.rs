@@ -483,7 +483,7 @@ pub fn for_each_block<E>(
 mod tests {
     use super::*;
 
-    /// The DESIGN.md test pattern: byte i is `(i*7+3) & 0xff`.
+    /// The docs/design.md test pattern: byte i is `(i*7+3) & 0xff`.
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i.wrapping_mul(7) + 3) as u8).collect()
     }

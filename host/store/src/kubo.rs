@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::cid::Cid;
 
 /// The query parameters of every `add`: together they make the node name a file exactly as
-/// [`crate::cid`] does (DESIGN.md, "Content IDs").
+/// [`crate::cid`] does (docs/design.md, "Content IDs").
 pub const ADD_PARAMS: [(&str, &str); 4] = [
     ("cid-version", "1"),
     ("raw-leaves", "true"),

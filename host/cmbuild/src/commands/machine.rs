@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use cmbuild::terminal::Stream;
 use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig};
+use cmbuild_machine::snapshot::SnapshotConfig;
 
 use super::machine_snapshot;
 
@@ -57,12 +58,15 @@ struct RunArgs {
     /// When the run ends (halt or --max-mcycle), write a snapshot into DIR (must not exist).
     #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
-    /// Resume the snapshot in DIR; it carries the whole configuration, so only
-    /// --max-mcycle (absolute), --final-hash and --store may accompany it.
+    /// Resume the snapshot in DIR; it carries the whole configuration and every drive's
+    /// contents, so only --max-mcycle (absolute), --final-hash, --store and --flash-drive
+    /// may accompany it. A snapshot names no host files: to have a shared drive written back
+    /// at the end, give --flash-drive label:NAME,filename:PATH,shared again (matched by
+    /// label; the file is only written, its contents come from the snapshot).
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with_all = ["ram_length", "ram_image", "bios", "kernel", "initrd", "append", "flash_drives"]
+        conflicts_with_all = ["ram_length", "ram_image", "bios", "kernel", "initrd", "append"]
     )]
     load: Option<PathBuf>,
     /// Interpret every instruction instead of running translated x86-64 code for hot
@@ -162,27 +166,30 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &a.store {
         machine_snapshot::check_store_target(dir)?;
     }
-    let (mut machine, record, resumed) = match &a.load {
+    let (mut machine, record, targets) = match &a.load {
         Some(dir) => {
             let (machine, record) = machine_snapshot::load(dir)?;
-            (machine, Some(record), true)
+            let given: Vec<(String, PathBuf, bool)> = a
+                .flash_drives
+                .iter()
+                .map(|f| (f.label.clone(), f.path.clone(), f.shared))
+                .collect();
+            let targets = machine_snapshot::write_back_targets(&record, &given)?;
+            (machine, Some(record), targets)
         }
         None => {
             let config = build_config(&a)?;
-            let record = match a.store {
-                Some(_) => Some(machine_snapshot::record(
-                    &config,
-                    a.flash_drives.iter().map(|f| f.path.as_path()),
-                )?),
-                None => None,
-            };
-            (Machine::new(&config)?, record, false)
+            let record = a
+                .store
+                .is_some()
+                .then(|| SnapshotConfig::from_config(&config));
+            (Machine::new(&config)?, record, Vec::new())
         }
     };
     machine.hart.set_jit(!a.no_jit);
     let limit = a.max_mcycle.unwrap_or(u64::MAX);
     let brk = run_streaming(&mut machine, limit)?;
-    if !resumed {
+    if a.load.is_none() {
         for (drive, arg) in machine.bus.flash.iter().zip(&a.flash_drives) {
             if drive.shared {
                 let bytes = &drive.mem.bytes()[..drive.image_length as usize];
@@ -191,7 +198,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    machine_snapshot::finish(&mut machine, record.as_ref(), resumed, a.store.as_deref())?;
+    machine_snapshot::finish(&mut machine, record.as_ref(), &targets, a.store.as_deref())?;
     let mcycle = machine.mcycle();
     let code = match brk {
         Break::Halted(code) => {

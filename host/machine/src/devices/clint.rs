@@ -1,10 +1,12 @@
 //! CLINT (`riscv,clint0`): machine software and timer interrupts of hart 0.
 //!
-//! `mtime` is not state of its own: it is `mcycle / 8192` (DESIGN.md), so the CLINT only
+//! `mtime` is not state of its own: it is `mcycle / 8192` (docs/design.md), so the CLINT only
 //! keeps `msip` and `mtimecmp`; writes to `mtime` are ignored because time is the
 //! instruction count.
 
+use super::{Device, MmioContext};
 use crate::board::{CLINT_MSIP, CLINT_MTIME, CLINT_MTIMECMP, MCYCLES_PER_MTIME};
+use crate::fdt::{self, FdtWriter};
 use crate::state::{put_u64, put_u8, Reader, StateError};
 
 /// The CLINT's registers.
@@ -102,6 +104,50 @@ impl Clint {
         self.msip = r.bool("clint msip")?;
         self.mtimecmp = r.u64()?;
         Ok(())
+    }
+}
+
+impl Device for Clint {
+    fn name(&self) -> &'static str {
+        "clint"
+    }
+
+    fn read(&mut self, offset: u64, size: u32, cx: &mut MmioContext<'_>) -> Option<u64> {
+        Clint::read(self, offset, size, cx.mcycle)
+    }
+
+    fn write(
+        &mut self,
+        offset: u64,
+        size: u32,
+        value: u64,
+        _cx: &mut MmioContext<'_>,
+    ) -> Option<()> {
+        Clint::write(self, offset, size, value)
+    }
+
+    fn save_state(&self, out: &mut Vec<u8>) {
+        Clint::save_state(self, out)
+    }
+
+    fn load_state(&mut self, r: &mut Reader<'_>) -> Result<(), StateError> {
+        Clint::load_state(self, r)
+    }
+
+    fn device_tree_node(&self, w: &mut FdtWriter, base: u64, size: u64, _irq: Option<u32>) {
+        w.node(&format!("clint@{base:x}"), |w| {
+            w.property_string("compatible", "riscv,clint0");
+            w.property_cells("reg", &fdt::reg_cells(base, size));
+            w.property_cells(
+                "interrupts-extended",
+                &[
+                    fdt::PHANDLE_CPU_INTC,
+                    fdt::IRQ_M_SOFT,
+                    fdt::PHANDLE_CPU_INTC,
+                    fdt::IRQ_M_TIMER,
+                ],
+            );
+        });
     }
 }
 

@@ -7,7 +7,9 @@
 //! never polls. A command is triggered by an 8-byte store to `tohost`, or by a 4-byte
 //! store to its upper half (32-bit code writes the low half first).
 
+use super::{Device, MmioContext};
 use crate::board::{HTIF_FROMHOST, HTIF_TOHOST};
+use crate::fdt::{self, FdtWriter};
 use crate::state::{put_u64, put_u8, Reader, StateError};
 
 /// The HTIF's registers and the halt it may have been asked for.
@@ -110,6 +112,44 @@ fn mask_for(size: u32, shift: u32) -> u64 {
         !0
     } else {
         0xffff_ffffu64 << shift
+    }
+}
+
+impl Device for Htif {
+    fn name(&self) -> &'static str {
+        "htif"
+    }
+
+    fn read(&mut self, offset: u64, size: u32, _cx: &mut MmioContext<'_>) -> Option<u64> {
+        Htif::read(self, offset, size)
+    }
+
+    fn write(
+        &mut self,
+        offset: u64,
+        size: u32,
+        value: u64,
+        cx: &mut MmioContext<'_>,
+    ) -> Option<()> {
+        Htif::write(self, offset, size, value, cx.console)
+    }
+
+    fn save_state(&self, out: &mut Vec<u8>) {
+        Htif::save_state(self, out)
+    }
+
+    fn load_state(&mut self, r: &mut Reader<'_>) -> Result<(), StateError> {
+        Htif::load_state(self, r)
+    }
+
+    fn device_tree_node(&self, w: &mut FdtWriter, base: u64, _size: u64, _irq: Option<u32>) {
+        // OpenSBI takes the first `reg` entry as `fromhost`, the second as `tohost`.
+        w.node(&format!("htif@{base:x}"), |w| {
+            w.property_string("compatible", "ucb,htif0");
+            let mut reg = fdt::reg_cells(base + HTIF_FROMHOST, 8).to_vec();
+            reg.extend(fdt::reg_cells(base + HTIF_TOHOST, 8));
+            w.property_cells("reg", &reg);
+        });
     }
 }
 

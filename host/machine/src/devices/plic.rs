@@ -25,7 +25,9 @@
 //! Narrower accesses read the bytes of a register without side effects and write nothing.
 //! Holes read as 0 and ignore writes.
 
+use super::{Device, MmioContext};
 use crate::board::PLIC_NDEV;
+use crate::fdt::{self, FdtWriter};
 use crate::state::{put_u64, Reader, StateError};
 
 /// Contexts: hart 0 M mode, hart 0 S mode.
@@ -341,6 +343,58 @@ impl Plic {
             plic.threshold[ctx] = small(r.u64()?, "plic threshold")?;
         }
         Ok(plic)
+    }
+}
+
+impl Device for Plic {
+    fn name(&self) -> &'static str {
+        "plic"
+    }
+
+    fn read(&mut self, offset: u64, size: u32, _cx: &mut MmioContext<'_>) -> Option<u64> {
+        Some(Plic::read(self, offset, size))
+    }
+
+    fn write(
+        &mut self,
+        offset: u64,
+        size: u32,
+        value: u64,
+        _cx: &mut MmioContext<'_>,
+    ) -> Option<()> {
+        Plic::write(self, offset, size, value);
+        Some(())
+    }
+
+    fn save_state(&self, out: &mut Vec<u8>) {
+        Plic::save_state(self, out)
+    }
+
+    fn load_state(&mut self, r: &mut Reader<'_>) -> Result<(), StateError> {
+        *self = Plic::load_state_from(r)?;
+        Ok(())
+    }
+
+    fn device_tree_node(&self, w: &mut FdtWriter, base: u64, size: u64, _irq: Option<u32>) {
+        w.node(&format!("plic@{base:x}"), |w| {
+            w.property_strings("compatible", &["sifive,plic-1.0.0", "riscv,plic0"]);
+            w.property_cells("reg", &fdt::reg_cells(base, size));
+            w.property_u32("riscv,ndev", PLIC_NDEV);
+            // Context 0 = M mode, context 1 = S mode, as the PLIC model numbers them.
+            w.property_cells(
+                "interrupts-extended",
+                &[
+                    fdt::PHANDLE_CPU_INTC,
+                    fdt::IRQ_M_EXT,
+                    fdt::PHANDLE_CPU_INTC,
+                    fdt::IRQ_S_EXT,
+                ],
+            );
+            w.property_u32("#interrupt-cells", 1);
+            w.property_empty("interrupt-controller");
+            w.property_u32("#address-cells", 0);
+            w.property_u32("phandle", fdt::PHANDLE_PLIC);
+        });
     }
 }
 

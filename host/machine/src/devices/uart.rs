@@ -25,6 +25,9 @@
 //! Registers are one byte: wider accesses use the low byte of the value and return one
 //! byte; offsets past 7 read 0 and ignore writes.
 
+use super::{Device, MmioContext};
+use crate::board::UART_CLOCK_HZ;
+use crate::fdt::{self, FdtWriter};
 use crate::state::{put_u8, Reader, StateError};
 
 const IER_RDI: u8 = 0x01;
@@ -261,6 +264,54 @@ impl Uart {
             rbr: r.u8()?,
             rx_ready: r.bool("uart rx ready")?,
         })
+    }
+}
+
+impl Device for Uart {
+    fn name(&self) -> &'static str {
+        "uart"
+    }
+
+    fn read(&mut self, offset: u64, size: u32, _cx: &mut MmioContext<'_>) -> Option<u64> {
+        Some(Uart::read(self, offset, size))
+    }
+
+    fn write(
+        &mut self,
+        offset: u64,
+        size: u32,
+        value: u64,
+        cx: &mut MmioContext<'_>,
+    ) -> Option<()> {
+        Uart::write(self, offset, size, value, cx.console);
+        Some(())
+    }
+
+    fn save_state(&self, out: &mut Vec<u8>) {
+        Uart::save_state(self, out)
+    }
+
+    fn load_state(&mut self, r: &mut Reader<'_>) -> Result<(), StateError> {
+        *self = Uart::load_state_from(r)?;
+        Ok(())
+    }
+
+    fn device_tree_node(&self, w: &mut FdtWriter, base: u64, size: u64, irq: Option<u32>) {
+        w.node(&format!("serial@{base:x}"), |w| {
+            w.property_string("compatible", "ns16550a");
+            w.property_cells("reg", &fdt::reg_cells(base, size));
+            w.property_u32("clock-frequency", UART_CLOCK_HZ);
+            w.property_u32("reg-shift", 0);
+            w.property_u32("reg-io-width", 1);
+            if let Some(irq) = irq {
+                w.property_u32("interrupts", irq);
+                w.property_u32("interrupt-parent", fdt::PHANDLE_PLIC);
+            }
+        });
+    }
+
+    fn interrupt_line(&self) -> bool {
+        self.interrupt_pending()
     }
 }
 

@@ -6,30 +6,51 @@ use super::{cause, Exception, Hart, Insn, Op};
 use crate::bus::Bus;
 
 /// A operations; `W` ones work on sign-extended 32-bit words.
-#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum A {
+    /// `lr.w`
     LrW,
+    /// `sc.w`
     ScW,
+    /// `amoswap.w`
     AmoswapW,
+    /// `amoadd.w`
     AmoaddW,
+    /// `amoxor.w`
     AmoxorW,
+    /// `amoand.w`
     AmoandW,
+    /// `amoor.w`
     AmoorW,
+    /// `amomin.w`
     AmominW,
+    /// `amomax.w`
     AmomaxW,
+    /// `amominu.w`
     AmominuW,
+    /// `amomaxu.w`
     AmomaxuW,
+    /// `lr.d`
     LrD,
+    /// `sc.d`
     ScD,
+    /// `amoswap.d`
     AmoswapD,
+    /// `amoadd.d`
     AmoaddD,
+    /// `amoxor.d`
     AmoxorD,
+    /// `amoand.d`
     AmoandD,
+    /// `amoor.d`
     AmoorD,
+    /// `amomin.d`
     AmominD,
+    /// `amomax.d`
     AmomaxD,
+    /// `amominu.d`
     AmominuD,
+    /// `amomaxu.d`
     AmomaxuD,
 }
 

@@ -83,6 +83,44 @@ pub const MIDELEG_WRITABLE: u64 = MIP_SSIP | MIP_STIP | MIP_SEIP;
 /// Exceptions that can be delegated to S-mode (all but ecall from M and reserved codes).
 pub const MEDELEG_WRITABLE: u64 = 0xb3ff;
 
+/// The bits of `mcounteren` and `scounteren` that exist.
+pub const COUNTEREN_WRITABLE: u64 = 0xffff_ffff;
+/// The bits of each `pmpcfg` register that hold values (the reserved bits 6:5 of each
+/// byte read as zero).
+pub const PMPCFG_WRITABLE: u64 = 0x9f9f_9f9f_9f9f_9f9f;
+/// The bits of each `pmpaddr` register that exist.
+pub const PMPADDR_WRITABLE: u64 = (1 << 54) - 1;
+
+/// `mstatus` after M-mode software writes `value` over `old` (WARL: the fixed fields keep
+/// their values, the reserved MPP encoding 2 keeps the previous mode, SD is computed on
+/// read and never stored).
+pub fn legal_mstatus(old: u64, value: u64) -> u64 {
+    let mut new = (old & !MSTATUS_WRITABLE) | (value & MSTATUS_WRITABLE);
+    if (new & MSTATUS_MPP) >> 11 == 2 {
+        new = (new & !MSTATUS_MPP) | (old & MSTATUS_MPP);
+    }
+    new & !MSTATUS_SD
+}
+
+/// `satp` after a write of `value`, or `None` when the write has no effect at all (WARL:
+/// a write selecting an unsupported mode is ignored). ASIDs are not implemented
+/// (ASIDLEN = 0), so the ASID field reads as zero.
+pub fn legal_satp(value: u64) -> Option<u64> {
+    let mode = value >> 60;
+    matches!(mode, SATP_MODE_BARE | SATP_MODE_SV39 | SATP_MODE_SV48)
+        .then_some((mode << 60) | (value & SATP_PPN))
+}
+
+/// `xtvec` WARL: modes 0 (direct) and 1 (vectored) only; base 4-byte aligned.
+pub fn legal_tvec(value: u64) -> u64 {
+    value & !2
+}
+
+/// `xepc` WARL: bit 0 is always zero (IALIGN = 16).
+pub fn legal_epc(value: u64) -> u64 {
+    value & !1
+}
+
 /// `misa`: RV64 with A, C, D, F, I, M, S and U.
 pub const MISA: u64 = (2 << 62)
     | (1 << 0)
@@ -109,37 +147,67 @@ pub const PMP_ENTRIES: usize = 16;
 
 /// CSR numbers.
 pub mod num {
-    #![allow(missing_docs)]
+    /// `fflags`
     pub const FFLAGS: u16 = 0x001;
+    /// `frm`
     pub const FRM: u16 = 0x002;
+    /// `fcsr`
     pub const FCSR: u16 = 0x003;
+    /// `cycle`
     pub const CYCLE: u16 = 0xc00;
+    /// `time`
     pub const TIME: u16 = 0xc01;
+    /// `instret`
     pub const INSTRET: u16 = 0xc02;
+    /// `hpmcounter3`
     pub const HPMCOUNTER3: u16 = 0xc03;
+    /// `hpmcounter31`
     pub const HPMCOUNTER31: u16 = 0xc1f;
+    /// `sstatus`
     pub const SSTATUS: u16 = 0x100;
+    /// `sie`
     pub const SIE: u16 = 0x104;
+    /// `stvec`
     pub const STVEC: u16 = 0x105;
+    /// `scounteren`
     pub const SCOUNTEREN: u16 = 0x106;
+    /// `sscratch`
     pub const SSCRATCH: u16 = 0x140;
+    /// `sepc`
     pub const SEPC: u16 = 0x141;
+    /// `scause`
     pub const SCAUSE: u16 = 0x142;
+    /// `stval`
     pub const STVAL: u16 = 0x143;
+    /// `sip`
     pub const SIP: u16 = 0x144;
+    /// `satp`
     pub const SATP: u16 = 0x180;
+    /// `mvendorid`
     pub const MVENDORID: u16 = 0xf11;
+    /// `marchid`
     pub const MARCHID: u16 = 0xf12;
+    /// `mimpid`
     pub const MIMPID: u16 = 0xf13;
+    /// `mhartid`
     pub const MHARTID: u16 = 0xf14;
+    /// `mconfigptr`
     pub const MCONFIGPTR: u16 = 0xf15;
+    /// `mstatus`
     pub const MSTATUS: u16 = 0x300;
+    /// `misa`
     pub const MISA: u16 = 0x301;
+    /// `medeleg`
     pub const MEDELEG: u16 = 0x302;
+    /// `mideleg`
     pub const MIDELEG: u16 = 0x303;
+    /// `mie`
     pub const MIE: u16 = 0x304;
+    /// `mtvec`
     pub const MTVEC: u16 = 0x305;
+    /// `mcounteren`
     pub const MCOUNTEREN: u16 = 0x306;
+    /// `mcountinhibit`
     pub const MCOUNTINHIBIT: u16 = 0x320;
     /// Trigger select (Sdtrig); no triggers exist.
     pub const TSELECT: u16 = 0x7a0;
@@ -149,20 +217,35 @@ pub mod num {
     pub const TDATA2: u16 = 0x7a2;
     /// Trigger data 3.
     pub const TDATA3: u16 = 0x7a3;
+    /// `mhpmevent3`
     pub const MHPMEVENT3: u16 = 0x323;
+    /// `mhpmevent31`
     pub const MHPMEVENT31: u16 = 0x33f;
+    /// `mscratch`
     pub const MSCRATCH: u16 = 0x340;
+    /// `mepc`
     pub const MEPC: u16 = 0x341;
+    /// `mcause`
     pub const MCAUSE: u16 = 0x342;
+    /// `mtval`
     pub const MTVAL: u16 = 0x343;
+    /// `mip`
     pub const MIP: u16 = 0x344;
+    /// `pmpcfg0`
     pub const PMPCFG0: u16 = 0x3a0;
+    /// `pmpcfg15`
     pub const PMPCFG15: u16 = 0x3af;
+    /// `pmpaddr0`
     pub const PMPADDR0: u16 = 0x3b0;
+    /// `pmpaddr63`
     pub const PMPADDR63: u16 = 0x3ef;
+    /// `mcycle`
     pub const MCYCLE: u16 = 0xb00;
+    /// `minstret`
     pub const MINSTRET: u16 = 0xb02;
+    /// `mhpmcounter3`
     pub const MHPMCOUNTER3: u16 = 0xb03;
+    /// `mhpmcounter31`
     pub const MHPMCOUNTER31: u16 = 0xb1f;
 }
 
@@ -281,7 +364,35 @@ impl Csrs {
         self.pmpaddr.iter().for_each(|&v| put_u64(out, v));
     }
 
-    /// Restores what [`Csrs::save_state`] wrote.
+    /// Makes every field a value software could have written: each goes through the
+    /// legalisation of a write by M-mode software over its reset value (the rules
+    /// [`super::Hart::write_csr`] applies). A legal state is left unchanged.
+    pub fn legalize(&mut self) {
+        let reset = Csrs::new();
+        self.mstatus = legal_mstatus(reset.mstatus, self.mstatus);
+        self.medeleg &= MEDELEG_WRITABLE;
+        self.mideleg &= MIDELEG_WRITABLE;
+        self.mie &= MIE_WRITABLE;
+        self.mip &= MIP_WRITABLE;
+        self.mtvec = legal_tvec(self.mtvec);
+        self.stvec = legal_tvec(self.stvec);
+        self.mcounteren &= COUNTEREN_WRITABLE;
+        self.scounteren &= COUNTEREN_WRITABLE;
+        self.mepc = legal_epc(self.mepc);
+        self.sepc = legal_epc(self.sepc);
+        self.satp = legal_satp(self.satp).unwrap_or(reset.satp);
+        self.frm &= 7;
+        self.fflags &= 0x1f;
+        for v in self.pmpcfg.iter_mut() {
+            *v &= PMPCFG_WRITABLE;
+        }
+        for v in self.pmpaddr.iter_mut() {
+            *v &= PMPADDR_WRITABLE;
+        }
+    }
+
+    /// Restores what [`Csrs::save_state`] wrote, legalised ([`Csrs::legalize`]): saved
+    /// state may come from anyone.
     pub fn load_state(&mut self, r: &mut Reader<'_>) -> Result<(), StateError> {
         for v in [
             &mut self.mstatus,
@@ -313,6 +424,7 @@ impl Csrs {
         for v in self.pmpaddr.iter_mut() {
             *v = r.u64()?;
         }
+        self.legalize();
         Ok(())
     }
 }

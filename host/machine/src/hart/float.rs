@@ -10,70 +10,131 @@ use crate::bus::Bus;
 use crate::softfloat::{self as sf, Flags, RoundingMode};
 
 /// F and D operations (`S` = binary32, `D` = binary64).
-#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum F {
+    /// `flw`
     Flw,
+    /// `fld`
     Fld,
+    /// `fsw`
     Fsw,
+    /// `fsd`
     Fsd,
+    /// `fmadd.s`
     MaddS,
+    /// `fmsub.s`
     MsubS,
+    /// `fnmsub.s`
     NmsubS,
+    /// `fnmadd.s`
     NmaddS,
+    /// `fadd.s`
     AddS,
+    /// `fsub.s`
     SubS,
+    /// `fmul.s`
     MulS,
+    /// `fdiv.s`
     DivS,
+    /// `fsqrt.s`
     SqrtS,
+    /// `fsgnj.s`
     SgnjS,
+    /// `fsgnjn.s`
     SgnjnS,
+    /// `fsgnjx.s`
     SgnjxS,
+    /// `fmin.s`
     MinS,
+    /// `fmax.s`
     MaxS,
+    /// `fcvt.w.s`
     CvtWS,
+    /// `fcvt.wu.s`
     CvtWuS,
+    /// `fcvt.l.s`
     CvtLS,
+    /// `fcvt.lu.s`
     CvtLuS,
+    /// `fmv.x.w`
     MvXW,
+    /// `feq.s`
     EqS,
+    /// `flt.s`
     LtS,
+    /// `fle.s`
     LeS,
+    /// `fclass.s`
     ClassS,
+    /// `fcvt.s.w`
     CvtSW,
+    /// `fcvt.s.wu`
     CvtSWu,
+    /// `fcvt.s.l`
     CvtSL,
+    /// `fcvt.s.lu`
     CvtSLu,
+    /// `fmv.w.x`
     MvWX,
+    /// `fmadd.d`
     MaddD,
+    /// `fmsub.d`
     MsubD,
+    /// `fnmsub.d`
     NmsubD,
+    /// `fnmadd.d`
     NmaddD,
+    /// `fadd.d`
     AddD,
+    /// `fsub.d`
     SubD,
+    /// `fmul.d`
     MulD,
+    /// `fdiv.d`
     DivD,
+    /// `fsqrt.d`
     SqrtD,
+    /// `fsgnj.d`
     SgnjD,
+    /// `fsgnjn.d`
     SgnjnD,
+    /// `fsgnjx.d`
     SgnjxD,
+    /// `fmin.d`
     MinD,
+    /// `fmax.d`
     MaxD,
+    /// `fcvt.s.d`
     CvtSD,
+    /// `fcvt.d.s`
     CvtDS,
+    /// `feq.d`
     EqD,
+    /// `flt.d`
     LtD,
+    /// `fle.d`
     LeD,
+    /// `fclass.d`
     ClassD,
+    /// `fcvt.w.d`
     CvtWD,
+    /// `fcvt.wu.d`
     CvtWuD,
+    /// `fcvt.l.d`
     CvtLD,
+    /// `fcvt.lu.d`
     CvtLuD,
+    /// `fmv.x.d`
     MvXD,
+    /// `fcvt.d.w`
     CvtDW,
+    /// `fcvt.d.wu`
     CvtDWu,
+    /// `fcvt.d.l`
     CvtDL,
+    /// `fcvt.d.lu`
     CvtDLu,
+    /// `fmv.d.x`
     MvDX,
 }
 

@@ -4,21 +4,33 @@
 use super::{Hart, Insn, Op};
 
 /// M operations.
-#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum M {
+    /// `mul`
     Mul,
+    /// `mulh`
     Mulh,
+    /// `mulhsu`
     Mulhsu,
+    /// `mulhu`
     Mulhu,
+    /// `div`
     Div,
+    /// `divu`
     Divu,
+    /// `rem`
     Rem,
+    /// `remu`
     Remu,
+    /// `mulw`
     Mulw,
+    /// `divw`
     Divw,
+    /// `divuw`
     Divuw,
+    /// `remw`
     Remw,
+    /// `remuw`
     Remuw,
 }
 

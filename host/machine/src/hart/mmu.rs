@@ -9,8 +9,8 @@
 //! D bit is set, so a hit never needs a page-table update.
 
 use super::csr::*;
-use super::{cause, Exception, Hart, Insn, PRV_M, PRV_S, PRV_U};
-use crate::bus::{Bus, REGION_MMIO, REGION_RAM};
+use super::{cause, Exception, Hart, Insn, Privilege};
+use crate::bus::{Bus, RegionId};
 
 /// Entries per TLB array (the JIT's inline lookup masks with it too).
 pub(super) const TLB_SIZE: usize = 4096;
@@ -48,21 +48,67 @@ impl Access {
 }
 
 /// A cached translation of one virtual page. `repr(C)` because translated code reads
-/// it: `tag` at 0, `page` at 8, `region` at 16 (see [`super::jit`]).
+/// it: `tag` at 0, `page` at 8, `region` at 16 as a `u32` (the raw [`RegionId`], 0 for
+/// `None`); see [`super::jit`] and the layout assertions below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub(super) struct TlbEntry {
     /// `vpn | ctx`; 0 never matches (every context has bit 63 set).
     pub(super) tag: u64,
-    /// Offset of the physical page inside its region (the physical page for MMIO).
+    /// With a `region`: the offset of the physical page inside that region. Without: the
+    /// physical address of the page (a device or the DTB ROM). [`TlbEntry::target`] reads
+    /// the two cases apart.
     pub(super) page: u64,
-    /// Memory region of the physical page ([`REGION_MMIO`] for devices).
-    pub(super) region: u32,
+    /// The memory region of the physical page; `None` when it is not memory.
+    pub(super) region: Option<RegionId>,
 }
+
+/// Where a TLB entry leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PageTarget {
+    /// A page of memory: its region and the page's offset in it.
+    Memory(RegionId, u64),
+    /// Not memory (devices, the DTB ROM): the physical address of the page.
+    Device(u64),
+}
+
+impl TlbEntry {
+    /// An entry tagged `tag` leading to `target`.
+    fn new(tag: u64, target: PageTarget) -> Self {
+        match target {
+            PageTarget::Memory(region, offset) => Self {
+                tag,
+                page: offset,
+                region: Some(region),
+            },
+            PageTarget::Device(pa) => Self {
+                tag,
+                page: pa,
+                region: None,
+            },
+        }
+    }
+
+    /// Where this entry leads.
+    fn target(&self) -> PageTarget {
+        match self.region {
+            Some(region) => PageTarget::Memory(region, self.page),
+            None => PageTarget::Device(self.page),
+        }
+    }
+}
+
+// The layout translated code relies on (`jit::compile` reads these offsets).
+const _: () = {
+    assert!(std::mem::offset_of!(TlbEntry, tag) == 0);
+    assert!(std::mem::offset_of!(TlbEntry, page) == 8);
+    assert!(std::mem::offset_of!(TlbEntry, region) == 16);
+    assert!(std::mem::size_of::<Option<RegionId>>() == 4);
+};
 
 const EMPTY: TlbEntry = TlbEntry {
     tag: 0,
-    region: REGION_MMIO,
+    region: None,
     page: 0,
 };
 
@@ -150,17 +196,17 @@ impl Mmu {
     }
 
     /// Recomputes the contexts after a change of privilege, `mstatus` or `satp`.
-    pub(super) fn update_ctx(&mut self, prv: u8, mstatus: u64, satp: u64) {
+    pub(super) fn update_ctx(&mut self, prv: Privilege, mstatus: u64, satp: u64) {
         let bare = satp >> 60 == SATP_MODE_BARE;
-        let data_prv = if mstatus & MSTATUS_MPRV != 0 && prv == PRV_M {
-            ((mstatus & MSTATUS_MPP) >> 11) as u8
+        let data_prv = if mstatus & MSTATUS_MPRV != 0 && prv == Privilege::Machine {
+            Privilege::from_mpp(mstatus)
         } else {
             prv
         };
-        let ctx = |p: u8, sum: bool, mxr: bool| {
-            let translated = !bare && p != PRV_M;
+        let ctx = |p: Privilege, sum: bool, mxr: bool| {
+            let translated = !bare && p != Privilege::Machine;
             (1u64 << 63)
-                | ((p as u64) << 56)
+                | ((p.as_u8() as u64) << 56)
                 | ((translated as u64) << 58)
                 | ((sum as u64) << 59)
                 | ((mxr as u64) << 60)
@@ -190,13 +236,13 @@ impl Hart {
         let mstatus = self.csr.mstatus;
         let prv = match access {
             Access::Fetch => self.prv,
-            _ if mstatus & MSTATUS_MPRV != 0 && self.prv == PRV_M => {
-                ((mstatus & MSTATUS_MPP) >> 11) as u8
+            _ if mstatus & MSTATUS_MPRV != 0 && self.prv == Privilege::Machine => {
+                Privilege::from_mpp(mstatus)
             }
             _ => self.prv,
         };
         let mode = self.csr.satp >> 60;
-        if prv == PRV_M || mode == SATP_MODE_BARE {
+        if prv == Privilege::Machine || mode == SATP_MODE_BARE {
             return Ok(va);
         }
         let levels: u32 = if mode == SATP_MODE_SV39 { 3 } else { 4 };
@@ -239,9 +285,11 @@ impl Hart {
                 Access::Store => w,
             };
             let user_ok = match prv {
-                PRV_U => u,
-                PRV_S => !u || (access != Access::Fetch && mstatus & MSTATUS_SUM != 0),
-                _ => true,
+                Privilege::User => u,
+                Privilege::Supervisor => {
+                    !u || (access != Access::Fetch && mstatus & MSTATUS_SUM != 0)
+                }
+                Privilege::Machine => true,
             };
             let page_mask = (1u64 << (9 * level)) - 1;
             if !allowed || !user_ok || ppn & page_mask != 0 {
@@ -252,7 +300,7 @@ impl Hart {
             if !a || need_d {
                 let new = pte | 64 | if need_d { 128 } else { 0 };
                 bus.region_mut(region).write_sized(off, 8, new);
-                if region == REGION_RAM {
+                if region == RegionId::RAM {
                     self.dcache.invalidate(off, 8);
                 }
             }
@@ -270,18 +318,11 @@ impl Hart {
             Access::Fetch => self.mmu.fetch_ctx,
             _ => self.mmu.data_ctx,
         };
-        let entry = match bus.find_memory(pa & !0xfff) {
-            Some((region, off)) => TlbEntry {
-                tag: vpn(va) | ctx,
-                region,
-                page: off,
-            },
-            None => TlbEntry {
-                tag: vpn(va) | ctx,
-                region: REGION_MMIO,
-                page: pa & !0xfff,
-            },
+        let target = match bus.find_memory(pa & !0xfff) {
+            Some((region, off)) => PageTarget::Memory(region, off),
+            None => PageTarget::Device(pa & !0xfff),
         };
+        let entry = TlbEntry::new(vpn(va) | ctx, target);
         self.mmu.table_mut(access)[tlb_index(va)] = entry;
         self.mmu.note_filled(access, tlb_index(va));
         Ok(entry)
@@ -309,7 +350,7 @@ impl Hart {
             return self.load_misaligned(bus, va, size);
         }
         let e = self.mmu.load[tlb_index(va)];
-        if e.tag == vpn(va) | self.mmu.data_ctx && e.region == REGION_RAM {
+        if e.tag == vpn(va) | self.mmu.data_ctx && e.region == Some(RegionId::RAM) {
             return Ok(bus.ram.read_sized(e.page + (va & 0xfff), size));
         }
         self.load_slow(bus, va, size)
@@ -317,13 +358,15 @@ impl Hart {
 
     #[inline(never)]
     fn load_slow(&mut self, bus: &mut Bus, va: u64, size: u32) -> Result<u64, Exception> {
-        let e = self.lookup(bus, va, Access::Load)?;
-        let off = e.page + (va & 0xfff);
-        if e.region != REGION_MMIO {
-            return Ok(bus.region(e.region).read_sized(off, size));
+        let in_page = va & 0xfff;
+        match self.lookup(bus, va, Access::Load)?.target() {
+            PageTarget::Memory(region, page) => {
+                Ok(bus.region(region).read_sized(page + in_page, size))
+            }
+            PageTarget::Device(page) => bus
+                .read_mmio(page + in_page, size, self.mcycle)
+                .ok_or(Access::Load.access_fault(va)),
         }
-        let value = bus.read_mmio(off, size, self.mcycle);
-        value.ok_or(Access::Load.access_fault(va))
     }
 
     /// Misaligned loads are emulated byte by byte (all bytes checked before any is read).
@@ -371,7 +414,7 @@ impl Hart {
             return self.store_misaligned(bus, va, size, value);
         }
         let e = self.mmu.store[tlb_index(va)];
-        if e.tag == vpn(va) | self.mmu.data_ctx && e.region == REGION_RAM {
+        if e.tag == vpn(va) | self.mmu.data_ctx && e.region == Some(RegionId::RAM) {
             let off = e.page + (va & 0xfff);
             bus.ram.write_sized(off, size, value);
             self.dcache.invalidate(off, size);
@@ -388,19 +431,24 @@ impl Hart {
         size: u32,
         value: u64,
     ) -> Result<(), Exception> {
-        let e = self.lookup(bus, va, Access::Store)?;
-        let off = e.page + (va & 0xfff);
-        if e.region != REGION_MMIO {
-            bus.region_mut(e.region).write_sized(off, size, value);
-            if e.region == REGION_RAM {
-                self.dcache.invalidate(off, size);
+        let in_page = va & 0xfff;
+        match self.lookup(bus, va, Access::Store)?.target() {
+            PageTarget::Memory(region, page) => {
+                let off = page + in_page;
+                bus.region_mut(region).write_sized(off, size, value);
+                if region == RegionId::RAM {
+                    self.dcache.invalidate(off, size);
+                }
+                Ok(())
             }
-            return Ok(());
+            PageTarget::Device(page) => {
+                // A device may have raised or lowered an interrupt line, or halted the
+                // machine.
+                self.request_stop();
+                bus.write_mmio(page + in_page, size, value, self.mcycle)
+                    .ok_or(Access::Store.access_fault(va))
+            }
         }
-        // A device may have raised or lowered an interrupt line, or halted the machine.
-        self.request_stop();
-        bus.write_mmio(off, size, value)
-            .ok_or(Access::Store.access_fault(va))
     }
 
     #[inline(never)]
@@ -420,11 +468,10 @@ impl Hart {
 
     /// Translates `va` for a store without storing (AMOs check write permission first).
     pub(super) fn translate_store(&mut self, bus: &mut Bus, va: u64) -> Result<u64, Exception> {
-        let e = self.lookup(bus, va, Access::Store)?;
-        Ok(if e.region == REGION_MMIO {
-            e.page + (va & 0xfff)
-        } else {
-            bus.region(e.region).start + e.page + (va & 0xfff)
+        let in_page = va & 0xfff;
+        Ok(match self.lookup(bus, va, Access::Store)?.target() {
+            PageTarget::Memory(region, page) => bus.region(region).start + page + in_page,
+            PageTarget::Device(page) => page + in_page,
         })
     }
 
@@ -464,7 +511,7 @@ impl Hart {
     pub(super) fn refill_fetch_page(&mut self) -> bool {
         let pc = self.pc;
         let e = self.mmu.fetch[tlb_index(pc)];
-        if e.tag != vpn(pc) | self.mmu.fetch_ctx || e.region != REGION_RAM {
+        if e.tag != vpn(pc) | self.mmu.fetch_ctx || e.region != Some(RegionId::RAM) {
             return false;
         }
         self.point_fetch_at(e);
@@ -484,14 +531,18 @@ impl Hart {
     fn fetch_slow(&mut self, bus: &mut Bus) -> Result<Insn, Exception> {
         let pc = self.pc;
         let e = self.lookup(bus, pc, Access::Fetch)?;
-        if e.region != REGION_RAM {
-            // Flash or a device: decode every time (nothing here runs code from there).
-            self.mmu.fetch_tag = 0;
-            if e.region == REGION_MMIO {
+        match e.target() {
+            PageTarget::Memory(RegionId::RAM, _) => {}
+            PageTarget::Memory(region, page) => {
+                // Flash: decode every time (nothing here runs code from there).
+                self.mmu.fetch_tag = 0;
+                let lo = bus.region(region).read_sized(page + (pc & 0xfff), 2) as u32;
+                return self.finish_fetch(bus, pc, lo);
+            }
+            PageTarget::Device(_) => {
+                self.mmu.fetch_tag = 0;
                 return Err(Access::Fetch.access_fault(pc));
             }
-            let lo = bus.region(e.region).read_sized(e.page + (pc & 0xfff), 2) as u32;
-            return self.finish_fetch(bus, pc, lo);
         }
         let page = self.point_fetch_at(e);
         let cached = self.dcache.get(page, pc);
@@ -520,11 +571,11 @@ impl Hart {
             return Ok(super::decode(lo));
         }
         let hi_va = pc.wrapping_add(2);
-        let e = self.lookup(bus, hi_va, Access::Fetch)?;
-        if e.region == REGION_MMIO {
+        let PageTarget::Memory(region, page) = self.lookup(bus, hi_va, Access::Fetch)?.target()
+        else {
             return Err(Access::Fetch.access_fault(hi_va));
-        }
-        let hi = bus.region(e.region).read_sized(e.page + (hi_va & 0xfff), 2) as u32;
+        };
+        let hi = bus.region(region).read_sized(page + (hi_va & 0xfff), 2) as u32;
         Ok(super::decode(lo | (hi << 16)))
     }
 }
@@ -537,7 +588,7 @@ mod tests {
         TlbEntry {
             tag,
             page: 0,
-            region: REGION_RAM,
+            region: Some(RegionId::RAM),
         }
     }
 

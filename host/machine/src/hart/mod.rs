@@ -24,12 +24,56 @@ use crate::bus::Bus;
 use crate::state::{put_u64, put_u8, Reader, StateError};
 use csr::*;
 
-/// Privilege levels (the encoding of `mstatus.MPP`).
-pub const PRV_U: u8 = 0;
-/// Supervisor.
-pub const PRV_S: u8 = 1;
-/// Machine.
-pub const PRV_M: u8 = 3;
+/// A privilege level. The discriminants are the architectural encoding (that of
+/// `mstatus.MPP`, the `ecall` cause offset and the snapshot's state byte), and the derived
+/// order is the privilege order (`User < Supervisor < Machine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Privilege {
+    /// User mode (encoding 0).
+    User = 0,
+    /// Supervisor mode (encoding 1).
+    Supervisor = 1,
+    /// Machine mode (encoding 3; 2 is reserved).
+    Machine = 3,
+}
+
+impl Privilege {
+    /// The two-bit architectural encoding.
+    #[inline(always)]
+    pub const fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// The level encoded as `bits`; `None` for the reserved encoding 2 and anything wider
+    /// than two bits.
+    pub const fn from_bits(bits: u8) -> Option<Self> {
+        match bits {
+            0 => Some(Self::User),
+            1 => Some(Self::Supervisor),
+            3 => Some(Self::Machine),
+            _ => None,
+        }
+    }
+
+    /// The level in `mstatus.MPP`. The field is WARL and every write legalises it (the
+    /// reserved 2 is never stored), so the fallback to User is never taken on a legal
+    /// `mstatus`.
+    #[inline]
+    pub fn from_mpp(mstatus: u64) -> Self {
+        Self::from_bits(((mstatus & MSTATUS_MPP) >> 11) as u8).unwrap_or(Self::User)
+    }
+
+    /// The level in `mstatus.SPP` (User or Supervisor).
+    #[inline]
+    pub fn from_spp(mstatus: u64) -> Self {
+        if mstatus & MSTATUS_SPP != 0 {
+            Self::Supervisor
+        } else {
+            Self::User
+        }
+    }
+}
 
 /// Exception causes (`mcause` with the interrupt bit clear).
 pub mod cause {
@@ -283,7 +327,7 @@ pub struct Hart {
     /// Program counter.
     pub pc: u64,
     /// Current privilege level.
-    pub prv: u8,
+    pub prv: Privilege,
     /// The CSRs.
     pub csr: Csrs,
     /// Cycle counter: one per retired instruction or trap (and jumps over idle WFI).
@@ -315,7 +359,7 @@ impl Hart {
             x: [0; 32],
             f: [0; 32],
             pc: crate::board::RAM_BASE,
-            prv: PRV_M,
+            prv: Privilege::Machine,
             csr: Csrs::new(),
             mcycle: 0,
             non_retired: 0,
@@ -338,7 +382,7 @@ impl Hart {
     pub fn run(&mut self, bus: &mut Bus, limit: u64) -> Stop {
         self.limit = limit;
         loop {
-            if bus.htif.halt.is_some() {
+            if bus.devices.htif.halt.is_some() {
                 return Stop::Halted;
             }
             if self.mcycle >= limit {
@@ -351,8 +395,8 @@ impl Hart {
                 continue;
             }
             // Run until the timer could fire (if nothing else unmasks an interrupt first).
-            let timer = if self.csr.mie & MIP_MTIP != 0 && !bus.clint.mtip(self.mcycle) {
-                bus.clint.timer_deadline()
+            let timer = if self.csr.mie & MIP_MTIP != 0 && !bus.devices.clint.mtip(self.mcycle) {
+                bus.devices.clint.timer_deadline()
             } else {
                 u64::MAX
             };
@@ -413,10 +457,10 @@ impl Hart {
     pub fn mip(&self, bus: &Bus) -> u64 {
         let (meip, seip) = bus.external_interrupts();
         let mut mip = self.csr.mip;
-        if bus.clint.msip {
+        if bus.devices.clint.msip {
             mip |= MIP_MSIP;
         }
-        if bus.clint.mtip(self.mcycle) {
+        if bus.devices.clint.mtip(self.mcycle) {
             mip |= MIP_MTIP;
         }
         if meip {
@@ -434,9 +478,9 @@ impl Hart {
         if pending == 0 {
             return None;
         }
-        let m_enabled = self.prv < PRV_M || self.csr.mstatus & MSTATUS_MIE != 0;
-        let s_enabled =
-            self.prv < PRV_S || (self.prv == PRV_S && self.csr.mstatus & MSTATUS_SIE != 0);
+        let m_enabled = self.prv < Privilege::Machine || self.csr.mstatus & MSTATUS_MIE != 0;
+        let s_enabled = self.prv < Privilege::Supervisor
+            || (self.prv == Privilege::Supervisor && self.csr.mstatus & MSTATUS_SIE != 0);
         let mut take = 0;
         if m_enabled {
             take |= pending & !self.csr.mideleg;
@@ -469,16 +513,16 @@ impl Hart {
         };
         let xcause = cause | ((interrupt as u64) << 63);
         let st = self.csr.mstatus;
-        if self.prv <= PRV_S && deleg >> cause & 1 != 0 {
+        if self.prv <= Privilege::Supervisor && deleg >> cause & 1 != 0 {
             self.csr.scause = xcause;
             self.csr.sepc = self.pc;
             self.csr.stval = tval;
             let spie = (st & MSTATUS_SIE != 0) as u64;
             self.csr.mstatus = (st & !(MSTATUS_SPIE | MSTATUS_SIE | MSTATUS_SPP))
                 | (spie << 5)
-                | ((self.prv as u64) << 8);
+                | ((self.prv.as_u8() as u64) << 8);
             self.pc = vector(self.csr.stvec);
-            self.prv = PRV_S;
+            self.prv = Privilege::Supervisor;
         } else {
             self.csr.mcause = xcause;
             self.csr.mepc = self.pc;
@@ -486,9 +530,9 @@ impl Hart {
             let mpie = (st & MSTATUS_MIE != 0) as u64;
             self.csr.mstatus = (st & !(MSTATUS_MPIE | MSTATUS_MIE | MSTATUS_MPP))
                 | (mpie << 7)
-                | ((self.prv as u64) << 11);
+                | ((self.prv.as_u8() as u64) << 11);
             self.pc = vector(self.csr.mtvec);
-            self.prv = PRV_M;
+            self.prv = Privilege::Machine;
         }
         self.reservation = None;
         self.mmu
@@ -532,7 +576,7 @@ impl Hart {
         self.x.iter().for_each(|&v| put_u64(out, v));
         self.f.iter().for_each(|&v| put_u64(out, v));
         put_u64(out, self.pc);
-        put_u8(out, self.prv);
+        put_u8(out, self.prv.as_u8());
         put_u64(out, self.mcycle);
         put_u64(out, self.non_retired);
         put_u8(out, self.reservation.is_some() as u8);
@@ -540,7 +584,8 @@ impl Hart {
         self.csr.save_state(out);
     }
 
-    /// Restores what [`Hart::save_state`] wrote, and drops every cache.
+    /// Restores what [`Hart::save_state`] wrote, legalised as software could have left it
+    /// (pc even, CSRs through [`Csrs::legalize`]), and drops every cache.
     pub fn load_state(&mut self, r: &mut Reader<'_>) -> Result<(), StateError> {
         for v in self.x.iter_mut() {
             *v = r.u64()?;
@@ -549,11 +594,9 @@ impl Hart {
             *v = r.u64()?;
         }
         self.x[0] = 0;
-        self.pc = r.u64()?;
-        self.prv = r.u8()?;
-        if ![PRV_U, PRV_S, PRV_M].contains(&self.prv) {
-            return Err(StateError::Invalid("privilege level"));
-        }
+        // Instructions are 2-byte aligned (IALIGN = 16): no jump can make pc odd.
+        self.pc = r.u64()? & !1;
+        self.prv = Privilege::from_bits(r.u8()?).ok_or(StateError::Invalid("privilege level"))?;
         self.mcycle = r.u64()?;
         self.non_retired = r.u64()?;
         let has_res = r.bool("reservation flag")?;

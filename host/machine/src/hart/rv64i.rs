@@ -4,58 +4,107 @@ use super::{Exception, Hart, Insn, Op};
 use crate::bus::Bus;
 
 /// RV64I operations.
-#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum I {
+    /// `lui`
     Lui,
+    /// `auipc`
     Auipc,
+    /// `jal`
     Jal,
+    /// `jalr`
     Jalr,
+    /// `beq`
     Beq,
+    /// `bne`
     Bne,
+    /// `blt`
     Blt,
+    /// `bge`
     Bge,
+    /// `bltu`
     Bltu,
+    /// `bgeu`
     Bgeu,
+    /// `lb`
     Lb,
+    /// `lh`
     Lh,
+    /// `lw`
     Lw,
+    /// `ld`
     Ld,
+    /// `lbu`
     Lbu,
+    /// `lhu`
     Lhu,
+    /// `lwu`
     Lwu,
+    /// `sb`
     Sb,
+    /// `sh`
     Sh,
+    /// `sw`
     Sw,
+    /// `sd`
     Sd,
+    /// `addi`
     Addi,
+    /// `slti`
     Slti,
+    /// `sltiu`
     Sltiu,
+    /// `xori`
     Xori,
+    /// `ori`
     Ori,
+    /// `andi`
     Andi,
+    /// `slli`
     Slli,
+    /// `srli`
     Srli,
+    /// `srai`
     Srai,
+    /// `add`
     Add,
+    /// `sub`
     Sub,
+    /// `sll`
     Sll,
+    /// `slt`
     Slt,
+    /// `sltu`
     Sltu,
+    /// `xor`
     Xor,
+    /// `srl`
     Srl,
+    /// `sra`
     Sra,
+    /// `or`
     Or,
+    /// `and`
     And,
+    /// `addiw`
     Addiw,
+    /// `slliw`
     Slliw,
+    /// `srliw`
     Srliw,
+    /// `sraiw`
     Sraiw,
+    /// `addw`
     Addw,
+    /// `subw`
     Subw,
+    /// `sllw`
     Sllw,
+    /// `srlw`
     Srlw,
+    /// `sraw`
     Sraw,
+    /// `fence`
     Fence,
 }
 

@@ -2,19 +2,25 @@
 //! and FENCE.I (Zifencei). Privileged spec, chapter 3.3 and 4.2.
 
 use super::csr::*;
-use super::{cause, Exception, Hart, Insn, Op, PRV_M, PRV_S, PRV_U};
+use super::{cause, Exception, Hart, Insn, Op, Privilege};
 use crate::bus::Bus;
 
 /// System operations.
-#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sys {
+    /// `ecall`
     Ecall,
+    /// `ebreak`
     Ebreak,
+    /// `mret`
     Mret,
+    /// `sret`
     Sret,
+    /// `wfi`
     Wfi,
+    /// `sfence.vma`
     SfenceVma,
+    /// `fence.i`
     FenceI,
 }
 
@@ -49,7 +55,7 @@ impl Hart {
         let illegal = Err(Exception::illegal(d.raw));
         match op {
             Sys::Ecall => Err(Exception {
-                cause: cause::ECALL_U + self.prv as u64,
+                cause: cause::ECALL_U + self.prv.as_u8() as u64,
                 tval: 0,
             }),
             Sys::Ebreak => Err(Exception {
@@ -57,13 +63,13 @@ impl Hart {
                 tval: self.pc,
             }),
             Sys::Mret => {
-                if self.prv != PRV_M {
+                if self.prv != Privilege::Machine {
                     return illegal;
                 }
-                let mpp = ((st & MSTATUS_MPP) >> 11) as u8;
+                let mpp = Privilege::from_mpp(st);
                 let mpie = (st & MSTATUS_MPIE != 0) as u64;
                 let mut new = (st & !(MSTATUS_MIE | MSTATUS_MPP)) | (mpie << 3) | MSTATUS_MPIE;
-                if mpp != PRV_M {
+                if mpp != Privilege::Machine {
                     new &= !MSTATUS_MPRV;
                 }
                 self.csr.mstatus = new;
@@ -73,10 +79,12 @@ impl Hart {
                 Ok(self.csr.mepc)
             }
             Sys::Sret => {
-                if self.prv == PRV_U || (self.prv == PRV_S && st & MSTATUS_TSR != 0) {
+                if self.prv == Privilege::User
+                    || (self.prv == Privilege::Supervisor && st & MSTATUS_TSR != 0)
+                {
                     return illegal;
                 }
-                let spp = ((st & MSTATUS_SPP) >> 8) as u8;
+                let spp = Privilege::from_spp(st);
                 let spie = (st & MSTATUS_SPIE != 0) as u64;
                 let new =
                     (st & !(MSTATUS_SIE | MSTATUS_SPP | MSTATUS_MPRV)) | (spie << 1) | MSTATUS_SPIE;
@@ -87,7 +95,9 @@ impl Hart {
                 Ok(self.csr.sepc)
             }
             Sys::Wfi => {
-                if self.prv == PRV_U || (self.prv == PRV_S && st & MSTATUS_TW != 0) {
+                if self.prv == Privilege::User
+                    || (self.prv == Privilege::Supervisor && st & MSTATUS_TW != 0)
+                {
                     return illegal;
                 }
                 if self.mip(bus) & self.csr.mie != 0 {
@@ -96,7 +106,7 @@ impl Hart {
                 // Nothing can wake the hart before the timer (if enabled): jump there, or
                 // to the end of this run, whichever comes first.
                 let wake = if self.csr.mie & MIP_MTIP != 0 {
-                    bus.clint.timer_deadline()
+                    bus.devices.clint.timer_deadline()
                 } else {
                     u64::MAX
                 };
@@ -120,7 +130,9 @@ impl Hart {
                 }
             }
             Sys::SfenceVma => {
-                if self.prv == PRV_U || (self.prv == PRV_S && st & MSTATUS_TVM != 0) {
+                if self.prv == Privilege::User
+                    || (self.prv == Privilege::Supervisor && st & MSTATUS_TVM != 0)
+                {
                     return illegal;
                 }
                 self.flush_tlb();

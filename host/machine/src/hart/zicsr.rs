@@ -3,19 +3,24 @@
 //! from too low a privilege, or a write to a read-only CSR is an illegal instruction.
 
 use super::csr::{num, *};
-use super::{Exception, Hart, Insn, Op, PRV_M, PRV_S};
+use super::{Exception, Hart, Insn, Op, Privilege};
 use crate::bus::Bus;
 use crate::devices::clint::Clint;
 
 /// CSR operations.
-#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Csr {
+    /// `csrrw`
     Rw,
+    /// `csrrs`
     Rs,
+    /// `csrrc`
     Rc,
+    /// `csrrwi`
     Rwi,
+    /// `csrrsi`
     Rsi,
+    /// `csrrci`
     Rci,
 }
 
@@ -52,7 +57,7 @@ impl Hart {
         // operand register/immediate do not write.
         let writes = matches!(op, Csr::Rw | Csr::Rwi) || d.rs1 != 0;
         let reads = !matches!(op, Csr::Rw | Csr::Rwi) || d.rd != 0;
-        if (csr >> 8) & 3 > self.prv as u16 || (writes && csr >> 10 == 3) {
+        if (csr >> 8) & 3 > self.prv.as_u8() as u16 || (writes && csr >> 10 == 3) {
             return Err(illegal);
         }
         let old = if reads {
@@ -80,9 +85,9 @@ impl Hart {
     fn counter_allowed(&self, index: u16) -> bool {
         let bit = 1u64 << index;
         match self.prv {
-            PRV_M => true,
-            PRV_S => self.csr.mcounteren & bit != 0,
-            _ => self.csr.mcounteren & bit != 0 && self.csr.scounteren & bit != 0,
+            Privilege::Machine => true,
+            Privilege::Supervisor => self.csr.mcounteren & bit != 0,
+            Privilege::User => self.csr.mcounteren & bit != 0 && self.csr.scounteren & bit != 0,
         }
     }
 
@@ -129,7 +134,7 @@ impl Hart {
             num::STVAL => c.stval,
             num::SIP => self.mip(bus) & c.mideleg,
             num::SATP => {
-                if self.prv == PRV_S && c.mstatus & MSTATUS_TVM != 0 {
+                if self.prv == Privilege::Supervisor && c.mstatus & MSTATUS_TVM != 0 {
                     return None;
                 }
                 c.satp
@@ -197,9 +202,9 @@ impl Hart {
                 self.request_stop();
             }
             num::STVEC => c.stvec = legal_tvec(value),
-            num::SCOUNTEREN => c.scounteren = value & 0xffff_ffff,
+            num::SCOUNTEREN => c.scounteren = value & COUNTEREN_WRITABLE,
             num::SSCRATCH => c.sscratch = value,
-            num::SEPC => c.sepc = value & !1,
+            num::SEPC => c.sepc = legal_epc(value),
             num::SCAUSE => c.scause = value,
             num::STVAL => c.stval = value,
             num::SIP => {
@@ -208,25 +213,17 @@ impl Hart {
                 self.request_stop();
             }
             num::SATP => {
-                if self.prv == PRV_S && c.mstatus & MSTATUS_TVM != 0 {
+                if self.prv == Privilege::Supervisor && c.mstatus & MSTATUS_TVM != 0 {
                     return None;
                 }
-                let mode = value >> 60;
-                // WARL: a write selecting an unsupported mode has no effect at all. ASIDs
-                // are not implemented (ASIDLEN = 0), so the ASID field reads as zero.
-                if matches!(mode, SATP_MODE_BARE | SATP_MODE_SV39 | SATP_MODE_SV48) {
-                    c.satp = (mode << 60) | (value & SATP_PPN);
+                if let Some(satp) = legal_satp(value) {
+                    c.satp = satp;
                     self.flush_tlb();
                     self.on_mode_change();
                 }
             }
             num::MSTATUS => {
-                let mut new = (c.mstatus & !MSTATUS_WRITABLE) | (value & MSTATUS_WRITABLE);
-                if (new & MSTATUS_MPP) >> 11 == 2 {
-                    // MPP is WARL: the reserved value 2 keeps the previous mode.
-                    new = (new & !MSTATUS_MPP) | (c.mstatus & MSTATUS_MPP);
-                }
-                c.mstatus = new & !MSTATUS_SD;
+                c.mstatus = legal_mstatus(c.mstatus, value);
                 self.on_mode_change();
             }
             num::MISA => {} // WARL: the extensions are fixed
@@ -240,10 +237,10 @@ impl Hart {
                 self.request_stop();
             }
             num::MTVEC => c.mtvec = legal_tvec(value),
-            num::MCOUNTEREN => c.mcounteren = value & 0xffff_ffff,
+            num::MCOUNTEREN => c.mcounteren = value & COUNTEREN_WRITABLE,
             num::MCOUNTINHIBIT | num::MHPMEVENT3..=num::MHPMEVENT31 => {}
             num::MSCRATCH => c.mscratch = value,
-            num::MEPC => c.mepc = value & !1,
+            num::MEPC => c.mepc = legal_epc(value),
             num::MCAUSE => c.mcause = value,
             num::MTVAL => c.mtval = value,
             num::MIP => {
@@ -257,13 +254,13 @@ impl Hart {
                 }
                 if let Some(slot) = c.pmpcfg.get_mut(i / 2) {
                     // Each byte: the reserved bits 6:5 read as zero.
-                    *slot = value & 0x9f9f_9f9f_9f9f_9f9f;
+                    *slot = value & PMPCFG_WRITABLE;
                 }
             }
             num::PMPADDR0..=num::PMPADDR63 => {
                 let i = (csr - num::PMPADDR0) as usize;
                 if let Some(slot) = c.pmpaddr.get_mut(i) {
-                    *slot = value & ((1 << 54) - 1);
+                    *slot = value & PMPADDR_WRITABLE;
                 }
             }
             // mcycle is the machine's clock (mtime = mcycle / 8192): writes are ignored so
@@ -283,9 +280,4 @@ impl Hart {
         }
         Some(())
     }
-}
-
-/// `xtvec` WARL: modes 0 (direct) and 1 (vectored) only; base 4-byte aligned.
-fn legal_tvec(value: u64) -> u64 {
-    value & !2
 }

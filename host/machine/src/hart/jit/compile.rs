@@ -3,7 +3,7 @@
 use super::exec::ExecMem;
 use super::x86::*;
 use super::{Env, Jit};
-use crate::bus::REGION_RAM;
+use crate::bus::RegionId;
 use crate::hart::m::M;
 use crate::hart::mmu::{Mmu, TLB_SIZE};
 use crate::hart::rv64i::I;
@@ -328,8 +328,12 @@ impl<'a> Block<'a> {
         self.tlb_entry(offset_of!(Env, fetch_tlb), fetch_ctx_at());
         self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, 0));
         self.a.jcc_to(Cond::Ne, self.epilogue);
-        self.a
-            .alu_imm(W::B32, Alu::Cmp, Rm::at(RDX, 16), REGION_RAM as i32);
+        self.a.alu_imm(
+            W::B32,
+            Alu::Cmp,
+            Rm::at(RDX, 16),
+            RegionId::RAM.raw() as i32,
+        );
         self.a.jcc_to(Cond::Ne, self.epilogue);
         // ecx = decode-cache page of the RAM page, if it has one.
         self.a.mov_load(W::B64, RCX, Rm::at(RDX, 8));
@@ -785,8 +789,12 @@ impl<'a> Block<'a> {
         self.tlb_entry(tlb, data_ctx_at());
         self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, 0));
         exits.push(self.a.jcc_fwd(Cond::Ne));
-        self.a
-            .alu_imm(W::B32, Alu::Cmp, Rm::at(RDX, 16), REGION_RAM as i32);
+        self.a.alu_imm(
+            W::B32,
+            Alu::Cmp,
+            Rm::at(RDX, 16),
+            RegionId::RAM.raw() as i32,
+        );
         exits.push(self.a.jcc_fwd(Cond::Ne));
         // rax = RAM offset.
         self.a.alu_imm(W::B32, Alu::And, Rm::Reg(RAX), 0xfff);
