@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod compare;
 pub mod image;
+pub mod machine;
 pub mod mirror;
 pub mod run;
 pub mod vendor;
