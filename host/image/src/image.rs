@@ -175,21 +175,22 @@ pub fn build_image(
     ] {
         progress(Step::Writing(name));
         let path = out_dir.join(name);
-        std::fs::write(&path, bytes).map_err(io(&path))?;
+        let mut file = Staged::create(&path).map_err(io(&path))?;
+        file.writer.write_all(&bytes).map_err(io(&path))?;
+        file.commit().map_err(io(&path))?;
         files.insert(name.to_string(), path);
     }
 
     progress(Step::Writing("rootfs.erofs"));
     let path = out_dir.join("rootfs.erofs");
-    let file = std::fs::File::create(&path).map_err(io(&path))?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let mut file = Staged::create(&path).map_err(io(&path))?;
     let options = ErofsOptions {
         uuid: ROOTFS_UUID,
         volume_name: "cmbuild-root".into(),
         build_time: FIXED_TIME,
     };
-    write_erofs(&root, &options, &mut writer)?;
-    writer.flush().map_err(io(&path))?;
+    write_erofs(&root, &options, &mut file.writer)?;
+    file.commit().map_err(io(&path))?;
     files.insert("rootfs.erofs".to_string(), path);
 
     let mut toolchains = BTreeMap::new();
@@ -199,6 +200,47 @@ pub fn build_image(
         }
     }
     Ok(Built { files, toolchains })
+}
+
+/// An output file being written: a temporary file beside its final name, synced and
+/// renamed into place by [`Staged::commit`] (removed if dropped before), so a killed build
+/// never leaves a truncated image file under the final name.
+struct Staged {
+    writer: BufWriter<std::fs::File>,
+    temp: PathBuf,
+    path: PathBuf,
+}
+
+impl Staged {
+    fn create(path: &Path) -> std::io::Result<Staged> {
+        let mut name = std::ffi::OsString::from(".");
+        name.push(path.file_name().unwrap_or_default());
+        name.push(format!(".tmp-{}", std::process::id()));
+        let temp = path.with_file_name(name);
+        let file = std::fs::File::create(&temp)?;
+        Ok(Staged {
+            writer: BufWriter::with_capacity(1 << 20, file),
+            temp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn commit(mut self) -> std::io::Result<()> {
+        self.writer.flush()?;
+        self.writer.get_ref().sync_all()?;
+        std::fs::rename(&self.temp, &self.path)?;
+        self.temp = PathBuf::new();
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
+        std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.temp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
 }
 
 fn read_package(
@@ -320,5 +362,21 @@ mod tests {
         assert!(matches!(err, ImageError::Mismatch { .. }), "{err}");
         let err = build_image(&lock, |_| Err("gone".into()), dir.path(), |_| {}).unwrap_err();
         assert!(matches!(err, ImageError::Load { .. }), "{err}");
+    }
+
+    #[test]
+    fn image_files_appear_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rootfs.erofs");
+        let mut staged = Staged::create(&path).unwrap();
+        staged.writer.write_all(b"half").unwrap();
+        drop(staged); // a failed build
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut staged = Staged::create(&path).unwrap();
+        staged.writer.write_all(b"whole").unwrap();
+        assert!(!path.exists(), "visible before it is complete");
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -71,6 +71,15 @@ pub enum ImageOpError {
         #[source]
         source: Box<ImageError>,
     },
+    /// The pins file could not be written.
+    #[error("writing {}", .path.display())]
+    WritePins {
+        /// The pins file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: MirrorError,
+    },
     /// The pins file is malformed.
     #[error("reading {}", .path.display())]
     Pins {
@@ -260,8 +269,11 @@ pub fn build(opts: &ImageBuildOptions, progress: &mut dyn FnMut(Step)) -> Result
         for pin in &result {
             merged.insert(pin.key.clone(), pin.cid.clone());
         }
-        std::fs::write(&opts.digests, pins::render(&merged))
-            .map_err(io_err("writing", &opts.digests))?;
+        cmbuild_store::mirror::write_atomically(&opts.digests, pins::render(&merged).as_bytes())
+            .map_err(|source| ImageOpError::WritePins {
+                path: opts.digests.clone(),
+                source,
+            })?;
     }
     Ok(result)
 }
