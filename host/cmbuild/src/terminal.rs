@@ -4,21 +4,23 @@
 //! [`sanitize`] is the one function every such text goes through before it is printed (a
 //! stream of console bytes goes through [`Stream`], which applies it across chunk
 //! boundaries): an escape sequence could otherwise move the cursor, rewrite earlier lines (a
-//! forged `Reproducibility check PASSED`), set the window title or worse. Newlines, tabs and
-//! the carriage return of a `\r\n` line end pass; every other control character (C0, a lone
-//! CR, DEL, C1) is shown escaped as `\x1b`, `\x0d`, `\u{9b}` and so on, so nothing of it is
-//! lost.
+//! forged `Reproducibility check PASSED`), set the window title or worse. Newlines and tabs
+//! pass; every other control character (C0, DEL, C1) is shown escaped as `\x1b`, `\u{9b}`
+//! and so on, so nothing of it is lost. A carriage return that ends a line (before a newline,
+//! or at the end of the text) is the tty's line ending and is dropped; anywhere else it could
+//! overwrite a line and is shown escaped (`\x0d`).
 
 use std::fmt::Write;
 
-/// `text` with every control character other than newline and tab shown escaped.
+/// `text` with every control character other than newline and tab shown escaped (a
+/// carriage return that ends a line is dropped).
 pub fn sanitize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '\n' | '\t' => out.push(c),
-            '\r' if chars.peek() == Some(&'\n') => out.push(c),
+            '\r' if matches!(chars.peek(), None | Some('\n')) => {}
             c if (c as u32) < 0x80 && c.is_control() => {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
@@ -36,8 +38,9 @@ pub fn sanitize_bytes(bytes: &[u8]) -> String {
     sanitize(&String::from_utf8_lossy(bytes))
 }
 
-/// Console bytes arriving in chunks, sanitised as a whole: a `\r\n` or a UTF-8 sequence
-/// split between two chunks is kept until its end arrives.
+/// Console bytes arriving in chunks, sanitised as a whole: a carriage return or a UTF-8
+/// sequence at the end of a chunk is kept until what follows it arrives (so a `\r\n` split
+/// between two chunks is still a line end, and a lone `\r` is still shown).
 #[derive(Debug, Default)]
 pub struct Stream {
     pending: Vec<u8>,
@@ -112,6 +115,9 @@ mod tests {
             .any(|c| c.is_control() && c != '\n' && c != '\t'));
         assert_eq!(sanitize_bytes(b"a\xffb\x1b"), "a\u{fffd}b\\x1b");
         assert_eq!(sanitize("plain text, ünïcode\n"), "plain text, ünïcode\n");
+        // The guest tty ends lines with CR LF; a line cut between two reads ends in CR.
+        assert_eq!(sanitize("one\r\ntwo\r"), "one\ntwo");
+        assert_eq!(sanitize("a\rb\r\r\n"), "a\\x0db\\x0d\n");
     }
 
     #[test]
