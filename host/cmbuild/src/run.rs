@@ -29,6 +29,12 @@ use crate::pins::{self, Pins};
 use crate::plan::{self, Plan};
 use crate::project;
 use crate::staging::{self, WorkDir};
+use crate::untrusted;
+
+/// Largest `cmbuild.toml` read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Largest `Cargo.lock` read.
+pub const MAX_LOCK_BYTES: u64 = 16 << 20;
 
 /// Everything `cmbuild run` needs to know.
 #[derive(Clone, Debug)]
@@ -142,9 +148,19 @@ pub enum RunError {
     /// The output directory exists already.
     #[error("{0} exists already; remove it or choose another --out")]
     OutputExists(String),
+    /// A project file could not be read (it leaves the tree, is not a regular file, or is
+    /// too large).
+    #[error("the project's {name}")]
+    ProjectFile {
+        /// The file.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: untrusted::ReadError,
+    },
     /// The source archive could not be unpacked on the host.
     #[error("unpacking the source archive: {0}")]
-    Source(#[from] crate::untrusted::TarError),
+    Source(#[from] untrusted::TarError),
     /// File I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -269,16 +285,22 @@ pub fn plan_release(
     let work = WorkDir::create(&opts.out_dir)?;
     let source_dir = work.path().join("source");
     std::fs::create_dir(&source_dir)?;
-    crate::untrusted::extract_tar_with_links(&source_tar[..], &source_dir)?;
+    untrusted::extract_tar_with_links(&source_tar[..], &source_dir)?;
 
-    let config = match std::fs::read_to_string(source_dir.join("cmbuild.toml")) {
-        Ok(text) => project::parse_config(&text)?,
-        Err(_) => project::ProjectConfig::default(),
+    // Project files are read confined beneath the tree (no link out of it is followed),
+    // must be regular files, and are size-capped.
+    let read = |name: &'static str, max: u64| {
+        untrusted::read_confined(&source_dir, name, max)
+            .map_err(|source| RunError::ProjectFile { name, source })
+    };
+    let config = match read("cmbuild.toml", MAX_CONFIG_BYTES)? {
+        Some(bytes) => project::parse_config(&String::from_utf8_lossy(&bytes))?,
+        None => project::ProjectConfig::default(),
     };
     let selection = project::select(&config, opts.profile.as_deref(), opts.target.as_deref())?;
     let workspace_bins = plan::list_workspace_bins(&source_dir)?;
     let plan = Plan::new(&selection, rev.commit_time, &workspace_bins)?;
-    let lock_bytes = std::fs::read(source_dir.join("Cargo.lock")).map_err(|_| {
+    let lock_bytes = read("Cargo.lock", MAX_LOCK_BYTES)?.ok_or_else(|| {
         plan::PlanError::Metadata(format!(
             "{} has no Cargo.lock at {}; commit one (cmbuild builds with --locked)",
             opts.rev, rev.commit

@@ -12,7 +12,6 @@ pub mod image_lock;
 pub mod key;
 pub mod log;
 pub mod machine;
-pub mod machine_snapshot;
 pub mod mirror;
 pub mod prove;
 pub mod run;
