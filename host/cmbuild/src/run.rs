@@ -16,9 +16,9 @@ use std::sync::Mutex;
 
 use cmbuild_image::triple::Triple;
 use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
-use cmbuild_store::cid::Cid;
+use cmbuild_store::cid::{cid_of_bytes, Cid};
 use cmbuild_store::mirror::Mirror;
-use sha2::{Digest, Sha256};
+use cmbuild_store::sha256::Sha256;
 
 use crate::guest::{drive_bytes, Drive, GuestImage, MachineSettings, SettingsError};
 use crate::manifest::{
@@ -118,6 +118,12 @@ pub enum RunError {
     /// The mirror failed.
     #[error("mirror: {0}")]
     Mirror(String),
+    /// The guest image was not in the mirror and could not be assembled there.
+    #[error(transparent)]
+    Assemble(#[from] cmbuild_image::assemble::AssembleError),
+    /// This cmbuild's guest-image lock does not parse.
+    #[error("the guest-image lock this cmbuild carries: {0}")]
+    GuestLock(#[from] cmbuild_image::lock::LockFileError),
     /// The machine could not be built.
     #[error("machine {0}: {1}")]
     Machine(String, String),
@@ -169,14 +175,6 @@ pub struct RunSummary {
     pub manifest: Manifest,
     /// Its `machine.json`.
     pub machine: MachineRecord,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn cid_string(bytes: &[u8]) -> String {
-    cmbuild_store::cid::cid_of_bytes(bytes).to_string()
 }
 
 /// Reads a pinned blob from the mirror (or the image directory), verified against its CID;
@@ -325,7 +323,7 @@ pub struct ReleaseInputs {
     /// The vendored crates as a deterministic tar (a cargo directory source).
     pub vendor_tar: Vec<u8>,
     /// Content ID of every input, by name, as `machine.json` records them.
-    pub cids: BTreeMap<String, String>,
+    pub cids: BTreeMap<String, Cid>,
 }
 
 /// Reads the pinned guest image and the locked crates from the mirror; fails naming
@@ -337,6 +335,7 @@ pub fn gather_inputs(
 ) -> Result<ReleaseInputs, RunError> {
     progress(Progress::Phase("checking inputs in the mirror".into()));
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
+    assemble_image_on_first_use(&mirror, opts, job, progress)?;
     let mut missing = Vec::new();
     let mut blob = |key: &str| -> Option<Vec<u8>> {
         match pins::require(&opts.pins, key) {
@@ -379,15 +378,65 @@ pub fn gather_inputs(
 
     let mut cids = BTreeMap::new();
     for (key, _file) in pins::IMAGE_FILES {
-        cids.insert((*key).to_owned(), opts.pins[*key].clone());
+        cids.insert((*key).to_owned(), pins::require_cid(&opts.pins, key)?);
     }
-    cids.insert("SOURCE_CID".to_owned(), cid_string(&job.source_tar));
-    cids.insert("VENDOR_CID".to_owned(), cid_string(&vendor_tar));
+    cids.insert("SOURCE_CID".to_owned(), cid_of_bytes(&job.source_tar));
+    cids.insert("VENDOR_CID".to_owned(), cid_of_bytes(&vendor_tar));
     Ok(ReleaseInputs {
         image,
         vendor_tar,
         cids,
     })
+}
+
+/// The first run after `cmbuild vendor` finds the guest image's files missing from the
+/// mirror: assemble them offline from the vendored `.deb`s of the lock this cmbuild carries,
+/// check them against the pins and keep them in the mirror by CID (later runs read them from
+/// there). Nothing happens when each is in the mirror or in the image directory (where
+/// [`read_pinned`] checks it against its pin).
+fn assemble_image_on_first_use(
+    mirror: &Mirror,
+    opts: &RunOptions,
+    job: &ReleaseJob,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), RunError> {
+    use cmbuild_image::assemble;
+    let present = assemble::pinned_files(&opts.pins)?
+        .iter()
+        .all(|(_, file, cid)| {
+            mirror.has_valid(cid).unwrap_or(false)
+                || opts
+                    .image_dir
+                    .as_ref()
+                    .is_some_and(|dir| dir.join(file).is_file())
+        });
+    if present {
+        return Ok(());
+    }
+    progress(Progress::Phase(
+        "assembling the guest image from the mirror's Debian packages (first use, offline)".into(),
+    ));
+    let lock = cmbuild_image::lock::shipped_lock()?;
+    let work = job.work.path().join("image");
+    let mut last = 0;
+    assemble::ensure_in_mirror(mirror, &lock, &opts.pins, &work, |step| {
+        if let cmbuild_image::image::Step::Extracting { index, total, .. } = step {
+            // One line per tenth of the packages: progress without a flood.
+            let tenth = (index + 1) * 10 / total.max(1);
+            if tenth > last {
+                last = tenth;
+                progress(Progress::Phase(format!(
+                    "guest image: {}/{total} packages extracted",
+                    index + 1
+                )));
+            }
+        }
+    })?;
+    std::fs::remove_dir_all(&work).ok();
+    progress(Progress::Phase(
+        "guest image assembled, matches its pins, kept in the mirror".into(),
+    ));
+    Ok(())
 }
 
 /// A machine's record and its output drive, or why it failed.
@@ -453,7 +502,7 @@ pub fn collect_release(
 ) -> Result<(Manifest, MachineRecord), RunError> {
     let staging = job.work.path().join("out");
     std::fs::create_dir(&staging)?;
-    let lock_sha256 = sha256_hex(&job.lock_bytes);
+    let lock_sha256 = Sha256::of(&job.lock_bytes);
     let plan = &job.plan;
     let mut artifacts = Vec::new();
     let mut machines = Vec::new();
@@ -476,11 +525,12 @@ pub fn collect_release(
                 let bytes = std::fs::read(&output.bins[&planned.bin])?;
                 let rel = format!("{target}/{}", planned.bin);
                 staging::write_synced(&staging.join(&rel), &bytes, 0o755)?;
-                let toolchain = opts
-                    .pins
-                    .get(&pins::toolchain_key(*target))
-                    .cloned()
-                    .unwrap_or_else(|| opts.pins[pins::ROOTFS].clone());
+                let toolchain_key = pins::toolchain_key(*target);
+                let toolchain = if opts.pins.contains_key(&toolchain_key) {
+                    pins::require_cid(&opts.pins, &toolchain_key)?
+                } else {
+                    pins::require_cid(&opts.pins, pins::ROOTFS)?
+                };
                 artifacts.push(Artifact {
                     package: planned.package.clone(),
                     target: target.to_string(),
@@ -488,10 +538,10 @@ pub fn collect_release(
                     bin_path: rel,
                     krate: planned.package.clone(),
                     version: planned.version.clone(),
-                    crate_lock_sha256: lock_sha256.clone(),
+                    crate_lock_sha256: lock_sha256,
                     toolchain,
-                    sha256: sha256_hex(&bytes),
-                    cid: cid_string(&bytes),
+                    sha256: Sha256::of(&bytes),
+                    cid: cid_of_bytes(&bytes),
                 });
             }
         }

@@ -43,6 +43,8 @@ struct RunArgs {
     #[arg(long, default_value = "")]
     append: String,
     /// A flash drive: label:NAME,filename:PATH[,shared] (repeatable; /dev/pmem0, 1, ...).
+    /// With --load, names where a shared drive of the snapshot is written back at the
+    /// end (matched by label; its contents come from the snapshot, not from PATH).
     #[arg(long = "flash-drive", value_parser = parse_flash_drive)]
     flash_drives: Vec<FlashArg>,
     /// Stop when mcycle reaches N (exit status 124).

@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::time::Instant;
 
 use cmbuild::ops::vendor::{vendor, FetchProgress, VendorOptions, Wanted, CRATES_URL};
+use cmbuild_store::mirror::Kind;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use super::common::MirrorArg;
@@ -62,14 +63,21 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("cmbuild vendor: {push}");
     }
     eprintln!(
-        "cmbuild vendor: {} crates from {}: {} downloaded ({}), {} already in {}",
+        "cmbuild vendor: {} crates from {} are in {}",
         report.crates,
         report.lock_path.display(),
-        report.fetch.downloaded,
-        HumanBytes(report.fetch.bytes),
-        report.fetch.present,
         args.mirror.dir.display()
     );
+    for (kind, what) in [(Kind::Crate, "crates"), (Kind::Deb, "Debian packages")] {
+        if let Some(counts) = report.fetch.per_kind.get(&kind) {
+            eprintln!(
+                "cmbuild vendor:   {what}: {} downloaded ({}), {} already there",
+                counts.downloaded,
+                HumanBytes(counts.bytes),
+                counts.present
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

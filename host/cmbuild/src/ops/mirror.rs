@@ -212,7 +212,7 @@ pub fn push_mirror(mirror: &Mirror, kubo: &Kubo, note: &mut dyn FnMut(&str)) -> 
         let added = kubo
             .add_file(&path)
             .map_err(|source| MirrorOpError::Add { cid, source })?;
-        if added.hash != cid.to_string() {
+        if added.cid() != Some(cid) {
             note(&format!(
                 "the IPFS node names blob {cid} `{}`; not pinned",
                 crate::terminal::sanitize(&added.hash)

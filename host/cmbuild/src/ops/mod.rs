@@ -7,14 +7,19 @@
 //! they are handed (a `note` callback, `vendor::FetchProgress`, `run::Progress`, an output
 //! writer for the benchmark): the library never prints to the terminal itself.
 
+pub mod attest;
 pub mod bench;
 pub mod compare;
 pub mod image;
+pub mod key;
+pub mod log;
 pub mod machine;
 pub mod mirror;
+pub mod prove;
 pub mod run;
 pub mod vendor;
 pub mod verify;
+pub mod verify_attestations;
 
 /// Sizes as people read them: `12.9 MB` (powers of 1000, like Debian's tools).
 pub fn human_size(bytes: u64) -> String {

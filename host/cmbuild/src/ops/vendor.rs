@@ -220,6 +220,19 @@ pub struct FetchReport {
     pub bytes: u64,
     /// Files already present.
     pub present: usize,
+    /// The same counts for each kind of input (crates, Debian packages).
+    pub per_kind: std::collections::BTreeMap<cmbuild_store::mirror::Kind, KindCounts>,
+}
+
+/// The fetch loop's counts for one kind of input.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KindCounts {
+    /// Files downloaded.
+    pub downloaded: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files already present.
+    pub present: usize,
 }
 
 /// The project's lock, checked: only crates.io packages and workspace members.
@@ -331,6 +344,11 @@ pub fn fetch_all(
     for item in wanted {
         if let Some(cid) = present_cid(mirror, &index, item)? {
             report.present += 1;
+            report
+                .per_kind
+                .entry(item.key.kind.clone())
+                .or_default()
+                .present += 1;
             if index.get(&item.key).map(|e| e.cid) != Some(cid) {
                 let path = mirror.blob_path(&cid);
                 let size = std::fs::metadata(&path)
@@ -386,6 +404,9 @@ pub fn fetch_all(
             .map_err(mirror_err(mirror))?;
         report.downloaded += 1;
         report.bytes += stored.size;
+        let kind = report.per_kind.entry(item.key.kind.clone()).or_default();
+        kind.downloaded += 1;
+        kind.bytes += stored.size;
         bytes_done += stored.size;
         progress.stored(stored.size);
     }
@@ -489,7 +510,8 @@ fn write_cargo_config(
         config.display(),
         toml_string(dir_text)
     );
-    cmbuild_store::mirror::write_atomically(config, text.as_bytes()).map_err(mirror_err(mirror))?;
+    cmbuild_store::atomic::write_atomically(config, text.as_bytes())
+        .map_err(|source| mirror_err(mirror)(source.into()))?;
     Ok(dir)
 }
 
@@ -593,6 +615,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!((report.present, report.downloaded), (1, 0));
+        assert_eq!(
+            report.per_kind[&cmbuild_store::mirror::Kind::Crate].present,
+            1
+        );
+        assert!(!report
+            .per_kind
+            .contains_key(&cmbuild_store::mirror::Kind::Deb));
         let index = mirror.load_index().unwrap();
         let entry = index.get(&wanted.key).unwrap();
         assert_eq!((entry.cid, entry.size), (stored.cid, bytes.len() as u64));
