@@ -165,6 +165,12 @@ const CARGO_CONFIG_HEADER: &str = "\
 # libc6-dev and libgcc-14-dev of that architecture). The build driver passes the same
 # flags through RUSTFLAGS (which overrides these) together with its path remapping; this
 # file makes a plain `cargo build --target T` inside the guest work too.
+#
+# [env] gives build scripts (the `cc` crate, cmake-rs) each triple's C toolchain: clang
+# with --target=<clang target> (headers from /usr/include/<multiarch>, the multiarch
+# libc6-dev), GNU ar (binutils; its generic ELF support indexes every triple's objects).
+# The riscv64 entry is also the native compiler of host-side build scripts. C++ for a
+# foreign triple lacks that triple's libstdc++-14-dev (only riscv64's is in the image).
 ";
 
 /// The guest's cargo configuration (`guest-image/cargo-config.toml`, installed as
@@ -185,7 +191,29 @@ pub fn cargo_config() -> String {
             flags.join(", ")
         );
     }
+    out += "\n[env]\n";
+    for t in TABLE {
+        for (var, value) in c_toolchain_env(t) {
+            out += &format!("{var} = \"{value}\"\n");
+        }
+    }
     out + "\n[net]\noffline = true\n"
+}
+
+/// The C toolchain variables a triple's build scripts see (cargo's `[env]` in
+/// [`cargo_config`]), spelled as the `cc` crate reads them: `CC_<triple>` with the
+/// triple's `-` as `_`. clang with `--target=<clang target>` compiles C and assembly for
+/// every row (clang++ likewise for C++, where the triple's libstdc++ headers exist).
+pub fn c_toolchain_env(t: &TripleSpec) -> [(String, String); 5] {
+    let suffix = t.rust.replace('-', "_");
+    let target = format!("--target={}", t.clang);
+    [
+        (format!("CC_{suffix}"), "clang".to_owned()),
+        (format!("CXX_{suffix}"), "clang++".to_owned()),
+        (format!("AR_{suffix}"), "ar".to_owned()),
+        (format!("CFLAGS_{suffix}"), target.clone()),
+        (format!("CXXFLAGS_{suffix}"), target),
+    ]
 }
 
 /// The `case` of `guest-image/build-driver.sh` that picks each triple's clang target (the
@@ -211,6 +239,29 @@ mod tests {
         assert_eq!(
             cargo_config(),
             include_str!("../../../guest-image/cargo-config.toml")
+        );
+    }
+
+    #[test]
+    fn every_triple_gets_a_cross_c_toolchain_as_cc_reads_it() {
+        let config = cargo_config();
+        for t in TABLE {
+            let suffix = t.rust.replace('-', "_");
+            for line in [
+                format!("CC_{suffix} = \"clang\"\n"),
+                format!("CXX_{suffix} = \"clang++\"\n"),
+                format!("AR_{suffix} = \"ar\"\n"),
+                format!("CFLAGS_{suffix} = \"--target={}\"\n", t.clang),
+                format!("CXXFLAGS_{suffix} = \"--target={}\"\n", t.clang),
+            ] {
+                assert!(config.contains(&line), "{line}");
+            }
+        }
+        assert!(config.contains("CC_x86_64_unknown_linux_gnu = \"clang\""));
+        let env = &config[config.find("\n[env]\n").unwrap()..config.find("\n[net]").unwrap()];
+        assert_eq!(
+            env.lines().filter(|l| l.contains(" = ")).count(),
+            5 * TABLE.len()
         );
     }
 
