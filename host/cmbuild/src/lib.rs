@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod ops;
 pub mod pins;
 pub mod plan;
+pub mod progress;
 pub mod project;
 pub mod run;
 pub mod snapshot_dir;

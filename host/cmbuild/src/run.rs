@@ -136,13 +136,14 @@ pub enum RunError {
         mcycle: u64,
     },
     /// The guest reported a failed build.
-    #[error("the build failed inside machine {name} (exit code {exit_code}):\n{log}")]
+    #[error("the build failed for {name}:\n{log}")]
     GuestFailed {
-        /// The target that failed.
+        /// The targets that failed, comma-separated.
         name: String,
-        /// The guest's exit code.
+        /// The exit code of the first failed target's machine.
         exit_code: u64,
-        /// The tail of its build log (untrusted guest output).
+        /// Each triple's outcome, then per failed triple its first error line and the
+        /// tail of its build log (sanitised guest output).
         log: String,
     },
     /// The output directory exists already.
@@ -506,20 +507,18 @@ pub fn collect_release(
     let plan = &job.plan;
     let mut artifacts = Vec::new();
     let mut machines = Vec::new();
+    let mut collected = Vec::new();
     for (index, result) in results {
         let (run, output_drive) = result?;
         let extract = job.work.path().join(format!("extract-{index}"));
         std::fs::create_dir(&extract)?;
         let outputs =
             plan::collect_outputs(&output_drive, &extract, &plan.for_targets(&groups[index]))?;
+        collected.push((run, outputs));
+    }
+    check_outcomes(plan, &collected)?;
+    for (run, outputs) in collected {
         for (target, output) in &outputs {
-            if output.status != Some(0) || output.bins.len() != plan.bins.len() {
-                return Err(RunError::GuestFailed {
-                    name: target.to_string(),
-                    exit_code: u64::from(run.exit_code),
-                    log: output.log_tail.clone(),
-                });
-            }
             std::fs::create_dir_all(staging.join(target.as_str()))?;
             for planned in &plan.bins {
                 let bytes = std::fs::read(&output.bins[&planned.bin])?;
@@ -563,6 +562,52 @@ pub fn collect_release(
         config: Some(opts.machine),
     };
     Ok((manifest, machine))
+}
+
+/// Whether a target's output is a success: cargo's status 0 and every planned binary.
+fn succeeded(plan: &plan::Plan, output: &plan::TargetOutput) -> bool {
+    output.status == Some(0) && plan.bins.iter().all(|b| output.bins.contains_key(&b.bin))
+}
+
+/// Fails with every triple's outcome if any target failed: a failed one shows its first
+/// error line (`error: package X requires rustc 1.88`), then the tail of its log.
+fn check_outcomes(
+    plan: &plan::Plan,
+    collected: &[(MachineRun, BTreeMap<Triple, plan::TargetOutput>)],
+) -> Result<(), RunError> {
+    let mut outcomes = String::new();
+    let mut details = String::new();
+    let mut failed = Vec::new();
+    let mut exit_code = None;
+    for (run, outputs) in collected {
+        for (target, output) in outputs {
+            if succeeded(plan, output) {
+                outcomes += &format!("  {target}: built\n");
+                continue;
+            }
+            failed.push(target.to_string());
+            exit_code.get_or_insert(u64::from(run.exit_code));
+            let status = match output.status {
+                Some(0) => "built, but planned binaries are missing".to_owned(),
+                Some(code) => format!("failed (cargo exit status {code})"),
+                None => "failed (no status reported)".to_owned(),
+            };
+            let first = output.first_error.as_deref().unwrap_or("(no error line)");
+            outcomes += &format!("  {target}: {status}: {first}\n");
+            details += &format!(
+                "--- {target}: first error\n{first}\n--- {target}: last lines of build.log\n{}",
+                output.log_tail
+            );
+        }
+    }
+    match exit_code {
+        None => Ok(()),
+        Some(exit_code) => Err(RunError::GuestFailed {
+            name: failed.join(", "),
+            exit_code,
+            log: outcomes + &details,
+        }),
+    }
 }
 
 /// Writes the records beside the staged artifacts (every file synced) and moves the whole

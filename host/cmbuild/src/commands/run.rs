@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use cmbuild::guest::MachineSettings;
+use cmbuild::progress::{ConsoleLine, LineSplitter};
 use cmbuild::run::{Progress, RunOptions, RunSummary};
 use cmbuild::terminal::Stream;
 
@@ -103,14 +104,25 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// A progress printer for machines: the guest's console goes to stdout (sanitised), the
-/// machine's pace (mcycle, MIPS, ETA when an earlier build gives one) to stderr.
+/// machine's pace to stderr: the crate cargo is compiling and its `n/N` (from the build
+/// driver's `cmbuild-progress:` lines), mcycle, MIPS, and an ETA (from an earlier build's
+/// mcycle, else from the crate count).
 pub struct ProgressPrinter {
     label: &'static str,
     started: Instant,
     /// Per machine: when its pace was last printed, and its mcycle then.
     last: Mutex<BTreeMap<String, (Instant, u64)>>,
-    /// Per machine: its console, being sanitised.
-    consoles: Mutex<BTreeMap<String, Stream>>,
+    /// Per machine: its console, being sanitised and split into lines, and what it said.
+    consoles: Mutex<BTreeMap<String, Console>>,
+}
+
+/// One machine's console as the printer follows it.
+#[derive(Default)]
+struct Console {
+    stream: Stream,
+    lines: LineSplitter,
+    /// The last `cmbuild-progress:` line: `T n/N crate version`, and n, N.
+    compiling: Option<(String, u32, u32)>,
 }
 
 impl ProgressPrinter {
@@ -133,13 +145,25 @@ impl ProgressPrinter {
                 expected_mcycle,
                 console,
             } => {
-                let text = self
-                    .consoles
-                    .lock()
-                    .expect("progress lock")
-                    .entry(name.clone())
-                    .or_default()
-                    .push(&console);
+                let (text, compiling) = {
+                    let mut consoles = self.consoles.lock().expect("progress lock");
+                    let state = consoles.entry(name.clone()).or_default();
+                    let text = state.stream.push(&console);
+                    for line in state.lines.push(&text) {
+                        if let Some(ConsoleLine::Compiling {
+                            target,
+                            n,
+                            total,
+                            krate,
+                            version,
+                        }) = ConsoleLine::parse(line.trim_end())
+                        {
+                            state.compiling =
+                                Some((format!("{target} {krate} {version}"), n, total));
+                        }
+                    }
+                    (text, state.compiling.clone())
+                };
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
@@ -148,15 +172,24 @@ impl ProgressPrinter {
                 let elapsed = last.0.elapsed().as_secs_f64();
                 if elapsed >= 10.0 {
                     let mips = mcycle.saturating_sub(last.1) as f64 / elapsed / 1e6;
-                    let eta = match expected_mcycle {
-                        Some(end) if end > mcycle && mips > 0.0 => {
+                    let total_elapsed = self.started.elapsed().as_secs_f64();
+                    let eta = match (expected_mcycle, &compiling) {
+                        (Some(end), _) if end > mcycle && mips > 0.0 => {
                             format!(", ETA {:.0}s", (end - mcycle) as f64 / (mips * 1e6))
                         }
+                        // N bounds n from above, so this errs long; it is a rough guide.
+                        (None, Some((_, n, total))) if *n > 0 && total > n => format!(
+                            ", ETA ~{:.0}s",
+                            total_elapsed * f64::from(total - n) / f64::from(*n)
+                        ),
                         _ => String::new(),
                     };
+                    let crate_now = match &compiling {
+                        Some((what, n, total)) => format!(" {n}/{total} {what} |"),
+                        None => String::new(),
+                    };
                     eprintln!(
-                        "{label}: [{name}] mcycle {mcycle} ({mips:.0} MIPS, {:.0}s elapsed{eta})",
-                        self.started.elapsed().as_secs_f64()
+                        "{label}: [{name}]{crate_now} mcycle {mcycle} ({mips:.0} MIPS, {total_elapsed:.0}s elapsed{eta})"
                     );
                     *last = (Instant::now(), mcycle);
                 }
