@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use cmbuild_image::triple::Triple;
 use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
+use cmbuild_machine::snapshot::SnapshotConfig;
 use cmbuild_store::cid::Cid;
 use cmbuild_store::mirror::Mirror;
 use sha2::{Digest, Sha256};
@@ -29,6 +30,7 @@ use crate::pins::{self, Pins};
 use crate::plan::{self, Plan};
 use crate::project;
 use crate::staging::{self, WorkDir};
+use crate::watchdog::Watchdog;
 
 /// Everything `cmbuild run` needs to know.
 #[derive(Clone, Debug)]
@@ -56,6 +58,9 @@ pub struct RunOptions {
     pub machine_per_target: bool,
     /// The pins (`digests.lock.env`) to use.
     pub pins: Pins,
+    /// Guest seconds without visible progress after which a machine is stopped (0: never;
+    /// see [`crate::watchdog`]).
+    pub stall_seconds: u64,
 }
 
 /// Progress events, for the CLI to display.
@@ -122,6 +127,26 @@ pub enum RunError {
         name: String,
         /// The limit it reached.
         mcycle: u64,
+    },
+    /// The stall watchdog stopped a machine ([`crate::watchdog`]).
+    #[error(
+        "machine {name} made no visible progress (no console byte, no drive write, idle) for \
+         {seconds} guest seconds, from mcycle {since_mcycle} to {mcycle}; stopped\n\
+         last console lines:\n{console_tail}\n{snapshot}"
+    )]
+    Stalled {
+        /// The machine's name.
+        name: String,
+        /// Guest seconds without progress.
+        seconds: u64,
+        /// The mcycle of the last progress.
+        since_mcycle: u64,
+        /// The mcycle when stopped.
+        mcycle: u64,
+        /// The last console lines (sanitised guest output).
+        console_tail: String,
+        /// Where the snapshot to debug from was written, or why it was not.
+        snapshot: String,
     },
     /// The guest reported a failed build.
     #[error("the build failed inside machine {name} (exit code {exit_code}):\n{log}")]
@@ -534,21 +559,58 @@ fn run_machine(
     let name = names.join(",");
     let expected_mcycle = previous_mcycle(&opts.out_dir, &names);
     let config = opts.machine.machine_config(image, input_drive);
+    // For the snapshot a stalled machine leaves (it records what the machine was built from).
+    let snapshot_config = SnapshotConfig::from_config(&config);
     let mut machine =
         Machine::from_config(config).map_err(|e| RunError::Machine(name.clone(), e.to_string()))?;
     let max_mcycle = opts.machine.max_mcycle;
+    let mut watchdog = Watchdog::new(opts.stall_seconds, &machine);
     // Run in slices so the caller sees progress; the slicing does not change the result,
-    // since the machine is a pure function of mcycle.
+    // since the machine is a pure function of mcycle (and the slices are fixed in mcycle,
+    // so the watchdog's decision is deterministic too).
     const SLICE: u64 = 200_000_000;
     let exit_code = loop {
         let limit = (machine.mcycle() + SLICE).min(max_mcycle);
         let stop = machine.run(limit);
+        let console = machine.drain_console();
+        let stall = watchdog.observe(&machine, &console);
         progress(Progress::Machine {
             name: name.clone(),
             mcycle: machine.mcycle(),
             expected_mcycle,
-            console: machine.drain_console(),
+            console,
         });
+        if let (Break::MaxMcycle, Some(stall)) = (stop, stall) {
+            let dir = opts.out_dir.join(format!(
+                "{}.stalled-{}-at-{}",
+                sanitize_dir_name(&opts.rev),
+                sanitize_dir_name(&name),
+                stall.mcycle
+            ));
+            let snapshot = match crate::snapshot_dir::store(&dir, &mut machine, &snapshot_config) {
+                Ok(_) => format!(
+                    "a snapshot to debug from: {} (cmbuild machine run --load DIR)",
+                    dir.display()
+                ),
+                Err(e) => format!(
+                    "the snapshot could not be written: {}",
+                    crate::terminal::error_chain(&e)
+                ),
+            };
+            progress(Progress::MachineDone {
+                name: name.clone(),
+                mcycle: machine.mcycle(),
+                exit_code: None,
+            });
+            return Err(RunError::Stalled {
+                name,
+                seconds: stall.seconds,
+                since_mcycle: stall.since_mcycle,
+                mcycle: stall.mcycle,
+                console_tail: stall.console_tail,
+                snapshot,
+            });
+        }
         match stop {
             Break::Halted(code) => break code,
             Break::MaxMcycle if machine.mcycle() >= max_mcycle => {
