@@ -19,7 +19,9 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use cmbuild_store::cid::Cid;
+use cmbuild_store::sha256::Sha256;
+use sha2::Digest;
 
 use crate::manifest::{self, Artifact, ArtifactKey, MachineRecord, Manifest, RecordError};
 use crate::untrusted;
@@ -185,7 +187,7 @@ impl Report {
 
 /// Computes the IPFS CID of a file; supplied by the caller so this module stays independent
 /// of how CIDs are computed.
-pub type CidOfFile = dyn Fn(&Path) -> std::io::Result<String>;
+pub type CidOfFile = dyn Fn(&Path) -> std::io::Result<Cid>;
 
 /// Loaded, untrusted side of a comparison.
 struct Side {
@@ -219,9 +221,9 @@ fn load_side(dir: &Path) -> Result<Side, CompareError> {
     })
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
+fn sha256_file(path: &Path) -> std::io::Result<Sha256> {
     let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf)?;
@@ -230,7 +232,7 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(Sha256::from_bytes(hasher.finalize().into()))
 }
 
 /// Recomputes an artifact's hashes from its file; returns the problems found.
@@ -318,35 +320,47 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
             continue;
         };
         report.compared.push(key.clone());
-        let inputs: [(&'static str, &String, &String); 4] = [
-            ("crate", &x.krate, &y.krate),
-            ("version", &x.version, &y.version),
+        // Typed equality decides; the texts are only for the report.
+        let texts = |p: &dyn ToString, q: &dyn ToString| (p.to_string(), q.to_string());
+        let inputs: [(&'static str, bool, (String, String)); 4] = [
+            ("crate", x.krate == y.krate, texts(&x.krate, &y.krate)),
+            (
+                "version",
+                x.version == y.version,
+                texts(&x.version, &y.version),
+            ),
             (
                 "crate_lock_sha256",
-                &x.crate_lock_sha256,
-                &y.crate_lock_sha256,
+                x.crate_lock_sha256 == y.crate_lock_sha256,
+                texts(&x.crate_lock_sha256, &y.crate_lock_sha256),
             ),
-            ("toolchain", &x.toolchain, &y.toolchain),
+            (
+                "toolchain",
+                x.toolchain == y.toolchain,
+                texts(&x.toolchain, &y.toolchain),
+            ),
         ];
-        for (field, p, q) in inputs {
-            if p != q {
+        for (field, same, (a, b)) in inputs {
+            if !same {
                 report.findings.push(Finding::InputDrift {
                     key: key.clone(),
                     field,
-                    a: p.clone(),
-                    b: q.clone(),
+                    a,
+                    b,
                 });
             }
         }
-        let outputs: [(&'static str, &String, &String); 2] =
-            [("sha256", &x.sha256, &y.sha256), ("cid", &x.cid, &y.cid)];
-        for (field, p, q) in outputs {
-            if p != q {
+        let outputs: [(&'static str, bool, (String, String)); 2] = [
+            ("sha256", x.sha256 == y.sha256, texts(&x.sha256, &y.sha256)),
+            ("cid", x.cid == y.cid, texts(&x.cid, &y.cid)),
+        ];
+        for (field, same, (a, b)) in outputs {
+            if !same {
                 report.findings.push(Finding::OutputDrift {
                     key: key.clone(),
                     field,
-                    a: p.clone(),
-                    b: q.clone(),
+                    a,
+                    b,
                 });
             }
         }
@@ -400,8 +414,8 @@ fn compare_machines(
         if x != y {
             report.findings.push(Finding::MachineInputDrift {
                 input: key.clone(),
-                a: x.cloned().unwrap_or_else(|| "(absent)".into()),
-                b: y.cloned().unwrap_or_else(|| "(absent)".into()),
+                a: x.map_or_else(|| "(absent)".into(), Cid::to_string),
+                b: y.map_or_else(|| "(absent)".into(), Cid::to_string),
             });
         }
     }
@@ -457,8 +471,8 @@ mod tests {
     use crate::manifest::{to_canonical_json, MachineRun, MACHINE_SCHEMA, MANIFEST_SCHEMA};
     use std::fs;
 
-    fn fake_cid(path: &Path) -> std::io::Result<String> {
-        Ok(format!("cid-{}", sha256_file(path)?))
+    fn fake_cid(path: &Path) -> std::io::Result<Cid> {
+        cmbuild_store::cid::cid_of_file(path)
     }
 
     fn write_build(dir: &Path, bins: &[(&str, &[u8])], lock: &str) {
@@ -475,8 +489,8 @@ mod tests {
                 bin_path: format!("{target}/hello"),
                 krate: "hello".into(),
                 version: "0.1.0".into(),
-                crate_lock_sha256: lock.into(),
-                toolchain: "tc".into(),
+                crate_lock_sha256: Sha256::of(lock),
+                toolchain: cmbuild_store::cid::cid_of_bytes(b"tc"),
                 sha256: sha256_file(&path).unwrap(),
                 cid: fake_cid(&path).unwrap(),
             });
@@ -498,7 +512,11 @@ mod tests {
             schema: MACHINE_SCHEMA.into(),
             emulator_version: "0".into(),
             hash_scheme: "cmvm-sha256-v1".into(),
-            inputs: [("SOURCE_CID".to_string(), source.to_string())].into(),
+            inputs: [(
+                "SOURCE_CID".to_string(),
+                cmbuild_store::cid::cid_of_bytes(source.as_bytes()),
+            )]
+            .into(),
             machines: groups
                 .into_iter()
                 .map(|targets| MachineRun {
@@ -584,7 +602,11 @@ mod tests {
         ));
         assert!(report.findings[0].is_input_drift());
         let mut record = crate::manifest::read_machine_record(&b.join("machine.json")).unwrap();
-        record.inputs = [("SOURCE_CID".to_string(), "src".to_string())].into();
+        record.inputs = [(
+            "SOURCE_CID".to_string(),
+            cmbuild_store::cid::cid_of_bytes(b"src"),
+        )]
+        .into();
         record.config = Some(crate::guest::MachineSettings {
             ram_length: 8192 << 20,
             ..Default::default()

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use cmbuild_store::cid::Cid;
+use cmbuild_store::sha256::Sha256;
 use serde::{Deserialize, Serialize};
 
 use crate::guest::MachineSettings;
@@ -50,13 +52,13 @@ pub struct Artifact {
     /// The package's version.
     pub version: String,
     /// SHA-256 of the Cargo.lock the build used.
-    pub crate_lock_sha256: String,
+    pub crate_lock_sha256: Sha256,
     /// Content ID of the toolchain (the rustc and std of this target) that built it.
-    pub toolchain: String,
+    pub toolchain: Cid,
     /// SHA-256 of the binary, lowercase hex.
-    pub sha256: String,
+    pub sha256: Sha256,
     /// IPFS CIDv1 of the binary.
-    pub cid: String,
+    pub cid: Cid,
 }
 
 impl Artifact {
@@ -98,7 +100,7 @@ pub struct MachineRecord {
     /// The state-hash scheme, e.g. `cmvm-sha256-v1`.
     pub hash_scheme: String,
     /// Content ID of every input of the run, by name (kernel, firmware, initrd, rootfs, source, ...).
-    pub inputs: BTreeMap<String, String>,
+    pub inputs: BTreeMap<String, Cid>,
     /// One entry per machine that ran (one per target triple, or one for all).
     pub machines: Vec<MachineRun>,
     /// The machines' settings (RAM, drive sizes, mcycle limit). Absent from records written
@@ -228,10 +230,10 @@ mod tests {
             bin_path: "x86_64-unknown-linux-gnu/hello".into(),
             krate: "hello".into(),
             version: "0.1.0".into(),
-            crate_lock_sha256: "00".repeat(32),
-            toolchain: "bafkreitoolchain".into(),
-            sha256: "11".repeat(32),
-            cid: "bafkreibin".into(),
+            crate_lock_sha256: Sha256::from_bytes([0; 32]),
+            toolchain: cmbuild_store::cid::cid_of_bytes(b"toolchain"),
+            sha256: Sha256::from_bytes([0x11; 32]),
+            cid: cmbuild_store::cid::cid_of_bytes(b"bin"),
         }
     }
 
@@ -259,6 +261,23 @@ mod tests {
         let back: Manifest = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, manifest);
         assert_eq!(to_canonical_json(&back), bytes);
+    }
+
+    #[test]
+    fn junk_hashes_and_cids_are_refused_when_read() {
+        let good = serde_json::to_string(&artifact()).unwrap();
+        assert_eq!(serde_json::from_str::<Artifact>(&good).unwrap(), artifact());
+        let cid = artifact().cid.to_string();
+        let sha = artifact().sha256.to_string();
+        for bad in [
+            good.replace(&cid, "bafkreibin"),
+            good.replace(&cid, "Qmfoo"),
+            good.replace(&sha, "11"),
+            good.replace(&sha, &"zz".repeat(32)),
+        ] {
+            assert_ne!(bad, good);
+            assert!(serde_json::from_str::<Artifact>(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

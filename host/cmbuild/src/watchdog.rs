@@ -21,7 +21,10 @@
 //! root hash.
 
 use cmbuild_machine::board::{MCYCLES_PER_MTIME, TIMEBASE_HZ};
+use std::path::Path;
+
 use cmbuild_machine::machine::Machine;
+use cmbuild_machine::snapshot::SnapshotConfig;
 
 /// Guest seconds without visible progress after which a machine is stopped (the default of
 /// `--stall-seconds`; 0 turns the watchdog off).
@@ -111,6 +114,22 @@ impl Watchdog {
     /// The last [`TAIL_LINES`] console lines seen, sanitised.
     pub fn console_tail(&self) -> String {
         last_lines(&crate::terminal::sanitize_bytes(&self.tail), TAIL_LINES)
+    }
+}
+
+/// Writes the snapshot a stalled machine leaves to debug from, into `dir` (which must not
+/// exist), and says where it is — or why it could not be written (the stall is the error
+/// that matters, so this never fails).
+pub fn store_snapshot(dir: &Path, machine: &mut Machine, config: &SnapshotConfig) -> String {
+    match crate::snapshot_dir::store(dir, machine, config) {
+        Ok(_) => format!(
+            "a snapshot to debug from: {} (cmbuild machine run --load DIR)",
+            dir.display()
+        ),
+        Err(e) => format!(
+            "the snapshot could not be written: {}",
+            crate::terminal::error_chain(&e)
+        ),
     }
 }
 

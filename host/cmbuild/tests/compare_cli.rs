@@ -7,14 +7,15 @@ use cmbuild::manifest::{
     to_canonical_json, Artifact, MachineRecord, MachineRun, Manifest, MACHINE_SCHEMA,
     MANIFEST_SCHEMA,
 };
-use sha2::{Digest, Sha256};
+use cmbuild_store::cid::{cid_of_bytes, Cid};
+use cmbuild_store::sha256::Sha256;
 
 fn cmbuild() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cmbuild"))
 }
 
-fn cid_of(bytes: &[u8]) -> String {
-    cmbuild_store::cid::cid_of_bytes(bytes).to_string()
+fn cid_of(bytes: &[u8]) -> Cid {
+    cid_of_bytes(bytes)
 }
 
 /// Writes a build of `hello` for the given targets, as `cmbuild run` lays it out.
@@ -30,9 +31,9 @@ fn write_build(dir: &Path, bins: &[(&str, &[u8])], lock_sha256: &str) {
             bin_path: format!("{target}/hello"),
             krate: "hello".into(),
             version: "0.1.0".into(),
-            crate_lock_sha256: lock_sha256.into(),
+            crate_lock_sha256: lock_sha256.parse().unwrap(),
             toolchain: cid_of(b"toolchain"),
-            sha256: hex::encode(Sha256::digest(bytes)),
+            sha256: Sha256::of(bytes),
             cid: cid_of(bytes),
         });
     }
@@ -52,7 +53,7 @@ fn write_build(dir: &Path, bins: &[(&str, &[u8])], lock_sha256: &str) {
             .iter()
             .map(|(target, _)| MachineRun {
                 targets: vec![(*target).into()],
-                root_hash: format!("cmvm-sha256-v1:{}", hex::encode(Sha256::digest(target))),
+                root_hash: format!("cmvm-sha256-v1:{}", Sha256::of(target)),
                 mcycle: 1,
                 exit_code: 0,
             })

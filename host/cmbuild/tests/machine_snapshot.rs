@@ -270,8 +270,7 @@ fn store_and_load_resume_exactly_through_the_cli() {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
+    cmbuild_store::sha256::Sha256::of(bytes).to_string()
 }
 
 /// A snapshot handed over by someone else, whose manifest names a host file for its shared

@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use sha2::{Digest, Sha256};
+use cmbuild_store::cid::cid_of_bytes;
+use cmbuild_store::sha256::Sha256;
 
 fn cmbuild(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cmbuild"))
@@ -37,14 +38,15 @@ fn write_build(dir: &Path, content: &[u8]) {
         "artifacts": [{
             "package": "hello", "target": triple, "bin": "hello",
             "bin_path": format!("{triple}/hello"), "crate": "hello", "version": "0.1.0",
-            "crate_lock_sha256": "00".repeat(32), "toolchain": "bafkreitoolchain",
-            "sha256": hex::encode(Sha256::digest(content)), "cid": "bafkreibin",
+            "crate_lock_sha256": "00".repeat(32),
+            "toolchain": cid_of_bytes(b"toolchain").to_string(),
+            "sha256": Sha256::of(content).to_string(), "cid": cid_of_bytes(content).to_string(),
         }],
     });
     let machine = serde_json::json!({
         "schema": "cmbuild-machine-v1", "emulator_version": "0.1.0",
         "hash_scheme": "cmvm-sha256-v1",
-        "inputs": {"SOURCE_CID": "bafkreisource"},
+        "inputs": {"SOURCE_CID": cid_of_bytes(b"source").to_string()},
         "machines": [{"targets": [triple], "root_hash": format!("cmvm-sha256-v1:{}", "11".repeat(32)),
                       "mcycle": 42, "exit_code": 0}],
     });
@@ -132,8 +134,6 @@ fn keys_attestations_threshold_and_log() {
     ]));
     let out = ok(&cmbuild(&[
         "verify-attestations",
-        "--attestations",
-        p(&build),
         "--trusted-keys",
         p(&trusted_file),
         "--threshold",
@@ -233,4 +233,38 @@ fn keys_attestations_threshold_and_log() {
         p(&cons),
     ]);
     assert_eq!(out.status.code(), Some(1));
+
+    // An artifact proof: the binary, its attestations and their log proofs, checked offline.
+    let hello_proof = t.join("hello.proof.json");
+    ok(&cmbuild(&[
+        "prove",
+        p(&build),
+        "x86_64-unknown-linux-gnu/hello",
+        "--attestations",
+        p(&atts),
+        "--log",
+        p(&log),
+        "--out",
+        p(&hello_proof),
+    ]));
+    let bin = build.join("x86_64-unknown-linux-gnu/hello");
+    let verify_proof = |k: &str, artifact: &Path| {
+        cmbuild(&[
+            "verify-proof",
+            p(&hello_proof),
+            "--artifact",
+            p(artifact),
+            "--trusted-keys",
+            p(&trusted_file),
+            "--threshold",
+            k,
+            "--log-key",
+            p(&pubkey),
+        ])
+    };
+    assert!(ok(&verify_proof("2", &bin)).contains("Attestation check PASSED"));
+    assert_eq!(verify_proof("3", &bin).status.code(), Some(1));
+    // Another binary: refused.
+    let out = verify_proof("2", &other.join("x86_64-unknown-linux-gnu/hello"));
+    assert_ne!(out.status.code(), Some(0));
 }

@@ -24,9 +24,13 @@ pub enum CpioError {
 /// A character device node to add after the tree's entries.
 #[derive(Debug, Clone)]
 pub struct CharDevice {
+    /// Path inside the archive.
     pub path: String,
+    /// Permission bits.
     pub mode: u32,
+    /// Device major number.
     pub major: u32,
+    /// Device minor number.
     pub minor: u32,
 }
 

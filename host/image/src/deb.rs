@@ -9,6 +9,8 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use cmbuild_store::tarball::{Limits, TarError, TarReader};
+
 /// Why a package could not be extracted.
 #[derive(Debug, thiserror::Error)]
 pub enum DebError {
@@ -24,12 +26,20 @@ pub enum DebError {
     /// reading the data archive: {0}
     #[error("reading the data archive: {0}")]
     Io(#[from] std::io::Error),
+    /// reading the data archive
+    #[error("reading the data archive")]
+    Tar(#[from] TarError),
     /// unsafe path {0:?} in the data archive
     #[error("unsafe path {0:?} in the data archive")]
     UnsafePath(String),
     /// unsupported tar entry type {kind:?} for {path:?}
     #[error("unsupported tar entry type {kind:?} for {path:?}")]
-    UnsupportedEntry { path: String, kind: u8 },
+    UnsupportedEntry {
+        /// The path concerned.
+        path: String,
+        /// The tar entry type byte.
+        kind: u8,
+    },
 }
 
 /// What a path in a package is.
@@ -52,6 +62,7 @@ pub struct Entry {
     pub path: String,
     /// Permission bits (`0o7777`), without the file type.
     pub mode: u32,
+    /// What it is.
     pub node: Node,
 }
 
@@ -111,42 +122,40 @@ fn find_data_member(deb: &[u8]) -> Result<(String, &[u8]), DebError> {
     Err(DebError::NoData)
 }
 
-/// Read a tar stream into entries with normalised paths.
+/// Caps on a package's data archive: far above Debian's largest packages (the LLVM and
+/// rustc libraries unpack to a few hundred MiB), far below what would exhaust the host.
+pub const DATA_LIMITS: Limits = Limits {
+    max_total: 2 << 30,
+    max_entry: 1 << 30,
+    max_long_name: 4096,
+    max_pax: 64 << 10,
+};
+
+/// Reads the entries of an (uncompressed) tar stream within [`DATA_LIMITS`]; paths are
+/// normalised and checked by [`normalize_path`].
 pub fn read_tar(reader: impl Read) -> Result<Vec<Entry>, DebError> {
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = TarReader::new(reader, DATA_LIMITS);
     let mut entries = Vec::new();
-    for member in archive.entries()? {
-        let mut member = member?;
-        let path = normalize_path(&member.path_bytes())?;
-        let mode = member.header().mode()? & 0o7777;
-        let kind = member.header().entry_type();
-        let node = match kind {
-            tar::EntryType::Directory => Node::Dir,
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut data = Vec::with_capacity(member.size() as usize);
-                member.read_to_end(&mut data)?;
-                Node::File(Arc::new(data))
-            }
-            tar::EntryType::Symlink => {
-                let target = member.link_name_bytes().unwrap_or_default();
-                let target = String::from_utf8(target.into_owned())
+    while let Some(member) = archive.next_entry()? {
+        let path = normalize_path(&member.path)?;
+        let node = match member.kind {
+            b'5' => Node::Dir,
+            0 | b'0' | b'7' => Node::File(Arc::new(member.data)),
+            b'2' => {
+                let target = String::from_utf8(member.link)
                     .map_err(|_| DebError::UnsafePath(path.clone()))?;
                 Node::Symlink(target)
             }
-            tar::EntryType::Link => {
-                let target = member.link_name_bytes().unwrap_or_default();
-                Node::Hardlink(normalize_path(&target)?)
-            }
-            // Extended headers are consumed by the tar reader itself; anything else
-            // (devices, FIFOs) has no business in a package's data.
-            other => {
-                return Err(DebError::UnsupportedEntry {
-                    path,
-                    kind: other.as_byte(),
-                })
-            }
+            b'1' => Node::Hardlink(normalize_path(&member.link)?),
+            // Anything else (devices, FIFOs, global headers) has no business in a
+            // package's data.
+            other => return Err(DebError::UnsupportedEntry { path, kind: other }),
         };
-        entries.push(Entry { path, mode, node });
+        entries.push(Entry {
+            path,
+            mode: member.mode,
+            node,
+        });
     }
     Ok(entries)
 }
@@ -282,6 +291,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn claimed_sizes_are_checked_before_any_buffer_is_sized() {
+        let mut huge = tar::Header::new_gnu();
+        huge.as_old_mut().name[..5].copy_from_slice(b"./big");
+        huge.set_mode(0o644);
+        huge.set_size(1 << 62);
+        huge.set_cksum();
+        let mut long = tar::Header::new_gnu();
+        long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        long.set_entry_type(tar::EntryType::GNULongName);
+        long.set_mode(0o644);
+        long.set_size(512 << 20);
+        long.set_cksum();
+        for header in [huge, long] {
+            let data = [header.as_bytes().as_slice(), &[b'a'; 4096]].concat();
+            let err = extract_deb(&make_deb("data.tar", &data)).unwrap_err();
+            assert!(
+                matches!(err, DebError::Tar(TarError::TooLarge { .. })),
+                "{err:?}"
+            );
+        }
+        // A member whose ar header claims more than the package holds.
+        let mut deb = make_deb("data.tar", &make_tar(&[], &[]));
+        let at = deb.len() - make_tar(&[], &[]).len() - 60 + 48;
+        deb[at..at + 10].copy_from_slice(b"9999999999");
+        assert!(matches!(extract_deb(&deb), Err(DebError::NotADeb(_))));
+    }
+
+    #[test]
     fn refuses_parent_and_absolute_paths() {
         assert!(matches!(
             normalize_path(b"./a/../../etc"),
@@ -316,5 +353,59 @@ pub(crate) mod tests {
         );
         deb.extend_from_slice(b"2.0\n");
         assert!(matches!(extract_deb(&deb), Err(DebError::NoData)));
+    }
+}
+
+/// The data reader against the `tar` crate on every `.deb` in `$CMBUILD_CACHE/debian/debs`
+/// (run with `cargo test -p cmbuild-image -- --ignored same_entries`).
+#[cfg(test)]
+mod differential {
+    use super::*;
+
+    #[test]
+    #[ignore = "reads the Debian package cache"]
+    fn same_entries_as_the_tar_crate_on_cached_debs() {
+        let dir = crate::http::default_cache_dir()
+            .unwrap()
+            .join("debian/debs");
+        let mut checked = 0;
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let path = file.unwrap().path();
+            let deb = std::fs::read(&path).unwrap();
+            let ours = extract_deb(&deb).unwrap();
+            let (name, data) = find_data_member(&deb).unwrap();
+            let reader: Box<dyn Read> = match name.as_str() {
+                "data.tar.xz" => Box::new(xz2::read::XzDecoder::new(data)),
+                "data.tar.zst" => Box::new(ruzstd::decoding::StreamingDecoder::new(data).unwrap()),
+                "data.tar.gz" => Box::new(flate2::read::GzDecoder::new(data)),
+                _ => Box::new(data),
+            };
+            let mut theirs = Vec::new();
+            for member in tar::Archive::new(reader).entries().unwrap() {
+                let mut member = member.unwrap();
+                let path = normalize_path(&member.path_bytes()).unwrap();
+                let mode = member.header().mode().unwrap() & 0o7777;
+                let node = match member.header().entry_type() {
+                    tar::EntryType::Directory => Node::Dir,
+                    tar::EntryType::Regular | tar::EntryType::Continuous => {
+                        let mut data = Vec::new();
+                        member.read_to_end(&mut data).unwrap();
+                        Node::File(Arc::new(data))
+                    }
+                    tar::EntryType::Symlink => Node::Symlink(
+                        String::from_utf8(member.link_name_bytes().unwrap().into_owned()).unwrap(),
+                    ),
+                    tar::EntryType::Link => {
+                        Node::Hardlink(normalize_path(&member.link_name_bytes().unwrap()).unwrap())
+                    }
+                    other => panic!("{other:?}"),
+                };
+                theirs.push(Entry { path, mode, node });
+            }
+            assert!(ours == theirs, "{}", path.display());
+            checked += 1;
+        }
+        assert!(checked > 0);
+        eprintln!("{checked} packages read identically");
     }
 }

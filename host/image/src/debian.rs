@@ -17,25 +17,39 @@ use cmbuild_store::sha256::Sha256;
 /// Where Debian keeps its archive keyring on a Debian host (package debian-archive-keyring).
 pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
+/// Why Debian metadata was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DebianError {
     /// line {line}: a continuation line with no field before it
     #[error("line {line}: a continuation line with no field before it")]
-    OrphanContinuation { line: usize },
+    OrphanContinuation {
+        /// Line number (1-based).
+        line: usize,
+    },
     /// line {line}: `{text}` is neither a field nor a continuation
     #[error("line {line}: `{text}` is neither a field nor a continuation")]
-    MalformedLine { line: usize, text: String },
+    MalformedLine {
+        /// Line number (1-based).
+        line: usize,
+        /// The offending text.
+        text: String,
+    },
     /// a stanza has no `{field}` field (near package `{package}`)
     #[error("a stanza has no `{field}` field (near package `{package}`)")]
     MissingField {
+        /// The field concerned.
         field: &'static str,
+        /// The package concerned.
         package: String,
     },
     /// package `{package}`: field `{field}` has an invalid value `{value}`
     #[error("package `{package}`: field `{field}` has an invalid value `{value}`")]
     InvalidField {
+        /// The package concerned.
         package: String,
+        /// The field concerned.
         field: &'static str,
+        /// The value found.
         value: String,
     },
     /// invalid relation `{0}`
@@ -48,23 +62,38 @@ pub enum DebianError {
     #[error(
         "the OpenPGP signature of InRelease does not verify against keyring {keyring}: {detail}"
     )]
-    BadSignature { keyring: String, detail: String },
+    BadSignature {
+        /// The keyring used.
+        keyring: String,
+        /// What was wrong.
+        detail: String,
+    },
     /// gpgv accepted InRelease but produced no signed text
     #[error("gpgv accepted InRelease but produced no signed text")]
     EmptySignedText,
     /// InRelease is for suite `{found}`, expected `{expected}`
     #[error("InRelease is for suite `{found}`, expected `{expected}`")]
-    WrongSuite { expected: String, found: String },
+    WrongSuite {
+        /// What was pinned or expected.
+        expected: String,
+        /// What was found.
+        found: String,
+    },
     /// InRelease lists no SHA256 entry for `{0}`
     #[error("InRelease lists no SHA256 entry for `{0}`")]
     IndexNotListed(String),
     /// index `{path}` does not match InRelease: expected sha256 {expected} ({expected_size} bytes), got {actual} ({actual_size} bytes)
     #[error("index `{path}` does not match InRelease: expected sha256 {expected} ({expected_size} bytes), got {actual} ({actual_size} bytes)")]
     IndexMismatch {
+        /// The path concerned.
         path: String,
+        /// What was pinned or expected.
         expected: Sha256,
+        /// The expected size in bytes.
         expected_size: u64,
+        /// What was found.
         actual: Sha256,
+        /// The size found, in bytes.
         actual_size: u64,
     },
 }
@@ -220,10 +249,15 @@ fn compare_fragment(a: &str, b: &str) -> Ordering {
 /// A version relation operator of a dependency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VersionOp {
+    /// `<<`
     Less,
+    /// `<=`
     LessEqual,
+    /// `=`
     Equal,
+    /// `>=`
     GreaterEqual,
+    /// `>>`
     Greater,
 }
 
@@ -254,7 +288,9 @@ impl VersionOp {
 /// `(op version)` of a relation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionConstraint {
+    /// The comparison.
     pub op: VersionOp,
+    /// Version (Debian syntax).
     pub version: String,
 }
 
@@ -275,9 +311,11 @@ impl VersionConstraint {
 /// One alternative of a dependency: `name[:arch] [(op version)]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relation {
+    /// Package or crate name.
     pub name: String,
     /// `any`, `native` or an architecture name after the colon.
     pub arch_qualifier: Option<String>,
+    /// Version constraint, if any.
     pub constraint: Option<VersionConstraint>,
 }
 
@@ -374,19 +412,29 @@ pub enum MultiArch {
 /// One entry of a `Packages` index (the fields the resolver and the lock need).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Package {
+    /// Package or crate name.
     pub name: String,
+    /// Version (Debian syntax).
     pub version: String,
+    /// Debian architecture (`all` for architecture-independent packages).
     pub architecture: String,
+    /// Its `Multi-Arch` field.
     pub multi_arch: MultiArch,
+    /// Its `Priority` field.
     pub priority: String,
+    /// Whether `Essential: yes`.
     pub essential: bool,
+    /// `Pre-Depends`, one entry per comma-separated clause.
     pub pre_depends: Vec<Alternatives>,
+    /// `Depends`, one entry per comma-separated clause.
     pub depends: Vec<Alternatives>,
     /// Virtual names this package provides, each with an optional `(= version)`.
     pub provides: Vec<Relation>,
     /// Path of the `.deb` below the archive root, e.g. `pool/main/b/busybox/...deb`.
     pub filename: String,
+    /// Size in bytes.
     pub size: u64,
+    /// sha256 as the signed index gives it.
     pub sha256: Sha256,
 }
 
@@ -453,16 +501,22 @@ fn package_from_stanza(stanza: &Stanza) -> Result<Package, DebianError> {
 /// An index file as InRelease lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
+    /// sha256 as the signed index gives it.
     pub sha256: Sha256,
+    /// Size in bytes.
     pub size: u64,
 }
 
 /// The signed content of an InRelease file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {
+    /// `Codename`, e.g. `trixie`.
     pub codename: String,
+    /// `Suite`, e.g. `stable`.
     pub suite: String,
+    /// Version (Debian syntax).
     pub version: String,
+    /// `Date`.
     pub date: String,
     /// Whether indices may be fetched by hash (`by-hash/SHA256/<hex>`), which cannot race
     /// with an archive update between reading InRelease and reading the index.

@@ -123,7 +123,7 @@ impl Archive for HttpArchive {
                 if let Some(dir) = file.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
-                let _ = cmbuild_store::mirror::write_atomically(file, &bytes);
+                let _ = cmbuild_store::atomic::write_atomically(file, &bytes);
             }
         }
         Ok(bytes)

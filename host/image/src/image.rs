@@ -7,9 +7,10 @@
 //! directory order: the trees are in-memory maps and every writer fixes its own metadata.
 
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
+use cmbuild_store::atomic::{write_atomically, AtomicError, AtomicFile};
 use cmbuild_store::sha256::Sha256;
 
 use crate::deb::{extract_deb, DebError};
@@ -41,9 +42,12 @@ pub enum ImageError {
     /// package {name} ({arch}) could not be loaded
     #[error("package {name} ({arch}) could not be loaded")]
     Load {
+        /// Package name.
         name: String,
+        /// Debian architecture.
         arch: String,
         #[source]
+        /// The underlying error.
         source: BoxError,
     },
     /// package {name} ({arch}) does not match the lock: sha256 {actual}, lock says {expected}
@@ -51,9 +55,13 @@ pub enum ImageError {
         "package {name} ({arch}) does not match the lock: sha256 {actual}, lock says {expected}"
     )]
     Mismatch {
+        /// Package name.
         name: String,
+        /// Debian architecture.
         arch: String,
+        /// What was pinned or expected.
         expected: Sha256,
+        /// What was found.
         actual: Sha256,
     },
     /// the lock has no {0} package
@@ -62,9 +70,12 @@ pub enum ImageError {
     /// extracting {name} ({arch})
     #[error("extracting {name} ({arch})")]
     Deb {
+        /// Package name.
         name: String,
+        /// Debian architecture.
         arch: String,
         #[source]
+        /// The underlying error.
         source: DebError,
     },
     /// assembling the root tree
@@ -76,11 +87,16 @@ pub enum ImageError {
     /// building the initramfs
     #[error(transparent)]
     Initramfs(#[from] InitramfsError),
+    /// writing an output file atomically
+    #[error(transparent)]
+    Write(#[from] AtomicError),
     /// writing {path}
     #[error("writing {path}")]
     Io {
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// The underlying error.
         source: std::io::Error,
     },
 }
@@ -88,6 +104,7 @@ pub enum ImageError {
 /// What a build produced: output file name -> path, and the toolchain descriptors.
 #[derive(Debug, Clone)]
 pub struct Built {
+    /// Output file name -> path.
     pub files: BTreeMap<String, PathBuf>,
     /// Triple -> canonical text describing its toolchain (see [`toolchain_descriptor`]).
     pub toolchains: BTreeMap<Triple, String>,
@@ -96,11 +113,16 @@ pub struct Built {
 /// Progress reports, so the CLI can say what is going on during a minutes-long build.
 #[derive(Debug, Clone)]
 pub enum Step<'a> {
+    /// A package is being extracted.
     Extracting {
+        /// Package name.
         name: &'a str,
+        /// Its position, from 0.
         index: usize,
+        /// How many packages.
         total: usize,
     },
+    /// An output file is being written.
     Writing(&'a str),
 }
 
@@ -116,6 +138,8 @@ pub fn build_image(
         move |source| ImageError::Io { path, source }
     };
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    // Temporaries of an earlier build that was killed.
+    cmbuild_store::atomic::remove_stale_temp_files(out_dir);
     let mut packages: Vec<&LockedPackage> = lock.packages.iter().collect();
     packages.sort_by(|a, b| (&a.name, &a.architecture).cmp(&(&b.name, &b.architecture)));
 
@@ -175,13 +199,13 @@ pub fn build_image(
     ] {
         progress(Step::Writing(name));
         let path = out_dir.join(name);
-        std::fs::write(&path, bytes).map_err(io(&path))?;
+        write_atomically(&path, &bytes)?;
         files.insert(name.to_string(), path);
     }
 
     progress(Step::Writing("rootfs.erofs"));
     let path = out_dir.join("rootfs.erofs");
-    let file = std::fs::File::create(&path).map_err(io(&path))?;
+    let file = AtomicFile::create(&path)?;
     let mut writer = BufWriter::with_capacity(1 << 20, file);
     let options = ErofsOptions {
         uuid: ROOTFS_UUID,
@@ -189,7 +213,14 @@ pub fn build_image(
         build_time: FIXED_TIME,
     };
     write_erofs(&root, &options, &mut writer)?;
-    writer.flush().map_err(io(&path))?;
+    // Nothing is visible under the name until the whole image is written and synced.
+    writer
+        .into_inner()
+        .map_err(|err| ImageError::Io {
+            path: path.clone(),
+            source: err.into_error(),
+        })?
+        .commit()?;
     files.insert("rootfs.erofs".to_string(), path);
 
     let mut toolchains = BTreeMap::new();
@@ -320,5 +351,22 @@ mod tests {
         assert!(matches!(err, ImageError::Mismatch { .. }), "{err}");
         let err = build_image(&lock, |_| Err("gone".into()), dir.path(), |_| {}).unwrap_err();
         assert!(matches!(err, ImageError::Load { .. }), "{err}");
+    }
+
+    #[test]
+    fn image_files_appear_whole_or_not_at_all() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rootfs.erofs");
+        let mut staged = AtomicFile::create(&path).unwrap();
+        staged.write_all(b"half").unwrap();
+        drop(staged); // a failed build
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut staged = AtomicFile::create(&path).unwrap();
+        staged.write_all(b"whole").unwrap();
+        assert!(!path.exists(), "visible before it is complete");
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -37,7 +37,12 @@ pub enum InitramfsError {
     MissingModule(String),
     /// kernel module {name:?}: {reason}
     #[error("kernel module {name:?}: {reason}")]
-    BadModule { name: String, reason: String },
+    BadModule {
+        /// Package or crate name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// kernel module dependencies form a cycle through {0:?}
     #[error("kernel module dependencies form a cycle through {0:?}")]
     Cycle(String),

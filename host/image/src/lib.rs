@@ -5,6 +5,10 @@
 //! [`image`], the whole build); and the facts the host and the guest share: the supported
 //! target triples ([`triple`]) and the pins file ([`pins`]).
 
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod assemble;
 pub mod cpio;
 pub mod deb;
 pub mod debian;

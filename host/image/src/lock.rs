@@ -231,6 +231,25 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_with_a_junk_cid_or_sha256_is_refused() {
+        let lock = shipped_lock().unwrap();
+        let first = &lock.packages[0];
+        let (cid, sha) = (first.cid.to_string(), first.sha256.to_string());
+        for doctored in [
+            SHIPPED_LOCK.replacen(&cid, "bafkreinotacid", 1),
+            SHIPPED_LOCK.replacen(&cid, "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG", 1),
+            SHIPPED_LOCK.replacen(&sha, &sha[..63], 1),
+            SHIPPED_LOCK.replacen(&sha, &format!("{}g", &sha[..63]), 1),
+        ] {
+            assert_ne!(doctored, SHIPPED_LOCK);
+            assert!(matches!(
+                Lock::parse(&doctored),
+                Err(LockFileError::Parse(_))
+            ));
+        }
+    }
+
+    #[test]
     fn the_shipped_lock_is_canonical_sorted_and_complete() {
         let lock = shipped_lock().unwrap();
         // Canonical: re-serialising gives the committed bytes back.

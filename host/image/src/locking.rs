@@ -29,20 +29,27 @@ pub enum LockError {
     /// fetching {path} failed
     #[error("fetching {path} failed")]
     Fetch {
+        /// Path of the file below the archive root.
         path: String,
         #[source]
+        /// The underlying error.
         source: BoxError,
     },
     /// decompressing {path} failed
     #[error("decompressing {path} failed")]
     Decompress {
+        /// Path of the file below the archive root.
         path: String,
         #[source]
+        /// The underlying error.
         source: std::io::Error,
     },
     /// {path} is not UTF-8 text
     #[error("{path} is not UTF-8 text")]
-    NotText { path: String },
+    NotText {
+        /// Path of the file below the archive root.
+        path: String,
+    },
     /// Debian metadata
     #[error(transparent)]
     Debian(#[from] DebianError),
@@ -52,24 +59,34 @@ pub enum LockError {
     /// {filename} does not match its index: expected sha256 {expected} ({expected_size} bytes), got {actual} ({actual_size} bytes)
     #[error("{filename} does not match its index: expected sha256 {expected} ({expected_size} bytes), got {actual} ({actual_size} bytes)")]
     PackageMismatch {
+        /// Path of the `.deb` below the archive root.
         filename: String,
+        /// What was pinned or expected.
         expected: Sha256,
+        /// The expected size in bytes.
         expected_size: u64,
+        /// What was found.
         actual: Sha256,
+        /// The size found, in bytes.
         actual_size: u64,
     },
     /// {filename} has CID {actual}, but the lock pins {expected}
     #[error("{filename} has CID {actual}, but the lock pins {expected}")]
     CidMismatch {
+        /// Path of the `.deb` below the archive root.
         filename: String,
+        /// What was pinned or expected.
         expected: Cid,
+        /// What was found.
         actual: Cid,
     },
     /// storing {filename} failed
     #[error("storing {filename} failed")]
     Store {
+        /// Path of the `.deb` below the archive root.
         filename: String,
         #[source]
+        /// The underlying error.
         source: BoxError,
     },
 }
@@ -95,28 +112,42 @@ pub trait DebStore {
 pub enum Progress {
     /// InRelease verified.
     Release {
+        /// InRelease `Version`.
         version: String,
+        /// InRelease `Date`.
         date: String,
+        /// Bytes in total.
         bytes: u64,
     },
     /// An index fetched, verified and parsed.
     Index {
+        /// Path of the file below the archive root.
         path: String,
+        /// Bytes in total.
         bytes: u64,
+        /// How many packages.
         packages: usize,
     },
     /// The closure is known.
     Resolved {
+        /// How many packages.
         packages: usize,
+        /// Bytes in total.
         bytes: u64,
+        /// How many are not in the store yet.
         to_download: usize,
+        /// Their bytes.
         bytes_to_download: u64,
     },
     /// One package is being downloaded (`done` of `of` so far).
     Downloading {
+        /// Path of the `.deb` below the archive root.
         filename: String,
+        /// Size in bytes.
         size: u64,
+        /// Packages downloaded before this one.
         done: usize,
+        /// Packages to download in all.
         of: usize,
     },
 }
@@ -139,6 +170,7 @@ impl Default for LockOptions {
 /// The closure of a request, before any package is downloaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolution {
+    /// The verified release it was resolved from.
     pub release: debian::Release,
     /// Index path -> sha256, as the lock records them.
     pub indices: BTreeMap<String, Sha256>,
@@ -360,6 +392,7 @@ pub struct MirrorDebStore<'a> {
 }
 
 impl<'a> MirrorDebStore<'a> {
+    /// The mirror as a store of packages downloaded from `base_url`.
     pub fn new(mirror: &'a Mirror, base_url: &str) -> MirrorDebStore<'a> {
         MirrorDebStore {
             mirror,

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use cmbuild_store::cid::Cid;
+
 use crate::triple::Triple;
 
 /// Pin of the guest kernel (`vmlinux`).
@@ -52,6 +54,16 @@ pub enum PinsError {
         "{0} is not pinned in digests.lock.env; run `cmbuild image build` to pin the guest image"
     )]
     Missing(String),
+    /// A pin that names a content ID holds something else.
+    #[error("{key} is pinned as {value:?}, which is not a CID: {source}")]
+    NotACid {
+        /// The pin.
+        key: String,
+        /// Its value.
+        value: String,
+        /// Why it is not a CID.
+        source: cmbuild_store::cid::CidError,
+    },
 }
 
 /// Parses `digests.lock.env` text.
@@ -93,6 +105,16 @@ pub fn require<'a>(pins: &'a Pins, key: &str) -> Result<&'a str, PinsError> {
     pins.get(key)
         .map(String::as_str)
         .ok_or_else(|| PinsError::Missing(key.to_owned()))
+}
+
+/// The pin `key` as a content ID (every guest-image and toolchain pin is one).
+pub fn require_cid(pins: &Pins, key: &str) -> Result<Cid, PinsError> {
+    let value = require(pins, key)?;
+    value.parse().map_err(|source| PinsError::NotACid {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        source,
+    })
 }
 
 /// The toolchain pin of a target triple: `RUST_TOOLCHAIN__X86_64_UNKNOWN_LINUX_GNU` (the

@@ -19,13 +19,17 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::debian::{compare_versions, MultiArch, Package, Relation};
 
+/// Why a request could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     /// requested package `{name}` ({arch}) is not in the indices{detail}
     #[error("requested package `{name}` ({arch}) is not in the indices{detail}")]
     NotFound {
+        /// Package name.
         name: String,
+        /// Debian architecture.
         arch: String,
+        /// What was wrong.
         detail: String,
     },
     /// `{package}` ({arch}) depends on `{clause}`, which no package in the indices satisfies
@@ -33,8 +37,11 @@ pub enum ResolveError {
         "`{package}` ({arch}) depends on `{clause}`, which no package in the indices satisfies"
     )]
     Unsatisfiable {
+        /// The package whose dependency failed.
         package: String,
+        /// Debian architecture.
         arch: String,
+        /// The dependency clause that could not be met.
         clause: String,
     },
 }
@@ -42,7 +49,9 @@ pub enum ResolveError {
 /// A package asked for by name, for one architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requested {
+    /// Package name.
     pub name: String,
+    /// Debian architecture.
     pub arch: String,
 }
 

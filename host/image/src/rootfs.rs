@@ -22,7 +22,12 @@ pub enum RootfsError {
     SymlinkLoop(String),
     /// hard link {path:?} points at {target:?}, which is not a file
     #[error("hard link {path:?} points at {target:?}, which is not a file")]
-    DanglingHardlink { path: String, target: String },
+    DanglingHardlink {
+        /// Path in the tree.
+        path: String,
+        /// The symlink target.
+        target: String,
+    },
     /// {0:?} is missing: is its package in the lock?
     #[error("{0:?} is missing: is its package in the lock?")]
     Missing(String),
@@ -31,9 +36,11 @@ pub enum RootfsError {
 /// What a tree path holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
+    /// A directory.
     Dir,
     /// Regular file; two paths sharing one `Arc` were hard links in their package.
     File(Arc<Vec<u8>>),
+    /// A symbolic link to the target.
     Symlink(String),
 }
 
@@ -42,6 +49,7 @@ pub enum Kind {
 pub struct TreeNode {
     /// Permission bits (`0o7777`).
     pub mode: u32,
+    /// What it is.
     pub kind: Kind,
 }
 

@@ -49,8 +49,11 @@ pub enum CarError {
     /// the CAR holds a {what} of {len} bytes, more than the {limit} allowed
     #[error("the CAR holds a {what} of {len} bytes, more than the {limit} allowed")]
     TooLarge {
+        /// What was being read (header, block, ...).
         what: &'static str,
+        /// The length claimed.
         len: u64,
+        /// The cap, in bytes.
         limit: u64,
     },
     /// a section of the CAR names a CID that is not a CIDv1 of a raw or dag-pb block hashed with sha2-256

@@ -79,6 +79,7 @@ impl Cid {
         Cid::new(codec, Sha256::digest(block).into())
     }
 
+    /// The codec of the block it names.
     pub fn codec(&self) -> Codec {
         self.codec
     }
@@ -192,6 +193,7 @@ fn decode_base32(text: &str) -> Option<Vec<u8>> {
 /// One block of a file's DAG, as handed to a [`DagBuilder`] sink.
 #[derive(Debug, Clone, Copy)]
 pub struct Block<'a> {
+    /// Content ID.
     pub cid: Cid,
     /// The block's bytes: the chunk itself for a raw leaf, the dag-pb encoding for a node.
     pub bytes: &'a [u8],
@@ -240,6 +242,7 @@ impl<F, E> DagBuilder<F>
 where
     F: FnMut(Block<'_>) -> Result<(), E>,
 {
+    /// A builder handing every block to `sink`.
     pub fn with_sink(sink: F) -> Self {
         DagBuilder {
             sink,
@@ -256,6 +259,7 @@ where
         self.total
     }
 
+    /// Whether no byte was fed yet.
     pub fn is_empty(&self) -> bool {
         self.total == 0
     }
@@ -538,6 +542,13 @@ mod tests {
         bytes[2] = 0x13;
         let text = format!("b{}", encode_base32(&bytes));
         assert!(matches!(text.parse::<Cid>(), Err(CidError::Unsupported(_))));
+        // serde uses the same text and the same validation.
+        let json = serde_json::to_string(&cid).unwrap();
+        assert_eq!(json, format!("\"{cid}\""));
+        assert_eq!(serde_json::from_str::<Cid>(&json).unwrap(), cid);
+        for junk in ["\"Qmfoo\"", "\"bafy\"", "17", &format!("\"{text}\"")] {
+            assert!(serde_json::from_str::<Cid>(junk).is_err(), "{junk}");
+        }
     }
 
     #[test]

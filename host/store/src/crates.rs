@@ -11,13 +11,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::cid::Cid;
 use crate::mirror::{Mirror, MirrorError};
 use crate::sha256::Sha256;
+use crate::tarball::{Limits, TarError, TarReader};
 
 /// The file cargo reads to check a directory-source crate.
 pub const CHECKSUM_FILE: &str = ".cargo-checksum.json";
@@ -29,44 +30,66 @@ pub enum CrateError {
     /// {name} {version}: the archive's sha256 is {actual}, the lock says {expected}
     #[error("{name} {version}: the archive's sha256 is {actual}, the lock says {expected}")]
     Checksum {
+        /// Package or crate name.
         name: String,
+        /// Its version.
         version: String,
+        /// What was pinned or expected.
         expected: Sha256,
+        /// What was found.
         actual: Sha256,
     },
-    /// {name} {version}: the archive is not a readable .crate (gzip tar)
-    #[error("{name} {version}: the archive is not a readable .crate (gzip tar)")]
+    /// {name} {version}: the archive is not a readable .crate (gzip tar within the caps)
+    #[error("{name} {version}: the archive is not a readable .crate (gzip tar within the caps)")]
     Archive {
+        /// Package or crate name.
         name: String,
+        /// Its version.
         version: String,
         #[source]
-        source: io::Error,
+        /// The underlying error.
+        source: TarError,
     },
     /// {name} {version}: archive entry `{entry}` is refused ({why})
     #[error("{name} {version}: archive entry `{entry}` is refused ({why})")]
     Entry {
+        /// Package or crate name.
         name: String,
+        /// Its version.
         version: String,
+        /// The archive entry.
         entry: String,
+        /// Why it was refused.
         why: &'static str,
     },
     /// {name} {version}: the archive has no Cargo.toml
     #[error("{name} {version}: the archive has no Cargo.toml")]
-    NoManifest { name: String, version: String },
+    NoManifest {
+        /// Package or crate name.
+        name: String,
+        /// Its version.
+        version: String,
+    },
     /// cannot {action} {path}
     #[error("cannot {action} {path}")]
     Io {
+        /// What was being done (create, read, rename, ...).
         action: &'static str,
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// The underlying error.
         source: io::Error,
     },
     /// the mirror cannot provide {name} {version}
     #[error("the mirror cannot provide {name} {version}")]
     Mirror {
+        /// Package or crate name.
         name: String,
+        /// Its version.
         version: String,
         #[source]
+        /// The underlying error.
         source: MirrorError,
     },
 }
@@ -83,10 +106,13 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Crat
 /// A crate to place in a directory source: what the lock pins and where the mirror keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct VendoredCrate {
+    /// Package or crate name.
     pub name: String,
+    /// Its version.
     pub version: String,
     /// The lock's checksum: sha256 of the `.crate`.
     pub sha256: Sha256,
+    /// Content ID.
     pub cid: Cid,
 }
 
@@ -100,8 +126,11 @@ impl VendoredCrate {
 /// What [`write_directory_source`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DirectorySourceReport {
+    /// Crates unpacked now.
     pub unpacked: usize,
+    /// Crates already unpacked with the right checksum.
     pub already_present: usize,
+    /// Directories of crates no longer wanted, removed.
     pub removed: Vec<String>,
 }
 
@@ -232,15 +261,18 @@ fn read_archive(
     };
     let prefix = format!("{name}-{version}");
     let mut files = BTreeMap::new();
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
-    for entry in tar.entries().map_err(archive_error)? {
-        let mut entry = entry.map_err(archive_error)?;
-        let path = entry.path().map_err(archive_error)?.into_owned();
-        let kind = entry.header().entry_type();
-        if kind.is_dir() {
+    // Every size a header claims is checked against the caps before it sizes a buffer.
+    let mut tar = TarReader::new(flate2::read::GzDecoder::new(archive), Limits::CRATE);
+    while let Some(entry) = tar.next_entry().map_err(archive_error)? {
+        let Ok(text) = std::str::from_utf8(&entry.path) else {
+            let shown = String::from_utf8_lossy(&entry.path);
+            return Err(refuse(Path::new(shown.as_ref()), "not UTF-8"));
+        };
+        let path = PathBuf::from(text);
+        if entry.kind == b'5' {
             continue;
         }
-        if !(kind.is_file() || kind == tar::EntryType::Continuous) {
+        if !entry.is_file() {
             return Err(refuse(&path, "not a regular file"));
         }
         let relative = match path.strip_prefix(&prefix) {
@@ -259,14 +291,10 @@ fn read_archive(
         if relative == Path::new(CHECKSUM_FILE) {
             return Err(refuse(&path, "cmbuild writes this file itself"));
         }
-        let mode = entry.header().mode().map_err(archive_error)?;
-        let mtime = entry.header().mtime().map_err(archive_error)?;
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut bytes).map_err(archive_error)?;
         let file = ArchiveFile {
-            bytes,
-            executable: mode & 0o111 != 0,
-            mtime,
+            bytes: entry.data,
+            executable: entry.mode & 0o111 != 0,
+            mtime: entry.mtime,
         };
         if files.insert(relative, file).is_some() {
             return Err(refuse(&path, "it appears twice"));
@@ -288,7 +316,12 @@ fn write_tree(
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(io_error("create", dir))?;
         }
-        let mut out = File::create(&path).map_err(io_error("create", &path))?;
+        // A new file only: never write through something already there (a symlink).
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_error("create", &path))?;
         out.write_all(&file.bytes)
             .map_err(io_error("write", &path))?;
         set_permissions(&out, file.executable).map_err(io_error("set mode of", &path))?;
@@ -414,6 +447,68 @@ mod tests {
             unpack_crate(&archive, "demo", "1.0.0", &Sha256::default(), dir.path()).unwrap_err();
         assert!(matches!(err, CrateError::Checksum { .. }), "{err}");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// A raw tar header (GNU format) for `path` of type `kind` claiming `size` bytes.
+    fn raw_header(path: &str, kind: tar::EntryType, size: u64) -> Vec<u8> {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(size);
+        header.set_cksum();
+        header.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn headers_claiming_huge_sizes_fail_cleanly_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file claiming 2^62 bytes (base-256 size field), with 1 KiB behind it.
+        let big = [
+            raw_header("demo-1.0.0/Cargo.toml", tar::EntryType::Regular, 1 << 62),
+            vec![0; 1024],
+        ]
+        .concat();
+        // A GNU long name claiming 512 MiB, and a real one of 5000 bytes.
+        let long_claim = [
+            raw_header("././@LongLink", tar::EntryType::GNULongName, 512 << 20),
+            vec![b'a'; 5000],
+        ]
+        .concat();
+        let long_real = [
+            raw_header("././@LongLink", tar::EntryType::GNULongName, 5000),
+            vec![b'a'; 5000],
+            vec![0; 120],
+            raw_header("demo-1.0.0/Cargo.toml", tar::EntryType::Regular, 0),
+            vec![0; 1024],
+        ]
+        .concat();
+        for raw in [big, long_claim, long_real] {
+            let archive = gzip(&raw);
+            let err =
+                unpack_crate(&archive, "demo", "1.0.0", &sha(&archive), dir.path()).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    CrateError::Archive {
+                        source: TarError::TooLarge { .. },
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+        }
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing written"
+        );
     }
 
     #[test]

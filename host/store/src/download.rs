@@ -22,38 +22,52 @@ pub enum DownloadError {
     /// GET {url} answered HTTP {status} (after {attempts} attempt(s))
     #[error("GET {url} answered HTTP {status} (after {attempts} attempt(s))")]
     Status {
+        /// The URL fetched.
         url: String,
+        /// The HTTP status code.
         status: u16,
+        /// How many attempts were made.
         attempts: u32,
     },
     /// cannot reach {url} (after {attempts} attempt(s))
     #[error("cannot reach {url} (after {attempts} attempt(s))")]
     Network {
+        /// The URL fetched.
         url: String,
+        /// How many attempts were made.
         attempts: u32,
         #[source]
+        /// The underlying error.
         source: Box<ureq::Transport>,
     },
     /// the download of {url} broke off (after {attempts} attempt(s))
     #[error("the download of {url} broke off (after {attempts} attempt(s))")]
     Body {
+        /// The URL fetched.
         url: String,
+        /// How many attempts were made.
         attempts: u32,
         #[source]
+        /// The underlying error.
         source: io::Error,
     },
     /// sha256 mismatch for {url}: expected {expected}, got {actual}; nothing was stored
     #[error("sha256 mismatch for {url}: expected {expected}, got {actual}; nothing was stored")]
     Mismatch {
+        /// The URL fetched.
         url: String,
+        /// What was pinned or expected.
         expected: Sha256,
+        /// What was found.
         actual: Sha256,
     },
     /// the mirror refused the download of {url}
     #[error("the mirror refused the download of {url}")]
     Mirror {
+        /// The URL fetched.
         url: String,
         #[source]
+        /// The underlying error.
         source: MirrorError,
     },
 }
@@ -79,6 +93,7 @@ impl Default for Downloader {
 }
 
 impl Downloader {
+    /// A downloader with the default timeouts and retries.
     pub fn new() -> Downloader {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(30))

@@ -48,6 +48,23 @@ fn digit(c: u8) -> Option<u8> {
     }
 }
 
+/// Decodes any even number of digits (either case).
+pub fn decode(text: &str) -> Result<Vec<u8>, HexError> {
+    let raw = text.as_bytes();
+    if raw.len() % 2 != 0 {
+        return Err(HexError::Length {
+            text: shown(text),
+            expected: raw.len() + 1,
+        });
+    }
+    raw.chunks_exact(2)
+        .map(|pair| match (digit(pair[0]), digit(pair[1])) {
+            (Some(high), Some(low)) => Ok((high << 4) | low),
+            _ => Err(HexError::Digit { text: shown(text) }),
+        })
+        .collect()
+}
+
 /// Decodes exactly `N` bytes (`2 * N` digits, either case).
 pub fn decode_array<const N: usize>(text: &str) -> Result<[u8; N], HexError> {
     let raw = text.as_bytes();
@@ -85,6 +102,9 @@ mod tests {
             decode_array::<4>("001fa0fg"),
             Err(HexError::Digit { .. })
         ));
+        assert_eq!(decode("001fA0ff"), Ok(bytes.to_vec()));
+        assert_eq!(decode(""), Ok(Vec::new()));
+        assert!(decode("abc").is_err() && decode("zz").is_err());
         // Multi-byte characters never split into digit pairs.
         assert!(decode_array::<2>("é00").is_err());
     }

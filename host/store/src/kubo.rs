@@ -41,16 +41,22 @@ pub enum KuboError {
     /// cannot reach the IPFS node at {url} (tried {attempts} times)
     #[error("cannot reach the IPFS node at {url} (tried {attempts} times)")]
     Unreachable {
+        /// The URL fetched.
         url: String,
+        /// How many attempts were made.
         attempts: u32,
         #[source]
+        /// The underlying error.
         source: Box<ureq::Transport>,
     },
     /// the IPFS node refused `{endpoint}` with HTTP {status}: {message}
     #[error("the IPFS node refused `{endpoint}` with HTTP {status}: {message}")]
     Refused {
+        /// The RPC endpoint called.
         endpoint: &'static str,
+        /// The HTTP status code.
         status: u16,
+        /// The message the node sent.
         message: String,
     },
     /// the IPFS node's answer to `{endpoint}` is not what the Kubo RPC API returns: {detail}
@@ -58,32 +64,46 @@ pub enum KuboError {
         "the IPFS node's answer to `{endpoint}` is not what the Kubo RPC API returns: {detail}"
     )]
     Malformed {
+        /// The RPC endpoint called.
         endpoint: &'static str,
+        /// What was wrong.
         detail: String,
     },
     /// reading the IPFS node's answer to `{endpoint}` failed (tried {attempts} times)
     #[error("reading the IPFS node's answer to `{endpoint}` failed (tried {attempts} times)")]
     Read {
+        /// The RPC endpoint called.
         endpoint: &'static str,
+        /// How many attempts were made.
         attempts: u32,
         #[source]
+        /// The underlying error.
         source: io::Error,
     },
     /// the IPFS node's answer to `{endpoint}` is larger than {limit} bytes
     #[error("the IPFS node's answer to `{endpoint}` is larger than {limit} bytes")]
-    TooLarge { endpoint: &'static str, limit: u64 },
+    TooLarge {
+        /// The RPC endpoint called.
+        endpoint: &'static str,
+        /// The cap, in bytes.
+        limit: u64,
+    },
     /// cannot read {path} to upload it
     #[error("cannot read {path} to upload it")]
     Upload {
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// The underlying error.
         source: io::Error,
     },
     /// cannot write the IPFS node's answer to `{endpoint}` to disk
     #[error("cannot write the IPFS node's answer to `{endpoint}` to disk")]
     Write {
+        /// The RPC endpoint called.
         endpoint: &'static str,
         #[source]
+        /// The underlying error.
         source: io::Error,
     },
 }
@@ -119,16 +139,26 @@ impl Default for Options {
 /// What `add` reports for one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Added {
+    /// The name the node reports.
     pub name: String,
-    /// The node's CID of the file, as it printed it (compare it with [`Cid`]'s `Display`).
+    /// The node's CID of the file, as it printed it (untrusted text: see [`Added::cid`]).
     pub hash: String,
     /// Size of the DAG (file bytes plus node overhead), as the node reported it.
     pub size: u64,
 }
 
+impl Added {
+    /// The node's CID as a [`Cid`]; `None` when the text is not a CID cmbuild makes (another
+    /// version, base or hash function), which never equals a mirror blob's name.
+    pub fn cid(&self) -> Option<Cid> {
+        self.hash.parse().ok()
+    }
+}
+
 /// One root that `dag/import` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportedRoot {
+    /// The CID the node reports, as text (untrusted; parse it to compare).
     pub cid: String,
     /// Empty when the root was pinned.
     pub pin_error: String,
@@ -166,6 +196,7 @@ impl Kubo {
         Kubo::with_options(url, Options::default())
     }
 
+    /// A client of the Kubo RPC API at `url` with these options.
     pub fn with_options(url: &str, options: Options) -> Result<Kubo, KuboError> {
         let trimmed = url.trim_end_matches('/');
         let trimmed = trimmed.strip_suffix("/api/v0").unwrap_or(trimmed);

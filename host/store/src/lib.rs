@@ -7,9 +7,15 @@
 //! - [`lockfile`] and [`crates`]: Cargo.lock parsing and the deterministic unpacking of
 //!   `.crate` archives into a cargo directory source.
 //! - [`car`] and [`kubo`]: CAR export of blob DAGs and a Kubo RPC client.
+//! - [`tarball`]: a tar reader whose every claimed size is checked against caps first.
+//! - [`atomic`]: the one way files are replaced (temporary file, sync, rename, sync).
 //! - [`sha256`] and [`hex`]: the [`sha256::Sha256`] digest type and the workspace's one
 //!   hex codec.
 
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod atomic;
 pub mod car;
 pub mod cid;
 pub mod crates;
@@ -19,3 +25,4 @@ pub mod kubo;
 pub mod lockfile;
 pub mod mirror;
 pub mod sha256;
+pub mod tarball;

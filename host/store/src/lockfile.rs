@@ -15,42 +15,81 @@ pub const CRATES_IO_GIT: &str = "registry+https://github.com/rust-lang/crates.io
 /// The source string of crates.io when a project uses the sparse protocol explicitly.
 pub const CRATES_IO_SPARSE: &str = "sparse+https://index.crates.io/";
 
+/// Longest crate name accepted (crates.io allows 64).
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest version accepted.
+pub const MAX_VERSION_LEN: usize = 128;
+
 /// Errors of reading a Cargo.lock.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
+    /// {path}: package name {name:?} is not a crate name (1 to 64 ASCII letters, digits, `-` or `_`, not starting with `-`)
+    #[error("{path}: package name {name:?} is not a crate name (1 to 64 ASCII letters, digits, `-` or `_`, not starting with `-`)")]
+    BadName {
+        /// The lock file.
+        path: PathBuf,
+        /// The refused name (at most 80 characters of it).
+        name: String,
+    },
+    /// {path}: package {name} has version {version:?}, which is not a semver version (1 to 128 ASCII letters, digits, `.`, `-` or `+`, starting with a digit)
+    #[error("{path}: package {name} has version {version:?}, which is not a semver version (1 to 128 ASCII letters, digits, `.`, `-` or `+`, starting with a digit)")]
+    BadVersion {
+        /// The lock file.
+        path: PathBuf,
+        /// The package.
+        name: String,
+        /// The refused version (at most 80 characters of it).
+        version: String,
+    },
     /// no Cargo.lock at {0}: run `cargo generate-lockfile` in the project first
     #[error("no Cargo.lock at {0}: run `cargo generate-lockfile` in the project first")]
     Missing(PathBuf),
     /// cannot read {path}
     #[error("cannot read {path}")]
     Io {
+        /// The path concerned.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: io::Error,
     },
     /// {path} is not a valid Cargo.lock
     #[error("{path} is not a valid Cargo.lock")]
     Malformed {
+        /// The path concerned.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: toml::de::Error,
     },
     /// {path} has lock file version {version}; cmbuild reads versions 1 to 4
     #[error("{path} has lock file version {version}; cmbuild reads versions 1 to 4")]
-    Version { path: PathBuf, version: u32 },
+    Version {
+        /// The path concerned.
+        path: PathBuf,
+        /// The lock format version found.
+        version: u32,
+    },
     /// {path}: package {name} {version} from crates.io has no checksum
     #[error("{path}: package {name} {version} from crates.io has no checksum")]
     NoChecksum {
+        /// The path concerned.
         path: PathBuf,
+        /// Package or crate name.
         name: String,
+        /// The package version.
         version: String,
     },
     /// {path}: checksum of {name} {version} is not 64 hex digits: `{checksum}`
     #[error("{path}: checksum of {name} {version} is not 64 hex digits: `{checksum}`")]
     BadChecksum {
+        /// The path concerned.
         path: PathBuf,
+        /// Package or crate name.
         name: String,
+        /// The package version.
         version: String,
+        /// The checksum text found.
         checksum: String,
     },
 }
@@ -59,7 +98,10 @@ pub enum LockError {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
     /// crates.io, with the sha256 of the `.crate` archive.
-    CratesIo { sha256: Sha256 },
+    CratesIo {
+        /// sha256 of the `.crate` archive.
+        sha256: Sha256,
+    },
     /// A git repository (the lock's source string, with the commit).
     Git(String),
     /// No source: a workspace member or a path dependency.
@@ -71,8 +113,11 @@ pub enum Source {
 /// One `[[package]]` of the lock.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Package {
+    /// Package or crate name.
     pub name: String,
+    /// The package version.
     pub version: String,
+    /// Where it comes from.
     pub source: Source,
 }
 
@@ -89,7 +134,9 @@ impl Package {
 /// The packages of a Cargo.lock, sorted by name, version and source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lockfile {
+    /// The lock format version (1 to 4).
     pub version: u32,
+    /// Packages sorted by name, version and source.
     pub packages: Vec<Package>,
 }
 
@@ -145,6 +192,21 @@ pub fn parse_lockfile(text: &str, path: &Path) -> Result<Lockfile, LockError> {
     }
     let mut packages = Vec::with_capacity(raw.package.len());
     for package in raw.package {
+        // Names and versions become directory names and mirror index keys: check them first.
+        let shown = |s: &str| s.chars().take(80).collect::<String>();
+        if !is_valid_crate_name(&package.name) {
+            return Err(LockError::BadName {
+                path: path.to_owned(),
+                name: shown(&package.name),
+            });
+        }
+        if !is_valid_version(&package.version) {
+            return Err(LockError::BadVersion {
+                path: path.to_owned(),
+                name: package.name,
+                version: shown(&package.version),
+            });
+        }
         let source = match package.source.as_deref() {
             None => Source::Local,
             Some(s @ (CRATES_IO_GIT | CRATES_IO_SPARSE)) => {
@@ -177,6 +239,27 @@ pub fn parse_lockfile(text: &str, path: &Path) -> Result<Lockfile, LockError> {
     }
     packages.sort();
     Ok(Lockfile { version, packages })
+}
+
+/// Whether `name` is a crate name cargo could have written: 1 to [`MAX_NAME_LEN`] ASCII
+/// letters, digits, `-` and `_`, not starting with `-`.
+pub fn is_valid_crate_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether `version` looks like a semver version: 1 to [`MAX_VERSION_LEN`] ASCII letters,
+/// digits, `.`, `-` and `+`, starting with a digit (so never `.`, `..` or a path).
+pub fn is_valid_version(version: &str) -> bool {
+    version.len() <= MAX_VERSION_LEN
+        && version.starts_with(|c: char| c.is_ascii_digit())
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
 }
 
 fn parse_sha256(text: &str) -> Option<Sha256> {
@@ -283,5 +366,41 @@ source = "registry+https://github.com/rust-lang/crates.io-index"
         let err = read_lockfile(&dir.path().join("Cargo.lock")).unwrap_err();
         assert!(matches!(err, LockError::Missing(_)));
         assert!(err.to_string().contains("cargo generate-lockfile"));
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    fn lock_with(name: &str, version: &str) -> String {
+        format!(
+            "version = 4\n\n[[package]]\nname = {}\nversion = {}\nsource = \"{CRATES_IO_GIT}\"\nchecksum = \"{}\"\n",
+            toml::Value::String(name.to_owned()),
+            toml::Value::String(version.to_owned()),
+            "ab".repeat(32)
+        )
+    }
+
+    #[test]
+    fn hostile_names_and_versions_are_refused_with_a_clear_error() {
+        let path = Path::new("Cargo.lock");
+        parse_lockfile(&lock_with("serde_json", "1.0.0-rc.1+build.5"), path).unwrap();
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        for name in [
+            "evil/x", "..", ".hidden", "a\\b", "nul\0", "-x", "", "sp ace", &long,
+        ] {
+            let err = parse_lockfile(&lock_with(name, "1.0.0"), path).unwrap_err();
+            assert!(matches!(err, LockError::BadName { .. }), "{name:?}: {err}");
+            assert!(err.to_string().contains("not a crate name"), "{err}");
+        }
+        let long = format!("1.{}", "0".repeat(MAX_VERSION_LEN));
+        for version in ["../1", "1/2", ".1", "..", "1\0", "1\\0", "", "v1.0", &long] {
+            let err = parse_lockfile(&lock_with("x", version), path).unwrap_err();
+            assert!(
+                matches!(err, LockError::BadVersion { .. }),
+                "{version:?}: {err}"
+            );
+        }
     }
 }

@@ -17,10 +17,12 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::Digest;
 
+use crate::atomic::{
+    create_temp_file, sync_dir, write_atomically, AtomicError, TempFile, TEMP_PREFIX,
+};
 use crate::cid::{Cid, CidHasher};
 use crate::sha256::Sha256;
 
@@ -28,7 +30,6 @@ use crate::sha256::Sha256;
 pub const DEFAULT_DIR: &str = "vendor-mirror";
 const BLOBS_DIR: &str = "blobs";
 const INDEX_FILE: &str = "index.json";
-const TEMP_PREFIX: &str = ".tmp-";
 const INDEX_VERSION: u32 = 1;
 
 /// Errors of the mirror.
@@ -37,33 +38,63 @@ pub enum MirrorError {
     /// cannot {action} {path}
     #[error("cannot {action} {path}")]
     Io {
+        /// What was being done (create, read, rename, ...).
         action: &'static str,
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// The underlying error.
         source: io::Error,
     },
     /// blob {cid} is not in the mirror {root}
     #[error("blob {cid} is not in the mirror {root}")]
-    Missing { cid: Cid, root: PathBuf },
+    Missing {
+        /// Content ID of the blob.
+        cid: Cid,
+        /// The mirror root.
+        root: PathBuf,
+    },
     /// blob {path} does not match its CID (its bytes are {actual}); it was not used
     #[error("blob {path} does not match its CID (its bytes are {actual}); it was not used")]
-    Corrupt { path: PathBuf, actual: Cid },
+    Corrupt {
+        /// The path concerned.
+        path: PathBuf,
+        /// What was found.
+        actual: Cid,
+    },
     /// mirror index {path} is malformed
     #[error("mirror index {path} is malformed")]
     Index {
+        /// The path concerned.
         path: PathBuf,
         #[source]
+        /// The underlying error.
         source: serde_json::Error,
     },
     /// mirror index {path} has version {found}, this cmbuild reads version {INDEX_VERSION}
     #[error("mirror index {path} has version {found}, this cmbuild reads version {INDEX_VERSION}")]
-    IndexVersion { path: PathBuf, found: u32 },
+    IndexVersion {
+        /// The path concerned.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+    },
     /// index key `{0}` is not `KIND/NAME/VERSION[/ARCH]`
     #[error("index key `{0}` is not `KIND/NAME/VERSION[/ARCH]`")]
     Key(String),
 }
 
 type Result<T, E = MirrorError> = std::result::Result<T, E>;
+
+impl From<AtomicError> for MirrorError {
+    fn from(err: AtomicError) -> MirrorError {
+        MirrorError::Io {
+            action: err.action,
+            path: err.path,
+            source: err.source,
+        }
+    }
+}
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> MirrorError {
     let path = path.to_owned();
@@ -77,8 +108,11 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Mirr
 /// What a stored blob is: its CID, its sha256 (what Cargo.lock and Debian indices pin) and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
+    /// Content ID of the blob.
     pub cid: Cid,
+    /// sha256 of the blob (lowercase hex in the index file).
     pub sha256: Sha256,
+    /// Size of the blob in bytes.
     pub size: u64,
 }
 
@@ -99,6 +133,7 @@ impl Mirror {
         Ok(mirror)
     }
 
+    /// The mirror directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -263,8 +298,12 @@ impl Mirror {
         Ok(Index { entries })
     }
 
-    /// Writes the index atomically.
+    /// Writes the index atomically. A key that would not read back as itself (a name with
+    /// a `/`, a control character, ...) is refused, so that the index always loads again.
     pub fn save_index(&self, index: &Index) -> Result<()> {
+        for key in index.entries.keys() {
+            key.check()?;
+        }
         let file = IndexFile {
             version: INDEX_VERSION,
             entries: index
@@ -275,7 +314,7 @@ impl Mirror {
         };
         let mut text = serde_json::to_vec_pretty(&file).expect("the index always serialises");
         text.push(b'\n');
-        write_atomically(&self.index_path(), &text)
+        Ok(write_atomically(&self.index_path(), &text)?)
     }
 
     /// Adds or replaces index entries (load, merge, save).
@@ -287,94 +326,9 @@ impl Mirror {
 
     fn remove_stale_temp_files(&self) -> Result<()> {
         for dir in [self.blobs_dir(), self.root.clone()] {
-            let Ok(listing) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in listing.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(rest) = name.strip_prefix(TEMP_PREFIX) {
-                    if temp_owner_is_gone(rest, &entry.path()) {
-                        // Best effort: a file another process just removed is not an error.
-                        let _ = fs::remove_file(entry.path());
-                    }
-                }
-            }
+            crate::atomic::remove_stale_temp_files(&dir);
         }
         Ok(())
-    }
-}
-
-/// Whether the process that created temp file `.tmp-<pid>-...` has ended: on Linux by
-/// `/proc/<pid>`, elsewhere when the file is more than a day old.
-fn temp_owner_is_gone(rest: &str, path: &Path) -> bool {
-    let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-    if Path::new("/proc/self").exists() {
-        return match pid {
-            Some(pid) => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
-            None => true,
-        };
-    }
-    let age = fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok());
-    age.is_some_and(|age| age.as_secs() > 24 * 3600)
-}
-
-fn create_temp_file(dir: &Path) -> Result<(PathBuf, File)> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(file) => return Ok((path, file)),
-            // A leftover of an earlier process with the same pid: take the next number.
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(err) => return Err(io_error("create", &path)(err)),
-        }
-    }
-}
-
-/// Makes a rename durable: the directory entry itself must reach the disk.
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error("sync directory", dir))
-}
-
-/// Writes `bytes` to `path` through a synced temporary file and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
-    let (temp, mut file) = create_temp_file(&dir)?;
-    let mut guard = TempFile { path: Some(temp) };
-    let temp = guard.path.clone().expect("just set");
-    file.write_all(bytes).map_err(io_error("write", &temp))?;
-    file.sync_all().map_err(io_error("sync", &temp))?;
-    drop(file);
-    fs::rename(&temp, path).map_err(io_error("rename into place", path))?;
-    guard.path = None;
-    sync_dir(&dir)
-}
-
-/// Removes the temporary file on drop unless it was renamed into place.
-#[derive(Debug)]
-struct TempFile {
-    path: Option<PathBuf>,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(path) = self.path.take() {
-            let _ = fs::remove_file(path);
-        }
     }
 }
 
@@ -439,6 +393,7 @@ pub struct StagedBlob {
 }
 
 impl StagedBlob {
+    /// What the blob is (CID, sha256, size).
     pub fn stored(&self) -> &Stored {
         &self.stored
     }
@@ -459,13 +414,16 @@ impl StagedBlob {
 pub struct VerifyReport {
     /// Blobs whose bytes match their name.
     pub good: usize,
+    /// Blobs that failed, with why.
     pub problems: Vec<Problem>,
 }
 
 /// One blob that failed verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The path concerned.
     pub path: PathBuf,
+    /// What is wrong with it.
     pub what: String,
 }
 
@@ -496,13 +454,18 @@ impl Kind {
 /// An index key; printed `KIND/NAME/VERSION[/ARCH]`, e.g. `crate/itoa/1.0.18`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
+    /// What kind of input.
     pub kind: Kind,
+    /// Package or crate name.
     pub name: String,
+    /// Its version.
     pub version: String,
+    /// Debian architecture (Debian packages only).
     pub arch: Option<String>,
 }
 
 impl Key {
+    /// The key of a crates.io `.crate`.
     pub fn crate_(name: &str, version: &str) -> Key {
         Key {
             kind: Kind::Crate,
@@ -512,6 +475,7 @@ impl Key {
         }
     }
 
+    /// The key of a Debian package.
     pub fn deb(name: &str, version: &str, arch: &str) -> Key {
         Key {
             kind: Kind::Deb,
@@ -532,13 +496,41 @@ impl fmt::Display for Key {
     }
 }
 
+/// Longest name, version or architecture an index key may hold.
+pub const MAX_KEY_PART: usize = 128;
+
+/// Whether `part` may be one `/`-separated part of an index key: 1 to [`MAX_KEY_PART`]
+/// printable ASCII characters, no `/` or `\`, not starting with `.`.
+pub fn is_valid_key_part(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= MAX_KEY_PART
+        && !part.starts_with('.')
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'\\')
+}
+
+impl Key {
+    /// Refuses a key whose parts could not be read back from its text.
+    pub fn check(&self) -> Result<()> {
+        let parts = [Some(&self.name), Some(&self.version), self.arch.as_ref()];
+        if parts.into_iter().flatten().all(|p| is_valid_key_part(p))
+            && (self.kind == Kind::Deb) == self.arch.is_some()
+        {
+            Ok(())
+        } else {
+            Err(MirrorError::Key(self.to_string()))
+        }
+    }
+}
+
 impl FromStr for Key {
     type Err = MirrorError;
 
     fn from_str(s: &str) -> Result<Key> {
         let bad = || MirrorError::Key(s.to_owned());
         let parts: Vec<&str> = s.split('/').collect();
-        if parts.iter().any(|p| p.is_empty()) {
+        if !parts.iter().all(|p| is_valid_key_part(p)) {
             return Err(bad());
         }
         match parts.as_slice() {
@@ -553,9 +545,11 @@ impl FromStr for Key {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
+    /// Content ID of the blob.
     pub cid: Cid,
     /// sha256 of the blob (lowercase hex in the file).
     pub sha256: Sha256,
+    /// Size of the blob in bytes.
     pub size: u64,
     /// Where the blob was downloaded from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -563,6 +557,7 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry of a stored blob, downloaded from `url` if given.
     pub fn new(stored: &Stored, url: Option<String>) -> Entry {
         Entry {
             cid: stored.cid,
@@ -576,10 +571,12 @@ impl Entry {
 /// Names to CIDs, sorted by key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Index {
+    /// Key -> entry.
     pub entries: BTreeMap<Key, Entry>,
 }
 
 impl Index {
+    /// The entry of `key`, if any.
     pub fn get(&self, key: &Key) -> Option<&Entry> {
         self.entries.get(key)
     }
@@ -830,8 +827,44 @@ mod tests {
             mirror.load_index(),
             Err(MirrorError::Index { .. })
         ));
-        for key in ["crate/x", "crate//1", "pypi/x/1", "deb/a/1"] {
+        for key in [
+            "crate/x",
+            "crate//1",
+            "pypi/x/1",
+            "deb/a/1",
+            "crate/.x/1",
+            "crate/x/1\0",
+        ] {
             assert!(key.parse::<Key>().is_err(), "{key}");
         }
+    }
+
+    #[test]
+    fn a_key_that_would_not_read_back_is_never_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let stored = mirror.put_bytes(b"x").unwrap();
+        mirror
+            .record([(Key::crate_("good", "1.0.0"), Entry::new(&stored, None))])
+            .unwrap();
+        let long = "a".repeat(MAX_KEY_PART + 1);
+        for (name, version) in [
+            ("evil/x", "1.0.0"),
+            ("..", "1.0.0"),
+            (".hidden", "1.0.0"),
+            ("back\\slash", "1.0.0"),
+            ("nul\0", "1.0.0"),
+            ("x", "1 0"),
+            (long.as_str(), "1.0.0"),
+        ] {
+            let err = mirror
+                .record([(Key::crate_(name, version), Entry::new(&stored, None))])
+                .unwrap_err();
+            assert!(matches!(err, MirrorError::Key(_)), "{name}: {err}");
+        }
+        // The index still loads and holds only the good entry.
+        let index = mirror.load_index().unwrap();
+        assert_eq!(index.entries.len(), 1);
+        assert!(index.get(&Key::crate_("good", "1.0.0")).is_some());
     }
 }

@@ -6,10 +6,8 @@ use std::path::Path;
 use crate::compare::{compare_builds, CompareError, Report};
 
 /// The CID of a file as `cmbuild cid` prints it.
-pub fn cid_of_file(path: &Path) -> std::io::Result<String> {
-    let file = std::fs::File::open(path)?;
-    let (cid, _len) = cmbuild_store::cid::cid_of_reader(file)?;
-    Ok(cid.to_string())
+pub fn cid_of_file(path: &Path) -> std::io::Result<cmbuild_store::cid::Cid> {
+    cmbuild_store::cid::cid_of_file(path)
 }
 
 /// Compares build directories `a` and `b`.

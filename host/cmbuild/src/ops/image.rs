@@ -71,6 +71,15 @@ pub enum ImageOpError {
         #[source]
         source: Box<ImageError>,
     },
+    /// The pins file could not be written.
+    #[error("writing {}", .path.display())]
+    WritePins {
+        /// The pins file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: MirrorError,
+    },
     /// The pins file is malformed.
     #[error("reading {}", .path.display())]
     Pins {
@@ -152,10 +161,10 @@ pub fn lock(
     let mut store = MirrorDebStore::new(&mirror, &request.mirror);
     let lock = locking::pin_packages(&request, resolution, &mut archive, &mut store, progress)
         .map_err(lock_err("pinning the packages of", &opts.request))?;
-    cmbuild_store::mirror::write_atomically(&opts.output, lock.to_json().as_bytes()).map_err(
+    cmbuild_store::atomic::write_atomically(&opts.output, lock.to_json().as_bytes()).map_err(
         |source| ImageOpError::Mirror {
             dir: opts.output.clone(),
-            source,
+            source: source.into(),
         },
     )?;
     Ok(LockOutcome::Written(Box::new(lock)))
@@ -260,8 +269,12 @@ pub fn build(opts: &ImageBuildOptions, progress: &mut dyn FnMut(Step)) -> Result
         for pin in &result {
             merged.insert(pin.key.clone(), pin.cid.clone());
         }
-        std::fs::write(&opts.digests, pins::render(&merged))
-            .map_err(io_err("writing", &opts.digests))?;
+        cmbuild_store::atomic::write_atomically(&opts.digests, pins::render(&merged).as_bytes())
+            .map_err(|source| ImageOpError::Io {
+                what: "writing",
+                path: opts.digests.clone(),
+                source: source.source,
+            })?;
     }
     Ok(result)
 }

@@ -181,10 +181,10 @@ mod tests {
                 bin_path: format!("{target}/p"),
                 krate: "p".into(),
                 version: "1.0.0".into(),
-                crate_lock_sha256: "0".repeat(64),
-                toolchain: "t".into(),
-                sha256: "0".repeat(64),
-                cid: "c".into(),
+                crate_lock_sha256: cmbuild_store::sha256::Sha256::from_bytes([0; 32]),
+                toolchain: cmbuild_store::cid::cid_of_bytes(b"t"),
+                sha256: cmbuild_store::sha256::Sha256::from_bytes([0; 32]),
+                cid: cmbuild_store::cid::cid_of_bytes(b"c"),
             }],
         };
         std::fs::write(dir.join("manifest.json"), to_canonical_json(&manifest)).unwrap();
