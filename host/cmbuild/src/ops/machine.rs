@@ -88,7 +88,7 @@ pub enum MachineRunError {
         path: PathBuf,
         /// What failed.
         #[source]
-        source: io::Error,
+        source: cmbuild_store::atomic::AtomicError,
     },
     /// The stall watchdog stopped the machine ([`crate::watchdog`]).
     #[error(
@@ -238,9 +238,14 @@ pub fn run(
     for (drive, target) in machine.bus.flash.iter().zip(&targets) {
         if let (true, Some(path)) = (drive.shared, target) {
             let bytes = &drive.mem.bytes()[..drive.image_length as usize];
-            std::fs::write(path, bytes).map_err(|source| MachineRunError::WriteBack {
-                path: path.clone(),
-                source,
+            // Atomically: a run killed while writing back leaves the old drive file or the
+            // new one, never a mix (and its temporary file is removed here, next time).
+            remove_stale_write_back_temps(path);
+            cmbuild_store::atomic::write_atomically(path, bytes).map_err(|source| {
+                MachineRunError::WriteBack {
+                    path: path.clone(),
+                    source,
+                }
             })?;
         }
     }
@@ -257,6 +262,41 @@ pub fn run(
         mcycle: machine.mcycle(),
         root_hash: opts.final_hash.then(|| machine.root_hash()),
     })
+}
+
+/// Removes, beside the drive file `path`, the temporary files of write-backs killed midway:
+/// exactly `.tmp-<pid>-<n>` (cmbuild_store::atomic's names) whose process `<pid>` is gone.
+/// Only where `/proc` tells which processes live; anything else is left alone.
+fn remove_stale_write_back_temps(path: &Path) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((pid, n)) = name
+            .strip_prefix(cmbuild_store::atomic::TEMP_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+        else {
+            continue;
+        };
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file
+            && numeric(pid)
+            && numeric(n)
+            && pid != std::process::id().to_string()
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Where each flash drive of a resumed machine is written back at the end of the run:
