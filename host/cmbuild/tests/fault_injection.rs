@@ -168,9 +168,37 @@ fn serve_crates(crates: BTreeMap<String, Vec<u8>>) -> String {
     base
 }
 
-/// A project whose Cargo.lock names `n` fake crates.io packages, their `.crate` bytes
-/// (pseudo-random, 300 KiB to 1.3 MiB each: vendoring stores them without unpacking) and
-/// the server's base URL.
+/// A `.crate` file: `NAME-VERSION/` with a manifest, a library and `len` bytes of
+/// pseudo-random data (the bulk, so that a kill can land inside a download or an unpack).
+fn make_crate(name: &str, version: &str, len: usize, rng: &mut Rng) -> Vec<u8> {
+    let data: Vec<u8> = (0..len.div_ceil(8))
+        .flat_map(|_| rng.next().to_le_bytes())
+        .take(len)
+        .collect();
+    let manifest =
+        format!("[package]\nname = \"{name}\"\nversion = \"{version}\"\nedition = \"2021\"\n");
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (file, bytes) in [
+        ("Cargo.toml", manifest.as_bytes()),
+        ("src/lib.rs", b"pub fn f() {}\n".as_slice()),
+        ("data.bin", &data),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(1);
+        header.set_cksum();
+        tar.append_data(&mut header, format!("{name}-{version}/{file}"), bytes)
+            .unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// A project whose Cargo.lock names `n` fake crates.io packages (300 KiB to 1.3 MiB
+/// each), served on loopback; returns the project and the server's base URL.
 fn fake_project(dir: &Path, n: usize) -> (PathBuf, String) {
     let project = dir.join("project");
     std::fs::create_dir_all(project.join("src")).unwrap();
@@ -186,16 +214,14 @@ fn fake_project(dir: &Path, n: usize) -> (PathBuf, String) {
     let mut rng = Rng(n as u64);
     for i in 0..n {
         let name = format!("fake-{i}");
+        let version = format!("1.0.{i}");
         let len = (300 << 10) + (rng.next() % (1 << 20)) as usize;
-        let bytes: Vec<u8> = (0..len.div_ceil(8))
-            .flat_map(|_| rng.next().to_le_bytes())
-            .take(len)
-            .collect();
+        let bytes = make_crate(&name, &version, len, &mut rng);
         let sha = hex(&Sha256::digest(&bytes));
         lock.push_str(&format!(
-            "\n[[package]]\nname = \"{name}\"\nversion = \"1.0.{i}\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\nchecksum = \"{sha}\"\n"
+            "\n[[package]]\nname = \"{name}\"\nversion = \"{version}\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\nchecksum = \"{sha}\"\n"
         ));
-        crates.insert(format!("/crates/{name}/{name}-1.0.{i}.crate"), bytes);
+        crates.insert(format!("/crates/{name}/{name}-{version}.crate"), bytes);
     }
     std::fs::write(project.join("Cargo.lock"), lock).unwrap();
     (project, serve_crates(crates))
@@ -213,6 +239,41 @@ fn vendor_cmd(project: &Path, mirror: &Path, base: &str) -> Command {
         .arg(mirror)
         .env("CMBUILD_CRATES_URL", base);
     cmd
+}
+
+/// [`vendor_cmd`] that also writes the offline cargo config `config` and its directory
+/// source (`config` with extension `crates`).
+fn vendor_config_cmd(project: &Path, mirror: &Path, base: &str, config: &Path) -> Command {
+    let mut cmd = vendor_cmd(project, mirror, base);
+    cmd.arg("--cargo-config").arg(config);
+    cmd
+}
+
+/// The directory source beside `config` holds exactly the `n` crates, each whole (its
+/// checksum file lists every file with its sha256), and nothing else; the config is whole.
+fn check_directory_source(config: &Path, n: usize, what: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.parse::<toml::Table>().is_ok(), "{what}: config {text}");
+    let dir = config.with_extension("crates");
+    let names = names(&dir);
+    let expected: Vec<String> = (0..n).map(|i| format!("fake-{i}-1.0.{i}")).collect();
+    assert_eq!(names, expected, "{what}: directory source");
+    for name in names {
+        let krate = dir.join(&name);
+        let sums: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(krate.join(".cargo-checksum.json")).unwrap())
+                .unwrap();
+        let files = sums["files"].as_object().unwrap();
+        assert_eq!(files.len(), 3, "{what}: {name}");
+        for (file, sum) in files {
+            let bytes = std::fs::read(krate.join(file)).unwrap();
+            assert_eq!(
+                hex(&Sha256::digest(&bytes)),
+                sum.as_str().unwrap(),
+                "{what}: {name}/{file}"
+            );
+        }
+    }
 }
 
 fn mirror_verify(mirror: &Path) -> Output {
@@ -265,11 +326,15 @@ fn vendor_killed_at_random_points_leaves_a_clean_mirror() {
     // An uninterrupted run: how long vendoring takes, and what it ends with.
     let reference = tmp.path().join("reference");
     let started = Instant::now();
-    let o = vendor_cmd(&project, &reference, &base).output().unwrap();
+    let config = tmp.path().join("reference.toml");
+    let o = vendor_config_cmd(&project, &reference, &base, &config)
+        .output()
+        .unwrap();
     let span = started.elapsed();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("6 downloaded"), "{}", stderr(&o));
     let expected = std::fs::read(reference.join("index.json")).unwrap();
+    check_directory_source(&config, 6, "the uninterrupted run");
 
     let mut rng = Rng::from_env();
     let mut killed = 0;
@@ -278,11 +343,16 @@ fn vendor_killed_at_random_points_leaves_a_clean_mirror() {
         let mirror = tmp.path().join(format!("mirror-{}", point % 2));
         let delay = rng.point(point, span);
         let what = format!("vendor killed after {delay:?} (point {point})");
-        killed += kill_after(vendor_cmd(&project, &mirror, &base), delay) as usize;
+        let config = tmp.path().join(format!("offline-{}.toml", point % 2));
+        killed += kill_after(vendor_config_cmd(&project, &mirror, &base, &config), delay) as usize;
         check_mirror_after_kill(&mirror, &what);
-        // The re-run finishes the job: the same index as the uninterrupted run.
-        let o = vendor_cmd(&project, &mirror, &base).output().unwrap();
+        // The re-run finishes the job: the same index as the uninterrupted run, and a
+        // whole directory source with no temporaries.
+        let o = vendor_config_cmd(&project, &mirror, &base, &config)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{what}: re-run: {}", stderr(&o));
+        check_directory_source(&config, 6, &what);
         assert_eq!(
             std::fs::read(mirror.join("index.json")).unwrap(),
             expected,
@@ -292,6 +362,8 @@ fn vendor_killed_at_random_points_leaves_a_clean_mirror() {
         // Next time round this mirror is resumed from a further kill.
         if point % 2 == 1 {
             std::fs::remove_dir_all(&mirror).unwrap();
+            std::fs::remove_dir_all(config.with_extension("crates")).unwrap();
+            std::fs::remove_file(&config).unwrap();
         }
     }
     eprintln!("{killed} of {} vendor runs killed", points());
@@ -511,4 +583,37 @@ fn a_full_disk_under_a_snapshot_is_a_clear_error_and_leaves_nothing() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("No space left on device"), "{err}");
     assert_eq!(names(&small), Vec::<String>::new(), "{err}");
+}
+
+#[test]
+fn a_full_disk_under_a_shared_drive_keeps_the_old_drive_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Some(image) = idle_program(dir) else {
+        return;
+    };
+    let small = dir.join("small");
+    let Some(_disk) = SmallDisk::mount(&small) else {
+        return;
+    };
+    // 1.5 MiB on a 2 MiB disk: the new contents do not fit beside the old.
+    let drive = vec![5u8; 3 << 19];
+    std::fs::write(small.join("data.img"), &drive).unwrap();
+    let o = Command::new(CMBUILD)
+        .current_dir(dir)
+        .args(["machine", "run", "--ram-length", "64Mi", "--ram-image"])
+        .arg(&image)
+        .args(["--flash-drive", "label:data,filename:small/data.img,shared"])
+        .args(["--max-mcycle", "384000000"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("writing back flash drive small/data.img"),
+        "{err}"
+    );
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(names(&small), ["data.img"], "{err}");
+    assert!(std::fs::read(small.join("data.img")).unwrap() == drive);
 }
