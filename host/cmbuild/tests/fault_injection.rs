@@ -10,7 +10,8 @@
 //! (its files and `digests.lock.env` go through `cmbuild_store::atomic`, which has its own
 //! tests).
 //!
-//! The kill points: `CMBUILD_FAULT_POINTS` per command (default 4; the heavy run sets more),
+//! The kill points: `CMBUILD_FAULT_POINTS` per command (default 4; the heavy `--ignored` run
+//! has its own tests with 40 and other seeds),
 //! drawn from `CMBUILD_FAULT_SEED` (printed, so a failure can be replayed) over the length of
 //! an uninterrupted run of the same command: every other point uniformly, the rest in its
 //! last 40 % (where the results are written).
@@ -36,13 +37,14 @@ const CMBUILD: &str = env!("CARGO_BIN_EXE_cmbuild");
 struct Rng(u64);
 
 impl Rng {
-    fn from_env() -> Rng {
+    /// The generator of `CMBUILD_FAULT_SEED` (or a fixed default) plus `salt`.
+    fn from_env(salt: u64) -> Rng {
         let seed = std::env::var("CMBUILD_FAULT_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(0x5eed_fa17);
-        eprintln!("fault injection: CMBUILD_FAULT_SEED={seed}");
-        Rng(seed)
+            .unwrap_or(0x5eed_fa17u64);
+        eprintln!("fault injection: CMBUILD_FAULT_SEED={seed} (salt {salt})");
+        Rng(seed.wrapping_add(salt.wrapping_mul(0x1234_5678_9abc_def1)))
     }
 
     fn next(&mut self) -> u64 {
@@ -70,12 +72,18 @@ impl Rng {
     }
 }
 
-fn points() -> usize {
+/// Kill points per command: `CMBUILD_FAULT_POINTS`, else `default`.
+fn points(default: usize) -> usize {
     std::env::var("CMBUILD_FAULT_POINTS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4)
+        .unwrap_or(default)
 }
+
+/// Kill points per command in the default run.
+const DEFAULT_POINTS: usize = 4;
+/// Kill points per command in the heavy run (`--ignored`).
+const HEAVY_POINTS: usize = 40;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -320,6 +328,17 @@ fn check_mirror_after_kill(mirror: &Path, what: &str) {
 
 #[test]
 fn vendor_killed_at_random_points_leaves_a_clean_mirror() {
+    vendor_kills(points(DEFAULT_POINTS), 0);
+}
+
+#[test]
+#[ignore = "heavy: 40 kill points (CMBUILD_FAULT_POINTS) of vendor with other seeds"]
+fn vendor_killed_at_many_points_leaves_a_clean_mirror() {
+    vendor_kills(points(HEAVY_POINTS), 1);
+}
+
+/// `points` kills of vendor, from the seed plus `salt`.
+fn vendor_kills(points: usize, salt: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let (project, base) = fake_project(tmp.path(), 6);
 
@@ -336,9 +355,9 @@ fn vendor_killed_at_random_points_leaves_a_clean_mirror() {
     let expected = std::fs::read(reference.join("index.json")).unwrap();
     check_directory_source(&config, 6, "the uninterrupted run");
 
-    let mut rng = Rng::from_env();
+    let mut rng = Rng::from_env(salt);
     let mut killed = 0;
-    for point in 0..points() {
+    for point in 0..points {
         // Each point starts from a fresh mirror or from what the last kill left.
         let mirror = tmp.path().join(format!("mirror-{}", point % 2));
         let delay = rng.point(point, span);
@@ -366,7 +385,7 @@ fn vendor_killed_at_random_points_leaves_a_clean_mirror() {
             std::fs::remove_file(&config).unwrap();
         }
     }
-    eprintln!("{killed} of {} vendor runs killed", points());
+    eprintln!("{killed} of {points} vendor runs killed");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -439,6 +458,17 @@ fn store_cmd(cwd: &Path, image: &Path, store: &str) -> Command {
 
 #[test]
 fn machine_run_store_killed_at_random_points_leaves_a_whole_snapshot_or_none() {
+    machine_store_kills(points(DEFAULT_POINTS), 0);
+}
+
+#[test]
+#[ignore = "heavy: 40 kill points (CMBUILD_FAULT_POINTS) of machine run --store with other seeds"]
+fn machine_run_store_killed_at_many_points_leaves_a_whole_snapshot_or_none() {
+    machine_store_kills(points(HEAVY_POINTS), 1);
+}
+
+/// `points` kills of `machine run --store`, from the seed plus `salt`.
+fn machine_store_kills(points: usize, salt: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let Some(image) = idle_program(dir) else {
@@ -454,8 +484,8 @@ fn machine_run_store_killed_at_random_points_leaves_a_whole_snapshot_or_none() {
     let written_back = std::fs::read(dir.join("data.img")).unwrap();
     assert_ne!(written_back, drive, "the program writes its drive");
 
-    let mut rng = Rng::from_env();
-    for point in 0..points() {
+    let mut rng = Rng::from_env(salt);
+    for point in 0..points {
         std::fs::write(dir.join("data.img"), &drive).unwrap();
         let target = format!("snap-{point}");
         let delay = rng.point(point, span);
