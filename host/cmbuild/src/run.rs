@@ -8,7 +8,9 @@
 //! defensively; write `manifest.json`, `machine.json` and `<triple>/<bin>` into a working
 //! directory, synced, and rename it into place ([`crate::staging`]), so a failed or killed
 //! run leaves nothing half-written (and the next run removes a killed run's working
-//! directory).
+//! directory). A machine that makes no visible progress for `stall_seconds` guest seconds is
+//! stopped by the stall watchdog ([`crate::watchdog`]) with its last console lines, leaving
+//! a snapshot `OUT/REV.stalled-NAME-at-MCYCLE` to debug from.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
