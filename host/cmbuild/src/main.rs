@@ -44,6 +44,8 @@ enum Command {
     Attest(commands::attest::Args),
     VerifyAttestations(commands::verify_attestations::Args),
     Log(commands::log::Args),
+    Prove(commands::prove::Args),
+    VerifyProof(commands::verify_proof::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +63,8 @@ fn main() -> ExitCode {
         Command::Attest(args) => commands::attest::exec(args),
         Command::VerifyAttestations(args) => commands::verify_attestations::exec(args),
         Command::Log(args) => commands::log::exec(args),
+        Command::Prove(args) => commands::prove::exec(args),
+        Command::VerifyProof(args) => commands::verify_proof::exec(args),
     };
     match result {
         Ok(code) => code,

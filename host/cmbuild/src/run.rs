@@ -29,6 +29,12 @@ use crate::pins::{self, Pins};
 use crate::plan::{self, Plan};
 use crate::project;
 use crate::staging::{self, WorkDir};
+use crate::untrusted;
+
+/// Largest `cmbuild.toml` read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Largest `Cargo.lock` read.
+pub const MAX_LOCK_BYTES: u64 = 16 << 20;
 
 /// Everything `cmbuild run` needs to know.
 #[derive(Clone, Debug)]
@@ -112,6 +118,12 @@ pub enum RunError {
     /// The mirror failed.
     #[error("mirror: {0}")]
     Mirror(String),
+    /// The guest image was not in the mirror and could not be assembled there.
+    #[error(transparent)]
+    Assemble(#[from] cmbuild_image::assemble::AssembleError),
+    /// This cmbuild's guest-image lock does not parse.
+    #[error("the guest-image lock this cmbuild carries: {0}")]
+    GuestLock(#[from] cmbuild_image::lock::LockFileError),
     /// The machine could not be built.
     #[error("machine {0}: {1}")]
     Machine(String, String),
@@ -136,9 +148,19 @@ pub enum RunError {
     /// The output directory exists already.
     #[error("{0} exists already; remove it or choose another --out")]
     OutputExists(String),
+    /// A project file could not be read (it leaves the tree, is not a regular file, or is
+    /// too large).
+    #[error("the project's {name}")]
+    ProjectFile {
+        /// The file.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: untrusted::ReadError,
+    },
     /// The source archive could not be unpacked on the host.
     #[error("unpacking the source archive: {0}")]
-    Source(#[from] crate::untrusted::TarError),
+    Source(#[from] untrusted::TarError),
     /// File I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -263,16 +285,22 @@ pub fn plan_release(
     let work = WorkDir::create(&opts.out_dir)?;
     let source_dir = work.path().join("source");
     std::fs::create_dir(&source_dir)?;
-    crate::untrusted::extract_tar_with_links(&source_tar[..], &source_dir)?;
+    untrusted::extract_tar_with_links(&source_tar[..], &source_dir)?;
 
-    let config = match std::fs::read_to_string(source_dir.join("cmbuild.toml")) {
-        Ok(text) => project::parse_config(&text)?,
-        Err(_) => project::ProjectConfig::default(),
+    // Project files are read confined beneath the tree (no link out of it is followed),
+    // must be regular files, and are size-capped.
+    let read = |name: &'static str, max: u64| {
+        untrusted::read_confined(&source_dir, name, max)
+            .map_err(|source| RunError::ProjectFile { name, source })
+    };
+    let config = match read("cmbuild.toml", MAX_CONFIG_BYTES)? {
+        Some(bytes) => project::parse_config(&String::from_utf8_lossy(&bytes))?,
+        None => project::ProjectConfig::default(),
     };
     let selection = project::select(&config, opts.profile.as_deref(), opts.target.as_deref())?;
     let workspace_bins = plan::list_workspace_bins(&source_dir)?;
     let plan = Plan::new(&selection, rev.commit_time, &workspace_bins)?;
-    let lock_bytes = std::fs::read(source_dir.join("Cargo.lock")).map_err(|_| {
+    let lock_bytes = read("Cargo.lock", MAX_LOCK_BYTES)?.ok_or_else(|| {
         plan::PlanError::Metadata(format!(
             "{} has no Cargo.lock at {}; commit one (cmbuild builds with --locked)",
             opts.rev, rev.commit
@@ -307,6 +335,7 @@ pub fn gather_inputs(
 ) -> Result<ReleaseInputs, RunError> {
     progress(Progress::Phase("checking inputs in the mirror".into()));
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
+    assemble_image_on_first_use(&mirror, opts, job, progress)?;
     let mut missing = Vec::new();
     let mut blob = |key: &str| -> Option<Vec<u8>> {
         match pins::require(&opts.pins, key) {
@@ -358,6 +387,56 @@ pub fn gather_inputs(
         vendor_tar,
         cids,
     })
+}
+
+/// The first run after `cmbuild vendor` finds the guest image's files missing from the
+/// mirror: assemble them offline from the vendored `.deb`s of the lock this cmbuild carries,
+/// check them against the pins and keep them in the mirror by CID (later runs read them from
+/// there). Nothing happens when each is in the mirror or in the image directory (where
+/// [`read_pinned`] checks it against its pin).
+fn assemble_image_on_first_use(
+    mirror: &Mirror,
+    opts: &RunOptions,
+    job: &ReleaseJob,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), RunError> {
+    use cmbuild_image::assemble;
+    let present = assemble::pinned_files(&opts.pins)?
+        .iter()
+        .all(|(_, file, cid)| {
+            mirror.has_valid(cid).unwrap_or(false)
+                || opts
+                    .image_dir
+                    .as_ref()
+                    .is_some_and(|dir| dir.join(file).is_file())
+        });
+    if present {
+        return Ok(());
+    }
+    progress(Progress::Phase(
+        "assembling the guest image from the mirror's Debian packages (first use, offline)".into(),
+    ));
+    let lock = cmbuild_image::lock::shipped_lock()?;
+    let work = job.work.path().join("image");
+    let mut last = 0;
+    assemble::ensure_in_mirror(mirror, &lock, &opts.pins, &work, |step| {
+        if let cmbuild_image::image::Step::Extracting { index, total, .. } = step {
+            // One line per tenth of the packages: progress without a flood.
+            let tenth = (index + 1) * 10 / total.max(1);
+            if tenth > last {
+                last = tenth;
+                progress(Progress::Phase(format!(
+                    "guest image: {}/{total} packages extracted",
+                    index + 1
+                )));
+            }
+        }
+    })?;
+    std::fs::remove_dir_all(&work).ok();
+    progress(Progress::Phase(
+        "guest image assembled, matches its pins, kept in the mirror".into(),
+    ));
+    Ok(())
 }
 
 /// A machine's record and its output drive, or why it failed.

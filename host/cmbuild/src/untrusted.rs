@@ -45,6 +45,72 @@ pub enum PathError {
     /// The path does not exist.
     #[error("{0:?} does not exist")]
     Missing(String),
+    /// Resolving the path's symbolic links leads outside the tree.
+    #[error("{0:?} leads outside the tree through a symbolic link")]
+    Escapes(String),
+    /// The path's symbolic links nest too deep or loop.
+    #[error("{0:?} has too many levels of symbolic links")]
+    LinkLoop(String),
+}
+
+/// Most symbolic links followed while resolving one path (Linux's own limit).
+const MAX_LINK_HOPS: usize = 40;
+
+/// Resolves `rel` under the directory `root` the way the kernel would, following symbolic
+/// links, but refusing any step that leaves `root` (an absolute link target, or `..` above
+/// it) — whatever the links look like lexically. Returns the resolved path relative to
+/// `root`; components that do not exist are taken as they are written.
+pub fn resolve_confined(root: &Path, rel: &str) -> Result<PathBuf, PathError> {
+    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
+    let mut todo: std::collections::VecDeque<std::ffi::OsString> =
+        rel.split('/').map(Into::into).collect();
+    let mut hops = 0;
+    while let Some(part) = todo.pop_front() {
+        if part.is_empty() || part == "." {
+            continue;
+        }
+        if part == ".." {
+            if resolved.pop().is_none() {
+                return Err(PathError::Escapes(rel.to_owned()));
+            }
+            continue;
+        }
+        let mut here = root.to_path_buf();
+        here.extend(&resolved);
+        here.push(&part);
+        match fs::symlink_metadata(&here) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                hops += 1;
+                if hops > MAX_LINK_HOPS {
+                    return Err(PathError::LinkLoop(rel.to_owned()));
+                }
+                let target =
+                    fs::read_link(&here).map_err(|_| PathError::Missing(rel.to_owned()))?;
+                if target.has_root() {
+                    return Err(PathError::Escapes(rel.to_owned()));
+                }
+                // The target replaces the link, relative to the link's directory.
+                for component in target.iter().rev() {
+                    todo.push_front(component.to_owned());
+                }
+            }
+            _ => resolved.push(part),
+        }
+    }
+    Ok(resolved.iter().collect())
+}
+
+/// Reads the project file `rel` of the extracted tree `root`: resolved with
+/// [`resolve_confined`], it must be a regular file of at most `max` bytes. `Ok(None)` when
+/// it does not exist.
+pub fn read_confined(root: &Path, rel: &str, max: u64) -> Result<Option<Vec<u8>>, ReadError> {
+    let refused = |e: PathError| ReadError::Io(io::Error::new(io::ErrorKind::InvalidInput, e));
+    let path = root.join(resolve_confined(root, rel).map_err(refused)?);
+    match fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+        Ok(_) => read_capped(&path, max).map(Some),
+    }
 }
 
 /// Checks the shape of a relative path written by untrusted data, without touching the disk.
@@ -198,6 +264,7 @@ pub fn extract_tar(
 ) -> Result<Vec<String>, TarError> {
     let mut files = std::collections::BTreeSet::new();
     let mut dirs = std::collections::BTreeSet::new();
+    let mut links = Vec::new();
     let mut total = 0u64;
     let mut tar = tar::Archive::new(archive);
     for (index, entry) in tar.entries()?.enumerate() {
@@ -239,6 +306,7 @@ pub fn extract_tar(
             }
             std::os::unix::fs::symlink(&target, dest.join(&rel))?;
             files.insert(trimmed.to_owned());
+            links.push((index, trimmed.to_owned(), target));
             continue;
         }
         if !kind.is_file() {
@@ -287,6 +355,17 @@ pub fn extract_tar(
         }
         out.flush()?;
         files.insert(trimmed.to_owned());
+    }
+    // The lexical check above cannot see through chains of links (`b -> .` makes `b/b/..`
+    // climb): now that every link exists, resolve each as the kernel would.
+    for (index, path, target) in links {
+        if let Err(e) = resolve_confined(dest, &path) {
+            return Err(TarError::Kind {
+                index,
+                path,
+                kind: format!("symlink to {target:?} that leaves the tree ({e})"),
+            });
+        }
     }
     Ok(files.into_iter().collect())
 }
@@ -509,5 +588,76 @@ mod tests {
             extract_tar(&archive[..], dir.path(), limits),
             Err(TarError::Limit(_))
         ));
+    }
+
+    #[test]
+    fn link_chains_that_climb_out_are_refused() {
+        let deep = format!("{}etc/passwd", "b/".repeat(16) + &"../".repeat(16));
+        for evil in ["b/b/../../../etc/passwd", deep.as_str()] {
+            let archive = tar_with(&[
+                ("b", tar::EntryType::Symlink, b"", Some(".")),
+                ("cmbuild.toml", tar::EntryType::Symlink, b"", Some(evil)),
+            ]);
+            let dir = tempfile::tempdir().unwrap();
+            let err = extract_tar_with_links(&archive[..], dir.path()).unwrap_err();
+            assert!(err.to_string().contains("leaves the tree"), "{evil}: {err}");
+        }
+        // A chain that stays inside is kept, and reads resolve through it.
+        let archive = tar_with(&[
+            ("b", tar::EntryType::Symlink, b"", Some(".")),
+            ("d/Cargo.lock", tar::EntryType::Regular, b"lock", None),
+            (
+                "Cargo.lock",
+                tar::EntryType::Symlink,
+                b"",
+                Some("b/b/d/../d/Cargo.lock"),
+            ),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        extract_tar_with_links(&archive[..], dir.path()).unwrap();
+        assert_eq!(
+            read_confined(dir.path(), "Cargo.lock", 100)
+                .unwrap()
+                .unwrap(),
+            b"lock"
+        );
+        assert_eq!(read_confined(dir.path(), "absent", 100).unwrap(), None);
+        assert!(matches!(
+            read_confined(dir.path(), "Cargo.lock", 3),
+            Err(ReadError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn confined_reads_refuse_escapes_loops_and_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.join("zero")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        std::os::unix::fs::symlink("..", root.join("up")).unwrap();
+        std::os::unix::fs::symlink(".", root.join("here")).unwrap();
+        assert!(matches!(
+            resolve_confined(&root, "zero"),
+            Err(PathError::Escapes(_))
+        ));
+        assert!(matches!(
+            resolve_confined(&root, "loop"),
+            Err(PathError::LinkLoop(_))
+        ));
+        assert!(matches!(
+            resolve_confined(&root, "here/here/up/x"),
+            Err(PathError::Escapes(_))
+        ));
+        assert_eq!(
+            resolve_confined(&root, "here/./here/a/../b").unwrap(),
+            PathBuf::from("b")
+        );
+        for name in ["zero", "loop", "up/tree/zero"] {
+            assert!(read_confined(&root, name, 1 << 20).is_err(), "{name}");
+        }
+        // A directory is not a file.
+        fs::create_dir(root.join("dir")).unwrap();
+        assert!(read_confined(&root, "dir", 10).is_err());
     }
 }

@@ -132,3 +132,17 @@ fn no_jit_interprets_with_identical_results() {
     );
     assert_eq!(translated, interpreted);
 }
+
+#[test]
+fn the_guest_console_reaches_the_terminal_sanitised() {
+    // The same program printing ESC instead of "A": an escape sequence could forge output.
+    let mut program = PRINT_A_EXIT_3;
+    program[3] = 0x01b3_8393; // addi t2, t2, 0x1b
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("esc.bin");
+    let bytes: Vec<u8> = program.iter().flat_map(|w| w.to_le_bytes()).collect();
+    std::fs::write(&path, bytes).unwrap();
+    let o = cmbuild(&["--ram-length", "1Mi", "--ram-image", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"\\x1b");
+}

@@ -5,6 +5,11 @@
 //! `$CMBUILD_CACHE`, and runs tens of billions of guest instructions); `.ci/run` runs it
 //! with the other heavy tests. `CMBUILD_E2E_TARGET` picks one triple (default: all three).
 //!
+//! The run itself takes the user's two steps: `vendor`, then `run` from another directory
+//! with no `--image-dir`, on a mirror holding only what `vendor` fetched (no image files):
+//! `run` must assemble the guest image on first use, check it against its pins and keep it
+//! in the mirror.
+//!
 //! What it proves: two independent runs give identical manifests, artifacts and machine
 //! root hashes; the x86_64 binary runs on the host; `compare` on the real outputs reports
 //! a flipped byte as output drift and a changed Cargo.lock hash as input drift.
@@ -25,8 +30,13 @@ fn cache_dir() -> PathBuf {
 }
 
 fn cmbuild(args: &[&str]) -> std::process::Output {
-    eprintln!("$ cmbuild {}", args.join(" "));
+    cmbuild_in(&std::env::current_dir().unwrap(), args)
+}
+
+fn cmbuild_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    eprintln!("$ cd {} && cmbuild {}", dir.display(), args.join(" "));
     let out = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
+        .current_dir(dir)
         .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -128,6 +138,28 @@ fn release_builds_reproduce_inside_the_machine() {
         "the committed image pins must reproduce"
     );
 
+    // What a user has after `cmbuild vendor` alone: the shared mirror less the image files
+    // (hard links, so nothing is copied).
+    let image_cids: Vec<String> = cmbuild::pins::parse(&std::fs::read_to_string(&pins).unwrap())
+        .unwrap()
+        .into_iter()
+        .filter(|(key, _)| key.starts_with("GUEST_"))
+        .map(|(_, cid)| cid)
+        .collect();
+    assert_eq!(image_cids.len(), 4);
+    let vendored = work.path().join("vendored-mirror");
+    std::fs::create_dir_all(vendored.join("blobs")).unwrap();
+    std::fs::copy(mirror.join("index.json"), vendored.join("index.json")).unwrap();
+    for entry in std::fs::read_dir(mirror.join("blobs")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !image_cids.contains(&name) && entry.file_type().unwrap().is_file() {
+            std::fs::hard_link(entry.path(), vendored.join("blobs").join(&name)).unwrap();
+        }
+    }
+    let elsewhere = work.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+
     let builds = work.path().join("builds");
     let mut args = vec![
         "run",
@@ -136,9 +168,7 @@ fn release_builds_reproduce_inside_the_machine() {
         "--project",
         s(&project),
         "--mirror",
-        s(&mirror),
-        "--image-dir",
-        s(&image),
+        s(&vendored),
         "--pins",
         s(&pins),
         "--out",
@@ -147,11 +177,17 @@ fn release_builds_reproduce_inside_the_machine() {
     ];
     let target = std::env::var("CMBUILD_E2E_TARGET").unwrap_or_else(|_| "all".into());
     args.extend(["--target", target.as_str()]);
-    let out = cmbuild(&args);
+    let out = cmbuild_in(&elsewhere, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.trim_end().ends_with("Reproducibility check PASSED"));
+    for cid in &image_cids {
+        assert!(
+            vendored.join("blobs").join(cid).is_file(),
+            "the assembled image file {cid} is kept in the mirror"
+        );
+    }
 
     let run1 = builds.join("run1/v0.1.0");
     let run2 = builds.join("run2/v0.1.0");

@@ -134,8 +134,6 @@ fn keys_attestations_threshold_and_log() {
     ]));
     let out = ok(&cmbuild(&[
         "verify-attestations",
-        "--attestations",
-        p(&build),
         "--trusted-keys",
         p(&trusted_file),
         "--threshold",
@@ -235,4 +233,38 @@ fn keys_attestations_threshold_and_log() {
         p(&cons),
     ]);
     assert_eq!(out.status.code(), Some(1));
+
+    // An artifact proof: the binary, its attestations and their log proofs, checked offline.
+    let hello_proof = t.join("hello.proof.json");
+    ok(&cmbuild(&[
+        "prove",
+        p(&build),
+        "x86_64-unknown-linux-gnu/hello",
+        "--attestations",
+        p(&atts),
+        "--log",
+        p(&log),
+        "--out",
+        p(&hello_proof),
+    ]));
+    let bin = build.join("x86_64-unknown-linux-gnu/hello");
+    let verify_proof = |k: &str, artifact: &Path| {
+        cmbuild(&[
+            "verify-proof",
+            p(&hello_proof),
+            "--artifact",
+            p(artifact),
+            "--trusted-keys",
+            p(&trusted_file),
+            "--threshold",
+            k,
+            "--log-key",
+            p(&pubkey),
+        ])
+    };
+    assert!(ok(&verify_proof("2", &bin)).contains("Attestation check PASSED"));
+    assert_eq!(verify_proof("3", &bin).status.code(), Some(1));
+    // Another binary: refused.
+    let out = verify_proof("2", &other.join("x86_64-unknown-linux-gnu/hello"));
+    assert_ne!(out.status.code(), Some(0));
 }

@@ -131,7 +131,7 @@ fn vendored_example_builds_offline_from_an_empty_cargo_home() {
     );
     assert!(second.status.success(), "{}", stderr(&second));
     assert!(
-        stderr(&second).contains("0 downloaded (0 B), 4 already in"),
+        stderr(&second).contains("crates: 0 downloaded (0 B), 4 already there"),
         "{}",
         stderr(&second)
     );

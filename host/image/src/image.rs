@@ -352,4 +352,21 @@ mod tests {
         let err = build_image(&lock, |_| Err("gone".into()), dir.path(), |_| {}).unwrap_err();
         assert!(matches!(err, ImageError::Load { .. }), "{err}");
     }
+
+    #[test]
+    fn image_files_appear_whole_or_not_at_all() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rootfs.erofs");
+        let mut staged = AtomicFile::create(&path).unwrap();
+        staged.write_all(b"half").unwrap();
+        drop(staged); // a failed build
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut staged = AtomicFile::create(&path).unwrap();
+        staged.write_all(b"whole").unwrap();
+        assert!(!path.exists(), "visible before it is complete");
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }

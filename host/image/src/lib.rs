@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod assemble;
 pub mod cpio;
 pub mod deb;
 pub mod debian;

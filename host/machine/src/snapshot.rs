@@ -68,16 +68,23 @@
 //! gigabytes of RAM it never touched gives a snapshot of its used pages only.
 //!
 //! # Checks on load
-//! [`parse_manifest`] and [`load`] refuse, with an error naming what is wrong, a manifest
-//! with
-//! another magic, format version or hash scheme, a manifest that does not match its
-//! `checksum` line or is malformed, a file whose length or SHA-256 differs from the
-//! manifest's, a pages file with a bad header or index, a flash drive layout that this
-//! build would not give the same configuration, state bytes that do not decode, an `mcycle`
-//! that differs from the state's, and finally a state hash, recomputed from scratch over
-//! what was loaded, that differs from the stored `root-hash`. Everything but the last two
-//! is checked before the machine's memory is allocated, and [`parse_manifest`] alone
-//! bounds every length a caller reads the files by.
+//! A snapshot may come from anyone. [`parse_manifest`] and [`load`] refuse, with an error
+//! naming what is wrong, a manifest with another magic, format version or hash scheme, a
+//! manifest that does not match its `checksum` line or is malformed, RAM or a flash drive
+//! of 64 GiB or more ([`crate::machine::MEMORY_LIMIT`]), a file longer than its contents
+//! can be, a file whose length or SHA-256 differs from the manifest's, a pages file with a
+//! bad header or index, a flash drive layout that this build would not give the same
+//! configuration, state bytes that do not decode, an `mcycle` that differs from the
+//! state's, and finally a state hash, recomputed from scratch over what was loaded, that
+//! differs from the stored `root-hash`. Everything but the last two is checked before the
+//! machine's memory is allocated (and an allocation the host refuses is an error, not an
+//! abort); [`parse_manifest`] alone bounds every length a caller reads the files by.
+//!
+//! The processor state is legalised as it loads, as software could have left it: `pc`
+//! even, every CSR through the legalisation of a `csrw` from M-mode over its reset value
+//! (`mstatus.MPP = 2` becomes U, an unsupported `satp` mode leaves `satp` at reset, ...;
+//! see [`crate::hart::csr::Csrs::legalize`]). A snapshot of a real run is already legal
+//! and loads unchanged; the state hash is checked over the legalised state.
 //!
 //! # Writing
 //! [`encode`] gives the files in the order of the table, then `manifest`, with their

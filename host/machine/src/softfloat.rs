@@ -10,7 +10,7 @@
 //!
 //! Design: operands are unpacked to (sign, exponent, significand), the exact result (or an
 //! exact result truncated with a "sticky" bit that records any nonzero discarded bits) is
-//! formed in `u64`/`u128`, and one routine, [`round_pack`], rounds it in any of the five
+//! formed in `u64`/`u128`, and one routine, `round_pack`, rounds it in any of the five
 //! modes, handling overflow, subnormals and the flags.
 //!
 //! Callers (the hart) are responsible for NaN-boxing, resolving the dynamic rounding mode

@@ -84,3 +84,35 @@ fn device_windows_answer_through_the_table() {
         );
     }
 }
+
+/// `csrs mip` in M-mode (OpenSBI raising the supervisor timer) while the PLIC's SEIP line
+/// is high must not latch the line into the software-writable SEIP bit: the latched bit
+/// would keep an external interrupt pending that no claim clears, and S-mode would take it
+/// forever (the console hang of issue 12).
+#[test]
+fn csrs_mip_does_not_latch_the_plic_seip_line() {
+    use cmbuild_machine::board::{PLIC_BASE, UART_BASE};
+    use cmbuild_machine::hart::csr::{MIP_SEIP, MIP_STIP};
+    let mut code = Vec::new();
+    for w in [0x0200_0293u32, 0x3442_a073, 0x0000_006f] {
+        // li t0, 32; csrs mip, t0; j .
+        code.extend_from_slice(&w.to_le_bytes());
+    }
+    let mut m = Machine::new(&MachineConfig {
+        ram_image: Some(code),
+        ..config()
+    })
+    .unwrap();
+    // UART source 1 enabled for context 1 (S) with priority 1, and its THRE interrupt on.
+    m.bus.write_mmio(PLIC_BASE + 4, 4, 1, 0).unwrap();
+    m.bus.write_mmio(PLIC_BASE + 0x2080, 4, 1 << 1, 0).unwrap();
+    m.bus.write_mmio(UART_BASE + 1, 1, 2, 0).unwrap();
+    assert!(m.bus.devices.plic.seip());
+    m.run(2);
+    assert_eq!(m.hart.csr.mip, MIP_STIP, "only STIP is written");
+    assert_ne!(m.hart.mip(&m.bus) & MIP_SEIP, 0, "the line still shows");
+    // Served: the line drops and the claim takes the pending interrupt: SEIP is clear.
+    m.bus.write_mmio(UART_BASE + 1, 1, 0, 0).unwrap();
+    assert_eq!(m.bus.read_mmio(PLIC_BASE + 0x20_1004, 4, 0), Some(1));
+    assert_eq!(m.hart.mip(&m.bus) & MIP_SEIP, 0);
+}

@@ -13,8 +13,9 @@
 //!   then runs 10,000 instructions translated and interpreted to the same state hash.
 //!
 //! Budget: `CMBUILD_FUZZ_CASES` cases per property (default 64, a few seconds); the heavy
-//! run raises it. `CMBUILD_FUZZ_SEED` picks the first seed (default fixed). Each property
-//! prints its executions per second.
+//! run (`--ignored`) runs 2000 of each, with seeds that do not overlap the default run's.
+//! `CMBUILD_FUZZ_SEED` picks the first seed. Each property prints its executions per
+//! second.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -37,12 +38,20 @@ fn now() -> Instant {
     Instant::now()
 }
 
-fn cases() -> u64 {
-    env_u64("CMBUILD_FUZZ_CASES", 64)
+/// The default run's budget and first seed.
+fn light() -> (u64, u64) {
+    (
+        env_u64("CMBUILD_FUZZ_CASES", 64),
+        env_u64("CMBUILD_FUZZ_SEED", 0x00c0_ffee),
+    )
 }
 
-fn first_seed() -> u64 {
-    env_u64("CMBUILD_FUZZ_SEED", 0x00c0_ffee)
+/// The heavy run's budget and first seed.
+fn heavy() -> (u64, u64) {
+    (
+        env_u64("CMBUILD_FUZZ_CASES", 2000),
+        env_u64("CMBUILD_FUZZ_SEED", 0x0100_0000),
+    )
 }
 
 /// xorshift64*.
@@ -413,10 +422,20 @@ const LIMIT: u64 = 2_000_000;
 
 #[test]
 fn random_programs_agree_translated_interpreted_and_resumed() {
+    random_programs(light());
+}
+
+#[test]
+#[ignore = "heavy: 2000 random programs (a few minutes)"]
+fn random_programs_agree_translated_interpreted_and_resumed_heavy() {
+    random_programs(heavy());
+}
+
+fn random_programs((cases, first_seed): (u64, u64)) {
     let t = now();
     let (mut runs, mut instructions) = (0u64, 0u64);
-    for case in 0..cases() {
-        let seed = first_seed().wrapping_add(case);
+    for case in 0..cases {
+        let seed = first_seed.wrapping_add(case);
         let _guard = Seed("random program", seed);
         let mut rng = Rng::new(seed);
         let config = program_config(random_image(&mut rng));
@@ -458,9 +477,9 @@ fn random_programs_agree_translated_interpreted_and_resumed() {
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
         "random programs: {} cases ({} instructions each on average), {runs} runs, {:.0} cases/s, {:.1} M instructions/s",
-        cases(),
-        instructions / 3 / cases().max(1),
-        cases() as f64 / secs,
+        cases,
+        instructions / 3 / cases.max(1),
+        cases as f64 / secs,
         instructions as f64 / secs / 1e6
     );
 }
@@ -566,9 +585,19 @@ fn load_forged(files: &mut BTreeMap<String, Vec<u8>>) -> Result<Machine, Snapsho
 
 #[test]
 fn mutated_snapshots_load_or_fail_cleanly_and_run_the_same_both_ways() {
+    mutated_snapshots(light());
+}
+
+#[test]
+#[ignore = "heavy: 2000 mutated snapshots (about a minute)"]
+fn mutated_snapshots_load_or_fail_cleanly_and_run_the_same_both_ways_heavy() {
+    mutated_snapshots(heavy());
+}
+
+fn mutated_snapshots((cases, first_seed): (u64, u64)) {
     let t = now();
     let (mut loaded, mut refused) = (0u64, BTreeMap::<String, u64>::new());
-    let mut rng = Rng::new(first_seed() ^ 0x5eed);
+    let mut rng = Rng::new(first_seed ^ 0x5eed);
     // A few base snapshots, cut at random points of random programs.
     let bases: Vec<BTreeMap<String, Vec<u8>>> = (0..4)
         .map(|_| {
@@ -580,8 +609,8 @@ fn mutated_snapshots_load_or_fail_cleanly_and_run_the_same_both_ways() {
                 .to_map()
         })
         .collect();
-    for case in 0..cases() {
-        let seed = first_seed().wrapping_add(case);
+    for case in 0..cases {
+        let seed = first_seed.wrapping_add(case);
         let _guard = Seed("snapshot mutation", seed);
         let mut rng = Rng::new(seed);
         let mut files = bases[rng.below(bases.len() as u64) as usize].clone();
@@ -609,8 +638,8 @@ fn mutated_snapshots_load_or_fail_cleanly_and_run_the_same_both_ways() {
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
         "snapshot mutations: {} cases ({loaded} loaded and ran, refused: {refused:?}), {:.0} cases/s",
-        cases(),
-        cases() as f64 / secs
+        cases,
+        cases as f64 / secs
     );
     assert!(
         loaded > 0,

@@ -6,6 +6,7 @@
 //! a plain relative `<triple>/<bin>` that goes through no symbolic link, and every artifact's
 //! SHA-256 is recomputed from its file and must equal what the manifest claims.
 
+use cmbuild_store::hex;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
@@ -176,6 +177,9 @@ pub struct BuildFacts {
     /// String fields of `machine.json` whose names start with `template` (a machine
     /// template's hash, if the record has one).
     pub template: BTreeMap<String, String>,
+    /// The machines' settings (`config` of `machine.json`: RAM, drive sizes, mcycle limit),
+    /// when the record has them.
+    pub machine_config: Option<BTreeMap<String, u64>>,
 }
 
 /// What a set of attestations must agree on: the commit, every subject's SHA-256 and every
@@ -319,6 +323,17 @@ pub fn read_build_dir(dir: &Path) -> Result<BuildFacts, BuildError> {
             crate_lock_sha256: a.crate_lock_sha256,
         });
     }
+    let machine_config = match machine.rest.get("config") {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_value::<BTreeMap<String, u64>>(v.clone()).map_err(|e| {
+                BuildError::Parse {
+                    path: machine_path.display().to_string(),
+                    reason: format!("config: {e}"),
+                }
+            })?,
+        ),
+    };
     let template = machine
         .rest
         .into_iter()
@@ -343,5 +358,6 @@ pub fn read_build_dir(dir: &Path) -> Result<BuildFacts, BuildError> {
             })
             .collect(),
         template,
+        machine_config,
     })
 }

@@ -47,14 +47,3 @@ pub(crate) fn create_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()>
     file.write_all(bytes)?;
     file.sync_all()
 }
-
-/// Replaces `path` atomically: writes a sibling temporary file, then renames it over `path`.
-pub(crate) fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    let _ = std::fs::remove_file(&tmp);
-    create_new(&tmp, bytes, 0o644)?;
-    std::fs::rename(&tmp, path)
-}

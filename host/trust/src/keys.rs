@@ -9,6 +9,7 @@
 //!   so concatenated `.pub` files form a valid list.
 //! - A key ID is the lowercase hex SHA-256 of the 32 raw public key bytes.
 
+use cmbuild_store::hex;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -97,7 +98,9 @@ impl PublicKey {
     pub fn parse(text: &str) -> Result<PublicKey, String> {
         let text = text.trim();
         let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            hex::decode(text).map_err(|e| e.to_string())?
+            hex::decode_array::<32>(text)
+                .map_err(|e| e.to_string())?
+                .to_vec()
         } else {
             base64::engine::general_purpose::STANDARD
                 .decode(text)
@@ -184,14 +187,14 @@ impl SecretKey {
                 found: lines.len(),
             });
         };
-        let seed: [u8; 32] = hex::decode(text)
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| KeyError::Syntax {
-                path: path.display().to_string(),
-                line: *line,
-                reason: "a secret key is 64 hex digits".to_owned(),
-            })?;
+        let seed: [u8; 32] =
+            hex::decode_array::<32>(text)
+                .ok()
+                .ok_or_else(|| KeyError::Syntax {
+                    path: path.display().to_string(),
+                    line: *line,
+                    reason: "a secret key is 64 hex digits".to_owned(),
+                })?;
         Ok(SecretKey::from_seed(&seed))
     }
 }

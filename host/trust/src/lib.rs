@@ -1,8 +1,8 @@
 //! Trust without trusting one builder: signed attestations of cmbuild releases, k-of-n
 //! verification, a transparency log kept as files, and offline proofs.
 //!
-//! This crate holds all the logic; the `cmbuild key`, `attest`, `verify-attestations` and
-//! `log` commands only parse flags and call it. It depends on `cmbuild-store` (CIDs) and
+//! This crate holds all the logic; the `cmbuild key`, `attest`, `verify-attestations`,
+//! `log`, `prove` and `verify-proof` commands only parse flags and call it. It depends on `cmbuild-store` (CIDs) and
 //! never on `cmbuild`: it reads build directories itself ([`build`]).
 //!
 //! # What is signed
@@ -15,7 +15,8 @@
 //! - `predicate.buildDefinition`: `buildType` = [`statement::BUILD_TYPE`];
 //!   `externalParameters` = `commit`, `release`, `targets`, `toolchains` (triple → CID) and
 //!   `pins` (the `GUEST_*` inputs of `machine.json` and each target's
-//!   `RUST_TOOLCHAIN__<TRIPLE>`); `internalParameters` = the `template*` string fields of
+//!   `RUST_TOOLCHAIN__<TRIPLE>`), and `machine` (the machine settings of `machine.json`'s
+//!   `config`, when present); `internalParameters` = the `template*` string fields of
 //!   `machine.json` when it has any; `resolvedDependencies` = every input of `machine.json`,
 //!   every toolchain and the Cargo.lock, each with `uri` = `ipfs://<CID>` and, where the CID
 //!   is a raw leaf (its digest is the content's SHA-256), `digest.sha256`;
@@ -47,8 +48,9 @@
 //! directory against a trusted-keys file and groups the signers by claim (commit, every
 //! subject's SHA-256, every machine's root hash). It passes when at least K distinct trusted
 //! keys make the reference claim (the build directory's own, if given, otherwise the claim
-//! with the most keys) and no other claim also reaches K. A key that signed two different
-//! claims counts for none. Everything else is named: who disagrees on which artifact or root
+//! with the most keys) and no other claim about the same commit also reaches K. A key that
+//! signed two different claims about one commit counts for none; claims about other commits
+//! are listed and ignored. Everything else is named: who disagrees on which artifact or root
 //! hash, which signatures did not verify, which files were unreadable.
 //!
 //! # The transparency log on disk
@@ -57,8 +59,9 @@
 //! digests of attestation files (their exact bytes); leaf hash = SHA-256(0x00 || data),
 //! node hash = SHA-256(0x01 || left || right), split at the largest power of two smaller
 //! than n. A directory holds `log.pub`, `leaves` (one hex entry per line), `entries/<hex>.json`
-//! (copies of the attestations) and `heads/<size>.json` (every signed tree head ever
-//! published, never rewritten).
+//! (copies of the attestations), `heads/<size>.json` (every signed tree head ever
+//! published, never rewritten) and, only while an append runs, `lock`. `leaves` is replaced
+//! through a synced temporary file and a rename; every other file is created once.
 //!
 //! # Proof formats
 //!
@@ -79,11 +82,20 @@
 //! Each verifies offline with only the log's public key (and the attestation file, or the
 //! older head).
 //!
+//! # Artifact proofs
+//!
+//! `cmbuild prove BUILD_DIR <triple>/<bin>` bundles, for one binary, every attestation that
+//! names it with its digest and each one's log inclusion proof ([`artifact`]); `cmbuild
+//! verify-proof` checks the bundle offline against the user's trusted keys, threshold and
+//! (optionally) log key. It proves that K trusted keys signed statements naming those bytes,
+//! not a path from the bytes into a machine's state hash.
+//!
 //! [in-toto Statement v1]: https://github.com/in-toto/attestation/blob/main/spec/v1/statement.md
 //! [SLSA Provenance v1]: https://slsa.dev/spec/v1.0/provenance
 //! [DSSE]: https://github.com/secure-systems-lab/dsse/blob/master/protocol.md
 #![warn(missing_docs)]
 
+pub mod artifact;
 pub mod build;
 pub mod canonical;
 pub mod dsse;

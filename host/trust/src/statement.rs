@@ -1,6 +1,7 @@
 //! The in-toto Statement v1 with a SLSA Provenance v1 predicate that `cmbuild attest` signs,
 //! and the [`Claim`] a verifier reads back out of one.
 
+use cmbuild_store::hex;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
@@ -129,6 +130,9 @@ pub fn statement(facts: &BuildFacts, opts: &AttestOptions) -> Value {
         },
         "resolvedDependencies": deps.into_iter().map(|d| d.2).collect::<Vec<_>>(),
     });
+    if let Some(config) = &facts.machine_config {
+        build_definition["externalParameters"]["machine"] = json!(config);
+    }
     if !facts.template.is_empty() {
         build_definition["internalParameters"] = json!(facts.template);
     }

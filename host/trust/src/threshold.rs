@@ -2,8 +2,9 @@
 //!
 //! Every envelope of a directory is checked against the trusted keys; the claim (commit,
 //! subjects' SHA-256, machines' root hashes) of each validly signed statement is grouped by
-//! signer. A key that signed two different claims is an equivocator: it is reported and
-//! counts for nothing. The reference claim is the build directory's own claim when one is
+//! signer. A key that signed two different claims about the same commit is an equivocator:
+//! it is reported and counts for nothing. Claims about other commits than the reference's
+//! are listed and otherwise ignored (a directory may hold attestations of several releases). The reference claim is the build directory's own claim when one is
 //! given, otherwise the claim most keys support. The check passes when the reference has at
 //! least K supporting keys and no other claim also reaches K.
 
@@ -19,6 +20,8 @@ use crate::statement::claim_of_statement;
 
 /// Most files read from an attestation directory.
 pub const MAX_ATTESTATION_FILES: usize = 10_000;
+/// Most bytes read from an attestation directory, all files together.
+pub const MAX_ATTESTATION_DIR_BYTES: u64 = 256 << 20;
 
 /// Why the attestations could not be evaluated at all.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,9 @@ pub enum ThresholdError {
     /// The directory holds more files than are read.
     #[error("{0} holds more than {MAX_ATTESTATION_FILES} attestation files")]
     TooMany(String),
+    /// The directory's attestations are larger, together, than is read.
+    #[error("the attestations in {0} are larger than {MAX_ATTESTATION_DIR_BYTES} bytes together")]
+    TooLarge(String),
     /// The threshold is 0 or larger than the number of trusted keys.
     #[error(
         "threshold {threshold} is impossible with {keys} trusted key(s); it must be 1..={keys}"
@@ -66,9 +72,12 @@ pub struct ThresholdReport {
     pub reference: Option<Group>,
     /// Whether the reference is the given build directory's claim.
     pub reference_is_build: bool,
-    /// Every other claim, with how it differs from the reference.
+    /// Every other claim about the reference's commit, with how it differs from the
+    /// reference (every claim, when no claim leads).
     pub dissent: Vec<(Group, Vec<String>)>,
-    /// Keys that signed more than one claim.
+    /// Claims about other commits (other builds), which are neither counted nor rivals.
+    pub other_commits: Vec<Group>,
+    /// Keys that signed two different claims about the same commit.
     pub equivocators: BTreeSet<String>,
     /// Files or signatures that were not counted, and why.
     pub problems: Vec<String>,
@@ -128,18 +137,22 @@ pub fn read_attestation_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, Thresh
         }
     }
     names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let path = dir.join(&name);
-            files::read_capped(&path, MAX_ENVELOPE_BYTES)
-                .map(|bytes| (path.display().to_string(), bytes))
-                .map_err(|source| ThresholdError::Io {
-                    path: path.display().to_string(),
-                    source,
-                })
-        })
-        .collect()
+    let mut total = 0u64;
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let path = dir.join(&name);
+        let bytes =
+            files::read_capped(&path, MAX_ENVELOPE_BYTES).map_err(|source| ThresholdError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        total += bytes.len() as u64;
+        if total > MAX_ATTESTATION_DIR_BYTES {
+            return Err(ThresholdError::TooLarge(dir.display().to_string()));
+        }
+        out.push((path.display().to_string(), bytes));
+    }
+    Ok(out)
 }
 
 /// Evaluates attestation files (name, bytes) against `trusted` keys and threshold K,
@@ -215,7 +228,9 @@ pub fn evaluate(
     }
     let mut groups: BTreeMap<Claim, Group> = BTreeMap::new();
     for (keyid, claims) in by_key {
-        if claims.len() > 1 {
+        // Two different claims about the same commit: the key cannot be believed on any.
+        let commits: BTreeSet<&String> = claims.keys().map(|c| &c.commit).collect();
+        if commits.len() < claims.len() {
             report.equivocators.insert(keyid);
             continue;
         }
@@ -251,7 +266,13 @@ pub fn evaluate(
             }
         }
     };
-    let others: Vec<Group> = groups.into_values().collect();
+    // Claims about other commits are about other builds: listed, never rivals.
+    let (others, elsewhere): (Vec<Group>, Vec<Group>) = groups.into_values().partition(|g| {
+        reference
+            .as_ref()
+            .is_none_or(|r| r.claim.commit == g.claim.commit)
+    });
+    report.other_commits = elsewhere;
     let rival_reaches = others.iter().any(|g| g.keyids.len() >= threshold);
     report.passed = reference
         .as_ref()
@@ -327,10 +348,19 @@ impl ThresholdReport {
                 let _ = writeln!(out, "    (this rival claim also reaches the threshold)");
             }
         }
+        for group in &self.other_commits {
+            let keys: Vec<String> = group.keyids.iter().map(short).collect();
+            let _ = writeln!(
+                out,
+                "  ignored: key(s) {} attest another commit, {}",
+                keys.join(", "),
+                group.claim.commit
+            );
+        }
         for k in &self.equivocators {
             let _ = writeln!(
                 out,
-                "  equivocates: key {} signed different claims; it counts for none",
+                "  equivocates: key {} signed different claims about one commit; it counts for none",
                 short(k)
             );
         }

@@ -10,8 +10,10 @@
 //!   attestation file's SHA-256), replaced atomically on append;
 //! - `entries/<hex>.json`: a copy of each logged attestation, named by its SHA-256;
 //! - `heads/<size>.json`: the signed tree head of every size the log has published; never
-//!   rewritten. The head with the largest size is the current one.
+//!   rewritten. The head with the largest size is the current one;
+//! - `lock`: present only while an append runs (one appender at a time).
 
+use cmbuild_store::hex;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -89,6 +91,9 @@ pub enum LogError {
         /// Its index.
         index: u64,
     },
+    /// Another append holds the log's lock.
+    #[error("{0} exists: another append is running (remove it if none is)")]
+    Locked(String),
     /// The log has no head of that size.
     #[error("the log has published no tree head of size {0}")]
     NoHead(u64),
@@ -98,6 +103,9 @@ pub enum LogError {
     /// A proof does not verify.
     #[error("proof refused: {0}")]
     Refused(String),
+    /// The entries could not be written (through a synced temporary file and a rename).
+    #[error(transparent)]
+    Write(#[from] cmbuild_store::atomic::AtomicError),
     /// Something could not be written canonically.
     #[error(transparent)]
     Canonical(#[from] canonical::CanonicalError),
@@ -128,9 +136,7 @@ fn parse_hash(what: &str, s: &str) -> Result<Hash, LogError> {
             format!("{s:?} is not 64 lowercase hex digits"),
         ));
     }
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(s, &mut out).map_err(|e| malformed(what, e.to_string()))?;
-    Ok(out)
+    hex::decode_array::<32>(s).map_err(|e| malformed(what, e.to_string()))
 }
 
 fn parse_path(what: &str, path: &[String]) -> Result<Vec<Hash>, LogError> {
@@ -389,6 +395,29 @@ pub struct Log {
     key: PublicKey,
     entries: Vec<Hash>,
     heads: BTreeMap<u64, PathBuf>,
+    _lock: Option<AppendLock>,
+}
+
+/// The `lock` file of a log being appended to; removed when dropped.
+struct AppendLock(PathBuf);
+
+impl AppendLock {
+    fn take(dir: &Path) -> Result<AppendLock, LogError> {
+        let path = dir.join("lock");
+        match files::create_new(&path, b"", 0o644) {
+            Ok(()) => Ok(AppendLock(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(LogError::Locked(path.display().to_string()))
+            }
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+}
+
+impl Drop for AppendLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn list_heads(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, LogError> {
@@ -444,6 +473,7 @@ impl Log {
             key,
             entries,
             heads: list_heads(dir)?,
+            _lock: None,
         };
         let current = log.heads.keys().next_back().copied().unwrap_or(0);
         if current != log.entries.len() as u64 {
@@ -459,7 +489,10 @@ impl Log {
     }
 
     /// Opens the log in `dir` for appending with `key`, creating it if `dir` holds none.
+    /// Holds the log's lock until the returned value is dropped.
     pub fn open_or_create(dir: &Path, key: &SecretKey) -> Result<Log, LogError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = AppendLock::take(dir)?;
         let pub_path = dir.join("log.pub");
         if std::fs::symlink_metadata(&pub_path).is_err() {
             std::fs::create_dir_all(dir.join("heads")).map_err(io_err(dir))?;
@@ -471,7 +504,8 @@ impl Log {
             );
             files::create_new(&pub_path, text.as_bytes(), 0o644).map_err(io_err(&pub_path))?;
         }
-        let log = Log::open(dir)?;
+        let mut log = Log::open(dir)?;
+        log._lock = Some(lock);
         if log.key != key.public() {
             return Err(LogError::WrongKey {
                 given: key.public().keyid(),
@@ -593,8 +627,7 @@ impl Log {
             text.push_str(&hex::encode(e));
             text.push('\n');
         }
-        let leaves_path = self.dir.join("leaves");
-        files::replace(&leaves_path, text.as_bytes()).map_err(io_err(&leaves_path))?;
+        cmbuild_store::atomic::write_atomically(&self.dir.join("leaves"), text.as_bytes())?;
         self.entries = new;
         let size = self.size();
         let head = TreeHead::sign(key, size, &merkle::root(&self.leaf_hashes(size)));

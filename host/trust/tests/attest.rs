@@ -3,6 +3,7 @@
 
 mod common;
 
+use cmbuild_store::hex;
 use std::path::Path;
 use std::process::Command;
 
@@ -90,6 +91,10 @@ fn statement_has_the_in_toto_and_slsa_shape_and_is_reproducible() {
     );
     assert!(def["externalParameters"]["pins"]["GUEST_KERNEL_CID"].is_string());
     assert!(def.get("internalParameters").is_none());
+    assert_eq!(
+        def["externalParameters"]["machine"]["ram_length"],
+        4_294_967_296_u64
+    );
     let deps = def["resolvedDependencies"].as_array().unwrap();
     let source = deps.iter().find(|d| d["name"] == "SOURCE_CID").unwrap();
     // A raw-leaf CID gives the content's sha256; a dag-pb one gives only the URI.
@@ -377,4 +382,106 @@ print("OK")
     let out = run(&tmp.path().join("bad.json"));
     assert!(!out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "BAD SIGNATURE");
+}
+
+/// Writes a build like `common::write_build` but of another commit.
+fn write_build_of_commit(dir: &Path, commit: &str) {
+    common::write_build(dir, "a", "r");
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        manifest.replace(&"c0".repeat(20), commit),
+    )
+    .unwrap();
+}
+
+#[test]
+fn attestations_of_other_releases_are_ignored_not_rivals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = tmp.path().join("v1");
+    let v2 = tmp.path().join("v2");
+    common::write_build(&v1, "a", "r");
+    write_build_of_commit(&v2, &"d1".repeat(20));
+    let atts = tmp.path().join("atts");
+    let (k1, k2, k3) = (key(1), key(2), key(3));
+    for (k, n) in [(&k1, "1"), (&k2, "2"), (&k3, "3")] {
+        attest_into(&v1, k, &atts, &format!("v1-{n}"));
+    }
+    attest_into(&v2, &k1, &atts, "v2-1");
+    attest_into(&v2, &k2, &atts, "v2-2");
+    // Each release passes against its own build directory; the other is listed as ignored.
+    let report = check(&atts, &[&k1, &k2, &k3], 2, Some(&v1));
+    assert!(report.passed, "{}", report.render());
+    assert_eq!(report.reference.as_ref().unwrap().keyids.len(), 3);
+    assert!(report.equivocators.is_empty());
+    assert!(report.render().contains("ignored:"), "{}", report.render());
+    let report = check(&atts, &[&k1, &k2, &k3], 2, Some(&v2));
+    assert!(report.passed, "{}", report.render());
+    assert!(!check(&atts, &[&k1, &k2, &k3], 3, Some(&v2)).passed);
+}
+
+#[test]
+fn artifact_proofs_verify_offline_and_refuse_what_they_do_not_prove() {
+    use cmbuild_trust::artifact::{prove, ArtifactProof, ArtifactProofError};
+    use cmbuild_trust::tlog::Log;
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good");
+    let evil = tmp.path().join("evil");
+    common::write_build(&good, "a", "r");
+    common::write_build(&evil, "backdoor", "r");
+    let atts = tmp.path().join("atts");
+    let (k1, k2, k3, logkey) = (key(1), key(2), key(3), key(4));
+    let a1 = attest_into(&good, &k1, &atts, "one");
+    let a2 = attest_into(&good, &k2, &atts, "two");
+    attest_into(&good, &k3, &atts, "three");
+    attest_into(&evil, &k3, &tmp.path().join("evil-atts"), "three-evil");
+    let mut log = Log::open_or_create(&tmp.path().join("log"), &logkey).unwrap();
+    log.append(&logkey, &[a1, a2]).unwrap();
+    drop(log);
+    let log = Log::open(&tmp.path().join("log")).unwrap();
+    let name = "x86_64-unknown-linux-gnu/hello";
+    let proof = prove(&good, name, &atts, Some(&log)).unwrap();
+    assert_eq!(proof.attestations.len(), 3);
+    assert_eq!(
+        proof
+            .attestations
+            .iter()
+            .filter(|a| a.inclusion.is_some())
+            .count(),
+        2
+    );
+    // Through the file format.
+    let path = tmp.path().join("hello.proof.json");
+    std::fs::write(&path, proof.to_file_bytes().unwrap()).unwrap();
+    let proof = ArtifactProof::read(&path).unwrap();
+    let bin = std::fs::read(good.join(name)).unwrap();
+    let trusted = [k1.public(), k2.public(), k3.public()];
+    let lk = logkey.public();
+    assert!(proof.verify(Some(&bin), &trusted, 3, None).unwrap().passed);
+    let v = proof.verify(Some(&bin), &trusted, 2, Some(&lk)).unwrap();
+    assert!(v.passed, "{}", v.report.render());
+    // With the log required, the unlogged attestation is left out: 2 of 3 is not 3.
+    let v = proof.verify(Some(&bin), &trusted, 3, Some(&lk)).unwrap();
+    assert!(!v.passed);
+    assert_eq!(v.excluded.len(), 1);
+    // Another binary is not the one proven.
+    let evil_bin = std::fs::read(evil.join(name)).unwrap();
+    assert!(matches!(
+        proof.verify(Some(&evil_bin), &trusted, 2, None),
+        Err(ArtifactProofError::WrongArtifact { .. })
+    ));
+    // Renaming the proof to the evil digest: the attested build does not list it.
+    let mut forged = proof.clone();
+    forged.artifact.sha256 = hex::encode(Sha256::digest(&evil_bin));
+    let v = forged.verify(Some(&evil_bin), &trusted, 2, None).unwrap();
+    assert!(!v.passed);
+    // An artifact that no attestation names has no proof.
+    assert!(matches!(
+        prove(&evil, name, &atts, None),
+        Err(ArtifactProofError::Unattested { .. })
+    ));
+    assert!(matches!(
+        prove(&good, "x86_64-unknown-linux-gnu/nope", &atts, None),
+        Err(ArtifactProofError::NoArtifact(_))
+    ));
 }

@@ -1,5 +1,6 @@
 //! The transparency log on disk: appends, signed heads, proofs, and the refusals.
 
+use cmbuild_store::hex;
 use cmbuild_trust::keys::SecretKey;
 use cmbuild_trust::merkle;
 use cmbuild_trust::tlog::{ConsistencyProof, InclusionProof, Log, LogError, TreeHead};
@@ -168,7 +169,7 @@ fn rewriting_the_files_in_place_is_detected() {
     std::fs::write(tmp.path().join("leaves"), &rewritten).unwrap();
     let entries: Vec<[u8; 32]> = rewritten
         .lines()
-        .map(|l| hex::decode(l).unwrap().try_into().unwrap())
+        .map(|l| hex::decode_array::<32>(l).unwrap())
         .collect();
     let leaf_hashes: Vec<_> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
     let resigned = TreeHead::sign(&key, 3, &merkle::root(&leaf_hashes));
@@ -204,11 +205,19 @@ fn appends_are_checked() {
         log.append(&key, &[att(1), att(1)]),
         Err(LogError::AlreadyLogged { index: 1, .. })
     ));
+    // One appender at a time; the lock goes with the appender.
+    assert!(matches!(
+        Log::open_or_create(tmp.path(), &key),
+        Err(LogError::Locked(_))
+    ));
+    drop(log);
+    let mut log = Log::open_or_create(tmp.path(), &key).unwrap();
     let stranger = SecretKey::from_seed(&[2; 32]);
     assert!(matches!(
         log.append(&stranger, &[att(1)]),
         Err(LogError::WrongKey { .. })
     ));
+    drop(log);
     assert!(matches!(
         Log::open_or_create(tmp.path(), &stranger),
         Err(LogError::WrongKey { .. })

@@ -1,9 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use cmbuild_trust::keys::SecretKey;
-use cmbuild_trust::statement::{attest, rfc3339_utc, AttestOptions};
+use cmbuild::terminal::sanitize;
 
 /// Sign what a build directory holds: an in-toto statement with SLSA provenance, in DSSE.
 ///
@@ -38,46 +36,20 @@ pub struct Args {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let key = SecretKey::read(&args.key)
-        .with_context(|| format!("reading the key {}", args.key.display()))?;
-    let keyid = key.public().keyid();
-    let facts = cmbuild_trust::build::read_build_dir(&args.build_dir)
-        .with_context(|| format!("reading the build {}", args.build_dir.display()))?;
-    let timestamp = if args.timestamp {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .context("the system clock is before 1970")?;
-        Some(rfc3339_utc(now.as_secs()))
-    } else {
-        None
-    };
-    let opts = AttestOptions {
-        builder_id: args
-            .builder_id
-            .unwrap_or_else(|| format!("urn:cmbuild:keyid:{keyid}")),
-        cmbuild_version: env!("CARGO_PKG_VERSION").to_owned(),
-        timestamp,
-    };
-    let envelope = attest(&facts, &opts, &key)?;
-    let out = args.out.unwrap_or_else(|| {
-        args.build_dir
-            .join(format!("attestation-{}.json", &keyid[..16]))
-    });
-    let bytes = envelope.to_file_bytes()?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&out)
-        .with_context(|| format!("creating {}", out.display()))?;
-    std::io::Write::write_all(&mut file, &bytes)
-        .with_context(|| format!("writing {}", out.display()))?;
+    let done = cmbuild::ops::attest::attest(&cmbuild::ops::attest::AttestOptions {
+        build_dir: args.build_dir,
+        key: args.key,
+        out: args.out,
+        builder_id: args.builder_id,
+        timestamp: args.timestamp,
+    })?;
     println!(
         "attested {} artifact(s) and {} machine(s) of commit {} with key {}",
-        facts.artifacts.len(),
-        facts.machines.len(),
-        facts.commit,
-        keyid
+        done.artifacts,
+        done.machines,
+        sanitize(&done.commit),
+        done.keyid
     );
-    println!("wrote {}", out.display());
+    println!("wrote {}", done.out.display());
     Ok(ExitCode::SUCCESS)
 }

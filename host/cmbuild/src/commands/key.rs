@@ -1,9 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use cmbuild_trust::keys::SecretKey;
-
 /// Manage Ed25519 signing keys for attestations and transparency logs.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,16 +29,13 @@ struct GenerateArgs {
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Generate(args) => {
-            let key = SecretKey::generate()?;
-            let (public, pub_path) = key
-                .write_new(&args.out)
-                .with_context(|| format!("writing the key {}", args.out.display()))?;
-            println!("public key {}", public.to_hex());
-            println!("keyid      {}", public.keyid());
+            let key = cmbuild::ops::key::generate(&args.out)?;
+            println!("public key {}", key.public_hex);
+            println!("keyid      {}", key.keyid);
             println!(
                 "wrote {} (secret, mode 0600) and {}",
                 args.out.display(),
-                pub_path.display()
+                key.pub_path.display()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -1,9 +1,7 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cmbuild_trust::keys::{read_public_key, PublicKey, SecretKey};
-use cmbuild_trust::tlog::{ConsistencyProof, InclusionProof, Log, TreeHead};
 
 /// A transparency log of attestations, kept as files (RFC 9162 Merkle tree).
 ///
@@ -109,120 +107,71 @@ struct VerifyArgs {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    use cmbuild::ops::log::{self as ops, ProveRequest, VerifyRequest};
     match args.command {
-        Command::Append(args) => append(args),
+        Command::Append(args) => {
+            let head = ops::append(&args.log, &args.key, &args.attestations)?;
+            println!(
+                "appended {} attestation(s); the log now has {} entries, root {}",
+                args.attestations.len(),
+                head.tree_size,
+                head.root_hash
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Head(args) => {
-            let log = Log::open(&args.log)?;
-            match log.head()? {
+            match ops::head(&args.log)? {
                 Some(head) => print!("{}", String::from_utf8(head.to_file_bytes()?)?),
                 None => println!("the log is empty"),
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Prove(args) => prove(args),
-        Command::Verify(args) => verify(args),
-    }
-}
-
-fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    anyhow::ensure!(
-        meta.len() <= cmbuild_trust::dsse::MAX_ENVELOPE_BYTES,
-        "{} is larger than an attestation may be",
-        path.display()
-    );
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
-fn append(args: AppendArgs) -> anyhow::Result<ExitCode> {
-    let key = SecretKey::read(&args.key)
-        .with_context(|| format!("reading the key {}", args.key.display()))?;
-    let files = args
-        .attestations
-        .iter()
-        .map(|p| read_file(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut log = Log::open_or_create(&args.log, &key)?;
-    let head = log.append(&key, &files)?;
-    println!(
-        "appended {} attestation(s); the log now has {} entries, root {}",
-        files.len(),
-        head.tree_size,
-        head.root_hash
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-fn prove(args: ProveArgs) -> anyhow::Result<ExitCode> {
-    let log = Log::open(&args.log)?;
-    let bytes = match (&args.attestation, args.from_size) {
-        (Some(att), _) => log
-            .prove_inclusion(&read_file(att)?, args.size)?
-            .to_file_bytes()?,
-        (None, Some(from)) => log.prove_consistency(from, args.to_size)?.to_file_bytes()?,
-        (None, None) => unreachable!("clap requires --attestation or --from-size"),
-    };
-    match &args.out {
-        Some(path) => {
-            std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
-            println!("wrote {}", path.display());
-        }
-        None => print!("{}", String::from_utf8(bytes)?),
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let key: PublicKey = match (&args.log_key, &args.log) {
-        (Some(path), _) => read_public_key(path)
-            .with_context(|| format!("reading the log key {}", path.display()))?,
-        (None, Some(dir)) => read_public_key(&dir.join("log.pub"))
-            .with_context(|| format!("reading the log key of {}", dir.display()))?,
-        (None, None) => anyhow::bail!("--log-key FILE is needed to verify a proof offline"),
-    };
-    let outcome = if let Some(path) = &args.inclusion {
-        let proof = InclusionProof::read(path)?;
-        let attestation = args.attestation.as_deref().map(read_file).transpose()?;
-        let head = args.head.as_deref().map(TreeHead::read).transpose()?;
-        proof
-            .verify(&key, attestation.as_deref(), head.as_ref())
-            .map(|()| {
-                format!(
-                    "entry {} is at index {} of the log's signed head of size {}",
-                    proof.entry, proof.leaf_index, proof.tree_head.tree_size
-                )
-            })
-    } else if let Some(path) = &args.consistency {
-        let proof = ConsistencyProof::read(path)?;
-        let old = args.old_head.as_deref().map(TreeHead::read).transpose()?;
-        let from = old.as_ref().unwrap_or(&proof.from_head).tree_size;
-        proof.verify(&key, old.as_ref()).map(|()| {
-            format!(
-                "the log's head of size {} extends its head of size {from}",
-                proof.to_head.tree_size
-            )
-        })
-    } else {
-        let dir = args.log.as_deref().expect("clap requires one of the three");
-        match Log::open(dir).and_then(|log| log.audit()) {
-            Ok(sizes) => Ok(format!(
-                "{}: {} signed head(s) match the entries",
-                dir.display(),
-                sizes.len()
-            )),
-            Err(e) => Err(e),
-        }
-    };
-    match outcome {
-        Ok(msg) => {
-            println!("{msg}");
-            println!("Log check PASSED");
+        Command::Prove(args) => {
+            let request = match (args.attestation, args.from_size) {
+                (Some(attestation), _) => ProveRequest::Inclusion {
+                    attestation,
+                    size: args.size,
+                },
+                (None, Some(from)) => ProveRequest::Consistency {
+                    from,
+                    to: args.to_size,
+                },
+                (None, None) => unreachable!("clap requires --attestation or --from-size"),
+            };
+            let bytes = ops::prove(&args.log, &request)?;
+            match &args.out {
+                Some(path) => {
+                    std::fs::write(path, &bytes)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
+                None => print!("{}", String::from_utf8(bytes)?),
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
-            println!("{e}");
-            println!("Log check FAILED");
-            Ok(ExitCode::from(1))
+        Command::Verify(args) => {
+            let request = match (args.inclusion, args.consistency) {
+                (Some(proof), _) => VerifyRequest::Inclusion {
+                    proof,
+                    attestation: args.attestation,
+                    head: args.head,
+                },
+                (None, Some(proof)) => VerifyRequest::Consistency {
+                    proof,
+                    old_head: args.old_head,
+                },
+                (None, None) => VerifyRequest::Audit,
+            };
+            let verdict = ops::verify(args.log.as_deref(), args.log_key.as_deref(), &request)?;
+            // The message may quote a proof's contents: untrusted.
+            println!("{}", cmbuild::terminal::sanitize(&verdict.message));
+            if verdict.passed {
+                println!("Log check PASSED");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("Log check FAILED");
+                Ok(ExitCode::from(1))
+            }
         }
     }
 }

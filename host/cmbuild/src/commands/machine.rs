@@ -1,14 +1,11 @@
-//! `cmbuild machine`: the low-level runner over `cmbuild-machine`, and its benchmark.
+//! `cmbuild machine run|bench`: arguments for `cmbuild::ops::machine` and `cmbuild::ops::bench`.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
-use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig};
-use cmbuild_machine::snapshot::SnapshotConfig;
-
-use super::machine_snapshot;
+use cmbuild::ops;
+use cmbuild::ops::machine::{FlashDrive, MachineRunOptions};
+use cmbuild_machine::machine::Break;
 
 /// Run cmbuild's deterministic RISC-V machine directly (the low-level runner).
 #[derive(Debug, clap::Args)]
@@ -46,6 +43,8 @@ struct RunArgs {
     #[arg(long, default_value = "")]
     append: String,
     /// A flash drive: label:NAME,filename:PATH[,shared] (repeatable; /dev/pmem0, 1, ...).
+    /// With --load, names where a shared drive of the snapshot is written back at the
+    /// end (matched by label; its contents come from the snapshot, not from PATH).
     #[arg(long = "flash-drive", value_parser = parse_flash_drive)]
     flash_drives: Vec<FlashArg>,
     /// Stop when mcycle reaches N (exit status 124).
@@ -104,13 +103,13 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Run(a) => run(*a),
         Command::Bench(a) => {
-            let opts = cmbuild::ops::bench::BenchOptions {
+            let opts = ops::bench::BenchOptions {
                 mega_instructions: a.mega_instructions,
                 qemu: !a.no_qemu,
                 linux: !a.no_linux,
                 jit: !a.no_jit,
             };
-            cmbuild::ops::bench::bench(&opts, &mut std::io::stdout().lock())?;
+            ops::bench::bench(&opts, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -157,49 +156,34 @@ fn parse_flash_drive(s: &str) -> Result<FlashArg, String> {
     }
 }
 
-fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
-}
-
 fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
-    if let Some(dir) = &a.store {
-        machine_snapshot::check_store_target(dir)?;
-    }
-    let (mut machine, record, targets) = match &a.load {
-        Some(dir) => {
-            let (machine, record) = machine_snapshot::load(dir)?;
-            let given: Vec<(String, PathBuf, bool)> = a
-                .flash_drives
-                .iter()
-                .map(|f| (f.label.clone(), f.path.clone(), f.shared))
-                .collect();
-            let targets = machine_snapshot::write_back_targets(&record, &given)?;
-            (machine, Some(record), targets)
-        }
-        None => {
-            let config = build_config(&a)?;
-            let record = a
-                .store
-                .is_some()
-                .then(|| SnapshotConfig::from_config(&config));
-            (Machine::new(&config)?, record, Vec::new())
-        }
+    let opts = MachineRunOptions {
+        ram_length: a.ram_length,
+        ram_image: a.ram_image,
+        bios: a.bios,
+        kernel: a.kernel,
+        initrd: a.initrd,
+        append: a.append,
+        flash_drives: a
+            .flash_drives
+            .into_iter()
+            .map(|f| FlashDrive {
+                label: f.label,
+                path: f.path,
+                shared: f.shared,
+            })
+            .collect(),
+        max_mcycle: a.max_mcycle,
+        final_hash: a.final_hash,
+        store: a.store,
+        load: a.load,
+        jit: !a.no_jit,
     };
-    machine.hart.set_jit(!a.no_jit);
-    let limit = a.max_mcycle.unwrap_or(u64::MAX);
-    let brk = run_streaming(&mut machine, limit)?;
-    if a.load.is_none() {
-        for (drive, arg) in machine.bus.flash.iter().zip(&a.flash_drives) {
-            if drive.shared {
-                let bytes = &drive.mem.bytes()[..drive.image_length as usize];
-                std::fs::write(&arg.path, bytes)
-                    .with_context(|| format!("writing back flash drive {}", arg.path.display()))?;
-            }
-        }
-    }
-    machine_snapshot::finish(&mut machine, record.as_ref(), &targets, a.store.as_deref())?;
-    let mcycle = machine.mcycle();
-    let code = match brk {
+    let outcome = ops::machine::run(&opts, &mut std::io::stdout().lock(), &mut |line| {
+        eprintln!("{line}")
+    })?;
+    let mcycle = outcome.mcycle;
+    let code = match outcome.brk {
         Break::Halted(code) => {
             eprintln!("cmbuild-machine: break=halted exit_code={code} mcycle={mcycle}");
             // Exit statuses are 8 bits: a larger guest code must still read as failure.
@@ -210,59 +194,16 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(124)
         }
     };
-    if a.final_hash {
-        eprintln!("root_hash={}", machine.root_hash());
+    if let Some(hash) = outcome.root_hash {
+        eprintln!("root_hash={hash}");
     }
     Ok(code)
-}
-
-/// The configuration the command line describes, images read from their files.
-fn build_config(a: &RunArgs) -> anyhow::Result<MachineConfig> {
-    let opt = |p: &Option<PathBuf>, what: &str| p.as_deref().map(|p| read(p, what)).transpose();
-    let config = MachineConfig {
-        ram_length: a.ram_length,
-        ram_image: opt(&a.ram_image, "RAM image")?,
-        bios: opt(&a.bios, "firmware")?,
-        kernel: opt(&a.kernel, "kernel")?,
-        initrd: opt(&a.initrd, "initrd")?,
-        bootargs: a.append.clone(),
-        flash_drives: a
-            .flash_drives
-            .iter()
-            .map(|f| {
-                Ok(FlashConfig {
-                    label: f.label.clone(),
-                    image: read(&f.path, "flash drive")?,
-                    shared: f.shared,
-                })
-            })
-            .collect::<anyhow::Result<_>>()?,
-    };
-    if config.ram_image.is_none() && config.bios.is_none() && config.kernel.is_none() {
-        bail!("nothing to run: give --ram-image, --bios or --kernel (or --load DIR)");
-    }
-    Ok(config)
-}
-
-/// Runs in slices so that console output reaches stdout as the guest produces it.
-fn run_streaming(machine: &mut Machine, limit: u64) -> anyhow::Result<Break> {
-    const SLICE: u64 = 4_000_000;
-    let mut stdout = std::io::stdout().lock();
-    loop {
-        let until = machine.mcycle().saturating_add(SLICE).min(limit);
-        let brk = machine.run(until);
-        stdout.write_all(&machine.drain_console())?;
-        stdout.flush()?;
-        match brk {
-            Break::MaxMcycle if until < limit => continue,
-            other => return Ok(other),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn sizes_and_flash_drive_specs_parse() {

@@ -71,6 +71,7 @@ struct ExportArgs {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    let mut note = |line: &str| eprintln!("{line}");
     match args.command {
         Command::Verify(args) => {
             let report = mirror::verify(&args.mirror.dir)?;
@@ -87,12 +88,12 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Push(args) => {
             let mirror = mirror::open_existing(&args.mirror.dir)?;
-            println!("{}", mirror::push(&mirror, &args.ipfs_api)?);
+            println!("{}", mirror::push(&mirror, &args.ipfs_api, &mut note)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Pull(args) => {
             let mirror = mirror::open_existing(&args.mirror.dir)?;
-            let report = mirror::pull(&mirror, &args.ipfs_api)?;
+            let report = mirror::pull(&mirror, &args.ipfs_api, &mut note)?;
             println!(
                 "pulled {} blobs ({} bytes) from {}; {} already present; {} refused",
                 report.pulled,
@@ -108,7 +109,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Export(args) => {
             let mirror = mirror::open_existing(&args.mirror.dir)?;
-            let report = mirror::export_car(&mirror, &args.car)?;
+            let report = mirror::export_car(&mirror, &args.car, &mut note)?;
             println!(
                 "wrote {}: {} roots, {} blocks, {} bytes",
                 args.car.display(),

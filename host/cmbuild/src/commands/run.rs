@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use cmbuild::guest::MachineSettings;
 use cmbuild::run::{Progress, RunOptions, RunSummary};
-use cmbuild::terminal::sanitize_bytes;
+use cmbuild::terminal::Stream;
 
 use super::common::{ImageDirArg, JobsArg, MirrorArg, PinsArg};
 
@@ -109,6 +109,8 @@ pub struct ProgressPrinter {
     started: Instant,
     /// Per machine: when its pace was last printed, and its mcycle then.
     last: Mutex<BTreeMap<String, (Instant, u64)>>,
+    /// Per machine: its console, being sanitised.
+    consoles: Mutex<BTreeMap<String, Stream>>,
 }
 
 impl ProgressPrinter {
@@ -117,6 +119,7 @@ impl ProgressPrinter {
             label,
             started: Instant::now(),
             last: Mutex::new(BTreeMap::new()),
+            consoles: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -130,8 +133,15 @@ impl ProgressPrinter {
                 expected_mcycle,
                 console,
             } => {
+                let text = self
+                    .consoles
+                    .lock()
+                    .expect("progress lock")
+                    .entry(name.clone())
+                    .or_default()
+                    .push(&console);
                 let mut out = std::io::stdout().lock();
-                let _ = out.write_all(sanitize_bytes(&console).as_bytes());
+                let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
                 let mut all = self.last.lock().expect("progress lock");
                 let last = all.entry(name.clone()).or_insert((self.started, 0));

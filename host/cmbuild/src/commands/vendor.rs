@@ -1,8 +1,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cmbuild::ops::vendor::{vendor, VendorOptions, CRATES_URL};
-use indicatif::HumanBytes;
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use cmbuild::ops::vendor::{vendor, FetchProgress, VendorOptions, Wanted, CRATES_URL};
+use cmbuild_store::mirror::Kind;
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use super::common::MirrorArg;
 
@@ -47,7 +51,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         ipfs_api: args.ipfs_api,
         crates_url: std::env::var("CMBUILD_CRATES_URL").unwrap_or_else(|_| CRATES_URL.to_owned()),
     };
-    let report = vendor(&opts)?;
+    let report = vendor(&opts, &mut Bar::default())?;
     if let (Some(config), Some(dir)) = (&args.cargo_config, &report.directory_source) {
         eprintln!(
             "cmbuild vendor: wrote {} (directory source {})",
@@ -59,13 +63,120 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("cmbuild vendor: {push}");
     }
     eprintln!(
-        "cmbuild vendor: {} crates from {}: {} downloaded ({}), {} already in {}",
+        "cmbuild vendor: {} crates from {} are in {}",
         report.crates,
         report.lock_path.display(),
-        report.fetch.downloaded,
-        HumanBytes(report.fetch.bytes),
-        report.fetch.present,
         args.mirror.dir.display()
     );
+    for (kind, what) in [(Kind::Crate, "crates"), (Kind::Deb, "Debian packages")] {
+        if let Some(counts) = report.fetch.per_kind.get(&kind) {
+            eprintln!(
+                "cmbuild vendor:   {what}: {} downloaded ({}), {} already there",
+                counts.downloaded,
+                HumanBytes(counts.bytes),
+                counts.present
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The progress bar on stderr (hidden when stderr is not a terminal, where the one-line
+/// summaries say enough). With sizes known up front (Debian packages) it counts bytes, and
+/// files of unknown size add their announced length as they start; with no size known
+/// (Cargo.lock has none) it counts files and shows the bytes in its message.
+#[derive(Default)]
+struct Bar {
+    bar: Option<ProgressBar>,
+    by_bytes: bool,
+    files_done: usize,
+    files: usize,
+    bytes_done: u64,
+    started: Option<Instant>,
+}
+
+impl Bar {
+    /// Shows `bytes` downloaded in all (finished files plus the current one).
+    fn show(&self, bytes: u64) {
+        let Some(bar) = &self.bar else { return };
+        if self.by_bytes {
+            bar.set_position(bytes);
+            bar.set_message(format!("{}/{} files", self.files_done, self.files));
+        } else {
+            bar.set_message(format!("{} downloaded", HumanBytes(bytes)));
+        }
+    }
+}
+
+impl FetchProgress for Bar {
+    fn begin(&mut self, missing: &[&Wanted]) {
+        let known: u64 = missing.iter().filter_map(|w| w.size).sum();
+        self.by_bytes = missing.iter().any(|w| w.size.is_some());
+        let (length, template) = if self.by_bytes {
+            (
+                known,
+                "{spinner} vendoring [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+        } else {
+            (
+                missing.len() as u64,
+                "{spinner} vendoring [{bar:30}] {pos}/{len} files, {msg} ETA {eta}",
+            )
+        };
+        self.bar = Some(if std::io::stderr().is_terminal() {
+            ProgressBar::new(length).with_style(
+                ProgressStyle::with_template(template)
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            )
+        } else {
+            ProgressBar::hidden()
+        });
+        self.files = missing.len();
+        self.started = Some(Instant::now());
+        self.show(0);
+    }
+
+    fn length(&mut self, length: u64) {
+        if let (true, Some(bar)) = (self.by_bytes, &self.bar) {
+            bar.inc_length(length);
+        }
+    }
+
+    fn bytes(&mut self, done: u64) {
+        self.show(done);
+    }
+
+    fn stored(&mut self, size: u64) {
+        self.bytes_done += size;
+        self.files_done += 1;
+        if let (false, Some(bar)) = (self.by_bytes, &self.bar) {
+            bar.inc(1);
+        }
+        self.show(self.bytes_done);
+    }
+
+    fn end(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        let secs = self
+            .started
+            .map_or(0.0, |t| t.elapsed().as_secs_f64())
+            .max(1e-3);
+        eprintln!(
+            "cmbuild vendor: downloaded {} files, {} in {:.1} s ({}/s)",
+            self.files_done,
+            HumanBytes(self.bytes_done),
+            secs,
+            HumanBytes((self.bytes_done as f64 / secs) as u64)
+        );
+    }
+
+    fn note(&mut self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
 }

@@ -75,7 +75,10 @@ pub fn bench(opts: &BenchOptions, out: &mut dyn Write) -> Result<(), BenchError>
     )?;
     let qemu = with_qemu && qemu_available();
     if with_qemu && !qemu {
-        eprintln!("qemu-system-riscv64 not found: showing the machine's figures only");
+        writeln!(
+            out,
+            "qemu-system-riscv64 not found: showing the machine's figures only"
+        )?;
     }
     // QEMU's start-up and shutdown, measured on a program that halts at once.
     let overhead = if qemu {

@@ -71,6 +71,15 @@ pub enum ImageOpError {
         #[source]
         source: Box<ImageError>,
     },
+    /// The pins file could not be written.
+    #[error("writing {}", .path.display())]
+    WritePins {
+        /// The pins file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: MirrorError,
+    },
     /// The pins file is malformed.
     #[error("reading {}", .path.display())]
     Pins {

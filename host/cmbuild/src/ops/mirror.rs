@@ -188,18 +188,19 @@ impl std::fmt::Display for PushReport {
 }
 
 /// Adds and pins every blob of `mirror` on the node at `ipfs_api`.
-pub fn push(mirror: &Mirror, ipfs_api: &str) -> Result<PushReport> {
+pub fn push(mirror: &Mirror, ipfs_api: &str, note: &mut dyn FnMut(&str)) -> Result<PushReport> {
     let kubo = Kubo::new(ipfs_api)?;
-    let mut report = push_mirror(mirror, &kubo)?;
+    let mut report = push_mirror(mirror, &kubo, note)?;
     report.node = kubo.url().to_owned();
     Ok(report)
 }
 
-/// Adds every blob of `mirror` to the node, checks the node's CID, and pins it.
-pub fn push_mirror(mirror: &Mirror, kubo: &Kubo) -> Result<PushReport> {
+/// Adds every blob of `mirror` to the node, checks the node's CID, and pins it; `note`
+/// hears of each blob.
+pub fn push_mirror(mirror: &Mirror, kubo: &Kubo, note: &mut dyn FnMut(&str)) -> Result<PushReport> {
     let mut report = PushReport::default();
     let mut mismatches = Vec::new();
-    for cid in list_blobs(mirror)? {
+    for cid in list_blobs(mirror, note)? {
         // Never publish bytes that are not what their name says.
         let size = mirror
             .open_verified(&cid)
@@ -212,16 +213,16 @@ pub fn push_mirror(mirror: &Mirror, kubo: &Kubo) -> Result<PushReport> {
             .add_file(&path)
             .map_err(|source| MirrorOpError::Add { cid, source })?;
         if added.cid() != Some(cid) {
-            eprintln!(
+            note(&format!(
                 "the IPFS node names blob {cid} `{}`; not pinned",
                 crate::terminal::sanitize(&added.hash)
-            );
+            ));
             mismatches.push((cid, added.hash));
             continue;
         }
         kubo.pin_add(&cid)
             .map_err(|source| MirrorOpError::Pin { cid, source })?;
-        eprintln!("pushed {cid} ({size} bytes)");
+        note(&format!("pushed {cid} ({size} bytes)"));
         report.pushed += 1;
         report.bytes += size;
     }
@@ -273,17 +274,18 @@ pub struct PullReport {
 }
 
 /// Fetches, from the node at `ipfs_api`, every blob the index names that is missing.
-pub fn pull(mirror: &Mirror, ipfs_api: &str) -> Result<PullReport> {
+pub fn pull(mirror: &Mirror, ipfs_api: &str, note: &mut dyn FnMut(&str)) -> Result<PullReport> {
     let kubo = Kubo::new(ipfs_api)?;
-    let mut report = pull_mirror(mirror, &kubo)?;
+    let mut report = pull_mirror(mirror, &kubo, note)?;
     report.node = kubo.url().to_owned();
     Ok(report)
 }
 
 /// Fetches every blob the index names that is missing (or corrupt) in the mirror.
 /// A node that cannot be reached at all is an error; a blob the node cannot serve, or
-/// serves wrongly, is a [`Refusal`] and the pull goes on with the next.
-pub fn pull_mirror(mirror: &Mirror, kubo: &Kubo) -> Result<PullReport> {
+/// serves wrongly, is a [`Refusal`] and the pull goes on with the next. `note` hears of
+/// each blob.
+pub fn pull_mirror(mirror: &Mirror, kubo: &Kubo, note: &mut dyn FnMut(&str)) -> Result<PullReport> {
     let index = mirror.load_index().map_err(mirror_err(mirror))?;
     // One CID may serve several names: fetch it once.
     let mut wanted: BTreeMap<Cid, (Vec<String>, u64)> = BTreeMap::new();
@@ -297,13 +299,13 @@ pub fn pull_mirror(mirror: &Mirror, kubo: &Kubo) -> Result<PullReport> {
             report.present += 1;
             continue;
         }
-        match fetch_blob(mirror, kubo, &cid, size) {
+        match fetch_blob(mirror, kubo, &cid, size, note) {
             Ok(stored) => {
-                eprintln!(
+                note(&format!(
                     "pulled {cid} ({} bytes) for {}",
                     stored.size,
                     names.join(", ")
-                );
+                ));
                 report.pulled += 1;
                 report.bytes += stored.size;
             }
@@ -337,7 +339,13 @@ fn is_unreachable(err: &MirrorOpError) -> bool {
 
 /// Streams blob `cid` from the node into a staged mirror blob, and commits it only if its
 /// bytes hash to `cid`.
-fn fetch_blob(mirror: &Mirror, kubo: &Kubo, cid: &Cid, size: u64) -> Result<Stored> {
+fn fetch_blob(
+    mirror: &Mirror,
+    kubo: &Kubo,
+    cid: &Cid,
+    size: u64,
+    note: &mut dyn FnMut(&str),
+) -> Result<Stored> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -348,7 +356,7 @@ fn fetch_blob(mirror: &Mirror, kubo: &Kubo, cid: &Cid, size: u64) -> Result<Stor
         match io::copy(&mut reader.take(size.saturating_add(1)), &mut writer) {
             Ok(_) => {}
             Err(err) if attempt < PULL_ATTEMPTS => {
-                eprintln!("fetching {cid} broke off ({err}); trying again");
+                note(&format!("fetching {cid} broke off ({err}); trying again"));
                 continue;
             }
             Err(source) => {
@@ -392,8 +400,8 @@ pub struct ExportReport {
 
 /// Writes every blob of the mirror into a CARv1 at `car` (atomically: a temporary file in
 /// the same directory, renamed at the end).
-pub fn export_car(mirror: &Mirror, car: &Path) -> Result<ExportReport> {
-    let blobs = list_blobs(mirror)?;
+pub fn export_car(mirror: &Mirror, car: &Path, note: &mut dyn FnMut(&str)) -> Result<ExportReport> {
+    let blobs = list_blobs(mirror, note)?;
     if blobs.is_empty() {
         return Err(MirrorOpError::Empty(mirror.root().to_path_buf()));
     }
@@ -437,7 +445,7 @@ pub fn export_car(mirror: &Mirror, car: &Path) -> Result<ExportReport> {
 /// Every blob of the mirror, sorted by CID text (the order `ls blobs/` shows). Fails if the
 /// index names a blob that is not there: pushing or exporting part of the inputs would lose
 /// the rest without a word.
-fn list_blobs(mirror: &Mirror) -> Result<Vec<Cid>> {
+fn list_blobs(mirror: &Mirror, note: &mut dyn FnMut(&str)) -> Result<Vec<Cid>> {
     let mut names: BTreeMap<String, Cid> = BTreeMap::new();
     // The mirror's blobs directory, wherever its layout puts it: the parent of any blob path.
     let probe = mirror.blob_path(&cmbuild_store::cid::cid_of_bytes(b""));
@@ -464,10 +472,10 @@ fn list_blobs(mirror: &Mirror) -> Result<Vec<Cid>> {
             Ok(cid) => {
                 names.insert(name, cid);
             }
-            Err(_) => eprintln!(
+            Err(_) => note(&format!(
                 "skipping {}: not named by a CID",
                 crate::terminal::sanitize(&entry.path().display().to_string())
-            ),
+            )),
         }
     }
     let present: BTreeSet<Cid> = names.values().copied().collect();

@@ -3,16 +3,23 @@
 //! The binary's `commands/<name>.rs` parses arguments into an options struct and calls one
 //! function here (`ops::vendor::vendor(&opts)`, `ops::verify::verify(&opts, ...)`), which
 //! returns a typed error (one `thiserror` enum per module). What an operation reports is
-//! returned as data; the binary prints it. Long operations report progress through
-//! callbacks (or, for the vendor download bar, on stderr).
+//! returned as data; the binary prints it. Long operations report progress through what
+//! they are handed (a `note` callback, `vendor::FetchProgress`, `run::Progress`, an output
+//! writer for the benchmark): the library never prints to the terminal itself.
 
+pub mod attest;
 pub mod bench;
 pub mod compare;
 pub mod image;
+pub mod key;
+pub mod log;
+pub mod machine;
 pub mod mirror;
+pub mod prove;
 pub mod run;
 pub mod vendor;
 pub mod verify;
+pub mod verify_attestations;
 
 /// Sizes as people read them: `12.9 MB` (powers of 1000, like Debian's tools).
 pub fn human_size(bytes: u64) -> String {

@@ -10,9 +10,7 @@
 //! then pushes the whole mirror.
 
 use std::collections::BTreeSet;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use cmbuild_image::lock::{self, Lock, LockFileError};
 use cmbuild_store::cid::{Cid, Codec};
@@ -21,7 +19,6 @@ use cmbuild_store::download::{DownloadError, Downloader};
 use cmbuild_store::lockfile::{read_lockfile, LockError as CargoLockError, Package, Source};
 use cmbuild_store::mirror::{Entry, Key, Mirror, MirrorError};
 use cmbuild_store::sha256::Sha256;
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use super::human_size;
 use super::mirror::{MirrorOpError, PushReport};
@@ -161,14 +158,14 @@ pub struct VendorReport {
     pub push: Option<String>,
 }
 
-/// Vendors every input of a build into the mirror (progress on stderr).
-pub fn vendor(opts: &VendorOptions) -> Result<VendorReport> {
+/// Vendors every input of a build into the mirror, reporting to `progress`.
+pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<VendorReport> {
     let project = CargoProject::read(&opts.manifest_path)?;
     let mut wanted = project.wanted(&opts.crates_url);
     let guest_lock = if opts.crates_only {
         None
     } else {
-        let (guest_lock, guest_wanted) = wanted_guest_packages()?;
+        let (guest_lock, guest_wanted) = wanted_guest_packages(progress)?;
         wanted.extend(guest_wanted);
         Some(guest_lock)
     };
@@ -177,9 +174,9 @@ pub fn vendor(opts: &VendorOptions) -> Result<VendorReport> {
         dir: opts.mirror_dir.clone(),
         source,
     })?;
-    let fetch = fetch_all(&mirror, &wanted, &Downloader::new())?;
+    let fetch = fetch_all(&mirror, &wanted, &Downloader::new(), progress)?;
     if let Some(guest_lock) = &guest_lock {
-        check_guest_packages(&mirror, guest_lock)?;
+        check_guest_packages(&mirror, guest_lock, progress)?;
     }
     let directory_source = match &opts.cargo_config {
         Some(config) => Some(write_cargo_config(&mirror, &project.crates_io, config)?),
@@ -187,7 +184,7 @@ pub fn vendor(opts: &VendorOptions) -> Result<VendorReport> {
     };
     let push = match &opts.ipfs_api {
         Some(url) => {
-            let report: PushReport = super::mirror::push(&mirror, url)?;
+            let report: PushReport = super::mirror::push(&mirror, url, &mut |l| progress.note(l))?;
             Some(report.to_string())
         }
         None => None,
@@ -217,6 +214,19 @@ pub struct Wanted {
 /// What the fetch loop did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FetchReport {
+    /// Files downloaded.
+    pub downloaded: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files already present.
+    pub present: usize,
+    /// The same counts for each kind of input (crates, Debian packages).
+    pub per_kind: std::collections::BTreeMap<cmbuild_store::mirror::Kind, KindCounts>,
+}
+
+/// The fetch loop's counts for one kind of input.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KindCounts {
     /// Files downloaded.
     pub downloaded: usize,
     /// Their bytes.
@@ -321,11 +331,12 @@ impl WorkspaceMetadata {
 }
 
 /// Downloads every wanted file the mirror lacks (or holds corrupt), verified, and records
-/// each in the index as soon as it is stored.
+/// each in the index as soon as it is stored, reporting to `progress`.
 pub fn fetch_all(
     mirror: &Mirror,
     wanted: &[Wanted],
     downloader: &Downloader,
+    progress: &mut dyn FetchProgress,
 ) -> Result<FetchReport> {
     let index = mirror.load_index().map_err(mirror_err(mirror))?;
     let mut report = FetchReport::default();
@@ -333,6 +344,11 @@ pub fn fetch_all(
     for item in wanted {
         if let Some(cid) = present_cid(mirror, &index, item)? {
             report.present += 1;
+            report
+                .per_kind
+                .entry(item.key.kind.clone())
+                .or_default()
+                .present += 1;
             if index.get(&item.key).map(|e| e.cid) != Some(cid) {
                 let path = mirror.blob_path(&cid);
                 let size = std::fs::metadata(&path)
@@ -362,16 +378,17 @@ pub fn fetch_all(
         return Ok(report);
     }
 
-    let mut progress = Progress::new(&missing);
+    progress.begin(&missing);
+    let mut bytes_done = 0;
     for item in missing {
-        let started = progress.bytes_done;
+        let started = bytes_done;
         let mut announced = item.size.is_some();
         let mut on_bytes = |done: u64, total: Option<u64>| {
             if let (false, Some(total)) = (announced, total) {
-                progress.add_length(total);
+                progress.length(total);
                 announced = true;
             }
-            progress.show(started + done);
+            progress.bytes(started + done);
         };
         let stored = downloader
             .fetch_to_mirror(&item.url, &item.sha256, item.size, mirror, &mut on_bytes)
@@ -387,9 +404,13 @@ pub fn fetch_all(
             .map_err(mirror_err(mirror))?;
         report.downloaded += 1;
         report.bytes += stored.size;
-        progress.finish_item(stored.size);
+        let kind = report.per_kind.entry(item.key.kind.clone()).or_default();
+        kind.downloaded += 1;
+        kind.bytes += stored.size;
+        bytes_done += stored.size;
+        progress.stored(stored.size);
     }
-    progress.done();
+    progress.end();
     Ok(report)
 }
 
@@ -414,95 +435,27 @@ fn present_cid(
         .then_some(leaf))
 }
 
-/// The progress bar on stderr (hidden when stderr is not a terminal, where the one-line
-/// summaries say enough). With sizes known up front (Debian packages) it counts bytes, and
-/// files of unknown size add their announced length as they start; with no size known
-/// (Cargo.lock has none) it counts files and shows the bytes in its message.
-struct Progress {
-    bar: ProgressBar,
-    by_bytes: bool,
-    files_done: usize,
-    files: usize,
-    bytes_done: u64,
-    started: Instant,
-}
-
-impl Progress {
-    fn new(missing: &[&Wanted]) -> Progress {
-        let known: u64 = missing.iter().filter_map(|w| w.size).sum();
-        let by_bytes = missing.iter().any(|w| w.size.is_some());
-        let (length, template) = if by_bytes {
-            (
-                known,
-                "{spinner} vendoring [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-            )
-        } else {
-            (
-                missing.len() as u64,
-                "{spinner} vendoring [{bar:30}] {pos}/{len} files, {msg} ETA {eta}",
-            )
-        };
-        let bar = if std::io::stderr().is_terminal() {
-            ProgressBar::new(length).with_style(
-                ProgressStyle::with_template(template)
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            )
-        } else {
-            ProgressBar::hidden()
-        };
-        let progress = Progress {
-            bar,
-            by_bytes,
-            files_done: 0,
-            files: missing.len(),
-            bytes_done: 0,
-            started: Instant::now(),
-        };
-        progress.show(0);
-        progress
-    }
-
-    /// Shows `bytes` downloaded in all (finished files plus the current one).
-    fn show(&self, bytes: u64) {
-        if self.by_bytes {
-            self.bar.set_position(bytes);
-            self.bar
-                .set_message(format!("{}/{} files", self.files_done, self.files));
-        } else {
-            self.bar
-                .set_message(format!("{} downloaded", HumanBytes(bytes)));
-        }
-    }
-
+/// What the vendor operation reports as it goes; the binary draws a progress bar and
+/// prints the notes. Every method has a do-nothing default ([`Quiet`]).
+pub trait FetchProgress {
+    /// Downloads begin: the files the mirror lacks (some with known sizes).
+    fn begin(&mut self, _missing: &[&Wanted]) {}
     /// A download of unknown size announced its length.
-    fn add_length(&self, length: u64) {
-        if self.by_bytes {
-            self.bar.inc_length(length);
-        }
-    }
-
-    fn finish_item(&mut self, size: u64) {
-        self.bytes_done += size;
-        self.files_done += 1;
-        if !self.by_bytes {
-            self.bar.inc(1);
-        }
-        self.show(self.bytes_done);
-    }
-
-    fn done(&self) {
-        self.bar.finish_and_clear();
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        eprintln!(
-            "cmbuild vendor: downloaded {} files, {} in {:.1} s ({}/s)",
-            self.files_done,
-            HumanBytes(self.bytes_done),
-            secs,
-            HumanBytes((self.bytes_done as f64 / secs) as u64)
-        );
-    }
+    fn length(&mut self, _length: u64) {}
+    /// Bytes downloaded in all so far (finished files plus the current one).
+    fn bytes(&mut self, _done: u64) {}
+    /// A file was stored in the mirror.
+    fn stored(&mut self, _size: u64) {}
+    /// Every download is done.
+    fn end(&mut self) {}
+    /// A line saying what the operation is doing.
+    fn note(&mut self, _line: &str) {}
 }
+
+/// Reports nothing.
+pub struct Quiet;
+
+impl FetchProgress for Quiet {}
 
 /// The directory source that belongs to config file `config`: `OUT.crates/` beside `OUT.toml`.
 pub fn directory_source_for(config: &Path) -> PathBuf {
@@ -568,15 +521,15 @@ fn toml_string(text: &str) -> String {
 }
 
 /// The compiled-in guest-image lock and its packages as files to fetch.
-pub fn wanted_guest_packages() -> Result<(Lock, Vec<Wanted>)> {
+pub fn wanted_guest_packages(progress: &mut dyn FetchProgress) -> Result<(Lock, Vec<Wanted>)> {
     let lock = lock::shipped_lock().map_err(VendorError::GuestLock)?;
     let wanted = wanted_from_lock(&lock);
-    eprintln!(
+    progress.note(&format!(
         "cmbuild vendor: guest image: {} Debian {} packages ({})",
         lock.packages.len(),
         lock.release_version,
         human_size(lock.total_size())
-    );
+    ));
     Ok((lock, wanted))
 }
 
@@ -594,7 +547,11 @@ fn wanted_from_lock(lock: &Lock) -> Vec<Wanted> {
 
 /// After fetching: every locked package is in the mirror, intact, under its locked CID
 /// (the fetch loop checked the sha256; this checks the CID the image build will ask for).
-pub fn check_guest_packages(mirror: &Mirror, lock: &Lock) -> Result<()> {
+pub fn check_guest_packages(
+    mirror: &Mirror,
+    lock: &Lock,
+    progress: &mut dyn FetchProgress,
+) -> Result<()> {
     let index = mirror.load_index().map_err(mirror_err(mirror))?;
     for p in &lock.packages {
         let key = Key::deb(&p.name, &p.version, &p.architecture);
@@ -618,10 +575,10 @@ pub fn check_guest_packages(mirror: &Mirror, lock: &Lock) -> Result<()> {
             });
         }
     }
-    eprintln!(
+    progress.note(&format!(
         "cmbuild vendor: guest image: all {} Debian packages in the mirror under their locked CIDs",
         lock.packages.len()
-    );
+    ));
     Ok(())
 }
 
@@ -650,8 +607,21 @@ mod tests {
             sha256: Sha256::of(&bytes),
             size: None,
         };
-        let report = fetch_all(&mirror, std::slice::from_ref(&wanted), &offline()).unwrap();
+        let report = fetch_all(
+            &mirror,
+            std::slice::from_ref(&wanted),
+            &offline(),
+            &mut Quiet,
+        )
+        .unwrap();
         assert_eq!((report.present, report.downloaded), (1, 0));
+        assert_eq!(
+            report.per_kind[&cmbuild_store::mirror::Kind::Crate].present,
+            1
+        );
+        assert!(!report
+            .per_kind
+            .contains_key(&cmbuild_store::mirror::Kind::Deb));
         let index = mirror.load_index().unwrap();
         let entry = index.get(&wanted.key).unwrap();
         assert_eq!((entry.cid, entry.size), (stored.cid, bytes.len() as u64));
@@ -673,7 +643,7 @@ mod tests {
             .unwrap();
         std::fs::write(mirror.blob_path(&stored.cid), b"tampered").unwrap();
         // The mirror copy is refused, so a download is attempted (and fails here).
-        let err = fetch_all(&mirror, &[wanted], &offline()).unwrap_err();
+        let err = fetch_all(&mirror, &[wanted], &offline(), &mut Quiet).unwrap_err();
         assert!(
             format!("{err:#}").contains("downloading crate/c/1.0.0"),
             "{err:#}"
@@ -714,11 +684,11 @@ mod tests {
         mirror
             .record([(key.clone(), Entry::new(&stored, None))])
             .unwrap();
-        check_guest_packages(&mirror, &lock).unwrap();
+        check_guest_packages(&mirror, &lock, &mut Quiet).unwrap();
         // The lock pins another CID for the same bytes: refused, naming both.
         let other = cmbuild_store::cid::cid_of_bytes(b"other");
         lock.packages[0].cid = other;
-        let err = check_guest_packages(&mirror, &lock)
+        let err = check_guest_packages(&mirror, &lock, &mut Quiet)
             .unwrap_err()
             .to_string();
         assert!(
@@ -728,6 +698,6 @@ mod tests {
         // A blob that rotted after the fetch is refused too.
         lock.packages[0].cid = stored.cid;
         std::fs::write(mirror.blob_path(&stored.cid), b"rotten").unwrap();
-        assert!(check_guest_packages(&mirror, &lock).is_err());
+        assert!(check_guest_packages(&mirror, &lock, &mut Quiet).is_err());
     }
 }

@@ -68,10 +68,20 @@ impl Hart {
             0
         };
         if writes {
+            // The read-modify-write of `mip` uses the software-writable SEIP bit alone, not
+            // its OR with the PLIC's line (privileged spec, "Machine Interrupt Registers"):
+            // otherwise an M-mode `csrs mip, STIP` (OpenSBI raising the supervisor timer)
+            // made while the PLIC's line is high latches SEIP on for good, and S-mode takes
+            // external interrupts that no claim can clear, forever.
+            let base = if csr == num::MIP {
+                (old & !MIP_SEIP) | (self.csr.mip & MIP_SEIP)
+            } else {
+                old
+            };
             let new = match op {
                 Csr::Rw | Csr::Rwi => operand,
-                Csr::Rs | Csr::Rsi => old | operand,
-                Csr::Rc | Csr::Rci => old & !operand,
+                Csr::Rs | Csr::Rsi => base | operand,
+                Csr::Rc | Csr::Rci => base & !operand,
             };
             // For CSRRW, `old` was not read when rd = 0; the write does not need it.
             self.write_csr(csr, new).ok_or(illegal)?;

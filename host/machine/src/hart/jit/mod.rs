@@ -8,7 +8,7 @@
 //! - A block is a run of RV64I and M integer instructions (no division) within one
 //!   physical page, ending at a branch or jump, before the first instruction it does not
 //!   translate, or at 64 instructions. Block entries live in the decode cache's
-//!   [`BlockTable`](super::dcache::BlockTable) of their page, so every event that drops
+//!   `BlockTable` (in `dcache`) of their page, so every event that drops
 //!   decoded instructions (stores into code, eviction, flushes) drops blocks too.
 //! - Time: a block runs only if all of its instructions fit before `Hart::stop`
 //!   (`mcycle + n <= stop`, checked on entry), which is when the interpreter would have
@@ -26,7 +26,7 @@
 //!   map and that page's table — the lookups the interpreter's fetch makes, so code runs
 //!   only from pages it could fetch from in the current context.
 //! - What gets translated: a block start (a jump target, or the instruction after one no
-//!   block holds) once it has been reached [`HOT`] times; colder code is interpreted.
+//!   block holds) once it has been reached `HOT` times; colder code is interpreted.
 //! - The code region is one memory object mapped twice, executable and writable, so no
 //!   page is both at one address; when full it is emptied and translation starts over.
 //!

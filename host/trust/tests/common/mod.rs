@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use cmbuild_store::hex;
 use std::path::Path;
 
 use serde_json::json;
@@ -45,6 +46,7 @@ pub fn write_build(dir: &Path, flavour: &str, root_seed: &str) {
             "SOURCE_CID": cmbuild_store::cid::cid_of_bytes(b"source tar").to_string(),
         },
         "machines": machines,
+        "config": {"ram_length": 4294967296_u64, "scratch_length": 268435456, "output_length": 536870912, "max_mcycle": 17592186044416_u64},
     });
     std::fs::write(
         dir.join("manifest.json"),

@@ -1,0 +1,314 @@
+//! `cmbuild machine run`: boot a program or a kernel on the machine directly, optionally
+//! resuming a snapshot (`--load`) or storing one at the end (`--store`).
+//!
+//! The snapshot format and its checks are the machine crate's (`cmbuild_machine::snapshot`),
+//! the directory I/O is [`crate::snapshot_dir`]'s; this module matches the flash drives given
+//! with a resumed snapshot to its drives (a resumed run writes a shared drive back only where
+//! the command line says, never where a snapshot says).
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig, MachineError};
+use cmbuild_machine::snapshot::SnapshotConfig;
+
+use crate::snapshot_dir::{self, SnapshotDirError};
+use crate::terminal::Stream;
+
+/// Why `cmbuild machine run` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineRunError {
+    /// The `--store` directory exists already.
+    #[error("--store {}: the directory already exists; remove it or choose another", .0.display())]
+    StoreExists(PathBuf),
+    /// An input file could not be read.
+    #[error("reading the {what} {}", .path.display())]
+    Read {
+        /// What the file is.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// Nothing to boot.
+    #[error("nothing to run: give --ram-image, --bios or --kernel (or --load DIR)")]
+    NothingToRun,
+    /// The machine could not be built.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// A flash drive given with `--load` names no drive of the snapshot.
+    #[error(
+        "--flash-drive label:{label}: the snapshot has no drive of that label (it has {labels:?})"
+    )]
+    NoSuchDrive {
+        /// The label given.
+        label: String,
+        /// The snapshot's labels.
+        labels: Vec<String>,
+    },
+    /// A flash drive given with `--load` differs from the snapshot's in being shared.
+    #[error(
+        "--flash-drive label:{label}: the snapshot's drive is {}; give the same flags as when it was stored",
+        if *.shared { "shared (add ,shared)" } else { "not shared (drop ,shared)" }
+    )]
+    SharedMismatch {
+        /// The label.
+        label: String,
+        /// Whether the snapshot's drive is shared.
+        shared: bool,
+    },
+    /// A flash drive is given twice.
+    #[error("--flash-drive label:{0} is given twice")]
+    GivenTwice(String),
+    /// The snapshot was refused.
+    #[error("--load {}: refusing the snapshot", .dir.display())]
+    Load {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: SnapshotDirError,
+    },
+    /// The snapshot could not be stored.
+    #[error("--store {}", .dir.display())]
+    Store {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: SnapshotDirError,
+    },
+    /// A shared drive could not be written back.
+    #[error("writing back flash drive {}", .path.display())]
+    WriteBack {
+        /// The drive's file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The console could not be written.
+    #[error("writing the console")]
+    Console(#[source] io::Error),
+}
+
+type Result<T, E = MachineRunError> = std::result::Result<T, E>;
+
+/// A flash drive given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlashDrive {
+    /// Its label.
+    pub label: String,
+    /// Its file: read for a fresh machine, written back at the end when shared.
+    pub path: PathBuf,
+    /// Whether its final contents are written back to `path`.
+    pub shared: bool,
+}
+
+/// What `cmbuild machine run` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct MachineRunOptions {
+    /// RAM size, bytes.
+    pub ram_length: u64,
+    /// Raw image loaded at the start of RAM.
+    pub ram_image: Option<PathBuf>,
+    /// Firmware loaded at the start of RAM.
+    pub bios: Option<PathBuf>,
+    /// Kernel loaded 2 MiB into RAM.
+    pub kernel: Option<PathBuf>,
+    /// Initrd, at the top of RAM.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub append: String,
+    /// Flash drives, in order.
+    pub flash_drives: Vec<FlashDrive>,
+    /// Stop when mcycle reaches this.
+    pub max_mcycle: Option<u64>,
+    /// Compute the final state hash.
+    pub final_hash: bool,
+    /// Store a snapshot here at the end (must not exist).
+    pub store: Option<PathBuf>,
+    /// Resume the snapshot here.
+    pub load: Option<PathBuf>,
+    /// Run translated code for hot blocks (else interpret every instruction).
+    pub jit: bool,
+}
+
+/// How a machine run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineRunOutcome {
+    /// Halted (with the guest's exit code) or stopped at the mcycle limit.
+    pub brk: Break,
+    /// The machine's mcycle at the end.
+    pub mcycle: u64,
+    /// The final state hash, if asked for.
+    pub root_hash: Option<String>,
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| MachineRunError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Runs the machine, writing its console (sanitised) to `console` as the guest produces
+/// it; `note` hears remarks about the run.
+pub fn run(
+    opts: &MachineRunOptions,
+    console: &mut dyn Write,
+    note: &mut dyn FnMut(&str),
+) -> Result<MachineRunOutcome> {
+    if let Some(dir) = &opts.store {
+        // Fail early, before a long run, when the snapshot could not be written at the end.
+        if dir.symlink_metadata().is_ok() {
+            return Err(MachineRunError::StoreExists(dir.clone()));
+        }
+    }
+    let (mut machine, record, targets) = match &opts.load {
+        Some(dir) => {
+            let loaded = snapshot_dir::load(dir).map_err(|source| MachineRunError::Load {
+                dir: dir.clone(),
+                source,
+            })?;
+            let targets = write_back_targets(&loaded.config, &opts.flash_drives, note)?;
+            (loaded.machine, Some(loaded.config), targets)
+        }
+        None => {
+            let config = build_config(opts)?;
+            let record = opts
+                .store
+                .is_some()
+                .then(|| SnapshotConfig::from_config(&config));
+            // A fresh machine writes its shared drives back to the files they came from.
+            let targets = opts
+                .flash_drives
+                .iter()
+                .map(|f| f.shared.then(|| f.path.clone()))
+                .collect();
+            (Machine::new(&config)?, record, targets)
+        }
+    };
+    machine.hart.set_jit(opts.jit);
+    let limit = opts.max_mcycle.unwrap_or(u64::MAX);
+    let brk = run_streaming(&mut machine, limit, console).map_err(MachineRunError::Console)?;
+    for (drive, target) in machine.bus.flash.iter().zip(&targets) {
+        if let (true, Some(path)) = (drive.shared, target) {
+            let bytes = &drive.mem.bytes()[..drive.image_length as usize];
+            std::fs::write(path, bytes).map_err(|source| MachineRunError::WriteBack {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    if let (Some(dir), Some(record)) = (&opts.store, &record) {
+        snapshot_dir::store(dir, &mut machine, record).map_err(|source| {
+            MachineRunError::Store {
+                dir: dir.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(MachineRunOutcome {
+        brk,
+        mcycle: machine.mcycle(),
+        root_hash: opts.final_hash.then(|| machine.root_hash()),
+    })
+}
+
+/// Where each flash drive of a resumed machine is written back at the end of the run:
+/// `Some(path)` for a shared drive the command line names (matched by label), `None`
+/// otherwise. A snapshot never decides this: it names no host paths.
+pub fn write_back_targets(
+    record: &SnapshotConfig,
+    given: &[FlashDrive],
+    note: &mut dyn FnMut(&str),
+) -> Result<Vec<Option<PathBuf>>> {
+    let mut targets = vec![None; record.flash_drives.len()];
+    for f in given {
+        let Some(i) = record.flash_drives.iter().position(|d| d.label == f.label) else {
+            return Err(MachineRunError::NoSuchDrive {
+                label: f.label.clone(),
+                labels: record
+                    .flash_drives
+                    .iter()
+                    .map(|d| d.label.clone())
+                    .collect(),
+            });
+        };
+        let drive = &record.flash_drives[i];
+        if drive.shared != f.shared {
+            return Err(MachineRunError::SharedMismatch {
+                label: f.label.clone(),
+                shared: drive.shared,
+            });
+        }
+        if targets[i].is_some() {
+            return Err(MachineRunError::GivenTwice(f.label.clone()));
+        }
+        if f.shared {
+            targets[i] = Some(f.path.clone());
+        }
+    }
+    for (drive, target) in record.flash_drives.iter().zip(&targets) {
+        if drive.shared && target.is_none() {
+            note(&format!(
+                "cmbuild-machine: note: shared flash drive {:?} is not written back (no --flash-drive label:{},filename:PATH,shared)",
+                drive.label, drive.label
+            ));
+        }
+    }
+    Ok(targets)
+}
+
+/// The configuration the options describe, images read from their files.
+fn build_config(opts: &MachineRunOptions) -> Result<MachineConfig> {
+    let opt = |p: &Option<PathBuf>, what| p.as_deref().map(|p| read(p, what)).transpose();
+    let config = MachineConfig {
+        ram_length: opts.ram_length,
+        ram_image: opt(&opts.ram_image, "RAM image")?,
+        bios: opt(&opts.bios, "firmware")?,
+        kernel: opt(&opts.kernel, "kernel")?,
+        initrd: opt(&opts.initrd, "initrd")?,
+        bootargs: opts.append.clone(),
+        flash_drives: opts
+            .flash_drives
+            .iter()
+            .map(|f| {
+                Ok(FlashConfig {
+                    label: f.label.clone(),
+                    image: read(&f.path, "flash drive")?,
+                    shared: f.shared,
+                })
+            })
+            .collect::<Result<_>>()?,
+    };
+    if config.ram_image.is_none() && config.bios.is_none() && config.kernel.is_none() {
+        return Err(MachineRunError::NothingToRun);
+    }
+    Ok(config)
+}
+
+/// Runs in slices so that console output reaches `out` as the guest produces it.
+fn run_streaming(machine: &mut Machine, limit: u64, out: &mut dyn Write) -> io::Result<Break> {
+    const SLICE: u64 = 4_000_000;
+    // The guest's console is untrusted: escape sequences are shown, not sent.
+    let mut console = Stream::new();
+    loop {
+        let until = machine.mcycle().saturating_add(SLICE).min(limit);
+        let brk = machine.run(until);
+        out.write_all(console.push(&machine.drain_console()).as_bytes())?;
+        out.flush()?;
+        match brk {
+            Break::MaxMcycle if until < limit => continue,
+            other => {
+                out.write_all(console.finish().as_bytes())?;
+                out.flush()?;
+                return Ok(other);
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The guest image on first use: assembled offline from the `.deb`s already in the mirror,
+//! checked against its pins, and kept in the mirror by CID.
+//!
+//! `cmbuild vendor` fetches the locked Debian packages; the first `cmbuild run` that needs
+//! the image finds its four files missing from the mirror and calls [`ensure_in_mirror`],
+//! which builds them exactly as `cmbuild image build` does, refuses any file whose CID is not
+//! the pinned one, and stores the rest. Later runs read them from the mirror directly, so a
+//! user's two steps (`vendor`, then `run`) are enough.
+
+use std::path::{Path, PathBuf};
+
+use cmbuild_store::cid::Cid;
+use cmbuild_store::mirror::{Mirror, MirrorError};
+
+use crate::image::{self, ImageError, Step};
+use crate::lock::{Lock, LockedPackage};
+use crate::pins::{self, Pins, PinsError};
+
+/// Why the guest image could not be assembled into the mirror.
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    /// A pin the image needs is missing or not a CID.
+    #[error("{0}")]
+    Pins(#[from] PinsError),
+    /// A pinned value is not a content ID.
+    #[error("{key} is pinned to {value:?}, which is not a content ID")]
+    NotACid {
+        /// The pin.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+    /// Building the image failed (typically: a locked package is not in the mirror).
+    #[error("assembling the guest image from the mirror's Debian packages (run `cmbuild vendor` to fetch them)")]
+    Build(#[source] Box<ImageError>),
+    /// The assembled file is not the pinned one.
+    #[error(
+        "the assembled {file} is {actual}, but {key} pins {pinned}: these pins belong to another \
+         guest-image lock than the one this cmbuild carries (assemble it with `cmbuild image build \
+         --lock LOCK` and pass `--image-dir`)"
+    )]
+    Drift {
+        /// The file.
+        file: String,
+        /// Its pin.
+        key: String,
+        /// The pinned CID.
+        pinned: Cid,
+        /// What came out.
+        actual: Cid,
+    },
+    /// Reading or storing a file failed.
+    #[error("storing {path} in the mirror")]
+    Store {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: MirrorError,
+    },
+    /// A file could not be opened.
+    #[error("reading {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The pinned CID of each guest-image file, `(pin key, file name, cid)`, in key order.
+pub fn pinned_files(pins: &Pins) -> Result<Vec<(&'static str, &'static str, Cid)>, AssembleError> {
+    pins::IMAGE_FILES
+        .iter()
+        .map(|(key, file)| {
+            let value = pins::require(pins, key)?;
+            let cid = value.parse().map_err(|_| AssembleError::NotACid {
+                key: (*key).to_owned(),
+                value: value.to_owned(),
+            })?;
+            Ok((*key, *file, cid))
+        })
+        .collect()
+}
+
+/// Makes sure every guest-image file pinned in `pins` is in `mirror`. Missing ones are
+/// assembled from the `.deb`s of `lock` (read verified from the mirror) inside `work_dir`,
+/// checked against their pins, and stored. Returns whether anything was assembled.
+pub fn ensure_in_mirror(
+    mirror: &Mirror,
+    lock: &Lock,
+    pins: &Pins,
+    work_dir: &Path,
+    progress: impl FnMut(Step),
+) -> Result<bool, AssembleError> {
+    let wanted = pinned_files(pins)?;
+    let mut missing = false;
+    for (_, _, cid) in &wanted {
+        if !mirror.has_valid(cid).unwrap_or(false) {
+            missing = true;
+        }
+    }
+    if !missing {
+        return Ok(false);
+    }
+    let load = |package: &LockedPackage| Ok(mirror.read_verified(&package.cid)?);
+    let built = image::build_image(lock, load, work_dir, progress)
+        .map_err(|e| AssembleError::Build(Box::new(e)))?;
+    // Check every file before storing any, so a drifting image leaves the mirror as it was.
+    let mut checked = Vec::new();
+    for (key, file, pinned) in wanted {
+        let path = built
+            .files
+            .get(file)
+            .cloned()
+            .unwrap_or_else(|| work_dir.join(file));
+        let actual =
+            cmbuild_store::cid::cid_of_file(&path).map_err(|source| AssembleError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        if actual != pinned {
+            return Err(AssembleError::Drift {
+                file: file.to_owned(),
+                key: key.to_owned(),
+                pinned,
+                actual,
+            });
+        }
+        checked.push(path);
+    }
+    for path in checked {
+        let file = std::fs::File::open(&path).map_err(|source| AssembleError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        mirror
+            .put_reader(file)
+            .map_err(|source| AssembleError::Store { path, source })?;
+    }
+    Ok(true)
+}
