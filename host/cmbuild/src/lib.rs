@@ -29,3 +29,4 @@ pub mod staging;
 pub mod terminal;
 pub mod untrusted;
 pub mod vendoring;
+pub mod watchdog;
