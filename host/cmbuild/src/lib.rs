@@ -18,3 +18,4 @@ pub mod staging;
 pub mod terminal;
 pub mod untrusted;
 pub mod vendoring;
+pub mod workspace;
