@@ -1,6 +1,17 @@
-//! The orchestration behind the `cmbuild` command line: build manifests, the comparison of
-//! two builds, and the release-build pipeline. The CLI (`main.rs`, `commands/`) is a thin
-//! layer over this library and the host crates.
+//! The orchestration behind the `cmbuild` command line. The CLI (`main.rs`, `commands/`)
+//! parses arguments and calls one function of [`ops`] per subcommand; everything else is
+//! here:
+//!
+//! - the release pipeline: [`project`] (revision, source archive, `cmbuild.toml`),
+//!   [`plan`] (the plan and the input/output drives), [`guest`] (the build machine: its
+//!   [`guest::Drive`]s and [`guest::MachineSettings`]), [`vendoring`] (the locked crates),
+//!   [`run`] (the run, split by job) and [`staging`] (outputs published whole or not at all);
+//! - the records and their checks: [`manifest`] (`manifest.json`, `machine.json`) and
+//!   [`compare`];
+//! - the gates for hostile bytes: [`untrusted`] (paths, archives, confined reads) and
+//!   [`terminal`] (untrusted text on its way to a terminal);
+//! - [`pins`] (the built-in `digests.lock.env`; the format is `cmbuild_image::pins`) and
+//!   [`snapshot_dir`] (machine snapshots on disk).
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]

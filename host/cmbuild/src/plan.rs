@@ -471,4 +471,25 @@ mod tests {
         assert_eq!(x86.status, None);
         assert_eq!(x86.log_tail, "the guest's build driver failed: unpack\n");
     }
+
+    #[test]
+    fn plan_env_bytes_are_the_published_ones() {
+        // plan.env is on the input drive, so its bytes are part of every root hash.
+        let plan = Plan::new(
+            &Selection {
+                targets: Triple::ALL.to_vec(),
+                profile: Profile::default(),
+                profile_name: "default".into(),
+            },
+            1_767_225_600,
+            &bins(),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.to_env(),
+            "CMBUILD_PLAN_VERSION='1'\nSOURCE_DATE_EPOCH='1767225600'\n\
+             TARGETS='x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu riscv64gc-unknown-linux-gnu'\n\
+             CARGO_FLAGS=''\nBINS='a b-tool'\n"
+        );
+    }
 }

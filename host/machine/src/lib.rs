@@ -7,6 +7,14 @@
 //! reads host time, host randomness or unordered-map iteration (`clippy.toml` forbids them).
 //! The library does no I/O of its own: the caller hands it images as bytes and drains the
 //! console output it collects.
+//!
+//! Where things live: the hart and its ISA in [`hart`] (one file per extension, privilege
+//! as [`hart::Privilege`]); the physical address space in [`bus`] (memory regions named by
+//! [`bus::RegionId`]); the devices behind one [`devices::Device`] trait, placed by the one
+//! table in [`board`] (`board_devices!`: a new device is a row there plus its trait
+//! implementation, and the bus, the state hash, snapshots and the device tree follow);
+//! the state hash in [`machine`] and [`merkle`]; snapshots as bytes in [`snapshot`] (the
+//! directory form is `cmbuild`'s `snapshot_dir`).
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]

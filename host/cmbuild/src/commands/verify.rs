@@ -7,10 +7,12 @@ use super::common::{ImageDirArg, JobsArg, MirrorArg, PinsArg};
 
 /// Rebuild what a published manifest lists, then compare the rebuild with it.
 ///
-/// Reads PUBLISHED_DIR/manifest.json and machine.json (untrusted), checks that the
-/// project's git has the commit the manifest names, rebuilds exactly the targets it lists
-/// with `cmbuild run` on the machine settings machine.json records (RAM, drive sizes),
-/// and compares artifacts and machine root hashes as `cmbuild compare` does. Ends with
+/// Reads PUBLISHED_DIR/manifest.json and machine.json (untrusted; every name in them is
+/// checked before use), checks that the project's git has the commit the manifest names,
+/// rebuilds with `cmbuild run` one machine per published machine (a single target, or the
+/// project's targets together for a --single-machine build) on the machine settings
+/// machine.json records (RAM, drive sizes), and compares artifacts, machine inputs and
+/// machine root hashes as `cmbuild compare` does. Ends with
 /// `Reproducibility check PASSED` (exit 0) or `Reproducibility check FAILED` (exit 1).
 ///
 /// Example: cmbuild verify ~/Downloads/app-v1.2.0 --project ~/src/app

@@ -86,8 +86,38 @@ pub fn published_settings(published: &Path) -> Result<MachineSettings, VerifyErr
     Ok(settings)
 }
 
-/// Rebuilds every target of the published manifest (one run per target, on the machine
-/// settings the published `machine.json` records, else the defaults) and compares.
+/// The rebuilds of a verification: one per machine of the published `machine.json` (its
+/// targets, each checked to be a supported triple), else one per target of the manifest.
+/// A machine that built several targets is rebuilt as one machine building the project's
+/// configured targets (`cmbuild run --single-machine`); the comparison tells whether
+/// those were the same.
+pub fn rebuild_groups(
+    targets: &BTreeSet<Triple>,
+    published: &Path,
+) -> Result<Vec<Vec<Triple>>, VerifyError> {
+    let path = published.join("machine.json");
+    let machines = if path.exists() {
+        manifest::read_machine_record(&path)?.machines
+    } else {
+        Vec::new()
+    };
+    if machines.is_empty() {
+        return Ok(targets.iter().map(|t| vec![*t]).collect());
+    }
+    machines
+        .iter()
+        .map(|m| {
+            m.targets
+                .iter()
+                .map(|t| t.parse().map_err(|_| VerifyError::BadTarget(t.clone())))
+                .collect()
+        })
+        .collect()
+}
+
+/// Rebuilds every target of the published manifest (one run per published machine, see
+/// [`rebuild_groups`], on the machine settings the published `machine.json` records, else
+/// the defaults) and compares.
 pub fn verify(
     opts: &VerifyOptions,
     progress: &(dyn Fn(Progress) + Sync),
@@ -116,6 +146,7 @@ pub fn verify(
         return Err(VerifyError::NoArtifacts);
     }
     let settings = published_settings(&opts.published)?;
+    let groups = rebuild_groups(&targets, &opts.published)?;
     let rev = project::resolve_revision(&opts.project_dir, &manifest.commit).map_err(|source| {
         VerifyError::Commit {
             commit: manifest.commit.clone(),
@@ -127,19 +158,23 @@ pub fn verify(
         .clone()
         .unwrap_or_else(|| PathBuf::from("builds/verify").join(&rev.commit[..12]));
     let mut combined = Report::default();
-    for target in targets {
-        // One run per target keeps each machine's identity independent of the others.
+    for group in groups {
+        // One run per machine of the published build, so that each machine's identity is
+        // the published one's: a single target alone, or the project's targets together.
+        let names: Vec<&str> = group.iter().map(|t| t.as_str()).collect();
+        let single = group.len() == 1;
         let run = RunOptions {
             project_dir: opts.project_dir.clone(),
             rev: rev.commit.clone(),
-            target: Some(target.to_string()),
+            target: single.then(|| group[0].to_string()),
             profile: None,
-            out_dir: out.join(target.as_str()),
+            // Triples only: the directory stays inside `out`.
+            out_dir: out.join(names.join("+")),
             mirror_dir: opts.mirror_dir.clone(),
             image_dir: opts.image_dir.clone(),
             jobs: opts.jobs,
             machine: settings,
-            machine_per_target: true,
+            machine_per_target: single,
             pins: opts.pins.clone(),
         };
         let summary = run_release(&run, progress)?;
@@ -248,6 +283,40 @@ mod tests {
             .collect();
         seen.sort();
         assert_eq!(seen, ["project", "published"]);
+    }
+
+    #[test]
+    fn rebuilds_follow_the_published_machines() {
+        let dir = tempfile::tempdir().unwrap();
+        let [x86, arm, riscv] = Triple::ALL;
+        let targets: BTreeSet<Triple> = [x86, arm].into();
+        // No record: one rebuild per target.
+        assert_eq!(
+            rebuild_groups(&targets, dir.path()).unwrap(),
+            vec![vec![arm], vec![x86]]
+        );
+        // A record: its machines, in its order.
+        publish(dir.path(), None);
+        let mut record = manifest::read_machine_record(&dir.path().join("machine.json")).unwrap();
+        let run = |targets: &[Triple]| crate::manifest::MachineRun {
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            root_hash: "h".into(),
+            mcycle: 1,
+            exit_code: 0,
+        };
+        record.machines = vec![run(&[x86, arm, riscv])];
+        std::fs::write(dir.path().join("machine.json"), to_canonical_json(&record)).unwrap();
+        assert_eq!(
+            rebuild_groups(&targets, dir.path()).unwrap(),
+            vec![vec![x86, arm, riscv]]
+        );
+        // A hostile target name in the record is refused.
+        record.machines[0].targets.push("../../x".into());
+        std::fs::write(dir.path().join("machine.json"), to_canonical_json(&record)).unwrap();
+        assert!(matches!(
+            rebuild_groups(&targets, dir.path()),
+            Err(VerifyError::BadTarget(_))
+        ));
     }
 
     #[test]
