@@ -17,6 +17,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod compare;
+pub mod glibc;
 pub mod guest;
 pub mod manifest;
 pub mod ops;

@@ -542,6 +542,7 @@ pub fn collect_release(
                     toolchain,
                     sha256: Sha256::of(&bytes),
                     cid: cid_of_bytes(&bytes),
+                    abi: Some(crate::glibc::Abi::of(&bytes)),
                 });
             }
         }
