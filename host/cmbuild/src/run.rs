@@ -183,24 +183,17 @@ fn read_pinned(
     mirror: &Mirror,
     image_dir: Option<&Path>,
     name: &str,
-    cid: &str,
+    cid: &Cid,
     missing: &mut Vec<String>,
 ) -> Option<Vec<u8>> {
-    let parsed: Cid = match cid.parse() {
-        Ok(c) => c,
-        Err(_) => {
-            missing.push(format!("{name}: {cid:?} is not a CID"));
-            return None;
-        }
-    };
-    let mirror_error = match mirror.read_verified(&parsed) {
+    let mirror_error = match mirror.read_verified(cid) {
         Ok(bytes) => return Some(bytes),
         Err(e) => e.to_string(),
     };
     if let (Some(dir), Some(file)) = (image_dir, pins::image_file(name)) {
         let path = dir.join(file);
         if let Ok(bytes) = std::fs::read(&path) {
-            if cmbuild_store::cid::cid_of_bytes(&bytes) == parsed {
+            if cmbuild_store::cid::cid_of_bytes(&bytes) == *cid {
                 return Some(bytes);
             }
             missing.push(format!(
@@ -338,8 +331,8 @@ pub fn gather_inputs(
     assemble_image_on_first_use(&mirror, opts, job, progress)?;
     let mut missing = Vec::new();
     let mut blob = |key: &str| -> Option<Vec<u8>> {
-        match pins::require(&opts.pins, key) {
-            Ok(cid) => read_pinned(&mirror, opts.image_dir.as_deref(), key, cid, &mut missing),
+        match pins::require_cid(&opts.pins, key) {
+            Ok(cid) => read_pinned(&mirror, opts.image_dir.as_deref(), key, &cid, &mut missing),
             Err(e) => {
                 missing.push(e.to_string());
                 None
