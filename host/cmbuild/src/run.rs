@@ -321,7 +321,7 @@ pub fn plan_release(
     let workspace_bins = plan::list_workspace_bins(&source_dir)?;
     let plan = Plan::new(&selection, rev.commit_time, &workspace_bins)?;
     let lock_bytes = read("Cargo.lock", MAX_LOCK_BYTES)?.ok_or_else(|| {
-        plan::PlanError::Metadata(format!(
+        plan::PlanError::NoLock(format!(
             "{} has no Cargo.lock at {}; commit one (cmbuild builds with --locked)",
             opts.rev, rev.commit
         ))
@@ -562,6 +562,7 @@ pub fn collect_release(
                     toolchain,
                     sha256: Sha256::of(&bytes),
                     cid: cid_of_bytes(&bytes),
+                    abi: Some(crate::glibc::Abi::of(&bytes)),
                 });
             }
         }

@@ -186,6 +186,9 @@ fn print_summary(summary: &RunSummary, started: Instant) {
     );
     for a in &summary.manifest.artifacts {
         println!("  {:<30} {:<12} {}  {}", a.target, a.bin, a.sha256, a.cid);
+        if let Some(abi) = &a.abi {
+            println!("  {:<30} {:<12} {}", "", "", abi.summary());
+        }
     }
     for m in &summary.machine.machines {
         println!(

@@ -220,6 +220,7 @@ mod tests {
                 toolchain: cmbuild_store::cid::cid_of_bytes(b"t"),
                 sha256: cmbuild_store::sha256::Sha256::from_bytes([0; 32]),
                 cid: cmbuild_store::cid::cid_of_bytes(b"c"),
+                abi: None,
             }],
         };
         std::fs::write(dir.join("manifest.json"), to_canonical_json(&manifest)).unwrap();
