@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use cmbuild_image::toolchain::{self, RustVersion};
 use cmbuild_image::triple::Triple;
 use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
 use cmbuild_store::cid::{cid_of_bytes, Cid};
@@ -35,6 +36,8 @@ use crate::untrusted;
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Largest `Cargo.lock` read.
 pub const MAX_LOCK_BYTES: u64 = 16 << 20;
+/// Largest `rust-toolchain(.toml)` read.
+pub const MAX_TOOLCHAIN_FILE_BYTES: u64 = 64 << 10;
 
 /// Everything `cmbuild run` needs to know.
 #[derive(Clone, Debug)]
@@ -62,6 +65,10 @@ pub struct RunOptions {
     pub machine_per_target: bool,
     /// The pins (`digests.lock.env`) to use.
     pub pins: Pins,
+    /// The Rust toolchain to build with (`stable`, `1.85`, `1.85.1`), overriding the
+    /// project's `rust-toolchain.toml` / `rust-toolchain`; `None`: the project's choice, or
+    /// the newest pinned.
+    pub toolchain: Option<String>,
 }
 
 /// Progress events, for the CLI to display.
@@ -104,6 +111,9 @@ pub enum RunError {
     /// The build plan or the output drive.
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
+    /// No pinned toolchain fits the project.
+    #[error(transparent)]
+    Toolchain(#[from] toolchain::ToolchainError),
     /// The machine settings.
     #[error(transparent)]
     Settings(#[from] SettingsError),
@@ -252,6 +262,8 @@ pub struct ReleaseJob {
     pub lock_bytes: Vec<u8>,
     /// What the guest builds.
     pub plan: Plan,
+    /// The pinned Rust toolchain selected (today's guest image carries exactly one).
+    pub toolchain: RustVersion,
 }
 
 /// Resolves the revision, makes its source archive, and plans the build from the
@@ -291,8 +303,10 @@ pub fn plan_release(
         None => project::ProjectConfig::default(),
     };
     let selection = project::select(&config, opts.profile.as_deref(), opts.target.as_deref())?;
-    let workspace_bins = plan::list_workspace_bins(&source_dir)?;
-    let plan = Plan::new(&selection, rev.commit_time, &workspace_bins)?;
+    // The workspace from its manifests, as the commit has them: no host toolchain involved.
+    let workspace = crate::workspace::read_workspace(&source_dir).map_err(plan::PlanError::from)?;
+    let plan = Plan::new(&selection, rev.commit_time, &workspace.bins())?;
+    let toolchain = select_toolchain(opts, &read, &workspace, &selection)?;
     let lock_bytes = read("Cargo.lock", MAX_LOCK_BYTES)?.ok_or_else(|| {
         plan::PlanError::NoLock(format!(
             "{} has no Cargo.lock at {}; commit one (cmbuild builds with --locked)",
@@ -306,7 +320,49 @@ pub fn plan_release(
         source_tar,
         lock_bytes,
         plan,
+        toolchain,
     })
+}
+
+/// Selects the pinned Rust toolchain, before any machine boots: `--toolchain`, else the
+/// commit's `rust-toolchain` or `rust-toolchain.toml` (the former wins when both exist, as
+/// with rustup), else the newest pinned; then checks the `rust-version` of every selected
+/// package against it.
+fn select_toolchain(
+    opts: &RunOptions,
+    read: &dyn Fn(&'static str, u64) -> Result<Option<Vec<u8>>, RunError>,
+    workspace: &crate::workspace::Workspace,
+    selection: &project::Selection,
+) -> Result<RustVersion, RunError> {
+    let available = toolchain::pinned_versions(&cmbuild_image::lock::shipped_lock()?);
+    let text = |bytes: Vec<u8>, file: &str| {
+        String::from_utf8(bytes).map_err(|_| toolchain::ToolchainError::BadFile {
+            file: file.to_owned(),
+            message: "not UTF-8".into(),
+        })
+    };
+    let (channel, source_name) = if let Some(channel) = &opts.toolchain {
+        (Some(channel.clone()), "--toolchain")
+    } else if let Some(bytes) = read("rust-toolchain", MAX_TOOLCHAIN_FILE_BYTES)? {
+        let channel = toolchain::channel_of_legacy(&text(bytes, "rust-toolchain")?)?;
+        (channel, "rust-toolchain")
+    } else if let Some(bytes) = read("rust-toolchain.toml", MAX_TOOLCHAIN_FILE_BYTES)? {
+        let channel = toolchain::channel_of_toml(&text(bytes, "rust-toolchain.toml")?)?;
+        (channel, "rust-toolchain.toml")
+    } else {
+        (None, "no toolchain file")
+    };
+    let selected = toolchain::select(channel.as_deref(), source_name, &available)?;
+    let packages = &selection.profile.packages;
+    for member in &workspace.members {
+        if !packages.is_empty() && !packages.contains(&member.name) {
+            continue;
+        }
+        if let Some(required) = &member.rust_version {
+            toolchain::check_rust_version(&member.name, required, selected, &available)?;
+        }
+    }
+    Ok(selected)
 }
 
 /// The machine inputs of a release, from the mirror.
@@ -536,6 +592,7 @@ pub fn collect_release(
                     sha256: Sha256::of(&bytes),
                     cid: cid_of_bytes(&bytes),
                     abi: Some(crate::glibc::Abi::of(&bytes)),
+                    toolchain_version: Some(job.toolchain.to_string()),
                 });
             }
         }
