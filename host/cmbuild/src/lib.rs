@@ -30,4 +30,5 @@ pub mod staging;
 pub mod terminal;
 pub mod untrusted;
 pub mod vendoring;
+pub mod watchdog;
 pub mod workspace;

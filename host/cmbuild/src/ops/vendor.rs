@@ -353,7 +353,7 @@ pub fn fetch_all(
             progress.bytes(started + done);
         };
         let stored = downloader
-            .fetch_to_mirror(&item.url, &item.sha256, mirror, &mut on_bytes)
+            .fetch_to_mirror(&item.url, &item.sha256, item.size, mirror, &mut on_bytes)
             .map_err(|source| VendorError::Download {
                 key: item.key.clone(),
                 source: Box::new(source),

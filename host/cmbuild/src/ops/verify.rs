@@ -182,6 +182,7 @@ pub fn verify(
                 .artifacts
                 .first()
                 .and_then(|a| a.toolchain_version.clone()),
+            stall_seconds: crate::watchdog::DEFAULT_STALL_SECONDS,
         };
         let summary = run_release(&run, progress)?;
         // One verdict over every target's comparison.
