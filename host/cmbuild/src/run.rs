@@ -1,7 +1,9 @@
 //! `cmbuild run --release REV`: the release build, end to end, offline.
 //!
 //! In order: resolve REV to a commit and make the deterministic source archive; read the
-//! commit's Cargo.lock and check that every crate and every pinned guest-image input is in
+//! commit's manifests ([`crate::workspace`], no host toolchain), select the pinned Rust
+//! toolchain (`--toolchain` or the commit's `rust-toolchain(.toml)`, checked against each
+//! package's `rust-version`); read the commit's Cargo.lock and check that every crate and every pinned guest-image input is in
 //! the mirror (else name what is missing and say to run `cmbuild vendor`); build the input
 //! drive (`guest-image/PROTOCOL.md`); boot one machine per group of targets (in parallel
 //! up to `jobs`), each a pure function of its inputs; extract each output drive
