@@ -116,6 +116,11 @@ fn fake_job(out: &Path, rev: &str) -> ReleaseJob {
             cargo_flags: Vec::new(),
             bins: Vec::new(),
         },
+        toolchain: cmbuild_image::toolchain::RustVersion {
+            major: 1,
+            minor: 85,
+            patch: 1,
+        },
     }
 }
 
