@@ -102,6 +102,7 @@ pub mod dsse;
 mod files;
 pub mod keys;
 pub mod merkle;
+pub mod state_proof;
 pub mod statement;
 pub mod threshold;
 pub mod tlog;
