@@ -7,7 +7,8 @@
 //! the mirror (else name what is missing and say to run `cmbuild vendor`); build the input
 //! drive (`guest-image/PROTOCOL.md`); boot one machine per group of targets (in parallel
 //! up to `jobs`), each a pure function of its inputs; extract each output drive
-//! defensively; write `manifest.json`, `machine.json` and `<triple>/<bin>` into a working
+//! defensively; write `manifest.json`, `machine.json`, `<triple>/<bin>` and each artifact's
+//! state proof `proofs/<triple>/<bin>.json` ([`crate::state_proofs`]) into a working
 //! directory, synced, and rename it into place ([`crate::staging`]), so a failed or killed
 //! run leaves nothing half-written (and the next run removes a killed run's working
 //! directory). A machine that makes no visible progress for `stall_seconds` guest seconds is
@@ -21,6 +22,7 @@ use std::sync::Mutex;
 use cmbuild_image::toolchain::{self, RustVersion};
 use cmbuild_image::triple::Triple;
 use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
+use cmbuild_machine::merkle::PageTree;
 use cmbuild_machine::snapshot::SnapshotConfig;
 use cmbuild_store::cid::{cid_of_bytes, Cid};
 use cmbuild_store::mirror::Mirror;
@@ -35,8 +37,12 @@ use crate::pins::{self, Pins};
 use crate::plan::{self, Plan};
 use crate::project;
 use crate::staging::{self, WorkDir};
+use crate::state_proofs;
 use crate::untrusted;
 use crate::watchdog::Watchdog;
+
+/// The build directory's subdirectory of state proofs: `proofs/<triple>/<bin>.json`.
+pub const PROOFS_DIR: &str = "proofs";
 
 /// Largest `cmbuild.toml` read.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -203,6 +209,12 @@ pub enum RunError {
     /// File I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// An artifact's state proof could not be made.
+    #[error("state proof: {0}")]
+    StateProof(#[from] state_proofs::StateProofsError),
+    /// A state proof could not be written.
+    #[error("state proof: {0}")]
+    StateProofFile(#[from] cmbuild_trust::state_proof::StateProofError),
 }
 
 /// What a finished run produced.
@@ -517,8 +529,20 @@ fn assemble_image_on_first_use(
     Ok(())
 }
 
-/// A machine's record and its output drive, or why it failed.
-pub type MachineResult = Result<(MachineRun, Vec<u8>), RunError>;
+/// What a machine left: its record, its output drive and the top-level leaves of its final
+/// state hash (for the artifacts' state proofs).
+#[derive(Debug)]
+pub struct MachineOutput {
+    /// The record for `machine.json`.
+    pub run: MachineRun,
+    /// The whole output drive.
+    pub output_drive: Vec<u8>,
+    /// [`Machine::hash_leaves`] at the end.
+    pub leaves: Vec<cmbuild_machine::merkle::Hash>,
+}
+
+/// A machine's output, or why it failed.
+pub type MachineResult = Result<MachineOutput, RunError>;
 
 /// Runs one machine per group of targets, up to `opts.jobs` at once; each gets the plan
 /// restricted to its targets. Returns each group's result by group index.
@@ -585,11 +609,19 @@ pub fn collect_release(
     let mut artifacts = Vec::new();
     let mut machines = Vec::new();
     for (index, result) in results {
-        let (run, output_drive) = result?;
+        let MachineOutput {
+            run,
+            output_drive,
+            leaves,
+        } = result?;
         let extract = job.work.path().join(format!("extract-{index}"));
         std::fs::create_dir(&extract)?;
         let outputs =
             plan::collect_outputs(&output_drive, &extract, &plan.for_targets(&groups[index]))?;
+        // The state proofs: built once per machine, only if it built something.
+        let located = state_proofs::locate_files(&output_drive);
+        let mut tree = None;
+        let machine_name = format!("machine/{}", run.targets.join(","));
         for (target, output) in &outputs {
             if output.status != Some(0) || output.bins.len() != plan.bins.len() {
                 return Err(RunError::GuestFailed {
@@ -603,6 +635,19 @@ pub fn collect_release(
                 let bytes = std::fs::read(&output.bins[&planned.bin])?;
                 let rel = format!("{target}/{}", planned.bin);
                 staging::write_synced(&staging.join(&rel), &bytes, 0o755)?;
+                let tree = tree.get_or_insert_with(|| PageTree::build(&output_drive));
+                let proof = state_proofs::prove_file(
+                    &machine_name,
+                    &leaves,
+                    tree,
+                    &output_drive,
+                    &located,
+                    &rel,
+                    &bytes,
+                )?;
+                let proof_path = staging.join(PROOFS_DIR).join(format!("{rel}.json"));
+                std::fs::create_dir_all(staging.join(PROOFS_DIR).join(target.as_str()))?;
+                staging::write_synced(&proof_path, &proof.to_file_bytes()?, 0o644)?;
                 let toolchain_key = pins::toolchain_key(*target);
                 let toolchain = if opts.pins.contains_key(&toolchain_key) {
                     pins::require_cid(&opts.pins, &toolchain_key)?
@@ -665,10 +710,17 @@ pub fn publish(
         0o644,
     )?;
     for target in job.plan.targets.iter() {
-        let dir = staging.join(target.as_str());
-        if dir.exists() {
-            staging::sync_dir(&dir)?;
+        for dir in [
+            staging.join(target.as_str()),
+            staging.join(PROOFS_DIR).join(target.as_str()),
+        ] {
+            if dir.exists() {
+                staging::sync_dir(&dir)?;
+            }
         }
+    }
+    if staging.join(PROOFS_DIR).exists() {
+        staging::sync_dir(&staging.join(PROOFS_DIR))?;
     }
     staging::publish_dir(&staging, &job.final_dir)?;
     Ok(job.final_dir.clone())
@@ -708,16 +760,18 @@ fn run_machine(
         exit_code: Some(exit_code),
     });
     let root_hash = machine.root_hash();
-    let output = drive_bytes(&machine, Drive::Output).to_vec();
-    Ok((
-        MachineRun {
+    let leaves = machine.hash_leaves();
+    let output_drive = drive_bytes(&machine, Drive::Output).to_vec();
+    Ok(MachineOutput {
+        run: MachineRun {
             targets: names,
             root_hash,
             mcycle: machine.mcycle(),
             exit_code: u32::try_from(exit_code).unwrap_or(u32::MAX),
         },
-        output,
-    ))
+        output_drive,
+        leaves,
+    })
 }
 
 /// How [`run_to_halt`] watches a machine.

@@ -370,8 +370,11 @@ impl Machine {
         format!("{HASH_SCHEME}:{hex}")
     }
 
-    /// The state hash as bytes, updating the page trees from the dirty pages.
-    pub fn root_hash_bytes(&mut self) -> merkle::Hash {
+    /// The top-level leaves of the state hash, in order: the state leaf, the device-tree
+    /// ROM's root, RAM's root, each flash drive's root (from leaf
+    /// [`Machine::FLASH_LEAVES_START`]); [`merkle::combine_leaves`] of them is the state
+    /// hash. Updates the page trees from the dirty pages.
+    pub fn hash_leaves(&mut self) -> Vec<merkle::Hash> {
         let old = self.trees.take();
         let ranges = self.memory_ranges_mut();
         let trees = match old {
@@ -395,7 +398,21 @@ impl Machine {
         let mut leaves = vec![self.state_leaf(), self.dtb_root()];
         leaves.extend(trees.iter().map(PageTree::root));
         self.trees = Some(trees);
-        merkle::combine_leaves(&leaves)
+        leaves
+    }
+
+    /// The state hash as bytes, updating the page trees from the dirty pages.
+    pub fn root_hash_bytes(&mut self) -> merkle::Hash {
+        merkle::combine_leaves(&self.hash_leaves())
+    }
+
+    /// Top-level leaf of flash drive 0 (the state, the device tree and RAM come first).
+    pub const FLASH_LEAVES_START: usize = 3;
+
+    /// The page tree of memory range `index` (0 = RAM, `1 + i` = flash drive `i`) as of the
+    /// last hash, if the trees are built.
+    pub(crate) fn page_tree(&self, index: usize) -> Option<&PageTree> {
+        self.trees.as_ref()?.get(index)
     }
 
     /// The state hash recomputed from scratch (no page tree reused), to check the
