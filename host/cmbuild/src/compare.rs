@@ -110,9 +110,18 @@ pub enum Finding {
         /// Its value in the second build.
         b: String,
     },
-    /// The machines' final state hashes differ.
+    /// The builds are of different releases: another commit or tag name.
+    ReleaseDrift {
+        /// `commit` or `release`.
+        field: &'static str,
+        /// The first build's value.
+        a: String,
+        /// The second build's value.
+        b: String,
+    },
+    /// The machines' final state hashes (or their mcycle or exit code) differ.
     MachineDrift {
-        /// Which machine (its targets) or which property.
+        /// Which machine (its targets) and which property, or the hash scheme.
         what: String,
         /// The first build's value.
         a: String,
@@ -126,7 +135,9 @@ impl Finding {
     pub fn is_input_drift(&self) -> bool {
         matches!(
             self,
-            Finding::InputDrift { .. } | Finding::MachineInputDrift { .. }
+            Finding::InputDrift { .. }
+                | Finding::MachineInputDrift { .. }
+                | Finding::ReleaseDrift { .. }
         )
     }
 }
@@ -159,11 +170,11 @@ impl std::fmt::Display for Finding {
             Finding::MachineInputDrift { input, a, b } => {
                 write!(f, "input drift: machine input {input} differs: {a} != {b}")
             }
+            Finding::ReleaseDrift { field, a, b } => {
+                write!(f, "input drift: the builds' {field} differs: {a} != {b}")
+            }
             Finding::MachineDrift { what, a, b } => {
-                write!(
-                    f,
-                    "output drift: machine {what}: root hash differs: {a} != {b}"
-                )
+                write!(f, "output drift: machine {what} differs: {a} != {b}")
             }
         }
     }
@@ -193,6 +204,8 @@ pub type CidOfFile = dyn Fn(&Path) -> std::io::Result<Cid>;
 struct Side {
     name: String,
     dir: PathBuf,
+    commit: String,
+    release: String,
     artifacts: BTreeMap<ArtifactKey, Artifact>,
     machine: Option<MachineRecord>,
 }
@@ -206,6 +219,7 @@ fn load_side(dir: &Path) -> Result<Side, CompareError> {
     } else {
         None
     };
+    let (commit, release) = (manifest.commit, manifest.release);
     let mut artifacts = BTreeMap::new();
     for artifact in manifest.artifacts {
         let key = artifact.key();
@@ -216,6 +230,8 @@ fn load_side(dir: &Path) -> Result<Side, CompareError> {
     Ok(Side {
         name,
         dir: dir.to_path_buf(),
+        commit,
+        release,
         artifacts,
         machine,
     })
@@ -287,6 +303,20 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
                     problem,
                 });
             }
+        }
+    }
+
+    // Both must be builds of the same release: the same commit under the same tag.
+    for (field, x, y) in [
+        ("commit", &a.commit, &b.commit),
+        ("release", &a.release, &b.release),
+    ] {
+        if x != y {
+            report.findings.push(Finding::ReleaseDrift {
+                field,
+                a: crate::terminal::sanitize(x),
+                b: crate::terminal::sanitize(y),
+            });
         }
     }
 
@@ -465,18 +495,32 @@ fn compare_machines(
                     targets: run.targets.join(","),
                     in_side: to_name.to_owned(),
                 }),
-                // Report each pair once, a's hash first.
-                Some(other) if other.root_hash != run.root_hash && (from_is_a || !both_ways) => {
+                // Report each pair once, a's values first: the final state, and what the
+                // records claim of how the machine got there.
+                Some(other) if from_is_a || !both_ways => {
                     let (x, y) = if from_is_a {
-                        (&run.root_hash, &other.root_hash)
+                        (run, other)
                     } else {
-                        (&other.root_hash, &run.root_hash)
+                        (other, run)
                     };
-                    report.findings.push(Finding::MachineDrift {
-                        what: run.targets.join(","),
-                        a: x.clone(),
-                        b: y.clone(),
-                    });
+                    let claims = [
+                        ("root hash", x.root_hash.clone(), y.root_hash.clone()),
+                        ("mcycle", x.mcycle.to_string(), y.mcycle.to_string()),
+                        (
+                            "exit code",
+                            x.exit_code.to_string(),
+                            y.exit_code.to_string(),
+                        ),
+                    ];
+                    for (property, a, b) in claims {
+                        if a != b {
+                            report.findings.push(Finding::MachineDrift {
+                                what: format!("[{}] {property}", run.targets.join(",")),
+                                a,
+                                b,
+                            });
+                        }
+                    }
                 }
                 Some(_) => {}
             }
