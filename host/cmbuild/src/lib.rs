@@ -17,6 +17,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod compare;
+pub mod glibc;
 pub mod guest;
 pub mod manifest;
 pub mod ops;
@@ -30,3 +31,5 @@ pub mod state_proofs;
 pub mod terminal;
 pub mod untrusted;
 pub mod vendoring;
+pub mod watchdog;
+pub mod workspace;

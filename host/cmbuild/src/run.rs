@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use cmbuild_image::triple::Triple;
 use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
 use cmbuild_machine::merkle::PageTree;
+use cmbuild_machine::snapshot::SnapshotConfig;
 use cmbuild_store::cid::{cid_of_bytes, Cid};
 use cmbuild_store::mirror::Mirror;
 use cmbuild_store::sha256::Sha256;
@@ -33,6 +34,7 @@ use crate::project;
 use crate::staging::{self, WorkDir};
 use crate::state_proofs;
 use crate::untrusted;
+use crate::watchdog::Watchdog;
 
 /// The build directory's subdirectory of state proofs: `proofs/<triple>/<bin>.json`.
 pub const PROOFS_DIR: &str = "proofs";
@@ -68,6 +70,9 @@ pub struct RunOptions {
     pub machine_per_target: bool,
     /// The pins (`digests.lock.env`) to use.
     pub pins: Pins,
+    /// Guest seconds without visible progress after which a machine is stopped (0: never;
+    /// see [`crate::watchdog`]).
+    pub stall_seconds: u64,
 }
 
 /// Progress events, for the CLI to display.
@@ -141,6 +146,26 @@ pub enum RunError {
         /// The limit it reached.
         mcycle: u64,
     },
+    /// The stall watchdog stopped a machine ([`crate::watchdog`]).
+    #[error(
+        "machine {name} made no visible progress (no console byte, no drive write, idle) for \
+         {seconds} guest seconds, from mcycle {since_mcycle} to {mcycle}; stopped\n\
+         last console lines:\n{console_tail}\n{snapshot}"
+    )]
+    Stalled {
+        /// The machine's name.
+        name: String,
+        /// Guest seconds without progress.
+        seconds: u64,
+        /// The mcycle of the last progress.
+        since_mcycle: u64,
+        /// The mcycle when stopped.
+        mcycle: u64,
+        /// The last console lines (sanitised guest output).
+        console_tail: String,
+        /// Where the snapshot to debug from was written, or why it was not.
+        snapshot: String,
+    },
     /// The guest reported a failed build.
     #[error("the build failed inside machine {name} (exit code {exit_code}):\n{log}")]
     GuestFailed {
@@ -195,24 +220,17 @@ fn read_pinned(
     mirror: &Mirror,
     image_dir: Option<&Path>,
     name: &str,
-    cid: &str,
+    cid: &Cid,
     missing: &mut Vec<String>,
 ) -> Option<Vec<u8>> {
-    let parsed: Cid = match cid.parse() {
-        Ok(c) => c,
-        Err(_) => {
-            missing.push(format!("{name}: {cid:?} is not a CID"));
-            return None;
-        }
-    };
-    let mirror_error = match mirror.read_verified(&parsed) {
+    let mirror_error = match mirror.read_verified(cid) {
         Ok(bytes) => return Some(bytes),
         Err(e) => e.to_string(),
     };
     if let (Some(dir), Some(file)) = (image_dir, pins::image_file(name)) {
         let path = dir.join(file);
         if let Ok(bytes) = std::fs::read(&path) {
-            if cmbuild_store::cid::cid_of_bytes(&bytes) == parsed {
+            if cmbuild_store::cid::cid_of_bytes(&bytes) == *cid {
                 return Some(bytes);
             }
             missing.push(format!(
@@ -313,7 +331,7 @@ pub fn plan_release(
     let workspace_bins = plan::list_workspace_bins(&source_dir)?;
     let plan = Plan::new(&selection, rev.commit_time, &workspace_bins)?;
     let lock_bytes = read("Cargo.lock", MAX_LOCK_BYTES)?.ok_or_else(|| {
-        plan::PlanError::Metadata(format!(
+        plan::PlanError::NoLock(format!(
             "{} has no Cargo.lock at {}; commit one (cmbuild builds with --locked)",
             opts.rev, rev.commit
         ))
@@ -350,8 +368,8 @@ pub fn gather_inputs(
     assemble_image_on_first_use(&mirror, opts, job, progress)?;
     let mut missing = Vec::new();
     let mut blob = |key: &str| -> Option<Vec<u8>> {
-        match pins::require(&opts.pins, key) {
-            Ok(cid) => read_pinned(&mirror, opts.image_dir.as_deref(), key, cid, &mut missing),
+        match pins::require_cid(&opts.pins, key) {
+            Ok(cid) => read_pinned(&mirror, opts.image_dir.as_deref(), key, &cid, &mut missing),
             Err(e) => {
                 missing.push(e.to_string());
                 None
@@ -587,6 +605,7 @@ pub fn collect_release(
                     toolchain,
                     sha256: Sha256::of(&bytes),
                     cid: cid_of_bytes(&bytes),
+                    abi: Some(crate::glibc::Abi::of(&bytes)),
                 });
             }
         }
@@ -658,32 +677,22 @@ fn run_machine(
     let name = names.join(",");
     let expected_mcycle = previous_mcycle(&opts.out_dir, &names);
     let config = opts.machine.machine_config(image, input_drive);
+    // For the snapshot a stalled machine leaves (it records what the machine was built from).
+    let snapshot_config = SnapshotConfig::from_config(&config);
     let mut machine =
         Machine::from_config(config).map_err(|e| RunError::Machine(name.clone(), e.to_string()))?;
-    let max_mcycle = opts.machine.max_mcycle;
-    // Run in slices so the caller sees progress; the slicing does not change the result,
-    // since the machine is a pure function of mcycle.
-    const SLICE: u64 = 200_000_000;
-    let exit_code = loop {
-        let limit = (machine.mcycle() + SLICE).min(max_mcycle);
-        let stop = machine.run(limit);
-        progress(Progress::Machine {
-            name: name.clone(),
-            mcycle: machine.mcycle(),
-            expected_mcycle,
-            console: machine.drain_console(),
-        });
-        match stop {
-            Break::Halted(code) => break code,
-            Break::MaxMcycle if machine.mcycle() >= max_mcycle => {
-                return Err(RunError::Timeout {
-                    name,
-                    mcycle: max_mcycle,
-                })
-            }
-            Break::MaxMcycle => {}
-        }
+    let watch = Watch {
+        name: &name,
+        max_mcycle: opts.machine.max_mcycle,
+        stall_seconds: opts.stall_seconds,
+        snapshot_dir: opts.out_dir.join(format!(
+            "{}.stalled-{}",
+            sanitize_dir_name(&opts.rev),
+            sanitize_dir_name(&name)
+        )),
+        expected_mcycle,
     };
+    let exit_code = run_to_halt(&mut machine, &snapshot_config, &watch, progress)?;
     progress(Progress::MachineDone {
         name: name.clone(),
         mcycle: machine.mcycle(),
@@ -702,6 +711,80 @@ fn run_machine(
         output_drive,
         leaves,
     })
+}
+
+/// How [`run_to_halt`] watches a machine.
+struct Watch<'a> {
+    /// The machine's name.
+    name: &'a str,
+    /// Stop with [`RunError::Timeout`] at this mcycle.
+    max_mcycle: u64,
+    /// Stop with [`RunError::Stalled`] after this many guest seconds without visible
+    /// progress (0: never).
+    stall_seconds: u64,
+    /// A stalled machine's snapshot goes to `<snapshot_dir>-at-<mcycle>`.
+    snapshot_dir: PathBuf,
+    /// For [`Progress::Machine`].
+    expected_mcycle: Option<u64>,
+}
+
+/// Runs `machine` in slices until it halts (its exit code), reporting progress after each;
+/// fails at the mcycle limit, or when the stall watchdog ([`crate::watchdog`]) stops it,
+/// after writing its snapshot.
+fn run_to_halt(
+    machine: &mut Machine,
+    snapshot_config: &SnapshotConfig,
+    watch: &Watch<'_>,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<u64, RunError> {
+    let name = watch.name.to_owned();
+    let max_mcycle = watch.max_mcycle;
+    let mut watchdog = Watchdog::new(watch.stall_seconds, machine);
+    // Run in slices so the caller sees progress; the slicing does not change the result,
+    // since the machine is a pure function of mcycle (and the slices are fixed in mcycle,
+    // so the watchdog's decision is deterministic too).
+    const SLICE: u64 = 200_000_000;
+    loop {
+        let limit = (machine.mcycle() + SLICE).min(max_mcycle);
+        let stop = machine.run(limit);
+        let console = machine.drain_console();
+        let stall = watchdog.observe(machine, &console);
+        progress(Progress::Machine {
+            name: name.clone(),
+            mcycle: machine.mcycle(),
+            expected_mcycle: watch.expected_mcycle,
+            console,
+        });
+        if let (Break::MaxMcycle, Some(stall)) = (stop, stall) {
+            let mut dir = watch.snapshot_dir.clone().into_os_string();
+            dir.push(format!("-at-{}", stall.mcycle));
+            let snapshot =
+                crate::watchdog::store_snapshot(Path::new(&dir), machine, snapshot_config);
+            progress(Progress::MachineDone {
+                name: name.clone(),
+                mcycle: machine.mcycle(),
+                exit_code: None,
+            });
+            return Err(RunError::Stalled {
+                name,
+                seconds: stall.seconds,
+                since_mcycle: stall.since_mcycle,
+                mcycle: stall.mcycle,
+                console_tail: stall.console_tail,
+                snapshot,
+            });
+        }
+        match stop {
+            Break::Halted(code) => return Ok(code),
+            Break::MaxMcycle if machine.mcycle() >= max_mcycle => {
+                return Err(RunError::Timeout {
+                    name,
+                    mcycle: max_mcycle,
+                })
+            }
+            Break::MaxMcycle => {}
+        }
+    }
 }
 
 /// The mcycle at which an earlier build under `out_dir` of exactly these targets halted:
@@ -783,6 +866,104 @@ mod tests {
         assert_eq!(
             previous_mcycle(&out.path().join("none"), &["a".into()]),
             None
+        );
+    }
+
+    /// Prints "A" through HTIF, then sleeps in WFI with no interrupt enabled, forever: a
+    /// silent, idle machine.
+    fn print_then_sleep() -> Machine {
+        let program: [u32; 7] = [
+            0x4000_82b7, // lui t0, 0x40008          (HTIF tohost)
+            0x0101_03b7, // lui t2, 0x1010
+            0x0203_9393, // slli t2, t2, 32          (dev 1, cmd 1)
+            0x0413_8393, // addi t2, t2, 'A'
+            0x0072_b023, // sd t2, 0(t0)             (putchar)
+            0x1050_0073, // wfi
+            0xffdf_f06f, // j .-4
+        ];
+        let config = cmbuild_machine::machine::MachineConfig {
+            ram_length: 1 << 20,
+            ram_image: Some(program.iter().flat_map(|w| w.to_le_bytes()).collect()),
+            ..Default::default()
+        };
+        Machine::new(&config).unwrap()
+    }
+
+    #[test]
+    fn a_silent_idle_machine_is_stopped_with_its_console_and_a_snapshot() {
+        let out = tempfile::tempdir().unwrap();
+        let mut machine = print_then_sleep();
+        let config = SnapshotConfig {
+            ram_length: 1 << 20,
+            bootargs: String::new(),
+            images: Vec::new(),
+            flash_drives: Vec::new(),
+        };
+        let watch = Watch {
+            name: "riscv64gc-unknown-linux-gnu",
+            max_mcycle: u64::MAX,
+            stall_seconds: 1,
+            snapshot_dir: out.path().join("v1.stalled-riscv64gc-unknown-linux-gnu"),
+            expected_mcycle: None,
+        };
+        let seen = Mutex::new(Vec::new());
+        let err = run_to_halt(&mut machine, &config, &watch, &|p| {
+            if let Progress::Machine { console, .. } = p {
+                seen.lock().unwrap().extend(console);
+            }
+        })
+        .unwrap_err();
+        // The first slice printed; the second was silent and idle for 200e6 cycles, more
+        // than one guest second (128e6).
+        let RunError::Stalled {
+            seconds,
+            since_mcycle,
+            mcycle,
+            ref console_tail,
+            ref snapshot,
+            ..
+        } = err
+        else {
+            panic!("{err}");
+        };
+        assert_eq!(
+            (seconds, since_mcycle, mcycle),
+            (1, 200_000_000, 400_000_000)
+        );
+        assert_eq!(console_tail, "A");
+        assert_eq!(seen.into_inner().unwrap(), b"A");
+        let dir = out
+            .path()
+            .join("v1.stalled-riscv64gc-unknown-linux-gnu-at-400000000");
+        assert!(snapshot.contains(&dir.display().to_string()), "{snapshot}");
+        let loaded = crate::snapshot_dir::load(&dir).unwrap();
+        assert_eq!(loaded.machine.mcycle(), 400_000_000);
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "machine riscv64gc-unknown-linux-gnu made no visible progress (no console byte, \
+                 no drive write, idle) for 1 guest seconds, from mcycle 200000000 to 400000000"
+            ),
+            "{text}"
+        );
+
+        // With the watchdog off, the same machine runs to the mcycle limit.
+        let mut machine = print_then_sleep();
+        let watch = Watch {
+            stall_seconds: 0,
+            max_mcycle: 1_000_000_000,
+            ..watch
+        };
+        let err = run_to_halt(&mut machine, &config, &watch, &|_| {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RunError::Timeout {
+                    mcycle: 1_000_000_000,
+                    ..
+                }
+            ),
+            "{err}"
         );
     }
 

@@ -35,6 +35,7 @@ fn write_build(dir: &Path, bins: &[(&str, &[u8])], lock_sha256: &str) {
             toolchain: cid_of(b"toolchain"),
             sha256: Sha256::of(bytes),
             cid: cid_of(bytes),
+            abi: None,
         });
     }
     let manifest = Manifest {

@@ -72,6 +72,12 @@ struct RunArgs {
     /// cross-checking the translator, at a few times the run time.
     #[arg(long)]
     no_jit: bool,
+    /// Stop the machine when it has made no visible progress (no console byte, no store to
+    /// a flash drive, asleep in WFI) for this many guest seconds (128e6 mcycles each); the
+    /// last console lines are printed and a snapshot is stored in --store DIR, or else in
+    /// ./stalled-at-MCYCLE (exit status 2). 0 never stops it.
+    #[arg(long, default_value_t = cmbuild::watchdog::DEFAULT_STALL_SECONDS, value_name = "SECONDS")]
+    stall_seconds: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +184,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         store: a.store,
         load: a.load,
         jit: !a.no_jit,
+        stall_seconds: a.stall_seconds,
     };
     let outcome = ops::machine::run(&opts, &mut std::io::stdout().lock(), &mut |line| {
         eprintln!("{line}")

@@ -59,6 +59,11 @@ pub struct Args {
     /// Stop a machine that has not halted by this mcycle (the run then fails).
     #[arg(long, default_value_t = MachineSettings::default().max_mcycle, value_name = "N")]
     max_mcycle: u64,
+    /// Stop a machine that has made no visible progress (no console byte, no write to a
+    /// drive, asleep in WFI) for this many guest seconds, with its last console lines and a
+    /// snapshot in OUT to debug from (the run then fails); 0 never stops one.
+    #[arg(long, default_value_t = cmbuild::watchdog::DEFAULT_STALL_SECONDS, value_name = "SECONDS")]
+    stall_seconds: u64,
     #[command(flatten)]
     pins: PinsArg,
     /// Run twice, into OUT/run1 and OUT/run2, then compare the two.
@@ -83,6 +88,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         },
         machine_per_target: !args.single_machine,
         pins: args.pins.load()?,
+        stall_seconds: args.stall_seconds,
     };
     let started = Instant::now();
     let printer = ProgressPrinter::new("cmbuild run");
@@ -180,6 +186,9 @@ fn print_summary(summary: &RunSummary, started: Instant) {
     );
     for a in &summary.manifest.artifacts {
         println!("  {:<30} {:<12} {}  {}", a.target, a.bin, a.sha256, a.cid);
+        if let Some(abi) = &a.abi {
+            println!("  {:<30} {:<12} {}", "", "", abi.summary());
+        }
     }
     for m in &summary.machine.machines {
         println!(

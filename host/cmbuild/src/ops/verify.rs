@@ -176,6 +176,7 @@ pub fn verify(
             machine: settings,
             machine_per_target: single,
             pins: opts.pins.clone(),
+            stall_seconds: crate::watchdog::DEFAULT_STALL_SECONDS,
         };
         let summary = run_release(&run, progress)?;
         // One verdict over every target's comparison.
@@ -219,6 +220,7 @@ mod tests {
                 toolchain: cmbuild_store::cid::cid_of_bytes(b"t"),
                 sha256: cmbuild_store::sha256::Sha256::from_bytes([0; 32]),
                 cid: cmbuild_store::cid::cid_of_bytes(b"c"),
+                abi: None,
             }],
         };
         std::fs::write(dir.join("manifest.json"), to_canonical_json(&manifest)).unwrap();
