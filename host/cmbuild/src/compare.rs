@@ -322,7 +322,7 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
         report.compared.push(key.clone());
         // Typed equality decides; the texts are only for the report.
         let texts = |p: &dyn ToString, q: &dyn ToString| (p.to_string(), q.to_string());
-        let inputs: [(&'static str, bool, (String, String)); 4] = [
+        let inputs: [(&'static str, bool, (String, String)); 5] = [
             ("crate", x.krate == y.krate, texts(&x.krate, &y.krate)),
             (
                 "version",
@@ -338,6 +338,17 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
                 "toolchain",
                 x.toolchain == y.toolchain,
                 texts(&x.toolchain, &y.toolchain),
+            ),
+            // Compared when both manifests record it (older ones do not).
+            (
+                "toolchain_version",
+                x.toolchain_version.is_none()
+                    || y.toolchain_version.is_none()
+                    || x.toolchain_version == y.toolchain_version,
+                (
+                    x.toolchain_version.clone().unwrap_or_default(),
+                    y.toolchain_version.clone().unwrap_or_default(),
+                ),
             ),
         ];
         for (field, same, (a, b)) in inputs {
@@ -502,6 +513,7 @@ mod tests {
                 sha256: sha256_file(&path).unwrap(),
                 cid: fake_cid(&path).unwrap(),
                 abi: Some(crate::glibc::Abi::of(bytes)),
+                toolchain_version: Some("1.85.1".into()),
             });
         }
         let manifest = Manifest {
@@ -687,6 +699,27 @@ mod tests {
         assert!(matches!(
             &report.findings[..],
             [Finding::OutputDrift { field: "abi", b, .. }] if b.contains("2.39")
+        ));
+    }
+
+    #[test]
+    fn another_toolchain_version_is_input_drift() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one")], "L");
+        write_build(&b, &[("x86_64", b"one")], "L");
+        let path = b.join("manifest.json");
+        let mut manifest: Manifest = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        manifest.artifacts[0].toolchain_version = None;
+        fs::write(&path, to_canonical_json(&manifest)).unwrap();
+        assert!(compare_builds(&a, &b, &fake_cid).unwrap().passed());
+        manifest.artifacts[0].toolchain_version = Some("1.96.0".into());
+        fs::write(&path, to_canonical_json(&manifest)).unwrap();
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(matches!(
+            &report.findings[..],
+            [Finding::InputDrift { field: "toolchain_version", a, b, .. }]
+                if a == "1.85.1" && b == "1.96.0"
         ));
     }
 

@@ -1,7 +1,9 @@
 //! `cmbuild run --release REV`: the release build, end to end, offline.
 //!
 //! In order: resolve REV to a commit and make the deterministic source archive; read the
-//! commit's Cargo.lock and check that every crate and every pinned guest-image input is in
+//! commit's manifests ([`crate::workspace`], no host toolchain), select the pinned Rust
+//! toolchain (`--toolchain` or the commit's `rust-toolchain(.toml)`, checked against each
+//! package's `rust-version`); read the commit's Cargo.lock and check that every crate and every pinned guest-image input is in
 //! the mirror (else name what is missing and say to run `cmbuild vendor`); build the input
 //! drive (`guest-image/PROTOCOL.md`); boot one machine per group of targets (in parallel
 //! up to `jobs`), each a pure function of its inputs; extract each output drive
@@ -9,12 +11,15 @@
 //! state proof `proofs/<triple>/<bin>.json` ([`crate::state_proofs`]) into a working
 //! directory, synced, and rename it into place ([`crate::staging`]), so a failed or killed
 //! run leaves nothing half-written (and the next run removes a killed run's working
-//! directory).
+//! directory). A machine that makes no visible progress for `stall_seconds` guest seconds is
+//! stopped by the stall watchdog ([`crate::watchdog`]) with its last console lines, leaving
+//! a snapshot `OUT/REV.stalled-NAME-at-MCYCLE` to debug from.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use cmbuild_image::toolchain::{self, RustVersion};
 use cmbuild_image::triple::Triple;
 use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
 use cmbuild_machine::merkle::PageTree;
@@ -43,6 +48,8 @@ pub const PROOFS_DIR: &str = "proofs";
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Largest `Cargo.lock` read.
 pub const MAX_LOCK_BYTES: u64 = 16 << 20;
+/// Largest `rust-toolchain(.toml)` read.
+pub const MAX_TOOLCHAIN_FILE_BYTES: u64 = 64 << 10;
 
 /// Everything `cmbuild run` needs to know.
 #[derive(Clone, Debug)]
@@ -70,6 +77,10 @@ pub struct RunOptions {
     pub machine_per_target: bool,
     /// The pins (`digests.lock.env`) to use.
     pub pins: Pins,
+    /// The Rust toolchain to build with (`stable`, `1.85`, `1.85.1`), overriding the
+    /// project's `rust-toolchain.toml` / `rust-toolchain`; `None`: the project's choice, or
+    /// the newest pinned.
+    pub toolchain: Option<String>,
     /// Guest seconds without visible progress after which a machine is stopped (0: never;
     /// see [`crate::watchdog`]).
     pub stall_seconds: u64,
@@ -115,6 +126,9 @@ pub enum RunError {
     /// The build plan or the output drive.
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
+    /// No pinned toolchain fits the project.
+    #[error(transparent)]
+    Toolchain(#[from] toolchain::ToolchainError),
     /// The machine settings.
     #[error(transparent)]
     Settings(#[from] SettingsError),
@@ -289,6 +303,8 @@ pub struct ReleaseJob {
     pub lock_bytes: Vec<u8>,
     /// What the guest builds.
     pub plan: Plan,
+    /// The pinned Rust toolchain selected (today's guest image carries exactly one).
+    pub toolchain: RustVersion,
 }
 
 /// Resolves the revision, makes its source archive, and plans the build from the
@@ -328,8 +344,10 @@ pub fn plan_release(
         None => project::ProjectConfig::default(),
     };
     let selection = project::select(&config, opts.profile.as_deref(), opts.target.as_deref())?;
-    let workspace_bins = plan::list_workspace_bins(&source_dir)?;
-    let plan = Plan::new(&selection, rev.commit_time, &workspace_bins)?;
+    // The workspace from its manifests, as the commit has them: no host toolchain involved.
+    let workspace = crate::workspace::read_workspace(&source_dir).map_err(plan::PlanError::from)?;
+    let plan = Plan::new(&selection, rev.commit_time, &workspace.bins())?;
+    let toolchain = select_toolchain(opts, &read, &workspace, &selection)?;
     let lock_bytes = read("Cargo.lock", MAX_LOCK_BYTES)?.ok_or_else(|| {
         plan::PlanError::NoLock(format!(
             "{} has no Cargo.lock at {}; commit one (cmbuild builds with --locked)",
@@ -343,7 +361,49 @@ pub fn plan_release(
         source_tar,
         lock_bytes,
         plan,
+        toolchain,
     })
+}
+
+/// Selects the pinned Rust toolchain, before any machine boots: `--toolchain`, else the
+/// commit's `rust-toolchain` or `rust-toolchain.toml` (the former wins when both exist, as
+/// with rustup), else the newest pinned; then checks the `rust-version` of every selected
+/// package against it.
+fn select_toolchain(
+    opts: &RunOptions,
+    read: &dyn Fn(&'static str, u64) -> Result<Option<Vec<u8>>, RunError>,
+    workspace: &crate::workspace::Workspace,
+    selection: &project::Selection,
+) -> Result<RustVersion, RunError> {
+    let available = toolchain::pinned_versions(&cmbuild_image::lock::shipped_lock()?);
+    let text = |bytes: Vec<u8>, file: &str| {
+        String::from_utf8(bytes).map_err(|_| toolchain::ToolchainError::BadFile {
+            file: file.to_owned(),
+            message: "not UTF-8".into(),
+        })
+    };
+    let (channel, source_name) = if let Some(channel) = &opts.toolchain {
+        (Some(channel.clone()), "--toolchain")
+    } else if let Some(bytes) = read("rust-toolchain", MAX_TOOLCHAIN_FILE_BYTES)? {
+        let channel = toolchain::channel_of_legacy(&text(bytes, "rust-toolchain")?)?;
+        (channel, "rust-toolchain")
+    } else if let Some(bytes) = read("rust-toolchain.toml", MAX_TOOLCHAIN_FILE_BYTES)? {
+        let channel = toolchain::channel_of_toml(&text(bytes, "rust-toolchain.toml")?)?;
+        (channel, "rust-toolchain.toml")
+    } else {
+        (None, "no toolchain file")
+    };
+    let selected = toolchain::select(channel.as_deref(), source_name, &available)?;
+    let packages = &selection.profile.packages;
+    for member in &workspace.members {
+        if !packages.is_empty() && !packages.contains(&member.name) {
+            continue;
+        }
+        if let Some(required) = &member.rust_version {
+            toolchain::check_rust_version(&member.name, required, selected, &available)?;
+        }
+    }
+    Ok(selected)
 }
 
 /// The machine inputs of a release, from the mirror.
@@ -606,6 +666,7 @@ pub fn collect_release(
                     sha256: Sha256::of(&bytes),
                     cid: cid_of_bytes(&bytes),
                     abi: Some(crate::glibc::Abi::of(&bytes)),
+                    toolchain_version: Some(job.toolchain.to_string()),
                 });
             }
         }

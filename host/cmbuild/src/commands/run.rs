@@ -25,6 +25,7 @@ use super::common::{ImageDirArg, JobsArg, MirrorArg, PinsArg};
 ///   cmbuild run --release v0.1.0
 ///   cmbuild run --release v0.1.0 --target x86_64-unknown-linux-gnu --out /tmp/builds
 ///   cmbuild run --release v0.1.0 --test-reproduce
+///   cmbuild run --release v0.1.0 --toolchain 1.85
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -41,6 +42,13 @@ pub struct Args {
     /// A profile of cmbuild.toml (packages, bins, features).
     #[arg(long)]
     profile: Option<String>,
+    /// The pinned Rust toolchain to build with: `stable` (the newest pinned), `1.85` (the
+    /// newest pinned 1.85.x) or `1.85.1`. Default: the channel of the commit's
+    /// rust-toolchain / rust-toolchain.toml, else the newest pinned. A channel no pinned
+    /// toolchain matches, or a package whose rust-version is newer, fails before any
+    /// machine boots.
+    #[arg(long, value_name = "VERSION")]
+    toolchain: Option<String>,
     /// Where REV/ is written.
     #[arg(long, default_value = "builds", value_name = "DIR")]
     out: PathBuf,
@@ -88,6 +96,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         },
         machine_per_target: !args.single_machine,
         pins: args.pins.load()?,
+        toolchain: args.toolchain.clone(),
         stall_seconds: args.stall_seconds,
     };
     let started = Instant::now();
