@@ -62,6 +62,9 @@ pub struct RunOptions {
     pub machine_per_target: bool,
     /// The pins (`digests.lock.env`) to use.
     pub pins: Pins,
+    /// Append every machine's translated-block symbols to `/tmp/perf-<pid>.map` (see
+    /// [`crate::perf_map`]); changes no result.
+    pub perf_map: bool,
 }
 
 /// Progress events, for the CLI to display.
@@ -127,6 +130,9 @@ pub enum RunError {
     /// The machine could not be built.
     #[error("machine {0}: {1}")]
     Machine(String, String),
+    /// The perf map could not be written.
+    #[error(transparent)]
+    PerfMap(#[from] crate::perf_map::PerfMapError),
     /// The machine did not halt in time.
     #[error("machine {name} reached --max-mcycle {mcycle} without halting")]
     Timeout {
@@ -601,6 +607,10 @@ fn run_machine(
     let config = opts.machine.machine_config(image, input_drive);
     let mut machine =
         Machine::from_config(config).map_err(|e| RunError::Machine(name.clone(), e.to_string()))?;
+    let mut perf_map = match opts.perf_map {
+        true => Some(crate::perf_map::PerfMap::open(&mut machine)?),
+        false => None,
+    };
     let max_mcycle = opts.machine.max_mcycle;
     // Run in slices so the caller sees progress; the slicing does not change the result,
     // since the machine is a pure function of mcycle.
@@ -608,6 +618,9 @@ fn run_machine(
     let exit_code = loop {
         let limit = (machine.mcycle() + SLICE).min(max_mcycle);
         let stop = machine.run(limit);
+        if let Some(map) = &mut perf_map {
+            map.drain(&mut machine)?;
+        }
         progress(Progress::Machine {
             name: name.clone(),
             mcycle: machine.mcycle(),

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig, MachineError};
 use cmbuild_machine::snapshot::SnapshotConfig;
 
+use crate::perf_map::{PerfMap, PerfMapError};
 use crate::snapshot_dir::{self, SnapshotDirError};
 use crate::terminal::Stream;
 
@@ -92,6 +93,9 @@ pub enum MachineRunError {
     /// The console could not be written.
     #[error("writing the console")]
     Console(#[source] io::Error),
+    /// The perf map could not be written.
+    #[error(transparent)]
+    PerfMap(#[from] PerfMapError),
 }
 
 type Result<T, E = MachineRunError> = std::result::Result<T, E>;
@@ -134,6 +138,9 @@ pub struct MachineRunOptions {
     pub load: Option<PathBuf>,
     /// Run translated code for hot blocks (else interpret every instruction).
     pub jit: bool,
+    /// Append the translated blocks' symbols to `/tmp/perf-<pid>.map` (see
+    /// [`crate::perf_map`]).
+    pub perf_map: bool,
 }
 
 /// How a machine run ended.
@@ -193,8 +200,12 @@ pub fn run(
         }
     };
     machine.hart.set_jit(opts.jit);
+    let mut perf_map = match opts.perf_map {
+        true => Some(PerfMap::open(&mut machine)?),
+        false => None,
+    };
     let limit = opts.max_mcycle.unwrap_or(u64::MAX);
-    let brk = run_streaming(&mut machine, limit, console).map_err(MachineRunError::Console)?;
+    let brk = run_streaming(&mut machine, limit, console, perf_map.as_mut())?;
     for (drive, target) in machine.bus.flash.iter().zip(&targets) {
         if let (true, Some(path)) = (drive.shared, target) {
             let bytes = &drive.mem.bytes()[..drive.image_length as usize];
@@ -292,21 +303,33 @@ fn build_config(opts: &MachineRunOptions) -> Result<MachineConfig> {
     Ok(config)
 }
 
-/// Runs in slices so that console output reaches `out` as the guest produces it.
-fn run_streaming(machine: &mut Machine, limit: u64, out: &mut dyn Write) -> io::Result<Break> {
+/// Runs in slices so that console output reaches `out` (and the translator's symbols the
+/// perf map) as the guest produces it.
+fn run_streaming(
+    machine: &mut Machine,
+    limit: u64,
+    out: &mut dyn Write,
+    mut perf_map: Option<&mut PerfMap>,
+) -> Result<Break> {
     const SLICE: u64 = 4_000_000;
     // The guest's console is untrusted: escape sequences are shown, not sent.
     let mut console = Stream::new();
+    let mut write = |text: String| -> Result<()> {
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(MachineRunError::Console)
+    };
     loop {
         let until = machine.mcycle().saturating_add(SLICE).min(limit);
         let brk = machine.run(until);
-        out.write_all(console.push(&machine.drain_console()).as_bytes())?;
-        out.flush()?;
+        if let Some(map) = perf_map.as_deref_mut() {
+            map.drain(machine)?;
+        }
+        write(console.push(&machine.drain_console()))?;
         match brk {
             Break::MaxMcycle if until < limit => continue,
             other => {
-                out.write_all(console.finish().as_bytes())?;
-                out.flush()?;
+                write(console.finish())?;
                 return Ok(other);
             }
         }

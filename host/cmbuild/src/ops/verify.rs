@@ -176,6 +176,7 @@ pub fn verify(
             machine: settings,
             machine_per_target: single,
             pins: opts.pins.clone(),
+            perf_map: false,
         };
         let summary = run_release(&run, progress)?;
         // One verdict over every target's comparison.

@@ -31,6 +31,8 @@ mod imp {
         fixed: usize,
         /// Offset of the shared epilogue.
         epilogue: usize,
+        /// Offset right after the epilogue.
+        epilogue_end: usize,
     }
 
     // SAFETY: the mappings are owned by this value alone (nothing else holds their
@@ -89,6 +91,7 @@ mod imp {
                 used: 0,
                 fixed: 0,
                 epilogue: 0,
+                epilogue_end: 0,
             };
             // Entry: save what the ABI wants kept, hart pointer in rbx, jump to the block.
             let mut a = Asm::new(0);
@@ -102,6 +105,7 @@ mod imp {
                 a.pop(*r);
             }
             a.ret();
+            mem.epilogue_end = a.here();
             mem.place(&a.buf)?;
             mem.epilogue = epilogue;
             mem.fixed = mem.used;
@@ -129,6 +133,23 @@ mod imp {
         /// Where the next placement will go.
         pub fn next(&self) -> usize {
             self.used
+        }
+
+        /// Symbols for the trampoline and the epilogue, at host address `base`.
+        pub fn fixed_symbols(&self, base: u64) -> Vec<super::super::CodeSymbol> {
+            use super::super::{CodeKind, CodeSymbol};
+            vec![
+                CodeSymbol {
+                    start: base,
+                    size: self.epilogue as u64,
+                    what: CodeKind::Entry,
+                },
+                CodeSymbol {
+                    start: base + self.epilogue as u64,
+                    size: (self.epilogue_end - self.epilogue) as u64,
+                    what: CodeKind::Exit,
+                },
+            ]
         }
 
         /// Offset of the shared epilogue (restores registers and returns to Rust).
@@ -209,6 +230,9 @@ mod imp {
             unreachable!("never created")
         }
         pub fn next(&self) -> usize {
+            unreachable!("never created")
+        }
+        pub fn fixed_symbols(&self, _base: u64) -> Vec<super::super::CodeSymbol> {
             unreachable!("never created")
         }
         pub fn epilogue(&self) -> usize {
