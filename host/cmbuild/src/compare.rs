@@ -322,7 +322,7 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
         report.compared.push(key.clone());
         // Typed equality decides; the texts are only for the report.
         let texts = |p: &dyn ToString, q: &dyn ToString| (p.to_string(), q.to_string());
-        let inputs: [(&'static str, bool, (String, String)); 4] = [
+        let inputs: [(&'static str, bool, (String, String)); 5] = [
             ("crate", x.krate == y.krate, texts(&x.krate, &y.krate)),
             (
                 "version",
@@ -339,6 +339,17 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
                 x.toolchain == y.toolchain,
                 texts(&x.toolchain, &y.toolchain),
             ),
+            // Compared when both manifests record it (older ones do not).
+            (
+                "toolchain_version",
+                x.toolchain_version.is_none()
+                    || y.toolchain_version.is_none()
+                    || x.toolchain_version == y.toolchain_version,
+                (
+                    x.toolchain_version.clone().unwrap_or_default(),
+                    y.toolchain_version.clone().unwrap_or_default(),
+                ),
+            ),
         ];
         for (field, same, (a, b)) in inputs {
             if !same {
@@ -350,9 +361,17 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
                 });
             }
         }
-        let outputs: [(&'static str, bool, (String, String)); 2] = [
+        // What an artifact needs of the C library is read from its bytes: an output fact,
+        // compared only when both manifests record it (older ones do not).
+        let abi_text = |abi: &Option<crate::glibc::Abi>| match abi {
+            Some(abi) => abi.summary(),
+            None => "not recorded".to_owned(),
+        };
+        let same_abi = x.abi.is_none() || y.abi.is_none() || x.abi == y.abi;
+        let outputs: [(&'static str, bool, (String, String)); 3] = [
             ("sha256", x.sha256 == y.sha256, texts(&x.sha256, &y.sha256)),
             ("cid", x.cid == y.cid, texts(&x.cid, &y.cid)),
+            ("abi", same_abi, (abi_text(&x.abi), abi_text(&y.abi))),
         ];
         for (field, same, (a, b)) in outputs {
             if !same {
@@ -493,6 +512,8 @@ mod tests {
                 toolchain: cmbuild_store::cid::cid_of_bytes(b"tc"),
                 sha256: sha256_file(&path).unwrap(),
                 cid: fake_cid(&path).unwrap(),
+                abi: Some(crate::glibc::Abi::of(bytes)),
+                toolchain_version: Some("1.85.1".into()),
             });
         }
         let manifest = Manifest {
@@ -646,6 +667,60 @@ mod tests {
             }
         )));
         assert!(!report.findings.iter().any(Finding::is_input_drift));
+    }
+
+    /// Rewrites one side's recorded ABI of its first artifact.
+    fn set_abi(dir: &Path, abi: Option<crate::glibc::Abi>) {
+        let path = dir.join("manifest.json");
+        let mut manifest: Manifest = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        manifest.artifacts[0].abi = abi;
+        fs::write(&path, to_canonical_json(&manifest)).unwrap();
+    }
+
+    #[test]
+    fn the_recorded_abi_is_an_output_fact() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one")], "L");
+        write_build(&b, &[("x86_64", b"one")], "L");
+        // A manifest written before cmbuild recorded it still compares.
+        set_abi(&b, None);
+        assert!(compare_builds(&a, &b, &fake_cid).unwrap().passed());
+        set_abi(
+            &b,
+            Some(crate::glibc::Abi {
+                linkage: "dynamic".into(),
+                glibc_symbol: Some("GLIBC_2.39".into()),
+                glibc_min: Some("2.39".into()),
+            }),
+        );
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(!report.passed());
+        assert!(matches!(
+            &report.findings[..],
+            [Finding::OutputDrift { field: "abi", b, .. }] if b.contains("2.39")
+        ));
+    }
+
+    #[test]
+    fn another_toolchain_version_is_input_drift() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one")], "L");
+        write_build(&b, &[("x86_64", b"one")], "L");
+        let path = b.join("manifest.json");
+        let mut manifest: Manifest = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        manifest.artifacts[0].toolchain_version = None;
+        fs::write(&path, to_canonical_json(&manifest)).unwrap();
+        assert!(compare_builds(&a, &b, &fake_cid).unwrap().passed());
+        manifest.artifacts[0].toolchain_version = Some("1.96.0".into());
+        fs::write(&path, to_canonical_json(&manifest)).unwrap();
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(matches!(
+            &report.findings[..],
+            [Finding::InputDrift { field: "toolchain_version", a, b, .. }]
+                if a == "1.85.1" && b == "1.96.0"
+        ));
     }
 
     #[test]

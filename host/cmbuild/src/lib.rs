@@ -6,8 +6,8 @@
 //!   [`plan`] (the plan and the input/output drives), [`guest`] (the build machine: its
 //!   [`guest::Drive`]s and [`guest::MachineSettings`]), [`vendoring`] (the locked crates),
 //!   [`run`] (the run, split by job) and [`staging`] (outputs published whole or not at all);
-//! - the records and their checks: [`manifest`] (`manifest.json`, `machine.json`) and
-//!   [`compare`];
+//! - the records and their checks: [`manifest`] (`manifest.json`, `machine.json`),
+//!   [`state_proofs`] (`proofs/<triple>/<bin>.json`) and [`compare`];
 //! - the gates for hostile bytes: [`untrusted`] (paths, archives, confined reads) and
 //!   [`terminal`] (untrusted text on its way to a terminal);
 //! - [`pins`] (the built-in `digests.lock.env`; the format is `cmbuild_image::pins`) and
@@ -18,6 +18,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod compare;
+pub mod glibc;
 pub mod guest;
 pub mod manifest;
 pub mod ops;
@@ -28,6 +29,9 @@ pub mod project;
 pub mod run;
 pub mod snapshot_dir;
 pub mod staging;
+pub mod state_proofs;
 pub mod terminal;
 pub mod untrusted;
 pub mod vendoring;
+pub mod watchdog;
+pub mod workspace;

@@ -35,6 +35,8 @@ fn write_build(dir: &Path, bins: &[(&str, &[u8])], lock_sha256: &str) {
             toolchain: cid_of(b"toolchain"),
             sha256: Sha256::of(bytes),
             cid: cid_of(bytes),
+            abi: None,
+            toolchain_version: None,
         });
     }
     let manifest = Manifest {

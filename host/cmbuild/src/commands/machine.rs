@@ -77,6 +77,12 @@ struct RunArgs {
     /// names the guest blocks the host time went to. The results are unchanged.
     #[arg(long)]
     perf_map: bool,
+    /// Stop the machine when it has made no visible progress (no console byte, no store to
+    /// a flash drive, asleep in WFI) for this many guest seconds (128e6 mcycles each); the
+    /// last console lines are printed and a snapshot is stored in --store DIR, or else in
+    /// ./stalled-at-MCYCLE (exit status 2). 0 never stops it.
+    #[arg(long, default_value_t = cmbuild::watchdog::DEFAULT_STALL_SECONDS, value_name = "SECONDS")]
+    stall_seconds: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +196,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         load: a.load,
         jit: !a.no_jit,
         perf_map: a.perf_map,
+        stall_seconds: a.stall_seconds,
     };
     let outcome = ops::machine::run(&opts, &mut std::io::stdout().lock(), &mut |line| {
         eprintln!("{line}")
