@@ -11,7 +11,8 @@
 //! - the gates for hostile bytes: [`untrusted`] (paths, archives, confined reads) and
 //!   [`terminal`] (untrusted text on its way to a terminal);
 //! - [`pins`] (the built-in `digests.lock.env`; the format is `cmbuild_image::pins`) and
-//!   [`snapshot_dir`] (machine snapshots on disk).
+//!   [`snapshot_dir`] (machine snapshots on disk);
+//! - [`perf_map`] (`--perf-map`: the profiler's names for translated guest code).
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -21,6 +22,7 @@ pub mod glibc;
 pub mod guest;
 pub mod manifest;
 pub mod ops;
+pub mod perf_map;
 pub mod pins;
 pub mod plan;
 pub mod project;

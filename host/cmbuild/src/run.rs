@@ -84,6 +84,9 @@ pub struct RunOptions {
     /// Guest seconds without visible progress after which a machine is stopped (0: never;
     /// see [`crate::watchdog`]).
     pub stall_seconds: u64,
+    /// Append every machine's translated-block symbols to `/tmp/perf-<pid>.map` (see
+    /// [`crate::perf_map`]); changes no result.
+    pub perf_map: bool,
 }
 
 /// Progress events, for the CLI to display.
@@ -152,6 +155,9 @@ pub enum RunError {
     /// The machine could not be built.
     #[error("machine {0}: {1}")]
     Machine(String, String),
+    /// The perf map could not be written.
+    #[error(transparent)]
+    PerfMap(#[from] crate::perf_map::PerfMapError),
     /// The machine did not halt in time.
     #[error("machine {name} reached --max-mcycle {mcycle} without halting")]
     Timeout {
@@ -753,7 +759,17 @@ fn run_machine(
         )),
         expected_mcycle,
     };
-    let exit_code = run_to_halt(&mut machine, &snapshot_config, &watch, progress)?;
+    let mut perf_map = match opts.perf_map {
+        true => Some(crate::perf_map::PerfMap::open(&mut machine)?),
+        false => None,
+    };
+    let exit_code = run_to_halt(
+        &mut machine,
+        &snapshot_config,
+        &watch,
+        perf_map.as_mut(),
+        progress,
+    )?;
     progress(Progress::MachineDone {
         name: name.clone(),
         mcycle: machine.mcycle(),
@@ -789,13 +805,15 @@ struct Watch<'a> {
     expected_mcycle: Option<u64>,
 }
 
-/// Runs `machine` in slices until it halts (its exit code), reporting progress after each;
+/// Runs `machine` in slices until it halts (its exit code), reporting progress (and the
+/// translator's symbols to `perf_map`) after each;
 /// fails at the mcycle limit, or when the stall watchdog ([`crate::watchdog`]) stops it,
 /// after writing its snapshot.
 fn run_to_halt(
     machine: &mut Machine,
     snapshot_config: &SnapshotConfig,
     watch: &Watch<'_>,
+    mut perf_map: Option<&mut crate::perf_map::PerfMap>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<u64, RunError> {
     let name = watch.name.to_owned();
@@ -808,6 +826,9 @@ fn run_to_halt(
     loop {
         let limit = (machine.mcycle() + SLICE).min(max_mcycle);
         let stop = machine.run(limit);
+        if let Some(map) = perf_map.as_deref_mut() {
+            map.drain(machine)?;
+        }
         let console = machine.drain_console();
         let stall = watchdog.observe(machine, &console);
         progress(Progress::Machine {
@@ -968,7 +989,7 @@ mod tests {
             expected_mcycle: None,
         };
         let seen = Mutex::new(Vec::new());
-        let err = run_to_halt(&mut machine, &config, &watch, &|p| {
+        let err = run_to_halt(&mut machine, &config, &watch, None, &|p| {
             if let Progress::Machine { console, .. } = p {
                 seen.lock().unwrap().extend(console);
             }
@@ -1015,7 +1036,7 @@ mod tests {
             max_mcycle: 1_000_000_000,
             ..watch
         };
-        let err = run_to_halt(&mut machine, &config, &watch, &|_| {}).unwrap_err();
+        let err = run_to_halt(&mut machine, &config, &watch, None, &|_| {}).unwrap_err();
         assert!(
             matches!(
                 err,

@@ -77,6 +77,12 @@ pub struct Args {
     /// Run twice, into OUT/run1 and OUT/run2, then compare the two.
     #[arg(long)]
     test_reproduce: bool,
+    /// Append a symbol for every block of translated code of every machine to
+    /// /tmp/perf-<pid>.map (`START SIZE rv:<guest pc>:<instructions>`), so that
+    /// `perf report` on this process names the guest blocks the host time went to. The
+    /// results (artifacts, root hashes) are unchanged.
+    #[arg(long)]
+    perf_map: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
@@ -98,6 +104,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         pins: args.pins.load()?,
         toolchain: args.toolchain.clone(),
         stall_seconds: args.stall_seconds,
+        perf_map: args.perf_map,
     };
     let started = Instant::now();
     let printer = ProgressPrinter::new("cmbuild run");

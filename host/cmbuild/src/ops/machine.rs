@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig, MachineError};
 use cmbuild_machine::snapshot::SnapshotConfig;
 
+use crate::perf_map::{PerfMap, PerfMapError};
 use crate::snapshot_dir::{self, SnapshotDirError};
 use crate::terminal::Stream;
 use crate::watchdog::{Stall, Watchdog};
@@ -111,6 +112,9 @@ pub enum MachineRunError {
     /// The console could not be written.
     #[error("writing the console")]
     Console(#[source] io::Error),
+    /// The perf map could not be written.
+    #[error(transparent)]
+    PerfMap(#[from] PerfMapError),
 }
 
 type Result<T, E = MachineRunError> = std::result::Result<T, E>;
@@ -153,6 +157,9 @@ pub struct MachineRunOptions {
     pub load: Option<PathBuf>,
     /// Run translated code for hot blocks (else interpret every instruction).
     pub jit: bool,
+    /// Append the translated blocks' symbols to `/tmp/perf-<pid>.map` (see
+    /// [`crate::perf_map`]).
+    pub perf_map: bool,
     /// Stop the machine after this many guest seconds without visible progress, leaving a
     /// snapshot in `store` (or `./stalled-at-MCYCLE`); 0 never stops it (see
     /// [`crate::watchdog`]).
@@ -214,11 +221,19 @@ pub fn run(
         }
     };
     machine.hart.set_jit(opts.jit);
+    let mut perf_map = match opts.perf_map {
+        true => Some(PerfMap::open(&mut machine)?),
+        false => None,
+    };
     let limit = opts.max_mcycle.unwrap_or(u64::MAX);
     let mut watchdog = Watchdog::new(opts.stall_seconds, &machine);
-    let brk = match run_streaming(&mut machine, limit, console, &mut watchdog)
-        .map_err(MachineRunError::Console)?
-    {
+    let brk = match run_streaming(
+        &mut machine,
+        limit,
+        console,
+        &mut watchdog,
+        perf_map.as_mut(),
+    )? {
         Ok(brk) => brk,
         Err(stall) => {
             let dir = opts
@@ -372,34 +387,41 @@ fn build_config(opts: &MachineRunOptions) -> Result<MachineConfig> {
     Ok(config)
 }
 
-/// Runs in slices so that console output reaches `out` as the guest produces it, until the
-/// machine breaks (`Ok`) or `watchdog` stops it (`Err`).
+/// Runs in slices so that console output reaches `out` (and the translator's symbols the
+/// perf map) as the guest produces it, until the machine breaks (`Ok`) or `watchdog` stops
+/// it (`Err`).
 fn run_streaming(
     machine: &mut Machine,
     limit: u64,
     out: &mut dyn Write,
     watchdog: &mut Watchdog,
-) -> io::Result<Result<Break, Stall>> {
+    mut perf_map: Option<&mut PerfMap>,
+) -> Result<Result<Break, Stall>> {
     const SLICE: u64 = 4_000_000;
     // The guest's console is untrusted: escape sequences are shown, not sent.
     let mut console = Stream::new();
+    let mut write = |text: String| -> Result<()> {
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(MachineRunError::Console)
+    };
     loop {
         let until = machine.mcycle().saturating_add(SLICE).min(limit);
         let brk = machine.run(until);
+        if let Some(map) = perf_map.as_deref_mut() {
+            map.drain(machine)?;
+        }
         let bytes = machine.drain_console();
-        out.write_all(console.push(&bytes).as_bytes())?;
-        out.flush()?;
+        write(console.push(&bytes))?;
         let stall = watchdog.observe(machine, &bytes);
         match (brk, stall) {
             (Break::MaxMcycle, Some(stall)) => {
-                out.write_all(console.finish().as_bytes())?;
-                out.flush()?;
+                write(console.finish())?;
                 return Ok(Err(stall));
             }
             (Break::MaxMcycle, None) if until < limit => continue,
             (other, _) => {
-                out.write_all(console.finish().as_bytes())?;
-                out.flush()?;
+                write(console.finish())?;
                 return Ok(Ok(other));
             }
         }

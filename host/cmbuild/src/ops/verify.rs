@@ -183,6 +183,7 @@ pub fn verify(
                 .first()
                 .and_then(|a| a.toolchain_version.clone()),
             stall_seconds: crate::watchdog::DEFAULT_STALL_SECONDS,
+            perf_map: false,
         };
         let summary = run_release(&run, progress)?;
         // One verdict over every target's comparison.
