@@ -110,9 +110,18 @@ pub enum Finding {
         /// Its value in the second build.
         b: String,
     },
-    /// The machines' final state hashes differ.
+    /// The builds are of different releases: another commit or tag name.
+    ReleaseDrift {
+        /// `commit` or `release`.
+        field: &'static str,
+        /// The first build's value.
+        a: String,
+        /// The second build's value.
+        b: String,
+    },
+    /// The machines' final state hashes (or their mcycle or exit code) differ.
     MachineDrift {
-        /// Which machine (its targets) or which property.
+        /// Which machine (its targets) and which property, or the hash scheme.
         what: String,
         /// The first build's value.
         a: String,
@@ -126,7 +135,9 @@ impl Finding {
     pub fn is_input_drift(&self) -> bool {
         matches!(
             self,
-            Finding::InputDrift { .. } | Finding::MachineInputDrift { .. }
+            Finding::InputDrift { .. }
+                | Finding::MachineInputDrift { .. }
+                | Finding::ReleaseDrift { .. }
         )
     }
 }
@@ -159,11 +170,11 @@ impl std::fmt::Display for Finding {
             Finding::MachineInputDrift { input, a, b } => {
                 write!(f, "input drift: machine input {input} differs: {a} != {b}")
             }
+            Finding::ReleaseDrift { field, a, b } => {
+                write!(f, "input drift: the builds' {field} differs: {a} != {b}")
+            }
             Finding::MachineDrift { what, a, b } => {
-                write!(
-                    f,
-                    "output drift: machine {what}: root hash differs: {a} != {b}"
-                )
+                write!(f, "output drift: machine {what} differs: {a} != {b}")
             }
         }
     }
@@ -193,6 +204,8 @@ pub type CidOfFile = dyn Fn(&Path) -> std::io::Result<Cid>;
 struct Side {
     name: String,
     dir: PathBuf,
+    commit: String,
+    release: String,
     artifacts: BTreeMap<ArtifactKey, Artifact>,
     machine: Option<MachineRecord>,
 }
@@ -206,6 +219,7 @@ fn load_side(dir: &Path) -> Result<Side, CompareError> {
     } else {
         None
     };
+    let (commit, release) = (manifest.commit, manifest.release);
     let mut artifacts = BTreeMap::new();
     for artifact in manifest.artifacts {
         let key = artifact.key();
@@ -216,6 +230,8 @@ fn load_side(dir: &Path) -> Result<Side, CompareError> {
     Ok(Side {
         name,
         dir: dir.to_path_buf(),
+        commit,
+        release,
         artifacts,
         machine,
     })
@@ -290,6 +306,20 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
         }
     }
 
+    // Both must be builds of the same release: the same commit under the same tag.
+    for (field, x, y) in [
+        ("commit", &a.commit, &b.commit),
+        ("release", &a.release, &b.release),
+    ] {
+        if x != y {
+            report.findings.push(Finding::ReleaseDrift {
+                field,
+                a: crate::terminal::sanitize(x),
+                b: crate::terminal::sanitize(y),
+            });
+        }
+    }
+
     // The smaller set must lie inside the larger; with equal sizes, they must be equal.
     let (small, large) = if a.artifacts.len() <= b.artifacts.len() {
         (&a, &b)
@@ -322,7 +352,7 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
         report.compared.push(key.clone());
         // Typed equality decides; the texts are only for the report.
         let texts = |p: &dyn ToString, q: &dyn ToString| (p.to_string(), q.to_string());
-        let inputs: [(&'static str, bool, (String, String)); 4] = [
+        let inputs: [(&'static str, bool, (String, String)); 5] = [
             ("crate", x.krate == y.krate, texts(&x.krate, &y.krate)),
             (
                 "version",
@@ -339,6 +369,17 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
                 x.toolchain == y.toolchain,
                 texts(&x.toolchain, &y.toolchain),
             ),
+            // Compared when both manifests record it (older ones do not).
+            (
+                "toolchain_version",
+                x.toolchain_version.is_none()
+                    || y.toolchain_version.is_none()
+                    || x.toolchain_version == y.toolchain_version,
+                (
+                    x.toolchain_version.clone().unwrap_or_default(),
+                    y.toolchain_version.clone().unwrap_or_default(),
+                ),
+            ),
         ];
         for (field, same, (a, b)) in inputs {
             if !same {
@@ -350,9 +391,17 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
                 });
             }
         }
-        let outputs: [(&'static str, bool, (String, String)); 2] = [
+        // What an artifact needs of the C library is read from its bytes: an output fact,
+        // compared only when both manifests record it (older ones do not).
+        let abi_text = |abi: &Option<crate::glibc::Abi>| match abi {
+            Some(abi) => abi.summary(),
+            None => "not recorded".to_owned(),
+        };
+        let same_abi = x.abi.is_none() || y.abi.is_none() || x.abi == y.abi;
+        let outputs: [(&'static str, bool, (String, String)); 3] = [
             ("sha256", x.sha256 == y.sha256, texts(&x.sha256, &y.sha256)),
             ("cid", x.cid == y.cid, texts(&x.cid, &y.cid)),
+            ("abi", same_abi, (abi_text(&x.abi), abi_text(&y.abi))),
         ];
         for (field, same, (a, b)) in outputs {
             if !same {
@@ -446,18 +495,32 @@ fn compare_machines(
                     targets: run.targets.join(","),
                     in_side: to_name.to_owned(),
                 }),
-                // Report each pair once, a's hash first.
-                Some(other) if other.root_hash != run.root_hash && (from_is_a || !both_ways) => {
+                // Report each pair once, a's values first: the final state, and what the
+                // records claim of how the machine got there.
+                Some(other) if from_is_a || !both_ways => {
                     let (x, y) = if from_is_a {
-                        (&run.root_hash, &other.root_hash)
+                        (run, other)
                     } else {
-                        (&other.root_hash, &run.root_hash)
+                        (other, run)
                     };
-                    report.findings.push(Finding::MachineDrift {
-                        what: run.targets.join(","),
-                        a: x.clone(),
-                        b: y.clone(),
-                    });
+                    let claims = [
+                        ("root hash", x.root_hash.clone(), y.root_hash.clone()),
+                        ("mcycle", x.mcycle.to_string(), y.mcycle.to_string()),
+                        (
+                            "exit code",
+                            x.exit_code.to_string(),
+                            y.exit_code.to_string(),
+                        ),
+                    ];
+                    for (property, a, b) in claims {
+                        if a != b {
+                            report.findings.push(Finding::MachineDrift {
+                                what: format!("[{}] {property}", run.targets.join(",")),
+                                a,
+                                b,
+                            });
+                        }
+                    }
                 }
                 Some(_) => {}
             }
@@ -493,6 +556,8 @@ mod tests {
                 toolchain: cmbuild_store::cid::cid_of_bytes(b"tc"),
                 sha256: sha256_file(&path).unwrap(),
                 cid: fake_cid(&path).unwrap(),
+                abi: Some(crate::glibc::Abi::of(bytes)),
+                toolchain_version: Some("1.85.1".into()),
             });
         }
         let manifest = Manifest {
@@ -646,6 +711,60 @@ mod tests {
             }
         )));
         assert!(!report.findings.iter().any(Finding::is_input_drift));
+    }
+
+    /// Rewrites one side's recorded ABI of its first artifact.
+    fn set_abi(dir: &Path, abi: Option<crate::glibc::Abi>) {
+        let path = dir.join("manifest.json");
+        let mut manifest: Manifest = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        manifest.artifacts[0].abi = abi;
+        fs::write(&path, to_canonical_json(&manifest)).unwrap();
+    }
+
+    #[test]
+    fn the_recorded_abi_is_an_output_fact() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one")], "L");
+        write_build(&b, &[("x86_64", b"one")], "L");
+        // A manifest written before cmbuild recorded it still compares.
+        set_abi(&b, None);
+        assert!(compare_builds(&a, &b, &fake_cid).unwrap().passed());
+        set_abi(
+            &b,
+            Some(crate::glibc::Abi {
+                linkage: "dynamic".into(),
+                glibc_symbol: Some("GLIBC_2.39".into()),
+                glibc_min: Some("2.39".into()),
+            }),
+        );
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(!report.passed());
+        assert!(matches!(
+            &report.findings[..],
+            [Finding::OutputDrift { field: "abi", b, .. }] if b.contains("2.39")
+        ));
+    }
+
+    #[test]
+    fn another_toolchain_version_is_input_drift() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        write_build(&a, &[("x86_64", b"one")], "L");
+        write_build(&b, &[("x86_64", b"one")], "L");
+        let path = b.join("manifest.json");
+        let mut manifest: Manifest = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        manifest.artifacts[0].toolchain_version = None;
+        fs::write(&path, to_canonical_json(&manifest)).unwrap();
+        assert!(compare_builds(&a, &b, &fake_cid).unwrap().passed());
+        manifest.artifacts[0].toolchain_version = Some("1.96.0".into());
+        fs::write(&path, to_canonical_json(&manifest)).unwrap();
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(matches!(
+            &report.findings[..],
+            [Finding::InputDrift { field: "toolchain_version", a, b, .. }]
+                if a == "1.85.1" && b == "1.96.0"
+        ));
     }
 
     #[test]

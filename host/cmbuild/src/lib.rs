@@ -6,20 +6,23 @@
 //!   [`plan`] (the plan and the input/output drives), [`guest`] (the build machine: its
 //!   [`guest::Drive`]s and [`guest::MachineSettings`]), [`vendoring`] (the locked crates),
 //!   [`run`] (the run, split by job) and [`staging`] (outputs published whole or not at all);
-//! - the records and their checks: [`manifest`] (`manifest.json`, `machine.json`) and
-//!   [`compare`];
+//! - the records and their checks: [`manifest`] (`manifest.json`, `machine.json`),
+//!   [`state_proofs`] (`proofs/<triple>/<bin>.json`) and [`compare`];
 //! - the gates for hostile bytes: [`untrusted`] (paths, archives, confined reads) and
 //!   [`terminal`] (untrusted text on its way to a terminal);
 //! - [`pins`] (the built-in `digests.lock.env`; the format is `cmbuild_image::pins`) and
-//!   [`snapshot_dir`] (machine snapshots on disk).
+//!   [`snapshot_dir`] (machine snapshots on disk);
+//! - [`perf_map`] (`--perf-map`: the profiler's names for translated guest code).
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod compare;
+pub mod glibc;
 pub mod guest;
 pub mod manifest;
 pub mod ops;
+pub mod perf_map;
 pub mod pins;
 pub mod plan;
 pub mod progress;
@@ -27,6 +30,9 @@ pub mod project;
 pub mod run;
 pub mod snapshot_dir;
 pub mod staging;
+pub mod state_proofs;
 pub mod terminal;
 pub mod untrusted;
 pub mod vendoring;
+pub mod watchdog;
+pub mod workspace;

@@ -55,10 +55,19 @@ pub struct Artifact {
     pub crate_lock_sha256: Sha256,
     /// Content ID of the toolchain (the rustc and std of this target) that built it.
     pub toolchain: Cid,
+    /// The version of that toolchain's rustc, e.g. `1.85.1`. Absent from manifests written
+    /// before cmbuild recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toolchain_version: Option<String>,
     /// SHA-256 of the binary, lowercase hex.
     pub sha256: Sha256,
     /// IPFS CIDv1 of the binary.
     pub cid: Cid,
+    /// What the binary needs of the C library (its linkage, the highest glibc symbol
+    /// version it requires and the oldest glibc that implies): a fact of the output,
+    /// read from its bytes. Absent from manifests written before cmbuild recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abi: Option<crate::glibc::Abi>,
 }
 
 impl Artifact {
@@ -234,6 +243,8 @@ mod tests {
             toolchain: cmbuild_store::cid::cid_of_bytes(b"toolchain"),
             sha256: Sha256::from_bytes([0x11; 32]),
             cid: cmbuild_store::cid::cid_of_bytes(b"bin"),
+            abi: None,
+            toolchain_version: None,
         }
     }
 

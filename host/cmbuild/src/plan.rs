@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use cmbuild_image::triple::Triple;
 
@@ -20,9 +19,12 @@ pub const DRIVE_ALIGN: u64 = 2 << 20;
 /// Errors preparing the plan or reading the output drive.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    /// `cargo metadata` could not list the project's binaries.
-    #[error("cannot list the project's binaries with `cargo metadata`: {0}")]
-    Metadata(String),
+    /// The project's Cargo manifests could not be read.
+    #[error("reading the project's Cargo manifests: {0}")]
+    Workspace(#[from] crate::workspace::WorkspaceError),
+    /// The revision has no `Cargo.lock`.
+    #[error("{0}")]
+    NoLock(String),
     /// The selection names no binary.
     #[error("nothing to build: the selected packages have no binary targets{0}")]
     NoBinaries(String),
@@ -152,60 +154,10 @@ impl Plan {
     }
 }
 
-/// Runs `cargo metadata --no-deps --offline` on a manifest and returns its JSON.
-///
-/// With `--no-deps` cargo reads manifests only (no network, no dependency resolution), so
-/// the answer depends on the source alone.
-pub fn read_cargo_metadata(manifest: &Path) -> Result<serde_json::Value, PlanError> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(&cargo)
-        .args([
-            "metadata",
-            "--no-deps",
-            "--offline",
-            "--format-version",
-            "1",
-        ])
-        .arg("--manifest-path")
-        .arg(manifest)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| PlanError::Metadata(format!("running {}: {e}", cargo.to_string_lossy())))?;
-    if !out.status.success() {
-        return Err(PlanError::Metadata(format!(
-            "{}: {}",
-            manifest.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| PlanError::Metadata(e.to_string()))
-}
-
-/// Lists every binary target of the workspace in an extracted source tree.
-///
-/// Uses the host's `cargo metadata --no-deps`, which reads manifests only (no network, no
-/// dependency resolution), so the answer depends on the source alone.
+/// Lists every binary target of the workspace in an extracted source tree, from its
+/// manifests alone ([`crate::workspace`]): no Rust toolchain on the host takes part.
 pub fn list_workspace_bins(source_dir: &Path) -> Result<Vec<PlannedBin>, PlanError> {
-    let meta = read_cargo_metadata(&source_dir.join("Cargo.toml"))?;
-    let mut bins = Vec::new();
-    for package in meta["packages"].as_array().into_iter().flatten() {
-        let name = package["name"].as_str().unwrap_or_default();
-        let version = package["version"].as_str().unwrap_or_default();
-        for target in package["targets"].as_array().into_iter().flatten() {
-            let is_bin = target["kind"]
-                .as_array()
-                .is_some_and(|k| k.iter().any(|k| k == "bin"));
-            if is_bin {
-                bins.push(PlannedBin {
-                    package: name.to_owned(),
-                    version: version.to_owned(),
-                    bin: target["name"].as_str().unwrap_or_default().to_owned(),
-                });
-            }
-        }
-    }
-    bins.sort();
-    Ok(bins)
+    Ok(crate::workspace::read_workspace(source_dir)?.bins())
 }
 
 /// A tar archive being built deterministically: every entry gets the same owner and mtime.

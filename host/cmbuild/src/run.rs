@@ -1,21 +1,29 @@
 //! `cmbuild run --release REV`: the release build, end to end, offline.
 //!
 //! In order: resolve REV to a commit and make the deterministic source archive; read the
-//! commit's Cargo.lock and check that every crate and every pinned guest-image input is in
+//! commit's manifests ([`crate::workspace`], no host toolchain), select the pinned Rust
+//! toolchain (`--toolchain` or the commit's `rust-toolchain(.toml)`, checked against each
+//! package's `rust-version`); read the commit's Cargo.lock and check that every crate and every pinned guest-image input is in
 //! the mirror (else name what is missing and say to run `cmbuild vendor`); build the input
 //! drive (`guest-image/PROTOCOL.md`); boot one machine per group of targets (in parallel
 //! up to `jobs`), each a pure function of its inputs; extract each output drive
-//! defensively; write `manifest.json`, `machine.json` and `<triple>/<bin>` into a working
+//! defensively; write `manifest.json`, `machine.json`, `<triple>/<bin>` and each artifact's
+//! state proof `proofs/<triple>/<bin>.json` ([`crate::state_proofs`]) into a working
 //! directory, synced, and rename it into place ([`crate::staging`]), so a failed or killed
 //! run leaves nothing half-written (and the next run removes a killed run's working
-//! directory).
+//! directory). A machine that makes no visible progress for `stall_seconds` guest seconds is
+//! stopped by the stall watchdog ([`crate::watchdog`]) with its last console lines, leaving
+//! a snapshot `OUT/REV.stalled-NAME-at-MCYCLE` to debug from.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use cmbuild_image::toolchain::{self, RustVersion};
 use cmbuild_image::triple::Triple;
 use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
+use cmbuild_machine::merkle::PageTree;
+use cmbuild_machine::snapshot::SnapshotConfig;
 use cmbuild_store::cid::{cid_of_bytes, Cid};
 use cmbuild_store::mirror::Mirror;
 use cmbuild_store::sha256::Sha256;
@@ -29,12 +37,19 @@ use crate::pins::{self, Pins};
 use crate::plan::{self, Plan};
 use crate::project;
 use crate::staging::{self, WorkDir};
+use crate::state_proofs;
 use crate::untrusted;
+use crate::watchdog::Watchdog;
+
+/// The build directory's subdirectory of state proofs: `proofs/<triple>/<bin>.json`.
+pub const PROOFS_DIR: &str = "proofs";
 
 /// Largest `cmbuild.toml` read.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Largest `Cargo.lock` read.
 pub const MAX_LOCK_BYTES: u64 = 16 << 20;
+/// Largest `rust-toolchain(.toml)` read.
+pub const MAX_TOOLCHAIN_FILE_BYTES: u64 = 64 << 10;
 
 /// Everything `cmbuild run` needs to know.
 #[derive(Clone, Debug)]
@@ -62,6 +77,16 @@ pub struct RunOptions {
     pub machine_per_target: bool,
     /// The pins (`digests.lock.env`) to use.
     pub pins: Pins,
+    /// The Rust toolchain to build with (`stable`, `1.85`, `1.85.1`), overriding the
+    /// project's `rust-toolchain.toml` / `rust-toolchain`; `None`: the project's choice, or
+    /// the newest pinned.
+    pub toolchain: Option<String>,
+    /// Guest seconds without visible progress after which a machine is stopped (0: never;
+    /// see [`crate::watchdog`]).
+    pub stall_seconds: u64,
+    /// Append every machine's translated-block symbols to `/tmp/perf-<pid>.map` (see
+    /// [`crate::perf_map`]); changes no result.
+    pub perf_map: bool,
 }
 
 /// Progress events, for the CLI to display.
@@ -104,6 +129,9 @@ pub enum RunError {
     /// The build plan or the output drive.
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
+    /// No pinned toolchain fits the project.
+    #[error(transparent)]
+    Toolchain(#[from] toolchain::ToolchainError),
     /// The machine settings.
     #[error(transparent)]
     Settings(#[from] SettingsError),
@@ -127,6 +155,9 @@ pub enum RunError {
     /// The machine could not be built.
     #[error("machine {0}: {1}")]
     Machine(String, String),
+    /// The perf map could not be written.
+    #[error(transparent)]
+    PerfMap(#[from] crate::perf_map::PerfMapError),
     /// The machine did not halt in time.
     #[error("machine {name} reached --max-mcycle {mcycle} without halting")]
     Timeout {
@@ -134,6 +165,26 @@ pub enum RunError {
         name: String,
         /// The limit it reached.
         mcycle: u64,
+    },
+    /// The stall watchdog stopped a machine ([`crate::watchdog`]).
+    #[error(
+        "machine {name} made no visible progress (no console byte, no drive write, idle) for \
+         {seconds} guest seconds, from mcycle {since_mcycle} to {mcycle}; stopped\n\
+         last console lines:\n{console_tail}\n{snapshot}"
+    )]
+    Stalled {
+        /// The machine's name.
+        name: String,
+        /// Guest seconds without progress.
+        seconds: u64,
+        /// The mcycle of the last progress.
+        since_mcycle: u64,
+        /// The mcycle when stopped.
+        mcycle: u64,
+        /// The last console lines (sanitised guest output).
+        console_tail: String,
+        /// Where the snapshot to debug from was written, or why it was not.
+        snapshot: String,
     },
     /// The guest reported a failed build.
     #[error("the build failed for {name}:\n{log}")]
@@ -165,6 +216,12 @@ pub enum RunError {
     /// File I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// An artifact's state proof could not be made.
+    #[error("state proof: {0}")]
+    StateProof(#[from] state_proofs::StateProofsError),
+    /// A state proof could not be written.
+    #[error("state proof: {0}")]
+    StateProofFile(#[from] cmbuild_trust::state_proof::StateProofError),
 }
 
 /// What a finished run produced.
@@ -184,24 +241,17 @@ fn read_pinned(
     mirror: &Mirror,
     image_dir: Option<&Path>,
     name: &str,
-    cid: &str,
+    cid: &Cid,
     missing: &mut Vec<String>,
 ) -> Option<Vec<u8>> {
-    let parsed: Cid = match cid.parse() {
-        Ok(c) => c,
-        Err(_) => {
-            missing.push(format!("{name}: {cid:?} is not a CID"));
-            return None;
-        }
-    };
-    let mirror_error = match mirror.read_verified(&parsed) {
+    let mirror_error = match mirror.read_verified(cid) {
         Ok(bytes) => return Some(bytes),
         Err(e) => e.to_string(),
     };
     if let (Some(dir), Some(file)) = (image_dir, pins::image_file(name)) {
         let path = dir.join(file);
         if let Ok(bytes) = std::fs::read(&path) {
-            if cmbuild_store::cid::cid_of_bytes(&bytes) == parsed {
+            if cmbuild_store::cid::cid_of_bytes(&bytes) == *cid {
                 return Some(bytes);
             }
             missing.push(format!(
@@ -260,6 +310,8 @@ pub struct ReleaseJob {
     pub lock_bytes: Vec<u8>,
     /// What the guest builds.
     pub plan: Plan,
+    /// The pinned Rust toolchain selected (today's guest image carries exactly one).
+    pub toolchain: RustVersion,
 }
 
 /// Resolves the revision, makes its source archive, and plans the build from the
@@ -299,10 +351,12 @@ pub fn plan_release(
         None => project::ProjectConfig::default(),
     };
     let selection = project::select(&config, opts.profile.as_deref(), opts.target.as_deref())?;
-    let workspace_bins = plan::list_workspace_bins(&source_dir)?;
-    let plan = Plan::new(&selection, rev.commit_time, &workspace_bins)?;
+    // The workspace from its manifests, as the commit has them: no host toolchain involved.
+    let workspace = crate::workspace::read_workspace(&source_dir).map_err(plan::PlanError::from)?;
+    let plan = Plan::new(&selection, rev.commit_time, &workspace.bins())?;
+    let toolchain = select_toolchain(opts, &read, &workspace, &selection)?;
     let lock_bytes = read("Cargo.lock", MAX_LOCK_BYTES)?.ok_or_else(|| {
-        plan::PlanError::Metadata(format!(
+        plan::PlanError::NoLock(format!(
             "{} has no Cargo.lock at {}; commit one (cmbuild builds with --locked)",
             opts.rev, rev.commit
         ))
@@ -314,7 +368,49 @@ pub fn plan_release(
         source_tar,
         lock_bytes,
         plan,
+        toolchain,
     })
+}
+
+/// Selects the pinned Rust toolchain, before any machine boots: `--toolchain`, else the
+/// commit's `rust-toolchain` or `rust-toolchain.toml` (the former wins when both exist, as
+/// with rustup), else the newest pinned; then checks the `rust-version` of every selected
+/// package against it.
+fn select_toolchain(
+    opts: &RunOptions,
+    read: &dyn Fn(&'static str, u64) -> Result<Option<Vec<u8>>, RunError>,
+    workspace: &crate::workspace::Workspace,
+    selection: &project::Selection,
+) -> Result<RustVersion, RunError> {
+    let available = toolchain::pinned_versions(&cmbuild_image::lock::shipped_lock()?);
+    let text = |bytes: Vec<u8>, file: &str| {
+        String::from_utf8(bytes).map_err(|_| toolchain::ToolchainError::BadFile {
+            file: file.to_owned(),
+            message: "not UTF-8".into(),
+        })
+    };
+    let (channel, source_name) = if let Some(channel) = &opts.toolchain {
+        (Some(channel.clone()), "--toolchain")
+    } else if let Some(bytes) = read("rust-toolchain", MAX_TOOLCHAIN_FILE_BYTES)? {
+        let channel = toolchain::channel_of_legacy(&text(bytes, "rust-toolchain")?)?;
+        (channel, "rust-toolchain")
+    } else if let Some(bytes) = read("rust-toolchain.toml", MAX_TOOLCHAIN_FILE_BYTES)? {
+        let channel = toolchain::channel_of_toml(&text(bytes, "rust-toolchain.toml")?)?;
+        (channel, "rust-toolchain.toml")
+    } else {
+        (None, "no toolchain file")
+    };
+    let selected = toolchain::select(channel.as_deref(), source_name, &available)?;
+    let packages = &selection.profile.packages;
+    for member in &workspace.members {
+        if !packages.is_empty() && !packages.contains(&member.name) {
+            continue;
+        }
+        if let Some(required) = &member.rust_version {
+            toolchain::check_rust_version(&member.name, required, selected, &available)?;
+        }
+    }
+    Ok(selected)
 }
 
 /// The machine inputs of a release, from the mirror.
@@ -339,8 +435,8 @@ pub fn gather_inputs(
     assemble_image_on_first_use(&mirror, opts, job, progress)?;
     let mut missing = Vec::new();
     let mut blob = |key: &str| -> Option<Vec<u8>> {
-        match pins::require(&opts.pins, key) {
-            Ok(cid) => read_pinned(&mirror, opts.image_dir.as_deref(), key, cid, &mut missing),
+        match pins::require_cid(&opts.pins, key) {
+            Ok(cid) => read_pinned(&mirror, opts.image_dir.as_deref(), key, &cid, &mut missing),
             Err(e) => {
                 missing.push(e.to_string());
                 None
@@ -440,8 +536,20 @@ fn assemble_image_on_first_use(
     Ok(())
 }
 
-/// A machine's record and its output drive, or why it failed.
-pub type MachineResult = Result<(MachineRun, Vec<u8>), RunError>;
+/// What a machine left: its record, its output drive and the top-level leaves of its final
+/// state hash (for the artifacts' state proofs).
+#[derive(Debug)]
+pub struct MachineOutput {
+    /// The record for `machine.json`.
+    pub run: MachineRun,
+    /// The whole output drive.
+    pub output_drive: Vec<u8>,
+    /// [`Machine::hash_leaves`] at the end.
+    pub leaves: Vec<cmbuild_machine::merkle::Hash>,
+}
+
+/// A machine's output, or why it failed.
+pub type MachineResult = Result<MachineOutput, RunError>;
 
 /// Runs one machine per group of targets, up to `opts.jobs` at once; each gets the plan
 /// restricted to its targets. Returns each group's result by group index.
@@ -509,21 +617,42 @@ pub fn collect_release(
     let mut machines = Vec::new();
     let mut collected = Vec::new();
     for (index, result) in results {
-        let (run, output_drive) = result?;
+        let MachineOutput {
+            run,
+            output_drive,
+            leaves,
+        } = result?;
         let extract = job.work.path().join(format!("extract-{index}"));
         std::fs::create_dir(&extract)?;
         let outputs =
             plan::collect_outputs(&output_drive, &extract, &plan.for_targets(&groups[index]))?;
-        collected.push((run, outputs));
+        collected.push((run, outputs, output_drive, leaves));
     }
-    check_outcomes(plan, &collected)?;
-    for (run, outputs) in collected {
+    check_outcomes(plan, collected.iter().map(|(run, outputs, ..)| (run, outputs)))?;
+    for (run, outputs, output_drive, leaves) in collected {
+        // The state proofs: built once per machine, only if it built something.
+        let located = state_proofs::locate_files(&output_drive);
+        let mut tree = None;
+        let machine_name = format!("machine/{}", run.targets.join(","));
         for (target, output) in &outputs {
             std::fs::create_dir_all(staging.join(target.as_str()))?;
             for planned in &plan.bins {
                 let bytes = std::fs::read(&output.bins[&planned.bin])?;
                 let rel = format!("{target}/{}", planned.bin);
                 staging::write_synced(&staging.join(&rel), &bytes, 0o755)?;
+                let tree = tree.get_or_insert_with(|| PageTree::build(&output_drive));
+                let proof = state_proofs::prove_file(
+                    &machine_name,
+                    &leaves,
+                    tree,
+                    &output_drive,
+                    &located,
+                    &rel,
+                    &bytes,
+                )?;
+                let proof_path = staging.join(PROOFS_DIR).join(format!("{rel}.json"));
+                std::fs::create_dir_all(staging.join(PROOFS_DIR).join(target.as_str()))?;
+                staging::write_synced(&proof_path, &proof.to_file_bytes()?, 0o644)?;
                 let toolchain_key = pins::toolchain_key(*target);
                 let toolchain = if opts.pins.contains_key(&toolchain_key) {
                     pins::require_cid(&opts.pins, &toolchain_key)?
@@ -541,6 +670,8 @@ pub fn collect_release(
                     toolchain,
                     sha256: Sha256::of(&bytes),
                     cid: cid_of_bytes(&bytes),
+                    abi: Some(crate::glibc::Abi::of(&bytes)),
+                    toolchain_version: Some(job.toolchain.to_string()),
                 });
             }
         }
@@ -571,9 +702,9 @@ fn succeeded(plan: &plan::Plan, output: &plan::TargetOutput) -> bool {
 
 /// Fails with every triple's outcome if any target failed: a failed one shows its first
 /// error line (`error: package X requires rustc 1.88`), then the tail of its log.
-fn check_outcomes(
+fn check_outcomes<'a>(
     plan: &plan::Plan,
-    collected: &[(MachineRun, BTreeMap<Triple, plan::TargetOutput>)],
+    collected: impl IntoIterator<Item = (&'a MachineRun, &'a BTreeMap<Triple, plan::TargetOutput>)>,
 ) -> Result<(), RunError> {
     let mut outcomes = String::new();
     let mut details = String::new();
@@ -630,10 +761,17 @@ pub fn publish(
         0o644,
     )?;
     for target in job.plan.targets.iter() {
-        let dir = staging.join(target.as_str());
-        if dir.exists() {
-            staging::sync_dir(&dir)?;
+        for dir in [
+            staging.join(target.as_str()),
+            staging.join(PROOFS_DIR).join(target.as_str()),
+        ] {
+            if dir.exists() {
+                staging::sync_dir(&dir)?;
+            }
         }
+    }
+    if staging.join(PROOFS_DIR).exists() {
+        staging::sync_dir(&staging.join(PROOFS_DIR))?;
     }
     staging::publish_dir(&staging, &job.final_dir)?;
     Ok(job.final_dir.clone())
@@ -651,23 +789,120 @@ fn run_machine(
     let name = names.join(",");
     let expected_mcycle = previous_mcycle(&opts.out_dir, &names);
     let config = opts.machine.machine_config(image, input_drive);
+    // For the snapshot a stalled machine leaves (it records what the machine was built from).
+    let snapshot_config = SnapshotConfig::from_config(&config);
     let mut machine =
         Machine::from_config(config).map_err(|e| RunError::Machine(name.clone(), e.to_string()))?;
-    let max_mcycle = opts.machine.max_mcycle;
+    let watch = Watch {
+        name: &name,
+        max_mcycle: opts.machine.max_mcycle,
+        stall_seconds: opts.stall_seconds,
+        snapshot_dir: opts.out_dir.join(format!(
+            "{}.stalled-{}",
+            sanitize_dir_name(&opts.rev),
+            sanitize_dir_name(&name)
+        )),
+        expected_mcycle,
+    };
+    let mut perf_map = match opts.perf_map {
+        true => Some(crate::perf_map::PerfMap::open(&mut machine)?),
+        false => None,
+    };
+    let exit_code = run_to_halt(
+        &mut machine,
+        &snapshot_config,
+        &watch,
+        perf_map.as_mut(),
+        progress,
+    )?;
+    progress(Progress::MachineDone {
+        name: name.clone(),
+        mcycle: machine.mcycle(),
+        exit_code: Some(exit_code),
+    });
+    let root_hash = machine.root_hash();
+    let leaves = machine.hash_leaves();
+    let output_drive = drive_bytes(&machine, Drive::Output).to_vec();
+    Ok(MachineOutput {
+        run: MachineRun {
+            targets: names,
+            root_hash,
+            mcycle: machine.mcycle(),
+            exit_code: u32::try_from(exit_code).unwrap_or(u32::MAX),
+        },
+        output_drive,
+        leaves,
+    })
+}
+
+/// How [`run_to_halt`] watches a machine.
+struct Watch<'a> {
+    /// The machine's name.
+    name: &'a str,
+    /// Stop with [`RunError::Timeout`] at this mcycle.
+    max_mcycle: u64,
+    /// Stop with [`RunError::Stalled`] after this many guest seconds without visible
+    /// progress (0: never).
+    stall_seconds: u64,
+    /// A stalled machine's snapshot goes to `<snapshot_dir>-at-<mcycle>`.
+    snapshot_dir: PathBuf,
+    /// For [`Progress::Machine`].
+    expected_mcycle: Option<u64>,
+}
+
+/// Runs `machine` in slices until it halts (its exit code), reporting progress (and the
+/// translator's symbols to `perf_map`) after each;
+/// fails at the mcycle limit, or when the stall watchdog ([`crate::watchdog`]) stops it,
+/// after writing its snapshot.
+fn run_to_halt(
+    machine: &mut Machine,
+    snapshot_config: &SnapshotConfig,
+    watch: &Watch<'_>,
+    mut perf_map: Option<&mut crate::perf_map::PerfMap>,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<u64, RunError> {
+    let name = watch.name.to_owned();
+    let max_mcycle = watch.max_mcycle;
+    let mut watchdog = Watchdog::new(watch.stall_seconds, machine);
     // Run in slices so the caller sees progress; the slicing does not change the result,
-    // since the machine is a pure function of mcycle.
+    // since the machine is a pure function of mcycle (and the slices are fixed in mcycle,
+    // so the watchdog's decision is deterministic too).
     const SLICE: u64 = 200_000_000;
-    let exit_code = loop {
+    loop {
         let limit = (machine.mcycle() + SLICE).min(max_mcycle);
         let stop = machine.run(limit);
+        if let Some(map) = perf_map.as_deref_mut() {
+            map.drain(machine)?;
+        }
+        let console = machine.drain_console();
+        let stall = watchdog.observe(machine, &console);
         progress(Progress::Machine {
             name: name.clone(),
             mcycle: machine.mcycle(),
-            expected_mcycle,
-            console: machine.drain_console(),
+            expected_mcycle: watch.expected_mcycle,
+            console,
         });
+        if let (Break::MaxMcycle, Some(stall)) = (stop, stall) {
+            let mut dir = watch.snapshot_dir.clone().into_os_string();
+            dir.push(format!("-at-{}", stall.mcycle));
+            let snapshot =
+                crate::watchdog::store_snapshot(Path::new(&dir), machine, snapshot_config);
+            progress(Progress::MachineDone {
+                name: name.clone(),
+                mcycle: machine.mcycle(),
+                exit_code: None,
+            });
+            return Err(RunError::Stalled {
+                name,
+                seconds: stall.seconds,
+                since_mcycle: stall.since_mcycle,
+                mcycle: stall.mcycle,
+                console_tail: stall.console_tail,
+                snapshot,
+            });
+        }
         match stop {
-            Break::Halted(code) => break code,
+            Break::Halted(code) => return Ok(code),
             Break::MaxMcycle if machine.mcycle() >= max_mcycle => {
                 return Err(RunError::Timeout {
                     name,
@@ -676,23 +911,7 @@ fn run_machine(
             }
             Break::MaxMcycle => {}
         }
-    };
-    progress(Progress::MachineDone {
-        name: name.clone(),
-        mcycle: machine.mcycle(),
-        exit_code: Some(exit_code),
-    });
-    let root_hash = machine.root_hash();
-    let output = drive_bytes(&machine, Drive::Output).to_vec();
-    Ok((
-        MachineRun {
-            targets: names,
-            root_hash,
-            mcycle: machine.mcycle(),
-            exit_code: u32::try_from(exit_code).unwrap_or(u32::MAX),
-        },
-        output,
-    ))
+    }
 }
 
 /// The mcycle at which an earlier build under `out_dir` of exactly these targets halted:
@@ -774,6 +993,104 @@ mod tests {
         assert_eq!(
             previous_mcycle(&out.path().join("none"), &["a".into()]),
             None
+        );
+    }
+
+    /// Prints "A" through HTIF, then sleeps in WFI with no interrupt enabled, forever: a
+    /// silent, idle machine.
+    fn print_then_sleep() -> Machine {
+        let program: [u32; 7] = [
+            0x4000_82b7, // lui t0, 0x40008          (HTIF tohost)
+            0x0101_03b7, // lui t2, 0x1010
+            0x0203_9393, // slli t2, t2, 32          (dev 1, cmd 1)
+            0x0413_8393, // addi t2, t2, 'A'
+            0x0072_b023, // sd t2, 0(t0)             (putchar)
+            0x1050_0073, // wfi
+            0xffdf_f06f, // j .-4
+        ];
+        let config = cmbuild_machine::machine::MachineConfig {
+            ram_length: 1 << 20,
+            ram_image: Some(program.iter().flat_map(|w| w.to_le_bytes()).collect()),
+            ..Default::default()
+        };
+        Machine::new(&config).unwrap()
+    }
+
+    #[test]
+    fn a_silent_idle_machine_is_stopped_with_its_console_and_a_snapshot() {
+        let out = tempfile::tempdir().unwrap();
+        let mut machine = print_then_sleep();
+        let config = SnapshotConfig {
+            ram_length: 1 << 20,
+            bootargs: String::new(),
+            images: Vec::new(),
+            flash_drives: Vec::new(),
+        };
+        let watch = Watch {
+            name: "riscv64gc-unknown-linux-gnu",
+            max_mcycle: u64::MAX,
+            stall_seconds: 1,
+            snapshot_dir: out.path().join("v1.stalled-riscv64gc-unknown-linux-gnu"),
+            expected_mcycle: None,
+        };
+        let seen = Mutex::new(Vec::new());
+        let err = run_to_halt(&mut machine, &config, &watch, None, &|p| {
+            if let Progress::Machine { console, .. } = p {
+                seen.lock().unwrap().extend(console);
+            }
+        })
+        .unwrap_err();
+        // The first slice printed; the second was silent and idle for 200e6 cycles, more
+        // than one guest second (128e6).
+        let RunError::Stalled {
+            seconds,
+            since_mcycle,
+            mcycle,
+            ref console_tail,
+            ref snapshot,
+            ..
+        } = err
+        else {
+            panic!("{err}");
+        };
+        assert_eq!(
+            (seconds, since_mcycle, mcycle),
+            (1, 200_000_000, 400_000_000)
+        );
+        assert_eq!(console_tail, "A");
+        assert_eq!(seen.into_inner().unwrap(), b"A");
+        let dir = out
+            .path()
+            .join("v1.stalled-riscv64gc-unknown-linux-gnu-at-400000000");
+        assert!(snapshot.contains(&dir.display().to_string()), "{snapshot}");
+        let loaded = crate::snapshot_dir::load(&dir).unwrap();
+        assert_eq!(loaded.machine.mcycle(), 400_000_000);
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "machine riscv64gc-unknown-linux-gnu made no visible progress (no console byte, \
+                 no drive write, idle) for 1 guest seconds, from mcycle 200000000 to 400000000"
+            ),
+            "{text}"
+        );
+
+        // With the watchdog off, the same machine runs to the mcycle limit.
+        let mut machine = print_then_sleep();
+        let watch = Watch {
+            stall_seconds: 0,
+            max_mcycle: 1_000_000_000,
+            ..watch
+        };
+        let err = run_to_halt(&mut machine, &config, &watch, None, &|_| {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RunError::Timeout {
+                    mcycle: 1_000_000_000,
+                    ..
+                }
+            ),
+            "{err}"
         );
     }
 

@@ -77,6 +77,7 @@ pub fn store(
     if tmp.symlink_metadata().is_ok() {
         std::fs::remove_dir_all(&tmp).map_err(io_err("remove the stale", &tmp))?;
     }
+    remove_stale_temp_dirs(dir);
     std::fs::create_dir(&tmp).map_err(io_err("create", &tmp))?;
     let result = (|| {
         for file in &encoded.files {
@@ -211,6 +212,35 @@ fn parent_of(dir: &Path) -> PathBuf {
     match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+/// Removes the temporary directories of earlier stores to `dir` whose process has ended
+/// (killed while writing: `.<name>.tmp-<pid>` with no process `<pid>`). Best effort, and
+/// only where `/proc` tells which processes live.
+fn remove_stale_temp_dirs(dir: &Path) {
+    let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{name}.tmp-");
+    let Ok(listing) = std::fs::read_dir(parent_of(dir)) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = entry_name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

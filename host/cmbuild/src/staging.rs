@@ -3,24 +3,19 @@
 //! A run works in `OUT/.cmbuild-run-XXXXXX/` (beside its final directory, so the last step
 //! is a rename on one filesystem). Every file is written and `fsync`ed there, the directory
 //! is synced and renamed to `OUT/REV` in one step, and `OUT` is synced: `OUT/REV` either
-//! does not exist or is complete. The working directory records its owner (process id and
-//! start time); the next run under the same `OUT` removes the working directories of owners
-//! that are gone, and leaves those of live runs alone.
+//! does not exist or is complete. The working directory's name records its owner
+//! (`.cmbuild-run-<pid>-<start time>-<random>`), so a directory never exists without one, even
+//! when the run is killed the instant after creating it; the next run under the same `OUT`
+//! removes the working directories of owners that are gone, and leaves those of live runs
+//! alone.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 /// The name prefix of a run's working directory.
 pub const PREFIX: &str = ".cmbuild-run-";
-/// The file in a working directory naming its owner.
-const OWNER: &str = "owner";
-/// A working directory without an owner file younger than this may be a run that has only
-/// just created it.
-const OWNERLESS_GRACE: Duration = Duration::from_secs(60);
-
 /// A run's working directory, removed when dropped.
 pub struct WorkDir {
     dir: tempfile::TempDir,
@@ -32,10 +27,10 @@ impl WorkDir {
     pub fn create(out_dir: &Path) -> io::Result<WorkDir> {
         fs::create_dir_all(out_dir)?;
         clean_stale(out_dir)?;
+        let (pid, start) = owner_of_self()?;
         let dir = tempfile::Builder::new()
-            .prefix(PREFIX)
+            .prefix(&format!("{PREFIX}{pid}-{start}-"))
             .tempdir_in(out_dir)?;
-        write_synced(&dir.path().join(OWNER), owner_of_self()?.as_bytes(), 0o644)?;
         Ok(WorkDir { dir })
     }
 
@@ -45,35 +40,37 @@ impl WorkDir {
     }
 }
 
-/// `"<pid> <start time>"` of a process, from `/proc`; `None` if it does not exist.
-fn owner_of(pid: u32) -> Option<String> {
+/// The start time (in clock ticks since boot) of process `pid`, from `/proc`; `None` if it
+/// does not exist.
+fn start_time_of(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which is in parentheses and may hold spaces); the start
     // time is field 22 of the whole line, the 20th after the name.
     let after = stat.rsplit_once(')')?.1;
-    let start = after.split_whitespace().nth(19)?;
-    Some(format!("{pid} {start}\n"))
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn owner_of_self() -> io::Result<String> {
-    owner_of(std::process::id())
-        .ok_or_else(|| io::Error::other("cannot read this process's start time from /proc"))
+fn owner_of_self() -> io::Result<(u32, u64)> {
+    let pid = std::process::id();
+    let start = start_time_of(pid)
+        .ok_or_else(|| io::Error::other("cannot read this process's start time from /proc"))?;
+    Ok((pid, start))
 }
 
-/// Whether the working directory `dir` belongs to a run that is still alive.
-fn owner_alive(dir: &Path) -> bool {
-    match fs::read_to_string(dir.join(OWNER)) {
-        Ok(text) => {
-            let pid = text.split_whitespace().next().and_then(|p| p.parse().ok());
-            pid.and_then(owner_of).is_some_and(|now| now == text)
-        }
-        // No owner yet: give a run that has just created its directory the benefit of the
-        // doubt for a while.
-        Err(_) => fs::symlink_metadata(dir)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age < OWNERLESS_GRACE),
+/// Whether the working directory named `name` belongs to a run that is still alive: its
+/// name must be `PREFIX<pid>-<start time>-...` of a process that exists with that start
+/// time (a reused pid has another). Anything else under the prefix is a leftover.
+fn owner_alive(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(PREFIX) else {
+        return false;
+    };
+    let mut parts = rest.splitn(3, '-');
+    let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    match (pid.parse::<u32>(), start.parse::<u64>()) {
+        (Ok(pid), Ok(start)) => start_time_of(pid) == Some(start),
+        _ => false,
     }
 }
 
@@ -88,9 +85,9 @@ pub fn clean_stale(out_dir: &Path) -> io::Result<Vec<PathBuf>> {
     };
     for entry in entries {
         let entry = entry?;
-        let is_run_dir =
-            entry.file_name().to_string_lossy().starts_with(PREFIX) && entry.file_type()?.is_dir();
-        if is_run_dir && !owner_alive(&entry.path()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_run_dir = name.starts_with(PREFIX) && entry.file_type()?.is_dir();
+        if is_run_dir && !owner_alive(&name) {
             fs::remove_dir_all(entry.path())?;
             removed.push(entry.path());
         }
@@ -135,24 +132,36 @@ mod tests {
     #[test]
     fn stale_working_directories_go_and_live_ones_stay() {
         let out = tempfile::tempdir().unwrap();
-        // A run that was killed: its owner is a process that no longer exists (the start
-        // time does not match).
-        let dead = out.path().join(format!("{PREFIX}dead"));
+        // A run that was killed: its owner is a process that no longer exists (this pid, but
+        // another start time: a reused pid), one killed by an older cmbuild (no owner in the
+        // name), and one whose pid no kernel hands out.
+        let (pid, start) = owner_of_self().unwrap();
+        let dead = out.path().join(format!("{PREFIX}{pid}-{}-abc", start + 1));
         fs::create_dir_all(dead.join("out/x86_64-unknown-linux-gnu")).unwrap();
-        fs::write(dead.join(OWNER), format!("{} 1\n", std::process::id())).unwrap();
+        let old = out.path().join(format!("{PREFIX}xyz"));
+        fs::create_dir(&old).unwrap();
+        let gone = out.path().join(format!("{PREFIX}4194305-1-q"));
+        fs::create_dir(&gone).unwrap();
         // A run that is alive (this process).
         let live = WorkDir::create(out.path()).unwrap();
         // Something else in OUT.
         fs::create_dir(out.path().join("v0.1.0")).unwrap();
         assert!(!dead.exists(), "the stale directory was not removed");
+        assert!(!old.exists() && !gone.exists());
         assert!(live.path().exists());
         assert_eq!(clean_stale(out.path()).unwrap(), Vec::<PathBuf>::new());
         assert!(live.path().exists() && out.path().join("v0.1.0").exists());
-        let owner = fs::read_to_string(live.path().join(OWNER)).unwrap();
+        let name = live
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         assert!(
-            owner.starts_with(&format!("{} ", std::process::id())),
-            "{owner}"
+            name.starts_with(&format!("{PREFIX}{pid}-{start}-")),
+            "{name}"
         );
+        assert!(owner_alive(&name));
     }
 
     #[test]

@@ -35,6 +35,8 @@ fn write_build(dir: &Path, bins: &[(&str, &[u8])], lock_sha256: &str) {
             toolchain: cid_of(b"toolchain"),
             sha256: Sha256::of(bytes),
             cid: cid_of(bytes),
+            abi: None,
+            toolchain_version: None,
         });
     }
     let manifest = Manifest {
@@ -173,4 +175,116 @@ fn an_empty_published_build_or_one_without_machine_json_fails() {
     let (code, out) = compare(&a, &b);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("has no machine.json"), "{out}");
+}
+
+/// splitmix64: a seeded generator, the same sequence everywhere.
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Published records are hostile: mutated `manifest.json` and `machine.json` (flipped bytes,
+/// cut files, spliced-in JSON tokens) are read and compared in process without a panic, and a
+/// mutated side never passes unless its records still say exactly what the honest side says.
+/// `CMBUILD_FUZZ_CASES` cases (default 300), seed `CMBUILD_FUZZ_SEED`.
+#[test]
+fn mutated_published_records_never_panic_and_never_pass_by_accident() {
+    let cases: usize = std::env::var("CMBUILD_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let mut state: u64 = std::env::var("CMBUILD_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0xc0ffee);
+    eprintln!("CMBUILD_FUZZ_SEED={state}, {cases} cases");
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    let bins: &[(&str, &[u8])] = &[
+        ("x86_64-unknown-linux-gnu", b"x86 bytes"),
+        ("riscv64gc-unknown-linux-gnu", b"riscv bytes"),
+    ];
+    write_build(&a, bins, &"1".repeat(64));
+    write_build(&b, bins, &"1".repeat(64));
+    let honest: Vec<(&str, Vec<u8>)> = ["manifest.json", "machine.json"]
+        .into_iter()
+        .map(|name| (name, std::fs::read(b.join(name)).unwrap()))
+        .collect();
+    let tokens: &[&[u8]] = &[
+        b"\"../../etc/passwd\"",
+        b"\"/abs\"",
+        b"null",
+        b"[]",
+        b"{}",
+        b"-1",
+        b"18446744073709551616",
+        b"\"\\u0000\"",
+        b"\"x86_64-unknown-linux-gnu/../../x\"",
+    ];
+    let cid_of_file = |p: &Path| cmbuild_store::cid::cid_of_file(p);
+    let started = std::time::Instant::now();
+    let (mut passed, mut refused) = (0, 0);
+    for _ in 0..cases {
+        let which = (next(&mut state) % 2) as usize;
+        let (name, original) = &honest[which];
+        let mut bytes = original.clone();
+        match next(&mut state) % 3 {
+            0 => {
+                for _ in 0..1 + next(&mut state) % 4 {
+                    let i = (next(&mut state) as usize) % bytes.len();
+                    bytes[i] ^= 1 << (next(&mut state) % 8);
+                }
+            }
+            1 => bytes.truncate((next(&mut state) as usize) % bytes.len()),
+            _ => {
+                let at = (next(&mut state) as usize) % bytes.len();
+                let len = ((next(&mut state) as usize) % 24).min(bytes.len() - at);
+                let token = tokens[(next(&mut state) as usize) % tokens.len()];
+                bytes.splice(at..at + len, token.iter().copied());
+            }
+        }
+        std::fs::write(b.join(name), &bytes).unwrap();
+        // The readers and the comparison must answer, never panic.
+        let _ = cmbuild::manifest::read_manifest(&b.join("manifest.json"));
+        let _ = cmbuild::manifest::read_machine_record(&b.join("machine.json"));
+        match cmbuild::compare::compare_builds(&a, &b, &cid_of_file) {
+            Ok(report) if report.passed() => {
+                // Only a mutation that left the records' meaning intact may pass (a typed
+                // value such as a digest may change its spelling: upper-case hex is the same
+                // digest). The emulator's version is not part of it: two cmbuild versions
+                // that reach the same root hashes agree.
+                let same = |n: &str| {
+                    if n == "manifest.json" {
+                        let read = |d: &Path| cmbuild::manifest::read_manifest(&d.join(n)).unwrap();
+                        read(&a) == read(&b)
+                    } else {
+                        let read = |d: &Path| {
+                            let mut r = cmbuild::manifest::read_machine_record(&d.join(n)).unwrap();
+                            r.emulator_version.clear();
+                            r
+                        };
+                        read(&a) == read(&b)
+                    }
+                };
+                assert!(
+                    same("manifest.json") && same("machine.json"),
+                    "a mutated {name} passed: {}",
+                    String::from_utf8_lossy(&bytes)
+                );
+                passed += 1;
+            }
+            _ => refused += 1,
+        }
+        std::fs::write(b.join(name), original).unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    eprintln!(
+        "{cases} mutated records: {refused} refused, {passed} passed with the same meaning; {:.0} cases/s",
+        cases as f64 / secs
+    );
+    assert!(refused > cases / 2, "most mutations must be refused");
 }

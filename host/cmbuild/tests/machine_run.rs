@@ -146,3 +146,70 @@ fn the_guest_console_reaches_the_terminal_sanitised() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(o.stdout, b"\\x1b");
 }
+
+/// `--perf-map` appends one well-formed `START SIZE name` line per piece of translated
+/// code to /tmp/perf-<pid>.map, the ranges disjoint, and changes no result.
+#[test]
+fn perf_map_names_translated_blocks_and_changes_nothing() {
+    use cmbuild_machine::bench::{memory_loop, Platform};
+    let tmp = tempfile::tempdir().unwrap();
+    let program = memory_loop(2_000_000, Platform::Cmvm);
+    let image = tmp.path().join("loop.bin");
+    std::fs::write(&image, &program.image).unwrap();
+    let args = [
+        "machine",
+        "run",
+        "--ram-length",
+        "16Mi",
+        "--ram-image",
+        image.to_str().unwrap(),
+        "--final-hash",
+    ];
+    let plain = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
+        .args(args)
+        .output()
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
+        .args(args)
+        .arg("--perf-map")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let map_path = format!("/tmp/perf-{}.map", child.id());
+    let mapped = child.wait_with_output().unwrap();
+    let map = std::fs::read_to_string(&map_path).unwrap();
+    std::fs::remove_file(&map_path).unwrap();
+    assert_eq!(plain.status.code(), Some(0), "{}", stderr(&plain));
+    assert_eq!(
+        (mapped.status.code(), stderr(&mapped)),
+        (plain.status.code(), stderr(&plain))
+    );
+    let mut ranges = Vec::new();
+    let mut blocks = 0;
+    for line in map.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 3, "{line:?}");
+        let start = u64::from_str_radix(f[0], 16).unwrap();
+        let size = u64::from_str_radix(f[1], 16).unwrap();
+        assert!(size > 0, "{line:?}");
+        match f[2].split(':').collect::<Vec<_>>()[..] {
+            ["rv", "entry" | "exit"] => {}
+            ["rv", pc, insns] => {
+                let pc = u64::from_str_radix(pc, 16).unwrap();
+                let insns: u32 = insns.parse().unwrap();
+                assert!(pc >= 0x8000_0000 && (1..=64).contains(&insns), "{line:?}");
+                blocks += 1;
+            }
+            _ => panic!("{line:?}"),
+        }
+        ranges.push((start, start + size));
+    }
+    assert!(blocks > 0, "{map}");
+    ranges.sort();
+    for w in ranges.windows(2) {
+        assert!(w[0].1 <= w[1].0, "overlap: {w:x?}");
+    }
+    // All inside one code region (256 MiB).
+    assert!(ranges.last().unwrap().1 - ranges[0].0 <= 256 << 20);
+}

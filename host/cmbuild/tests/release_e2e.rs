@@ -227,6 +227,59 @@ fn release_builds_reproduce_inside_the_machine() {
         );
     }
 
+    // Each artifact's state proof: identical across the runs, and `prove` / `verify-proof`
+    // check the bytes through the output drive to the attested root hash.
+    let key = work.path().join("e2e.key");
+    assert!(cmbuild(&["key", "generate", "--out", s(&key)])
+        .status
+        .success());
+    let trusted = work.path().join("trusted");
+    std::fs::copy(work.path().join("e2e.key.pub"), &trusted).unwrap();
+    let attestations = work.path().join("attestations");
+    std::fs::create_dir_all(&attestations).unwrap();
+    let out = cmbuild(&[
+        "attest",
+        s(&run1),
+        "--key",
+        s(&key),
+        "--out",
+        s(&attestations.join("e2e.json")),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    for artifact in &manifest.artifacts {
+        let rel = format!("proofs/{}.json", artifact.bin_path);
+        let a = std::fs::read(run1.join(&rel)).unwrap();
+        assert_eq!(a, std::fs::read(run2.join(&rel)).unwrap(), "{rel} differs");
+        println!("{rel}: {} bytes", a.len());
+        let proof = work.path().join(format!("{}.proof.json", artifact.bin));
+        let out = cmbuild(&[
+            "prove",
+            s(&run1),
+            &artifact.bin_path,
+            "--attestations",
+            s(&attestations),
+            "--out",
+            s(&proof),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let out = cmbuild(&[
+            "verify-proof",
+            s(&proof),
+            "--artifact",
+            s(&run1.join(&artifact.bin_path)),
+            "--trusted-keys",
+            s(&trusted),
+            "--threshold",
+            "1",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("state proof: the bytes lie on the output drive of machine/"),
+            "{text}"
+        );
+    }
+
     // compare on the real outputs: a flipped byte (with an honest manifest) is output
     // drift; a different Cargo.lock hash is input drift.
     let flipped = work.path().join("flipped");

@@ -72,11 +72,10 @@ fn the_next_run_removes_a_killed_runs_working_directory() {
     let root = tempfile::tempdir().unwrap();
     let project = project(root.path());
     let out = root.path().join("builds");
-    let stale = out.join(format!("{PREFIX}killed"));
+    // Its owner, named in the directory: a process id no kernel hands out.
+    let stale = out.join(format!("{PREFIX}4194305-1-killed"));
     std::fs::create_dir_all(stale.join("out/x86_64-unknown-linux-gnu")).unwrap();
     std::fs::write(stale.join("out/x86_64-unknown-linux-gnu/p"), b"half").unwrap();
-    // Its owner: a process id no kernel hands out.
-    std::fs::write(stale.join("owner"), "4194305 1\n").unwrap();
     let mirror = root.path().join("empty-mirror");
     let output = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
         .args(["run", "--release", "v0.1.0", "--project"])
@@ -116,6 +115,11 @@ fn fake_job(out: &Path, rev: &str) -> ReleaseJob {
             targets: vec![target],
             cargo_flags: Vec::new(),
             bins: Vec::new(),
+        },
+        toolchain: cmbuild_image::toolchain::RustVersion {
+            major: 1,
+            minor: 85,
+            patch: 1,
         },
     }
 }

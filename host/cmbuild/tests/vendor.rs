@@ -190,6 +190,33 @@ fn missing_lock_is_a_clear_error() {
 }
 
 #[test]
+fn a_package_name_that_is_a_path_is_refused_and_the_index_still_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = copy_example(tmp.path());
+    let lock = fs::read_to_string(project.join("Cargo.lock")).unwrap();
+    let evil = format!(
+        "{lock}\n[[package]]\nname = \"evil/x\"\nversion = \"1.0.0\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\nchecksum = \"{}\"\n",
+        "ab".repeat(32)
+    );
+    fs::write(project.join("Cargo.lock"), evil).unwrap();
+    let mirror = tmp.path().join("mirror");
+    let out = vendor(&project, &mirror, &[]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("\"evil/x\" is not a crate name"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(blob_names(&mirror).is_empty());
+    // Nothing was recorded, and what is there loads.
+    assert!(index_keys(&mirror).iter().all(|k| !k.contains("evil")));
+    cmbuild_store::mirror::Mirror::open(&mirror)
+        .unwrap()
+        .load_index()
+        .unwrap();
+}
+
+#[test]
 fn malformed_lock_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let project = copy_example(tmp.path());

@@ -22,14 +22,6 @@ pub enum AssembleError {
     /// A pin the image needs is missing or not a CID.
     #[error("{0}")]
     Pins(#[from] PinsError),
-    /// A pinned value is not a content ID.
-    #[error("{key} is pinned to {value:?}, which is not a content ID")]
-    NotACid {
-        /// The pin.
-        key: String,
-        /// Its value.
-        value: String,
-    },
     /// Building the image failed (typically: a locked package is not in the mirror).
     #[error("assembling the guest image from the mirror's Debian packages (run `cmbuild vendor` to fetch them)")]
     Build(#[source] Box<ImageError>),
@@ -73,14 +65,7 @@ pub enum AssembleError {
 pub fn pinned_files(pins: &Pins) -> Result<Vec<(&'static str, &'static str, Cid)>, AssembleError> {
     pins::IMAGE_FILES
         .iter()
-        .map(|(key, file)| {
-            let value = pins::require(pins, key)?;
-            let cid = value.parse().map_err(|_| AssembleError::NotACid {
-                key: (*key).to_owned(),
-                value: value.to_owned(),
-            })?;
-            Ok((*key, *file, cid))
-        })
+        .map(|(key, file)| Ok((*key, *file, pins::require_cid(pins, key)?)))
         .collect()
 }
 

@@ -28,6 +28,14 @@ pub enum HttpError {
         #[source]
         source: Box<ureq::Transport>,
     },
+    /// {url} sends more than the {limit} bytes expected
+    #[error("{url} sends more than the {limit} bytes expected")]
+    TooLarge {
+        /// The URL asked for.
+        url: String,
+        /// The cap: the size InRelease or the index gives, else [`MAX_UNSIZED`].
+        limit: u64,
+    },
     /// {url}: reading the body failed
     #[error("{url}: reading the body failed")]
     Body {
@@ -39,12 +47,18 @@ pub enum HttpError {
     },
 }
 
+/// The cap on an archive file whose size nothing pins (InRelease: about 200 KiB).
+pub const MAX_UNSIZED: u64 = 16 << 20;
+/// The deadline of one request, body included.
+pub const DEADLINE: Duration = Duration::from_secs(30 * 60);
+
 /// The archive over HTTP(S). Indices fetched by hash are cached in `cache_dir` (checked
 /// again before use); packages are not: the mirror is their cache.
 pub struct HttpArchive {
     base_url: String,
     cache_dir: Option<PathBuf>,
     agent: ureq::Agent,
+    attempts: u64,
 }
 
 impl HttpArchive {
@@ -53,25 +67,53 @@ impl HttpArchive {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(30))
             .timeout_read(Duration::from_secs(120))
+            .timeout(DEADLINE)
             .build();
         HttpArchive {
             base_url: base_url.to_string(),
             cache_dir,
             agent,
+            attempts: 3,
         }
     }
 
-    fn get(&self, url: &str) -> Result<Vec<u8>, HttpError> {
+    /// Sets the longest wait for one read, the deadline of one request (body included) and
+    /// how many attempts a request gets.
+    pub fn with_timeouts(mut self, read: Duration, deadline: Duration, attempts: u64) -> Self {
+        self.agent = ureq::AgentBuilder::new()
+            .timeout_connect(read.min(deadline))
+            .timeout_read(read.min(deadline))
+            .timeout(deadline)
+            .build();
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    /// The body of `url`, streamed and refused past `limit` bytes.
+    pub fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, HttpError> {
         let mut last_error: Option<HttpError> = None;
         // Mirrors drop connections now and then; a few retries keep a long lock going.
-        for attempt in 0..3u64 {
+        for attempt in 0..self.attempts {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_secs(2 * attempt));
             }
             match self.agent.get(url).call() {
                 Ok(response) => {
-                    let mut bytes = Vec::new();
-                    match response.into_reader().read_to_end(&mut bytes) {
+                    let announced = response
+                        .header("content-length")
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let too_large = || HttpError::TooLarge {
+                        url: url.to_owned(),
+                        limit,
+                    };
+                    if announced.is_some_and(|n| n > limit) {
+                        return Err(too_large());
+                    }
+                    // Never more than one byte past the cap, and no buffer sized by the server.
+                    let mut bytes = Vec::with_capacity(limit.min(1 << 20) as usize);
+                    let mut body = response.into_reader().take(limit.saturating_add(1));
+                    match body.read_to_end(&mut bytes) {
+                        Ok(_) if bytes.len() as u64 > limit => return Err(too_large()),
                         Ok(_) => return Ok(bytes),
                         Err(source) => {
                             last_error = Some(HttpError::Body {
@@ -101,7 +143,12 @@ impl HttpArchive {
 }
 
 impl Archive for HttpArchive {
-    fn fetch(&mut self, path: &str, sha256: Option<&Sha256>) -> Result<Vec<u8>, BoxError> {
+    fn fetch(
+        &mut self,
+        path: &str,
+        sha256: Option<&Sha256>,
+        size: Option<u64>,
+    ) -> Result<Vec<u8>, BoxError> {
         let url = format!("{}/{path}", self.base_url);
         let cached = match (&self.cache_dir, sha256) {
             (Some(dir), Some(hash)) if path.starts_with("dists/") => {
@@ -116,7 +163,7 @@ impl Archive for HttpArchive {
                 }
             }
         }
-        let bytes = self.get(&url)?;
+        let bytes = self.get(&url, size.unwrap_or(MAX_UNSIZED))?;
         if let Some(file) = &cached {
             if Some(&Sha256::of(&bytes)) == sha256 {
                 // A cache is an optimisation: failing to fill it is no reason to fail.

@@ -3,7 +3,8 @@
 //! and its deterministic assembly from the locked `.deb`s ([`deb`] extraction, [`rootfs`]
 //! merging and fixups, the [`erofs`] and [`cpio`] writers, the [`initramfs`], and
 //! [`image`], the whole build); and the facts the host and the guest share: the supported
-//! target triples ([`triple`]) and the pins file ([`pins`]).
+//! target triples ([`triple`]), the pinned Rust toolchains ([`toolchain`]) and the pins
+//! file ([`pins`]).
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -21,4 +22,5 @@ pub mod locking;
 pub mod pins;
 pub mod resolve;
 pub mod rootfs;
+pub mod toolchain;
 pub mod triple;

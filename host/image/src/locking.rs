@@ -93,10 +93,16 @@ pub enum LockError {
 
 /// Where archive files come from: the network in `cmbuild image lock`, a map in tests.
 pub trait Archive {
-    /// The bytes of `path` below the archive root. `sha256`, when given, is what the caller
-    /// will insist on: an implementation may serve a cached copy by it (the caller
-    /// re-verifies whatever comes back).
-    fn fetch(&mut self, path: &str, sha256: Option<&Sha256>) -> Result<Vec<u8>, BoxError>;
+    /// The bytes of `path` below the archive root. `sha256` and `size`, when given, are what
+    /// the caller will insist on: an implementation may serve a cached copy by the hash
+    /// (the caller re-verifies whatever comes back), and should read no more than `size`
+    /// (plus one byte, to tell that the server sent too much).
+    fn fetch(
+        &mut self,
+        path: &str,
+        sha256: Option<&Sha256>,
+        size: Option<u64>,
+    ) -> Result<Vec<u8>, BoxError>;
 }
 
 /// Where verified `.deb` files are kept: the content-addressed mirror.
@@ -200,7 +206,7 @@ pub fn resolve_request(
 ) -> Result<Resolution, LockError> {
     let dists = format!("dists/{}", request.suite);
     let inrelease_path = format!("{dists}/InRelease");
-    let inrelease = fetch(archive, &inrelease_path, None)?;
+    let inrelease = fetch(archive, &inrelease_path, None, None)?;
     let signed = debian::verify_inrelease(&inrelease, &options.keyring)?;
     let release = debian::parse_release(&signed)?;
     release.check_codename(&request.suite)?;
@@ -220,7 +226,7 @@ pub fn resolve_request(
             (true, Some((dir, _))) => format!("{dists}/{dir}/by-hash/SHA256/{}", entry.sha256),
             _ => format!("{dists}/{path}"),
         };
-        let compressed = fetch(archive, &remote, Some(&entry.sha256))?;
+        let compressed = fetch(archive, &remote, Some(&entry.sha256), Some(entry.size))?;
         release.check_index(&path, &compressed)?;
         let text = gunzip_text(&path, &compressed)?;
         let parsed = debian::parse_packages(&text)?;
@@ -286,7 +292,12 @@ pub fn pin_packages(
             done,
             of: missing.len(),
         });
-        let bytes = fetch(archive, &entry.filename, Some(&entry.sha256))?;
+        let bytes = fetch(
+            archive,
+            &entry.filename,
+            Some(&entry.sha256),
+            Some(entry.size),
+        )?;
         check_package(entry, &bytes)?;
         entry.cid = cmbuild_store::cid::cid_of_bytes(&bytes);
         store
@@ -361,7 +372,12 @@ pub fn vendor_locked_packages(
             done,
             of: missing.len(),
         });
-        let bytes = fetch(archive, &package.filename, Some(&package.sha256))?;
+        let bytes = fetch(
+            archive,
+            &package.filename,
+            Some(&package.sha256),
+            Some(package.size),
+        )?;
         check_package(package, &bytes)?;
         let cid = cmbuild_store::cid::cid_of_bytes(&bytes);
         if cid != package.cid {
@@ -480,9 +496,10 @@ fn fetch(
     archive: &mut dyn Archive,
     path: &str,
     sha256: Option<&Sha256>,
+    size: Option<u64>,
 ) -> Result<Vec<u8>, LockError> {
     archive
-        .fetch(path, sha256)
+        .fetch(path, sha256, size)
         .map_err(|source| LockError::Fetch {
             path: path.to_string(),
             source,
@@ -561,7 +578,12 @@ mod tests {
     }
 
     impl Archive for FakeArchive {
-        fn fetch(&mut self, path: &str, _sha256: Option<&Sha256>) -> Result<Vec<u8>, BoxError> {
+        fn fetch(
+            &mut self,
+            path: &str,
+            _sha256: Option<&Sha256>,
+            _size: Option<u64>,
+        ) -> Result<Vec<u8>, BoxError> {
             self.fetched.push(path.to_string());
             self.files
                 .get(path)

@@ -120,8 +120,13 @@ pub fn require_cid(pins: &Pins, key: &str) -> Result<Cid, PinsError> {
 /// The toolchain pin of a target triple: `RUST_TOOLCHAIN__X86_64_UNKNOWN_LINUX_GNU` (the
 /// triple upper-cased, every character other than a letter or digit turned into `_`).
 pub fn toolchain_key(triple: Triple) -> String {
+    toolchain_key_of(triple.as_str())
+}
+
+/// [`toolchain_key`] of a triple named by text (a published record's, which may name a
+/// triple this cmbuild does not support).
+pub fn toolchain_key_of(triple: &str) -> String {
     let upper: String = triple
-        .as_str()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {

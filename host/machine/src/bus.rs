@@ -68,6 +68,9 @@ pub struct Bus {
     pub devices: Devices,
     /// Console bytes the guest wrote (HTIF and UART), for the caller to drain.
     pub console: Vec<u8>,
+    /// Guest stores to flash drives since this bus was built (or its machine loaded):
+    /// host bookkeeping for stall detection, not state (never saved nor hashed).
+    pub flash_stores: u64,
 }
 
 impl Bus {
@@ -80,6 +83,7 @@ impl Bus {
             dtb,
             devices: Devices::new(),
             console: Vec::new(),
+            flash_stores: 0,
         }
     }
 
@@ -110,7 +114,12 @@ impl Bus {
     pub fn region_mut(&mut self, region: RegionId) -> &mut MemRange {
         match region.flash_index() {
             None => &mut self.ram,
-            Some(i) => &mut self.flash[i].mem,
+            Some(i) => {
+                // Every guest store to a flash drive comes through here (translated code
+                // stores to RAM only).
+                self.flash_stores = self.flash_stores.wrapping_add(1);
+                &mut self.flash[i].mem
+            }
         }
     }
 

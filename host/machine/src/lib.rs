@@ -13,7 +13,8 @@
 //! [`bus::RegionId`]); the devices behind one [`devices::Device`] trait, placed by the one
 //! table in [`board`] (`board_devices!`: a new device is a row there plus its trait
 //! implementation, and the bus, the state hash, snapshots and the device tree follow);
-//! the state hash in [`machine`] and [`merkle`]; snapshots as bytes in [`snapshot`] (the
+//! the state hash in [`machine`] and [`merkle`], proofs that bytes are in it in
+//! [`range_proof`]; snapshots as bytes in [`snapshot`] (the
 //! directory form is `cmbuild`'s `snapshot_dir`).
 
 #![warn(missing_docs)]
@@ -28,6 +29,7 @@ pub mod hart;
 pub mod machine;
 pub mod memory;
 pub mod merkle;
+pub mod range_proof;
 pub mod snapshot;
 pub mod softfloat;
 pub mod state;

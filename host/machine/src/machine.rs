@@ -315,6 +315,18 @@ impl Machine {
         self.hart.mcycle
     }
 
+    /// Cycles the hart spent asleep in WFI since this machine was built or loaded (not
+    /// state: see [`Hart::idle_cycles`]).
+    pub fn idle_cycles(&self) -> u64 {
+        self.hart.idle_cycles
+    }
+
+    /// Guest stores to flash drives since this machine was built or loaded (not state:
+    /// see [`Bus::flash_stores`]).
+    pub fn drive_stores(&self) -> u64 {
+        self.bus.flash_stores
+    }
+
     /// Takes the console bytes written since the last call.
     pub fn drain_console(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.bus.console)
@@ -358,8 +370,11 @@ impl Machine {
         format!("{HASH_SCHEME}:{hex}")
     }
 
-    /// The state hash as bytes, updating the page trees from the dirty pages.
-    pub fn root_hash_bytes(&mut self) -> merkle::Hash {
+    /// The top-level leaves of the state hash, in order: the state leaf, the device-tree
+    /// ROM's root, RAM's root, each flash drive's root (from leaf
+    /// [`Machine::FLASH_LEAVES_START`]); [`merkle::combine_leaves`] of them is the state
+    /// hash. Updates the page trees from the dirty pages.
+    pub fn hash_leaves(&mut self) -> Vec<merkle::Hash> {
         let old = self.trees.take();
         let ranges = self.memory_ranges_mut();
         let trees = match old {
@@ -383,7 +398,21 @@ impl Machine {
         let mut leaves = vec![self.state_leaf(), self.dtb_root()];
         leaves.extend(trees.iter().map(PageTree::root));
         self.trees = Some(trees);
-        merkle::combine_leaves(&leaves)
+        leaves
+    }
+
+    /// The state hash as bytes, updating the page trees from the dirty pages.
+    pub fn root_hash_bytes(&mut self) -> merkle::Hash {
+        merkle::combine_leaves(&self.hash_leaves())
+    }
+
+    /// Top-level leaf of flash drive 0 (the state, the device tree and RAM come first).
+    pub const FLASH_LEAVES_START: usize = 3;
+
+    /// The page tree of memory range `index` (0 = RAM, `1 + i` = flash drive `i`) as of the
+    /// last hash, if the trees are built.
+    pub(crate) fn page_tree(&self, index: usize) -> Option<&PageTree> {
+        self.trees.as_ref()?.get(index)
     }
 
     /// The state hash recomputed from scratch (no page tree reused), to check the
@@ -494,6 +523,41 @@ mod tests {
         ]);
         assert_eq!(m.root_hash_bytes(), expected);
         assert_eq!(m.root_hash_from_scratch(), expected);
+    }
+
+    #[test]
+    fn idle_and_drive_store_counters_are_not_state() {
+        // sd zero to the flash drive, then wfi with no interrupt enabled: sleeps to the limit.
+        let mut cfg = config("x");
+        cfg.flash_drives.push(FlashConfig {
+            label: "d".into(),
+            image: vec![0; 4096],
+            shared: false,
+        });
+        let flash = Machine::new(&cfg).unwrap().bus.flash[0].mem.start;
+        let mut program = Vec::new();
+        // auipc t0, (flash - RAM_BASE) >> 12 (page aligned, a little above RAM)
+        let auipc = 0x297 | (((flash - RAM_BASE) as u32 >> 12) << 12);
+        // sd zero, 0(t0); wfi; j .-4 (back to the wfi)
+        for insn in [auipc, 0x0002_b023, 0x1050_0073, 0xffdf_f06f] {
+            program.extend_from_slice(&u32::to_le_bytes(insn));
+        }
+        cfg.ram_image = Some(program);
+        let mut m2 = Machine::new(&cfg).unwrap();
+        let before = m2.root_hash();
+        let mut state = Vec::new();
+        m2.save_state(&mut state);
+        assert_eq!((m2.idle_cycles(), m2.drive_stores()), (0, 0));
+        m2.run(1000);
+        assert_eq!(m2.drive_stores(), 1);
+        assert!(m2.idle_cycles() >= 990, "{}", m2.idle_cycles());
+        // A machine with other counters but the same state has the same hash.
+        let mut twin = Machine::new(&cfg).unwrap();
+        twin.run(1000);
+        twin.hart.idle_cycles = 0;
+        twin.bus.flash_stores = 7;
+        assert_eq!(twin.root_hash(), m2.root_hash());
+        assert_ne!(before, m2.root_hash());
     }
 
     #[test]

@@ -281,6 +281,20 @@ impl PageTree {
     pub fn pages(&self) -> usize {
         self.pages
     }
+
+    /// Height of the tree: its padded leaves number `2^height`.
+    pub fn height(&self) -> usize {
+        self.levels.len() - 1
+    }
+
+    /// Node `index` of `level` (0 = the page leaves); `[0; 32]` outside the tree.
+    pub fn node(&self, level: usize, index: usize) -> Hash {
+        self.levels
+            .get(level)
+            .and_then(|l| l.get(index))
+            .copied()
+            .unwrap_or([0; 32])
+    }
 }
 
 #[cfg(test)]

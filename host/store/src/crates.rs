@@ -16,6 +16,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::cid::Cid;
+use crate::lockfile::{is_valid_crate_name, is_valid_version};
 use crate::mirror::{Mirror, MirrorError};
 use crate::sha256::Sha256;
 use crate::tarball::{Limits, TarError, TarReader};
@@ -38,6 +39,14 @@ pub enum CrateError {
         expected: Sha256,
         /// What was found.
         actual: Sha256,
+    },
+    /// {name:?} {version:?} is not a crate name and version; nothing was written
+    #[error("{name:?} {version:?} is not a crate name and version; nothing was written")]
+    BadName {
+        /// The refused name.
+        name: String,
+        /// The refused version.
+        version: String,
     },
     /// {name} {version}: the archive is not a readable .crate (gzip tar within the caps)
     #[error("{name} {version}: the archive is not a readable .crate (gzip tar within the caps)")]
@@ -204,6 +213,13 @@ pub fn unpack_crate(
     sha256: &Sha256,
     parent: &Path,
 ) -> Result<PathBuf, CrateError> {
+    // Name and version become a directory name: never a path of their own.
+    if !is_valid_crate_name(name) || !is_valid_version(version) {
+        return Err(CrateError::BadName {
+            name: name.chars().take(80).collect(),
+            version: version.chars().take(80).collect(),
+        });
+    }
     let actual = Sha256::of(archive);
     if actual != *sha256 {
         return Err(CrateError::Checksum {
@@ -509,6 +525,18 @@ mod tests {
             0,
             "nothing written"
         );
+    }
+
+    #[test]
+    fn a_name_or_version_that_is_a_path_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().join("vendor");
+        let archive = make_crate(&[("x-1.0.0/Cargo.toml", b"", 0o644)]);
+        for (name, version) in [("../x", "1.0.0"), ("x", "1.0.0/../../y"), ("/x", "1")] {
+            let err = unpack_crate(&archive, name, version, &sha(&archive), &parent).unwrap_err();
+            assert!(matches!(err, CrateError::BadName { .. }), "{err}");
+        }
+        assert!(!parent.exists());
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! under its CID. Anything else (a wrong hash, a broken connection, an HTTP error) leaves
 //! nothing in the mirror. Transient failures (connection problems, timeouts, HTTP 408, 429
 //! and 5xx, a body cut short) are retried with a growing pause.
+//!
+//! Every download is bounded: by the size the pin gives when there is one (a Debian
+//! package's `Size`), else by [`Downloader::max_size`] (crates: [`MAX_CRATE_SIZE`]); at most
+//! one byte past the cap is read before the download is refused, so a lying server cannot
+//! make the mirror store more. Each attempt also has an overall deadline, so a server that
+//! trickles a byte now and then cannot stall a command for ever.
 
 use std::io::{self, Read, Write};
 use std::time::Duration;
@@ -14,6 +20,13 @@ use crate::sha256::Sha256;
 
 /// How often a transient failure is tried again, in all.
 const DEFAULT_ATTEMPTS: u32 = 4;
+/// The cap on a download whose size the pin does not give (crates.io's `.crate` files:
+/// crates.io itself refuses uploads over 10 MiB).
+pub const MAX_CRATE_SIZE: u64 = 64 << 20;
+/// The default deadline of one attempt, body included.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30 * 60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Errors of a download.
@@ -61,6 +74,14 @@ pub enum DownloadError {
         /// What was found.
         actual: Sha256,
     },
+    /// {url} sends more than the {limit} bytes expected; nothing was stored
+    #[error("{url} sends more than the {limit} bytes expected; nothing was stored")]
+    TooLarge {
+        /// The URL fetched.
+        url: String,
+        /// The cap: the pinned size, or [`Downloader::max_size`].
+        limit: u64,
+    },
     /// the mirror refused the download of {url}
     #[error("the mirror refused the download of {url}")]
     Mirror {
@@ -84,6 +105,18 @@ pub struct Downloader {
     agent: ureq::Agent,
     attempts: u32,
     backoff: Duration,
+    max_size: u64,
+}
+
+fn make_agent(read_timeout: Duration, deadline: Duration) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(CONNECT_TIMEOUT.min(deadline))
+        .timeout_read(read_timeout.min(deadline))
+        // ureq's overall timeout covers connecting and reading the whole body.
+        .timeout(deadline)
+        .user_agent(concat!("cmbuild/", env!("CARGO_PKG_VERSION")))
+        .try_proxy_from_env(true)
+        .build()
 }
 
 impl Default for Downloader {
@@ -95,17 +128,29 @@ impl Default for Downloader {
 impl Downloader {
     /// A downloader with the default timeouts and retries.
     pub fn new() -> Downloader {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(30))
-            .timeout_read(Duration::from_secs(60))
-            .user_agent(concat!("cmbuild/", env!("CARGO_PKG_VERSION")))
-            .try_proxy_from_env(true)
-            .build();
         Downloader {
-            agent,
+            agent: make_agent(READ_TIMEOUT, DEFAULT_DEADLINE),
             attempts: DEFAULT_ATTEMPTS,
             backoff: DEFAULT_BACKOFF,
+            max_size: MAX_CRATE_SIZE,
         }
+    }
+
+    /// Sets the overall deadline of one attempt and the longest wait for a single read.
+    pub fn with_deadline(mut self, deadline: Duration, read_timeout: Duration) -> Downloader {
+        self.agent = make_agent(read_timeout, deadline);
+        self
+    }
+
+    /// Sets the cap on downloads whose size is not pinned.
+    pub fn with_max_size(mut self, max_size: u64) -> Downloader {
+        self.max_size = max_size;
+        self
+    }
+
+    /// The cap on downloads whose size is not pinned.
+    pub fn max_size(&self) -> u64 {
+        self.max_size
     }
 
     /// Sets how many attempts a transient failure gets and the first pause (doubling after).
@@ -115,19 +160,22 @@ impl Downloader {
         self
     }
 
-    /// Downloads `url` into `mirror`; commits it only if its sha256 is `expected_sha256`.
+    /// Downloads `url` into `mirror`; commits it only if its sha256 is `expected_sha256` (and
+    /// its size `expected_size`, when given; otherwise it may not exceed [`Self::max_size`]).
     /// `progress(done, total)` reports the bytes of the current attempt (`done` starts again
     /// from 0 when an attempt is retried) and the length the server announced.
     pub fn fetch_to_mirror(
         &self,
         url: &str,
         expected_sha256: &Sha256,
+        expected_size: Option<u64>,
         mirror: &Mirror,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<Stored, DownloadError> {
         let mut attempt = 1;
+        let limit = expected_size.unwrap_or(self.max_size);
         loop {
-            match self.try_once(url, attempt, expected_sha256, mirror, progress) {
+            match self.try_once(url, attempt, expected_sha256, limit, mirror, progress) {
                 Ok(stored) => return Ok(stored),
                 Err(Failure::Transient(_)) if attempt < self.attempts => {
                     std::thread::sleep(self.backoff * 2u32.pow(attempt - 1));
@@ -143,9 +191,16 @@ impl Downloader {
         url: &str,
         attempts: u32,
         expected_sha256: &Sha256,
+        limit: u64,
         mirror: &Mirror,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<Stored, Failure> {
+        let too_large = || {
+            Failure::Final(DownloadError::TooLarge {
+                url: url.to_owned(),
+                limit,
+            })
+        };
         let mirror_error = |source| {
             Failure::Final(DownloadError::Mirror {
                 url: url.to_owned(),
@@ -178,7 +233,11 @@ impl Downloader {
         let total = response
             .header("content-length")
             .and_then(|v| v.parse::<u64>().ok());
-        let mut body = response.into_reader();
+        if total.is_some_and(|total| total > limit) {
+            return Err(too_large());
+        }
+        // One byte past the cap is enough to know the server lies.
+        let mut body = response.into_reader().take(limit.saturating_add(1));
         let mut writer = mirror.begin_blob().map_err(mirror_error)?;
         let mut buffer = vec![0u8; 256 * 1024];
         let mut done = 0u64;
@@ -197,6 +256,10 @@ impl Downloader {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(body_error(err)),
             };
+            if done + n as u64 > limit {
+                // Dropping the writer removes what was staged.
+                return Err(too_large());
+            }
             writer.write_all(&buffer[..n]).map_err(|source| {
                 mirror_error(MirrorError::Io {
                     action: "write",
@@ -295,9 +358,13 @@ mod tests {
         let sha = Sha256::of(&body);
         let mut last = (0, None);
         let stored = fast()
-            .fetch_to_mirror(&format!("{url}/x.crate"), &sha, &mirror, &mut |d, t| {
-                last = (d, t)
-            })
+            .fetch_to_mirror(
+                &format!("{url}/x.crate"),
+                &sha,
+                None,
+                &mirror,
+                &mut |d, t| last = (d, t),
+            )
             .unwrap();
         assert_eq!(seen.lock().unwrap().len(), 3);
         assert_eq!(last, (body.len() as u64, Some(body.len() as u64)));
@@ -314,6 +381,7 @@ mod tests {
             .fetch_to_mirror(
                 &format!("{url}/gone"),
                 &Sha256::default(),
+                None,
                 &mirror,
                 &mut |_, _| {},
             )
@@ -333,6 +401,7 @@ mod tests {
             .fetch_to_mirror(
                 &url,
                 &Sha256::from_bytes([0xab; 32]),
+                None,
                 &mirror,
                 &mut |_, _| {},
             )
@@ -355,7 +424,7 @@ mod tests {
         let mirror = Mirror::open(dir.path()).unwrap();
         let sha = Sha256::of(b"0123456789");
         let err = fast()
-            .fetch_to_mirror(&url, &sha, &mirror, &mut |_, _| {})
+            .fetch_to_mirror(&url, &sha, None, &mirror, &mut |_, _| {})
             .unwrap_err();
         assert!(
             matches!(err, DownloadError::Body { attempts: 3, .. }),
@@ -380,6 +449,7 @@ mod tests {
             .fetch_to_mirror(
                 &format!("http://127.0.0.1:{port}/x"),
                 &Sha256::default(),
+                None,
                 &mirror,
                 &mut |_, _| {},
             )

@@ -118,6 +118,9 @@ pub struct Options {
     /// Sent as the node-side `timeout` of calls that may wait for blocks the node lacks;
     /// without it a node with no peers waits for ever on a missing CID.
     pub node_timeout: Duration,
+    /// Bound on one whole request (sending, waiting and reading the answer): a node that
+    /// trickles bytes cannot stall a command for longer.
+    pub deadline: Duration,
     /// Tries per call, the first included (at least 1).
     pub attempts: u32,
     /// Pause before the first retry; doubled before each further one.
@@ -130,6 +133,7 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(120),
             node_timeout: Duration::from_secs(60),
+            deadline: Duration::from_secs(10 * 60),
             attempts: 4,
             retry_pause: Duration::from_millis(250),
         }
@@ -212,6 +216,7 @@ impl Kubo {
             .timeout_connect(options.connect_timeout)
             .timeout_read(options.io_timeout)
             .timeout_write(options.io_timeout)
+            .timeout(options.deadline)
             .build();
         Ok(Kubo {
             base: trimmed.to_owned(),

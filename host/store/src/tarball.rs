@@ -117,7 +117,9 @@ fn truncate(field: &[u8]) -> &[u8] {
 fn number(field: &[u8], name: &'static str) -> Result<u64, TarError> {
     if field[0] & 0x80 != 0 {
         // GNU base-256: the rest of the field, big-endian; only values that fit in u64.
-        let (high, low) = field[1..].split_at(field.len() - 9);
+        // (An 8-byte field holds 7 value bytes; a 12-byte one 11, of which 8 may be used.)
+        let value = &field[1..];
+        let (high, low) = value.split_at(value.len().saturating_sub(8));
         if field[0] != 0x80 || high.iter().any(|&b| b != 0) {
             return Err(TarError::Number(name));
         }
@@ -449,6 +451,17 @@ mod tests {
         assert_eq!(ours[0].path, long.as_bytes());
         assert_eq!(ours[0].mtime, 12345);
         assert_eq!(ours[3].path, b"pax/name");
+    }
+
+    #[test]
+    fn base_256_numbers_in_short_fields_are_read_not_panicked_on() {
+        // Found by the property test: a base-256 mode or checksum field (8 bytes).
+        assert_eq!(number(&[0x80, 0, 0, 0, 0, 0, 1, 2], "mode").unwrap(), 0x102);
+        assert!(number(&[0xff; 8], "mode").is_err());
+        let mut size = [0u8; 12];
+        size[0] = 0x80;
+        size[3] = 1; // beyond 64 bits
+        assert!(number(&size, "size").is_err());
     }
 
     #[test]

@@ -2,14 +2,18 @@
 //! that at least K trusted builders attest it (and, optionally, that every counted attestation
 //! is in a transparency log).
 //!
-//! This is not a proof into a machine's state hash: it does not show that the bytes lie on the
-//! build machine's output drive, only that trusted keys signed statements naming them (see
-//! the crate documentation). Format, canonical JSON with a final newline:
+//! When the build directory holds `proofs/<triple>/<bin>.json` (written by `cmbuild run`),
+//! the proof also carries that state proof ([`crate::state_proof`]): the path from the
+//! artifact's bytes through the output drive's page tree to the machine's state hash. The
+//! verifier, given the artifact's bytes, recomputes that root hash and requires it to be the
+//! one the counted attestations give for the machine that built the artifact's target.
+//! Format, canonical JSON with a final newline:
 //!
 //! ```text
 //! {"artifact": {"name": "<triple>/<bin>", "sha256": <hex>},
 //!  "attestations": [{"envelope": <base64 of the attestation file's exact bytes>,
 //!                    "inclusion": <inclusion proof, when the attestation is logged>}],
+//!  "state": <state proof, when the build has one>,
 //!  "type": "cmbuild-artifact-proof-v1"}
 //! ```
 
@@ -24,6 +28,7 @@ use crate::canonical;
 use crate::dsse::{Envelope, MAX_ENVELOPE_BYTES};
 use crate::files;
 use crate::keys::PublicKey;
+use crate::state_proof::{StateProof, StateProofError};
 use crate::statement::claim_of_statement;
 use crate::threshold::{evaluate, ThresholdError, ThresholdReport};
 use crate::tlog::{entry_of, InclusionProof, Log, LogError};
@@ -80,6 +85,9 @@ pub enum ArtifactProofError {
     /// The proof could not be written canonically.
     #[error(transparent)]
     Canonical(#[from] canonical::CanonicalError),
+    /// The build's state proof could not be read.
+    #[error("the build's state proof: {0}")]
+    State(#[from] StateProofError),
 }
 
 /// The artifact a proof is about.
@@ -114,6 +122,29 @@ pub struct ArtifactProof {
     pub artifact: ProvenArtifact,
     /// Every attestation that names it.
     pub attestations: Vec<ProofAttestation>,
+    /// The path from the artifact's bytes to its machine's state hash, when the build
+    /// directory has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateProof>,
+}
+
+/// What became of an artifact proof's state proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateCheck {
+    /// The proof carries none.
+    Absent,
+    /// Not checked: the artifact's bytes were not given.
+    NotChecked,
+    /// The bytes lie on the output drive of `machine`, whose root hash the counted
+    /// attestations give as `root_hash`.
+    Verified {
+        /// `machine/<targets>`.
+        machine: String,
+        /// Its state hash.
+        root_hash: String,
+    },
+    /// The state proof does not check, and why.
+    Failed(String),
 }
 
 /// The outcome of checking an artifact proof.
@@ -123,7 +154,11 @@ pub struct ArtifactVerdict {
     pub report: ThresholdReport,
     /// Attestations left out before counting (no valid log proof), and why.
     pub excluded: Vec<String>,
-    /// Whether K trusted keys attest this artifact with this digest.
+    /// The state proof's outcome.
+    pub state: StateCheck,
+    /// Whether K trusted keys attest this artifact with this digest (and, when the proof
+    /// carries a state proof and the bytes were given, the bytes lie on the output drive of a
+    /// machine whose root hash they attest).
     pub passed: bool,
 }
 
@@ -169,6 +204,14 @@ pub fn prove(
             inclusion,
         });
     }
+    let state_path = build_dir
+        .join("proofs")
+        .join(format!("{}.json", artifact.name));
+    let state = if state_path.is_file() {
+        Some(StateProof::read(&state_path)?)
+    } else {
+        None
+    };
     if attestations.is_empty() {
         return Err(ArtifactProofError::Unattested {
             dir: attestation_dir.display().to_string(),
@@ -183,6 +226,7 @@ pub fn prove(
             sha256: artifact.sha256.clone(),
         },
         attestations,
+        state,
     })
 }
 
@@ -262,10 +306,60 @@ impl ArtifactProof {
         let names_it = report.reference.as_ref().is_some_and(|r| {
             r.claim.subjects.get(&self.artifact.name) == Some(&self.artifact.sha256)
         });
+        let state = match (&self.state, artifact) {
+            (None, _) => StateCheck::Absent,
+            (Some(_), None) => StateCheck::NotChecked,
+            (Some(proof), Some(bytes)) => self.check_state(proof, bytes, &report),
+        };
         Ok(ArtifactVerdict {
-            passed: report.passed && names_it,
+            passed: report.passed && names_it && !matches!(state, StateCheck::Failed(_)),
             report,
             excluded,
+            state,
         })
+    }
+
+    /// Recomputes the state hash from `bytes` and requires it to be the root hash the
+    /// reference claim gives for the proof's machine, a machine that built this artifact's
+    /// target.
+    fn check_state(
+        &self,
+        proof: &StateProof,
+        bytes: &[u8],
+        report: &ThresholdReport,
+    ) -> StateCheck {
+        let triple = self.artifact.name.split('/').next().unwrap_or_default();
+        let builds_it = proof
+            .machine
+            .strip_prefix("machine/")
+            .is_some_and(|targets| targets.split(',').any(|t| t == triple));
+        if !builds_it {
+            return StateCheck::Failed(format!(
+                "the state proof is about {}, which does not build {triple}",
+                proof.machine
+            ));
+        }
+        let root_hash = match proof.root_hash(bytes) {
+            Ok(root) => root,
+            Err(e) => return StateCheck::Failed(e.to_string()),
+        };
+        let attested = report
+            .reference
+            .as_ref()
+            .and_then(|r| r.claim.roots.get(&proof.machine));
+        match attested {
+            Some(root) if *root == root_hash => StateCheck::Verified {
+                machine: proof.machine.clone(),
+                root_hash,
+            },
+            Some(root) => StateCheck::Failed(format!(
+                "the bytes give {} the root hash {root_hash}; the attestations say {root}",
+                proof.machine
+            )),
+            None => StateCheck::Failed(format!(
+                "no counted attestation gives a root hash for {}",
+                proof.machine
+            )),
+        }
     }
 }

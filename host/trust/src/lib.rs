@@ -87,8 +87,12 @@
 //! `cmbuild prove BUILD_DIR <triple>/<bin>` bundles, for one binary, every attestation that
 //! names it with its digest and each one's log inclusion proof ([`artifact`]); `cmbuild
 //! verify-proof` checks the bundle offline against the user's trusted keys, threshold and
-//! (optionally) log key. It proves that K trusted keys signed statements naming those bytes,
-//! not a path from the bytes into a machine's state hash.
+//! (optionally) log key. It proves that K trusted keys signed statements naming those bytes;
+//! with the build's state proof ([`state_proof`], `proofs/<triple>/<bin>.json`, written by
+//! `cmbuild run`) it also carries the path from the bytes through the output drive's 4 KiB
+//! pages to the machine's state hash, and `verify-proof --artifact` recomputes that root hash
+//! and requires it to be the one the counted attestations give for the machine that built
+//! the artifact's target (see [`state_proof`] for the recipe; no machine crate needed).
 //!
 //! [in-toto Statement v1]: https://github.com/in-toto/attestation/blob/main/spec/v1/statement.md
 //! [SLSA Provenance v1]: https://slsa.dev/spec/v1.0/provenance
@@ -102,6 +106,7 @@ pub mod dsse;
 mod files;
 pub mod keys;
 pub mod merkle;
+pub mod state_proof;
 pub mod statement;
 pub mod threshold;
 pub mod tlog;

@@ -47,19 +47,10 @@ pub struct AttestOptions {
     pub timestamp: Option<String>,
 }
 
-/// `RUST_TOOLCHAIN__<TRIPLE>`: the pin name of a target's toolchain.
+/// `RUST_TOOLCHAIN__<TRIPLE>`: the pin name of a target's toolchain (the pins format's own
+/// definition, [`cmbuild_image::pins::toolchain_key_of`]).
 pub fn toolchain_pin(triple: &str) -> String {
-    let upper: String = triple
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("RUST_TOOLCHAIN__{upper}")
+    cmbuild_image::pins::toolchain_key_of(triple)
 }
 
 fn dependency(name: &str, cid: &str) -> Value {

@@ -72,6 +72,17 @@ struct RunArgs {
     /// cross-checking the translator, at a few times the run time.
     #[arg(long)]
     no_jit: bool,
+    /// Append a symbol for every block of translated code to /tmp/perf-<pid>.map
+    /// (`START SIZE rv:<guest pc>:<instructions>`), so that `perf report` on this process
+    /// names the guest blocks the host time went to. The results are unchanged.
+    #[arg(long)]
+    perf_map: bool,
+    /// Stop the machine when it has made no visible progress (no console byte, no store to
+    /// a flash drive, asleep in WFI) for this many guest seconds (128e6 mcycles each); the
+    /// last console lines are printed and a snapshot is stored in --store DIR, or else in
+    /// ./stalled-at-MCYCLE (exit status 2). 0 never stops it.
+    #[arg(long, default_value_t = cmbuild::watchdog::DEFAULT_STALL_SECONDS, value_name = "SECONDS")]
+    stall_seconds: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +108,11 @@ struct BenchArgs {
     /// Measure the interpreter alone (no translated code).
     #[arg(long)]
     no_jit: bool,
+    /// Append a symbol for every block of translated code to /tmp/perf-<pid>.map
+    /// (`START SIZE rv:<guest pc>:<instructions>`), so that `perf record` of the
+    /// benchmark and `perf report` name the guest blocks.
+    #[arg(long)]
+    perf_map: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
@@ -108,6 +124,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
                 qemu: !a.no_qemu,
                 linux: !a.no_linux,
                 jit: !a.no_jit,
+                perf_map: a.perf_map,
             };
             ops::bench::bench(&opts, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
@@ -178,6 +195,8 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         store: a.store,
         load: a.load,
         jit: !a.no_jit,
+        perf_map: a.perf_map,
+        stall_seconds: a.stall_seconds,
     };
     let outcome = ops::machine::run(&opts, &mut std::io::stdout().lock(), &mut |line| {
         eprintln!("{line}")

@@ -7,9 +7,10 @@ use anyhow::Context;
 ///
 /// Collects every attestation (in --attestations DIR, default BUILD_DIR) whose statement
 /// names ARTIFACT (`<triple>/<bin>`) with the digest BUILD_DIR has for it, and, with --log,
-/// each one's inclusion proof in that transparency log. Ship the file next to the binary;
-/// `cmbuild verify-proof` checks it against the user's trusted keys. (It shows that trusted
-/// keys signed statements naming the bytes, not a path into the machine's state hash.)
+/// each one's inclusion proof in that transparency log, and the build's state proof
+/// (BUILD_DIR/proofs/<triple>/<bin>.json, written by `cmbuild run`): the path from the
+/// binary's bytes through the output drive's pages to the machine's state hash. Ship the
+/// file next to the binary; `cmbuild verify-proof` checks it against the user's trusted keys.
 ///
 /// Example: cmbuild prove builds/v0.1.0 x86_64-unknown-linux-gnu/hello --log log --out hello.proof.json
 #[derive(Debug, clap::Args)]
@@ -47,9 +48,14 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
                 .filter(|a| a.inclusion.is_some())
                 .count();
             println!(
-                "wrote {} ({} attestation(s), {logged} with a log inclusion proof)",
+                "wrote {} ({} attestation(s), {logged} with a log inclusion proof, {})",
                 path.display(),
-                proof.attestations.len()
+                proof.attestations.len(),
+                if proof.state.is_some() {
+                    "with a state proof"
+                } else {
+                    "no state proof in the build directory"
+                }
             );
         }
         None => print!("{}", String::from_utf8(bytes)?),

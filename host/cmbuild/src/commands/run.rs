@@ -26,6 +26,7 @@ use super::common::{ImageDirArg, JobsArg, MirrorArg, PinsArg};
 ///   cmbuild run --release v0.1.0
 ///   cmbuild run --release v0.1.0 --target x86_64-unknown-linux-gnu --out /tmp/builds
 ///   cmbuild run --release v0.1.0 --test-reproduce
+///   cmbuild run --release v0.1.0 --toolchain 1.85
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -42,6 +43,13 @@ pub struct Args {
     /// A profile of cmbuild.toml (packages, bins, features).
     #[arg(long)]
     profile: Option<String>,
+    /// The pinned Rust toolchain to build with: `stable` (the newest pinned), `1.85` (the
+    /// newest pinned 1.85.x) or `1.85.1`. Default: the channel of the commit's
+    /// rust-toolchain / rust-toolchain.toml, else the newest pinned. A channel no pinned
+    /// toolchain matches, or a package whose rust-version is newer, fails before any
+    /// machine boots.
+    #[arg(long, value_name = "VERSION")]
+    toolchain: Option<String>,
     /// Where REV/ is written.
     #[arg(long, default_value = "builds", value_name = "DIR")]
     out: PathBuf,
@@ -60,11 +68,22 @@ pub struct Args {
     /// Stop a machine that has not halted by this mcycle (the run then fails).
     #[arg(long, default_value_t = MachineSettings::default().max_mcycle, value_name = "N")]
     max_mcycle: u64,
+    /// Stop a machine that has made no visible progress (no console byte, no write to a
+    /// drive, asleep in WFI) for this many guest seconds, with its last console lines and a
+    /// snapshot in OUT to debug from (the run then fails); 0 never stops one.
+    #[arg(long, default_value_t = cmbuild::watchdog::DEFAULT_STALL_SECONDS, value_name = "SECONDS")]
+    stall_seconds: u64,
     #[command(flatten)]
     pins: PinsArg,
     /// Run twice, into OUT/run1 and OUT/run2, then compare the two.
     #[arg(long)]
     test_reproduce: bool,
+    /// Append a symbol for every block of translated code of every machine to
+    /// /tmp/perf-<pid>.map (`START SIZE rv:<guest pc>:<instructions>`), so that
+    /// `perf report` on this process names the guest blocks the host time went to. The
+    /// results (artifacts, root hashes) are unchanged.
+    #[arg(long)]
+    perf_map: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
@@ -84,6 +103,9 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         },
         machine_per_target: !args.single_machine,
         pins: args.pins.load()?,
+        toolchain: args.toolchain.clone(),
+        stall_seconds: args.stall_seconds,
+        perf_map: args.perf_map,
     };
     let started = Instant::now();
     let printer = ProgressPrinter::new("cmbuild run");
@@ -213,6 +235,9 @@ fn print_summary(summary: &RunSummary, started: Instant) {
     );
     for a in &summary.manifest.artifacts {
         println!("  {:<30} {:<12} {}  {}", a.target, a.bin, a.sha256, a.cid);
+        if let Some(abi) = &a.abi {
+            println!("  {:<30} {:<12} {}", "", "", abi.summary());
+        }
     }
     for m in &summary.machine.machines {
         println!(

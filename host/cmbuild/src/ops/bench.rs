@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use cmbuild_machine::bench::{integer_loop, memory_loop, Platform, Program};
 use cmbuild_machine::machine::{Break, Machine, MachineConfig, MachineError};
 
+use crate::perf_map::{PerfMap, PerfMapError};
+
 /// Why the benchmark failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -35,6 +37,9 @@ pub enum BenchError {
     /// The report could not be written.
     #[error("writing the report")]
     Output(#[from] std::io::Error),
+    /// The perf map could not be written.
+    #[error(transparent)]
+    PerfMap(#[from] PerfMapError),
 }
 
 type Result<T, E = BenchError> = std::result::Result<T, E>;
@@ -50,6 +55,9 @@ pub struct BenchOptions {
     pub linux: bool,
     /// Run translated code for hot blocks (else the interpreter alone).
     pub jit: bool,
+    /// Append the translated blocks' symbols to `/tmp/perf-<pid>.map` (see
+    /// [`crate::perf_map`]).
+    pub perf_map: bool,
 }
 
 fn read(path: &Path, _what: &str) -> Result<Vec<u8>> {
@@ -61,8 +69,13 @@ fn read(path: &Path, _what: &str) -> Result<Vec<u8>> {
 
 /// Runs the benchmark and writes its report to `out`.
 pub fn bench(opts: &BenchOptions, out: &mut dyn Write) -> Result<(), BenchError> {
-    let (mega, with_qemu, with_linux, jit) =
-        (opts.mega_instructions, opts.qemu, opts.linux, opts.jit);
+    let (mega, with_qemu, with_linux, jit, perf_map) = (
+        opts.mega_instructions,
+        opts.qemu,
+        opts.linux,
+        opts.jit,
+        opts.perf_map,
+    );
     let instructions = mega.max(1) * 1_000_000;
     writeln!(
         out,
@@ -98,7 +111,7 @@ pub fn bench(opts: &BenchOptions, out: &mut dyn Write) -> Result<(), BenchError>
     let mut ratios = Vec::new();
     for make in [integer_loop, memory_loop] {
         let ours = make(instructions, Platform::Cmvm);
-        let secs = time_machine(&ours, jit)?;
+        let secs = time_machine(&ours, jit, perf_map)?;
         let mips = ours.instructions as f64 / secs / 1e6;
         write!(
             out,
@@ -134,7 +147,7 @@ pub fn bench(opts: &BenchOptions, out: &mut dyn Write) -> Result<(), BenchError>
         )?;
     }
     if with_linux {
-        linux_boot(qemu, jit, out)?;
+        linux_boot(qemu, jit, perf_map, out)?;
     }
     Ok(())
 }
@@ -180,7 +193,7 @@ fn boot_inputs() -> Option<BootInputs> {
 
 /// Boots Debian's kernel and the boot-test initramfs to power-off on the machine and
 /// under QEMU, and prints both speeds.
-fn linux_boot(qemu: bool, jit: bool, out: &mut dyn Write) -> Result<()> {
+fn linux_boot(qemu: bool, jit: bool, perf_map: bool, out: &mut dyn Write) -> Result<()> {
     let Some(inputs) = boot_inputs() else {
         writeln!(
             out,
@@ -199,9 +212,13 @@ fn linux_boot(qemu: bool, jit: bool, out: &mut dyn Write) -> Result<()> {
         ..MachineConfig::default()
     })?;
     m.hart.set_jit(jit);
+    let mut map = perf_map.then(|| PerfMap::open(&mut m)).transpose()?;
     let start = Instant::now();
     let brk = m.run(20_000_000_000);
     let secs = start.elapsed().as_secs_f64();
+    if let Some(map) = &mut map {
+        map.drain(&mut m)?;
+    }
     if !matches!(brk, Break::Halted(_)) {
         return Err(BenchError::Failed(format!(
             "the Linux boot did not power off ({brk:?})"
@@ -269,16 +286,20 @@ fn time_qemu_boot(inputs: &BootInputs, append: &str) -> Result<Duration> {
     Ok(elapsed)
 }
 
-fn time_machine(p: &Program, jit: bool) -> Result<f64> {
+fn time_machine(p: &Program, jit: bool, perf_map: bool) -> Result<f64> {
     let mut m = Machine::new(&MachineConfig {
         ram_length: 16 << 20,
         ram_image: Some(p.image.clone()),
         ..MachineConfig::default()
     })?;
     m.hart.set_jit(jit);
+    let mut map = perf_map.then(|| PerfMap::open(&mut m)).transpose()?;
     let start = Instant::now();
     let brk = m.run(p.instructions.saturating_mul(2));
     let secs = start.elapsed().as_secs_f64();
+    if let Some(map) = &mut map {
+        map.drain(&mut m)?;
+    }
     if brk != Break::Halted(0) || m.hart.minstret() != p.instructions {
         return Err(BenchError::Failed(format!(
             "{} did not halt as expected ({brk:?}, {} instructions)",

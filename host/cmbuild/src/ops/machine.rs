@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig, MachineError};
 use cmbuild_machine::snapshot::SnapshotConfig;
 
+use crate::perf_map::{PerfMap, PerfMapError};
 use crate::snapshot_dir::{self, SnapshotDirError};
 use crate::terminal::Stream;
+use crate::watchdog::{Stall, Watchdog};
 
 /// Why `cmbuild machine run` failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,11 +89,32 @@ pub enum MachineRunError {
         path: PathBuf,
         /// What failed.
         #[source]
-        source: io::Error,
+        source: cmbuild_store::atomic::AtomicError,
+    },
+    /// The stall watchdog stopped the machine ([`crate::watchdog`]).
+    #[error(
+        "the machine made no visible progress (no console byte, no drive write, idle) for \
+         {seconds} guest seconds, from mcycle {since_mcycle} to {mcycle}; stopped\n\
+         last console lines:\n{console_tail}\n{snapshot}"
+    )]
+    Stalled {
+        /// Guest seconds without progress.
+        seconds: u64,
+        /// The mcycle of the last progress.
+        since_mcycle: u64,
+        /// The mcycle when stopped.
+        mcycle: u64,
+        /// The last console lines (sanitised guest output).
+        console_tail: String,
+        /// Where the snapshot to debug from was written, or why it was not.
+        snapshot: String,
     },
     /// The console could not be written.
     #[error("writing the console")]
     Console(#[source] io::Error),
+    /// The perf map could not be written.
+    #[error(transparent)]
+    PerfMap(#[from] PerfMapError),
 }
 
 type Result<T, E = MachineRunError> = std::result::Result<T, E>;
@@ -134,6 +157,13 @@ pub struct MachineRunOptions {
     pub load: Option<PathBuf>,
     /// Run translated code for hot blocks (else interpret every instruction).
     pub jit: bool,
+    /// Append the translated blocks' symbols to `/tmp/perf-<pid>.map` (see
+    /// [`crate::perf_map`]).
+    pub perf_map: bool,
+    /// Stop the machine after this many guest seconds without visible progress, leaving a
+    /// snapshot in `store` (or `./stalled-at-MCYCLE`); 0 never stops it (see
+    /// [`crate::watchdog`]).
+    pub stall_seconds: u64,
 }
 
 /// How a machine run ended.
@@ -175,14 +205,12 @@ pub fn run(
                 source,
             })?;
             let targets = write_back_targets(&loaded.config, &opts.flash_drives, note)?;
-            (loaded.machine, Some(loaded.config), targets)
+            (loaded.machine, loaded.config, targets)
         }
         None => {
             let config = build_config(opts)?;
-            let record = opts
-                .store
-                .is_some()
-                .then(|| SnapshotConfig::from_config(&config));
+            // Also what a stalled machine's snapshot records.
+            let record = SnapshotConfig::from_config(&config);
             // A fresh machine writes its shared drives back to the files they came from.
             let targets = opts
                 .flash_drives
@@ -193,19 +221,51 @@ pub fn run(
         }
     };
     machine.hart.set_jit(opts.jit);
+    let mut perf_map = match opts.perf_map {
+        true => Some(PerfMap::open(&mut machine)?),
+        false => None,
+    };
     let limit = opts.max_mcycle.unwrap_or(u64::MAX);
-    let brk = run_streaming(&mut machine, limit, console).map_err(MachineRunError::Console)?;
+    let mut watchdog = Watchdog::new(opts.stall_seconds, &machine);
+    let brk = match run_streaming(
+        &mut machine,
+        limit,
+        console,
+        &mut watchdog,
+        perf_map.as_mut(),
+    )? {
+        Ok(brk) => brk,
+        Err(stall) => {
+            let dir = opts
+                .store
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("stalled-at-{}", stall.mcycle)));
+            let snapshot = crate::watchdog::store_snapshot(&dir, &mut machine, &record);
+            return Err(MachineRunError::Stalled {
+                seconds: stall.seconds,
+                since_mcycle: stall.since_mcycle,
+                mcycle: stall.mcycle,
+                console_tail: stall.console_tail,
+                snapshot,
+            });
+        }
+    };
     for (drive, target) in machine.bus.flash.iter().zip(&targets) {
         if let (true, Some(path)) = (drive.shared, target) {
             let bytes = &drive.mem.bytes()[..drive.image_length as usize];
-            std::fs::write(path, bytes).map_err(|source| MachineRunError::WriteBack {
-                path: path.clone(),
-                source,
+            // Atomically: a run killed while writing back leaves the old drive file or the
+            // new one, never a mix (and its temporary file is removed here, next time).
+            remove_stale_write_back_temps(path);
+            cmbuild_store::atomic::write_atomically(path, bytes).map_err(|source| {
+                MachineRunError::WriteBack {
+                    path: path.clone(),
+                    source,
+                }
             })?;
         }
     }
-    if let (Some(dir), Some(record)) = (&opts.store, &record) {
-        snapshot_dir::store(dir, &mut machine, record).map_err(|source| {
+    if let Some(dir) = &opts.store {
+        snapshot_dir::store(dir, &mut machine, &record).map_err(|source| {
             MachineRunError::Store {
                 dir: dir.clone(),
                 source,
@@ -217,6 +277,41 @@ pub fn run(
         mcycle: machine.mcycle(),
         root_hash: opts.final_hash.then(|| machine.root_hash()),
     })
+}
+
+/// Removes, beside the drive file `path`, the temporary files of write-backs killed midway:
+/// exactly `.tmp-<pid>-<n>` (cmbuild_store::atomic's names) whose process `<pid>` is gone.
+/// Only where `/proc` tells which processes live; anything else is left alone.
+fn remove_stale_write_back_temps(path: &Path) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((pid, n)) = name
+            .strip_prefix(cmbuild_store::atomic::TEMP_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+        else {
+            continue;
+        };
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file
+            && numeric(pid)
+            && numeric(n)
+            && pid != std::process::id().to_string()
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Where each flash drive of a resumed machine is written back at the end of the run:
@@ -292,22 +387,42 @@ fn build_config(opts: &MachineRunOptions) -> Result<MachineConfig> {
     Ok(config)
 }
 
-/// Runs in slices so that console output reaches `out` as the guest produces it.
-fn run_streaming(machine: &mut Machine, limit: u64, out: &mut dyn Write) -> io::Result<Break> {
+/// Runs in slices so that console output reaches `out` (and the translator's symbols the
+/// perf map) as the guest produces it, until the machine breaks (`Ok`) or `watchdog` stops
+/// it (`Err`).
+fn run_streaming(
+    machine: &mut Machine,
+    limit: u64,
+    out: &mut dyn Write,
+    watchdog: &mut Watchdog,
+    mut perf_map: Option<&mut PerfMap>,
+) -> Result<Result<Break, Stall>> {
     const SLICE: u64 = 4_000_000;
     // The guest's console is untrusted: escape sequences are shown, not sent.
     let mut console = Stream::new();
+    let mut write = |text: String| -> Result<()> {
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(MachineRunError::Console)
+    };
     loop {
         let until = machine.mcycle().saturating_add(SLICE).min(limit);
         let brk = machine.run(until);
-        out.write_all(console.push(&machine.drain_console()).as_bytes())?;
-        out.flush()?;
-        match brk {
-            Break::MaxMcycle if until < limit => continue,
-            other => {
-                out.write_all(console.finish().as_bytes())?;
-                out.flush()?;
-                return Ok(other);
+        if let Some(map) = perf_map.as_deref_mut() {
+            map.drain(machine)?;
+        }
+        let bytes = machine.drain_console();
+        write(console.push(&bytes))?;
+        let stall = watchdog.observe(machine, &bytes);
+        match (brk, stall) {
+            (Break::MaxMcycle, Some(stall)) => {
+                write(console.finish())?;
+                return Ok(Err(stall));
+            }
+            (Break::MaxMcycle, None) if until < limit => continue,
+            (other, _) => {
+                write(console.finish())?;
+                return Ok(Ok(other));
             }
         }
     }

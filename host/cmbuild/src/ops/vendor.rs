@@ -9,7 +9,6 @@
 //! with (each must end up in the mirror under exactly its locked CID). `--ipfs-api URL`
 //! then pushes the whole mirror.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use cmbuild_image::lock::{self, Lock, LockFileError};
@@ -22,7 +21,7 @@ use cmbuild_store::sha256::Sha256;
 
 use super::human_size;
 use super::mirror::{MirrorOpError, PushReport};
-use crate::plan::PlanError;
+use crate::workspace::{self, Workspace, WorkspaceError};
 
 /// Where `.crate` files are downloaded from, unless `CMBUILD_CRATES_URL` says otherwise.
 pub const CRATES_URL: &str = "https://static.crates.io/crates";
@@ -33,12 +32,9 @@ pub enum VendorError {
     /// The project's manifest is missing.
     #[error("no Cargo.toml at {}", .0.display())]
     NoManifest(PathBuf),
-    /// `cargo metadata` failed.
-    #[error(transparent)]
-    Metadata(#[from] PlanError),
-    /// `cargo metadata` gave no workspace root.
-    #[error("`cargo metadata` gave no workspace_root")]
-    NoWorkspaceRoot,
+    /// The project's Cargo manifests could not be read.
+    #[error("reading the project's Cargo manifests")]
+    Workspace(#[from] WorkspaceError),
     /// The project's Cargo.lock could not be read.
     #[error(transparent)]
     CargoLock(#[from] CargoLockError),
@@ -246,7 +242,8 @@ impl CargoProject {
         if !manifest.is_file() {
             return Err(VendorError::NoManifest(manifest.to_path_buf()));
         }
-        let workspace = WorkspaceMetadata::read(manifest)?;
+        // Read from the manifests by cmbuild itself: no Rust toolchain on the host takes part.
+        let workspace: Workspace = workspace::read_workspace(&workspace::find_root(manifest)?)?;
         let lock_path = workspace.root.join("Cargo.lock");
         let lock = read_lockfile(&lock_path)?;
         let mut refused = Vec::new();
@@ -254,7 +251,7 @@ impl CargoProject {
         for package in lock.packages {
             match &package.source {
                 Source::CratesIo { sha256 } => crates_io.push((package.clone(), *sha256)),
-                Source::Local if workspace.has_member(&package) => {}
+                Source::Local if workspace.has_member(&package.name, &package.version) => {}
                 Source::Local => refused.push(format!(
                     "{} {} (a path dependency outside the workspace)",
                     package.name, package.version
@@ -292,41 +289,6 @@ impl CargoProject {
                 size: None,
             })
             .collect()
-    }
-}
-
-/// What `cargo metadata --no-deps` says about the workspace.
-struct WorkspaceMetadata {
-    root: PathBuf,
-    members: BTreeSet<(String, String)>,
-}
-
-impl WorkspaceMetadata {
-    fn read(manifest: &Path) -> Result<WorkspaceMetadata> {
-        let json = crate::plan::read_cargo_metadata(manifest)?;
-        let root = json["workspace_root"]
-            .as_str()
-            .ok_or(VendorError::NoWorkspaceRoot)?;
-        let members = json["packages"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| {
-                Some((
-                    p["name"].as_str()?.to_owned(),
-                    p["version"].as_str()?.to_owned(),
-                ))
-            })
-            .collect();
-        Ok(WorkspaceMetadata {
-            root: PathBuf::from(root),
-            members,
-        })
-    }
-
-    fn has_member(&self, package: &Package) -> bool {
-        self.members
-            .contains(&(package.name.clone(), package.version.clone()))
     }
 }
 
@@ -391,7 +353,7 @@ pub fn fetch_all(
             progress.bytes(started + done);
         };
         let stored = downloader
-            .fetch_to_mirror(&item.url, &item.sha256, mirror, &mut on_bytes)
+            .fetch_to_mirror(&item.url, &item.sha256, item.size, mirror, &mut on_bytes)
             .map_err(|source| VendorError::Download {
                 key: item.key.clone(),
                 source: Box::new(source),

@@ -176,6 +176,14 @@ pub fn verify(
             machine: settings,
             machine_per_target: single,
             pins: opts.pins.clone(),
+            // The toolchain the published build recorded (older manifests: the commit's
+            // own choice).
+            toolchain: manifest
+                .artifacts
+                .first()
+                .and_then(|a| a.toolchain_version.clone()),
+            stall_seconds: crate::watchdog::DEFAULT_STALL_SECONDS,
+            perf_map: false,
         };
         let summary = run_release(&run, progress)?;
         // One verdict over every target's comparison.
@@ -219,6 +227,8 @@ mod tests {
                 toolchain: cmbuild_store::cid::cid_of_bytes(b"t"),
                 sha256: cmbuild_store::sha256::Sha256::from_bytes([0; 32]),
                 cid: cmbuild_store::cid::cid_of_bytes(b"c"),
+                abi: None,
+                toolchain_version: None,
             }],
         };
         std::fs::write(dir.join("manifest.json"), to_canonical_json(&manifest)).unwrap();

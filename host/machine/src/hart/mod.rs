@@ -337,6 +337,10 @@ pub struct Hart {
     pub non_retired: u64,
     /// The LR reservation (physical address) if any.
     pub reservation: Option<u64>,
+    /// Cycles skipped asleep in WFI since this hart was built (or its machine loaded):
+    /// host bookkeeping for stall detection, not architectural state (never saved nor
+    /// hashed), and as deterministic as `mcycle`.
+    pub idle_cycles: u64,
     /// The inner loop runs while `mcycle < stop`; events that may unmask an interrupt
     /// set it to 0 so that the outer loop looks again.
     stop: u64,
@@ -363,6 +367,7 @@ impl Hart {
             csr: Csrs::new(),
             mcycle: 0,
             non_retired: 0,
+            idle_cycles: 0,
             reservation: None,
             stop: 0,
             limit: 0,

@@ -118,6 +118,7 @@ impl Hart {
                     // WFI's own cycle, which ends on the deadline.
                     let target = wake.max(self.mcycle + 1);
                     self.non_retired = self.non_retired.wrapping_add(target - self.mcycle - 1);
+                    self.idle_cycles = self.idle_cycles.wrapping_add(target - self.mcycle - 1);
                     self.mcycle = target - 1;
                     Ok(next)
                 } else {
@@ -125,6 +126,7 @@ impl Hart {
                     // re-executes it and ends in the same state as an uninterrupted one.
                     let target = self.limit.max(self.mcycle + 1);
                     self.non_retired = self.non_retired.wrapping_add(target - self.mcycle);
+                    self.idle_cycles = self.idle_cycles.wrapping_add(target - self.mcycle);
                     self.mcycle = target - 1;
                     Ok(self.pc)
                 }

@@ -1,4 +1,4 @@
-//! The executable code region: one shared-memory object mapped twice, read+execute where
+//! The executable code region: one shared anonymous memory object mapped twice, read+execute where
 //! code runs and read+write where blocks are copied in, so that no page is ever both
 //! writable and executable at one address (W^X) and placing a block needs no system call.
 //! The entry trampoline and the shared epilogue sit at its start.
@@ -31,6 +31,8 @@ mod imp {
         fixed: usize,
         /// Offset of the shared epilogue.
         epilogue: usize,
+        /// Offset right after the epilogue.
+        epilogue_end: usize,
     }
 
     // SAFETY: the mappings are owned by this value alone (nothing else holds their
@@ -47,11 +49,20 @@ mod imp {
         }
     }
 
-    /// Maps `size` bytes of `fd` with `prot`, or `None`.
-    fn map(fd: libc::c_int, size: usize, prot: libc::c_int) -> Option<NonNull<u8>> {
-        // SAFETY: a shared mapping of our own memory object at an address the kernel
-        // picks touches no existing memory; the result is checked before use.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), size, prot, libc::MAP_SHARED, fd, 0) };
+    /// Maps `size` bytes of new shared anonymous memory read+write, or `None`.
+    fn map_shared_anonymous(size: usize) -> Option<NonNull<u8>> {
+        // SAFETY: a new anonymous mapping at an address the kernel picks touches no
+        // existing memory; the result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
         if p == libc::MAP_FAILED {
             return None;
         }
@@ -62,26 +73,29 @@ mod imp {
         /// Maps `size` bytes twice and places the trampoline; `None` if the host refuses
         /// (then the hart interprets).
         pub fn new(size: usize) -> Option<Self> {
-            // SAFETY: the name is a NUL-terminated literal; the descriptor is closed
-            // below once both mappings hold the memory.
-            let fd = unsafe { libc::memfd_create(c"cmbuild-jit".as_ptr(), libc::MFD_CLOEXEC) };
-            if fd < 0 {
+            // One shared anonymous object (which the kernel names `/dev/zero`, so that
+            // profilers take it for anonymous memory and name its code through
+            // `/tmp/perf-PID.map`; a memfd would be taken for a file), mapped read+write,
+            // then mapped a second time by `mremap` and made read+execute there.
+            let write = map_shared_anonymous(size)?;
+            // SAFETY: an old size of 0 asks for a second mapping of the same shared
+            // pages at an address the kernel picks; nothing existing is touched.
+            let twin =
+                unsafe { libc::mremap(write.as_ptr().cast(), 0, size, libc::MREMAP_MAYMOVE) };
+            // SAFETY: `twin`, if mapped, is the mapping just made, of `size` bytes.
+            let exec = twin != libc::MAP_FAILED
+                && unsafe { libc::mprotect(twin, size, libc::PROT_READ | libc::PROT_EXEC) } == 0;
+            let base = NonNull::new(twin.cast::<u8>()).filter(|_| exec);
+            let Some(base) = base else {
+                // SAFETY: both are mappings made here of `size` bytes, unused so far.
+                unsafe {
+                    if twin != libc::MAP_FAILED {
+                        libc::munmap(twin, size);
+                    }
+                    libc::munmap(write.as_ptr().cast(), size);
+                }
                 return None;
-            }
-            // SAFETY: `fd` is the memory object just created.
-            let sized = unsafe { libc::ftruncate(fd, size as libc::off_t) } == 0;
-            let views = if sized {
-                map(fd, size, libc::PROT_READ | libc::PROT_EXEC).zip(map(
-                    fd,
-                    size,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                ))
-            } else {
-                None
             };
-            // SAFETY: `fd` is ours and not used after this.
-            unsafe { libc::close(fd) };
-            let (base, write) = views?;
             let mut mem = Self {
                 base,
                 write,
@@ -89,6 +103,7 @@ mod imp {
                 used: 0,
                 fixed: 0,
                 epilogue: 0,
+                epilogue_end: 0,
             };
             // Entry: save what the ABI wants kept, hart pointer in rbx, jump to the block.
             let mut a = Asm::new(0);
@@ -102,6 +117,7 @@ mod imp {
                 a.pop(*r);
             }
             a.ret();
+            mem.epilogue_end = a.here();
             mem.place(&a.buf)?;
             mem.epilogue = epilogue;
             mem.fixed = mem.used;
@@ -129,6 +145,23 @@ mod imp {
         /// Where the next placement will go.
         pub fn next(&self) -> usize {
             self.used
+        }
+
+        /// Symbols for the trampoline and the epilogue, at host address `base`.
+        pub fn fixed_symbols(&self, base: u64) -> Vec<super::super::CodeSymbol> {
+            use super::super::{CodeKind, CodeSymbol};
+            vec![
+                CodeSymbol {
+                    start: base,
+                    size: self.epilogue as u64,
+                    what: CodeKind::Entry,
+                },
+                CodeSymbol {
+                    start: base + self.epilogue as u64,
+                    size: (self.epilogue_end - self.epilogue) as u64,
+                    what: CodeKind::Exit,
+                },
+            ]
         }
 
         /// Offset of the shared epilogue (restores registers and returns to Rust).
@@ -209,6 +242,9 @@ mod imp {
             unreachable!("never created")
         }
         pub fn next(&self) -> usize {
+            unreachable!("never created")
+        }
+        pub fn fixed_symbols(&self, _base: u64) -> Vec<super::super::CodeSymbol> {
             unreachable!("never created")
         }
         pub fn epilogue(&self) -> usize {

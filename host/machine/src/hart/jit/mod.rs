@@ -88,6 +88,53 @@ pub struct Jit {
     /// Set when translated code returns: the instruction the interpreter runs next is one
     /// a block left to it (or a jump target), and a block may start right after it.
     pub(super) resume: bool,
+    /// Where placed code is recorded for a profiler, when asked for
+    /// ([`Hart::set_perf_map`]); the caller drains it ([`Hart::take_perf_map`]).
+    perf_map: Option<Vec<CodeSymbol>>,
+}
+
+/// A piece of code the translator placed, for a profiler's symbol map (Linux `perf`
+/// reads `START SIZE name` lines from `/tmp/perf-PID.map`; see [`CodeSymbol::perf_line`]).
+/// Addresses are host addresses in the code region; after the region fills up and starts
+/// over ([`Jit::resets`]), new symbols reuse the addresses of dropped ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeSymbol {
+    /// Host address of the first byte.
+    pub start: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// What the code is.
+    pub what: CodeKind,
+}
+
+/// What a [`CodeSymbol`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeKind {
+    /// The translation of the guest block at virtual address `pc`, `insns` instructions.
+    Block {
+        /// The guest virtual address of the block's first instruction.
+        pc: u64,
+        /// Guest instructions in the block.
+        insns: u32,
+    },
+    /// The trampoline from Rust into translated code.
+    Entry,
+    /// The shared epilogue that returns from translated code to Rust.
+    Exit,
+}
+
+impl CodeSymbol {
+    /// The symbol as one perf-map line (with its newline): `START SIZE name` in hex,
+    /// named `rv:<guest pc>:<instructions>` for a block, `rv:entry` / `rv:exit` for the
+    /// trampoline and the epilogue.
+    pub fn perf_line(&self) -> String {
+        let name = match self.what {
+            CodeKind::Block { pc, insns } => format!("rv:{pc:x}:{insns}"),
+            CodeKind::Entry => "rv:entry".into(),
+            CodeKind::Exit => "rv:exit".into(),
+        };
+        format!("{:x} {:x} {name}\n", self.start, self.size)
+    }
 }
 
 /// Times a block start is reached before it is translated: code that runs a few times
@@ -118,6 +165,29 @@ impl Hart {
     /// are the same either way; this is for comparisons and benchmarks.
     pub fn set_jit(&mut self, on: bool) {
         self.jit.enabled = on && exec::AVAILABLE;
+    }
+
+    /// Starts (or stops, dropping what is undrained) recording a [`CodeSymbol`] for every
+    /// piece of code the translator places, for a profiler's symbol map. Results are the
+    /// same either way.
+    pub fn set_perf_map(&mut self, on: bool) {
+        // Code placed before recording started is not listed, except the trampoline.
+        let fixed = || {
+            (self.jit.mem.as_ref())
+                .map(|m| m.fixed_symbols(m.base_addr()))
+                .unwrap_or_default()
+        };
+        self.jit.perf_map = on.then(fixed);
+    }
+
+    /// The symbols recorded since the last call (empty unless [`Hart::set_perf_map`] is
+    /// on), in placement order.
+    pub fn take_perf_map(&mut self) -> Vec<CodeSymbol> {
+        self.jit
+            .perf_map
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Runs translated code from `pc` if there is (or can be) a block there. Returns
@@ -194,7 +264,12 @@ impl Hart {
         }
         if self.jit.mem.is_none() {
             match ExecMem::new(self.jit.code_bytes) {
-                Some(m) => self.jit.mem = Some(m),
+                Some(m) => {
+                    if let Some(map) = &mut self.jit.perf_map {
+                        map.extend(m.fixed_symbols(m.base_addr()));
+                    }
+                    self.jit.mem = Some(m);
+                }
                 None => {
                     // No executable memory on this host: interpret.
                     self.jit.enabled = false;
@@ -213,6 +288,16 @@ impl Hart {
             code = compile::Block::new(&insns, start, table, mem).emit();
         }
         let at = mem.place(&code).expect("fits in an empty region");
+        if let Some(map) = &mut self.jit.perf_map {
+            map.push(CodeSymbol {
+                start: mem.base_addr() + at as u64,
+                size: code.len() as u64,
+                what: CodeKind::Block {
+                    pc,
+                    insns: insns.len() as u32,
+                },
+            });
+        }
         let span = compile::span(&insns, start);
         self.dcache.set_block(page, pc, at as u32, span);
         at as u32
@@ -282,6 +367,84 @@ mod tests {
         assert_eq!(b.halted(), Some(0));
         assert_eq!(b.hart.x[A0 as usize], 40 * 400);
         assert!(b.hart.jit.resets >= 5, "{} resets", b.hart.jit.resets);
+        assert_eq!(a.root_hash(), b.root_hash());
+    }
+
+    /// Checks a perf map: every symbol inside the region, blocks named by real guest
+    /// addresses, and no overlaps except that a region reset starts over at its bottom.
+    /// Returns the number of blocks.
+    fn check_perf_map(m: &Machine, map: &[super::CodeSymbol], region: u64) -> usize {
+        use super::CodeKind;
+        assert!(matches!(map[0].what, CodeKind::Entry), "{:?}", map[0]);
+        assert!(matches!(map[1].what, CodeKind::Exit), "{:?}", map[1]);
+        let base = map[0].start;
+        let fixed_end = map[1].start + map[1].size;
+        assert_eq!(map[0].start + map[0].size, map[1].start);
+        let mut end = fixed_end;
+        let mut generations = 1;
+        for s in &map[2..] {
+            let CodeKind::Block { pc, insns } = s.what else {
+                panic!("{s:?} after the trampoline");
+            };
+            assert!(
+                (1..=64).contains(&insns) && pc >= crate::board::RAM_BASE,
+                "{s:?}"
+            );
+            assert!(s.size > 0 && s.start >= fixed_end, "{s:?}");
+            assert!(
+                s.start + s.size <= base + region,
+                "{s:?} outside the region"
+            );
+            if s.start < end {
+                // Only a reset may go back, and then to the bottom.
+                assert_eq!(s.start, fixed_end.next_multiple_of(16), "{s:?} overlaps");
+                generations += 1;
+            }
+            end = s.start + s.size;
+            let line = s.perf_line();
+            assert_eq!(
+                line,
+                format!("{:x} {:x} rv:{pc:x}:{insns}\n", s.start, s.size)
+            );
+        }
+        assert_eq!(generations - 1, m.hart.jit.resets);
+        map.len() - 2
+    }
+
+    #[test]
+    fn the_perf_map_lists_every_block_without_changing_results() {
+        let p = integer_loop(100_000, Platform::Cmvm);
+        let (_, mut b) = agree_at(&p.image, [1_000, 50_000, 200_000], |b| {
+            b.hart.set_perf_map(true)
+        });
+        let map = b.hart.take_perf_map();
+        assert!(check_perf_map(&b, &map, super::CODE_BYTES as u64) > 0);
+        assert!(b.hart.take_perf_map().is_empty(), "drained");
+        // A small region that fills up many times: symbols start over at its bottom.
+        use crate::bench::{addi, assemble, b as br, halt, li32};
+        let mut w = Vec::new();
+        w.extend(li32(5, 40));
+        let top = w.len();
+        for _ in 0..400 {
+            w.push(addi(10, 10, 1));
+            w.push(0x0040_006f); // jal zero, +4
+        }
+        w.push(addi(5, 5, -1));
+        w.push(br((top as i32 - w.len() as i32) * 4, 0, 5, 1));
+        w.extend(halt(Platform::Cmvm));
+        let (mut a, mut b) = agree_at(&assemble(&w), [30_000, 1 << 20], |b| {
+            b.hart.jit.code_bytes = 8 << 10;
+            b.hart.set_perf_map(true);
+        });
+        assert_eq!(b.halted(), Some(0));
+        assert!(b.hart.jit.resets >= 5);
+        let map = b.hart.take_perf_map();
+        let blocks = check_perf_map(&b, &map, 8 << 10);
+        assert!(blocks > 100, "{blocks} blocks");
+        let mut off = machine(&assemble(&w), true);
+        off.hart.jit.code_bytes = 8 << 10;
+        off.run(1 << 20);
+        assert_eq!(off.root_hash(), b.root_hash());
         assert_eq!(a.root_hash(), b.root_hash());
     }
 

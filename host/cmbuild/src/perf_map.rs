@@ -1,0 +1,72 @@
+//! The profiler's symbol map (`--perf-map`): the machine records where its translator
+//! places code ([`cmbuild_machine::hart::jit::CodeSymbol`]); this module appends those
+//! records to `/tmp/perf-<pid>.map`, the file Linux `perf report` reads to name code that
+//! has no ELF file, so a profile of a run names guest blocks (`rv:<guest pc>:<insns>`) and
+//! the translator's entry and exit (`rv:entry`, `rv:exit`).
+//!
+//! The map only grows: when a machine's code region fills up and starts over, later lines
+//! reuse the addresses of earlier ones (perf takes the later symbol). Machines running at
+//! once have separate code regions, so their lines never overlap; each batch of lines is
+//! appended with one write to a file opened for appending.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+use cmbuild_machine::machine::Machine;
+
+/// The perf map could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("writing the perf map {}", .path.display())]
+pub struct PerfMapError {
+    /// The map file.
+    pub path: PathBuf,
+    /// What failed.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// An open perf map of this process.
+#[derive(Debug)]
+pub struct PerfMap {
+    path: PathBuf,
+    file: File,
+}
+
+impl PerfMap {
+    /// Where perf looks for this process's map: `/tmp/perf-<pid>.map`.
+    pub fn path() -> PathBuf {
+        PathBuf::from(format!("/tmp/perf-{}.map", std::process::id()))
+    }
+
+    /// Opens (creating it if needed) this process's map for appending and turns on the
+    /// symbol records of `machine`.
+    pub fn open(machine: &mut Machine) -> Result<Self, PerfMapError> {
+        let path = Self::path();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| PerfMapError {
+                path: path.clone(),
+                source,
+            })?;
+        machine.hart.set_perf_map(true);
+        Ok(Self { path, file })
+    }
+
+    /// Appends what `machine` placed since the last call.
+    pub fn drain(&mut self, machine: &mut Machine) -> Result<(), PerfMapError> {
+        let symbols = machine.hart.take_perf_map();
+        if symbols.is_empty() {
+            return Ok(());
+        }
+        let text: String = symbols.iter().map(|s| s.perf_line()).collect();
+        self.file
+            .write_all(text.as_bytes())
+            .map_err(|source| PerfMapError {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}

@@ -1,0 +1,135 @@
+//! `cmbuild run` selects a pinned Rust toolchain before any machine boots: from
+//! `--toolchain`, the commit's `rust-toolchain` / `rust-toolchain.toml`, or the newest
+//! pinned; a channel no pinned toolchain matches, or a package whose `rust-version` is newer
+//! than the selected toolchain, is a clear error listing the pinned ones. A run that passes
+//! selection goes on to the mirror (empty here), so "checking inputs in the mirror" tells the
+//! two apart.
+
+use std::path::Path;
+use std::process::Command;
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args([
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "git {args:?}");
+}
+
+/// Runs `cmbuild run` on a committed project made of `files` plus a minimal package whose
+/// `[package]` gets `package_extra`; returns (exit code, stderr).
+fn run(files: &[(&str, &str)], package_extra: &str, extra_args: &[&str]) -> (i32, String) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("p");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"p\"\nversion = \"0.1.0\"\nedition = \"2021\"\n{package_extra}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("Cargo.lock"),
+        "version = 4\n\n[[package]]\nname = \"p\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    git(&dir, &["init", "-q"]);
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-q", "-m", "p"]);
+    git(&dir, &["tag", "v0.1.0"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
+        .args(["run", "--release", "v0.1.0", "--project"])
+        .arg(&dir)
+        .arg("--out")
+        .arg(root.path().join("builds"))
+        .arg("--mirror")
+        .arg(root.path().join("mirror"))
+        .args(extra_args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const PASSED: &str = "checking inputs in the mirror";
+
+fn assert_selected(result: (i32, String)) {
+    let (code, stderr) = result;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(PASSED), "{stderr}");
+}
+
+fn assert_refused(result: (i32, String), expected: &str) {
+    let (code, stderr) = result;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(expected), "{stderr}");
+    assert!(
+        stderr.contains("the pinned toolchains are: 1.85.1"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(PASSED),
+        "refused only after planning: {stderr}"
+    );
+}
+
+#[test]
+fn channel_forms_that_match_the_pinned_toolchain() {
+    assert_selected(run(&[], "", &[]));
+    for channel in ["stable", "1.85", "1.85.1"] {
+        let file = format!("[toolchain]\nchannel = \"{channel}\"\ncomponents = [\"clippy\"]\n");
+        assert_selected(run(&[("rust-toolchain.toml", &file)], "", &[]));
+    }
+    assert_selected(run(&[("rust-toolchain", "1.85\n")], "", &[]));
+    assert_selected(run(&[], "rust-version = \"1.85\"\n", &[]));
+    // --toolchain overrides the project's file.
+    assert_selected(run(
+        &[("rust-toolchain.toml", "[toolchain]\nchannel = \"1.96\"\n")],
+        "",
+        &["--toolchain", "1.85"],
+    ));
+}
+
+#[test]
+fn unpinned_channels_fail_before_any_machine_boots() {
+    assert_refused(
+        run(
+            &[("rust-toolchain.toml", "[toolchain]\nchannel = \"1.96\"\n")],
+            "",
+            &[],
+        ),
+        "the Rust toolchain \"1.96\" (rust-toolchain.toml) is not one cmbuild has pinned",
+    );
+    assert_refused(
+        run(&[("rust-toolchain", "nightly-2025-01-01\n")], "", &[]),
+        "\"nightly-2025-01-01\" (rust-toolchain)",
+    );
+    assert_refused(
+        run(&[], "", &["--toolchain", "1.85.0"]),
+        "\"1.85.0\" (--toolchain)",
+    );
+}
+
+#[test]
+fn a_rust_version_newer_than_the_toolchain_fails_early() {
+    assert_refused(
+        run(&[], "rust-version = \"1.88\"\n", &[]),
+        "package p requires rustc 1.88 (its rust-version), but the selected toolchain is 1.85.1",
+    );
+}
