@@ -24,6 +24,16 @@ finish() {
 }
 
 mkdir -p /build/src /build/vendor /build/cargo-home /build/home /out
+# The ready point (PROTOCOL.md, "The template"): the toolchain answers, then the guest
+# yields to the host (HTIF yield, device 2) with no drive but the root read yet. The host
+# snapshots the machine here once per image (the template) and resumes every build from
+# it with the input drive filled in; the block caches of the other drives are dropped on
+# both sides of the yield, so nothing read before it (the kernel's partition scan) can be
+# stale after it.
+say "toolchain: $(rustc -V 2>&1), $(cargo -V 2>&1)"
+for drive in "$input" "$output" /dev/pmem3; do blockdev --flushbufs "$drive" 2>/dev/null; done
+devmem 0x40008000 64 0x0200000000000000 2>/dev/null
+for drive in "$input" "$output" /dev/pmem3; do blockdev --flushbufs "$drive" 2>/dev/null; done
 if ! tar -xf "$input" -C /build || [ ! -f /build/plan.env ]; then
     say "cannot read the build plan from $input"
     echo "input" > /out/error
