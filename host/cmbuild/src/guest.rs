@@ -182,18 +182,6 @@ pub struct GuestImage {
     pub rootfs: Vec<u8>,
 }
 
-impl GuestImage {
-    /// The kernel, firmware and initrd, with an empty root image.
-    pub fn clone_without_rootfs(&self) -> GuestImage {
-        GuestImage {
-            kernel: self.kernel.clone(),
-            firmware: self.firmware.clone(),
-            initrd: self.initrd.clone(),
-            rootfs: Vec::new(),
-        }
-    }
-}
-
 /// The contents of a machine's drive.
 pub fn drive_bytes(machine: &Machine, drive: Drive) -> &[u8] {
     machine.bus.flash[drive.index()].mem.bytes()

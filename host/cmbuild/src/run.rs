@@ -890,15 +890,11 @@ fn run_machine(
     let names: Vec<String> = targets.iter().map(Triple::to_string).collect();
     let name = names.join(",");
     let expected_mcycle = previous_mcycle(&opts.out_dir, &names);
-    // For the snapshot a stalled machine leaves (it records what the machine was built
-    // from); a zeroed stand-in for the root image gives the same record without a copy.
-    let snapshot_config = SnapshotConfig::from_config(&opts.machine.machine_config(&GuestImage {
-        rootfs: vec![0; image.rootfs.len()],
-        ..image.clone_without_rootfs()
-    }));
     let started = std::time::Instant::now();
     let record = &inputs.template.record;
-    let mut machine = crate::template::resume(
+    // `snapshot_config` is for the snapshot a stalled machine leaves (it records what the
+    // machine was built from).
+    let (mut machine, snapshot_config) = crate::template::resume_with_config(
         &inputs.template.blob,
         image.rootfs.clone(),
         &record.root_hash,

@@ -35,6 +35,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use cmbuild_machine::devices::htif::YIELD_DEVICE;
 use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
 use cmbuild_machine::snapshot::{self, HashCheck, SnapshotConfig, SnapshotError};
 use cmbuild_store::cid::Cid;
@@ -341,6 +342,17 @@ pub fn resume(
     expected: &str,
     check: HashCheck,
 ) -> Result<Machine, TemplateError> {
+    resume_with_config(blob, rootfs, expected, check).map(|(machine, _)| machine)
+}
+
+/// [`resume`], also returning the configuration the snapshot records, with no base (what a
+/// snapshot of the resumed machine, written whole, records).
+pub fn resume_with_config(
+    blob: &[u8],
+    rootfs: Vec<u8>,
+    expected: &str,
+    check: HashCheck,
+) -> Result<(Machine, SnapshotConfig), TemplateError> {
     let files = unpack(blob)?;
     let manifest = files
         .get("manifest")
@@ -364,10 +376,16 @@ pub fn resume(
             loaded.root_hash
         )));
     }
-    Ok(loaded.machine)
+    let mut config = loaded.config;
+    for drive in &mut config.flash_drives {
+        drive.base = None;
+    }
+    Ok((loaded.machine, config))
 }
 
-/// Writes `input` onto the input drive of a machine resumed from the template.
+/// Writes `input` onto the input drive of a machine resumed from the template, and
+/// answers the guest's yield: HTIF `fromhost` = `2 << 56 | input length` (the driver reads
+/// that many bytes of the drive and no more).
 pub fn fill_input(machine: &mut Machine, input: &[u8]) -> Result<(), TemplateError> {
     let drive = &mut machine.bus.flash[Drive::Input.index()];
     if input.len() as u64 > drive.image_length {
@@ -377,6 +395,7 @@ pub fn fill_input(machine: &mut Machine, input: &[u8]) -> Result<(), TemplateErr
         });
     }
     drive.mem.write_bytes(0, input);
+    machine.bus.devices.htif.fromhost = (YIELD_DEVICE << 56) | input.len() as u64;
     Ok(())
 }
 
@@ -677,6 +696,7 @@ mod tests {
             (from_mirror.0.clone(), from_mirror.1)
         );
         assert_eq!(from_mirror.2, input);
+        assert_eq!(direct.bus.devices.htif.fromhost, (2 << 56) | 8);
         // The interpreter alone reaches the same ready point.
         let (mut interpreted, config) =
             boot_to_ready(&image, &cids, &s, false, &mut |_| {}).unwrap();
