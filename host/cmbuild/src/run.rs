@@ -628,7 +628,10 @@ pub fn collect_release(
             plan::collect_outputs(&output_drive, &extract, &plan.for_targets(&groups[index]))?;
         collected.push((run, outputs, output_drive, leaves));
     }
-    check_outcomes(plan, collected.iter().map(|(run, outputs, ..)| (run, outputs)))?;
+    check_outcomes(
+        plan,
+        collected.iter().map(|(run, outputs, ..)| (run, outputs)),
+    )?;
     for (run, outputs, output_drive, leaves) in collected {
         // The state proofs: built once per machine, only if it built something.
         let located = state_proofs::locate_files(&output_drive);
@@ -638,7 +641,7 @@ pub fn collect_release(
             std::fs::create_dir_all(staging.join(target.as_str()))?;
             for planned in &plan.bins {
                 let bytes = std::fs::read(&output.bins[&planned.bin])?;
-                let rel = format!("{target}/{}", planned.bin);
+                let rel = format!("{target}/{}", target.artifact_name(&planned.bin));
                 staging::write_synced(&staging.join(&rel), &bytes, 0o755)?;
                 let tree = tree.get_or_insert_with(|| PageTree::build(&output_drive));
                 let proof = state_proofs::prove_file(
