@@ -216,14 +216,20 @@ impl ProgressPrinter {
                 let lines = view.lines.push(&text);
                 for line in &lines {
                     if let Some(ConsoleLine::Compiling {
+                        target,
                         n,
                         total,
                         krate,
                         version,
-                        ..
                     }) = ConsoleLine::parse(line.trim_end())
                     {
-                        view.compiling = Some((format!("{krate} {version}"), n, total));
+                        // A machine building several triples says which one.
+                        let what = if name == target.as_str() {
+                            format!("{krate} {version}")
+                        } else {
+                            format!("{target}: {krate} {version}")
+                        };
+                        view.compiling = Some((what, n, total));
                     }
                 }
                 match &self.bars {
