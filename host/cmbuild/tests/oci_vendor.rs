@@ -364,6 +364,17 @@ fn vendors_riscv64_images_from_a_real_registry_by_reference_and_dockerfile() {
     // Four blobs fetched for the first image; the second shares them all.
     assert!(text.contains("OCI blobs: 4 downloaded"), "{text}");
     let store2 = Mirror::open(&fresh).unwrap();
+    let bases = cmbuild::ops::oci::vendored_bases(&store2, &dockerfile).unwrap();
+    let lines: Vec<usize> = bases.iter().map(|(b, _)| b.line).collect();
+    assert_eq!(lines, [2, 4]);
+    assert_eq!(bases[0].1.digest.to_string(), digest(&index));
+    // The first mirror holds only the image by index: the Dockerfile's second base is missing.
+    let err = cmbuild::ops::oci::vendored_bases(&store, &dockerfile).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("no image with digest {}", digest(&riscv.manifest))),
+        "{err}"
+    );
     let by_manifest: OciDigest = digest(&riscv.manifest).parse().unwrap();
     let direct = oci::find_image(&store2, &by_manifest).unwrap();
     assert!(direct.index.is_none());

@@ -530,6 +530,71 @@ mod tests {
     }
 
     #[test]
+    fn exact_sizes_headers_401_challenges_and_small_gets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        // The right bytes, but not the size the descriptor declares: refused, not stored.
+        let (url, _) = serve(vec![ok(b"abc")]);
+        let sha = Sha256::of(b"abc");
+        let fetch = Fetch {
+            url: &url,
+            headers: &[("Accept", "application/x-test")],
+            sha256: &sha,
+            size: SizeRule::Exactly(5),
+        };
+        let err = fast().fetch(&fetch, &mirror, &mut |_, _| {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DownloadError::SizeMismatch {
+                    expected: 5,
+                    actual: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(blob_count(&mirror), 0);
+        // Exactly right: stored.
+        let (url, _) = serve(vec![ok(b"abc")]);
+        let fetch = Fetch {
+            url: &url,
+            size: SizeRule::Exactly(3),
+            ..fetch
+        };
+        assert_eq!(
+            fast()
+                .fetch(&fetch, &mirror, &mut |_, _| {})
+                .unwrap()
+                .sha256,
+            sha
+        );
+        // 401 is final and carries the challenge.
+        let challenge = "Bearer realm=\"http://127.0.0.1:1/token\"";
+        let (url, seen) = serve(vec![format!(
+            "HTTP/1.1 401 No\r\nWWW-Authenticate: {challenge}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .into_bytes()]);
+        let fetch = Fetch { url: &url, ..fetch };
+        let err = fast().fetch(&fetch, &mirror, &mut |_, _| {}).unwrap_err();
+        match err {
+            DownloadError::Unauthorized { challenge: got, .. } => {
+                assert_eq!(got.as_deref(), Some(challenge))
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        // Small documents are capped.
+        let (url, _) = serve(vec![ok(b"0123456789"), ok(b"0123456789")]);
+        assert_eq!(fast().get_small(&url, &[], 10).unwrap(), b"0123456789");
+        assert!(matches!(
+            fast().get_small(&url, &[], 9),
+            Err(DownloadError::TooLarge { limit: 9, .. })
+        ));
+    }
+
+    #[test]
     fn wrong_sha256_stores_nothing() {
         let (url, _) = serve(vec![ok(b"doctored")]);
         let dir = tempfile::tempdir().unwrap();

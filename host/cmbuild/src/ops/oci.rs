@@ -140,6 +140,30 @@ pub fn wanted_images(opts: &OciOptions) -> Result<Vec<ImageRef>> {
     Ok(images)
 }
 
+/// Offline: the vendored record of every image the Dockerfile at `path` names, in order
+/// (what `run --dockerfile` loads into the machine). An image the mirror lacks (or holds
+/// incompletely) is [`FindError::NotVendored`], naming its digest.
+pub fn vendored_bases(
+    mirror: &Mirror,
+    path: &std::path::Path,
+) -> Result<Vec<(dockerfile::BaseImage, ImageRecord)>> {
+    let bytes = std::fs::read(path).map_err(|source| OciOpError::ReadDockerfile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let name = path.display().to_string();
+    let text = String::from_utf8(bytes).map_err(|_| DockerfileError::File {
+        file: name.clone(),
+        what: "is not UTF-8".to_owned(),
+    })?;
+    let mut out = Vec::new();
+    for base in dockerfile::base_images(&name, &text)? {
+        let record = oci::find_image(mirror, &base.image.digest)?;
+        out.push((base, record));
+    }
+    Ok(out)
+}
+
 /// Vendors `images` into `mirror` through `registry`, reporting to `progress`.
 pub fn vendor_images(
     mirror: &Mirror,
