@@ -291,6 +291,11 @@ fn vendors_riscv64_images_from_a_real_registry_by_reference_and_dockerfile() {
     // Plain HTTP is never the default: without --insecure-registry, HTTPS to a plain server fails.
     let refused = cmbuild_vendor(&mirror, &["--oci-image", &reference]);
     assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains(&format!("allow that with --insecure-registry {host}")),
+        "{}",
+        stderr(&refused)
+    );
     assert!(index_keys(&mirror).is_empty(), "{:?}", index_keys(&mirror));
 
     let first = cmbuild_vendor(

@@ -16,13 +16,14 @@ use std::path::PathBuf;
 
 use cmbuild_store::cid::{Cid, Codec};
 use cmbuild_store::dockerfile::{self, DockerfileError};
+use cmbuild_store::download::DownloadError;
 use cmbuild_store::download::SizeRule;
 use cmbuild_store::mirror::{Entry, Mirror, MirrorError, Stored};
 use cmbuild_store::oci::{
     self, BlobRecord, FindError, ImageRecord, ImageRef, ManifestDoc, OciDigest, OciError,
     MAX_MANIFEST_SIZE,
 };
-use cmbuild_store::registry::{Registry, RegistryError};
+use cmbuild_store::registry::{is_loopback, Registry, RegistryError};
 
 use super::vendor::{FetchProgress, KindCounts, Wanted};
 
@@ -58,6 +59,20 @@ pub enum OciOpError {
     Registry {
         /// The reference.
         image: String,
+        /// What failed.
+        #[source]
+        source: RegistryError,
+    },
+    /// A loopback registry could not be reached over HTTPS (it may speak plain HTTP).
+    #[error(
+        "vendoring {image}: cannot reach the loopback registry {host} over HTTPS; if it \
+         speaks plain HTTP, allow that with --insecure-registry {host}"
+    )]
+    LoopbackHttps {
+        /// The reference.
+        image: String,
+        /// The registry's host and port.
+        host: String,
         /// What failed.
         #[source]
         source: RegistryError,
@@ -315,6 +330,29 @@ impl Vendoring<'_> {
         Ok((record, false))
     }
 
+    fn registry_error(&self, source: RegistryError) -> OciOpError {
+        let host = self.image.api_host();
+        let unreachable = matches!(
+            &source,
+            RegistryError::Download(e) if matches!(**e, DownloadError::Network { .. })
+        );
+        if unreachable
+            && is_loopback(host)
+            && self.registry.base_url(self.image).starts_with("https:")
+        {
+            OciOpError::LoopbackHttps {
+                image: self.image.to_string(),
+                host: host.to_owned(),
+                source,
+            }
+        } else {
+            OciOpError::Registry {
+                image: self.image.to_string(),
+                source,
+            }
+        }
+    }
+
     fn parse(&self, digest: &OciDigest, stored: &Stored) -> Result<ManifestDoc> {
         if stored.size > MAX_MANIFEST_SIZE {
             return Err(self.image_error(OciError::Document {
@@ -403,10 +441,7 @@ impl Vendoring<'_> {
                     self.registry
                         .fetch_blob(self.image, digest, n, self.mirror, &mut report)
                 };
-                let stored = fetched.map_err(|source| OciOpError::Registry {
-                    image: self.image.to_string(),
-                    source,
-                })?;
+                let stored = fetched.map_err(|source| self.registry_error(source))?;
                 self.counts.downloaded += 1;
                 self.counts.bytes += stored.size;
                 (stored, true)
