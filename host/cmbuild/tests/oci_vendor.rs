@@ -36,8 +36,35 @@ struct TestImage {
     manifest: Vec<u8>,
 }
 
+/// The media types of the OCI form or of Docker's schema 2.
+#[derive(Clone, Copy)]
+struct Form {
+    index: &'static str,
+    manifest: &'static str,
+    config: &'static str,
+    layer: &'static str,
+}
+
+const OCI: Form = Form {
+    index: oci::MEDIA_OCI_INDEX,
+    manifest: oci::MEDIA_OCI_MANIFEST,
+    config: oci::MEDIA_OCI_CONFIG,
+    layer: "application/vnd.oci.image.layer.v1.tar+gzip",
+};
+
+const DOCKER: Form = Form {
+    index: oci::MEDIA_DOCKER_LIST,
+    manifest: oci::MEDIA_DOCKER_MANIFEST,
+    config: oci::MEDIA_DOCKER_CONFIG,
+    layer: "application/vnd.docker.image.rootfs.diff.tar.gzip",
+};
+
 impl TestImage {
     fn new(arch: &str, config_arch: &str) -> TestImage {
+        TestImage::of_form(arch, config_arch, OCI)
+    }
+
+    fn of_form(arch: &str, config_arch: &str, form: Form) -> TestImage {
         // A gzipped tarball with one file, as an image layer.
         let mut tar = tar::Builder::new(Vec::new());
         let content = format!("hello from a {arch} base image\n");
@@ -61,14 +88,14 @@ impl TestImage {
         .unwrap();
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": oci::MEDIA_OCI_MANIFEST,
+            "mediaType": form.manifest,
             "config": {
-                "mediaType": oci::MEDIA_OCI_CONFIG,
+                "mediaType": form.config,
                 "digest": digest(&config),
                 "size": config.len(),
             },
             "layers": [{
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "mediaType": form.layer,
                 "digest": digest(&layer),
                 "size": layer.len(),
             }],
@@ -83,11 +110,15 @@ impl TestImage {
 }
 
 fn index_of(entries: &[(&TestImage, &str)]) -> Vec<u8> {
+    index_of_form(entries, OCI)
+}
+
+fn index_of_form(entries: &[(&TestImage, &str)], form: Form) -> Vec<u8> {
     let manifests: Vec<_> = entries
         .iter()
         .map(|(image, arch)| {
             serde_json::json!({
-                "mediaType": oci::MEDIA_OCI_MANIFEST,
+                "mediaType": form.manifest,
                 "digest": digest(&image.manifest),
                 "size": image.manifest.len(),
                 "platform": {"architecture": arch, "os": "linux"},
@@ -96,7 +127,7 @@ fn index_of(entries: &[(&TestImage, &str)]) -> Vec<u8> {
         .collect();
     serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": oci::MEDIA_OCI_INDEX,
+        "mediaType": form.index,
         "manifests": manifests,
     }))
     .unwrap()
@@ -219,12 +250,16 @@ impl TestRegistry {
     }
 
     fn push_image(&self, repo: &str, image: &TestImage) {
+        self.push_image_of_form(repo, image, OCI)
+    }
+
+    fn push_image_of_form(&self, repo: &str, image: &TestImage, form: Form) {
         self.push_blob(repo, &image.layer);
         self.push_blob(repo, &image.config);
         self.push_manifest(
             repo,
             &digest(&image.manifest),
-            oci::MEDIA_OCI_MANIFEST,
+            form.manifest,
             &image.manifest,
         );
     }
@@ -400,6 +435,42 @@ fn vendors_riscv64_images_from_a_real_registry_by_reference_and_dockerfile() {
         assert!(text.contains("OCI blobs: 0 downloaded (0 B)"), "{text}");
         assert!(text.contains("were already there"), "{text}");
     }
+}
+
+#[test]
+fn docker_schema_2_manifest_lists_are_read_too() {
+    let registry = TestRegistry::start();
+    let riscv = TestImage::of_form("riscv64", "riscv64", DOCKER);
+    let amd = TestImage::of_form("amd64", "amd64", DOCKER);
+    registry.push_image_of_form("test/docker", &riscv, DOCKER);
+    registry.push_image_of_form("test/docker", &amd, DOCKER);
+    let list = index_of_form(&[(&amd, "amd64"), (&riscv, "riscv64")], DOCKER);
+    registry.push_manifest("test/docker", "v2", oci::MEDIA_DOCKER_LIST, &list);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = tmp.path().join("mirror");
+    let host = registry.host.clone();
+    let out = cmbuild_vendor(
+        &mirror,
+        &[
+            "--oci-image",
+            &format!("{host}/test/docker:v2@{}", digest(&list)),
+            "--insecure-registry",
+            &host,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = Mirror::open(&mirror).unwrap();
+    let record = oci::find_image(&store, &digest(&list).parse().unwrap()).unwrap();
+    assert_eq!(record.index.unwrap().media_type, oci::MEDIA_DOCKER_LIST);
+    assert_eq!(record.manifest.media_type, oci::MEDIA_DOCKER_MANIFEST);
+    assert_eq!(record.manifest.digest.to_string(), digest(&riscv.manifest));
+    assert_eq!(record.config.media_type, oci::MEDIA_DOCKER_CONFIG);
+    assert_eq!(record.layers[0].media_type, DOCKER.layer);
+    assert_eq!(
+        store.read_verified(&record.layers[0].cid).unwrap(),
+        riscv.layer
+    );
 }
 
 #[test]

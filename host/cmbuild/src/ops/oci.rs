@@ -134,15 +134,7 @@ pub struct OciReport {
 pub fn wanted_images(opts: &OciOptions) -> Result<Vec<ImageRef>> {
     let mut images: Vec<ImageRef> = Vec::new();
     for path in &opts.dockerfiles {
-        let bytes = std::fs::read(path).map_err(|source| OciOpError::ReadDockerfile {
-            path: path.clone(),
-            source,
-        })?;
-        let name = path.display().to_string();
-        let text = String::from_utf8(bytes).map_err(|_| DockerfileError::File {
-            file: name.clone(),
-            what: "is not UTF-8".to_owned(),
-        })?;
+        let (name, text) = read_dockerfile(path)?;
         for base in dockerfile::base_images(&name, &text)? {
             images.push(base.image);
         }
@@ -155,6 +147,35 @@ pub fn wanted_images(opts: &OciOptions) -> Result<Vec<ImageRef>> {
     Ok(images)
 }
 
+/// Reads a Dockerfile (at most [`dockerfile::MAX_DOCKERFILE_SIZE`] bytes of UTF-8): its name
+/// for messages and its text.
+fn read_dockerfile(path: &std::path::Path) -> Result<(String, String)> {
+    use std::io::Read;
+    let name = path.display().to_string();
+    let io_error = |source| OciOpError::ReadDockerfile {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io_error)?
+        .take(dockerfile::MAX_DOCKERFILE_SIZE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() > dockerfile::MAX_DOCKERFILE_SIZE {
+        return Err(DockerfileError::File {
+            file: name,
+            what: format!("larger than {} bytes", dockerfile::MAX_DOCKERFILE_SIZE),
+        }
+        .into());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| DockerfileError::File {
+        file: name.clone(),
+        what: "is not UTF-8".to_owned(),
+    })?;
+    Ok((name, text))
+}
+
 /// Offline: the vendored record of every image the Dockerfile at `path` names, in order
 /// (what `run --dockerfile` loads into the machine). An image the mirror lacks (or holds
 /// incompletely) is [`FindError::NotVendored`], naming its digest.
@@ -162,15 +183,7 @@ pub fn vendored_bases(
     mirror: &Mirror,
     path: &std::path::Path,
 ) -> Result<Vec<(dockerfile::BaseImage, ImageRecord)>> {
-    let bytes = std::fs::read(path).map_err(|source| OciOpError::ReadDockerfile {
-        path: path.to_owned(),
-        source,
-    })?;
-    let name = path.display().to_string();
-    let text = String::from_utf8(bytes).map_err(|_| DockerfileError::File {
-        file: name.clone(),
-        what: "is not UTF-8".to_owned(),
-    })?;
+    let (name, text) = read_dockerfile(path)?;
     let mut out = Vec::new();
     for base in dockerfile::base_images(&name, &text)? {
         let record = oci::find_image(mirror, &base.image.digest)?;
