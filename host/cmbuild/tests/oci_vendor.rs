@@ -8,262 +8,27 @@
 //! - A lying registry: a small HTTP server in the test that serves wrong bytes, too many
 //!   bytes, an oversized manifest, a foreign config, or wants an anonymous bearer token.
 //!
+//! - A base image assembled from Debian riscv64 packages (busybox-static, pinned by the
+//!   guest-image lock) whose vendored layer runs under qemu-riscv64.
+//!
 //! No test reaches a public registry (this machine reaches no Docker registry at all).
+
+mod oci_support;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use cmbuild_store::mirror::Mirror;
 use cmbuild_store::oci::{self, OciDigest};
 use cmbuild_store::sha256::Sha256;
+use oci_support::{digest, index_of, index_of_form, TestImage, TestRegistry, DOCKER};
 
 const CMBUILD: &str = env!("CARGO_BIN_EXE_cmbuild");
-
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", Sha256::of(bytes))
-}
-
-/// A synthetic single-layer image for one architecture.
-struct TestImage {
-    layer: Vec<u8>,
-    config: Vec<u8>,
-    manifest: Vec<u8>,
-}
-
-/// The media types of the OCI form or of Docker's schema 2.
-#[derive(Clone, Copy)]
-struct Form {
-    index: &'static str,
-    manifest: &'static str,
-    config: &'static str,
-    layer: &'static str,
-}
-
-const OCI: Form = Form {
-    index: oci::MEDIA_OCI_INDEX,
-    manifest: oci::MEDIA_OCI_MANIFEST,
-    config: oci::MEDIA_OCI_CONFIG,
-    layer: "application/vnd.oci.image.layer.v1.tar+gzip",
-};
-
-const DOCKER: Form = Form {
-    index: oci::MEDIA_DOCKER_LIST,
-    manifest: oci::MEDIA_DOCKER_MANIFEST,
-    config: oci::MEDIA_DOCKER_CONFIG,
-    layer: "application/vnd.docker.image.rootfs.diff.tar.gzip",
-};
-
-impl TestImage {
-    fn new(arch: &str, config_arch: &str) -> TestImage {
-        TestImage::of_form(arch, config_arch, OCI)
-    }
-
-    fn of_form(arch: &str, config_arch: &str, form: Form) -> TestImage {
-        // A gzipped tarball with one file, as an image layer.
-        let mut tar = tar::Builder::new(Vec::new());
-        let content = format!("hello from a {arch} base image\n");
-        let mut header = tar::Header::new_ustar();
-        header.set_path("etc/greeting").unwrap();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_cksum();
-        tar.append(&header, content.as_bytes()).unwrap();
-        let tar = tar.into_inner().unwrap();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(&tar).unwrap();
-        let layer = gz.finish().unwrap();
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": config_arch,
-            "os": "linux",
-            "config": {"Cmd": ["/bin/sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [digest(&tar)]},
-        }))
-        .unwrap();
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": form.manifest,
-            "config": {
-                "mediaType": form.config,
-                "digest": digest(&config),
-                "size": config.len(),
-            },
-            "layers": [{
-                "mediaType": form.layer,
-                "digest": digest(&layer),
-                "size": layer.len(),
-            }],
-        }))
-        .unwrap();
-        TestImage {
-            layer,
-            config,
-            manifest,
-        }
-    }
-}
-
-fn index_of(entries: &[(&TestImage, &str)]) -> Vec<u8> {
-    index_of_form(entries, OCI)
-}
-
-fn index_of_form(entries: &[(&TestImage, &str)], form: Form) -> Vec<u8> {
-    let manifests: Vec<_> = entries
-        .iter()
-        .map(|(image, arch)| {
-            serde_json::json!({
-                "mediaType": form.manifest,
-                "digest": digest(&image.manifest),
-                "size": image.manifest.len(),
-                "platform": {"architecture": arch, "os": "linux"},
-            })
-        })
-        .collect();
-    serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": form.index,
-        "manifests": manifests,
-    }))
-    .unwrap()
-}
-
-/// Kills a child process (one this test started) when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Debian's docker-registry on a free loopback port, storing under a temporary directory.
-struct TestRegistry {
-    host: String,
-    process: Option<Running>,
-    _dir: tempfile::TempDir,
-    agent: ureq::Agent,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl TestRegistry {
-    fn start() -> TestRegistry {
-        let binary = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file())
-            .expect(
-                "Debian's docker-registry is not installed: `apt-get install docker-registry` \
-                 (.ci/install-deps does it)",
-            );
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let host = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {host}\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(binary)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let process = Running(child);
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(30))
-            .build();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if agent.get(&format!("http://{host}/v2/")).call().is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "docker-registry never answered");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        TestRegistry {
-            host,
-            process: Some(process),
-            _dir: dir,
-            agent,
-        }
-    }
-
-    fn stop(&mut self) {
-        self.process = None;
-    }
-
-    /// Monolithic blob upload: POST an upload session, PUT the bytes with their digest.
-    fn push_blob(&self, repo: &str, bytes: &[u8]) {
-        let response = self
-            .agent
-            .post(&format!("http://{}/v2/{repo}/blobs/uploads/", self.host))
-            .call()
-            .unwrap();
-        assert_eq!(response.status(), 202);
-        let location = response.header("location").unwrap().to_owned();
-        let location = if location.starts_with('/') {
-            format!("http://{}{location}", self.host)
-        } else {
-            location
-        };
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let response = self
-            .agent
-            .put(&format!("{location}{separator}digest={}", digest(bytes)))
-            .set("Content-Type", "application/octet-stream")
-            .send_bytes(bytes)
-            .unwrap();
-        assert_eq!(response.status(), 201);
-    }
-
-    fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
-        let response = self
-            .agent
-            .put(&format!(
-                "http://{}/v2/{repo}/manifests/{reference}",
-                self.host
-            ))
-            .set("Content-Type", media_type)
-            .send_bytes(bytes)
-            .unwrap();
-        assert_eq!(response.status(), 201);
-    }
-
-    fn push_image(&self, repo: &str, image: &TestImage) {
-        self.push_image_of_form(repo, image, OCI)
-    }
-
-    fn push_image_of_form(&self, repo: &str, image: &TestImage, form: Form) {
-        self.push_blob(repo, &image.layer);
-        self.push_blob(repo, &image.config);
-        self.push_manifest(
-            repo,
-            &digest(&image.manifest),
-            form.manifest,
-            &image.manifest,
-        );
-    }
-}
 
 fn cmbuild_vendor(mirror: &Path, args: &[&str]) -> Output {
     Command::new(CMBUILD)
@@ -435,6 +200,84 @@ fn vendors_riscv64_images_from_a_real_registry_by_reference_and_dockerfile() {
         assert!(text.contains("OCI blobs: 0 downloaded (0 B)"), "{text}");
         assert!(text.contains("were already there"), "{text}");
     }
+}
+
+/// A base image assembled from Debian's riscv64 busybox-static (pinned by the guest-image
+/// lock), pushed to the registry, vendored through a Dockerfile; then, from the mirror alone,
+/// its layer is unpacked and its busybox runs under qemu-riscv64 on the host.
+/// Needs deb.debian.org once (about 1 MB, cached in `$CMBUILD_CACHE/oci-test-debs`).
+#[test]
+fn a_debian_riscv64_base_image_vendored_from_the_registry_runs_under_qemu() {
+    let layer_tar = oci_support::debian_riscv64_layer(
+        &["busybox-static"],
+        // Merged /usr, and a shell.
+        &[("bin", "usr/bin"), ("usr/bin/sh", "busybox")],
+    );
+    let registry = TestRegistry::start();
+    let base = TestImage::from_layer(&layer_tar, "riscv64", oci_support::OCI);
+    let other = TestImage::new("amd64", "amd64");
+    registry.push_image("debian/busybox", &base);
+    registry.push_image("debian/busybox", &other);
+    let index = index_of(&[(&other, "amd64"), (&base, "riscv64")]);
+    registry.push_manifest("debian/busybox", "trixie", oci::MEDIA_OCI_INDEX, &index);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let host = registry.host.clone();
+    let dockerfile = tmp.path().join("Dockerfile");
+    fs::write(
+        &dockerfile,
+        format!(
+            "FROM {host}/debian/busybox:trixie@{}\nRUN busybox echo built\n",
+            digest(&index)
+        ),
+    )
+    .unwrap();
+    let mirror = tmp.path().join("mirror");
+    let out = cmbuild_vendor(
+        &mirror,
+        &[
+            "--dockerfile",
+            dockerfile.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    drop(registry);
+
+    let store = Mirror::open(&mirror).unwrap();
+    let bases = cmbuild::ops::oci::vendored_bases(&store, &dockerfile).unwrap();
+    assert_eq!(bases.len(), 1);
+    let record = &bases[0].1;
+    assert_eq!(record.manifest.digest.to_string(), digest(&base.manifest));
+    let layer = store.read_verified(&record.layers[0].cid).unwrap();
+    let root = tmp.path().join("rootfs");
+    tar::Archive::new(flate2::read::GzDecoder::new(&layer[..]))
+        .unpack(&root)
+        .unwrap();
+    let busybox = root.join("usr/bin/busybox");
+    assert_eq!(
+        fs::read_link(root.join("bin")).unwrap(),
+        Path::new("usr/bin")
+    );
+    let elf = fs::read(&busybox).unwrap();
+    // ELF, 64-bit, machine 243 (RISC-V).
+    assert_eq!(&elf[..5], b"\x7fELF\x02");
+    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 243);
+    let run = Command::new("qemu-riscv64")
+        .arg(&busybox)
+        .args(["echo", "hello from the vendored riscv64 base"])
+        .output()
+        .expect("qemu-riscv64 runs (package qemu-user, installed by .ci/install-deps)");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        "hello from the vendored riscv64 base\n"
+    );
 }
 
 #[test]
