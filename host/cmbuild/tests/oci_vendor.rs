@@ -1,13 +1,12 @@
 //! `cmbuild vendor --oci-image` / `--dockerfile` against real registries, on loopback only.
 //!
 //! - Debian's `docker-registry` (the CNCF distribution registry, package `docker-registry`,
-//!   installed by `.ci/install-deps`), started by each test on a free 127.0.0.1 port with a
-//!   fresh storage directory and a generated config. The test builds a small synthetic image
+//!   installed by `.ci/install-deps`), started by each test on a loopback port it picks
+//!   itself, with a fresh storage directory and a generated config. The test builds a small synthetic image
 //!   (a layer tarball, a config, a manifest) for riscv64 and amd64 and an index listing both,
 //!   and pushes them through the registry's push API (blob uploads, manifest PUTs).
 //! - A lying registry: a small HTTP server in the test that serves wrong bytes, too many
 //!   bytes, an oversized manifest, a foreign config, or wants an anonymous bearer token.
-//!
 //! - A base image assembled from Debian riscv64 packages (busybox-static, pinned by the
 //!   guest-image lock) whose vendored layer runs under qemu-riscv64.
 //!

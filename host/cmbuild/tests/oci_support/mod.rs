@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -149,14 +148,6 @@ pub struct TestRegistry {
     agent: ureq::Agent,
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl TestRegistry {
     pub fn start() -> TestRegistry {
         let binary = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
@@ -167,26 +158,41 @@ impl TestRegistry {
                  (.ci/install-deps does it)",
             );
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let host = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
+        // Port 0: the registry picks a free port and logs it, so that two tests never race
+        // for one.
         fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {host}\n",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: 127.0.0.1:0\n  secret: cmbuild-test\n",
                 dir.path().join("storage").display()
             ),
         )
         .unwrap();
-        let child = Command::new(binary)
+        let mut child = Command::new(binary)
             .arg("serve")
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let stderr = child.stderr.take().unwrap();
         let process = Running(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            // Reads the log to its end (so the registry never blocks on a full pipe).
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("msg=\"listening on ").nth(1) {
+                    let _ = tx.send(rest.split('"').next().unwrap_or("").to_owned());
+                }
+            }
+        });
+        let host = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("docker-registry never said where it listens");
         let agent = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(30))
             .build();
