@@ -651,6 +651,10 @@ fn a_lying_registry_is_refused_and_nothing_is_half_written() {
         "{text}"
     );
     assert_nothing_half_written(&mirror, b"");
+    // Refused on its config, before any layer was asked for.
+    let layer_path = format!("/v2/test/base/blobs/{}", digest(&disguised.layer));
+    let requests = liar.requests();
+    assert!(!requests.iter().any(|r| r.0 == layer_path), "{requests:?}");
 }
 
 #[test]

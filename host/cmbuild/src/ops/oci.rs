@@ -316,15 +316,18 @@ impl Vendoring<'_> {
                 done += fetched.stored.size;
                 progress.stored(fetched.stored.size);
             }
+            if records.is_empty() {
+                // The config comes first: a foreign platform is refused before any layer.
+                let config_bytes = self.mirror.read_verified(&fetched.stored.cid)?;
+                oci::check_config_platform(fetched.digest, &config_bytes)
+                    .map_err(|e| self.image_error(e))?;
+            }
             records.push(fetched.record(blob.media_type.clone()));
         }
         if !missing.is_empty() {
             progress.end();
         }
         let config = records.remove(0);
-        let config_bytes = self.mirror.read_verified(&config.cid)?;
-        oci::check_config_platform(config.digest, &config_bytes)
-            .map_err(|e| self.image_error(e))?;
 
         let record = ImageRecord {
             reference: self.image.to_string(),
