@@ -380,21 +380,21 @@ fn heredocs(text: &str) -> Vec<(String, bool)> {
         return Vec::new();
     }
     let mut found = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("<<") {
-        let mut after = &rest[at + 2..];
+    // Like BuildKit, only a word that starts with `<<` opens a heredoc (`echo "a<<b"` does not).
+    for word in text.split_whitespace() {
+        let Some(mut after) = word.strip_prefix("<<") else {
+            continue;
+        };
         let strip_tabs = after.starts_with('-');
         if strip_tabs {
             after = &after[1..];
         }
-        let quote = after.chars().next().filter(|c| *c == '"' || *c == '\'');
-        if let Some(q) = quote {
+        if let Some(q) = after.chars().next().filter(|c| *c == '"' || *c == '\'') {
             after = &after[1..];
             let end = after.find(q).unwrap_or(after.len());
             if end > 0 {
                 found.push((after[..end].to_owned(), strip_tabs));
             }
-            rest = &after[end..];
             continue;
         }
         let end = after
@@ -403,7 +403,6 @@ fn heredocs(text: &str) -> Vec<(String, bool)> {
         if end > 0 && !after.starts_with(|c: char| c.is_ascii_digit()) {
             found.push((after[..end].to_owned(), strip_tabs));
         }
-        rest = &after[end..];
     }
     found
 }
@@ -442,6 +441,7 @@ mod tests {
              RUN <<EOF\n\
              FROM not-an-instruction\n\
              EOF\n\
+             RUN echo \"a<<b\"\n\
              COPY --from=debian:trixie@sha256:{D2} /etc/os-release /x\n\
              FROM --platform=$PLAT builder as second\n\
              COPY --from=0 /a /b\n\
@@ -454,7 +454,7 @@ mod tests {
             names(&text),
             vec![
                 (6, format!("127.0.0.1:5000/test/base@sha256:{D1}")),
-                (13, format!("docker.io/library/debian:trixie@sha256:{D2}")),
+                (14, format!("docker.io/library/debian:trixie@sha256:{D2}")),
             ]
         );
     }
