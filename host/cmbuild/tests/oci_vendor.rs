@@ -423,10 +423,13 @@ enum Answer {
     Body(Vec<u8>),
     /// 200 without a Content-Length: the body ends when the connection closes.
     Unsized(Vec<u8>),
+    /// 307 to this path.
+    Redirect(String),
 }
 
 /// An HTTP server in the test: answers from a table, optionally wanting a bearer token for
-/// /v2/ paths (handed out at /token), and logs every request (path, Accept, Authorization).
+/// /v2/ paths (handed out at /token; other paths, such as a redirect's target, want none),
+/// and logs every request (path, Accept, Authorization).
 struct Liar {
     host: String,
     log: Arc<Mutex<Vec<(String, String, String)>>>,
@@ -494,7 +497,7 @@ fn answer(
         );
         return respond(&mut stream, head, body);
     }
-    if want_token && auth != "Bearer anonymous-token-1" {
+    if want_token && path.starts_with("/v2/") && auth != "Bearer anonymous-token-1" {
         let head = format!(
             "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",\
              service=\"liar\",scope=\"repository:test/base:pull\"\r\nContent-Length: 0\r\n\
@@ -509,6 +512,13 @@ fn answer(
                 body.len()
             );
             respond(&mut stream, head, body)
+        }
+        Some(Answer::Redirect(to)) => {
+            let head = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {to}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            respond(&mut stream, head, b"")
         }
         Some(Answer::Unsized(body)) => respond(
             &mut stream,
@@ -661,7 +671,13 @@ fn a_lying_registry_is_refused_and_nothing_is_half_written() {
 fn anonymous_bearer_tokens_then_a_second_vendor_fetches_nothing() {
     let image = TestImage::new("riscv64", "riscv64");
     let index = index_of(&[(&image, "riscv64")]);
-    let liar = Liar::start(honest_routes(&index, &image), true);
+    // The layer is served elsewhere, after a redirect, like Docker Hub's CDN.
+    let mut routes = honest_routes(&index, &image);
+    let layer_path = format!("/v2/test/base/blobs/{}", digest(&image.layer));
+    let layer = routes.remove(&layer_path).unwrap();
+    routes.insert(layer_path, Answer::Redirect("/cdn/layer".to_owned()));
+    routes.insert("/cdn/layer".to_owned(), layer);
+    let liar = Liar::start(routes, true);
     let tmp = tempfile::tempdir().unwrap();
     let mirror = tmp.path().join("mirror");
     let out = vendor_from(&liar, &index, &mirror);
@@ -691,6 +707,9 @@ fn anonymous_bearer_tokens_then_a_second_vendor_fetches_nothing() {
     ] {
         assert!(manifest_request.1.contains(media), "{manifest_request:?}");
     }
+    // The token went to the registry only, not to where the redirect led.
+    let cdn = requests.iter().find(|r| r.0 == "/cdn/layer").unwrap();
+    assert_eq!(cdn.2, "", "{requests:?}");
     let before = requests.len();
     let again = vendor_from(&liar, &index, &mirror);
     assert!(again.status.success(), "{}", stderr(&again));

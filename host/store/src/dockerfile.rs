@@ -8,7 +8,8 @@
 //! What is understood: line continuations (with the `escape` parser directive), comments,
 //! heredocs (`RUN <<EOF` … `EOF`, whose bodies are not instructions), `FROM [--platform=P]
 //! IMAGE [AS NAME]`, references to earlier stages by name or number, `FROM scratch`, and
-//! `ARG`s declared before the first `FROM` with a default value (`$NAME` and `${NAME}`). An
+//! `ARG`s declared before the first `FROM` with a default value (`$NAME` and `${NAME}`; a
+//! default may use the `ARG`s declared before it). An
 //! `ARG` without a default, any other variable, or a `--platform` other than linux/riscv64
 //! (or `$BUILDPLATFORM` / `$TARGETPLATFORM`, which are linux/riscv64 inside cmbuild's machine)
 //! is refused: it could make the same Dockerfile pull a different image. So is a `# syntax=`
@@ -78,7 +79,7 @@ pub fn base_images(file: &str, text: &str) -> Result<Vec<BaseImage>, DockerfileE
         });
     }
     let instructions = instructions(file, text)?;
-    let mut args: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut args: Args = BTreeMap::new();
     let mut stages: Vec<Option<String>> = Vec::new();
     let mut images = Vec::new();
     for instruction in &instructions {
@@ -97,7 +98,8 @@ pub fn base_images(file: &str, text: &str) -> Result<Vec<BaseImage>, DockerfileE
             "ARG" if stages.is_empty() => {
                 for word in words {
                     let (name, value) = match word.split_once('=') {
-                        Some((name, value)) => (name, Some(unquote(value).to_owned())),
+                        // A default may use the ARGs declared before it.
+                        Some((name, value)) => (name, Some(substitute(unquote(value), &args))),
                         None => (word, None),
                     };
                     args.insert(name.to_owned(), value);
@@ -166,6 +168,9 @@ pub fn base_images(file: &str, text: &str) -> Result<Vec<BaseImage>, DockerfileE
     Ok(images)
 }
 
+/// The `ARG`s declared before the first `FROM`: name -> default (resolved, or why not).
+type Args = BTreeMap<String, Option<Result<String, String>>>;
+
 /// What a `FROM` (or `--from=`) names: `None` for `scratch` and earlier stages.
 fn image_of(
     name: &str,
@@ -190,7 +195,7 @@ fn image_of(
 }
 
 /// Accepts `--platform` values that are linux/riscv64 inside cmbuild's machine.
-fn check_platform(value: &str, args: &BTreeMap<String, Option<String>>) -> Result<(), String> {
+fn check_platform(value: &str, args: &Args) -> Result<(), String> {
     let automatic = [
         "$BUILDPLATFORM",
         "${BUILDPLATFORM}",
@@ -212,7 +217,7 @@ fn check_platform(value: &str, args: &BTreeMap<String, Option<String>>) -> Resul
 }
 
 /// Replaces `$NAME` and `${NAME}` by the default of an `ARG` declared before the first `FROM`.
-fn substitute(text: &str, args: &BTreeMap<String, Option<String>>) -> Result<String, String> {
+fn substitute(text: &str, args: &Args) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(at) = rest.find('$') {
@@ -239,7 +244,8 @@ fn substitute(text: &str, args: &BTreeMap<String, Option<String>>) -> Result<Str
             ));
         }
         match args.get(name) {
-            Some(Some(value)) => out.push_str(value),
+            Some(Some(Ok(value))) => out.push_str(value),
+            Some(Some(Err(why))) => return Err(format!("the default of `{name}`: {why}")),
             Some(None) => {
                 return Err(format!(
                     "`${name}` is an ARG without a default value: the image would depend on \
@@ -431,7 +437,8 @@ mod tests {
         let text = format!(
             "# escape=\\\n\
              ARG BASE=127.0.0.1:5000/test/base@sha256:{D1}\n\
-             ARG PLAT=linux/riscv64\n\
+             ARG OS=linux\n\
+             ARG PLAT=${{OS}}/riscv64\n\
              \n\
              # the builder\n\
              FROM --platform=$BUILDPLATFORM ${{BASE}} AS Builder\n\
@@ -453,8 +460,8 @@ mod tests {
         assert_eq!(
             names(&text),
             vec![
-                (6, format!("127.0.0.1:5000/test/base@sha256:{D1}")),
-                (14, format!("docker.io/library/debian:trixie@sha256:{D2}")),
+                (7, format!("127.0.0.1:5000/test/base@sha256:{D1}")),
+                (15, format!("docker.io/library/debian:trixie@sha256:{D2}")),
             ]
         );
     }
@@ -485,6 +492,10 @@ mod tests {
             (
                 "FROM ${NOPE}\n",
                 "not an ARG declared before the first FROM",
+            ),
+            (
+                "ARG A=$B\nFROM $A\n",
+                "the default of `A`: `$B` is not an ARG declared",
             ),
             (
                 "ARG B=x\nFROM ${B:-debian}\n",

@@ -210,10 +210,11 @@ pub fn vendor_images(
         let (record, present) = vendoring.image(progress)?;
         report.images_present += usize::from(present);
         progress.note(&format!(
-            "cmbuild vendor: OCI image {} -> linux/riscv64 manifest {} ({} layers{})",
+            "cmbuild vendor: OCI image {} -> linux/riscv64 manifest {} ({} layer{}{})",
             image,
             record.manifest.digest,
             record.layers.len(),
+            if record.layers.len() == 1 { "" } else { "s" },
             if present { ", already there" } else { "" }
         ));
         report
