@@ -172,11 +172,21 @@ fn vendors_riscv64_images_from_a_real_registry_by_reference_and_dockerfile() {
     let lines: Vec<usize> = bases.iter().map(|(b, _)| b.line).collect();
     assert_eq!(lines, [2, 4]);
     assert_eq!(bases[0].1.digest.to_string(), digest(&index));
-    // The first mirror holds only the image by index: the Dockerfile's second base is missing.
-    let err = cmbuild::ops::oci::vendored_bases(&store, &dockerfile).unwrap_err();
+    // The first mirror holds the image by index: its riscv64 manifest is found by digest too.
+    let bases_in_first = cmbuild::ops::oci::vendored_bases(&store, &dockerfile).unwrap();
+    assert_eq!(bases_in_first[1].1.layers, record.layers);
+    assert_eq!(
+        bases_in_first[1].1.digest.to_string(),
+        digest(&riscv.manifest)
+    );
+    // An image never vendored is named by its digest.
+    let other = tmp.path().join("Dockerfile.other");
+    let absent = format!("sha256:{}", "7".repeat(64));
+    fs::write(&other, format!("FROM {host}/test/base@{absent}\n")).unwrap();
+    let err = cmbuild::ops::oci::vendored_bases(&store, &other).unwrap_err();
     assert!(
         err.to_string()
-            .contains(&format!("no image with digest {}", digest(&riscv.manifest))),
+            .contains(&format!("no image with digest {absent}")),
         "{err}"
     );
     let by_manifest: OciDigest = digest(&riscv.manifest).parse().unwrap();

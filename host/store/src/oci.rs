@@ -780,14 +780,25 @@ pub fn read_record(
 }
 
 /// Finds a vendored image by the digest a `FROM` line names (whatever registry it came from),
-/// every blob present and intact: what an offline build loads.
+/// every blob present and intact: what an offline build loads. The digest may be the one an
+/// image was vendored by, or the linux/riscv64 manifest chosen from a vendored index.
 pub fn find_image(mirror: &Mirror, digest: &OciDigest) -> Result<ImageRecord, FindError> {
     let index = mirror.load_index()?;
     let wanted = digest.to_string();
-    for key in index.entries.keys() {
-        if key.kind == Kind::OciImage && key.version == wanted {
-            if let Some(record) = read_record(mirror, &index, key)? {
-                return Ok(record);
+    let images = || index.entries.keys().filter(|k| k.kind == Kind::OciImage);
+    for key in images().filter(|k| k.version == wanted) {
+        if let Some(record) = read_record(mirror, &index, key)? {
+            return Ok(record);
+        }
+    }
+    for key in images() {
+        if let Some(record) = read_record(mirror, &index, key)? {
+            if record.manifest.digest == *digest {
+                return Ok(ImageRecord {
+                    digest: *digest,
+                    index: None,
+                    ..record
+                });
             }
         }
     }
