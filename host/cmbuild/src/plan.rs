@@ -317,7 +317,7 @@ pub fn collect_outputs(
         let log_tail = crate::terminal::sanitize(&driver_error) + &log.tail;
         let mut bins = BTreeMap::new();
         for planned in &plan.bins {
-            let rel = format!("{target}/{}", planned.bin);
+            let rel = format!("{target}/{}", target.artifact_name(&planned.bin));
             if files.contains(&rel) {
                 bins.insert(planned.bin.clone(), dest.join(&rel));
             }
