@@ -517,7 +517,7 @@ mod tests {
         // plan.env is on the input drive, so its bytes are part of every root hash.
         let plan = Plan::new(
             &Selection {
-                targets: Triple::ALL.to_vec(),
+                targets: Triple::defaults(),
                 profile: Profile::default(),
                 profile_name: "default".into(),
             },

@@ -13,20 +13,13 @@
 //! artifact is a `.wasm` that runs under node's WASI (when node is installed); the manifest
 //! names `.wasm` paths.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cmbuild::manifest::read_manifest;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("CMBUILD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/cmbuild"))
-}
+use common::{cache_dir, git, repo_root, s};
 
 fn cmbuild(args: &[&str]) -> std::process::Output {
     eprintln!("$ cmbuild {}", args.join(" "));
@@ -35,22 +28,6 @@ fn cmbuild(args: &[&str]) -> std::process::Output {
         .stderr(std::process::Stdio::inherit())
         .output()
         .unwrap()
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "cmbuild")
-        .env("GIT_AUTHOR_EMAIL", "demo@cmbuild.invalid")
-        .env("GIT_COMMITTER_NAME", "cmbuild")
-        .env("GIT_COMMITTER_EMAIL", "demo@cmbuild.invalid")
-        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
-        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
 }
 
 /// Copies examples/NAME (its files only, no build output) into a fresh repository tagged
@@ -84,10 +61,6 @@ fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), to.join(&name)).unwrap();
         }
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Vendors and builds `project` (all triples of its cmbuild.toml in one machine) and
