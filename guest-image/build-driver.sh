@@ -2,8 +2,10 @@
 # cmbuild's build driver, run by /init inside the guest's root image (see PROTOCOL.md).
 #
 # Reads the input drive (a tar: plan.env, source.tar, vendor.tar, cargo-config.toml),
-# builds every triple of the plan with cargo --offline --locked, copies the planned
-# binaries to /out/<triple>/, and writes /out as one tar onto the output drive. Paths are
+# refuses a plan version it does not know, builds every triple of the plan with cargo
+# --offline --locked (the full log to /out/<triple>/build.log, one progress line per
+# crate and the first error line to the console), copies the planned binaries to
+# /out/<triple>/, and writes /out as one tar onto the output drive. Paths are
 # fixed (/build/...), and remapped in every artifact, so nothing of the build leaks.
 
 export PATH=/usr/bin:/usr/sbin:/usr/lib/cmbuild/bin
@@ -30,6 +32,15 @@ fi
 set -a
 . /build/plan.env
 set +a
+# The plan versions this driver reads (PROTOCOL.md); any other is refused before building.
+case "${CMBUILD_PLAN_VERSION:-}" in
+    1) ;;
+    *)
+        say "unsupported build plan version (this driver reads version 1)"
+        echo "plan-version" > /out/error
+        finish
+        ;;
+esac
 tar -xf /build/source.tar -C /build/src && tar -xf /build/vendor.tar -C /build/vendor || {
     say "cannot unpack the source or the vendored crates"
     echo "unpack" > /out/error
@@ -42,33 +53,46 @@ cp /usr/lib/cmbuild/cargo-config.toml "$CARGO_HOME/config.toml"
 export CARGO_TERM_COLOR=never CARGO_TERM_PROGRESS_WHEN=never CARGO_INCREMENTAL=0
 
 cd /build/src || finish
+total=$(grep -c '^\[\[package\]\]$' Cargo.lock 2>/dev/null) || total=0
 for target in $TARGETS; do
     case "$target" in
-        x86_64-*) clang_target=x86_64-linux-gnu ;;
-        aarch64-*) clang_target=aarch64-linux-gnu ;;
-        riscv64*) clang_target=riscv64-linux-gnu ;;
-        *) clang_target="" ;;
+        x86_64-*) link_flags="-C linker=clang -C link-arg=--target=x86_64-linux-gnu -C link-arg=-fuse-ld=lld" exe_suffix="" ;;
+        aarch64-*) link_flags="-C linker=clang -C link-arg=--target=aarch64-linux-gnu -C link-arg=-fuse-ld=lld" exe_suffix="" ;;
+        riscv64*) link_flags="-C linker=clang -C link-arg=--target=riscv64-linux-gnu -C link-arg=-fuse-ld=lld" exe_suffix="" ;;
+        wasm32-unknown-unknown) link_flags="-C linker=wasm-ld" exe_suffix=".wasm" ;;
+        wasm32-wasip1) link_flags="-C linker=wasm-ld" exe_suffix=".wasm" ;;
+        *) link_flags="" exe_suffix="" ;;
     esac
     # RUSTFLAGS replaces the config's per-target rustflags, so it carries the linker
     # flags too; they apply to the target's artifacts only (build scripts use cc).
-    RUSTFLAGS="--remap-path-prefix=/build/src=/src --remap-path-prefix=/build/vendor=/vendor --remap-path-prefix=/build/cargo-home=/cargo -C linker=clang"
-    if [ -n "$clang_target" ]; then
-        RUSTFLAGS="$RUSTFLAGS -C link-arg=--target=$clang_target -C link-arg=-fuse-ld=lld"
-    fi
+    RUSTFLAGS="--remap-path-prefix=/build/src=/src --remap-path-prefix=/build/vendor=/vendor --remap-path-prefix=/build/cargo-home=/cargo $link_flags"
     export RUSTFLAGS
     mkdir -p "/out/$target"
     say "building $target"
+    # The full log goes to the output drive; the console (a slow UART) gets one
+    # `cmbuild-progress: T n/N crate version` line per crate cargo compiles (N: the
+    # packages of Cargo.lock, an upper bound) and the first error line.
     # shellcheck disable=SC2086 # CARGO_FLAGS is a word list by design.
-    cargo build --release --locked --offline --config /build/cargo-config.toml \
-        --target "$target" ${CARGO_FLAGS:-} > "/build/$target.log" 2>&1
-    status=$?
-    tail -n 100 "/build/$target.log"
-    tail -n 200 "/build/$target.log" > "/out/$target/build.log"
+    { cargo build --release --locked --offline --config /build/cargo-config.toml \
+        --target "$target" ${CARGO_FLAGS:-}; echo "$?" > "/build/$target.status"; } 2>&1 |
+        awk -v target="$target" -v total="$total" -v logfile="/out/$target/build.log" '
+            { print > logfile }
+            $1 == "Compiling" && NF >= 3 {
+                n++
+                print "cmbuild-progress: " target " " n "/" total " " $2 " " $3
+                fflush()
+            }
+            !failed && /^error(\[E[0-9]+\])?: / {
+                failed = 1
+                print "cmbuild-error: " target " " substr($0, 1, 300)
+                fflush()
+            }'
+    status=$(cat "/build/$target.status" 2>/dev/null) || status=1
     echo "$status" > "/out/$target/status"
     say "$target finished with status $status"
     for bin in ${BINS:-}; do
-        if [ -f "target/$target/release/$bin" ]; then
-            cp "target/$target/release/$bin" "/out/$target/$bin"
+        if [ -f "target/$target/release/$bin$exe_suffix" ]; then
+            cp "target/$target/release/$bin$exe_suffix" "/out/$target/$bin$exe_suffix"
         fi
     done
 done

@@ -25,6 +25,7 @@ pub mod ops;
 pub mod perf_map;
 pub mod pins;
 pub mod plan;
+pub mod progress;
 pub mod project;
 pub mod run;
 pub mod snapshot_dir;

@@ -273,8 +273,10 @@ pub struct TargetOutput {
     /// The binaries found, by name, as paths under the extraction directory.
     pub bins: BTreeMap<String, PathBuf>,
     /// The tail of the build log, if any, after the driver's `error` report, if any
-    /// (untrusted guest text: sanitise before printing).
+    /// (sanitised guest text).
     pub log_tail: String,
+    /// The first error line of the build log, if any (sanitised guest text).
+    pub first_error: Option<String>,
 }
 
 /// Extracts the guest's output drive into `dest` (fresh, empty) and checks it against the plan.
@@ -307,10 +309,15 @@ pub fn collect_outputs(
                 .unwrap_or_default()
         };
         let status = read_small("status").trim().parse().ok();
-        let log_tail = driver_error.clone() + &read_small("build.log");
+        let log = if files.contains(&format!("{target}/build.log")) {
+            crate::progress::summarize_log_file(&dest.join(format!("{target}/build.log")))
+        } else {
+            crate::progress::LogSummary::default()
+        };
+        let log_tail = crate::terminal::sanitize(&driver_error) + &log.tail;
         let mut bins = BTreeMap::new();
         for planned in &plan.bins {
-            let rel = format!("{target}/{}", planned.bin);
+            let rel = format!("{target}/{}", target.artifact_name(&planned.bin));
             if files.contains(&rel) {
                 bins.insert(planned.bin.clone(), dest.join(&rel));
             }
@@ -321,6 +328,7 @@ pub fn collect_outputs(
                 status,
                 bins,
                 log_tail,
+                first_error: log.first_error,
             },
         );
     }
@@ -460,6 +468,38 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_targets_first_error_is_found_in_a_long_log() {
+        let plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
+        let mut log = String::from("   Compiling a v0.1.0\n");
+        log +=
+            "error: package `b v1.0.0` cannot be built because it requires rustc 1.88 or newer\n";
+        log += &"warning: noise\n".repeat(20_000); // far beyond the old 64 KiB cap
+        log += "error: could not compile `a`\n";
+        let mut tar = DeterministicTar::new(Vec::new(), 0);
+        tar.dir("./x86_64-unknown-linux-gnu").unwrap();
+        tar.file(
+            "./x86_64-unknown-linux-gnu/build.log",
+            log.as_bytes(),
+            false,
+        )
+        .unwrap();
+        tar.file("./x86_64-unknown-linux-gnu/status", b"101\n", false)
+            .unwrap();
+        let drive = tar.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let outputs = collect_outputs(&drive, dir.path(), &plan).unwrap();
+        let x86 = &outputs[&Triple::ALL[0]];
+        assert_eq!(x86.status, Some(101));
+        assert!(x86
+            .first_error
+            .as_deref()
+            .unwrap()
+            .ends_with("requires rustc 1.88 or newer"));
+        assert!(x86.log_tail.ends_with("error: could not compile `a`\n"));
+        assert!(x86.log_tail.len() < 4096);
+    }
+
+    #[test]
     fn the_drivers_error_report_reaches_the_log() {
         let plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
         let mut tar = DeterministicTar::new(Vec::new(), 0);
@@ -477,7 +517,7 @@ mod tests {
         // plan.env is on the input drive, so its bytes are part of every root hash.
         let plan = Plan::new(
             &Selection {
-                targets: Triple::ALL.to_vec(),
+                targets: Triple::defaults(),
                 profile: Profile::default(),
                 profile_name: "default".into(),
             },

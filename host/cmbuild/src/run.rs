@@ -187,13 +187,14 @@ pub enum RunError {
         snapshot: String,
     },
     /// The guest reported a failed build.
-    #[error("the build failed inside machine {name} (exit code {exit_code}):\n{log}")]
+    #[error("the build failed for {name}:\n{log}")]
     GuestFailed {
-        /// The target that failed.
+        /// The targets that failed, comma-separated.
         name: String,
-        /// The guest's exit code.
+        /// The exit code of the first failed target's machine.
         exit_code: u64,
-        /// The tail of its build log (untrusted guest output).
+        /// Each triple's outcome, then per failed triple its first error line and the
+        /// tail of its build log (sanitised guest output).
         log: String,
     },
     /// The output directory exists already.
@@ -431,23 +432,33 @@ pub fn gather_inputs(
 ) -> Result<ReleaseInputs, RunError> {
     progress(Progress::Phase("checking inputs in the mirror".into()));
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
-    assemble_image_on_first_use(&mirror, opts, job, progress)?;
-    let mut missing = Vec::new();
-    let mut blob = |key: &str| -> Option<Vec<u8>> {
-        match pins::require_cid(&opts.pins, key) {
-            Ok(cid) => read_pinned(&mirror, opts.image_dir.as_deref(), key, &cid, &mut missing),
-            Err(e) => {
-                missing.push(e.to_string());
-                None
+    // Blobs are hashed once, as they are read: a present but corrupt image file fails that
+    // check, and is then assembled again (once) like a missing one.
+    let mut assembled = assemble_image_on_first_use(&mirror, opts, job, progress, false)?;
+    let (image, mut missing) = loop {
+        let mut missing = Vec::new();
+        let mut blob = |key: &str| -> Option<Vec<u8>> {
+            match pins::require_cid(&opts.pins, key) {
+                Ok(cid) => read_pinned(&mirror, opts.image_dir.as_deref(), key, &cid, &mut missing),
+                Err(e) => {
+                    missing.push(e.to_string());
+                    None
+                }
             }
+        };
+        let image = (
+            blob(pins::KERNEL),
+            blob(pins::FIRMWARE),
+            blob(pins::INITRD),
+            blob(pins::ROOTFS),
+        );
+        let complete =
+            image.0.is_some() && image.1.is_some() && image.2.is_some() && image.3.is_some();
+        if complete || assembled {
+            break (image, missing);
         }
+        assembled = assemble_image_on_first_use(&mirror, opts, job, progress, true)?;
     };
-    let image = (
-        blob(pins::KERNEL),
-        blob(pins::FIRMWARE),
-        blob(pins::INITRD),
-        blob(pins::ROOTFS),
-    );
     let vendor_dir = job.work.path().join("vendor");
     if let Err(e) = crate::vendoring::unpack_locked_crates(&mirror, &job.lock_bytes, &vendor_dir) {
         missing.push(e.to_string());
@@ -490,24 +501,29 @@ pub fn gather_inputs(
 /// check them against the pins and keep them in the mirror by CID (later runs read them from
 /// there). Nothing happens when each is in the mirror or in the image directory (where
 /// [`read_pinned`] checks it against its pin).
+///
+/// `present` is checked by name only (the bytes are verified when read); with `repair`, a
+/// file read and found corrupt, it is assembled whatever is present. Returns whether it
+/// assembled.
 fn assemble_image_on_first_use(
     mirror: &Mirror,
     opts: &RunOptions,
     job: &ReleaseJob,
     progress: &(dyn Fn(Progress) + Sync),
-) -> Result<(), RunError> {
+    repair: bool,
+) -> Result<bool, RunError> {
     use cmbuild_image::assemble;
     let present = assemble::pinned_files(&opts.pins)?
         .iter()
         .all(|(_, file, cid)| {
-            mirror.has_valid(cid).unwrap_or(false)
+            mirror.blob_path(cid).is_file()
                 || opts
                     .image_dir
                     .as_ref()
                     .is_some_and(|dir| dir.join(file).is_file())
         });
-    if present {
-        return Ok(());
+    if present && !repair {
+        return Ok(false);
     }
     progress(Progress::Phase(
         "assembling the guest image from the mirror's Debian packages (first use, offline)".into(),
@@ -532,7 +548,7 @@ fn assemble_image_on_first_use(
     progress(Progress::Phase(
         "guest image assembled, matches its pins, kept in the mirror".into(),
     ));
-    Ok(())
+    Ok(true)
 }
 
 /// What a machine left: its record, its output drive and the top-level leaves of its final
@@ -614,6 +630,7 @@ pub fn collect_release(
     let plan = &job.plan;
     let mut artifacts = Vec::new();
     let mut machines = Vec::new();
+    let mut collected = Vec::new();
     for (index, result) in results {
         let MachineOutput {
             run,
@@ -624,22 +641,22 @@ pub fn collect_release(
         std::fs::create_dir(&extract)?;
         let outputs =
             plan::collect_outputs(&output_drive, &extract, &plan.for_targets(&groups[index]))?;
+        collected.push((run, outputs, output_drive, leaves));
+    }
+    check_outcomes(
+        plan,
+        collected.iter().map(|(run, outputs, ..)| (run, outputs)),
+    )?;
+    for (run, outputs, output_drive, leaves) in collected {
         // The state proofs: built once per machine, only if it built something.
         let located = state_proofs::locate_files(&output_drive);
         let mut tree = None;
         let machine_name = format!("machine/{}", run.targets.join(","));
         for (target, output) in &outputs {
-            if output.status != Some(0) || output.bins.len() != plan.bins.len() {
-                return Err(RunError::GuestFailed {
-                    name: target.to_string(),
-                    exit_code: u64::from(run.exit_code),
-                    log: output.log_tail.clone(),
-                });
-            }
             std::fs::create_dir_all(staging.join(target.as_str()))?;
             for planned in &plan.bins {
                 let bytes = std::fs::read(&output.bins[&planned.bin])?;
-                let rel = format!("{target}/{}", planned.bin);
+                let rel = format!("{target}/{}", target.artifact_name(&planned.bin));
                 staging::write_synced(&staging.join(&rel), &bytes, 0o755)?;
                 let tree = tree.get_or_insert_with(|| PageTree::build(&output_drive));
                 let proof = state_proofs::prove_file(
@@ -694,6 +711,52 @@ pub fn collect_release(
         config: Some(opts.machine),
     };
     Ok((manifest, machine))
+}
+
+/// Whether a target's output is a success: cargo's status 0 and every planned binary.
+fn succeeded(plan: &plan::Plan, output: &plan::TargetOutput) -> bool {
+    output.status == Some(0) && plan.bins.iter().all(|b| output.bins.contains_key(&b.bin))
+}
+
+/// Fails with every triple's outcome if any target failed: a failed one shows its first
+/// error line (`error: package X requires rustc 1.88`), then the tail of its log.
+fn check_outcomes<'a>(
+    plan: &plan::Plan,
+    collected: impl IntoIterator<Item = (&'a MachineRun, &'a BTreeMap<Triple, plan::TargetOutput>)>,
+) -> Result<(), RunError> {
+    let mut outcomes = String::new();
+    let mut details = String::new();
+    let mut failed = Vec::new();
+    let mut exit_code = None;
+    for (run, outputs) in collected {
+        for (target, output) in outputs {
+            if succeeded(plan, output) {
+                outcomes += &format!("  {target}: built\n");
+                continue;
+            }
+            failed.push(target.to_string());
+            exit_code.get_or_insert(u64::from(run.exit_code));
+            let status = match output.status {
+                Some(0) => "built, but planned binaries are missing".to_owned(),
+                Some(code) => format!("failed (cargo exit status {code})"),
+                None => "failed (no status reported)".to_owned(),
+            };
+            let first = output.first_error.as_deref().unwrap_or("(no error line)");
+            outcomes += &format!("  {target}: {status}: {first}\n");
+            details += &format!(
+                "--- {target}: first error\n{first}\n--- {target}: last lines of build.log\n{}",
+                output.log_tail
+            );
+        }
+    }
+    match exit_code {
+        None => Ok(()),
+        Some(exit_code) => Err(RunError::GuestFailed {
+            name: failed.join(", "),
+            exit_code,
+            log: outcomes + &details,
+        }),
+    }
 }
 
 /// Writes the records beside the staged artifacts (every file synced) and moves the whole

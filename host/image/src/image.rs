@@ -262,10 +262,15 @@ fn read_package(
 /// is the `RUST_TOOLCHAIN__<TRIPLE>` pin and the manifest's `toolchain` field. `None` when
 /// the lock has no standard library for the triple.
 pub fn toolchain_descriptor(lock: &Lock, triple: Triple) -> Option<String> {
-    let arch = triple.spec().debian_arch;
+    let spec = triple.spec();
+    let arch = spec.debian_arch;
     let relevant = |p: &&LockedPackage| {
         let host_tool = (p.name == "rustc" || p.name == "cargo") && p.architecture != "all";
-        let std_lib = p.name.starts_with("libstd-rust-") && p.architecture == arch;
+        // An architecture's std is libstd-rust-dev and the runtime it depends on; an
+        // architecture-independent one (WebAssembly) is its one package.
+        let std_lib = p.architecture == arch
+            && (p.name == spec.std_package
+                || (arch != "all" && p.name.starts_with("libstd-rust-")));
         host_tool || std_lib
     };
     let mut lines: Vec<String> = lock
@@ -279,10 +284,8 @@ pub fn toolchain_descriptor(lock: &Lock, triple: Triple) -> Option<String> {
             )
         })
         .collect();
-    if !lines
-        .iter()
-        .any(|l| l.starts_with("package libstd-rust-dev "))
-    {
+    let std_line = format!("package {} {arch} ", spec.std_package);
+    if !lines.iter().any(|l| l.starts_with(&std_line)) {
         return None;
     }
     lines.sort();
@@ -330,7 +333,7 @@ mod tests {
             package("libstd-rust-dev", "arm64"),
             package("clang", "riscv64"),
         ]);
-        let [x86_64, aarch64, riscv64] = Triple::ALL;
+        let [x86_64, aarch64, riscv64, ..] = Triple::ALL;
         let text = toolchain_descriptor(&lock, x86_64).unwrap();
         assert!(text.contains(&format!(
             "package libstd-rust-dev amd64 1.0 {}",
@@ -341,6 +344,18 @@ mod tests {
         let other = toolchain_descriptor(&lock, aarch64).unwrap();
         assert_ne!(text, other);
         assert!(toolchain_descriptor(&lock, riscv64).is_none());
+        let [.., wasm, wasi] = Triple::ALL;
+        assert!(toolchain_descriptor(&lock, wasm).is_none());
+        let mut with_wasm = lock.clone();
+        with_wasm
+            .packages
+            .push(package("libstd-rust-dev-wasm32", "all"));
+        let wasm_text = toolchain_descriptor(&with_wasm, wasm).unwrap();
+        assert!(wasm_text.contains("package libstd-rust-dev-wasm32 all"));
+        assert!(!wasm_text.contains("amd64"), "{wasm_text}");
+        assert_ne!(wasm_text, toolchain_descriptor(&with_wasm, wasi).unwrap());
+        // The Linux descriptors do not change with it.
+        assert_eq!(toolchain_descriptor(&with_wasm, x86_64).unwrap(), text);
     }
 
     #[test]
