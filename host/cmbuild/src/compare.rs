@@ -483,6 +483,20 @@ fn compare_machines(
             b: show(&cb),
         });
     }
+    // The template the machines resumed from is an input too (it covers the image and the
+    // settings, and the guest's whole boot).
+    let template_hash = |m: &MachineRecord| {
+        m.template
+            .as_ref()
+            .map_or_else(|| "(absent)".to_owned(), |t| t.hash.clone())
+    };
+    if template_hash(ma) != template_hash(mb) {
+        report.findings.push(Finding::MachineInputDrift {
+            input: "template".into(),
+            a: template_hash(ma),
+            b: template_hash(mb),
+        });
+    }
     // (the record whose machines need a counterpart, its name, the other record, its name,
     // whether the first is side a)
     let mut directions = Vec::new();
@@ -596,6 +610,7 @@ mod tests {
                 })
                 .collect(),
             config: None,
+            template: None,
         };
         fs::write(dir.join("machine.json"), to_canonical_json(&record)).unwrap();
     }
@@ -685,6 +700,18 @@ mod tests {
         assert!(matches!(
             &report.findings[..],
             [Finding::MachineInputDrift { input, .. }] if input == "config"
+        ));
+        record.config = None;
+        record.template = Some(crate::manifest::TemplateUse {
+            hash: "cmvm-sha256-v1:aa".into(),
+            cid: cmbuild_store::cid::cid_of_bytes(b"template"),
+            mcycle: 1,
+        });
+        fs::write(b.join("machine.json"), to_canonical_json(&record)).unwrap();
+        let report = compare_builds(&a, &b, &fake_cid).unwrap();
+        assert!(matches!(
+            &report.findings[..],
+            [Finding::MachineInputDrift { input, .. }] if input == "template"
         ));
     }
 

@@ -78,6 +78,12 @@ pub struct MachineSettings {
     pub scratch_length: u64,
     /// Output drive of each machine, bytes.
     pub output_length: u64,
+    /// Input drive of each machine, bytes: fixed, because every build resumes from the
+    /// template machine, which was booted with this drive (empty) in its device tree.
+    /// Absent from records written before cmbuild had templates (they sized the drive by
+    /// its contents); read as the default.
+    #[serde(default = "default_input_length")]
+    pub input_length: u64,
     /// A machine that reaches this mcycle is stopped and the run fails.
     pub max_mcycle: u64,
 }
@@ -87,6 +93,13 @@ pub const MAX_RAM: u64 = 64 << 30;
 /// Largest scratch or output drive cmbuild configures.
 pub const MAX_DRIVE: u64 = 64 << 30;
 
+/// The input drive's size when none is given: 1 GiB.
+pub const DEFAULT_INPUT_LENGTH: u64 = 1 << 30;
+
+fn default_input_length() -> u64 {
+    DEFAULT_INPUT_LENGTH
+}
+
 impl Default for MachineSettings {
     /// The settings of `cmbuild run` without options.
     fn default() -> Self {
@@ -94,6 +107,7 @@ impl Default for MachineSettings {
             ram_length: 4096 << 20,
             scratch_length: 256 << 20,
             output_length: 512 << 20,
+            input_length: DEFAULT_INPUT_LENGTH,
             max_mcycle: 1 << 44,
         }
     }
@@ -121,21 +135,22 @@ impl MachineSettings {
             DRIVE_ALIGN,
             MAX_DRIVE,
         )?;
-        check("output_length", self.output_length, DRIVE_ALIGN, MAX_DRIVE)
+        check("output_length", self.output_length, DRIVE_ALIGN, MAX_DRIVE)?;
+        check("input_length", self.input_length, DRIVE_ALIGN, MAX_DRIVE)
     }
 
-    /// The machine that builds: the guest image, `input` as the input drive, and zeroed
-    /// output and scratch drives of the configured sizes.
-    pub fn machine_config(&self, image: &GuestImage, input: Vec<u8>) -> MachineConfig {
+    /// The machine the template is booted from: the guest image, and zeroed input, output
+    /// and scratch drives of the configured sizes. (A build fills the input drive of the
+    /// template when it resumes; see [`crate::template`].)
+    pub fn machine_config(&self, image: &GuestImage) -> MachineConfig {
         let zeros = |len: u64| vec![0u8; (len.max(1).div_ceil(DRIVE_ALIGN) * DRIVE_ALIGN) as usize];
-        let mut input = Some(input);
         let flash_drives = Drive::ALL
             .iter()
             .map(|&drive| FlashConfig {
                 label: drive.label().into(),
                 image: match drive {
                     Drive::Root => image.rootfs.clone(),
-                    Drive::Input => input.take().unwrap_or_default(),
+                    Drive::Input => zeros(self.input_length),
                     Drive::Output => zeros(self.output_length),
                     Drive::Scratch => zeros(self.scratch_length),
                 },
@@ -184,7 +199,7 @@ mod tests {
             initrd: vec![],
             rootfs: vec![2; 4096],
         };
-        let config = MachineSettings::default().machine_config(&image, vec![3; 4096]);
+        let config = MachineSettings::default().machine_config(&image);
         let labels: Vec<&str> = config
             .flash_drives
             .iter()
@@ -192,8 +207,8 @@ mod tests {
             .collect();
         assert_eq!(labels, ["root", "input", "output", "scratch"]);
         assert_eq!(
-            config.flash_drives[Drive::Input.index()].image,
-            vec![3; 4096]
+            config.flash_drives[Drive::Input.index()].image.len() as u64,
+            DEFAULT_INPUT_LENGTH
         );
         assert_eq!(
             config.flash_drives[Drive::Output.index()].image.len(),
@@ -218,6 +233,10 @@ mod tests {
             },
             MachineSettings {
                 output_length: 12345,
+                ..MachineSettings::default()
+            },
+            MachineSettings {
+                input_length: 0,
                 ..MachineSettings::default()
             },
         ] {

@@ -31,6 +31,7 @@ pub mod run;
 pub mod snapshot_dir;
 pub mod staging;
 pub mod state_proofs;
+pub mod template;
 pub mod terminal;
 pub mod untrusted;
 pub mod vendoring;

@@ -116,6 +116,23 @@ pub struct MachineRecord {
     /// before cmbuild recorded it; readers then assume [`MachineSettings::default`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<MachineSettings>,
+    /// The template machine every machine of the run resumed from (`cmbuild::template`).
+    /// Absent from records written before cmbuild had templates (their machines booted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateUse>,
+}
+
+/// The template a run's machines resumed from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateUse {
+    /// The template hash: the state hash at the guest's ready point, `cmvm-sha256-v1:<hex>`.
+    pub hash: String,
+    /// Content ID of the template blob (the packed snapshot) in the mirror.
+    pub cid: Cid,
+    /// `mcycle` at the ready point; each machine's `mcycle` counts from reset, so it
+    /// includes these.
+    pub mcycle: u64,
 }
 
 /// One machine's run.

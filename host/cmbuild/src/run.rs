@@ -158,6 +158,9 @@ pub enum RunError {
     /// The perf map could not be written.
     #[error(transparent)]
     PerfMap(#[from] crate::perf_map::PerfMapError),
+    /// The template machine could not be found, derived or checked.
+    #[error("the template machine")]
+    Template(#[from] crate::template::TemplateError),
     /// The machine did not halt in time.
     #[error("machine {name} reached --max-mcycle {mcycle} without halting")]
     Timeout {
@@ -263,6 +266,42 @@ fn read_pinned(
     }
     missing.push(format!("{name} {cid} ({mirror_error})"));
     None
+}
+
+/// The pinned guest image from the mirror (or `image_dir`), each file checked against its
+/// pin; fails naming every file missing.
+pub fn read_pinned_image(
+    mirror: &Mirror,
+    pins: &Pins,
+    image_dir: Option<&Path>,
+) -> Result<GuestImage, RunError> {
+    let mut missing = Vec::new();
+    let mut blob = |key: &str| -> Option<Vec<u8>> {
+        match pins::require_cid(pins, key) {
+            Ok(cid) => read_pinned(mirror, image_dir, key, &cid, &mut missing),
+            Err(e) => {
+                missing.push(e.to_string());
+                None
+            }
+        }
+    };
+    match (
+        blob(pins::KERNEL),
+        blob(pins::FIRMWARE),
+        blob(pins::INITRD),
+        blob(pins::ROOTFS),
+    ) {
+        (Some(kernel), Some(firmware), Some(initrd), Some(rootfs)) => Ok(GuestImage {
+            kernel,
+            firmware,
+            initrd,
+            rootfs,
+        }),
+        _ => Err(RunError::MissingInputs {
+            mirror: mirror.root().display().to_string(),
+            missing,
+        }),
+    }
 }
 
 /// The machine groups of a run: which targets each machine builds.
@@ -421,6 +460,8 @@ pub struct ReleaseInputs {
     pub vendor_tar: Vec<u8>,
     /// Content ID of every input, by name, as `machine.json` records them.
     pub cids: BTreeMap<String, Cid>,
+    /// The template machine every build resumes from.
+    pub template: crate::template::Template,
 }
 
 /// Reads the pinned guest image and the locked crates from the mirror; fails naming
@@ -489,10 +530,61 @@ pub fn gather_inputs(
     }
     cids.insert("SOURCE_CID".to_owned(), cid_of_bytes(&job.source_tar));
     cids.insert("VENDOR_CID".to_owned(), cid_of_bytes(&vendor_tar));
+    let template = obtain_template(&mirror, &opts.pins, &opts.machine, &image, progress)?;
     Ok(ReleaseInputs {
         image,
         vendor_tar,
         cids,
+        template,
+    })
+}
+
+/// The template of the run's image and machine settings, from the mirror or derived now
+/// (see [`crate::template`]). The pinned template hash applies to the default settings.
+pub fn obtain_template(
+    mirror: &Mirror,
+    pins: &Pins,
+    settings: &MachineSettings,
+    image: &GuestImage,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<crate::template::Template, RunError> {
+    use crate::template;
+    let cids = image_cids(pins)?;
+    let default_settings = MachineSettings {
+        max_mcycle: settings.max_mcycle,
+        ..MachineSettings::default()
+    };
+    let pinned = pins
+        .get(template::TEMPLATE_PIN)
+        .filter(|_| *settings == default_settings)
+        .map(String::as_str);
+    let started = std::time::Instant::now();
+    let found = template::obtain(mirror, image, &cids, settings, pinned, &mut |event| {
+        if let template::Event::Note(note) = event {
+            progress(Progress::Phase(note));
+        }
+    })?;
+    progress(Progress::Phase(format!(
+        "template {} ({}, {} in {:.1?})",
+        found.record.root_hash,
+        found.record.cid,
+        if found.derived {
+            "derived"
+        } else {
+            "from the mirror"
+        },
+        started.elapsed()
+    )));
+    Ok(found)
+}
+
+/// The pinned CIDs of the guest image's files.
+pub fn image_cids(pins: &Pins) -> Result<crate::template::ImageCids, RunError> {
+    Ok(crate::template::ImageCids {
+        kernel: pins::require_cid(pins, pins::KERNEL)?,
+        firmware: pins::require_cid(pins, pins::FIRMWARE)?,
+        initrd: pins::require_cid(pins, pins::INITRD)?,
+        rootfs: pins::require_cid(pins, pins::ROOTFS)?,
     })
 }
 
@@ -604,7 +696,7 @@ pub fn run_machines(
                     plan::GUEST_CARGO_CONFIG,
                 )
                 .map_err(RunError::from)
-                .and_then(|input| run_machine(opts, &inputs.image, targets, input, progress));
+                .and_then(|input| run_machine(opts, inputs, targets, input, progress));
                 results
                     .lock()
                     .expect("no panics hold this lock")
@@ -709,6 +801,11 @@ pub fn collect_release(
         inputs: inputs.cids.clone(),
         machines,
         config: Some(opts.machine),
+        template: Some(crate::manifest::TemplateUse {
+            hash: inputs.template.record.root_hash.clone(),
+            cid: inputs.template.record.cid,
+            mcycle: inputs.template.record.mcycle,
+        }),
     };
     Ok((manifest, machine))
 }
@@ -795,22 +892,37 @@ pub fn publish(
     Ok(job.final_dir.clone())
 }
 
-/// Boots one machine and runs it to halt; returns its record and its output drive.
+/// Resumes one machine from the template, fills its input drive and runs it to halt;
+/// returns its record and its output drive.
 fn run_machine(
     opts: &RunOptions,
-    image: &GuestImage,
+    inputs: &ReleaseInputs,
     targets: &[Triple],
     input_drive: Vec<u8>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> MachineResult {
+    let image = &inputs.image;
     let names: Vec<String> = targets.iter().map(Triple::to_string).collect();
     let name = names.join(",");
     let expected_mcycle = previous_mcycle(&opts.out_dir, &names);
-    let config = opts.machine.machine_config(image, input_drive);
-    // For the snapshot a stalled machine leaves (it records what the machine was built from).
-    let snapshot_config = SnapshotConfig::from_config(&config);
-    let mut machine =
-        Machine::from_config(config).map_err(|e| RunError::Machine(name.clone(), e.to_string()))?;
+    let started = std::time::Instant::now();
+    let record = &inputs.template.record;
+    // `snapshot_config` is for the snapshot a stalled machine leaves (it records what the
+    // machine was built from).
+    let (mut machine, snapshot_config) = crate::template::resume_with_config(
+        &inputs.template.blob,
+        image.rootfs.clone(),
+        &record.root_hash,
+        cmbuild_machine::snapshot::HashCheck::Trusted,
+    )
+    .map_err(|e| RunError::Machine(name.clone(), crate::terminal::error_chain(&e)))?;
+    progress(Progress::Phase(format!(
+        "[{name}] resumed from the template at mcycle {} in {:.2?}",
+        machine.mcycle(),
+        started.elapsed()
+    )));
+    crate::template::fill_input(&mut machine, &input_drive)
+        .map_err(|e| RunError::Machine(name.clone(), e.to_string()))?;
     let watch = Watch {
         name: &name,
         max_mcycle: opts.machine.max_mcycle,
@@ -921,6 +1033,9 @@ fn run_to_halt(
         }
         match stop {
             Break::Halted(code) => return Ok(code),
+            // The guest yields once, at its ready point, before the template is taken; a
+            // later yield asks nothing of a build: it runs on.
+            Break::Yielded(_) => {}
             Break::MaxMcycle if machine.mcycle() >= max_mcycle => {
                 return Err(RunError::Timeout {
                     name,
@@ -997,6 +1112,7 @@ mod tests {
                 mcycle: 1234,
                 exit_code: 0,
             }],
+            template: None,
         };
         std::fs::create_dir(out.path().join("v1")).unwrap();
         std::fs::write(

@@ -61,6 +61,7 @@ fn write_build(dir: &Path, bins: &[(&str, &[u8])], lock_sha256: &str) {
             })
             .collect(),
         config: None,
+        template: None,
     };
     std::fs::write(dir.join("machine.json"), to_canonical_json(&record)).unwrap();
 }

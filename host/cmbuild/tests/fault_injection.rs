@@ -603,7 +603,18 @@ fn a_full_disk_under_a_snapshot_is_a_clear_error_and_leaves_nothing() {
     let Some(image) = idle_program(dir) else {
         return;
     };
-    std::fs::write(dir.join("data.img"), vec![7u8; 4 << 20]).unwrap();
+    // Incompressible bytes: snapshot pages are zstd-compressed, and 4 MiB of them must
+    // still not fit on the 2 MiB disk.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(dir.join("data.img"), data).unwrap();
     let small = dir.join("small");
     let Some(_disk) = SmallDisk::mount(&small) else {
         return;

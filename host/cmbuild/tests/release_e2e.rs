@@ -164,11 +164,32 @@ fn release_builds_reproduce_inside_the_machine() {
 
     let run1 = builds.join("run1/v0.1.0");
     let run2 = builds.join("run2/v0.1.0");
+    // The first run derived the template (the mirror had none), the second resumed from the
+    // one the first kept in the mirror: same records byte for byte, so the same root hashes.
+    assert_eq!(
+        std::fs::read_dir(vendored.join("templates"))
+            .unwrap()
+            .count(),
+        1,
+        "the first run kept its template in the mirror, the second reused it"
+    );
     for name in ["manifest.json", "machine.json"] {
         let a = std::fs::read(run1.join(name)).unwrap();
         let b = std::fs::read(run2.join(name)).unwrap();
         assert_eq!(a, b, "{name} differs between the two runs");
     }
+    let record = cmbuild::manifest::read_machine_record(&run1.join("machine.json")).unwrap();
+    let pinned = cmbuild::pins::parse(&std::fs::read_to_string(&pins).unwrap()).unwrap();
+    assert_eq!(
+        Some(
+            &record
+                .template
+                .expect("machine.json records the template")
+                .hash
+        ),
+        pinned.get(cmbuild::template::TEMPLATE_PIN),
+        "the template derived on first use is the pinned one"
+    );
     let manifest = read_manifest(&run1.join("manifest.json")).unwrap();
     let expected = if target == "all" { 3 } else { 1 };
     assert_eq!(manifest.artifacts.len(), expected);

@@ -138,6 +138,7 @@ fn records(rev: &str) -> (Manifest, MachineRecord) {
         inputs: Default::default(),
         machines: Vec::new(),
         config: None,
+        template: None,
     };
     (manifest, machine)
 }

@@ -44,7 +44,7 @@ fn r(f7: u32, rs2: u32, rs1: u32, f3: u32, rd: u32, op: u32) -> u32 {
 fn i(imm: i32, rs1: u32, f3: u32, rd: u32, op: u32) -> u32 {
     (((imm as u32) & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
 }
-fn s(imm: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
+pub(crate) fn s(imm: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
     let imm = imm as u32;
     ((imm >> 5 & 0x7f) << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | ((imm & 31) << 7) | 0x23
 }
@@ -65,7 +65,7 @@ pub(crate) fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
 fn lui(rd: u32, imm20: u32) -> u32 {
     (imm20 << 12) | (rd << 7) | 0x37
 }
-fn slli(rd: u32, rs1: u32, sh: i32) -> u32 {
+pub(crate) fn slli(rd: u32, rs1: u32, sh: i32) -> u32 {
     i(sh, rs1, 1, rd, 0x13)
 }
 

@@ -119,6 +119,9 @@ pub enum MachineError {
 pub enum Break {
     /// The guest halted with this exit code.
     Halted(u64),
+    /// The guest yielded to the host with this data (HTIF device 2, command 0), at the
+    /// `mcycle` right after its storing instruction; running on continues the guest.
+    Yielded(u64),
     /// `mcycle` reached the limit.
     MaxMcycle,
 }
@@ -297,10 +300,11 @@ impl Machine {
         }
     }
 
-    /// Runs until the guest halts or `mcycle` reaches `max_mcycle`.
+    /// Runs until the guest halts or yields, or `mcycle` reaches `max_mcycle`.
     pub fn run(&mut self, max_mcycle: u64) -> Break {
         match self.hart.run(&mut self.bus, max_mcycle) {
             Stop::Halted => Break::Halted(self.bus.devices.htif.halt.unwrap_or(0)),
+            Stop::Yielded => Break::Yielded(self.bus.devices.htif.yielded.take().unwrap_or(0)),
             Stop::Limit => Break::MaxMcycle,
         }
     }

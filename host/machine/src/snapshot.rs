@@ -7,7 +7,7 @@
 //! the files as a directory (atomically, with `fsync`) and reading them back (bounded by
 //! the manifest's lengths) is the caller's: `cmbuild`'s `snapshot_dir` module.
 //!
-//! # Format (version 1)
+//! # Format (version 2; version 1 is still read)
 //!
 //! A snapshot is these files and nothing else (on disk: a directory holding them):
 //!
@@ -17,7 +17,7 @@
 //! | `state` | the canonical processor and device state, exactly the bytes of [`Machine::save_state`] |
 //! | `dtb` | the device tree blob the machine was built with (it also names the initrd and holds `/chosen/rng-seed`, which derive from the images' bytes a snapshot does not keep) |
 //! | `ram.pages` | the non-zero pages of RAM |
-//! | `flash-<i>.pages` | the non-zero pages of flash drive `i` (0, 1, ... in address order) |
+//! | `flash-<i>.pages` | the non-zero pages of flash drive `i` (0, 1, ... in address order); for a drive with a `base`, the pages that differ from the base |
 //!
 //! ## `manifest`
 //! One `key value` pair per line (`value` is the rest of the line after the first space,
@@ -25,7 +25,7 @@
 //!
 //! ```text
 //! cmbuild-machine-snapshot                 magic, a line of its own
-//! format-version 1
+//! format-version 2                         1 is read too (no `base` lines)
 //! hash-scheme cmvm-sha256-v1               HASH_SCHEME of the build that wrote it
 //! root-hash cmvm-sha256-v1:<64 hex>        the state hash at store time
 //! mcycle <decimal>
@@ -41,6 +41,8 @@
 //! start <0x hex>                           guest-physical address of the range
 //! range-length <decimal>                   bytes of the range (2 MiB aligned)
 //! host-file <text>                         always empty (see "Shared flash drives")
+//! base <text>                              version 2 only: empty, or the caller's name of
+//!                                          the bytes the drive's pages apply to (see "Bases")
 //! files <n>                                then n lines, in the order of the table above:
 //! file <name> <length> <sha256 hex>
 //! checksum <sha256 hex>                    of every manifest byte before this line
@@ -57,15 +59,28 @@
 //!
 //! ```text
 //! magic          8 bytes  "CMVMPAGE"
-//! version        u64      1
+//! version        u64      2 (1: page data stored plainly)
 //! range length   u64      bytes (must equal the manifest's)
 //! page count     u64      n
 //! page indices   n x u64  strictly increasing, each < range length / 4096
-//! page data      n x 4096 bytes, in the order of the indices
+//! page data      version 2: one zstd frame holding n x 4096 bytes, nothing after it;
+//!                version 1: n x 4096 bytes; in the order of the indices
 //! ```
 //!
-//! Pages not listed are zero; only pages with a non-zero byte are written, so a machine with
-//! gigabytes of RAM it never touched gives a snapshot of its used pages only.
+//! Pages not listed are zero (or, for a drive with a base, the base's); only pages with a
+//! non-zero byte (that differ from the base) are written, so a machine with gigabytes of RAM
+//! it never touched gives a snapshot of its used pages only. Version 2 files are what this
+//! build writes; either version loads. Decompression writes straight into the machine's
+//! memory, page by page, and stops at the announced size.
+//!
+//! ## Bases
+//! A flash drive may name a base (`base <text>`): bytes the snapshot does not carry because
+//! the resuming caller has them anyway (cmbuild's template machine: the guest image's root
+//! drive, gigabytes, named by its content ID). Its pages file then holds only the pages
+//! that differ from the base. The caller supplies the base's bytes when loading
+//! ([`load_with_bases`]); the machine crate does not check them against the name (it knows
+//! no content IDs) but the state hash, recomputed over what was loaded, covers them, so a
+//! wrong base is refused like any other corruption.
 //!
 //! # Checks on load
 //! A snapshot may come from anyone. [`parse_manifest`] and [`load`] refuse, with an error
@@ -115,12 +130,15 @@ use crate::state::StateError;
 
 /// The first line of every manifest.
 pub const MAGIC: &str = "cmbuild-machine-snapshot";
-/// The snapshot format version this build writes and reads.
-pub const FORMAT_VERSION: u64 = 1;
+/// The snapshot format version this build writes (it reads this one and version 1).
+pub const FORMAT_VERSION: u64 = 2;
 /// The magic of a pages file.
 pub const PAGES_MAGIC: &[u8; 8] = b"CMVMPAGE";
-/// The version of the pages file layout.
-pub const PAGES_VERSION: u64 = 1;
+/// The version of the pages file layout this build writes (zstd-compressed page data; it
+/// reads version 1, plain page data, too).
+pub const PAGES_VERSION: u64 = 2;
+/// The zstd level of page data: fast to write, and decompression speed hardly depends on it.
+const ZSTD_LEVEL: i32 = 3;
 /// Bytes of a pages file before the page indices.
 const PAGES_HEADER: u64 = 32;
 /// A manifest larger than this is not one (callers read at most this many bytes of it).
@@ -139,8 +157,10 @@ pub enum SnapshotError {
         /// What its first line holds.
         found: String,
     },
-    /// snapshot format version {found:?} is not supported (this build reads version 1)
-    #[error("snapshot format version {found:?} is not supported (this build reads version 1)")]
+    /// snapshot format version {found:?} is not supported (this build reads versions 1 and 2)
+    #[error(
+        "snapshot format version {found:?} is not supported (this build reads versions 1 and 2)"
+    )]
     Version {
         /// The version the manifest names.
         found: String,
@@ -216,6 +236,16 @@ pub enum SnapshotError {
     /// the host cannot allocate the {0} bytes of a memory range of the snapshot
     #[error("the host cannot allocate the {0} bytes of a memory range of the snapshot")]
     OutOfMemory(u64),
+    /// flash drive {index} of the snapshot applies to base {name:?}: {message}
+    #[error("flash drive {index} of the snapshot applies to base {name:?}: {message}")]
+    Base {
+        /// The drive.
+        index: usize,
+        /// The base's name in the manifest.
+        name: String,
+        /// What is wrong (not supplied, or of another length).
+        message: String,
+    },
 }
 
 /// Provenance of one image the machine was built from (not needed to rebuild it).
@@ -239,6 +269,9 @@ pub struct DriveRecord {
     /// Whether the caller writes its contents back to a host file at the end of a run
     /// (which file is the caller's to say: a snapshot names none).
     pub shared: bool,
+    /// The caller's name of the bytes the drive's pages apply to (see "Bases" in the module
+    /// docs), or `None`: the pages apply to zeros.
+    pub base: Option<String>,
 }
 
 /// The configuration a snapshot records: [`MachineConfig`] without the images' bytes.
@@ -283,6 +316,7 @@ impl SnapshotConfig {
                     label: f.label.clone(),
                     image_length: f.image.len() as u64,
                     shared: f.shared,
+                    base: None,
                 })
                 .collect(),
         }
@@ -363,7 +397,28 @@ pub fn encode<'a>(
     machine: &'a mut Machine,
     config: &SnapshotConfig,
 ) -> Result<EncodedSnapshot<'a>, SnapshotError> {
+    encode_with_bases(machine, config, &BTreeMap::new())
+}
+
+/// [`encode`], where each drive whose [`DriveRecord::base`] names a base is stored as its
+/// differences from `bases[drive index]` (which must be given for each such drive).
+pub fn encode_with_bases<'a>(
+    machine: &'a mut Machine,
+    config: &SnapshotConfig,
+    bases: &BTreeMap<usize, &[u8]>,
+) -> Result<EncodedSnapshot<'a>, SnapshotError> {
     check_config(machine, config)?;
+    for (index, d) in config.flash_drives.iter().enumerate() {
+        if let Some(name) = &d.base {
+            if bases.get(&index).map(|b| b.len() as u64) != Some(d.image_length) {
+                return Err(SnapshotError::Base {
+                    index,
+                    name: name.clone(),
+                    message: format!("no base of {} bytes given to encode", d.image_length),
+                });
+            }
+        }
+    }
     let root_hash = machine.root_hash();
     let machine: &'a Machine = machine;
     let mut state = Vec::new();
@@ -371,12 +426,16 @@ pub fn encode<'a>(
     let mut files = vec![
         SnapshotFile::new("state", vec![Cow::Owned(state)]),
         SnapshotFile::new("dtb", vec![Cow::Borrowed(&machine.bus.dtb[..])]),
-        SnapshotFile::new("ram.pages", pages_pieces(&machine.bus.ram)),
+        SnapshotFile::new("ram.pages", pages_pieces(&machine.bus.ram, None)?),
     ];
     for (i, f) in machine.bus.flash.iter().enumerate() {
+        let base = config.flash_drives[i]
+            .base
+            .as_ref()
+            .and_then(|_| bases.get(&i).copied());
         files.push(SnapshotFile::new(
             &format!("flash-{i}.pages"),
-            pages_pieces(&f.mem),
+            pages_pieces(&f.mem, base)?,
         ));
     }
     let entries: Vec<FileEntry> = files
@@ -417,7 +476,33 @@ pub fn load_files(files: &BTreeMap<String, Vec<u8>>) -> Result<Snapshot, Snapsho
 
 /// Builds the machine a parsed manifest describes from the contents of its files
 /// (`files[i]` holds [`Manifest::files`]`[i]`), checking everything (see the module docs).
+/// A snapshot whose drives name bases needs [`load_with_bases`].
 pub fn load(m: &Manifest, files: &[&[u8]]) -> Result<Snapshot, SnapshotError> {
+    load_with_bases(m, files, BTreeMap::new(), HashCheck::Recompute)
+}
+
+/// Whether [`load_with_bases`] recomputes the state hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashCheck {
+    /// Recompute the state hash over everything loaded and refuse a snapshot whose hash
+    /// differs from its manifest's (the page trees are then built, so the machine's next
+    /// hash only rehashes what changed). For any snapshot that may come from anyone.
+    Recompute,
+    /// Do not: the caller has verified the files' bytes by content address against a record
+    /// it trusts (cmbuild's template, taken from its own mirror by CID), and will hash the
+    /// machine later anyway. Every other check still applies. Loading then costs the
+    /// decompression and little else; the machine's first hash builds the page trees.
+    Trusted,
+}
+
+/// [`load`], taking each base a drive names from `bases` (by drive index; the bytes move
+/// into the machine's memory without a copy), with the state-hash check `check`.
+pub fn load_with_bases(
+    m: &Manifest,
+    files: &[&[u8]],
+    mut bases: BTreeMap<usize, Vec<u8>>,
+    check: HashCheck,
+) -> Result<Snapshot, SnapshotError> {
     if files.len() != m.files.len() {
         return Err(SnapshotError::MissingFile(format!(
             "{} of {}",
@@ -449,6 +534,29 @@ pub fn load(m: &Manifest, files: &[&[u8]]) -> Result<Snapshot, SnapshotError> {
     for ((name, bytes), length) in pages.iter().zip(range_lengths) {
         check_pages(name, bytes, length)?;
     }
+    let mut base_bytes = Vec::new();
+    for (index, d) in m.config.flash_drives.iter().enumerate() {
+        let Some(name) = &d.base else {
+            base_bytes.push(None);
+            continue;
+        };
+        let bad = |message: String| SnapshotError::Base {
+            index,
+            name: name.clone(),
+            message,
+        };
+        let bytes = bases
+            .remove(&index)
+            .ok_or_else(|| bad("the caller supplied no such base".into()))?;
+        if bytes.len() as u64 != d.image_length {
+            return Err(bad(format!(
+                "{} bytes supplied, the drive's image has {}",
+                bytes.len(),
+                d.image_length
+            )));
+        }
+        base_bytes.push(Some(bytes));
+    }
     // Everything above was checked before any of the machine's memory is allocated, and
     // the sizes are bounded; an allocation the host still refuses is an error too.
     let alloc = |start: u64, length: u64| {
@@ -459,23 +567,27 @@ pub fn load(m: &Manifest, files: &[&[u8]]) -> Result<Snapshot, SnapshotError> {
         .flash_drives
         .iter()
         .zip(&m.ranges)
-        .map(|(d, &(start, length))| {
+        .zip(base_bytes)
+        .map(|((d, &(start, length)), base)| {
             Ok(FlashDrive {
                 label: d.label.clone(),
                 shared: d.shared,
                 image_length: d.image_length,
-                mem: alloc(start, length)?,
+                mem: match base {
+                    Some(bytes) => MemRange::from_vec(start, bytes, length),
+                    None => alloc(start, length)?,
+                },
             })
         })
         .collect::<Result<_, SnapshotError>>()?;
     let bus = Bus::new(alloc(RAM_BASE, ram_length)?, flash, dtb);
     let mut machine = Machine::from_parts(Hart::new(ram_length), bus);
     let mut pages = pages.into_iter();
-    if let Some((_, bytes)) = pages.next() {
-        apply_pages(bytes, &mut machine.bus.ram);
+    if let Some((name, bytes)) = pages.next() {
+        apply_pages(&name, bytes, &mut machine.bus.ram)?;
     }
-    for (drive, (_, bytes)) in machine.bus.flash.iter_mut().zip(pages) {
-        apply_pages(bytes, &mut drive.mem);
+    for (drive, (name, bytes)) in machine.bus.flash.iter_mut().zip(pages) {
+        apply_pages(&name, bytes, &mut drive.mem)?;
     }
     machine.load_state(state).map_err(SnapshotError::State)?;
     machine.memory_replaced();
@@ -485,8 +597,16 @@ pub fn load(m: &Manifest, files: &[&[u8]]) -> Result<Snapshot, SnapshotError> {
             manifest: m.mcycle,
         });
     }
-    // From scratch, not through the incremental trees: this is the check of the loaded bytes.
-    let computed = format!("{HASH_SCHEME}:{}", hex(&machine.root_hash_from_scratch()));
+    if check == HashCheck::Trusted {
+        return Ok(Snapshot {
+            machine,
+            config: m.config.clone(),
+            root_hash: m.root_hash.clone(),
+        });
+    }
+    // From scratch (no page tree exists yet after `memory_replaced`): this is the check of
+    // the loaded bytes, and it leaves the trees built for the next hash.
+    let computed = format!("{HASH_SCHEME}:{}", hex(&machine.root_hash_bytes()));
     if computed != m.root_hash {
         return Err(SnapshotError::RootHash {
             stored: m.root_hash.clone(),
@@ -607,6 +727,7 @@ fn manifest_text(
         line("start", &format!("{:#x}", f.mem.start));
         line("range-length", &f.mem.len().to_string());
         line("host-file", "");
+        line("base", &escape(d.base.as_deref().unwrap_or_default()));
     }
     line("files", &files.len().to_string());
     for f in files {
@@ -620,14 +741,38 @@ fn manifest_text(
     format!("{body}checksum {checksum}\nend\n")
 }
 
-/// The pages file of `mem` as pieces: the header and index, then each run of consecutive
-/// non-zero pages as one slice of `mem`.
-fn pages_pieces(mem: &MemRange) -> Vec<Cow<'_, [u8]>> {
+/// The most bytes a pages file of a range of `length` bytes can take: every page listed,
+/// and zstd's worst case over their data.
+fn pages_file_limit(length: u64) -> u64 {
+    let pages = length / PAGE_SIZE;
+    let data = pages.saturating_mul(PAGE_SIZE);
+    pages
+        .saturating_mul(8 + PAGE_SIZE)
+        .saturating_add(data / 128)
+        .saturating_add(PAGES_HEADER + (1 << 20))
+}
+
+/// The pages file of `mem` (version 2) as pieces: the header and index, then the page data
+/// as one zstd frame. The pages written are those with a non-zero byte, or, over a `base`,
+/// those that differ from it (the base read as zero-extended to the range).
+fn pages_pieces<'a>(
+    mem: &'a MemRange,
+    base: Option<&[u8]>,
+) -> Result<Vec<Cow<'a, [u8]>>, SnapshotError> {
     let bytes = mem.bytes();
+    let differs = |i: usize, page: &[u8]| match base {
+        None => page.iter().any(|&b| b != 0),
+        Some(base) => {
+            let from = (i * PAGE_SIZE as usize).min(base.len());
+            let to = (from + PAGE_SIZE as usize).min(base.len());
+            let under = &base[from..to];
+            page[..under.len()] != *under || page[under.len()..].iter().any(|&b| b != 0)
+        }
+    };
     let pages: Vec<u64> = bytes
         .chunks(PAGE_SIZE as usize)
         .enumerate()
-        .filter(|(_, page)| page.iter().any(|&b| b != 0))
+        .filter(|(i, page)| differs(*i, page))
         .map(|(i, _)| i as u64)
         .collect();
     let mut header = Vec::with_capacity(PAGES_HEADER as usize + 8 * pages.len());
@@ -638,20 +783,19 @@ fn pages_pieces(mem: &MemRange) -> Vec<Cow<'_, [u8]>> {
     for &p in &pages {
         header.extend_from_slice(&p.to_le_bytes());
     }
-    let mut pieces = vec![Cow::Owned(header)];
-    let mut k = 0;
-    while k < pages.len() {
-        let first = pages[k];
-        let mut end = k + 1;
-        while end < pages.len() && pages[end] == pages[end - 1] + 1 {
-            end += 1;
-        }
-        let from = (first * PAGE_SIZE) as usize;
-        let to = from + (end - k) * PAGE_SIZE as usize;
-        pieces.push(Cow::Borrowed(&bytes[from..to]));
-        k = end;
+    let compress_error = |e: std::io::Error| SnapshotError::Pages {
+        file: "(being written)".into(),
+        message: format!("zstd: {e}"),
+    };
+    let mut encoder =
+        zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(compress_error)?;
+    for &p in &pages {
+        let from = (p * PAGE_SIZE) as usize;
+        std::io::Write::write_all(&mut encoder, &bytes[from..from + PAGE_SIZE as usize])
+            .map_err(compress_error)?;
     }
-    pieces
+    let data = encoder.finish().map_err(compress_error)?;
+    Ok(vec![Cow::Owned(header), Cow::Owned(data)])
 }
 
 /// Checks the header and index of a pages file for a range of `length` bytes.
@@ -674,9 +818,9 @@ fn check_pages(name: &str, bytes: &[u8], length: u64) -> Result<(), SnapshotErro
         )));
     }
     let version = u64_at(bytes, 8);
-    if version != PAGES_VERSION {
+    if version != 1 && version != PAGES_VERSION {
         return Err(bad(format!(
-            "layout version {version} is not supported (want {PAGES_VERSION})"
+            "layout version {version} is not supported (want 1 or {PAGES_VERSION})"
         )));
     }
     let covers = u64_at(bytes, 16);
@@ -687,11 +831,21 @@ fn check_pages(name: &str, bytes: &[u8], length: u64) -> Result<(), SnapshotErro
     }
     let count = u64_at(bytes, 24);
     let total_pages = length / PAGE_SIZE;
-    let expected = count
-        .checked_mul(8 + PAGE_SIZE)
-        .and_then(|b| b.checked_add(PAGES_HEADER))
-        .filter(|_| count <= total_pages);
-    if expected != Some(bytes.len() as u64) {
+    let fits = count <= total_pages
+        && match version {
+            1 => {
+                count
+                    .checked_mul(8 + PAGE_SIZE)
+                    .and_then(|b| b.checked_add(PAGES_HEADER))
+                    == Some(bytes.len() as u64)
+            }
+            // The index must fit; the frame is checked as it is decompressed.
+            _ => count
+                .checked_mul(8)
+                .and_then(|b| b.checked_add(PAGES_HEADER))
+                .is_some_and(|index_end| index_end <= bytes.len() as u64),
+        };
+    if !fits {
         return Err(bad(format!(
             "{} bytes do not hold the {count} pages its header announces",
             bytes.len()
@@ -710,14 +864,41 @@ fn check_pages(name: &str, bytes: &[u8], length: u64) -> Result<(), SnapshotErro
     Ok(())
 }
 
-/// Writes the pages of a pages file that [`check_pages`] accepted into `mem`.
-fn apply_pages(bytes: &[u8], mem: &mut MemRange) {
+/// Writes the pages of a pages file that [`check_pages`] accepted into `mem`; for version 2,
+/// fails if the frame does not decompress to exactly the pages announced.
+fn apply_pages(name: &str, bytes: &[u8], mem: &mut MemRange) -> Result<(), SnapshotError> {
     let count = u64_at(bytes, 24);
     let data_start = PAGES_HEADER + 8 * count;
+    if u64_at(bytes, 8) == 1 {
+        for k in 0..count {
+            let page = u64_at(bytes, PAGES_HEADER + 8 * k);
+            let at = (data_start + k * PAGE_SIZE) as usize;
+            mem.write_bytes(page * PAGE_SIZE, &bytes[at..at + PAGE_SIZE as usize]);
+        }
+        return Ok(());
+    }
+    let bad = |message: String| SnapshotError::Pages {
+        file: name.to_string(),
+        message,
+    };
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(&bytes[data_start as usize..])
+        .map_err(|e| bad(format!("zstd: {e}")))?
+        .single_frame();
+    let mut page_buf = vec![0u8; PAGE_SIZE as usize];
     for k in 0..count {
         let page = u64_at(bytes, PAGES_HEADER + 8 * k);
-        let at = (data_start + k * PAGE_SIZE) as usize;
-        mem.write_bytes(page * PAGE_SIZE, &bytes[at..at + PAGE_SIZE as usize]);
+        std::io::Read::read_exact(&mut decoder, &mut page_buf).map_err(|e| {
+            bad(format!(
+                "the page data ends or breaks at page {k} of {count}: {e}"
+            ))
+        })?;
+        mem.write_bytes(page * PAGE_SIZE, &page_buf);
+    }
+    let mut extra = [0u8; 1];
+    match std::io::Read::read(&mut decoder, &mut extra) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(bad(format!("the page data holds more than {count} pages"))),
+        Err(e) => Err(bad(format!("zstd: {e}"))),
     }
 }
 
@@ -824,12 +1005,15 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, SnapshotError> {
         next: 1,
     };
     // Version and scheme first, so that a foreign snapshot is named as such.
-    let version = l.value("format-version")?;
-    if version != FORMAT_VERSION.to_string() {
-        return Err(SnapshotError::Version {
-            found: version.to_string(),
-        });
-    }
+    let version = match l.value("format-version")? {
+        "1" => 1,
+        "2" => 2,
+        other => {
+            return Err(SnapshotError::Version {
+                found: other.to_string(),
+            })
+        }
+    };
     let scheme = l.value("hash-scheme")?;
     if scheme != HASH_SCHEME {
         return Err(SnapshotError::Scheme {
@@ -911,10 +1095,15 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, SnapshotError> {
         }
         // Ignored: see "Shared flash drives" in the module docs.
         l.text("host-file")?;
+        let base = match version {
+            1 => None,
+            _ => Some(l.text("base")?).filter(|b| !b.is_empty()),
+        };
         flash_drives.push(DriveRecord {
             label,
             image_length,
             shared,
+            base,
         });
         ranges.push((start, range_length));
     }
@@ -996,11 +1185,7 @@ fn check_layout(m: &Manifest) -> Result<(), SnapshotError> {
     }
     let range_lengths = std::iter::once(ram_length).chain(m.ranges.iter().map(|r| r.1));
     let mut limits = vec![MAX_STATE, DTB_SIZE];
-    limits.extend(range_lengths.map(|len| {
-        (len / PAGE_SIZE)
-            .saturating_mul(8 + PAGE_SIZE)
-            .saturating_add(PAGES_HEADER)
-    }));
+    limits.extend(range_lengths.map(pages_file_limit));
     for (entry, limit) in m.files.iter().zip(limits) {
         if entry.length > limit {
             return Err(SnapshotError::Layout(if entry.name == "dtb" {
@@ -1111,14 +1296,15 @@ mod tests {
         let mut mem = MemRange::new(0x8000_0000, 64 * PAGE_SIZE);
         mem.write_bytes(3 * PAGE_SIZE + 17, b"hello");
         mem.write_bytes(40 * PAGE_SIZE - 1, b"xy");
-        let pieces = pages_pieces(&mem);
-        // Header, then the page at 3, then the run of pages 39 and 40 as one piece.
-        assert_eq!(pieces.len(), 3);
+        let pieces = pages_pieces(&mem, None).unwrap();
+        // Header and index (pages 3, 39 and 40), then the compressed data.
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0].len() as u64, PAGES_HEADER + 3 * 8);
         let file = pieces.concat();
-        assert_eq!(file.len() as u64, PAGES_HEADER + 3 * (8 + PAGE_SIZE));
+        assert!(file.len() < 3 * PAGE_SIZE as usize, "{} bytes", file.len());
         let mut back = MemRange::new(0x8000_0000, 64 * PAGE_SIZE);
         check_pages("t", &file, back.len()).unwrap();
-        apply_pages(&file, &mut back);
+        apply_pages("t", &file, &mut back).unwrap();
         assert_eq!(back.bytes(), mem.bytes());
         assert_eq!(
             merkle::range_root(back.bytes()),
@@ -1135,5 +1321,135 @@ mod tests {
         // A pages file for another range length is refused.
         let err = check_pages("t", &file, 32 * PAGE_SIZE).unwrap_err();
         assert!(err.to_string().contains("covers"), "{err}");
+    }
+
+    /// A version-1 pages file (plain page data) of `mem`'s non-zero pages.
+    fn v1_pages_file(mem: &MemRange) -> Vec<u8> {
+        let pages: Vec<u64> = (0..mem.len() / PAGE_SIZE)
+            .filter(|&p| !merkle::is_zero(&mem.bytes()[(p * PAGE_SIZE) as usize..][..4096]))
+            .collect();
+        let mut file = PAGES_MAGIC.to_vec();
+        for v in [1, mem.len(), pages.len() as u64] {
+            file.extend_from_slice(&u64::to_le_bytes(v));
+        }
+        for &p in &pages {
+            file.extend_from_slice(&p.to_le_bytes());
+        }
+        for &p in &pages {
+            file.extend_from_slice(&mem.bytes()[(p * PAGE_SIZE) as usize..][..4096]);
+        }
+        file
+    }
+
+    #[test]
+    fn plain_version_1_pages_still_load_and_broken_frames_are_refused() {
+        let mut mem = MemRange::new(0x8000_0000, 16 * PAGE_SIZE);
+        mem.write_bytes(5 * PAGE_SIZE, b"old format");
+        let v1 = v1_pages_file(&mem);
+        let mut back = MemRange::new(0x8000_0000, 16 * PAGE_SIZE);
+        check_pages("t", &v1, back.len()).unwrap();
+        apply_pages("t", &v1, &mut back).unwrap();
+        assert_eq!(back.bytes(), mem.bytes());
+
+        let v2 = pages_pieces(&mem, None).unwrap().concat();
+        // Cut short, or with a page more announced than the frame holds: refused.
+        for bad in [v2[..v2.len() - 3].to_vec(), {
+            let mut more = v2.clone();
+            more[24..32].copy_from_slice(&2u64.to_le_bytes());
+            more.splice(40..40, 9u64.to_le_bytes());
+            more
+        }] {
+            let mut m = MemRange::new(0x8000_0000, 16 * PAGE_SIZE);
+            let err = check_pages("t", &bad, m.len())
+                .and_then(|()| apply_pages("t", &bad, &mut m))
+                .unwrap_err();
+            assert!(err.to_string().contains("page data"), "{err}");
+        }
+        // A frame holding more pages than announced: refused.
+        let mut two = MemRange::new(0x8000_0000, 16 * PAGE_SIZE);
+        two.write_bytes(2 * PAGE_SIZE, b"a");
+        two.write_bytes(9 * PAGE_SIZE, b"b");
+        let mut fewer = pages_pieces(&two, None).unwrap().concat();
+        fewer[24..32].copy_from_slice(&1u64.to_le_bytes());
+        fewer.drain(40..48);
+        let mut m = MemRange::new(0x8000_0000, 16 * PAGE_SIZE);
+        check_pages("t", &fewer, m.len()).unwrap();
+        let err = apply_pages("t", &fewer, &mut m).unwrap_err();
+        assert!(err.to_string().contains("more than 1 pages"), "{err}");
+    }
+
+    #[test]
+    fn a_drive_over_a_base_stores_only_its_differences() {
+        let base: Vec<u8> = (0..(1u32 << 20) + 100).map(|i| (i % 253) as u8).collect();
+        let config = MachineConfig {
+            ram_length: 1 << 20,
+            ram_image: Some(vec![0x73, 0x00, 0x50, 0x10]),
+            flash_drives: vec![crate::machine::FlashConfig {
+                label: "root".into(),
+                image: base.clone(),
+                shared: false,
+            }],
+            ..MachineConfig::default()
+        };
+        let mut m = Machine::new(&config).unwrap();
+        m.bus.flash[0].mem.write_bytes(4096 * 7, b"changed");
+        let hash = m.root_hash();
+        let mut sc = SnapshotConfig::from_config(&config);
+        sc.flash_drives[0].base = Some("the root image".into());
+        assert!(matches!(
+            encode(&mut m, &sc).unwrap_err(),
+            SnapshotError::Base { index: 0, .. }
+        ));
+        let bases = BTreeMap::from([(0, &base[..])]);
+        let files = encode_with_bases(&mut m, &sc, &bases).unwrap().to_map();
+        // One page differs from the base: the drive's file is tiny.
+        assert!(
+            files["flash-0.pages"].len() < 8192,
+            "{}",
+            files["flash-0.pages"].len()
+        );
+        let manifest = parse_manifest(&files["manifest"]).unwrap();
+        assert_eq!(
+            manifest.config().flash_drives[0].base.as_deref(),
+            Some("the root image")
+        );
+        let contents: Vec<&[u8]> = manifest
+            .files()
+            .iter()
+            .map(|f| files[&f.name].as_slice())
+            .collect();
+        let mut loaded = load_with_bases(
+            &manifest,
+            &contents,
+            BTreeMap::from([(0, base.clone())]),
+            HashCheck::Recompute,
+        )
+        .unwrap()
+        .machine;
+        assert_eq!(loaded.root_hash(), hash);
+        assert_eq!(loaded.bus.flash[0].mem.bytes(), m.bus.flash[0].mem.bytes());
+        // No base, or another one: refused.
+        let err = load(&manifest, &contents).unwrap_err();
+        assert!(err.to_string().contains("supplied no such base"), "{err}");
+        let mut other = base.clone();
+        other[100] ^= 1;
+        let err = load_with_bases(
+            &manifest,
+            &contents,
+            BTreeMap::from([(0, other.clone())]),
+            HashCheck::Recompute,
+        )
+        .unwrap_err();
+        assert!(matches!(err, SnapshotError::RootHash { .. }), "{err}");
+        // Trusted, the same load is not checked: the machine's own hash then differs.
+        let mut unchecked = load_with_bases(
+            &manifest,
+            &contents,
+            BTreeMap::from([(0, other)]),
+            HashCheck::Trusted,
+        )
+        .unwrap()
+        .machine;
+        assert_ne!(unchecked.root_hash(), hash);
     }
 }

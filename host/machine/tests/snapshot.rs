@@ -295,7 +295,7 @@ fn storing_the_same_state_gives_identical_files_and_reload_restores_it() {
         String::from_utf8(a.iter().find(|(n, _)| n == "manifest").unwrap().1.clone()).unwrap();
     assert!(
         manifest.starts_with(
-            "cmbuild-machine-snapshot\nformat-version 1\nhash-scheme cmvm-sha256-v1\n"
+            "cmbuild-machine-snapshot\nformat-version 2\nhash-scheme cmvm-sha256-v1\n"
         ),
         "{manifest}"
     );
@@ -390,7 +390,8 @@ fn corrupted_or_foreign_snapshots_are_refused_with_a_clear_error() {
                 edit(d, "ram.pages", |b| *b.last_mut().unwrap() ^= 1);
                 refresh_digest(d, "ram.pages");
             }),
-            "the state hash recomputed after loading is cmvm-sha256-v1:",
+            // The data is compressed: the flip breaks the frame, or decodes to other bytes.
+            "the state hash recomputed after loading is cmvm-sha256-v1:|snapshot memory file ram.pages: ",
         ),
         (
             "flipped byte in flash page data, manifest digest forged",
@@ -398,7 +399,7 @@ fn corrupted_or_foreign_snapshots_are_refused_with_a_clear_error() {
                 edit(d, "flash-0.pages", |b| *b.last_mut().unwrap() ^= 0x80);
                 refresh_digest(d, "flash-0.pages");
             }),
-            "(corrupted snapshot)",
+            "(corrupted snapshot)|snapshot memory file flash-0.pages: ",
         ),
         (
             "flipped register byte in the state, manifest digest forged",
@@ -437,11 +438,11 @@ fn corrupted_or_foreign_snapshots_are_refused_with_a_clear_error() {
                 let t = std::fs::read_to_string(d.join("manifest")).unwrap();
                 std::fs::write(
                     d.join("manifest"),
-                    t.replace("format-version 1\n", "format-version 2\n"),
+                    t.replace("format-version 2\n", "format-version 3\n"),
                 )
                 .unwrap();
             }),
-            "snapshot format version \"2\" is not supported",
+            "snapshot format version \"3\" is not supported",
         ),
         (
             "another hash scheme",
@@ -536,7 +537,7 @@ fn corrupted_or_foreign_snapshots_are_refused_with_a_clear_error() {
             Err(e) => e.to_string(),
         };
         assert!(
-            err.contains(expected),
+            expected.split('|').any(|e| err.contains(e)),
             "{what}: error {err:?} does not say {expected:?}"
         );
     }

@@ -13,11 +13,15 @@ enum Command {
     Lock(super::image_lock::Args),
     /// Assemble kernel, firmware, initramfs and root image offline from the mirror.
     Build(super::image_build::Args),
+    /// Boot the guest image to its ready point, keep that template machine in the mirror
+    /// and pin its hash (or, with --check, prove the pinned hash reproduces).
+    Template(super::image_template::Args),
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Lock(args) => super::image_lock::exec(args),
         Command::Build(args) => super::image_build::exec(args),
+        Command::Template(args) => super::image_template::exec(args),
     }
 }

@@ -47,7 +47,9 @@ struct RunArgs {
     /// end (matched by label; its contents come from the snapshot, not from PATH).
     #[arg(long = "flash-drive", value_parser = parse_flash_drive)]
     flash_drives: Vec<FlashArg>,
-    /// Stop when mcycle reaches N (exit status 124).
+    /// Stop when mcycle reaches N (exit status 124). The machine also stops where the guest
+    /// yields (HTIF device 2, as cmbuild's build driver does at its ready point; exit status
+    /// 125): with --store, that is a template to --load and go on from.
     #[arg(long)]
     max_mcycle: Option<u64>,
     /// Print the machine's state hash after the summary line.
@@ -211,6 +213,10 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         Break::MaxMcycle => {
             eprintln!("cmbuild-machine: break=max-mcycle mcycle={mcycle}");
             ExitCode::from(124)
+        }
+        Break::Yielded(data) => {
+            eprintln!("cmbuild-machine: break=yielded data={data} mcycle={mcycle}");
+            ExitCode::from(125)
         }
     };
     if let Some(hash) = outcome.root_hash {

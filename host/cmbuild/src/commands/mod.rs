@@ -9,6 +9,7 @@ pub mod compare;
 pub mod image;
 pub mod image_build;
 pub mod image_lock;
+pub mod image_template;
 pub mod key;
 pub mod log;
 pub mod machine;

@@ -67,6 +67,11 @@ pub struct Args {
     /// RAM of each machine, in MiB.
     #[arg(long, default_value_t = MachineSettings::default().ram_length >> 20, value_name = "MIB")]
     ram_mib: u64,
+    /// Size of each machine's input drive (the project's sources and vendored crates as
+    /// one tar), in MiB. A setting of the template machine: a size other than the default
+    /// derives (once) and resumes from a template of its own, whose hash is not pinned.
+    #[arg(long, default_value_t = MachineSettings::default().input_length >> 20, value_name = "MIB")]
+    input_mib: u64,
     /// Stop a machine that has not halted by this mcycle (the run then fails).
     #[arg(long, default_value_t = MachineSettings::default().max_mcycle, value_name = "N")]
     max_mcycle: u64,
@@ -100,6 +105,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         jobs: args.jobs.get(),
         machine: MachineSettings {
             ram_length: args.ram_mib.saturating_mul(1 << 20),
+            input_length: args.input_mib.saturating_mul(1 << 20),
             max_mcycle: args.max_mcycle,
             ..MachineSettings::default()
         },

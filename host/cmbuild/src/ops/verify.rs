@@ -207,6 +207,7 @@ mod tests {
             inputs: Default::default(),
             machines: vec![],
             config,
+            template: None,
         };
         std::fs::write(dir.join("machine.json"), to_canonical_json(&record)).unwrap();
     }

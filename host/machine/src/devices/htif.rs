@@ -2,7 +2,10 @@
 //! halt the machine and print to the console.
 //!
 //! `tohost = (dev << 56) | (cmd << 48) | data`. dev 0 cmd 0 with `data & 1` halts with
-//! exit code `data >> 1`; dev 1 cmd 1 prints the byte `data & 0xff`. Each command is
+//! exit code `data >> 1`; dev 1 cmd 1 prints the byte `data & 0xff`; dev 2 cmd 0 yields
+//! to the host with `data` (the run loop returns [`crate::machine::Break::Yielded`] right
+//! after the storing instruction; the guest then simply goes on when the machine is run
+//! again, so a yield is a fixed, deterministic point the host can act at). Each command is
 //! consumed the moment it is written (`tohost` reads back as 0 afterwards), so a guest
 //! never polls. A command is triggered by an 8-byte store to `tohost`, or by a 4-byte
 //! store to its upper half (32-bit code writes the low half first).
@@ -21,7 +24,14 @@ pub struct Htif {
     pub fromhost: u64,
     /// `Some(exit code)` once the guest asked to halt.
     pub halt: Option<u64>,
+    /// `Some(data)` from a yield the run loop has not reported yet. Not state (never
+    /// saved nor hashed): [`crate::machine::Machine::run`] takes it as it returns, so it
+    /// is `None` whenever the machine is not running.
+    pub yielded: Option<u64>,
 }
+
+/// HTIF device number of the yield command (`tohost = YIELD_DEVICE << 56 | data`).
+pub const YIELD_DEVICE: u64 = 2;
 
 impl Htif {
     /// Reset state.
@@ -76,6 +86,7 @@ impl Htif {
         match (dev, op) {
             (0, 0) if data & 1 != 0 && self.halt.is_none() => self.halt = Some(data >> 1),
             (1, 1) => console.push(data as u8),
+            (YIELD_DEVICE, 0) if self.halt.is_none() => self.yielded = Some(data),
             _ => {}
         }
     }
@@ -95,6 +106,7 @@ impl Htif {
         let halted = r.bool("htif halt flag")?;
         let code = r.u64()?;
         self.halt = halted.then_some(code);
+        self.yielded = None;
         Ok(())
     }
 }
@@ -182,11 +194,27 @@ mod tests {
     }
 
     #[test]
+    fn a_yield_is_consumed_and_is_not_state() {
+        let mut h = Htif::new();
+        let mut console = Vec::new();
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        h.save_state(&mut before);
+        h.write(0, 8, (YIELD_DEVICE << 56) | 7, &mut console)
+            .unwrap();
+        assert_eq!(h.yielded, Some(7));
+        assert_eq!(h.read(0, 8), Some(0));
+        h.save_state(&mut after);
+        assert_eq!(before, after);
+        assert_eq!(h.halt, None);
+    }
+
+    #[test]
     fn state_round_trips() {
         let h = Htif {
             tohost: 5,
             fromhost: 6,
             halt: Some(3),
+            yielded: None,
         };
         let mut out = Vec::new();
         h.save_state(&mut out);

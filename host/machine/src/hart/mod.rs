@@ -313,6 +313,8 @@ fn decode_op(raw: u32) -> Insn {
 pub enum Stop {
     /// The guest halted through HTIF.
     Halted,
+    /// The guest yielded through HTIF (`Bus::devices.htif.yielded` holds its data).
+    Yielded,
     /// `mcycle` reached the limit.
     Limit,
 }
@@ -383,12 +385,15 @@ impl Hart {
         self.mcycle.wrapping_sub(self.non_retired)
     }
 
-    /// Runs until `mcycle` reaches `limit` or the guest halts.
+    /// Runs until `mcycle` reaches `limit` or the guest halts or yields.
     pub fn run(&mut self, bus: &mut Bus, limit: u64) -> Stop {
         self.limit = limit;
         loop {
             if bus.devices.htif.halt.is_some() {
                 return Stop::Halted;
+            }
+            if bus.devices.htif.yielded.is_some() {
+                return Stop::Yielded;
             }
             if self.mcycle >= limit {
                 return Stop::Limit;

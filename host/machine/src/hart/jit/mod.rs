@@ -461,4 +461,92 @@ mod tests {
             }
         }
     }
+
+    /// A guest yield (HTIF device 2) stops the run right after the storing instruction,
+    /// at the same `mcycle` with and without translation; the host then changes a drive
+    /// and the guest, run on, reads the new contents. Stopping at the yield, snapshotting,
+    /// loading and going on ends in the same state as going on directly.
+    #[test]
+    fn a_yield_stops_at_the_same_mcycle_translated_or_not_and_resumes() {
+        use crate::bench::{addi, assemble, b, halt, li32, s, slli};
+        use crate::machine::{Break, FlashConfig};
+        const A0: u32 = 10;
+        const A1: u32 = 11;
+        const T0: u32 = 5;
+        const T1: u32 = 6;
+        const T2: u32 = 7;
+        let hot_loop = |w: &mut Vec<u32>| {
+            w.extend(li32(T2, 3000));
+            let top = w.len();
+            w.push(addi(A0, A0, 1));
+            w.push(addi(T2, T2, -1));
+            w.push(b((top as i32 - w.len() as i32) * 4, 0, T2, 1)); // bne t2, zero, top
+        };
+        let mut w = Vec::new();
+        hot_loop(&mut w);
+        w.extend(li32(T0, crate::board::HTIF_BASE as i32));
+        w.push(addi(T1, 0, crate::devices::htif::YIELD_DEVICE as i32));
+        w.push(slli(T1, T1, 56));
+        w.push(addi(T1, T1, 5));
+        w.push(s(0, T1, T0, 3)); // sd t1, 0(t0): the yield
+                                 // ld a1, 0(flash): the flash drive lies at 0x8040_0000 above 4 MiB of RAM.
+        w.extend(li32(T0, 0x4020_0000));
+        w.push(slli(T0, T0, 1));
+        w.push((T0 << 15) | (3 << 12) | (A1 << 7) | 0x03);
+        hot_loop(&mut w);
+        w.extend(halt(crate::bench::Platform::Cmvm));
+        let image = assemble(&w);
+        let build = |jit: bool| {
+            let mut m = Machine::new(&MachineConfig {
+                ram_length: 4 << 20,
+                ram_image: Some(image.clone()),
+                flash_drives: vec![FlashConfig {
+                    label: "input".into(),
+                    image: vec![0; 4096],
+                    shared: false,
+                }],
+                ..MachineConfig::default()
+            })
+            .unwrap();
+            m.hart.set_jit(jit);
+            m
+        };
+        let value = 0x1234_5678_9abc_def0u64;
+        let mut ends = Vec::new();
+        let mut ready_points = Vec::new();
+        for jit in [false, true] {
+            let mut m = build(jit);
+            assert_eq!(m.run(u64::MAX), Break::Yielded(5));
+            ready_points.push((m.mcycle(), m.hart.pc, m.root_hash()));
+            assert_eq!(m.bus.devices.htif.yielded, None);
+            assert!(m.bus.flash[0].mem.write_bytes(0, &value.to_le_bytes()));
+            assert_eq!(m.run(u64::MAX), Break::Halted(0));
+            assert_eq!(m.hart.x[A1 as usize], value);
+            assert_eq!(m.hart.x[A0 as usize], 6000);
+            ends.push((m.mcycle(), m.root_hash()));
+        }
+        assert_eq!(ready_points[0], ready_points[1]);
+        assert_eq!(ends[0], ends[1]);
+        // Through a snapshot taken at the yield.
+        let mut m = build(true);
+        let config = crate::snapshot::SnapshotConfig::from_config(&MachineConfig {
+            ram_length: 4 << 20,
+            ram_image: Some(image.clone()),
+            flash_drives: vec![FlashConfig {
+                label: "input".into(),
+                image: vec![0; 4096],
+                shared: false,
+            }],
+            ..MachineConfig::default()
+        });
+        assert_eq!(m.run(u64::MAX), Break::Yielded(5));
+        let files = crate::snapshot::encode(&mut m, &config).unwrap().to_map();
+        let mut resumed = crate::snapshot::load_files(&files).unwrap().machine;
+        assert_eq!(resumed.root_hash(), ready_points[0].2);
+        assert!(resumed.bus.flash[0]
+            .mem
+            .write_bytes(0, &value.to_le_bytes()));
+        assert_eq!(resumed.run(u64::MAX), Break::Halted(0));
+        assert_eq!((resumed.mcycle(), resumed.root_hash()), ends[0]);
+    }
 }

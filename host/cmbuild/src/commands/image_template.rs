@@ -1,0 +1,101 @@
+//! `cmbuild image template`: boot the pinned guest image to its ready point, keep that
+//! template machine in the mirror, and pin its hash in `digests.lock.env` (or, with
+//! `--check`, prove the pinned hash still comes out).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use cmbuild::guest::MachineSettings;
+use cmbuild::pins;
+use cmbuild::template::{self, Event, TEMPLATE_PIN};
+use cmbuild_store::mirror::Mirror;
+
+use super::common::{ImageDirArg, MirrorArg};
+
+/// Boot the guest image to its ready point and keep that template machine in the mirror.
+///
+/// Every `cmbuild run` machine resumes from this template (deriving it on first use when
+/// the mirror has none). This command always boots afresh, stores the result in the mirror
+/// by CID, prints the template hash (the state hash at the ready point) and pins it in the
+/// digests file as GUEST_TEMPLATE_HASH, for the default machine settings; with --check it
+/// writes no pin and fails if the hash differs from the pinned one.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    mirror: MirrorArg,
+    #[command(flatten)]
+    image_dir: ImageDirArg,
+    /// The pins file naming the image (read) and the template hash (updated, or with
+    /// --check, compared).
+    #[arg(long, value_name = "FILE", default_value = "digests.lock.env")]
+    digests: PathBuf,
+    /// Compare the derived template hash with the pinned one instead of writing it.
+    #[arg(long)]
+    check: bool,
+    /// Derive with the translator off (the interpreter alone); the hash must not change.
+    #[arg(long)]
+    no_jit: bool,
+}
+
+pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.digests)
+        .with_context(|| format!("reading {}", args.digests.display()))?;
+    let mut pinned =
+        pins::parse(&text).with_context(|| format!("reading {}", args.digests.display()))?;
+    let mirror = Mirror::open(&args.mirror.dir)?;
+    let image = cmbuild::run::read_pinned_image(&mirror, &pinned, Some(&args.image_dir.dir))?;
+    let cids = cmbuild::run::image_cids(&pinned)?;
+    let settings = MachineSettings::default();
+    let started = Instant::now();
+    let mut console = cmbuild::terminal::Stream::new();
+    let mut notes = |event: Event<'_>| match event {
+        Event::Note(note) => eprintln!("image template: {note}"),
+        // The guest's console, sanitised: the boot up to the ready point.
+        Event::Console(bytes) => eprint!("{}", console.push(bytes)),
+    };
+    let derived = if args.no_jit {
+        template::derive_with(&mirror, &image, &cids, &settings, false, &mut notes)?
+    } else {
+        template::derive(&mirror, &image, &cids, &settings, &mut notes)?
+    };
+    let record = &derived.record;
+    println!("{TEMPLATE_PIN}={}", record.root_hash);
+    eprintln!(
+        "image template: ready point at mcycle {}, template {} ({} bytes), derived in {:.1?}",
+        record.mcycle,
+        record.cid,
+        derived.blob.len(),
+        started.elapsed()
+    );
+    let before = pinned.get(TEMPLATE_PIN).cloned();
+    if args.check {
+        return Ok(match before {
+            Some(pin) if pin == record.root_hash => {
+                eprintln!("image template --check: the pinned template hash reproduces");
+                ExitCode::SUCCESS
+            }
+            Some(pin) => {
+                eprintln!(
+                    "DRIFTED template: {TEMPLATE_PIN} is pinned as {pin}, this image gives {}",
+                    record.root_hash
+                );
+                ExitCode::from(1)
+            }
+            None => {
+                eprintln!(
+                    "MISSING template: {} has no {TEMPLATE_PIN} (this image gives {})",
+                    args.digests.display(),
+                    record.root_hash
+                );
+                ExitCode::from(1)
+            }
+        });
+    }
+    pinned.insert(TEMPLATE_PIN.to_owned(), record.root_hash.clone());
+    cmbuild_store::atomic::write_atomically(&args.digests, pins::render(&pinned).as_bytes())
+        .with_context(|| format!("writing {}", args.digests.display()))?;
+    eprintln!("image template: pinned in {}", args.digests.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,803 @@
+//! The template machine: the guest image booted once to its ready point, kept in the
+//! mirror, and resumed by every build.
+//!
+//! # The ready point
+//! The build driver (`guest-image/build-driver.sh`), once the root is mounted and the
+//! toolchain answers (`rustc -V`, `cargo -V`), drops the block caches of the input, output
+//! and scratch drives and yields to the host: an HTIF yield (device 2, command 0, written
+//! through `/dev/mem`), which makes [`Machine::run`] return [`Break::Yielded`] right after
+//! the storing instruction, at an `mcycle` that depends on the image and the machine
+//! settings only. Up to there no byte of the input, output or scratch drive was read but
+//! the kernel's partition scan at probe, whose cached (zero) pages the driver drops on both
+//! sides of the yield; the drives have the fixed sizes of [`MachineSettings`], so the
+//! device tree (and its rng seed, computed over the empty drives) is the template's.
+//!
+//! # What is kept
+//! The machine at the ready point is snapshotted (`cmbuild_machine::snapshot`, format 2:
+//! zstd-compressed pages; the root drive stored as a base named by the root image's CID, so
+//! the template holds only RAM, the device state and the few pages that differ from
+//! zeros). The snapshot's files go into one deterministic tar ([`pack`]), stored in the
+//! mirror by CID; `<mirror>/templates/<sha256 of the key>.json` ([`TemplateRecord`]) maps
+//! the template's key ([`template_key`]: the image's CIDs, the boot arguments, the machine
+//! settings, the hash scheme, the snapshot format and cmbuild's version) to that CID and to
+//! the template's state hash, the **template hash**.
+//!
+//! # Resuming
+//! [`obtain`] finds the template in the mirror (derives it by booting when it is missing,
+//! refused or does not match the pinned template hash), [`resume`] loads it (the state
+//! hash is recomputed over everything loaded and compared with the record), and the build
+//! writes its input drive before running on. The guest goes on right after its yield and
+//! reads the input drive. A build's root hash is the state hash of the machine that
+//! started from the template (whose hash `machine.json` records as `template_hash`) with
+//! that input drive: identical whether the template was derived just now or loaded.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use cmbuild_machine::devices::htif::YIELD_DEVICE;
+use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
+use cmbuild_machine::snapshot::{self, HashCheck, SnapshotConfig, SnapshotError};
+use cmbuild_store::cid::Cid;
+use cmbuild_store::mirror::Mirror;
+use cmbuild_store::sha256::Sha256;
+use serde::{Deserialize, Serialize};
+
+use crate::guest::{Drive, GuestImage, MachineSettings, BOOTARGS};
+
+/// A guest that has not reached its ready point by this mcycle never will (a boot takes
+/// about 2e9).
+pub const MAX_READY_MCYCLE: u64 = 100_000_000_000;
+
+/// The data of the guest's ready-point yield (`tohost = 2 << 56 | 0`).
+pub const READY_YIELD: u64 = 0;
+
+/// Identifies the record format.
+pub const RECORD_SCHEMA: &str = "cmbuild-template-v1";
+
+/// Largest template blob read back (RAM of a booted guest, compressed).
+const MAX_TEMPLATE_BLOB: u64 = 8 << 30;
+
+/// The pin of the template hash of the default machine settings in `digests.lock.env`.
+pub const TEMPLATE_PIN: &str = "GUEST_TEMPLATE_HASH";
+
+/// Why a template could not be derived, stored or resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// the template machine could not be built: {0}
+    #[error("the template machine could not be built: {0}")]
+    Machine(String),
+    /// the guest image halted (exit code {code}) before its ready point; last console lines:\n{console}
+    #[error("the guest image halted (exit code {code}) before its ready point; last console lines:\n{console}")]
+    Halted {
+        /// The exit code.
+        code: u64,
+        /// The end of the console.
+        console: String,
+    },
+    /// the guest image did not reach its ready point within {0} cycles; last console lines:\n{1}
+    #[error(
+        "the guest image did not reach its ready point within {0} cycles; last console lines:\n{1}"
+    )]
+    NotReady(u64, String),
+    /// the guest yielded with {0:#x}, not the ready point's {READY_YIELD:#x}
+    #[error("the guest yielded with {0:#x}, not the ready point's {READY_YIELD:#x}")]
+    UnexpectedYield(u64),
+    /// the template snapshot
+    #[error("the template snapshot")]
+    Snapshot(#[from] SnapshotError),
+    /// the template blob is malformed: {0}
+    #[error("the template blob is malformed: {0}")]
+    Blob(String),
+    /// the mirror
+    #[error("the mirror")]
+    Mirror(#[from] cmbuild_store::mirror::MirrorError),
+    /// cannot {0} {1}
+    #[error("cannot {0} {1}")]
+    Io(&'static str, PathBuf, #[source] std::io::Error),
+    /// the template record {0} is malformed: {1}
+    #[error("the template record {0} is malformed: {1}")]
+    Record(PathBuf, String),
+    /// the template derived from this image has hash {derived}, but {pin} pins {pinned}
+    #[error("the template derived from this image has hash {derived}, but {pin} pins {pinned} (a different image, cmbuild or machine; `cmbuild image template` re-pins it)")]
+    PinMismatch {
+        /// The pin's key.
+        pin: &'static str,
+        /// The pinned hash.
+        pinned: String,
+        /// The hash derived.
+        derived: String,
+    },
+    /// the input ({len} bytes) is larger than the input drive ({max} bytes); raise --input-mib
+    #[error(
+        "the input ({len} bytes) is larger than the input drive ({max} bytes); raise --input-mib"
+    )]
+    InputTooLarge {
+        /// The input's length.
+        len: u64,
+        /// The drive's length.
+        max: u64,
+    },
+}
+
+/// The image's content IDs a template is derived from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageCids {
+    /// `vmlinux`.
+    pub kernel: Cid,
+    /// `fw_jump.bin`.
+    pub firmware: Cid,
+    /// `initramfs.cpio`.
+    pub initrd: Cid,
+    /// `rootfs.erofs` (also the name of the root drive's base in the snapshot).
+    pub rootfs: Cid,
+}
+
+/// The text that identifies a template: everything it is a function of. Two builds with
+/// the same key resume from the same template.
+pub fn template_key(cids: &ImageCids, settings: &MachineSettings) -> String {
+    format!(
+        "{RECORD_SCHEMA}\ncmbuild {}\nhash-scheme {HASH_SCHEME}\nsnapshot-format {}\n\
+         kernel {}\nfirmware {}\ninitrd {}\nrootfs {}\nbootargs {BOOTARGS}\n\
+         ram-length {}\ninput-length {}\noutput-length {}\nscratch-length {}\n",
+        env!("CARGO_PKG_VERSION"),
+        snapshot::FORMAT_VERSION,
+        cids.kernel,
+        cids.firmware,
+        cids.initrd,
+        cids.rootfs,
+        settings.ram_length,
+        settings.input_length,
+        settings.output_length,
+        settings.scratch_length,
+    )
+}
+
+/// What `<mirror>/templates/<key digest>.json` holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRecord {
+    /// Always [`RECORD_SCHEMA`].
+    pub schema: String,
+    /// [`template_key`].
+    pub key: String,
+    /// The template blob's CID in the mirror.
+    pub cid: Cid,
+    /// The template hash (the state hash at the ready point).
+    pub root_hash: String,
+    /// `mcycle` at the ready point.
+    pub mcycle: u64,
+}
+
+/// A template ready to resume: its blob, hash and CID.
+#[derive(Clone, Debug)]
+pub struct Template {
+    /// The packed snapshot ([`pack`]).
+    pub blob: Vec<u8>,
+    /// Its record.
+    pub record: TemplateRecord,
+    /// Whether it was derived (booted) now rather than found in the mirror.
+    pub derived: bool,
+}
+
+/// Where the record of `key` lives.
+pub fn record_path(mirror: &Mirror, key: &str) -> PathBuf {
+    mirror
+        .root()
+        .join("templates")
+        .join(format!("{}.json", Sha256::of(key.as_bytes())))
+}
+
+/// Boots the image with `settings` to its ready point. Returns the machine there and the
+/// snapshot configuration to store it with (the root drive as the base `rootfs` CID).
+/// `console` receives the guest's console output as it comes.
+/// `jit` false runs the interpreter alone (the result is the same).
+pub fn boot_to_ready(
+    image: &GuestImage,
+    cids: &ImageCids,
+    settings: &MachineSettings,
+    jit: bool,
+    console: &mut dyn FnMut(&[u8]),
+) -> Result<(Machine, SnapshotConfig), TemplateError> {
+    let config = settings.machine_config(image);
+    let mut snapshot_config = SnapshotConfig::from_config(&config);
+    snapshot_config.flash_drives[Drive::Root.index()].base = Some(cids.rootfs.to_string());
+    let mut machine =
+        Machine::from_config(config).map_err(|e| TemplateError::Machine(e.to_string()))?;
+    machine.hart.set_jit(jit);
+    let mut tail = Vec::new();
+    loop {
+        let limit = (machine.mcycle() + 200_000_000).min(MAX_READY_MCYCLE);
+        let stop = machine.run(limit);
+        let bytes = machine.drain_console();
+        console(&bytes);
+        tail.extend_from_slice(&bytes);
+        if tail.len() > 4096 {
+            tail.drain(..tail.len() - 4096);
+        }
+        let tail_text = || crate::terminal::sanitize(&String::from_utf8_lossy(&tail));
+        match stop {
+            Break::Yielded(READY_YIELD) => return Ok((machine, snapshot_config)),
+            Break::Yielded(other) => return Err(TemplateError::UnexpectedYield(other)),
+            Break::Halted(code) => {
+                return Err(TemplateError::Halted {
+                    code,
+                    console: tail_text(),
+                })
+            }
+            Break::MaxMcycle if machine.mcycle() >= MAX_READY_MCYCLE => {
+                return Err(TemplateError::NotReady(MAX_READY_MCYCLE, tail_text()))
+            }
+            Break::MaxMcycle => {}
+        }
+    }
+}
+
+/// Packs a machine at its ready point into a template blob: the snapshot's files as one
+/// deterministic tar (in the snapshot's file order, mode 0644, owner 0, mtime 0), so that
+/// `tar -x` of it is a snapshot directory `cmbuild machine run --load` reads. Returns the
+/// blob and the state hash.
+pub fn pack(
+    machine: &mut Machine,
+    config: &SnapshotConfig,
+    rootfs: &[u8],
+) -> Result<(Vec<u8>, String), TemplateError> {
+    let bases = BTreeMap::from([(Drive::Root.index(), rootfs)]);
+    let encoded = snapshot::encode_with_bases(machine, config, &bases)?;
+    let mut tar = tar::Builder::new(Vec::new());
+    for file in &encoded.files {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(file.length);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        let reader = ChainedPieces {
+            pieces: &file.pieces,
+            at: 0,
+            offset: 0,
+        };
+        tar.append_data(&mut header, &file.name, reader)
+            .map_err(|e| TemplateError::Blob(e.to_string()))?;
+    }
+    let blob = tar
+        .into_inner()
+        .map_err(|e| TemplateError::Blob(e.to_string()))?;
+    Ok((blob, encoded.root_hash))
+}
+
+/// Reads the pieces of a snapshot file one after another.
+struct ChainedPieces<'a, 'b> {
+    pieces: &'a [std::borrow::Cow<'b, [u8]>],
+    at: usize,
+    offset: usize,
+}
+
+impl Read for ChainedPieces<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(piece) = self.pieces.get(self.at) {
+            if self.offset < piece.len() {
+                let n = buf.len().min(piece.len() - self.offset);
+                buf[..n].copy_from_slice(&piece[self.offset..self.offset + n]);
+                self.offset += n;
+                return Ok(n);
+            }
+            self.at += 1;
+            self.offset = 0;
+        }
+        Ok(0)
+    }
+}
+
+/// Splits a template blob into its files (regular files with plain names only, each at
+/// most as long as the blob).
+fn unpack(blob: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
+    let bad = |m: String| TemplateError::Blob(m);
+    let mut files = BTreeMap::new();
+    let mut archive = tar::Archive::new(blob);
+    for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(bad("an entry is not a regular file".into()));
+        }
+        let name = entry
+            .path()
+            .map_err(|e| bad(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        let plain = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !name.starts_with('.');
+        if !plain || files.contains_key(&name) || files.len() >= 64 {
+            return Err(bad(format!("unexpected entry {name:?}")));
+        }
+        let size = entry.size();
+        if size > blob.len() as u64 {
+            return Err(bad(format!("entry {name} claims {size} bytes")));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(e.to_string()))?;
+        files.insert(name, bytes);
+    }
+    Ok(files)
+}
+
+/// Loads a template blob into a machine at the ready point; the root drive's base is
+/// `rootfs` (moved in). Every check of `cmbuild_machine::snapshot`, and the snapshot's
+/// state hash must be `expected`. With [`HashCheck::Recompute`] that hash is recomputed over
+/// everything loaded (seconds: the root image and gigabytes of RAM and drives);
+/// [`HashCheck::Trusted`] is for a blob read by its CID from the mirror under a record
+/// [`obtain`] checked (and, for the default settings, against the pinned template hash),
+/// whose root image was checked against its pin: the build's final state hash, computed
+/// over everything, covers all of it anyway.
+pub fn resume(
+    blob: &[u8],
+    rootfs: Vec<u8>,
+    expected: &str,
+    check: HashCheck,
+) -> Result<Machine, TemplateError> {
+    resume_with_config(blob, rootfs, expected, check).map(|(machine, _)| machine)
+}
+
+/// [`resume`], also returning the configuration the snapshot records, with no base (what a
+/// snapshot of the resumed machine, written whole, records).
+pub fn resume_with_config(
+    blob: &[u8],
+    rootfs: Vec<u8>,
+    expected: &str,
+    check: HashCheck,
+) -> Result<(Machine, SnapshotConfig), TemplateError> {
+    let files = unpack(blob)?;
+    let manifest = files
+        .get("manifest")
+        .ok_or_else(|| TemplateError::Blob("no manifest".into()))?;
+    let m = snapshot::parse_manifest(manifest)?;
+    let contents = m
+        .files()
+        .iter()
+        .map(|e| {
+            files
+                .get(&e.name)
+                .map(Vec::as_slice)
+                .ok_or_else(|| TemplateError::Blob(format!("no file {}", e.name)))
+        })
+        .collect::<Result<Vec<&[u8]>, _>>()?;
+    let bases = BTreeMap::from([(Drive::Root.index(), rootfs)]);
+    let loaded = snapshot::load_with_bases(&m, &contents, bases, check)?;
+    if loaded.root_hash != expected {
+        return Err(TemplateError::Blob(format!(
+            "it holds the state {}, its record says {expected}",
+            loaded.root_hash
+        )));
+    }
+    let mut config = loaded.config;
+    for drive in &mut config.flash_drives {
+        drive.base = None;
+    }
+    Ok((loaded.machine, config))
+}
+
+/// Writes `input` onto the input drive of a machine resumed from the template, and
+/// answers the guest's yield: HTIF `fromhost` = `2 << 56 | input length` (the driver reads
+/// that many bytes of the drive and no more).
+pub fn fill_input(machine: &mut Machine, input: &[u8]) -> Result<(), TemplateError> {
+    let drive = &mut machine.bus.flash[Drive::Input.index()];
+    if input.len() as u64 > drive.image_length {
+        return Err(TemplateError::InputTooLarge {
+            len: input.len() as u64,
+            max: drive.image_length,
+        });
+    }
+    drive.mem.write_bytes(0, input);
+    machine.bus.devices.htif.fromhost = (YIELD_DEVICE << 56) | input.len() as u64;
+    Ok(())
+}
+
+/// What [`obtain`] reports as it goes.
+pub enum Event<'a> {
+    /// A line worth telling the user.
+    Note(String),
+    /// Console bytes of the template being booted.
+    Console(&'a [u8]),
+}
+
+/// The template of `image` with `settings`: from the mirror if a valid one is recorded
+/// there (and matches `pinned`, when given), else derived by booting, stored in the mirror
+/// and recorded. `pinned` is the template hash the pins name for these settings, if any: a
+/// derived template that differs from it is an error.
+pub fn obtain(
+    mirror: &Mirror,
+    image: &GuestImage,
+    cids: &ImageCids,
+    settings: &MachineSettings,
+    pinned: Option<&str>,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<Template, TemplateError> {
+    let key = template_key(cids, settings);
+    let path = record_path(mirror, &key);
+    match read_record(mirror, &path, &key, pinned) {
+        Ok(Some(template)) => return Ok(template),
+        Ok(None) => {}
+        Err(e) => events(Event::Note(format!(
+            "the template recorded in {} is refused ({}); deriving it again",
+            path.display(),
+            crate::terminal::error_chain(&e)
+        ))),
+    }
+    events(Event::Note(
+        "deriving the template machine: booting the guest image to its ready point (first use)"
+            .into(),
+    ));
+    let template = derive(mirror, image, cids, settings, events)?;
+    if let Some(pinned) = pinned {
+        if pinned != template.record.root_hash {
+            return Err(TemplateError::PinMismatch {
+                pin: TEMPLATE_PIN,
+                pinned: pinned.to_owned(),
+                derived: template.record.root_hash.clone(),
+            });
+        }
+    }
+    Ok(template)
+}
+
+/// Boots the template, stores it in the mirror and records it (whatever was recorded for
+/// its key before is replaced).
+pub fn derive(
+    mirror: &Mirror,
+    image: &GuestImage,
+    cids: &ImageCids,
+    settings: &MachineSettings,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<Template, TemplateError> {
+    derive_with(mirror, image, cids, settings, true, events)
+}
+
+/// [`derive`], with the translator on or off (`jit`).
+pub fn derive_with(
+    mirror: &Mirror,
+    image: &GuestImage,
+    cids: &ImageCids,
+    settings: &MachineSettings,
+    jit: bool,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<Template, TemplateError> {
+    let key = template_key(cids, settings);
+    let (mut machine, config) = boot_to_ready(image, cids, settings, jit, &mut |bytes| {
+        events(Event::Console(bytes))
+    })?;
+    let mcycle = machine.mcycle();
+    let (blob, root_hash) = pack(&mut machine, &config, &image.rootfs)?;
+    drop(machine);
+    let stored = mirror.put_bytes(&blob)?;
+    let record = TemplateRecord {
+        schema: RECORD_SCHEMA.to_owned(),
+        key: key.clone(),
+        cid: stored.cid,
+        root_hash,
+        mcycle,
+    };
+    let path = record_path(mirror, &key);
+    let dir = path.parent().expect("the record is inside templates/");
+    std::fs::create_dir_all(dir).map_err(|e| TemplateError::Io("create", dir.to_path_buf(), e))?;
+    let mut text = serde_json::to_string_pretty(&record).expect("a record serializes");
+    text.push('\n');
+    cmbuild_store::atomic::write_atomically(&path, text.as_bytes())
+        .map_err(|e| TemplateError::Io("write", path.clone(), e.source))?;
+    events(Event::Note(format!(
+        "template machine ready at mcycle {mcycle}: {} (template {}, {} bytes, kept in the mirror)",
+        record.root_hash,
+        record.cid,
+        blob.len()
+    )));
+    Ok(Template {
+        blob,
+        record,
+        derived: true,
+    })
+}
+
+/// The recorded template of `key`, if there is a record; its blob is read verified by
+/// CID, and its hash must be the pinned one.
+fn read_record(
+    mirror: &Mirror,
+    path: &Path,
+    key: &str,
+    pinned: Option<&str>,
+) -> Result<Option<Template>, TemplateError> {
+    let text = match std::fs::read(path) {
+        Ok(text) if text.len() <= 64 << 10 => text,
+        Ok(_) => return Err(TemplateError::Record(path.into(), "too large".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(TemplateError::Io("read", path.into(), e)),
+    };
+    let record: TemplateRecord = serde_json::from_slice(&text)
+        .map_err(|e| TemplateError::Record(path.into(), e.to_string()))?;
+    if record.schema != RECORD_SCHEMA || record.key != key {
+        return Err(TemplateError::Record(
+            path.into(),
+            "it is not the record of this template's key".into(),
+        ));
+    }
+    if let Some(pinned) = pinned {
+        if pinned != record.root_hash {
+            return Err(TemplateError::PinMismatch {
+                pin: TEMPLATE_PIN,
+                pinned: pinned.to_owned(),
+                derived: record.root_hash,
+            });
+        }
+    }
+    let size = std::fs::metadata(mirror.blob_path(&record.cid))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    if size > MAX_TEMPLATE_BLOB {
+        return Err(TemplateError::Blob(format!("{size} bytes")));
+    }
+    let blob = mirror.read_verified(&record.cid)?;
+    // The snapshot's own manifest must name the recorded state (resuming then recomputes
+    // that state hash over everything it loads).
+    let files = unpack(&blob)?;
+    let manifest = files
+        .get("manifest")
+        .ok_or_else(|| TemplateError::Blob("no manifest".into()))?;
+    let stored = snapshot::parse_manifest(manifest)?.root_hash().to_owned();
+    if stored != record.root_hash {
+        return Err(TemplateError::Blob(format!(
+            "it holds the state {stored}, its record says {}",
+            record.root_hash
+        )));
+    }
+    Ok(Some(Template {
+        blob,
+        record,
+        derived: false,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cmbuild_store::cid::cid_of_bytes;
+
+    const T0: u32 = 5;
+    const T1: u32 = 6;
+    const T2: u32 = 7;
+    const T3: u32 = 28;
+    const A1: u32 = 11;
+
+    fn i_type(imm: i32, rs1: u32, f3: u32, rd: u32, op: u32) -> u32 {
+        (((imm as u32) & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
+    }
+    fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
+        i_type(imm, rs1, 0, rd, 0x13)
+    }
+    fn slli(rd: u32, rs1: u32, sh: i32) -> u32 {
+        i_type(sh, rs1, 1, rd, 0x13)
+    }
+    fn ld(rd: u32, rs1: u32) -> u32 {
+        i_type(0, rs1, 3, rd, 0x03)
+    }
+    fn sd(rs2: u32, rs1: u32) -> u32 {
+        (rs2 << 20) | (rs1 << 15) | (3 << 12) | 0x23
+    }
+    /// `rd = value` for a value below 2^31 whose low 12 bits are zero.
+    fn lui(rd: u32, value: u32) -> u32 {
+        value | (rd << 7) | 0x37
+    }
+
+    /// A tiny "guest image": firmware that yields at its ready point (data 0), then copies
+    /// the input drive's first 8 bytes to the output drive and halts.
+    fn tiny_image(settings: &MachineSettings) -> GuestImage {
+        let rootfs = vec![0x5a; 4096];
+        let lengths = [
+            rootfs.len() as u64,
+            settings.input_length,
+            settings.output_length,
+            settings.scratch_length,
+        ];
+        let placed = cmbuild_machine::fdt::place_flash_drives(settings.ram_length, &lengths);
+        let (input, output) = (placed[1].0, placed[2].0);
+        let program = [
+            lui(T0, 0x4000_8000),
+            addi(T1, 0, 2),
+            slli(T1, T1, 56),
+            sd(T1, T0), // the ready point
+            lui(T2, (input >> 1) as u32),
+            slli(T2, T2, 1),
+            ld(A1, T2),
+            lui(T3, (output >> 1) as u32),
+            slli(T3, T3, 1),
+            sd(A1, T3),
+            addi(T1, 0, 1),
+            sd(T1, T0),  // halt 0
+            0x0000_006f, // j .
+        ];
+        GuestImage {
+            kernel: b"not a kernel".to_vec(),
+            firmware: program.iter().flat_map(|w| w.to_le_bytes()).collect(),
+            initrd: b"not an initrd".to_vec(),
+            rootfs,
+        }
+    }
+
+    fn settings() -> MachineSettings {
+        MachineSettings {
+            ram_length: 64 << 20,
+            input_length: 2 << 20,
+            output_length: 2 << 20,
+            scratch_length: 2 << 20,
+            max_mcycle: 1 << 30,
+        }
+    }
+
+    fn cids(image: &GuestImage) -> ImageCids {
+        ImageCids {
+            kernel: cid_of_bytes(&image.kernel),
+            firmware: cid_of_bytes(&image.firmware),
+            initrd: cid_of_bytes(&image.initrd),
+            rootfs: cid_of_bytes(&image.rootfs),
+        }
+    }
+
+    /// Resumes `template`, fills the input and runs to halt: (root hash, mcycle, output).
+    fn build(template: &Template, image: &GuestImage, input: &[u8]) -> (String, u64, Vec<u8>) {
+        let mut m = resume(
+            &template.blob,
+            image.rootfs.clone(),
+            &template.record.root_hash,
+            HashCheck::Trusted,
+        )
+        .unwrap();
+        fill_input(&mut m, input).unwrap();
+        assert_eq!(m.run(1 << 30), Break::Halted(0));
+        let output = crate::guest::drive_bytes(&m, Drive::Output)[..8].to_vec();
+        (m.root_hash(), m.mcycle(), output)
+    }
+
+    #[test]
+    fn a_template_is_derived_once_then_reused_and_both_give_the_same_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let s = settings();
+        let image = tiny_image(&s);
+        let cids = cids(&image);
+        let mut notes = Vec::new();
+        let first = obtain(&mirror, &image, &cids, &s, None, &mut |e| {
+            if let Event::Note(n) = e {
+                notes.push(n)
+            }
+        })
+        .unwrap();
+        assert!(first.derived);
+        assert_eq!(first.record.mcycle, 4, "the yield is the 4th instruction");
+        let again = obtain(&mirror, &image, &cids, &s, None, &mut |_| {}).unwrap();
+        assert!(!again.derived);
+        assert_eq!(again.record, first.record);
+        assert_eq!(again.blob, first.blob);
+        // The blob is deterministic: derived again, it has the same CID.
+        let third = derive(&mirror, &image, &cids, &s, &mut |_| {}).unwrap();
+        assert_eq!(third.record, first.record);
+
+        // A build resumed from the stored template ends like one that ran on from the boot.
+        let input = 0x1122_3344_5566_7788u64.to_le_bytes();
+        let from_mirror = build(&again, &image, &input);
+        let (mut direct, _) = boot_to_ready(&image, &cids, &s, true, &mut |_| {}).unwrap();
+        fill_input(&mut direct, &input).unwrap();
+        assert_eq!(direct.run(1 << 30), Break::Halted(0));
+        assert_eq!(
+            (direct.root_hash(), direct.mcycle()),
+            (from_mirror.0.clone(), from_mirror.1)
+        );
+        assert_eq!(from_mirror.2, input);
+        assert_eq!(direct.bus.devices.htif.fromhost, (2 << 56) | 8);
+        // The interpreter alone reaches the same ready point.
+        let (mut interpreted, config) =
+            boot_to_ready(&image, &cids, &s, false, &mut |_| {}).unwrap();
+        assert_eq!(
+            pack(&mut interpreted, &config, &image.rootfs).unwrap().1,
+            first.record.root_hash
+        );
+        // Another input, another root hash from the same template.
+        assert_ne!(build(&again, &image, &[9; 8]).0, from_mirror.0);
+        // An input larger than the drive is refused.
+        let mut m = resume(
+            &again.blob,
+            image.rootfs.clone(),
+            &again.record.root_hash,
+            HashCheck::Recompute,
+        )
+        .unwrap();
+        assert_eq!(m.root_hash(), again.record.root_hash);
+        assert!(matches!(
+            fill_input(&mut m, &vec![1; (s.input_length + 1) as usize]),
+            Err(TemplateError::InputTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_tampered_record_or_a_wrong_pin_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let s = settings();
+        let image = tiny_image(&s);
+        let cids = cids(&image);
+        let good = derive(&mirror, &image, &cids, &s, &mut |_| {}).unwrap();
+        // The record claims another hash: refused, and the template derived again.
+        let path = record_path(&mirror, &template_key(&cids, &s));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let forged = text.replace(
+            &good.record.root_hash,
+            &format!("{HASH_SCHEME}:{}", "0".repeat(64)),
+        );
+        std::fs::write(&path, forged).unwrap();
+        let mut notes = Vec::new();
+        let mut note = |e: Event<'_>| {
+            if let Event::Note(n) = e {
+                notes.push(n)
+            }
+        };
+        let back = obtain(&mirror, &image, &cids, &s, None, &mut note).unwrap();
+        assert!(back.derived);
+        assert_eq!(back.record, good.record);
+        // A blob that resumes to another state than its record says is refused on resume.
+        assert!(matches!(
+            resume(
+                &good.blob,
+                image.rootfs.clone(),
+                "cmvm-sha256-v1:00",
+                HashCheck::Trusted
+            ),
+            Err(TemplateError::Blob(_))
+        ));
+        // Another root image under the base: the recomputed state hash refuses it.
+        assert!(matches!(
+            resume(
+                &good.blob,
+                vec![0x5b; 4096],
+                &good.record.root_hash,
+                HashCheck::Recompute
+            ),
+            Err(TemplateError::Snapshot(SnapshotError::RootHash { .. }))
+        ));
+        // A pin that differs: the recorded template is refused, and so is a fresh one.
+        let err = obtain(
+            &mirror,
+            &image,
+            &cids,
+            &s,
+            Some("cmvm-sha256-v1:11"),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(matches!(err, TemplateError::PinMismatch { .. }), "{err}");
+        // The right pin: reused.
+        let pinned = obtain(
+            &mirror,
+            &image,
+            &cids,
+            &s,
+            Some(&good.record.root_hash),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(!pinned.derived);
+        // A guest that halts before its ready point.
+        let mut broken = image.clone();
+        broken.firmware = [addi(T1, 0, 1), lui(T0, 0x4000_8000), sd(T1, T0)]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let err = derive(&mirror, &broken, &cids, &s, &mut |_| {}).unwrap_err();
+        assert!(
+            matches!(err, TemplateError::Halted { code: 0, .. }),
+            "{err}"
+        );
+    }
+}
