@@ -248,7 +248,16 @@ fn read_pinned(
         Ok(bytes) => return Some(bytes),
         Err(e) => e.to_string(),
     };
-    if let (Some(dir), Some(file)) = (image_dir, pins::image_file(name)) {
+    let file = pins::image_file(name).map(str::to_owned).or_else(|| {
+        cmbuild_image::layers::shipped().ok().and_then(|layers| {
+            layers
+                .toolchains
+                .keys()
+                .find(|id| pins::layer_key(id) == name)
+                .map(|id| cmbuild_image::image::layer_file_name(id))
+        })
+    });
+    if let (Some(dir), Some(file)) = (image_dir, file) {
         let path = dir.join(file);
         if let Ok(bytes) = std::fs::read(&path) {
             if cmbuild_store::cid::cid_of_bytes(&bytes) == *cid {
@@ -374,33 +383,27 @@ pub fn plan_release(
 
 /// Selects the pinned Rust toolchain, before any machine boots: `--toolchain`, else the
 /// commit's `rust-toolchain` or `rust-toolchain.toml` (the former wins when both exist, as
-/// with rustup), else the newest pinned; then checks the `rust-version` of every selected
-/// package against it.
+/// with rustup), else the default pinned toolchain; then checks the `rust-version` of every
+/// selected package against it.
 fn select_toolchain(
     opts: &RunOptions,
     read: &dyn Fn(&'static str, u64) -> Result<Option<Vec<u8>>, RunError>,
     workspace: &crate::workspace::Workspace,
     selection: &project::Selection,
 ) -> Result<RustVersion, RunError> {
-    let available = toolchain::pinned_versions(&cmbuild_image::lock::shipped_lock()?);
-    let text = |bytes: Vec<u8>, file: &str| {
-        String::from_utf8(bytes).map_err(|_| toolchain::ToolchainError::BadFile {
-            file: file.to_owned(),
-            message: "not UTF-8".into(),
-        })
-    };
-    let (channel, source_name) = if let Some(channel) = &opts.toolchain {
-        (Some(channel.clone()), "--toolchain")
-    } else if let Some(bytes) = read("rust-toolchain", MAX_TOOLCHAIN_FILE_BYTES)? {
-        let channel = toolchain::channel_of_legacy(&text(bytes, "rust-toolchain")?)?;
-        (channel, "rust-toolchain")
-    } else if let Some(bytes) = read("rust-toolchain.toml", MAX_TOOLCHAIN_FILE_BYTES)? {
-        let channel = toolchain::channel_of_toml(&text(bytes, "rust-toolchain.toml")?)?;
-        (channel, "rust-toolchain.toml")
-    } else {
-        (None, "no toolchain file")
-    };
-    let selected = toolchain::select(channel.as_deref(), source_name, &available)?;
+    let layers = cmbuild_image::layers::shipped()?;
+    let available = layers.versions();
+    let (channel, source_name) = toolchain::project_channel(
+        opts.toolchain.as_deref(),
+        read("rust-toolchain", MAX_TOOLCHAIN_FILE_BYTES)?.as_deref(),
+        read("rust-toolchain.toml", MAX_TOOLCHAIN_FILE_BYTES)?.as_deref(),
+    )?;
+    let selected = toolchain::select(
+        channel.as_deref(),
+        source_name,
+        &available,
+        layers.default_version(),
+    )?;
     let packages = &selection.profile.packages;
     for member in &workspace.members {
         if !packages.is_empty() && !packages.contains(&member.name) {
@@ -443,23 +446,28 @@ pub fn gather_inputs(
             }
         }
     };
+    let layer_key = toolchain_layer_key(job.toolchain);
     let image = (
         blob(pins::KERNEL),
         blob(pins::FIRMWARE),
         blob(pins::INITRD),
         blob(pins::ROOTFS),
+        blob(&layer_key),
     );
     let vendor_dir = job.work.path().join("vendor");
     if let Err(e) = crate::vendoring::unpack_locked_crates(&mirror, &job.lock_bytes, &vendor_dir) {
         missing.push(e.to_string());
     }
     let image = match image {
-        (Some(kernel), Some(firmware), Some(initrd), Some(rootfs)) if missing.is_empty() => {
+        (Some(kernel), Some(firmware), Some(initrd), Some(rootfs), Some(toolchain))
+            if missing.is_empty() =>
+        {
             GuestImage {
                 kernel,
                 firmware,
                 initrd,
                 rootfs,
+                toolchain,
             }
         }
         _ => {
@@ -477,6 +485,10 @@ pub fn gather_inputs(
     for (key, _file) in pins::IMAGE_FILES {
         cids.insert((*key).to_owned(), pins::require_cid(&opts.pins, key)?);
     }
+    cids.insert(
+        layer_key.clone(),
+        pins::require_cid(&opts.pins, &layer_key)?,
+    );
     cids.insert("SOURCE_CID".to_owned(), cid_of_bytes(&job.source_tar));
     cids.insert("VENDOR_CID".to_owned(), cid_of_bytes(&vendor_tar));
     Ok(ReleaseInputs {
@@ -498,6 +510,7 @@ fn assemble_image_on_first_use(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), RunError> {
     use cmbuild_image::assemble;
+    assemble_layer_on_first_use(mirror, opts, job, progress)?;
     let present = assemble::pinned_files(&opts.pins)?
         .iter()
         .all(|(_, file, cid)| {
@@ -533,6 +546,45 @@ fn assemble_image_on_first_use(
     progress(Progress::Phase(
         "guest image assembled, matches its pins, kept in the mirror".into(),
     ));
+    Ok(())
+}
+
+/// The pin of the layer of a selected toolchain (its id is its version).
+pub fn toolchain_layer_key(version: RustVersion) -> String {
+    pins::layer_key(&version.to_string())
+}
+
+/// The selected toolchain's layer on first use: assembled offline from the mirror's `.deb`s
+/// of its lock, checked against its pin and kept in the mirror (as the base image is).
+fn assemble_layer_on_first_use(
+    mirror: &Mirror,
+    opts: &RunOptions,
+    job: &ReleaseJob,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), RunError> {
+    let key = toolchain_layer_key(job.toolchain);
+    let id = job.toolchain.to_string();
+    let in_dir = opts.image_dir.as_ref().is_some_and(|dir| {
+        dir.join(cmbuild_image::image::layer_file_name(&id))
+            .is_file()
+    });
+    let pinned = pins::require_cid(&opts.pins, &key)?;
+    if in_dir || mirror.has_valid(&pinned).unwrap_or(false) {
+        return Ok(());
+    }
+    let layers = cmbuild_image::layers::shipped()?;
+    let Some(lock) = layers.toolchains.get(&id) else {
+        return Ok(()); // not this cmbuild's toolchain: reported missing with its pin
+    };
+    progress(Progress::Phase(format!(
+        "assembling the Rust {id} toolchain layer from the mirror's Debian packages (first use, offline)"
+    )));
+    let work = job.work.path().join("layer");
+    cmbuild_image::assemble::ensure_layer_in_mirror(mirror, lock, &id, &opts.pins, &work, |_| {})?;
+    std::fs::remove_dir_all(&work).ok();
+    progress(Progress::Phase(format!(
+        "Rust {id} toolchain layer assembled, matches its pin, kept in the mirror"
+    )));
     Ok(())
 }
 
@@ -628,7 +680,10 @@ pub fn collect_release(
             plan::collect_outputs(&output_drive, &extract, &plan.for_targets(&groups[index]))?;
         collected.push((run, outputs, output_drive, leaves));
     }
-    check_outcomes(plan, collected.iter().map(|(run, outputs, ..)| (run, outputs)))?;
+    check_outcomes(
+        plan,
+        collected.iter().map(|(run, outputs, ..)| (run, outputs)),
+    )?;
     for (run, outputs, output_drive, leaves) in collected {
         // The state proofs: built once per machine, only if it built something.
         let located = state_proofs::locate_files(&output_drive);
@@ -653,12 +708,8 @@ pub fn collect_release(
                 let proof_path = staging.join(PROOFS_DIR).join(format!("{rel}.json"));
                 std::fs::create_dir_all(staging.join(PROOFS_DIR).join(target.as_str()))?;
                 staging::write_synced(&proof_path, &proof.to_file_bytes()?, 0o644)?;
-                let toolchain_key = pins::toolchain_key(*target);
-                let toolchain = if opts.pins.contains_key(&toolchain_key) {
-                    pins::require_cid(&opts.pins, &toolchain_key)?
-                } else {
-                    pins::require_cid(&opts.pins, pins::ROOTFS)?
-                };
+                // The toolchain is its layer: the compiler, cargo and every target's std.
+                let toolchain = pins::require_cid(&opts.pins, &toolchain_layer_key(job.toolchain))?;
                 artifacts.push(Artifact {
                     package: planned.package.clone(),
                     target: target.to_string(),
