@@ -334,7 +334,7 @@ mod tests {
         let leaves: Vec<[u8; 32]> = (0..LEAF_COUNT as u8).map(|i| [i; 32]).collect();
         let mut top = leaves.clone();
         top[OUTPUT_LEAF_INDEX] = drive_root;
-        top.push([0; 32]);
+        top.resize(LEAF_COUNT.next_power_of_two(), [0; 32]);
         let l1: Vec<_> = top.chunks(2).map(|p| hash_pair(&p[0], &p[1])).collect();
         let l2: Vec<_> = l1.chunks(2).map(|p| hash_pair(&p[0], &p[1])).collect();
         let root = hash_pair(&l2[0], &l2[1]);

@@ -14,7 +14,8 @@ use cmbuild_image::locking::Progress;
 
 use super::common::MirrorArg;
 
-/// Resolve the package request against Debian's signed indices into the guest-image lock.
+/// Resolve the package request against Debian's signed indices into the guest-image locks: the
+/// base layer's and one per pinned toolchain layer.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
