@@ -303,6 +303,48 @@ mod tests {
     }
 
     #[test]
+    fn toolchain_layers_are_checked() {
+        let layer = "\n[toolchains.\"1.96.0\"]\nsuite = \"trixie\"\n\
+                     packages = { riscv64 = [\"rustc-web\"] }\n";
+        let with = |head: &str, tail: &str| format!("{head}{REQUEST}{tail}");
+        let request = Request::parse(&with("default_toolchain = \"1.96.0\"\n", layer)).unwrap();
+        let layer_request = request.toolchain_request("1.96.0").unwrap();
+        assert_eq!(layer_request.suite, "trixie");
+        assert_eq!(
+            layer_request.exclude, request.exclude,
+            "the excludes are shared"
+        );
+        assert!(layer_request.toolchains.is_empty());
+        assert!(request.toolchain_request("1.85.1").is_none());
+        for (head, tail) in [
+            // No default, an unknown default, an id that is not a version, no native packages.
+            ("", layer),
+            ("default_toolchain = \"1.85.1\"\n", layer),
+            (
+                "default_toolchain = \"web\"\n",
+                &layer.replace("\"1.96.0\"", "\"web\"")[..],
+            ),
+            (
+                "default_toolchain = \"1.96.0\"\n",
+                &layer.replace("riscv64 = ", "amd64 = ")[..],
+            ),
+        ] {
+            assert!(
+                matches!(
+                    Request::parse(&with(head, tail)),
+                    Err(LockFileError::Request(_))
+                ),
+                "{head}{tail}"
+            );
+        }
+        assert!(
+            valid_toolchain_id("1.96.0")
+                && !valid_toolchain_id("1.96")
+                && !valid_toolchain_id("1..0")
+        );
+    }
+
+    #[test]
     fn a_lock_with_a_junk_cid_or_sha256_is_refused() {
         let lock = shipped_lock().unwrap();
         let first = &lock.packages[0];
