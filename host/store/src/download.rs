@@ -82,6 +82,24 @@ pub enum DownloadError {
         /// The cap: the pinned size, or [`Downloader::max_size`].
         limit: u64,
     },
+    /// GET {url} needs authentication (HTTP 401, challenge {challenge:?})
+    #[error("GET {url} needs authentication (HTTP 401, challenge {challenge:?})")]
+    Unauthorized {
+        /// The URL fetched.
+        url: String,
+        /// The server's `WWW-Authenticate` header, if any.
+        challenge: Option<String>,
+    },
+    /// {url} sent {actual} bytes where {expected} were declared; nothing was stored
+    #[error("{url} sent {actual} bytes where {expected} were declared; nothing was stored")]
+    SizeMismatch {
+        /// The URL fetched.
+        url: String,
+        /// The declared size.
+        expected: u64,
+        /// What arrived.
+        actual: u64,
+    },
     /// the mirror refused the download of {url}
     #[error("the mirror refused the download of {url}")]
     Mirror {
@@ -91,6 +109,37 @@ pub enum DownloadError {
         /// The underlying error.
         source: MirrorError,
     },
+}
+
+/// One verified download: where from, with which request headers, and what it must be.
+#[derive(Debug, Clone, Copy)]
+pub struct Fetch<'a> {
+    /// The URL.
+    pub url: &'a str,
+    /// Extra request headers (`Accept`, `Authorization`).
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The sha256 the bytes must have.
+    pub sha256: &'a Sha256,
+    /// How the size is bounded.
+    pub size: SizeRule,
+}
+
+/// How the size of a download is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeRule {
+    /// At most this many bytes (a lock's size pin, or a cap).
+    AtMost(u64),
+    /// Exactly this many bytes (an OCI descriptor's size): more is refused as soon as it
+    /// arrives, fewer (with the right sha256) is refused before anything is stored.
+    Exactly(u64),
+}
+
+impl SizeRule {
+    fn limit(self) -> u64 {
+        match self {
+            SizeRule::AtMost(n) | SizeRule::Exactly(n) => n,
+        }
+    }
 }
 
 /// One attempt's failure, before the retry decision.
@@ -172,10 +221,27 @@ impl Downloader {
         mirror: &Mirror,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<Stored, DownloadError> {
+        let fetch = Fetch {
+            url,
+            headers: &[],
+            sha256: expected_sha256,
+            size: SizeRule::AtMost(expected_size.unwrap_or(self.max_size)),
+        };
+        self.fetch(&fetch, mirror, progress)
+    }
+
+    /// Downloads `fetch.url` (with its headers) into `mirror`, committing it only if its
+    /// sha256 and size are as `fetch` says; transient failures are retried. HTTP 401 is
+    /// [`DownloadError::Unauthorized`] with the server's challenge, for the caller to answer.
+    pub fn fetch(
+        &self,
+        fetch: &Fetch<'_>,
+        mirror: &Mirror,
+        progress: &mut dyn FnMut(u64, Option<u64>),
+    ) -> Result<Stored, DownloadError> {
         let mut attempt = 1;
-        let limit = expected_size.unwrap_or(self.max_size);
         loop {
-            match self.try_once(url, attempt, expected_sha256, limit, mirror, progress) {
+            match self.try_once(fetch, attempt, mirror, progress) {
                 Ok(stored) => return Ok(stored),
                 Err(Failure::Transient(_)) if attempt < self.attempts => {
                     std::thread::sleep(self.backoff * 2u32.pow(attempt - 1));
@@ -186,15 +252,99 @@ impl Downloader {
         }
     }
 
-    fn try_once(
+    /// GETs `url` (with `headers`) into memory: a small document such as a token, at most
+    /// `cap` bytes. Not retried.
+    pub fn get_small(
         &self,
         url: &str,
+        headers: &[(&str, &str)],
+        cap: u64,
+    ) -> Result<Vec<u8>, DownloadError> {
+        let response = self.request(url, headers, 1).map_err(|f| match f {
+            Failure::Transient(e) | Failure::Final(e) => e,
+        })?;
+        if response
+            .header("content-length")
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > cap)
+        {
+            return Err(DownloadError::TooLarge {
+                url: url.to_owned(),
+                limit: cap,
+            });
+        }
+        let mut body = Vec::new();
+        response
+            .into_reader()
+            .take(cap.saturating_add(1))
+            .read_to_end(&mut body)
+            .map_err(|source| DownloadError::Body {
+                url: url.to_owned(),
+                attempts: 1,
+                source,
+            })?;
+        if body.len() as u64 > cap {
+            return Err(DownloadError::TooLarge {
+                url: url.to_owned(),
+                limit: cap,
+            });
+        }
+        Ok(body)
+    }
+
+    fn request(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
         attempts: u32,
-        expected_sha256: &Sha256,
-        limit: u64,
+    ) -> Result<ureq::Response, Failure> {
+        let mut request = self.agent.get(url);
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        match request.call() {
+            Ok(response) => Ok(response),
+            Err(ureq::Error::Status(401, response)) => {
+                Err(Failure::Final(DownloadError::Unauthorized {
+                    url: url.to_owned(),
+                    challenge: response
+                        .header("www-authenticate")
+                        .map(|c| c.chars().take(1000).collect()),
+                }))
+            }
+            Err(ureq::Error::Status(status, _)) => {
+                let err = DownloadError::Status {
+                    url: url.to_owned(),
+                    status,
+                    attempts,
+                };
+                let transient = status == 408 || status == 429 || status >= 500;
+                Err(if transient {
+                    Failure::Transient(err)
+                } else {
+                    Failure::Final(err)
+                })
+            }
+            Err(ureq::Error::Transport(transport)) => {
+                Err(Failure::Transient(DownloadError::Network {
+                    url: url.to_owned(),
+                    attempts,
+                    source: Box::new(transport),
+                }))
+            }
+        }
+    }
+
+    fn try_once(
+        &self,
+        fetch: &Fetch<'_>,
+        attempts: u32,
         mirror: &Mirror,
         progress: &mut dyn FnMut(u64, Option<u64>),
     ) -> Result<Stored, Failure> {
+        let url = fetch.url;
+        let expected_sha256 = fetch.sha256;
+        let limit = fetch.size.limit();
         let too_large = || {
             Failure::Final(DownloadError::TooLarge {
                 url: url.to_owned(),
@@ -207,29 +357,7 @@ impl Downloader {
                 source,
             })
         };
-        let response = match self.agent.get(url).call() {
-            Ok(response) => response,
-            Err(ureq::Error::Status(status, _)) => {
-                let err = DownloadError::Status {
-                    url: url.to_owned(),
-                    status,
-                    attempts,
-                };
-                let transient = status == 408 || status == 429 || status >= 500;
-                return Err(if transient {
-                    Failure::Transient(err)
-                } else {
-                    Failure::Final(err)
-                });
-            }
-            Err(ureq::Error::Transport(transport)) => {
-                return Err(Failure::Transient(DownloadError::Network {
-                    url: url.to_owned(),
-                    attempts,
-                    source: Box::new(transport),
-                }))
-            }
-        };
+        let response = self.request(url, fetch.headers, attempts)?;
         let total = response
             .header("content-length")
             .and_then(|v| v.parse::<u64>().ok());
@@ -284,6 +412,15 @@ impl Downloader {
                 expected: *expected_sha256,
                 actual: staged.stored().sha256,
             }));
+        }
+        if let SizeRule::Exactly(expected) = fetch.size {
+            if staged.stored().size != expected {
+                return Err(Failure::Final(DownloadError::SizeMismatch {
+                    url: url.to_owned(),
+                    expected,
+                    actual: staged.stored().size,
+                }));
+            }
         }
         staged.commit().map_err(mirror_error)
     }
@@ -390,6 +527,71 @@ mod tests {
         assert!(err.to_string().contains("/gone"), "{err}");
         assert_eq!(seen.lock().unwrap().len(), 1, "404 is not retried");
         assert_eq!(blob_count(&mirror), 0);
+    }
+
+    #[test]
+    fn exact_sizes_headers_401_challenges_and_small_gets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        // The right bytes, but not the size the descriptor declares: refused, not stored.
+        let (url, _) = serve(vec![ok(b"abc")]);
+        let sha = Sha256::of(b"abc");
+        let fetch = Fetch {
+            url: &url,
+            headers: &[("Accept", "application/x-test")],
+            sha256: &sha,
+            size: SizeRule::Exactly(5),
+        };
+        let err = fast().fetch(&fetch, &mirror, &mut |_, _| {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DownloadError::SizeMismatch {
+                    expected: 5,
+                    actual: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(blob_count(&mirror), 0);
+        // Exactly right: stored.
+        let (url, _) = serve(vec![ok(b"abc")]);
+        let fetch = Fetch {
+            url: &url,
+            size: SizeRule::Exactly(3),
+            ..fetch
+        };
+        assert_eq!(
+            fast()
+                .fetch(&fetch, &mirror, &mut |_, _| {})
+                .unwrap()
+                .sha256,
+            sha
+        );
+        // 401 is final and carries the challenge.
+        let challenge = "Bearer realm=\"http://127.0.0.1:1/token\"";
+        let (url, seen) = serve(vec![format!(
+            "HTTP/1.1 401 No\r\nWWW-Authenticate: {challenge}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .into_bytes()]);
+        let fetch = Fetch { url: &url, ..fetch };
+        let err = fast().fetch(&fetch, &mirror, &mut |_, _| {}).unwrap_err();
+        match err {
+            DownloadError::Unauthorized { challenge: got, .. } => {
+                assert_eq!(got.as_deref(), Some(challenge))
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        // Small documents are capped.
+        let (url, _) = serve(vec![ok(b"0123456789"), ok(b"0123456789")]);
+        assert_eq!(fast().get_small(&url, &[], 10).unwrap(), b"0123456789");
+        assert!(matches!(
+            fast().get_small(&url, &[], 9),
+            Err(DownloadError::TooLarge { limit: 9, .. })
+        ));
     }
 
     #[test]

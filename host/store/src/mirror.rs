@@ -2,7 +2,8 @@
 //!
 //! Layout:
 //! - `blobs/<cid>`: the bytes of every input, named by their CID (see [`crate::cid`]).
-//! - `index.json`: names to CIDs (`crate/NAME/VERSION`, `deb/NAME/VERSION/ARCH`, ...), with
+//! - `index.json`: names to CIDs (`crate/NAME/VERSION`, `deb/NAME/VERSION/ARCH`,
+//!   `oci-blob/sha256/HEX`, `oci-image/REGISTRY+REPOSITORY/sha256:HEX`), with
 //!   each blob's sha256 and size; sorted keys, stable formatting, no timestamps.
 //!
 //! Every write goes to a temporary file in the same directory (`.tmp-<pid>-<n>`), is synced,
@@ -440,6 +441,11 @@ pub enum Kind {
     Crate,
     /// A Debian package: name, version and architecture.
     Deb,
+    /// A blob of an OCI image (index, manifest, config or layer): `oci-blob/sha256/<hex>`.
+    OciBlob,
+    /// The record of a vendored OCI image (see [`crate::oci::ImageRecord`]):
+    /// `oci-image/<registry+repository>/sha256:<hex>`.
+    OciImage,
 }
 
 impl Kind {
@@ -447,6 +453,8 @@ impl Kind {
         match self {
             Kind::Crate => "crate",
             Kind::Deb => "deb",
+            Kind::OciBlob => "oci-blob",
+            Kind::OciImage => "oci-image",
         }
     }
 }
@@ -536,6 +544,16 @@ impl FromStr for Key {
         match parts.as_slice() {
             ["crate", name, version] => Ok(Key::crate_(name, version)),
             ["deb", name, version, arch] => Ok(Key::deb(name, version, arch)),
+            [kind @ ("oci-blob" | "oci-image"), name, version] => Ok(Key {
+                kind: if *kind == "oci-blob" {
+                    Kind::OciBlob
+                } else {
+                    Kind::OciImage
+                },
+                name: (*name).to_owned(),
+                version: (*version).to_owned(),
+                arch: None,
+            }),
             _ => Err(bad()),
         }
     }

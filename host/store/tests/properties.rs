@@ -1,5 +1,5 @@
 //! Property tests (proptest, stable toolchain) of what reads untrusted bytes: tar streams
-//! and `.crate` unpacking, Cargo.lock parsing, and the CAR reader.
+//! and `.crate` unpacking, Cargo.lock parsing, the CAR reader, Dockerfiles and image references.
 //!
 //! Each property runs `CMBUILD_PROPTEST_CASES` cases (default 200, a few seconds in all);
 //! raise it for a longer search, e.g. `CMBUILD_PROPTEST_CASES=20000 cargo test -p
@@ -331,6 +331,65 @@ fn the_car_reader_never_panics() {
                 prop_assert!(block.len() <= bytes.len());
                 prop_assert!(blocks <= bytes.len());
             }
+        }
+        Ok(())
+    });
+}
+
+/// Pieces Dockerfiles and image references are made of, hostile ones included.
+fn docker_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("FROM ".to_owned()),
+        Just("from ".to_owned()),
+        Just("ARG ".to_owned()),
+        Just("COPY --from=".to_owned()),
+        Just("RUN --mount=type=bind,from=".to_owned()),
+        Just("RUN <<".to_owned()),
+        Just("<<-\"EOF\"".to_owned()),
+        Just("EOF".to_owned()),
+        Just(" AS ".to_owned()),
+        Just("--platform=".to_owned()),
+        Just("$".to_owned()),
+        Just("${".to_owned()),
+        Just("}".to_owned()),
+        Just("=".to_owned()),
+        Just("\\\n".to_owned()),
+        Just("\n".to_owned()),
+        Just("\r\n".to_owned()),
+        Just("# escape=`\n".to_owned()),
+        Just("#".to_owned()),
+        Just("`".to_owned()),
+        Just("@sha256:".to_owned()),
+        Just("1111111111111111111111111111111111111111111111111111111111111111".to_owned()),
+        Just("127.0.0.1:5000/".to_owned()),
+        Just("[::1]:".to_owned()),
+        Just("debian".to_owned()),
+        Just(":".to_owned()),
+        Just("/".to_owned()),
+        Just("é".to_owned()),
+        "[ -~]{0,6}",
+    ]
+}
+
+#[test]
+fn dockerfiles_and_image_references_never_panic() {
+    use cmbuild_store::dockerfile::base_images;
+    use cmbuild_store::oci::{image_key, ImageRef};
+    let text = prop::collection::vec(docker_piece(), 0..40).prop_map(|p| p.concat());
+    check("Dockerfile and references", text, |text| {
+        if let Ok(images) = base_images("Dockerfile", &text) {
+            for base in images {
+                // Every accepted image reads back as itself and makes a valid mirror key.
+                let again = ImageRef::parse(&base.image.to_string());
+                prop_assert_eq!(again.as_ref(), Ok(&base.image));
+                let key = image_key(&base.image);
+                if key.check().is_ok() {
+                    prop_assert_eq!(key.to_string().parse::<Key>().ok(), Some(key));
+                }
+            }
+        }
+        if let Ok(image) = ImageRef::parse(&text) {
+            prop_assert_eq!(ImageRef::parse(&image.to_string()), Ok(image));
         }
         Ok(())
     });

@@ -1,9 +1,10 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use std::io::IsTerminal;
 use std::time::Instant;
 
+use cmbuild::ops::oci::OciOptions;
 use cmbuild::ops::vendor::{
     vendor, FetchProgress, ToolchainChoice, VendorOptions, Wanted, CRATES_URL,
 };
@@ -26,11 +27,31 @@ use super::common::MirrorArg;
 /// `OUT.crates/` next to OUT.toml and writes OUT.toml so that
 /// `cargo build --offline --locked --config OUT.toml` builds from the mirror alone.
 /// `CMBUILD_CRATES_URL` replaces the download base (default https://static.crates.io/crates).
+///
+/// Container base images: `--dockerfile PATH` vendors every image the Dockerfile's `FROM`
+/// lines (and `COPY --from=`, `RUN --mount=from=`) name, `--oci-image REF` one image. Each
+/// must be pinned by digest, `[registry[:port]/]repository[:tag]@sha256:<64 hex>` (no
+/// registry means Docker Hub, and `debian` means `library/debian` there); a Dockerfile line
+/// without one is refused, naming the file, line and text. The index, the linux/riscv64
+/// manifest, the config and every layer are fetched through the registry's OCI distribution
+/// API over HTTPS (anonymous token auth), each checked against its digest and declared size,
+/// and kept in the mirror by CID with a record per image, so that an offline build finds the
+/// image by its digest. An image with no linux/riscv64 variant is refused, listing the
+/// platforms it has. With images asked for and no Cargo.toml here (or with `--images-only`),
+/// only the images are vendored.
+///
+/// Examples:
+///   cmbuild vendor
+///   cmbuild vendor --dockerfile Dockerfile
+///   cmbuild vendor --images-only --oci-image docker.io/library/debian:trixie@sha256:<hex>
+///   cmbuild vendor --oci-image 127.0.0.1:5000/test/base@sha256:<hex> \
+///       --insecure-registry 127.0.0.1:5000
 #[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The project's Cargo.toml (its workspace's Cargo.lock is read).
-    #[arg(long, value_name = "PATH", default_value = "Cargo.toml")]
-    manifest_path: PathBuf,
+    /// The project's Cargo.toml (its workspace's Cargo.lock is read) [default: Cargo.toml].
+    #[arg(long, value_name = "PATH")]
+    manifest_path: Option<PathBuf>,
     #[command(flatten)]
     mirror: MirrorArg,
     /// Write a cargo config for offline builds from the mirror (and OUT.crates/ beside it).
@@ -51,11 +72,41 @@ pub struct Args {
     /// Fetch every pinned Rust toolchain's layer.
     #[arg(long)]
     all_toolchains: bool,
+    /// Vendor every base image this Dockerfile names (each must be pinned by @sha256 digest;
+    /// repeatable).
+    #[arg(long, value_name = "PATH")]
+    dockerfile: Vec<PathBuf>,
+    /// Vendor this container image for linux/riscv64:
+    /// `[registry[:port]/]repository[:tag]@sha256:<64 hex>` (repeatable).
+    #[arg(long, value_name = "REF@sha256:HEX")]
+    oci_image: Vec<String>,
+    /// Speak plain HTTP to this registry (`HOST:PORT`, loopback addresses only, e.g. a test
+    /// registry on 127.0.0.1:5000); every other registry is reached over HTTPS (repeatable).
+    #[arg(long, value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+    /// Vendor only the images of --dockerfile / --oci-image, not the Cargo project.
+    #[arg(long, conflicts_with_all = ["crates_only", "cargo_config"])]
+    images_only: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    let oci = OciOptions {
+        dockerfiles: args.dockerfile,
+        images: args.oci_image,
+        insecure_registries: args.insecure_registry,
+    };
+    if args.images_only && oci.is_empty() {
+        anyhow::bail!("--images-only needs --dockerfile PATH or --oci-image REF");
+    }
+    // Images alone in a directory without a Cargo project: vendor just the images.
+    let cargo_project = !args.images_only
+        && (oci.is_empty() || args.manifest_path.is_some() || Path::new("Cargo.toml").is_file());
     let opts = VendorOptions {
-        manifest_path: args.manifest_path,
+        manifest_path: args
+            .manifest_path
+            .unwrap_or_else(|| PathBuf::from("Cargo.toml")),
+        cargo_project,
+        oci,
         mirror_dir: args.mirror.dir.clone(),
         cargo_config: args.cargo_config.clone(),
         crates_only: args.crates_only,
@@ -78,13 +129,27 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(push) = &report.push {
         eprintln!("cmbuild vendor: {push}");
     }
-    eprintln!(
-        "cmbuild vendor: {} crates from {} are in {}",
-        report.crates,
-        report.lock_path.display(),
-        args.mirror.dir.display()
-    );
-    for (kind, what) in [(Kind::Crate, "crates"), (Kind::Deb, "Debian packages")] {
+    if let Some(lock_path) = &report.lock_path {
+        eprintln!(
+            "cmbuild vendor: {} crates from {} are in {}",
+            report.crates,
+            lock_path.display(),
+            args.mirror.dir.display()
+        );
+    }
+    if let Some(oci) = &report.oci {
+        eprintln!(
+            "cmbuild vendor: {} OCI images (linux/riscv64) are in {} ({} were already there)",
+            oci.images.len(),
+            args.mirror.dir.display(),
+            oci.images_present
+        );
+    }
+    for (kind, what) in [
+        (Kind::Crate, "crates"),
+        (Kind::Deb, "Debian packages"),
+        (Kind::OciBlob, "OCI blobs"),
+    ] {
         if let Some(counts) = report.fetch.per_kind.get(&kind) {
             eprintln!(
                 "cmbuild vendor:   {what}: {} downloaded ({}), {} already there",

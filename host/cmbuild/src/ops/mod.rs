@@ -15,6 +15,7 @@ pub mod key;
 pub mod log;
 pub mod machine;
 pub mod mirror;
+pub mod oci;
 pub mod prove;
 pub mod run;
 pub mod vendor;

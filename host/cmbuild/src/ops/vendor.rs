@@ -5,9 +5,10 @@
 //! downloads whatever the mirror lacks, verified, and records it in the index; then each
 //! kind may write what the offline build needs. Kinds today: the crates.io packages of the
 //! project's Cargo.lock (and, with a cargo config path, a directory source and config for
-//! offline builds), and the Debian packages of the guest-image locks this cmbuild was built
+//! offline builds), the Debian packages of the guest-image locks this cmbuild was built
 //! with: the base layer's, and the toolchain layers' the project needs (the one it selects,
-//! or every one) (each must end up in the mirror under exactly its locked CID). `--ipfs-api URL`
+//! or every one) (each must end up in the mirror under exactly its locked CID), and the
+//! container base images of `--dockerfile` / `--oci-image` (see [`super::oci`]). `--ipfs-api URL`
 //! then pushes the whole mirror.
 
 use std::path::{Path, PathBuf};
@@ -24,7 +25,9 @@ use cmbuild_store::sha256::Sha256;
 
 use super::human_size;
 use super::mirror::{MirrorOpError, PushReport};
+use super::oci::{OciOpError, OciOptions, OciReport};
 use crate::workspace::{self, Workspace, WorkspaceError};
+use cmbuild_store::registry::{Registry, RegistryError};
 
 /// Where `.crate` files are downloaded from, unless `CMBUILD_CRATES_URL` says otherwise.
 pub const CRATES_URL: &str = "https://static.crates.io/crates";
@@ -117,6 +120,12 @@ pub enum VendorError {
     /// The push to IPFS failed.
     #[error(transparent)]
     Push(#[from] MirrorOpError),
+    /// Vendoring container images failed.
+    #[error(transparent)]
+    Oci(#[from] OciOpError),
+    /// An `--insecure-registry` is not allowed.
+    #[error("--insecure-registry")]
+    Registry(#[source] RegistryError),
 }
 
 type Result<T, E = VendorError> = std::result::Result<T, E>;
@@ -145,6 +154,11 @@ pub struct VendorOptions {
     pub crates_url: String,
     /// Which toolchain layers' packages to fetch.
     pub toolchains: ToolchainChoice,
+    /// Vendor the Cargo project (and, unless `crates_only`, the guest image's packages);
+    /// `false` vendors only the container images of `oci`.
+    pub cargo_project: bool,
+    /// Container base images to vendor.
+    pub oci: OciOptions,
 }
 
 /// Which pinned toolchains `cmbuild vendor` fetches the packages of.
@@ -163,8 +177,10 @@ pub enum ToolchainChoice {
 pub struct VendorReport {
     /// crates.io packages of the lock.
     pub crates: usize,
-    /// The Cargo.lock read.
-    pub lock_path: PathBuf,
+    /// The Cargo.lock read (none when only images were vendored).
+    pub lock_path: Option<PathBuf>,
+    /// The container images, if any were asked for.
+    pub oci: Option<OciReport>,
     /// The fetch loop's counts.
     pub fetch: FetchReport,
     /// The directory source written for `cargo_config`, if asked.
@@ -175,34 +191,60 @@ pub struct VendorReport {
 
 /// Vendors every input of a build into the mirror, reporting to `progress`.
 pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<VendorReport> {
-    let project = CargoProject::read(&opts.manifest_path)?;
-    let mut wanted = project.wanted(&opts.crates_url);
-    let guest_locks = if opts.crates_only {
-        None
+    // Everything that can be refused without the network is checked first.
+    let images = super::oci::wanted_images(&opts.oci)?;
+    let mut registry = Registry::new(Downloader::new(), opts.oci.insecure_registries.clone())
+        .map_err(VendorError::Registry)?;
+    let project = if opts.cargo_project {
+        Some(CargoProject::read(&opts.manifest_path)?)
     } else {
-        let project_dir = project
-            .lock_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let layers = layers::shipped().map_err(VendorError::GuestLock)?;
-        let ids = needed_toolchains(&layers, &opts.toolchains, &project_dir)?;
-        let (guest_locks, guest_wanted) = wanted_guest_packages(&layers, &ids, progress)?;
-        wanted.extend(guest_wanted);
-        Some(guest_locks)
+        None
+    };
+    let mut wanted = project
+        .as_ref()
+        .map(|p| p.wanted(&opts.crates_url))
+        .unwrap_or_default();
+    let guest_locks = match &project {
+        Some(project) if !opts.crates_only => {
+            let project_dir = project
+                .lock_path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let layers = layers::shipped().map_err(VendorError::GuestLock)?;
+            let ids = needed_toolchains(&layers, &opts.toolchains, &project_dir)?;
+            let (guest_locks, guest_wanted) = wanted_guest_packages(&layers, &ids, progress)?;
+            wanted.extend(guest_wanted);
+            Some(guest_locks)
+        }
+        _ => None,
     };
 
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|source| VendorError::Mirror {
         dir: opts.mirror_dir.clone(),
         source,
     })?;
-    let fetch = fetch_all(&mirror, &wanted, &Downloader::new(), progress)?;
+    let mut fetch = fetch_all(&mirror, &wanted, &Downloader::new(), progress)?;
     for guest_lock in guest_locks.iter().flatten() {
         check_guest_packages(&mirror, guest_lock, progress)?;
     }
-    let directory_source = match &opts.cargo_config {
-        Some(config) => Some(write_cargo_config(&mirror, &project.crates_io, config)?),
-        None => None,
+    let oci = if opts.oci.is_empty() {
+        None
+    } else {
+        let report = super::oci::vendor_images(&mirror, &images, &mut registry, progress)?;
+        fetch.downloaded += report.blobs.downloaded;
+        fetch.bytes += report.blobs.bytes;
+        fetch.present += report.blobs.present;
+        fetch
+            .per_kind
+            .insert(cmbuild_store::mirror::Kind::OciBlob, report.blobs);
+        Some(report)
+    };
+    let directory_source = match (&opts.cargo_config, &project) {
+        (Some(config), Some(project)) => {
+            Some(write_cargo_config(&mirror, &project.crates_io, config)?)
+        }
+        _ => None,
     };
     let push = match &opts.ipfs_api {
         Some(url) => {
@@ -212,8 +254,9 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
         None => None,
     };
     Ok(VendorReport {
-        crates: project.crates_io.len(),
-        lock_path: project.lock_path,
+        crates: project.as_ref().map_or(0, |p| p.crates_io.len()),
+        lock_path: project.map(|p| p.lock_path),
+        oci,
         fetch,
         directory_source,
         push,
