@@ -56,17 +56,16 @@ cd /build/src || finish
 total=$(grep -c '^\[\[package\]\]$' Cargo.lock 2>/dev/null) || total=0
 for target in $TARGETS; do
     case "$target" in
-        x86_64-*) clang_target=x86_64-linux-gnu ;;
-        aarch64-*) clang_target=aarch64-linux-gnu ;;
-        riscv64*) clang_target=riscv64-linux-gnu ;;
-        *) clang_target="" ;;
+        x86_64-*) link_flags="-C linker=clang -C link-arg=--target=x86_64-linux-gnu -C link-arg=-fuse-ld=lld" exe_suffix="" ;;
+        aarch64-*) link_flags="-C linker=clang -C link-arg=--target=aarch64-linux-gnu -C link-arg=-fuse-ld=lld" exe_suffix="" ;;
+        riscv64*) link_flags="-C linker=clang -C link-arg=--target=riscv64-linux-gnu -C link-arg=-fuse-ld=lld" exe_suffix="" ;;
+        wasm32-unknown-unknown) link_flags="-C linker=wasm-ld" exe_suffix=".wasm" ;;
+        wasm32-wasip1) link_flags="-C linker=wasm-ld" exe_suffix=".wasm" ;;
+        *) link_flags="" exe_suffix="" ;;
     esac
     # RUSTFLAGS replaces the config's per-target rustflags, so it carries the linker
     # flags too; they apply to the target's artifacts only (build scripts use cc).
-    RUSTFLAGS="--remap-path-prefix=/build/src=/src --remap-path-prefix=/build/vendor=/vendor --remap-path-prefix=/build/cargo-home=/cargo -C linker=clang"
-    if [ -n "$clang_target" ]; then
-        RUSTFLAGS="$RUSTFLAGS -C link-arg=--target=$clang_target -C link-arg=-fuse-ld=lld"
-    fi
+    RUSTFLAGS="--remap-path-prefix=/build/src=/src --remap-path-prefix=/build/vendor=/vendor --remap-path-prefix=/build/cargo-home=/cargo $link_flags"
     export RUSTFLAGS
     mkdir -p "/out/$target"
     say "building $target"
@@ -92,8 +91,8 @@ for target in $TARGETS; do
     echo "$status" > "/out/$target/status"
     say "$target finished with status $status"
     for bin in ${BINS:-}; do
-        if [ -f "target/$target/release/$bin" ]; then
-            cp "target/$target/release/$bin" "/out/$target/$bin"
+        if [ -f "target/$target/release/$bin$exe_suffix" ]; then
+            cp "target/$target/release/$bin$exe_suffix" "/out/$target/$bin$exe_suffix"
         fi
     done
 done

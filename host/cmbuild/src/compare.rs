@@ -254,7 +254,11 @@ fn sha256_file(path: &Path) -> std::io::Result<Sha256> {
 /// Recomputes an artifact's hashes from its file; returns the problems found.
 fn check_artifact(side: &Side, artifact: &Artifact, cid_of: &CidOfFile) -> Vec<String> {
     let mut problems = Vec::new();
-    let expected_path = format!("{}/{}", artifact.target, artifact.bin);
+    // Where run puts it: `<target>/<bin>` with the target's suffix (`.wasm`).
+    let expected_path = match artifact.target.parse::<cmbuild_image::triple::Triple>() {
+        Ok(triple) => format!("{triple}/{}", triple.artifact_name(&artifact.bin)),
+        Err(_) => format!("{}/{}", artifact.target, artifact.bin),
+    };
     if artifact.bin_path != expected_path {
         problems.push(format!(
             "bin_path {:?} is not {expected_path:?}",

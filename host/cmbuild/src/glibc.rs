@@ -499,6 +499,7 @@ impl Abi {
             return match self.linkage.as_str() {
                 "static" => "static: needs no glibc".into(),
                 "dynamic" => "dynamic, requires no glibc symbol version".into(),
+                "not-elf" => "not an ELF program (e.g. WebAssembly): needs no glibc".into(),
                 other => other.into(),
             };
         };
@@ -638,6 +639,9 @@ mod tests {
         );
         assert_eq!(inspect(b"").unwrap().linkage, Linkage::NotElf);
         assert_eq!(Abi::of(b"\0asm\x01\0\0\0").linkage, "not-elf");
+        assert!(Abi::of(b"\0asm\x01\0\0\0")
+            .summary()
+            .contains("needs no glibc"));
         let dir = tempfile::tempdir().unwrap();
         let Some(bytes) = compile("gcc", dir.path(), "p", PROGRAMS[1].1, &[]) else {
             return;

@@ -317,7 +317,7 @@ pub fn collect_outputs(
         let log_tail = crate::terminal::sanitize(&driver_error) + &log.tail;
         let mut bins = BTreeMap::new();
         for planned in &plan.bins {
-            let rel = format!("{target}/{}", planned.bin);
+            let rel = format!("{target}/{}", target.artifact_name(&planned.bin));
             if files.contains(&rel) {
                 bins.insert(planned.bin.clone(), dest.join(&rel));
             }
@@ -517,7 +517,7 @@ mod tests {
         // plan.env is on the input drive, so its bytes are part of every root hash.
         let plan = Plan::new(
             &Selection {
-                targets: Triple::ALL.to_vec(),
+                targets: Triple::defaults(),
                 profile: Profile::default(),
                 profile_name: "default".into(),
             },

@@ -292,7 +292,7 @@ fn base_header(mtime: u64, kind: tar::EntryType, mode: u32) -> tar::Header {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectConfig {
-    /// Target triples; default: every supported triple ([`Triple::ALL`]).
+    /// Target triples; default: the Linux triples ([`Triple::defaults`]).
     #[serde(default)]
     pub targets: Option<Vec<String>>,
     /// Named build profiles.
@@ -368,7 +368,7 @@ pub fn select(
             .iter()
             .map(|t| t.parse())
             .collect::<Result<_, UnsupportedTriple>>()?,
-        None => Triple::ALL.to_vec(),
+        None => Triple::defaults(),
     };
     let targets = match target {
         None | Some("all") => configured,

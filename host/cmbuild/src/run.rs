@@ -435,25 +435,38 @@ pub fn gather_inputs(
 ) -> Result<ReleaseInputs, RunError> {
     progress(Progress::Phase("checking inputs in the mirror".into()));
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
-    assemble_image_on_first_use(&mirror, opts, job, progress)?;
-    let mut missing = Vec::new();
-    let mut blob = |key: &str| -> Option<Vec<u8>> {
-        match pins::require_cid(&opts.pins, key) {
-            Ok(cid) => read_pinned(&mirror, opts.image_dir.as_deref(), key, &cid, &mut missing),
-            Err(e) => {
-                missing.push(e.to_string());
-                None
-            }
-        }
-    };
+    // Blobs are hashed once, as they are read: a present but corrupt image file fails that
+    // check, and is then assembled again (once) like a missing one.
+    let mut assembled = assemble_image_on_first_use(&mirror, opts, job, progress, false)?;
     let layer_key = toolchain_layer_key(job.toolchain);
-    let image = (
-        blob(pins::KERNEL),
-        blob(pins::FIRMWARE),
-        blob(pins::INITRD),
-        blob(pins::ROOTFS),
-        blob(&layer_key),
-    );
+    let (image, mut missing) = loop {
+        let mut missing = Vec::new();
+        let mut blob = |key: &str| -> Option<Vec<u8>> {
+            match pins::require_cid(&opts.pins, key) {
+                Ok(cid) => read_pinned(&mirror, opts.image_dir.as_deref(), key, &cid, &mut missing),
+                Err(e) => {
+                    missing.push(e.to_string());
+                    None
+                }
+            }
+        };
+        let image = (
+            blob(pins::KERNEL),
+            blob(pins::FIRMWARE),
+            blob(pins::INITRD),
+            blob(pins::ROOTFS),
+            blob(&layer_key),
+        );
+        let complete = image.0.is_some()
+            && image.1.is_some()
+            && image.2.is_some()
+            && image.3.is_some()
+            && image.4.is_some();
+        if complete || assembled {
+            break (image, missing);
+        }
+        assembled = assemble_image_on_first_use(&mirror, opts, job, progress, true)?;
+    };
     let vendor_dir = job.work.path().join("vendor");
     if let Err(e) = crate::vendoring::unpack_locked_crates(&mirror, &job.lock_bytes, &vendor_dir) {
         missing.push(e.to_string());
@@ -503,25 +516,30 @@ pub fn gather_inputs(
 /// check them against the pins and keep them in the mirror by CID (later runs read them from
 /// there). Nothing happens when each is in the mirror or in the image directory (where
 /// [`read_pinned`] checks it against its pin).
+///
+/// `present` is checked by name only (the bytes are verified when read); with `repair`, a
+/// file read and found corrupt, it is assembled whatever is present. Returns whether it
+/// assembled.
 fn assemble_image_on_first_use(
     mirror: &Mirror,
     opts: &RunOptions,
     job: &ReleaseJob,
     progress: &(dyn Fn(Progress) + Sync),
-) -> Result<(), RunError> {
+    repair: bool,
+) -> Result<bool, RunError> {
     use cmbuild_image::assemble;
-    assemble_layer_on_first_use(mirror, opts, job, progress)?;
+    assemble_layer_on_first_use(mirror, opts, job, progress, repair)?;
     let present = assemble::pinned_files(&opts.pins)?
         .iter()
         .all(|(_, file, cid)| {
-            mirror.has_valid(cid).unwrap_or(false)
+            mirror.blob_path(cid).is_file()
                 || opts
                     .image_dir
                     .as_ref()
                     .is_some_and(|dir| dir.join(file).is_file())
         });
-    if present {
-        return Ok(());
+    if present && !repair {
+        return Ok(false);
     }
     progress(Progress::Phase(
         "assembling the guest image from the mirror's Debian packages (first use, offline)".into(),
@@ -546,7 +564,7 @@ fn assemble_image_on_first_use(
     progress(Progress::Phase(
         "guest image assembled, matches its pins, kept in the mirror".into(),
     ));
-    Ok(())
+    Ok(true)
 }
 
 /// The pin of the layer of a selected toolchain (its id is its version).
@@ -561,6 +579,7 @@ fn assemble_layer_on_first_use(
     opts: &RunOptions,
     job: &ReleaseJob,
     progress: &(dyn Fn(Progress) + Sync),
+    repair: bool,
 ) -> Result<(), RunError> {
     let key = toolchain_layer_key(job.toolchain);
     let id = job.toolchain.to_string();
@@ -569,7 +588,9 @@ fn assemble_layer_on_first_use(
             .is_file()
     });
     let pinned = pins::require_cid(&opts.pins, &key)?;
-    if in_dir || mirror.has_valid(&pinned).unwrap_or(false) {
+    // Present is enough here: the read hashes it, and a corrupt one comes back with
+    // `repair`, when ensure_layer_in_mirror hashes it and assembles it again.
+    if in_dir || (mirror.blob_path(&pinned).is_file() && !repair) {
         return Ok(());
     }
     let layers = cmbuild_image::layers::shipped()?;
@@ -693,7 +714,7 @@ pub fn collect_release(
             std::fs::create_dir_all(staging.join(target.as_str()))?;
             for planned in &plan.bins {
                 let bytes = std::fs::read(&output.bins[&planned.bin])?;
-                let rel = format!("{target}/{}", planned.bin);
+                let rel = format!("{target}/{}", target.artifact_name(&planned.bin));
                 staging::write_synced(&staging.join(&rel), &bytes, 0o755)?;
                 let tree = tree.get_or_insert_with(|| PageTree::build(&output_drive));
                 let proof = state_proofs::prove_file(

@@ -14,20 +14,13 @@
 //! root hashes; the x86_64 binary runs on the host; `compare` on the real outputs reports
 //! a flipped byte as output drift and a changed Cargo.lock hash as input drift.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cmbuild::manifest::{read_manifest, to_canonical_json};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("CMBUILD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/cmbuild"))
-}
+use common::{cache_dir, git, repo_root, s};
 
 fn cmbuild(args: &[&str]) -> std::process::Output {
     cmbuild_in(&std::env::current_dir().unwrap(), args)
@@ -42,22 +35,6 @@ fn cmbuild_in(dir: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap();
     out
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "cmbuild")
-        .env("GIT_AUTHOR_EMAIL", "demo@cmbuild.invalid")
-        .env("GIT_COMMITTER_NAME", "cmbuild")
-        .env("GIT_COMMITTER_EMAIL", "demo@cmbuild.invalid")
-        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
-        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
 }
 
 /// examples/hello as its own repository with a fixed commit, tagged v0.1.0.
@@ -86,10 +63,6 @@ fn fixture_project(dir: &Path) -> PathBuf {
     );
     git(&project, &["tag", "v0.1.0"]);
     project
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

@@ -19,10 +19,18 @@ pub struct TripleSpec {
     pub rust: &'static str,
     /// The clang `--target` that links it, e.g. `x86_64-linux-gnu`.
     pub clang: &'static str,
-    /// The Debian architecture of its standard library and C runtime, e.g. `amd64`.
+    /// The Debian architecture of its standard library package, e.g. `amd64` (`all` for
+    /// the WebAssembly targets, whose std is architecture-independent).
     pub debian_arch: &'static str,
-    /// The multiarch directory of its C runtime under `/usr/lib`, e.g. `x86_64-linux-gnu`.
-    pub multiarch: &'static str,
+    /// The Debian package of its standard library, e.g. `libstd-rust-dev`.
+    pub std_package: &'static str,
+    /// The multiarch directory of its C runtime under `/usr/lib`, e.g. `x86_64-linux-gnu`
+    /// (`None`: the target has no C runtime in the image).
+    pub multiarch: Option<&'static str>,
+    /// What cargo appends to a binary's name for this target (`.wasm` for WebAssembly).
+    pub exe_suffix: &'static str,
+    /// Whether a run builds it when the project names no targets.
+    pub default: bool,
     /// The linker cargo runs for it.
     pub linker: &'static str,
     /// Extra linker arguments (passed as `-C link-arg=...`).
@@ -37,7 +45,10 @@ pub const TABLE: &[TripleSpec] = &[
         rust: "x86_64-unknown-linux-gnu",
         clang: "x86_64-linux-gnu",
         debian_arch: "amd64",
-        multiarch: "x86_64-linux-gnu",
+        std_package: "libstd-rust-dev",
+        multiarch: Some("x86_64-linux-gnu"),
+        exe_suffix: "",
+        default: true,
         linker: "clang",
         link_args: &["--target=x86_64-linux-gnu", "-fuse-ld=lld"],
         driver_pattern: "x86_64-*",
@@ -46,7 +57,10 @@ pub const TABLE: &[TripleSpec] = &[
         rust: "aarch64-unknown-linux-gnu",
         clang: "aarch64-linux-gnu",
         debian_arch: "arm64",
-        multiarch: "aarch64-linux-gnu",
+        std_package: "libstd-rust-dev",
+        multiarch: Some("aarch64-linux-gnu"),
+        exe_suffix: "",
+        default: true,
         linker: "clang",
         link_args: &["--target=aarch64-linux-gnu", "-fuse-ld=lld"],
         driver_pattern: "aarch64-*",
@@ -55,10 +69,37 @@ pub const TABLE: &[TripleSpec] = &[
         rust: "riscv64gc-unknown-linux-gnu",
         clang: "riscv64-linux-gnu",
         debian_arch: "riscv64",
-        multiarch: "riscv64-linux-gnu",
+        std_package: "libstd-rust-dev",
+        multiarch: Some("riscv64-linux-gnu"),
+        exe_suffix: "",
+        default: true,
         linker: "clang",
         link_args: &["--target=riscv64-linux-gnu", "-fuse-ld=lld"],
         driver_pattern: "riscv64*",
+    },
+    TripleSpec {
+        rust: "wasm32-unknown-unknown",
+        clang: "wasm32-unknown-unknown",
+        debian_arch: "all",
+        std_package: "libstd-rust-dev-wasm32",
+        multiarch: None,
+        exe_suffix: ".wasm",
+        default: false,
+        linker: "wasm-ld",
+        link_args: &[],
+        driver_pattern: "wasm32-unknown-unknown",
+    },
+    TripleSpec {
+        rust: "wasm32-wasip1",
+        clang: "wasm32-wasip1",
+        debian_arch: "all",
+        std_package: "libstd-rust-dev-wasm32",
+        multiarch: None,
+        exe_suffix: ".wasm",
+        default: false,
+        linker: "wasm-ld",
+        link_args: &[],
+        driver_pattern: "wasm32-wasip1",
     },
 ];
 
@@ -74,7 +115,19 @@ pub struct UnsupportedTriple(pub String);
 
 impl Triple {
     /// Every supported triple, in [`TABLE`] order.
-    pub const ALL: [Triple; 3] = [Triple(&TABLE[0]), Triple(&TABLE[1]), Triple(&TABLE[2])];
+    pub const ALL: [Triple; 5] = [
+        Triple(&TABLE[0]),
+        Triple(&TABLE[1]),
+        Triple(&TABLE[2]),
+        Triple(&TABLE[3]),
+        Triple(&TABLE[4]),
+    ];
+
+    /// The triples a run builds when the project names none ([`TripleSpec::default`]), in
+    /// [`TABLE`] order.
+    pub fn defaults() -> Vec<Triple> {
+        Triple::ALL.into_iter().filter(|t| t.0.default).collect()
+    }
 
     /// The triple's row of the table.
     pub fn spec(self) -> &'static TripleSpec {
@@ -84,6 +137,11 @@ impl Triple {
     /// The Rust triple, e.g. `x86_64-unknown-linux-gnu`.
     pub fn as_str(self) -> &'static str {
         self.0.rust
+    }
+
+    /// The file name cargo gives binary `bin` for this target (`bin`, or `bin.wasm`).
+    pub fn artifact_name(self, bin: &str) -> String {
+        format!("{bin}{}", self.0.exe_suffix)
     }
 
     /// The supported triples as a comma-separated list, for messages.
@@ -168,9 +226,10 @@ const CARGO_CONFIG_HEADER: &str = "\
 #
 # [env] gives build scripts (the `cc` crate, cmake-rs) each triple's C toolchain: clang
 # with --target=<clang target> (headers from /usr/include/<multiarch>, the multiarch
-# libc6-dev), GNU ar (binutils; its generic ELF support indexes every triple's objects).
-# The riscv64 entry is also the native compiler of host-side build scripts. C++ for a
-# foreign triple lacks that triple's libstdc++-14-dev (only riscv64's is in the image).
+# libc6-dev; C++ from that architecture's libstdc++-14-dev), GNU ar (binutils; its
+# generic ELF support indexes every Linux triple's objects). The riscv64 entry is also the
+# native compiler of host-side build scripts. The WebAssembly targets link with wasm-ld
+# (lld) and their std's self-contained C runtime; C for them compiles without a libc.
 ";
 
 /// The guest's cargo configuration (`guest-image/cargo-config.toml`, installed as
@@ -216,17 +275,21 @@ pub fn c_toolchain_env(t: &TripleSpec) -> [(String, String); 5] {
     ]
 }
 
-/// The `case` of `guest-image/build-driver.sh` that picks each triple's clang target (the
-/// driver puts the table's linker arguments into `RUSTFLAGS` from it).
+/// The `case` of `guest-image/build-driver.sh` that gives each triple its linker flags
+/// (the driver puts them into `RUSTFLAGS`) and its binaries' suffix.
 pub fn driver_case() -> String {
     let mut out = String::from("    case \"$target\" in\n");
     for t in TABLE {
+        let mut flags = format!("-C linker={}", t.linker);
+        for arg in t.link_args {
+            flags += &format!(" -C link-arg={arg}");
+        }
         out += &format!(
-            "        {}) clang_target={} ;;\n",
-            t.driver_pattern, t.clang
+            "        {}) link_flags=\"{flags}\" exe_suffix=\"{}\" ;;\n",
+            t.driver_pattern, t.exe_suffix
         );
     }
-    out + "        *) clang_target=\"\" ;;\n    esac\n"
+    out + "        *) link_flags=\"\" exe_suffix=\"\" ;;\n    esac\n"
 }
 
 #[cfg(test)]
@@ -235,6 +298,15 @@ mod tests {
 
     #[test]
     fn the_committed_cargo_config_is_the_generated_one() {
+        // `CMBUILD_BLESS=1 cargo test -p cmbuild-image triple` rewrites the file after a
+        // change to the table (then rebuild the image: the file is in it).
+        if std::env::var_os("CMBUILD_BLESS").is_some() {
+            let path = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../guest-image/cargo-config.toml"
+            );
+            std::fs::write(path, cargo_config()).unwrap();
+        }
         // Byte for byte: the file is part of the root image.
         assert_eq!(
             cargo_config(),
@@ -269,16 +341,64 @@ mod tests {
     fn the_committed_driver_matches_the_table() {
         let driver = include_str!("../../../guest-image/build-driver.sh");
         assert!(driver.contains(&driver_case()), "{}", driver_case());
-        // The driver spells the linker arguments out around `$clang_target`; the table's
-        // must have that shape.
+        // Every row's linker and arguments reach RUSTFLAGS, and its binaries are copied
+        // with their suffix.
         for t in TABLE {
-            let expected = [format!("--target={}", t.clang), "-fuse-ld=lld".to_owned()];
-            assert_eq!(t.link_args, expected.each_ref().map(String::as_str));
-            assert_eq!(t.linker, "clang");
+            let line = driver_case()
+                .lines()
+                .find(|l| {
+                    l.trim_start()
+                        .starts_with(&format!("{})", t.driver_pattern))
+                })
+                .unwrap()
+                .to_owned();
+            assert!(line.contains(&format!("-C linker={}", t.linker)), "{line}");
+            for arg in t.link_args {
+                assert!(line.contains(&format!("-C link-arg={arg}")), "{line}");
+            }
+            assert!(line.contains(&format!("exe_suffix=\"{}\"", t.exe_suffix)));
         }
-        assert!(driver.contains(
-            "-C linker=clang\"\n    if [ -n \"$clang_target\" ]; then\n        RUSTFLAGS=\"$RUSTFLAGS -C link-arg=--target=$clang_target -C link-arg=-fuse-ld=lld\""
-        ));
+        assert!(driver.contains("--remap-path-prefix=/build/cargo-home=/cargo $link_flags\""));
+        assert!(driver.contains("cp \"target/$target/release/$bin$exe_suffix\""));
+    }
+
+    #[test]
+    fn patterns_pick_each_triple_and_no_other() {
+        // The shell takes the first matching pattern: each triple must reach its own row.
+        for t in TABLE {
+            let first = TABLE
+                .iter()
+                .find(|row| glob_matches(row.driver_pattern, t.rust))
+                .unwrap();
+            assert_eq!(first.rust, t.rust);
+        }
+    }
+
+    /// The subset of shell patterns the table uses: literal text with a trailing `*`.
+    fn glob_matches(pattern: &str, text: &str) -> bool {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => text.starts_with(prefix),
+            None => pattern == text,
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_linux_triples_and_wasm_is_on_request() {
+        let defaults: Vec<&str> = Triple::defaults().iter().map(|t| t.as_str()).collect();
+        assert_eq!(
+            defaults,
+            [
+                "x86_64-unknown-linux-gnu",
+                "aarch64-unknown-linux-gnu",
+                "riscv64gc-unknown-linux-gnu"
+            ]
+        );
+        let wasm: Triple = "wasm32-unknown-unknown".parse().unwrap();
+        assert_eq!(wasm.spec().exe_suffix, ".wasm");
+        assert_eq!(wasm.spec().linker, "wasm-ld");
+        assert!(wasm.spec().multiarch.is_none());
+        assert!(cargo_config()
+            .contains("[target.wasm32-wasip1]\nlinker = \"wasm-ld\"\nrustflags = []\n"));
     }
 
     #[test]
@@ -289,7 +409,9 @@ mod tests {
             assert!(t
                 .as_str()
                 .starts_with(t.spec().driver_pattern.trim_end_matches('*')));
-            assert_eq!(t.spec().multiarch, t.spec().clang);
+            if let Some(multiarch) = t.spec().multiarch {
+                assert_eq!(multiarch, t.spec().clang);
+            }
         }
         let err = "../etc".parse::<Triple>().unwrap_err();
         assert!(
@@ -300,7 +422,7 @@ mod tests {
         sorted.sort();
         assert_eq!(
             sorted.map(|t| t.spec().debian_arch),
-            ["arm64", "riscv64", "amd64"]
+            ["arm64", "riscv64", "all", "all", "amd64"]
         );
         let json = serde_json::to_string(&Triple::ALL[0]).unwrap();
         assert_eq!(json, "\"x86_64-unknown-linux-gnu\"");

@@ -294,7 +294,11 @@ pub fn read_build_dir(dir: &Path) -> Result<BuildFacts, BuildError> {
     let mut artifacts = Vec::with_capacity(manifest.artifacts.len());
     let mut seen = std::collections::BTreeSet::new();
     for a in manifest.artifacts {
-        let name = format!("{}/{}", a.target, a.bin);
+        // `<target>/<bin>`, with the target's suffix (`.wasm`) where it has one.
+        let name = match a.target.parse::<cmbuild_image::triple::Triple>() {
+            Ok(triple) => format!("{triple}/{}", triple.artifact_name(&a.bin)),
+            Err(_) => format!("{}/{}", a.target, a.bin),
+        };
         if !plain_name(&a.target) || !plain_name(&a.bin) || a.bin_path != name {
             return Err(BuildError::BadName(a.bin_path));
         }

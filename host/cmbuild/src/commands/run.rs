@@ -1,9 +1,11 @@
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use cmbuild::guest::MachineSettings;
 use cmbuild::progress::{ConsoleLine, LineSplitter};
@@ -126,105 +128,180 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// A progress printer for machines: the guest's console goes to stdout (sanitised), the
-/// machine's pace to stderr: the crate cargo is compiling and its `n/N` (from the build
-/// driver's `cmbuild-progress:` lines), mcycle, MIPS, and an ETA (from an earlier build's
-/// mcycle, else from the crate count).
+/// A progress printer for machines. On a terminal, one bar per machine on stderr: the
+/// crate cargo is compiling and its `n/N` (from the build driver's `cmbuild-progress:`
+/// lines), MIPS and an ETA (from an earlier build's mcycle, else from the crate count),
+/// with the guest's console lines (sanitised) printed above the bars. Elsewhere (a log, a
+/// pipe), the console goes to stdout and one pace line per machine every 10 s to stderr.
 pub struct ProgressPrinter {
     label: &'static str,
     started: Instant,
-    /// Per machine: when its pace was last printed, and its mcycle then.
-    last: Mutex<BTreeMap<String, (Instant, u64)>>,
-    /// Per machine: its console, being sanitised and split into lines, and what it said.
-    consoles: Mutex<BTreeMap<String, Console>>,
+    /// The bars, when stderr is a terminal.
+    bars: Option<MultiProgress>,
+    /// Per machine: its console and its pace.
+    machines: Mutex<BTreeMap<String, MachineView>>,
 }
 
-/// One machine's console as the printer follows it.
-#[derive(Default)]
-struct Console {
+/// One machine as the printer follows it.
+struct MachineView {
     stream: Stream,
     lines: LineSplitter,
-    /// The last `cmbuild-progress:` line: `T n/N crate version`, and n, N.
+    /// The last `cmbuild-progress:` line: crate and version, n, N.
     compiling: Option<(String, u32, u32)>,
+    /// When its pace was last measured, and its mcycle then.
+    last: (Instant, u64),
+    /// Its MIPS over the last measured stretch.
+    mips: f64,
+    /// Its bar, when there are bars.
+    bar: Option<ProgressBar>,
 }
+
+/// How often the pace is measured (bars) or printed (lines).
+const PACE_EVERY: Duration = Duration::from_secs(2);
+const LINE_EVERY: Duration = Duration::from_secs(10);
 
 impl ProgressPrinter {
     pub fn new(label: &'static str) -> Self {
+        let bars = std::io::stderr()
+            .is_terminal()
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)));
         ProgressPrinter {
             label,
             started: Instant::now(),
-            last: Mutex::new(BTreeMap::new()),
-            consoles: Mutex::new(BTreeMap::new()),
+            bars,
+            machines: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Prints a line above the bars, or to stderr.
+    fn note(&self, text: &str) {
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(text);
+            }
+            None => eprintln!("{text}"),
         }
     }
 
     pub fn show(&self, event: Progress) {
         let label = self.label;
         match event {
-            Progress::Phase(text) => eprintln!("{label}: {text}"),
+            Progress::Phase(text) => self.note(&format!("{label}: {text}")),
             Progress::Machine {
                 name,
                 mcycle,
                 expected_mcycle,
                 console,
             } => {
-                let (text, compiling) = {
-                    let mut consoles = self.consoles.lock().expect("progress lock");
-                    let state = consoles.entry(name.clone()).or_default();
-                    let text = state.stream.push(&console);
-                    for line in state.lines.push(&text) {
-                        if let Some(ConsoleLine::Compiling {
-                            target,
-                            n,
-                            total,
-                            krate,
-                            version,
-                        }) = ConsoleLine::parse(line.trim_end())
-                        {
-                            state.compiling =
-                                Some((format!("{target} {krate} {version}"), n, total));
+                let mut machines = self.machines.lock().expect("progress lock");
+                let view = machines.entry(name.clone()).or_insert_with(|| MachineView {
+                    stream: Stream::default(),
+                    lines: LineSplitter::default(),
+                    compiling: None,
+                    last: (self.started, 0),
+                    mips: 0.0,
+                    bar: self.bars.as_ref().map(|bars| {
+                        let bar = bars.add(ProgressBar::new(0));
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "{prefix:>28} [{bar:24}] {pos}/{len} {msg}",
+                            )
+                            .expect("a valid template")
+                            .progress_chars("=> "),
+                        );
+                        bar.set_prefix(name.clone());
+                        bar
+                    }),
+                });
+                let text = view.stream.push(&console);
+                let lines = view.lines.push(&text);
+                for line in &lines {
+                    if let Some(ConsoleLine::Compiling {
+                        target,
+                        n,
+                        total,
+                        krate,
+                        version,
+                    }) = ConsoleLine::parse(line.trim_end())
+                    {
+                        // A machine building several triples says which one.
+                        let what = if name == target.as_str() {
+                            format!("{krate} {version}")
+                        } else {
+                            format!("{target}: {krate} {version}")
+                        };
+                        view.compiling = Some((what, n, total));
+                    }
+                }
+                match &self.bars {
+                    Some(bars) => {
+                        for line in &lines {
+                            let _ = bars.println(line.trim_end());
                         }
                     }
-                    (text, state.compiling.clone())
+                    None => {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(text.as_bytes());
+                        let _ = out.flush();
+                    }
+                }
+                let every = if view.bar.is_some() {
+                    PACE_EVERY
+                } else {
+                    LINE_EVERY
                 };
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(text.as_bytes());
-                let _ = out.flush();
-                let mut all = self.last.lock().expect("progress lock");
-                let last = all.entry(name.clone()).or_insert((self.started, 0));
-                let elapsed = last.0.elapsed().as_secs_f64();
-                if elapsed >= 10.0 {
-                    let mips = mcycle.saturating_sub(last.1) as f64 / elapsed / 1e6;
-                    let total_elapsed = self.started.elapsed().as_secs_f64();
-                    let eta = match (expected_mcycle, &compiling) {
-                        (Some(end), _) if end > mcycle && mips > 0.0 => {
-                            format!(", ETA {:.0}s", (end - mcycle) as f64 / (mips * 1e6))
-                        }
-                        // N bounds n from above, so this errs long; it is a rough guide.
-                        (None, Some((_, n, total))) if *n > 0 && total > n => format!(
-                            ", ETA ~{:.0}s",
-                            total_elapsed * f64::from(total - n) / f64::from(*n)
-                        ),
-                        _ => String::new(),
-                    };
-                    let crate_now = match &compiling {
-                        Some((what, n, total)) => format!(" {n}/{total} {what} |"),
-                        None => String::new(),
-                    };
-                    eprintln!(
-                        "{label}: [{name}]{crate_now} mcycle {mcycle} ({mips:.0} MIPS, {total_elapsed:.0}s elapsed{eta})"
-                    );
-                    *last = (Instant::now(), mcycle);
+                let elapsed = view.last.0.elapsed();
+                if elapsed < every {
+                    return;
+                }
+                view.mips = mcycle.saturating_sub(view.last.1) as f64 / elapsed.as_secs_f64() / 1e6;
+                view.last = (Instant::now(), mcycle);
+                let total_elapsed = self.started.elapsed().as_secs_f64();
+                let eta = match (expected_mcycle, &view.compiling) {
+                    (Some(end), _) if end > mcycle && view.mips > 0.0 => {
+                        format!(", ETA {:.0}s", (end - mcycle) as f64 / (view.mips * 1e6))
+                    }
+                    // N bounds n from above, so this errs long; it is a rough guide.
+                    (None, Some((_, n, total))) if *n > 0 && total > n => format!(
+                        ", ETA ~{:.0}s",
+                        total_elapsed * f64::from(total - n) / f64::from(*n)
+                    ),
+                    _ => String::new(),
+                };
+                let pace = format!("{:.0} MIPS, {total_elapsed:.0}s{eta}", view.mips);
+                match (&view.bar, &view.compiling) {
+                    (Some(bar), Some((what, n, total))) => {
+                        bar.set_length(u64::from(*total));
+                        bar.set_position(u64::from(*n));
+                        bar.set_message(format!("{what} | {pace}"));
+                    }
+                    (Some(bar), None) => {
+                        bar.set_message(format!("booting | mcycle {mcycle} | {pace}"))
+                    }
+                    (None, compiling) => {
+                        let crate_now = match compiling {
+                            Some((what, n, total)) => format!(" {n}/{total} {what} |"),
+                            None => String::new(),
+                        };
+                        eprintln!("{label}: [{name}]{crate_now} mcycle {mcycle} ({pace})");
+                    }
                 }
             }
             Progress::MachineDone {
                 name,
                 mcycle,
                 exit_code,
-            } => eprintln!(
-                "{label}: [{name}] halted, exit code {} at mcycle {mcycle}",
-                exit_code.map_or("?".into(), |c| c.to_string())
-            ),
+            } => {
+                let text = format!(
+                    "halted, exit code {} at mcycle {mcycle}",
+                    exit_code.map_or("?".into(), |c| c.to_string())
+                );
+                let machines = self.machines.lock().expect("progress lock");
+                match machines.get(&name).and_then(|view| view.bar.as_ref()) {
+                    Some(bar) => bar.finish_with_message(text),
+                    None => self.note(&format!("{label}: [{name}] {text}")),
+                }
+            }
         }
     }
 }
