@@ -1,4 +1,4 @@
-//! The build machine of a run: its four drives and its configuration.
+//! The build machine of a run: its five drives and its configuration.
 //!
 //! `guest-image/PROTOCOL.md` is the contract; the drive order fixes the guest's
 //! `/dev/pmemN` names, so [`Drive`] is the one place that knows which drive is which.
@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::DRIVE_ALIGN;
 
-/// The kernel command line of a build machine.
-pub const BOOTARGS: &str = "console=ttyS0 quiet cmbuild.mode=build";
+/// The kernel command line of a build machine: the initramfs mounts the toolchain layer
+/// (`/dev/pmem4`, [`Drive::Toolchain`]) over the root image.
+pub const BOOTARGS: &str = "console=ttyS0 quiet cmbuild.mode=build cmbuild.toolchain=/dev/pmem4";
 
 /// The flash drives of a build machine, in board order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,11 +23,20 @@ pub enum Drive {
     Output,
     /// The scratch drive, `/dev/pmem3`.
     Scratch,
+    /// The selected toolchain's layer (EROFS, `GUEST_TOOLCHAIN_<ID>_CID`), `/dev/pmem4`,
+    /// mounted with overlayfs over the root image.
+    Toolchain,
 }
 
 impl Drive {
     /// Every drive, in board order (index `i` is `/dev/pmem{i}`).
-    pub const ALL: [Drive; 4] = [Drive::Root, Drive::Input, Drive::Output, Drive::Scratch];
+    pub const ALL: [Drive; 5] = [
+        Drive::Root,
+        Drive::Input,
+        Drive::Output,
+        Drive::Scratch,
+        Drive::Toolchain,
+    ];
 
     /// The drive's position on the board.
     pub fn index(self) -> usize {
@@ -40,6 +50,7 @@ impl Drive {
             Drive::Input => "input",
             Drive::Output => "output",
             Drive::Scratch => "scratch",
+            Drive::Toolchain => "toolchain",
         }
     }
 
@@ -153,6 +164,7 @@ impl MachineSettings {
                     Drive::Input => zeros(self.input_length),
                     Drive::Output => zeros(self.output_length),
                     Drive::Scratch => zeros(self.scratch_length),
+                    Drive::Toolchain => image.toolchain.clone(),
                 },
                 shared: drive.shared(),
             })
@@ -169,7 +181,8 @@ impl MachineSettings {
     }
 }
 
-/// The guest image's four files, read from the mirror by their pins.
+/// The guest image's four base files and the selected toolchain's layer, read from the
+/// mirror by their pins.
 #[derive(Clone, Debug)]
 pub struct GuestImage {
     /// `vmlinux`.
@@ -180,6 +193,8 @@ pub struct GuestImage {
     pub initrd: Vec<u8>,
     /// `rootfs.erofs`.
     pub rootfs: Vec<u8>,
+    /// `toolchain-<id>.erofs`: the selected toolchain's layer.
+    pub toolchain: Vec<u8>,
 }
 
 /// The contents of a machine's drive.
@@ -198,6 +213,7 @@ mod tests {
             firmware: vec![1],
             initrd: vec![],
             rootfs: vec![2; 4096],
+            toolchain: vec![4; 8192],
         };
         let config = MachineSettings::default().machine_config(&image);
         let labels: Vec<&str> = config
@@ -205,7 +221,14 @@ mod tests {
             .iter()
             .map(|d| d.label.as_str())
             .collect();
-        assert_eq!(labels, ["root", "input", "output", "scratch"]);
+        assert_eq!(labels, ["root", "input", "output", "scratch", "toolchain"]);
+        // The toolchain layer is /dev/pmem4, which the kernel command line names.
+        assert_eq!(Drive::Toolchain.index(), 4);
+        assert!(BOOTARGS.contains("cmbuild.toolchain=/dev/pmem4"));
+        assert_eq!(
+            config.flash_drives[Drive::Toolchain.index()].image,
+            vec![4; 8192]
+        );
         assert_eq!(
             config.flash_drives[Drive::Input.index()].image.len() as u64,
             DEFAULT_INPUT_LENGTH
@@ -215,7 +238,7 @@ mod tests {
             512 << 20
         );
         let shared: Vec<bool> = config.flash_drives.iter().map(|d| d.shared).collect();
-        assert_eq!(shared, [false, false, true, false]);
+        assert_eq!(shared, [false, false, true, false, false]);
         assert_eq!(config.bootargs, BOOTARGS);
     }
 

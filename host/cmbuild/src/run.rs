@@ -251,7 +251,16 @@ fn read_pinned(
         Ok(bytes) => return Some(bytes),
         Err(e) => e.to_string(),
     };
-    if let (Some(dir), Some(file)) = (image_dir, pins::image_file(name)) {
+    let file = pins::image_file(name).map(str::to_owned).or_else(|| {
+        cmbuild_image::layers::shipped().ok().and_then(|layers| {
+            layers
+                .toolchains
+                .keys()
+                .find(|id| pins::layer_key(id) == name)
+                .map(|id| cmbuild_image::image::layer_file_name(id))
+        })
+    });
+    if let (Some(dir), Some(file)) = (image_dir, file) {
         let path = dir.join(file);
         if let Ok(bytes) = std::fs::read(&path) {
             if cmbuild_store::cid::cid_of_bytes(&bytes) == *cid {
@@ -274,6 +283,7 @@ pub fn read_pinned_image(
     mirror: &Mirror,
     pins: &Pins,
     image_dir: Option<&Path>,
+    toolchain: RustVersion,
 ) -> Result<GuestImage, RunError> {
     let mut missing = Vec::new();
     let mut blob = |key: &str| -> Option<Vec<u8>> {
@@ -290,13 +300,17 @@ pub fn read_pinned_image(
         blob(pins::FIRMWARE),
         blob(pins::INITRD),
         blob(pins::ROOTFS),
+        blob(&toolchain_layer_key(toolchain)),
     ) {
-        (Some(kernel), Some(firmware), Some(initrd), Some(rootfs)) => Ok(GuestImage {
-            kernel,
-            firmware,
-            initrd,
-            rootfs,
-        }),
+        (Some(kernel), Some(firmware), Some(initrd), Some(rootfs), Some(toolchain)) => {
+            Ok(GuestImage {
+                kernel,
+                firmware,
+                initrd,
+                rootfs,
+                toolchain,
+            })
+        }
         _ => Err(RunError::MissingInputs {
             mirror: mirror.root().display().to_string(),
             missing,
@@ -413,33 +427,27 @@ pub fn plan_release(
 
 /// Selects the pinned Rust toolchain, before any machine boots: `--toolchain`, else the
 /// commit's `rust-toolchain` or `rust-toolchain.toml` (the former wins when both exist, as
-/// with rustup), else the newest pinned; then checks the `rust-version` of every selected
-/// package against it.
+/// with rustup), else the default pinned toolchain; then checks the `rust-version` of every
+/// selected package against it.
 fn select_toolchain(
     opts: &RunOptions,
     read: &dyn Fn(&'static str, u64) -> Result<Option<Vec<u8>>, RunError>,
     workspace: &crate::workspace::Workspace,
     selection: &project::Selection,
 ) -> Result<RustVersion, RunError> {
-    let available = toolchain::pinned_versions(&cmbuild_image::lock::shipped_lock()?);
-    let text = |bytes: Vec<u8>, file: &str| {
-        String::from_utf8(bytes).map_err(|_| toolchain::ToolchainError::BadFile {
-            file: file.to_owned(),
-            message: "not UTF-8".into(),
-        })
-    };
-    let (channel, source_name) = if let Some(channel) = &opts.toolchain {
-        (Some(channel.clone()), "--toolchain")
-    } else if let Some(bytes) = read("rust-toolchain", MAX_TOOLCHAIN_FILE_BYTES)? {
-        let channel = toolchain::channel_of_legacy(&text(bytes, "rust-toolchain")?)?;
-        (channel, "rust-toolchain")
-    } else if let Some(bytes) = read("rust-toolchain.toml", MAX_TOOLCHAIN_FILE_BYTES)? {
-        let channel = toolchain::channel_of_toml(&text(bytes, "rust-toolchain.toml")?)?;
-        (channel, "rust-toolchain.toml")
-    } else {
-        (None, "no toolchain file")
-    };
-    let selected = toolchain::select(channel.as_deref(), source_name, &available)?;
+    let layers = cmbuild_image::layers::shipped()?;
+    let available = layers.versions();
+    let (channel, source_name) = toolchain::project_channel(
+        opts.toolchain.as_deref(),
+        read("rust-toolchain", MAX_TOOLCHAIN_FILE_BYTES)?.as_deref(),
+        read("rust-toolchain.toml", MAX_TOOLCHAIN_FILE_BYTES)?.as_deref(),
+    )?;
+    let selected = toolchain::select(
+        channel.as_deref(),
+        source_name,
+        &available,
+        layers.default_version(),
+    )?;
     let packages = &selection.profile.packages;
     for member in &workspace.members {
         if !packages.is_empty() && !packages.contains(&member.name) {
@@ -476,6 +484,7 @@ pub fn gather_inputs(
     // Blobs are hashed once, as they are read: a present but corrupt image file fails that
     // check, and is then assembled again (once) like a missing one.
     let mut assembled = assemble_image_on_first_use(&mirror, opts, job, progress, false)?;
+    let layer_key = toolchain_layer_key(job.toolchain);
     let (image, mut missing) = loop {
         let mut missing = Vec::new();
         let mut blob = |key: &str| -> Option<Vec<u8>> {
@@ -492,9 +501,13 @@ pub fn gather_inputs(
             blob(pins::FIRMWARE),
             blob(pins::INITRD),
             blob(pins::ROOTFS),
+            blob(&layer_key),
         );
-        let complete =
-            image.0.is_some() && image.1.is_some() && image.2.is_some() && image.3.is_some();
+        let complete = image.0.is_some()
+            && image.1.is_some()
+            && image.2.is_some()
+            && image.3.is_some()
+            && image.4.is_some();
         if complete || assembled {
             break (image, missing);
         }
@@ -505,12 +518,15 @@ pub fn gather_inputs(
         missing.push(e.to_string());
     }
     let image = match image {
-        (Some(kernel), Some(firmware), Some(initrd), Some(rootfs)) if missing.is_empty() => {
+        (Some(kernel), Some(firmware), Some(initrd), Some(rootfs), Some(toolchain))
+            if missing.is_empty() =>
+        {
             GuestImage {
                 kernel,
                 firmware,
                 initrd,
                 rootfs,
+                toolchain,
             }
         }
         _ => {
@@ -528,9 +544,20 @@ pub fn gather_inputs(
     for (key, _file) in pins::IMAGE_FILES {
         cids.insert((*key).to_owned(), pins::require_cid(&opts.pins, key)?);
     }
+    cids.insert(
+        layer_key.clone(),
+        pins::require_cid(&opts.pins, &layer_key)?,
+    );
     cids.insert("SOURCE_CID".to_owned(), cid_of_bytes(&job.source_tar));
     cids.insert("VENDOR_CID".to_owned(), cid_of_bytes(&vendor_tar));
-    let template = obtain_template(&mirror, &opts.pins, &opts.machine, &image, progress)?;
+    let template = obtain_template(
+        &mirror,
+        &opts.pins,
+        &opts.machine,
+        &image,
+        job.toolchain,
+        progress,
+    )?;
     Ok(ReleaseInputs {
         image,
         vendor_tar,
@@ -539,24 +566,29 @@ pub fn gather_inputs(
     })
 }
 
-/// The template of the run's image and machine settings, from the mirror or derived now
-/// (see [`crate::template`]). The pinned template hash applies to the default settings.
+/// The template of the run's image, toolchain layer and machine settings, from the mirror
+/// or derived now (see [`crate::template`]). The pinned template hash applies to the
+/// default settings with the default toolchain.
 pub fn obtain_template(
     mirror: &Mirror,
     pins: &Pins,
     settings: &MachineSettings,
     image: &GuestImage,
+    toolchain: RustVersion,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<crate::template::Template, RunError> {
     use crate::template;
-    let cids = image_cids(pins)?;
+    let cids = image_cids(pins, toolchain)?;
     let default_settings = MachineSettings {
         max_mcycle: settings.max_mcycle,
         ..MachineSettings::default()
     };
+    let default_toolchain = cmbuild_image::layers::shipped()
+        .ok()
+        .and_then(|layers| layers.default_version());
     let pinned = pins
         .get(template::TEMPLATE_PIN)
-        .filter(|_| *settings == default_settings)
+        .filter(|_| *settings == default_settings && default_toolchain == Some(toolchain))
         .map(String::as_str);
     let started = std::time::Instant::now();
     let found = template::obtain(mirror, image, &cids, settings, pinned, &mut |event| {
@@ -578,13 +610,17 @@ pub fn obtain_template(
     Ok(found)
 }
 
-/// The pinned CIDs of the guest image's files.
-pub fn image_cids(pins: &Pins) -> Result<crate::template::ImageCids, RunError> {
+/// The pinned CIDs of the guest image's files and of the toolchain's layer.
+pub fn image_cids(
+    pins: &Pins,
+    toolchain: RustVersion,
+) -> Result<crate::template::ImageCids, RunError> {
     Ok(crate::template::ImageCids {
         kernel: pins::require_cid(pins, pins::KERNEL)?,
         firmware: pins::require_cid(pins, pins::FIRMWARE)?,
         initrd: pins::require_cid(pins, pins::INITRD)?,
         rootfs: pins::require_cid(pins, pins::ROOTFS)?,
+        toolchain: pins::require_cid(pins, &toolchain_layer_key(toolchain))?,
     })
 }
 
@@ -605,6 +641,7 @@ fn assemble_image_on_first_use(
     repair: bool,
 ) -> Result<bool, RunError> {
     use cmbuild_image::assemble;
+    assemble_layer_on_first_use(mirror, opts, job, progress, repair)?;
     let present = assemble::pinned_files(&opts.pins)?
         .iter()
         .all(|(_, file, cid)| {
@@ -641,6 +678,48 @@ fn assemble_image_on_first_use(
         "guest image assembled, matches its pins, kept in the mirror".into(),
     ));
     Ok(true)
+}
+
+/// The pin of the layer of a selected toolchain (its id is its version).
+pub fn toolchain_layer_key(version: RustVersion) -> String {
+    pins::layer_key(&version.to_string())
+}
+
+/// The selected toolchain's layer on first use: assembled offline from the mirror's `.deb`s
+/// of its lock, checked against its pin and kept in the mirror (as the base image is).
+fn assemble_layer_on_first_use(
+    mirror: &Mirror,
+    opts: &RunOptions,
+    job: &ReleaseJob,
+    progress: &(dyn Fn(Progress) + Sync),
+    repair: bool,
+) -> Result<(), RunError> {
+    let key = toolchain_layer_key(job.toolchain);
+    let id = job.toolchain.to_string();
+    let in_dir = opts.image_dir.as_ref().is_some_and(|dir| {
+        dir.join(cmbuild_image::image::layer_file_name(&id))
+            .is_file()
+    });
+    let pinned = pins::require_cid(&opts.pins, &key)?;
+    // Present is enough here: the read hashes it, and a corrupt one comes back with
+    // `repair`, when ensure_layer_in_mirror hashes it and assembles it again.
+    if in_dir || (mirror.blob_path(&pinned).is_file() && !repair) {
+        return Ok(());
+    }
+    let layers = cmbuild_image::layers::shipped()?;
+    let Some(lock) = layers.toolchains.get(&id) else {
+        return Ok(()); // not this cmbuild's toolchain: reported missing with its pin
+    };
+    progress(Progress::Phase(format!(
+        "assembling the Rust {id} toolchain layer from the mirror's Debian packages (first use, offline)"
+    )));
+    let work = job.work.path().join("layer");
+    cmbuild_image::assemble::ensure_layer_in_mirror(mirror, lock, &id, &opts.pins, &work, |_| {})?;
+    std::fs::remove_dir_all(&work).ok();
+    progress(Progress::Phase(format!(
+        "Rust {id} toolchain layer assembled, matches its pin, kept in the mirror"
+    )));
+    Ok(())
 }
 
 /// What a machine left: its record, its output drive and the top-level leaves of its final
@@ -763,12 +842,8 @@ pub fn collect_release(
                 let proof_path = staging.join(PROOFS_DIR).join(format!("{rel}.json"));
                 std::fs::create_dir_all(staging.join(PROOFS_DIR).join(target.as_str()))?;
                 staging::write_synced(&proof_path, &proof.to_file_bytes()?, 0o644)?;
-                let toolchain_key = pins::toolchain_key(*target);
-                let toolchain = if opts.pins.contains_key(&toolchain_key) {
-                    pins::require_cid(&opts.pins, &toolchain_key)?
-                } else {
-                    pins::require_cid(&opts.pins, pins::ROOTFS)?
-                };
+                // The toolchain is its layer: the compiler, cargo and every target's std.
+                let toolchain = pins::require_cid(&opts.pins, &toolchain_layer_key(job.toolchain))?;
                 artifacts.push(Artifact {
                     package: planned.package.clone(),
                     target: target.to_string(),
@@ -912,6 +987,7 @@ fn run_machine(
     let (mut machine, snapshot_config) = crate::template::resume_with_config(
         &inputs.template.blob,
         image.rootfs.clone(),
+        image.toolchain.clone(),
         &record.root_hash,
         cmbuild_machine::snapshot::HashCheck::Trusted,
     )

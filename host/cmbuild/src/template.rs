@@ -131,6 +131,8 @@ pub struct ImageCids {
     pub initrd: Cid,
     /// `rootfs.erofs` (also the name of the root drive's base in the snapshot).
     pub rootfs: Cid,
+    /// The selected toolchain's layer (also the name of the toolchain drive's base).
+    pub toolchain: Cid,
 }
 
 /// The text that identifies a template: everything it is a function of. Two builds with
@@ -138,7 +140,7 @@ pub struct ImageCids {
 pub fn template_key(cids: &ImageCids, settings: &MachineSettings) -> String {
     format!(
         "{RECORD_SCHEMA}\ncmbuild {}\nhash-scheme {HASH_SCHEME}\nsnapshot-format {}\n\
-         kernel {}\nfirmware {}\ninitrd {}\nrootfs {}\nbootargs {BOOTARGS}\n\
+         kernel {}\nfirmware {}\ninitrd {}\nrootfs {}\ntoolchain {}\nbootargs {BOOTARGS}\n\
          ram-length {}\ninput-length {}\noutput-length {}\nscratch-length {}\n",
         env!("CARGO_PKG_VERSION"),
         snapshot::FORMAT_VERSION,
@@ -146,6 +148,7 @@ pub fn template_key(cids: &ImageCids, settings: &MachineSettings) -> String {
         cids.firmware,
         cids.initrd,
         cids.rootfs,
+        cids.toolchain,
         settings.ram_length,
         settings.input_length,
         settings.output_length,
@@ -189,7 +192,8 @@ pub fn record_path(mirror: &Mirror, key: &str) -> PathBuf {
 }
 
 /// Boots the image with `settings` to its ready point. Returns the machine there and the
-/// snapshot configuration to store it with (the root drive as the base `rootfs` CID).
+/// snapshot configuration to store it with (the root and toolchain drives as bases, named
+/// by their CIDs).
 /// `console` receives the guest's console output as it comes.
 /// `jit` false runs the interpreter alone (the result is the same).
 pub fn boot_to_ready(
@@ -202,6 +206,7 @@ pub fn boot_to_ready(
     let config = settings.machine_config(image);
     let mut snapshot_config = SnapshotConfig::from_config(&config);
     snapshot_config.flash_drives[Drive::Root.index()].base = Some(cids.rootfs.to_string());
+    snapshot_config.flash_drives[Drive::Toolchain.index()].base = Some(cids.toolchain.to_string());
     let mut machine =
         Machine::from_config(config).map_err(|e| TemplateError::Machine(e.to_string()))?;
     machine.hart.set_jit(jit);
@@ -240,9 +245,12 @@ pub fn boot_to_ready(
 pub fn pack(
     machine: &mut Machine,
     config: &SnapshotConfig,
-    rootfs: &[u8],
+    image: &GuestImage,
 ) -> Result<(Vec<u8>, String), TemplateError> {
-    let bases = BTreeMap::from([(Drive::Root.index(), rootfs)]);
+    let bases = BTreeMap::from([
+        (Drive::Root.index(), image.rootfs.as_slice()),
+        (Drive::Toolchain.index(), image.toolchain.as_slice()),
+    ]);
     let encoded = snapshot::encode_with_bases(machine, config, &bases)?;
     let mut tar = tar::Builder::new(Vec::new());
     for file in &encoded.files {
@@ -328,8 +336,8 @@ fn unpack(blob: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
     Ok(files)
 }
 
-/// Loads a template blob into a machine at the ready point; the root drive's base is
-/// `rootfs` (moved in). Every check of `cmbuild_machine::snapshot`, and the snapshot's
+/// Loads a template blob into a machine at the ready point; the root and toolchain drives'
+/// bases are `rootfs` and `toolchain` (moved in). Every check of `cmbuild_machine::snapshot`, and the snapshot's
 /// state hash must be `expected`. With [`HashCheck::Recompute`] that hash is recomputed over
 /// everything loaded (seconds: the root image and gigabytes of RAM and drives);
 /// [`HashCheck::Trusted`] is for a blob read by its CID from the mirror under a record
@@ -339,10 +347,11 @@ fn unpack(blob: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
 pub fn resume(
     blob: &[u8],
     rootfs: Vec<u8>,
+    toolchain: Vec<u8>,
     expected: &str,
     check: HashCheck,
 ) -> Result<Machine, TemplateError> {
-    resume_with_config(blob, rootfs, expected, check).map(|(machine, _)| machine)
+    resume_with_config(blob, rootfs, toolchain, expected, check).map(|(machine, _)| machine)
 }
 
 /// [`resume`], also returning the configuration the snapshot records, with no base (what a
@@ -350,6 +359,7 @@ pub fn resume(
 pub fn resume_with_config(
     blob: &[u8],
     rootfs: Vec<u8>,
+    toolchain: Vec<u8>,
     expected: &str,
     check: HashCheck,
 ) -> Result<(Machine, SnapshotConfig), TemplateError> {
@@ -368,7 +378,10 @@ pub fn resume_with_config(
                 .ok_or_else(|| TemplateError::Blob(format!("no file {}", e.name)))
         })
         .collect::<Result<Vec<&[u8]>, _>>()?;
-    let bases = BTreeMap::from([(Drive::Root.index(), rootfs)]);
+    let bases = BTreeMap::from([
+        (Drive::Root.index(), rootfs),
+        (Drive::Toolchain.index(), toolchain),
+    ]);
     let loaded = snapshot::load_with_bases(&m, &contents, bases, check)?;
     if loaded.root_hash != expected {
         return Err(TemplateError::Blob(format!(
@@ -473,7 +486,7 @@ pub fn derive_with(
         events(Event::Console(bytes))
     })?;
     let mcycle = machine.mcycle();
-    let (blob, root_hash) = pack(&mut machine, &config, &image.rootfs)?;
+    let (blob, root_hash) = pack(&mut machine, &config, image)?;
     drop(machine);
     let stored = mirror.put_bytes(&blob)?;
     let record = TemplateRecord {
@@ -596,11 +609,13 @@ mod tests {
     /// the input drive's first 8 bytes to the output drive and halts.
     fn tiny_image(settings: &MachineSettings) -> GuestImage {
         let rootfs = vec![0x5a; 4096];
+        let toolchain = vec![0x7c; 4096];
         let lengths = [
             rootfs.len() as u64,
             settings.input_length,
             settings.output_length,
             settings.scratch_length,
+            toolchain.len() as u64,
         ];
         let placed = cmbuild_machine::fdt::place_flash_drives(settings.ram_length, &lengths);
         let (input, output) = (placed[1].0, placed[2].0);
@@ -624,6 +639,7 @@ mod tests {
             firmware: program.iter().flat_map(|w| w.to_le_bytes()).collect(),
             initrd: b"not an initrd".to_vec(),
             rootfs,
+            toolchain,
         }
     }
 
@@ -643,6 +659,7 @@ mod tests {
             firmware: cid_of_bytes(&image.firmware),
             initrd: cid_of_bytes(&image.initrd),
             rootfs: cid_of_bytes(&image.rootfs),
+            toolchain: cid_of_bytes(&image.toolchain),
         }
     }
 
@@ -651,6 +668,7 @@ mod tests {
         let mut m = resume(
             &template.blob,
             image.rootfs.clone(),
+            image.toolchain.clone(),
             &template.record.root_hash,
             HashCheck::Trusted,
         )
@@ -701,7 +719,7 @@ mod tests {
         let (mut interpreted, config) =
             boot_to_ready(&image, &cids, &s, false, &mut |_| {}).unwrap();
         assert_eq!(
-            pack(&mut interpreted, &config, &image.rootfs).unwrap().1,
+            pack(&mut interpreted, &config, &image).unwrap().1,
             first.record.root_hash
         );
         // Another input, another root hash from the same template.
@@ -710,6 +728,7 @@ mod tests {
         let mut m = resume(
             &again.blob,
             image.rootfs.clone(),
+            image.toolchain.clone(),
             &again.record.root_hash,
             HashCheck::Recompute,
         )
@@ -751,6 +770,7 @@ mod tests {
             resume(
                 &good.blob,
                 image.rootfs.clone(),
+                image.toolchain.clone(),
                 "cmvm-sha256-v1:00",
                 HashCheck::Trusted
             ),
@@ -761,6 +781,7 @@ mod tests {
             resume(
                 &good.blob,
                 vec![0x5b; 4096],
+                image.toolchain.clone(),
                 &good.record.root_hash,
                 HashCheck::Recompute
             ),

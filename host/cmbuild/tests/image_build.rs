@@ -55,7 +55,14 @@ fn locked_mirror() -> Option<(PathBuf, PathBuf)> {
     let mirror = Mirror::open(&mirror_dir).expect("mirror opens");
     let mut archive = HttpArchive::new(&lock.mirror, Some(cache_dir()));
     let mut store = MirrorDebStore::new(&mirror, &lock.mirror);
-    let report = locking::vendor_locked_packages(&lock, &mut archive, &mut store, &mut |_| {});
+    // The base and every toolchain layer (the build makes and pins them all).
+    let layers = cmbuild_image::layers::shipped().expect("the toolchain locks parse");
+    let mut report = locking::vendor_locked_packages(&lock, &mut archive, &mut store, &mut |_| {});
+    for layer in layers.toolchains.values() {
+        if report.is_ok() {
+            report = locking::vendor_locked_packages(layer, &mut archive, &mut store, &mut |_| {});
+        }
+    }
     match report {
         Ok(report) => eprintln!("packages: {report:?}"),
         Err(err) => {
@@ -95,6 +102,8 @@ fn build(
         .arg(env!("CARGO_BIN_EXE_cmbuild"))
         .args(["image", "build", "--lock"])
         .arg(lock)
+        .arg("--toolchains")
+        .arg(repo_root().join("guest-image/toolchains.lock.json"))
         .arg("--mirror")
         .arg(mirror)
         .arg("--out")
@@ -129,7 +138,13 @@ fn built_image(work: &Path, lock: &Path, mirror: &Path, umask: &str, tz: &str) -
     out
 }
 
-const FILES: &[&str] = &["fw_jump.bin", "initramfs.cpio", "rootfs.erofs", "vmlinux"];
+const FILES: &[&str] = &[
+    "fw_jump.bin",
+    "initramfs.cpio",
+    "rootfs.erofs",
+    "vmlinux",
+    "toolchain-1.85.1.erofs",
+];
 
 #[test]
 #[ignore = "heavy: downloads the locked packages and builds the image twice"]
@@ -161,10 +176,8 @@ fn image_build_is_byte_identical_and_check_names_drift() {
     ] {
         assert!(pins.contains(key), "{key} missing from {pins}");
     }
-    assert!(
-        pins.contains("RUST_TOOLCHAIN__X86_64_UNKNOWN_LINUX_GNU=bafk"),
-        "{pins}"
-    );
+    assert!(pins.contains("GUEST_TOOLCHAIN_1_85_1_CID=bafy"), "{pins}");
+    assert!(!pins.contains("RUST_TOOLCHAIN__"), "{pins}");
     let lines: Vec<&str> = pins.lines().filter(|l| !l.starts_with('#')).collect();
     let mut sorted = lines.clone();
     sorted.sort();
@@ -349,13 +362,19 @@ fn image_boots_under_qemu_and_cross_builds_hello() {
         .arg(image.join("vmlinux"))
         .arg("-initrd")
         .arg(image.join("initramfs.cpio"))
-        .args(["-append", "console=ttyS0"])
+        // The default toolchain's layer is the fourth disk, stacked over the root by /init.
+        .args(["-append", "console=ttyS0 cmbuild.toolchain=/dev/vdd"])
         .args(["-drive", &drive(&image.join("rootfs.erofs"), "root", true)])
         .args(["-device", "virtio-blk-device,drive=root"])
         .args(["-drive", &drive(&input, "input", true)])
         .args(["-device", "virtio-blk-device,drive=input"])
         .args(["-drive", &drive(&output, "output", false)])
         .args(["-device", "virtio-blk-device,drive=output"])
+        .args([
+            "-drive",
+            &drive(&image.join("toolchain-1.85.1.erofs"), "toolchain", true),
+        ])
+        .args(["-device", "virtio-blk-device,drive=toolchain"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -41,6 +41,8 @@ fn image_build(mirror: &Path, out: &Path, digests: &Path, check: bool) -> Comman
         .arg(out)
         .arg("--lock")
         .arg(repo_root().join("guest-image/lock.json"))
+        .arg("--toolchains")
+        .arg(repo_root().join("guest-image/toolchains.lock.json"))
         .arg("--digests")
         .arg(digests)
         .stdout(Stdio::null())
@@ -56,7 +58,7 @@ fn image_build(mirror: &Path, out: &Path, digests: &Path, check: bool) -> Comman
 fn image_build_killed_at_random_points_leaves_whole_files_or_none() {
     let mirror = cache_dir().join("image-test-mirror");
     let vendored = Command::new(CMBUILD)
-        .args(["vendor", "--manifest-path"])
+        .args(["vendor", "--all-toolchains", "--manifest-path"])
         .arg(repo_root().join("examples/hello/Cargo.toml"))
         .arg("--mirror")
         .arg(&mirror)
@@ -150,6 +152,13 @@ fn image_build_killed_at_random_points_leaves_whole_files_or_none() {
         .iter()
         .map(|(_, f)| f.to_string())
         .collect();
+    let layers = cmbuild_image::layers::shipped().unwrap();
+    expected.extend(
+        layers
+            .toolchains
+            .keys()
+            .map(|id| cmbuild_image::image::layer_file_name(id)),
+    );
     expected.sort();
     assert_eq!(left, expected, "temporaries left in the image directory");
     let dir_entries: Vec<String> = std::fs::read_dir(work.path())

@@ -68,6 +68,19 @@ fn fixture_project(dir: &Path) -> PathBuf {
 #[test]
 #[ignore = "heavy: ~480 MB of packages and tens of billions of guest instructions"]
 fn release_builds_reproduce_inside_the_machine() {
+    release_e2e(None);
+}
+
+/// The same with a newer pinned toolchain selected (`--toolchain 1.96`, its own layer over
+/// the base): `vendor` fetches that layer's packages, `run` assembles and attaches it, and
+/// the manifest names its version and CID.
+#[test]
+#[ignore = "heavy: ~480 MB of packages and tens of billions of guest instructions"]
+fn release_builds_reproduce_with_a_newer_pinned_toolchain() {
+    release_e2e(Some("1.96"));
+}
+
+fn release_e2e(toolchain: Option<&str>) {
     let work = tempfile::tempdir().unwrap();
     let project = fixture_project(work.path());
     // The mirror is shared with the image tests so the packages are downloaded once.
@@ -76,12 +89,14 @@ fn release_builds_reproduce_inside_the_machine() {
     let pins = work.path().join("digests.lock.env");
     std::fs::copy(repo_root().join("digests.lock.env"), &pins).unwrap();
 
+    // Every layer: `image build --check` below re-derives them all.
     let out = cmbuild(&[
         "vendor",
         "--manifest-path",
         s(&project.join("Cargo.toml")),
         "--mirror",
         s(&mirror),
+        "--all-toolchains",
     ]);
     if !out.status.success() {
         // Debian drops superseded packages from its pool: a maintenance task (re-lock),
@@ -93,6 +108,7 @@ fn release_builds_reproduce_inside_the_machine() {
         return;
     }
     let lock = repo_root().join("guest-image/lock.json");
+    let toolchains = repo_root().join("guest-image/toolchains.lock.json");
     let out = cmbuild(&[
         "image",
         "build",
@@ -102,6 +118,8 @@ fn release_builds_reproduce_inside_the_machine() {
         s(&image),
         "--lock",
         s(&lock),
+        "--toolchains",
+        s(&toolchains),
         "--digests",
         s(&pins),
         "--check",
@@ -112,14 +130,33 @@ fn release_builds_reproduce_inside_the_machine() {
     );
 
     // What a user has after `cmbuild vendor` alone: the shared mirror less the image files
-    // (hard links, so nothing is copied).
-    let image_cids: Vec<String> = cmbuild::pins::parse(&std::fs::read_to_string(&pins).unwrap())
-        .unwrap()
-        .into_iter()
+    // and toolchain layers (hard links, so nothing is copied).
+    let layers = cmbuild_image::layers::shipped().unwrap();
+    let parsed = cmbuild::pins::parse(&std::fs::read_to_string(&pins).unwrap()).unwrap();
+    let image_cids: Vec<String> = parsed
+        .iter()
         .filter(|(key, _)| key.starts_with("GUEST_"))
-        .map(|(_, cid)| cid)
+        .map(|(_, cid)| cid.clone())
         .collect();
-    assert_eq!(image_cids.len(), 4);
+    assert_eq!(image_cids.len(), 4 + layers.toolchains.len());
+    // The layer this run attaches: the selected toolchain's.
+    let selected = match toolchain {
+        Some("1.96") => "1.96.0".to_owned(),
+        Some(other) => panic!("no expectation for {other}"),
+        None => layers.default.clone(),
+    };
+    let layer_cid = parsed[&cmbuild_image::pins::layer_key(&selected)].clone();
+    let used_cids: Vec<String> = image_cids
+        .iter()
+        .filter(|cid| {
+            **cid == layer_cid
+                || !parsed
+                    .iter()
+                    .any(|(k, v)| v == *cid && cmbuild_image::pins::is_layer_key(k))
+        })
+        .cloned()
+        .collect();
+    assert_eq!(used_cids.len(), 5);
     let vendored = work.path().join("vendored-mirror");
     std::fs::create_dir_all(vendored.join("blobs")).unwrap();
     std::fs::copy(mirror.join("index.json"), vendored.join("index.json")).unwrap();
@@ -150,12 +187,15 @@ fn release_builds_reproduce_inside_the_machine() {
     ];
     let target = std::env::var("CMBUILD_E2E_TARGET").unwrap_or_else(|_| "all".into());
     args.extend(["--target", target.as_str()]);
+    if let Some(toolchain) = toolchain {
+        args.extend(["--toolchain", toolchain]);
+    }
     let out = cmbuild_in(&elsewhere, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.trim_end().ends_with("Reproducibility check PASSED"));
-    for cid in &image_cids {
+    for cid in &used_cids {
         assert!(
             vendored.join("blobs").join(cid).is_file(),
             "the assembled image file {cid} is kept in the mirror"
@@ -194,6 +234,11 @@ fn release_builds_reproduce_inside_the_machine() {
     let expected = if target == "all" { 3 } else { 1 };
     assert_eq!(manifest.artifacts.len(), expected);
     for artifact in &manifest.artifacts {
+        assert_eq!(
+            artifact.toolchain_version.as_deref(),
+            Some(selected.as_str())
+        );
+        assert_eq!(artifact.toolchain.to_string(), layer_cid);
         let a = std::fs::read(run1.join(&artifact.bin_path)).unwrap();
         let b = std::fs::read(run2.join(&artifact.bin_path)).unwrap();
         assert_eq!(a, b, "{} differs", artifact.bin_path);

@@ -80,7 +80,7 @@ fn assert_refused(result: (i32, String), expected: &str) {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains(expected), "{stderr}");
     assert!(
-        stderr.contains("the pinned toolchains are: 1.85.1"),
+        stderr.contains("the pinned toolchains are: 1.85.1, 1.96.0, 1.97.1"),
         "{stderr}"
     );
     assert!(
@@ -92,15 +92,23 @@ fn assert_refused(result: (i32, String), expected: &str) {
 #[test]
 fn channel_forms_that_match_the_pinned_toolchain() {
     assert_selected(run(&[], "", &[]));
-    for channel in ["stable", "1.85", "1.85.1"] {
+    for channel in [
+        "stable", "1.85", "1.85.1", "1.96", "1.96.0", "1.97", "1.97.1",
+    ] {
         let file = format!("[toolchain]\nchannel = \"{channel}\"\ncomponents = [\"clippy\"]\n");
         assert_selected(run(&[("rust-toolchain.toml", &file)], "", &[]));
     }
     assert_selected(run(&[("rust-toolchain", "1.85\n")], "", &[]));
     assert_selected(run(&[], "rust-version = \"1.85\"\n", &[]));
+    // A newer rust-version is fine with a newer pinned toolchain selected.
+    assert_selected(run(
+        &[],
+        "rust-version = \"1.90\"\n",
+        &["--toolchain", "1.96"],
+    ));
     // --toolchain overrides the project's file.
     assert_selected(run(
-        &[("rust-toolchain.toml", "[toolchain]\nchannel = \"1.96\"\n")],
+        &[("rust-toolchain.toml", "[toolchain]\nchannel = \"1.98\"\n")],
         "",
         &["--toolchain", "1.85"],
     ));
@@ -110,11 +118,11 @@ fn channel_forms_that_match_the_pinned_toolchain() {
 fn unpinned_channels_fail_before_any_machine_boots() {
     assert_refused(
         run(
-            &[("rust-toolchain.toml", "[toolchain]\nchannel = \"1.96\"\n")],
+            &[("rust-toolchain.toml", "[toolchain]\nchannel = \"1.96.1\"\n")],
             "",
             &[],
         ),
-        "the Rust toolchain \"1.96\" (rust-toolchain.toml) is not one cmbuild has pinned",
+        "the Rust toolchain \"1.96.1\" (rust-toolchain.toml) is not one cmbuild has pinned",
     );
     assert_refused(
         run(&[("rust-toolchain", "nightly-2025-01-01\n")], "", &[]),

@@ -69,6 +69,47 @@ pub fn pinned_files(pins: &Pins) -> Result<Vec<(&'static str, &'static str, Cid)
         .collect()
 }
 
+/// Makes sure the toolchain layer `id` pinned in `pins` is in `mirror`: if missing, it is
+/// assembled from the `.deb`s of its lock `layer` (read verified from the mirror) inside
+/// `work_dir`, checked against its pin, and stored. Returns whether it was assembled.
+pub fn ensure_layer_in_mirror(
+    mirror: &Mirror,
+    layer: &Lock,
+    id: &str,
+    pins: &Pins,
+    work_dir: &Path,
+    progress: impl FnMut(Step),
+) -> Result<bool, AssembleError> {
+    let key = pins::layer_key(id);
+    let pinned = pins::require_cid(pins, &key)?;
+    if mirror.has_valid(&pinned).unwrap_or(false) {
+        return Ok(false);
+    }
+    let load = |package: &LockedPackage| Ok(mirror.read_verified(&package.cid)?);
+    let path = image::build_layer(layer, id, load, work_dir, progress)
+        .map_err(|e| AssembleError::Build(Box::new(e)))?;
+    let actual = cmbuild_store::cid::cid_of_file(&path).map_err(|source| AssembleError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    if actual != pinned {
+        return Err(AssembleError::Drift {
+            file: image::layer_file_name(id),
+            key,
+            pinned,
+            actual,
+        });
+    }
+    let file = std::fs::File::open(&path).map_err(|source| AssembleError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    mirror
+        .put_reader(file)
+        .map_err(|source| AssembleError::Store { path, source })?;
+    Ok(true)
+}
+
 /// Makes sure every guest-image file pinned in `pins` is in `mirror`. Missing ones are
 /// assembled from the `.deb`s of `lock` (read verified from the mirror) inside `work_dir`,
 /// checked against their pins, and stored. Returns whether anything was assembled.

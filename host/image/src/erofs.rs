@@ -63,7 +63,8 @@ pub enum ErofsError {
 pub struct ErofsOptions {
     /// Fixed volume UUID (a random one would make every build differ).
     pub uuid: [u8; 16],
-    /// Up to 16 bytes of volume label.
+    /// Volume label: its first 15 bytes are written (Linux wants the 16-byte field
+    /// NUL-terminated).
     pub volume_name: String,
     /// Seconds since the epoch reported as every inode's time.
     pub build_time: u64,
@@ -307,8 +308,9 @@ fn write_superblock(
     sb[36..40].copy_from_slice(&blocks.to_le_bytes());
     sb[40..44].copy_from_slice(&META_BLKADDR.to_le_bytes());
     sb[48..64].copy_from_slice(&options.uuid);
+    // Linux refuses a volume name without a NUL terminator inside its 16 bytes.
     let name = options.volume_name.as_bytes();
-    let len = name.len().min(16);
+    let len = name.len().min(15);
     sb[64..64 + len].copy_from_slice(&name[..len]);
     Ok(())
 }
@@ -392,6 +394,16 @@ mod tests {
             volume_name: "test".into(),
             build_time: 0,
         }
+    }
+
+    #[test]
+    fn a_long_volume_name_keeps_its_nul_terminator() {
+        let mut options = options();
+        options.volume_name = "a-volume-name-of-20b".into();
+        let image = erofs_bytes(&sample_tree(), &options).unwrap();
+        let field = &image[SUPER_OFFSET + 64..SUPER_OFFSET + 80];
+        assert_eq!(&field[..15], b"a-volume-name-o");
+        assert_eq!(field[15], 0, "Linux needs the NUL");
     }
 
     fn sample_tree() -> Tree {

@@ -19,7 +19,6 @@ use crate::initramfs::{initramfs_bytes, initramfs_tree, kernel_image, InitramfsE
 use crate::lock::{Lock, LockedPackage};
 use crate::locking::BoxError;
 use crate::rootfs::{add_skeleton, apply_fixups, RootfsError, Tree, CMBUILD_DIR};
-use crate::triple::Triple;
 
 /// `/init` of the initramfs.
 pub const INIT_SCRIPT: &str = include_str!("../../../guest-image/init");
@@ -101,13 +100,11 @@ pub enum ImageError {
     },
 }
 
-/// What a build produced: output file name -> path, and the toolchain descriptors.
+/// What a build produced: output file name -> path.
 #[derive(Debug, Clone)]
 pub struct Built {
     /// Output file name -> path.
     pub files: BTreeMap<String, PathBuf>,
-    /// Triple -> canonical text describing its toolchain (see [`toolchain_descriptor`]).
-    pub toolchains: BTreeMap<Triple, String>,
 }
 
 /// Progress reports, so the CLI can say what is going on during a minutes-long build.
@@ -222,14 +219,64 @@ pub fn build_image(
         })?
         .commit()?;
     files.insert("rootfs.erofs".to_string(), path);
+    Ok(Built { files })
+}
 
-    let mut toolchains = BTreeMap::new();
-    for triple in Triple::ALL {
-        if let Some(text) = toolchain_descriptor(lock, triple) {
-            toolchains.insert(triple, text);
-        }
+/// The file a toolchain layer is written to: `toolchain-1.96.0.erofs`.
+pub fn layer_file_name(id: &str) -> String {
+    format!("toolchain-{id}.erofs")
+}
+
+/// Build the toolchain layer `id` (its lock holds only what the base lacks) as an EROFS
+/// image at `out_dir/toolchain-<id>.erofs`, returning its path. The layer carries the
+/// base's skeleton (the merged-`/usr` links and mount points, identical to the base's, so
+/// that the overlay shows the same tree) and the packages' files; nothing else.
+pub fn build_layer(
+    lock: &Lock,
+    id: &str,
+    mut load: impl FnMut(&LockedPackage) -> Result<Vec<u8>, BoxError>,
+    out_dir: &Path,
+    mut progress: impl FnMut(Step),
+) -> Result<PathBuf, ImageError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io { path, source }
+    };
+    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    let mut packages: Vec<&LockedPackage> = lock.packages.iter().collect();
+    packages.sort_by(|a, b| (&a.name, &a.architecture).cmp(&(&b.name, &b.architecture)));
+    let mut tree = Tree::new();
+    add_skeleton(&mut tree)?;
+    let total = packages.len();
+    for (index, package) in packages.iter().enumerate() {
+        progress(Step::Extracting {
+            name: &package.name,
+            index,
+            total,
+        });
+        tree.install(&read_package(package, &mut load)?)?;
     }
-    Ok(Built { files, toolchains })
+    let name = layer_file_name(id);
+    progress(Step::Writing(&name));
+    let path = out_dir.join(&name);
+    let file = AtomicFile::create(&path)?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&Sha256::of(format!("cmbuild-toolchain-layer {id}")).as_bytes()[..16]);
+    let options = ErofsOptions {
+        uuid,
+        volume_name: "cmbuild-rust".into(),
+        build_time: FIXED_TIME,
+    };
+    write_erofs(&tree, &options, &mut writer)?;
+    writer
+        .into_inner()
+        .map_err(|err| ImageError::Io {
+            path: path.clone(),
+            source: err.into_error(),
+        })?
+        .commit()?;
+    Ok(path)
 }
 
 fn read_package(
@@ -255,44 +302,6 @@ fn read_package(
         arch: package.architecture.clone(),
         source,
     })
-}
-
-/// The canonical description of the toolchain that builds `triple`: the compiler and
-/// cargo, and the target's standard library packages, each by version and sha256. Its CID
-/// is the `RUST_TOOLCHAIN__<TRIPLE>` pin and the manifest's `toolchain` field. `None` when
-/// the lock has no standard library for the triple.
-pub fn toolchain_descriptor(lock: &Lock, triple: Triple) -> Option<String> {
-    let spec = triple.spec();
-    let arch = spec.debian_arch;
-    let relevant = |p: &&LockedPackage| {
-        let host_tool = (p.name == "rustc" || p.name == "cargo") && p.architecture != "all";
-        // An architecture's std is libstd-rust-dev and the runtime it depends on; an
-        // architecture-independent one (WebAssembly) is its one package.
-        let std_lib = p.architecture == arch
-            && (p.name == spec.std_package
-                || (arch != "all" && p.name.starts_with("libstd-rust-")));
-        host_tool || std_lib
-    };
-    let mut lines: Vec<String> = lock
-        .packages
-        .iter()
-        .filter(relevant)
-        .map(|p| {
-            format!(
-                "package {} {} {} {}",
-                p.name, p.architecture, p.version, p.sha256
-            )
-        })
-        .collect();
-    let std_line = format!("package {} {arch} ", spec.std_package);
-    if !lines.iter().any(|l| l.starts_with(&std_line)) {
-        return None;
-    }
-    lines.sort();
-    Some(format!(
-        "cmbuild-toolchain-v1\ntarget {triple}\n{}\n",
-        lines.join("\n")
-    ))
 }
 
 #[cfg(test)]
@@ -321,41 +330,6 @@ mod tests {
             release_version: String::new(),
             suite: "trixie".into(),
         }
-    }
-
-    #[test]
-    fn toolchain_descriptor_names_compiler_and_target_std_only() {
-        let lock = lock(vec![
-            package("rustc", "riscv64"),
-            package("cargo", "riscv64"),
-            package("libstd-rust-dev", "amd64"),
-            package("libstd-rust-1.85", "amd64"),
-            package("libstd-rust-dev", "arm64"),
-            package("clang", "riscv64"),
-        ]);
-        let [x86_64, aarch64, riscv64, ..] = Triple::ALL;
-        let text = toolchain_descriptor(&lock, x86_64).unwrap();
-        assert!(text.contains(&format!(
-            "package libstd-rust-dev amd64 1.0 {}",
-            Sha256::of("libstd-rust-devamd64")
-        )));
-        assert!(text.contains("package rustc riscv64"));
-        assert!(!text.contains("arm64") && !text.contains("clang"));
-        let other = toolchain_descriptor(&lock, aarch64).unwrap();
-        assert_ne!(text, other);
-        assert!(toolchain_descriptor(&lock, riscv64).is_none());
-        let [.., wasm, wasi] = Triple::ALL;
-        assert!(toolchain_descriptor(&lock, wasm).is_none());
-        let mut with_wasm = lock.clone();
-        with_wasm
-            .packages
-            .push(package("libstd-rust-dev-wasm32", "all"));
-        let wasm_text = toolchain_descriptor(&with_wasm, wasm).unwrap();
-        assert!(wasm_text.contains("package libstd-rust-dev-wasm32 all"));
-        assert!(!wasm_text.contains("amd64"), "{wasm_text}");
-        assert_ne!(wasm_text, toolchain_descriptor(&with_wasm, wasi).unwrap());
-        // The Linux descriptors do not change with it.
-        assert_eq!(toolchain_descriptor(&with_wasm, x86_64).unwrap(), text);
     }
 
     #[test]

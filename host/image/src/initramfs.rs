@@ -13,7 +13,7 @@ use crate::rootfs::{Kind, RootfsError, Tree};
 
 /// Modules the guest needs, in the order they should load when independent: the pmem
 /// chain for cmbuild's machine (docs/design.md's order), virtio for QEMU's `virt` board, erofs
-/// for the root. `crc32c_generic` is named by hand because libnvdimm's users need a crc32c
+/// for the root and the toolchain layer, overlay to stack them. `crc32c_generic` is named by hand because libnvdimm's users need a crc32c
 /// implementation that no `depends=` line mentions.
 pub const WANTED_MODULES: &[&str] = &[
     "crc32c_generic",
@@ -24,6 +24,7 @@ pub const WANTED_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
     "erofs",
+    "overlay",
 ];
 
 /// Why the initramfs could not be assembled.
@@ -347,6 +348,7 @@ mod tests {
         ("virtio-blk", ""),
         ("erofs", "libcrc32c"),
         ("libcrc32c", ""),
+        ("overlay", ""),
         ("unrelated", ""),
     ];
 
@@ -367,7 +369,8 @@ mod tests {
                 "virtio_mmio",
                 "virtio_blk",
                 "libcrc32c",
-                "erofs"
+                "erofs",
+                "overlay"
             ]
         );
         let module = tree.read_file("lib/modules/virtio_blk.ko").unwrap();

@@ -3,8 +3,8 @@
 //! and its deterministic assembly from the locked `.deb`s ([`deb`] extraction, [`rootfs`]
 //! merging and fixups, the [`erofs`] and [`cpio`] writers, the [`initramfs`], and
 //! [`image`], the whole build); and the facts the host and the guest share: the supported
-//! target triples ([`triple`]), the pinned Rust toolchains ([`toolchain`]) and the pins
-//! file ([`pins`]).
+//! target triples ([`triple`]), the toolchain layers and their locks ([`layers`]), how a
+//! project selects a pinned Rust toolchain ([`toolchain`]) and the pins file ([`pins`]).
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -17,6 +17,7 @@ pub mod erofs;
 pub mod http;
 pub mod image;
 pub mod initramfs;
+pub mod layers;
 pub mod lock;
 pub mod locking;
 pub mod pins;

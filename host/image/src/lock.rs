@@ -55,8 +55,38 @@ pub struct Request {
     pub packages: BTreeMap<String, Vec<String>>,
     /// Names treated as already satisfied, each with the reason: `name` for dependents of
     /// every architecture, `name:arch` for dependents of one (see [`resolve::resolve`]).
+    /// They apply to the base and to every toolchain layer.
     #[serde(default)]
     pub exclude: BTreeMap<String, String>,
+    /// The toolchain a project that names none builds with: a key of `toolchains`.
+    #[serde(default)]
+    pub default_toolchain: Option<String>,
+    /// The toolchain layers, by id (the Rust version they hold, `1.96.1`): the one list of
+    /// pinned toolchains. Each is locked apart from the base (see
+    /// [`crate::locking::resolve_toolchain`]) and becomes its own image layer.
+    #[serde(default)]
+    pub toolchains: BTreeMap<String, ToolchainRequest>,
+}
+
+/// One toolchain layer of the request: where its packages come from and which ones.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolchainRequest {
+    /// The Debian suite its packages come from (`trixie`, `trixie-backports`, `forky`);
+    /// dependencies may also come from the base's suite.
+    pub suite: String,
+    /// Architecture -> requested package names (the native architecture's compiler and
+    /// cargo, every architecture's standard library).
+    pub packages: BTreeMap<String, Vec<String>>,
+}
+
+/// Whether a toolchain id is a Rust release version (`1.96.1`): digits and two dots.
+pub fn valid_toolchain_id(id: &str) -> bool {
+    let parts: Vec<&str> = id.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Request {
@@ -69,6 +99,32 @@ impl Request {
                 "no packages requested for the native architecture `{}`",
                 request.native
             )));
+        }
+        for (id, toolchain) in &request.toolchains {
+            if !valid_toolchain_id(id) {
+                return Err(LockFileError::Request(format!(
+                    "toolchain `{id}` must be named by its Rust version, like 1.96.1"
+                )));
+            }
+            if !toolchain.packages.contains_key(&request.native) {
+                return Err(LockFileError::Request(format!(
+                    "toolchain `{id}` requests no packages for the native architecture `{}`",
+                    request.native
+                )));
+            }
+        }
+        match &request.default_toolchain {
+            Some(id) if !request.toolchains.contains_key(id) => {
+                return Err(LockFileError::Request(format!(
+                    "default_toolchain `{id}` is not one of the toolchains"
+                )))
+            }
+            None if !request.toolchains.is_empty() => {
+                return Err(LockFileError::Request(
+                    "toolchains are requested but no default_toolchain is named".into(),
+                ))
+            }
+            _ => {}
         }
         if request.mirror.ends_with('/') || !request.mirror.contains("://") {
             return Err(LockFileError::Request(format!(
@@ -89,6 +145,22 @@ impl Request {
     /// Path below `dists/<suite>/` of an architecture's Packages index.
     pub fn index_path(&self, arch: &str) -> String {
         format!("{}/binary-{arch}/Packages.gz", self.component)
+    }
+
+    /// The request of one toolchain layer, as a request of its own: its suite and its
+    /// packages, with the base's archive, component, native architecture and excludes.
+    pub fn toolchain_request(&self, id: &str) -> Option<Request> {
+        let toolchain = self.toolchains.get(id)?;
+        Some(Request {
+            suite: toolchain.suite.clone(),
+            mirror: self.mirror.clone(),
+            component: self.component.clone(),
+            native: self.native.clone(),
+            packages: toolchain.packages.clone(),
+            exclude: self.exclude.clone(),
+            default_toolchain: None,
+            toolchains: BTreeMap::new(),
+        })
     }
 
     /// Every requested package with its architecture, the native architecture's first.
@@ -228,6 +300,48 @@ mod tests {
             Request::parse(&unknown),
             Err(LockFileError::Request(_))
         ));
+    }
+
+    #[test]
+    fn toolchain_layers_are_checked() {
+        let layer = "\n[toolchains.\"1.96.0\"]\nsuite = \"trixie\"\n\
+                     packages = { riscv64 = [\"rustc-web\"] }\n";
+        let with = |head: &str, tail: &str| format!("{head}{REQUEST}{tail}");
+        let request = Request::parse(&with("default_toolchain = \"1.96.0\"\n", layer)).unwrap();
+        let layer_request = request.toolchain_request("1.96.0").unwrap();
+        assert_eq!(layer_request.suite, "trixie");
+        assert_eq!(
+            layer_request.exclude, request.exclude,
+            "the excludes are shared"
+        );
+        assert!(layer_request.toolchains.is_empty());
+        assert!(request.toolchain_request("1.85.1").is_none());
+        for (head, tail) in [
+            // No default, an unknown default, an id that is not a version, no native packages.
+            ("", layer),
+            ("default_toolchain = \"1.85.1\"\n", layer),
+            (
+                "default_toolchain = \"web\"\n",
+                &layer.replace("\"1.96.0\"", "\"web\"")[..],
+            ),
+            (
+                "default_toolchain = \"1.96.0\"\n",
+                &layer.replace("riscv64 = ", "amd64 = ")[..],
+            ),
+        ] {
+            assert!(
+                matches!(
+                    Request::parse(&with(head, tail)),
+                    Err(LockFileError::Request(_))
+                ),
+                "{head}{tail}"
+            );
+        }
+        assert!(
+            valid_toolchain_id("1.96.0")
+                && !valid_toolchain_id("1.96")
+                && !valid_toolchain_id("1..0")
+        );
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub enum LockError {
         /// What was found.
         actual: Cid,
     },
+    /// the request has no toolchain `{0}`
+    #[error("the request has no toolchain `{0}`")]
+    UnknownToolchain(String),
     /// storing {filename} failed
     #[error("storing {filename} failed")]
     Store {
@@ -204,12 +207,95 @@ pub fn resolve_request(
     archive: &mut dyn Archive,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Resolution, LockError> {
-    let dists = format!("dists/{}", request.suite);
+    let (release, indices, packages) =
+        read_suite(request, &request.suite, options, archive, progress)?;
+    let universe = Universe::new(&request.native, packages);
+    let excludes: BTreeSet<String> = request.exclude.keys().cloned().collect();
+    let packages = resolve::resolve(&universe, &request.requested(), &excludes)?;
+    Ok(Resolution {
+        release,
+        indices,
+        packages,
+    })
+}
+
+/// Resolve the toolchain layer `id` of `request` on top of the locked `base`: its closure
+/// over its own suite's signed indices (and the base suite's, when they differ, for the
+/// dependencies a backports or newer suite leaves to the release it extends), where every
+/// package the base holds is present in exactly its locked version, minus those packages.
+/// So the layer holds what the toolchain adds and nothing the base has; a dependency the
+/// base's version does not satisfy fails the resolution rather than shadowing the base.
+/// Index paths of the base's suite are recorded as `../<suite>/...` (relative to the
+/// layer's `dists/<suite>/`).
+pub fn resolve_toolchain(
+    request: &Request,
+    id: &str,
+    base: &Lock,
+    options: &LockOptions,
+    archive: &mut dyn Archive,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Resolution, LockError> {
+    let layer = request
+        .toolchain_request(id)
+        .ok_or_else(|| LockError::UnknownToolchain(id.to_owned()))?;
+    let (release, mut indices, mut packages) =
+        read_suite(&layer, &layer.suite, options, archive, progress)?;
+    if layer.suite != request.suite {
+        let (_, base_indices, base_packages) =
+            read_suite(&layer, &request.suite, options, archive, progress)?;
+        for (path, sha256) in base_indices {
+            indices.insert(format!("../{}/{path}", request.suite), sha256);
+        }
+        packages.extend(base_packages);
+    }
+    let packages = layer_closure(&layer, base, packages)?;
+    Ok(Resolution {
+        release,
+        indices,
+        packages,
+    })
+}
+
+/// The closure of a layer's request over `packages`, where each package the base locks
+/// is only available in its locked build, minus the base's packages.
+pub fn layer_closure(
+    layer: &Request,
+    base: &Lock,
+    mut packages: Vec<Package>,
+) -> Result<Vec<Package>, LockError> {
+    let in_base: BTreeMap<(&str, &str), Sha256> = base
+        .packages
+        .iter()
+        .map(|p| ((p.name.as_str(), p.architecture.as_str()), p.sha256))
+        .collect();
+    packages.retain(|p| {
+        in_base
+            .get(&(p.name.as_str(), p.architecture.as_str()))
+            .is_none_or(|sha256| *sha256 == p.sha256)
+    });
+    let universe = Universe::new(&layer.native, packages);
+    let excludes: BTreeSet<String> = layer.exclude.keys().cloned().collect();
+    let mut closure = resolve::resolve(&universe, &layer.requested(), &excludes)?;
+    closure.retain(|p| !in_base.contains_key(&(p.name.as_str(), p.architecture.as_str())));
+    Ok(closure)
+}
+
+/// InRelease of `suite` (signature, codename) and the `Packages` index of each of the
+/// request's architectures, verified against it and parsed.
+#[allow(clippy::type_complexity)]
+fn read_suite(
+    request: &Request,
+    suite: &str,
+    options: &LockOptions,
+    archive: &mut dyn Archive,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(debian::Release, BTreeMap<String, Sha256>, Vec<Package>), LockError> {
+    let dists = format!("dists/{suite}");
     let inrelease_path = format!("{dists}/InRelease");
     let inrelease = fetch(archive, &inrelease_path, None, None)?;
     let signed = debian::verify_inrelease(&inrelease, &options.keyring)?;
     let release = debian::parse_release(&signed)?;
-    release.check_codename(&request.suite)?;
+    release.check_codename(suite)?;
     progress(Progress::Release {
         version: release.version.clone(),
         date: release.date.clone(),
@@ -219,7 +305,13 @@ pub fn resolve_request(
     let mut indices = BTreeMap::new();
     let mut packages = Vec::new();
     for arch in request.architectures() {
-        let path = request.index_path(&arch);
+        // Suites without a gzip index (backports) have an xz one.
+        let gz = request.index_path(&arch);
+        let xz = gz.strip_suffix(".gz").map(|stem| format!("{stem}.xz"));
+        let path = match xz {
+            Some(xz) if release.entry(&gz).is_err() && release.entry(&xz).is_ok() => xz,
+            _ => gz,
+        };
         let entry = release.entry(&path)?.clone();
         // by-hash names cannot change under us between InRelease and the index.
         let remote = match (release.acquire_by_hash, path.rsplit_once('/')) {
@@ -231,22 +323,14 @@ pub fn resolve_request(
         let text = gunzip_text(&path, &compressed)?;
         let parsed = debian::parse_packages(&text)?;
         progress(Progress::Index {
-            path: path.clone(),
+            path: format!("{suite}/{path}"),
             bytes: compressed.len() as u64,
             packages: parsed.len(),
         });
         packages.extend(parsed);
         indices.insert(path, entry.sha256);
     }
-
-    let universe = Universe::new(&request.native, packages);
-    let excludes: BTreeSet<String> = request.exclude.keys().cloned().collect();
-    let packages = resolve::resolve(&universe, &request.requested(), &excludes)?;
-    Ok(Resolution {
-        release,
-        indices,
-        packages,
-    })
+    Ok((release, indices, packages))
 }
 
 /// Download every resolved package not yet in `store`, verify it against its index
@@ -465,7 +549,7 @@ impl DebStore for MirrorDebStore<'_> {
 
 /// The lock entry of a resolved package. Its CID is a placeholder (that of the empty
 /// file) until the caller fills it in: from the store, or from the downloaded bytes.
-fn locked_entry(package: &Package) -> LockedPackage {
+pub fn locked_entry(package: &Package) -> LockedPackage {
     LockedPackage {
         architecture: package.architecture.clone(),
         cid: cmbuild_store::cid::cid_of_bytes(b""),
@@ -508,7 +592,12 @@ fn fetch(
 
 fn gunzip_text(path: &str, compressed: &[u8]) -> Result<String, LockError> {
     let mut text = String::new();
-    flate2::read::GzDecoder::new(compressed)
+    let mut reader: Box<dyn Read> = if path.ends_with(".xz") {
+        Box::new(xz2::read::XzDecoder::new(compressed))
+    } else {
+        Box::new(flate2::read::GzDecoder::new(compressed))
+    };
+    reader
         .read_to_string(&mut text)
         .map_err(|source| match source.kind() {
             std::io::ErrorKind::InvalidData if !text.is_empty() => LockError::NotText {
@@ -527,6 +616,102 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::path::Path;
+
+    /// A `Packages` stanza of a synthetic index.
+    fn stanza(name: &str, version: &str, arch: &str, depends: &str) -> String {
+        let sha = Sha256::of(format!("{name} {version} {arch}"));
+        let depends = if depends.is_empty() {
+            String::new()
+        } else {
+            format!("Depends: {depends}\n")
+        };
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: {arch}\n{depends}\
+             Filename: pool/{name}_{version}_{arch}.deb\nSize: 1\nSHA256: {sha}\n\n"
+        )
+    }
+
+    fn layer_request(riscv64: &[&str], amd64: &[&str]) -> Request {
+        let text = format!(
+            "suite = \"next\"\nmirror = \"http://archive.invalid/debian\"\n\
+             component = \"main\"\nnative = \"riscv64\"\n[packages]\n\
+             riscv64 = {riscv64:?}\namd64 = {amd64:?}\n"
+        );
+        Request::parse(&text).unwrap()
+    }
+
+    #[test]
+    fn a_layer_is_its_closure_minus_the_base_with_base_packages_fixed() {
+        // The base locks libc6 1.0 and gcc; the layer's suite has a newer libc6 (which the
+        // resolver would otherwise prefer), rustc, its std and a library the base lacks.
+        let index: String = [
+            stanza("libc6", "1.0", "riscv64", ""),
+            stanza("libc6", "2.0", "riscv64", ""),
+            stanza("libc6", "1.0", "amd64", ""),
+            stanza("gcc", "1.0", "riscv64", "libc6"),
+            stanza("libllvm", "22", "riscv64", "libc6 (>= 1.0)"),
+            stanza(
+                "rustc",
+                "1.96.0",
+                "riscv64",
+                "libc6 (>= 0.9), gcc, libllvm, libstd-rust-dev (= 1.96.0)",
+            ),
+            stanza("libstd-rust-dev", "1.96.0", "riscv64", "libc6"),
+            stanza("libstd-rust-dev", "1.96.0", "amd64", "libc6"),
+            stanza("needs-new-libc", "1.0", "riscv64", "libc6 (>= 2.0)"),
+        ]
+        .concat();
+        let packages = debian::parse_packages(&index).unwrap();
+        let lock_of = |names: &[(&str, &str, &str)]| Lock {
+            format: LOCK_FORMAT.into(),
+            indices: BTreeMap::new(),
+            mirror: String::new(),
+            packages: names
+                .iter()
+                .map(|(name, version, arch)| {
+                    let p = packages
+                        .iter()
+                        .find(|p| {
+                            p.name == *name && p.version == *version && p.architecture == *arch
+                        })
+                        .unwrap();
+                    locked_entry(p)
+                })
+                .collect(),
+            release_date: String::new(),
+            release_version: String::new(),
+            suite: "base".into(),
+        };
+        let base = lock_of(&[
+            ("libc6", "1.0", "riscv64"),
+            ("libc6", "1.0", "amd64"),
+            ("gcc", "1.0", "riscv64"),
+        ]);
+        let layer = layer_request(&["rustc"], &["libstd-rust-dev"]);
+        let closure = layer_closure(&layer, &base, packages.clone()).unwrap();
+        let names: Vec<(&str, &str)> = closure
+            .iter()
+            .map(|p| (p.name.as_str(), p.architecture.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("libllvm", "riscv64"),
+                ("libstd-rust-dev", "amd64"),
+                ("libstd-rust-dev", "riscv64"),
+                ("rustc", "riscv64"),
+            ],
+            "the toolchain's own packages, none of the base's (not even a newer libc6)"
+        );
+        // A dependency only a newer build of a base package satisfies fails the layer
+        // instead of shadowing the base.
+        let err =
+            layer_closure(&layer_request(&["needs-new-libc"], &[]), &base, packages).unwrap_err();
+        assert!(
+            matches!(err, LockError::Resolve(ResolveError::Unsatisfiable { .. })),
+            "{err}"
+        );
+    }
 
     const RISCV64: &[u8] = include_bytes!("../testdata/Packages-riscv64");
     const AMD64: &[u8] = include_bytes!("../testdata/Packages-amd64");

@@ -34,8 +34,12 @@ pub const IMAGE_FILES: &[(&str, &str)] = &[
 pub const HEADER: &str =
     "# Pinned content IDs of every machine input (cmbuild image build writes this file).\n";
 
-/// The prefix of every toolchain pin.
+/// The prefix of the per-triple toolchain names (statements still name a target's
+/// toolchain `RUST_TOOLCHAIN__<TRIPLE>`).
 const TOOLCHAIN_PREFIX: &str = "RUST_TOOLCHAIN__";
+
+/// The prefix of every toolchain layer's pin.
+const LAYER_PREFIX: &str = "GUEST_TOOLCHAIN_";
 
 /// Parsed pins: key -> value, sorted by key.
 pub type Pins = BTreeMap<String, String>;
@@ -139,6 +143,33 @@ pub fn toolchain_key_of(triple: &str) -> String {
     format!("{TOOLCHAIN_PREFIX}{upper}")
 }
 
+/// The pin of a toolchain layer: `GUEST_TOOLCHAIN_1_96_0_CID` for toolchain `1.96.0`
+/// (the image file `toolchain-1.96.0.erofs`).
+pub fn layer_key(id: &str) -> String {
+    let upper: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{LAYER_PREFIX}{upper}_CID")
+}
+
+/// Whether `key` is a toolchain layer's pin.
+pub fn is_layer_key(key: &str) -> bool {
+    key.starts_with(LAYER_PREFIX) && key.ends_with("_CID")
+}
+
+/// Whether `key` is a per-triple toolchain pin of cmbuild before toolchain layers
+/// (`RUST_TOOLCHAIN__<TRIPLE>`, now the layer's pin): `cmbuild image build` drops them.
+pub fn is_triple_toolchain_key(key: &str) -> bool {
+    key.starts_with(TOOLCHAIN_PREFIX)
+}
+
 /// The file `cmbuild image build` writes for a guest-image pin, if `key` is one.
 pub fn image_file(key: &str) -> Option<&'static str> {
     IMAGE_FILES
@@ -181,9 +212,14 @@ mod tests {
         for (key, _) in IMAGE_FILES {
             assert!(pins.contains_key(*key), "{key}");
         }
-        for triple in Triple::ALL {
-            assert!(pins.contains_key(&toolchain_key(triple)), "{triple}");
+        // Every pinned toolchain has its layer pinned, and nothing else is pinned as one.
+        let locks = crate::layers::shipped().unwrap();
+        for id in locks.toolchains.keys() {
+            assert!(pins.contains_key(&layer_key(id)), "{id}");
         }
+        let layer_pins = pins.keys().filter(|k| is_layer_key(k)).count();
+        assert_eq!(layer_pins, locks.toolchains.len());
+        assert!(!pins.keys().any(|k| is_triple_toolchain_key(k)));
     }
 
     #[test]
@@ -194,6 +230,8 @@ mod tests {
             "RUST_TOOLCHAIN__RISCV64GC_UNKNOWN_LINUX_GNU"
         );
         assert_eq!(image_file(ROOTFS), Some("rootfs.erofs"));
+        assert_eq!(layer_key("1.96.0"), "GUEST_TOOLCHAIN_1_96_0_CID");
+        assert!(is_layer_key(&layer_key("1.97.1")) && !is_layer_key(ROOTFS));
         assert_eq!(image_file("SOURCE_CID"), None);
         let mut keys: Vec<&str> = IMAGE_FILES.iter().map(|(k, _)| *k).collect();
         keys.sort();

@@ -1,15 +1,16 @@
 //! The pinned Rust toolchains and how a project selects one.
 //!
-//! A toolchain's version is read from the guest-image lock: the upstream version of its
-//! locked `rustc` (or `rustc-web`) package (`1.85.1+dfsg1-1+deb13u1` is 1.85.1). A project
-//! names the one it wants in `rust-toolchain.toml` (`[toolchain] channel = "..."`), in the
-//! legacy one-line `rust-toolchain` file, or the user passes `--toolchain`: `stable` is the
-//! newest pinned, `1.96` the newest pinned 1.96.x, `1.96.0` exactly that one. Anything else
-//! (`nightly`, `beta`, a dated or custom toolchain) matches no pinned toolchain.
+//! The pinned toolchains are the layers of [`crate::layers`]; a toolchain's version is the
+//! upstream version of its locked `rustc` (or `rustc-web`) package
+//! (`1.85.1+dfsg1-1+deb13u1` is 1.85.1). A project names the one it wants in
+//! `rust-toolchain.toml` (`[toolchain] channel = "..."`), in the legacy one-line
+//! `rust-toolchain` file, or the user passes `--toolchain`: `stable` is the newest pinned,
+//! `1.96` the newest pinned 1.96.x, `1.96.0` exactly that one; naming none selects the
+//! default toolchain (the request's `default_toolchain`, which adding a newer toolchain
+//! does not move). Anything else (`nightly`, `beta`, a dated or custom toolchain) matches no
+//! pinned toolchain.
 
 use std::fmt;
-
-use crate::lock::Lock;
 
 /// A Rust release version, `1.85.1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -100,19 +101,6 @@ pub enum ToolchainError {
     NonePinned,
 }
 
-/// The versions of the Rust toolchains the lock pins, oldest first.
-pub fn pinned_versions(lock: &Lock) -> Vec<RustVersion> {
-    let mut versions: Vec<RustVersion> = lock
-        .packages
-        .iter()
-        .filter(|p| p.name == "rustc" || p.name == "rustc-web")
-        .filter_map(|p| upstream_version(&p.version))
-        .collect();
-    versions.sort();
-    versions.dedup();
-    versions
-}
-
 /// The upstream Rust version of a Debian package version: `1.85.1+dfsg1-1+deb13u1` (with an
 /// optional `N:` epoch) is 1.85.1.
 pub fn upstream_version(debian: &str) -> Option<RustVersion> {
@@ -142,12 +130,14 @@ fn list(available: &[RustVersion]) -> String {
         .join(", ")
 }
 
-/// Selects the pinned toolchain a channel names (`None`: no preference, the newest).
-/// `source_name` says where the channel came from, for the error.
+/// Selects the pinned toolchain a channel names (`None`: no preference, `default`, or the
+/// newest when there is no default). `source_name` says where the channel came from, for
+/// the error.
 pub fn select(
     channel: Option<&str>,
     source_name: &str,
     available: &[RustVersion],
+    default: Option<RustVersion>,
 ) -> Result<RustVersion, ToolchainError> {
     let newest = available.iter().max().copied();
     let not_pinned = || ToolchainError::NotPinned {
@@ -156,7 +146,8 @@ pub fn select(
         available: list(available),
     };
     let chosen = match channel.map(str::trim) {
-        None | Some("stable") => newest,
+        None => default.filter(|d| available.contains(d)).or(newest),
+        Some("stable") => newest,
         Some(text) => match parse_numbers(text).ok_or_else(not_pinned)? {
             (major, Some(minor), None) => available
                 .iter()
@@ -181,6 +172,34 @@ pub fn select(
         (None, None) => Err(ToolchainError::NonePinned),
         (None, Some(_)) => Err(not_pinned()),
     }
+}
+
+/// The channel a project asks for and where it was asked: `cli` (`--toolchain`), else its
+/// `rust-toolchain` file, else its `rust-toolchain.toml` (the legacy file wins when both
+/// exist, as with rustup), else none. Each file is given as its bytes, if present.
+pub fn project_channel(
+    cli: Option<&str>,
+    legacy: Option<&[u8]>,
+    toml: Option<&[u8]>,
+) -> Result<(Option<String>, &'static str), ToolchainError> {
+    let text = |bytes: &[u8], file: &str| {
+        String::from_utf8(bytes.to_vec()).map_err(|_| ToolchainError::BadFile {
+            file: file.to_owned(),
+            message: "not UTF-8".into(),
+        })
+    };
+    Ok(match (cli, legacy, toml) {
+        (Some(channel), _, _) => (Some(channel.to_owned()), "--toolchain"),
+        (None, Some(bytes), _) => (
+            channel_of_legacy(&text(bytes, "rust-toolchain")?)?,
+            "rust-toolchain",
+        ),
+        (None, None, Some(bytes)) => (
+            channel_of_toml(&text(bytes, "rust-toolchain.toml")?)?,
+            "rust-toolchain.toml",
+        ),
+        (None, None, None) => (None, "no toolchain file"),
+    })
 }
 
 /// Checks a package's `rust-version` (`1.88` or `1.88.0`) against the selected toolchain.
@@ -271,9 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_lock_pins_rustc_1_85_1() {
-        let lock = crate::lock::shipped_lock().unwrap();
-        assert_eq!(pinned_versions(&lock), [v(1, 85, 1)]);
+    fn debian_versions_are_read() {
         assert_eq!(
             upstream_version("1.85.1+dfsg1-1+deb13u1"),
             Some(v(1, 85, 1))
@@ -285,11 +302,23 @@ mod tests {
     #[test]
     fn channels_select_a_pinned_toolchain() {
         let pinned = [v(1, 85, 1), v(1, 96, 0), v(1, 96, 1)];
-        assert_eq!(select(None, "-", &pinned), Ok(v(1, 96, 1)));
-        assert_eq!(select(Some("stable"), "-", &pinned), Ok(v(1, 96, 1)));
-        assert_eq!(select(Some("1.96"), "-", &pinned), Ok(v(1, 96, 1)));
-        assert_eq!(select(Some("1.96.0"), "-", &pinned), Ok(v(1, 96, 0)));
-        assert_eq!(select(Some("1.85"), "-", &pinned), Ok(v(1, 85, 1)));
+        let default = Some(v(1, 85, 1));
+        assert_eq!(select(None, "-", &pinned, default), Ok(v(1, 85, 1)));
+        assert_eq!(select(None, "-", &pinned, None), Ok(v(1, 96, 1)));
+        assert_eq!(
+            select(Some("stable"), "-", &pinned, default),
+            Ok(v(1, 96, 1))
+        );
+        assert_eq!(select(Some("1.96"), "-", &pinned, default), Ok(v(1, 96, 1)));
+        assert_eq!(
+            select(Some("1.96.0"), "-", &pinned, default),
+            Ok(v(1, 96, 0))
+        );
+        assert_eq!(
+            select(Some(" 1.96.1 "), "-", &pinned, default),
+            Ok(v(1, 96, 1))
+        );
+        assert_eq!(select(Some("1.85"), "-", &pinned, default), Ok(v(1, 85, 1)));
         for channel in [
             "1.97",
             "1.96.2",
@@ -298,7 +327,7 @@ mod tests {
             "1",
             "1.96-x86_64-unknown-linux-gnu",
         ] {
-            let err = select(Some(channel), "rust-toolchain.toml", &pinned).unwrap_err();
+            let err = select(Some(channel), "rust-toolchain.toml", &pinned, default).unwrap_err();
             assert_eq!(
                 err.to_string(),
                 format!(
@@ -307,7 +336,10 @@ mod tests {
                 )
             );
         }
-        assert_eq!(select(None, "-", &[]), Err(ToolchainError::NonePinned));
+        assert_eq!(
+            select(None, "-", &[], None),
+            Err(ToolchainError::NonePinned)
+        );
     }
 
     #[test]
@@ -328,6 +360,29 @@ mod tests {
             Err(ToolchainError::BadRustVersion { .. })
         ));
         assert!(check_rust_version("p", "1", v(1, 85, 1), &pinned).is_err());
+    }
+
+    #[test]
+    fn the_project_channel_comes_from_the_flag_then_the_files() {
+        let legacy: &[u8] = b"1.96\n";
+        let toml: &[u8] = b"[toolchain]\nchannel = \"1.97.1\"\n";
+        assert_eq!(
+            project_channel(Some("1.85"), Some(legacy), Some(toml)),
+            Ok((Some("1.85".into()), "--toolchain"))
+        );
+        assert_eq!(
+            project_channel(None, Some(legacy), Some(toml)),
+            Ok((Some("1.96".into()), "rust-toolchain"))
+        );
+        assert_eq!(
+            project_channel(None, None, Some(toml)),
+            Ok((Some("1.97.1".into()), "rust-toolchain.toml"))
+        );
+        assert_eq!(
+            project_channel(None, None, None),
+            Ok((None, "no toolchain file"))
+        );
+        assert!(project_channel(None, Some(b"\xff"), None).is_err());
     }
 
     #[test]

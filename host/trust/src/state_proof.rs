@@ -7,7 +7,7 @@
 //! newline (hashes lower-case hex, byte strings base64):
 //!
 //! ```text
-//! {"head": <base64>, "leafCount": 7, "leafIndex": 5, "leafSiblings": [<hex>...],
+//! {"head": <base64>, "leafCount": 8, "leafIndex": 5, "leafSiblings": [<hex>...],
 //!  "length": n, "machine": "machine/<triples joined by ,>", "offset": n,
 //!  "pageSiblings": [<hex>...], "rangeLength": n, "tail": <base64>,
 //!  "type": "cmbuild-state-proof-v1"}
@@ -56,9 +56,9 @@ use crate::files;
 pub const STATE_PROOF_TYPE: &str = "cmbuild-state-proof-v1";
 /// The state hash recipe state proofs are about.
 pub const HASH_SCHEME: &str = "cmvm-sha256-v1";
-/// Top-level leaves of a cmbuild machine: state, device tree, RAM and four flash drives
-/// (root, input, output, scratch).
-pub const LEAF_COUNT: usize = 7;
+/// Top-level leaves of a cmbuild machine: state, device tree, RAM and five flash drives
+/// (root, input, output, scratch, toolchain layer).
+pub const LEAF_COUNT: usize = 8;
 /// Top-level leaf of the output drive (flash drive 2).
 pub const OUTPUT_LEAF_INDEX: usize = 5;
 /// Largest state proof file read (two partial pages and a few hundred hashes fit easily).
@@ -334,7 +334,7 @@ mod tests {
         let leaves: Vec<[u8; 32]> = (0..LEAF_COUNT as u8).map(|i| [i; 32]).collect();
         let mut top = leaves.clone();
         top[OUTPUT_LEAF_INDEX] = drive_root;
-        top.push([0; 32]);
+        top.resize(LEAF_COUNT.next_power_of_two(), [0; 32]);
         let l1: Vec<_> = top.chunks(2).map(|p| hash_pair(&p[0], &p[1])).collect();
         let l2: Vec<_> = l1.chunks(2).map(|p| hash_pair(&p[0], &p[1])).collect();
         let root = hash_pair(&l2[0], &l2[1]);

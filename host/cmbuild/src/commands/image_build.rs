@@ -1,6 +1,6 @@
 //! `cmbuild image build`: assemble the guest image offline from the mirror, record the
-//! content IDs of its four files and of each triple's toolchain in `digests.lock.env`, or,
-//! with `--check`, prove the pinned ones still come out.
+//! content IDs of its four base files and of each toolchain layer in `digests.lock.env`,
+//! or, with `--check`, prove the pinned ones still come out.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,8 @@ use cmbuild_image::image::Step;
 
 use super::common::MirrorArg;
 
-/// Assemble kernel, firmware, initramfs and root image offline from the mirror.
+/// Assemble kernel, firmware, initramfs, root image and every toolchain layer offline from
+/// the mirror.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -19,9 +20,16 @@ pub struct Args {
     /// Where the image files are written.
     #[arg(long, value_name = "DIR", default_value = "build/image")]
     out: PathBuf,
-    /// The guest-image lock naming every package.
+    /// The base layer's lock.
     #[arg(long, value_name = "FILE", default_value = "guest-image/lock.json")]
     lock: PathBuf,
+    /// The toolchain layers' locks (each layer is built and pinned).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "guest-image/toolchains.lock.json"
+    )]
+    toolchains: PathBuf,
     /// The pins file updated (or, with --check, compared).
     #[arg(long, value_name = "FILE", default_value = "digests.lock.env")]
     digests: PathBuf,
@@ -36,6 +44,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         mirror_dir: args.mirror.dir,
         out_dir: args.out.clone(),
         lock: args.lock,
+        toolchains: args.toolchains,
         digests: args.digests.clone(),
         check: args.check,
     };

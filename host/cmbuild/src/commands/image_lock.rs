@@ -1,6 +1,7 @@
 //! `cmbuild image lock`: resolve `guest-image/packages.toml` against Debian's signed
-//! indices, pin every package of the closure by sha256 and CID, store each `.deb` in the
-//! mirror, and write `guest-image/lock.json`.
+//! indices, pin every package of each layer's closure by sha256 and CID, store each `.deb`
+//! in the mirror, and write `guest-image/lock.json` (the base layer) and
+//! `guest-image/toolchains.lock.json` (one lock per toolchain layer).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,8 @@ use cmbuild_image::locking::Progress;
 
 use super::common::MirrorArg;
 
-/// Resolve the package request against Debian's signed indices into the guest-image lock.
+/// Resolve the package request against Debian's signed indices into the guest-image locks: the
+/// base layer's and one per pinned toolchain layer.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -21,9 +23,16 @@ pub struct Args {
     /// The package request.
     #[arg(long, value_name = "FILE", default_value = "guest-image/packages.toml")]
     request: PathBuf,
-    /// Where the lock is written.
+    /// Where the base layer's lock is written.
     #[arg(long, value_name = "FILE", default_value = "guest-image/lock.json")]
     output: PathBuf,
+    /// Where the toolchain layers' locks are written.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "guest-image/toolchains.lock.json"
+    )]
+    toolchains_output: PathBuf,
     /// The OpenPGP keyring InRelease must be signed with.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_KEYRING)]
     keyring: PathBuf,
@@ -37,6 +46,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         mirror_dir: args.mirror.dir,
         request: args.request,
         output: args.output.clone(),
+        toolchains_output: args.toolchains_output.clone(),
         keyring: args.keyring.clone(),
         dry_run: args.dry_run,
     };
@@ -52,25 +62,47 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut progress = |event: Progress| print_progress(&event, "image lock");
     match lock(&opts, &mut announce, &mut progress)? {
-        LockOutcome::Resolved(packages) => {
-            for p in &packages {
-                println!("{} {} {} {}", p.name, p.architecture, p.version, p.size);
+        LockOutcome::Resolved(layers) => {
+            for (layer, packages) in &layers {
+                for p in packages {
+                    println!(
+                        "{layer}: {} {} {} {}",
+                        p.name, p.architecture, p.version, p.size
+                    );
+                }
+                let bytes: u64 = packages.iter().map(|p| p.size).sum();
+                eprintln!(
+                    "image lock: dry run: {layer}: {} packages, {}",
+                    packages.len(),
+                    human_size(bytes)
+                );
             }
-            let bytes: u64 = packages.iter().map(|p| p.size).sum();
-            eprintln!(
-                "image lock: dry run: {} packages, {}; nothing downloaded or written",
-                packages.len(),
-                human_size(bytes)
-            );
+            eprintln!("image lock: dry run: nothing downloaded or written");
         }
-        LockOutcome::Written(lock) => eprintln!(
-            "image lock: wrote {}: {} packages, {} (Debian {}, {})",
-            args.output.display(),
-            lock.packages.len(),
-            human_size(lock.total_size()),
-            lock.release_version,
-            lock.release_date
-        ),
+        LockOutcome::Written(lock, toolchains) => {
+            eprintln!(
+                "image lock: wrote {}: base layer, {} packages, {} (Debian {}, {})",
+                args.output.display(),
+                lock.packages.len(),
+                human_size(lock.total_size()),
+                lock.release_version,
+                lock.release_date
+            );
+            for (id, layer) in &toolchains.toolchains {
+                eprintln!(
+                    "image lock: wrote {}: toolchain {id}{}, {} packages, {} ({})",
+                    args.toolchains_output.display(),
+                    if *id == toolchains.default {
+                        " (default)"
+                    } else {
+                        ""
+                    },
+                    layer.packages.len(),
+                    human_size(layer.total_size()),
+                    layer.suite
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,8 +19,9 @@ use super::common::{ImageDirArg, MirrorArg};
 /// Every `cmbuild run` machine resumes from this template (deriving it on first use when
 /// the mirror has none). This command always boots afresh, stores the result in the mirror
 /// by CID, prints the template hash (the state hash at the ready point) and pins it in the
-/// digests file as GUEST_TEMPLATE_HASH, for the default machine settings; with --check it
-/// writes no pin and fails if the hash differs from the pinned one.
+/// digests file as GUEST_TEMPLATE_HASH, for the default machine settings and the default
+/// toolchain layer; with --check it writes no pin and fails if the hash differs from the
+/// pinned one.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -45,8 +46,13 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let mut pinned =
         pins::parse(&text).with_context(|| format!("reading {}", args.digests.display()))?;
     let mirror = Mirror::open(&args.mirror.dir)?;
-    let image = cmbuild::run::read_pinned_image(&mirror, &pinned, Some(&args.image_dir.dir))?;
-    let cids = cmbuild::run::image_cids(&pinned)?;
+    // The pinned template is the default toolchain's.
+    let toolchain = cmbuild_image::layers::shipped()?
+        .default_version()
+        .context("the shipped toolchain locks name no default toolchain")?;
+    let image =
+        cmbuild::run::read_pinned_image(&mirror, &pinned, Some(&args.image_dir.dir), toolchain)?;
+    let cids = cmbuild::run::image_cids(&pinned, toolchain)?;
     let settings = MachineSettings::default();
     let started = Instant::now();
     let mut console = cmbuild::terminal::Stream::new();

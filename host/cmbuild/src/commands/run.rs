@@ -28,7 +28,7 @@ use super::common::{ImageDirArg, JobsArg, MirrorArg, PinsArg};
 ///   cmbuild run --release v0.1.0
 ///   cmbuild run --release v0.1.0 --target x86_64-unknown-linux-gnu --out /tmp/builds
 ///   cmbuild run --release v0.1.0 --test-reproduce
-///   cmbuild run --release v0.1.0 --toolchain 1.85
+///   cmbuild run --release v0.1.0 --toolchain 1.96
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -45,11 +45,12 @@ pub struct Args {
     /// A profile of cmbuild.toml (packages, bins, features).
     #[arg(long)]
     profile: Option<String>,
-    /// The pinned Rust toolchain to build with: `stable` (the newest pinned), `1.85` (the
-    /// newest pinned 1.85.x) or `1.85.1`. Default: the channel of the commit's
-    /// rust-toolchain / rust-toolchain.toml, else the newest pinned. A channel no pinned
-    /// toolchain matches, or a package whose rust-version is newer, fails before any
-    /// machine boots.
+    /// The pinned Rust toolchain to build with (each pinned toolchain is an image layer
+    /// over the base): `stable` (the newest pinned), `1.96` (the newest pinned 1.96.x) or
+    /// `1.96.0`. Default: the channel of the commit's rust-toolchain / rust-toolchain.toml,
+    /// else the default pinned toolchain. A channel no pinned toolchain matches, or a
+    /// package whose rust-version is newer, fails before any machine boots, listing the
+    /// pinned ones.
     #[arg(long, value_name = "VERSION")]
     toolchain: Option<String>,
     /// Where REV/ is written.

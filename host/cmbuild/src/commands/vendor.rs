@@ -5,7 +5,9 @@ use std::io::IsTerminal;
 use std::time::Instant;
 
 use cmbuild::ops::oci::OciOptions;
-use cmbuild::ops::vendor::{vendor, FetchProgress, VendorOptions, Wanted, CRATES_URL};
+use cmbuild::ops::vendor::{
+    vendor, FetchProgress, ToolchainChoice, VendorOptions, Wanted, CRATES_URL,
+};
 use cmbuild_store::mirror::Kind;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
@@ -15,7 +17,9 @@ use super::common::MirrorArg;
 ///
 /// Reads the project's Cargo.lock, downloads every crates.io package it lists, checks each
 /// against the lock's checksum and stores it under its content ID; then fetches every
-/// Debian package of the guest-image lock. Re-running downloads nothing already present.
+/// Debian package of the guest image's base layer and of the toolchain layer the project
+/// selects (`--toolchain`, else its rust-toolchain(.toml), else the default; every pinned
+/// toolchain with `--all-toolchains`). Re-running downloads nothing already present.
 /// Git dependencies, other registries and path dependencies outside the workspace are
 /// refused, naming them. On any failure nothing partial is left in the mirror.
 ///
@@ -61,6 +65,13 @@ pub struct Args {
     /// http://127.0.0.1:5001), refusing any blob the node names differently from cmbuild.
     #[arg(long, value_name = "URL")]
     ipfs_api: Option<String>,
+    /// Fetch this pinned Rust toolchain's layer (`1.96`, `1.96.0`, `stable`) instead of the
+    /// one the project's rust-toolchain(.toml) selects (or the default).
+    #[arg(long, value_name = "VERSION", conflicts_with = "all_toolchains")]
+    toolchain: Option<String>,
+    /// Fetch every pinned Rust toolchain's layer.
+    #[arg(long)]
+    all_toolchains: bool,
     /// Vendor every base image this Dockerfile names (each must be pinned by @sha256 digest;
     /// repeatable).
     #[arg(long, value_name = "PATH")]
@@ -101,6 +112,11 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         crates_only: args.crates_only,
         ipfs_api: args.ipfs_api,
         crates_url: std::env::var("CMBUILD_CRATES_URL").unwrap_or_else(|_| CRATES_URL.to_owned()),
+        toolchains: if args.all_toolchains {
+            ToolchainChoice::All
+        } else {
+            ToolchainChoice::Project(args.toolchain)
+        },
     };
     let report = vendor(&opts, &mut Bar::default())?;
     if let (Some(config), Some(dir)) = (&args.cargo_config, &report.directory_source) {

@@ -1,6 +1,6 @@
 //! `cmbuild image lock|build`: resolve the guest image's package request into the lock, and
 //! assemble the image from the mirror, pinning (or, with `check`, re-proving) the content
-//! IDs of its four files and of each triple's toolchain in `digests.lock.env`.
+//! IDs of its four base files and of each toolchain layer in `digests.lock.env`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use cmbuild_image::debian::Package;
 use cmbuild_image::http::{default_cache_dir, HttpArchive};
 use cmbuild_image::image::{self, ImageError, Step};
+use cmbuild_image::layers::{self, ToolchainLocks};
 use cmbuild_image::lock::{self, Lock, LockFileError, Request};
 use cmbuild_image::locking::{self, LockError, MirrorDebStore, Progress};
 use cmbuild_image::pins::{self, Pins, PinsError};
-use cmbuild_store::cid::{cid_of_bytes, cid_of_file};
+use cmbuild_store::cid::cid_of_file;
 use cmbuild_store::mirror::{Mirror, MirrorError};
 
 /// Why an image operation failed.
@@ -105,8 +106,10 @@ pub struct ImageLockOptions {
     pub mirror_dir: PathBuf,
     /// The package request (`guest-image/packages.toml`).
     pub request: PathBuf,
-    /// Where the lock is written.
+    /// Where the base layer's lock is written.
     pub output: PathBuf,
+    /// Where the toolchain layers' locks are written.
+    pub toolchains_output: PathBuf,
     /// The OpenPGP keyring InRelease must be signed with.
     pub keyring: PathBuf,
     /// Resolve only: download no package, write no lock.
@@ -116,10 +119,11 @@ pub struct ImageLockOptions {
 /// What `cmbuild image lock` did.
 #[derive(Debug)]
 pub enum LockOutcome {
-    /// A dry run: the resolved closure.
-    Resolved(Vec<Package>),
-    /// The lock written.
-    Written(Box<Lock>),
+    /// A dry run: the resolved closure of the base, then of each toolchain layer (without
+    /// the base's packages).
+    Resolved(Vec<(String, Vec<Package>)>),
+    /// The locks written: the base's and the toolchain layers'.
+    Written(Box<Lock>, Box<ToolchainLocks>),
 }
 
 /// Reads the request, says what it is about to do (`announce`), resolves it against the
@@ -151,8 +155,30 @@ pub fn lock(
     announce(&request);
     let resolution = locking::resolve_request(&request, &options, &mut archive, progress)
         .map_err(lock_err("resolving", &opts.request))?;
+    let default = request.default_toolchain.clone().unwrap_or_default();
     if opts.dry_run {
-        return Ok(LockOutcome::Resolved(resolution.packages));
+        // Toolchain layers are resolved against the base's closure as it would be locked.
+        let base = Lock {
+            format: lock::LOCK_FORMAT.into(),
+            indices: BTreeMap::new(),
+            mirror: request.mirror.clone(),
+            packages: resolution
+                .packages
+                .iter()
+                .map(locking::locked_entry)
+                .collect(),
+            release_date: String::new(),
+            release_version: String::new(),
+            suite: request.suite.clone(),
+        };
+        let mut resolved = vec![("base".to_owned(), resolution.packages)];
+        for id in request.toolchains.keys() {
+            let layer =
+                locking::resolve_toolchain(&request, id, &base, &options, &mut archive, progress)
+                    .map_err(lock_err("resolving a toolchain layer of", &opts.request))?;
+            resolved.push((format!("toolchain {id}"), layer.packages));
+        }
+        return Ok(LockOutcome::Resolved(resolved));
     }
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|source| ImageOpError::Mirror {
         dir: opts.mirror_dir.clone(),
@@ -161,13 +187,46 @@ pub fn lock(
     let mut store = MirrorDebStore::new(&mirror, &request.mirror);
     let lock = locking::pin_packages(&request, resolution, &mut archive, &mut store, progress)
         .map_err(lock_err("pinning the packages of", &opts.request))?;
-    cmbuild_store::atomic::write_atomically(&opts.output, lock.to_json().as_bytes()).map_err(
-        |source| ImageOpError::Mirror {
-            dir: opts.output.clone(),
-            source: source.into(),
-        },
-    )?;
-    Ok(LockOutcome::Written(Box::new(lock)))
+    let mut toolchains = BTreeMap::new();
+    for id in request.toolchains.keys() {
+        let layer_request = request.toolchain_request(id).expect("a key of toolchains");
+        let resolution =
+            locking::resolve_toolchain(&request, id, &lock, &options, &mut archive, progress)
+                .map_err(lock_err("resolving a toolchain layer of", &opts.request))?;
+        let layer = locking::pin_packages(
+            &layer_request,
+            resolution,
+            &mut archive,
+            &mut store,
+            progress,
+        )
+        .map_err(lock_err("pinning a toolchain layer of", &opts.request))?;
+        toolchains.insert(id.clone(), layer);
+    }
+    let toolchains = ToolchainLocks {
+        default,
+        format: layers::TOOLCHAIN_LOCKS_FORMAT.into(),
+        toolchains,
+    };
+    // What is written must read back: ids are the versions the locks pin.
+    let text = toolchains.to_json();
+    ToolchainLocks::parse(&text).map_err(|source| ImageOpError::LockFile {
+        what: "checking the toolchain locks resolved from",
+        path: opts.request.clone(),
+        source,
+    })?;
+    for (path, bytes) in [
+        (&opts.output, lock.to_json()),
+        (&opts.toolchains_output, text),
+    ] {
+        cmbuild_store::atomic::write_atomically(path, bytes.as_bytes()).map_err(|source| {
+            ImageOpError::Mirror {
+                dir: path.clone(),
+                source: source.into(),
+            }
+        })?;
+    }
+    Ok(LockOutcome::Written(Box::new(lock), Box::new(toolchains)))
 }
 
 /// What `cmbuild image build` is asked to do.
@@ -177,8 +236,10 @@ pub struct ImageBuildOptions {
     pub mirror_dir: PathBuf,
     /// Where the image files are written.
     pub out_dir: PathBuf,
-    /// The guest-image lock.
+    /// The guest-image lock (the base layer).
     pub lock: PathBuf,
+    /// The toolchain layers' locks.
+    pub toolchains: PathBuf,
     /// The pins file updated (or, with `check`, compared).
     pub digests: PathBuf,
     /// Compare the result with the pins instead of writing them.
@@ -220,12 +281,13 @@ pub fn build(opts: &ImageBuildOptions, progress: &mut dyn FnMut(Step)) -> Result
         source,
     })?;
     let load = |package: &lock::LockedPackage| Ok(mirror.read_verified(&package.cid)?);
-    let built = image::build_image(&lock, load, &opts.out_dir, progress).map_err(|source| {
-        ImageOpError::Build {
-            mirror: opts.mirror_dir.clone(),
-            source: Box::new(source),
-        }
-    })?;
+    let built =
+        image::build_image(&lock, load, &opts.out_dir, &mut *progress).map_err(|source| {
+            ImageOpError::Build {
+                mirror: opts.mirror_dir.clone(),
+                source: Box::new(source),
+            }
+        })?;
 
     let mut produced: BTreeMap<String, (String, String)> = BTreeMap::new();
     for (key, file) in pins::IMAGE_FILES {
@@ -236,13 +298,29 @@ pub fn build(opts: &ImageBuildOptions, progress: &mut dyn FnMut(Step)) -> Result
             (cid.to_string(), path.display().to_string()),
         );
     }
-    for (triple, text) in &built.toolchains {
+    let text = std::fs::read_to_string(&opts.toolchains)
+        .map_err(io_err("reading the toolchain locks", &opts.toolchains))?;
+    let toolchains = ToolchainLocks::parse(&text).map_err(|source| ImageOpError::LockFile {
+        what: "parsing",
+        path: opts.toolchains.clone(),
+        source,
+    })?;
+    for (id, layer) in &toolchains.toolchains {
+        layers::check_layer(&lock, id, layer).map_err(|e| ImageOpError::LockFile {
+            what: "stacking a toolchain layer of",
+            path: opts.toolchains.clone(),
+            source: LockFileError::Request(e.to_string()),
+        })?;
+        let path = image::build_layer(layer, id, load, &opts.out_dir, &mut *progress).map_err(
+            |source| ImageOpError::Build {
+                mirror: opts.mirror_dir.clone(),
+                source: Box::new(source),
+            },
+        )?;
+        let cid = cid_of_file(&path).map_err(io_err("hashing", &path))?;
         produced.insert(
-            pins::toolchain_key(*triple),
-            (
-                cid_of_bytes(text.as_bytes()).to_string(),
-                format!("toolchain of {triple}"),
-            ),
+            pins::layer_key(id),
+            (cid.to_string(), path.display().to_string()),
         );
     }
 
@@ -264,8 +342,14 @@ pub fn build(opts: &ImageBuildOptions, progress: &mut dyn FnMut(Step)) -> Result
         })
         .collect();
     if !opts.check {
-        // Other pins in the file (written by other commands) are kept; ours are replaced.
+        // Other pins in the file (written by other commands) are kept; ours are replaced,
+        // and toolchain pins of layers no longer locked (or of the per-triple scheme
+        // before layers) are dropped.
         let mut merged = existing;
+        merged.retain(|key, _| {
+            !pins::is_triple_toolchain_key(key)
+                && (!pins::is_layer_key(key) || produced.contains_key(key))
+        });
         for pin in &result {
             merged.insert(pin.key.clone(), pin.cid.clone());
         }

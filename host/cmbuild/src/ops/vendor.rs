@@ -5,14 +5,17 @@
 //! downloads whatever the mirror lacks, verified, and records it in the index; then each
 //! kind may write what the offline build needs. Kinds today: the crates.io packages of the
 //! project's Cargo.lock (and, with a cargo config path, a directory source and config for
-//! offline builds), and the Debian packages of the guest-image lock this cmbuild was built
-//! with (each must end up in the mirror under exactly its locked CID), and the container
-//! base images of `--dockerfile` / `--oci-image` (see [`super::oci`]). `--ipfs-api URL`
+//! offline builds), the Debian packages of the guest-image locks this cmbuild was built
+//! with: the base layer's, and the toolchain layers' the project needs (the one it selects,
+//! or every one) (each must end up in the mirror under exactly its locked CID), and the
+//! container base images of `--dockerfile` / `--oci-image` (see [`super::oci`]). `--ipfs-api URL`
 //! then pushes the whole mirror.
 
 use std::path::{Path, PathBuf};
 
+use cmbuild_image::layers::{self, ToolchainLocks};
 use cmbuild_image::lock::{self, Lock, LockFileError};
+use cmbuild_image::toolchain;
 use cmbuild_store::cid::{Cid, Codec};
 use cmbuild_store::crates::{write_directory_source, CrateError, VendoredCrate};
 use cmbuild_store::download::{DownloadError, Downloader};
@@ -52,6 +55,9 @@ pub enum VendorError {
         /// One line per refused package.
         refused: Vec<String>,
     },
+    /// The project's toolchain matches no pinned toolchain, or its file is invalid.
+    #[error(transparent)]
+    Toolchain(#[from] cmbuild_image::toolchain::ToolchainError),
     /// The compiled-in guest-image lock is invalid.
     #[error("reading the compiled-in guest-image lock")]
     GuestLock(#[source] LockFileError),
@@ -146,11 +152,24 @@ pub struct VendorOptions {
     pub ipfs_api: Option<String>,
     /// The download base for `.crate` files (default [`CRATES_URL`]).
     pub crates_url: String,
+    /// Which toolchain layers' packages to fetch.
+    pub toolchains: ToolchainChoice,
     /// Vendor the Cargo project (and, unless `crates_only`, the guest image's packages);
     /// `false` vendors only the container images of `oci`.
     pub cargo_project: bool,
     /// Container base images to vendor.
     pub oci: OciOptions,
+}
+
+/// Which pinned toolchains `cmbuild vendor` fetches the packages of.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToolchainChoice {
+    /// Only the one the project selects, as `cmbuild run` would: this channel
+    /// (`--toolchain`), else its `rust-toolchain` / `rust-toolchain.toml`, else the default.
+    Project(Option<String>),
+    /// Every pinned toolchain (`--all-toolchains`).
+    #[default]
+    All,
 }
 
 /// What `cmbuild vendor` did.
@@ -185,12 +204,20 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
         .as_ref()
         .map(|p| p.wanted(&opts.crates_url))
         .unwrap_or_default();
-    let guest_lock = if opts.crates_only || project.is_none() {
-        None
-    } else {
-        let (guest_lock, guest_wanted) = wanted_guest_packages(progress)?;
-        wanted.extend(guest_wanted);
-        Some(guest_lock)
+    let guest_locks = match &project {
+        Some(project) if !opts.crates_only => {
+            let project_dir = project
+                .lock_path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let layers = layers::shipped().map_err(VendorError::GuestLock)?;
+            let ids = needed_toolchains(&layers, &opts.toolchains, &project_dir)?;
+            let (guest_locks, guest_wanted) = wanted_guest_packages(&layers, &ids, progress)?;
+            wanted.extend(guest_wanted);
+            Some(guest_locks)
+        }
+        _ => None,
     };
 
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|source| VendorError::Mirror {
@@ -198,7 +225,7 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
         source,
     })?;
     let mut fetch = fetch_all(&mirror, &wanted, &Downloader::new(), progress)?;
-    if let Some(guest_lock) = &guest_lock {
+    for guest_lock in guest_locks.iter().flatten() {
         check_guest_packages(&mirror, guest_lock, progress)?;
     }
     let oci = if opts.oci.is_empty() {
@@ -524,17 +551,72 @@ fn toml_string(text: &str) -> String {
     serde_json::to_string(text).expect("a string serialises")
 }
 
-/// The compiled-in guest-image lock and its packages as files to fetch.
-pub fn wanted_guest_packages(progress: &mut dyn FetchProgress) -> Result<(Lock, Vec<Wanted>)> {
-    let lock = lock::shipped_lock().map_err(VendorError::GuestLock)?;
-    let wanted = wanted_from_lock(&lock);
+/// The largest `rust-toolchain(.toml)` file read.
+const MAX_TOOLCHAIN_FILE_BYTES: u64 = 64 << 10;
+
+/// The ids of the toolchain layers to fetch: every pinned one, or the one the project in
+/// `project_dir` selects (a channel no pinned toolchain matches is an error listing them).
+pub fn needed_toolchains(
+    layers: &ToolchainLocks,
+    choice: &ToolchainChoice,
+    project_dir: &Path,
+) -> Result<Vec<String>> {
+    let cli = match choice {
+        ToolchainChoice::All => return Ok(layers.toolchains.keys().cloned().collect()),
+        ToolchainChoice::Project(cli) => cli.as_deref(),
+    };
+    let read = |name: &str| {
+        crate::untrusted::read_confined(project_dir, name, MAX_TOOLCHAIN_FILE_BYTES).map_err(|e| {
+            VendorError::Path {
+                path: project_dir.join(name),
+                what: e.to_string(),
+            }
+        })
+    };
+    let (channel, source_name) = toolchain::project_channel(
+        cli,
+        read("rust-toolchain")?.as_deref(),
+        read("rust-toolchain.toml")?.as_deref(),
+    )?;
+    let version = toolchain::select(
+        channel.as_deref(),
+        source_name,
+        &layers.versions(),
+        layers.default_version(),
+    )?;
+    Ok(vec![version.to_string()])
+}
+
+/// The compiled-in guest-image locks (the base, then the toolchain layers `ids`) and their
+/// packages as files to fetch.
+pub fn wanted_guest_packages(
+    layers: &ToolchainLocks,
+    ids: &[String],
+    progress: &mut dyn FetchProgress,
+) -> Result<(Vec<Lock>, Vec<Wanted>)> {
+    let base = lock::shipped_lock().map_err(VendorError::GuestLock)?;
+    let mut wanted = wanted_from_lock(&base);
     progress.note(&format!(
-        "cmbuild vendor: guest image: {} Debian {} packages ({})",
-        lock.packages.len(),
-        lock.release_version,
-        human_size(lock.total_size())
+        "cmbuild vendor: guest image: base layer, {} Debian {} packages ({})",
+        base.packages.len(),
+        base.release_version,
+        human_size(base.total_size())
     ));
-    Ok((lock, wanted))
+    let mut locks = vec![base];
+    for id in ids {
+        let layer = layers.toolchains.get(id).ok_or_else(|| {
+            VendorError::GuestLock(LockFileError::Request(format!("no toolchain {id}")))
+        })?;
+        wanted.extend(wanted_from_lock(layer));
+        progress.note(&format!(
+            "cmbuild vendor: guest image: Rust {id} toolchain layer, {} Debian {} packages ({})",
+            layer.packages.len(),
+            layer.suite,
+            human_size(layer.total_size())
+        ));
+        locks.push(layer.clone());
+    }
+    Ok((locks, wanted))
 }
 
 fn wanted_from_lock(lock: &Lock) -> Vec<Wanted> {
@@ -597,6 +679,52 @@ mod tests {
 
     fn offline() -> Downloader {
         Downloader::new().with_retries(1, Duration::ZERO)
+    }
+
+    #[test]
+    fn vendor_fetches_only_the_toolchain_the_project_selects() {
+        let layers = layers::shipped().unwrap();
+        let project = tempfile::tempdir().unwrap();
+        let needed = |choice: &ToolchainChoice| needed_toolchains(&layers, choice, project.path());
+        // No toolchain file: the default only.
+        assert_eq!(needed(&ToolchainChoice::Project(None)).unwrap(), ["1.85.1"]);
+        assert_eq!(layers.default, "1.85.1");
+        // A rust-toolchain.toml naming 1.96: the newest pinned 1.96.x only.
+        std::fs::write(
+            project.path().join("rust-toolchain.toml"),
+            "[toolchain]\nchannel = \"1.96\"\n",
+        )
+        .unwrap();
+        assert_eq!(needed(&ToolchainChoice::Project(None)).unwrap(), ["1.96.0"]);
+        // --toolchain wins over the file; `stable` is the newest pinned.
+        let newest = layers.versions().last().unwrap().to_string();
+        assert_eq!(
+            needed(&ToolchainChoice::Project(Some("stable".into()))).unwrap(),
+            [newest]
+        );
+        // --all-toolchains: every layer.
+        assert_eq!(
+            needed(&ToolchainChoice::All).unwrap(),
+            layers.toolchains.keys().cloned().collect::<Vec<_>>()
+        );
+        // A channel nothing pins fails, listing what is pinned.
+        let err = needed(&ToolchainChoice::Project(Some("nightly".into()))).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the pinned toolchains are: 1.85.1"),
+            "{err}"
+        );
+        // The wanted files: the base's packages and that one layer's, not the others'.
+        let (locks, wanted) =
+            wanted_guest_packages(&layers, &["1.96.0".into()], &mut Quiet).unwrap();
+        assert_eq!(locks.len(), 2);
+        let base = lock::shipped_lock().unwrap();
+        assert_eq!(
+            wanted.len(),
+            base.packages.len() + layers.toolchains["1.96.0"].packages.len()
+        );
+        assert!(wanted.iter().any(|w| w.url.contains("rustc-web")));
+        assert!(!wanted.iter().any(|w| w.url.contains("/rustc_")));
     }
 
     #[test]
