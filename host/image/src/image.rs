@@ -202,22 +202,12 @@ pub fn build_image(
 
     progress(Step::Writing("rootfs.erofs"));
     let path = out_dir.join("rootfs.erofs");
-    let file = AtomicFile::create(&path)?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
     let options = ErofsOptions {
         uuid: ROOTFS_UUID,
         volume_name: "cmbuild-root".into(),
         build_time: FIXED_TIME,
     };
-    write_erofs(&root, &options, &mut writer)?;
-    // Nothing is visible under the name until the whole image is written and synced.
-    writer
-        .into_inner()
-        .map_err(|err| ImageError::Io {
-            path: path.clone(),
-            source: err.into_error(),
-        })?
-        .commit()?;
+    write_erofs_file(&path, &root, &options)?;
     files.insert("rootfs.erofs".to_string(), path);
     Ok(Built { files })
 }
@@ -259,8 +249,6 @@ pub fn build_layer(
     let name = layer_file_name(id);
     progress(Step::Writing(&name));
     let path = out_dir.join(&name);
-    let file = AtomicFile::create(&path)?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&Sha256::of(format!("cmbuild-toolchain-layer {id}")).as_bytes()[..16]);
     let options = ErofsOptions {
@@ -268,15 +256,24 @@ pub fn build_layer(
         volume_name: "cmbuild-rust".into(),
         build_time: FIXED_TIME,
     };
-    write_erofs(&tree, &options, &mut writer)?;
+    write_erofs_file(&path, &tree, &options)?;
+    Ok(path)
+}
+
+/// Writes `tree` as an EROFS image at `path`: nothing is visible under the name until the
+/// whole image is written and synced.
+fn write_erofs_file(path: &Path, tree: &Tree, options: &ErofsOptions) -> Result<(), ImageError> {
+    let file = AtomicFile::create(path)?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    write_erofs(tree, options, &mut writer)?;
     writer
         .into_inner()
         .map_err(|err| ImageError::Io {
-            path: path.clone(),
+            path: path.to_path_buf(),
             source: err.into_error(),
         })?
         .commit()?;
-    Ok(path)
+    Ok(())
 }
 
 fn read_package(
