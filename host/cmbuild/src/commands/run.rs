@@ -267,11 +267,14 @@ impl ProgressPrinter {
                     (Some(end), _) if end > mcycle && view.mips > 0.0 => {
                         format!(", ETA {:.0}s", (end - mcycle) as f64 / (view.mips * 1e6))
                     }
-                    // N bounds n from above, so this errs long; it is a rough guide.
-                    (None, Some((_, n, total))) if *n > 0 && total > n => format!(
-                        ", ETA ~{:.0}s",
-                        total_elapsed * f64::from(total - n) / f64::from(*n)
-                    ),
+                    // N bounds n from above, so this errs long; it is a rough guide. A
+                    // machine building several triples counts again for each: no guess.
+                    (None, Some((_, n, total))) if *n > 0 && total > n && !name.contains(',') => {
+                        format!(
+                            ", ETA ~{:.0}s",
+                            total_elapsed * f64::from(total - n) / f64::from(*n)
+                        )
+                    }
                     _ => String::new(),
                 };
                 let pace = format!("{:.0} MIPS, {total_elapsed:.0}s{eta}", view.mips);
