@@ -120,7 +120,10 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let printer = ProgressPrinter::new("cmbuild run");
     let mut on_run = |name: &str, summary: Option<&RunSummary>| match summary {
         None => eprintln!("== {name}"),
-        Some(summary) => print_summary(summary, started),
+        Some(summary) => {
+            printer.clear();
+            print_summary(summary, started)
+        }
     };
     let report = cmbuild::ops::run::run(
         &opts,
@@ -176,6 +179,15 @@ impl ProgressPrinter {
             started: Instant::now(),
             bars,
             machines: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Takes the bars off the terminal (before a summary is printed; a later run gets new
+    /// ones). Without bars, nothing to do.
+    pub fn clear(&self) {
+        if let Some(bars) = &self.bars {
+            let _ = bars.clear();
+            self.machines.lock().expect("progress lock").clear();
         }
     }
 

@@ -48,6 +48,8 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         pins: args.pins.load()?,
     };
     let printer = super::run::ProgressPrinter::new("cmbuild verify");
-    let report = verify(&opts, &|p| printer.show(p))?;
+    let report = verify(&opts, &|p| printer.show(p));
+    printer.clear();
+    let report = report?;
     Ok(super::compare::print_report(&report))
 }
