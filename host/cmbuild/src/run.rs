@@ -484,51 +484,29 @@ pub fn gather_inputs(
     // Blobs are hashed once, as they are read: a present but corrupt image file fails that
     // check, and is then assembled again (once) like a missing one.
     let mut assembled = assemble_image_on_first_use(&mirror, opts, job, progress, false)?;
-    let layer_key = toolchain_layer_key(job.toolchain);
-    let (image, mut missing) = loop {
-        let mut missing = Vec::new();
-        let mut blob = |key: &str| -> Option<Vec<u8>> {
-            match pins::require_cid(&opts.pins, key) {
-                Ok(cid) => read_pinned(&mirror, opts.image_dir.as_deref(), key, &cid, &mut missing),
-                Err(e) => {
-                    missing.push(e.to_string());
-                    None
-                }
+    let image = loop {
+        match read_pinned_image(
+            &mirror,
+            &opts.pins,
+            opts.image_dir.as_deref(),
+            job.toolchain,
+        ) {
+            Ok(image) => break Ok(image),
+            Err(RunError::MissingInputs { missing, .. }) if assembled => break Err(missing),
+            Err(RunError::MissingInputs { .. }) => {
+                assembled = assemble_image_on_first_use(&mirror, opts, job, progress, true)?
             }
-        };
-        let image = (
-            blob(pins::KERNEL),
-            blob(pins::FIRMWARE),
-            blob(pins::INITRD),
-            blob(pins::ROOTFS),
-            blob(&layer_key),
-        );
-        let complete = image.0.is_some()
-            && image.1.is_some()
-            && image.2.is_some()
-            && image.3.is_some()
-            && image.4.is_some();
-        if complete || assembled {
-            break (image, missing);
+            Err(e) => return Err(e),
         }
-        assembled = assemble_image_on_first_use(&mirror, opts, job, progress, true)?;
     };
+    let mut missing = image.as_ref().err().cloned().unwrap_or_default();
+    let layer_key = toolchain_layer_key(job.toolchain);
     let vendor_dir = job.work.path().join("vendor");
     if let Err(e) = crate::vendoring::unpack_locked_crates(&mirror, &job.lock_bytes, &vendor_dir) {
         missing.push(e.to_string());
     }
     let image = match image {
-        (Some(kernel), Some(firmware), Some(initrd), Some(rootfs), Some(toolchain))
-            if missing.is_empty() =>
-        {
-            GuestImage {
-                kernel,
-                firmware,
-                initrd,
-                rootfs,
-                toolchain,
-            }
-        }
+        Ok(image) if missing.is_empty() => image,
         _ => {
             return Err(RunError::MissingInputs {
                 mirror: opts.mirror_dir.display().to_string(),

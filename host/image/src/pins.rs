@@ -130,8 +130,12 @@ pub fn toolchain_key(triple: Triple) -> String {
 /// [`toolchain_key`] of a triple named by text (a published record's, which may name a
 /// triple this cmbuild does not support).
 pub fn toolchain_key_of(triple: &str) -> String {
-    let upper: String = triple
-        .chars()
+    format!("{TOOLCHAIN_PREFIX}{}", key_word(triple))
+}
+
+/// `text` as a part of a pin's name: ASCII letters and digits upper-cased, anything else `_`.
+fn key_word(text: &str) -> String {
+    text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
                 c.to_ascii_uppercase()
@@ -139,24 +143,13 @@ pub fn toolchain_key_of(triple: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("{TOOLCHAIN_PREFIX}{upper}")
+        .collect()
 }
 
 /// The pin of a toolchain layer: `GUEST_TOOLCHAIN_1_96_0_CID` for toolchain `1.96.0`
 /// (the image file `toolchain-1.96.0.erofs`).
 pub fn layer_key(id: &str) -> String {
-    let upper: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{LAYER_PREFIX}{upper}_CID")
+    format!("{LAYER_PREFIX}{}_CID", key_word(id))
 }
 
 /// Whether `key` is a toolchain layer's pin.
