@@ -3,27 +3,13 @@
 //! rustup), on a workspace with globbed members, a path-dependency member and a
 //! `rust-toolchain.toml` the host could not satisfy.
 
+mod common;
+
+use common::git;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const CMBUILD: &str = env!("CARGO_BIN_EXE_cmbuild");
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
-        .args([
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
-}
 
 /// A directory whose only program is `git` (a link to the host's).
 fn git_only_path(root: &Path) -> PathBuf {

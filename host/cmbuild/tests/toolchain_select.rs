@@ -5,25 +5,10 @@
 //! selection goes on to the mirror (empty here), so "checking inputs in the mirror" tells the
 //! two apart.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
-        .args([
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
-}
+use common::git;
+use std::process::Command;
 
 /// Runs `cmbuild run` on a committed project made of `files` plus a minimal package whose
 /// `[package]` gets `package_extra`; returns (exit code, stderr).

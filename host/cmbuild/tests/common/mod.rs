@@ -24,6 +24,7 @@ pub fn git(dir: &Path, args: &[&str]) {
         .arg("-C")
         .arg(dir)
         .args(["-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false"])
+        .args(["-c", "init.defaultBranch=main"])
         .args(args)
         .env("GIT_AUTHOR_NAME", "cmbuild")
         .env("GIT_AUTHOR_EMAIL", "demo@cmbuild.invalid")
