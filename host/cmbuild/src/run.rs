@@ -307,8 +307,8 @@ pub fn read_pinned_image(
                 kernel,
                 firmware,
                 initrd,
-                rootfs,
-                toolchain,
+                rootfs: rootfs.into(),
+                toolchain: toolchain.into(),
             })
         }
         _ => Err(RunError::MissingInputs {
@@ -954,29 +954,19 @@ fn run_machine(
     input_drive: Vec<u8>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> MachineResult {
-    let image = &inputs.image;
     let names: Vec<String> = targets.iter().map(Triple::to_string).collect();
     let name = names.join(",");
     let expected_mcycle = previous_mcycle(&opts.out_dir, &names);
     let started = std::time::Instant::now();
-    let record = &inputs.template.record;
     // `snapshot_config` is for the snapshot a stalled machine leaves (it records what the
     // machine was built from).
-    let (mut machine, snapshot_config) = crate::template::resume_with_config(
-        &inputs.template.blob,
-        image.rootfs.clone(),
-        image.toolchain.clone(),
-        &record.root_hash,
-        cmbuild_machine::snapshot::HashCheck::Trusted,
-    )
-    .map_err(|e| RunError::Machine(name.clone(), crate::terminal::error_chain(&e)))?;
+    let (mut machine, snapshot_config) = resume_build(inputs, &input_drive)
+        .map_err(|e| RunError::Machine(name.clone(), crate::terminal::error_chain(&e)))?;
     progress(Progress::Phase(format!(
         "[{name}] resumed from the template at mcycle {} in {:.2?}",
         machine.mcycle(),
         started.elapsed()
     )));
-    crate::template::fill_input(&mut machine, &input_drive)
-        .map_err(|e| RunError::Machine(name.clone(), e.to_string()))?;
     let watch = Watch {
         name: &name,
         max_mcycle: opts.machine.max_mcycle,
@@ -1017,6 +1007,25 @@ fn run_machine(
         output_drive,
         leaves,
     })
+}
+
+/// A build machine: resumed from the run's template, with `input_drive` on its input drive
+/// and the guest's yield answered ([`crate::template::fill_input`]), ready to run to halt.
+/// Also returns the configuration a snapshot of it records.
+pub fn resume_build(
+    inputs: &ReleaseInputs,
+    input_drive: &[u8],
+) -> Result<(Machine, SnapshotConfig), crate::template::TemplateError> {
+    let image = &inputs.image;
+    let (mut machine, snapshot_config) = crate::template::resume_with_config(
+        &inputs.template.blob,
+        &image.rootfs,
+        &image.toolchain,
+        &inputs.template.record.root_hash,
+        cmbuild_machine::snapshot::HashCheck::Trusted,
+    )?;
+    crate::template::fill_input(&mut machine, input_drive)?;
+    Ok((machine, snapshot_config))
 }
 
 /// How [`run_to_halt`] watches a machine.

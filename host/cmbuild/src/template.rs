@@ -44,6 +44,7 @@ use cmbuild_store::sha256::Sha256;
 use serde::{Deserialize, Serialize};
 
 use crate::guest::{Drive, GuestImage, MachineSettings, BOOTARGS};
+use crate::mapped::DriveImage;
 
 /// A guest that has not reached its ready point by this mcycle never will (a boot takes
 /// about 2e9).
@@ -248,8 +249,8 @@ pub fn pack(
     image: &GuestImage,
 ) -> Result<(Vec<u8>, String), TemplateError> {
     let bases = BTreeMap::from([
-        (Drive::Root.index(), image.rootfs.as_slice()),
-        (Drive::Toolchain.index(), image.toolchain.as_slice()),
+        (Drive::Root.index(), &image.rootfs[..]),
+        (Drive::Toolchain.index(), &image.toolchain[..]),
     ]);
     let encoded = snapshot::encode_with_bases(machine, config, &bases)?;
     let mut tar = tar::Builder::new(Vec::new());
@@ -346,8 +347,8 @@ fn unpack(blob: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
 /// over everything, covers all of it anyway.
 pub fn resume(
     blob: &[u8],
-    rootfs: Vec<u8>,
-    toolchain: Vec<u8>,
+    rootfs: &DriveImage,
+    toolchain: &DriveImage,
     expected: &str,
     check: HashCheck,
 ) -> Result<Machine, TemplateError> {
@@ -358,8 +359,8 @@ pub fn resume(
 /// snapshot of the resumed machine, written whole, records).
 pub fn resume_with_config(
     blob: &[u8],
-    rootfs: Vec<u8>,
-    toolchain: Vec<u8>,
+    rootfs: &DriveImage,
+    toolchain: &DriveImage,
     expected: &str,
     check: HashCheck,
 ) -> Result<(Machine, SnapshotConfig), TemplateError> {
@@ -378,10 +379,16 @@ pub fn resume_with_config(
                 .ok_or_else(|| TemplateError::Blob(format!("no file {}", e.name)))
         })
         .collect::<Result<Vec<&[u8]>, _>>()?;
-    let bases = BTreeMap::from([
-        (Drive::Root.index(), rootfs),
-        (Drive::Toolchain.index(), toolchain),
-    ]);
+    let mut bases = BTreeMap::new();
+    for (drive, image) in [(Drive::Root, rootfs), (Drive::Toolchain, toolchain)] {
+        let range = m
+            .drive_range_length(drive.index())
+            .ok_or_else(|| TemplateError::Blob(format!("no drive {}", drive.index())))?;
+        let base = image
+            .base(range)
+            .map_err(|e| TemplateError::Blob(crate::terminal::error_chain(&e)))?;
+        bases.insert(drive.index(), base);
+    }
     let loaded = snapshot::load_with_bases(&m, &contents, bases, check)?;
     if loaded.root_hash != expected {
         return Err(TemplateError::Blob(format!(
@@ -638,8 +645,8 @@ mod tests {
             kernel: b"not a kernel".to_vec(),
             firmware: program.iter().flat_map(|w| w.to_le_bytes()).collect(),
             initrd: b"not an initrd".to_vec(),
-            rootfs,
-            toolchain,
+            rootfs: rootfs.into(),
+            toolchain: toolchain.into(),
         }
     }
 
@@ -667,8 +674,8 @@ mod tests {
     fn build(template: &Template, image: &GuestImage, input: &[u8]) -> (String, u64, Vec<u8>) {
         let mut m = resume(
             &template.blob,
-            image.rootfs.clone(),
-            image.toolchain.clone(),
+            &image.rootfs,
+            &image.toolchain,
             &template.record.root_hash,
             HashCheck::Trusted,
         )
@@ -727,8 +734,8 @@ mod tests {
         // An input larger than the drive is refused.
         let mut m = resume(
             &again.blob,
-            image.rootfs.clone(),
-            image.toolchain.clone(),
+            &image.rootfs,
+            &image.toolchain,
             &again.record.root_hash,
             HashCheck::Recompute,
         )
@@ -769,8 +776,8 @@ mod tests {
         assert!(matches!(
             resume(
                 &good.blob,
-                image.rootfs.clone(),
-                image.toolchain.clone(),
+                &image.rootfs,
+                &image.toolchain,
                 "cmvm-sha256-v1:00",
                 HashCheck::Trusted
             ),
@@ -780,8 +787,8 @@ mod tests {
         assert!(matches!(
             resume(
                 &good.blob,
-                vec![0x5b; 4096],
-                image.toolchain.clone(),
+                &vec![0x5b; 4096].into(),
+                &image.toolchain,
                 &good.record.root_hash,
                 HashCheck::Recompute
             ),
