@@ -133,10 +133,22 @@ fn prepare(opts: &WorkloadOptions, out: &mut dyn Write) -> Result<Prepared, Work
         perf_map: opts.perf_map,
     };
     std::fs::create_dir(&run_opts.out_dir)?;
-    let quiet = |_: Progress| {};
     let started = Instant::now();
-    let job = run::plan_release(&run_opts, &quiet)?;
-    let inputs = run::gather_inputs(&run_opts, &job, &quiet)?;
+    let phases = std::sync::Mutex::new(Vec::new());
+    let note = |p: Progress| {
+        if let Progress::Phase(text) = p {
+            let mut phases = phases.lock().expect("no panics hold this lock");
+            phases.push(format!(
+                "  {:6.2} s  {text}",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+    };
+    let job = run::plan_release(&run_opts, &note)?;
+    let inputs = run::gather_inputs(&run_opts, &job, &note)?;
+    for line in phases.into_inner().expect("no panics hold this lock") {
+        writeln!(out, "{line}")?;
+    }
     let triple: Triple = TARGET
         .parse()
         .map_err(|_| WorkloadError::Failed(format!("{TARGET} is not a triple of this cmbuild")))?;
