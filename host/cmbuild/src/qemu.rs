@@ -135,10 +135,22 @@ pub struct QemuBuild<'a> {
 pub struct QemuOutcome {
     /// When QEMU started.
     pub started: Instant,
-    /// The console, line by line, with the host time each line arrived.
-    pub lines: Vec<(Instant, String)>,
+    /// The console, line by line, with the host time each line arrived and the CPU time
+    /// QEMU had used by then (where `/proc` tells it).
+    pub lines: Vec<ConsoleLine>,
     /// The output disk (a tar from offset 0 when the driver finished).
     pub output: PathBuf,
+}
+
+/// One console line of QEMU's.
+#[derive(Clone, Debug)]
+pub struct ConsoleLine {
+    /// When it arrived.
+    pub at: Instant,
+    /// The CPU time (user and system) QEMU had used by then, if known.
+    pub cpu: Option<Duration>,
+    /// The line, as lossy text without its line end.
+    pub text: String,
 }
 
 /// The phases of a build under QEMU, from its console.
@@ -149,36 +161,37 @@ pub struct BuildTiming {
     pub boot: Duration,
     /// From the ready-point line to the driver's last line.
     pub build: Duration,
+    /// QEMU's CPU time over the same span (on a shared host a steadier figure than the
+    /// wall time), if `/proc` told it.
+    pub build_cpu: Option<Duration>,
 }
 
 impl QemuOutcome {
-    /// When the first console line containing `text` arrived.
-    fn line_time(&self, text: &str) -> Option<Instant> {
-        self.lines
-            .iter()
-            .find(|(_, line)| line.contains(text))
-            .map(|(at, _)| *at)
+    /// The first console line containing `text`.
+    fn line(&self, text: &str) -> Option<&ConsoleLine> {
+        self.lines.iter().find(|line| line.text.contains(text))
     }
 
     /// Whether the driver finished (its last line was printed).
     pub fn finished(&self) -> bool {
-        self.line_time(DONE_LINE).is_some()
+        self.line(DONE_LINE).is_some()
     }
 
     /// The boot and the build, if the console has both lines.
     pub fn timing(&self) -> Option<BuildTiming> {
-        let ready = self.line_time(READY_LINE)?;
-        let done = self.line_time(DONE_LINE)?;
+        let ready = self.line(READY_LINE)?;
+        let done = self.line(DONE_LINE)?;
         Some(BuildTiming {
-            boot: ready.duration_since(self.started),
-            build: done.duration_since(ready),
+            boot: ready.at.duration_since(self.started),
+            build: done.at.duration_since(ready.at),
+            build_cpu: done.cpu.zip(ready.cpu).map(|(d, r)| d.saturating_sub(r)),
         })
     }
 
     /// The last `n` console lines, sanitised.
     pub fn console_tail(&self, n: usize) -> String {
         let skip = self.lines.len().saturating_sub(n);
-        let tail: Vec<&str> = self.lines[skip..].iter().map(|(_, l)| l.as_str()).collect();
+        let tail: Vec<&str> = self.lines[skip..].iter().map(|l| l.text.as_str()).collect();
         crate::terminal::sanitize(&tail.join("\n"))
     }
 
@@ -255,7 +268,8 @@ impl QemuBuild<'_> {
             .spawn()
             .map_err(QemuError::Spawn)?;
         let stdout = child.stdout.take().expect("stdout is piped");
-        let reader = std::thread::spawn(move || read_lines(stdout));
+        let pid = child.id();
+        let reader = std::thread::spawn(move || read_lines(stdout, || process_cpu_time(pid)));
         let mut killed = false;
         loop {
             match child.try_wait() {
@@ -283,8 +297,9 @@ impl QemuBuild<'_> {
     }
 }
 
-/// Reads a console line by line (any bytes; lines kept as lossy text), stamping each.
-fn read_lines(stdout: impl Read) -> Vec<(Instant, String)> {
+/// Reads a console line by line (any bytes; lines kept as lossy text), stamping each with
+/// the time and `cpu()`.
+fn read_lines(stdout: impl Read, cpu: impl Fn() -> Option<Duration>) -> Vec<ConsoleLine> {
     let mut reader = BufReader::new(stdout);
     let mut lines = Vec::new();
     let mut line = Vec::new();
@@ -292,13 +307,40 @@ fn read_lines(stdout: impl Read) -> Vec<(Instant, String)> {
         line.clear();
         match reader.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                lines.push((Instant::now(), text.trim_end().to_owned()));
-            }
+            Ok(_) => lines.push(ConsoleLine {
+                at: Instant::now(),
+                cpu: cpu(),
+                text: String::from_utf8_lossy(&line).trim_end().to_owned(),
+            }),
         }
     }
     lines
+}
+
+/// The user and system CPU time process `pid` has used (`/proc/PID/stat`), if readable.
+fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_time_of_stat(&stat, clock_ticks()?)
+}
+
+/// Clock ticks per second of `/proc`'s times.
+fn clock_ticks() -> Option<u64> {
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|&t| t > 0)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, whose second field (the
+/// command, in parentheses) may hold spaces.
+fn cpu_time_of_stat(stat: &str, ticks_per_second: u64) -> Option<Duration> {
+    let after_command = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_command.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let ticks = utime.checked_add(stime)?;
+    Some(Duration::from_secs_f64(
+        ticks as f64 / ticks_per_second as f64,
+    ))
 }
 
 #[cfg(test)]
@@ -316,22 +358,24 @@ mod tests {
     #[test]
     fn the_build_is_timed_from_the_ready_line_to_the_last() {
         let started = Instant::now();
-        let at = |ms| started + Duration::from_millis(ms);
+        let line = |ms, cpu_ms, text: &str| ConsoleLine {
+            at: started + Duration::from_millis(ms),
+            cpu: Some(Duration::from_millis(cpu_ms)),
+            text: text.into(),
+        };
         let outcome = QemuOutcome {
             started,
             lines: vec![
-                (at(10), "[ 0.0] Linux version".into()),
-                (
-                    at(3000),
-                    "cmbuild-driver: toolchain: rustc 1.85.1, cargo".into(),
-                ),
-                (at(9000), "cmbuild-driver: done".into()),
+                line(10, 5, "[ 0.0] Linux version"),
+                line(3000, 2500, "cmbuild-driver: toolchain: rustc 1.85.1, cargo"),
+                line(9000, 7000, "cmbuild-driver: done"),
             ],
             output: PathBuf::new(),
         };
         let timing = outcome.timing().unwrap();
         assert_eq!(timing.boot, Duration::from_millis(3000));
         assert_eq!(timing.build, Duration::from_millis(6000));
+        assert_eq!(timing.build_cpu, Some(Duration::from_millis(4500)));
         assert!(outcome.finished());
         assert_eq!(outcome.console_tail(1), "cmbuild-driver: done");
         let unfinished = QemuOutcome {
@@ -343,8 +387,17 @@ mod tests {
 
     #[test]
     fn console_lines_are_split_and_kept_as_text() {
-        let lines = read_lines(&b"one\r\ntwo \xff\nthree"[..]);
-        let texts: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+        let lines = read_lines(&b"one\r\ntwo \xff\nthree"[..], || None);
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["one", "two \u{fffd}", "three"]);
+    }
+
+    #[test]
+    fn cpu_time_is_read_from_proc_stat() {
+        let stat = "4242 (qemu (x) y) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 3 0 100";
+        assert_eq!(cpu_time_of_stat(stat, 100), Some(Duration::from_secs(3)));
+        assert_eq!(cpu_time_of_stat("garbage", 100), None);
+        // This process's own line parses.
+        assert!(process_cpu_time(std::process::id()).is_some());
     }
 }
