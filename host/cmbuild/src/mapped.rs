@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use cmbuild_machine::memory::{HostMemory, PAGE_SIZE};
 use cmbuild_machine::snapshot::Base;
-use cmbuild_store::cid::{cid_of_bytes, Cid};
+use cmbuild_store::cid::{cid_of_bytes_parallel, Cid};
 
 /// A drive image could not be mapped.
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +81,11 @@ impl Deref for DriveImage {
 
 impl DriveImage {
     /// The file at `path` mapped read-only, if its content ID is `cid` (computed over the
-    /// mapping: the bytes checked are the bytes machines read).
+    /// mapping, on every core: the bytes checked are the bytes machines read).
     pub fn map_verified(path: &Path, cid: &Cid) -> Result<Self, MapError> {
         let file = MappedFile::open(path)?;
-        let actual = cid_of_bytes(file.bytes());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let actual = cid_of_bytes_parallel(file.bytes(), threads);
         if actual != *cid {
             return Err(MapError::Cid {
                 path: path.to_path_buf(),
@@ -278,6 +279,7 @@ impl Drop for PrivateMapping {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cmbuild_store::cid::cid_of_bytes;
 
     #[test]
     fn a_verified_mapping_reads_the_file_and_a_private_range_copies_on_write() {
