@@ -1,8 +1,9 @@
 #!/bin/sh
 # cmbuild's build driver, run by /init inside the guest's root image (see PROTOCOL.md).
 #
-# Reads the input drive (a tar: plan.env, source.tar, vendor.tar, cargo-config.toml),
-# refuses a plan version it does not know, builds every triple of the plan with cargo
+# Mounts the input drive (an EROFS image: plan.env, cargo-config.toml, src/, vendor/)
+# read-only with a writable overlay over the two trees, refuses a plan version it does
+# not know, builds every triple of the plan with cargo
 # --offline --locked (the full log to /out/<triple>/build.log, one progress line per
 # crate and the first error line to the console), copies the planned binaries to
 # /out/<triple>/, and writes /out as one tar onto the output drive. Paths are
@@ -30,44 +31,44 @@ mkdir -p /build/src /build/vendor /build/cargo-home /build/home /out
 # it with the input drive filled in; the block caches of the other drives are dropped on
 # both sides of the yield, so nothing read before it (the kernel's partition scan) can be
 # stale after it.
-# The host answers the yield in HTIF fromhost (2 << 56 | the input's length in bytes):
-# the driver reads that many bytes only (tar would otherwise drain the whole drive).
+# The host answers the yield in HTIF fromhost (2 << 56 | the input's length in bytes);
+# the input is a filesystem, so its length is informational.
 say "toolchain: $(rustc -V 2>&1), $(cargo -V 2>&1)"
 for drive in "$input" "$output" /dev/pmem3; do blockdev --flushbufs "$drive" 2>/dev/null; done
 devmem 0x40008000 64 0x0200000000000000 2>/dev/null
 answer=$(devmem 0x40008008 64 2>/dev/null) || answer=0
 for drive in "$input" "$output" /dev/pmem3; do blockdev --flushbufs "$drive" 2>/dev/null; done
-length=$(( ${answer:-0} & 0xffffffffffff ))
-read_input() {
-    if [ "$length" -gt 0 ]; then
-        head -c "$length" "$input" | tar -xf - -C /build
-    else
-        tar -xf "$input" -C /build
-    fi
-}
-if ! read_input || [ ! -f /build/plan.env ]; then
+: "${answer:=0}"
+mkdir -p /build/in
+if ! mount -t erofs -o ro "$input" /build/in || [ ! -f /build/in/plan.env ]; then
     say "cannot read the build plan from $input"
     echo "input" > /out/error
     finish
 fi
 set -a
-. /build/plan.env
+. /build/in/plan.env
 set +a
 # The plan versions this driver reads (PROTOCOL.md); any other is refused before building.
 case "${CMBUILD_PLAN_VERSION:-}" in
-    1) ;;
+    2) ;;
     *)
-        say "unsupported build plan version (this driver reads version 1)"
+        say "unsupported build plan version (this driver reads version 2)"
         echo "plan-version" > /out/error
         finish
         ;;
 esac
-tar -xf /build/source.tar -C /build/src && tar -xf /build/vendor.tar -C /build/vendor || {
-    say "cannot unpack the source or the vendored crates"
+# The source and the vendored crates, read in place: cargo writes target/ (and a build
+# script whatever it writes next to its sources) into the overlay's upper layer, in RAM.
+overlay() {
+    mkdir -p "/build/upper/$1" "/build/work/$1" &&
+        mount -t overlay overlay \
+            -o "lowerdir=/build/in/$1,upperdir=/build/upper/$1,workdir=/build/work/$1" "/build/$1"
+}
+overlay src && overlay vendor || {
+    say "cannot mount the source or the vendored crates"
     echo "unpack" > /out/error
     finish
 }
-rm -f /build/source.tar /build/vendor.tar
 
 export CARGO_HOME=/build/cargo-home
 cp /usr/lib/cmbuild/cargo-config.toml "$CARGO_HOME/config.toml"
@@ -94,7 +95,7 @@ for target in $TARGETS; do
     # `cmbuild-progress: T n/N crate version` line per crate cargo compiles (N: the
     # packages of Cargo.lock, an upper bound) and the first error line.
     # shellcheck disable=SC2086 # CARGO_FLAGS is a word list by design.
-    { cargo build --release --locked --offline --config /build/cargo-config.toml \
+    { cargo build --release --locked --offline --config /build/in/cargo-config.toml \
         --target "$target" ${CARGO_FLAGS:-}; echo "$?" > "/build/$target.status"; } 2>&1 |
         awk -v target="$target" -v total="$total" -v logfile="/out/$target/build.log" '
             { print > logfile }

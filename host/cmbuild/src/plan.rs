@@ -37,6 +37,9 @@ pub enum PlanError {
     /// The guest did not produce what the plan asked for.
     #[error("{0}")]
     MissingOutput(String),
+    /// The input drive could not be made from the source and vendor archives.
+    #[error("making the input drive: {0}")]
+    Input(String),
     /// I/O error.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -141,7 +144,7 @@ impl Plan {
     pub fn to_env(&self) -> String {
         let bins: Vec<&str> = self.bins.iter().map(|b| b.bin.as_str()).collect();
         format!(
-            "CMBUILD_PLAN_VERSION='1'\nSOURCE_DATE_EPOCH='{}'\nTARGETS='{}'\nCARGO_FLAGS='{}'\nBINS='{}'\n",
+            "CMBUILD_PLAN_VERSION='2'\nSOURCE_DATE_EPOCH='{}'\nTARGETS='{}'\nCARGO_FLAGS='{}'\nBINS='{}'\n",
             self.source_date_epoch,
             self.targets
                 .iter()
@@ -246,20 +249,46 @@ pub fn pad_to_drive(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-/// Builds the input drive: `plan.env`, `source.tar`, `vendor.tar`, `cargo-config.toml`.
+/// The input drive's volume UUID: fixed, so that the drive is a function of its files.
+const INPUT_UUID: [u8; 16] = *b"cmbuild-input-v1";
+
+/// Builds the input drive: an EROFS image holding `plan.env`, `cargo-config.toml`, the
+/// source tree under `src/` and the vendored crates under `vendor/` (PROTOCOL.md). The
+/// guest mounts it read-only, with a writable overlay over `src/` and `vendor/`, so that
+/// nothing is copied or unpacked: cargo reads only the files it compiles. Every inode's
+/// time is `SOURCE_DATE_EPOCH`; the trees come from the deterministic source and vendor
+/// archives, so the drive is a function of those two and the plan.
 pub fn build_input_drive(
     plan: &Plan,
     source_tar: &[u8],
     vendor_tar: &[u8],
     cargo_config: &str,
-) -> io::Result<Vec<u8>> {
-    let mut tar = DeterministicTar::new(Vec::new(), plan.source_date_epoch);
-    // Sorted by name.
-    tar.file("cargo-config.toml", cargo_config.as_bytes(), false)?;
-    tar.file("plan.env", plan.to_env().as_bytes(), false)?;
-    tar.file("source.tar", source_tar, false)?;
-    tar.file("vendor.tar", vendor_tar, false)?;
-    Ok(pad_to_drive(tar.finish()?))
+) -> Result<Vec<u8>, PlanError> {
+    use cmbuild_image::rootfs::Tree;
+    let input = |e: &dyn std::fmt::Display| PlanError::Input(e.to_string());
+    let mut tree = Tree::new();
+    tree.add_file("cargo-config.toml", 0o644, cargo_config.as_bytes().to_vec())
+        .map_err(|e| input(&e))?;
+    tree.add_file("plan.env", 0o644, plan.to_env().into_bytes())
+        .map_err(|e| input(&e))?;
+    for (dir, archive) in [("src", source_tar), ("vendor", vendor_tar)] {
+        tree.add_dir(dir, 0o755).map_err(|e| input(&e))?;
+        let mut entries = cmbuild_image::deb::read_tar(archive).map_err(|e| input(&e))?;
+        for entry in &mut entries {
+            entry.path = format!("{dir}/{}", entry.path);
+            if let cmbuild_image::deb::Node::Hardlink(target) = &mut entry.node {
+                *target = format!("{dir}/{target}");
+            }
+        }
+        tree.install(&entries).map_err(|e| input(&e))?;
+    }
+    let options = cmbuild_image::erofs::ErofsOptions {
+        uuid: INPUT_UUID,
+        volume_name: "cmbuild-input".into(),
+        build_time: plan.source_date_epoch,
+    };
+    let bytes = cmbuild_image::erofs::erofs_bytes(&tree, &options).map_err(|e| input(&e))?;
+    Ok(pad_to_drive(bytes))
 }
 
 /// The cargo configuration the guest uses: crates.io replaced by the vendored directory.
@@ -400,22 +429,82 @@ mod tests {
         assert!(matches!(none, Err(PlanError::NoBinaries(_))));
     }
 
+    fn small_tar(files: &[(&str, &[u8], bool)], symlink: Option<(&str, &str)>) -> Vec<u8> {
+        let mut tar = DeterministicTar::new(Vec::new(), 7);
+        tar.dir("d").unwrap();
+        for (path, data, executable) in files {
+            tar.file(path, data, *executable).unwrap();
+        }
+        if let Some((path, target)) = symlink {
+            let mut header = tar.header(tar::EntryType::Symlink, 0o777, 0);
+            tar.builder.append_link(&mut header, path, target).unwrap();
+        }
+        tar.finish().unwrap()
+    }
+
     #[test]
-    fn input_drive_is_deterministic_and_aligned() {
+    fn input_drive_is_an_erofs_image_of_the_plan_and_both_trees() {
         let plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
-        let a = build_input_drive(&plan, b"src", b"vendor", GUEST_CARGO_CONFIG).unwrap();
-        let b = build_input_drive(&plan, b"src", b"vendor", GUEST_CARGO_CONFIG).unwrap();
+        let source = small_tar(
+            &[
+                ("Cargo.toml", b"[package]\n", false),
+                ("d/run.sh", b"#!/bin/sh\n", true),
+            ],
+            Some(("d/link", "../Cargo.toml")),
+        );
+        let vendor = small_tar(&[("d/.cargo-checksum.json", b"{}", false)], None);
+        let a = build_input_drive(&plan, &source, &vendor, GUEST_CARGO_CONFIG).unwrap();
+        let b = build_input_drive(&plan, &source, &vendor, GUEST_CARGO_CONFIG).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len() as u64 % DRIVE_ALIGN, 0);
-        let mut names = Vec::new();
-        for entry in tar::Archive::new(&a[..]).entries().unwrap() {
-            let entry = entry.unwrap();
-            assert_eq!(entry.header().mtime().unwrap(), 7);
-            names.push(entry.path().unwrap().display().to_string());
-        }
+        // The EROFS superblock's magic, 1 KiB in.
+        assert_eq!(a[1024..1028], 0xE0F5_E1E2u32.to_le_bytes());
+        // A different source gives a different drive.
+        let other = small_tar(&[("Cargo.toml", b"[package]\nname = \"x\"\n", false)], None);
+        assert_ne!(
+            a,
+            build_input_drive(&plan, &other, &vendor, GUEST_CARGO_CONFIG).unwrap()
+        );
+
+        // erofs-utils' own reader sees the same tree.
+        let have_fsck = std::process::Command::new("fsck.erofs")
+            .arg("--help")
+            .output()
+            .is_ok();
+        assert!(
+            have_fsck,
+            "fsck.erofs is missing: run .ci/install-deps (erofs-utils)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("input.erofs");
+        std::fs::write(&image, &a).unwrap();
+        let out = dir.path().join("x");
+        let status = std::process::Command::new("fsck.erofs")
+            .arg(format!("--extract={}", out.display()))
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{status:?}");
+        let read = |p: &str| std::fs::read(out.join(p)).unwrap();
+        assert_eq!(read("plan.env"), plan.to_env().as_bytes());
+        assert_eq!(read("cargo-config.toml"), GUEST_CARGO_CONFIG.as_bytes());
+        assert_eq!(read("src/Cargo.toml"), b"[package]\n");
+        assert_eq!(read("vendor/d/.cargo-checksum.json"), b"{}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("src/d/run.sh"), 0o755);
+        assert_eq!(mode("src/Cargo.toml"), 0o644);
         assert_eq!(
-            names,
-            ["cargo-config.toml", "plan.env", "source.tar", "vendor.tar"]
+            std::fs::read_link(out.join("src/d/link")).unwrap(),
+            Path::new("../Cargo.toml")
+        );
+        let mtime = std::fs::metadata(out.join("src/Cargo.toml"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(
+            mtime,
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(7)
         );
     }
 
@@ -527,7 +616,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             plan.to_env(),
-            "CMBUILD_PLAN_VERSION='1'\nSOURCE_DATE_EPOCH='1767225600'\n\
+            "CMBUILD_PLAN_VERSION='2'\nSOURCE_DATE_EPOCH='1767225600'\n\
              TARGETS='x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu riscv64gc-unknown-linux-gnu'\n\
              CARGO_FLAGS=''\nBINS='a b-tool'\n"
         );

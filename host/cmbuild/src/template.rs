@@ -465,8 +465,8 @@ fn instantiate(
 }
 
 /// Writes `input` onto the input drive of a machine resumed from the template, and
-/// answers the guest's yield: HTIF `fromhost` = `2 << 56 | input length` (the driver reads
-/// that many bytes of the drive and no more).
+/// answers the guest's yield: HTIF `fromhost` = `2 << 56 | input length` (the input is an
+/// EROFS image the driver mounts; the length tells how much of the drive it fills).
 pub fn fill_input(machine: &mut Machine, input: &[u8]) -> Result<(), TemplateError> {
     let drive = &mut machine.bus.flash[Drive::Input.index()];
     if input.len() as u64 > drive.image_length {

@@ -765,7 +765,7 @@ mod tests {
         let plan = crate::plan::Plan::new(&selection, 1_700_000_000, &bins).unwrap();
         assert_eq!(
             plan.to_env(),
-            "CMBUILD_PLAN_VERSION='1'\nSOURCE_DATE_EPOCH='1700000000'\n\
+            "CMBUILD_PLAN_VERSION='2'\nSOURCE_DATE_EPOCH='1700000000'\n\
              TARGETS='x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu riscv64gc-unknown-linux-gnu'\n\
              CARGO_FLAGS=''\nBINS='hello'\n"
         );

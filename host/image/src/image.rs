@@ -137,21 +137,11 @@ pub fn build_image(
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     // Temporaries of an earlier build that was killed.
     cmbuild_store::atomic::remove_stale_temp_files(out_dir);
-    let mut packages: Vec<&LockedPackage> = lock.packages.iter().collect();
-    packages.sort_by(|a, b| (&a.name, &a.architecture).cmp(&(&b.name, &b.architecture)));
-
     let mut root = Tree::new();
     add_skeleton(&mut root)?;
     let mut kernel: Option<Tree> = None;
     let mut firmware: Option<Vec<u8>> = None;
-    let total = packages.len();
-    for (index, package) in packages.iter().enumerate() {
-        progress(Step::Extracting {
-            name: &package.name,
-            index,
-            total,
-        });
-        let entries = read_package(package, &mut load)?;
+    for_each_package(lock, &mut load, &mut progress, |package, entries| {
         let ships_kernel = package.name.starts_with("linux-image-")
             && entries.iter().any(|e| e.path.starts_with("boot/vmlinux-"));
         if ships_kernel {
@@ -167,7 +157,8 @@ pub fn build_image(
         } else {
             root.install(&entries)?;
         }
-    }
+        Ok(())
+    })?;
     let kernel = kernel.ok_or_else(|| ImageError::MissingPackage("linux-image-*".into()))?;
     let firmware = firmware.ok_or_else(|| ImageError::MissingPackage("opensbi".into()))?;
 
@@ -233,19 +224,11 @@ pub fn build_layer(
         move |source| ImageError::Io { path, source }
     };
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
-    let mut packages: Vec<&LockedPackage> = lock.packages.iter().collect();
-    packages.sort_by(|a, b| (&a.name, &a.architecture).cmp(&(&b.name, &b.architecture)));
     let mut tree = Tree::new();
     add_skeleton(&mut tree)?;
-    let total = packages.len();
-    for (index, package) in packages.iter().enumerate() {
-        progress(Step::Extracting {
-            name: &package.name,
-            index,
-            total,
-        });
-        tree.install(&read_package(package, &mut load)?)?;
-    }
+    for_each_package(lock, &mut load, &mut progress, |_, entries| {
+        Ok(tree.install(&entries)?)
+    })?;
     let name = layer_file_name(id);
     progress(Step::Writing(&name));
     let path = out_dir.join(&name);
@@ -273,6 +256,29 @@ fn write_erofs_file(path: &Path, tree: &Tree, options: &ErofsOptions) -> Result<
             source: err.into_error(),
         })?
         .commit()?;
+    Ok(())
+}
+
+/// Reads, checks and extracts every package of `lock` in one fixed order (name, then
+/// architecture), so that a later package overwrites an earlier one the same way on every
+/// host, and hands each package's entries to `install`.
+fn for_each_package(
+    lock: &Lock,
+    load: &mut impl FnMut(&LockedPackage) -> Result<Vec<u8>, BoxError>,
+    progress: &mut impl FnMut(Step),
+    mut install: impl FnMut(&LockedPackage, Vec<crate::deb::Entry>) -> Result<(), ImageError>,
+) -> Result<(), ImageError> {
+    let mut packages: Vec<&LockedPackage> = lock.packages.iter().collect();
+    packages.sort_by(|a, b| (&a.name, &a.architecture).cmp(&(&b.name, &b.architecture)));
+    let total = packages.len();
+    for (index, package) in packages.into_iter().enumerate() {
+        progress(Step::Extracting {
+            name: &package.name,
+            index,
+            total,
+        });
+        install(package, read_package(package, load)?)?;
+    }
     Ok(())
 }
 
