@@ -274,7 +274,8 @@ fn tar_dir(dir: &Path) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-/// The input drive of PROTOCOL.md for `examples/hello`, vendored by the host's cargo.
+/// The input drive of PROTOCOL.md for `examples/hello`, vendored by the host's cargo and
+/// made by the run pipeline's own `plan::build_input_drive`.
 fn hello_input_drive(work: &Path) -> Vec<u8> {
     let project = repo_root().join("examples/hello");
     let vendor = work.join("vendor");
@@ -296,19 +297,23 @@ fn hello_input_drive(work: &Path) -> Vec<u8> {
         std::fs::create_dir_all(source.join(file).parent().unwrap()).unwrap();
         std::fs::copy(project.join(file), source.join(file)).unwrap();
     }
-    let targets: Vec<&str> = TRIPLES.iter().map(|t| t.0).collect();
-    let plan = format!(
-        "CMBUILD_PLAN_VERSION='1'\nSOURCE_DATE_EPOCH='1700000000'\nTARGETS='{}'\nCARGO_FLAGS=''\nBINS='hello'\n",
-        targets.join(" ")
-    );
-    let config = "[source.crates-io]\nreplace-with = \"cmbuild-vendor\"\n\n[source.cmbuild-vendor]\ndirectory = \"/build/vendor\"\n";
-    let drive_dir = work.join("drive");
-    std::fs::create_dir_all(&drive_dir).unwrap();
-    std::fs::write(drive_dir.join("plan.env"), plan).unwrap();
-    std::fs::write(drive_dir.join("cargo-config.toml"), config).unwrap();
-    std::fs::write(drive_dir.join("source.tar"), tar_dir(&source)).unwrap();
-    std::fs::write(drive_dir.join("vendor.tar"), tar_dir(&vendor)).unwrap();
-    tar_dir(&drive_dir)
+    let plan = cmbuild::plan::Plan {
+        source_date_epoch: 1_700_000_000,
+        targets: TRIPLES.iter().map(|t| t.0.parse().unwrap()).collect(),
+        cargo_flags: Vec::new(),
+        bins: vec![cmbuild::plan::PlannedBin {
+            package: "hello".into(),
+            version: "0.1.0".into(),
+            bin: "hello".into(),
+        }],
+    };
+    cmbuild::plan::build_input_drive(
+        &plan,
+        &tar_dir(&source),
+        &tar_dir(&vendor),
+        cmbuild::plan::GUEST_CARGO_CONFIG,
+    )
+    .unwrap()
 }
 
 #[test]
