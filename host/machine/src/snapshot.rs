@@ -1562,6 +1562,25 @@ mod tests {
         check_pages("t", &fewer, m.len()).unwrap();
         let err = apply_pages("t", &fewer, &mut m).unwrap_err();
         assert!(err.to_string().contains("more than 1 pages"), "{err}");
+
+        // Decompressed up front (a prepared snapshot), each file gives the same pages and
+        // each broken one the same refusal.
+        for file in [&v1, &v2] {
+            let expanded = expand_pages("t", file).unwrap();
+            let mut back = MemRange::new(0x8000_0000, 16 * PAGE_SIZE);
+            for (k, &page) in expanded.indices.iter().enumerate() {
+                let at = k * PAGE_SIZE as usize;
+                back.write_bytes(
+                    page * PAGE_SIZE,
+                    &expanded.data[at..at + PAGE_SIZE as usize],
+                );
+            }
+            assert_eq!(back.bytes(), mem.bytes());
+        }
+        let err = expand_pages("t", &v2[..v2.len() - 3]).unwrap_err();
+        assert!(err.to_string().contains("page data"), "{err}");
+        let err = expand_pages("t", &fewer).unwrap_err();
+        assert!(err.to_string().contains("more than 1 pages"), "{err}");
     }
 
     #[test]
