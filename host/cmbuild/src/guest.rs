@@ -3,6 +3,7 @@
 //! `guest-image/PROTOCOL.md` is the contract; the drive order fixes the guest's
 //! `/dev/pmemN` names, so [`Drive`] is the one place that knows which drive is which.
 
+use crate::mapped::DriveImage;
 use cmbuild_machine::machine::{FlashConfig, Machine, MachineConfig};
 use serde::{Deserialize, Serialize};
 
@@ -160,11 +161,11 @@ impl MachineSettings {
             .map(|&drive| FlashConfig {
                 label: drive.label().into(),
                 image: match drive {
-                    Drive::Root => image.rootfs.clone(),
+                    Drive::Root => image.rootfs.to_vec(),
                     Drive::Input => zeros(self.input_length),
                     Drive::Output => zeros(self.output_length),
                     Drive::Scratch => zeros(self.scratch_length),
-                    Drive::Toolchain => image.toolchain.clone(),
+                    Drive::Toolchain => image.toolchain.to_vec(),
                 },
                 shared: drive.shared(),
             })
@@ -191,10 +192,10 @@ pub struct GuestImage {
     pub firmware: Vec<u8>,
     /// `initramfs.cpio`.
     pub initrd: Vec<u8>,
-    /// `rootfs.erofs`.
-    pub rootfs: Vec<u8>,
-    /// `toolchain-<id>.erofs`: the selected toolchain's layer.
-    pub toolchain: Vec<u8>,
+    /// `rootfs.erofs` (mapped from the mirror: see [`crate::mapped`]).
+    pub rootfs: DriveImage,
+    /// `toolchain-<id>.erofs`: the selected toolchain's layer (mapped like the root).
+    pub toolchain: DriveImage,
 }
 
 /// The contents of a machine's drive.
@@ -212,8 +213,8 @@ mod tests {
             kernel: vec![],
             firmware: vec![1],
             initrd: vec![],
-            rootfs: vec![2; 4096],
-            toolchain: vec![4; 8192],
+            rootfs: vec![2; 4096].into(),
+            toolchain: vec![4; 8192].into(),
         };
         let config = MachineSettings::default().machine_config(&image);
         let labels: Vec<&str> = config

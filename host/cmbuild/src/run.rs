@@ -33,6 +33,7 @@ use crate::manifest::{
     to_canonical_json, Artifact, MachineRecord, MachineRun, Manifest, MACHINE_SCHEMA,
     MANIFEST_SCHEMA,
 };
+use crate::mapped::{DriveImage, MapError};
 use crate::pins::{self, Pins};
 use crate::plan::{self, Plan};
 use crate::project;
@@ -238,6 +239,20 @@ pub struct RunSummary {
     pub machine: MachineRecord,
 }
 
+/// The image directory's file name of pinned image file `name` (a base image file or a
+/// toolchain layer).
+fn pinned_file_name(name: &str) -> Option<String> {
+    pins::image_file(name).map(str::to_owned).or_else(|| {
+        cmbuild_image::layers::shipped().ok().and_then(|layers| {
+            layers
+                .toolchains
+                .keys()
+                .find(|id| pins::layer_key(id) == name)
+                .map(|id| cmbuild_image::image::layer_file_name(id))
+        })
+    })
+}
+
 /// Reads a pinned blob from the mirror (or the image directory), verified against its CID;
 /// records a missing one.
 fn read_pinned(
@@ -251,16 +266,7 @@ fn read_pinned(
         Ok(bytes) => return Some(bytes),
         Err(e) => e.to_string(),
     };
-    let file = pins::image_file(name).map(str::to_owned).or_else(|| {
-        cmbuild_image::layers::shipped().ok().and_then(|layers| {
-            layers
-                .toolchains
-                .keys()
-                .find(|id| pins::layer_key(id) == name)
-                .map(|id| cmbuild_image::image::layer_file_name(id))
-        })
-    });
-    if let (Some(dir), Some(file)) = (image_dir, file) {
+    if let (Some(dir), Some(file)) = (image_dir, pinned_file_name(name)) {
         let path = dir.join(file);
         if let Ok(bytes) = std::fs::read(&path) {
             if cmbuild_store::cid::cid_of_bytes(&bytes) == *cid {
@@ -277,8 +283,54 @@ fn read_pinned(
     None
 }
 
+/// [`read_pinned`] for a drive image: the file is mapped rather than read (see
+/// [`crate::mapped`]), and verified through the mapping.
+fn map_pinned(
+    mirror: &Mirror,
+    image_dir: Option<&Path>,
+    name: &str,
+    cid: &Cid,
+    missing: &mut Vec<String>,
+) -> Option<DriveImage> {
+    let path = mirror.blob_path(cid);
+    let mirror_error = if path.is_file() {
+        match DriveImage::map_verified(&path, cid) {
+            Ok(image) => return Some(image),
+            Err(MapError::Cid { path, actual, .. }) => {
+                cmbuild_store::mirror::MirrorError::Corrupt { path, actual }.to_string()
+            }
+            Err(e) => crate::terminal::error_chain(&e),
+        }
+    } else {
+        cmbuild_store::mirror::MirrorError::Missing {
+            cid: *cid,
+            root: mirror.root().to_path_buf(),
+        }
+        .to_string()
+    };
+    if let (Some(dir), Some(file)) = (image_dir, pinned_file_name(name)) {
+        let path = dir.join(file);
+        if path.is_file() {
+            match DriveImage::map_verified(&path, cid) {
+                Ok(image) => return Some(image),
+                Err(MapError::Cid { .. }) => {
+                    missing.push(format!(
+                        "{name} {cid}: not in the mirror, and {} has other bytes (run `cmbuild image build`)",
+                        path.display()
+                    ));
+                    return None;
+                }
+                Err(e) => missing.push(crate::terminal::error_chain(&e)),
+            }
+        }
+    }
+    missing.push(format!("{name} {cid} ({mirror_error})"));
+    None
+}
+
 /// The pinned guest image from the mirror (or `image_dir`), each file checked against its
-/// pin; fails naming every file missing.
+/// pin; fails naming every file missing. The root image and the toolchain layer are mapped,
+/// not read (see [`crate::mapped`]).
 pub fn read_pinned_image(
     mirror: &Mirror,
     pins: &Pins,
@@ -286,22 +338,25 @@ pub fn read_pinned_image(
     toolchain: RustVersion,
 ) -> Result<GuestImage, RunError> {
     let mut missing = Vec::new();
-    let mut blob = |key: &str| -> Option<Vec<u8>> {
-        match pins::require_cid(pins, key) {
-            Ok(cid) => read_pinned(mirror, image_dir, key, &cid, &mut missing),
-            Err(e) => {
-                missing.push(e.to_string());
-                None
-            }
-        }
+    let cid_of = |key: &str, missing: &mut Vec<String>| {
+        pins::require_cid(pins, key)
+            .map_err(|e| missing.push(e.to_string()))
+            .ok()
     };
-    match (
-        blob(pins::KERNEL),
-        blob(pins::FIRMWARE),
-        blob(pins::INITRD),
-        blob(pins::ROOTFS),
-        blob(&toolchain_layer_key(toolchain)),
-    ) {
+    let blob = |key: &str, missing: &mut Vec<String>| -> Option<Vec<u8>> {
+        let cid = cid_of(key, missing)?;
+        read_pinned(mirror, image_dir, key, &cid, missing)
+    };
+    let kernel = blob(pins::KERNEL, &mut missing);
+    let firmware = blob(pins::FIRMWARE, &mut missing);
+    let initrd = blob(pins::INITRD, &mut missing);
+    let drive = |key: &str, missing: &mut Vec<String>| -> Option<DriveImage> {
+        let cid = cid_of(key, missing)?;
+        map_pinned(mirror, image_dir, key, &cid, missing)
+    };
+    let rootfs = drive(pins::ROOTFS, &mut missing);
+    let toolchain = drive(&toolchain_layer_key(toolchain), &mut missing);
+    match (kernel, firmware, initrd, rootfs, toolchain) {
         (Some(kernel), Some(firmware), Some(initrd), Some(rootfs), Some(toolchain)) => {
             Ok(GuestImage {
                 kernel,
@@ -583,6 +638,14 @@ pub fn obtain_template(
         } else {
             "from the mirror"
         },
+        started.elapsed()
+    )));
+    // Once for every machine of the run: unpacked, checked, its pages decompressed.
+    let started = std::time::Instant::now();
+    let prepared = found.prepare()?;
+    progress(Progress::Phase(format!(
+        "template prepared ({} MiB of pages) in {:.1?}",
+        prepared.page_bytes() >> 20,
         started.elapsed()
     )));
     Ok(found)
@@ -954,29 +1017,19 @@ fn run_machine(
     input_drive: Vec<u8>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> MachineResult {
-    let image = &inputs.image;
     let names: Vec<String> = targets.iter().map(Triple::to_string).collect();
     let name = names.join(",");
     let expected_mcycle = previous_mcycle(&opts.out_dir, &names);
     let started = std::time::Instant::now();
-    let record = &inputs.template.record;
     // `snapshot_config` is for the snapshot a stalled machine leaves (it records what the
     // machine was built from).
-    let (mut machine, snapshot_config) = crate::template::resume_with_config(
-        &inputs.template.blob,
-        image.rootfs.clone(),
-        image.toolchain.clone(),
-        &record.root_hash,
-        cmbuild_machine::snapshot::HashCheck::Trusted,
-    )
-    .map_err(|e| RunError::Machine(name.clone(), crate::terminal::error_chain(&e)))?;
+    let (mut machine, snapshot_config) = resume_build(inputs, &input_drive)
+        .map_err(|e| RunError::Machine(name.clone(), crate::terminal::error_chain(&e)))?;
     progress(Progress::Phase(format!(
         "[{name}] resumed from the template at mcycle {} in {:.2?}",
         machine.mcycle(),
         started.elapsed()
     )));
-    crate::template::fill_input(&mut machine, &input_drive)
-        .map_err(|e| RunError::Machine(name.clone(), e.to_string()))?;
     let watch = Watch {
         name: &name,
         max_mcycle: opts.machine.max_mcycle,
@@ -1017,6 +1070,19 @@ fn run_machine(
         output_drive,
         leaves,
     })
+}
+
+/// A build machine: resumed from the run's template, with `input_drive` on its input drive
+/// and the guest's yield answered ([`crate::template::fill_input`]), ready to run to halt.
+/// Also returns the configuration a snapshot of it records.
+pub fn resume_build(
+    inputs: &ReleaseInputs,
+    input_drive: &[u8],
+) -> Result<(Machine, SnapshotConfig), crate::template::TemplateError> {
+    let image = &inputs.image;
+    let (mut machine, snapshot_config) = inputs.template.resume(&image.rootfs, &image.toolchain)?;
+    crate::template::fill_input(&mut machine, input_drive)?;
+    Ok((machine, snapshot_config))
 }
 
 /// How [`run_to_halt`] watches a machine.

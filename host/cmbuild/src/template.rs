@@ -34,6 +34,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use cmbuild_machine::devices::htif::YIELD_DEVICE;
 use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
@@ -44,6 +45,7 @@ use cmbuild_store::sha256::Sha256;
 use serde::{Deserialize, Serialize};
 
 use crate::guest::{Drive, GuestImage, MachineSettings, BOOTARGS};
+use crate::mapped::DriveImage;
 
 /// A guest that has not reached its ready point by this mcycle never will (a boot takes
 /// about 2e9).
@@ -181,6 +183,48 @@ pub struct Template {
     pub record: TemplateRecord,
     /// Whether it was derived (booted) now rather than found in the mirror.
     pub derived: bool,
+    /// The blob unpacked, checked and decompressed, once for every machine resumed from it
+    /// ([`Template::prepare`]).
+    prepared: OnceLock<Arc<snapshot::Prepared>>,
+}
+
+impl Template {
+    fn new(blob: Vec<u8>, record: TemplateRecord, derived: bool) -> Self {
+        Self {
+            blob,
+            record,
+            derived,
+            prepared: OnceLock::new(),
+        }
+    }
+
+    /// The blob unpacked, its files checked against its manifest and its pages decompressed:
+    /// done on the first call, kept for every later [`Template::resume`].
+    pub fn prepare(&self) -> Result<&snapshot::Prepared, TemplateError> {
+        if let Some(prepared) = self.prepared.get() {
+            return Ok(prepared);
+        }
+        let prepared = Arc::new(prepare_blob(&self.blob)?);
+        Ok(self.prepared.get_or_init(|| prepared))
+    }
+
+    /// A machine at the ready point ([`resume_with_config`]'s, with [`HashCheck::Trusted`]),
+    /// from the prepared template: its RAM is copied from the decompressed pages and its root
+    /// and toolchain drives map `rootfs` and `toolchain` copy-on-write, so this costs little
+    /// more than the copy of the RAM the guest had used.
+    pub fn resume(
+        &self,
+        rootfs: &DriveImage,
+        toolchain: &DriveImage,
+    ) -> Result<(Machine, SnapshotConfig), TemplateError> {
+        instantiate(
+            self.prepare()?,
+            rootfs,
+            toolchain,
+            &self.record.root_hash,
+            HashCheck::Trusted,
+        )
+    }
 }
 
 /// Where the record of `key` lives.
@@ -248,8 +292,8 @@ pub fn pack(
     image: &GuestImage,
 ) -> Result<(Vec<u8>, String), TemplateError> {
     let bases = BTreeMap::from([
-        (Drive::Root.index(), image.rootfs.as_slice()),
-        (Drive::Toolchain.index(), image.toolchain.as_slice()),
+        (Drive::Root.index(), &image.rootfs[..]),
+        (Drive::Toolchain.index(), &image.toolchain[..]),
     ]);
     let encoded = snapshot::encode_with_bases(machine, config, &bases)?;
     let mut tar = tar::Builder::new(Vec::new());
@@ -346,8 +390,8 @@ fn unpack(blob: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
 /// over everything, covers all of it anyway.
 pub fn resume(
     blob: &[u8],
-    rootfs: Vec<u8>,
-    toolchain: Vec<u8>,
+    rootfs: &DriveImage,
+    toolchain: &DriveImage,
     expected: &str,
     check: HashCheck,
 ) -> Result<Machine, TemplateError> {
@@ -358,11 +402,16 @@ pub fn resume(
 /// snapshot of the resumed machine, written whole, records).
 pub fn resume_with_config(
     blob: &[u8],
-    rootfs: Vec<u8>,
-    toolchain: Vec<u8>,
+    rootfs: &DriveImage,
+    toolchain: &DriveImage,
     expected: &str,
     check: HashCheck,
 ) -> Result<(Machine, SnapshotConfig), TemplateError> {
+    instantiate(&prepare_blob(blob)?, rootfs, toolchain, expected, check)
+}
+
+/// Unpacks a template blob and prepares its snapshot (files checked, pages decompressed).
+fn prepare_blob(blob: &[u8]) -> Result<snapshot::Prepared, TemplateError> {
     let files = unpack(blob)?;
     let manifest = files
         .get("manifest")
@@ -378,11 +427,30 @@ pub fn resume_with_config(
                 .ok_or_else(|| TemplateError::Blob(format!("no file {}", e.name)))
         })
         .collect::<Result<Vec<&[u8]>, _>>()?;
-    let bases = BTreeMap::from([
-        (Drive::Root.index(), rootfs),
-        (Drive::Toolchain.index(), toolchain),
-    ]);
-    let loaded = snapshot::load_with_bases(&m, &contents, bases, check)?;
+    Ok(snapshot::Prepared::new(&m, &contents)?)
+}
+
+/// A machine from a prepared template, over the root and toolchain drive images; the
+/// snapshot's hash must be `expected`.
+fn instantiate(
+    prepared: &snapshot::Prepared,
+    rootfs: &DriveImage,
+    toolchain: &DriveImage,
+    expected: &str,
+    check: HashCheck,
+) -> Result<(Machine, SnapshotConfig), TemplateError> {
+    let m = prepared.manifest();
+    let mut bases = BTreeMap::new();
+    for (drive, image) in [(Drive::Root, rootfs), (Drive::Toolchain, toolchain)] {
+        let range = m
+            .drive_range_length(drive.index())
+            .ok_or_else(|| TemplateError::Blob(format!("no drive {}", drive.index())))?;
+        let base = image
+            .base(range)
+            .map_err(|e| TemplateError::Blob(crate::terminal::error_chain(&e)))?;
+        bases.insert(drive.index(), base);
+    }
+    let loaded = prepared.instantiate(bases, check)?;
     if loaded.root_hash != expected {
         return Err(TemplateError::Blob(format!(
             "it holds the state {}, its record says {expected}",
@@ -509,11 +577,7 @@ pub fn derive_with(
         record.cid,
         blob.len()
     )));
-    Ok(Template {
-        blob,
-        record,
-        derived: true,
-    })
+    Ok(Template::new(blob, record, true))
 }
 
 /// The recorded template of `key`, if there is a record; its blob is read verified by
@@ -567,11 +631,7 @@ fn read_record(
             record.root_hash
         )));
     }
-    Ok(Some(Template {
-        blob,
-        record,
-        derived: false,
-    }))
+    Ok(Some(Template::new(blob, record, false)))
 }
 
 #[cfg(test)]
@@ -638,8 +698,8 @@ mod tests {
             kernel: b"not a kernel".to_vec(),
             firmware: program.iter().flat_map(|w| w.to_le_bytes()).collect(),
             initrd: b"not an initrd".to_vec(),
-            rootfs,
-            toolchain,
+            rootfs: rootfs.into(),
+            toolchain: toolchain.into(),
         }
     }
 
@@ -667,8 +727,8 @@ mod tests {
     fn build(template: &Template, image: &GuestImage, input: &[u8]) -> (String, u64, Vec<u8>) {
         let mut m = resume(
             &template.blob,
-            image.rootfs.clone(),
-            image.toolchain.clone(),
+            &image.rootfs,
+            &image.toolchain,
             &template.record.root_hash,
             HashCheck::Trusted,
         )
@@ -724,11 +784,35 @@ mod tests {
         );
         // Another input, another root hash from the same template.
         assert_ne!(build(&again, &image, &[9; 8]).0, from_mirror.0);
+        // Resumed from the prepared template (decompressed once), over drive images mapped
+        // from files: the same build, twice.
+        let files = tempfile::tempdir().unwrap();
+        let map = |name: &str, bytes: &[u8]| {
+            let path = files.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            DriveImage::map_verified(&path, &cid_of_bytes(bytes)).unwrap()
+        };
+        let mapped = GuestImage {
+            rootfs: map("rootfs", &image.rootfs),
+            toolchain: map("toolchain", &image.toolchain),
+            ..image.clone()
+        };
+        assert!(mapped.rootfs.path().is_some());
+        for _ in 0..2 {
+            let (mut m, _) = again.resume(&mapped.rootfs, &mapped.toolchain).unwrap();
+            assert!(m.bus.flash[Drive::Root.index()].mem.is_supplied());
+            fill_input(&mut m, &input).unwrap();
+            assert_eq!(m.run(1 << 30), Break::Halted(0));
+            assert_eq!(
+                (m.root_hash(), m.mcycle()),
+                (from_mirror.0.clone(), from_mirror.1)
+            );
+        }
         // An input larger than the drive is refused.
         let mut m = resume(
             &again.blob,
-            image.rootfs.clone(),
-            image.toolchain.clone(),
+            &image.rootfs,
+            &image.toolchain,
             &again.record.root_hash,
             HashCheck::Recompute,
         )
@@ -769,8 +853,8 @@ mod tests {
         assert!(matches!(
             resume(
                 &good.blob,
-                image.rootfs.clone(),
-                image.toolchain.clone(),
+                &image.rootfs,
+                &image.toolchain,
                 "cmvm-sha256-v1:00",
                 HashCheck::Trusted
             ),
@@ -780,8 +864,8 @@ mod tests {
         assert!(matches!(
             resume(
                 &good.blob,
-                vec![0x5b; 4096],
-                image.toolchain.clone(),
+                &vec![0x5b; 4096].into(),
+                &image.toolchain,
                 &good.record.root_hash,
                 HashCheck::Recompute
             ),

@@ -14,7 +14,6 @@
 //!
 //! The lock is `guest-image/lock.json`, or the file `$CMBUILD_IMAGE_LOCK` names.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -275,7 +274,8 @@ fn tar_dir(dir: &Path) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-/// The input drive of PROTOCOL.md for `examples/hello`, vendored by the host's cargo.
+/// The input drive of PROTOCOL.md for `examples/hello`, vendored by the host's cargo and
+/// made by the run pipeline's own `plan::build_input_drive`.
 fn hello_input_drive(work: &Path) -> Vec<u8> {
     let project = repo_root().join("examples/hello");
     let vendor = work.join("vendor");
@@ -297,21 +297,23 @@ fn hello_input_drive(work: &Path) -> Vec<u8> {
         std::fs::create_dir_all(source.join(file).parent().unwrap()).unwrap();
         std::fs::copy(project.join(file), source.join(file)).unwrap();
     }
-    let targets: Vec<&str> = TRIPLES.iter().map(|t| t.0).collect();
-    let plan = format!(
-        "CMBUILD_PLAN_VERSION='1'\nSOURCE_DATE_EPOCH='1700000000'\nTARGETS='{}'\nCARGO_FLAGS=''\nBINS='hello'\n",
-        targets.join(" ")
-    );
-    let config = "[source.crates-io]\nreplace-with = \"cmbuild-vendor\"\n\n[source.cmbuild-vendor]\ndirectory = \"/build/vendor\"\n";
-    let drive_dir = work.join("drive");
-    std::fs::create_dir_all(&drive_dir).unwrap();
-    std::fs::write(drive_dir.join("plan.env"), plan).unwrap();
-    std::fs::write(drive_dir.join("cargo-config.toml"), config).unwrap();
-    std::fs::write(drive_dir.join("source.tar"), tar_dir(&source)).unwrap();
-    std::fs::write(drive_dir.join("vendor.tar"), tar_dir(&vendor)).unwrap();
-    let mut drive = tar_dir(&drive_dir);
-    drive.resize(drive.len().next_multiple_of(1 << 20), 0);
-    drive
+    let plan = cmbuild::plan::Plan {
+        source_date_epoch: 1_700_000_000,
+        targets: TRIPLES.iter().map(|t| t.0.parse().unwrap()).collect(),
+        cargo_flags: Vec::new(),
+        bins: vec![cmbuild::plan::PlannedBin {
+            package: "hello".into(),
+            version: "0.1.0".into(),
+            bin: "hello".into(),
+        }],
+    };
+    cmbuild::plan::build_input_drive(
+        &plan,
+        &tar_dir(&source),
+        &tar_dir(&vendor),
+        cmbuild::plan::GUEST_CARGO_CONFIG,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -329,92 +331,30 @@ fn image_boots_under_qemu_and_cross_builds_hello() {
     };
     let work = tempfile::tempdir().unwrap();
     let image = built_image(work.path(), &lock, &mirror, "022", "UTC");
-    let input = work.path().join("input.img");
-    std::fs::write(&input, hello_input_drive(work.path())).unwrap();
-    let output = work.path().join("output.img");
-    std::fs::File::create(&output)
-        .unwrap()
-        .set_len(256 << 20)
-        .unwrap();
-
-    let drive = |path: &Path, id: &str, ro: bool| {
-        let readonly = if ro { ",readonly=on" } else { "" };
-        format!(
-            "file={},format=raw,if=none,id={id}{readonly}",
-            path.display()
-        )
-    };
+    let input = hello_input_drive(work.path());
+    // The default toolchain's layer is the fourth disk, stacked over the root by /init.
+    let files = cmbuild::qemu::ImageFiles::in_dir(&image, "toolchain-1.85.1.erofs");
     let started = Instant::now();
-    let mut qemu = Command::new("qemu-system-riscv64")
-        .args([
-            "-M",
-            "virt",
-            "-m",
-            "4G",
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-bios")
-        .arg(image.join("fw_jump.bin"))
-        .arg("-kernel")
-        .arg(image.join("vmlinux"))
-        .arg("-initrd")
-        .arg(image.join("initramfs.cpio"))
-        // The default toolchain's layer is the fourth disk, stacked over the root by /init.
-        .args(["-append", "console=ttyS0 cmbuild.toolchain=/dev/vdd"])
-        .args(["-drive", &drive(&image.join("rootfs.erofs"), "root", true)])
-        .args(["-device", "virtio-blk-device,drive=root"])
-        .args(["-drive", &drive(&input, "input", true)])
-        .args(["-device", "virtio-blk-device,drive=input"])
-        .args(["-drive", &drive(&output, "output", false)])
-        .args(["-device", "virtio-blk-device,drive=output"])
-        .args([
-            "-drive",
-            &drive(&image.join("toolchain-1.85.1.erofs"), "toolchain", true),
-        ])
-        .args(["-device", "virtio-blk-device,drive=toolchain"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    // Keep the console for the failure message; the guest powers off when done.
-    let mut console = Vec::new();
-    let mut stdout = qemu.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        stdout.read_to_end(&mut console).unwrap();
-        console
-    });
-    let deadline = Duration::from_secs(75 * 60);
-    loop {
-        if qemu.try_wait().unwrap().is_some() {
-            break;
-        }
-        if started.elapsed() > deadline {
-            qemu.kill().unwrap();
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
+    let outcome = cmbuild::qemu::QemuBuild {
+        image: &files,
+        input: &input,
+        ram_mib: 4096,
+        output_bytes: 256 << 20,
+        cpus: 2,
+        icount: false,
+        work: work.path(),
+        deadline: Duration::from_secs(75 * 60),
     }
-    let console = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
-    let tail: String = console
-        .lines()
-        .rev()
-        .take(60)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
+    .run()
+    .unwrap();
     eprintln!("guest ran {:.0?}", started.elapsed());
     assert!(
-        console.contains("cmbuild-driver: done"),
-        "the guest did not finish:\n{tail}"
+        outcome.finished(),
+        "the guest did not finish:\n{}",
+        outcome.console_tail(60)
     );
 
-    let mut archive = tar::Archive::new(std::fs::File::open(&output).unwrap());
+    let mut archive = tar::Archive::new(outcome.open_output().unwrap());
     let outputs = work.path().join("outputs");
     archive.unpack(&outputs).unwrap();
     for (triple, machine) in TRIPLES {

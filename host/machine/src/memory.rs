@@ -9,14 +9,110 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const PAGE_SHIFT: u32 = 12;
 
 /// A contiguous range of guest-physical memory backed by host bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct MemRange {
     /// Guest-physical address of the first byte.
     pub start: u64,
-    data: Vec<u8>,
+    data: HostBytes,
     /// One bit per page: written since the last [`MemRange::clear_dirty`].
     dirty: Vec<u64>,
 }
+
+/// Host memory that a caller supplies for a range instead of memory from the allocator: a
+/// copy-on-write mapping of a file the range starts out as (cmbuild maps a read-only drive's
+/// image this way, so that a machine starts without copying gigabytes). The machine reads
+/// and writes it like any other range; it never does I/O through it.
+///
+/// # Safety
+/// [`HostMemory::as_ptr`] returns the same non-null pointer on every call, valid for reads
+/// and writes of [`HostMemory::length`] bytes (all initialised) for as long as the object
+/// lives; nothing else reads or writes those bytes while it lives (a private mapping: the
+/// file underneath is not written through it); the length is a whole number of pages.
+pub unsafe trait HostMemory: Send + Sync + std::fmt::Debug {
+    /// The first byte.
+    fn as_ptr(&self) -> *mut u8;
+    /// Bytes from [`HostMemory::as_ptr`], a multiple of [`PAGE_SIZE`].
+    fn length(&self) -> usize;
+}
+
+/// Where a range's bytes live. Only held (the bytes are reached through [`HostBytes::ptr`]):
+/// dropping it frees them.
+#[derive(Debug)]
+#[allow(dead_code)]
+enum Storage {
+    /// From the allocator.
+    Owned(Vec<u8>),
+    /// Supplied by the caller.
+    Supplied(Box<dyn HostMemory>),
+}
+
+/// A range's bytes: a pointer and length taken once from their [`Storage`], which owns them.
+#[derive(Debug)]
+struct HostBytes {
+    ptr: *mut u8,
+    len: usize,
+    storage: Storage,
+}
+
+// SAFETY: the storage owns the bytes (a `Vec`, or a `HostMemory`, which is `Send` and whose
+// bytes nothing else touches), and `ptr` only ever points into them.
+unsafe impl Send for HostBytes {}
+// SAFETY: a shared `HostBytes` only reads through `ptr` (writes need `&mut`), and the storage
+// is `Sync`.
+unsafe impl Sync for HostBytes {}
+
+impl HostBytes {
+    fn owned(mut data: Vec<u8>) -> Self {
+        Self {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            storage: Storage::Owned(data),
+        }
+    }
+
+    fn supplied(memory: Box<dyn HostMemory>) -> Self {
+        Self {
+            ptr: memory.as_ptr(),
+            len: memory.length(),
+            storage: Storage::Supplied(memory),
+        }
+    }
+
+    #[inline(always)]
+    fn slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for reads of `len` initialised bytes while the storage
+        // lives (a `Vec`'s buffer never moves while it is not touched, and a `HostMemory`
+        // promises it), and `&self` borrows the storage.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    #[inline(always)]
+    fn slice_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `slice`, and `&mut self` makes this the only access to the bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Clone for MemRange {
+    /// A copy in memory from the allocator, whatever the original's storage.
+    fn clone(&self) -> Self {
+        Self {
+            start: self.start,
+            data: HostBytes::owned(self.data.slice().to_vec()),
+            dirty: self.dirty.clone(),
+        }
+    }
+}
+
+impl PartialEq for MemRange {
+    fn eq(&self, other: &Self) -> bool {
+        self.start == other.start
+            && self.dirty == other.dirty
+            && self.data.slice() == other.data.slice()
+    }
+}
+
+impl Eq for MemRange {}
 
 /// Asks the host kernel to back `bytes` with huge pages where it can: guest accesses are
 /// spread over gigabytes, and 4 KiB host pages make nearly every one a host TLB miss.
@@ -82,7 +178,11 @@ impl MemRange {
     /// A range of `data` (a whole number of pages), every page dirty.
     fn with_data(start: u64, mut data: Vec<u8>) -> Self {
         advise_huge_pages(&mut data);
-        let pages = data.len() >> PAGE_SHIFT;
+        Self::with_bytes(start, HostBytes::owned(data))
+    }
+
+    fn with_bytes(start: u64, data: HostBytes) -> Self {
+        let pages = data.len >> PAGE_SHIFT;
         Self {
             start,
             data,
@@ -90,14 +190,30 @@ impl MemRange {
         }
     }
 
+    /// A range at `start` over host memory the caller supplies (its bytes are the range's
+    /// contents as they are), every page dirty; `None` if its length is not a whole number
+    /// of pages.
+    pub fn from_host_memory(start: u64, memory: Box<dyn HostMemory>) -> Option<Self> {
+        if memory.length() as u64 % PAGE_SIZE != 0 {
+            return None;
+        }
+        Some(Self::with_bytes(start, HostBytes::supplied(memory)))
+    }
+
+    /// Whether the bytes are host memory the caller supplied
+    /// ([`MemRange::from_host_memory`]) rather than the allocator's.
+    pub fn is_supplied(&self) -> bool {
+        matches!(self.data.storage, Storage::Supplied(_))
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> u64 {
-        self.data.len() as u64
+        self.data.len as u64
     }
 
     /// True for a range of no bytes.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.data.len == 0
     }
 
     /// Whether the guest-physical address `pa` lies inside the range.
@@ -107,15 +223,16 @@ impl MemRange {
     }
 
     /// The bytes, read-only.
+    #[inline(always)]
     pub fn bytes(&self) -> &[u8] {
-        &self.data
+        self.data.slice()
     }
 
     /// The bytes and the dirty bitmap as raw pointers, for translated code that stores
     /// through them (see `hart::jit`). Both stay valid until the range is dropped: neither
     /// vector ever changes length.
     pub(crate) fn raw_parts(&mut self) -> (*mut u8, *mut u64) {
-        (self.data.as_mut_ptr(), self.dirty.as_mut_ptr())
+        (self.data.ptr, self.dirty.as_mut_ptr())
     }
 
     /// Writes `bytes` at `offset` (from the start of the range), marking pages dirty.
@@ -127,7 +244,7 @@ impl MemRange {
         if end > self.len() {
             return false;
         }
-        self.data[offset as usize..end as usize].copy_from_slice(bytes);
+        self.data.slice_mut()[offset as usize..end as usize].copy_from_slice(bytes);
         let mut page = offset >> PAGE_SHIFT;
         while page << PAGE_SHIFT < end {
             self.mark_dirty(page);
@@ -148,7 +265,7 @@ impl MemRange {
         for (i, chunk) in bytes.chunks(PAGE_SIZE as usize).enumerate() {
             if !crate::merkle::is_zero(chunk) {
                 let at = i * PAGE_SIZE as usize;
-                self.data[at..at + chunk.len()].copy_from_slice(chunk);
+                self.data.slice_mut()[at..at + chunk.len()].copy_from_slice(chunk);
             }
         }
         // Every page of a new range is dirty already.
@@ -159,14 +276,14 @@ impl MemRange {
     #[inline(always)]
     pub fn read<const N: usize>(&self, offset: u64) -> [u8; N] {
         let o = offset as usize;
-        self.data[o..o + N].try_into().expect("N bytes")
+        self.data.slice()[o..o + N].try_into().expect("N bytes")
     }
 
     /// Writes `N` bytes at `offset` and marks the page dirty.
     #[inline(always)]
     pub fn write<const N: usize>(&mut self, offset: u64, value: [u8; N]) {
         let o = offset as usize;
-        self.data[o..o + N].copy_from_slice(&value);
+        self.data.slice_mut()[o..o + N].copy_from_slice(&value);
         self.mark_dirty(offset >> PAGE_SHIFT);
     }
 
@@ -174,7 +291,7 @@ impl MemRange {
     #[inline(always)]
     pub fn read_sized(&self, offset: u64, size: u32) -> u64 {
         match size {
-            1 => self.data[offset as usize] as u64,
+            1 => self.data.slice()[offset as usize] as u64,
             2 => u16::from_le_bytes(self.read(offset)) as u64,
             4 => u32::from_le_bytes(self.read(offset)) as u64,
             _ => u64::from_le_bytes(self.read(offset)),

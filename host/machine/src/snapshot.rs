@@ -124,7 +124,7 @@ use crate::board::{DTB_SIZE, RAM_BASE};
 use crate::bus::{Bus, FlashDrive};
 use crate::hart::Hart;
 use crate::machine::{Machine, MachineConfig, HASH_SCHEME, MEMORY_LIMIT};
-use crate::memory::{MemRange, PAGE_SIZE};
+use crate::memory::{HostMemory, MemRange, PAGE_SIZE};
 use crate::merkle::Hash;
 use crate::state::StateError;
 
@@ -495,14 +495,131 @@ pub enum HashCheck {
     Trusted,
 }
 
+/// The bytes a drive's pages apply to, supplied by the caller for a drive whose manifest
+/// names a base (see "Bases" in the module docs).
+#[derive(Debug)]
+pub enum Base {
+    /// The base's bytes, moved into the drive's memory (then zeros to the range's end).
+    Bytes(Vec<u8>),
+    /// Host memory the caller prepared as the whole range: the base's `image_length` bytes,
+    /// then zeros (cmbuild: a copy-on-write mapping of the image file, so nothing is copied).
+    Memory {
+        /// Bytes of the base (the drive's image length).
+        image_length: u64,
+        /// The range's memory.
+        memory: Box<dyn HostMemory>,
+    },
+}
+
+impl Base {
+    fn image_length(&self) -> u64 {
+        match self {
+            Base::Bytes(bytes) => bytes.len() as u64,
+            Base::Memory { image_length, .. } => *image_length,
+        }
+    }
+}
+
 /// [`load`], taking each base a drive names from `bases` (by drive index; the bytes move
 /// into the machine's memory without a copy), with the state-hash check `check`.
+/// The pages files are decompressed straight into the machine's memory.
 pub fn load_with_bases(
     m: &Manifest,
     files: &[&[u8]],
-    mut bases: BTreeMap<usize, Vec<u8>>,
+    bases: BTreeMap<usize, Base>,
     check: HashCheck,
 ) -> Result<Snapshot, SnapshotError> {
+    let checked = check_files(m, files)?;
+    let pages = checked.pages;
+    assemble(
+        m,
+        checked.state,
+        checked.dtb.to_vec(),
+        bases,
+        check,
+        |i, mem| {
+            let (name, bytes) = &pages[i];
+            apply_pages(name, bytes, mem)
+        },
+    )
+}
+
+/// A snapshot checked and decompressed once, from which any number of machines start, each
+/// with its memory copied from the decompressed pages (cmbuild's template: every build of a
+/// run resumes from it). It holds the non-zero pages of RAM and the drives uncompressed.
+#[derive(Debug)]
+pub struct Prepared {
+    manifest: Manifest,
+    state: Vec<u8>,
+    dtb: Vec<u8>,
+    /// RAM's pages, then each flash drive's.
+    pages: Vec<ExpandedPages>,
+}
+
+/// The pages a pages file lists, decompressed: their indices and their bytes, in order.
+#[derive(Debug)]
+struct ExpandedPages {
+    indices: Vec<u64>,
+    data: Vec<u8>,
+}
+
+impl Prepared {
+    /// Checks the files against the manifest (every check of [`load`] but those that need
+    /// the machine and the state hash) and decompresses the pages.
+    pub fn new(m: &Manifest, files: &[&[u8]]) -> Result<Self, SnapshotError> {
+        let checked = check_files(m, files)?;
+        let pages = checked
+            .pages
+            .iter()
+            .map(|(name, bytes)| expand_pages(name, bytes))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            manifest: m.clone(),
+            state: checked.state.to_vec(),
+            dtb: checked.dtb.to_vec(),
+            pages,
+        })
+    }
+
+    /// The manifest it was prepared from.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Bytes of decompressed page data it holds.
+    pub fn page_bytes(&self) -> u64 {
+        self.pages.iter().map(|p| p.data.len() as u64).sum()
+    }
+
+    /// A machine in the snapshot's state, as [`load_with_bases`] would build it from the
+    /// same files (the same checks of the bases and, with [`HashCheck::Recompute`], of the
+    /// state hash).
+    pub fn instantiate(
+        &self,
+        bases: BTreeMap<usize, Base>,
+        check: HashCheck,
+    ) -> Result<Snapshot, SnapshotError> {
+        let m = &self.manifest;
+        assemble(m, &self.state, self.dtb.clone(), bases, check, |i, mem| {
+            let p = &self.pages[i];
+            for (k, &page) in p.indices.iter().enumerate() {
+                let at = k * PAGE_SIZE as usize;
+                mem.write_bytes(page * PAGE_SIZE, &p.data[at..at + PAGE_SIZE as usize]);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The files of a snapshot, checked against its manifest: the state, the device tree and
+/// every pages file (header and index checked) by name.
+struct CheckedFiles<'a> {
+    state: &'a [u8],
+    dtb: &'a [u8],
+    pages: Vec<(String, &'a [u8])>,
+}
+
+fn check_files<'a>(m: &Manifest, files: &[&'a [u8]]) -> Result<CheckedFiles<'a>, SnapshotError> {
     if files.len() != m.files.len() {
         return Err(SnapshotError::MissingFile(format!(
             "{} of {}",
@@ -513,7 +630,7 @@ pub fn load_with_bases(
     for (entry, bytes) in m.files.iter().zip(files) {
         check_file(entry, bytes)?;
     }
-    let file = |name: &str| -> &[u8] {
+    let file = |name: &str| -> &'a [u8] {
         let i = m
             .files
             .iter()
@@ -521,8 +638,6 @@ pub fn load_with_bases(
             .expect("parse_manifest checked the file list");
         files[i]
     };
-    let state = file("state");
-    let dtb = file("dtb").to_vec();
     let ram_length = m.config.ram_length;
     let mut pages = vec![("ram.pages".to_string(), file("ram.pages"))];
     for i in 0..m.ranges.len() {
@@ -534,8 +649,29 @@ pub fn load_with_bases(
     for ((name, bytes), length) in pages.iter().zip(range_lengths) {
         check_pages(name, bytes, length)?;
     }
+    Ok(CheckedFiles {
+        state: file("state"),
+        dtb: file("dtb"),
+        pages,
+    })
+}
+
+/// Builds the machine of a manifest whose files were checked: checks the bases, allocates
+/// the memory, has `apply(i, range)` write the pages of range `i` (0 = RAM, `1 + j` = flash
+/// drive `j`), loads the state and checks `mcycle` and (with [`HashCheck::Recompute`]) the
+/// state hash.
+fn assemble(
+    m: &Manifest,
+    state: &[u8],
+    dtb: Vec<u8>,
+    mut bases: BTreeMap<usize, Base>,
+    check: HashCheck,
+    mut apply: impl FnMut(usize, &mut MemRange) -> Result<(), SnapshotError>,
+) -> Result<Snapshot, SnapshotError> {
+    let ram_length = m.config.ram_length;
     let mut base_bytes = Vec::new();
-    for (index, d) in m.config.flash_drives.iter().enumerate() {
+    for (index, (d, &(_, range_length))) in m.config.flash_drives.iter().zip(&m.ranges).enumerate()
+    {
         let Some(name) = &d.base else {
             base_bytes.push(None);
             continue;
@@ -545,17 +681,25 @@ pub fn load_with_bases(
             name: name.clone(),
             message,
         };
-        let bytes = bases
+        let base = bases
             .remove(&index)
             .ok_or_else(|| bad("the caller supplied no such base".into()))?;
-        if bytes.len() as u64 != d.image_length {
+        if base.image_length() != d.image_length {
             return Err(bad(format!(
                 "{} bytes supplied, the drive's image has {}",
-                bytes.len(),
+                base.image_length(),
                 d.image_length
             )));
         }
-        base_bytes.push(Some(bytes));
+        if let Base::Memory { memory, .. } = &base {
+            if memory.length() as u64 != range_length {
+                return Err(bad(format!(
+                    "{} bytes of memory supplied for a range of {range_length}",
+                    memory.length()
+                )));
+            }
+        }
+        base_bytes.push(Some(base));
     }
     // Everything above was checked before any of the machine's memory is allocated, and
     // the sizes are bounded; an allocation the host still refuses is an error too.
@@ -574,7 +718,9 @@ pub fn load_with_bases(
                 shared: d.shared,
                 image_length: d.image_length,
                 mem: match base {
-                    Some(bytes) => MemRange::from_vec(start, bytes, length),
+                    Some(Base::Bytes(bytes)) => MemRange::from_vec(start, bytes, length),
+                    Some(Base::Memory { memory, .. }) => MemRange::from_host_memory(start, memory)
+                        .ok_or(SnapshotError::OutOfMemory(length))?,
                     None => alloc(start, length)?,
                 },
             })
@@ -582,12 +728,9 @@ pub fn load_with_bases(
         .collect::<Result<_, SnapshotError>>()?;
     let bus = Bus::new(alloc(RAM_BASE, ram_length)?, flash, dtb);
     let mut machine = Machine::from_parts(Hart::new(ram_length), bus);
-    let mut pages = pages.into_iter();
-    if let Some((name, bytes)) = pages.next() {
-        apply_pages(&name, bytes, &mut machine.bus.ram)?;
-    }
-    for (drive, (name, bytes)) in machine.bus.flash.iter_mut().zip(pages) {
-        apply_pages(&name, bytes, &mut drive.mem)?;
+    apply(0, &mut machine.bus.ram)?;
+    for (i, drive) in machine.bus.flash.iter_mut().enumerate() {
+        apply(1 + i, &mut drive.mem)?;
     }
     machine.load_state(state).map_err(SnapshotError::State)?;
     machine.memory_replaced();
@@ -684,6 +827,12 @@ impl Manifest {
     /// The state hash it records.
     pub fn root_hash(&self) -> &str {
         &self.root_hash
+    }
+
+    /// Bytes of flash drive `index`'s range (its image rounded up to the board's drive
+    /// alignment): the length of the memory a [`Base::Memory`] for it must have.
+    pub fn drive_range_length(&self, index: usize) -> Option<u64> {
+        self.ranges.get(index).map(|&(_, length)| length)
     }
 }
 
@@ -897,6 +1046,43 @@ fn apply_pages(name: &str, bytes: &[u8], mem: &mut MemRange) -> Result<(), Snaps
     let mut extra = [0u8; 1];
     match std::io::Read::read(&mut decoder, &mut extra) {
         Ok(0) => Ok(()),
+        Ok(_) => Err(bad(format!("the page data holds more than {count} pages"))),
+        Err(e) => Err(bad(format!("zstd: {e}"))),
+    }
+}
+
+/// Decompresses the pages of a pages file that [`check_pages`] accepted (the same checks
+/// as [`apply_pages`]), into memory that fails to allocate as an error, not an abort.
+fn expand_pages(name: &str, bytes: &[u8]) -> Result<ExpandedPages, SnapshotError> {
+    let bad = |message: String| SnapshotError::Pages {
+        file: name.to_string(),
+        message,
+    };
+    let count = u64_at(bytes, 24);
+    let data_start = PAGES_HEADER + 8 * count;
+    let indices: Vec<u64> = (0..count)
+        .map(|k| u64_at(bytes, PAGES_HEADER + 8 * k))
+        .collect();
+    let length = count * PAGE_SIZE;
+    let mut data = Vec::new();
+    data.try_reserve_exact(length as usize)
+        .map_err(|_| SnapshotError::OutOfMemory(length))?;
+    if u64_at(bytes, 8) == 1 {
+        data.extend_from_slice(&bytes[data_start as usize..(data_start + length) as usize]);
+        return Ok(ExpandedPages { indices, data });
+    }
+    data.resize(length as usize, 0);
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(&bytes[data_start as usize..])
+        .map_err(|e| bad(format!("zstd: {e}")))?
+        .single_frame();
+    std::io::Read::read_exact(&mut decoder, &mut data).map_err(|e| {
+        bad(format!(
+            "the page data ends or breaks before {count} pages: {e}"
+        ))
+    })?;
+    let mut extra = [0u8; 1];
+    match std::io::Read::read(&mut decoder, &mut extra) {
+        Ok(0) => Ok(ExpandedPages { indices, data }),
         Ok(_) => Err(bad(format!("the page data holds more than {count} pages"))),
         Err(e) => Err(bad(format!("zstd: {e}"))),
     }
@@ -1376,6 +1562,25 @@ mod tests {
         check_pages("t", &fewer, m.len()).unwrap();
         let err = apply_pages("t", &fewer, &mut m).unwrap_err();
         assert!(err.to_string().contains("more than 1 pages"), "{err}");
+
+        // Decompressed up front (a prepared snapshot), each file gives the same pages and
+        // each broken one the same refusal.
+        for file in [&v1, &v2] {
+            let expanded = expand_pages("t", file).unwrap();
+            let mut back = MemRange::new(0x8000_0000, 16 * PAGE_SIZE);
+            for (k, &page) in expanded.indices.iter().enumerate() {
+                let at = k * PAGE_SIZE as usize;
+                back.write_bytes(
+                    page * PAGE_SIZE,
+                    &expanded.data[at..at + PAGE_SIZE as usize],
+                );
+            }
+            assert_eq!(back.bytes(), mem.bytes());
+        }
+        let err = expand_pages("t", &v2[..v2.len() - 3]).unwrap_err();
+        assert!(err.to_string().contains("page data"), "{err}");
+        let err = expand_pages("t", &fewer).unwrap_err();
+        assert!(err.to_string().contains("more than 1 pages"), "{err}");
     }
 
     #[test]
@@ -1421,7 +1626,7 @@ mod tests {
         let mut loaded = load_with_bases(
             &manifest,
             &contents,
-            BTreeMap::from([(0, base.clone())]),
+            BTreeMap::from([(0, Base::Bytes(base.clone()))]),
             HashCheck::Recompute,
         )
         .unwrap()
@@ -1436,7 +1641,7 @@ mod tests {
         let err = load_with_bases(
             &manifest,
             &contents,
-            BTreeMap::from([(0, other.clone())]),
+            BTreeMap::from([(0, Base::Bytes(other.clone()))]),
             HashCheck::Recompute,
         )
         .unwrap_err();
@@ -1445,11 +1650,122 @@ mod tests {
         let mut unchecked = load_with_bases(
             &manifest,
             &contents,
-            BTreeMap::from([(0, other)]),
+            BTreeMap::from([(0, Base::Bytes(other))]),
             HashCheck::Trusted,
         )
         .unwrap()
         .machine;
         assert_ne!(unchecked.root_hash(), hash);
+
+        // Prepared once, instantiated twice over host memory holding the base: the same
+        // machine as loading, and the base's memory is used as it is (no copy).
+        let prepared = Prepared::new(&manifest, &contents).unwrap();
+        let range = m.bus.flash[0].mem.len() as usize;
+        for _ in 0..2 {
+            let memory = TestMemory::new(&base, range);
+            let at = memory.as_ptr();
+            let bases = BTreeMap::from([(
+                0,
+                Base::Memory {
+                    image_length: base.len() as u64,
+                    memory: Box::new(memory),
+                },
+            )]);
+            let mut from_prepared = prepared
+                .instantiate(bases, HashCheck::Recompute)
+                .unwrap()
+                .machine;
+            assert!(from_prepared.bus.flash[0].mem.is_supplied());
+            assert_eq!(
+                from_prepared.bus.flash[0].mem.bytes().as_ptr(),
+                at.cast_const()
+            );
+            assert_eq!(from_prepared.root_hash(), hash);
+            assert_eq!(from_prepared.bus.ram, m.bus.ram);
+            assert_eq!(
+                from_prepared.bus.flash[0].mem.bytes(),
+                m.bus.flash[0].mem.bytes()
+            );
+            // It runs on like the original.
+            assert_eq!(from_prepared.mcycle(), m.mcycle());
+        }
+        // Memory of another length than the range, or a base of another length: refused.
+        let bases = |memory: TestMemory, image_length: u64| {
+            BTreeMap::from([(
+                0,
+                Base::Memory {
+                    image_length,
+                    memory: Box::new(memory),
+                },
+            )])
+        };
+        let short = TestMemory::new(&base, range - 4096);
+        let err = prepared
+            .instantiate(bases(short, base.len() as u64), HashCheck::Trusted)
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::Base { index: 0, .. }), "{err}");
+        let err = prepared
+            .instantiate(
+                bases(TestMemory::new(&base, range), base.len() as u64 - 1),
+                HashCheck::Trusted,
+            )
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::Base { index: 0, .. }), "{err}");
+        // Another base under the memory: the recomputed hash refuses it.
+        let memory = TestMemory::new(&other_base(&base), range);
+        let err = prepared
+            .instantiate(bases(memory, base.len() as u64), HashCheck::Recompute)
+            .unwrap_err();
+        assert!(matches!(err, SnapshotError::RootHash { .. }), "{err}");
+    }
+
+    fn other_base(base: &[u8]) -> Vec<u8> {
+        let mut other = base.to_vec();
+        other[5000] ^= 0x40;
+        other
+    }
+
+    /// Host memory for tests: a leaked-then-reclaimed boxed slice.
+    #[derive(Debug)]
+    struct TestMemory {
+        ptr: *mut u8,
+        len: usize,
+    }
+
+    // SAFETY: the bytes are owned by this value alone.
+    unsafe impl Send for TestMemory {}
+    // SAFETY: shared access only reads.
+    unsafe impl Sync for TestMemory {}
+
+    impl TestMemory {
+        /// `len` bytes: `base`, then zeros.
+        fn new(base: &[u8], len: usize) -> Self {
+            let mut bytes = vec![0u8; len].into_boxed_slice();
+            let n = base.len().min(len);
+            bytes[..n].copy_from_slice(&base[..n]);
+            let len = bytes.len();
+            Self {
+                ptr: Box::into_raw(bytes).cast::<u8>(),
+                len,
+            }
+        }
+    }
+
+    impl Drop for TestMemory {
+        fn drop(&mut self) {
+            // SAFETY: `ptr` and `len` come from `Box::into_raw` of a boxed slice in `new`.
+            drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len)) });
+        }
+    }
+
+    // SAFETY: `ptr` is valid for `len` bytes until drop and only the range uses it; `len` is
+    // a whole number of pages in these tests.
+    unsafe impl HostMemory for TestMemory {
+        fn as_ptr(&self) -> *mut u8 {
+            self.ptr
+        }
+        fn length(&self) -> usize {
+            self.len
+        }
     }
 }

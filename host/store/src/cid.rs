@@ -338,7 +338,11 @@ where
     }
 
     fn add_leaf(&mut self, chunk: &[u8]) -> Result<(), E> {
-        let cid = Cid::hash_block(Codec::Raw, chunk);
+        self.add_hashed_leaf(Cid::hash_block(Codec::Raw, chunk), chunk)
+    }
+
+    /// [`DagBuilder::add_leaf`] of a chunk whose CID the caller computed.
+    fn add_hashed_leaf(&mut self, cid: Cid, chunk: &[u8]) -> Result<(), E> {
         (self.sink)(Block { cid, bytes: chunk })?;
         self.leaves += 1;
         let len = chunk.len() as u64;
@@ -453,6 +457,33 @@ pub fn cid_of_bytes(data: &[u8]) -> Cid {
     cid
 }
 
+/// [`cid_of_bytes`] with the chunks hashed on up to `threads` threads (the same CID: only the
+/// leaves' hashing is split; the DAG is built in order from their CIDs).
+pub fn cid_of_bytes_parallel(data: &[u8], threads: usize) -> Cid {
+    let chunks: Vec<&[u8]> = data.chunks(CHUNK_SIZE).collect();
+    if threads <= 1 || chunks.len() < 2 * threads {
+        return cid_of_bytes(data);
+    }
+    let mut cids = vec![Cid::new(Codec::Raw, [0; 32]); chunks.len()];
+    let per_thread = chunks.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (cids, chunks) in cids.chunks_mut(per_thread).zip(chunks.chunks(per_thread)) {
+            scope.spawn(move || {
+                for (cid, chunk) in cids.iter_mut().zip(chunks) {
+                    *cid = Cid::hash_block(Codec::Raw, chunk);
+                }
+            });
+        }
+    });
+    let mut builder = DagBuilder::hasher();
+    builder.total = data.len() as u64;
+    for (cid, chunk) in cids.into_iter().zip(chunks) {
+        let Ok(()) = builder.add_hashed_leaf(cid, chunk);
+    }
+    let Ok(cid) = builder.finish();
+    cid
+}
+
 /// The CID of everything `reader` yields, and its length.
 pub fn cid_of_reader(reader: impl Read) -> io::Result<(Cid, u64)> {
     let mut builder = DagBuilder::hasher();
@@ -510,6 +541,30 @@ mod tests {
             cid_of_bytes(&pattern(262_145)).to_string(),
             "bafybeidwin3m5xskbuqroa6hesb2krs2xmmdekolinwokjj2hmdmst5ozu"
         );
+    }
+
+    #[test]
+    fn hashing_chunks_on_threads_gives_the_same_cid() {
+        // Across one full node of 174 leaves and into the next level.
+        let data = pattern(MAX_LINKS * CHUNK_SIZE + 3 * CHUNK_SIZE + 5);
+        for len in [
+            0,
+            1,
+            CHUNK_SIZE,
+            4 * CHUNK_SIZE,
+            5 * CHUNK_SIZE + 17,
+            MAX_LINKS * CHUNK_SIZE,
+            data.len(),
+        ] {
+            let whole = cid_of_bytes(&data[..len]);
+            for threads in [1, 2, 3, 8] {
+                assert_eq!(
+                    cid_of_bytes_parallel(&data[..len], threads),
+                    whole,
+                    "{len} bytes on {threads} threads"
+                );
+            }
+        }
     }
 
     #[test]

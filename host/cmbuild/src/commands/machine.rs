@@ -7,6 +7,8 @@ use cmbuild::ops;
 use cmbuild::ops::machine::{FlashDrive, MachineRunOptions};
 use cmbuild_machine::machine::Break;
 
+use super::common::{ImageDirArg, MirrorArg, PinsArg};
+
 /// Run cmbuild's deterministic RISC-V machine directly (the low-level runner).
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,8 +20,10 @@ pub struct Args {
 enum Command {
     /// Boot a program or a kernel on the machine; console to stdout, a summary line to stderr.
     Run(Box<RunArgs>),
-    /// Measure the machine's speed (MIPS) on fixed bare-metal loops, beside QEMU's.
-    Bench(BenchArgs),
+    /// Measure the machine's speed (MIPS) beside QEMU's: fixed bare-metal loops (and a Linux
+    /// boot), or a real build inside the guest image (`--workload rustc`), or resuming from
+    /// the template (`--workload resume`).
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,8 +98,34 @@ struct FlashArg {
     shared: bool,
 }
 
+/// What `cmbuild machine bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    /// Bare-metal integer and memory loops, and a Linux boot when its inputs are cached.
+    Loops,
+    /// `examples/hello` (the demo, tag v0.1.0) built for x86_64 inside the guest image,
+    /// resumed from the template as `cmbuild run` does: guest instructions, wall time and
+    /// MIPS, then the same build under qemu-system-riscv64 (plain TCG and -icount shift=0)
+    /// and the ratios.
+    Rustc,
+    /// Resuming a build machine from the template, --repeat times (the median).
+    Resume,
+}
+
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Workload::Loops)]
+    workload: Workload,
+    /// Measure the guest workloads this many times and report the median.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    repeat: usize,
+    #[command(flatten)]
+    mirror: MirrorArg,
+    #[command(flatten)]
+    image_dir: ImageDirArg,
+    #[command(flatten)]
+    pins: PinsArg,
     /// Instructions (millions) each benchmark program runs.
     #[arg(long, default_value_t = 200)]
     mega_instructions: u64,
@@ -120,6 +150,23 @@ struct BenchArgs {
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Run(a) => run(*a),
+        Command::Bench(a) if a.workload != Workload::Loops => {
+            let opts = ops::bench_guest::WorkloadOptions {
+                mirror_dir: a.mirror.dir.clone(),
+                image_dir: Some(a.image_dir.dir.clone()),
+                pins: a.pins.load()?,
+                repeat: a.repeat,
+                qemu: !a.no_qemu,
+                jit: !a.no_jit,
+                perf_map: a.perf_map,
+            };
+            let out = &mut std::io::stdout().lock();
+            match a.workload {
+                Workload::Rustc => ops::bench_guest::rustc(&opts, out)?,
+                _ => ops::bench_guest::resume(&opts, out)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(a) => {
             let opts = ops::bench::BenchOptions {
                 mega_instructions: a.mega_instructions,

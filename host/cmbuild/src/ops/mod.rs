@@ -9,6 +9,7 @@
 
 pub mod attest;
 pub mod bench;
+pub mod bench_guest;
 pub mod compare;
 pub mod image;
 pub mod key;
