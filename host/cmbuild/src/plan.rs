@@ -198,6 +198,12 @@ impl<W: Write> DeterministicTar<W> {
         self.builder.append_data(&mut header, path, io::empty())
     }
 
+    /// Adds a symbolic link.
+    pub fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
+        let mut header = self.header(tar::EntryType::Symlink, 0o777, 0);
+        self.builder.append_link(&mut header, path, target)
+    }
+
     /// Adds a directory tree from disk in sorted order (regular files, directories and
     /// symlinks; executable bits kept, everything else normalised).
     pub fn tree(&mut self, prefix: &str, dir: &Path) -> io::Result<()> {
@@ -246,16 +252,23 @@ pub fn pad_to_drive(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-/// Builds the input drive: `plan.env`, `source.tar`, `vendor.tar`, `cargo-config.toml`.
+/// Builds the input drive: `plan.env`, `source.tar`, `vendor.tar`, `cargo-config.toml`,
+/// and under a glibc floor its `glibc-floor/` (whose cargo configuration then replaces
+/// `cargo_config`).
 pub fn build_input_drive(
     plan: &Plan,
     source_tar: &[u8],
     vendor_tar: &[u8],
     cargo_config: &str,
+    floor: Option<&crate::floor::FloorInput>,
 ) -> io::Result<Vec<u8>> {
     let mut tar = DeterministicTar::new(Vec::new(), plan.source_date_epoch);
+    let cargo_config = floor.map_or(cargo_config, |f| f.cargo_config.as_str());
     // Sorted by name.
     tar.file("cargo-config.toml", cargo_config.as_bytes(), false)?;
+    if let Some(floor) = floor {
+        floor.append_to(&mut tar)?;
+    }
     tar.file("plan.env", plan.to_env().as_bytes(), false)?;
     tar.file("source.tar", source_tar, false)?;
     tar.file("vendor.tar", vendor_tar, false)?;
@@ -403,8 +416,8 @@ mod tests {
     #[test]
     fn input_drive_is_deterministic_and_aligned() {
         let plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
-        let a = build_input_drive(&plan, b"src", b"vendor", GUEST_CARGO_CONFIG).unwrap();
-        let b = build_input_drive(&plan, b"src", b"vendor", GUEST_CARGO_CONFIG).unwrap();
+        let a = build_input_drive(&plan, b"src", b"vendor", GUEST_CARGO_CONFIG, None).unwrap();
+        let b = build_input_drive(&plan, b"src", b"vendor", GUEST_CARGO_CONFIG, None).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len() as u64 % DRIVE_ALIGN, 0);
         let mut names = Vec::new();
