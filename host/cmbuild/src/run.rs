@@ -4,11 +4,13 @@
 //! commit's manifests ([`crate::workspace`], no host toolchain), select the pinned Rust
 //! toolchain (`--toolchain` or the commit's `rust-toolchain(.toml)`, checked against each
 //! package's `rust-version`) and the glibc floor (`cmbuild.toml`'s `glibc`, one of the
-//! pinned floors: [`crate::floor`]); read the commit's Cargo.lock and check that every crate and every pinned guest-image input is in
-//! the mirror (else name what is missing and say to run `cmbuild vendor`); build the input
-//! drive (`guest-image/PROTOCOL.md`, with the floor's sysroots); boot one machine per group of targets (in parallel
-//! up to `jobs`), each a pure function of its inputs; extract each output drive
-//! defensively (and check every artifact against the floor); write `manifest.json`, `machine.json`, `<triple>/<bin>` and each artifact's
+//! pinned floors: [`crate::floor`]); read the commit's Cargo.lock and check that every
+//! crate and every pinned guest-image input is in the mirror (else name what is missing
+//! and say to run `cmbuild vendor`); build the input drive (`guest-image/PROTOCOL.md`; under
+//! a floor, its sysroots' image goes onto the scratch drive); boot one machine per group of
+//! targets (in parallel up to `jobs`), each a pure function of its inputs; extract each
+//! output drive defensively (and check every artifact against the floor); write
+//! `manifest.json`, `machine.json`, `<triple>/<bin>` and each artifact's
 //! state proof `proofs/<triple>/<bin>.json` ([`crate::state_proofs`]) into a working
 //! directory, synced, and rename it into place ([`crate::staging`]), so a failed or killed
 //! run leaves nothing half-written (and the next run removes a killed run's working
