@@ -356,7 +356,8 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
         report.compared.push(key.clone());
         // Typed equality decides; the texts are only for the report.
         let texts = |p: &dyn ToString, q: &dyn ToString| (p.to_string(), q.to_string());
-        let inputs: [(&'static str, bool, (String, String)); 5] = [
+        let floor_text = |f: &Option<String>| f.clone().unwrap_or_else(|| "none".to_owned());
+        let inputs: [(&'static str, bool, (String, String)); 6] = [
             ("crate", x.krate == y.krate, texts(&x.krate, &y.krate)),
             (
                 "version",
@@ -383,6 +384,12 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
                     x.toolchain_version.clone().unwrap_or_default(),
                     y.toolchain_version.clone().unwrap_or_default(),
                 ),
+            ),
+            // The C runtime linked against (a project's glibc floor, or the guest's own).
+            (
+                "glibc_floor",
+                x.glibc_floor == y.glibc_floor,
+                (floor_text(&x.glibc_floor), floor_text(&y.glibc_floor)),
             ),
         ];
         for (field, same, (a, b)) in inputs {
@@ -575,6 +582,7 @@ mod tests {
                 sha256: sha256_file(&path).unwrap(),
                 cid: fake_cid(&path).unwrap(),
                 abi: Some(crate::glibc::Abi::of(bytes)),
+                glibc_floor: None,
                 toolchain_version: Some("1.85.1".into()),
             });
         }

@@ -5,7 +5,9 @@
 //! - the release pipeline: [`project`] (revision, source archive, `cmbuild.toml`),
 //!   [`plan`] (the plan and the input/output drives), [`guest`] (the build machine: its
 //!   [`guest::Drive`]s and [`guest::MachineSettings`]), [`vendoring`] (the locked crates),
-//!   [`run`] (the run, split by job) and [`staging`] (outputs published whole or not at all);
+//!   [`floor`] (a project's glibc floor: its sysroots on the input drive, the check of the
+//!   artifacts), [`run`] (the run, split by job) and [`staging`] (outputs published whole
+//!   or not at all);
 //! - the records and their checks: [`manifest`] (`manifest.json`, `machine.json`),
 //!   [`state_proofs`] (`proofs/<triple>/<bin>.json`) and [`compare`];
 //! - the gates for hostile bytes: [`untrusted`] (paths, archives, confined reads) and
@@ -18,6 +20,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod compare;
+pub mod floor;
 pub mod glibc;
 pub mod guest;
 pub mod manifest;

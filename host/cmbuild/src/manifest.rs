@@ -68,6 +68,11 @@ pub struct Artifact {
     /// read from its bytes. Absent from manifests written before cmbuild recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abi: Option<crate::glibc::Abi>,
+    /// The glibc floor it was linked against (`2.36`: that release's pinned C runtime, the
+    /// project's `glibc` in `cmbuild.toml`), an input like the toolchain. Absent when it was
+    /// linked against the guest's own C runtime (no floor, or a target without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glibc_floor: Option<String>,
 }
 
 impl Artifact {
@@ -261,6 +266,7 @@ mod tests {
             sha256: Sha256::from_bytes([0x11; 32]),
             cid: cmbuild_store::cid::cid_of_bytes(b"bin"),
             abi: None,
+            glibc_floor: None,
             toolchain_version: None,
         }
     }

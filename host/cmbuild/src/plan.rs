@@ -201,6 +201,12 @@ impl<W: Write> DeterministicTar<W> {
         self.builder.append_data(&mut header, path, io::empty())
     }
 
+    /// Adds a symbolic link.
+    pub fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
+        let mut header = self.header(tar::EntryType::Symlink, 0o777, 0);
+        self.builder.append_link(&mut header, path, target)
+    }
+
     /// Adds a directory tree from disk in sorted order (regular files, directories and
     /// symlinks; executable bits kept, everything else normalised).
     pub fn tree(&mut self, prefix: &str, dir: &Path) -> io::Result<()> {
@@ -253,24 +259,31 @@ pub fn pad_to_drive(mut bytes: Vec<u8>) -> Vec<u8> {
 const INPUT_UUID: [u8; 16] = *b"cmbuild-input-v1";
 
 /// Builds the input drive: an EROFS image holding `plan.env`, `cargo-config.toml`, the
-/// source tree under `src/` and the vendored crates under `vendor/` (PROTOCOL.md). The
-/// guest mounts it read-only, with a writable overlay over `src/` and `vendor/`, so that
-/// nothing is copied or unpacked: cargo reads only the files it compiles. Every inode's
-/// time is `SOURCE_DATE_EPOCH`; the trees come from the deterministic source and vendor
-/// archives, so the drive is a function of those two and the plan.
+/// source tree under `src/` and the vendored crates under `vendor/`, and under a glibc
+/// floor its `glibc-floor/` (whose cargo configuration then replaces `cargo_config`)
+/// (PROTOCOL.md). The guest mounts it read-only, with a writable overlay over `src/` and
+/// `vendor/`, so that nothing is copied or unpacked: cargo reads only the files it
+/// compiles. Every inode's time is `SOURCE_DATE_EPOCH`; the trees come from the
+/// deterministic source and vendor archives, so the drive is a function of those two, the
+/// plan and the floor.
 pub fn build_input_drive(
     plan: &Plan,
     source_tar: &[u8],
     vendor_tar: &[u8],
     cargo_config: &str,
+    floor: Option<&crate::floor::FloorInput>,
 ) -> Result<Vec<u8>, PlanError> {
     use cmbuild_image::rootfs::Tree;
     let input = |e: &dyn std::fmt::Display| PlanError::Input(e.to_string());
+    let cargo_config = floor.map_or(cargo_config, |f| f.cargo_config.as_str());
     let mut tree = Tree::new();
     tree.add_file("cargo-config.toml", 0o644, cargo_config.as_bytes().to_vec())
         .map_err(|e| input(&e))?;
     tree.add_file("plan.env", 0o644, plan.to_env().into_bytes())
         .map_err(|e| input(&e))?;
+    if let Some(floor) = floor {
+        floor.add_to(&mut tree).map_err(|e| input(&e))?;
+    }
     for (dir, archive) in [("src", source_tar), ("vendor", vendor_tar)] {
         tree.add_dir(dir, 0o755).map_err(|e| input(&e))?;
         let mut entries = cmbuild_image::deb::read_tar(archive).map_err(|e| input(&e))?;
@@ -289,6 +302,25 @@ pub fn build_input_drive(
     };
     let bytes = cmbuild_image::erofs::erofs_bytes(&tree, &options).map_err(|e| input(&e))?;
     Ok(pad_to_drive(bytes))
+}
+
+/// The input drive's files, as erofs-utils' own reader (`fsck.erofs --extract`) sees them,
+/// under the returned directory's `x/`.
+#[cfg(test)]
+pub(crate) fn extract_input_drive(drive: &[u8]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("input.erofs");
+    std::fs::write(&image, drive).unwrap();
+    let out = std::process::Command::new("fsck.erofs")
+        .arg(format!("--extract={}", dir.path().join("x").display()))
+        .arg(&image)
+        .output()
+        .expect("fsck.erofs is missing: run .ci/install-deps (erofs-utils)");
+    assert!(
+        out.status.success(),
+        "fsck.erofs refused the input drive: {out:?}"
+    );
+    dir
 }
 
 /// The cargo configuration the guest uses: crates.io replaced by the vendored directory.
@@ -453,8 +485,8 @@ mod tests {
             Some(("d/link", "../Cargo.toml")),
         );
         let vendor = small_tar(&[("d/.cargo-checksum.json", b"{}", false)], None);
-        let a = build_input_drive(&plan, &source, &vendor, GUEST_CARGO_CONFIG).unwrap();
-        let b = build_input_drive(&plan, &source, &vendor, GUEST_CARGO_CONFIG).unwrap();
+        let a = build_input_drive(&plan, &source, &vendor, GUEST_CARGO_CONFIG, None).unwrap();
+        let b = build_input_drive(&plan, &source, &vendor, GUEST_CARGO_CONFIG, None).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len() as u64 % DRIVE_ALIGN, 0);
         // The EROFS superblock's magic, 1 KiB in.
@@ -463,28 +495,12 @@ mod tests {
         let other = small_tar(&[("Cargo.toml", b"[package]\nname = \"x\"\n", false)], None);
         assert_ne!(
             a,
-            build_input_drive(&plan, &other, &vendor, GUEST_CARGO_CONFIG).unwrap()
+            build_input_drive(&plan, &other, &vendor, GUEST_CARGO_CONFIG, None).unwrap()
         );
 
         // erofs-utils' own reader sees the same tree.
-        let have_fsck = std::process::Command::new("fsck.erofs")
-            .arg("--help")
-            .output()
-            .is_ok();
-        assert!(
-            have_fsck,
-            "fsck.erofs is missing: run .ci/install-deps (erofs-utils)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("input.erofs");
-        std::fs::write(&image, &a).unwrap();
-        let out = dir.path().join("x");
-        let status = std::process::Command::new("fsck.erofs")
-            .arg(format!("--extract={}", out.display()))
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(status.status.success(), "{status:?}");
+        let extracted = extract_input_drive(&a);
+        let out = extracted.path().join("x");
         let read = |p: &str| std::fs::read(out.join(p)).unwrap();
         assert_eq!(read("plan.env"), plan.to_env().as_bytes());
         assert_eq!(read("cargo-config.toml"), GUEST_CARGO_CONFIG.as_bytes());

@@ -298,6 +298,11 @@ pub struct ProjectConfig {
     /// Named build profiles.
     #[serde(default)]
     pub profiles: BTreeMap<String, Profile>,
+    /// The glibc floor (`"2.36"`): the oldest glibc the Linux artifacts must start on. It
+    /// must be one of the pinned floors (`crate::floor`); `None` links against the guest's
+    /// own C runtime.
+    #[serde(default)]
+    pub glibc: Option<String>,
 }
 
 /// A named selection of what to build, in the spirit of a release script's profiles.

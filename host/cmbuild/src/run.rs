@@ -3,11 +3,14 @@
 //! In order: resolve REV to a commit and make the deterministic source archive; read the
 //! commit's manifests ([`crate::workspace`], no host toolchain), select the pinned Rust
 //! toolchain (`--toolchain` or the commit's `rust-toolchain(.toml)`, checked against each
-//! package's `rust-version`); read the commit's Cargo.lock and check that every crate and every pinned guest-image input is in
-//! the mirror (else name what is missing and say to run `cmbuild vendor`); build the input
-//! drive (`guest-image/PROTOCOL.md`); boot one machine per group of targets (in parallel
-//! up to `jobs`), each a pure function of its inputs; extract each output drive
-//! defensively; write `manifest.json`, `machine.json`, `<triple>/<bin>` and each artifact's
+//! package's `rust-version`) and the glibc floor (`cmbuild.toml`'s `glibc`, one of the
+//! pinned floors: [`crate::floor`]); read the commit's Cargo.lock and check that every
+//! crate and every pinned guest-image input is in the mirror (else name what is missing
+//! and say to run `cmbuild vendor`); build the input drive (`guest-image/PROTOCOL.md`; under
+//! a floor, its sysroots' image goes onto the scratch drive); boot one machine per group of
+//! targets (in parallel up to `jobs`), each a pure function of its inputs; extract each
+//! output drive defensively (and check every artifact against the floor); write
+//! `manifest.json`, `machine.json`, `<triple>/<bin>` and each artifact's
 //! state proof `proofs/<triple>/<bin>.json` ([`crate::state_proofs`]) into a working
 //! directory, synced, and rename it into place ([`crate::staging`]), so a failed or killed
 //! run leaves nothing half-written (and the next run removes a killed run's working
@@ -133,6 +136,10 @@ pub enum RunError {
     /// No pinned toolchain fits the project.
     #[error(transparent)]
     Toolchain(#[from] toolchain::ToolchainError),
+    /// The project's glibc floor is not pinned, its sysroot could not be made, or an
+    /// artifact needs a newer glibc.
+    #[error(transparent)]
+    Floor(#[from] crate::floor::FloorError),
     /// The machine settings.
     #[error(transparent)]
     Settings(#[from] SettingsError),
@@ -420,6 +427,8 @@ pub struct ReleaseJob {
     pub plan: Plan,
     /// The pinned Rust toolchain selected (today's guest image carries exactly one).
     pub toolchain: RustVersion,
+    /// The glibc floor the project chose, if any.
+    pub floor: Option<crate::floor::Floor>,
 }
 
 /// Resolves the revision, makes its source archive, and plans the build from the
@@ -459,6 +468,8 @@ pub fn plan_release(
         None => project::ProjectConfig::default(),
     };
     let selection = project::select(&config, opts.profile.as_deref(), opts.target.as_deref())?;
+    // The floor is checked against the pinned ones before anything else is read.
+    let floor = crate::floor::select(config.glibc.as_deref(), &crate::floor::shipped()?)?;
     // The workspace from its manifests, as the commit has them: no host toolchain involved.
     let workspace = crate::workspace::read_workspace(&source_dir).map_err(plan::PlanError::from)?;
     let plan = Plan::new(&selection, rev.commit_time, &workspace.bins())?;
@@ -477,6 +488,7 @@ pub fn plan_release(
         lock_bytes,
         plan,
         toolchain,
+        floor,
     })
 }
 
@@ -525,6 +537,8 @@ pub struct ReleaseInputs {
     pub cids: BTreeMap<String, Cid>,
     /// The template machine every build resumes from.
     pub template: crate::template::Template,
+    /// Under a glibc floor (that applies to a target), its sysroots' image.
+    pub floor_image: Option<crate::floor::FloorImage>,
 }
 
 /// Reads the pinned guest image and the locked crates from the mirror; fails naming
@@ -560,6 +574,28 @@ pub fn gather_inputs(
     if let Err(e) = crate::vendoring::unpack_locked_crates(&mirror, &job.lock_bytes, &vendor_dir) {
         missing.push(e.to_string());
     }
+    // The floor's packages, each read verified against its pinned CID (its image holds a
+    // sysroot for every Linux triple, so it is the floor's alone).
+    let floor = job.floor.as_ref().filter(|_| {
+        job.plan
+            .targets
+            .iter()
+            .any(|t| crate::floor::applies_to(*t))
+    });
+    let mut floor_debs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    if let Some(floor) = floor {
+        for package in &floor.lock.packages {
+            match mirror.read_verified(&package.cid) {
+                Ok(bytes) => {
+                    floor_debs.insert(package.filename.clone(), bytes);
+                }
+                Err(e) => missing.push(format!(
+                    "{} {} of the glibc {} floor ({e})",
+                    package.filename, package.cid, floor.id
+                )),
+            }
+        }
+    }
     let image = match image {
         Ok(image) if missing.is_empty() => image,
         _ => {
@@ -583,6 +619,26 @@ pub fn gather_inputs(
     );
     cids.insert("SOURCE_CID".to_owned(), cid_of_bytes(&job.source_tar));
     cids.insert("VENDOR_CID".to_owned(), cid_of_bytes(&vendor_tar));
+    let floor_image = match floor {
+        Some(floor) => {
+            let started = std::time::Instant::now();
+            let image = crate::floor::prepare(floor, |package| {
+                floor_debs
+                    .remove(&package.filename)
+                    .ok_or_else(|| format!("{} was not read", package.filename).into())
+            })?;
+            progress(Progress::Phase(format!(
+                "glibc floor {}: sysroots image {} ({} MB, made in {:.1?})",
+                floor.description,
+                image.cid,
+                image.bytes.len() >> 20,
+                started.elapsed()
+            )));
+            cids.insert(crate::floor::INPUT_KEY.to_owned(), image.cid);
+            Some(image)
+        }
+        None => None,
+    };
     let template = obtain_template(
         &mirror,
         &opts.pins,
@@ -596,6 +652,7 @@ pub fn gather_inputs(
         vendor_tar,
         cids,
         template,
+        floor_image,
     })
 }
 
@@ -809,14 +866,35 @@ pub fn run_machines(
                     break;
                 };
                 let group_plan = job.plan.for_targets(targets);
+                let floor = job.floor.as_ref().and_then(|floor| {
+                    crate::floor::FloorInput::for_machine(
+                        &floor.id,
+                        plan::GUEST_CARGO_CONFIG,
+                        targets,
+                    )
+                });
+                let scratch = floor
+                    .as_ref()
+                    .and(inputs.floor_image.as_ref())
+                    .map(|image| image.bytes.clone());
                 let result = plan::build_input_drive(
                     &group_plan,
                     &job.source_tar,
                     &inputs.vendor_tar,
                     plan::GUEST_CARGO_CONFIG,
+                    floor.as_ref(),
                 )
                 .map_err(RunError::from)
-                .and_then(|input| run_machine(opts, inputs, targets, input, progress));
+                .and_then(|input| {
+                    run_machine(
+                        opts,
+                        inputs,
+                        targets,
+                        input,
+                        scratch.as_deref().map(Vec::as_slice),
+                        progress,
+                    )
+                });
                 results
                     .lock()
                     .expect("no panics hold this lock")
@@ -898,12 +976,31 @@ pub fn collect_release(
                     cid: cid_of_bytes(&bytes),
                     abi: Some(crate::glibc::Abi::of(&bytes)),
                     toolchain_version: Some(job.toolchain.to_string()),
+                    glibc_floor: job
+                        .floor
+                        .as_ref()
+                        .filter(|_| crate::floor::applies_to(*target))
+                        .map(|f| f.id.clone()),
                 });
             }
         }
         machines.push(run);
     }
     artifacts.sort_by_key(|a| a.key());
+    // A floor is a promise about every Linux artifact: one that needs more fails the run.
+    if let Some(floor) = &job.floor {
+        crate::floor::check_artifacts(
+            floor,
+            artifacts
+                .iter()
+                .filter(|a| a.glibc_floor.is_some())
+                .filter_map(|a| {
+                    a.abi
+                        .as_ref()
+                        .map(|abi| (format!("{}/{}", a.target, a.bin), abi))
+                }),
+        )?;
+    }
     let manifest = Manifest {
         schema: MANIFEST_SCHEMA.into(),
         release: opts.rev.clone(),
@@ -1008,13 +1105,15 @@ pub fn publish(
     Ok(job.final_dir.clone())
 }
 
-/// Resumes one machine from the template, fills its input drive and runs it to halt;
-/// returns its record and its output drive.
+/// Resumes one machine from the template, fills its input drive (and, under a glibc
+/// floor, its scratch drive with the floor's sysroots) and runs it to halt; returns its
+/// record and its output drive.
 fn run_machine(
     opts: &RunOptions,
     inputs: &ReleaseInputs,
     targets: &[Triple],
     input_drive: Vec<u8>,
+    scratch: Option<&[u8]>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> MachineResult {
     let names: Vec<String> = targets.iter().map(Triple::to_string).collect();
@@ -1023,7 +1122,7 @@ fn run_machine(
     let started = std::time::Instant::now();
     // `snapshot_config` is for the snapshot a stalled machine leaves (it records what the
     // machine was built from).
-    let (mut machine, snapshot_config) = resume_build(inputs, &input_drive)
+    let (mut machine, snapshot_config) = resume_build(inputs, &input_drive, scratch)
         .map_err(|e| RunError::Machine(name.clone(), crate::terminal::error_chain(&e)))?;
     progress(Progress::Phase(format!(
         "[{name}] resumed from the template at mcycle {} in {:.2?}",
@@ -1073,15 +1172,20 @@ fn run_machine(
 }
 
 /// A build machine: resumed from the run's template, with `input_drive` on its input drive
+/// (and, under a glibc floor, the floor's sysroots image on its scratch drive)
 /// and the guest's yield answered ([`crate::template::fill_input`]), ready to run to halt.
 /// Also returns the configuration a snapshot of it records.
 pub fn resume_build(
     inputs: &ReleaseInputs,
     input_drive: &[u8],
+    scratch: Option<&[u8]>,
 ) -> Result<(Machine, SnapshotConfig), crate::template::TemplateError> {
     let image = &inputs.image;
     let (mut machine, snapshot_config) = inputs.template.resume(&image.rootfs, &image.toolchain)?;
     crate::template::fill_input(&mut machine, input_drive)?;
+    if let Some(image) = scratch {
+        crate::template::fill_scratch(&mut machine, image)?;
+    }
     Ok((machine, snapshot_config))
 }
 

@@ -120,6 +120,14 @@ pub enum TemplateError {
         /// The drive's length.
         max: u64,
     },
+    /// the glibc floor's sysroots ({len} bytes) do not fit the scratch drive ({max} bytes)
+    #[error("the glibc floor's sysroots ({len} bytes) do not fit the scratch drive ({max} bytes)")]
+    ScratchTooSmall {
+        /// The image's length.
+        len: u64,
+        /// The drive's length.
+        max: u64,
+    },
 }
 
 /// The image's content IDs a template is derived from.
@@ -477,6 +485,21 @@ pub fn fill_input(machine: &mut Machine, input: &[u8]) -> Result<(), TemplateErr
     }
     drive.mem.write_bytes(0, input);
     machine.bus.devices.htif.fromhost = (YIELD_DEVICE << 56) | input.len() as u64;
+    Ok(())
+}
+
+/// Writes `image` (a glibc floor's sysroots, `crate::floor`) onto the scratch drive of a
+/// machine resumed from the template, before it runs on. The template's scratch drive is
+/// zeros and the guest drops its cache of it after the yield, like the input's.
+pub fn fill_scratch(machine: &mut Machine, image: &[u8]) -> Result<(), TemplateError> {
+    let drive = &mut machine.bus.flash[Drive::Scratch.index()];
+    if image.len() as u64 > drive.image_length {
+        return Err(TemplateError::ScratchTooSmall {
+            len: image.len() as u64,
+            max: drive.image_length,
+        });
+    }
+    drive.mem.write_bytes(0, image);
     Ok(())
 }
 

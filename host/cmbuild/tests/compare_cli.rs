@@ -36,6 +36,7 @@ fn write_build(dir: &Path, bins: &[(&str, &[u8])], lock_sha256: &str) {
             sha256: Sha256::of(bytes),
             cid: cid_of(bytes),
             abi: None,
+            glibc_floor: None,
             toolchain_version: None,
         });
     }

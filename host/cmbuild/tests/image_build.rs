@@ -312,6 +312,7 @@ fn hello_input_drive(work: &Path) -> Vec<u8> {
         &tar_dir(&source),
         &tar_dir(&vendor),
         cmbuild::plan::GUEST_CARGO_CONFIG,
+        None,
     )
     .unwrap()
 }

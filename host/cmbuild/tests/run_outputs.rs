@@ -121,6 +121,7 @@ fn fake_job(out: &Path, rev: &str) -> ReleaseJob {
             minor: 85,
             patch: 1,
         },
+        floor: None,
     }
 }
 

@@ -183,7 +183,10 @@ pub(crate) mod tests {
     use super::*;
 
     /// Build a tar in memory; `links` are (path, type, target).
-    fn make_tar(files: &[(&str, &[u8], u32)], links: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    pub(crate) fn make_tar(
+        files: &[(&str, &[u8], u32)],
+        links: &[(&str, tar::EntryType, &str)],
+    ) -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());
         let mut dir = tar::Header::new_gnu();
         dir.set_entry_type(tar::EntryType::Directory);
@@ -207,7 +210,7 @@ pub(crate) mod tests {
     }
 
     /// Wrap a data tar into an ar container the way dpkg-deb lays it out.
-    fn make_deb(data_name: &str, data: &[u8]) -> Vec<u8> {
+    pub(crate) fn make_deb(data_name: &str, data: &[u8]) -> Vec<u8> {
         let mut out = b"!<arch>\n".to_vec();
         for (name, body) in [
             ("debian-binary", &b"2.0\n"[..]),

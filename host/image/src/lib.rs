@@ -4,7 +4,8 @@
 //! merging and fixups, the [`erofs`] and [`cpio`] writers, the [`initramfs`], and
 //! [`image`], the whole build); and the facts the host and the guest share: the supported
 //! target triples ([`triple`]), the toolchain layers and their locks ([`layers`]), how a
-//! project selects a pinned Rust toolchain ([`toolchain`]) and the pins file ([`pins`]).
+//! project selects a pinned Rust toolchain ([`toolchain`]), the glibc floors' sysroots
+//! ([`sysroot`]) and the pins file ([`pins`]).
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -23,5 +24,6 @@ pub mod locking;
 pub mod pins;
 pub mod resolve;
 pub mod rootfs;
+pub mod sysroot;
 pub mod toolchain;
 pub mod triple;

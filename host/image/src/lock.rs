@@ -66,6 +66,25 @@ pub struct Request {
     /// [`crate::locking::resolve_toolchain`]) and becomes its own image layer.
     #[serde(default)]
     pub toolchains: BTreeMap<String, ToolchainRequest>,
+    /// The glibc floors a project may choose (`glibc = "2.36"` in its `cmbuild.toml`), by
+    /// the glibc version they hold: an older Debian release's C runtime, linked against
+    /// instead of the guest's own (see [`crate::sysroot`]). Each is locked on its own, into
+    /// `guest-image/glibc-floors.lock.json`; none is part of the image.
+    #[serde(default)]
+    pub glibc_floors: BTreeMap<String, FloorRequest>,
+}
+
+/// One glibc floor of the request: which Debian release's cross-compilation C runtime
+/// (the `Architecture: all` packages `<name>-<arch>-cross`) makes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloorRequest {
+    /// The Debian suite (`bookworm`).
+    pub suite: String,
+    /// Package names without their `-<arch>-cross` suffix (`libc6-dev`), taken exactly (no
+    /// dependency resolution: they are unpacked into a sysroot, never installed) for the
+    /// architecture of every Linux triple ([`crate::sysroot::floor_architectures`]).
+    pub packages: Vec<String>,
 }
 
 /// One toolchain layer of the request: where its packages come from and which ones.
@@ -111,6 +130,20 @@ impl Request {
                     "toolchain `{id}` requests no packages for the native architecture `{}`",
                     request.native
                 )));
+            }
+        }
+        for (id, floor) in &request.glibc_floors {
+            if !crate::sysroot::valid_floor_id(id) {
+                return Err(LockFileError::Request(format!(
+                    "glibc floor `{id}` must be named by its glibc version, like 2.36"
+                )));
+            }
+            for needed in crate::sysroot::REQUIRED_PACKAGES {
+                if !floor.packages.iter().any(|p| p == needed) {
+                    return Err(LockFileError::Request(format!(
+                        "glibc floor `{id}` does not request `{needed}`"
+                    )));
+                }
             }
         }
         match &request.default_toolchain {
@@ -160,6 +193,35 @@ impl Request {
             exclude: self.exclude.clone(),
             default_toolchain: None,
             toolchains: BTreeMap::new(),
+            glibc_floors: BTreeMap::new(),
+        })
+    }
+
+    /// The request of one glibc floor, as a request of its own: its suite's
+    /// architecture-independent index (`binary-all`, where the `-cross` packages are) and
+    /// each requested package for every floor architecture, with the base's archive and
+    /// component. Locked with [`crate::locking::resolve_exact`] (no dependency resolution).
+    pub fn floor_request(&self, id: &str) -> Option<Request> {
+        let floor = self.glibc_floors.get(id)?;
+        let names = crate::sysroot::floor_architectures()
+            .into_iter()
+            .flat_map(|arch| {
+                floor
+                    .packages
+                    .iter()
+                    .map(move |name| crate::sysroot::cross_package(name, arch))
+            })
+            .collect();
+        Some(Request {
+            suite: floor.suite.clone(),
+            mirror: self.mirror.clone(),
+            component: self.component.clone(),
+            native: "all".into(),
+            packages: BTreeMap::from([("all".to_owned(), names)]),
+            exclude: BTreeMap::new(),
+            default_toolchain: None,
+            toolchains: BTreeMap::new(),
+            glibc_floors: BTreeMap::new(),
         })
     }
 

@@ -280,6 +280,51 @@ pub fn layer_closure(
     Ok(closure)
 }
 
+/// Resolve a request whose packages are taken exactly as named, with no dependency
+/// resolution (a glibc floor's, see [`Request::floor_request`]): each requested name of
+/// each architecture is looked up in the signed indices, and the newest version there is
+/// pinned. A name the indices lack fails the resolution.
+pub fn resolve_exact(
+    request: &Request,
+    options: &LockOptions,
+    archive: &mut dyn Archive,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Resolution, LockError> {
+    let (release, indices, packages) =
+        read_suite(request, &request.suite, options, archive, progress)?;
+    let packages = pick_exact(&request.requested(), packages)?;
+    Ok(Resolution {
+        release,
+        indices,
+        packages,
+    })
+}
+
+/// The newest package of each requested name and architecture, sorted by name, then
+/// architecture.
+pub fn pick_exact(
+    requested: &[resolve::Requested],
+    packages: Vec<Package>,
+) -> Result<Vec<Package>, LockError> {
+    let mut picked: BTreeMap<(String, String), Package> = BTreeMap::new();
+    for wanted in requested {
+        let newest = packages
+            .iter()
+            .filter(|p| p.name == wanted.name && p.architecture == wanted.arch)
+            .max_by(|a, b| debian::compare_versions(&a.version, &b.version))
+            .ok_or_else(|| ResolveError::NotFound {
+                name: wanted.name.clone(),
+                arch: wanted.arch.clone(),
+                detail: String::new(),
+            })?;
+        picked.insert(
+            (newest.name.clone(), newest.architecture.clone()),
+            newest.clone(),
+        );
+    }
+    Ok(picked.into_values().collect())
+}
+
 /// InRelease of `suite` (signature, codename) and the `Packages` index of each of the
 /// request's architectures, verified against it and parsed.
 #[allow(clippy::type_complexity)]
@@ -629,6 +674,44 @@ mod tests {
             "Package: {name}\nVersion: {version}\nArchitecture: {arch}\n{depends}\
              Filename: pool/{name}_{version}_{arch}.deb\nSize: 1\nSHA256: {sha}\n\n"
         )
+    }
+
+    #[test]
+    fn exact_requests_take_the_newest_of_each_name_and_nothing_else() {
+        // Dependencies are not followed, and a newer version wins.
+        let index: String = [
+            stanza(
+                "libc6-dev-riscv64-cross",
+                "2.36-8cross1",
+                "all",
+                "libc6-riscv64-cross, rpcsvc",
+            ),
+            stanza("libc6-dev-riscv64-cross", "2.36-9cross1", "all", ""),
+            stanza("libc6-riscv64-cross", "2.36-8cross1", "all", ""),
+            stanza("libc6-dev-riscv64-cross", "2.41-1cross1", "riscv64", ""),
+        ]
+        .concat();
+        let packages = debian::parse_packages(&index).unwrap();
+        let wanted = |names: &[&str]| -> Vec<resolve::Requested> {
+            names
+                .iter()
+                .map(|n| resolve::Requested {
+                    name: (*n).into(),
+                    arch: "all".into(),
+                })
+                .collect()
+        };
+        let picked = pick_exact(&wanted(&["libc6-dev-riscv64-cross"]), packages.clone()).unwrap();
+        assert_eq!(picked.len(), 1);
+        assert_eq!(
+            (picked[0].version.as_str(), picked[0].architecture.as_str()),
+            ("2.36-9cross1", "all")
+        );
+        let err = pick_exact(&wanted(&["libc6-dev-riscv64-cross", "nope"]), packages).unwrap_err();
+        assert!(
+            matches!(err, LockError::Resolve(ResolveError::NotFound { ref name, .. }) if name == "nope"),
+            "{err}"
+        );
     }
 
     fn layer_request(riscv64: &[&str], amd64: &[&str]) -> Request {

@@ -99,6 +99,17 @@ impl Tree {
         self.insert(path, mode, Kind::File(Arc::new(data)))
     }
 
+    /// Create or replace a regular file whose bytes are shared: two paths given the same
+    /// `Arc` are hard links of one file.
+    pub fn add_shared_file(
+        &mut self,
+        path: &str,
+        mode: u32,
+        data: Arc<Vec<u8>>,
+    ) -> Result<(), RootfsError> {
+        self.insert(path, mode, Kind::File(data))
+    }
+
     /// Create or replace a symbolic link.
     pub fn add_symlink(&mut self, path: &str, target: &str) -> Result<(), RootfsError> {
         self.insert(path, 0o777, Kind::Symlink(target.to_string()))

@@ -9,7 +9,8 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Resolve the package request against Debian trixie's signed indices into guest-image/lock.
+    /// Resolve the package request against Debian's signed indices into the guest-image locks
+    /// (base, toolchain layers, glibc floors).
     Lock(super::image_lock::Args),
     /// Assemble kernel, firmware, initramfs and root image offline from the mirror.
     Build(super::image_build::Args),

@@ -1,7 +1,8 @@
 //! `cmbuild image lock`: resolve `guest-image/packages.toml` against Debian's signed
 //! indices, pin every package of each layer's closure by sha256 and CID, store each `.deb`
-//! in the mirror, and write `guest-image/lock.json` (the base layer) and
-//! `guest-image/toolchains.lock.json` (one lock per toolchain layer).
+//! in the mirror, and write `guest-image/lock.json` (the base layer),
+//! `guest-image/toolchains.lock.json` (one lock per toolchain layer) and
+//! `guest-image/glibc-floors.lock.json` (one lock per glibc floor).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use cmbuild_image::locking::Progress;
 use super::common::MirrorArg;
 
 /// Resolve the package request against Debian's signed indices into the guest-image locks: the
-/// base layer's and one per pinned toolchain layer.
+/// base layer's, one per pinned toolchain layer and one per glibc floor.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -33,6 +34,17 @@ pub struct Args {
         default_value = "guest-image/toolchains.lock.json"
     )]
     toolchains_output: PathBuf,
+    /// Where the glibc floors' locks are written.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "guest-image/glibc-floors.lock.json"
+    )]
+    glibc_floors_output: PathBuf,
+    /// Lock only the glibc floors: the base's and the toolchains' locks (so the image and
+    /// every root hash) stay as they are.
+    #[arg(long)]
+    glibc_floors_only: bool,
     /// The OpenPGP keyring InRelease must be signed with.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_KEYRING)]
     keyring: PathBuf,
@@ -47,10 +59,26 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         request: args.request,
         output: args.output.clone(),
         toolchains_output: args.toolchains_output.clone(),
+        floors_output: args.glibc_floors_output.clone(),
+        glibc_floors_only: args.glibc_floors_only,
         keyring: args.keyring.clone(),
         dry_run: args.dry_run,
     };
+    let floors_only = args.glibc_floors_only;
     let mut announce = |request: &Request| {
+        if floors_only {
+            let floors: Vec<String> = request
+                .glibc_floors
+                .iter()
+                .map(|(id, floor)| format!("{id} ({})", floor.suite))
+                .collect();
+            return eprintln!(
+                "image lock: the glibc floors only ({}) from {}, signed with a key of {}",
+                floors.join(", "),
+                request.mirror,
+                args.keyring.display()
+            );
+        }
         eprintln!(
             "image lock: {} {} for {} from {}, signed with a key of {}",
             request.suite,
@@ -79,15 +107,34 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
             }
             eprintln!("image lock: dry run: nothing downloaded or written");
         }
-        LockOutcome::Written(lock, toolchains) => {
-            eprintln!(
-                "image lock: wrote {}: base layer, {} packages, {} (Debian {}, {})",
-                args.output.display(),
-                lock.packages.len(),
-                human_size(lock.total_size()),
-                lock.release_version,
-                lock.release_date
-            );
+        LockOutcome::Written {
+            base,
+            toolchains,
+            floors,
+        } => {
+            if let Some(lock) = base {
+                eprintln!(
+                    "image lock: wrote {}: base layer, {} packages, {} (Debian {}, {})",
+                    args.output.display(),
+                    lock.packages.len(),
+                    human_size(lock.total_size()),
+                    lock.release_version,
+                    lock.release_date
+                );
+            }
+            for (id, floor) in &floors.floors {
+                eprintln!(
+                    "image lock: wrote {}: glibc floor {id}, {} packages, {} (Debian {} {})",
+                    args.glibc_floors_output.display(),
+                    floor.packages.len(),
+                    human_size(floor.total_size()),
+                    floor.release_version,
+                    floor.suite
+                );
+            }
+            let Some(toolchains) = toolchains else {
+                return Ok(ExitCode::SUCCESS);
+            };
             for (id, layer) in &toolchains.toolchains {
                 eprintln!(
                     "image lock: wrote {}: toolchain {id}{}, {} packages, {} ({})",

@@ -335,7 +335,13 @@ fn print_summary(summary: &RunSummary, started: Instant) {
     for a in &summary.manifest.artifacts {
         println!("  {:<30} {:<12} {}  {}", a.target, a.bin, a.sha256, a.cid);
         if let Some(abi) = &a.abi {
-            println!("  {:<30} {:<12} {}", "", "", abi.summary());
+            // Which systems it will not start on, and the floor it was linked against.
+            let floor = a
+                .glibc_floor
+                .as_ref()
+                .map(|f| format!("glibc floor {f}: "))
+                .unwrap_or_default();
+            println!("  {:<30} {:<12} {floor}{}", "", "", abi.summary());
         }
     }
     for m in &summary.machine.machines {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use cmbuild::ops::oci::OciOptions;
 use cmbuild::ops::vendor::{
-    vendor, FetchProgress, ToolchainChoice, VendorOptions, Wanted, CRATES_URL,
+    vendor, FetchProgress, FloorChoice, ToolchainChoice, VendorOptions, Wanted, CRATES_URL,
 };
 use cmbuild_store::mirror::Kind;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
@@ -19,7 +19,9 @@ use super::common::MirrorArg;
 /// against the lock's checksum and stores it under its content ID; then fetches every
 /// Debian package of the guest image's base layer and of the toolchain layer the project
 /// selects (`--toolchain`, else its rust-toolchain(.toml), else the default; every pinned
-/// toolchain with `--all-toolchains`). Re-running downloads nothing already present.
+/// toolchain with `--all-toolchains`), and the packages of the glibc floor the project's
+/// cmbuild.toml asks for (`glibc = "2.36"`; every pinned floor with `--all-glibc-floors`).
+/// Re-running downloads nothing already present.
 /// Git dependencies, other registries and path dependencies outside the workspace are
 /// refused, naming them. On any failure nothing partial is left in the mirror.
 ///
@@ -72,6 +74,10 @@ pub struct Args {
     /// Fetch every pinned Rust toolchain's layer.
     #[arg(long)]
     all_toolchains: bool,
+    /// Fetch every pinned glibc floor's packages, not only the one the project's
+    /// cmbuild.toml asks for.
+    #[arg(long)]
+    all_glibc_floors: bool,
     /// Vendor every base image this Dockerfile names (each must be pinned by @sha256 digest;
     /// repeatable).
     #[arg(long, value_name = "PATH")]
@@ -112,6 +118,11 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         crates_only: args.crates_only,
         ipfs_api: args.ipfs_api,
         crates_url: std::env::var("CMBUILD_CRATES_URL").unwrap_or_else(|_| CRATES_URL.to_owned()),
+        glibc_floors: if args.all_glibc_floors {
+            FloorChoice::All
+        } else {
+            FloorChoice::Project
+        },
         toolchains: if args.all_toolchains {
             ToolchainChoice::All
         } else {

@@ -157,6 +157,7 @@ fn prepare(opts: &WorkloadOptions, out: &mut dyn Write) -> Result<Prepared, Work
         &job.source_tar,
         &inputs.vendor_tar,
         plan::GUEST_CARGO_CONFIG,
+        None,
     )
     .map_err(run::RunError::from)?;
     writeln!(
@@ -182,7 +183,7 @@ pub fn resume(opts: &WorkloadOptions, out: &mut dyn Write) -> Result<(), Workloa
     let mut times = Vec::new();
     for _ in 0..opts.repeat.max(1) {
         let started = Instant::now();
-        let (machine, _) = run::resume_build(&prepared.inputs, &prepared.input_drive)?;
+        let (machine, _) = run::resume_build(&prepared.inputs, &prepared.input_drive, None)?;
         times.push(started.elapsed());
         let mcycle = machine.mcycle();
         let dropping = Instant::now();
@@ -330,7 +331,7 @@ fn build_on_machine(
     first: bool,
 ) -> Result<BuildFigures, WorkloadError> {
     let started = Instant::now();
-    let (mut machine, _) = run::resume_build(&prepared.inputs, &prepared.input_drive)?;
+    let (mut machine, _) = run::resume_build(&prepared.inputs, &prepared.input_drive, None)?;
     let resume = started.elapsed();
     machine.hart.set_jit(opts.jit);
     // The first build's symbols are enough for a profile (later ones reuse the addresses).

@@ -1,6 +1,7 @@
-//! `cmbuild image lock|build`: resolve the guest image's package request into the lock, and
-//! assemble the image from the mirror, pinning (or, with `check`, re-proving) the content
-//! IDs of its four base files and of each toolchain layer in `digests.lock.env`.
+//! `cmbuild image lock|build`: resolve the guest image's package request into the locks (the
+//! base layer's, the toolchain layers' and the glibc floors'), and assemble the image from
+//! the mirror, pinning (or, with `check`, re-proving) the content IDs of its four base files
+//! and of each toolchain layer in `digests.lock.env`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use cmbuild_image::layers::{self, ToolchainLocks};
 use cmbuild_image::lock::{self, Lock, LockFileError, Request};
 use cmbuild_image::locking::{self, LockError, MirrorDebStore, Progress};
 use cmbuild_image::pins::{self, Pins, PinsError};
+use cmbuild_image::sysroot::{self, FloorLocks};
 use cmbuild_store::cid::cid_of_file;
 use cmbuild_store::mirror::{Mirror, MirrorError};
 
@@ -110,6 +112,11 @@ pub struct ImageLockOptions {
     pub output: PathBuf,
     /// Where the toolchain layers' locks are written.
     pub toolchains_output: PathBuf,
+    /// Where the glibc floors' locks are written.
+    pub floors_output: PathBuf,
+    /// Lock the glibc floors only, leaving the base's and the toolchains' locks (and so
+    /// the image and every root hash) as they are.
+    pub glibc_floors_only: bool,
     /// The OpenPGP keyring InRelease must be signed with.
     pub keyring: PathBuf,
     /// Resolve only: download no package, write no lock.
@@ -120,10 +127,18 @@ pub struct ImageLockOptions {
 #[derive(Debug)]
 pub enum LockOutcome {
     /// A dry run: the resolved closure of the base, then of each toolchain layer (without
-    /// the base's packages).
+    /// the base's packages), then each glibc floor's packages.
     Resolved(Vec<(String, Vec<Package>)>),
-    /// The locks written: the base's and the toolchain layers'.
-    Written(Box<Lock>, Box<ToolchainLocks>),
+    /// The locks written: the base's and the toolchain layers' (none with
+    /// `glibc_floors_only`), and the glibc floors'.
+    Written {
+        /// The base layer's lock.
+        base: Option<Box<Lock>>,
+        /// The toolchain layers' locks.
+        toolchains: Option<Box<ToolchainLocks>>,
+        /// The glibc floors' locks.
+        floors: Box<FloorLocks>,
+    },
 }
 
 /// Reads the request, says what it is about to do (`announce`), resolves it against the
@@ -153,6 +168,18 @@ pub fn lock(
     };
     let mut archive = HttpArchive::new(&request.mirror, default_cache_dir());
     announce(&request);
+    if opts.glibc_floors_only {
+        return lock_floors(opts, &request, &options, &mut archive, progress).map(|floors| {
+            match floors {
+                FloorsOutcome::Resolved(resolved) => LockOutcome::Resolved(resolved),
+                FloorsOutcome::Written(floors) => LockOutcome::Written {
+                    base: None,
+                    toolchains: None,
+                    floors,
+                },
+            }
+        });
+    }
     let resolution = locking::resolve_request(&request, &options, &mut archive, progress)
         .map_err(lock_err("resolving", &opts.request))?;
     let default = request.default_toolchain.clone().unwrap_or_default();
@@ -177,6 +204,11 @@ pub fn lock(
                 locking::resolve_toolchain(&request, id, &base, &options, &mut archive, progress)
                     .map_err(lock_err("resolving a toolchain layer of", &opts.request))?;
             resolved.push((format!("toolchain {id}"), layer.packages));
+        }
+        if let FloorsOutcome::Resolved(floors) =
+            lock_floors(opts, &request, &options, &mut archive, progress)?
+        {
+            resolved.extend(floors);
         }
         return Ok(LockOutcome::Resolved(resolved));
     }
@@ -215,18 +247,99 @@ pub fn lock(
         path: opts.request.clone(),
         source,
     })?;
+    let FloorsOutcome::Written(floors) =
+        lock_floors(opts, &request, &options, &mut archive, progress)?
+    else {
+        unreachable!("not a dry run");
+    };
     for (path, bytes) in [
         (&opts.output, lock.to_json()),
         (&opts.toolchains_output, text),
     ] {
-        cmbuild_store::atomic::write_atomically(path, bytes.as_bytes()).map_err(|source| {
-            ImageOpError::Mirror {
-                dir: path.clone(),
-                source: source.into(),
-            }
-        })?;
+        write_lock(path, &bytes)?;
     }
-    Ok(LockOutcome::Written(Box::new(lock), Box::new(toolchains)))
+    Ok(LockOutcome::Written {
+        base: Some(Box::new(lock)),
+        toolchains: Some(Box::new(toolchains)),
+        floors,
+    })
+}
+
+fn write_lock(path: &Path, text: &str) -> Result<()> {
+    cmbuild_store::atomic::write_atomically(path, text.as_bytes()).map_err(|source| {
+        ImageOpError::Mirror {
+            dir: path.to_path_buf(),
+            source: source.into(),
+        }
+    })
+}
+
+/// What [`lock_floors`] did.
+enum FloorsOutcome {
+    /// A dry run: each floor's packages.
+    Resolved(Vec<(String, Vec<Package>)>),
+    /// The floors' locks, written to `floors_output`.
+    Written(Box<FloorLocks>),
+}
+
+/// Resolves each glibc floor of the request (its packages exactly, from its suite's
+/// signed `binary-all` index) and, unless a dry run, pins them into the mirror and writes
+/// the floors' lock file.
+fn lock_floors(
+    opts: &ImageLockOptions,
+    request: &Request,
+    options: &locking::LockOptions,
+    archive: &mut HttpArchive,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<FloorsOutcome> {
+    let lock_err = |what| {
+        let path = opts.request.clone();
+        move |source| ImageOpError::Lock {
+            what,
+            path,
+            source: Box::new(source),
+        }
+    };
+    let mut resolved = Vec::new();
+    let mut floors = BTreeMap::new();
+    let mirror = match opts.dry_run {
+        true => None,
+        false => Some(
+            Mirror::open(&opts.mirror_dir).map_err(|source| ImageOpError::Mirror {
+                dir: opts.mirror_dir.clone(),
+                source,
+            })?,
+        ),
+    };
+    for id in request.glibc_floors.keys() {
+        let floor_request = request.floor_request(id).expect("a key of glibc_floors");
+        let resolution = locking::resolve_exact(&floor_request, options, archive, progress)
+            .map_err(lock_err("resolving a glibc floor of"))?;
+        let Some(mirror) = &mirror else {
+            resolved.push((format!("glibc floor {id}"), resolution.packages));
+            continue;
+        };
+        let mut store = MirrorDebStore::new(mirror, &request.mirror);
+        let lock = locking::pin_packages(&floor_request, resolution, archive, &mut store, progress)
+            .map_err(lock_err("pinning a glibc floor of"))?;
+        floors.insert(id.clone(), lock);
+    }
+    if opts.dry_run {
+        return Ok(FloorsOutcome::Resolved(resolved));
+    }
+    let floors = FloorLocks {
+        floors,
+        format: sysroot::FLOOR_LOCKS_FORMAT.into(),
+    };
+    // What is written must read back: every floor's C library is the glibc it is named by.
+    let text = floors.to_json();
+    FloorLocks::parse(&text).map_err(|source| ImageOpError::LockFile {
+        what: "checking the glibc floors resolved from",
+        path: opts.request.clone(),
+        source,
+    })?;
+    write_lock(&opts.floors_output, &text)?;
+    Ok(FloorsOutcome::Written(Box::new(floors)))
 }
 
 /// What `cmbuild image build` is asked to do.

@@ -6,8 +6,9 @@
 //! kind may write what the offline build needs. Kinds today: the crates.io packages of the
 //! project's Cargo.lock (and, with a cargo config path, a directory source and config for
 //! offline builds), the Debian packages of the guest-image locks this cmbuild was built
-//! with: the base layer's, and the toolchain layers' the project needs (the one it selects,
-//! or every one) (each must end up in the mirror under exactly its locked CID), and the
+//! with: the base layer's, the toolchain layers' the project needs (the one it selects,
+//! or every one) and the glibc floor's it asks for in `cmbuild.toml` (or every one) (each
+//! must end up in the mirror under exactly its locked CID), and the
 //! container base images of `--dockerfile` / `--oci-image` (see [`super::oci`]). `--ipfs-api URL`
 //! then pushes the whole mirror.
 
@@ -123,6 +124,12 @@ pub enum VendorError {
     /// Vendoring container images failed.
     #[error(transparent)]
     Oci(#[from] OciOpError),
+    /// The project's `cmbuild.toml` is invalid or asks for a glibc floor that is not pinned.
+    #[error("the project's cmbuild.toml")]
+    Config(#[source] crate::project::ProjectError),
+    /// The project's glibc floor is not pinned (or the floor locks are invalid).
+    #[error(transparent)]
+    Floor(#[from] crate::floor::FloorError),
     /// An `--insecure-registry` is not allowed.
     #[error("--insecure-registry")]
     Registry(#[source] RegistryError),
@@ -154,6 +161,8 @@ pub struct VendorOptions {
     pub crates_url: String,
     /// Which toolchain layers' packages to fetch.
     pub toolchains: ToolchainChoice,
+    /// Which glibc floors' packages to fetch.
+    pub glibc_floors: FloorChoice,
     /// Vendor the Cargo project (and, unless `crates_only`, the guest image's packages);
     /// `false` vendors only the container images of `oci`.
     pub cargo_project: bool,
@@ -169,6 +178,16 @@ pub enum ToolchainChoice {
     Project(Option<String>),
     /// Every pinned toolchain (`--all-toolchains`).
     #[default]
+    All,
+}
+
+/// Which pinned glibc floors `cmbuild vendor` fetches the packages of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FloorChoice {
+    /// The one the project's `cmbuild.toml` asks for (`glibc = "2.36"`), if any.
+    #[default]
+    Project,
+    /// Every pinned floor (`--all-glibc-floors`).
     All,
 }
 
@@ -213,8 +232,24 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
                 .unwrap_or_default();
             let layers = layers::shipped().map_err(VendorError::GuestLock)?;
             let ids = needed_toolchains(&layers, &opts.toolchains, &project_dir)?;
-            let (guest_locks, guest_wanted) = wanted_guest_packages(&layers, &ids, progress)?;
+            let (mut guest_locks, guest_wanted) = wanted_guest_packages(&layers, &ids, progress)?;
             wanted.extend(guest_wanted);
+            // cmbuild.toml lies beside the project's Cargo.toml (`cmbuild run --project`).
+            let config_dir = opts
+                .manifest_path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            for (id, floor) in needed_floors(opts.glibc_floors, config_dir)? {
+                wanted.extend(wanted_from_lock(&floor));
+                progress.note(&format!(
+                    "cmbuild vendor: glibc floor {id}: {} Debian {} packages ({})",
+                    floor.packages.len(),
+                    floor.suite,
+                    human_size(floor.total_size())
+                ));
+                guest_locks.push(floor);
+            }
             Some(guest_locks)
         }
         _ => None,
@@ -587,6 +622,33 @@ pub fn needed_toolchains(
     Ok(vec![version.to_string()])
 }
 
+/// The largest `cmbuild.toml` read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The locks of the glibc floors to fetch, by id: every pinned one, or the one the
+/// project's `cmbuild.toml` in `config_dir` asks for (none without one; a floor that is not
+/// pinned is an error listing the pinned ones, before anything is downloaded).
+pub fn needed_floors(choice: FloorChoice, config_dir: &Path) -> Result<Vec<(String, Lock)>> {
+    let floors = crate::floor::shipped()?;
+    if choice == FloorChoice::All {
+        return Ok(floors.floors.into_iter().collect());
+    }
+    let text = crate::untrusted::read_confined(config_dir, "cmbuild.toml", MAX_CONFIG_BYTES)
+        .map_err(|e| VendorError::Path {
+            path: config_dir.join("cmbuild.toml"),
+            what: e.to_string(),
+        })?;
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    let config = crate::project::parse_config(&String::from_utf8_lossy(&text))
+        .map_err(VendorError::Config)?;
+    Ok(crate::floor::select(config.glibc.as_deref(), &floors)?
+        .map(|floor| (floor.id, floor.lock))
+        .into_iter()
+        .collect())
+}
+
 /// The compiled-in guest-image locks (the base, then the toolchain layers `ids`) and their
 /// packages as files to fetch.
 pub fn wanted_guest_packages(
@@ -662,7 +724,9 @@ pub fn check_guest_packages(
         }
     }
     progress.note(&format!(
-        "cmbuild vendor: guest image: all {} Debian packages in the mirror under their locked CIDs",
+        "cmbuild vendor: {} {}: all {} Debian packages in the mirror under their locked CIDs",
+        lock.suite,
+        lock.release_version,
         lock.packages.len()
     ));
     Ok(())

@@ -229,6 +229,7 @@ mod tests {
                 sha256: cmbuild_store::sha256::Sha256::from_bytes([0; 32]),
                 cid: cmbuild_store::cid::cid_of_bytes(b"c"),
                 abi: None,
+                glibc_floor: None,
                 toolchain_version: None,
             }],
         };

@@ -1,0 +1,299 @@
+//! The glibc floor (`glibc = "2.36"` in `cmbuild.toml`, `cmbuild::floor`).
+//!
+//! A floor that is not pinned is refused, listing the pinned ones, before anything is read
+//! from the mirror (by `run`) or downloaded (by `vendor`); a pinned one goes on to the
+//! mirror.
+//!
+//! `#[ignore]`d (heavy: the pinned packages and crates are fetched once into
+//! `$CMBUILD_CACHE`, and each build runs billions of guest instructions): `examples/glibc-floor`
+//! (C through the `cc` crate with `_GNU_SOURCE` and `strtol`, and std's process spawning,
+//! which reaches for glibc 2.39's `pidfd_spawnp`) built under the 2.36 floor for x86_64,
+//! aarch64 and riscv64 in one machine. Every artifact needs at most `GLIBC_2.36` (read
+//! from its ELF), records the floor in `manifest.json`, and prints `parse(0b101)=0`: its C
+//! was compiled against glibc 2.36's headers (2.38's would have made `strtol` C23's
+//! `__isoc23_strtol`, which reads `0b101` as 5). The x86_64 artifact runs on the host; the
+//! others run under `qemu-<arch>` (when installed) with nothing but the floor's own C
+//! runtime, glibc 2.36, as their root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cmbuild::glibc::{inspect, GlibcVersion, Linkage};
+use cmbuild::manifest::{read_machine_record, read_manifest};
+use cmbuild_image::sysroot::{build_sysroot, SysrootNode};
+use cmbuild_store::mirror::Mirror;
+use common::{cache_dir, git, repo_root, s};
+
+/// A committed project: a package with no dependencies and `cmbuild_toml`.
+fn project(root: &Path, cmbuild_toml: &str) -> PathBuf {
+    let dir = root.join("p");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"p\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("Cargo.lock"),
+        "version = 4\n\n[[package]]\nname = \"p\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
+    std::fs::write(dir.join("cmbuild.toml"), cmbuild_toml).unwrap();
+    git(&dir, &["init", "-q"]);
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-q", "-m", "p"]);
+    git(&dir, &["tag", "v0.1.0"]);
+    dir
+}
+
+/// Runs cmbuild; returns (exit code, stderr).
+fn cmbuild(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
+        .args(args)
+        .env("CMBUILD_CRATES_URL", "http://127.0.0.1:9/never")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_unpinned_floor_is_refused_before_anything_is_read() {
+    let root = tempfile::tempdir().unwrap();
+    let mirror = root.path().join("mirror");
+    let out = root.path().join("builds");
+    let run = |dir: &Path| {
+        cmbuild(&[
+            "run",
+            "--release",
+            "v0.1.0",
+            "--project",
+            s(dir),
+            "--out",
+            s(&out),
+            "--mirror",
+            s(&mirror),
+        ])
+    };
+    let dir = project(root.path(), "glibc = \"2.35\"\n");
+    let (code, stderr) = run(&dir);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "cmbuild.toml asks for glibc floor 2.35, which this cmbuild does not pin; the \
+             pinned floors are: 2.36 (Debian 12."
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("checking inputs in the mirror"),
+        "{stderr}"
+    );
+    // `vendor` refuses it too, before any download.
+    let (code, stderr) = cmbuild(&[
+        "vendor",
+        "--manifest-path",
+        s(&dir.join("Cargo.toml")),
+        "--mirror",
+        s(&mirror),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("the pinned floors are: 2.36"), "{stderr}");
+    assert!(!stderr.contains("downloaded"), "{stderr}");
+
+    // Not a version at all: refused as such.
+    std::fs::remove_dir_all(root.path().join("p")).unwrap();
+    let dir = project(root.path(), "glibc = \"bookworm\"\n");
+    let (code, stderr) = run(&dir);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("glibc = \"bookworm\" is not a glibc version like \"2.36\""),
+        "{stderr}"
+    );
+
+    // A pinned floor passes selection and the run goes on to the (empty) mirror.
+    std::fs::remove_dir_all(root.path().join("p")).unwrap();
+    let dir = project(root.path(), "glibc = \"2.36\"\n");
+    let (code, stderr) = run(&dir);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("checking inputs in the mirror"), "{stderr}");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == "target" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Writes the floor's sysroot of `triple` (from the mirror's pinned packages) under `dir`.
+fn unpack_sysroot(mirror: &Path, triple: &str, dir: &Path) {
+    let floor = cmbuild::floor::select(Some("2.36"), &cmbuild::floor::shipped().unwrap())
+        .unwrap()
+        .unwrap();
+    let mirror = Mirror::open(mirror).unwrap();
+    let spec = triple
+        .parse::<cmbuild_image::triple::Triple>()
+        .unwrap()
+        .spec();
+    let sysroot = build_sysroot(&floor.lock, spec, |p| Ok(mirror.read_verified(&p.cid)?)).unwrap();
+    for (path, node) in &sysroot.nodes {
+        let at = dir.join(path);
+        match node {
+            SysrootNode::Dir => std::fs::create_dir_all(&at).unwrap(),
+            SysrootNode::File { data, executable } => {
+                std::fs::write(&at, &data[..]).unwrap();
+                let mode = if *executable { 0o755 } else { 0o644 };
+                std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .unwrap();
+            }
+            SysrootNode::Symlink(target) => std::os::unix::fs::symlink(target, &at).unwrap(),
+        }
+    }
+}
+
+const EXPECTED: &str = "parse(0b101)=0 child=Ok(Some(3))";
+
+#[test]
+#[ignore = "heavy: pinned packages, crates.io downloads, billions of guest instructions"]
+fn artifacts_built_under_the_floor_start_on_glibc_2_36() {
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("glibc-floor");
+    copy_tree(&repo_root().join("examples/glibc-floor"), &project);
+    std::fs::write(
+        project.join("cmbuild.toml"),
+        "glibc = \"2.36\"\ntargets = [\"x86_64-unknown-linux-gnu\", \
+         \"aarch64-unknown-linux-gnu\", \"riscv64gc-unknown-linux-gnu\"]\n",
+    )
+    .unwrap();
+    git(&project, &["init", "-q"]);
+    git(&project, &["add", "-A"]);
+    git(&project, &["commit", "-q", "-m", "v0.1.0"]);
+    git(&project, &["tag", "v0.1.0"]);
+    let mirror = cache_dir().join("image-test-mirror");
+    let out = work.path().join("builds");
+    eprintln!("$ cmbuild vendor (the crates and the floor's packages)");
+    let (code, stderr) = cmbuild_online(&[
+        "vendor",
+        "--manifest-path",
+        s(&project.join("Cargo.toml")),
+        "--mirror",
+        s(&mirror),
+    ]);
+    if code != 0 {
+        eprintln!(
+            "SKIPPED LOUDLY: `cmbuild vendor` could not fetch every input (crates.io or a \
+             Debian package that left the archive: re-lock with `cmbuild image lock`):\n{stderr}"
+        );
+        return;
+    }
+    assert!(
+        stderr.contains("glibc floor 2.36: 24 Debian bookworm packages"),
+        "{stderr}"
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
+        .args([
+            "run",
+            "--release",
+            "v0.1.0",
+            "--single-machine",
+            "--project",
+        ])
+        .args([s(&project), "--mirror", s(&mirror), "--out", s(&out)])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    println!("{stdout}");
+    assert!(run.status.success(), "{stdout}");
+    let release = out.join("v0.1.0");
+
+    let manifest = read_manifest(&release.join("manifest.json")).unwrap();
+    assert_eq!(manifest.artifacts.len(), 3);
+    let floor = GlibcVersion(2, 36, 0);
+    for artifact in &manifest.artifacts {
+        assert_eq!(
+            artifact.glibc_floor.as_deref(),
+            Some("2.36"),
+            "{}",
+            artifact.target
+        );
+        let bytes = std::fs::read(release.join(&artifact.bin_path)).unwrap();
+        let needs = inspect(&bytes).unwrap();
+        assert_eq!(needs.linkage, Linkage::Dynamic);
+        let (symbol, version) = needs.glibc.unwrap();
+        assert!(version <= floor, "{}: needs {symbol}", artifact.target);
+        assert_eq!(
+            artifact.abi.as_ref().unwrap().glibc_min.as_deref(),
+            Some(version.to_string().as_str())
+        );
+    }
+    let machine = read_machine_record(&release.join("machine.json")).unwrap();
+    assert!(machine.inputs.contains_key(cmbuild::floor::INPUT_KEY));
+
+    // x86_64: on this host (a glibc of 2.36 or newer runs it).
+    let ran = Command::new(release.join("x86_64-unknown-linux-gnu/glibc-floor"))
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{ran:?}");
+    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), EXPECTED);
+
+    // The others: under qemu-user, with the floor's own glibc 2.36 as their only C runtime.
+    for (triple, gnu, qemu) in [
+        (
+            "aarch64-unknown-linux-gnu",
+            "aarch64-linux-gnu",
+            "qemu-aarch64",
+        ),
+        (
+            "riscv64gc-unknown-linux-gnu",
+            "riscv64-linux-gnu",
+            "qemu-riscv64",
+        ),
+    ] {
+        if Command::new(qemu).arg("--version").output().is_err() {
+            eprintln!("{qemu} is not installed: the {triple} artifact was not run");
+            continue;
+        }
+        let sysroot = work.path().join(format!("sysroot-{triple}"));
+        unpack_sysroot(&mirror, triple, &sysroot);
+        let ran = Command::new(qemu)
+            .arg("-L")
+            .arg(sysroot.join("usr").join(gnu))
+            .arg(release.join(triple).join("glibc-floor"))
+            .output()
+            .unwrap();
+        assert!(ran.status.success(), "{triple}: {ran:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&ran.stdout).trim(),
+            EXPECTED,
+            "{triple}"
+        );
+    }
+}
+
+/// cmbuild with the real crates.io (the heavy test vendors).
+fn cmbuild_online(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprint!("{stderr}");
+    (out.status.code().unwrap_or(-1), stderr)
+}
