@@ -320,6 +320,30 @@ fn release_e2e(toolchain: Option<&str>) {
         );
     }
 
+    // A verifier's rebuild of the tag-named release from the published directory passes
+    // (it rebuilds under the published release name, v0.1.0, not the bare commit).
+    if toolchain.is_none() {
+        let out = cmbuild_in(
+            &elsewhere,
+            &[
+                "verify",
+                s(&run1),
+                "--project",
+                s(&project),
+                "--mirror",
+                s(&vendored),
+                "--pins",
+                s(&pins),
+                "--out",
+                s(&work.path().join("verified")),
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("{text}");
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("Reproducibility check PASSED"), "{text}");
+    }
+
     // compare on the real outputs: a flipped byte (with an honest manifest) is output
     // drift; a different Cargo.lock hash is input drift.
     let flipped = work.path().join("flipped");

@@ -8,8 +8,9 @@ use super::common::{ImageDirArg, JobsArg, MirrorArg, PinsArg};
 /// Rebuild what a published manifest lists, then compare the rebuild with it.
 ///
 /// Reads PUBLISHED_DIR/manifest.json and machine.json (untrusted; every name in them is
-/// checked before use), checks that the project's git has the commit the manifest names,
-/// rebuilds with `cmbuild run` one machine per published machine (a single target, or the
+/// checked before use), checks that the project's git has the commit the manifest names
+/// and that the release name (a tag, say v1.2.0) names that commit there too, rebuilds it
+/// under that name with `cmbuild run` one machine per published machine (a single target, or the
 /// project's targets together for a --single-machine build) on the machine settings
 /// machine.json records (RAM, drive sizes), and compares artifacts, machine inputs and
 /// machine root hashes as `cmbuild compare` does. Ends with

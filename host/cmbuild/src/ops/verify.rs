@@ -34,6 +34,34 @@ pub enum VerifyError {
         "the published manifest names commit {0:?}, which is not a full hexadecimal object id"
     )]
     BadCommit(String),
+    /// The published manifest's release name is not a plain revision name.
+    #[error("the published manifest names release {0:?}, which is not a plain tag or branch name")]
+    BadRelease(String),
+    /// The project lacks the published release name.
+    #[error(
+        "the published build is of release {release}, which this project does not have (fetch \
+         its tags: git fetch --tags)"
+    )]
+    Release {
+        /// The release name.
+        release: String,
+        /// Why it could not be resolved.
+        #[source]
+        source: ProjectError,
+    },
+    /// The project's release name points at another commit than the published build's.
+    #[error(
+        "release {release} is commit {here} in this project, but the published build is of \
+         commit {published}"
+    )]
+    ReleaseMoved {
+        /// The release name.
+        release: String,
+        /// What it names in the project.
+        here: String,
+        /// What the published manifest says it named.
+        published: String,
+    },
     /// The published manifest lists nothing.
     #[error("the published manifest lists no artifacts")]
     NoArtifacts,
@@ -153,6 +181,7 @@ pub fn verify(
             source,
         }
     })?;
+    let release = release_revision(&opts.project_dir, &manifest.release, &rev.commit)?;
     let out = opts
         .out
         .clone()
@@ -165,7 +194,8 @@ pub fn verify(
         let single = group.len() == 1;
         let run = RunOptions {
             project_dir: opts.project_dir.clone(),
-            rev: rev.commit.clone(),
+            // Under the published name, so the rebuild's manifest names the same release.
+            rev: release.clone(),
             target: single.then(|| group[0].to_string()),
             profile: None,
             // Triples only: the directory stays inside `out`.
@@ -192,6 +222,44 @@ pub fn verify(
         combined.findings.extend(report.findings);
     }
     Ok(combined)
+}
+
+/// The revision to rebuild under: the published release name (a build records the name it
+/// was asked for, and `compare` requires the same), once it is checked to be a plain name
+/// that names the published commit in this project.
+fn release_revision(
+    project_dir: &Path,
+    release: &str,
+    commit: &str,
+) -> Result<String, VerifyError> {
+    if release == commit {
+        return Ok(commit.to_owned());
+    }
+    let plain = !release.is_empty()
+        && release.len() <= 200
+        && !release.starts_with(['-', '.', '/'])
+        && !release.ends_with(['/', '.'])
+        && !release.contains("..")
+        && !release.contains("//")
+        && release
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+/".contains(&b));
+    if !plain {
+        return Err(VerifyError::BadRelease(release.to_owned()));
+    }
+    let here =
+        project::resolve_revision(project_dir, release).map_err(|source| VerifyError::Release {
+            release: release.to_owned(),
+            source,
+        })?;
+    if here.commit != commit {
+        return Err(VerifyError::ReleaseMoved {
+            release: release.to_owned(),
+            here: here.commit,
+            published: commit.to_owned(),
+        });
+    }
+    Ok(release.to_owned())
 }
 
 #[cfg(test)]
@@ -295,6 +363,62 @@ mod tests {
             .collect();
         seen.sort();
         assert_eq!(seen, ["project", "published"]);
+    }
+
+    #[test]
+    fn the_rebuild_takes_the_published_release_name_only_where_it_names_the_commit() {
+        let root = tempfile::tempdir().unwrap();
+        let project = root.path();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(project)
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        git(&["init", "-q"]);
+        git(&["commit", "-q", "--allow-empty", "-m", "one"]);
+        let first = git(&["rev-parse", "HEAD"]);
+        git(&["tag", "v0.1.0"]);
+        git(&["commit", "-q", "--allow-empty", "-m", "two"]);
+        let second = git(&["rev-parse", "HEAD"]);
+        git(&["tag", "v0.2.0"]);
+
+        // A tag-named build is rebuilt under its tag (so the manifests name the same release).
+        assert_eq!(
+            release_revision(project, "v0.1.0", &first).unwrap(),
+            "v0.1.0"
+        );
+        // A build named by its commit stays so.
+        assert_eq!(release_revision(project, &second, &second).unwrap(), second);
+        // A tag that names another commit here is refused, naming both.
+        let err = release_revision(project, "v0.2.0", &first).unwrap_err();
+        assert!(
+            matches!(&err, VerifyError::ReleaseMoved { here, published, .. }
+                if *here == second && *published == first),
+            "{err}"
+        );
+        // A name the project lacks says how to get it.
+        let err = release_revision(project, "v9", &first).unwrap_err();
+        assert!(matches!(err, VerifyError::Release { .. }), "{err}");
+        assert!(err.to_string().contains("git fetch --tags"), "{err}");
+        // Names that are options, revision expressions or paths never reach git.
+        for bad in [
+            "--output=/tmp/x",
+            "HEAD~1",
+            "v1^{tree}",
+            "../x",
+            "",
+            "a..b",
+            "v1 x",
+        ] {
+            let err = release_revision(project, bad, &first).unwrap_err();
+            assert!(matches!(err, VerifyError::BadRelease(_)), "{bad:?}: {err}");
+        }
     }
 
     #[test]
