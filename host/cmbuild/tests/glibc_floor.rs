@@ -24,29 +24,11 @@ use cmbuild::glibc::{inspect, GlibcVersion, Linkage};
 use cmbuild::manifest::{read_machine_record, read_manifest};
 use cmbuild_image::sysroot::{build_sysroot, SysrootNode};
 use cmbuild_store::mirror::Mirror;
-use common::{cache_dir, git, repo_root, s};
+use common::{cache_dir, copy_tree, git, repo_root, s};
 
 /// A committed project: a package with no dependencies and `cmbuild_toml`.
 fn project(root: &Path, cmbuild_toml: &str) -> PathBuf {
-    let dir = root.join("p");
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    std::fs::write(
-        dir.join("Cargo.toml"),
-        "[package]\nname = \"p\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("Cargo.lock"),
-        "version = 4\n\n[[package]]\nname = \"p\"\nversion = \"0.1.0\"\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
-    std::fs::write(dir.join("cmbuild.toml"), cmbuild_toml).unwrap();
-    git(&dir, &["init", "-q"]);
-    git(&dir, &["add", "-A"]);
-    git(&dir, &["commit", "-q", "-m", "p"]);
-    git(&dir, &["tag", "v0.1.0"]);
-    dir
+    common::tiny_project(&root.join("p"), "", &[("cmbuild.toml", cmbuild_toml)])
 }
 
 /// Runs cmbuild; returns (exit code, stderr).
@@ -122,22 +104,6 @@ fn an_unpinned_floor_is_refused_before_anything_is_read() {
     let (code, stderr) = run(&dir);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("checking inputs in the mirror"), "{stderr}");
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == "target" {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &to.join(&name));
-        } else {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
 }
 
 /// Writes the floor's sysroot of `triple` (from the mirror's pinned packages) under `dir`.

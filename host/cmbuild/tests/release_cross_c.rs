@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cmbuild::manifest::read_manifest;
-use common::{cache_dir, git, repo_root, s};
+use common::{cache_dir, copy_tree, git, repo_root, s};
 
 fn cmbuild(args: &[&str]) -> std::process::Output {
     eprintln!("$ cmbuild {}", args.join(" "));
@@ -45,22 +45,6 @@ fn fixture(dir: &Path, name: &str, cmbuild_toml: &str) -> PathBuf {
     );
     git(&project, &["tag", "v0.1.0"]);
     project
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == "target" {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &to.join(&name));
-        } else {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
 }
 
 /// Vendors and builds `project` (all triples of its cmbuild.toml in one machine) and

@@ -2,6 +2,8 @@
 //! is killed with SIGKILL while writing it, and the next run removes the killed run's
 //! `.cmbuild-run-*` working directory.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,45 +17,9 @@ use cmbuild_image::triple::Triple;
 
 const ARTIFACT: &[u8] = &[0x5a; 300_000];
 
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
-        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
-}
-
 /// A tiny committed project with a Cargo.lock, tagged v0.1.0.
 fn project(root: &Path) -> PathBuf {
-    let dir = root.join("proj");
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    std::fs::write(
-        dir.join("Cargo.toml"),
-        "[package]\nname = \"p\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("Cargo.lock"),
-        "version = 4\n\n[[package]]\nname = \"p\"\nversion = \"0.1.0\"\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
-    git(&dir, &["-c", "init.defaultBranch=main", "init", "-q"]);
-    git(&dir, &["add", "-A"]);
-    git(
-        &dir,
-        &["-c", "commit.gpgsign=false", "commit", "-q", "-m", "p"],
-    );
-    git(&dir, &["tag", "v0.1.0"]);
-    dir
+    common::tiny_project(&root.join("proj"), "", &[])
 }
 
 fn run_dirs(out: &Path) -> Vec<PathBuf> {

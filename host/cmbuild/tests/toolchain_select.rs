@@ -7,35 +7,13 @@
 
 mod common;
 
-use common::git;
 use std::process::Command;
 
 /// Runs `cmbuild run` on a committed project made of `files` plus a minimal package whose
 /// `[package]` gets `package_extra`; returns (exit code, stderr).
 fn run(files: &[(&str, &str)], package_extra: &str, extra_args: &[&str]) -> (i32, String) {
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("p");
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    std::fs::write(
-        dir.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"p\"\nversion = \"0.1.0\"\nedition = \"2021\"\n{package_extra}"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("Cargo.lock"),
-        "version = 4\n\n[[package]]\nname = \"p\"\nversion = \"0.1.0\"\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.join(name), text).unwrap();
-    }
-    git(&dir, &["init", "-q"]);
-    git(&dir, &["add", "-A"]);
-    git(&dir, &["commit", "-q", "-m", "p"]);
-    git(&dir, &["tag", "v0.1.0"]);
+    let dir = common::tiny_project(&root.path().join("p"), package_extra, files);
     let out = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
         .args(["run", "--release", "v0.1.0", "--project"])
         .arg(&dir)

@@ -41,3 +41,47 @@ pub fn git(dir: &Path, args: &[&str]) {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A committed package `p` 0.1.0 with no dependencies at `dir`, tagged v0.1.0:
+/// `package_extra` goes at the end of its `[package]` table, `files` beside its Cargo.toml.
+pub fn tiny_project(dir: &Path, package_extra: &str, files: &[(&str, &str)]) -> PathBuf {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"p\"\nversion = \"0.1.0\"\nedition = \"2021\"\n{package_extra}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("Cargo.lock"),
+        "version = 4\n\n[[package]]\nname = \"p\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "p"]);
+    git(dir, &["tag", "v0.1.0"]);
+    dir.to_path_buf()
+}
+
+/// Copies a source tree, leaving out `target/` directories.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == "target" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
