@@ -8,6 +8,7 @@
 
 pub mod clint;
 pub mod htif;
+pub mod offload;
 pub mod plic;
 pub mod uart;
 
