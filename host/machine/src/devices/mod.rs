@@ -172,6 +172,18 @@ mod tests {
                     || a.base >= crate::board::DTB_BASE + crate::board::DTB_SIZE
             );
             assert!(a.base + a.size <= crate::board::RAM_BASE);
+            // The optional offload channel's window is free on every board.
+            let (base, size) = (crate::board::OFFLOAD_BASE, crate::board::OFFLOAD_SIZE);
+            assert!(
+                a.base + a.size <= base || base + size <= a.base,
+                "{:?}",
+                a.id
+            );
         }
+        assert!(crate::board::OFFLOAD_BASE + crate::board::OFFLOAD_SIZE <= crate::board::DTB_BASE);
+        assert!(crate::board::OFFLOAD_IRQ <= crate::board::PLIC_NDEV);
+        assert!(DEVICES
+            .iter()
+            .all(|d| d.irq != Some(crate::board::OFFLOAD_IRQ)));
     }
 }
