@@ -51,6 +51,7 @@ pub const OFFLOAD_BASE: u64 = 0x1000_1000;
 pub const OFFLOAD_SIZE: u64 = 0x1000;
 /// PLIC source of the offload channel's interrupt line.
 pub const OFFLOAD_IRQ: u32 = 2;
+const _: () = assert!(OFFLOAD_BASE + OFFLOAD_SIZE <= DTB_BASE && OFFLOAD_IRQ <= PLIC_NDEV);
 
 /// Where the machine places the generated device tree blob.
 pub const DTB_BASE: u64 = 0x7ff0_0000;

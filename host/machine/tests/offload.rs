@@ -59,7 +59,7 @@ enum When {
     /// After this many more run slices (or when the machine must wait, if earlier).
     AfterSlices(u32),
     /// Only when the machine must wait for it.
-    WhenWaiting,
+    OnWait,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -237,10 +237,10 @@ fn the_guest_sees_each_answer_at_its_cycle_however_and_whenever_the_host_gives_i
     for jit in [true, false] {
         for (slice, when) in [
             (u64::MAX, When::AtOnce),
-            (u64::MAX, When::WhenWaiting),
+            (u64::MAX, When::OnWait),
             (50, When::AfterSlices(3)),
             (1000, When::AfterSlices(1)),
-            (7, When::WhenWaiting),
+            (7, When::OnWait),
         ] {
             policies.push(Policy {
                 jit,
@@ -252,7 +252,7 @@ fn the_guest_sees_each_answer_at_its_cycle_however_and_whenever_the_host_gives_i
         // Mid-wait snapshots: before request 1's wall (answered or not), and past it (the
         // answer was given and is not visible yet; the loaded machine waits for it again).
         for snapshot_at in [150, 600, 2500] {
-            for when in [When::AtOnce, When::WhenWaiting] {
+            for when in [When::AtOnce, When::OnWait] {
                 policies.push(Policy {
                     jit,
                     slice: 333,
@@ -265,14 +265,14 @@ fn the_guest_sees_each_answer_at_its_cycle_however_and_whenever_the_host_gives_i
     policies.push(Policy {
         jit: false,
         slice: 1,
-        when: When::WhenWaiting,
+        when: When::OnWait,
         snapshot_at: None,
     });
     let mut waited = 0;
     for p in policies {
         let (outcome, waits) = drive(&image, p, &checkpoints);
         waited += waits;
-        if p.when == When::WhenWaiting && p.snapshot_at.is_none() {
+        if p.when == When::OnWait && p.snapshot_at.is_none() {
             assert_eq!(waits, 3, "{p:?}");
         }
         if let Some(i) = (0..expected.checkpoints.len())
