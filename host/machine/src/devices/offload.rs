@@ -556,6 +556,10 @@ impl OffloadChannel {
         c.overflowed = r.bool("offload overflow flag")?;
         c.next_seq = r.u64()?;
         c.pending = get_bytes(r, MAX_REQUEST, "offload request being written")?;
+        if c.overflowed && c.pending.len() as u64 != MAX_REQUEST {
+            // Only a full buffer can have overflowed.
+            return Err(invalid("offload overflow flag"));
+        }
         let jobs = r.u64()?;
         if jobs > MAX_JOBS as u64 {
             return Err(invalid("offload requests in flight"));
@@ -769,6 +773,33 @@ mod tests {
                 d.load_state(&mut Reader::new(&out[..len])).is_err(),
                 "{len}"
             );
+        }
+    }
+
+    #[test]
+    fn corrupted_state_is_refused_or_loads_canonically() {
+        let mut c = OffloadChannel::new(5);
+        submit(&mut c, b"ab", 1, 0);
+        submit(&mut c, b"cd", 2, 1);
+        c.answer(2, answer(9, b"xyz"), 3).unwrap();
+        c.deliver_due(9);
+        c.read(reg::COMP_DATA, 1).unwrap();
+        c.write(reg::REQ_DATA, 2, 0x4142, 10).unwrap();
+        let mut out = Vec::new();
+        c.save_state(&mut out);
+        for at in 0..out.len() {
+            for bit in [0, 3, 7] {
+                let mut bytes = out.clone();
+                bytes[at] ^= 1 << bit;
+                let mut d = OffloadChannel::new(1);
+                let mut r = Reader::new(&bytes);
+                if d.load_state(&mut r).is_ok() && r.remaining().is_empty() {
+                    // What loads is exactly what saving it gives back.
+                    let mut again = Vec::new();
+                    d.save_state(&mut again);
+                    assert_eq!(again, bytes, "byte {at} bit {bit}");
+                }
+            }
         }
     }
 
