@@ -178,6 +178,7 @@ impl MachineSettings {
             initrd: Some(image.initrd.clone()),
             bootargs: BOOTARGS.to_owned(),
             flash_drives,
+            offload: None,
         }
     }
 }

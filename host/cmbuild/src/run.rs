@@ -1267,6 +1267,11 @@ fn run_to_halt(
                 })
             }
             Break::MaxMcycle => {}
+            // Build machines have no offload channel (`guest::MachineSettings` builds
+            // none, and the template is checked against its pinned hash).
+            Break::OffloadRequest(_) | Break::OffloadWaiting(_) => {
+                unreachable!("a build machine without an offload channel reported an offload break")
+            }
         }
     }
 }

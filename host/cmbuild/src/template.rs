@@ -286,6 +286,10 @@ pub fn boot_to_ready(
                 return Err(TemplateError::NotReady(MAX_READY_MCYCLE, tail_text()))
             }
             Break::MaxMcycle => {}
+            // The template's machine is built without an offload channel.
+            Break::OffloadRequest(_) | Break::OffloadWaiting(_) => {
+                unreachable!("a machine without an offload channel reported an offload break")
+            }
         }
     }
 }

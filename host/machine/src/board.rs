@@ -42,6 +42,17 @@ pub const UART_SIZE: u64 = 0x100;
 /// The UART's nominal input clock (`clock-frequency`); only the divisor arithmetic uses it.
 pub const UART_CLOCK_HZ: u32 = 3_686_400;
 
+/// The offload channel (`cmbuild,offload-channel-v1`), a board option that is off by
+/// default ([`crate::machine::MachineConfig::offload`]): not in the [`DEVICES`] table, so the
+/// default board's state, device tree and hashes do not change. At the address where QEMU's
+/// `virt` board has its first virtio-mmio slot, which a virtio transport may take over.
+pub const OFFLOAD_BASE: u64 = 0x1000_1000;
+/// Size of the offload channel's window.
+pub const OFFLOAD_SIZE: u64 = 0x1000;
+/// PLIC source of the offload channel's interrupt line.
+pub const OFFLOAD_IRQ: u32 = 2;
+const _: () = assert!(OFFLOAD_BASE + OFFLOAD_SIZE <= DTB_BASE && OFFLOAD_IRQ <= PLIC_NDEV);
+
 /// Where the machine places the generated device tree blob.
 pub const DTB_BASE: u64 = 0x7ff0_0000;
 /// Space reserved for the device tree blob.

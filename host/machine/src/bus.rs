@@ -1,8 +1,9 @@
 //! The physical address space: memory ranges (RAM, flash drives), the device tree ROM
 //! and the memory-mapped devices, at the addresses of [`crate::board`].
 
-use crate::board::{Devices, DEVICES, DTB_BASE, DTB_SIZE};
-use crate::devices::{DeviceSlot, MmioContext};
+use crate::board::{Devices, DEVICES, DTB_BASE, DTB_SIZE, OFFLOAD_BASE, OFFLOAD_IRQ, OFFLOAD_SIZE};
+use crate::devices::offload::OffloadChannel;
+use crate::devices::{Device, DeviceSlot, MmioContext};
 use crate::memory::MemRange;
 use std::num::NonZeroU32;
 
@@ -66,6 +67,8 @@ pub struct Bus {
     pub dtb: Vec<u8>,
     /// The memory-mapped devices, at the places [`DEVICES`] gives them.
     pub devices: Devices,
+    /// The offload channel at [`OFFLOAD_BASE`], on boards that have it.
+    pub offload: Option<OffloadChannel>,
     /// Console bytes the guest wrote (HTIF and UART), for the caller to drain.
     pub console: Vec<u8>,
     /// Guest stores to flash drives since this bus was built (or its machine loaded):
@@ -82,6 +85,7 @@ impl Bus {
             flash,
             dtb,
             devices: Devices::new(),
+            offload: None,
             console: Vec::new(),
             flash_stores: 0,
         }
@@ -143,6 +147,15 @@ impl Bus {
             self.update_interrupt_line(slot);
             return value;
         }
+        if let Some(off) = offset_in(pa, OFFLOAD_BASE, OFFLOAD_SIZE) {
+            let mut cx = MmioContext {
+                mcycle,
+                console: &mut self.console,
+            };
+            let value = Device::read(self.offload.as_mut()?, off, size, &mut cx);
+            self.update_offload_line();
+            return value;
+        }
         if let Some(off) = offset_in(pa, DTB_BASE, DTB_SIZE) {
             let mut value = 0u64;
             for i in 0..size as u64 {
@@ -157,6 +170,15 @@ impl Bus {
     /// A store of `size` bytes to a device at `pa` (at `mcycle`); `None` means an access
     /// fault.
     pub fn write_mmio(&mut self, pa: u64, size: u32, value: u64, mcycle: u64) -> Option<()> {
+        if let Some(off) = offset_in(pa, OFFLOAD_BASE, OFFLOAD_SIZE) {
+            let mut cx = MmioContext {
+                mcycle,
+                console: &mut self.console,
+            };
+            let result = Device::write(self.offload.as_mut()?, off, size, value, &mut cx);
+            self.update_offload_line();
+            return result;
+        }
         let (slot, off) = Self::device_at(pa)?;
         let mut cx = MmioContext {
             mcycle,
@@ -176,6 +198,24 @@ impl Bus {
             let level = self.devices.get(slot.id).interrupt_line();
             self.devices.plic.set_source_level(irq, level);
         }
+    }
+
+    /// Propagates the offload channel's interrupt output to its PLIC source.
+    pub(crate) fn update_offload_line(&mut self) {
+        if let Some(channel) = &self.offload {
+            let level = channel.interrupt_line();
+            self.devices.plic.set_source_level(OFFLOAD_IRQ, level);
+        }
+    }
+
+    /// Delivers the offload channel's answers due at `mcycle` (raising its interrupt
+    /// line); returns whether any was.
+    pub(crate) fn deliver_offload(&mut self, mcycle: u64) -> bool {
+        let delivered = self.offload.as_mut().is_some_and(|c| c.deliver_due(mcycle));
+        if delivered {
+            self.update_offload_line();
+        }
+        delivered
     }
 
     /// Whether the interrupt lines into the hart's `mip.MEIP`/`mip.SEIP` are raised.

@@ -10,7 +10,8 @@
 //! then the strings block with each property name stored once.
 
 use crate::board::{self, Devices, DEVICES};
-use crate::devices::DeviceSlot;
+use crate::devices::offload::OffloadChannel;
+use crate::devices::{Device, DeviceSlot};
 use std::collections::BTreeMap;
 
 const FDT_MAGIC: u32 = 0xd00d_feed;
@@ -321,6 +322,9 @@ pub struct BoardDescription {
     pub initrd: Option<(u64, u64)>,
     /// `/chosen/rng-seed`: derived from the run's inputs, never from the host.
     pub rng_seed: [u8; 32],
+    /// Whether the board has the offload channel (its node follows the table's devices
+    /// under `/soc`; without it the blob is what it always was).
+    pub offload_channel: bool,
 }
 
 /// Phandle of hart 0's interrupt controller (`riscv,cpu-intc`).
@@ -428,6 +432,14 @@ pub fn board_device_tree(desc: &BoardDescription) -> Vec<u8> {
                     .get(slot.id)
                     .device_tree_node(w, slot.base, slot.size, slot.irq);
             }
+            if desc.offload_channel {
+                OffloadChannel::new(1).device_tree_node(
+                    w,
+                    board::OFFLOAD_BASE,
+                    board::OFFLOAD_SIZE,
+                    Some(board::OFFLOAD_IRQ),
+                );
+            }
         });
 
         for drive in &desc.flash_drives {
@@ -464,6 +476,7 @@ mod tests {
             bootargs: "console=ttyS0 quiet".into(),
             initrd: Some((0x8700_0000, 0x8712_3456)),
             rng_seed: core::array::from_fn(|i| i as u8 * 3 + 1),
+            offload_channel: false,
         }
     }
 

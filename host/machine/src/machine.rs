@@ -21,6 +21,8 @@ use sha2::{Digest, Sha256};
 
 use crate::board::{self, DTB_BASE, KERNEL_OFFSET, RAM_BASE};
 use crate::bus::{Bus, FlashDrive};
+use crate::devices::offload::{Answer, OffloadChannel, OffloadError};
+use crate::devices::Device;
 use crate::fdt::{self, BoardDescription};
 use crate::hart::{Hart, Stop};
 use crate::memory::MemRange;
@@ -62,6 +64,17 @@ pub struct MachineConfig {
     pub bootargs: String,
     /// Flash drives, placed above RAM in this order.
     pub flash_drives: Vec<FlashConfig>,
+    /// The offload channel (`docs/parallel-builds.md`), a board option; `None` (the
+    /// default) leaves the board, its device tree and every state hash as they were.
+    pub offload: Option<OffloadConfig>,
+}
+
+/// The offload channel of a board that has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffloadConfig {
+    /// Cycles from a request's submission to the earliest `mcycle` its response may be
+    /// visible at (at least 1).
+    pub min_latency: u64,
 }
 
 impl Default for MachineConfig {
@@ -74,6 +87,7 @@ impl Default for MachineConfig {
             initrd: None,
             bootargs: String::new(),
             flash_drives: Vec::new(),
+            offload: None,
         }
     }
 }
@@ -112,6 +126,9 @@ pub enum MachineError {
     /// the host cannot allocate {0} bytes of RAM
     #[error("the host cannot allocate {0} bytes of RAM")]
     OutOfMemory(u64),
+    /// the offload channel's min_latency must be at least 1
+    #[error("the offload channel's min_latency must be at least 1")]
+    BadOffloadLatency,
 }
 
 /// Why [`Machine::run`] returned.
@@ -124,6 +141,14 @@ pub enum Break {
     Yielded(u64),
     /// `mcycle` reached the limit.
     MaxMcycle,
+    /// The guest submitted the offload request with this tag, at the `mcycle` right after
+    /// its storing instruction ([`OffloadChannel::request`] has it); running on continues
+    /// the guest. The host may answer ([`Machine::offload_answer`]) now or later.
+    OffloadRequest(u64),
+    /// The guest reached the last cycle before the earliest visible response of the
+    /// unanswered offload request with this tag: it cannot go on until the host answers
+    /// (running again without an answer returns this again at once).
+    OffloadWaiting(u64),
 }
 
 /// A machine: the hart, the board and the page trees of the state hash.
@@ -169,6 +194,9 @@ impl Machine {
         }
         if config.ram_image.is_some() && config.bios.is_some() {
             return Err(MachineError::RamImageAndBios);
+        }
+        if config.offload.is_some_and(|o| o.min_latency == 0) {
+            return Err(MachineError::BadOffloadLatency);
         }
         let mut labels = std::collections::BTreeSet::new();
         for f in &config.flash_drives {
@@ -272,6 +300,7 @@ impl Machine {
             bootargs: config.bootargs.clone(),
             initrd,
             rng_seed: seed,
+            offload_channel: config.offload.is_some(),
         };
         let dtb = fdt::board_device_tree(&desc);
         if dtb.len() as u64 > board::DTB_SIZE {
@@ -284,9 +313,11 @@ impl Machine {
         hart.x[10] = 0;
         hart.x[11] = DTB_BASE;
         hart.flush_caches();
+        let mut bus = Bus::new(ram, flash, dtb);
+        bus.offload = config.offload.map(|o| OffloadChannel::new(o.min_latency));
         Ok(Self {
             hart,
-            bus: Bus::new(ram, flash, dtb),
+            bus,
             trees: None,
         })
     }
@@ -306,7 +337,27 @@ impl Machine {
             Stop::Halted => Break::Halted(self.bus.devices.htif.halt.unwrap_or(0)),
             Stop::Yielded => Break::Yielded(self.bus.devices.htif.yielded.take().unwrap_or(0)),
             Stop::Limit => Break::MaxMcycle,
+            Stop::OffloadRequest(tag) => Break::OffloadRequest(tag),
+            Stop::OffloadWaiting(tag) => Break::OffloadWaiting(tag),
         }
+    }
+
+    /// The offload channel, on a board that has one.
+    pub fn offload(&self) -> Option<&OffloadChannel> {
+        self.bus.offload.as_ref()
+    }
+
+    /// The host's answer to offload request `tag`: visible to the guest at
+    /// `answer.visible_at` exactly, whenever this is called (see `devices/offload.rs`).
+    pub fn offload_answer(&mut self, tag: u64, answer: Answer) -> Result<(), OffloadError> {
+        let mcycle = self.hart.mcycle;
+        self.bus
+            .offload
+            .as_mut()
+            .ok_or(OffloadError::NoChannel)?
+            .answer(tag, answer, mcycle)?;
+        self.bus.update_offload_line();
+        Ok(())
     }
 
     /// The break state without running (a halted machine stays halted).
@@ -338,22 +389,35 @@ impl Machine {
 
     /// Appends the canonical encoding of the processor and device state: the hart, then
     /// each device in the order of [`board::DEVICES`] (CLINT, HTIF, PLIC, UART), each as
-    /// its [`crate::devices::Device::save_state`] documents. Memory is not included (the page trees cover
-    /// it).
+    /// its [`crate::devices::Device::save_state`] documents, then, on a board with the
+    /// offload channel only, the channel's state (which starts with
+    /// [`crate::devices::offload::STATE_MAGIC`]). Memory is not included (the page trees cover it).
     pub fn save_state(&self, out: &mut Vec<u8>) {
         self.hart.save_state(out);
         for slot in board::DEVICES {
             self.bus.devices.get(slot.id).save_state(out);
         }
+        if let Some(channel) = &self.bus.offload {
+            channel.save_state(out);
+        }
     }
 
-    /// Restores what [`Machine::save_state`] wrote; the whole input must be consumed.
+    /// Restores what [`Machine::save_state`] wrote; the whole input must be consumed. The
+    /// state says whether the board has the offload channel (a channel's answers not yet
+    /// visible are dropped: the host gives them again).
     pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
         let mut r = Reader::new(bytes);
         self.hart.load_state(&mut r)?;
         for slot in board::DEVICES {
             self.bus.devices.get_mut(slot.id).load_state(&mut r)?;
         }
+        self.bus.offload = if r.remaining().is_empty() {
+            None
+        } else {
+            let mut channel = OffloadChannel::new(1);
+            Device::load_state(&mut channel, &mut r)?;
+            Some(channel)
+        };
         if !r.remaining().is_empty() {
             return Err(StateError::Invalid("trailing bytes after the device state"));
         }

@@ -14,7 +14,7 @@
 //! | file | contents |
 //! |---|---|
 //! | `manifest` | ASCII text, described below |
-//! | `state` | the canonical processor and device state, exactly the bytes of [`Machine::save_state`] |
+//! | `state` | the canonical processor and device state, exactly the bytes of [`Machine::save_state`] (a board with the offload channel: its state last; answers the host gave that are not visible yet are not kept, the host gives them again) |
 //! | `dtb` | the device tree blob the machine was built with (it also names the initrd and holds `/chosen/rng-seed`, which derive from the images' bytes a snapshot does not keep) |
 //! | `ram.pages` | the non-zero pages of RAM |
 //! | `flash-<i>.pages` | the non-zero pages of flash drive `i` (0, 1, ... in address order); for a drive with a `base`, the pages that differ from the base |

@@ -60,6 +60,17 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The next `len` bytes.
+    pub fn bytes(&mut self, len: u64) -> Result<&'a [u8], StateError> {
+        let len = usize::try_from(len).map_err(|_| StateError::Truncated)?;
+        let (head, rest) = self
+            .rest
+            .split_at_checked(len)
+            .ok_or(StateError::Truncated)?;
+        self.rest = rest;
+        Ok(head)
+    }
+
     /// Bytes not read yet.
     pub fn remaining(&self) -> &'a [u8] {
         self.rest

@@ -265,6 +265,16 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("cmbuild-machine: break=yielded data={data} mcycle={mcycle}");
             ExitCode::from(125)
         }
+        // Only a snapshot of a board with the offload channel gets here: this runner has
+        // no host side for it, so it stops where the guest needs one.
+        Break::OffloadRequest(tag) => {
+            eprintln!("cmbuild-machine: break=offload-request tag={tag} mcycle={mcycle}");
+            ExitCode::from(125)
+        }
+        Break::OffloadWaiting(tag) => {
+            eprintln!("cmbuild-machine: break=offload-waiting tag={tag} mcycle={mcycle}");
+            ExitCode::from(125)
+        }
     };
     if let Some(hash) = outcome.root_hash {
         eprintln!("root_hash={hash}");

@@ -363,6 +363,7 @@ pub fn write_back_targets(
 fn build_config(opts: &MachineRunOptions) -> Result<MachineConfig> {
     let opt = |p: &Option<PathBuf>, what| p.as_deref().map(|p| read(p, what)).transpose();
     let config = MachineConfig {
+        offload: None,
         ram_length: opts.ram_length,
         ram_image: opt(&opts.ram_image, "RAM image")?,
         bios: opt(&opts.bios, "firmware")?,

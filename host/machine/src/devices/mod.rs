@@ -8,6 +8,7 @@
 
 pub mod clint;
 pub mod htif;
+pub mod offload;
 pub mod plic;
 pub mod uart;
 
@@ -171,6 +172,16 @@ mod tests {
                     || a.base >= crate::board::DTB_BASE + crate::board::DTB_SIZE
             );
             assert!(a.base + a.size <= crate::board::RAM_BASE);
+            // The optional offload channel's window is free on every board.
+            let (base, size) = (crate::board::OFFLOAD_BASE, crate::board::OFFLOAD_SIZE);
+            assert!(
+                a.base + a.size <= base || base + size <= a.base,
+                "{:?}",
+                a.id
+            );
         }
+        assert!(DEVICES
+            .iter()
+            .all(|d| d.irq != Some(crate::board::OFFLOAD_IRQ)));
     }
 }

@@ -317,6 +317,10 @@ pub enum Stop {
     Yielded,
     /// `mcycle` reached the limit.
     Limit,
+    /// The guest submitted the offload request with this tag.
+    OffloadRequest(u64),
+    /// `mcycle` reached the wall of the unanswered offload request with this tag.
+    OffloadWaiting(u64),
 }
 
 /// The architectural state of the hart plus the caches that speed it up.
@@ -346,7 +350,8 @@ pub struct Hart {
     /// The inner loop runs while `mcycle < stop`; events that may unmask an interrupt
     /// set it to 0 so that the outer loop looks again.
     stop: u64,
-    /// The `limit` of the current [`Hart::run`] (WFI never sleeps past it).
+    /// The `limit` of the current [`Hart::run`], or the offload channel's wall if that
+    /// comes first (WFI never sleeps past it).
     limit: u64,
     /// The exception of the last faulting fetch (see [`Op::FetchFault`]).
     fetch_fault: Exception,
@@ -385,9 +390,9 @@ impl Hart {
         self.mcycle.wrapping_sub(self.non_retired)
     }
 
-    /// Runs until `mcycle` reaches `limit` or the guest halts or yields.
+    /// Runs until `mcycle` reaches `limit` or the guest halts or yields, or the offload
+    /// channel has a request to report or must wait for an answer.
     pub fn run(&mut self, bus: &mut Bus, limit: u64) -> Stop {
-        self.limit = limit;
         loop {
             if bus.devices.htif.halt.is_some() {
                 return Stop::Halted;
@@ -395,22 +400,43 @@ impl Hart {
             if bus.devices.htif.yielded.is_some() {
                 return Stop::Yielded;
             }
+            // The offload channel (devices/offload.rs, "Timing"): deliver what is due at
+            // this cycle (so the state at a cycle always includes it), report a
+            // submission, and never run past the wall of an unanswered request, exactly
+            // as if `limit` were there.
+            let mut wall = u64::MAX;
+            if bus.offload.is_some() {
+                bus.deliver_offload(self.mcycle);
+                let channel = bus.offload.as_mut().expect("checked");
+                if let Some(tag) = channel.submitted.take() {
+                    return Stop::OffloadRequest(tag);
+                }
+                if let Some((at, tag)) = channel.wall() {
+                    if self.mcycle >= at && self.mcycle < limit {
+                        return Stop::OffloadWaiting(tag);
+                    }
+                    wall = at;
+                }
+            }
             if self.mcycle >= limit {
                 return Stop::Limit;
             }
+            self.limit = limit.min(wall);
             if let Some(int) = self.pending_interrupt(bus) {
                 self.take_trap(int, 0, true);
                 self.mcycle += 1;
                 self.non_retired = self.non_retired.wrapping_add(1);
                 continue;
             }
-            // Run until the timer could fire (if nothing else unmasks an interrupt first).
+            // Run until the timer could fire (if nothing else unmasks an interrupt first),
+            // or the offload channel delivers.
             let timer = if self.csr.mie & MIP_MTIP != 0 && !bus.devices.clint.mtip(self.mcycle) {
                 bus.devices.clint.timer_deadline()
             } else {
                 u64::MAX
             };
-            self.stop = limit.min(timer);
+            let delivery = bus.offload.as_ref().map_or(u64::MAX, |c| c.next_delivery());
+            self.stop = self.limit.min(timer).min(delivery);
             self.run_inner(bus);
         }
     }

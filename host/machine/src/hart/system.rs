@@ -105,11 +105,16 @@ impl Hart {
                 }
                 // Nothing can wake the hart before the timer (if enabled): jump there, or
                 // to the end of this run, whichever comes first.
-                let wake = if self.csr.mie & MIP_MTIP != 0 {
+                let timer = if self.csr.mie & MIP_MTIP != 0 {
                     bus.devices.clint.timer_deadline()
                 } else {
                     u64::MAX
                 };
+                // An offload delivery wakes the hart whether or not its interrupt would
+                // reach `mip` (a spurious wake-up, which the spec allows, and a fixed
+                // cycle either way). An unanswered request's wall is in `self.limit`.
+                let delivery = bus.offload.as_ref().map_or(u64::MAX, |c| c.next_delivery());
+                let wake = timer.min(delivery);
                 self.request_stop();
                 if wake != u64::MAX && wake <= self.limit {
                     // The wake-up happens within this run: the WFI retires (the interrupt,
