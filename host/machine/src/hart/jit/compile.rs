@@ -82,7 +82,7 @@ fn kind(op: Op) -> Option<Kind> {
             I::Jalr => Kind::Jalr,
             _ => Kind::Alu,
         },
-        Op::M(M::Mul | M::Mulh | M::Mulhsu | M::Mulhu | M::Mulw) => Kind::Alu,
+        Op::M(_) => Kind::Alu,
         _ => return None,
     })
 }
@@ -752,7 +752,61 @@ impl<'a> Block<'a> {
                 self.a.alu(W::B64, Alu::Sub, RDX, Rm::Reg(RCX));
                 self.put(rd, RDX);
             }
+            Op::M(op @ (M::Div | M::Divu | M::Rem | M::Remu)) => {
+                self.divide(W::B64, op, rs1, rs2);
+                self.put(rd, RAX);
+            }
+            Op::M(op @ (M::Divw | M::Divuw | M::Remw | M::Remuw)) => {
+                self.divide(W::B32, op, rs1, rs2);
+                self.a.movsx(W::B32, RAX, Rm::Reg(RAX));
+                self.put(rd, RAX);
+            }
             op => unreachable!("{op:?} is not translated as ALU"),
+        }
+    }
+
+    /// rax = the quotient or remainder (by `op`) of rs1 by rs2, at width `w` (for 32
+    /// bits the upper half of rax is left for the caller to sign-extend). RISC-V's
+    /// division never traps: a zero divisor gives a quotient of all ones and the dividend
+    /// as remainder, and the signed overflow (most negative / -1) gives the dividend and
+    /// 0. x86's `div` faults on both, so they are taken apart first.
+    fn divide(&mut self, w: W, op: M, rs1: u8, rs2: u8) {
+        let signed = matches!(op, M::Div | M::Rem | M::Divw | M::Remw);
+        let quotient = matches!(op, M::Div | M::Divu | M::Divw | M::Divuw);
+        self.get(RCX, rs2);
+        self.get(RAX, rs1);
+        self.a.test(w, Rm::Reg(RCX), RCX);
+        let by_zero = self.a.jcc_fwd(Cond::E);
+        let mut done = Vec::new();
+        if signed {
+            // Divisor -1: the quotient is the negated dividend (wrapping, which is the
+            // overflow case's result too) and the remainder 0.
+            self.a.alu_imm(w, Alu::Cmp, Rm::Reg(RCX), -1);
+            let general = self.a.jcc_fwd(Cond::Ne);
+            if quotient {
+                self.a.neg(w, Rm::Reg(RAX));
+            } else {
+                self.a.mov_imm(RAX, 0);
+            }
+            done.push(self.a.jmp_fwd());
+            self.a.bind(general);
+            self.a.sign_extend_rax(w);
+        } else {
+            self.a.mov_imm(RDX, 0);
+        }
+        self.a.div(w, signed, Rm::Reg(RCX));
+        if !quotient {
+            self.a.mov_rr(RAX, RDX);
+        }
+        done.push(self.a.jmp_fwd());
+        self.a.bind(by_zero);
+        if quotient {
+            // All ones (for 32 bits, sign-extended by the caller to all ones as well).
+            self.a.mov_imm(RAX, u64::MAX);
+        }
+        // (The remainder of a division by zero is the dividend, already in rax.)
+        for j in done {
+            self.a.bind(j);
         }
     }
 

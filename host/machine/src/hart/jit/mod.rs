@@ -5,14 +5,16 @@
 //! The interpreter stays the reference: translated code runs only what it can run
 //! *exactly* as the interpreter would, and hands everything else back.
 //!
-//! - A block is a run of RV64I and M integer instructions (no division) within one
-//!   physical page, ending at a branch or jump, before the first instruction it does not
+//! - A block is a run of RV64I and M integer instructions within one physical page, ending at a branch or jump, before the first instruction it does not
 //!   translate, or at 64 instructions. Block entries live in the decode cache's
 //!   `BlockTable` (in `dcache`) of their page, so every event that drops
 //!   decoded instructions (stores into code, eviction, flushes) drops blocks too.
 //! - Time: a block runs only if all of its instructions fit before `Hart::stop`
 //!   (`mcycle + n <= stop`, checked on entry), which is when the interpreter would have
 //!   run all of them too: nothing a translated instruction does can move `stop`.
+//! - Division follows RISC-V's table, not x86's faults: a zero divisor and the signed
+//!   overflow (most negative / -1) are tested for and given their results before any
+//!   `div`/`idiv` runs, so no host exception can happen.
 //! - Traps never happen inside translated code. Loads and stores take an inline TLB hit
 //!   path for aligned RAM accesses (stores only to pages with no decoded code); anything
 //!   else (a TLB miss, MMIO, misalignment, a store into code) leaves the block with `pc`
@@ -446,6 +448,99 @@ mod tests {
         off.run(1 << 20);
         assert_eq!(off.root_hash(), b.root_hash());
         assert_eq!(a.root_hash(), b.root_hash());
+    }
+
+    /// Division and remainder, all eight of them, on the operands where RISC-V and x86
+    /// part ways (a zero divisor, the most negative value by -1, in 64 and 32 bits) and
+    /// ordinary ones, with rd aliasing a source: translated (inside a hot loop, so the
+    /// whole body is one block) and interpreted to the same registers.
+    #[test]
+    fn division_agrees_with_the_interpreter_on_every_edge() {
+        use crate::bench::{addi, assemble, b, halt, r};
+        const A0: u32 = 10;
+        const A1: u32 = 11;
+        const T0: u32 = 5;
+        let values: [u64; 14] = [
+            0,
+            1,
+            u64::MAX,
+            2,
+            -7i64 as u64,
+            7,
+            i64::MIN as u64,
+            i64::MAX as u64,
+            0x8000_0000,
+            0xffff_ffff,
+            0x7fff_ffff,
+            0x1_0000_0000,
+            0xffff_ffff_8000_0000,
+            0x1234_5678_9abc_def1,
+        ];
+        // div, divu, rem, remu (OP) and divw, divuw, remw, remuw (OP-32): funct3 4..=7.
+        let mut body = Vec::new();
+        let mut rd = 12;
+        for op in [0x33, 0x3b] {
+            for f3 in 4..8 {
+                body.push(r(1, A1, A0, f3, rd, op)); // rd = a0 op a1
+                body.push(r(1, 0, A0, f3, rd + 8, op)); // by x0
+                rd += 1;
+            }
+        }
+        // rd the same as rs2, and both sources the same register.
+        body.push(addi(28, A1, 0));
+        body.push(r(1, 28, A0, 6, 28, 0x33)); // rem t3, a0, t3
+        body.push(addi(29, A0, 0));
+        body.push(r(1, 29, 29, 4, 29, 0x3b)); // divw t4, t4, t4
+        body.push(r(1, A0, A1, 5, 30, 0x33)); // divu t5, a1, a0
+        let mut w = vec![addi(T0, 0, 20)];
+        let top = w.len();
+        w.extend(&body);
+        w.push(addi(T0, T0, -1));
+        w.push(b((top as i32 - w.len() as i32) * 4, 0, T0, 1)); // bne t0, zero, top
+        w.extend(halt(Platform::Cmvm));
+        let image = assemble(&w);
+        for &x in &values {
+            for &y in &values {
+                let set = |m: &mut Machine| {
+                    m.hart.x[A0 as usize] = x;
+                    m.hart.x[A1 as usize] = y;
+                };
+                let mut a = machine(&image, false);
+                set(&mut a);
+                let (_, mut b) = agree_at(&image, [], |b| {
+                    set(b);
+                    b.hart.set_perf_map(true);
+                });
+                a.run(1 << 20);
+                b.run(1 << 20);
+                assert_eq!(b.halted(), Some(0));
+                assert_eq!(
+                    (a.mcycle(), a.hart.x),
+                    (b.mcycle(), b.hart.x),
+                    "{x:#x} by {y:#x}"
+                );
+                // The loop body ran as one translated block.
+                let body_insns = body.len() as u32 + 2;
+                assert!(
+                    b.hart.take_perf_map().iter().any(|s| matches!(
+                        s.what,
+                        super::CodeKind::Block { insns, .. } if insns == body_insns
+                    )),
+                    "the loop was not translated whole"
+                );
+            }
+        }
+        // Spot checks against the manual's table.
+        let mut m = machine(&image, true);
+        m.hart.x[A0 as usize] = i64::MIN as u64;
+        m.hart.x[A1 as usize] = u64::MAX;
+        m.run(1 << 20);
+        assert_eq!(m.hart.x[12], i64::MIN as u64); // div: overflow gives the dividend
+        assert_eq!(m.hart.x[14], 0); // rem: overflow gives 0
+        assert_eq!(m.hart.x[20], u64::MAX); // div by zero: all ones
+        assert_eq!(m.hart.x[22], i64::MIN as u64); // rem by zero: the dividend
+        assert_eq!(m.hart.x[16], 0); // divw: 0 / -1 (low words)
+        assert_eq!(m.hart.x[24], u64::MAX); // divw by zero: all ones
     }
 
     #[test]

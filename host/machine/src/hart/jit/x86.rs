@@ -290,6 +290,31 @@ impl Asm {
         self.head(W::B64, &[0xf7], if signed { 5 } else { 4 }, rm);
     }
 
+    /// One-operand `div r/m` (`signed`: `idiv`): divides `rdx:rax` (`edx:eax` for 32
+    /// bits) by r/m, quotient in rax, remainder in rdx. Faults on a zero divisor or a
+    /// quotient that overflows: callers rule both out first.
+    pub fn div(&mut self, w: W, signed: bool, rm: Rm) {
+        self.head(w, &[0xf7], if signed { 7 } else { 6 }, rm);
+    }
+
+    /// `neg r/m`.
+    pub fn neg(&mut self, w: W, rm: Rm) {
+        self.head(w, &[0xf7], 3, rm);
+    }
+
+    /// `test r/m, reg`.
+    pub fn test(&mut self, w: W, rm: Rm, reg: u8) {
+        self.head(w, &[0x85], reg, rm);
+    }
+
+    /// `cqo` (64 bits: rdx = sign of rax) or `cdq` (32 bits: edx = sign of eax).
+    pub fn sign_extend_rax(&mut self, w: W) {
+        if w == W::B64 {
+            self.byte(0x48);
+        }
+        self.byte(0x99);
+    }
+
     /// `lea reg, [mem]`.
     pub fn lea(&mut self, reg: u8, rm: Rm) {
         self.head(W::B64, &[0x8d], reg, rm);
@@ -495,6 +520,31 @@ mod tests {
             asm(|a| a.mov_store(W::B16, Rm::at(RAX, -8), R8)),
             [0x66, 0x44, 0x89, 0x40, 0xf8]
         );
+        // idiv rcx = 48 f7 f9 ; div ecx = f7 f1 ; idiv r9 = 49 f7 f9 ; div qword [rbx+8] = 48 f7 73 08
+        assert_eq!(
+            asm(|a| a.div(W::B64, true, Rm::Reg(RCX))),
+            [0x48, 0xf7, 0xf9]
+        );
+        assert_eq!(asm(|a| a.div(W::B32, false, Rm::Reg(RCX))), [0xf7, 0xf1]);
+        assert_eq!(
+            asm(|a| a.div(W::B64, true, Rm::Reg(R9))),
+            [0x49, 0xf7, 0xf9]
+        );
+        assert_eq!(
+            asm(|a| a.div(W::B64, false, Rm::at(RBX, 8))),
+            [0x48, 0xf7, 0x73, 0x08]
+        );
+        // neg rax = 48 f7 d8 ; neg eax = f7 d8 ; test rcx, rcx = 48 85 c9 ; test ecx, ecx = 85 c9
+        assert_eq!(asm(|a| a.neg(W::B64, Rm::Reg(RAX))), [0x48, 0xf7, 0xd8]);
+        assert_eq!(asm(|a| a.neg(W::B32, Rm::Reg(RAX))), [0xf7, 0xd8]);
+        assert_eq!(
+            asm(|a| a.test(W::B64, Rm::Reg(RCX), RCX)),
+            [0x48, 0x85, 0xc9]
+        );
+        assert_eq!(asm(|a| a.test(W::B32, Rm::Reg(RCX), RCX)), [0x85, 0xc9]);
+        // cqo = 48 99 ; cdq = 99
+        assert_eq!(asm(|a| a.sign_extend_rax(W::B64)), [0x48, 0x99]);
+        assert_eq!(asm(|a| a.sign_extend_rax(W::B32)), [0x99]);
         // lea rdx, [rdx+rdx*2] = 48 8d 14 52
         assert_eq!(
             asm(|a| a.lea(
