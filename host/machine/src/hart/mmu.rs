@@ -369,6 +369,38 @@ impl Hart {
         }
     }
 
+    /// A load for translated code that missed its inline path (a TLB miss, a page that
+    /// is not RAM, a misaligned address), done exactly as [`Hart::load`] would with
+    /// `mcycle` advanced by `retired` (what the block retired before it). `None`, with
+    /// nothing architectural changed that re-executing the load would not change the
+    /// same way, when the load faults, or when filling the TLB wrote a page-table entry
+    /// into a page with decoded code (the running block may be stale): then the block
+    /// leaves and the interpreter executes the load.
+    pub(super) fn load_for_jit(
+        &mut self,
+        bus: &mut Bus,
+        va: u64,
+        size: u32,
+        retired: u64,
+    ) -> Option<u64> {
+        let writes = self.dcache.code_writes();
+        // Every translation the load needs first, as `load` would make them (the walks'
+        // A-bit updates are the same either way): `load` below then only hits the TLB.
+        let translated = if va & (size as u64 - 1) != 0 {
+            self.check_both_pages(bus, va, size, Access::Load)
+        } else {
+            self.lookup(bus, va, Access::Load).map(|_| ())
+        };
+        if translated.is_err() || self.dcache.code_writes() != writes {
+            return None;
+        }
+        let running = self.mcycle;
+        self.mcycle = running + retired;
+        let value = self.load(bus, va, size);
+        self.mcycle = running;
+        value.ok()
+    }
+
     /// Misaligned loads are emulated byte by byte (all bytes checked before any is read).
     #[inline(never)]
     fn load_misaligned(&mut self, bus: &mut Bus, va: u64, size: u32) -> Result<u64, Exception> {

@@ -2,7 +2,7 @@
 
 use super::exec::ExecMem;
 use super::x86::*;
-use super::{Env, Jit};
+use super::{load_helper, Env, Jit};
 use crate::bus::RegionId;
 use crate::hart::m::M;
 use crate::hart::mmu::{Mmu, TLB_SIZE};
@@ -182,6 +182,26 @@ pub(super) fn collect(page: &[u8], start: usize) -> Vec<Item> {
 pub(super) fn span(items: &[Item], start: usize) -> u8 {
     let last = items.last().expect("a block has instructions");
     ((last.off + last.insn.len as usize - start) / 2) as u8
+}
+
+/// Pool registers the C ABI lets a callee change: saved around helper calls.
+const CALLER_SAVED: [u8; 6] = [RSI, RDI, R8, R9, R10, R11];
+
+/// A load's call to [`load_helper`], emitted after the block's body: entered from the
+/// inline path's misses, back at `join` with the value in `t`.
+struct LoadCall {
+    /// The jumps from the inline path.
+    from: Vec<usize>,
+    /// Which entry of the slow exits is this instruction's (when the helper declines).
+    exit: usize,
+    op: I,
+    size: u8,
+    /// Instructions before this one in the block.
+    retired: usize,
+    /// Where the value goes.
+    t: u8,
+    /// Where the inline path continues with the value in `t`.
+    join: usize,
 }
 
 /// Where an exit from a block goes.
@@ -497,6 +517,7 @@ impl<'a> Block<'a> {
         // Exits to the interpreter from loads and stores (one per instruction, whatever
         // sent it there), emitted after the body.
         let mut slow: Vec<(Vec<usize>, u32, usize, i64)> = Vec::new();
+        let mut calls: Vec<LoadCall> = Vec::new();
         let items = self.items;
         for (k, it) in items.iter().enumerate() {
             let d = it.insn;
@@ -506,8 +527,9 @@ impl<'a> Block<'a> {
                 Kind::Load | Kind::Store => {
                     // The slow exit writes back what was dirty before this instruction.
                     let dirty = self.dirty;
-                    let fixups = self.memory(d);
+                    let (fixups, call) = self.memory(d, k, slow.len());
                     slow.push((fixups, dirty, k, delta));
+                    calls.extend(call);
                 }
                 Kind::Branch => {
                     let cond = match d.op {
@@ -549,8 +571,60 @@ impl<'a> Block<'a> {
                 self.exit(self.dirty, n, delta, Self::next(to as i64));
             }
         }
+        self.emit_load_calls(calls, &mut slow);
         self.emit_slow_exits(slow);
         self.a.buf
+    }
+
+    /// The calls of loads to [`load_helper`]: save the caller-saved pool registers,
+    /// call `load_helper(hart, va, size, retired)` (va in rax), restore, then either go
+    /// on with the value or take the load's slow exit (whose jumps join `slow`).
+    fn emit_load_calls(
+        &mut self,
+        calls: Vec<LoadCall>,
+        slow: &mut [(Vec<usize>, u32, usize, i64)],
+    ) {
+        let saved: Vec<u8> = CALLER_SAVED
+            .into_iter()
+            .filter(|h| self.map.contains(&Some(*h)))
+            .collect();
+        // Translated code runs with rsp 8 past a multiple of 16 (the trampoline's call
+        // and six pushes); the call needs a multiple of 16.
+        let pad = saved.len() % 2 == 0;
+        for c in calls {
+            for f in c.from {
+                self.a.bind(f);
+            }
+            for &r in &saved {
+                self.a.push(r);
+            }
+            if pad {
+                self.a.alu_imm(W::B64, Alu::Sub, Rm::Reg(RSP), 8);
+            }
+            self.a.mov_rr(RSI, RAX);
+            self.a.mov_rr(RDI, RBX);
+            self.a.mov_imm(RDX, c.size as u64);
+            self.a.mov_imm(RCX, c.retired as u64);
+            self.a.mov_imm(RAX, load_helper as *const () as u64);
+            self.a.call_reg(RAX);
+            if pad {
+                self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RSP), 8);
+            }
+            for &r in saved.iter().rev() {
+                self.a.pop(r);
+            }
+            self.a.test(W::B32, Rm::Reg(RDX), RDX);
+            slow[c.exit].0.push(self.a.jcc_fwd(Cond::E));
+            let value = Rm::Reg(RAX);
+            match c.op {
+                I::Lb => self.a.movsx(W::B8, c.t, value),
+                I::Lh => self.a.movsx(W::B16, c.t, value),
+                I::Lw => self.a.movsx(W::B32, c.t, value),
+                // The helper zero-extends.
+                _ => self.a.mov_rr(c.t, RAX),
+            }
+            self.a.jmp_to(c.join);
+        }
     }
 
     /// The exits of loads and stores to the interpreter, compactly: each site sets eax to
@@ -810,8 +884,10 @@ impl<'a> Block<'a> {
         }
     }
 
-    /// A load or store through the inline TLB; returns the jumps to its slow exit.
-    fn memory(&mut self, d: Insn) -> Vec<usize> {
+    /// A load or store through the inline TLB; returns the jumps to its slow exit and,
+    /// for a load, its call to the helper (`retired` instructions before it in the block,
+    /// `exit` its entry among the slow exits).
+    fn memory(&mut self, d: Insn, retired: usize, exit: usize) -> (Vec<usize>, Option<LoadCall>) {
         let Op::I(op) = d.op else {
             unreachable!("memory operations are RV64I")
         };
@@ -912,8 +988,20 @@ impl<'a> Block<'a> {
                 I::Lhu => self.a.movzx(W::B16, t, at),
                 _ => self.a.mov_load(W::B32, t, at),
             }
+            let join = self.a.here();
             self.put(d.rd, t);
+            // Every miss of the inline path (rax still the address) calls the helper.
+            let call = LoadCall {
+                from: exits,
+                exit,
+                op,
+                size,
+                retired,
+                t,
+                join,
+            };
+            return (Vec::new(), Some(call));
         }
-        exits
+        (exits, None)
     }
 }

@@ -362,6 +362,11 @@ impl Asm {
         self.head(W::B32, &[0xff], 4, Rm::Reg(reg));
     }
 
+    /// `call reg`.
+    pub fn call_reg(&mut self, reg: u8) {
+        self.head(W::B32, &[0xff], 2, Rm::Reg(reg));
+    }
+
     /// `jmp` to region offset `target`.
     pub fn jmp_to(&mut self, target: usize) {
         self.byte(0xe9);
@@ -506,6 +511,9 @@ mod tests {
             asm(|a| a.imul(W::B64, RAX, Rm::at(RBX, 0x200))),
             [0x48, 0x0f, 0xaf, 0x83, 0, 2, 0, 0]
         );
+        // call rax = ff d0 ; call r11 = 41 ff d3
+        assert_eq!(asm(|a| a.call_reg(RAX)), [0xff, 0xd0]);
+        assert_eq!(asm(|a| a.call_reg(R11)), [0x41, 0xff, 0xd3]);
         // jmp rax = ff e0 ; push r12 = 41 54 ; pop rbp = 5d
         assert_eq!(asm(|a| a.jmp_reg(RAX)), [0xff, 0xe0]);
         assert_eq!(asm(|a| a.push(R12)), [0x41, 0x54]);
