@@ -2,7 +2,7 @@
 
 use super::exec::ExecMem;
 use super::x86::*;
-use super::{load_helper, Env, Jit};
+use super::{exec_helper, load_helper, Env, Jit};
 use crate::bus::RegionId;
 use crate::hart::m::M;
 use crate::hart::mmu::{Mmu, TLB_SIZE};
@@ -62,6 +62,9 @@ enum Kind {
     Jal,
     /// `jalr` (ends the block).
     Jalr,
+    /// Run by the interpreter's own `execute` through [`exec_helper`], in the block: A,
+    /// F and D, and the CSR instructions.
+    Helper,
 }
 
 impl Kind {
@@ -83,6 +86,7 @@ fn kind(op: Op) -> Option<Kind> {
             _ => Kind::Alu,
         },
         Op::M(_) => Kind::Alu,
+        Op::A(_) | Op::F(_) | Op::Csr(_) => Kind::Helper,
         _ => return None,
     })
 }
@@ -202,6 +206,22 @@ struct LoadCall {
     t: u8,
     /// Where the inline path continues with the value in `t`.
     join: usize,
+}
+
+/// A store's call to [`exec_helper`] when its inline path misses, emitted after the
+/// block's body; back at `join` when the store is done.
+struct StoreCall {
+    /// The jumps from the inline path.
+    from: Vec<usize>,
+    insn: Insn,
+    /// Instructions before this one in the block.
+    retired: usize,
+    /// Page offset of the store from the block's start.
+    delta: i64,
+    /// Where the inline path continues.
+    join: usize,
+    /// The dirty registers at the store (for the exit after it).
+    dirty: u32,
 }
 
 /// Where an exit from a block goes.
@@ -487,6 +507,13 @@ impl<'a> Block<'a> {
                     seen |= 1 << g;
                 }
             }
+            if it.kind == Kind::Helper {
+                // The helper takes rd to the hart and back, whatever the instruction
+                // does with it (an F instruction's rd is a float register): it must
+                // hold the guest value from the start.
+                load |= !seen & 1 << it.insn.rd;
+                seen |= 1 << it.insn.rd;
+            }
             if writes(it.insn.op) {
                 seen |= 1 << it.insn.rd;
             }
@@ -518,6 +545,10 @@ impl<'a> Block<'a> {
         // sent it there), emitted after the body.
         let mut slow: Vec<(Vec<usize>, u32, usize, i64)> = Vec::new();
         let mut calls: Vec<LoadCall> = Vec::new();
+        let mut store_calls: Vec<StoreCall> = Vec::new();
+        // Exits after an instruction the helper ran, which set `pc` and `mcycle` itself:
+        // (jump, dirty registers).
+        let mut after: Vec<(usize, u32)> = Vec::new();
         let items = self.items;
         for (k, it) in items.iter().enumerate() {
             let d = it.insn;
@@ -527,9 +558,24 @@ impl<'a> Block<'a> {
                 Kind::Load | Kind::Store => {
                     // The slow exit writes back what was dirty before this instruction.
                     let dirty = self.dirty;
-                    let (fixups, call) = self.memory(d, k, slow.len());
-                    slow.push((fixups, dirty, k, delta));
-                    calls.extend(call);
+                    match self.memory(d, k, slow.len()) {
+                        Ok(c) => {
+                            slow.push((Vec::new(), dirty, k, delta));
+                            calls.push(c);
+                        }
+                        Err(from) => store_calls.push(StoreCall {
+                            from,
+                            insn: d,
+                            retired: k,
+                            delta,
+                            join: self.a.here(),
+                            dirty,
+                        }),
+                    }
+                }
+                Kind::Helper => {
+                    let leave = self.helper(d, k, delta);
+                    after.push((leave, self.dirty));
                 }
                 Kind::Branch => {
                     let cond = match d.op {
@@ -572,8 +618,83 @@ impl<'a> Block<'a> {
             }
         }
         self.emit_load_calls(calls, &mut slow);
+        for c in store_calls {
+            for f in c.from {
+                self.a.bind(f);
+            }
+            let leave = self.helper(c.insn, c.retired, c.delta);
+            after.push((leave, c.dirty));
+            self.a.jmp_to(c.join);
+        }
+        for (leave, dirty) in after {
+            self.a.bind(leave);
+            self.exit(dirty, 0, 0, Next::Rust);
+        }
         self.emit_slow_exits(slow);
         self.a.buf
+    }
+
+    /// The pool registers a call must save: the caller-saved ones that hold guest
+    /// registers in this block.
+    fn caller_saved(&self) -> Vec<u8> {
+        CALLER_SAVED
+            .into_iter()
+            .filter(|h| self.map.contains(&Some(*h)))
+            .collect()
+    }
+
+    /// Saves `saved` and aligns the stack for a call: translated code runs with rsp 8
+    /// past a multiple of 16 (the trampoline's call and six pushes).
+    fn before_call(&mut self, saved: &[u8]) {
+        for &r in saved {
+            self.a.push(r);
+        }
+        if saved.len() % 2 == 0 {
+            self.a.alu_imm(W::B64, Alu::Sub, Rm::Reg(RSP), 8);
+        }
+    }
+
+    /// Undoes [`Block::before_call`].
+    fn after_call(&mut self, saved: &[u8]) {
+        if saved.len() % 2 == 0 {
+            self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RSP), 8);
+        }
+        for &r in saved.iter().rev() {
+            self.a.pop(r);
+        }
+    }
+
+    /// Runs `d` (at pc offset `delta`, `retired` instructions into the block) through
+    /// [`exec_helper`]: its source registers (and rd, which the interpreter may leave
+    /// unchanged) go to the hart first, rd comes back after. Returns the jump taken when
+    /// the helper asks the block to leave (having set `pc` and `mcycle` itself).
+    fn helper(&mut self, d: Insn, retired: usize, delta: i64) -> usize {
+        // A store's rd field holds immediate bits: it names no register.
+        let rd = (!matches!(d.op, Op::I(I::Sb | I::Sh | I::Sw | I::Sd))).then_some(d.rd);
+        let regs = [Some(d.rs1), Some(d.rs2), rd];
+        for g in regs.into_iter().flatten() {
+            if let Some(h) = self.map[g as usize] {
+                self.a.mov_store(W::B64, Rm::at(RBX, x_at(g)), h);
+            }
+        }
+        let saved = self.caller_saved();
+        self.before_call(&saved);
+        self.a.mov_rr(RDI, RBX);
+        self.a.mov_imm(RSI, d.raw as u64);
+        self.a.mov_imm(RDX, delta as u64);
+        self.a.mov_imm(RCX, retired as u64);
+        self.a.mov_imm(RAX, exec_helper as *const () as u64);
+        self.a.call_reg(RAX);
+        self.after_call(&saved);
+        if let Some(rd) = rd.filter(|&g| g != 0) {
+            if let Some(h) = self.map[rd as usize] {
+                self.a.mov_load(W::B64, h, Rm::at(RBX, x_at(rd)));
+                self.dirty |= 1 << rd;
+            }
+        }
+        // eax: 1 go on, 2 leave.
+        self.a.alu_imm(W::B32, Alu::Cmp, Rm::Reg(RAX), 1);
+        self.a.jcc_fwd(Cond::Ne)
     }
 
     /// The calls of loads to [`load_helper`]: save the caller-saved pool registers,
@@ -584,35 +705,19 @@ impl<'a> Block<'a> {
         calls: Vec<LoadCall>,
         slow: &mut [(Vec<usize>, u32, usize, i64)],
     ) {
-        let saved: Vec<u8> = CALLER_SAVED
-            .into_iter()
-            .filter(|h| self.map.contains(&Some(*h)))
-            .collect();
-        // Translated code runs with rsp 8 past a multiple of 16 (the trampoline's call
-        // and six pushes); the call needs a multiple of 16.
-        let pad = saved.len() % 2 == 0;
+        let saved = self.caller_saved();
         for c in calls {
             for f in c.from {
                 self.a.bind(f);
             }
-            for &r in &saved {
-                self.a.push(r);
-            }
-            if pad {
-                self.a.alu_imm(W::B64, Alu::Sub, Rm::Reg(RSP), 8);
-            }
+            self.before_call(&saved);
             self.a.mov_rr(RSI, RAX);
             self.a.mov_rr(RDI, RBX);
             self.a.mov_imm(RDX, c.size as u64);
             self.a.mov_imm(RCX, c.retired as u64);
             self.a.mov_imm(RAX, load_helper as *const () as u64);
             self.a.call_reg(RAX);
-            if pad {
-                self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RSP), 8);
-            }
-            for &r in saved.iter().rev() {
-                self.a.pop(r);
-            }
+            self.after_call(&saved);
             self.a.test(W::B32, Rm::Reg(RDX), RDX);
             slow[c.exit].0.push(self.a.jcc_fwd(Cond::E));
             let value = Rm::Reg(RAX);
@@ -884,10 +989,10 @@ impl<'a> Block<'a> {
         }
     }
 
-    /// A load or store through the inline TLB; returns the jumps to its slow exit and,
-    /// for a load, its call to the helper (`retired` instructions before it in the block,
-    /// `exit` its entry among the slow exits).
-    fn memory(&mut self, d: Insn, retired: usize, exit: usize) -> (Vec<usize>, Option<LoadCall>) {
+    /// A load or store through the inline TLB; returns, for a load, its call to the
+    /// load helper (`retired` instructions before it in the block, `exit` its entry
+    /// among the slow exits), for a store, the jumps from its misses.
+    fn memory(&mut self, d: Insn, retired: usize, exit: usize) -> Result<LoadCall, Vec<usize>> {
         let Op::I(op) = d.op else {
             unreachable!("memory operations are RV64I")
         };
@@ -1000,8 +1105,9 @@ impl<'a> Block<'a> {
                 t,
                 join,
             };
-            return (Vec::new(), Some(call));
+            return Ok(call);
         }
-        (exits, None)
+        // A store that misses runs through the helper (see `StoreCall`).
+        Err(exits)
     }
 }

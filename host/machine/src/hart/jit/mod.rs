@@ -5,7 +5,8 @@
 //! The interpreter stays the reference: translated code runs only what it can run
 //! *exactly* as the interpreter would, and hands everything else back.
 //!
-//! - A block is a run of RV64I and M integer instructions within one physical page, ending at a branch or jump, before the first instruction it does not
+//! - A block is a run of RV64I and M integer instructions, and of the A, F, D and Zicsr
+//!   instructions run through the helper (below), within one physical page, ending at a branch or jump, before the first instruction it does not
 //!   translate, or at 64 instructions. Block entries live in the decode cache's
 //!   `BlockTable` (in `dcache`) of their page, so every event that drops
 //!   decoded instructions (stores into code, eviction, flushes) drops blocks too.
@@ -22,10 +23,18 @@
 //!   with `mcycle` advanced to the load's own count, since device reads see it — and the
 //!   block goes on. The helper declines, changing nothing a re-execution would not
 //!   change the same way, when the load faults or its page walk wrote into a page with
-//!   decoded code (the running block might be stale). A declined load, and a store that
-//!   misses (a TLB miss, a device, misalignment, a store into code), leaves the block
-//!   with `pc` at that instruction and `mcycle` counting the ones before it, and the
-//!   interpreter executes it with every check.
+//!   decoded code (the running block might be stale); then the block leaves with `pc`
+//!   at that instruction and `mcycle` counting the ones before it, and the interpreter
+//!   executes it with every check.
+//! - Instructions with no translation of their own — atomics, floating point, CSR
+//!   instructions — and stores that miss the inline path (a TLB miss, a device,
+//!   misalignment, a store into code) call `exec_helper`: the registers they name go to
+//!   the hart, the interpreter's own `execute` runs them at their exact `pc` and
+//!   `mcycle`, rd comes back. The block goes on unless the instruction trapped, moved
+//!   `stop` (a device store, an interrupt enable, a `satp` write), wrote into a page
+//!   with decoded code or wrote `mcycle`: then the helper finishes the step as the
+//!   interpreter's loop would (the trap taken, or `pc` past the instruction) and the
+//!   block leaves, so whatever follows is fetched and checked anew.
 //! - Guest registers: each block keeps the ones it uses most in host registers, loaded on
 //!   entry and written back at every exit. A direct jump to the block's own start (a
 //!   loop) stays in host registers; a jump elsewhere in the same page chains through the
@@ -86,6 +95,26 @@ pub(super) struct Loaded {
     value: u64,
     /// 1 if the load happened, 0 if the block must leave for the interpreter to run it.
     ok: u64,
+}
+
+/// Called by translated code to run one instruction it does not translate (`raw`, at
+/// `delta` bytes past the block's start, after `retired` instructions of the block):
+/// [`Hart::exec_for_jit`]. Returns 1 if the block goes on, 2 if it must leave (`pc`
+/// and `mcycle` already set).
+///
+/// # Safety
+///
+/// As for [`load_helper`]; the registers the instruction reads or writes must be in
+/// the hart's `x`.
+pub(super) unsafe extern "sysv64" fn exec_helper(
+    hart: *mut Hart,
+    raw: u64,
+    delta: u64,
+    retired: u64,
+) -> u64 {
+    // SAFETY: the caller's contract: both pointers are live and unaliased for this call.
+    let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).jit.env.bus) as *mut Bus)) };
+    hart.exec_for_jit(bus, raw as u32, delta, retired)
 }
 
 /// Called by translated code for a load its inline path does not serve (TLB miss, flash,
@@ -680,6 +709,124 @@ mod tests {
             // The loop ran translated, its loads served inside the block: far fewer
             // entries into translated code than iterations.
             assert!(b.hart.jit.entries < 100, "{} entries", b.hart.jit.entries);
+        }
+    }
+
+    /// What the helper runs inside a block — atomics (LR/SC that succeed and fail), CSR
+    /// reads of the counters (exact counts at every position: the loop starts at many
+    /// offsets), a CSR write, double-precision arithmetic, a misaligned AMO that traps
+    /// into a handler, stores to a device and into the page of the running code (both
+    /// make the block leave) — agrees with the interpreter at every step.
+    #[test]
+    fn instructions_run_by_the_helper_agree_with_the_interpreter() {
+        use crate::bench::{addi, assemble, b, halt, li32, r, s, slli};
+        const T0: u32 = 5;
+        const T1: u32 = 6;
+        const S1: u32 = 9;
+        const A2: u32 = 12;
+        const A3: u32 = 13;
+        const A4: u32 = 14;
+        const A5: u32 = 15;
+        const A6: u32 = 16;
+        const A7: u32 = 17;
+        const T3: u32 = 28;
+        const T4: u32 = 29;
+        const T5: u32 = 30;
+        let amo = |f5: u32, rd: u32, rs1: u32, rs2: u32, f3: u32| {
+            (f5 << 27) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x2f
+        };
+        let csr = |f3: u32, rd: u32, csr: u32, rs1: u32| {
+            (csr << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x73
+        };
+        let add = |rd: u32, a: u32, b: u32| r(0, b, a, 0, rd, 0x33);
+        for pad in 0..12 {
+            let mut w = Vec::new();
+            // mtvec = handler (patched below), mstatus.FS on.
+            let la_handler = w.len();
+            w.push(0x0000_0297); // auipc t0, 0
+            w.push(0); // addi t0, t0, handler - la_handler
+            w.push(csr(1, 0, 0x305, T0)); // csrw mtvec, t0
+            w.extend(li32(T0, 0x2000));
+            w.push(csr(2, 0, 0x300, T0)); // csrs mstatus, t0
+            w.extend(li32(A2, 0x4000_8000));
+            w.push(slli(A2, A2, 1)); // a2 = RAM_BASE + 64 KiB
+            w.push(addi(A3, A2, 8));
+            w.push(addi(A7, A2, 3)); // misaligned
+            w.extend(li32(T3, crate::board::UART_BASE as i32));
+            w.push(0x0000_0e97); // auipc t4, 0: the code page
+            w.push(addi(7, 0, 3)); // t2 = 3
+            w.extend(std::iter::repeat_n(addi(0, 0, 0), pad));
+            w.push(addi(T1, 0, 300));
+            let top = w.len();
+            let body = [
+                amo(0x00, A4, A2, 7, 3), // amoadd.d a4, t2, (a2)
+                add(A5, A5, A4),
+                amo(0x01, A4, A3, A5, 2), // amoswap.w a4, a5, (a3)
+                add(A5, A5, A4),
+                amo(0x1c, A4, A2, A5, 3), // amomaxu.d
+                add(A5, A5, A4),
+                amo(0x10, A4, A3, A5, 2), // amomin.w
+                add(A5, A5, A4),
+                amo(0x02, A4, A2, 0, 3),  // lr.d a4, (a2)
+                amo(0x03, A6, A2, A5, 3), // sc.d a6, a5, (a2): succeeds
+                add(A5, A5, A6),
+                amo(0x03, A6, A2, A5, 3), // sc.d again: fails
+                add(A5, A5, A6),
+                csr(2, A4, 0xb00, 0), // csrr a4, mcycle
+                add(A5, A5, A4),
+                csr(2, A4, 0xb02, 0), // csrr a4, minstret
+                add(A5, A5, A4),
+                csr(1, A4, 0x340, A5), // csrrw a4, mscratch, a5
+                add(A5, A5, A4),
+                0xf200_0053 | (A5 << 15) | (1 << 7), // fmv.d.x f1, a5
+                (1 << 25) | (1 << 20) | (1 << 15) | (7 << 12) | (2 << 7) | 0x53, // fadd.d f2, f1, f1
+                0xe200_0053 | (2 << 15) | (A4 << 7),                             // fmv.x.d a4, f2
+                add(A5, A5, A4),
+                amo(0x00, A4, A7, A5, 2), // amoadd.w a4, a5, (a7): misaligned, traps
+                add(A5, A5, A4),
+                s(7, A5, T3, 0),  // sb a5, 7(t3): the UART's scratch register
+                s(16, A5, A2, 3), // sd a5, 16(a2)
+                s(-8, A5, T4, 3), // sd a5, -8(t4): into the page of this code
+                add(A5, A5, S1),
+            ];
+            w.extend(body);
+            w.push(addi(T1, T1, -1));
+            w.push(b((top as i32 - w.len() as i32) * 4, 0, T1, 1)); // bne t1, zero, top
+            w.extend(halt(Platform::Cmvm));
+            // The handler skips the trapping instruction and counts it.
+            let handler = w.len();
+            w[la_handler + 1] = addi(T0, T0, ((handler - la_handler) * 4) as i32);
+            w.push(csr(2, T5, 0x341, 0)); // csrr t5, mepc
+            w.push(addi(T5, T5, 4));
+            w.push(csr(1, 0, 0x341, T5)); // csrw mepc, t5
+            w.push(addi(S1, S1, 1));
+            w.push(0x3020_0073); // mret
+            let image = assemble(&w);
+            let mut a = machine(&image, false);
+            let mut b = machine(&image, true);
+            b.hart.set_perf_map(true);
+            let mut limit = 0;
+            while a.halted().is_none() {
+                limit += 1009;
+                a.run(limit);
+                b.run(limit);
+                assert_eq!(
+                    (a.hart.pc, a.mcycle(), a.hart.x, a.hart.f),
+                    (b.hart.pc, b.mcycle(), b.hart.x, b.hart.f),
+                    "pad {pad}, limit {limit}"
+                );
+            }
+            assert_eq!(b.halted(), Some(0));
+            assert_eq!(b.hart.x[S1 as usize], 300);
+            assert_eq!(a.root_hash(), b.root_hash());
+            let body = body.len() as u32 + 2;
+            assert!(
+                b.hart.take_perf_map().iter().any(|s| matches!(
+                    s.what,
+                    super::CodeKind::Block { insns, .. } if insns == body
+                )),
+                "the loop was not translated whole"
+            );
         }
     }
 
