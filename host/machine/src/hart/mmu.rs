@@ -401,6 +401,19 @@ impl Hart {
         value.ok()
     }
 
+    /// The fetch-TLB entry for `pc` that the interpreter's next fetch would make, for
+    /// translated code chaining there (it calls this only when that fetch is next).
+    /// Returns whether `pc`'s page is now mapped to RAM, and the walk wrote into no page
+    /// with decoded code. A walk that faults changes nothing: the interpreter's fetch
+    /// repeats it and takes the fault.
+    pub(super) fn fill_fetch_for_jit(&mut self, bus: &mut Bus, pc: u64) -> bool {
+        let writes = self.dcache.code_writes();
+        match self.lookup(bus, pc, Access::Fetch) {
+            Ok(e) => e.region == Some(RegionId::RAM) && self.dcache.code_writes() == writes,
+            Err(_) => false,
+        }
+    }
+
     /// Misaligned loads are emulated byte by byte (all bytes checked before any is read).
     #[inline(never)]
     fn load_misaligned(&mut self, bus: &mut Bus, va: u64, size: u32) -> Result<u64, Exception> {

@@ -2,7 +2,7 @@
 
 use super::exec::ExecMem;
 use super::x86::*;
-use super::{exec_helper, load_helper, Env, Jit};
+use super::{exec_helper, fetch_helper, load_helper, Env, Jit};
 use crate::bus::RegionId;
 use crate::hart::m::M;
 use crate::hart::mmu::{Mmu, TLB_SIZE};
@@ -365,9 +365,10 @@ impl<'a> Block<'a> {
     /// its page to RAM in the current context (as the interpreter's fetch would find it)
     /// and that page has a block there; else return to Rust.
     fn chain_va(&mut self) {
+        let retry = self.a.here();
         self.tlb_entry(offset_of!(Env, fetch_tlb), fetch_ctx_at());
         self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, 0));
-        self.a.jcc_to(Cond::Ne, self.epilogue);
+        let miss = self.a.jcc_fwd(Cond::Ne);
         self.a.alu_imm(
             W::B32,
             Alu::Cmp,
@@ -414,6 +415,23 @@ impl<'a> Block<'a> {
             },
         );
         self.chain_rax();
+        // A fetch-TLB miss: if the interpreter would fetch from `pc` next (an instruction
+        // fits before the stop), make the walk its fetch would make, and try again. Every
+        // guest register is in the hart here (the exit wrote them back): nothing to save.
+        self.a.bind(miss);
+        self.a.mov_load(W::B64, RCX, Rm::at(RBX, mcycle_at()));
+        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RBX, stop_at()));
+        self.a.jcc_to(Cond::Ae, self.epilogue);
+        self.before_call(&[]);
+        self.a.mov_rr(RDI, RBX);
+        self.a.mov_rr(RSI, RAX);
+        self.a.mov_imm(RAX, fetch_helper as *const () as u64);
+        self.a.call_reg(RAX);
+        self.after_call(&[]);
+        self.a.test(W::B32, Rm::Reg(RAX), RAX);
+        self.a.jcc_to(Cond::E, self.epilogue);
+        self.a.mov_load(W::B64, RAX, Rm::at(RBX, pc_at()));
+        self.a.jmp_to(retry);
     }
 
     /// For the virtual address in rax: rcx = its TLB tag (page number | the context at

@@ -41,7 +41,9 @@
 //!   page's table to the next block's code without returning to Rust, and a jump to
 //!   another page (or any `jalr`) chains through the fetch TLB, the decode cache's page
 //!   map and that page's table — the lookups the interpreter's fetch makes, so code runs
-//!   only from pages it could fetch from in the current context.
+//!   only from pages it could fetch from in the current context. On a fetch-TLB miss,
+//!   when the interpreter's next step would be that fetch (an instruction fits before
+//!   `stop`), `fetch_helper` makes the walk it would make and chaining goes on.
 //! - What gets translated: a block start (a jump target, or the instruction after one no
 //!   block holds) once it has been reached `HOT` times; colder code is interpreted.
 //! - The code region is one memory object mapped twice, executable and writable, so no
@@ -115,6 +117,19 @@ pub(super) unsafe extern "sysv64" fn exec_helper(
     // SAFETY: the caller's contract: both pointers are live and unaliased for this call.
     let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).jit.env.bus) as *mut Bus)) };
     hart.exec_for_jit(bus, raw as u32, delta, retired)
+}
+
+/// Called by translated code chaining to `pc`, whose page the fetch TLB does not map, when
+/// the interpreter's next step would be to fetch from it: [`Hart::fill_fetch_for_jit`].
+/// Returns 1 if the fetch TLB now maps it to RAM, else 0 (the block leaves).
+///
+/// # Safety
+///
+/// As for [`load_helper`].
+pub(super) unsafe extern "sysv64" fn fetch_helper(hart: *mut Hart, pc: u64) -> u64 {
+    // SAFETY: the caller's contract: both pointers are live and unaliased for this call.
+    let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).jit.env.bus) as *mut Bus)) };
+    hart.fill_fetch_for_jit(bus, pc) as u64
 }
 
 /// Called by translated code for a load its inline path does not serve (TLB miss, flash,
