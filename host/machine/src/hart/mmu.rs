@@ -48,8 +48,8 @@ impl Access {
 }
 
 /// A cached translation of one virtual page. `repr(C)` because translated code reads
-/// it: `tag` at 0, `page` at 8, `region` at 16 as a `u32` (the raw [`RegionId`], 0 for
-/// `None`); see [`super::jit`] and the layout assertions below.
+/// it: `page` at 8 and `ram_tag` at 24, 32 bytes an entry; see [`super::jit`] and the
+/// layout assertions below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub(super) struct TlbEntry {
@@ -61,6 +61,9 @@ pub(super) struct TlbEntry {
     pub(super) page: u64,
     /// The memory region of the physical page; `None` when it is not memory.
     pub(super) region: Option<RegionId>,
+    /// `tag` if the page is RAM, else 0 (which never matches): translated code compares
+    /// this one, so that a hit is also a RAM page.
+    pub(super) ram_tag: u64,
 }
 
 /// Where a TLB entry leads.
@@ -80,11 +83,13 @@ impl TlbEntry {
                 tag,
                 page: offset,
                 region: Some(region),
+                ram_tag: if region == RegionId::RAM { tag } else { 0 },
             },
             PageTarget::Device(pa) => Self {
                 tag,
                 page: pa,
                 region: None,
+                ram_tag: 0,
             },
         }
     }
@@ -103,6 +108,8 @@ const _: () = {
     assert!(std::mem::offset_of!(TlbEntry, tag) == 0);
     assert!(std::mem::offset_of!(TlbEntry, page) == 8);
     assert!(std::mem::offset_of!(TlbEntry, region) == 16);
+    assert!(std::mem::offset_of!(TlbEntry, ram_tag) == 24);
+    assert!(std::mem::size_of::<TlbEntry>() == 32);
     assert!(std::mem::size_of::<Option<RegionId>>() == 4);
 };
 
@@ -110,6 +117,7 @@ const EMPTY: TlbEntry = TlbEntry {
     tag: 0,
     region: None,
     page: 0,
+    ram_tag: 0,
 };
 
 /// The translation caches of the hart.
@@ -634,6 +642,7 @@ mod tests {
             tag,
             page: 0,
             region: Some(RegionId::RAM),
+            ram_tag: tag,
         }
     }
 

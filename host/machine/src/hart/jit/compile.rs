@@ -3,15 +3,18 @@
 use super::exec::ExecMem;
 use super::x86::*;
 use super::{exec_helper, fetch_helper, load_helper, Env, Jit};
-use crate::bus::RegionId;
 use crate::hart::m::M;
-use crate::hart::mmu::{Mmu, TLB_SIZE};
+use crate::hart::mmu::{Mmu, TlbEntry, TLB_SIZE};
 use crate::hart::rv64i::I;
 use crate::hart::{decode, Hart, Insn, Op};
 use std::mem::offset_of;
 
 // The inline TLB index masks the virtual page number.
 const _: () = assert!(TLB_SIZE.is_power_of_two() && TLB_SIZE <= 1 << 16);
+
+/// Offset of `ram_tag` in a TLB entry.
+const RAM_TAG: i32 = 24;
+const _: () = assert!(std::mem::offset_of!(TlbEntry, ram_tag) == RAM_TAG as usize);
 
 /// Most instructions in a block (keeps spans under 256 halfwords).
 const MAX_INSNS: usize = 64;
@@ -367,15 +370,8 @@ impl<'a> Block<'a> {
     fn chain_va(&mut self) {
         let retry = self.a.here();
         self.tlb_entry(offset_of!(Env, fetch_tlb), fetch_ctx_at());
-        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, 0));
+        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
         let miss = self.a.jcc_fwd(Cond::Ne);
-        self.a.alu_imm(
-            W::B32,
-            Alu::Cmp,
-            Rm::at(RDX, 16),
-            RegionId::RAM.raw() as i32,
-        );
-        self.a.jcc_to(Cond::Ne, self.epilogue);
         // ecx = decode-cache page of the RAM page, if it has one.
         self.a.mov_load(W::B64, RCX, Rm::at(RDX, 8));
         self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
@@ -436,33 +432,18 @@ impl<'a> Block<'a> {
 
     /// For the virtual address in rax: rcx = its TLB tag (page number | the context at
     /// `ctx_at`), rdx = the address of its entry in the TLB whose address is in the `Env`
-    /// field at `tlb` (24-byte entries, see `mmu::TlbEntry`).
+    /// field at `tlb` (32-byte entries, see `mmu::TlbEntry`). The caller compares rcx
+    /// with the entry's `ram_tag` at `RAM_TAG`: equal means a hit on a RAM page.
     fn tlb_entry(&mut self, tlb: usize, ctx_at: i32) {
         self.a.mov_rr(RCX, RAX);
         self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
-        self.tlb_index_rdx();
-        self.a.lea(
-            RDX,
-            Rm::Mem {
-                base: RDX,
-                index: Some((RDX, 2)),
-                disp: 0,
-            },
-        );
-        self.a.shift_imm(W::B64, Shift::Shl, Rm::Reg(RDX), 3);
+        // edx = (page number % TLB_SIZE) * 32, straight from the address.
+        self.a.mov_load(W::B32, RDX, Rm::Reg(RAX));
+        self.a.shift_imm(W::B32, Shift::Shr, Rm::Reg(RDX), 12 - 5);
+        self.a
+            .alu_imm(W::B32, Alu::And, Rm::Reg(RDX), (TLB_SIZE as i32 - 1) << 5);
         self.a.alu(W::B64, Alu::Add, RDX, Rm::at(RBX, env_at(tlb)));
         self.a.alu(W::B64, Alu::Or, RCX, Rm::at(RBX, ctx_at));
-    }
-
-    /// edx = ecx % TLB_SIZE (ecx holds a virtual page number).
-    fn tlb_index_rdx(&mut self) {
-        if TLB_SIZE == 256 {
-            self.a.movzx_byte_reg(RDX, RCX);
-        } else {
-            self.a.mov_load(W::B32, RDX, Rm::Reg(RCX));
-            self.a
-                .alu_imm(W::B32, Alu::And, Rm::Reg(RDX), TLB_SIZE as i32 - 1);
-        }
     }
 
     /// With a table entry in eax: jump to its block, or return to Rust if there is none.
@@ -1040,14 +1021,7 @@ impl<'a> Block<'a> {
             offset_of!(Env, load_tlb)
         };
         self.tlb_entry(tlb, data_ctx_at());
-        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, 0));
-        exits.push(self.a.jcc_fwd(Cond::Ne));
-        self.a.alu_imm(
-            W::B32,
-            Alu::Cmp,
-            Rm::at(RDX, 16),
-            RegionId::RAM.raw() as i32,
-        );
+        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
         exits.push(self.a.jcc_fwd(Cond::Ne));
         // rax = RAM offset.
         self.a.alu_imm(W::B32, Alu::And, Rm::Reg(RAX), 0xfff);

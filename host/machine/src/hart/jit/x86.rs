@@ -214,11 +214,6 @@ impl Asm {
         self.head(W::B32, &[0x0f, op], reg, rm);
     }
 
-    /// `movzx reg32, r8` of a low byte register (zero-extends to 64 bits).
-    pub fn movzx_byte_reg(&mut self, reg: u8, src: u8) {
-        self.head(W::B8, &[0x0f, 0xb6], reg, Rm::Reg(src));
-    }
-
     /// `movsx reg64, byte/word [rm]` or `movsxd reg64, dword [rm]`.
     pub fn movsx(&mut self, from: W, reg: u8, rm: Rm) {
         match from {
@@ -313,11 +308,6 @@ impl Asm {
             self.byte(0x48);
         }
         self.byte(0x99);
-    }
-
-    /// `lea reg, [mem]`.
-    pub fn lea(&mut self, reg: u8, rm: Rm) {
-        self.head(W::B64, &[0x8d], reg, rm);
     }
 
     /// `bts r/m64, reg`: with a memory operand, sets bit `reg` of the bit string there.
@@ -450,12 +440,6 @@ mod tests {
             asm(|a| a.mov_load(W::B64, RAX, Rm::at(R12, 0))),
             [0x49, 0x8b, 0x04, 0x24]
         );
-        // movzx edx, cl = 0f b6 d1 ; movzx edx, sil = 40 0f b6 d6
-        assert_eq!(asm(|a| a.movzx_byte_reg(RDX, RCX)), [0x0f, 0xb6, 0xd1]);
-        assert_eq!(
-            asm(|a| a.movzx_byte_reg(RDX, RSI)),
-            [0x40, 0x0f, 0xb6, 0xd6]
-        );
         // add rax, r9 = 49 03 c1
         assert_eq!(
             asm(|a| a.alu(W::B64, Alu::Add, RAX, Rm::Reg(R9))),
@@ -553,18 +537,6 @@ mod tests {
         // cqo = 48 99 ; cdq = 99
         assert_eq!(asm(|a| a.sign_extend_rax(W::B64)), [0x48, 0x99]);
         assert_eq!(asm(|a| a.sign_extend_rax(W::B32)), [0x99]);
-        // lea rdx, [rdx+rdx*2] = 48 8d 14 52
-        assert_eq!(
-            asm(|a| a.lea(
-                RDX,
-                Rm::Mem {
-                    base: RDX,
-                    index: Some((RDX, 2)),
-                    disp: 0
-                }
-            )),
-            [0x48, 0x8d, 0x14, 0x52]
-        );
     }
 
     #[test]
