@@ -69,6 +69,9 @@ pub struct DecodeCache {
     /// The address of each table's entry array, for translated code that chains to a
     /// block in another page.
     table_addrs: Vec<u64>,
+    /// Counts stores that reached a page with decoded code (see
+    /// [`DecodeCache::code_writes`]).
+    code_writes: u64,
 }
 
 impl DecodeCache {
@@ -83,7 +86,14 @@ impl DecodeCache {
             blocks: Vec::new(),
             has_blocks: Vec::new(),
             table_addrs: Vec::new(),
+            code_writes: 0,
         }
+    }
+
+    /// How many stores have reached a page with decoded code so far: when it has not
+    /// moved across a step, no decoded instruction or block was dropped in it.
+    pub(super) fn code_writes(&self) -> u64 {
+        self.code_writes
     }
 
     /// The cache page of RAM page `ram_page`, creating it (empty) if needed.
@@ -151,6 +161,7 @@ impl DecodeCache {
 
     #[inline(never)]
     fn invalidate_in(&mut self, slot: u32, off: u64, size: u32) {
+        self.code_writes = self.code_writes.wrapping_add(1);
         let page = &mut self.pages[slot as usize];
         let first = ((off & 0xfff) >> 1).saturating_sub(1) as usize;
         let last = (((off & 0xfff) + size as u64 - 1) >> 1).min(SLOTS as u64 - 1) as usize;

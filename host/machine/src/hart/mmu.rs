@@ -48,8 +48,8 @@ impl Access {
 }
 
 /// A cached translation of one virtual page. `repr(C)` because translated code reads
-/// it: `tag` at 0, `page` at 8, `region` at 16 as a `u32` (the raw [`RegionId`], 0 for
-/// `None`); see [`super::jit`] and the layout assertions below.
+/// it: `page` at 8 and `ram_tag` at 24, 32 bytes an entry; see [`super::jit`] and the
+/// layout assertions below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub(super) struct TlbEntry {
@@ -61,6 +61,9 @@ pub(super) struct TlbEntry {
     pub(super) page: u64,
     /// The memory region of the physical page; `None` when it is not memory.
     pub(super) region: Option<RegionId>,
+    /// `tag` if the page is RAM, else 0 (which never matches): translated code compares
+    /// this one, so that a hit is also a RAM page.
+    pub(super) ram_tag: u64,
 }
 
 /// Where a TLB entry leads.
@@ -80,11 +83,13 @@ impl TlbEntry {
                 tag,
                 page: offset,
                 region: Some(region),
+                ram_tag: if region == RegionId::RAM { tag } else { 0 },
             },
             PageTarget::Device(pa) => Self {
                 tag,
                 page: pa,
                 region: None,
+                ram_tag: 0,
             },
         }
     }
@@ -103,6 +108,8 @@ const _: () = {
     assert!(std::mem::offset_of!(TlbEntry, tag) == 0);
     assert!(std::mem::offset_of!(TlbEntry, page) == 8);
     assert!(std::mem::offset_of!(TlbEntry, region) == 16);
+    assert!(std::mem::offset_of!(TlbEntry, ram_tag) == 24);
+    assert!(std::mem::size_of::<TlbEntry>() == 32);
     assert!(std::mem::size_of::<Option<RegionId>>() == 4);
 };
 
@@ -110,6 +117,7 @@ const EMPTY: TlbEntry = TlbEntry {
     tag: 0,
     region: None,
     page: 0,
+    ram_tag: 0,
 };
 
 /// The translation caches of the hart.
@@ -369,6 +377,51 @@ impl Hart {
         }
     }
 
+    /// A load for translated code that missed its inline path (a TLB miss, a page that
+    /// is not RAM, a misaligned address), done exactly as [`Hart::load`] would with
+    /// `mcycle` advanced by `retired` (what the block retired before it). `None`, with
+    /// nothing architectural changed that re-executing the load would not change the
+    /// same way, when the load faults, or when filling the TLB wrote a page-table entry
+    /// into a page with decoded code (the running block may be stale): then the block
+    /// leaves and the interpreter executes the load.
+    pub(super) fn load_for_jit(
+        &mut self,
+        bus: &mut Bus,
+        va: u64,
+        size: u32,
+        retired: u64,
+    ) -> Option<u64> {
+        let writes = self.dcache.code_writes();
+        // Every translation the load needs first, as `load` would make them (the walks'
+        // A-bit updates are the same either way): `load` below then only hits the TLB.
+        let translated = if va & (size as u64 - 1) != 0 {
+            self.check_both_pages(bus, va, size, Access::Load)
+        } else {
+            self.lookup(bus, va, Access::Load).map(|_| ())
+        };
+        if translated.is_err() || self.dcache.code_writes() != writes {
+            return None;
+        }
+        let running = self.mcycle;
+        self.mcycle = running + retired;
+        let value = self.load(bus, va, size);
+        self.mcycle = running;
+        value.ok()
+    }
+
+    /// The fetch-TLB entry for `pc` that the interpreter's next fetch would make, for
+    /// translated code chaining there (it calls this only when that fetch is next).
+    /// Returns whether `pc`'s page is now mapped to RAM, and the walk wrote into no page
+    /// with decoded code. A walk that faults changes nothing: the interpreter's fetch
+    /// repeats it and takes the fault.
+    pub(super) fn fill_fetch_for_jit(&mut self, bus: &mut Bus, pc: u64) -> bool {
+        let writes = self.dcache.code_writes();
+        match self.lookup(bus, pc, Access::Fetch) {
+            Ok(e) => e.region == Some(RegionId::RAM) && self.dcache.code_writes() == writes,
+            Err(_) => false,
+        }
+    }
+
     /// Misaligned loads are emulated byte by byte (all bytes checked before any is read).
     #[inline(never)]
     fn load_misaligned(&mut self, bus: &mut Bus, va: u64, size: u32) -> Result<u64, Exception> {
@@ -589,6 +642,7 @@ mod tests {
             tag,
             page: 0,
             region: Some(RegionId::RAM),
+            ram_tag: tag,
         }
     }
 

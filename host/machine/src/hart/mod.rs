@@ -484,6 +484,54 @@ impl Hart {
         }
     }
 
+    /// Executes, for translated code, the instruction `raw` at `pc + delta` with `mcycle`
+    /// advanced by `retired`, as the interpreter's loop would. Returns 1 when the block
+    /// may go on, with `pc` and `mcycle` left as they were (the block counts); 2 when it
+    /// must leave, with `pc` and `mcycle` where the interpreter's loop leaves them: the
+    /// instruction trapped (the trap is taken), moved `stop` (an interrupt may be due, or
+    /// the machine halted), wrote into a page with decoded code (the block may be
+    /// stale), or wrote `mcycle` itself.
+    pub(super) fn exec_for_jit(
+        &mut self,
+        bus: &mut Bus,
+        raw: u32,
+        delta: u64,
+        retired: u64,
+    ) -> u64 {
+        let insn = decode(raw);
+        let (pc, mcycle, stop) = (self.pc, self.mcycle, self.stop);
+        let writes = self.dcache.code_writes();
+        self.pc = pc.wrapping_add(delta);
+        self.mcycle = mcycle + retired;
+        let result = self.execute(bus, &insn);
+        self.x[0] = 0;
+        match result {
+            Ok(next)
+                if self.stop == stop
+                    && self.dcache.code_writes() == writes
+                    && self.mcycle == mcycle + retired =>
+            {
+                debug_assert_eq!(next, self.pc.wrapping_add(insn.len as u64));
+                self.pc = pc;
+                self.mcycle = mcycle;
+                1
+            }
+            // The rest of `run_inner`'s step.
+            Ok(next) => {
+                self.pc = next;
+                self.mcycle += 1;
+                2
+            }
+            Err(e) => {
+                self.take_trap(e.cause, e.tval, false);
+                self.non_retired = self.non_retired.wrapping_add(1);
+                self.jit.candidate = true;
+                self.mcycle += 1;
+                2
+            }
+        }
+    }
+
     /// Asks the run loop to look at interrupts (and the halt flag) after this instruction.
     pub(crate) fn request_stop(&mut self) {
         self.stop = 0;

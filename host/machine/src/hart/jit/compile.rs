@@ -2,16 +2,19 @@
 
 use super::exec::ExecMem;
 use super::x86::*;
-use super::{Env, Jit};
-use crate::bus::RegionId;
+use super::{exec_helper, fetch_helper, load_helper, Env, Jit};
 use crate::hart::m::M;
-use crate::hart::mmu::{Mmu, TLB_SIZE};
+use crate::hart::mmu::{Mmu, TlbEntry, TLB_SIZE};
 use crate::hart::rv64i::I;
 use crate::hart::{decode, Hart, Insn, Op};
 use std::mem::offset_of;
 
 // The inline TLB index masks the virtual page number.
 const _: () = assert!(TLB_SIZE.is_power_of_two() && TLB_SIZE <= 1 << 16);
+
+/// Offset of `ram_tag` in a TLB entry.
+const RAM_TAG: i32 = 24;
+const _: () = assert!(std::mem::offset_of!(TlbEntry, ram_tag) == RAM_TAG as usize);
 
 /// Most instructions in a block (keeps spans under 256 halfwords).
 const MAX_INSNS: usize = 64;
@@ -62,6 +65,9 @@ enum Kind {
     Jal,
     /// `jalr` (ends the block).
     Jalr,
+    /// Run by the interpreter's own `execute` through [`exec_helper`], in the block: A,
+    /// F and D, and the CSR instructions.
+    Helper,
 }
 
 impl Kind {
@@ -82,7 +88,8 @@ fn kind(op: Op) -> Option<Kind> {
             I::Jalr => Kind::Jalr,
             _ => Kind::Alu,
         },
-        Op::M(M::Mul | M::Mulh | M::Mulhsu | M::Mulhu | M::Mulw) => Kind::Alu,
+        Op::M(_) => Kind::Alu,
+        Op::A(_) | Op::F(_) | Op::Csr(_) => Kind::Helper,
         _ => return None,
     })
 }
@@ -182,6 +189,42 @@ pub(super) fn collect(page: &[u8], start: usize) -> Vec<Item> {
 pub(super) fn span(items: &[Item], start: usize) -> u8 {
     let last = items.last().expect("a block has instructions");
     ((last.off + last.insn.len as usize - start) / 2) as u8
+}
+
+/// Pool registers the C ABI lets a callee change: saved around helper calls.
+const CALLER_SAVED: [u8; 6] = [RSI, RDI, R8, R9, R10, R11];
+
+/// A load's call to [`load_helper`], emitted after the block's body: entered from the
+/// inline path's misses, back at `join` with the value in `t`.
+struct LoadCall {
+    /// The jumps from the inline path.
+    from: Vec<usize>,
+    /// Which entry of the slow exits is this instruction's (when the helper declines).
+    exit: usize,
+    op: I,
+    size: u8,
+    /// Instructions before this one in the block.
+    retired: usize,
+    /// Where the value goes.
+    t: u8,
+    /// Where the inline path continues with the value in `t`.
+    join: usize,
+}
+
+/// A store's call to [`exec_helper`] when its inline path misses, emitted after the
+/// block's body; back at `join` when the store is done.
+struct StoreCall {
+    /// The jumps from the inline path.
+    from: Vec<usize>,
+    insn: Insn,
+    /// Instructions before this one in the block.
+    retired: usize,
+    /// Page offset of the store from the block's start.
+    delta: i64,
+    /// Where the inline path continues.
+    join: usize,
+    /// The dirty registers at the store (for the exit after it).
+    dirty: u32,
 }
 
 /// Where an exit from a block goes.
@@ -325,16 +368,10 @@ impl<'a> Block<'a> {
     /// its page to RAM in the current context (as the interpreter's fetch would find it)
     /// and that page has a block there; else return to Rust.
     fn chain_va(&mut self) {
+        let retry = self.a.here();
         self.tlb_entry(offset_of!(Env, fetch_tlb), fetch_ctx_at());
-        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, 0));
-        self.a.jcc_to(Cond::Ne, self.epilogue);
-        self.a.alu_imm(
-            W::B32,
-            Alu::Cmp,
-            Rm::at(RDX, 16),
-            RegionId::RAM.raw() as i32,
-        );
-        self.a.jcc_to(Cond::Ne, self.epilogue);
+        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
+        let miss = self.a.jcc_fwd(Cond::Ne);
         // ecx = decode-cache page of the RAM page, if it has one.
         self.a.mov_load(W::B64, RCX, Rm::at(RDX, 8));
         self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
@@ -374,37 +411,39 @@ impl<'a> Block<'a> {
             },
         );
         self.chain_rax();
+        // A fetch-TLB miss: if the interpreter would fetch from `pc` next (an instruction
+        // fits before the stop), make the walk its fetch would make, and try again. Every
+        // guest register is in the hart here (the exit wrote them back): nothing to save.
+        self.a.bind(miss);
+        self.a.mov_load(W::B64, RCX, Rm::at(RBX, mcycle_at()));
+        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RBX, stop_at()));
+        self.a.jcc_to(Cond::Ae, self.epilogue);
+        self.before_call(&[]);
+        self.a.mov_rr(RDI, RBX);
+        self.a.mov_rr(RSI, RAX);
+        self.a.mov_imm(RAX, fetch_helper as *const () as u64);
+        self.a.call_reg(RAX);
+        self.after_call(&[]);
+        self.a.test(W::B32, Rm::Reg(RAX), RAX);
+        self.a.jcc_to(Cond::E, self.epilogue);
+        self.a.mov_load(W::B64, RAX, Rm::at(RBX, pc_at()));
+        self.a.jmp_to(retry);
     }
 
     /// For the virtual address in rax: rcx = its TLB tag (page number | the context at
     /// `ctx_at`), rdx = the address of its entry in the TLB whose address is in the `Env`
-    /// field at `tlb` (24-byte entries, see `mmu::TlbEntry`).
+    /// field at `tlb` (32-byte entries, see `mmu::TlbEntry`). The caller compares rcx
+    /// with the entry's `ram_tag` at `RAM_TAG`: equal means a hit on a RAM page.
     fn tlb_entry(&mut self, tlb: usize, ctx_at: i32) {
         self.a.mov_rr(RCX, RAX);
         self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
-        self.tlb_index_rdx();
-        self.a.lea(
-            RDX,
-            Rm::Mem {
-                base: RDX,
-                index: Some((RDX, 2)),
-                disp: 0,
-            },
-        );
-        self.a.shift_imm(W::B64, Shift::Shl, Rm::Reg(RDX), 3);
+        // edx = (page number % TLB_SIZE) * 32, straight from the address.
+        self.a.mov_load(W::B32, RDX, Rm::Reg(RAX));
+        self.a.shift_imm(W::B32, Shift::Shr, Rm::Reg(RDX), 12 - 5);
+        self.a
+            .alu_imm(W::B32, Alu::And, Rm::Reg(RDX), (TLB_SIZE as i32 - 1) << 5);
         self.a.alu(W::B64, Alu::Add, RDX, Rm::at(RBX, env_at(tlb)));
         self.a.alu(W::B64, Alu::Or, RCX, Rm::at(RBX, ctx_at));
-    }
-
-    /// edx = ecx % TLB_SIZE (ecx holds a virtual page number).
-    fn tlb_index_rdx(&mut self) {
-        if TLB_SIZE == 256 {
-            self.a.movzx_byte_reg(RDX, RCX);
-        } else {
-            self.a.mov_load(W::B32, RDX, Rm::Reg(RCX));
-            self.a
-                .alu_imm(W::B32, Alu::And, Rm::Reg(RDX), TLB_SIZE as i32 - 1);
-        }
     }
 
     /// With a table entry in eax: jump to its block, or return to Rust if there is none.
@@ -467,6 +506,13 @@ impl<'a> Block<'a> {
                     seen |= 1 << g;
                 }
             }
+            if it.kind == Kind::Helper {
+                // The helper takes rd to the hart and back, whatever the instruction
+                // does with it (an F instruction's rd is a float register): it must
+                // hold the guest value from the start.
+                load |= !seen & 1 << it.insn.rd;
+                seen |= 1 << it.insn.rd;
+            }
             if writes(it.insn.op) {
                 seen |= 1 << it.insn.rd;
             }
@@ -497,6 +543,11 @@ impl<'a> Block<'a> {
         // Exits to the interpreter from loads and stores (one per instruction, whatever
         // sent it there), emitted after the body.
         let mut slow: Vec<(Vec<usize>, u32, usize, i64)> = Vec::new();
+        let mut calls: Vec<LoadCall> = Vec::new();
+        let mut store_calls: Vec<StoreCall> = Vec::new();
+        // Exits after an instruction the helper ran, which set `pc` and `mcycle` itself:
+        // (jump, dirty registers).
+        let mut after: Vec<(usize, u32)> = Vec::new();
         let items = self.items;
         for (k, it) in items.iter().enumerate() {
             let d = it.insn;
@@ -506,8 +557,24 @@ impl<'a> Block<'a> {
                 Kind::Load | Kind::Store => {
                     // The slow exit writes back what was dirty before this instruction.
                     let dirty = self.dirty;
-                    let fixups = self.memory(d);
-                    slow.push((fixups, dirty, k, delta));
+                    match self.memory(d, k, slow.len()) {
+                        Ok(c) => {
+                            slow.push((Vec::new(), dirty, k, delta));
+                            calls.push(c);
+                        }
+                        Err(from) => store_calls.push(StoreCall {
+                            from,
+                            insn: d,
+                            retired: k,
+                            delta,
+                            join: self.a.here(),
+                            dirty,
+                        }),
+                    }
+                }
+                Kind::Helper => {
+                    let leave = self.helper(d, k, delta);
+                    after.push((leave, self.dirty));
                 }
                 Kind::Branch => {
                     let cond = match d.op {
@@ -549,8 +616,119 @@ impl<'a> Block<'a> {
                 self.exit(self.dirty, n, delta, Self::next(to as i64));
             }
         }
+        self.emit_load_calls(calls, &mut slow);
+        for c in store_calls {
+            for f in c.from {
+                self.a.bind(f);
+            }
+            let leave = self.helper(c.insn, c.retired, c.delta);
+            after.push((leave, c.dirty));
+            self.a.jmp_to(c.join);
+        }
+        for (leave, dirty) in after {
+            self.a.bind(leave);
+            self.exit(dirty, 0, 0, Next::Rust);
+        }
         self.emit_slow_exits(slow);
         self.a.buf
+    }
+
+    /// The pool registers a call must save: the caller-saved ones that hold guest
+    /// registers in this block.
+    fn caller_saved(&self) -> Vec<u8> {
+        CALLER_SAVED
+            .into_iter()
+            .filter(|h| self.map.contains(&Some(*h)))
+            .collect()
+    }
+
+    /// Saves `saved` and aligns the stack for a call: translated code runs with rsp 8
+    /// past a multiple of 16 (the trampoline's call and six pushes).
+    fn before_call(&mut self, saved: &[u8]) {
+        for &r in saved {
+            self.a.push(r);
+        }
+        if saved.len() % 2 == 0 {
+            self.a.alu_imm(W::B64, Alu::Sub, Rm::Reg(RSP), 8);
+        }
+    }
+
+    /// Undoes [`Block::before_call`].
+    fn after_call(&mut self, saved: &[u8]) {
+        if saved.len() % 2 == 0 {
+            self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RSP), 8);
+        }
+        for &r in saved.iter().rev() {
+            self.a.pop(r);
+        }
+    }
+
+    /// Runs `d` (at pc offset `delta`, `retired` instructions into the block) through
+    /// [`exec_helper`]: its source registers (and rd, which the interpreter may leave
+    /// unchanged) go to the hart first, rd comes back after. Returns the jump taken when
+    /// the helper asks the block to leave (having set `pc` and `mcycle` itself).
+    fn helper(&mut self, d: Insn, retired: usize, delta: i64) -> usize {
+        // A store's rd field holds immediate bits: it names no register.
+        let rd = (!matches!(d.op, Op::I(I::Sb | I::Sh | I::Sw | I::Sd))).then_some(d.rd);
+        let regs = [Some(d.rs1), Some(d.rs2), rd];
+        for g in regs.into_iter().flatten() {
+            if let Some(h) = self.map[g as usize] {
+                self.a.mov_store(W::B64, Rm::at(RBX, x_at(g)), h);
+            }
+        }
+        let saved = self.caller_saved();
+        self.before_call(&saved);
+        self.a.mov_rr(RDI, RBX);
+        self.a.mov_imm(RSI, d.raw as u64);
+        self.a.mov_imm(RDX, delta as u64);
+        self.a.mov_imm(RCX, retired as u64);
+        self.a.mov_imm(RAX, exec_helper as *const () as u64);
+        self.a.call_reg(RAX);
+        self.after_call(&saved);
+        if let Some(rd) = rd.filter(|&g| g != 0) {
+            if let Some(h) = self.map[rd as usize] {
+                self.a.mov_load(W::B64, h, Rm::at(RBX, x_at(rd)));
+                self.dirty |= 1 << rd;
+            }
+        }
+        // eax: 1 go on, 2 leave.
+        self.a.alu_imm(W::B32, Alu::Cmp, Rm::Reg(RAX), 1);
+        self.a.jcc_fwd(Cond::Ne)
+    }
+
+    /// The calls of loads to [`load_helper`]: save the caller-saved pool registers,
+    /// call `load_helper(hart, va, size, retired)` (va in rax), restore, then either go
+    /// on with the value or take the load's slow exit (whose jumps join `slow`).
+    fn emit_load_calls(
+        &mut self,
+        calls: Vec<LoadCall>,
+        slow: &mut [(Vec<usize>, u32, usize, i64)],
+    ) {
+        let saved = self.caller_saved();
+        for c in calls {
+            for f in c.from {
+                self.a.bind(f);
+            }
+            self.before_call(&saved);
+            self.a.mov_rr(RSI, RAX);
+            self.a.mov_rr(RDI, RBX);
+            self.a.mov_imm(RDX, c.size as u64);
+            self.a.mov_imm(RCX, c.retired as u64);
+            self.a.mov_imm(RAX, load_helper as *const () as u64);
+            self.a.call_reg(RAX);
+            self.after_call(&saved);
+            self.a.test(W::B32, Rm::Reg(RDX), RDX);
+            slow[c.exit].0.push(self.a.jcc_fwd(Cond::E));
+            let value = Rm::Reg(RAX);
+            match c.op {
+                I::Lb => self.a.movsx(W::B8, c.t, value),
+                I::Lh => self.a.movsx(W::B16, c.t, value),
+                I::Lw => self.a.movsx(W::B32, c.t, value),
+                // The helper zero-extends.
+                _ => self.a.mov_rr(c.t, RAX),
+            }
+            self.a.jmp_to(c.join);
+        }
     }
 
     /// The exits of loads and stores to the interpreter, compactly: each site sets eax to
@@ -752,12 +930,68 @@ impl<'a> Block<'a> {
                 self.a.alu(W::B64, Alu::Sub, RDX, Rm::Reg(RCX));
                 self.put(rd, RDX);
             }
+            Op::M(op @ (M::Div | M::Divu | M::Rem | M::Remu)) => {
+                self.divide(W::B64, op, rs1, rs2);
+                self.put(rd, RAX);
+            }
+            Op::M(op @ (M::Divw | M::Divuw | M::Remw | M::Remuw)) => {
+                self.divide(W::B32, op, rs1, rs2);
+                self.a.movsx(W::B32, RAX, Rm::Reg(RAX));
+                self.put(rd, RAX);
+            }
             op => unreachable!("{op:?} is not translated as ALU"),
         }
     }
 
-    /// A load or store through the inline TLB; returns the jumps to its slow exit.
-    fn memory(&mut self, d: Insn) -> Vec<usize> {
+    /// rax = the quotient or remainder (by `op`) of rs1 by rs2, at width `w` (for 32
+    /// bits the upper half of rax is left for the caller to sign-extend). RISC-V's
+    /// division never traps: a zero divisor gives a quotient of all ones and the dividend
+    /// as remainder, and the signed overflow (most negative / -1) gives the dividend and
+    /// 0. x86's `div` faults on both, so they are taken apart first.
+    fn divide(&mut self, w: W, op: M, rs1: u8, rs2: u8) {
+        let signed = matches!(op, M::Div | M::Rem | M::Divw | M::Remw);
+        let quotient = matches!(op, M::Div | M::Divu | M::Divw | M::Divuw);
+        self.get(RCX, rs2);
+        self.get(RAX, rs1);
+        self.a.test(w, Rm::Reg(RCX), RCX);
+        let by_zero = self.a.jcc_fwd(Cond::E);
+        let mut done = Vec::new();
+        if signed {
+            // Divisor -1: the quotient is the negated dividend (wrapping, which is the
+            // overflow case's result too) and the remainder 0.
+            self.a.alu_imm(w, Alu::Cmp, Rm::Reg(RCX), -1);
+            let general = self.a.jcc_fwd(Cond::Ne);
+            if quotient {
+                self.a.neg(w, Rm::Reg(RAX));
+            } else {
+                self.a.mov_imm(RAX, 0);
+            }
+            done.push(self.a.jmp_fwd());
+            self.a.bind(general);
+            self.a.sign_extend_rax(w);
+        } else {
+            self.a.mov_imm(RDX, 0);
+        }
+        self.a.div(w, signed, Rm::Reg(RCX));
+        if !quotient {
+            self.a.mov_rr(RAX, RDX);
+        }
+        done.push(self.a.jmp_fwd());
+        self.a.bind(by_zero);
+        if quotient {
+            // All ones (for 32 bits, sign-extended by the caller to all ones as well).
+            self.a.mov_imm(RAX, u64::MAX);
+        }
+        // (The remainder of a division by zero is the dividend, already in rax.)
+        for j in done {
+            self.a.bind(j);
+        }
+    }
+
+    /// A load or store through the inline TLB; returns, for a load, its call to the
+    /// load helper (`retired` instructions before it in the block, `exit` its entry
+    /// among the slow exits), for a store, the jumps from its misses.
+    fn memory(&mut self, d: Insn, retired: usize, exit: usize) -> Result<LoadCall, Vec<usize>> {
         let Op::I(op) = d.op else {
             unreachable!("memory operations are RV64I")
         };
@@ -787,14 +1021,7 @@ impl<'a> Block<'a> {
             offset_of!(Env, load_tlb)
         };
         self.tlb_entry(tlb, data_ctx_at());
-        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, 0));
-        exits.push(self.a.jcc_fwd(Cond::Ne));
-        self.a.alu_imm(
-            W::B32,
-            Alu::Cmp,
-            Rm::at(RDX, 16),
-            RegionId::RAM.raw() as i32,
-        );
+        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
         exits.push(self.a.jcc_fwd(Cond::Ne));
         // rax = RAM offset.
         self.a.alu_imm(W::B32, Alu::And, Rm::Reg(RAX), 0xfff);
@@ -858,8 +1085,21 @@ impl<'a> Block<'a> {
                 I::Lhu => self.a.movzx(W::B16, t, at),
                 _ => self.a.mov_load(W::B32, t, at),
             }
+            let join = self.a.here();
             self.put(d.rd, t);
+            // Every miss of the inline path (rax still the address) calls the helper.
+            let call = LoadCall {
+                from: exits,
+                exit,
+                op,
+                size,
+                retired,
+                t,
+                join,
+            };
+            return Ok(call);
         }
-        exits
+        // A store that misses runs through the helper (see `StoreCall`).
+        Err(exits)
     }
 }

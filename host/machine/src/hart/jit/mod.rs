@@ -5,26 +5,45 @@
 //! The interpreter stays the reference: translated code runs only what it can run
 //! *exactly* as the interpreter would, and hands everything else back.
 //!
-//! - A block is a run of RV64I and M integer instructions (no division) within one
-//!   physical page, ending at a branch or jump, before the first instruction it does not
+//! - A block is a run of RV64I and M integer instructions, and of the A, F, D and Zicsr
+//!   instructions run through the helper (below), within one physical page, ending at a branch or jump, before the first instruction it does not
 //!   translate, or at 64 instructions. Block entries live in the decode cache's
 //!   `BlockTable` (in `dcache`) of their page, so every event that drops
 //!   decoded instructions (stores into code, eviction, flushes) drops blocks too.
 //! - Time: a block runs only if all of its instructions fit before `Hart::stop`
 //!   (`mcycle + n <= stop`, checked on entry), which is when the interpreter would have
 //!   run all of them too: nothing a translated instruction does can move `stop`.
+//! - Division follows RISC-V's table, not x86's faults: a zero divisor and the signed
+//!   overflow (most negative / -1) are tested for and given their results before any
+//!   `div`/`idiv` runs, so no host exception can happen.
 //! - Traps never happen inside translated code. Loads and stores take an inline TLB hit
-//!   path for aligned RAM accesses (stores only to pages with no decoded code); anything
-//!   else (a TLB miss, MMIO, misalignment, a store into code) leaves the block with `pc`
+//!   path for aligned RAM accesses (stores only to pages with no decoded code). A load
+//!   that misses it (a TLB miss, a flash drive, a device, misalignment) calls
+//!   `load_helper`, which does what the interpreter's load does — page walks included,
+//!   with `mcycle` advanced to the load's own count, since device reads see it — and the
+//!   block goes on. The helper declines, changing nothing a re-execution would not
+//!   change the same way, when the load faults or its page walk wrote into a page with
+//!   decoded code (the running block might be stale); then the block leaves with `pc`
 //!   at that instruction and `mcycle` counting the ones before it, and the interpreter
 //!   executes it with every check.
+//! - Instructions with no translation of their own — atomics, floating point, CSR
+//!   instructions — and stores that miss the inline path (a TLB miss, a device,
+//!   misalignment, a store into code) call `exec_helper`: the registers they name go to
+//!   the hart, the interpreter's own `execute` runs them at their exact `pc` and
+//!   `mcycle`, rd comes back. The block goes on unless the instruction trapped, moved
+//!   `stop` (a device store, an interrupt enable, a `satp` write), wrote into a page
+//!   with decoded code or wrote `mcycle`: then the helper finishes the step as the
+//!   interpreter's loop would (the trap taken, or `pc` past the instruction) and the
+//!   block leaves, so whatever follows is fetched and checked anew.
 //! - Guest registers: each block keeps the ones it uses most in host registers, loaded on
 //!   entry and written back at every exit. A direct jump to the block's own start (a
 //!   loop) stays in host registers; a jump elsewhere in the same page chains through the
 //!   page's table to the next block's code without returning to Rust, and a jump to
 //!   another page (or any `jalr`) chains through the fetch TLB, the decode cache's page
 //!   map and that page's table — the lookups the interpreter's fetch makes, so code runs
-//!   only from pages it could fetch from in the current context.
+//!   only from pages it could fetch from in the current context. On a fetch-TLB miss,
+//!   when the interpreter's next step would be that fetch (an instruction fits before
+//!   `stop`), `fetch_helper` makes the walk it would make and chaining goes on.
 //! - What gets translated: a block start (a jump target, or the instruction after one no
 //!   block holds) once it has been reached `HOT` times; colder code is interpreted.
 //! - The code region is one memory object mapped twice, executable and writable, so no
@@ -66,6 +85,74 @@ pub(super) struct Env {
     fetch_tlb: u64,
     /// Host address of the decode cache's block-table addresses (`u64` per cache page).
     tables: u64,
+    /// The `Bus` the hart runs on, for the helpers translated code calls.
+    bus: u64,
+}
+
+/// What [`load_helper`] returns, in rax and rdx (sysv64 returns a 16-byte struct of
+/// integers in that pair).
+#[repr(C)]
+pub(super) struct Loaded {
+    /// The loaded value, zero-extended.
+    value: u64,
+    /// 1 if the load happened, 0 if the block must leave for the interpreter to run it.
+    ok: u64,
+}
+
+/// Called by translated code to run one instruction it does not translate (`raw`, at
+/// `delta` bytes past the block's start, after `retired` instructions of the block):
+/// [`Hart::exec_for_jit`]. Returns 1 if the block goes on, 2 if it must leave (`pc`
+/// and `mcycle` already set).
+///
+/// # Safety
+///
+/// As for [`load_helper`]; the registers the instruction reads or writes must be in
+/// the hart's `x`.
+pub(super) unsafe extern "sysv64" fn exec_helper(
+    hart: *mut Hart,
+    raw: u64,
+    delta: u64,
+    retired: u64,
+) -> u64 {
+    // SAFETY: the caller's contract: both pointers are live and unaliased for this call.
+    let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).jit.env.bus) as *mut Bus)) };
+    hart.exec_for_jit(bus, raw as u32, delta, retired)
+}
+
+/// Called by translated code chaining to `pc`, whose page the fetch TLB does not map, when
+/// the interpreter's next step would be to fetch from it: [`Hart::fill_fetch_for_jit`].
+/// Returns 1 if the fetch TLB now maps it to RAM, else 0 (the block leaves).
+///
+/// # Safety
+///
+/// As for [`load_helper`].
+pub(super) unsafe extern "sysv64" fn fetch_helper(hart: *mut Hart, pc: u64) -> u64 {
+    // SAFETY: the caller's contract: both pointers are live and unaliased for this call.
+    let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).jit.env.bus) as *mut Bus)) };
+    hart.fill_fetch_for_jit(bus, pc) as u64
+}
+
+/// Called by translated code for a load its inline path does not serve (TLB miss, flash,
+/// device, misaligned): [`Hart::load_for_jit`] with `retired` the instructions the block
+/// retired before the load.
+///
+/// # Safety
+///
+/// `hart` must point to the running hart, whose `jit.env.bus` points to its bus, with
+/// no other reference to either in use: true while translated code entered by
+/// `Hart::enter_block` runs.
+pub(super) unsafe extern "sysv64" fn load_helper(
+    hart: *mut Hart,
+    va: u64,
+    size: u64,
+    retired: u64,
+) -> Loaded {
+    // SAFETY: the caller's contract: both pointers are live and unaliased for this call.
+    let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).jit.env.bus) as *mut Bus)) };
+    match hart.load_for_jit(bus, va, size as u32, retired) {
+        Some(value) => Loaded { value, ok: 1 },
+        None => Loaded { value: 0, ok: 0 },
+    }
 }
 
 /// The translator's state: the code region and what has been placed in it.
@@ -91,6 +178,9 @@ pub struct Jit {
     /// Where placed code is recorded for a profiler, when asked for
     /// ([`Hart::set_perf_map`]); the caller drains it ([`Hart::take_perf_map`]).
     perf_map: Option<Vec<CodeSymbol>>,
+    /// Times translated code was entered from Rust (for the tests).
+    #[cfg(test)]
+    entries: u64,
 }
 
 /// A piece of code the translator placed, for a profiler's symbol map (Linux `perf`
@@ -231,6 +321,7 @@ impl Hart {
             store_tlb: self.mmu.store.as_ptr() as u64,
             fetch_tlb: self.mmu.fetch.as_ptr() as u64,
             tables: self.dcache.table_addrs_addr(),
+            bus: bus as *mut Bus as u64,
         };
         let before = self.mcycle;
         let run = mem.entry_fn();
@@ -242,8 +333,14 @@ impl Hart {
         // the TLB contexts, `jit.env`; through the pointer passed here), RAM bytes inside
         // the TLB-mapped pages of `bus.ram` and its dirty bitmap (through `env`, taken
         // from `bus` just above, so no other reference to them is live), and returns with
-        // callee-saved registers restored by the trampoline.
+        // callee-saved registers restored by the trampoline. The one Rust function it
+        // calls, `load_helper`, gets the hart through the same pointer and the bus
+        // through `env.bus`, neither of which is otherwise used until `run` returns.
         unsafe { run(self as *mut Hart, code) };
+        #[cfg(test)]
+        {
+            self.jit.entries += 1;
+        }
         self.mcycle != before
     }
 
@@ -446,6 +543,306 @@ mod tests {
         off.run(1 << 20);
         assert_eq!(off.root_hash(), b.root_hash());
         assert_eq!(a.root_hash(), b.root_hash());
+    }
+
+    /// Division and remainder, all eight of them, on the operands where RISC-V and x86
+    /// part ways (a zero divisor, the most negative value by -1, in 64 and 32 bits) and
+    /// ordinary ones, with rd aliasing a source: translated (inside a hot loop, so the
+    /// whole body is one block) and interpreted to the same registers.
+    #[test]
+    fn division_agrees_with_the_interpreter_on_every_edge() {
+        use crate::bench::{addi, assemble, b, halt, r};
+        const A0: u32 = 10;
+        const A1: u32 = 11;
+        const T0: u32 = 5;
+        let values: [u64; 14] = [
+            0,
+            1,
+            u64::MAX,
+            2,
+            -7i64 as u64,
+            7,
+            i64::MIN as u64,
+            i64::MAX as u64,
+            0x8000_0000,
+            0xffff_ffff,
+            0x7fff_ffff,
+            0x1_0000_0000,
+            0xffff_ffff_8000_0000,
+            0x1234_5678_9abc_def1,
+        ];
+        // div, divu, rem, remu (OP) and divw, divuw, remw, remuw (OP-32): funct3 4..=7.
+        let mut body = Vec::new();
+        let mut rd = 12;
+        for op in [0x33, 0x3b] {
+            for f3 in 4..8 {
+                body.push(r(1, A1, A0, f3, rd, op)); // rd = a0 op a1
+                body.push(r(1, 0, A0, f3, rd + 8, op)); // by x0
+                rd += 1;
+            }
+        }
+        // rd the same as rs2, and both sources the same register.
+        body.push(addi(28, A1, 0));
+        body.push(r(1, 28, A0, 6, 28, 0x33)); // rem t3, a0, t3
+        body.push(addi(29, A0, 0));
+        body.push(r(1, 29, 29, 4, 29, 0x3b)); // divw t4, t4, t4
+        body.push(r(1, A0, A1, 5, 30, 0x33)); // divu t5, a1, a0
+        let mut w = vec![addi(T0, 0, 20)];
+        let top = w.len();
+        w.extend(&body);
+        w.push(addi(T0, T0, -1));
+        w.push(b((top as i32 - w.len() as i32) * 4, 0, T0, 1)); // bne t0, zero, top
+        w.extend(halt(Platform::Cmvm));
+        let image = assemble(&w);
+        for &x in &values {
+            for &y in &values {
+                let set = |m: &mut Machine| {
+                    m.hart.x[A0 as usize] = x;
+                    m.hart.x[A1 as usize] = y;
+                };
+                let mut a = machine(&image, false);
+                set(&mut a);
+                let (_, mut b) = agree_at(&image, [], |b| {
+                    set(b);
+                    b.hart.set_perf_map(true);
+                });
+                a.run(1 << 20);
+                b.run(1 << 20);
+                assert_eq!(b.halted(), Some(0));
+                assert_eq!(
+                    (a.mcycle(), a.hart.x),
+                    (b.mcycle(), b.hart.x),
+                    "{x:#x} by {y:#x}"
+                );
+                // The loop body ran as one translated block.
+                let body_insns = body.len() as u32 + 2;
+                assert!(
+                    b.hart.take_perf_map().iter().any(|s| matches!(
+                        s.what,
+                        super::CodeKind::Block { insns, .. } if insns == body_insns
+                    )),
+                    "the loop was not translated whole"
+                );
+            }
+        }
+        // Spot checks against the manual's table.
+        let mut m = machine(&image, true);
+        m.hart.x[A0 as usize] = i64::MIN as u64;
+        m.hart.x[A1 as usize] = u64::MAX;
+        m.run(1 << 20);
+        assert_eq!(m.hart.x[12], i64::MIN as u64); // div: overflow gives the dividend
+        assert_eq!(m.hart.x[14], 0); // rem: overflow gives 0
+        assert_eq!(m.hart.x[20], u64::MAX); // div by zero: all ones
+        assert_eq!(m.hart.x[22], i64::MIN as u64); // rem by zero: the dividend
+        assert_eq!(m.hart.x[16], 0); // divw: 0 / -1 (low words)
+        assert_eq!(m.hart.x[24], u64::MAX); // divw by zero: all ones
+    }
+
+    /// Loads the inline path does not serve — a device whose value is the instruction
+    /// count (CLINT `mtime`), misaligned RAM, a flash drive, sign- and zero-extended —
+    /// inside a hot loop: the helper serves them without leaving the block, and the
+    /// results and `mcycle` agree with the interpreter's at every step. The loop starts
+    /// at many offsets so that `mtime` ticks at every position in the block.
+    #[test]
+    fn loads_off_the_inline_path_agree_with_the_interpreter() {
+        use crate::bench::{addi, assemble, b, halt, li32, r, slli};
+        use crate::machine::FlashConfig;
+        const T0: u32 = 5;
+        const T1: u32 = 6;
+        const A2: u32 = 12;
+        const A3: u32 = 13;
+        const A4: u32 = 14;
+        const A5: u32 = 15;
+        let load = |f3: u32, rd: u32, rs1: u32, imm: i32| {
+            (((imm as u32) & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x03
+        };
+        let add = |rd: u32, a: u32, b: u32| r(0, b, a, 0, rd, 0x33);
+        let flash: Vec<u8> = (0..4096u32).map(|i| (i * 37 + 0x85) as u8).collect();
+        for pad in 0..24 {
+            let mut w = Vec::new();
+            w.extend(li32(T0, 0x4020_0000));
+            w.push(slli(T0, T0, 1)); // t0 = the flash drive, above 4 MiB of RAM
+            w.extend(li32(A2, 0x4000_8000));
+            w.push(slli(A2, A2, 1)); // a2 = RAM_BASE + 64 KiB
+            w.extend(li32(
+                A3,
+                (crate::board::CLINT_BASE + crate::board::CLINT_MTIME) as i32,
+            ));
+            w.extend(std::iter::repeat_n(addi(0, 0, 0), pad));
+            w.push(addi(T1, 0, 700));
+            let top = w.len();
+            for (f3, base, imm) in [
+                (3, A3, 0), // ld mtime
+                (3, A2, 3), // misaligned ld
+                (1, A2, 1), // misaligned lh
+                (3, A3, 0),
+                (2, T0, 4), // flash lw
+                (4, T0, 5), // flash lbu
+                (0, T0, 6), // flash lb
+                (6, A2, 2), // misaligned lwu
+                (3, A3, 0),
+            ] {
+                w.push(load(f3, A4, base, imm));
+                w.push(add(A5, A5, A4));
+            }
+            w.push(load(3, 0, A3, 0)); // into x0
+            w.push(addi(T1, T1, -1));
+            w.push(b((top as i32 - w.len() as i32) * 4, 0, T1, 1)); // bne t1, zero, top
+            w.extend(halt(Platform::Cmvm));
+            let mut image = assemble(&w);
+            image.resize(0x1_0000, 0);
+            image.extend((0..64u8).map(|i| i.wrapping_mul(151) ^ 0x9c));
+            let build = |jit: bool| {
+                let mut m = Machine::new(&MachineConfig {
+                    ram_length: 4 << 20,
+                    ram_image: Some(image.clone()),
+                    flash_drives: vec![FlashConfig {
+                        label: "input".into(),
+                        image: flash.clone(),
+                        shared: false,
+                    }],
+                    ..MachineConfig::default()
+                })
+                .unwrap();
+                m.hart.set_jit(jit);
+                m
+            };
+            let (mut a, mut b) = (build(false), build(true));
+            let mut limit = 0;
+            while a.halted().is_none() {
+                limit += 997;
+                a.run(limit);
+                b.run(limit);
+                assert_eq!(
+                    (a.hart.pc, a.mcycle(), a.hart.x),
+                    (b.hart.pc, b.mcycle(), b.hart.x),
+                    "pad {pad}, limit {limit}"
+                );
+            }
+            assert_eq!(b.halted(), Some(0));
+            assert_eq!(a.root_hash(), b.root_hash());
+            // The loop ran translated, its loads served inside the block: far fewer
+            // entries into translated code than iterations.
+            assert!(b.hart.jit.entries < 100, "{} entries", b.hart.jit.entries);
+        }
+    }
+
+    /// What the helper runs inside a block — atomics (LR/SC that succeed and fail), CSR
+    /// reads of the counters (exact counts at every position: the loop starts at many
+    /// offsets), a CSR write, double-precision arithmetic, a misaligned AMO that traps
+    /// into a handler, stores to a device and into the page of the running code (both
+    /// make the block leave) — agrees with the interpreter at every step.
+    #[test]
+    fn instructions_run_by_the_helper_agree_with_the_interpreter() {
+        use crate::bench::{addi, assemble, b, halt, li32, r, s, slli};
+        const T0: u32 = 5;
+        const T1: u32 = 6;
+        const S1: u32 = 9;
+        const A2: u32 = 12;
+        const A3: u32 = 13;
+        const A4: u32 = 14;
+        const A5: u32 = 15;
+        const A6: u32 = 16;
+        const A7: u32 = 17;
+        const T3: u32 = 28;
+        const T4: u32 = 29;
+        const T5: u32 = 30;
+        let amo = |f5: u32, rd: u32, rs1: u32, rs2: u32, f3: u32| {
+            (f5 << 27) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x2f
+        };
+        let csr = |f3: u32, rd: u32, csr: u32, rs1: u32| {
+            (csr << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x73
+        };
+        let add = |rd: u32, a: u32, b: u32| r(0, b, a, 0, rd, 0x33);
+        for pad in 0..12 {
+            let mut w = Vec::new();
+            // mtvec = handler (patched below), mstatus.FS on.
+            let la_handler = w.len();
+            w.push(0x0000_0297); // auipc t0, 0
+            w.push(0); // addi t0, t0, handler - la_handler
+            w.push(csr(1, 0, 0x305, T0)); // csrw mtvec, t0
+            w.extend(li32(T0, 0x2000));
+            w.push(csr(2, 0, 0x300, T0)); // csrs mstatus, t0
+            w.extend(li32(A2, 0x4000_8000));
+            w.push(slli(A2, A2, 1)); // a2 = RAM_BASE + 64 KiB
+            w.push(addi(A3, A2, 8));
+            w.push(addi(A7, A2, 3)); // misaligned
+            w.extend(li32(T3, crate::board::UART_BASE as i32));
+            w.push(0x0000_0e97); // auipc t4, 0: the code page
+            w.push(addi(7, 0, 3)); // t2 = 3
+            w.extend(std::iter::repeat_n(addi(0, 0, 0), pad));
+            w.push(addi(T1, 0, 300));
+            let top = w.len();
+            let body = [
+                amo(0x00, A4, A2, 7, 3), // amoadd.d a4, t2, (a2)
+                add(A5, A5, A4),
+                amo(0x01, A4, A3, A5, 2), // amoswap.w a4, a5, (a3)
+                add(A5, A5, A4),
+                amo(0x1c, A4, A2, A5, 3), // amomaxu.d
+                add(A5, A5, A4),
+                amo(0x10, A4, A3, A5, 2), // amomin.w
+                add(A5, A5, A4),
+                amo(0x02, A4, A2, 0, 3),  // lr.d a4, (a2)
+                amo(0x03, A6, A2, A5, 3), // sc.d a6, a5, (a2): succeeds
+                add(A5, A5, A6),
+                amo(0x03, A6, A2, A5, 3), // sc.d again: fails
+                add(A5, A5, A6),
+                csr(2, A4, 0xb00, 0), // csrr a4, mcycle
+                add(A5, A5, A4),
+                csr(2, A4, 0xb02, 0), // csrr a4, minstret
+                add(A5, A5, A4),
+                csr(1, A4, 0x340, A5), // csrrw a4, mscratch, a5
+                add(A5, A5, A4),
+                0xf200_0053 | (A5 << 15) | (1 << 7), // fmv.d.x f1, a5
+                (1 << 25) | (1 << 20) | (1 << 15) | (7 << 12) | (2 << 7) | 0x53, // fadd.d f2, f1, f1
+                0xe200_0053 | (2 << 15) | (A4 << 7),                             // fmv.x.d a4, f2
+                add(A5, A5, A4),
+                amo(0x00, A4, A7, A5, 2), // amoadd.w a4, a5, (a7): misaligned, traps
+                add(A5, A5, A4),
+                s(7, A5, T3, 0),  // sb a5, 7(t3): the UART's scratch register
+                s(16, A5, A2, 3), // sd a5, 16(a2)
+                s(-8, A5, T4, 3), // sd a5, -8(t4): into the page of this code
+                add(A5, A5, S1),
+            ];
+            w.extend(body);
+            w.push(addi(T1, T1, -1));
+            w.push(b((top as i32 - w.len() as i32) * 4, 0, T1, 1)); // bne t1, zero, top
+            w.extend(halt(Platform::Cmvm));
+            // The handler skips the trapping instruction and counts it.
+            let handler = w.len();
+            w[la_handler + 1] = addi(T0, T0, ((handler - la_handler) * 4) as i32);
+            w.push(csr(2, T5, 0x341, 0)); // csrr t5, mepc
+            w.push(addi(T5, T5, 4));
+            w.push(csr(1, 0, 0x341, T5)); // csrw mepc, t5
+            w.push(addi(S1, S1, 1));
+            w.push(0x3020_0073); // mret
+            let image = assemble(&w);
+            let mut a = machine(&image, false);
+            let mut b = machine(&image, true);
+            b.hart.set_perf_map(true);
+            let mut limit = 0;
+            while a.halted().is_none() {
+                limit += 1009;
+                a.run(limit);
+                b.run(limit);
+                assert_eq!(
+                    (a.hart.pc, a.mcycle(), a.hart.x, a.hart.f),
+                    (b.hart.pc, b.mcycle(), b.hart.x, b.hart.f),
+                    "pad {pad}, limit {limit}"
+                );
+            }
+            assert_eq!(b.halted(), Some(0));
+            assert_eq!(b.hart.x[S1 as usize], 300);
+            assert_eq!(a.root_hash(), b.root_hash());
+            let body = body.len() as u32 + 2;
+            assert!(
+                b.hart.take_perf_map().iter().any(|s| matches!(
+                    s.what,
+                    super::CodeKind::Block { insns, .. } if insns == body
+                )),
+                "the loop was not translated whole"
+            );
+        }
     }
 
     #[test]

@@ -214,11 +214,6 @@ impl Asm {
         self.head(W::B32, &[0x0f, op], reg, rm);
     }
 
-    /// `movzx reg32, r8` of a low byte register (zero-extends to 64 bits).
-    pub fn movzx_byte_reg(&mut self, reg: u8, src: u8) {
-        self.head(W::B8, &[0x0f, 0xb6], reg, Rm::Reg(src));
-    }
-
     /// `movsx reg64, byte/word [rm]` or `movsxd reg64, dword [rm]`.
     pub fn movsx(&mut self, from: W, reg: u8, rm: Rm) {
         match from {
@@ -290,9 +285,29 @@ impl Asm {
         self.head(W::B64, &[0xf7], if signed { 5 } else { 4 }, rm);
     }
 
-    /// `lea reg, [mem]`.
-    pub fn lea(&mut self, reg: u8, rm: Rm) {
-        self.head(W::B64, &[0x8d], reg, rm);
+    /// One-operand `div r/m` (`signed`: `idiv`): divides `rdx:rax` (`edx:eax` for 32
+    /// bits) by r/m, quotient in rax, remainder in rdx. Faults on a zero divisor or a
+    /// quotient that overflows: callers rule both out first.
+    pub fn div(&mut self, w: W, signed: bool, rm: Rm) {
+        self.head(w, &[0xf7], if signed { 7 } else { 6 }, rm);
+    }
+
+    /// `neg r/m`.
+    pub fn neg(&mut self, w: W, rm: Rm) {
+        self.head(w, &[0xf7], 3, rm);
+    }
+
+    /// `test r/m, reg`.
+    pub fn test(&mut self, w: W, rm: Rm, reg: u8) {
+        self.head(w, &[0x85], reg, rm);
+    }
+
+    /// `cqo` (64 bits: rdx = sign of rax) or `cdq` (32 bits: edx = sign of eax).
+    pub fn sign_extend_rax(&mut self, w: W) {
+        if w == W::B64 {
+            self.byte(0x48);
+        }
+        self.byte(0x99);
     }
 
     /// `bts r/m64, reg`: with a memory operand, sets bit `reg` of the bit string there.
@@ -335,6 +350,11 @@ impl Asm {
     /// `jmp reg`.
     pub fn jmp_reg(&mut self, reg: u8) {
         self.head(W::B32, &[0xff], 4, Rm::Reg(reg));
+    }
+
+    /// `call reg`.
+    pub fn call_reg(&mut self, reg: u8) {
+        self.head(W::B32, &[0xff], 2, Rm::Reg(reg));
     }
 
     /// `jmp` to region offset `target`.
@@ -420,12 +440,6 @@ mod tests {
             asm(|a| a.mov_load(W::B64, RAX, Rm::at(R12, 0))),
             [0x49, 0x8b, 0x04, 0x24]
         );
-        // movzx edx, cl = 0f b6 d1 ; movzx edx, sil = 40 0f b6 d6
-        assert_eq!(asm(|a| a.movzx_byte_reg(RDX, RCX)), [0x0f, 0xb6, 0xd1]);
-        assert_eq!(
-            asm(|a| a.movzx_byte_reg(RDX, RSI)),
-            [0x40, 0x0f, 0xb6, 0xd6]
-        );
         // add rax, r9 = 49 03 c1
         assert_eq!(
             asm(|a| a.alu(W::B64, Alu::Add, RAX, Rm::Reg(R9))),
@@ -481,6 +495,9 @@ mod tests {
             asm(|a| a.imul(W::B64, RAX, Rm::at(RBX, 0x200))),
             [0x48, 0x0f, 0xaf, 0x83, 0, 2, 0, 0]
         );
+        // call rax = ff d0 ; call r11 = 41 ff d3
+        assert_eq!(asm(|a| a.call_reg(RAX)), [0xff, 0xd0]);
+        assert_eq!(asm(|a| a.call_reg(R11)), [0x41, 0xff, 0xd3]);
         // jmp rax = ff e0 ; push r12 = 41 54 ; pop rbp = 5d
         assert_eq!(asm(|a| a.jmp_reg(RAX)), [0xff, 0xe0]);
         assert_eq!(asm(|a| a.push(R12)), [0x41, 0x54]);
@@ -495,18 +512,31 @@ mod tests {
             asm(|a| a.mov_store(W::B16, Rm::at(RAX, -8), R8)),
             [0x66, 0x44, 0x89, 0x40, 0xf8]
         );
-        // lea rdx, [rdx+rdx*2] = 48 8d 14 52
+        // idiv rcx = 48 f7 f9 ; div ecx = f7 f1 ; idiv r9 = 49 f7 f9 ; div qword [rbx+8] = 48 f7 73 08
         assert_eq!(
-            asm(|a| a.lea(
-                RDX,
-                Rm::Mem {
-                    base: RDX,
-                    index: Some((RDX, 2)),
-                    disp: 0
-                }
-            )),
-            [0x48, 0x8d, 0x14, 0x52]
+            asm(|a| a.div(W::B64, true, Rm::Reg(RCX))),
+            [0x48, 0xf7, 0xf9]
         );
+        assert_eq!(asm(|a| a.div(W::B32, false, Rm::Reg(RCX))), [0xf7, 0xf1]);
+        assert_eq!(
+            asm(|a| a.div(W::B64, true, Rm::Reg(R9))),
+            [0x49, 0xf7, 0xf9]
+        );
+        assert_eq!(
+            asm(|a| a.div(W::B64, false, Rm::at(RBX, 8))),
+            [0x48, 0xf7, 0x73, 0x08]
+        );
+        // neg rax = 48 f7 d8 ; neg eax = f7 d8 ; test rcx, rcx = 48 85 c9 ; test ecx, ecx = 85 c9
+        assert_eq!(asm(|a| a.neg(W::B64, Rm::Reg(RAX))), [0x48, 0xf7, 0xd8]);
+        assert_eq!(asm(|a| a.neg(W::B32, Rm::Reg(RAX))), [0xf7, 0xd8]);
+        assert_eq!(
+            asm(|a| a.test(W::B64, Rm::Reg(RCX), RCX)),
+            [0x48, 0x85, 0xc9]
+        );
+        assert_eq!(asm(|a| a.test(W::B32, Rm::Reg(RCX), RCX)), [0x85, 0xc9]);
+        // cqo = 48 99 ; cdq = 99
+        assert_eq!(asm(|a| a.sign_extend_rax(W::B64)), [0x48, 0x99]);
+        assert_eq!(asm(|a| a.sign_extend_rax(W::B32)), [0x99]);
     }
 
     #[test]
