@@ -1,9 +1,11 @@
 //! The host side of deterministic parallel builds (issue 13; the design is
 //! `docs/parallel-builds.md`): what the guest's wrappers ask over the offload channel
 //! ([`wire`]), the jobs they hand over ([`job`]), the blobs the host holds for them
-//! ([`blobs`]) and the cache of their results ([`cache`]).
+//! ([`blobs`]), the cache of their results ([`cache`]) and the sibling machines that run
+//! them ([`sibling`]).
 
 pub mod blobs;
 pub mod cache;
 pub mod job;
+pub mod sibling;
 pub mod wire;
