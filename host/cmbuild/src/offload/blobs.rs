@@ -99,15 +99,13 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// The upload a first chunk (at offset 0) starts.
-    pub fn start(chunk: &BlobChunk) -> Result<Upload, BlobError> {
-        let mut upload = Upload {
-            sha256: chunk.sha256,
-            size: chunk.size,
+    /// An upload of a blob of `size` bytes announced as `sha256`, nothing received yet.
+    pub fn new(sha256: Sha256, size: u64) -> Upload {
+        Upload {
+            sha256,
+            size,
             bytes: Vec::new(),
-        };
-        upload.add(chunk)?;
-        Ok(upload)
+        }
     }
 
     /// Adds the next chunk; the blob once complete (and checked against its digest).
@@ -164,12 +162,17 @@ mod tests {
             bytes: data[offset..end].to_vec(),
         };
         let good = Sha256::of(data);
-        let mut upload = Upload::start(&chunk(0, 4, good)).unwrap();
+        let mut upload = Upload::new(good, 10);
+        assert!(upload.add(&chunk(0, 4, good)).unwrap().is_none());
         assert!(matches!(upload.add(&chunk(5, 10, good)), Err(BlobError::OutOfOrder { .. })));
         assert_eq!(upload.add(&chunk(4, 10, good)).unwrap().unwrap(), data);
+        let mut whole = Upload::new(good, 10);
+        assert_eq!(whole.add(&chunk(0, 10, good)).unwrap().unwrap(), data);
         let bad = Sha256::of(b"other");
-        let mut wrong = Upload::start(&chunk(0, 4, bad)).unwrap();
+        let mut wrong = Upload::new(bad, 10);
+        assert!(wrong.add(&chunk(0, 4, bad)).unwrap().is_none());
         assert!(matches!(wrong.add(&chunk(4, 10, bad)), Err(BlobError::Mismatch { .. })));
-        assert!(matches!(Upload::start(&chunk(4, 10, good)), Err(BlobError::OutOfOrder { .. })));
+        let mut late = Upload::new(good, 10);
+        assert!(matches!(late.add(&chunk(4, 10, good)), Err(BlobError::OutOfOrder { .. })));
     }
 }

@@ -18,18 +18,19 @@ use cmbuild_store::sha256::Sha256;
 use serde::{Deserialize, Serialize};
 
 use super::job::Job;
-use super::wire::JobResult;
+use super::wire::{JobResult, Response};
 
 /// The directory of entries under the mirror's root.
 pub const DIR: &str = "offload";
 /// Largest entry file read.
 const MAX_ENTRY: u64 = 64 << 10;
 
-/// What running a job gave: the result and how the sibling got it.
+/// What running a job gave: the answer and how the sibling got it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Computed {
-    /// The result (as the guest receives it).
-    pub result: JobResult,
+    /// The answer: the job's result, or an error when the sibling could not produce one
+    /// (the wrapper then runs rustc in the parent). Only results are cached.
+    pub response: Response,
     /// Guest instructions the sibling ran (its `mcycle` at halt minus the template's).
     pub cycles: u64,
     /// The sibling's root hash at halt.
@@ -121,7 +122,7 @@ impl ActionCache {
         }
         match JobResult::parse(&body, job) {
             Ok(result) => Lookup::Hit(Computed {
-                result,
+                response: Response::Result(result),
                 cycles: entry.cycles,
                 sibling_root_hash: entry.sibling_root_hash,
             }),
@@ -129,9 +130,13 @@ impl ActionCache {
         }
     }
 
-    /// Keeps `computed` as the result of `action`.
+    /// Keeps `computed` as the result of `action` (an error is not kept: it is computed
+    /// again, the same way, next time).
     pub fn store(&self, action: &Sha256, computed: &Computed) -> Result<(), CacheError> {
-        let body = computed.result.encode();
+        let Response::Result(result) = &computed.response else {
+            return Ok(());
+        };
+        let body = result.encode();
         let stored = self.mirror.put_bytes(&body)?;
         let entry = Entry {
             action: *action,
@@ -173,18 +178,22 @@ mod tests {
         }
     }
 
+    fn result() -> JobResult {
+        JobResult {
+            exit: 0,
+            stdout: vec![],
+            stderr: b"warning: unused\n".to_vec(),
+            files: vec![OutFile {
+                path: GuestPath::new("/build/src/target/release/deps/liba.rlib").unwrap(),
+                exec: false,
+                bytes: b"an rlib".to_vec(),
+            }],
+        }
+    }
+
     fn computed() -> Computed {
         Computed {
-            result: JobResult {
-                exit: 0,
-                stdout: vec![],
-                stderr: b"warning: unused\n".to_vec(),
-                files: vec![OutFile {
-                    path: GuestPath::new("/build/src/target/release/deps/liba.rlib").unwrap(),
-                    exec: false,
-                    bytes: b"an rlib".to_vec(),
-                }],
-            },
+            response: Response::Result(result()),
             cycles: 123_456_789,
             sibling_root_hash: format!("cmvm-sha256-v1:{}", "ab".repeat(32)),
         }
@@ -215,7 +224,7 @@ mod tests {
         let action = Sha256::of(b"action");
         cache.store(&action, &computed()).unwrap();
         // The result blob's bytes changed: its CID no longer matches.
-        let cid = mirror.put_bytes(&computed().result.encode()).unwrap().cid;
+        let cid = mirror.put_bytes(&result().encode()).unwrap().cid;
         let blob = mirror.blob_path(&cid);
         let mut bytes = std::fs::read(&blob).unwrap();
         *bytes.last_mut().unwrap() ^= 1;
@@ -225,8 +234,12 @@ mod tests {
         cache.store(&action, &computed()).unwrap();
         assert!(matches!(cache.lookup(&action, &job()), Lookup::Hit(_)));
         // An entry naming a result blob that is not a result of this job is refused.
-        let mut outside = computed();
-        outside.result.files[0].path = GuestPath::new("/build/src/lib.rs").unwrap();
+        let mut outside = result();
+        outside.files[0].path = GuestPath::new("/build/src/lib.rs").unwrap();
+        let outside = Computed {
+            response: Response::Result(outside),
+            ..computed()
+        };
         cache.store(&action, &outside).unwrap();
         assert!(matches!(cache.lookup(&action, &job()), Lookup::Refused(_)));
         // Garbage and oversized entries are refused, not fatal.
