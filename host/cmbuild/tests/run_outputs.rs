@@ -106,6 +106,7 @@ fn records(rev: &str) -> (Manifest, MachineRecord) {
         machines: Vec::new(),
         config: None,
         template: None,
+        offload: None,
     };
     (manifest, machine)
 }

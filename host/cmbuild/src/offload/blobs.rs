@@ -68,7 +68,8 @@ impl BlobStore {
     pub fn put(&self, bytes: &[u8]) -> Result<Sha256, BlobError> {
         let sha256 = Sha256::of(bytes);
         if !self.has(&sha256) {
-            write_atomically(&self.path(&sha256), bytes).map_err(|e| BlobError::Write(sha256, e))?;
+            write_atomically(&self.path(&sha256), bytes)
+                .map_err(|e| BlobError::Write(sha256, e))?;
         }
         Ok(sha256)
     }
@@ -164,15 +165,24 @@ mod tests {
         let good = Sha256::of(data);
         let mut upload = Upload::new(good, 10);
         assert!(upload.add(&chunk(0, 4, good)).unwrap().is_none());
-        assert!(matches!(upload.add(&chunk(5, 10, good)), Err(BlobError::OutOfOrder { .. })));
+        assert!(matches!(
+            upload.add(&chunk(5, 10, good)),
+            Err(BlobError::OutOfOrder { .. })
+        ));
         assert_eq!(upload.add(&chunk(4, 10, good)).unwrap().unwrap(), data);
         let mut whole = Upload::new(good, 10);
         assert_eq!(whole.add(&chunk(0, 10, good)).unwrap().unwrap(), data);
         let bad = Sha256::of(b"other");
         let mut wrong = Upload::new(bad, 10);
         assert!(wrong.add(&chunk(0, 4, bad)).unwrap().is_none());
-        assert!(matches!(wrong.add(&chunk(4, 10, bad)), Err(BlobError::Mismatch { .. })));
+        assert!(matches!(
+            wrong.add(&chunk(4, 10, bad)),
+            Err(BlobError::Mismatch { .. })
+        ));
         let mut late = Upload::new(good, 10);
-        assert!(matches!(late.add(&chunk(4, 10, good)), Err(BlobError::OutOfOrder { .. })));
+        assert!(matches!(
+            late.add(&chunk(4, 10, good)),
+            Err(BlobError::OutOfOrder { .. })
+        ));
     }
 }

@@ -208,7 +208,10 @@ impl Job {
         let wire: Wire =
             serde_json::from_slice(json).map_err(|e| JobError::Format(e.to_string()))?;
         if wire.kind != "job" {
-            return Err(JobError::Format(format!("kind {:?}", truncated(&wire.kind))));
+            return Err(JobError::Format(format!(
+                "kind {:?}",
+                truncated(&wire.kind)
+            )));
         }
         if wire.v != VERSION {
             return Err(JobError::Version(wire.v));
@@ -365,7 +368,9 @@ mod tests {
         let json = job.canonical_json();
         let text = std::str::from_utf8(&json).unwrap();
         assert!(text.starts_with(r#"{"argv":["rustc","--crate-name","itoa"],"cwd":"/build/vendor/itoa-1.0.15","env":{"CARGO_PKG_NAME":"itoa"},"inputs":[{"exec":false,"path":"#));
-        assert!(text.ends_with(r#""kind":"job","outputs":["/build/src/target/release/deps"],"v":1}"#));
+        assert!(
+            text.ends_with(r#""kind":"job","outputs":["/build/src/target/release/deps"],"v":1}"#)
+        );
         assert_eq!(Job::parse(&json).unwrap(), job);
     }
 
@@ -404,7 +409,9 @@ mod tests {
         let long = format!("/build/{}", "a".repeat(MAX_PATH));
         assert!(GuestPath::new(&long).is_err());
         let dir = GuestPath::new("/build/src/target").unwrap();
-        assert!(GuestPath::new("/build/src/target/x").unwrap().is_under(&dir));
+        assert!(GuestPath::new("/build/src/target/x")
+            .unwrap()
+            .is_under(&dir));
         assert!(dir.is_under(&dir));
         assert!(!GuestPath::new("/build/src/targetx").unwrap().is_under(&dir));
     }
@@ -456,9 +463,15 @@ mod tests {
         let v2 = text.replace(r#""v":1"#, r#""v":2"#);
         assert_eq!(Job::parse(v2.as_bytes()), Err(JobError::Version(2)));
         let extra = text.replace(r#""v":1"#, r#""v":1,"x":0"#);
-        assert!(matches!(Job::parse(extra.as_bytes()), Err(JobError::Format(_))));
+        assert!(matches!(
+            Job::parse(extra.as_bytes()),
+            Err(JobError::Format(_))
+        ));
         let blob = text.replace(r#""kind":"job""#, r#""kind":"blob""#);
-        assert!(matches!(Job::parse(blob.as_bytes()), Err(JobError::Format(_))));
+        assert!(matches!(
+            Job::parse(blob.as_bytes()),
+            Err(JobError::Format(_))
+        ));
         let deep = "[".repeat(100_000);
         assert!(Job::parse(deep.as_bytes()).is_err());
     }

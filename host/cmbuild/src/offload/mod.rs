@@ -7,6 +7,7 @@
 pub mod blobs;
 pub mod cache;
 pub mod job;
+pub mod link;
 pub mod parent;
 pub mod service;
 pub mod sibling;

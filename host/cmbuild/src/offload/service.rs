@@ -153,7 +153,8 @@ impl<'a> Service<'a> {
         self.counts.cycles.fetch_add(run.cycles, Ordering::Relaxed);
         std::fs::create_dir_all(&self.scratch).map_err(ServiceError::Scratch)?;
         let unpacked = tempfile::tempdir_in(&self.scratch).map_err(ServiceError::Scratch)?;
-        let response = match sibling::read_result(&run.output_drive, &dispatch.job, unpacked.path()) {
+        let response = match sibling::read_result(&run.output_drive, &dispatch.job, unpacked.path())
+        {
             Ok(result) => Response::Result(result),
             // The sibling is deterministic: it fails this way for this job every time.
             Err(e) => Response::Error(format!("the sibling gave no result: {e}")),
@@ -264,7 +265,13 @@ mod tests {
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
         let cache = ActionCache::new(Mirror::open(dir.path().join("mirror")).unwrap());
         let runner = fake(false);
-        let service = Service::new(&blobs, Some(cache.clone()), &runner, 2, dir.path().join("scratch"));
+        let service = Service::new(
+            &blobs,
+            Some(cache.clone()),
+            &runner,
+            2,
+            dir.path().join("scratch"),
+        );
         let job = dispatch(&blobs, "pub fn a() {}");
         let cold = service.compute(&job).unwrap();
         let warm = service.compute(&job).unwrap();
@@ -273,14 +280,22 @@ mod tests {
         assert_eq!(service.counts.hits.load(Ordering::SeqCst), 1);
         assert_eq!(cold.cycles, 4242);
         // A tampered entry is refused and recomputed, giving the same answer.
-        let entry = dir.path().join("mirror/offload").join(format!("{}.json", job.action));
-        let text = std::fs::read_to_string(&entry).unwrap().replace("4242", "4243");
+        let entry = dir
+            .path()
+            .join("mirror/offload")
+            .join(format!("{}.json", job.action));
+        let text = std::fs::read_to_string(&entry)
+            .unwrap()
+            .replace("4242", "4243");
         std::fs::write(&entry, text).unwrap();
         let lied = match cache.lookup(&job.action, &job.job) {
             Lookup::Hit(hit) => hit.cycles,
             other => panic!("{other:?}"),
         };
-        assert_eq!(lied, 4243, "a consistent forgery of C passes the local checks");
+        assert_eq!(
+            lied, 4243,
+            "a consistent forgery of C passes the local checks"
+        );
         let mut bytes = std::fs::read(&entry).unwrap();
         bytes.truncate(bytes.len() / 2);
         std::fs::write(&entry, bytes).unwrap();
@@ -296,7 +311,9 @@ mod tests {
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
         let runner = fake(false);
         let service = Service::new(&blobs, None, &runner, 2, dir.path().join("scratch"));
-        let jobs: Vec<Dispatch> = (0..8).map(|i| dispatch(&blobs, &format!("fn f{i}() {{}}"))).collect();
+        let jobs: Vec<Dispatch> = (0..8)
+            .map(|i| dispatch(&blobs, &format!("fn f{i}() {{}}")))
+            .collect();
         std::thread::scope(|scope| {
             for job in &jobs {
                 let service = &service;

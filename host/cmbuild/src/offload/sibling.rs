@@ -49,7 +49,8 @@ pub fn input_drive(job: &Job, blobs: &BlobStore) -> Result<Vec<u8>, SiblingError
         .map_err(|e| layout(&e))?;
     let mut line = job.canonical_json();
     line.push(b'\n');
-    tree.add_file("job.json", 0o644, line).map_err(|e| layout(&e))?;
+    tree.add_file("job.json", 0o644, line)
+        .map_err(|e| layout(&e))?;
     for input in &job.inputs {
         let bytes = blobs.get(&input.sha256)?;
         let mode = if input.exec { 0o755 } else { 0o644 };
@@ -67,7 +68,11 @@ pub fn input_drive(job: &Job, blobs: &BlobStore) -> Result<Vec<u8>, SiblingError
 
 /// The result in a sibling's output drive (a tar holding `result`, or `error` when the
 /// driver or `run-job` failed), unpacked under `scratch`.
-pub fn read_result(output_drive: &[u8], job: &Job, scratch: &Path) -> Result<JobResult, SiblingError> {
+pub fn read_result(
+    output_drive: &[u8],
+    job: &Job,
+    scratch: &Path,
+) -> Result<JobResult, SiblingError> {
     let limits = crate::untrusted::TarLimits::default();
     let files = crate::untrusted::extract_tar(output_drive, scratch, limits)
         .map_err(|e| SiblingError::Output(e.to_string()))?;
@@ -106,7 +111,11 @@ mod tests {
             env: BTreeMap::from([("CARGO_PKG_NAME".into(), "a".into())]),
             inputs: vec![
                 input("/build/offload/cmbuild-offload", b"\x7fELF...", true),
-                input("/build/vendor/a-1.0.0/src/lib.rs", b"pub fn a() {}\n", false),
+                input(
+                    "/build/vendor/a-1.0.0/src/lib.rs",
+                    b"pub fn a() {}\n",
+                    false,
+                ),
             ],
             outputs: vec![GuestPath::new("/build/src/target/release/deps").unwrap()],
         }
@@ -118,10 +127,17 @@ mod tests {
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
         let job = job(&blobs);
         let drive = input_drive(&job, &blobs).unwrap();
-        assert_eq!(drive, input_drive(&job, &blobs).unwrap(), "a function of the job");
+        assert_eq!(
+            drive,
+            input_drive(&job, &blobs).unwrap(),
+            "a function of the job"
+        );
         let x = crate::plan::extract_input_drive(&drive);
         let x = x.path().join("x");
-        assert_eq!(std::fs::read_to_string(x.join("plan.env")).unwrap(), "CMBUILD_PLAN_VERSION='3'\n");
+        assert_eq!(
+            std::fs::read_to_string(x.join("plan.env")).unwrap(),
+            "CMBUILD_PLAN_VERSION='3'\n"
+        );
         assert_eq!(std::fs::read_to_string(x.join("entry.sh")).unwrap(), ENTRY);
         let line = std::fs::read(x.join("job.json")).unwrap();
         assert_eq!(Job::parse(line.strip_suffix(b"\n").unwrap()).unwrap(), job);
@@ -129,12 +145,21 @@ mod tests {
         assert_eq!(std::fs::read(&lib).unwrap(), b"pub fn a() {}\n");
         use std::os::unix::fs::PermissionsExt;
         let tool = x.join("root/build/offload/cmbuild-offload");
-        assert_eq!(std::fs::metadata(tool).unwrap().permissions().mode() & 0o777, 0o755);
-        assert_eq!(std::fs::metadata(lib).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            std::fs::metadata(tool).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert_eq!(
+            std::fs::metadata(lib).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         // An input the host lacks is an error, not an empty file.
         let mut lacking = job.clone();
         lacking.inputs[1].sha256 = Sha256::of(b"never stored");
-        assert!(matches!(input_drive(&lacking, &blobs), Err(SiblingError::Blob(_))));
+        assert!(matches!(
+            input_drive(&lacking, &blobs),
+            Err(SiblingError::Blob(_))
+        ));
     }
 
     fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -172,12 +197,21 @@ mod tests {
         let drive = tar_of(&[("result", &result.encode())]);
         assert_eq!(read_result(&drive, &job, &scratch("a")).unwrap(), result);
         let failed = tar_of(&[("error", b"sibling-run-job\n")]);
-        assert!(matches!(read_result(&failed, &job, &scratch("b")), Err(SiblingError::Failed(_))));
+        assert!(matches!(
+            read_result(&failed, &job, &scratch("b")),
+            Err(SiblingError::Failed(_))
+        ));
         let empty = tar_of(&[]);
-        assert!(matches!(read_result(&empty, &job, &scratch("c")), Err(SiblingError::Output(_))));
+        assert!(matches!(
+            read_result(&empty, &job, &scratch("c")),
+            Err(SiblingError::Output(_))
+        ));
         let mut bad = result.clone();
         bad.files[0].path = GuestPath::new("/build/vendor/a-1.0.0/src/lib.rs").unwrap();
         let drive = tar_of(&[("result", &bad.encode())]);
-        assert!(matches!(read_result(&drive, &job, &scratch("d")), Err(SiblingError::Result(_))));
+        assert!(matches!(
+            read_result(&drive, &job, &scratch("d")),
+            Err(SiblingError::Result(_))
+        ));
     }
 }

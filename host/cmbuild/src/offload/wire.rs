@@ -394,10 +394,16 @@ mod tests {
         }
         let mut longer = body.clone();
         longer.push(0);
-        assert!(matches!(JobResult::parse(&longer, &job()), Err(WireError::Payload { .. })));
+        assert!(matches!(
+            JobResult::parse(&longer, &job()),
+            Err(WireError::Payload { .. })
+        ));
         let mut flipped = body.clone();
         *flipped.last_mut().unwrap() ^= 1; // the rlib's last byte (the rmeta is empty)
-        assert!(matches!(JobResult::parse(&flipped, &job()), Err(WireError::FileDigest(_))));
+        assert!(matches!(
+            JobResult::parse(&flipped, &job()),
+            Err(WireError::FileDigest(_))
+        ));
         let mut outside = result();
         outside.files[0].path = GuestPath::new("/build/src/lib.rs").unwrap();
         assert!(matches!(
@@ -412,7 +418,10 @@ mod tests {
         ));
         let text = String::from_utf8(body.clone()).unwrap();
         let huge = text.replacen(r#""stdout":3"#, r#""stdout":18446744073709551615"#, 1);
-        assert!(matches!(JobResult::parse(huge.as_bytes(), &job()), Err(WireError::Payload { .. })));
+        assert!(matches!(
+            JobResult::parse(huge.as_bytes(), &job()),
+            Err(WireError::Payload { .. })
+        ));
     }
 
     #[test]
@@ -424,7 +433,10 @@ mod tests {
         with_payload.push(1);
         assert!(Request::parse(&with_payload).is_err());
         assert_eq!(Request::parse(b"{}"), Err(WireError::NoLine(2)));
-        assert!(matches!(Request::parse(b"{\"kind\":\"x\"}\n"), Err(WireError::Format(_))));
+        assert!(matches!(
+            Request::parse(b"{\"kind\":\"x\"}\n"),
+            Err(WireError::Format(_))
+        ));
         let digest = Sha256::of(b"abcdef");
         let blob = |offset: u64, size: u64, bytes: &[u8]| {
             let mut body = format!(
@@ -445,11 +457,20 @@ mod tests {
             })
         );
         assert!(matches!(blob(4, 6, b"def"), Err(WireError::Chunk { .. })));
-        assert!(matches!(blob(u64::MAX, 6, b"d"), Err(WireError::Chunk { .. })));
+        assert!(matches!(
+            blob(u64::MAX, 6, b"d"),
+            Err(WireError::Chunk { .. })
+        ));
         assert!(matches!(blob(0, 6, b""), Err(WireError::Chunk { .. })));
-        assert!(matches!(blob(0, 1 << 40, &[0; 8]), Err(WireError::Chunk { .. })));
+        assert!(matches!(
+            blob(0, 1 << 40, &[0; 8]),
+            Err(WireError::Chunk { .. })
+        ));
         let big = vec![0u8; MAX_REQUEST + 1];
-        assert_eq!(Request::parse(&big), Err(WireError::TooLarge(MAX_REQUEST + 1)));
+        assert_eq!(
+            Request::parse(&big),
+            Err(WireError::TooLarge(MAX_REQUEST + 1))
+        );
     }
 
     #[test]
@@ -458,9 +479,15 @@ mod tests {
         let missing = Response::Missing(vec![Sha256::of(b"")]).encode();
         assert_eq!(
             std::str::from_utf8(&missing).unwrap(),
-            format!("{{\"kind\":\"missing\",\"sha256\":[\"{}\"]}}\n", Sha256::of(b""))
+            format!(
+                "{{\"kind\":\"missing\",\"sha256\":[\"{}\"]}}\n",
+                Sha256::of(b"")
+            )
         );
         let error = Response::Error("no \"such\"".into()).encode();
-        assert_eq!(error, b"{\"kind\":\"error\",\"message\":\"no \\\"such\\\"\"}\n");
+        assert_eq!(
+            error,
+            b"{\"kind\":\"error\",\"message\":\"no \\\"such\\\"\"}\n"
+        );
     }
 }
