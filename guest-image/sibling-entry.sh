@@ -1,6 +1,8 @@
-# A sibling job (issue 13, docs/parallel-builds.md): sourced by the build driver for plan
-# version 3, from the sibling's own input drive (mounted on /build/in), so the root image
-# needs no change when this script does. The drive holds:
+# A sibling job (issue 13, docs/parallel-builds.md): sourced from the sibling's own input
+# drive (mounted on /build/in) by its plan.env, which the build driver sources before it
+# builds anything (guest-image/PROTOCOL.md, "Hooks"); so the root image needs no change
+# when this script does, and it never returns (it ends with the driver's `finish`). The
+# drive holds:
 #   job.json    the job's canonical JSON line, as the parent's wrapper sent it
 #   root/build/ the job's input files at their paths under /build
 # Each top-level directory of root/build/ is mounted at /build/<name> as an overlay (its

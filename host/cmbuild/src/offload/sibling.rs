@@ -10,10 +10,12 @@ use super::blobs::{BlobError, BlobStore};
 use super::job::Job;
 use super::wire::{JobResult, WireError};
 
-/// The script the build driver sources for plan version 3 (on the sibling's input drive).
+/// The script that runs a job in the sibling (on the sibling's input drive).
 pub const ENTRY: &str = include_str!("../../../../guest-image/sibling-entry.sh");
-/// The plan version of a sibling job.
-pub const PLAN_VERSION: u32 = 3;
+/// The sibling's `plan.env`: the build driver sources it before it builds anything (with
+/// `say` and `finish` defined), so the plan hands the machine to `entry.sh`, which ends it.
+/// The pinned driver needs no change for this (guest-image/PROTOCOL.md, "Hooks").
+pub const PLAN_ENV: &str = "CMBUILD_PLAN_VERSION='2'\n. /build/in/entry.sh\n";
 /// The sibling input drive's volume UUID (fixed: the drive is a function of the job).
 const SIBLING_UUID: [u8; 16] = *b"cmbuild-job-v1\0\0";
 
@@ -37,13 +39,12 @@ pub enum SiblingError {
     Result(#[from] WireError),
 }
 
-/// The sibling's input drive for `job`: `plan.env` (version 3), `entry.sh`, `job.json` and
+/// The sibling's input drive for `job`: `plan.env` ([`PLAN_ENV`]), `entry.sh`, `job.json` and
 /// every input under `root/`, from `blobs` (each checked against its digest as read).
 pub fn input_drive(job: &Job, blobs: &BlobStore) -> Result<Vec<u8>, SiblingError> {
     let layout = |e: &dyn std::fmt::Display| SiblingError::Layout(e.to_string());
     let mut tree = Tree::new();
-    let plan = format!("CMBUILD_PLAN_VERSION='{PLAN_VERSION}'\n");
-    tree.add_file("plan.env", 0o644, plan.into_bytes())
+    tree.add_file("plan.env", 0o644, PLAN_ENV.as_bytes().to_vec())
         .map_err(|e| layout(&e))?;
     tree.add_file("entry.sh", 0o644, ENTRY.as_bytes().to_vec())
         .map_err(|e| layout(&e))?;
@@ -134,10 +135,7 @@ mod tests {
         );
         let x = crate::plan::extract_input_drive(&drive);
         let x = x.path().join("x");
-        assert_eq!(
-            std::fs::read_to_string(x.join("plan.env")).unwrap(),
-            "CMBUILD_PLAN_VERSION='3'\n"
-        );
+        assert_eq!(std::fs::read_to_string(x.join("plan.env")).unwrap(), PLAN_ENV);
         assert_eq!(std::fs::read_to_string(x.join("entry.sh")).unwrap(), ENTRY);
         let line = std::fs::read(x.join("job.json")).unwrap();
         assert_eq!(Job::parse(line.strip_suffix(b"\n").unwrap()).unwrap(), job);
