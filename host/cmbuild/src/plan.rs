@@ -67,6 +67,9 @@ pub struct Plan {
     pub cargo_flags: Vec<String>,
     /// The binaries expected for every target.
     pub bins: Vec<PlannedBin>,
+    /// Hand rustc jobs to sibling machines (issue 13): `plan.env` then sources the
+    /// offload setup from the input drive, which carries it and `cmbuild-offload`'s sources.
+    pub offload: bool,
 }
 
 fn check_name(name: &str) -> Result<(), PlanError> {
@@ -129,6 +132,7 @@ impl Plan {
             targets: selection.targets.clone(),
             cargo_flags: flags,
             bins,
+            offload: false,
         })
     }
 
@@ -153,7 +157,11 @@ impl Plan {
                 .join(" "),
             self.cargo_flags.join(" "),
             bins.join(" "),
-        )
+        ) + match self.offload {
+            // A hook the driver runs as it sources this file (guest-image/PROTOCOL.md).
+            true => OFFLOAD_ENV,
+            false => "",
+        }
     }
 }
 
@@ -255,6 +263,18 @@ pub fn pad_to_drive(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
+/// What an offloaded plan's `plan.env` ends with: cargo's job count in the parent (a
+/// constant, so that the parent's history does not depend on the host) and the hook that
+/// sets up the channel (`docs/parallel-builds.md`, "Hooks").
+pub const OFFLOAD_ENV: &str = "OFFLOAD_CARGO_JOBS='32'\n. /build/in/offload/setup.sh\n";
+
+/// What an offloaded build's input drive carries under `offload/`: the setup hook and the
+/// sources of `cmbuild-offload`, which the parent compiles with the pinned rustc.
+pub const OFFLOAD_FILES: &[(&str, &str)] = &[
+    ("setup.sh", include_str!("../../../guest-image/offload-setup.sh")),
+    ("src/main.rs", include_str!("../../../guest-image/offload/src/main.rs")),
+];
+
 /// The input drive's volume UUID: fixed, so that the drive is a function of its files.
 const INPUT_UUID: [u8; 16] = *b"cmbuild-input-v1";
 
@@ -283,6 +303,12 @@ pub fn build_input_drive(
         .map_err(|e| input(&e))?;
     if let Some(floor) = floor {
         floor.add_to(&mut tree).map_err(|e| input(&e))?;
+    }
+    if plan.offload {
+        for (path, text) in OFFLOAD_FILES {
+            tree.add_file(&format!("offload/{path}"), 0o644, text.as_bytes().to_vec())
+                .map_err(|e| input(&e))?;
+        }
     }
     for (dir, archive) in [("src", source_tar), ("vendor", vendor_tar)] {
         tree.add_dir(dir, 0o755).map_err(|e| input(&e))?;

@@ -497,7 +497,17 @@ pub fn plan_release(
     let floor = crate::floor::select(config.glibc.as_deref(), &crate::floor::shipped()?)?;
     // The workspace from its manifests, as the commit has them: no host toolchain involved.
     let workspace = crate::workspace::read_workspace(&source_dir).map_err(plan::PlanError::from)?;
-    let plan = Plan::new(&selection, rev.commit_time, &workspace.bins())?;
+    let mut plan = Plan::new(&selection, rev.commit_time, &workspace.bins())?;
+    if opts.offload {
+        if let Some(floor) = &floor {
+            return Err(RunError::Offload(format!(
+                "this project chose the glibc {} floor, which offloaded builds do not support \
+                 yet; build it with --no-offload",
+                floor.id
+            )));
+        }
+        plan.offload = true;
+    }
     let toolchain = select_toolchain(opts, &read, &workspace, &selection)?;
     let lock_bytes = read("Cargo.lock", MAX_LOCK_BYTES)?.ok_or_else(|| {
         plan::PlanError::NoLock(format!(
