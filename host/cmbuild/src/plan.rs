@@ -271,8 +271,50 @@ pub const OFFLOAD_ENV: &str = "OFFLOAD_CARGO_JOBS='32'\n. /build/in/offload/setu
 /// What an offloaded build's input drive carries under `offload/`: the setup hook and the
 /// sources of `cmbuild-offload`, which the parent compiles with the pinned rustc.
 pub const OFFLOAD_FILES: &[(&str, &str)] = &[
-    ("setup.sh", include_str!("../../../guest-image/offload-setup.sh")),
-    ("src/main.rs", include_str!("../../../guest-image/offload/src/main.rs")),
+    (
+        "setup.sh",
+        include_str!("../../../guest-image/offload-setup.sh"),
+    ),
+    (
+        "src/client.rs",
+        include_str!("../../../guest-image/offload/src/client.rs"),
+    ),
+    (
+        "src/json.rs",
+        include_str!("../../../guest-image/offload/src/json.rs"),
+    ),
+    (
+        "src/main.rs",
+        include_str!("../../../guest-image/offload/src/main.rs"),
+    ),
+    (
+        "src/mux.rs",
+        include_str!("../../../guest-image/offload/src/mux.rs"),
+    ),
+    (
+        "src/paths.rs",
+        include_str!("../../../guest-image/offload/src/paths.rs"),
+    ),
+    (
+        "src/proto.rs",
+        include_str!("../../../guest-image/offload/src/proto.rs"),
+    ),
+    (
+        "src/runjob.rs",
+        include_str!("../../../guest-image/offload/src/runjob.rs"),
+    ),
+    (
+        "src/sha256.rs",
+        include_str!("../../../guest-image/offload/src/sha256.rs"),
+    ),
+    (
+        "src/wire.rs",
+        include_str!("../../../guest-image/offload/src/wire.rs"),
+    ),
+    (
+        "src/wrapper.rs",
+        include_str!("../../../guest-image/offload/src/wrapper.rs"),
+    ),
 ];
 
 /// The input drive's volume UUID: fixed, so that the drive is a function of its files.
@@ -425,6 +467,28 @@ pub fn collect_outputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_input_drive_carries_every_source_of_cmbuild_offload() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest-image/offload/src");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| format!("src/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        on_disk.sort();
+        let carried: Vec<&str> = OFFLOAD_FILES
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| p.starts_with("src/"))
+            .collect();
+        assert_eq!(
+            carried,
+            on_disk,
+            "OFFLOAD_FILES must list every file of {}",
+            dir.display()
+        );
+    }
     use crate::project::{Profile, Selection};
 
     fn bins() -> Vec<PlannedBin> {
@@ -548,6 +612,30 @@ mod tests {
             mtime,
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(7)
         );
+    }
+
+    #[test]
+    fn an_offloaded_plan_carries_its_hook_and_cmbuild_offload() {
+        let mut plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
+        let source = small_tar(&[("Cargo.toml", b"[package]\n", false)], None);
+        let vendor = small_tar(&[], None);
+        let plain = build_input_drive(&plan, &source, &vendor, GUEST_CARGO_CONFIG, None).unwrap();
+        assert!(!plan.to_env().contains("offload"));
+        plan.offload = true;
+        let env = plan.to_env();
+        assert!(env.ends_with(OFFLOAD_ENV), "{env}");
+        let drive = build_input_drive(&plan, &source, &vendor, GUEST_CARGO_CONFIG, None).unwrap();
+        assert_ne!(drive, plain);
+        let extracted = extract_input_drive(&drive);
+        let out = extracted.path().join("x");
+        for (path, text) in OFFLOAD_FILES {
+            assert_eq!(
+                std::fs::read(out.join("offload").join(path)).unwrap(),
+                text.as_bytes()
+            );
+        }
+        let plain = extract_input_drive(&plain);
+        assert!(!plain.path().join("x/offload").exists());
     }
 
     #[test]

@@ -135,7 +135,10 @@ mod tests {
         );
         let x = crate::plan::extract_input_drive(&drive);
         let x = x.path().join("x");
-        assert_eq!(std::fs::read_to_string(x.join("plan.env")).unwrap(), PLAN_ENV);
+        assert_eq!(
+            std::fs::read_to_string(x.join("plan.env")).unwrap(),
+            PLAN_ENV
+        );
         assert_eq!(std::fs::read_to_string(x.join("entry.sh")).unwrap(), ENTRY);
         let line = std::fs::read(x.join("job.json")).unwrap();
         assert_eq!(Job::parse(line.strip_suffix(b"\n").unwrap()).unwrap(), job);
