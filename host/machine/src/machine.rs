@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::board::{self, DTB_BASE, KERNEL_OFFSET, RAM_BASE};
 use crate::bus::{Bus, FlashDrive};
+pub use crate::devices::offload::Transport as OffloadTransport;
 use crate::devices::offload::{Answer, OffloadChannel, OffloadError};
 use crate::devices::Device;
 use crate::fdt::{self, BoardDescription};
@@ -75,6 +76,8 @@ pub struct OffloadConfig {
     /// Cycles from a request's submission to the earliest `mcycle` its response may be
     /// visible at (at least 1).
     pub min_latency: u64,
+    /// How the guest reaches it: the register interface or a virtio console.
+    pub transport: OffloadTransport,
 }
 
 impl Default for MachineConfig {
@@ -300,7 +303,7 @@ impl Machine {
             bootargs: config.bootargs.clone(),
             initrd,
             rng_seed: seed,
-            offload_channel: config.offload.is_some(),
+            offload_channel: config.offload.map(|o| o.transport),
         };
         let dtb = fdt::board_device_tree(&desc);
         if dtb.len() as u64 > board::DTB_SIZE {
@@ -314,7 +317,9 @@ impl Machine {
         hart.x[11] = DTB_BASE;
         hart.flush_caches();
         let mut bus = Bus::new(ram, flash, dtb);
-        bus.offload = config.offload.map(|o| OffloadChannel::new(o.min_latency));
+        bus.offload = config
+            .offload
+            .map(|o| OffloadChannel::with_transport(o.min_latency, o.transport));
         Ok(Self {
             hart,
             bus,
@@ -356,7 +361,8 @@ impl Machine {
             .as_mut()
             .ok_or(OffloadError::NoChannel)?
             .answer(tag, answer, mcycle)?;
-        self.bus.update_offload_line();
+        self.bus.pump_offload(mcycle);
+        self.hart.sync_device_writes(&mut self.bus);
         Ok(())
     }
 

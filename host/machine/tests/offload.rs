@@ -14,7 +14,9 @@ use std::path::Path;
 
 use cmbuild_machine::board::OFFLOAD_BASE;
 use cmbuild_machine::devices::offload::{Answer, OffloadError};
-use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig, OffloadConfig};
+use cmbuild_machine::machine::{
+    Break, FlashConfig, Machine, MachineConfig, OffloadConfig, OffloadTransport,
+};
 use cmbuild_machine::snapshot::{self, SnapshotConfig};
 use sha2::{Digest, Sha256};
 
@@ -31,6 +33,7 @@ fn config(image: &[u8]) -> MachineConfig {
         ram_image: Some(image.to_vec()),
         offload: Some(OffloadConfig {
             min_latency: MIN_LATENCY,
+            transport: OffloadTransport::Registers,
         }),
         ..MachineConfig::default()
     }
@@ -365,7 +368,10 @@ fn the_option_adds_its_state_and_node_and_nothing_else() {
     assert!(has(&with.bus.dtb) && !has(&without.bus.dtb));
     assert!(matches!(
         Machine::new(&MachineConfig {
-            offload: Some(OffloadConfig { min_latency: 0 }),
+            offload: Some(OffloadConfig {
+                min_latency: 0,
+                transport: OffloadTransport::Registers,
+            }),
             ..config(&image)
         }),
         Err(cmbuild_machine::machine::MachineError::BadOffloadLatency)
