@@ -191,9 +191,12 @@ impl MachineSettings {
             initrd: Some(image.initrd.clone()),
             bootargs: BOOTARGS.to_owned(),
             flash_drives,
-            offload: self
-                .offload_latency
-                .map(|min_latency| cmbuild_machine::machine::OffloadConfig { min_latency }),
+            offload: self.offload_latency.map(|min_latency| {
+                cmbuild_machine::machine::OffloadConfig {
+                    min_latency,
+                    transport: cmbuild_machine::machine::OffloadTransport::VirtioConsole,
+                }
+            }),
         }
     }
 }

@@ -932,6 +932,7 @@ impl crate::offload::service::SiblingRunner for Siblings<'_> {
             .map_err(|e| crate::terminal::error_chain(&e))?;
         drop(input_drive);
         let start = machine.mcycle();
+        let mut console = Vec::new();
         loop {
             match machine.run(self.max_mcycle) {
                 Break::Halted(_) => break,
@@ -944,10 +945,15 @@ impl crate::offload::service::SiblingRunner for Siblings<'_> {
                     return Err("a sibling machine has no offload channel".into())
                 }
             }
-            // Siblings print nothing the host needs; keep the buffer small.
-            machine.drain_console();
+            // Only the end of a sibling's console is kept, to explain a failed job.
+            console.extend(machine.drain_console());
+            if console.len() > 4096 {
+                console.drain(..console.len() - 4096);
+            }
         }
+        console.extend(machine.drain_console());
         Ok(crate::offload::service::SiblingRun {
+            console_tail: crate::terminal::sanitize_bytes(&console[console.len().saturating_sub(4096)..]),
             output_drive: drive_bytes(&machine, Drive::Output).to_vec(),
             cycles: machine.mcycle() - start,
             root_hash: machine.root_hash(),
@@ -991,6 +997,17 @@ pub fn prepare_offload<'a>(
     service.on_refused = Box::new(|why| {
         progress(Progress::Phase(format!(
             "offload: a cache entry was refused and its job runs again: {why}"
+        )))
+    });
+    service.on_failed = Box::new(|job, why, console| {
+        let name = job
+            .argv
+            .windows(2)
+            .find(|w| w[0] == "--crate-name")
+            .map_or("?", |w| w[1].as_str());
+        progress(Progress::Phase(format!(
+            "offload: job {name} gave no result in its sibling ({why}); the build machine \
+             compiles it itself. The sibling's console ended with:\n{console}"
         )))
     });
     progress(Progress::Phase(format!(

@@ -22,6 +22,8 @@ pub struct SiblingRun {
     pub cycles: u64,
     /// Its root hash at halt.
     pub root_hash: String,
+    /// The end of its console (sanitised), to explain a job that gave no result.
+    pub console_tail: String,
 }
 
 /// Runs sibling machines (a build machine resumed from the template, in `crate::run`;
@@ -101,6 +103,8 @@ pub struct Service<'a> {
     pub counts: Counts,
     /// Called with each refused cache entry's reason (a warning for the user).
     pub on_refused: Box<dyn Fn(&str) + Sync + 'a>,
+    /// Called with each job whose sibling gave no result: why, and its console's end.
+    pub on_failed: Box<dyn Fn(&super::job::Job, &str, &str) + Sync + 'a>,
 }
 
 impl<'a> Service<'a> {
@@ -124,6 +128,7 @@ impl<'a> Service<'a> {
             scratch,
             counts: Counts::default(),
             on_refused: Box::new(|_| {}),
+            on_failed: Box::new(|_, _, _| {}),
         }
     }
 
@@ -157,7 +162,10 @@ impl<'a> Service<'a> {
         {
             Ok(result) => Response::Result(result),
             // The sibling is deterministic: it fails this way for this job every time.
-            Err(e) => Response::Error(format!("the sibling gave no result: {e}")),
+            Err(e) => {
+                (self.on_failed)(&dispatch.job, &e.to_string(), &run.console_tail);
+                Response::Error(format!("the sibling gave no result: {e}"))
+            }
         };
         let computed = Computed {
             response,
@@ -220,6 +228,7 @@ mod tests {
                 output_drive: builder.into_inner().unwrap(),
                 cycles: 4242,
                 root_hash: format!("cmvm-sha256-v1:{}", "ef".repeat(32)),
+                console_tail: String::new(),
             })
         }
     }
