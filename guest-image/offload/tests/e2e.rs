@@ -435,7 +435,7 @@ fn a_job_is_offloaded_blobs_go_once_and_the_result_is_applied() {
         assert_eq!(job.argv[0], p.rustc);
         assert_eq!(job.argv[1..], p.args("foo")[..]);
         assert_eq!(job.cwd, format!("{}/vendor/foo-1.0.0", p.root));
-        assert_eq!(job.outputs, [deps.clone()]);
+        assert_eq!(job.outputs, std::slice::from_ref(&deps));
         assert_eq!(
             job.env.keys().collect::<Vec<_>>(),
             [
@@ -672,7 +672,7 @@ fn at_most_63_requests_in_flight_and_responses_routed_by_tag() {
     let listener = UnixListener::bind(&port).unwrap();
     let host = thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
-        let mut take = |conn: &mut UnixStream, n: usize| -> Vec<(u64, Vec<u8>)> {
+        let take = |conn: &mut UnixStream, n: usize| -> Vec<(u64, Vec<u8>)> {
             (0..n)
                 .map(|_| {
                     proto::read_frame(conn, proto::MAX_REQUEST)
