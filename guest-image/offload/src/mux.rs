@@ -505,7 +505,9 @@ mod tests {
                 done_tx.send((i, tag)).unwrap();
             });
             // Let each waiter take its ticket in turn.
-            thread::sleep(Duration::from_millis(30));
+            while lock(&slots.state).next_ticket != 3 + i {
+                thread::sleep(Duration::from_millis(1));
+            }
         }
         assert!(
             done_rx.recv_timeout(Duration::from_millis(200)).is_err(),

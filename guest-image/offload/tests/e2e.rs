@@ -863,3 +863,130 @@ fn run_job_reports_a_program_that_cannot_start_and_refuses_a_bad_job() {
     let out = run(Command::new(BIN).args(["run-job", &bad_path]));
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A real `cargo build` of a small project (a library with a build script, a proc macro,
+/// a library and a binary using both) with the wrapper as `RUSTC_WRAPPER`, through the
+/// multiplexer, to a fake host that runs each job with `run-job` in place (the paths are
+/// the same on one machine, as they are in a sibling). Checks that cargo's real rustc
+/// invocations are understood: the libraries, the proc macro and the build script are
+/// offloaded, the binary is not, and the build works.
+#[test]
+fn a_real_cargo_build_through_the_wrapper() {
+    if Command::new("cargo").arg("-V").output().is_err() {
+        eprintln!("no cargo on PATH: skipped");
+        return;
+    }
+    let t = TempDir::new("cargo");
+    let root = t.path("build");
+    t.write(
+        "build/vendor/dep-0.1.0/Cargo.toml",
+        b"[package]\nname = \"dep\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    );
+    t.write(
+        "build/vendor/dep-0.1.0/build.rs",
+        b"fn main() {\n    let out = std::env::var(\"OUT_DIR\").unwrap();\n    \
+          std::fs::write(format!(\"{out}/gen.rs\"), \"pub const GEN: u32 = 7;\").unwrap();\n}\n",
+    );
+    t.write(
+        "build/vendor/dep-0.1.0/src/lib.rs",
+        b"include!(concat!(env!(\"OUT_DIR\"), \"/gen.rs\"));\npub fn dep() -> u32 { GEN }\n",
+    );
+    t.write(
+        "build/vendor/mac-0.1.0/Cargo.toml",
+        b"[package]\nname = \"mac\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[lib]\nproc-macro = true\n",
+    );
+    t.write(
+        "build/vendor/mac-0.1.0/src/lib.rs",
+        b"use proc_macro::TokenStream;\n#[proc_macro]\npub fn answer(_: TokenStream) -> TokenStream { \"42\".parse().unwrap() }\n",
+    );
+    t.write(
+        "build/src/Cargo.toml",
+        b"[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[dependencies]\n\
+          dep = { path = \"../vendor/dep-0.1.0\" }\nmac = { path = \"../vendor/mac-0.1.0\" }\n",
+    );
+    t.write(
+        "build/src/src/lib.rs",
+        b"pub fn total() -> u32 { dep::dep() + mac::answer!() }\n",
+    );
+    t.write(
+        "build/src/src/main.rs",
+        b"fn main() { println!(\"total {}\", app::total()); }\n",
+    );
+    let wrapper = t.path("cmbuild-offload-rustc-wrapper");
+    std::os::unix::fs::symlink(BIN, &wrapper).unwrap();
+
+    let scratch = t.path("host");
+    fs::create_dir_all(&scratch).unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let answer = {
+        let runs = Arc::clone(&runs);
+        move |job: &Job| -> Vec<u8> {
+            let n = runs.fetch_add(1, Ordering::SeqCst);
+            let job_path = format!("{scratch}/job-{n}.json");
+            let result_path = format!("{scratch}/result-{n}");
+            fs::write(&job_path, job.to_body()).unwrap();
+            let out = run(Command::new(BIN).args(["run-job", &job_path, &result_path]));
+            assert!(out.status.success(), "run-job: {out:?}");
+            fs::read(&result_path).unwrap()
+        }
+    };
+    let port = t.path("port.sock");
+    let socket = t.path("mux.sock");
+    let (log, host) = start_host(&port, Box::new(answer), None);
+    let mut mux = start_mux(&port, &socket);
+
+    let mut cargo = Command::new("cargo");
+    cargo
+        .args(["build", "--offline", "--quiet"])
+        .current_dir(format!("{root}/src"))
+        .env("RUSTC_WRAPPER", &wrapper)
+        .env("CMBUILD_OFFLOAD_SOCKET", &socket)
+        .env("CMBUILD_OFFLOAD_ROOT", &root)
+        .env("CARGO_TARGET_DIR", format!("{root}/src/target"))
+        .env("CARGO_INCREMENTAL", "0")
+        .env("CARGO_BUILD_JOBS", "1")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    // The variables cargo set for this test must not leak into the inner build.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "OUT_DIR",
+            ]
+            .contains(&k.as_str())
+        {
+            cargo.env_remove(k);
+        }
+    }
+    let out = run(&mut cargo);
+    assert!(
+        out.status.success(),
+        "cargo build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let app = run(&mut Command::new(format!("{root}/src/target/debug/app")));
+    assert_eq!(String::from_utf8_lossy(&app.stdout), "total 49\n");
+
+    let log = log.lock().unwrap();
+    let mut names: Vec<String> = log
+        .jobs
+        .iter()
+        .map(|j| j.argv[j.argv.iter().position(|a| a == "--crate-name").unwrap() + 1].clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(
+        names,
+        ["app", "build_script_build", "dep", "mac"],
+        "offloaded: the libraries, the proc macro and the build script, not the binary"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 4, "each job ran once");
+    drop(log);
+    let _ = run(Command::new(BIN).args(["quit", &socket]));
+    assert!(wait_exit(&mut mux, Duration::from_secs(10)).is_some());
+    host.join().unwrap();
+}
