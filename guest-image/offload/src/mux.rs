@@ -498,10 +498,10 @@ mod tests {
         let _second = slots.acquire(route().0);
         let (done_tx, done_rx) = mpsc::channel();
         for i in 0..3 {
-            let slots = Arc::clone(&slots);
+            let waiter = Arc::clone(&slots);
             let done_tx = done_tx.clone();
             thread::spawn(move || {
-                let tag = slots.acquire(route().0);
+                let tag = waiter.acquire(route().0);
                 done_tx.send((i, tag)).unwrap();
             });
             // Let each waiter take its ticket in turn.
