@@ -9,6 +9,10 @@ fn protocol(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
+/// The size a hash or register request aims at (the multiplexer takes up to
+/// [`proto::MAX_CONTROL`]).
+const BATCH_BYTES: usize = 1 << 20;
+
 /// A connection to the multiplexer.
 pub struct Client {
     stream: UnixStream,
@@ -48,7 +52,7 @@ impl Client {
     /// The digests of `paths` (`None`: not a regular file), asked in batches.
     pub fn hash(&mut self, paths: &[String]) -> io::Result<Vec<Option<FileHash>>> {
         let mut out = Vec::with_capacity(paths.len());
-        for batch in paths.chunks(4096) {
+        for batch in batches(paths, |p| p.len() + 1) {
             let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
             let answer = self.call(kind::HASH, &proto::encode_paths(&refs))?;
             if answer.kind != kind::HASHES {
@@ -61,7 +65,7 @@ impl Client {
 
     /// Tells the multiplexer the digests of files this wrapper wrote.
     pub fn register(&mut self, entries: &[(String, [u8; 32], u64)]) -> io::Result<()> {
-        for batch in entries.chunks(4096) {
+        for batch in batches(entries, |e| e.0.len() + 41) {
             let answer = self.call(kind::REGISTER, &proto::encode_register(batch))?;
             if answer.kind != kind::OK {
                 return Err(protocol("unexpected answer to a register request"));
@@ -111,6 +115,23 @@ impl Client {
     }
 }
 
+/// Splits `items` into batches of at most 4096 items and about [`BATCH_BYTES`] encoded.
+fn batches<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        if i > start && (i - start == 4096 || bytes + size(item) > BATCH_BYTES) {
+            out.push(&items[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size(item);
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
 fn response_body(answer: Message) -> io::Result<Vec<u8>> {
     match answer.kind {
         kind::RESPONSE => Ok(answer.body),
@@ -119,5 +140,31 @@ fn response_body(answer: Message) -> io::Result<Vec<u8>> {
             String::from_utf8_lossy(&answer.body)
         ))),
         _ => Err(protocol("unexpected answer to a submission")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_bound_count_and_bytes() {
+        let small: Vec<String> = (0..10_000).map(|i| format!("/p/{i}")).collect();
+        let b = batches(&small, |p| p.len() + 1);
+        assert_eq!(
+            b.iter().map(|b| b.len()).collect::<Vec<_>>(),
+            [4096, 4096, 1808]
+        );
+        let long: Vec<String> = (0..1000).map(|_| "x".repeat(4000)).collect();
+        let b = batches(&long, |p| p.len() + 1);
+        assert!(b.iter().all(|b| b.len() * 4001 <= BATCH_BYTES));
+        assert_eq!(b.iter().map(|b| b.len()).sum::<usize>(), 1000);
+        assert!(batches(&Vec::<String>::new(), |p| p.len()).is_empty());
+        let huge = vec!["y".repeat(2 << 20)];
+        assert_eq!(
+            batches(&huge, |p| p.len()).len(),
+            1,
+            "one oversized item alone"
+        );
     }
 }

@@ -11,11 +11,11 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The most requests on the port at once (the channel has 64 tags).
 pub const MAX_IN_FLIGHT: usize = 63;
@@ -248,9 +248,31 @@ struct Mux {
     port: Mutex<Box<dyn Write + Send>>,
     cache: HashCache,
     socket: PathBuf,
+    /// Messages queued for the wrappers and not yet written (or dropped).
+    unsent: AtomicUsize,
 }
 
 impl Mux {
+    /// Queues a message for a connection's writer thread.
+    fn send(&self, queue: &Sender<Outgoing>, kind: u8, id: u32, body: Vec<u8>) {
+        self.unsent.fetch_add(1, Ordering::SeqCst);
+        if queue.send(Outgoing::Message { kind, id, body }).is_err() {
+            self.unsent.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The port ended: no response can come any more. Delivers what is queued (for at
+    /// most 10 s), then exits.
+    fn port_closed(&self) -> ! {
+        for _ in 0..1000 {
+            if self.unsent.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.exit(0)
+    }
+
     /// Ends the process: the socket goes away, and every wrapper still connected sees its
     /// connection end and runs rustc itself.
     fn exit(&self, code: i32) -> ! {
@@ -284,6 +306,7 @@ pub fn run(port: &str, socket: &str) -> Result<(), String> {
         port: Mutex::new(port_w),
         cache: HashCache::new(RACY_SECONDS),
         socket: PathBuf::from(socket),
+        unsent: AtomicUsize::new(0),
     });
     let reader_mux = Arc::clone(&mux);
     thread::spawn(move || {
@@ -291,16 +314,10 @@ pub fn run(port: &str, socket: &str) -> Result<(), String> {
         loop {
             match proto::read_frame(&mut port_r, proto::MAX_RESPONSE) {
                 Ok(Some((tag, body))) => match mux.slots.complete(tag) {
-                    Some(route) => {
-                        let _ = route.queue.send(Outgoing::Message {
-                            kind: kind::RESPONSE,
-                            id: route.id,
-                            body,
-                        });
-                    }
+                    Some(route) => mux.send(&route.queue, kind::RESPONSE, route.id, body),
                     None => eprintln!("cmbuild-offload mux: a response for tag {tag}, which is not in flight; dropped"),
                 },
-                Ok(None) => mux.exit(0),
+                Ok(None) => mux.port_closed(),
                 Err(e) => {
                     eprintln!("cmbuild-offload mux: reading the port: {e}");
                     mux.exit(1)
@@ -312,7 +329,7 @@ pub fn run(port: &str, socket: &str) -> Result<(), String> {
         match stream {
             Ok(stream) => {
                 let mux = Arc::clone(&mux);
-                thread::spawn(move || serve(&mux, stream));
+                thread::spawn(move || serve(mux, stream));
             }
             Err(e) => eprintln!("cmbuild-offload mux: accept: {e}"),
         }
@@ -339,26 +356,27 @@ fn bind(socket: &Path) -> Result<UnixListener, String> {
 
 /// Serves one wrapper connection: reads its requests in order; a writer thread sends the
 /// answers, so that routing a response never waits for a slow wrapper.
-fn serve(mux: &Mux, stream: UnixStream) {
+fn serve(mux: Arc<Mux>, stream: UnixStream) {
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
     let (queue, outgoing) = mpsc::channel::<Outgoing>();
     let writer_thread = {
-        let socket = mux.socket.clone();
+        let mux = Arc::clone(&mux);
         thread::spawn(move || {
+            let mut gone = false;
             for out in outgoing {
                 match out {
                     Outgoing::Message { kind, id, body } => {
-                        if proto::write_message(&mut writer, kind, id, &body).is_err() {
-                            // The wrapper is gone; drain silently.
-                            continue;
+                        // Once the wrapper is gone, drain silently.
+                        if !gone {
+                            gone = proto::write_message(&mut writer, kind, id, &body).is_err();
                         }
+                        mux.unsent.fetch_sub(1, Ordering::SeqCst);
                     }
                     Outgoing::QuitAfter { id } => {
                         let _ = proto::write_message(&mut writer, kind::OK, id, b"");
-                        let _ = fs::remove_file(&socket);
-                        std::process::exit(0);
+                        mux.exit(0);
                     }
                 }
             }
@@ -366,7 +384,7 @@ fn serve(mux: &Mux, stream: UnixStream) {
     };
     let mut reader = stream;
     loop {
-        let message = match proto::read_message(&mut reader, proto::MAX_REQUEST + 1024) {
+        let message = match proto::read_message(&mut reader, proto::MAX_CONTROL) {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
@@ -374,7 +392,7 @@ fn serve(mux: &Mux, stream: UnixStream) {
                 break;
             }
         };
-        if !handle(mux, &queue, message) {
+        if !handle(&mux, &queue, message) {
             break;
         }
     }
@@ -387,9 +405,7 @@ fn serve(mux: &Mux, stream: UnixStream) {
 /// Handles one request; `false` ends the connection.
 fn handle(mux: &Mux, queue: &Sender<Outgoing>, message: Message) -> bool {
     let Message { kind: k, id, body } = message;
-    let reply = |kind: u8, body: Vec<u8>| {
-        let _ = queue.send(Outgoing::Message { kind, id, body });
-    };
+    let reply = |kind: u8, body: Vec<u8>| mux.send(queue, kind, id, body);
     match k {
         kind::SUBMIT => {
             if body.len() > proto::MAX_REQUEST {
@@ -450,7 +466,6 @@ pub fn quit(socket: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn route() -> (Route, mpsc::Receiver<Outgoing>) {
         let (queue, rx) = mpsc::channel();
@@ -483,14 +498,16 @@ mod tests {
         let _second = slots.acquire(route().0);
         let (done_tx, done_rx) = mpsc::channel();
         for i in 0..3 {
-            let slots = Arc::clone(&slots);
+            let waiter = Arc::clone(&slots);
             let done_tx = done_tx.clone();
             thread::spawn(move || {
-                let tag = slots.acquire(route().0);
+                let tag = waiter.acquire(route().0);
                 done_tx.send((i, tag)).unwrap();
             });
             // Let each waiter take its ticket in turn.
-            thread::sleep(Duration::from_millis(30));
+            while lock(&slots.state).next_ticket != 3 + i {
+                thread::sleep(Duration::from_millis(1));
+            }
         }
         assert!(
             done_rx.recv_timeout(Duration::from_millis(200)).is_err(),

@@ -30,7 +30,10 @@ pub const MAX_RESPONSE: usize = 1 << 30;
 pub const MAX_HASH_PATHS: usize = 1 << 16;
 /// The longest path the socket protocol carries.
 pub const MAX_PATH: usize = 4096;
-/// The largest message body either side accepts on the socket: a response plus slack.
+/// The largest message body the multiplexer accepts from a wrapper (a hash or register
+/// request; a submission is further held to [`MAX_REQUEST`]).
+pub const MAX_CONTROL: usize = 16 << 20;
+/// The largest message body a wrapper accepts from the multiplexer: a response plus slack.
 pub const MAX_MESSAGE: usize = MAX_RESPONSE + (1 << 16);
 
 pub mod kind {
