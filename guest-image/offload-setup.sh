@@ -2,11 +2,11 @@
 # the input drive by plan.env, which the build driver sources (with every variable
 # exported) before it builds anything (guest-image/PROTOCOL.md, "Hooks").
 #
-# Finds the channel's port (the virtio-console port named cmbuild.offload), compiles
-# cmbuild-offload from the sources on the input drive with the pinned rustc, starts its
-# multiplexer on the port, and points cargo at its rustc wrapper with enough jobs to hand
-# every ready rustc to the host at once. If any of that fails the build goes on alone,
-# in this machine: slower, with the same artifacts.
+# Finds the channel's port (the virtio-console port named cmbuild.offload), starts the
+# multiplexer of cmbuild-offload (on the input drive: the host compiled it once with the
+# pinned rustc in a machine of the same template) on the port, and points cargo at its
+# rustc wrapper with enough jobs to hand every ready rustc to the host at once. If any of
+# that fails the build goes on alone, in this machine: slower, with the same artifacts.
 offload_port=""
 for offload_name in /sys/class/virtio-ports/*/name; do
     if [ "$(cat "$offload_name" 2>/dev/null)" = "cmbuild.offload" ]; then
@@ -16,24 +16,21 @@ for offload_name in /sys/class/virtio-ports/*/name; do
     fi
 done
 mkdir -p /build/offload
+offload_tool=/build/in/offload/cmbuild-offload
 if [ -z "$offload_port" ] || [ ! -c "$offload_port" ]; then
     say "no offload channel: building in this machine alone"
-elif ! rustc --edition 2021 --crate-name cmbuild_offload -C opt-level=2 -C panic=abort \
-    -C debuginfo=0 -C strip=symbols --remap-path-prefix=/build/in/offload=/offload \
-    -o /build/offload/cmbuild-offload /build/in/offload/src/main.rs \
-    >/build/offload/build.log 2>&1; then
-    say "cmbuild-offload did not build: building in this machine alone"
-    head -c 2000 /build/offload/build.log
+elif [ ! -x "$offload_tool" ]; then
+    say "no cmbuild-offload on the input drive: building in this machine alone"
 else
-    /build/offload/cmbuild-offload mux "$offload_port" /build/offload/mux.sock &
+    "$offload_tool" mux "$offload_port" /build/offload/mux.sock &
     offload_tries=0
     while [ ! -S /build/offload/mux.sock ] && [ "$offload_tries" -lt 100 ]; do
         sleep 0.05 2>/dev/null || sleep 1
         offload_tries=$((offload_tries + 1))
     done
-    printf '#!/bin/sh\nexec /build/offload/cmbuild-offload rustc-wrapper "$@"\n' \
-        >/build/offload/rustc-wrapper
-    chmod 755 /build/offload/rustc-wrapper
+    # RUSTC_WRAPPER takes no arguments: under a name ending in rustc-wrapper the tool is
+    # the wrapper.
+    ln -s "$offload_tool" /build/offload/rustc-wrapper
     RUSTC_WRAPPER=/build/offload/rustc-wrapper
     CMBUILD_OFFLOAD_SOCKET=/build/offload/mux.sock
     CARGO_BUILD_JOBS="${OFFLOAD_CARGO_JOBS:-32}"

@@ -3,12 +3,13 @@
 # builds anything (guest-image/PROTOCOL.md, "Hooks"); so the root image needs no change
 # when this script does, and it never returns (it ends with the driver's `finish`). The
 # drive holds:
-#   job.json    the job's canonical JSON line, as the parent's wrapper sent it
-#   root/build/ the job's input files at their paths under /build
+#   job.json         the job's canonical JSON line, as the parent's wrapper sent it
+#   cmbuild-offload  the guest's tool, whose run-job runs the job
+#   root/build/      the job's input files at their paths under /build
 # Each top-level directory of root/build/ is mounted at /build/<name> as an overlay (its
 # upper layer in /tmp, RAM), so rustc finds every input where the parent had it and writes
-# its outputs beside them. `cmbuild-offload run-job` (itself one of the inputs) runs the
-# job and writes its result; the driver's `finish` puts /out on the output drive.
+# its outputs beside them. `cmbuild-offload run-job` runs the job and writes its result;
+# the driver's `finish` puts /out on the output drive.
 for dir in /build/in/root/build/*; do
     [ -d "$dir" ] || continue
     name=${dir##*/}
@@ -22,7 +23,7 @@ for dir in /build/in/root/build/*; do
     }
 done
 mkdir -p /build/home
-if ! /build/offload/cmbuild-offload run-job /build/in/job.json /out/result; then
+if ! /build/in/cmbuild-offload run-job /build/in/job.json /out/result; then
     say "run-job failed"
     echo "sibling-run-job" > /out/error
 fi

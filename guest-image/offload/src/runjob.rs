@@ -29,6 +29,11 @@ pub fn run(job_path: &str, result_path: &str) -> Result<(), String> {
         return Err(format!("{job_path} is larger than a request may be"));
     }
     let job = Job::parse(&body).map_err(|e| format!("{job_path}: {e}"))?;
+    // The parent's cargo made these before it ran rustc; here only directories holding an
+    // input exist.
+    for dir in job.outputs.iter().chain(std::iter::once(&job.cwd)) {
+        fs::create_dir_all(dir).map_err(|e| format!("creating {dir}: {e}"))?;
+    }
     let (exit, stdout, stderr) = match Command::new(&job.argv[0])
         .args(&job.argv[1..])
         .current_dir(&job.cwd)

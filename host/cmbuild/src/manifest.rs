@@ -141,6 +141,9 @@ pub struct OffloadUse {
     /// The template the build machines (the parents) resumed from: the image booted on the
     /// board with the channel.
     pub parent_template: TemplateUse,
+    /// Content ID of `cmbuild-offload`, the guest's side of the channel (compiled in a
+    /// machine of `template`), on every parent's and sibling's input drive.
+    pub tool: Cid,
 }
 
 /// The template a run's machines resumed from.

@@ -268,54 +268,9 @@ pub fn pad_to_drive(mut bytes: Vec<u8>) -> Vec<u8> {
 /// sets up the channel (`docs/parallel-builds.md`, "Hooks").
 pub const OFFLOAD_ENV: &str = "OFFLOAD_CARGO_JOBS='32'\n. /build/in/offload/setup.sh\n";
 
-/// What an offloaded build's input drive carries under `offload/`: the setup hook and the
-/// sources of `cmbuild-offload`, which the parent compiles with the pinned rustc.
-pub const OFFLOAD_FILES: &[(&str, &str)] = &[
-    (
-        "setup.sh",
-        include_str!("../../../guest-image/offload-setup.sh"),
-    ),
-    (
-        "src/client.rs",
-        include_str!("../../../guest-image/offload/src/client.rs"),
-    ),
-    (
-        "src/json.rs",
-        include_str!("../../../guest-image/offload/src/json.rs"),
-    ),
-    (
-        "src/main.rs",
-        include_str!("../../../guest-image/offload/src/main.rs"),
-    ),
-    (
-        "src/mux.rs",
-        include_str!("../../../guest-image/offload/src/mux.rs"),
-    ),
-    (
-        "src/paths.rs",
-        include_str!("../../../guest-image/offload/src/paths.rs"),
-    ),
-    (
-        "src/proto.rs",
-        include_str!("../../../guest-image/offload/src/proto.rs"),
-    ),
-    (
-        "src/runjob.rs",
-        include_str!("../../../guest-image/offload/src/runjob.rs"),
-    ),
-    (
-        "src/sha256.rs",
-        include_str!("../../../guest-image/offload/src/sha256.rs"),
-    ),
-    (
-        "src/wire.rs",
-        include_str!("../../../guest-image/offload/src/wire.rs"),
-    ),
-    (
-        "src/wrapper.rs",
-        include_str!("../../../guest-image/offload/src/wrapper.rs"),
-    ),
-];
+/// The setup hook an offloaded build's input drive carries as `offload/setup.sh`, beside
+/// the `cmbuild-offload` binary (`crate::offload::tool`).
+pub const OFFLOAD_SETUP: &str = include_str!("../../../guest-image/offload-setup.sh");
 
 /// The input drive's volume UUID: fixed, so that the drive is a function of its files.
 const INPUT_UUID: [u8; 16] = *b"cmbuild-input-v1";
@@ -335,6 +290,19 @@ pub fn build_input_drive(
     cargo_config: &str,
     floor: Option<&crate::floor::FloorInput>,
 ) -> Result<Vec<u8>, PlanError> {
+    build_input_drive_with(plan, source_tar, vendor_tar, cargo_config, floor, None)
+}
+
+/// [`build_input_drive`], and for an offloaded plan `offload/setup.sh` and
+/// `offload/cmbuild-offload` (the binary `tool`).
+pub fn build_input_drive_with(
+    plan: &Plan,
+    source_tar: &[u8],
+    vendor_tar: &[u8],
+    cargo_config: &str,
+    floor: Option<&crate::floor::FloorInput>,
+    tool: Option<&[u8]>,
+) -> Result<Vec<u8>, PlanError> {
     use cmbuild_image::rootfs::Tree;
     let input = |e: &dyn std::fmt::Display| PlanError::Input(e.to_string());
     let cargo_config = floor.map_or(cargo_config, |f| f.cargo_config.as_str());
@@ -347,10 +315,12 @@ pub fn build_input_drive(
         floor.add_to(&mut tree).map_err(|e| input(&e))?;
     }
     if plan.offload {
-        for (path, text) in OFFLOAD_FILES {
-            tree.add_file(&format!("offload/{path}"), 0o644, text.as_bytes().to_vec())
-                .map_err(|e| input(&e))?;
-        }
+        let tool =
+            tool.ok_or_else(|| PlanError::Input("an offloaded plan needs cmbuild-offload".into()))?;
+        tree.add_file("offload/setup.sh", 0o644, OFFLOAD_SETUP.as_bytes().to_vec())
+            .map_err(|e| input(&e))?;
+        tree.add_file("offload/cmbuild-offload", 0o755, tool.to_vec())
+            .map_err(|e| input(&e))?;
     }
     for (dir, archive) in [("src", source_tar), ("vendor", vendor_tar)] {
         tree.add_dir(dir, 0o755).map_err(|e| input(&e))?;
@@ -467,29 +437,6 @@ pub fn collect_outputs(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_input_drive_carries_every_source_of_cmbuild_offload() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest-image/offload/src");
-        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| format!("src/{}", e.unwrap().file_name().to_string_lossy()))
-            .collect();
-        on_disk.sort();
-        let carried: Vec<&str> = OFFLOAD_FILES
-            .iter()
-            .map(|(p, _)| *p)
-            .filter(|p| p.starts_with("src/"))
-            .collect();
-        assert_eq!(
-            carried,
-            on_disk,
-            "OFFLOAD_FILES must list every file of {}",
-            dir.display()
-        );
-    }
-    use crate::project::{Profile, Selection};
 
     fn bins() -> Vec<PlannedBin> {
         vec![

@@ -416,18 +416,25 @@ pub fn run_release(
         max_mcycle: opts.machine.max_mcycle,
     };
     let blobs = crate::offload::blobs::BlobStore::open(job.work.path().join("offload-blobs"))?;
-    let offload = match inputs.parent_template.is_some() {
-        true => Some(prepare_offload(
-            opts, &job, &inputs, &blobs, &siblings, progress,
+    let tool = match inputs.parent_template.is_some() {
+        true => Some(obtain_offload_tool(
+            opts, &job, &inputs, &siblings, progress,
         )?),
         false => None,
+    };
+    let offload = match &tool {
+        Some(tool) => Some(prepare_offload(
+            opts, &job, &inputs, &blobs, tool, &siblings, progress,
+        )?),
+        None => None,
     };
     let results = run_machines(opts, &job, &inputs, &groups, offload.as_ref(), progress);
     if let Some(offload) = &offload {
         progress(Progress::Phase(offload.summary()));
     }
     progress(Progress::Phase("collecting artifacts".into()));
-    let (manifest, machine) = collect_release(opts, &job, &inputs, &groups, results)?;
+    let tool_cid = tool.as_ref().map(|t| t.cid);
+    let (manifest, machine) = collect_release(opts, &job, &inputs, &groups, results, tool_cid)?;
     let dir = publish(&job, &manifest, &machine)?;
     Ok(RunSummary {
         dir,
@@ -899,6 +906,8 @@ pub struct OffloadRun<'a> {
     pub known: Vec<cmbuild_store::sha256::Sha256>,
     /// The platform properties of every job's action.
     pub platform: crate::offload::job::Platform,
+    /// `cmbuild-offload`, on every parent's and sibling's input drive.
+    pub tool: &'a crate::offload::tool::Tool,
 }
 
 impl OffloadRun<'_> {
@@ -953,12 +962,48 @@ impl crate::offload::service::SiblingRunner for Siblings<'_> {
         }
         console.extend(machine.drain_console());
         Ok(crate::offload::service::SiblingRun {
-            console_tail: crate::terminal::sanitize_bytes(&console[console.len().saturating_sub(4096)..]),
+            console_tail: crate::terminal::sanitize_bytes(
+                &console[console.len().saturating_sub(4096)..],
+            ),
             output_drive: drive_bytes(&machine, Drive::Output).to_vec(),
             cycles: machine.mcycle() - start,
             root_hash: machine.root_hash(),
         })
     }
+}
+
+/// `cmbuild-offload` for the run's template: from the mirror, or compiled now in a machine
+/// resumed from the template (once per template and source).
+pub fn obtain_offload_tool(
+    opts: &RunOptions,
+    job: &ReleaseJob,
+    inputs: &ReleaseInputs,
+    siblings: &Siblings<'_>,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<crate::offload::tool::Tool, RunError> {
+    let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
+    let started = std::time::Instant::now();
+    let scratch = job.work.path().join("offload-tool");
+    std::fs::create_dir_all(&scratch)?;
+    let tool = crate::offload::tool::obtain(
+        &mirror,
+        &inputs.template.record.root_hash,
+        siblings,
+        &scratch,
+    )
+    .map_err(|e| RunError::Offload(crate::terminal::error_chain(&e)))?;
+    progress(Progress::Phase(format!(
+        "offload: cmbuild-offload {} ({} bytes, {} in {:.1?})",
+        tool.cid,
+        tool.bytes.len(),
+        if tool.built {
+            "compiled in a machine of the template"
+        } else {
+            "from the mirror"
+        },
+        started.elapsed()
+    )));
+    Ok(tool)
 }
 
 /// Sets up an offloaded run: every file of the source and vendor archives goes into the
@@ -969,6 +1014,7 @@ pub fn prepare_offload<'a>(
     job: &ReleaseJob,
     inputs: &ReleaseInputs,
     blobs: &'a crate::offload::blobs::BlobStore,
+    tool: &'a crate::offload::tool::Tool,
     siblings: &'a Siblings<'a>,
     progress: &'a (dyn Fn(Progress) + Sync),
 ) -> Result<OffloadRun<'a>, RunError> {
@@ -989,6 +1035,7 @@ pub fn prepare_offload<'a>(
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
     let mut service = crate::offload::service::Service::new(
         blobs,
+        &tool.bytes,
         Some(crate::offload::cache::ActionCache::new(mirror)),
         siblings,
         opts.jobs,
@@ -1023,7 +1070,9 @@ pub fn prepare_offload<'a>(
             latency: OFFLOAD_LATENCY,
             scheme: HASH_SCHEME.to_owned(),
             template: inputs.template.record.root_hash.clone(),
+            tool: tool.sha256,
         },
+        tool,
     })
 }
 
@@ -1070,12 +1119,13 @@ pub fn run_machines(
                     .as_ref()
                     .and(inputs.floor_image.as_ref())
                     .map(|image| image.bytes.clone());
-                let result = plan::build_input_drive(
+                let result = plan::build_input_drive_with(
                     &group_plan,
                     &job.source_tar,
                     &inputs.vendor_tar,
                     plan::GUEST_CARGO_CONFIG,
                     floor.as_ref(),
+                    offload.map(|o| o.tool.bytes.as_slice()),
                 )
                 .map_err(RunError::from)
                 .and_then(|input| {
@@ -1107,6 +1157,7 @@ pub fn collect_release(
     inputs: &ReleaseInputs,
     groups: &[Vec<Triple>],
     results: BTreeMap<usize, MachineResult>,
+    offload_tool: Option<Cid>,
 ) -> Result<(Manifest, MachineRecord), RunError> {
     let staging = job.work.path().join("out");
     std::fs::create_dir(&staging)?;
@@ -1216,7 +1267,9 @@ pub fn collect_release(
         offload: inputs
             .parent_template
             .as_ref()
-            .map(|t| crate::manifest::OffloadUse {
+            .zip(offload_tool)
+            .map(|(t, tool)| crate::manifest::OffloadUse {
+                tool,
                 latency: OFFLOAD_LATENCY,
                 parent_template: crate::manifest::TemplateUse {
                     hash: t.record.root_hash.clone(),

@@ -200,6 +200,8 @@ pub struct Platform {
     pub scheme: String,
     /// The template siblings resume from (its root hash).
     pub template: String,
+    /// `cmbuild-offload`'s digest (the sibling's `run-job`).
+    pub tool: Sha256,
 }
 
 impl Job {
@@ -359,6 +361,7 @@ mod tests {
             latency: 1 << 28,
             scheme: "cmvm-sha256-v1".into(),
             template: "cmvm-sha256-v1:00".into(),
+            tool: Sha256::of(b"tool"),
         }
     }
 
@@ -382,6 +385,9 @@ mod tests {
         let mut other = platform();
         other.template = "cmvm-sha256-v1:01".into();
         assert_ne!(base, job.action_digest(&other));
+        let mut tool = platform();
+        tool.tool = Sha256::of(b"another tool");
+        assert_ne!(base, job.action_digest(&tool));
         let mut changed = sample();
         changed.inputs[1].sha256 = Sha256::of(b"pub fn g() {}");
         assert_ne!(base, changed.action_digest(&platform()));

@@ -11,4 +11,5 @@ pub mod link;
 pub mod parent;
 pub mod service;
 pub mod sibling;
+pub mod tool;
 pub mod wire;

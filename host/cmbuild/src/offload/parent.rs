@@ -223,6 +223,7 @@ mod tests {
             latency: L,
             scheme: "cmvm-sha256-v1".into(),
             template: "cmvm-sha256-v1:00".into(),
+            tool: Sha256::of(b"tool"),
         }
     }
 

@@ -95,6 +95,7 @@ impl Drop for PermitGuard<'_> {
 /// The run's job service.
 pub struct Service<'a> {
     blobs: &'a BlobStore,
+    tool: &'a [u8],
     cache: Option<ActionCache>,
     runner: &'a dyn SiblingRunner,
     permits: Permits,
@@ -112,6 +113,7 @@ impl<'a> Service<'a> {
     /// runs), unpacking output drives under `scratch`.
     pub fn new(
         blobs: &'a BlobStore,
+        tool: &'a [u8],
         cache: Option<ActionCache>,
         runner: &'a dyn SiblingRunner,
         jobs: usize,
@@ -119,6 +121,7 @@ impl<'a> Service<'a> {
     ) -> Service<'a> {
         Service {
             blobs,
+            tool,
             cache,
             runner,
             permits: Permits {
@@ -149,7 +152,8 @@ impl<'a> Service<'a> {
                 }
             }
         }
-        let drive = sibling::input_drive(&dispatch.job, self.blobs).map_err(ServiceError::Drive)?;
+        let drive = sibling::input_drive(&dispatch.job, self.blobs, self.tool)
+            .map_err(ServiceError::Drive)?;
         let run = {
             let _permit = self.permits.take();
             self.runner.run(drive).map_err(ServiceError::Sibling)?
@@ -259,6 +263,7 @@ mod tests {
             latency: 1,
             scheme: "cmvm-sha256-v1".into(),
             template: "cmvm-sha256-v1:00".into(),
+            tool: Sha256::of(b"tool"),
         };
         Dispatch {
             tag: 1,
@@ -276,6 +281,7 @@ mod tests {
         let runner = fake(false);
         let service = Service::new(
             &blobs,
+            b"tool",
             Some(cache.clone()),
             &runner,
             2,
@@ -319,7 +325,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
         let runner = fake(false);
-        let service = Service::new(&blobs, None, &runner, 2, dir.path().join("scratch"));
+        let service = Service::new(
+            &blobs,
+            b"tool",
+            None,
+            &runner,
+            2,
+            dir.path().join("scratch"),
+        );
         let jobs: Vec<Dispatch> = (0..8)
             .map(|i| dispatch(&blobs, &format!("fn f{i}() {{}}")))
             .collect();
@@ -339,7 +352,14 @@ mod tests {
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
         let cache = ActionCache::new(Mirror::open(dir.path().join("mirror")).unwrap());
         let runner = fake(true);
-        let service = Service::new(&blobs, Some(cache), &runner, 1, dir.path().join("scratch"));
+        let service = Service::new(
+            &blobs,
+            b"tool",
+            Some(cache),
+            &runner,
+            1,
+            dir.path().join("scratch"),
+        );
         let job = dispatch(&blobs, "pub fn a() {}");
         let first = service.compute(&job).unwrap();
         assert!(matches!(first.response, Response::Error(_)), "{first:?}");

@@ -39,9 +39,10 @@ pub enum SiblingError {
     Result(#[from] WireError),
 }
 
-/// The sibling's input drive for `job`: `plan.env` ([`PLAN_ENV`]), `entry.sh`, `job.json` and
-/// every input under `root/`, from `blobs` (each checked against its digest as read).
-pub fn input_drive(job: &Job, blobs: &BlobStore) -> Result<Vec<u8>, SiblingError> {
+/// The sibling's input drive for `job`: `plan.env` ([`PLAN_ENV`]), `entry.sh`, `job.json`,
+/// `cmbuild-offload` (the binary `tool`, which runs the job) and every input under
+/// `root/`, from `blobs` (each checked against its digest as read).
+pub fn input_drive(job: &Job, blobs: &BlobStore, tool: &[u8]) -> Result<Vec<u8>, SiblingError> {
     let layout = |e: &dyn std::fmt::Display| SiblingError::Layout(e.to_string());
     let mut tree = Tree::new();
     tree.add_file("plan.env", 0o644, PLAN_ENV.as_bytes().to_vec())
@@ -51,6 +52,8 @@ pub fn input_drive(job: &Job, blobs: &BlobStore) -> Result<Vec<u8>, SiblingError
     let mut line = job.canonical_json();
     line.push(b'\n');
     tree.add_file("job.json", 0o644, line)
+        .map_err(|e| layout(&e))?;
+    tree.add_file("cmbuild-offload", 0o755, tool.to_vec())
         .map_err(|e| layout(&e))?;
     for input in &job.inputs {
         let bytes = blobs.get(&input.sha256)?;
@@ -111,7 +114,7 @@ mod tests {
             cwd: GuestPath::new("/build/vendor/a-1.0.0").unwrap(),
             env: BTreeMap::from([("CARGO_PKG_NAME".into(), "a".into())]),
             inputs: vec![
-                input("/build/offload/cmbuild-offload", b"\x7fELF...", true),
+                input("/build/src/build.rs", b"fn main() {}\n", true),
                 input(
                     "/build/vendor/a-1.0.0/src/lib.rs",
                     b"pub fn a() {}\n",
@@ -127,10 +130,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
         let job = job(&blobs);
-        let drive = input_drive(&job, &blobs).unwrap();
+        let drive = input_drive(&job, &blobs, b"tool").unwrap();
         assert_eq!(
             drive,
-            input_drive(&job, &blobs).unwrap(),
+            input_drive(&job, &blobs, b"tool").unwrap(),
             "a function of the job"
         );
         let x = crate::plan::extract_input_drive(&drive);
@@ -158,7 +161,7 @@ mod tests {
         let mut lacking = job.clone();
         lacking.inputs[1].sha256 = Sha256::of(b"never stored");
         assert!(matches!(
-            input_drive(&lacking, &blobs),
+            input_drive(&lacking, &blobs, b"tool"),
             Err(SiblingError::Blob(_))
         ));
     }

@@ -331,7 +331,8 @@ impl RxFrame {
         }
         if to > 16 {
             let b = &self.body[from.max(16) as usize - 16..to as usize - 16];
-            dma.write(pa + (16u64.saturating_sub(from)), b).ok_or(Broken)?;
+            dma.write(pa + (16u64.saturating_sub(from)), b)
+                .ok_or(Broken)?;
         }
         self.sent = to;
         Ok(())
@@ -592,7 +593,9 @@ impl VirtioConsole {
 
     fn control_tx(&mut self, dma: &mut Dma<'_>) -> Result<(), Broken> {
         let mut messages = Vec::new();
-        self.drain_tx(CONTROL_TX, dma, |_, bytes| messages.extend_from_slice(bytes))?;
+        self.drain_tx(CONTROL_TX, dma, |_, bytes| {
+            messages.extend_from_slice(bytes)
+        })?;
         // One message per chain in practice; take the stream 8 bytes at a time.
         for m in messages.chunks_exact(8) {
             let id = u32::from_le_bytes(m[0..4].try_into().expect("4 bytes"));
@@ -703,11 +706,7 @@ impl VirtioConsole {
 
     /// Streams refusals and delivered responses into port 1's receive buffers while the
     /// port is open.
-    fn fill_port1(
-        &mut self,
-        core: &mut OffloadChannel,
-        dma: &mut Dma<'_>,
-    ) -> Result<(), Broken> {
+    fn fill_port1(&mut self, core: &mut OffloadChannel, dma: &mut Dma<'_>) -> Result<(), Broken> {
         let q = PORT1_RX;
         if !self.port_open || !self.queues[q].usable() {
             return Ok(());
@@ -851,7 +850,8 @@ impl VirtioConsole {
             return Err(invalid("virtio control messages"));
         }
         for _ in 0..control {
-            d.control.push_back(get_bytes(r, 64, "virtio control message")?);
+            d.control
+                .push_back(get_bytes(r, 64, "virtio control message")?);
         }
         d.tx = get_bytes(r, 16 + MAX_REQUEST, "virtio transmit frame")?;
         if d.tx.len() >= 16 {
