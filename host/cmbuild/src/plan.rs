@@ -437,6 +437,7 @@ pub fn collect_outputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::project::{Profile, Selection};
 
     fn bins() -> Vec<PlannedBin> {
         vec![
@@ -571,16 +572,31 @@ mod tests {
         plan.offload = true;
         let env = plan.to_env();
         assert!(env.ends_with(OFFLOAD_ENV), "{env}");
-        let drive = build_input_drive(&plan, &source, &vendor, GUEST_CARGO_CONFIG, None).unwrap();
+        assert!(build_input_drive(&plan, &source, &vendor, GUEST_CARGO_CONFIG, None).is_err());
+        let tool = b"\x7fELF a riscv64 binary";
+        let drive = build_input_drive_with(
+            &plan,
+            &source,
+            &vendor,
+            GUEST_CARGO_CONFIG,
+            None,
+            Some(tool),
+        )
+        .unwrap();
         assert_ne!(drive, plain);
         let extracted = extract_input_drive(&drive);
         let out = extracted.path().join("x");
-        for (path, text) in OFFLOAD_FILES {
-            assert_eq!(
-                std::fs::read(out.join("offload").join(path)).unwrap(),
-                text.as_bytes()
-            );
-        }
+        assert_eq!(
+            std::fs::read(out.join("offload/setup.sh")).unwrap(),
+            OFFLOAD_SETUP.as_bytes()
+        );
+        let binary = out.join("offload/cmbuild-offload");
+        assert_eq!(std::fs::read(&binary).unwrap(), tool);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(binary).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
         let plain = extract_input_drive(&plain);
         assert!(!plain.path().join("x/offload").exists());
     }

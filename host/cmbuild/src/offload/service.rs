@@ -92,6 +92,9 @@ impl Drop for PermitGuard<'_> {
     }
 }
 
+/// What [`Service::on_failed`] is called with: the job, why, and its sibling's console's end.
+pub type OnFailed<'a> = dyn Fn(&super::job::Job, &str, &str) + Sync + 'a;
+
 /// The run's job service.
 pub struct Service<'a> {
     blobs: &'a BlobStore,
@@ -105,7 +108,7 @@ pub struct Service<'a> {
     /// Called with each refused cache entry's reason (a warning for the user).
     pub on_refused: Box<dyn Fn(&str) + Sync + 'a>,
     /// Called with each job whose sibling gave no result: why, and its console's end.
-    pub on_failed: Box<dyn Fn(&super::job::Job, &str, &str) + Sync + 'a>,
+    pub on_failed: Box<OnFailed<'a>>,
 }
 
 impl<'a> Service<'a> {
