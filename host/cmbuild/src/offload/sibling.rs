@@ -148,9 +148,15 @@ mod tests {
         let lib = x.join("root/build/vendor/a-1.0.0/src/lib.rs");
         assert_eq!(std::fs::read(&lib).unwrap(), b"pub fn a() {}\n");
         use std::os::unix::fs::PermissionsExt;
-        let tool = x.join("root/build/offload/cmbuild-offload");
+        let tool = x.join("cmbuild-offload");
+        assert_eq!(std::fs::read(&tool).unwrap(), b"tool");
         assert_eq!(
             std::fs::metadata(tool).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        let exec = x.join("root/build/src/build.rs");
+        assert_eq!(
+            std::fs::metadata(exec).unwrap().permissions().mode() & 0o777,
             0o755
         );
         assert_eq!(
