@@ -2,8 +2,9 @@
 //! and sees the answer at an `mcycle` the host names, never at one the host's timing picks.
 //!
 //! An optional device ([`crate::machine::MachineConfig::offload`]); the default board has
-//! none, so its state hashes are unchanged. The design, and what a virtio-console transport
-//! would add on top of the same timing core, is `docs/parallel-builds.md`.
+//! none, so its state hashes are unchanged. The design is `docs/parallel-builds.md`. The
+//! guest reaches it through the registers below or, on a board configured so, through a
+//! virtio console ([`super::virtio_console`]) over the same timing core.
 //!
 //! # Timing (the whole point)
 //! A request submitted by a store that retires at `mcycle` `T - 1` is *submitted at* `T`.
