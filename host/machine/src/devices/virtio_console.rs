@@ -258,7 +258,7 @@ impl Queue {
     /// The next available chain, if any (`Err` if the ring breaks the rules).
     fn pop(&mut self, dma: &Dma<'_>) -> Result<Option<Chain>, Broken> {
         let num = self.num as u64;
-        let avail_idx = dma.read_u16(self.driver + 2).ok_or(Broken)?;
+        let avail_idx = dma.read_u16(self.driver.wrapping_add(2)).ok_or(Broken)?;
         let waiting = avail_idx.wrapping_sub(self.last_avail);
         if waiting == 0 {
             return Ok(None);
@@ -267,14 +267,18 @@ impl Queue {
             return Err(Broken);
         }
         let slot = self.last_avail as u64 % num;
-        let head = dma.read_u16(self.driver + 4 + 2 * slot).ok_or(Broken)?;
+        let head = dma
+            .read_u16(self.driver.wrapping_add(4 + 2 * slot))
+            .ok_or(Broken)?;
         let mut buffers = Vec::new();
         let mut index = head;
         loop {
             if index as u64 >= num || buffers.len() as u64 >= num {
                 return Err(Broken);
             }
-            let d = dma.read(self.desc + 16 * index as u64, 16).ok_or(Broken)?;
+            let d = dma
+                .read(self.desc.wrapping_add(16 * index as u64), 16)
+                .ok_or(Broken)?;
             let addr = u64::from_le_bytes(d[0..8].try_into().expect("8 bytes"));
             let len = u32::from_le_bytes(d[8..12].try_into().expect("4 bytes"));
             let flags = u16::from_le_bytes(d[12..14].try_into().expect("2 bytes"));
@@ -298,9 +302,10 @@ impl Queue {
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&(head as u32).to_le_bytes());
         elem[4..].copy_from_slice(&written.to_le_bytes());
-        dma.write(self.device + 4 + 8 * slot, &elem).ok_or(Broken)?;
+        dma.write(self.device.wrapping_add(4 + 8 * slot), &elem)
+            .ok_or(Broken)?;
         self.used_idx = self.used_idx.wrapping_add(1);
-        dma.write(self.device + 2, &self.used_idx.to_le_bytes())
+        dma.write(self.device.wrapping_add(2), &self.used_idx.to_le_bytes())
             .ok_or(Broken)
     }
 }
