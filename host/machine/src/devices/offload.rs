@@ -756,9 +756,12 @@ impl Device for OffloadChannel {
     }
 
     fn read(&mut self, offset: u64, size: u32, _cx: &mut MmioContext<'_>) -> Option<u64> {
-        OffloadChannel::read(self, offset, size)
+        self.mmio_read(offset, size)
     }
 
+    /// The register interface only: the virtio transport's stores reach guest RAM, which
+    /// [`MmioContext`] does not carry (the bus calls `mmio_write` for both), so they fault
+    /// here.
     fn write(
         &mut self,
         offset: u64,
@@ -766,6 +769,9 @@ impl Device for OffloadChannel {
         value: u64,
         cx: &mut MmioContext<'_>,
     ) -> Option<()> {
+        if self.is_virtio() {
+            return None;
+        }
         OffloadChannel::write(self, offset, size, value, cx.mcycle)
     }
 
