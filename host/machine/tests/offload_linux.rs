@@ -198,6 +198,16 @@ fn linux_talks_to_the_host_through_the_virtio_console_deterministically() {
         );
     }
     assert!(!text.contains("failed"), "console tail:\n{tail}");
+    // No oops, no warning from the drivers.
+    for bad in ["Call Trace", "WARNING", "virtio_mmio: probe", "Error"] {
+        assert!(!text.contains(bad), "{bad:?} in the console:\n{text}");
+    }
+    for line in text
+        .lines()
+        .filter(|l| l.contains("virtio") || l.contains("vport"))
+    {
+        eprintln!("guest: {line}");
+    }
     // Both frames went in one write, so one QueueNotify submitted both.
     let r = &reference.requests;
     assert_eq!(r.len(), 2);
