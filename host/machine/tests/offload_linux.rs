@@ -1,9 +1,9 @@
 //! The offload channel's virtio-console transport driven by Debian's stock kernel: the
 //! initramfs of `scripts/boot-test-inputs` (`BOOT_TEST_INITRAMFS_OFFLOAD`) loads
 //! `virtio_mmio`, waits for `/dev/vport0p1` and its name, writes the frames `tag 7,
-//! length 5, "hello"` and `tag 8, length 5, "world"` to the port in one write, reads the
-//! two answer frames back (the second spans three receive buffers), prints them and
-//! powers off.
+//! length 5, "hello"`, `tag 8, ..."world"` and `tag 9, ..."large"` to the port in one
+//! write, reads the answer frames back (the second spans three receive buffers, the third
+//! is 1 MiB, read in 4 KiB blocks), prints them (the last as its SHA-256) and powers off.
 //! The host answers with [`Machine::offload_answer`] some cycles after the earliest.
 //!
 //! Every way of running must end in the same console, `mcycle`, state hash and journal:
@@ -53,12 +53,22 @@ fn answer_for(m: &Machine, tag: u64) -> Answer {
     }
 }
 
-/// The answer's bytes: a line naming the request, and for tag 8 a tail of 10000 bytes, so
-/// that the frame spans three of Linux's 4 KiB receive buffers.
+/// The length of the answer to tag 9.
+const LARGE: usize = 1 << 20;
+
+/// The answer's bytes: a line naming the request; for tag 8 a tail of 10000 bytes, so that
+/// the frame spans three of Linux's 4 KiB receive buffers; tag 9's is 1 MiB (more than the
+/// 128 receive buffers the driver posts at once).
 fn response(tag: u64, request: &[u8]) -> Vec<u8> {
     let mut r = format!("answer {tag} to {}\n", String::from_utf8_lossy(request)).into_bytes();
     if tag == 8 {
         r.extend((0..10_000u32).map(|i| (i * 7 % 251) as u8));
+    }
+    if tag == 9 {
+        r.resize(LARGE, 0);
+        for (i, b) in r.iter_mut().enumerate().skip(32) {
+            *b = (i % 253) as u8;
+        }
     }
     r
 }
@@ -117,12 +127,12 @@ fn drive(cfg: &MachineConfig, p: Policy) -> Outcome {
                     let a = answer_for(&m, tag);
                     m.offload_answer(tag, a).unwrap();
                 }
-                if snapshot == Snapshot::AfterAnswer && tag == 8 {
+                if snapshot == Snapshot::AfterAnswer && tag == 9 {
                     snapshot = Snapshot::None;
                     m = reload(m, cfg, p.jit);
                     // The answers were not state: give them again.
                     let tags: Vec<u64> = m.offload().unwrap().unanswered().collect();
-                    assert_eq!(tags, [7, 8]);
+                    assert_eq!(tags, [7, 8, 9]);
                     for tag in tags {
                         let a = answer_for(&m, tag);
                         m.offload_answer(tag, a).unwrap();
@@ -176,10 +186,13 @@ fn linux_talks_to_the_host_through_the_virtio_console_deterministically() {
         .join("\n");
     assert_eq!(reference.brk, Break::Halted(0), "console tail:\n{tail}");
     let big = response(8, b"world");
-    let big_hex: String = Sha256::digest(&big)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = |bytes: &[u8]| -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let big_hex = hex(&big);
     for marker in [
         "cmbuild-offload-test: init reached".to_owned(),
         "cmbuild-offload-test: port vport0p1 named cmbuild.offload".to_owned(),
@@ -190,6 +203,10 @@ fn linux_talks_to_the_host_through_the_virtio_console_deterministically() {
             big.len()
         ),
         format!("cmbuild-offload-test: answer sha256 {big_hex}"),
+        format!(
+            "cmbuild-offload-test: large answer length {LARGE} sha256 {}",
+            hex(&response(9, b"large"))
+        ),
         "reboot: Power down".to_owned(),
     ] {
         assert!(
@@ -204,16 +221,17 @@ fn linux_talks_to_the_host_through_the_virtio_console_deterministically() {
     }
     for line in text
         .lines()
-        .filter(|l| l.contains("virtio") || l.contains("vport"))
+        .filter(|l| l.contains("virtio") || l.contains("vport") || l.contains("uptime"))
     {
         eprintln!("guest: {line}");
     }
-    // Both frames went in one write, so one QueueNotify submitted both.
+    // The frames went in one write, so one QueueNotify submitted them all.
     let r = &reference.requests;
-    assert_eq!(r.len(), 2);
+    assert_eq!(r.len(), 3);
     assert_eq!((r[0].0, r[0].2.as_slice()), (7, &b"hello"[..]));
     assert_eq!((r[1].0, r[1].2.as_slice()), (8, &b"world"[..]));
-    assert_eq!(r[0].1, r[1].1);
+    assert_eq!((r[2].0, r[2].2.as_slice()), (9, &b"large"[..]));
+    assert!(r.iter().all(|x| x.1 == r[0].1));
     assert_ne!(reference.journal, [0; 32]);
 
     for policy in [
