@@ -634,6 +634,61 @@ mod tests {
         assert_ne!(before, m2.root_hash());
     }
 
+    /// Devices write guest RAM through [`crate::devices::virtio_console::Dma`]; the hart
+    /// must not run what it decoded or translated from there before.
+    #[test]
+    fn code_a_device_rewrites_is_not_run_stale() {
+        // _start: li s0, 0; li s1, 200
+        // 1: call f; addi s0, s0, 1; blt s0, s1, 1b   (f is hot: decoded and translated)
+        //    lla t2, flag
+        // 2: ld t1, 0(t2); beqz t1, 2b                 (spin until the host says so)
+        //    call f; halt with its result (HTIF tohost = a0 << 1 | 1); 3: j 3b
+        // f (at +0x40): li a0, 1; ret.  flag (at +0x80): .dword 0
+        let words: [u32; 18] = [
+            0x0493_4401,
+            0x0097_0c80,
+            0x80e7_0000,
+            0x0405_03a0,
+            0xfe94_4be3,
+            0x0000_0397,
+            0x06c3_8393,
+            0x0003_b303,
+            0xfe03_0ee3,
+            0x0000_0097,
+            0x01c0_80e7,
+            0x6513_0506,
+            0x82b7_0015,
+            0xb023_4000,
+            0xa001_00a2,
+            0x0000_0013,
+            0x8082_4505,
+            0x0000_0013,
+        ];
+        let mut image: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        image.resize(0x88, 0);
+        let run = |jit: bool| {
+            let mut m = Machine::new(&MachineConfig {
+                ram_length: 1 << 20,
+                ram_image: Some(image.clone()),
+                ..MachineConfig::default()
+            })
+            .unwrap();
+            m.hart.set_jit(jit);
+            assert_eq!(m.run(20_000), Break::MaxMcycle);
+            let mut dma = crate::devices::virtio_console::Dma {
+                ram: &mut m.bus.ram,
+                log: &mut m.bus.dma_log,
+            };
+            // f becomes `li a0, 2` (c.li), and the flag is raised.
+            dma.write(RAM_BASE + 0x40, &0x4509u16.to_le_bytes())
+                .unwrap();
+            dma.write(RAM_BASE + 0x80, &1u64.to_le_bytes()).unwrap();
+            assert_eq!(m.run(40_000), Break::Halted(2), "jit {jit}");
+            (m.mcycle(), m.root_hash())
+        };
+        assert_eq!(run(true), run(false));
+    }
+
     #[test]
     fn taking_the_images_builds_the_same_machine_as_copying_them() {
         let mut cfg = config("x");

@@ -2,8 +2,9 @@
 //! and sees the answer at an `mcycle` the host names, never at one the host's timing picks.
 //!
 //! An optional device ([`crate::machine::MachineConfig::offload`]); the default board has
-//! none, so its state hashes are unchanged. The design, and what a virtio-console transport
-//! would add on top of the same timing core, is `docs/parallel-builds.md`.
+//! none, so its state hashes are unchanged. The design is `docs/parallel-builds.md`. The
+//! guest reaches it through the registers below or, on a board configured so, through a
+//! virtio console ([`super::virtio_console`]) over the same timing core.
 //!
 //! # Timing (the whole point)
 //! A request submitted by a store that retires at `mcycle` `T - 1` is *submitted at* `T`.
@@ -755,9 +756,12 @@ impl Device for OffloadChannel {
     }
 
     fn read(&mut self, offset: u64, size: u32, _cx: &mut MmioContext<'_>) -> Option<u64> {
-        OffloadChannel::read(self, offset, size)
+        self.mmio_read(offset, size)
     }
 
+    /// The register interface only: the virtio transport's stores reach guest RAM, which
+    /// [`MmioContext`] does not carry (the bus calls `mmio_write` for both), so they fault
+    /// here.
     fn write(
         &mut self,
         offset: u64,
@@ -765,6 +769,9 @@ impl Device for OffloadChannel {
         value: u64,
         cx: &mut MmioContext<'_>,
     ) -> Option<()> {
+        if self.is_virtio() {
+            return None;
+        }
         OffloadChannel::write(self, offset, size, value, cx.mcycle)
     }
 

@@ -258,7 +258,7 @@ impl Queue {
     /// The next available chain, if any (`Err` if the ring breaks the rules).
     fn pop(&mut self, dma: &Dma<'_>) -> Result<Option<Chain>, Broken> {
         let num = self.num as u64;
-        let avail_idx = dma.read_u16(self.driver + 2).ok_or(Broken)?;
+        let avail_idx = dma.read_u16(self.driver.wrapping_add(2)).ok_or(Broken)?;
         let waiting = avail_idx.wrapping_sub(self.last_avail);
         if waiting == 0 {
             return Ok(None);
@@ -267,14 +267,18 @@ impl Queue {
             return Err(Broken);
         }
         let slot = self.last_avail as u64 % num;
-        let head = dma.read_u16(self.driver + 4 + 2 * slot).ok_or(Broken)?;
+        let head = dma
+            .read_u16(self.driver.wrapping_add(4 + 2 * slot))
+            .ok_or(Broken)?;
         let mut buffers = Vec::new();
         let mut index = head;
         loop {
             if index as u64 >= num || buffers.len() as u64 >= num {
                 return Err(Broken);
             }
-            let d = dma.read(self.desc + 16 * index as u64, 16).ok_or(Broken)?;
+            let d = dma
+                .read(self.desc.wrapping_add(16 * index as u64), 16)
+                .ok_or(Broken)?;
             let addr = u64::from_le_bytes(d[0..8].try_into().expect("8 bytes"));
             let len = u32::from_le_bytes(d[8..12].try_into().expect("4 bytes"));
             let flags = u16::from_le_bytes(d[12..14].try_into().expect("2 bytes"));
@@ -298,9 +302,10 @@ impl Queue {
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&(head as u32).to_le_bytes());
         elem[4..].copy_from_slice(&written.to_le_bytes());
-        dma.write(self.device + 4 + 8 * slot, &elem).ok_or(Broken)?;
+        dma.write(self.device.wrapping_add(4 + 8 * slot), &elem)
+            .ok_or(Broken)?;
         self.used_idx = self.used_idx.wrapping_add(1);
-        dma.write(self.device + 2, &self.used_idx.to_le_bytes())
+        dma.write(self.device.wrapping_add(2), &self.used_idx.to_le_bytes())
             .ok_or(Broken)
     }
 }
@@ -950,4 +955,538 @@ pub(crate) fn page_pieces(off: u64, len: u64) -> impl Iterator<Item = (u64, u32)
         at = page_end.min(end);
         Some(piece)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::offload::{Answer, MAX_JOBS};
+    use super::*;
+
+    const RAM: u64 = 4 << 20;
+    const NUM: u32 = 8;
+
+    /// A driver doing what Linux's virtio_mmio and virtio_console do, by hand.
+    struct Driver {
+        core: OffloadChannel,
+        ram: MemRange,
+        log: Vec<(u64, u64)>,
+        mcycle: u64,
+        /// Next free descriptor and avail index per queue.
+        next_desc: [u16; QUEUES],
+        avail_idx: [u16; QUEUES],
+        seen_used: [u16; QUEUES],
+        next_buf: u64,
+    }
+
+    fn ring(q: usize) -> (u64, u64, u64) {
+        let base = RAM_BASE + 0x10_0000 + q as u64 * 0x1000;
+        (base, base + 0x800, base + 0xc00)
+    }
+
+    impl Driver {
+        fn new() -> Self {
+            Self {
+                core: OffloadChannel::new_virtio(100),
+                ram: MemRange::new(RAM_BASE, RAM),
+                log: Vec::new(),
+                mcycle: 1000,
+                next_desc: [0; QUEUES],
+                avail_idx: [0; QUEUES],
+                seen_used: [0; QUEUES],
+                next_buf: RAM_BASE + 0x20_0000,
+            }
+        }
+
+        fn w(&mut self, offset: u64, value: u32) {
+            let mut dma = Dma {
+                ram: &mut self.ram,
+                log: &mut self.log,
+            };
+            self.mcycle += 1;
+            let mcycle = self.mcycle;
+            self.core
+                .mmio_write(offset, 4, value as u64, mcycle, &mut dma)
+                .expect("register store");
+        }
+
+        fn r(&mut self, offset: u64) -> u32 {
+            self.core.mmio_read(offset, 4).expect("register load") as u32
+        }
+
+        fn v(&self) -> &VirtioConsole {
+            self.core.virtio().unwrap()
+        }
+
+        fn probe(&mut self) {
+            assert_eq!(self.r(reg::MAGIC), MAGIC);
+            assert_eq!(self.r(reg::VERSION), 2);
+            assert_eq!(self.r(reg::DEVICE_ID), 3);
+            self.w(reg::STATUS, 0);
+            self.w(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+            self.w(reg::DEVICE_FEATURES_SEL, 1);
+            assert_eq!(self.r(reg::DEVICE_FEATURES), 1);
+            self.w(reg::DEVICE_FEATURES_SEL, 0);
+            assert_eq!(self.r(reg::DEVICE_FEATURES), 2);
+            self.w(reg::DRIVER_FEATURES_SEL, 1);
+            self.w(reg::DRIVER_FEATURES, 1);
+            self.w(reg::DRIVER_FEATURES_SEL, 0);
+            self.w(reg::DRIVER_FEATURES, 2);
+            self.w(
+                reg::STATUS,
+                status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+            );
+            assert_ne!(self.r(reg::STATUS) & status::FEATURES_OK, 0);
+            assert_eq!(
+                self.core.mmio_read(reg::CONFIG + 4, 4),
+                Some(2),
+                "max_nr_ports"
+            );
+            for q in 0..QUEUES {
+                let (desc, driver, device) = ring(q);
+                self.w(reg::QUEUE_SEL, q as u32);
+                assert_eq!(self.r(reg::QUEUE_READY), 0);
+                assert_eq!(self.r(reg::QUEUE_NUM_MAX), QUEUE_NUM_MAX);
+                self.w(reg::QUEUE_NUM, NUM);
+                self.w(reg::QUEUE_DESC_LOW, desc as u32);
+                self.w(reg::QUEUE_DESC_HIGH, (desc >> 32) as u32);
+                self.w(reg::QUEUE_DRIVER_LOW, driver as u32);
+                self.w(reg::QUEUE_DRIVER_HIGH, 0);
+                self.w(reg::QUEUE_DEVICE_LOW, device as u32);
+                self.w(reg::QUEUE_DEVICE_HIGH, 0);
+                self.w(reg::QUEUE_READY, 1);
+                assert_eq!(self.r(reg::QUEUE_READY), 1);
+            }
+            self.w(reg::QUEUE_SEL, QUEUES as u32);
+            assert_eq!(self.r(reg::QUEUE_NUM_MAX), 0);
+            self.w(
+                reg::STATUS,
+                status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+            );
+        }
+
+        fn buffer(&mut self, len: u32) -> u64 {
+            let at = self.next_buf;
+            self.next_buf += (len as u64).next_multiple_of(64);
+            at
+        }
+
+        /// Posts a chain of buffers (address, length, writable) on queue `q`; returns
+        /// the head.
+        fn post(&mut self, q: usize, buffers: &[(u64, u32, bool)]) -> u16 {
+            let (desc, driver, _) = ring(q);
+            let head = self.next_desc[q];
+            for (i, &(addr, len, writable)) in buffers.iter().enumerate() {
+                let index = (head + i as u16) % NUM as u16;
+                let mut d = [0u8; 16];
+                d[..8].copy_from_slice(&addr.to_le_bytes());
+                d[8..12].copy_from_slice(&len.to_le_bytes());
+                let last = i + 1 == buffers.len();
+                let flags =
+                    if last { 0 } else { DESC_NEXT } | if writable { DESC_WRITE } else { 0 };
+                d[12..14].copy_from_slice(&flags.to_le_bytes());
+                d[14..16].copy_from_slice(&((index + 1) % NUM as u16).to_le_bytes());
+                self.ram
+                    .write_bytes(desc - RAM_BASE + 16 * index as u64, &d);
+            }
+            self.next_desc[q] = (head + buffers.len() as u16) % NUM as u16;
+            let slot = self.avail_idx[q] % NUM as u16;
+            self.ram
+                .write_bytes(driver - RAM_BASE + 4 + 2 * slot as u64, &head.to_le_bytes());
+            self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
+            self.ram
+                .write_bytes(driver - RAM_BASE + 2, &self.avail_idx[q].to_le_bytes());
+            head
+        }
+
+        fn send(&mut self, q: usize, bytes: &[u8]) {
+            let at = self.buffer(bytes.len() as u32);
+            self.ram.write_bytes(at - RAM_BASE, bytes);
+            self.post(q, &[(at, bytes.len() as u32, false)]);
+            self.w(reg::QUEUE_NOTIFY, q as u32);
+        }
+
+        /// Used elements of queue `q` not seen yet: (head, length).
+        fn used(&mut self, q: usize) -> Vec<(u32, u32)> {
+            let (_, _, device) = ring(q);
+            let off = device - RAM_BASE;
+            let idx = u16::from_le_bytes(
+                self.ram.bytes()[off as usize + 2..][..2]
+                    .try_into()
+                    .unwrap(),
+            );
+            let mut out = Vec::new();
+            while self.seen_used[q] != idx {
+                let slot = (self.seen_used[q] % NUM as u16) as u64;
+                let e = &self.ram.bytes()[(off + 4 + 8 * slot) as usize..][..8];
+                out.push((
+                    u32::from_le_bytes(e[..4].try_into().unwrap()),
+                    u32::from_le_bytes(e[4..].try_into().unwrap()),
+                ));
+                self.seen_used[q] = self.seen_used[q].wrapping_add(1);
+            }
+            out
+        }
+
+        fn read(&self, pa: u64, len: u32) -> Vec<u8> {
+            self.ram.bytes()[(pa - RAM_BASE) as usize..][..len as usize].to_vec()
+        }
+
+        fn control(&mut self, id: u32, ev: u16, value: u16) {
+            self.send(CONTROL_TX, &control_message(id, ev, value, &[]));
+            assert_eq!(self.used(CONTROL_TX).len(), 1, "control message consumed");
+        }
+
+        fn deliver(&mut self, mcycle: u64) {
+            self.core.deliver_due(mcycle);
+            let mut dma = Dma {
+                ram: &mut self.ram,
+                log: &mut self.log,
+            };
+            self.core.pump(mcycle, &mut dma);
+        }
+
+        fn state(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            self.core.save_state(&mut out);
+            out
+        }
+    }
+
+    fn frame(tag: u64, body: &[u8]) -> Vec<u8> {
+        let mut f = tag.to_le_bytes().to_vec();
+        f.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    /// A driver past the handshake, port 1 named, announced open and opened.
+    fn connected() -> (Driver, Vec<(u64, u32)>) {
+        let mut d = Driver::new();
+        d.probe();
+        let control: Vec<(u64, u32)> = (0..4).map(|_| (d.buffer(64), 64)).collect();
+        for &(at, len) in &control {
+            d.post(CONTROL_RX, &[(at, len, true)]);
+        }
+        d.w(reg::QUEUE_NOTIFY, CONTROL_RX as u32);
+        assert!(d.used(CONTROL_RX).is_empty());
+        d.control(u32::MAX, event::DEVICE_READY, 1);
+        let got = d.used(CONTROL_RX);
+        assert_eq!(got, [(0, 8)]);
+        assert_eq!(
+            d.read(control[0].0, 8),
+            control_message(1, event::DEVICE_ADD, 0, &[])
+        );
+        d.control(1, event::PORT_READY, 1);
+        let got = d.used(CONTROL_RX);
+        assert_eq!(got, [(1, 8 + PORT_NAME.len() as u32), (2, 8)]);
+        assert_eq!(
+            d.read(control[1].0, 8 + PORT_NAME.len() as u32),
+            control_message(1, event::PORT_NAME, 0, b"cmbuild.offload")
+        );
+        assert_eq!(
+            d.read(control[2].0, 8),
+            control_message(1, event::PORT_OPEN, 1, &[])
+        );
+        assert!(d.v().interrupt_pending());
+        let pending = d.r(reg::INTERRUPT_STATUS);
+        d.w(reg::INTERRUPT_ACK, pending);
+        assert!(!d.core.interrupt_pending());
+        d.control(1, event::PORT_OPEN, 1);
+        assert!(d.v().port_open());
+        (d, control)
+    }
+
+    #[test]
+    fn frames_go_to_the_timing_core_and_answers_fill_the_posted_buffers() {
+        let (mut d, _) = connected();
+        // A frame in two pieces, the header split across two buffers of one chain.
+        let f = frame(5, b"job");
+        let (a, b) = (d.buffer(10), d.buffer(9));
+        d.ram.write_bytes(a - RAM_BASE, &f[..10]);
+        d.ram.write_bytes(b - RAM_BASE, &f[10..]);
+        d.post(PORT1_TX, &[(a, 10, false), (b, 9, false)]);
+        assert!(d.core.request(5).is_none());
+        d.w(reg::QUEUE_NOTIFY, PORT1_TX as u32);
+        let notify_at = d.mcycle;
+        assert_eq!(d.used(PORT1_TX), [(0, 0)]);
+        let r = d.core.request(5).expect("submitted");
+        assert_eq!(
+            (r.request.as_slice(), r.submitted_at),
+            (&b"job"[..], notify_at + 1)
+        );
+        assert_eq!(d.core.submitted.pop_front(), Some(5));
+        // Nothing is received before the answer's cycle.
+        let (r1, r2) = (d.buffer(10), d.buffer(64));
+        d.post(PORT1_RX, &[(r1, 10, true)]);
+        d.post(PORT1_RX, &[(r2, 64, true)]);
+        d.w(reg::QUEUE_NOTIFY, PORT1_RX as u32);
+        let at = d.core.earliest(5).unwrap() + 7;
+        d.core
+            .answer(
+                5,
+                Answer {
+                    visible_at: at,
+                    response: b"result".to_vec(),
+                    record: [1; 32],
+                },
+                d.mcycle,
+            )
+            .unwrap();
+        d.deliver(at - 1);
+        assert!(d.used(PORT1_RX).is_empty());
+        d.log.clear();
+        d.deliver(at);
+        // The frame fills the first buffer and goes on in the second.
+        let expected = frame(5, b"result");
+        assert_eq!(d.used(PORT1_RX), [(0, 10), (1, 12)]);
+        assert_eq!(d.read(r1, 10), expected[..10]);
+        assert_eq!(d.read(r2, 12), expected[10..]);
+        assert!(d.core.interrupt_pending());
+        // Every byte written was logged for the hart.
+        let logged: u64 = d.log.iter().map(|&(_, len)| len).sum();
+        assert!(logged >= 22 + 2 * 10, "{:?}", d.log);
+        assert!(d.log.iter().any(|&(off, _)| off == r1 - RAM_BASE));
+        assert_eq!(d.core.delivered(), 1);
+
+        // A tag in use and an oversized frame are answered at once with empty frames;
+        // the frame after them is taken normally.
+        d.send(PORT1_TX, &frame(6, b"a"));
+        d.send(PORT1_TX, &frame(6, b"b"));
+        let mut big = frame(8, b"");
+        big[8..16].copy_from_slice(&(MAX_REQUEST + 1).to_le_bytes());
+        d.send(PORT1_TX, &big);
+        let body = vec![0u8; MAX_REQUEST as usize + 1];
+        d.send(PORT1_TX, &body);
+        d.send(PORT1_TX, &frame(9, b"c"));
+        assert!(d.core.request(6).is_some() && d.core.request(9).is_some());
+        assert!(d.core.request(8).is_none());
+        let r3 = d.buffer(64);
+        d.post(PORT1_RX, &[(r3, 64, true)]);
+        d.w(reg::QUEUE_NOTIFY, PORT1_RX as u32);
+        assert_eq!(d.used(PORT1_RX), [(2, 32)]);
+        let mut refusals = frame(6, b"");
+        refusals.extend(frame(8, b""));
+        assert_eq!(d.read(r3, 32), refusals);
+
+        // The state round-trips, and every truncation is refused.
+        let state = d.state();
+        let mut c = OffloadChannel::new(1);
+        let mut r = Reader::new(&state);
+        c.load_state(&mut r).unwrap();
+        assert!(r.remaining().is_empty());
+        let mut again = Vec::new();
+        c.save_state(&mut again);
+        assert_eq!(again, state);
+        assert!(c.virtio == d.core.virtio);
+        for len in 0..state.len() {
+            let mut c = OffloadChannel::new(1);
+            assert!(
+                c.load_state(&mut Reader::new(&state[..len])).is_err(),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_stream_waits_for_buffers_and_an_open_port() {
+        let (mut d, _) = connected();
+        d.control(1, event::PORT_OPEN, 0);
+        for tag in 1..=3u64 {
+            d.send(PORT1_TX, &frame(tag, &[tag as u8; 3]));
+        }
+        let at = d.core.earliest(3).unwrap();
+        for tag in 1..=3 {
+            d.core
+                .answer(
+                    tag,
+                    Answer {
+                        visible_at: at,
+                        response: vec![tag as u8; 100],
+                        record: [0; 32],
+                    },
+                    d.mcycle,
+                )
+                .unwrap();
+        }
+        let r1 = d.buffer(50);
+        d.post(PORT1_RX, &[(r1, 50, true)]);
+        d.deliver(at);
+        // Closed: nothing moves.
+        assert!(d.used(PORT1_RX).is_empty());
+        d.control(1, event::PORT_OPEN, 1);
+        assert_eq!(d.used(PORT1_RX), [(0, 50)]);
+        let mut stream = Vec::new();
+        stream.extend(d.read(r1, 50));
+        // Three frames of 116 bytes, through buffers of 50: the rest waits for them.
+        let mut head = 1;
+        while stream.len() < 3 * 116 {
+            let r = d.buffer(50);
+            d.post(PORT1_RX, &[(r, 50, true)]);
+            d.w(reg::QUEUE_NOTIFY, PORT1_RX as u32);
+            let used = d.used(PORT1_RX);
+            assert_eq!(used.len(), 1);
+            assert_eq!(used[0].0, head);
+            head = (head + 1) % NUM;
+            stream.extend(d.read(r, used[0].1));
+        }
+        let mut expected = Vec::new();
+        for tag in 1..=3u64 {
+            expected.extend(frame(tag, &[tag as u8; 100]));
+        }
+        assert_eq!(stream, expected);
+        // Every tag is free again.
+        assert_eq!(d.core.completions().count(), 0);
+        assert!(d.core.enqueue(1, vec![], d.mcycle));
+    }
+
+    #[test]
+    fn bad_features_and_a_reset() {
+        let mut d = Driver::new();
+        d.w(reg::DRIVER_FEATURES_SEL, 0);
+        d.w(reg::DRIVER_FEATURES, 2 | 1); // VIRTIO_CONSOLE_F_SIZE is not offered
+        d.w(reg::DRIVER_FEATURES_SEL, 1);
+        d.w(reg::DRIVER_FEATURES, 1);
+        d.w(reg::STATUS, 3 | status::FEATURES_OK);
+        assert_eq!(d.r(reg::STATUS), 3);
+        d.w(reg::STATUS, 0);
+        assert_eq!(d.state(), Driver::new().state());
+        // Wrong sizes fault; the configuration space takes bytes.
+        assert_eq!(d.core.mmio_read(reg::MAGIC, 8), None);
+        assert_eq!(d.core.mmio_read(reg::MAGIC + 1, 1), None);
+        assert_eq!(d.core.mmio_read(reg::CONFIG + 4, 1), Some(2));
+        assert_eq!(d.core.mmio_read(reg::CONFIG + 4, 2), Some(2));
+    }
+
+    #[test]
+    fn hostile_rings_set_needs_reset_and_never_panic_nor_loop() {
+        // A chain that loops on itself.
+        let (mut d, _) = connected();
+        let (desc, _, _) = ring(PORT1_TX);
+        let a = d.buffer(16);
+        let head = d.post(PORT1_TX, &[(a, 16, false)]);
+        let mut loop_desc = [0u8; 16];
+        loop_desc[..8].copy_from_slice(&a.to_le_bytes());
+        loop_desc[8..12].copy_from_slice(&16u32.to_le_bytes());
+        loop_desc[12..14].copy_from_slice(&DESC_NEXT.to_le_bytes());
+        loop_desc[14..16].copy_from_slice(&head.to_le_bytes());
+        d.ram
+            .write_bytes(desc - RAM_BASE + 16 * head as u64, &loop_desc);
+        d.w(reg::QUEUE_NOTIFY, PORT1_TX as u32);
+        assert_ne!(d.r(reg::STATUS) & status::NEEDS_RESET, 0);
+        // A broken device does nothing until reset.
+        d.send(PORT1_TX, &frame(1, b"x"));
+        assert!(d.core.request(1).is_none());
+        d.w(reg::STATUS, 0);
+        assert_eq!(d.r(reg::STATUS), 0);
+
+        // Buffers out of RAM, an avail index far ahead, indirect descriptors.
+        for case in 0..3 {
+            let (mut d, _) = connected();
+            match case {
+                0 => {
+                    d.post(PORT1_TX, &[(RAM_BASE + RAM - 4, 16, false)]);
+                }
+                1 => {
+                    let (_, driver, _) = ring(PORT1_TX);
+                    d.ram
+                        .write_bytes(driver - RAM_BASE + 2, &100u16.to_le_bytes());
+                }
+                _ => {
+                    let a = d.buffer(16);
+                    let head = d.post(PORT1_TX, &[(a, 16, false)]);
+                    d.ram.write_bytes(
+                        desc - RAM_BASE + 16 * head as u64 + 12,
+                        &DESC_INDIRECT.to_le_bytes(),
+                    );
+                }
+            }
+            d.w(reg::QUEUE_NOTIFY, PORT1_TX as u32);
+            assert_ne!(d.r(reg::STATUS) & status::NEEDS_RESET, 0, "case {case}");
+        }
+
+        // Random rings and registers: whatever happens, every call returns.
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..200 {
+            let (mut d, _) = connected();
+            let (desc, _, _) = ring(0);
+            let rings = 0x1000 * QUEUES as u64;
+            for _ in 0..64 {
+                let at = desc - RAM_BASE + next() % rings;
+                let value = next();
+                // Descriptor addresses mostly inside RAM.
+                let value = if next() % 2 == 0 {
+                    RAM_BASE + value % RAM
+                } else {
+                    value
+                };
+                d.ram.write_bytes(at & !7, &value.to_le_bytes());
+            }
+            for _ in 0..32 {
+                let offset = (next() % 0x110) & !3;
+                let value = next() as u32;
+                if offset == reg::STATUS && round % 2 == 0 {
+                    continue;
+                }
+                let offset = if next() % 3 == 0 {
+                    reg::QUEUE_NOTIFY
+                } else {
+                    offset
+                };
+                d.w(
+                    offset,
+                    if offset == reg::QUEUE_NOTIFY {
+                        value % 8
+                    } else {
+                        value
+                    },
+                );
+            }
+            let state = d.state();
+            let mut c = OffloadChannel::new(1);
+            c.load_state(&mut Reader::new(&state)).unwrap();
+            assert!(c.virtio == d.core.virtio, "round {round}");
+        }
+    }
+
+    #[test]
+    fn too_many_jobs_are_refused_not_lost() {
+        let (mut d, _) = connected();
+        for tag in 0..MAX_JOBS as u64 + 1 {
+            d.send(PORT1_TX, &frame(tag, b"j"));
+            d.used(PORT1_TX);
+        }
+        assert_eq!(d.core.unanswered().count(), MAX_JOBS);
+        let r = d.buffer(64);
+        d.post(PORT1_RX, &[(r, 64, true)]);
+        d.w(reg::QUEUE_NOTIFY, PORT1_RX as u32);
+        assert_eq!(d.used(PORT1_RX), [(0, 16)]);
+        assert_eq!(d.read(r, 16), frame(MAX_JOBS as u64, b""));
+    }
+
+    #[test]
+    fn corrupted_state_is_refused_or_loads_canonically() {
+        let (mut d, _) = connected();
+        d.send(PORT1_TX, &frame(3, b"abc"));
+        d.send(PORT1_TX, &frame(4, b"x")[..12]);
+        let state = d.state();
+        for at in 0..state.len() {
+            for bit in [0, 3, 7] {
+                let mut bytes = state.clone();
+                bytes[at] ^= 1 << bit;
+                let mut c = OffloadChannel::new(1);
+                let mut r = Reader::new(&bytes);
+                if c.load_state(&mut r).is_ok() && r.remaining().is_empty() {
+                    let mut again = Vec::new();
+                    c.save_state(&mut again);
+                    assert_eq!(again, bytes, "byte {at} bit {bit}");
+                }
+            }
+        }
+    }
 }
