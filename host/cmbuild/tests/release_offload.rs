@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cmbuild::manifest::{read_machine_record, read_manifest, MachineRecord};
-use common::{cache_dir, copy_tree, git, repo_root, s};
+use common::{cache_dir, commit_tagged, copy_tree, git, repo_root, s};
 
 const X86: &str = "x86_64-unknown-linux-gnu";
 
@@ -72,13 +72,7 @@ fn cold_mirror(dir: &Path) -> PathBuf {
 fn hello(dir: &Path) -> Option<PathBuf> {
     let project = dir.join("hello");
     copy_tree(&repo_root().join("examples/hello"), &project);
-    git(&project, &["-c", "init.defaultBranch=main", "init", "-q"]);
-    git(&project, &["add", "-A"]);
-    git(
-        &project,
-        &["-c", "commit.gpgsign=false", "commit", "-q", "-m", "v0.1.0"],
-    );
-    git(&project, &["tag", "v0.1.0"]);
+    commit_tagged(&project, "v0.1.0");
     let (vendored, said) = cmbuild(&[
         "vendor",
         "--manifest-path",
