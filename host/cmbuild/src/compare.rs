@@ -615,10 +615,12 @@ mod tests {
                     targets: targets.into_iter().map(String::from).collect(),
                     mcycle: 1,
                     exit_code: 0,
+                    jobs: Vec::new(),
                 })
                 .collect(),
             config: None,
             template: None,
+            offload: None,
         };
         fs::write(dir.join("machine.json"), to_canonical_json(&record)).unwrap();
     }

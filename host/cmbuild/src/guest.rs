@@ -98,12 +98,20 @@ pub struct MachineSettings {
     pub input_length: u64,
     /// A machine that reaches this mcycle is stopped and the run fails.
     pub max_mcycle: u64,
+    /// The offload channel's latency `L` (issue 13, `docs/parallel-builds.md`): set only
+    /// for the parent machine of an offloaded build, whose board has the channel (and so
+    /// its own template). Absent everywhere else, and from every record before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_latency: Option<u64>,
 }
 
 /// Largest RAM cmbuild configures (a published `machine.json` is untrusted).
 pub const MAX_RAM: u64 = 64 << 30;
 /// Largest scratch or output drive cmbuild configures.
 pub const MAX_DRIVE: u64 = 64 << 30;
+
+/// Largest offload latency cmbuild configures (a published `machine.json` is untrusted).
+pub const MAX_OFFLOAD_LATENCY: u64 = 1 << 40;
 
 /// The input drive's size when none is given: 1 GiB.
 pub const DEFAULT_INPUT_LENGTH: u64 = 1 << 30;
@@ -121,6 +129,7 @@ impl Default for MachineSettings {
             output_length: 512 << 20,
             input_length: DEFAULT_INPUT_LENGTH,
             max_mcycle: 1 << 44,
+            offload_latency: None,
         }
     }
 }
@@ -148,7 +157,11 @@ impl MachineSettings {
             MAX_DRIVE,
         )?;
         check("output_length", self.output_length, DRIVE_ALIGN, MAX_DRIVE)?;
-        check("input_length", self.input_length, DRIVE_ALIGN, MAX_DRIVE)
+        check("input_length", self.input_length, DRIVE_ALIGN, MAX_DRIVE)?;
+        if let Some(latency) = self.offload_latency {
+            check("offload_latency", latency, 1, MAX_OFFLOAD_LATENCY)?;
+        }
+        Ok(())
     }
 
     /// The machine the template is booted from: the guest image, and zeroed input, output
@@ -178,7 +191,12 @@ impl MachineSettings {
             initrd: Some(image.initrd.clone()),
             bootargs: BOOTARGS.to_owned(),
             flash_drives,
-            offload: None,
+            offload: self.offload_latency.map(|min_latency| {
+                cmbuild_machine::machine::OffloadConfig {
+                    min_latency,
+                    transport: cmbuild_machine::machine::OffloadTransport::VirtioConsole,
+                }
+            }),
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod glibc;
 pub mod guest;
 pub mod manifest;
 pub mod mapped;
+pub mod offload;
 pub mod ops;
 pub mod perf_map;
 pub mod pins;

@@ -125,6 +125,25 @@ pub struct MachineRecord {
     /// Absent from records written before cmbuild had templates (their machines booted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<TemplateUse>,
+    /// How the build machines handed rustc jobs to siblings (issue 13): absent when the
+    /// build was not offloaded. The siblings resumed from `template`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<OffloadUse>,
+}
+
+/// The offload channel of a run's build machines (`docs/parallel-builds.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffloadUse {
+    /// `L`: a job submitted at `T` whose sibling ran `C` instructions is visible at
+    /// `T + L + C`.
+    pub latency: u64,
+    /// The template the build machines (the parents) resumed from: the image booted on the
+    /// board with the channel.
+    pub parent_template: TemplateUse,
+    /// Content ID of `cmbuild-offload`, the guest's side of the channel (compiled in a
+    /// machine of `template`), on every parent's and sibling's input drive.
+    pub tool: Cid,
 }
 
 /// The template a run's machines resumed from.
@@ -152,6 +171,10 @@ pub struct MachineRun {
     pub mcycle: u64,
     /// The guest's exit code.
     pub exit_code: u32,
+    /// Every job the machine handed to a sibling, in delivery order; the journal in its
+    /// state (hence `root_hash`) commits to each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<crate::offload::parent::JobRecord>,
 }
 
 /// Errors reading or writing build records.

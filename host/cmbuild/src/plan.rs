@@ -67,6 +67,9 @@ pub struct Plan {
     pub cargo_flags: Vec<String>,
     /// The binaries expected for every target.
     pub bins: Vec<PlannedBin>,
+    /// Hand rustc jobs to sibling machines (issue 13): `plan.env` then sources the
+    /// offload setup from the input drive, which carries it and `cmbuild-offload`'s sources.
+    pub offload: bool,
 }
 
 fn check_name(name: &str) -> Result<(), PlanError> {
@@ -129,6 +132,7 @@ impl Plan {
             targets: selection.targets.clone(),
             cargo_flags: flags,
             bins,
+            offload: false,
         })
     }
 
@@ -153,7 +157,11 @@ impl Plan {
                 .join(" "),
             self.cargo_flags.join(" "),
             bins.join(" "),
-        )
+        ) + match self.offload {
+            // A hook the driver runs as it sources this file (guest-image/PROTOCOL.md).
+            true => OFFLOAD_ENV,
+            false => "",
+        }
     }
 }
 
@@ -255,6 +263,15 @@ pub fn pad_to_drive(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
+/// What an offloaded plan's `plan.env` ends with: cargo's job count in the parent (a
+/// constant, so that the parent's history does not depend on the host) and the hook that
+/// sets up the channel (`docs/parallel-builds.md`, "Hooks").
+pub const OFFLOAD_ENV: &str = "OFFLOAD_CARGO_JOBS='32'\n. /build/in/offload/setup.sh\n";
+
+/// The setup hook an offloaded build's input drive carries as `offload/setup.sh`, beside
+/// the `cmbuild-offload` binary (`crate::offload::tool`).
+pub const OFFLOAD_SETUP: &str = include_str!("../../../guest-image/offload-setup.sh");
+
 /// The input drive's volume UUID: fixed, so that the drive is a function of its files.
 const INPUT_UUID: [u8; 16] = *b"cmbuild-input-v1";
 
@@ -273,6 +290,19 @@ pub fn build_input_drive(
     cargo_config: &str,
     floor: Option<&crate::floor::FloorInput>,
 ) -> Result<Vec<u8>, PlanError> {
+    build_input_drive_with(plan, source_tar, vendor_tar, cargo_config, floor, None)
+}
+
+/// [`build_input_drive`], and for an offloaded plan `offload/setup.sh` and
+/// `offload/cmbuild-offload` (the binary `tool`).
+pub fn build_input_drive_with(
+    plan: &Plan,
+    source_tar: &[u8],
+    vendor_tar: &[u8],
+    cargo_config: &str,
+    floor: Option<&crate::floor::FloorInput>,
+    tool: Option<&[u8]>,
+) -> Result<Vec<u8>, PlanError> {
     use cmbuild_image::rootfs::Tree;
     let input = |e: &dyn std::fmt::Display| PlanError::Input(e.to_string());
     let cargo_config = floor.map_or(cargo_config, |f| f.cargo_config.as_str());
@@ -283,6 +313,14 @@ pub fn build_input_drive(
         .map_err(|e| input(&e))?;
     if let Some(floor) = floor {
         floor.add_to(&mut tree).map_err(|e| input(&e))?;
+    }
+    if plan.offload {
+        let tool =
+            tool.ok_or_else(|| PlanError::Input("an offloaded plan needs cmbuild-offload".into()))?;
+        tree.add_file("offload/setup.sh", 0o644, OFFLOAD_SETUP.as_bytes().to_vec())
+            .map_err(|e| input(&e))?;
+        tree.add_file("offload/cmbuild-offload", 0o755, tool.to_vec())
+            .map_err(|e| input(&e))?;
     }
     for (dir, archive) in [("src", source_tar), ("vendor", vendor_tar)] {
         tree.add_dir(dir, 0o755).map_err(|e| input(&e))?;
@@ -522,6 +560,45 @@ mod tests {
             mtime,
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(7)
         );
+    }
+
+    #[test]
+    fn an_offloaded_plan_carries_its_hook_and_cmbuild_offload() {
+        let mut plan = Plan::new(&selection(Profile::default()), 7, &bins()).unwrap();
+        let source = small_tar(&[("Cargo.toml", b"[package]\n", false)], None);
+        let vendor = small_tar(&[], None);
+        let plain = build_input_drive(&plan, &source, &vendor, GUEST_CARGO_CONFIG, None).unwrap();
+        assert!(!plan.to_env().contains("offload"));
+        plan.offload = true;
+        let env = plan.to_env();
+        assert!(env.ends_with(OFFLOAD_ENV), "{env}");
+        assert!(build_input_drive(&plan, &source, &vendor, GUEST_CARGO_CONFIG, None).is_err());
+        let tool = b"\x7fELF a riscv64 binary";
+        let drive = build_input_drive_with(
+            &plan,
+            &source,
+            &vendor,
+            GUEST_CARGO_CONFIG,
+            None,
+            Some(tool),
+        )
+        .unwrap();
+        assert_ne!(drive, plain);
+        let extracted = extract_input_drive(&drive);
+        let out = extracted.path().join("x");
+        assert_eq!(
+            std::fs::read(out.join("offload/setup.sh")).unwrap(),
+            OFFLOAD_SETUP.as_bytes()
+        );
+        let binary = out.join("offload/cmbuild-offload");
+        assert_eq!(std::fs::read(&binary).unwrap(), tool);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(binary).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        let plain = extract_input_drive(&plain);
+        assert!(!plain.path().join("x/offload").exists());
     }
 
     #[test]

@@ -91,7 +91,15 @@ pub struct RunOptions {
     /// Append every machine's translated-block symbols to `/tmp/perf-<pid>.map` (see
     /// [`crate::perf_map`]); changes no result.
     pub perf_map: bool,
+    /// Hand the guest's rustc jobs to sibling machines (issue 13,
+    /// `docs/parallel-builds.md`); `jobs` siblings run at once.
+    pub offload: bool,
 }
+
+/// `L` of offloaded builds: a job is visible to its parent `L + C` cycles after it was
+/// submitted. Large, so that cargo can hand out every ready job before the parent waits
+/// (`docs/parallel-builds.md`, "Completion time").
+pub const OFFLOAD_LATENCY: u64 = 1 << 28;
 
 /// Progress events, for the CLI to display.
 #[derive(Clone, Debug)]
@@ -124,6 +132,9 @@ pub enum Progress {
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// Serving the offload channel failed (the host's fault, not the job's).
+    #[error("offloading rustc jobs failed: {0}")]
+    Offload(String),
     /// The project or its revision.
     #[error(transparent)]
     Project(#[from] project::ProjectError),
@@ -400,9 +411,30 @@ pub fn run_release(
     let job = plan_release(opts, progress)?;
     let inputs = gather_inputs(opts, &job, progress)?;
     let groups = machine_groups(&job.plan.targets, opts.machine_per_target);
-    let results = run_machines(opts, &job, &inputs, &groups, progress);
+    let siblings = Siblings {
+        inputs: &inputs,
+        max_mcycle: opts.machine.max_mcycle,
+    };
+    let blobs = crate::offload::blobs::BlobStore::open(job.work.path().join("offload-blobs"))?;
+    let tool = match inputs.parent_template.is_some() {
+        true => Some(obtain_offload_tool(
+            opts, &job, &inputs, &siblings, progress,
+        )?),
+        false => None,
+    };
+    let offload = match &tool {
+        Some(tool) => Some(prepare_offload(
+            opts, &job, &inputs, &blobs, tool, &siblings, progress,
+        )?),
+        None => None,
+    };
+    let results = run_machines(opts, &job, &inputs, &groups, offload.as_ref(), progress);
+    if let Some(offload) = &offload {
+        progress(Progress::Phase(offload.summary()));
+    }
     progress(Progress::Phase("collecting artifacts".into()));
-    let (manifest, machine) = collect_release(opts, &job, &inputs, &groups, results)?;
+    let tool_cid = tool.as_ref().map(|t| t.cid);
+    let (manifest, machine) = collect_release(opts, &job, &inputs, &groups, results, tool_cid)?;
     let dir = publish(&job, &manifest, &machine)?;
     Ok(RunSummary {
         dir,
@@ -472,7 +504,17 @@ pub fn plan_release(
     let floor = crate::floor::select(config.glibc.as_deref(), &crate::floor::shipped()?)?;
     // The workspace from its manifests, as the commit has them: no host toolchain involved.
     let workspace = crate::workspace::read_workspace(&source_dir).map_err(plan::PlanError::from)?;
-    let plan = Plan::new(&selection, rev.commit_time, &workspace.bins())?;
+    let mut plan = Plan::new(&selection, rev.commit_time, &workspace.bins())?;
+    if opts.offload {
+        if let Some(floor) = &floor {
+            return Err(RunError::Offload(format!(
+                "this project chose the glibc {} floor, which offloaded builds do not support \
+                 yet; build it with --no-offload",
+                floor.id
+            )));
+        }
+        plan.offload = true;
+    }
     let toolchain = select_toolchain(opts, &read, &workspace, &selection)?;
     let lock_bytes = read("Cargo.lock", MAX_LOCK_BYTES)?.ok_or_else(|| {
         plan::PlanError::NoLock(format!(
@@ -539,6 +581,9 @@ pub struct ReleaseInputs {
     pub template: crate::template::Template,
     /// Under a glibc floor (that applies to a target), its sysroots' image.
     pub floor_image: Option<crate::floor::FloorImage>,
+    /// For an offloaded build, the build machines' own template (the board with the
+    /// channel); siblings resume from `template`.
+    pub parent_template: Option<crate::template::Template>,
 }
 
 /// Reads the pinned guest image and the locked crates from the mirror; fails naming
@@ -647,12 +692,27 @@ pub fn gather_inputs(
         job.toolchain,
         progress,
     )?;
+    let parent_template = match opts.offload {
+        true => Some(obtain_template(
+            &mirror,
+            &opts.pins,
+            &MachineSettings {
+                offload_latency: Some(OFFLOAD_LATENCY),
+                ..opts.machine
+            },
+            &image,
+            job.toolchain,
+            progress,
+        )?),
+        false => None,
+    };
     Ok(ReleaseInputs {
         image,
         vendor_tar,
         cids,
         template,
         floor_image,
+        parent_template,
     })
 }
 
@@ -835,6 +895,187 @@ pub struct MachineOutput {
 /// A machine's output, or why it failed.
 pub type MachineResult = Result<MachineOutput, RunError>;
 
+/// What the machines of an offloaded run share (issue 13).
+pub struct OffloadRun<'a> {
+    /// Computes the jobs of every parent.
+    pub service: crate::offload::service::Service<'a>,
+    /// The run's blobs.
+    pub blobs: &'a crate::offload::blobs::BlobStore,
+    /// Digests of the files on every build machine's input drive (known to each parent
+    /// from cycle 0).
+    pub known: Vec<cmbuild_store::sha256::Sha256>,
+    /// The platform properties of every job's action.
+    pub platform: crate::offload::job::Platform,
+    /// `cmbuild-offload`, on every parent's and sibling's input drive.
+    pub tool: &'a crate::offload::tool::Tool,
+}
+
+impl OffloadRun<'_> {
+    /// One line on what the service did.
+    pub fn summary(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counts = &self.service.counts;
+        format!(
+            "offload: {} job(s) run in sibling machines, {} from the cache ({} refused entries \
+             recomputed), {} guest instructions in siblings",
+            counts.runs.load(Relaxed),
+            counts.hits.load(Relaxed),
+            counts.refused.load(Relaxed),
+            counts.cycles.load(Relaxed)
+        )
+    }
+}
+
+/// A sibling machine (issue 13): a build machine resumed from the run's template with a
+/// job's input drive, run to its halt.
+pub struct Siblings<'a> {
+    /// The run's inputs (image and template).
+    pub inputs: &'a ReleaseInputs,
+    /// A sibling that reaches this mcycle fails the run.
+    pub max_mcycle: u64,
+}
+
+impl crate::offload::service::SiblingRunner for Siblings<'_> {
+    fn run(&self, input_drive: Vec<u8>) -> Result<crate::offload::service::SiblingRun, String> {
+        let (mut machine, _) = resume_build(self.inputs, &input_drive, None)
+            .map_err(|e| crate::terminal::error_chain(&e))?;
+        drop(input_drive);
+        let start = machine.mcycle();
+        let mut console = Vec::new();
+        loop {
+            match machine.run(self.max_mcycle) {
+                Break::Halted(_) => break,
+                Break::Yielded(_) => {}
+                Break::MaxMcycle if machine.mcycle() >= self.max_mcycle => {
+                    return Err(format!("a sibling reached mcycle {}", self.max_mcycle))
+                }
+                Break::MaxMcycle => {}
+                Break::OffloadRequest(_) | Break::OffloadWaiting(_) => {
+                    return Err("a sibling machine has no offload channel".into())
+                }
+            }
+            // Only the end of a sibling's console is kept, to explain a failed job.
+            console.extend(machine.drain_console());
+            if console.len() > 4096 {
+                console.drain(..console.len() - 4096);
+            }
+        }
+        console.extend(machine.drain_console());
+        Ok(crate::offload::service::SiblingRun {
+            console_tail: crate::terminal::sanitize_bytes(
+                &console[console.len().saturating_sub(4096)..],
+            ),
+            output_drive: drive_bytes(&machine, Drive::Output).to_vec(),
+            cycles: machine.mcycle() - start,
+            root_hash: machine.root_hash(),
+        })
+    }
+}
+
+/// `cmbuild-offload` for the run's template: from the mirror, or compiled now in a machine
+/// resumed from the template (once per template and source).
+pub fn obtain_offload_tool(
+    opts: &RunOptions,
+    job: &ReleaseJob,
+    inputs: &ReleaseInputs,
+    siblings: &Siblings<'_>,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<crate::offload::tool::Tool, RunError> {
+    let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
+    let started = std::time::Instant::now();
+    let scratch = job.work.path().join("offload-tool");
+    std::fs::create_dir_all(&scratch)?;
+    let tool = crate::offload::tool::obtain(
+        &mirror,
+        &inputs.template.record.root_hash,
+        siblings,
+        &scratch,
+    )
+    .map_err(|e| RunError::Offload(crate::terminal::error_chain(&e)))?;
+    progress(Progress::Phase(format!(
+        "offload: cmbuild-offload {} ({} bytes, {} in {:.1?})",
+        tool.cid,
+        tool.bytes.len(),
+        if tool.built {
+            "compiled in a machine of the template"
+        } else {
+            "from the mirror"
+        },
+        started.elapsed()
+    )));
+    Ok(tool)
+}
+
+/// Sets up an offloaded run: every file of the source and vendor archives goes into the
+/// run's blobs (siblings read them from there), the service gets the action cache of the
+/// mirror and `opts.jobs` sibling slots.
+pub fn prepare_offload<'a>(
+    opts: &RunOptions,
+    job: &ReleaseJob,
+    inputs: &ReleaseInputs,
+    blobs: &'a crate::offload::blobs::BlobStore,
+    tool: &'a crate::offload::tool::Tool,
+    siblings: &'a Siblings<'a>,
+    progress: &'a (dyn Fn(Progress) + Sync),
+) -> Result<OffloadRun<'a>, RunError> {
+    let offload_error =
+        |e: &(dyn std::error::Error + 'static)| RunError::Offload(crate::terminal::error_chain(e));
+    let mut known = Vec::new();
+    for archive in [&job.source_tar, &inputs.vendor_tar] {
+        let entries =
+            cmbuild_image::deb::read_tar(archive.as_slice()).map_err(|e| offload_error(&e))?;
+        for entry in entries {
+            if let cmbuild_image::deb::Node::File(bytes) = entry.node {
+                known.push(blobs.put(&bytes).map_err(|e| offload_error(&e))?);
+            }
+        }
+    }
+    known.sort();
+    known.dedup();
+    let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
+    let mut service = crate::offload::service::Service::new(
+        blobs,
+        &tool.bytes,
+        Some(crate::offload::cache::ActionCache::new(mirror)),
+        siblings,
+        opts.jobs,
+        job.work.path().join("offload-scratch"),
+    );
+    service.on_refused = Box::new(|why| {
+        progress(Progress::Phase(format!(
+            "offload: a cache entry was refused and its job runs again: {why}"
+        )))
+    });
+    service.on_failed = Box::new(|job, why, console| {
+        let name = job
+            .argv
+            .windows(2)
+            .find(|w| w[0] == "--crate-name")
+            .map_or("?", |w| w[1].as_str());
+        progress(Progress::Phase(format!(
+            "offload: job {name} gave no result in its sibling ({why}); the build machine \
+             compiles it itself. The sibling's console ended with:\n{console}"
+        )))
+    });
+    progress(Progress::Phase(format!(
+        "offload: {} input files known to the build machines, {} sibling(s) at a time",
+        known.len(),
+        opts.jobs
+    )));
+    Ok(OffloadRun {
+        service,
+        blobs,
+        known,
+        platform: crate::offload::job::Platform {
+            latency: OFFLOAD_LATENCY,
+            scheme: HASH_SCHEME.to_owned(),
+            template: inputs.template.record.root_hash.clone(),
+            tool: tool.sha256,
+        },
+        tool,
+    })
+}
+
 /// Runs one machine per group of targets, up to `opts.jobs` at once; each gets the plan
 /// restricted to its targets. Returns each group's result by group index.
 pub fn run_machines(
@@ -842,6 +1083,7 @@ pub fn run_machines(
     job: &ReleaseJob,
     inputs: &ReleaseInputs,
     groups: &[Vec<Triple>],
+    offload: Option<&OffloadRun<'_>>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> BTreeMap<usize, MachineResult> {
     let results: Mutex<BTreeMap<usize, MachineResult>> = Mutex::new(BTreeMap::new());
@@ -877,12 +1119,13 @@ pub fn run_machines(
                     .as_ref()
                     .and(inputs.floor_image.as_ref())
                     .map(|image| image.bytes.clone());
-                let result = plan::build_input_drive(
+                let result = plan::build_input_drive_with(
                     &group_plan,
                     &job.source_tar,
                     &inputs.vendor_tar,
                     plan::GUEST_CARGO_CONFIG,
                     floor.as_ref(),
+                    offload.map(|o| o.tool.bytes.as_slice()),
                 )
                 .map_err(RunError::from)
                 .and_then(|input| {
@@ -892,6 +1135,7 @@ pub fn run_machines(
                         targets,
                         input,
                         scratch.as_deref().map(Vec::as_slice),
+                        offload,
                         progress,
                     )
                 });
@@ -913,6 +1157,7 @@ pub fn collect_release(
     inputs: &ReleaseInputs,
     groups: &[Vec<Triple>],
     results: BTreeMap<usize, MachineResult>,
+    offload_tool: Option<Cid>,
 ) -> Result<(Manifest, MachineRecord), RunError> {
     let staging = job.work.path().join("out");
     std::fs::create_dir(&staging)?;
@@ -1019,6 +1264,19 @@ pub fn collect_release(
             cid: inputs.template.record.cid,
             mcycle: inputs.template.record.mcycle,
         }),
+        offload: inputs
+            .parent_template
+            .as_ref()
+            .zip(offload_tool)
+            .map(|(t, tool)| crate::manifest::OffloadUse {
+                tool,
+                latency: OFFLOAD_LATENCY,
+                parent_template: crate::manifest::TemplateUse {
+                    hash: t.record.root_hash.clone(),
+                    cid: t.record.cid,
+                    mcycle: t.record.mcycle,
+                },
+            }),
     };
     Ok((manifest, machine))
 }
@@ -1114,6 +1372,7 @@ fn run_machine(
     targets: &[Triple],
     input_drive: Vec<u8>,
     scratch: Option<&[u8]>,
+    offload: Option<&OffloadRun<'_>>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> MachineResult {
     let names: Vec<String> = targets.iter().map(Triple::to_string).collect();
@@ -1122,7 +1381,14 @@ fn run_machine(
     let started = std::time::Instant::now();
     // `snapshot_config` is for the snapshot a stalled machine leaves (it records what the
     // machine was built from).
-    let (mut machine, snapshot_config) = resume_build(inputs, &input_drive, scratch)
+    let template = match offload {
+        Some(_) => inputs
+            .parent_template
+            .as_ref()
+            .expect("an offloaded run has one"),
+        None => &inputs.template,
+    };
+    let (mut machine, snapshot_config) = resume_from(template, inputs, &input_drive, scratch)
         .map_err(|e| RunError::Machine(name.clone(), crate::terminal::error_chain(&e)))?;
     progress(Progress::Phase(format!(
         "[{name}] resumed from the template at mcycle {} in {:.2?}",
@@ -1144,13 +1410,22 @@ fn run_machine(
         true => Some(crate::perf_map::PerfMap::open(&mut machine)?),
         false => None,
     };
-    let exit_code = run_to_halt(
-        &mut machine,
-        &snapshot_config,
-        &watch,
-        perf_map.as_mut(),
-        progress,
-    )?;
+    let (exit_code, jobs) = std::thread::scope(|scope| {
+        let mut link = offload.map(|o| {
+            let parent =
+                crate::offload::parent::Parent::new(o.platform.clone(), o.known.iter().copied());
+            crate::offload::link::Link::new(parent, &o.service, o.blobs, scope)
+        });
+        let exit_code = run_to_halt(
+            &mut machine,
+            &snapshot_config,
+            &watch,
+            perf_map.as_mut(),
+            link.as_mut(),
+            progress,
+        )?;
+        Ok::<_, RunError>((exit_code, link.map(|l| l.records()).unwrap_or_default()))
+    })?;
     progress(Progress::MachineDone {
         name: name.clone(),
         mcycle: machine.mcycle(),
@@ -1165,6 +1440,7 @@ fn run_machine(
             root_hash,
             mcycle: machine.mcycle(),
             exit_code: u32::try_from(exit_code).unwrap_or(u32::MAX),
+            jobs,
         },
         output_drive,
         leaves,
@@ -1180,8 +1456,18 @@ pub fn resume_build(
     input_drive: &[u8],
     scratch: Option<&[u8]>,
 ) -> Result<(Machine, SnapshotConfig), crate::template::TemplateError> {
+    resume_from(&inputs.template, inputs, input_drive, scratch)
+}
+
+/// [`resume_build`] from `template` (the run's, or an offloaded build's parent template).
+fn resume_from(
+    template: &crate::template::Template,
+    inputs: &ReleaseInputs,
+    input_drive: &[u8],
+    scratch: Option<&[u8]>,
+) -> Result<(Machine, SnapshotConfig), crate::template::TemplateError> {
     let image = &inputs.image;
-    let (mut machine, snapshot_config) = inputs.template.resume(&image.rootfs, &image.toolchain)?;
+    let (mut machine, snapshot_config) = template.resume(&image.rootfs, &image.toolchain)?;
     crate::template::fill_input(&mut machine, input_drive)?;
     if let Some(image) = scratch {
         crate::template::fill_scratch(&mut machine, image)?;
@@ -1213,6 +1499,7 @@ fn run_to_halt(
     snapshot_config: &SnapshotConfig,
     watch: &Watch<'_>,
     mut perf_map: Option<&mut crate::perf_map::PerfMap>,
+    mut link: Option<&mut crate::offload::link::Link<'_, '_>>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<u64, RunError> {
     let name = watch.name.to_owned();
@@ -1267,13 +1554,30 @@ fn run_to_halt(
                 })
             }
             Break::MaxMcycle => {}
-            // Build machines have no offload channel (`guest::MachineSettings` builds
-            // none, and the template is checked against its pinned hash).
-            Break::OffloadRequest(_) | Break::OffloadWaiting(_) => {
-                unreachable!("a build machine without an offload channel reported an offload break")
-            }
+            Break::OffloadRequest(tag) => match link.as_deref_mut() {
+                Some(link) => link
+                    .submit(machine, tag)
+                    .map_err(|e| offload_failed(&name, &e))?,
+                None => return Err(offload_failed(&name, &NoChannel)),
+            },
+            Break::OffloadWaiting(_) => match link.as_deref_mut() {
+                Some(link) => link.wait(machine).map_err(|e| offload_failed(&name, &e))?,
+                None => return Err(offload_failed(&name, &NoChannel)),
+            },
+        }
+        if let Some(link) = link.as_deref_mut() {
+            link.drain(machine).map_err(|e| offload_failed(&name, &e))?;
         }
     }
+}
+
+/// A build machine used the offload channel of a run that offloads nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("the machine used an offload channel this run does not serve")]
+struct NoChannel;
+
+fn offload_failed(name: &str, e: &(dyn std::error::Error + 'static)) -> RunError {
+    RunError::Offload(format!("[{name}] {}", crate::terminal::error_chain(e)))
 }
 
 /// The mcycle at which an earlier build under `out_dir` of exactly these targets halted:
@@ -1340,8 +1644,10 @@ mod tests {
                 root_hash: "h".into(),
                 mcycle: 1234,
                 exit_code: 0,
+                jobs: Vec::new(),
             }],
             template: None,
+            offload: None,
         };
         std::fs::create_dir(out.path().join("v1")).unwrap();
         std::fs::write(
@@ -1397,7 +1703,7 @@ mod tests {
             expected_mcycle: None,
         };
         let seen = Mutex::new(Vec::new());
-        let err = run_to_halt(&mut machine, &config, &watch, None, &|p| {
+        let err = run_to_halt(&mut machine, &config, &watch, None, None, &|p| {
             if let Progress::Machine { console, .. } = p {
                 seen.lock().unwrap().extend(console);
             }
@@ -1444,7 +1750,7 @@ mod tests {
             max_mcycle: 1_000_000_000,
             ..watch
         };
-        let err = run_to_halt(&mut machine, &config, &watch, None, &|_| {}).unwrap_err();
+        let err = run_to_halt(&mut machine, &config, &watch, None, None, &|_| {}).unwrap_err();
         assert!(
             matches!(
                 err,

@@ -66,6 +66,9 @@ pub const TEMPLATE_PIN: &str = "GUEST_TEMPLATE_HASH";
 /// Why a template could not be derived, stored or resumed.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
+    /// the guest used the offload channel (tag {0}) before its ready point
+    #[error("the guest used the offload channel (tag {0}) before its ready point")]
+    OffloadBeforeReady(u64),
     /// the template machine could not be built: {0}
     #[error("the template machine could not be built: {0}")]
     Machine(String),
@@ -163,7 +166,12 @@ pub fn template_key(cids: &ImageCids, settings: &MachineSettings) -> String {
         settings.input_length,
         settings.output_length,
         settings.scratch_length,
-    )
+    ) + &match settings.offload_latency {
+        // Only a parent of an offloaded build has the channel; every other key is as it
+        // was before the channel existed.
+        Some(latency) => format!("offload-latency {latency}\n"),
+        None => String::new(),
+    }
 }
 
 /// What `<mirror>/templates/<key digest>.json` holds.
@@ -286,9 +294,9 @@ pub fn boot_to_ready(
                 return Err(TemplateError::NotReady(MAX_READY_MCYCLE, tail_text()))
             }
             Break::MaxMcycle => {}
-            // The template's machine is built without an offload channel.
-            Break::OffloadRequest(_) | Break::OffloadWaiting(_) => {
-                unreachable!("a machine without an offload channel reported an offload break")
+            // Nothing before the ready point may use the offload channel.
+            Break::OffloadRequest(tag) | Break::OffloadWaiting(tag) => {
+                return Err(TemplateError::OffloadBeforeReady(tag))
             }
         }
     }
@@ -737,6 +745,7 @@ mod tests {
             output_length: 2 << 20,
             scratch_length: 2 << 20,
             max_mcycle: 1 << 30,
+            offload_latency: None,
         }
     }
 

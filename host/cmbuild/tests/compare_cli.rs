@@ -59,10 +59,12 @@ fn write_build(dir: &Path, bins: &[(&str, &[u8])], lock_sha256: &str) {
                 root_hash: format!("cmvm-sha256-v1:{}", Sha256::of(target)),
                 mcycle: 1,
                 exit_code: 0,
+                jobs: Vec::new(),
             })
             .collect(),
         config: None,
         template: None,
+        offload: None,
     };
     std::fs::write(dir.join("machine.json"), to_canonical_json(&record)).unwrap();
 }

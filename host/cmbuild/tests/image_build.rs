@@ -306,6 +306,7 @@ fn hello_input_drive(work: &Path) -> Vec<u8> {
             version: "0.1.0".into(),
             bin: "hello".into(),
         }],
+        offload: false,
     };
     cmbuild::plan::build_input_drive(
         &plan,

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cmbuild::manifest::read_manifest;
-use common::{cache_dir, copy_tree, git, repo_root, s};
+use common::{cache_dir, commit_tagged, copy_tree, repo_root, s};
 
 fn cmbuild(args: &[&str]) -> std::process::Output {
     eprintln!("$ cmbuild {}", args.join(" "));
@@ -37,13 +37,7 @@ fn fixture(dir: &Path, name: &str, cmbuild_toml: &str) -> PathBuf {
     let project = dir.join(name);
     copy_tree(&from, &project);
     std::fs::write(project.join("cmbuild.toml"), cmbuild_toml).unwrap();
-    git(&project, &["-c", "init.defaultBranch=main", "init", "-q"]);
-    git(&project, &["add", "-A"]);
-    git(
-        &project,
-        &["-c", "commit.gpgsign=false", "commit", "-q", "-m", "v0.1.0"],
-    );
-    git(&project, &["tag", "v0.1.0"]);
+    commit_tagged(&project, "v0.1.0");
     project
 }
 

@@ -81,6 +81,7 @@ fn fake_job(out: &Path, rev: &str) -> ReleaseJob {
             targets: vec![target],
             cargo_flags: Vec::new(),
             bins: Vec::new(),
+            offload: false,
         },
         toolchain: cmbuild_image::toolchain::RustVersion {
             major: 1,
@@ -106,6 +107,7 @@ fn records(rev: &str) -> (Manifest, MachineRecord) {
         machines: Vec::new(),
         config: None,
         template: None,
+        offload: None,
     };
     (manifest, machine)
 }

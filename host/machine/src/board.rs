@@ -45,7 +45,8 @@ pub const UART_CLOCK_HZ: u32 = 3_686_400;
 /// The offload channel (`cmbuild,offload-channel-v1`), a board option that is off by
 /// default ([`crate::machine::MachineConfig::offload`]): not in the [`DEVICES`] table, so the
 /// default board's state, device tree and hashes do not change. At the address where QEMU's
-/// `virt` board has its first virtio-mmio slot, which a virtio transport may take over.
+/// `virt` board has its first virtio-mmio slot; the channel's virtio-console transport
+/// (`devices::virtio_console`) is a virtio-mmio device there.
 pub const OFFLOAD_BASE: u64 = 0x1000_1000;
 /// Size of the offload channel's window.
 pub const OFFLOAD_SIZE: u64 = 0x1000;

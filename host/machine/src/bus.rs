@@ -3,6 +3,7 @@
 
 use crate::board::{Devices, DEVICES, DTB_BASE, DTB_SIZE, OFFLOAD_BASE, OFFLOAD_IRQ, OFFLOAD_SIZE};
 use crate::devices::offload::OffloadChannel;
+use crate::devices::virtio_console::Dma;
 use crate::devices::{Device, DeviceSlot, MmioContext};
 use crate::memory::MemRange;
 use std::num::NonZeroU32;
@@ -71,6 +72,10 @@ pub struct Bus {
     pub offload: Option<OffloadChannel>,
     /// Console bytes the guest wrote (HTIF and UART), for the caller to drain.
     pub console: Vec<u8>,
+    /// RAM the devices wrote (RAM offset, length) since the hart last looked: it drops
+    /// decoded instructions and translated blocks there before it runs on (see
+    /// `Hart::sync_device_writes`). Not state.
+    pub dma_log: Vec<(u64, u64)>,
     /// Guest stores to flash drives since this bus was built (or its machine loaded):
     /// host bookkeeping for stall detection, not state (never saved nor hashed).
     pub flash_stores: u64,
@@ -87,6 +92,7 @@ impl Bus {
             devices: Devices::new(),
             offload: None,
             console: Vec::new(),
+            dma_log: Vec::new(),
             flash_stores: 0,
         }
     }
@@ -148,11 +154,7 @@ impl Bus {
             return value;
         }
         if let Some(off) = offset_in(pa, OFFLOAD_BASE, OFFLOAD_SIZE) {
-            let mut cx = MmioContext {
-                mcycle,
-                console: &mut self.console,
-            };
-            let value = Device::read(self.offload.as_mut()?, off, size, &mut cx);
+            let value = self.offload.as_mut()?.mmio_read(off, size);
             self.update_offload_line();
             return value;
         }
@@ -171,11 +173,14 @@ impl Bus {
     /// fault.
     pub fn write_mmio(&mut self, pa: u64, size: u32, value: u64, mcycle: u64) -> Option<()> {
         if let Some(off) = offset_in(pa, OFFLOAD_BASE, OFFLOAD_SIZE) {
-            let mut cx = MmioContext {
-                mcycle,
-                console: &mut self.console,
+            let mut dma = Dma {
+                ram: &mut self.ram,
+                log: &mut self.dma_log,
             };
-            let result = Device::write(self.offload.as_mut()?, off, size, value, &mut cx);
+            let result = self
+                .offload
+                .as_mut()?
+                .mmio_write(off, size, value, mcycle, &mut dma);
             self.update_offload_line();
             return result;
         }
@@ -213,9 +218,22 @@ impl Bus {
     pub(crate) fn deliver_offload(&mut self, mcycle: u64) -> bool {
         let delivered = self.offload.as_mut().is_some_and(|c| c.deliver_due(mcycle));
         if delivered {
-            self.update_offload_line();
+            self.pump_offload(mcycle);
         }
         delivered
+    }
+
+    /// Lets the offload channel's transport move delivered responses into guest memory
+    /// (virtio), then propagates its interrupt line.
+    pub(crate) fn pump_offload(&mut self, mcycle: u64) {
+        if let Some(channel) = self.offload.as_mut() {
+            let mut dma = Dma {
+                ram: &mut self.ram,
+                log: &mut self.dma_log,
+            };
+            channel.pump(mcycle, &mut dma);
+        }
+        self.update_offload_line();
     }
 
     /// Whether the interrupt lines into the hart's `mip.MEIP`/`mip.SEIP` are raised.

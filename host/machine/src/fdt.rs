@@ -322,9 +322,9 @@ pub struct BoardDescription {
     pub initrd: Option<(u64, u64)>,
     /// `/chosen/rng-seed`: derived from the run's inputs, never from the host.
     pub rng_seed: [u8; 32],
-    /// Whether the board has the offload channel (its node follows the table's devices
+    /// The offload channel's transport, on a board that has one (its node follows the table's devices
     /// under `/soc`; without it the blob is what it always was).
-    pub offload_channel: bool,
+    pub offload_channel: Option<crate::devices::offload::Transport>,
 }
 
 /// Phandle of hart 0's interrupt controller (`riscv,cpu-intc`).
@@ -432,8 +432,8 @@ pub fn board_device_tree(desc: &BoardDescription) -> Vec<u8> {
                     .get(slot.id)
                     .device_tree_node(w, slot.base, slot.size, slot.irq);
             }
-            if desc.offload_channel {
-                OffloadChannel::new(1).device_tree_node(
+            if let Some(transport) = desc.offload_channel {
+                OffloadChannel::with_transport(1, transport).device_tree_node(
                     w,
                     board::OFFLOAD_BASE,
                     board::OFFLOAD_SIZE,
@@ -476,7 +476,7 @@ mod tests {
             bootargs: "console=ttyS0 quiet".into(),
             initrd: Some((0x8700_0000, 0x8712_3456)),
             rng_seed: core::array::from_fn(|i| i as u8 * 3 + 1),
-            offload_channel: false,
+            offload_channel: None,
         }
     }
 

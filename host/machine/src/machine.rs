@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::board::{self, DTB_BASE, KERNEL_OFFSET, RAM_BASE};
 use crate::bus::{Bus, FlashDrive};
+pub use crate::devices::offload::Transport as OffloadTransport;
 use crate::devices::offload::{Answer, OffloadChannel, OffloadError};
 use crate::devices::Device;
 use crate::fdt::{self, BoardDescription};
@@ -75,6 +76,8 @@ pub struct OffloadConfig {
     /// Cycles from a request's submission to the earliest `mcycle` its response may be
     /// visible at (at least 1).
     pub min_latency: u64,
+    /// How the guest reaches it: the register interface or a virtio console.
+    pub transport: OffloadTransport,
 }
 
 impl Default for MachineConfig {
@@ -300,7 +303,7 @@ impl Machine {
             bootargs: config.bootargs.clone(),
             initrd,
             rng_seed: seed,
-            offload_channel: config.offload.is_some(),
+            offload_channel: config.offload.map(|o| o.transport),
         };
         let dtb = fdt::board_device_tree(&desc);
         if dtb.len() as u64 > board::DTB_SIZE {
@@ -314,7 +317,9 @@ impl Machine {
         hart.x[11] = DTB_BASE;
         hart.flush_caches();
         let mut bus = Bus::new(ram, flash, dtb);
-        bus.offload = config.offload.map(|o| OffloadChannel::new(o.min_latency));
+        bus.offload = config
+            .offload
+            .map(|o| OffloadChannel::with_transport(o.min_latency, o.transport));
         Ok(Self {
             hart,
             bus,
@@ -356,7 +361,8 @@ impl Machine {
             .as_mut()
             .ok_or(OffloadError::NoChannel)?
             .answer(tag, answer, mcycle)?;
-        self.bus.update_offload_line();
+        self.bus.pump_offload(mcycle);
+        self.hart.sync_device_writes(&mut self.bus);
         Ok(())
     }
 
@@ -626,6 +632,61 @@ mod tests {
         twin.bus.flash_stores = 7;
         assert_eq!(twin.root_hash(), m2.root_hash());
         assert_ne!(before, m2.root_hash());
+    }
+
+    /// Devices write guest RAM through [`crate::devices::virtio_console::Dma`]; the hart
+    /// must not run what it decoded or translated from there before.
+    #[test]
+    fn code_a_device_rewrites_is_not_run_stale() {
+        // _start: li s0, 0; li s1, 200
+        // 1: call f; addi s0, s0, 1; blt s0, s1, 1b   (f is hot: decoded and translated)
+        //    lla t2, flag
+        // 2: ld t1, 0(t2); beqz t1, 2b                 (spin until the host says so)
+        //    call f; halt with its result (HTIF tohost = a0 << 1 | 1); 3: j 3b
+        // f (at +0x40): li a0, 1; ret.  flag (at +0x80): .dword 0
+        let words: [u32; 18] = [
+            0x0493_4401,
+            0x0097_0c80,
+            0x80e7_0000,
+            0x0405_03a0,
+            0xfe94_4be3,
+            0x0000_0397,
+            0x06c3_8393,
+            0x0003_b303,
+            0xfe03_0ee3,
+            0x0000_0097,
+            0x01c0_80e7,
+            0x6513_0506,
+            0x82b7_0015,
+            0xb023_4000,
+            0xa001_00a2,
+            0x0000_0013,
+            0x8082_4505,
+            0x0000_0013,
+        ];
+        let mut image: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        image.resize(0x88, 0);
+        let run = |jit: bool| {
+            let mut m = Machine::new(&MachineConfig {
+                ram_length: 1 << 20,
+                ram_image: Some(image.clone()),
+                ..MachineConfig::default()
+            })
+            .unwrap();
+            m.hart.set_jit(jit);
+            assert_eq!(m.run(20_000), Break::MaxMcycle);
+            let mut dma = crate::devices::virtio_console::Dma {
+                ram: &mut m.bus.ram,
+                log: &mut m.bus.dma_log,
+            };
+            // f becomes `li a0, 2` (c.li), and the flag is raised.
+            dma.write(RAM_BASE + 0x40, &0x4509u16.to_le_bytes())
+                .unwrap();
+            dma.write(RAM_BASE + 0x80, &1u64.to_le_bytes()).unwrap();
+            assert_eq!(m.run(40_000), Break::Halted(2), "jit {jit}");
+            (m.mcycle(), m.root_hash())
+        };
+        assert_eq!(run(true), run(false));
     }
 
     #[test]

@@ -14,7 +14,9 @@ use std::path::Path;
 
 use cmbuild_machine::board::OFFLOAD_BASE;
 use cmbuild_machine::devices::offload::{Answer, OffloadError};
-use cmbuild_machine::machine::{Break, FlashConfig, Machine, MachineConfig, OffloadConfig};
+use cmbuild_machine::machine::{
+    Break, FlashConfig, Machine, MachineConfig, OffloadConfig, OffloadTransport,
+};
 use cmbuild_machine::snapshot::{self, SnapshotConfig};
 use sha2::{Digest, Sha256};
 
@@ -31,6 +33,7 @@ fn config(image: &[u8]) -> MachineConfig {
         ram_image: Some(image.to_vec()),
         offload: Some(OffloadConfig {
             min_latency: MIN_LATENCY,
+            transport: OffloadTransport::Registers,
         }),
         ..MachineConfig::default()
     }
@@ -365,11 +368,49 @@ fn the_option_adds_its_state_and_node_and_nothing_else() {
     assert!(has(&with.bus.dtb) && !has(&without.bus.dtb));
     assert!(matches!(
         Machine::new(&MachineConfig {
-            offload: Some(OffloadConfig { min_latency: 0 }),
+            offload: Some(OffloadConfig {
+                min_latency: 0,
+                transport: OffloadTransport::Registers,
+            }),
             ..config(&image)
         }),
         Err(cmbuild_machine::machine::MachineError::BadOffloadLatency)
     ));
+}
+
+#[test]
+fn the_virtio_transport_is_a_virtio_mmio_node_and_its_own_state() {
+    let image = vec![0x73, 0x00, 0x50, 0x10]; // wfi
+    let virtio = |transport| {
+        Machine::new(&MachineConfig {
+            offload: Some(OffloadConfig {
+                min_latency: MIN_LATENCY,
+                transport,
+            }),
+            ..config(&image)
+        })
+        .unwrap()
+    };
+    let (mut v, mut r) = (
+        virtio(OffloadTransport::VirtioConsole),
+        virtio(OffloadTransport::Registers),
+    );
+    let has = |dtb: &[u8], s: &[u8]| dtb.windows(s.len()).any(|w| w == s);
+    assert!(has(&v.bus.dtb, b"virtio,mmio") && !has(&v.bus.dtb, b"cmbuild,offload"));
+    assert!(has(&v.bus.dtb, b"virtio_mmio@10001000"));
+    assert!(has(&r.bus.dtb, b"cmbuild,offload") && !has(&r.bus.dtb, b"virtio,mmio"));
+    // MagicValue, Version, DeviceID at the channel's address.
+    assert_eq!(v.bus.read_mmio(OFFLOAD_BASE, 4, 0), Some(0x7472_6976));
+    assert_eq!(v.bus.read_mmio(OFFLOAD_BASE + 4, 4, 0), Some(2));
+    assert_eq!(v.bus.read_mmio(OFFLOAD_BASE + 8, 4, 0), Some(3));
+    assert_ne!(v.root_hash(), r.root_hash());
+    // The state says which transport a snapshot has.
+    let files = snapshot::encode(&mut v, &SnapshotConfig::from_config(&config(&image)))
+        .unwrap()
+        .to_map();
+    let mut loaded = snapshot::load_files(&files).unwrap().machine;
+    assert!(loaded.offload().unwrap().is_virtio());
+    assert_eq!(loaded.root_hash(), v.root_hash());
 }
 
 /// State hashes of the default board, pinned from `main` before the offload channel

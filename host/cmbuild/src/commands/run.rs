@@ -92,6 +92,16 @@ pub struct Args {
     /// results (artifacts, root hashes) are unchanged.
     #[arg(long)]
     perf_map: bool,
+    /// Hand the guest's rustc jobs for libraries, proc macros and build scripts to sibling
+    /// machines, --jobs of them at a time (docs/parallel-builds.md). Each job completes in
+    /// the build machine at a cycle fixed by its own instruction count, so artifacts and
+    /// root hashes do not depend on --jobs or on the host; results are cached in the mirror
+    /// by their inputs. Experimental: the guest side is not in the pinned image yet.
+    #[arg(long, conflicts_with = "no_offload")]
+    offload: bool,
+    /// Build each triple in one machine, one rustc after another (the default today).
+    #[arg(long)]
+    no_offload: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
@@ -115,6 +125,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         toolchain: args.toolchain.clone(),
         stall_seconds: args.stall_seconds,
         perf_map: args.perf_map,
+        offload: args.offload && !args.no_offload,
     };
     let started = Instant::now();
     let printer = ProgressPrinter::new("cmbuild run");

@@ -114,6 +114,13 @@ pub fn published_settings(published: &Path) -> Result<MachineSettings, VerifyErr
     Ok(settings)
 }
 
+/// Whether the published build handed its rustc jobs to siblings (its `machine.json` says
+/// so); a record without one was not offloaded.
+pub fn published_offload(published: &Path) -> Result<bool, VerifyError> {
+    let path = published.join("machine.json");
+    Ok(path.exists() && manifest::read_machine_record(&path)?.offload.is_some())
+}
+
 /// The rebuilds of a verification: one per machine of the published `machine.json` (its
 /// targets, each checked to be a supported triple), else one per target of the manifest.
 /// A machine that built several targets is rebuilt as one machine building the project's
@@ -174,6 +181,7 @@ pub fn verify(
         return Err(VerifyError::NoArtifacts);
     }
     let settings = published_settings(&opts.published)?;
+    let offload = published_offload(&opts.published)?;
     let groups = rebuild_groups(&targets, &opts.published)?;
     let rev = project::resolve_revision(&opts.project_dir, &manifest.commit).map_err(|source| {
         VerifyError::Commit {
@@ -214,6 +222,9 @@ pub fn verify(
                 .and_then(|a| a.toolchain_version.clone()),
             stall_seconds: crate::watchdog::DEFAULT_STALL_SECONDS,
             perf_map: false,
+            // Offloaded as the published build was: its build machines ran on the board
+            // with the channel, so only that rebuild can reach its root hashes.
+            offload,
         };
         let summary = run_release(&run, progress)?;
         // One verdict over every target's comparison.
@@ -276,6 +287,7 @@ mod tests {
             machines: vec![],
             config,
             template: None,
+            offload: None,
         };
         std::fs::write(dir.join("machine.json"), to_canonical_json(&record)).unwrap();
     }
@@ -439,6 +451,7 @@ mod tests {
             root_hash: "h".into(),
             mcycle: 1,
             exit_code: 0,
+            jobs: Vec::new(),
         };
         record.machines = vec![run(&[x86, arm, riscv])];
         std::fs::write(dir.path().join("machine.json"), to_canonical_json(&record)).unwrap();

@@ -37,6 +37,14 @@ pub fn git(dir: &Path, args: &[&str]) {
     assert!(status.success(), "git {args:?}");
 }
 
+/// Makes `dir` a git repository whose one commit holds everything in it, tagged `tag`.
+pub fn commit_tagged(dir: &Path, tag: &str) {
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", tag]);
+    git(dir, &["tag", tag]);
+}
+
 /// A path as the `&str` command lines take.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()

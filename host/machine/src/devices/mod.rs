@@ -11,6 +11,7 @@ pub mod htif;
 pub mod offload;
 pub mod plic;
 pub mod uart;
+pub mod virtio_console;
 
 use crate::fdt::FdtWriter;
 use crate::state::{Reader, StateError};

@@ -2,8 +2,9 @@
 //! and sees the answer at an `mcycle` the host names, never at one the host's timing picks.
 //!
 //! An optional device ([`crate::machine::MachineConfig::offload`]); the default board has
-//! none, so its state hashes are unchanged. The design, and what a virtio-console transport
-//! would add on top of the same timing core, is `docs/parallel-builds.md`.
+//! none, so its state hashes are unchanged. The design is `docs/parallel-builds.md`. The
+//! guest reaches it through the registers below or, on a board configured so, through a
+//! virtio console ([`super::virtio_console`]) over the same timing core.
 //!
 //! # Timing (the whole point)
 //! A request submitted by a store that retires at `mcycle` `T - 1` is *submitted at* `T`.
@@ -65,6 +66,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use sha2::{Digest, Sha256};
 
+use super::virtio_console::{self, Dma, VirtioConsole};
 use super::{Device, MmioContext};
 use crate::fdt::{self, FdtWriter};
 use crate::state::{put_u64, put_u8, Reader, StateError};
@@ -121,6 +123,18 @@ pub mod reg {
 pub const STATUS_COMPLETION: u64 = 1;
 /// `STATUS` bit 1: the last `SUBMIT` was refused.
 pub const STATUS_REFUSED: u64 = 2;
+
+/// How the guest reaches the channel (a board option; both share the timing core, the
+/// window at [`crate::board::OFFLOAD_BASE`] and PLIC source [`crate::board::OFFLOAD_IRQ`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// The register interface of this module (`cmbuild,offload-channel-v1`): programmed
+    /// I/O, for bare-metal guests and tests.
+    #[default]
+    Registers,
+    /// A virtio console over virtio-mmio ([`super::virtio_console`]): what Linux drives.
+    VirtioConsole,
+}
 
 /// A request submitted and not yet delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,9 +229,12 @@ pub struct OffloadChannel {
     delivered: u64,
     /// Answers the host gave for requests in flight, by tag. Not state.
     answers: BTreeMap<u64, Answer>,
-    /// The tag of a submission the run loop has not reported yet. Not state (like HTIF's
-    /// yield).
-    pub(crate) submitted: Option<u64>,
+    /// Tags of submissions the run loop has not reported yet, oldest first. Not state
+    /// (like HTIF's yield).
+    pub(crate) submitted: VecDeque<u64>,
+    /// The virtio-console transport ([`super::virtio_console`]), or `None` for the
+    /// register interface above.
+    pub(crate) virtio: Option<Box<VirtioConsole>>,
 }
 
 impl OffloadChannel {
@@ -241,7 +258,70 @@ impl OffloadChannel {
             journal: [0; 32],
             delivered: 0,
             answers: BTreeMap::new(),
-            submitted: None,
+            submitted: VecDeque::new(),
+            virtio: None,
+        }
+    }
+
+    /// A channel at reset with the virtio-console transport ([`super::virtio_console`])
+    /// instead of the register interface.
+    pub fn new_virtio(min_latency: u64) -> Self {
+        Self {
+            virtio: Some(Box::default()),
+            ..Self::new(min_latency)
+        }
+    }
+
+    /// A channel at reset with `transport`.
+    pub fn with_transport(min_latency: u64, transport: Transport) -> Self {
+        match transport {
+            Transport::Registers => Self::new(min_latency),
+            Transport::VirtioConsole => Self::new_virtio(min_latency),
+        }
+    }
+
+    /// Whether the channel's transport is the virtio console.
+    pub fn is_virtio(&self) -> bool {
+        self.virtio.is_some()
+    }
+
+    /// The virtio-console transport, if that is the channel's.
+    pub fn virtio(&self) -> Option<&VirtioConsole> {
+        self.virtio.as_deref()
+    }
+
+    /// A load from the channel's window, for either transport; `None` faults.
+    pub(crate) fn mmio_read(&mut self, offset: u64, size: u32) -> Option<u64> {
+        match &self.virtio {
+            Some(v) => v.read(offset, size),
+            None => self.read(offset, size),
+        }
+    }
+
+    /// A store to the channel's window at `mcycle`, for either transport (the virtio one
+    /// reaches guest RAM through `dma`); `None` faults.
+    pub(crate) fn mmio_write(
+        &mut self,
+        offset: u64,
+        size: u32,
+        value: u64,
+        mcycle: u64,
+        dma: &mut Dma<'_>,
+    ) -> Option<()> {
+        let Some(mut v) = self.virtio.take() else {
+            return self.write(offset, size, value, mcycle);
+        };
+        let result = v.write(offset, size, value, mcycle, self, dma);
+        self.virtio = Some(v);
+        result
+    }
+
+    /// Lets the virtio transport move what waits (delivered responses) into the buffers
+    /// the guest posted; nothing for the register interface.
+    pub(crate) fn pump(&mut self, mcycle: u64, dma: &mut Dma<'_>) {
+        if let Some(mut v) = self.virtio.take() {
+            v.work(None, mcycle, self, dma);
+            self.virtio = Some(v);
         }
     }
 
@@ -392,11 +472,16 @@ impl OffloadChannel {
     fn submit(&mut self, tag: u64, mcycle: u64) {
         let request = std::mem::take(&mut self.pending);
         let overflowed = std::mem::take(&mut self.overflowed);
+        self.refused = overflowed || !self.enqueue(tag, request, mcycle);
+    }
+
+    /// Submits `request` with `tag` by a store that retired at `mcycle`; returns false
+    /// (and drops it) when the tag is in use or [`MAX_JOBS`] tags are.
+    pub(crate) fn enqueue(&mut self, tag: u64, request: Vec<u8>, mcycle: u64) -> bool {
         let in_use =
             self.in_flight.contains_key(&tag) || self.completions.iter().any(|c| c.tag == tag);
-        self.refused = overflowed || in_use || self.tags_in_use() >= MAX_JOBS;
-        if self.refused {
-            return;
+        if in_use || self.tags_in_use() >= MAX_JOBS {
+            return false;
         }
         self.in_flight.insert(
             tag,
@@ -408,7 +493,15 @@ impl OffloadChannel {
             },
         );
         self.next_seq += 1;
-        self.submitted = Some(tag);
+        self.submitted.push_back(tag);
+        true
+    }
+
+    /// Takes the oldest completion off the queue (the virtio transport streams it to the
+    /// guest; its tag is free again).
+    pub(crate) fn pop_completion(&mut self) -> Option<Completion> {
+        self.cursor = 0;
+        self.completions.pop_front()
     }
 
     fn status(&self) -> u64 {
@@ -506,15 +599,26 @@ impl OffloadChannel {
         Some(())
     }
 
-    /// The interrupt line: enabled and a completion waiting.
+    /// The interrupt line: enabled and a completion waiting (the virtio transport:
+    /// `InterruptStatus` not zero).
     pub fn interrupt_pending(&self) -> bool {
-        self.irq_enable && !self.completions.is_empty()
+        match &self.virtio {
+            Some(v) => v.interrupt_pending(),
+            None => self.irq_enable && !self.completions.is_empty(),
+        }
     }
 
     /// Appends the canonical encoding of the guest-visible state (see the module
     /// documentation: the answers in flight are not part of it).
     pub fn save_state(&self, out: &mut Vec<u8>) {
-        put_u64(out, STATE_MAGIC);
+        put_u64(
+            out,
+            if self.is_virtio() {
+                virtio_console::STATE_MAGIC
+            } else {
+                STATE_MAGIC
+            },
+        );
         put_u64(out, self.min_latency);
         put_u8(out, self.irq_enable as u8);
         put_u8(out, self.refused as u8);
@@ -537,15 +641,20 @@ impl OffloadChannel {
         put_u64(out, self.cursor);
         out.extend_from_slice(&self.journal);
         put_u64(out, self.delivered);
+        if let Some(v) = &self.virtio {
+            v.save_state(out);
+        }
     }
 
     /// Restores what [`OffloadChannel::save_state`] wrote, refusing what the channel
     /// could never hold. Answers in flight are dropped (the host gives them again).
     pub fn load_state(&mut self, r: &mut Reader<'_>) -> Result<(), StateError> {
         let invalid = StateError::Invalid;
-        if r.u64()? != STATE_MAGIC {
-            return Err(invalid("offload channel magic"));
-        }
+        let virtio = match r.u64()? {
+            STATE_MAGIC => false,
+            virtio_console::STATE_MAGIC => true,
+            _ => return Err(invalid("offload channel magic")),
+        };
         let min_latency = r.u64()?;
         if min_latency == 0 {
             return Err(invalid("offload min_latency"));
@@ -610,6 +719,11 @@ impl OffloadChannel {
         }
         c.journal.copy_from_slice(r.bytes(32)?);
         c.delivered = r.u64()?;
+        if virtio {
+            let mut v = VirtioConsole::new();
+            v.load_state(r)?;
+            c.virtio = Some(Box::new(v));
+        }
         *self = c;
         Ok(())
     }
@@ -642,9 +756,12 @@ impl Device for OffloadChannel {
     }
 
     fn read(&mut self, offset: u64, size: u32, _cx: &mut MmioContext<'_>) -> Option<u64> {
-        OffloadChannel::read(self, offset, size)
+        self.mmio_read(offset, size)
     }
 
+    /// The register interface only: the virtio transport's stores reach guest RAM, which
+    /// [`MmioContext`] does not carry (the bus calls `mmio_write` for both), so they fault
+    /// here.
     fn write(
         &mut self,
         offset: u64,
@@ -652,6 +769,9 @@ impl Device for OffloadChannel {
         value: u64,
         cx: &mut MmioContext<'_>,
     ) -> Option<()> {
+        if self.is_virtio() {
+            return None;
+        }
         OffloadChannel::write(self, offset, size, value, cx.mcycle)
     }
 
@@ -664,6 +784,9 @@ impl Device for OffloadChannel {
     }
 
     fn device_tree_node(&self, w: &mut FdtWriter, base: u64, size: u64, irq: Option<u32>) {
+        if let (true, Some(irq)) = (self.is_virtio(), irq) {
+            return VirtioConsole::device_tree_node(w, base, size, irq);
+        }
         w.node(&format!("offload@{base:x}"), |w| {
             w.property_string("compatible", "cmbuild,offload-channel-v1");
             w.property_cells("reg", &fdt::reg_cells(base, size));
@@ -703,7 +826,7 @@ mod tests {
         let mut c = OffloadChannel::new(100);
         assert_eq!(c.read(reg::ID, 4), Some(MAGIC as u64));
         submit(&mut c, b"job", 5, 9);
-        assert_eq!(c.submitted, Some(5));
+        assert_eq!(c.submitted.back(), Some(&5));
         assert_eq!(c.request(5).unwrap().request, b"job");
         assert_eq!(c.earliest(5), Some(110));
         assert_eq!(c.wall(), Some((109, 5)));

@@ -394,6 +394,7 @@ impl Hart {
     /// channel has a request to report or must wait for an answer.
     pub fn run(&mut self, bus: &mut Bus, limit: u64) -> Stop {
         loop {
+            self.sync_device_writes(bus);
             if bus.devices.htif.halt.is_some() {
                 return Stop::Halted;
             }
@@ -406,9 +407,11 @@ impl Hart {
             // as if `limit` were there.
             let mut wall = u64::MAX;
             if bus.offload.is_some() {
-                bus.deliver_offload(self.mcycle);
+                if bus.deliver_offload(self.mcycle) {
+                    self.sync_device_writes(bus);
+                }
                 let channel = bus.offload.as_mut().expect("checked");
-                if let Some(tag) = channel.submitted.take() {
+                if let Some(tag) = channel.submitted.pop_front() {
                     return Stop::OffloadRequest(tag);
                 }
                 if let Some((at, tag)) = channel.wall() {
@@ -528,6 +531,29 @@ impl Hart {
                 self.jit.candidate = true;
                 self.mcycle += 1;
                 2
+            }
+        }
+    }
+
+    /// Drops what the decode cache and the translator hold for RAM that devices wrote
+    /// ([`Bus::dma_log`]), and an LR reservation there, as a store by the hart would.
+    /// The run loop calls it before it executes anything: devices write RAM only in a
+    /// store to their registers (which ends the current block and slice of the hot loop)
+    /// or at the loop's top.
+    pub(crate) fn sync_device_writes(&mut self, bus: &mut Bus) {
+        if bus.dma_log.is_empty() {
+            return;
+        }
+        for (off, len) in bus.dma_log.drain(..) {
+            for (piece, size) in crate::devices::virtio_console::page_pieces(off, len) {
+                self.dcache.invalidate(piece, size);
+            }
+            let pa = crate::board::RAM_BASE + off;
+            if self
+                .reservation
+                .is_some_and(|r| r.wrapping_sub(pa) < len || pa.wrapping_sub(r) < 8)
+            {
+                self.reservation = None;
             }
         }
     }

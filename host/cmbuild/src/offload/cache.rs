@@ -1,0 +1,251 @@
+//! The action cache: a job's result kept in the mirror by its action digest, so a later
+//! build (the next release, the second triple's build scripts) takes it instead of running
+//! the job again, with the recorded cycle count `C`, so that its root hash equals a cold
+//! build's (`docs/parallel-builds.md`, "The cache").
+//!
+//! Layout: `<mirror>/offload/<action digest>.json` names the result body (the `result`
+//! response, as the guest receives it) stored as a mirror blob by CID. An entry is used
+//! only when its JSON parses within bounds, names the action asked for, its blob matches
+//! its CID and sha256, and the body parses as a result of this job; anything else is
+//! refused (the caller runs the job again and writes a good entry over it).
+
+use std::path::PathBuf;
+
+use cmbuild_store::atomic::write_atomically;
+use cmbuild_store::cid::Cid;
+use cmbuild_store::mirror::Mirror;
+use cmbuild_store::sha256::Sha256;
+use serde::{Deserialize, Serialize};
+
+use super::job::Job;
+use super::wire::{JobResult, Response};
+
+/// The directory of entries under the mirror's root.
+pub const DIR: &str = "offload";
+/// Largest entry file read.
+const MAX_ENTRY: u64 = 64 << 10;
+
+/// What running a job gave: the answer and how the sibling got it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Computed {
+    /// The answer: the job's result, or an error when the sibling could not produce one
+    /// (the wrapper then runs rustc in the parent). Only results are cached.
+    pub response: Response,
+    /// Guest instructions the sibling ran (its `mcycle` at halt minus the template's).
+    pub cycles: u64,
+    /// The sibling's root hash at halt.
+    pub sibling_root_hash: String,
+}
+
+/// One cache entry on disk (keys sorted).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    action: Sha256,
+    cycles: u64,
+    result: Cid,
+    result_sha256: Sha256,
+    sibling_root_hash: String,
+    v: u32,
+}
+
+/// Errors writing the cache (reading never fails: a bad entry is a miss with a reason).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// cannot store a job's result in the mirror
+    #[error("cannot store a job's result in the mirror")]
+    Mirror(#[from] cmbuild_store::mirror::MirrorError),
+    /// cannot write the cache entry {0}
+    #[error("cannot write the cache entry {0}")]
+    Write(PathBuf, #[source] cmbuild_store::atomic::AtomicError),
+    /// cannot create the cache directory {0}
+    #[error("cannot create the cache directory {0}")]
+    Dir(PathBuf, #[source] std::io::Error),
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A checked entry.
+    Hit(Computed),
+    /// No entry.
+    Miss,
+    /// An entry that failed a check, and why (it will be recomputed and overwritten).
+    Refused(String),
+}
+
+/// The action cache of one mirror.
+#[derive(Debug, Clone)]
+pub struct ActionCache {
+    mirror: Mirror,
+}
+
+/// Whether `text` looks like a root hash (`cmvm-sha256-v1:` and 64 hex digits).
+fn is_root_hash(text: &str) -> bool {
+    text.strip_prefix("cmvm-sha256-v1:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+impl ActionCache {
+    /// The cache kept in `mirror`.
+    pub fn new(mirror: Mirror) -> ActionCache {
+        ActionCache { mirror }
+    }
+
+    fn entry_path(&self, action: &Sha256) -> PathBuf {
+        self.mirror.root().join(DIR).join(format!("{action}.json"))
+    }
+
+    /// The entry for `action` (the digest of `job`), checked.
+    pub fn lookup(&self, action: &Sha256, job: &Job) -> Lookup {
+        let path = self.entry_path(action);
+        let bytes = match crate::untrusted::read_capped(&path, MAX_ENTRY) {
+            Ok(bytes) => bytes,
+            Err(crate::untrusted::ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Lookup::Miss
+            }
+            Err(e) => return Lookup::Refused(format!("{}: {e}", path.display())),
+        };
+        let entry: Entry = match serde_json::from_slice(&bytes) {
+            Ok(entry) => entry,
+            Err(e) => return Lookup::Refused(format!("{}: {e}", path.display())),
+        };
+        if entry.v != 1 || entry.action != *action || !is_root_hash(&entry.sibling_root_hash) {
+            return Lookup::Refused(format!("{}: not an entry for this action", path.display()));
+        }
+        let body = match self.mirror.read_verified(&entry.result) {
+            Ok(body) => body,
+            Err(e) => return Lookup::Refused(crate::terminal::error_chain(&e)),
+        };
+        if Sha256::of(&body) != entry.result_sha256 {
+            return Lookup::Refused(format!("{}: the result's sha256 differs", path.display()));
+        }
+        match JobResult::parse(&body, job) {
+            Ok(result) => Lookup::Hit(Computed {
+                response: Response::Result(result),
+                cycles: entry.cycles,
+                sibling_root_hash: entry.sibling_root_hash,
+            }),
+            Err(e) => Lookup::Refused(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Keeps `computed` as the result of `action` (an error is not kept: it is computed
+    /// again, the same way, next time).
+    pub fn store(&self, action: &Sha256, computed: &Computed) -> Result<(), CacheError> {
+        let Response::Result(result) = &computed.response else {
+            return Ok(());
+        };
+        let body = result.encode();
+        let stored = self.mirror.put_bytes(&body)?;
+        let entry = Entry {
+            action: *action,
+            cycles: computed.cycles,
+            result: stored.cid,
+            result_sha256: stored.sha256,
+            sibling_root_hash: computed.sibling_root_hash.clone(),
+            v: 1,
+        };
+        let path = self.entry_path(action);
+        let mut json = serde_json::to_vec_pretty(&entry).expect("an entry always serializes");
+        json.push(b'\n');
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| CacheError::Dir(dir.to_owned(), e))?;
+        }
+        write_atomically(&path, &json).map_err(|e| CacheError::Write(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offload::job::{GuestPath, Input};
+    use crate::offload::wire::OutFile;
+    use std::collections::BTreeMap;
+
+    fn job() -> Job {
+        Job {
+            argv: vec!["rustc".into(), "src/lib.rs".into()],
+            cwd: GuestPath::new("/build/vendor/a-1.0.0").unwrap(),
+            env: BTreeMap::new(),
+            inputs: vec![Input {
+                exec: false,
+                path: GuestPath::new("/build/vendor/a-1.0.0/src/lib.rs").unwrap(),
+                sha256: Sha256::of(b"pub fn a() {}"),
+                size: 13,
+            }],
+            outputs: vec![GuestPath::new("/build/src/target/release/deps").unwrap()],
+        }
+    }
+
+    fn result() -> JobResult {
+        JobResult {
+            exit: 0,
+            stdout: vec![],
+            stderr: b"warning: unused\n".to_vec(),
+            files: vec![OutFile {
+                path: GuestPath::new("/build/src/target/release/deps/liba.rlib").unwrap(),
+                exec: false,
+                bytes: b"an rlib".to_vec(),
+            }],
+        }
+    }
+
+    fn computed() -> Computed {
+        Computed {
+            response: Response::Result(result()),
+            cycles: 123_456_789,
+            sibling_root_hash: format!("cmvm-sha256-v1:{}", "ab".repeat(32)),
+        }
+    }
+
+    #[test]
+    fn a_stored_result_comes_back_with_its_cycles() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ActionCache::new(Mirror::open(dir.path()).unwrap());
+        let action = Sha256::of(b"action");
+        assert!(matches!(cache.lookup(&action, &job()), Lookup::Miss));
+        cache.store(&action, &computed()).unwrap();
+        match cache.lookup(&action, &job()) {
+            Lookup::Hit(hit) => assert_eq!(hit, computed()),
+            other => panic!("{other:?}"),
+        }
+        // Another action's name on the same entry is refused.
+        let other = Sha256::of(b"other action");
+        std::fs::copy(cache.entry_path(&action), cache.entry_path(&other)).unwrap();
+        assert!(matches!(cache.lookup(&other, &job()), Lookup::Refused(_)));
+    }
+
+    #[test]
+    fn tampered_entries_are_refused_and_recomputed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let cache = ActionCache::new(mirror.clone());
+        let action = Sha256::of(b"action");
+        cache.store(&action, &computed()).unwrap();
+        // The result blob's bytes changed: its CID no longer matches.
+        let cid = mirror.put_bytes(&result().encode()).unwrap().cid;
+        let blob = mirror.blob_path(&cid);
+        let mut bytes = std::fs::read(&blob).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&blob, &bytes).unwrap();
+        assert!(matches!(cache.lookup(&action, &job()), Lookup::Refused(_)));
+        // Recomputing writes a good entry (and blob) again.
+        cache.store(&action, &computed()).unwrap();
+        assert!(matches!(cache.lookup(&action, &job()), Lookup::Hit(_)));
+        // An entry naming a result blob that is not a result of this job is refused.
+        let mut outside = result();
+        outside.files[0].path = GuestPath::new("/build/src/lib.rs").unwrap();
+        let outside = Computed {
+            response: Response::Result(outside),
+            ..computed()
+        };
+        cache.store(&action, &outside).unwrap();
+        assert!(matches!(cache.lookup(&action, &job()), Lookup::Refused(_)));
+        // Garbage and oversized entries are refused, not fatal.
+        std::fs::write(cache.entry_path(&action), b"{not json").unwrap();
+        assert!(matches!(cache.lookup(&action, &job()), Lookup::Refused(_)));
+        std::fs::write(cache.entry_path(&action), vec![b' '; 1 << 20]).unwrap();
+        assert!(matches!(cache.lookup(&action, &job()), Lookup::Refused(_)));
+    }
+}

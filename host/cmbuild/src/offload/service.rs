@@ -1,0 +1,373 @@
+//! Computing dispatched jobs for every parent of a run: from the action cache when it
+//! holds a checked entry, else in a sibling machine, at most `--jobs` siblings at a time
+//! across all parents. How long any of this takes never reaches a parent: its answer's
+//! cycle is `T + L + C` ([`super::parent`]).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use super::blobs::BlobStore;
+use super::cache::{ActionCache, CacheError, Computed, Lookup};
+use super::parent::Dispatch;
+use super::sibling::{self, SiblingError};
+use super::wire::Response;
+
+/// What a sibling machine did with an input drive.
+#[derive(Debug)]
+pub struct SiblingRun {
+    /// Its output drive.
+    pub output_drive: Vec<u8>,
+    /// Instructions it ran from the template to its halt.
+    pub cycles: u64,
+    /// Its root hash at halt.
+    pub root_hash: String,
+    /// The end of its console (sanitised), to explain a job that gave no result.
+    pub console_tail: String,
+}
+
+/// Runs sibling machines (a build machine resumed from the template, in `crate::run`;
+/// a fake in tests).
+pub trait SiblingRunner: Sync {
+    /// Runs one sibling to its halt with `input_drive`; an error is the host's (the
+    /// machine could not be made or run), never the job's.
+    fn run(&self, input_drive: Vec<u8>) -> Result<SiblingRun, String>;
+}
+
+/// Errors of the host while computing a job: they fail the run (a job's own failure is an
+/// answer, not one of these).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// cannot make the sibling's input drive
+    #[error("cannot make the sibling's input drive")]
+    Drive(#[source] SiblingError),
+    /// a sibling machine failed: {0}
+    #[error("a sibling machine failed: {0}")]
+    Sibling(String),
+    /// cannot keep a job's result
+    #[error("cannot keep a job's result")]
+    Cache(#[from] CacheError),
+    /// cannot make a scratch directory
+    #[error("cannot make a scratch directory")]
+    Scratch(#[source] std::io::Error),
+}
+
+/// Counts of what the service did (for the run's summary).
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Jobs taken from the cache.
+    pub hits: AtomicU64,
+    /// Jobs run in a sibling.
+    pub runs: AtomicU64,
+    /// Cache entries refused (and recomputed).
+    pub refused: AtomicU64,
+    /// Guest instructions siblings ran (cached jobs included, at their recorded count).
+    pub cycles: AtomicU64,
+}
+
+/// A counting semaphore: at most `n` siblings at once.
+#[derive(Debug)]
+struct Permits {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Permits {
+    fn take(&self) -> PermitGuard<'_> {
+        let mut free = self.free.lock().expect("no panics hold this lock");
+        while *free == 0 {
+            free = self.freed.wait(free).expect("no panics hold this lock");
+        }
+        *free -= 1;
+        PermitGuard(self)
+    }
+}
+
+struct PermitGuard<'a>(&'a Permits);
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().expect("no panics hold this lock") += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// What [`Service::on_failed`] is called with: the job, why, and its sibling's console's end.
+pub type OnFailed<'a> = dyn Fn(&super::job::Job, &str, &str) + Sync + 'a;
+
+/// The run's job service.
+pub struct Service<'a> {
+    blobs: &'a BlobStore,
+    tool: &'a [u8],
+    cache: Option<ActionCache>,
+    runner: &'a dyn SiblingRunner,
+    permits: Permits,
+    scratch: PathBuf,
+    /// What it did.
+    pub counts: Counts,
+    /// Called with each refused cache entry's reason (a warning for the user).
+    pub on_refused: Box<dyn Fn(&str) + Sync + 'a>,
+    /// Called with each job whose sibling gave no result: why, and its console's end.
+    pub on_failed: Box<OnFailed<'a>>,
+}
+
+impl<'a> Service<'a> {
+    /// A service running at most `jobs` siblings at once, with `cache` (none: every job
+    /// runs), unpacking output drives under `scratch`.
+    pub fn new(
+        blobs: &'a BlobStore,
+        tool: &'a [u8],
+        cache: Option<ActionCache>,
+        runner: &'a dyn SiblingRunner,
+        jobs: usize,
+        scratch: PathBuf,
+    ) -> Service<'a> {
+        Service {
+            blobs,
+            tool,
+            cache,
+            runner,
+            permits: Permits {
+                free: Mutex::new(jobs.max(1)),
+                freed: Condvar::new(),
+            },
+            scratch,
+            counts: Counts::default(),
+            on_refused: Box::new(|_| {}),
+            on_failed: Box::new(|_, _, _| {}),
+        }
+    }
+
+    /// Computes a dispatched job: the cache's checked entry, else a sibling's run (kept in
+    /// the cache when it gave a result).
+    pub fn compute(&self, dispatch: &Dispatch) -> Result<Computed, ServiceError> {
+        if let Some(cache) = &self.cache {
+            match cache.lookup(&dispatch.action, &dispatch.job) {
+                Lookup::Hit(hit) => {
+                    self.counts.hits.fetch_add(1, Ordering::Relaxed);
+                    self.counts.cycles.fetch_add(hit.cycles, Ordering::Relaxed);
+                    return Ok(hit);
+                }
+                Lookup::Miss => {}
+                Lookup::Refused(why) => {
+                    self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                    (self.on_refused)(&why);
+                }
+            }
+        }
+        let drive = sibling::input_drive(&dispatch.job, self.blobs, self.tool)
+            .map_err(ServiceError::Drive)?;
+        let run = {
+            let _permit = self.permits.take();
+            self.runner.run(drive).map_err(ServiceError::Sibling)?
+        };
+        self.counts.runs.fetch_add(1, Ordering::Relaxed);
+        self.counts.cycles.fetch_add(run.cycles, Ordering::Relaxed);
+        std::fs::create_dir_all(&self.scratch).map_err(ServiceError::Scratch)?;
+        let unpacked = tempfile::tempdir_in(&self.scratch).map_err(ServiceError::Scratch)?;
+        let response = match sibling::read_result(&run.output_drive, &dispatch.job, unpacked.path())
+        {
+            Ok(result) => Response::Result(result),
+            // The sibling is deterministic: it fails this way for this job every time.
+            Err(e) => {
+                (self.on_failed)(&dispatch.job, &e.to_string(), &run.console_tail);
+                Response::Error(format!("the sibling gave no result: {e}"))
+            }
+        };
+        let computed = Computed {
+            response,
+            cycles: run.cycles,
+            sibling_root_hash: run.root_hash,
+        };
+        if let Some(cache) = &self.cache {
+            cache.store(&dispatch.action, &computed)?;
+        }
+        Ok(computed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offload::job::{GuestPath, Input, Job, Platform};
+    use crate::offload::wire::{JobResult, OutFile};
+    use cmbuild_store::mirror::Mirror;
+    use cmbuild_store::sha256::Sha256;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A sibling that "compiles" by writing the sha256 of its input drive as an rlib,
+    /// counting its runs and the most that ran at once.
+    struct Fake {
+        runs: AtomicUsize,
+        running: AtomicUsize,
+        most: AtomicUsize,
+        fail: bool,
+    }
+
+    impl SiblingRunner for Fake {
+        fn run(&self, input_drive: Vec<u8>) -> Result<SiblingRun, String> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            let result = JobResult {
+                exit: 0,
+                stdout: vec![],
+                stderr: vec![],
+                files: vec![OutFile {
+                    path: GuestPath::new("/build/src/target/deps/liba.rlib").unwrap(),
+                    exec: false,
+                    bytes: Sha256::of(&input_drive).to_string().into_bytes(),
+                }],
+            };
+            let mut builder = tar::Builder::new(Vec::new());
+            let (name, body): (&str, Vec<u8>) = match self.fail {
+                false => ("result", result.encode()),
+                true => ("error", b"sibling-run-job\n".to_vec()),
+            };
+            let mut header = tar::Header::new_gnu();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, &body[..]).unwrap();
+            Ok(SiblingRun {
+                output_drive: builder.into_inner().unwrap(),
+                cycles: 4242,
+                root_hash: format!("cmvm-sha256-v1:{}", "ef".repeat(32)),
+                console_tail: String::new(),
+            })
+        }
+    }
+
+    fn fake(fail: bool) -> Fake {
+        Fake {
+            runs: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+            fail,
+        }
+    }
+
+    fn dispatch(blobs: &BlobStore, source: &str) -> Dispatch {
+        let job = Job {
+            argv: vec!["rustc".into()],
+            cwd: GuestPath::new("/build/src").unwrap(),
+            env: Default::default(),
+            inputs: vec![Input {
+                exec: false,
+                path: GuestPath::new("/build/src/lib.rs").unwrap(),
+                sha256: blobs.put(source.as_bytes()).unwrap(),
+                size: source.len() as u64,
+            }],
+            outputs: vec![GuestPath::new("/build/src/target/deps").unwrap()],
+        };
+        let platform = Platform {
+            latency: 1,
+            scheme: "cmvm-sha256-v1".into(),
+            template: "cmvm-sha256-v1:00".into(),
+            tool: Sha256::of(b"tool"),
+        };
+        Dispatch {
+            tag: 1,
+            submitted_at: 0,
+            action: job.action_digest(&platform),
+            job,
+        }
+    }
+
+    #[test]
+    fn jobs_run_once_then_come_from_the_cache_with_the_same_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let cache = ActionCache::new(Mirror::open(dir.path().join("mirror")).unwrap());
+        let runner = fake(false);
+        let service = Service::new(
+            &blobs,
+            b"tool",
+            Some(cache.clone()),
+            &runner,
+            2,
+            dir.path().join("scratch"),
+        );
+        let job = dispatch(&blobs, "pub fn a() {}");
+        let cold = service.compute(&job).unwrap();
+        let warm = service.compute(&job).unwrap();
+        assert_eq!(cold, warm);
+        assert_eq!(runner.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(service.counts.hits.load(Ordering::SeqCst), 1);
+        assert_eq!(cold.cycles, 4242);
+        // A tampered entry is refused and recomputed, giving the same answer.
+        let entry = dir
+            .path()
+            .join("mirror/offload")
+            .join(format!("{}.json", job.action));
+        let text = std::fs::read_to_string(&entry)
+            .unwrap()
+            .replace("4242", "4243");
+        std::fs::write(&entry, text).unwrap();
+        let lied = match cache.lookup(&job.action, &job.job) {
+            Lookup::Hit(hit) => hit.cycles,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            lied, 4243,
+            "a consistent forgery of C passes the local checks"
+        );
+        let mut bytes = std::fs::read(&entry).unwrap();
+        bytes.truncate(bytes.len() / 2);
+        std::fs::write(&entry, bytes).unwrap();
+        let again = service.compute(&job).unwrap();
+        assert_eq!(again, cold);
+        assert_eq!(service.counts.refused.load(Ordering::SeqCst), 1);
+        assert_eq!(runner.runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn at_most_jobs_siblings_run_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let runner = fake(false);
+        let service = Service::new(
+            &blobs,
+            b"tool",
+            None,
+            &runner,
+            2,
+            dir.path().join("scratch"),
+        );
+        let jobs: Vec<Dispatch> = (0..8)
+            .map(|i| dispatch(&blobs, &format!("fn f{i}() {{}}")))
+            .collect();
+        std::thread::scope(|scope| {
+            for job in &jobs {
+                let service = &service;
+                scope.spawn(move || service.compute(job).unwrap());
+            }
+        });
+        assert_eq!(runner.runs.load(Ordering::SeqCst), 8);
+        assert_eq!(runner.most.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_sibling_without_a_result_is_an_error_answer_and_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let cache = ActionCache::new(Mirror::open(dir.path().join("mirror")).unwrap());
+        let runner = fake(true);
+        let service = Service::new(
+            &blobs,
+            b"tool",
+            Some(cache),
+            &runner,
+            1,
+            dir.path().join("scratch"),
+        );
+        let job = dispatch(&blobs, "pub fn a() {}");
+        let first = service.compute(&job).unwrap();
+        assert!(matches!(first.response, Response::Error(_)), "{first:?}");
+        assert_eq!(first.cycles, 4242);
+        assert_eq!(service.compute(&job).unwrap(), first);
+        assert_eq!(runner.runs.load(Ordering::SeqCst), 2);
+    }
+}

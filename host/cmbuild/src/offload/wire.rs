@@ -1,0 +1,493 @@
+//! Request and response bodies of the offload channel (`docs/parallel-builds.md`, "The job
+//! format"): one canonical JSON line, then a payload the line describes. Requests come from
+//! the guest and responses from a sibling's output drive: both are parsed here, bounded,
+//! without panics.
+
+use cmbuild_store::sha256::Sha256;
+use serde::{Deserialize, Serialize};
+
+use super::job::{GuestPath, Job, JobError};
+
+/// Largest request body the channel carries (`cmbuild_machine::devices::offload::MAX_REQUEST`).
+pub const MAX_REQUEST: usize = 1 << 20;
+/// Largest response body (`cmbuild_machine::devices::offload::MAX_RESPONSE`).
+pub const MAX_RESPONSE: usize = 1 << 30;
+/// Largest blob chunk.
+pub const MAX_CHUNK: usize = 512 << 10;
+/// Most files in one result.
+pub const MAX_FILES: usize = 4096;
+
+/// Why a body was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// the body has no JSON line (no newline in its first {0} bytes)
+    #[error("the body has no JSON line (no newline in its first {0} bytes)")]
+    NoLine(usize),
+    /// the body is {0} bytes, more than the channel carries
+    #[error("the body is {0} bytes, more than the channel carries")]
+    TooLarge(usize),
+    /// the JSON line is not a known request or response: {0}
+    #[error("the JSON line is not a known request or response: {0}")]
+    Format(String),
+    /// {0}
+    #[error("{0}")]
+    Job(#[from] JobError),
+    /// a blob chunk does not fit its blob (offset {offset}, {len} bytes, blob of {size})
+    #[error("a blob chunk does not fit its blob (offset {offset}, {len} bytes, blob of {size})")]
+    Chunk {
+        /// The chunk's offset.
+        offset: u64,
+        /// Its length.
+        len: usize,
+        /// The blob's size.
+        size: u64,
+    },
+    /// the payload is {got} bytes where the JSON line describes {want}
+    #[error("the payload is {got} bytes where the JSON line describes {want}")]
+    Payload {
+        /// What is there.
+        got: u64,
+        /// What the line says.
+        want: u64,
+    },
+    /// result file {0:?} is not sorted, repeated, or outside the job's outputs
+    #[error("result file {0:?} is not sorted, repeated, or outside the job's outputs")]
+    FilePath(String),
+    /// result file {0:?} does not match its sha256
+    #[error("result file {0:?} does not match its sha256")]
+    FileDigest(String),
+}
+
+/// A chunk of a blob the guest sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobChunk {
+    /// The whole blob's digest.
+    pub sha256: Sha256,
+    /// The whole blob's size.
+    pub size: u64,
+    /// Where this chunk starts.
+    pub offset: u64,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// What the guest asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Run (or look up) a job.
+    Job(Job),
+    /// Take part of a blob.
+    Blob(BlobChunk),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlobLine {
+    kind: String,
+    offset: u64,
+    sha256: Sha256,
+    size: u64,
+    v: u32,
+}
+
+#[derive(Deserialize)]
+struct Kind {
+    kind: String,
+}
+
+/// Splits a body into its JSON line (without `\n`) and its payload.
+fn split(body: &[u8], max: usize) -> Result<(&[u8], &[u8]), WireError> {
+    if body.len() > max {
+        return Err(WireError::TooLarge(body.len()));
+    }
+    let end = body
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or(WireError::NoLine(body.len()))?;
+    Ok((&body[..end], &body[end + 1..]))
+}
+
+impl Request {
+    /// Parses a request body.
+    pub fn parse(body: &[u8]) -> Result<Request, WireError> {
+        let (line, payload) = split(body, MAX_REQUEST)?;
+        let kind: Kind =
+            serde_json::from_slice(line).map_err(|e| WireError::Format(e.to_string()))?;
+        match kind.kind.as_str() {
+            "job" => {
+                if !payload.is_empty() {
+                    return Err(WireError::Payload {
+                        got: payload.len() as u64,
+                        want: 0,
+                    });
+                }
+                Ok(Request::Job(Job::parse(line)?))
+            }
+            "blob" => {
+                let blob: BlobLine =
+                    serde_json::from_slice(line).map_err(|e| WireError::Format(e.to_string()))?;
+                if blob.v != super::job::VERSION || blob.kind != "blob" {
+                    return Err(WireError::Format(format!("blob version {}", blob.v)));
+                }
+                let fits = payload.len() <= MAX_CHUNK
+                    && blob.size <= super::job::MAX_INPUT_SIZE
+                    && blob
+                        .offset
+                        .checked_add(payload.len() as u64)
+                        .is_some_and(|end| end <= blob.size)
+                    && (!payload.is_empty() || blob.size == 0);
+                if !fits {
+                    return Err(WireError::Chunk {
+                        offset: blob.offset,
+                        len: payload.len(),
+                        size: blob.size,
+                    });
+                }
+                Ok(Request::Blob(BlobChunk {
+                    sha256: blob.sha256,
+                    size: blob.size,
+                    offset: blob.offset,
+                    bytes: payload.to_vec(),
+                }))
+            }
+            other => Err(WireError::Format(format!(
+                "kind {:?}",
+                other.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+}
+
+/// One file of a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutFile {
+    /// Where the wrapper writes it.
+    pub path: GuestPath,
+    /// Its mode is 0755 (else 0644).
+    pub exec: bool,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// What a job produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobResult {
+    /// rustc's exit status.
+    pub exit: i32,
+    /// Its standard output.
+    pub stdout: Vec<u8>,
+    /// Its standard error.
+    pub stderr: Vec<u8>,
+    /// The new or changed files under the job's outputs, sorted by path.
+    pub files: Vec<OutFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLine {
+    exec: bool,
+    path: GuestPath,
+    sha256: Sha256,
+    size: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResultLine {
+    exit: i32,
+    files: Vec<FileLine>,
+    kind: String,
+    stderr: u64,
+    stdout: u64,
+}
+
+impl JobResult {
+    /// The `result` response body.
+    pub fn encode(&self) -> Vec<u8> {
+        let line = ResultLine {
+            exit: self.exit,
+            files: self
+                .files
+                .iter()
+                .map(|f| FileLine {
+                    exec: f.exec,
+                    path: f.path.clone(),
+                    sha256: Sha256::of(&f.bytes),
+                    size: f.bytes.len() as u64,
+                })
+                .collect(),
+            kind: "result".to_owned(),
+            stderr: self.stderr.len() as u64,
+            stdout: self.stdout.len() as u64,
+        };
+        let mut body = serde_json::to_vec(&line).expect("a result always serializes");
+        body.push(b'\n');
+        body.extend_from_slice(&self.stdout);
+        body.extend_from_slice(&self.stderr);
+        for file in &self.files {
+            body.extend_from_slice(&file.bytes);
+        }
+        body
+    }
+
+    /// Parses a `result` body (what a sibling's `run-job` wrote) for `job`: every file must
+    /// be under the job's outputs, sorted, unique, and match its digest; the payload must
+    /// be exactly what the line describes.
+    pub fn parse(body: &[u8], job: &Job) -> Result<JobResult, WireError> {
+        let (line, payload) = split(body, MAX_RESPONSE)?;
+        let line: ResultLine =
+            serde_json::from_slice(line).map_err(|e| WireError::Format(e.to_string()))?;
+        if line.kind != "result" {
+            return Err(WireError::Format(format!("kind {:?}", line.kind)));
+        }
+        if line.files.len() > MAX_FILES {
+            return Err(WireError::Format(format!("{} files", line.files.len())));
+        }
+        let want = line
+            .files
+            .iter()
+            .try_fold(line.stdout.checked_add(line.stderr), |sum, f| {
+                Some(sum.and_then(|s| s.checked_add(f.size)))
+            })
+            .flatten()
+            .unwrap_or(u64::MAX);
+        if want != payload.len() as u64 {
+            return Err(WireError::Payload {
+                got: payload.len() as u64,
+                want,
+            });
+        }
+        let mut rest = payload;
+        let mut take = |n: u64| {
+            let (head, tail) = rest.split_at(n as usize);
+            rest = tail;
+            head.to_vec()
+        };
+        let stdout = take(line.stdout);
+        let stderr = take(line.stderr);
+        let mut files: Vec<OutFile> = Vec::with_capacity(line.files.len());
+        for f in line.files {
+            let in_order = files.last().is_none_or(|last| last.path < f.path);
+            if !in_order || !job.is_output(&f.path) {
+                return Err(WireError::FilePath(f.path.to_string()));
+            }
+            let bytes = take(f.size);
+            if Sha256::of(&bytes) != f.sha256 {
+                return Err(WireError::FileDigest(f.path.to_string()));
+            }
+            files.push(OutFile {
+                path: f.path,
+                exec: f.exec,
+                bytes,
+            });
+        }
+        Ok(JobResult {
+            exit: line.exit,
+            stdout,
+            stderr,
+            files,
+        })
+    }
+}
+
+/// What the host answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The job's result.
+    Result(JobResult),
+    /// Send these blobs, then the job again (sorted, unique).
+    Missing(Vec<Sha256>),
+    /// The blob chunk is stored.
+    Ok,
+    /// The host will not run this request; the wrapper runs rustc itself.
+    Error(String),
+}
+
+impl Response {
+    /// The response body.
+    pub fn encode(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Missing<'a> {
+            kind: &'static str,
+            sha256: &'a [Sha256],
+        }
+        #[derive(Serialize)]
+        struct Error<'a> {
+            kind: &'static str,
+            message: &'a str,
+        }
+        let mut body = match self {
+            Response::Result(result) => return result.encode(),
+            Response::Missing(blobs) => serde_json::to_vec(&Missing {
+                kind: "missing",
+                sha256: blobs,
+            }),
+            Response::Ok => Ok(br#"{"kind":"ok"}"#.to_vec()),
+            Response::Error(message) => serde_json::to_vec(&Error {
+                kind: "error",
+                message,
+            }),
+        }
+        .expect("a response always serializes");
+        body.push(b'\n');
+        body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offload::job::Input;
+    use std::collections::BTreeMap;
+
+    fn job() -> Job {
+        Job {
+            argv: vec!["rustc".into()],
+            cwd: GuestPath::new("/build/src").unwrap(),
+            env: BTreeMap::new(),
+            inputs: vec![Input {
+                exec: false,
+                path: GuestPath::new("/build/src/lib.rs").unwrap(),
+                sha256: Sha256::of(b""),
+                size: 0,
+            }],
+            outputs: vec![GuestPath::new("/build/src/target/deps").unwrap()],
+        }
+    }
+
+    fn result() -> JobResult {
+        JobResult {
+            exit: 0,
+            stdout: b"out".to_vec(),
+            stderr: b"{\"message\":\"warning\"}\n".to_vec(),
+            files: vec![
+                OutFile {
+                    path: GuestPath::new("/build/src/target/deps/liba.rlib").unwrap(),
+                    exec: false,
+                    bytes: b"rlib".to_vec(),
+                },
+                OutFile {
+                    path: GuestPath::new("/build/src/target/deps/liba.rmeta").unwrap(),
+                    exec: true,
+                    bytes: vec![],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn results_round_trip_and_are_canonical() {
+        let body = result().encode();
+        let line_end = body.iter().position(|&b| b == b'\n').unwrap();
+        let line = std::str::from_utf8(&body[..line_end]).unwrap();
+        assert!(line.starts_with(r#"{"exit":0,"files":[{"exec":false,"path":"/build/src/target/deps/liba.rlib","sha256":"#));
+        assert!(line.ends_with(r#""kind":"result","stderr":22,"stdout":3}"#));
+        assert_eq!(JobResult::parse(&body, &job()).unwrap(), result());
+        assert_eq!(Response::Result(result()).encode(), body);
+    }
+
+    #[test]
+    fn hostile_results_are_refused() {
+        let body = result().encode();
+        for cut in 0..body.len() {
+            assert!(JobResult::parse(&body[..cut], &job()).is_err(), "cut {cut}");
+        }
+        let mut longer = body.clone();
+        longer.push(0);
+        assert!(matches!(
+            JobResult::parse(&longer, &job()),
+            Err(WireError::Payload { .. })
+        ));
+        let mut flipped = body.clone();
+        *flipped.last_mut().unwrap() ^= 1; // the rlib's last byte (the rmeta is empty)
+        assert!(matches!(
+            JobResult::parse(&flipped, &job()),
+            Err(WireError::FileDigest(_))
+        ));
+        let mut outside = result();
+        outside.files[0].path = GuestPath::new("/build/src/lib.rs").unwrap();
+        assert!(matches!(
+            JobResult::parse(&outside.encode(), &job()),
+            Err(WireError::FilePath(_))
+        ));
+        let mut unsorted = result();
+        unsorted.files.reverse();
+        assert!(matches!(
+            JobResult::parse(&unsorted.encode(), &job()),
+            Err(WireError::FilePath(_))
+        ));
+        let text = String::from_utf8(body.clone()).unwrap();
+        let huge = text.replacen(r#""stdout":3"#, r#""stdout":18446744073709551615"#, 1);
+        assert!(matches!(
+            JobResult::parse(huge.as_bytes(), &job()),
+            Err(WireError::Payload { .. })
+        ));
+    }
+
+    #[test]
+    fn requests_parse_and_bad_ones_are_refused() {
+        let mut body = job().canonical_json();
+        body.push(b'\n');
+        assert_eq!(Request::parse(&body).unwrap(), Request::Job(job()));
+        let mut with_payload = body.clone();
+        with_payload.push(1);
+        assert!(Request::parse(&with_payload).is_err());
+        assert_eq!(Request::parse(b"{}"), Err(WireError::NoLine(2)));
+        assert!(matches!(
+            Request::parse(b"{\"kind\":\"x\"}\n"),
+            Err(WireError::Format(_))
+        ));
+        let digest = Sha256::of(b"abcdef");
+        let blob = |offset: u64, size: u64, bytes: &[u8]| {
+            let mut body = format!(
+                r#"{{"kind":"blob","offset":{offset},"sha256":"{digest}","size":{size},"v":1}}"#
+            )
+            .into_bytes();
+            body.push(b'\n');
+            body.extend_from_slice(bytes);
+            Request::parse(&body)
+        };
+        assert_eq!(
+            blob(3, 6, b"def").unwrap(),
+            Request::Blob(BlobChunk {
+                sha256: digest,
+                size: 6,
+                offset: 3,
+                bytes: b"def".to_vec()
+            })
+        );
+        assert!(matches!(blob(4, 6, b"def"), Err(WireError::Chunk { .. })));
+        assert!(matches!(
+            blob(u64::MAX, 6, b"d"),
+            Err(WireError::Chunk { .. })
+        ));
+        assert!(matches!(blob(0, 6, b""), Err(WireError::Chunk { .. })));
+        assert!(matches!(
+            blob(0, 1 << 40, &[0; 8]),
+            Err(WireError::Chunk { .. })
+        ));
+        let big = vec![0u8; MAX_REQUEST + 1];
+        assert_eq!(
+            Request::parse(&big),
+            Err(WireError::TooLarge(MAX_REQUEST + 1))
+        );
+    }
+
+    #[test]
+    fn small_responses_are_one_line() {
+        assert_eq!(Response::Ok.encode(), b"{\"kind\":\"ok\"}\n");
+        let missing = Response::Missing(vec![Sha256::of(b"")]).encode();
+        assert_eq!(
+            std::str::from_utf8(&missing).unwrap(),
+            format!(
+                "{{\"kind\":\"missing\",\"sha256\":[\"{}\"]}}\n",
+                Sha256::of(b"")
+            )
+        );
+        let error = Response::Error("no \"such\"".into()).encode();
+        assert_eq!(
+            error,
+            b"{\"kind\":\"error\",\"message\":\"no \\\"such\\\"\"}\n"
+        );
+    }
+}
