@@ -324,11 +324,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_next_release_reuses_a_job_unless_the_crate_read_the_date() {
+    /// A scratch directory with a blob store and a mirror's action cache in it.
+    fn stores() -> (tempfile::TempDir, BlobStore, ActionCache) {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
         let cache = ActionCache::new(Mirror::open(dir.path().join("mirror")).unwrap());
+        (dir, blobs, cache)
+    }
+
+    #[test]
+    fn the_next_release_reuses_a_job_unless_the_crate_read_the_date() {
+        let (dir, blobs, cache) = stores();
         let runner = fake(false);
         let service = Service::new(
             &blobs,
@@ -379,9 +385,7 @@ mod tests {
 
     #[test]
     fn jobs_run_once_then_come_from_the_cache_with_the_same_answer() {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
-        let cache = ActionCache::new(Mirror::open(dir.path().join("mirror")).unwrap());
+        let (dir, blobs, cache) = stores();
         let runner = fake(false);
         let service = Service::new(
             &blobs,
@@ -452,9 +456,7 @@ mod tests {
 
     #[test]
     fn a_sibling_without_a_result_is_an_error_answer_and_not_cached() {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
-        let cache = ActionCache::new(Mirror::open(dir.path().join("mirror")).unwrap());
+        let (dir, blobs, cache) = stores();
         let runner = fake(true);
         let service = Service::new(
             &blobs,
