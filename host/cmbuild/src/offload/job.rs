@@ -26,6 +26,13 @@ pub const MAX_INPUTS_TOTAL: u64 = 8 << 30;
 pub const ROOT: &str = "/build/";
 /// The job format this host reads.
 pub const VERSION: u32 = 1;
+/// Variables that change with every release but that almost no compile reads: a job first
+/// runs without them, and only if rustc's dep-info says the crate read one (`# env-dep:`,
+/// what `env!` and `option_env!` record) is it run again with them. That is the rule cargo
+/// itself uses to reuse a dependency's artifacts, and it lets the next release take its
+/// unchanged dependencies from the cache.
+pub const VOLATILE_ENV: &[&str] = &["SOURCE_DATE_EPOCH"];
+
 /// Domain of the action digest (its version is the REAPI `salt`).
 const ACTION_DOMAIN: &[u8] = b"cmbuild offload action v1\n";
 
@@ -327,6 +334,17 @@ impl Job {
         Sha256::of(bytes)
     }
 
+    /// The job without [`VOLATILE_ENV`]: what runs first (`None` when it has none of them).
+    pub fn without_volatile_env(&self) -> Option<Job> {
+        if !VOLATILE_ENV.iter().any(|v| self.env.contains_key(*v)) {
+            return None;
+        }
+        let mut job = self.clone();
+        job.env
+            .retain(|name, _| !VOLATILE_ENV.contains(&name.as_str()));
+        Some(job)
+    }
+
     /// Whether `path` is under one of the job's output directories.
     pub fn is_output(&self, path: &GuestPath) -> bool {
         self.outputs.iter().any(|dir| path.is_under(dir))
@@ -394,6 +412,33 @@ mod tests {
         let mut env = sample();
         env.env.insert("CARGO_PKG_VERSION".into(), "1.0.15".into());
         assert_ne!(base, env.action_digest(&platform()));
+    }
+
+    #[test]
+    fn volatile_variables_leave_the_first_action() {
+        let job = sample();
+        assert_eq!(job.without_volatile_env(), None);
+        let mut dated = sample();
+        dated
+            .env
+            .insert("SOURCE_DATE_EPOCH".into(), "1767225600".into());
+        let first = dated.without_volatile_env().unwrap();
+        assert_eq!(first, job);
+        let mut later = sample();
+        later
+            .env
+            .insert("SOURCE_DATE_EPOCH".into(), "1767312000".into());
+        assert_eq!(
+            later
+                .without_volatile_env()
+                .unwrap()
+                .action_digest(&platform()),
+            first.action_digest(&platform())
+        );
+        assert_ne!(
+            later.action_digest(&platform()),
+            dated.action_digest(&platform())
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::blobs::BlobStore;
 use super::cache::Computed;
 use super::parent::{Dispatch, JobRecord, Parent, ParentError, Step};
 use super::service::{Service, ServiceError};
+use cmbuild_store::sha256::Sha256;
 
 /// Errors of the host while serving a parent (each fails the run).
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +34,7 @@ pub enum LinkError {
     Orphan,
 }
 
-type Done = (Dispatch, Result<Computed, ServiceError>);
+type Done = (Dispatch, Result<(Sha256, Computed), ServiceError>);
 
 /// A parent machine's link to the run's job service.
 pub struct Link<'scope, 'env> {
@@ -79,7 +80,7 @@ impl<'scope, 'env> Link<'scope, 'env> {
                 self.scope.spawn(move || {
                     let computed = service.compute(&dispatch);
                     // The receiver outlives every job unless the run failed already.
-                    let _ = done.send((dispatch, computed));
+                    let _ = done.send((*dispatch, computed));
                 });
             }
         }
@@ -92,7 +93,10 @@ impl<'scope, 'env> Link<'scope, 'env> {
         (dispatch, computed): Done,
     ) -> Result<(), LinkError> {
         self.outstanding -= 1;
-        let answer = self.parent.finish(&dispatch, &computed?, self.blobs)?;
+        let (action, computed) = computed?;
+        let answer = self
+            .parent
+            .finish(&dispatch, action, &computed, self.blobs)?;
         machine.offload_answer(dispatch.tag, answer)?;
         Ok(())
     }

@@ -35,6 +35,9 @@ pub struct Dispatch {
     pub job: Job,
     /// Its action digest.
     pub action: Sha256,
+    /// The job without [`super::job::VOLATILE_ENV`] and its action digest, which run first
+    /// (`None` when the job has none of those variables).
+    pub first: Option<(Job, Sha256)>,
 }
 
 /// What the host does with a request.
@@ -43,7 +46,7 @@ pub enum Step {
     /// Answer now.
     Answer(cmbuild_machine::devices::offload::Answer),
     /// Compute the job, then call [`Parent::finish`].
-    Dispatch(Dispatch),
+    Dispatch(Box<Dispatch>),
 }
 
 /// One job as `machine.json` records it (keys sorted).
@@ -153,21 +156,28 @@ impl Parent {
                     return Ok(self.immediate(submitted_at, Response::Missing(missing)));
                 }
                 let action = job.action_digest(&self.platform);
-                Ok(Step::Dispatch(Dispatch {
+                let first = job.without_volatile_env().map(|first| {
+                    let action = first.action_digest(&self.platform);
+                    (first, action)
+                });
+                Ok(Step::Dispatch(Box::new(Dispatch {
                     tag,
                     submitted_at,
                     job,
                     action,
-                }))
+                    first,
+                })))
             }
         }
     }
 
-    /// The answer to a dispatched job once computed; its result's files become known to
-    /// the parent from the cycle they are visible, and go into `blobs`.
+    /// The answer to a dispatched job once computed (as `action`: the job's, or its
+    /// first run's); its result's files become known to the parent from the cycle they are
+    /// visible, and go into `blobs`.
     pub fn finish(
         &mut self,
         dispatch: &Dispatch,
+        action: Sha256,
         computed: &Computed,
         blobs: &BlobStore,
     ) -> Result<cmbuild_machine::devices::offload::Answer, ParentError> {
@@ -182,12 +192,12 @@ impl Parent {
             }
         }
         let mut record = RECORD_DOMAIN.to_vec();
-        record.extend_from_slice(dispatch.action.as_bytes());
+        record.extend_from_slice(action.as_bytes());
         record.extend_from_slice(computed.sibling_root_hash.as_bytes());
         record.extend_from_slice(&computed.cycles.to_le_bytes());
         record.extend_from_slice(result.as_bytes());
         self.records.push(JobRecord {
-            action: dispatch.action,
+            action,
             cycles: computed.cycles,
             result,
             sibling_root_hash: computed.sibling_root_hash.clone(),
@@ -323,6 +333,7 @@ mod tests {
         let done = parent
             .finish(
                 &dispatch,
+                dispatch.action,
                 &computed(&[("/build/src/target/deps/liba.rlib", rlib)], 50_000),
                 &blobs,
             )

@@ -9,9 +9,11 @@ use std::sync::{Condvar, Mutex};
 
 use super::blobs::BlobStore;
 use super::cache::{ActionCache, CacheError, Computed, Lookup};
+use super::job::{Job, VOLATILE_ENV};
 use super::parent::Dispatch;
 use super::sibling::{self, SiblingError};
 use super::wire::Response;
+use cmbuild_store::sha256::Sha256;
 
 /// What a sibling machine did with an input drive.
 #[derive(Debug)]
@@ -140,9 +142,31 @@ impl<'a> Service<'a> {
 
     /// Computes a dispatched job: the cache's checked entry, else a sibling's run (kept in
     /// the cache when it gave a result).
-    pub fn compute(&self, dispatch: &Dispatch) -> Result<Computed, ServiceError> {
+    pub fn compute(&self, dispatch: &Dispatch) -> Result<(Sha256, Computed), ServiceError> {
+        // First without the volatile variables; again with them only if the crate read one.
+        if let Some((first, action)) = &dispatch.first {
+            let computed = self.compute_one(first, action)?;
+            let reads_volatile = match &computed.response {
+                Response::Result(result) => result
+                    .env_deps()
+                    .iter()
+                    .any(|name| VOLATILE_ENV.contains(&name.as_str())),
+                _ => false,
+            };
+            if !reads_volatile {
+                return Ok((*action, computed));
+            }
+        }
+        Ok((
+            dispatch.action,
+            self.compute_one(&dispatch.job, &dispatch.action)?,
+        ))
+    }
+
+    /// `job` (whose action digest is `action`) from the cache or a sibling.
+    fn compute_one(&self, job: &Job, action: &Sha256) -> Result<Computed, ServiceError> {
         if let Some(cache) = &self.cache {
-            match cache.lookup(&dispatch.action, &dispatch.job) {
+            match cache.lookup(action, job) {
                 Lookup::Hit(hit) => {
                     self.counts.hits.fetch_add(1, Ordering::Relaxed);
                     self.counts.cycles.fetch_add(hit.cycles, Ordering::Relaxed);
@@ -155,8 +179,8 @@ impl<'a> Service<'a> {
                 }
             }
         }
-        let drive = sibling::input_drive(&dispatch.job, self.blobs, self.tool)
-            .map_err(ServiceError::Drive)?;
+        let drive =
+            sibling::input_drive(job, self.blobs, self.tool).map_err(ServiceError::Drive)?;
         let run = {
             let _permit = self.permits.take();
             self.runner.run(drive).map_err(ServiceError::Sibling)?
@@ -165,12 +189,11 @@ impl<'a> Service<'a> {
         self.counts.cycles.fetch_add(run.cycles, Ordering::Relaxed);
         std::fs::create_dir_all(&self.scratch).map_err(ServiceError::Scratch)?;
         let unpacked = tempfile::tempdir_in(&self.scratch).map_err(ServiceError::Scratch)?;
-        let response = match sibling::read_result(&run.output_drive, &dispatch.job, unpacked.path())
-        {
+        let response = match sibling::read_result(&run.output_drive, job, unpacked.path()) {
             Ok(result) => Response::Result(result),
             // The sibling is deterministic: it fails this way for this job every time.
             Err(e) => {
-                (self.on_failed)(&dispatch.job, &e.to_string(), &run.console_tail);
+                (self.on_failed)(job, &e.to_string(), &run.console_tail);
                 Response::Error(format!("the sibling gave no result: {e}"))
             }
         };
@@ -180,7 +203,7 @@ impl<'a> Service<'a> {
             sibling_root_hash: run.root_hash,
         };
         if let Some(cache) = &self.cache {
-            cache.store(&dispatch.action, &computed)?;
+            cache.store(action, &computed)?;
         }
         Ok(computed)
     }
@@ -202,6 +225,8 @@ mod tests {
         running: AtomicUsize,
         most: AtomicUsize,
         fail: bool,
+        /// Its dep-info says the crate read SOURCE_DATE_EPOCH.
+        reads_date: bool,
     }
 
     impl SiblingRunner for Fake {
@@ -211,7 +236,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(30));
             self.running.fetch_sub(1, Ordering::SeqCst);
             self.runs.fetch_add(1, Ordering::SeqCst);
-            let result = JobResult {
+            let mut result = JobResult {
                 exit: 0,
                 stdout: vec![],
                 stderr: vec![],
@@ -221,6 +246,17 @@ mod tests {
                     bytes: Sha256::of(&input_drive).to_string().into_bytes(),
                 }],
             };
+            if self.reads_date {
+                // Sorted by path: the dep-info file comes first.
+                result.files.insert(
+                    0,
+                    OutFile {
+                        path: GuestPath::new("/build/src/target/deps/a.d").unwrap(),
+                        exec: false,
+                        bytes: b"# env-dep:SOURCE_DATE_EPOCH\n".to_vec(),
+                    },
+                );
+            }
             let mut builder = tar::Builder::new(Vec::new());
             let (name, body): (&str, Vec<u8>) = match self.fail {
                 false => ("result", result.encode()),
@@ -246,14 +282,23 @@ mod tests {
             running: AtomicUsize::new(0),
             most: AtomicUsize::new(0),
             fail,
+            reads_date: false,
         }
     }
 
     fn dispatch(blobs: &BlobStore, source: &str) -> Dispatch {
+        dated(blobs, source, None)
+    }
+
+    /// A dispatch, with SOURCE_DATE_EPOCH = `date` when given.
+    fn dated(blobs: &BlobStore, source: &str, date: Option<&str>) -> Dispatch {
         let job = Job {
             argv: vec!["rustc".into()],
             cwd: GuestPath::new("/build/src").unwrap(),
-            env: Default::default(),
+            env: date
+                .map(|d| ("SOURCE_DATE_EPOCH".to_owned(), d.to_owned()))
+                .into_iter()
+                .collect(),
             inputs: vec![Input {
                 exec: false,
                 path: GuestPath::new("/build/src/lib.rs").unwrap(),
@@ -272,15 +317,75 @@ mod tests {
             tag: 1,
             submitted_at: 0,
             action: job.action_digest(&platform),
+            first: job
+                .without_volatile_env()
+                .map(|first| (first.clone(), first.action_digest(&platform))),
             job,
         }
     }
 
-    #[test]
-    fn jobs_run_once_then_come_from_the_cache_with_the_same_answer() {
+    /// A scratch directory with a blob store and a mirror's action cache in it.
+    fn stores() -> (tempfile::TempDir, BlobStore, ActionCache) {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
         let cache = ActionCache::new(Mirror::open(dir.path().join("mirror")).unwrap());
+        (dir, blobs, cache)
+    }
+
+    #[test]
+    fn the_next_release_reuses_a_job_unless_the_crate_read_the_date() {
+        let (dir, blobs, cache) = stores();
+        let runner = fake(false);
+        let service = Service::new(
+            &blobs,
+            b"tool",
+            Some(cache.clone()),
+            &runner,
+            1,
+            dir.path().join("s"),
+        );
+        let v1 = dated(&blobs, "pub fn a() {}", Some("1767225600"));
+        let (action, first) = service.compute(&v1).unwrap();
+        assert_eq!(action, v1.first.as_ref().unwrap().1, "run without the date");
+        let v2 = dated(&blobs, "pub fn a() {}", Some("1767312000"));
+        assert_ne!(v2.action, v1.action);
+        let (action2, again) = service.compute(&v2).unwrap();
+        assert_eq!((action2, &again), (action, &first));
+        assert_eq!(
+            runner.runs.load(Ordering::SeqCst),
+            1,
+            "the next release hits the cache"
+        );
+
+        let reader = Fake {
+            reads_date: true,
+            ..fake(false)
+        };
+        let service = Service::new(
+            &blobs,
+            b"tool",
+            Some(cache),
+            &reader,
+            1,
+            dir.path().join("s"),
+        );
+        let v1 = dated(&blobs, "pub fn b() {}", Some("1767225600"));
+        let (action, _) = service.compute(&v1).unwrap();
+        assert_eq!(action, v1.action, "a crate that read the date runs with it");
+        assert_eq!(reader.runs.load(Ordering::SeqCst), 2);
+        let v2 = dated(&blobs, "pub fn b() {}", Some("1767312000"));
+        let (action, _) = service.compute(&v2).unwrap();
+        assert_eq!(action, v2.action);
+        assert_eq!(
+            reader.runs.load(Ordering::SeqCst),
+            3,
+            "and is not reused across dates"
+        );
+    }
+
+    #[test]
+    fn jobs_run_once_then_come_from_the_cache_with_the_same_answer() {
+        let (dir, blobs, cache) = stores();
         let runner = fake(false);
         let service = Service::new(
             &blobs,
@@ -291,8 +396,8 @@ mod tests {
             dir.path().join("scratch"),
         );
         let job = dispatch(&blobs, "pub fn a() {}");
-        let cold = service.compute(&job).unwrap();
-        let warm = service.compute(&job).unwrap();
+        let cold = service.compute(&job).unwrap().1;
+        let warm = service.compute(&job).unwrap().1;
         assert_eq!(cold, warm);
         assert_eq!(runner.runs.load(Ordering::SeqCst), 1);
         assert_eq!(service.counts.hits.load(Ordering::SeqCst), 1);
@@ -317,7 +422,7 @@ mod tests {
         let mut bytes = std::fs::read(&entry).unwrap();
         bytes.truncate(bytes.len() / 2);
         std::fs::write(&entry, bytes).unwrap();
-        let again = service.compute(&job).unwrap();
+        let again = service.compute(&job).unwrap().1;
         assert_eq!(again, cold);
         assert_eq!(service.counts.refused.load(Ordering::SeqCst), 1);
         assert_eq!(runner.runs.load(Ordering::SeqCst), 2);
@@ -351,9 +456,7 @@ mod tests {
 
     #[test]
     fn a_sibling_without_a_result_is_an_error_answer_and_not_cached() {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
-        let cache = ActionCache::new(Mirror::open(dir.path().join("mirror")).unwrap());
+        let (dir, blobs, cache) = stores();
         let runner = fake(true);
         let service = Service::new(
             &blobs,
@@ -364,10 +467,10 @@ mod tests {
             dir.path().join("scratch"),
         );
         let job = dispatch(&blobs, "pub fn a() {}");
-        let first = service.compute(&job).unwrap();
+        let first = service.compute(&job).unwrap().1;
         assert!(matches!(first.response, Response::Error(_)), "{first:?}");
         assert_eq!(first.cycles, 4242);
-        assert_eq!(service.compute(&job).unwrap(), first);
+        assert_eq!(service.compute(&job).unwrap().1, first);
         assert_eq!(runner.runs.load(Ordering::SeqCst), 2);
     }
 }

@@ -290,6 +290,23 @@ impl JobResult {
     }
 }
 
+impl JobResult {
+    /// The environment variables rustc recorded as read (`# env-dep:NAME` or
+    /// `# env-dep:NAME=VALUE` lines of the dep-info files among the outputs).
+    pub fn env_deps(&self) -> std::collections::BTreeSet<String> {
+        self.files
+            .iter()
+            .filter(|f| f.path.as_str().ends_with(".d"))
+            .flat_map(|f| f.bytes.split(|&b| b == b'\n'))
+            .filter_map(|line| line.strip_prefix(b"# env-dep:"))
+            .map(|dep| {
+                let name = dep.split(|&b| b == b'=').next().unwrap_or_default();
+                String::from_utf8_lossy(name).into_owned()
+            })
+            .collect()
+    }
+}
+
 /// What the host answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
@@ -471,6 +488,21 @@ mod tests {
             Request::parse(&big),
             Err(WireError::TooLarge(MAX_REQUEST + 1))
         );
+    }
+
+    #[test]
+    fn env_deps_come_from_the_dep_info_files() {
+        let mut with_deps = result();
+        with_deps.files.push(OutFile {
+            path: GuestPath::new("/build/src/target/deps/a-1.d").unwrap(),
+            exec: false,
+            bytes:
+                b"a.rlib: src/lib.rs\n\n# env-dep:CARGO_PKG_NAME=a\n# env-dep:SOURCE_DATE_EPOCH\n"
+                    .to_vec(),
+        });
+        let deps: Vec<String> = with_deps.env_deps().into_iter().collect();
+        assert_eq!(deps, ["CARGO_PKG_NAME", "SOURCE_DATE_EPOCH"]);
+        assert!(result().env_deps().is_empty(), "only .d files count");
     }
 
     #[test]
