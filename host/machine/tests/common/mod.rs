@@ -61,6 +61,11 @@ pub fn build_with(
     {
         return None;
     }
+    // Tests of one binary run on parallel threads and build the same program into the same
+    // files: one at a time, or a test can read a binary another is rewriting (and run
+    // garbage: tests/offload.rs hung about one run in ten).
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = isa_dir();
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(out_subdir);
     std::fs::create_dir_all(&out).unwrap();
