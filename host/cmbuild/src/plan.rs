@@ -333,13 +333,26 @@ pub fn build_input_drive_with(
         }
         tree.install(&entries).map_err(|e| input(&e))?;
     }
+    drive_image(&tree, INPUT_UUID, "cmbuild-input", plan.source_date_epoch).map_err(|e| input(&e))
+}
+
+/// `tree` as an EROFS image padded to a whole drive: the form of every input drive (a
+/// build's, a sibling job's, the one `cmbuild-offload` is compiled from). The UUID and
+/// every inode's time are fixed, so the drive is a function of the tree.
+pub fn drive_image(
+    tree: &cmbuild_image::rootfs::Tree,
+    uuid: [u8; 16],
+    volume_name: &str,
+    build_time: u64,
+) -> Result<Vec<u8>, cmbuild_image::erofs::ErofsError> {
     let options = cmbuild_image::erofs::ErofsOptions {
-        uuid: INPUT_UUID,
-        volume_name: "cmbuild-input".into(),
-        build_time: plan.source_date_epoch,
+        uuid,
+        volume_name: volume_name.into(),
+        build_time,
     };
-    let bytes = cmbuild_image::erofs::erofs_bytes(&tree, &options).map_err(|e| input(&e))?;
-    Ok(pad_to_drive(bytes))
+    Ok(pad_to_drive(cmbuild_image::erofs::erofs_bytes(
+        tree, &options,
+    )?))
 }
 
 /// The input drive's files, as erofs-utils' own reader (`fsck.erofs --extract`) sees them,

@@ -61,13 +61,7 @@ pub fn input_drive(job: &Job, blobs: &BlobStore, tool: &[u8]) -> Result<Vec<u8>,
         tree.add_file(&format!("root/{}", input.path.relative()), mode, bytes)
             .map_err(|e| layout(&e))?;
     }
-    let options = cmbuild_image::erofs::ErofsOptions {
-        uuid: SIBLING_UUID,
-        volume_name: "cmbuild-job".into(),
-        build_time: 0,
-    };
-    let bytes = cmbuild_image::erofs::erofs_bytes(&tree, &options).map_err(|e| layout(&e))?;
-    Ok(crate::plan::pad_to_drive(bytes))
+    crate::plan::drive_image(&tree, SIBLING_UUID, "cmbuild-job", 0).map_err(|e| layout(&e))
 }
 
 /// The result in a sibling's output drive (a tar holding `result`, or `error` when the

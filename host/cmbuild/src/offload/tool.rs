@@ -138,13 +138,7 @@ pub fn input_drive() -> Result<Vec<u8>, ToolError> {
         tree.add_file(&format!("offload/{path}"), 0o644, text.as_bytes().to_vec())
             .map_err(|e| layout(&e))?;
     }
-    let options = cmbuild_image::erofs::ErofsOptions {
-        uuid: TOOL_UUID,
-        volume_name: "cmbuild-tool".into(),
-        build_time: 0,
-    };
-    let bytes = cmbuild_image::erofs::erofs_bytes(&tree, &options).map_err(|e| layout(&e))?;
-    Ok(crate::plan::pad_to_drive(bytes))
+    crate::plan::drive_image(&tree, TOOL_UUID, "cmbuild-tool", 0).map_err(|e| layout(&e))
 }
 
 fn record_path(mirror: &Mirror, key: &Sha256) -> PathBuf {
@@ -152,6 +146,23 @@ fn record_path(mirror: &Mirror, key: &Sha256) -> PathBuf {
         .root()
         .join(super::cache::DIR)
         .join(format!("tool-{key}.json"))
+}
+
+/// The tool the record at `path` names, if the record is one for `key` and the blob
+/// matches its CID and sha256 (anything else: compile it again).
+fn recorded(mirror: &Mirror, path: &std::path::Path, key: &Sha256) -> Option<Tool> {
+    let record: Record =
+        serde_json::from_slice(&crate::untrusted::read_capped(path, 4096).ok()?).ok()?;
+    if record.v != 1 || record.key != *key {
+        return None;
+    }
+    let bytes = mirror.read_verified(&record.cid).ok()?;
+    (Sha256::of(&bytes) == record.sha256).then_some(Tool {
+        sha256: record.sha256,
+        cid: record.cid,
+        bytes,
+        built: false,
+    })
 }
 
 /// The tool for `template_hash`: from the mirror when its record and blob check out, else
@@ -164,21 +175,8 @@ pub fn obtain(
 ) -> Result<Tool, ToolError> {
     let key = key(template_hash);
     let path = record_path(mirror, &key);
-    if let Ok(bytes) = crate::untrusted::read_capped(&path, 4096) {
-        if let Ok(record) = serde_json::from_slice::<Record>(&bytes) {
-            if record.v == 1 && record.key == key {
-                if let Ok(bytes) = mirror.read_verified(&record.cid) {
-                    if Sha256::of(&bytes) == record.sha256 {
-                        return Ok(Tool {
-                            sha256: record.sha256,
-                            cid: record.cid,
-                            bytes,
-                            built: false,
-                        });
-                    }
-                }
-            }
-        }
+    if let Some(tool) = recorded(mirror, &path, &key) {
+        return Ok(tool);
     }
     let run = runner.run(input_drive()?).map_err(ToolError::Machine)?;
     let files = crate::untrusted::extract_tar(
