@@ -936,20 +936,28 @@ pub struct Siblings<'a> {
 }
 
 impl crate::offload::service::SiblingRunner for Siblings<'_> {
-    fn run(&self, input_drive: Vec<u8>) -> Result<crate::offload::service::SiblingRun, String> {
+    fn run(
+        &self,
+        input_drive: Vec<u8>,
+        progress: &dyn Fn(u64),
+    ) -> Result<crate::offload::service::SiblingRun, String> {
         let (mut machine, _) = resume_build(self.inputs, &input_drive, None)
             .map_err(|e| crate::terminal::error_chain(&e))?;
         drop(input_drive);
         let start = machine.mcycle();
         let mut console = Vec::new();
+        // In slices, each reported: the parent may run up to `T + L + c` meanwhile (its
+        // answer comes at `T + L + C`, and `C >= c`), finding its next jobs earlier.
+        const SLICE: u64 = 1 << 26;
         loop {
-            match machine.run(self.max_mcycle) {
+            let limit = machine.mcycle().saturating_add(SLICE).min(self.max_mcycle);
+            match machine.run(limit) {
                 Break::Halted(_) => break,
                 Break::Yielded(_) => {}
                 Break::MaxMcycle if machine.mcycle() >= self.max_mcycle => {
                     return Err(format!("a sibling reached mcycle {}", self.max_mcycle))
                 }
-                Break::MaxMcycle => {}
+                Break::MaxMcycle => progress(machine.mcycle() - start),
                 Break::OffloadRequest(_) | Break::OffloadWaiting(_) => {
                     return Err("a sibling machine has no offload channel".into())
                 }
@@ -1047,15 +1055,22 @@ pub fn prepare_offload<'a>(
         )))
     });
     service.on_failed = Box::new(|job, why, console| {
-        let name = job
-            .argv
-            .windows(2)
-            .find(|w| w[0] == "--crate-name")
-            .map_or("?", |w| w[1].as_str());
+        let name = crate::terminal::sanitize(job.crate_name());
         progress(Progress::Phase(format!(
             "offload: job {name} gave no result in its sibling ({why}); the build machine \
              compiles it itself. The sibling's console ended with:\n{console}"
         )))
+    });
+    service.on_done = Box::new(|job, done| {
+        if !done.cached {
+            let name = crate::terminal::sanitize(job.crate_name());
+            progress(Progress::Phase(format!(
+                "offload: {name}: {:.2}e9 instructions in {:.1} s ({:.0} MIPS)",
+                done.cycles as f64 / 1e9,
+                done.seconds,
+                done.cycles as f64 / 1e6 / done.seconds.max(1e-3),
+            )))
+        }
     });
     progress(Progress::Phase(format!(
         "offload: {} input files known to the build machines, {} sibling(s) at a time",
@@ -1506,24 +1521,33 @@ fn run_to_halt(
     let max_mcycle = watch.max_mcycle;
     let mut watchdog = Watchdog::new(watch.stall_seconds, machine);
     // Run in slices so the caller sees progress; the slicing does not change the result,
-    // since the machine is a pure function of mcycle (and the slices are fixed in mcycle,
-    // so the watchdog's decision is deterministic too).
+    // since the machine is a pure function of mcycle. The watchdog looks only at the
+    // slices' ends, fixed multiples of SLICE, so its decision is deterministic too, even
+    // though the run also stops where the host's answers and promises fall (link.rs).
     const SLICE: u64 = 200_000_000;
+    let mut unseen = Vec::new();
     loop {
-        let limit = (machine.mcycle() + SLICE).min(max_mcycle);
+        let limit = (machine.mcycle() / SLICE + 1)
+            .saturating_mul(SLICE)
+            .min(max_mcycle);
         let stop = machine.run(limit);
         if let Some(map) = perf_map.as_deref_mut() {
             map.drain(machine)?;
         }
         let console = machine.drain_console();
-        let stall = watchdog.observe(machine, &console);
+        unseen.extend_from_slice(&console);
+        let boundary = matches!(stop, Break::MaxMcycle) && machine.mcycle() == limit;
+        let stall = match boundary {
+            true => watchdog.observe(machine, &std::mem::take(&mut unseen)),
+            false => None,
+        };
         progress(Progress::Machine {
             name: name.clone(),
             mcycle: machine.mcycle(),
             expected_mcycle: watch.expected_mcycle,
             console,
         });
-        if let (Break::MaxMcycle, Some(stall)) = (stop, stall) {
+        if let Some(stall) = stall {
             let mut dir = watch.snapshot_dir.clone().into_os_string();
             dir.push(format!("-at-{}", stall.mcycle));
             let snapshot =

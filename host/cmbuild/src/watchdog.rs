@@ -6,7 +6,9 @@
 //! - no console byte (HTIF or UART),
 //! - no guest store to a flash drive (the output drive is where a build writes its results
 //!   and logs),
-//! - the hart was asleep in WFI for at least [`IDLE_PERCENT`] percent of the cycles.
+//! - the hart was asleep in WFI for at least [`IDLE_PERCENT`] percent of the cycles,
+//! - and no offload request was in flight when it looked (a build machine waiting for the
+//!   host's answer to a job is not stalled: the host is working for it).
 //!
 //! A machine that computes without printing (a long `rustc` of one crate) is therefore never
 //! stopped by this watchdog; only one that is idle and silent — waiting for an interrupt
@@ -90,7 +92,9 @@ impl Watchdog {
         let span = mcycle.saturating_sub(self.last_mcycle);
         let idle = machine.idle_cycles().wrapping_sub(self.last_idle);
         let stores = machine.drive_stores();
+        let waiting = machine.offload().is_some_and(|c| c.in_flight() > 0);
         let quiet = console.is_empty()
+            && !waiting
             && stores == self.last_stores
             && u128::from(idle) * 100 >= u128::from(span) * u128::from(IDLE_PERCENT);
         if !quiet {
@@ -150,6 +154,52 @@ mod tests {
     #[test]
     fn one_guest_second_is_128_million_cycles() {
         assert_eq!(MCYCLES_PER_GUEST_SECOND, 128_000_000);
+    }
+
+    /// Submits an empty offload request (tag 7) if `submit`, then sleeps in WFI forever
+    /// with no interrupt enabled; the channel's answers come no earlier than 2^40 cycles.
+    fn sleeper(submit: bool) -> Machine {
+        use cmbuild_machine::machine::{MachineConfig, OffloadConfig, OffloadTransport};
+        let nop = 0x0000_0013;
+        let program: [u32; 5] = [
+            0x1000_12b7,                            // lui t0, 0x10001   (the offload channel)
+            0x0070_0313,                            // addi t1, zero, 7
+            if submit { 0x0262_b023 } else { nop }, // sd t1, 0x20(t0)   (SUBMIT tag 7)
+            0x1050_0073,                            // wfi
+            0xffdf_f06f,                            // j .-4
+        ];
+        let config = MachineConfig {
+            ram_length: 1 << 20,
+            ram_image: Some(program.iter().flat_map(|w| w.to_le_bytes()).collect()),
+            offload: Some(OffloadConfig {
+                min_latency: 1 << 40,
+                transport: OffloadTransport::Registers,
+            }),
+            ..Default::default()
+        };
+        Machine::new(&config).unwrap()
+    }
+
+    /// Runs `machine` in slices of 200e6 cycles up to 1e9, watched with a one-second limit.
+    fn watch(mut machine: Machine) -> Option<Stall> {
+        let mut watchdog = Watchdog::new(1, &machine);
+        for slice in 1..=5 {
+            while !matches!(
+                machine.run(slice * 200_000_000),
+                cmbuild_machine::machine::Break::MaxMcycle
+            ) {}
+            if let Some(stall) = watchdog.observe(&machine, &[]) {
+                return Some(stall);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_machine_waiting_for_the_host_is_not_stalled() {
+        let stall = watch(sleeper(false)).expect("idle and silent: stalled");
+        assert_eq!((stall.since_mcycle, stall.mcycle), (0, 200_000_000));
+        assert_eq!(watch(sleeper(true)), None);
     }
 
     #[test]

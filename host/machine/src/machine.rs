@@ -366,6 +366,16 @@ impl Machine {
         Ok(())
     }
 
+    /// The host's promise that offload request `tag` has no answer before `not_before`
+    /// (it may run that far without the answer; see `devices/offload.rs`). Changes no state.
+    pub fn offload_promise(&mut self, tag: u64, not_before: u64) -> Result<(), OffloadError> {
+        self.bus
+            .offload
+            .as_mut()
+            .ok_or(OffloadError::NoChannel)?
+            .promise(tag, not_before)
+    }
+
     /// The break state without running (a halted machine stays halted).
     pub fn halted(&self) -> Option<u64> {
         self.bus.devices.htif.halt

@@ -41,14 +41,16 @@ fn config(image: &[u8]) -> MachineConfig {
 
 /// The host's answer to request `tag`: a pure function of the request (cmbuild's: a job's
 /// result, from the cache or a sibling machine), visible `(tag % 3) * (1000 + length)`
-/// cycles after its earliest: request 3 (the WFI whose wake-up traps) at its earliest,
-/// right after the wall, the tightest case.
+/// cycles after its earliest (without promises): request 3 (the WFI whose wake-up traps)
+/// at its earliest, right after the wall, the tightest case.
 fn answer_for(m: &Machine, tag: u64) -> Answer {
     let channel = m.offload().expect("a channel");
     let request = &channel.request(tag).expect("in flight").request;
     let hex: String = request.iter().map(|b| format!("{b:02x}")).collect();
     Answer {
-        visible_at: channel.earliest(tag).unwrap() + (tag % 3) * (1000 + request.len() as u64),
+        visible_at: channel.request(tag).unwrap().submitted_at
+            + channel.min_latency()
+            + (tag % 3) * (1000 + request.len() as u64),
         response: format!("answer {tag} to {hex}").into_bytes(),
         record: Sha256::digest(request).into(),
     }
@@ -63,6 +65,10 @@ enum When {
     AfterSlices(u32),
     /// Only when the machine must wait for it.
     OnWait,
+    /// When the machine must wait for it, first promising it no earlier than this many
+    /// cycles past the wall, again and again, while the answer is later than that (what
+    /// cmbuild does while a job's sibling runs).
+    Promising(u64),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -129,6 +135,18 @@ fn drive(image: &[u8], p: Policy, checkpoints: &[u64]) -> (Outcome, u32) {
                     answer(&mut m, tag, &mut visible_at);
                 } else {
                     pending.push((tag, 0));
+                }
+            }
+            Break::OffloadWaiting(tag) if matches!(p.when, When::Promising(_)) => {
+                let When::Promising(step) = p.when else {
+                    unreachable!()
+                };
+                let later = m.offload().unwrap().earliest(tag).unwrap() + step;
+                if later < answer_for(&m, tag).visible_at {
+                    m.offload_promise(tag, later).unwrap();
+                } else {
+                    waits += 1;
+                    answer(&mut m, tag, &mut visible_at);
                 }
             }
             Break::OffloadWaiting(tag) => {
@@ -244,6 +262,8 @@ fn the_guest_sees_each_answer_at_its_cycle_however_and_whenever_the_host_gives_i
             (50, When::AfterSlices(3)),
             (1000, When::AfterSlices(1)),
             (7, When::OnWait),
+            (u64::MAX, When::Promising(97)),
+            (40, When::Promising(1)),
         ] {
             policies.push(Policy {
                 jit,
@@ -255,7 +275,7 @@ fn the_guest_sees_each_answer_at_its_cycle_however_and_whenever_the_host_gives_i
         // Mid-wait snapshots: before request 1's wall (answered or not), and past it (the
         // answer was given and is not visible yet; the loaded machine waits for it again).
         for snapshot_at in [150, 600, 2500] {
-            for when in [When::AtOnce, When::OnWait] {
+            for when in [When::AtOnce, When::OnWait, When::Promising(61)] {
                 policies.push(Policy {
                     jit,
                     slice: 333,
@@ -275,7 +295,7 @@ fn the_guest_sees_each_answer_at_its_cycle_however_and_whenever_the_host_gives_i
     for p in policies {
         let (outcome, waits) = drive(&image, p, &checkpoints);
         waited += waits;
-        if p.when == When::OnWait && p.snapshot_at.is_none() {
+        if matches!(p.when, When::OnWait | When::Promising(_)) && p.snapshot_at.is_none() {
             assert_eq!(waits, 3, "{p:?}");
         }
         if let Some(i) = (0..expected.checkpoints.len())

@@ -212,6 +212,15 @@ pub struct Platform {
 }
 
 impl Job {
+    /// The crate rustc compiles (its `--crate-name`), to name the job to the user; `?` when
+    /// the command names none. Untrusted text: sanitise it before it reaches a terminal.
+    pub fn crate_name(&self) -> &str {
+        self.argv
+            .windows(2)
+            .find(|w| w[0] == "--crate-name")
+            .map_or("?", |w| w[1].as_str())
+    }
+
     /// Parses and checks a job's JSON (a `job` request's header line).
     pub fn parse(json: &[u8]) -> Result<Job, JobError> {
         let wire: Wire =

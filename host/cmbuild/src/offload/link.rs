@@ -2,6 +2,12 @@
 //! [`Parent`] (answered at once, or computed by the [`Service`] on a thread of the run's
 //! scope) and the answers go back into the machine, whenever they arrive: their cycles
 //! were fixed by [`Parent`], so arrival order changes nothing the guest sees.
+//!
+//! While a job's sibling runs, its progress `c` comes back as a promise that the answer
+//! is not visible before `T + L + c` (it is at `T + L + C`, `C >= c`): the parent runs on
+//! up to there instead of waiting at `T + L`, and submits the jobs it finds meanwhile, so
+//! that jobs which overlap in the parent's time run at the same time on the host. Promises
+//! change no state (`devices/offload.rs`, "Timing").
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::Scope;
@@ -34,7 +40,17 @@ pub enum LinkError {
     Orphan,
 }
 
-type Done = (Dispatch, Result<(Sha256, Computed), ServiceError>);
+/// What a job's thread reports, in this order: bounds while its sibling runs, then the end.
+enum Event {
+    /// The job's answer is not visible before `submitted_at + L + cycles`.
+    Bound {
+        tag: u64,
+        submitted_at: u64,
+        cycles: u64,
+    },
+    /// The job is computed.
+    Done(Box<Dispatch>, Result<(Sha256, Computed), ServiceError>),
+}
 
 /// A parent machine's link to the run's job service.
 pub struct Link<'scope, 'env> {
@@ -42,8 +58,8 @@ pub struct Link<'scope, 'env> {
     service: &'env Service<'env>,
     blobs: &'env BlobStore,
     scope: &'scope Scope<'scope, 'env>,
-    done_tx: Sender<Done>,
-    done_rx: Receiver<Done>,
+    events_tx: Sender<Event>,
+    events_rx: Receiver<Event>,
     outstanding: usize,
 }
 
@@ -55,14 +71,14 @@ impl<'scope, 'env> Link<'scope, 'env> {
         blobs: &'env BlobStore,
         scope: &'scope Scope<'scope, 'env>,
     ) -> Self {
-        let (done_tx, done_rx) = channel();
+        let (events_tx, events_rx) = channel();
         Link {
             parent,
             service,
             blobs,
             scope,
-            done_tx,
-            done_rx,
+            events_tx,
+            events_rx,
             outstanding: 0,
         }
     }
@@ -76,46 +92,62 @@ impl<'scope, 'env> Link<'scope, 'env> {
             Step::Answer(answer) => machine.offload_answer(tag, answer)?,
             Step::Dispatch(dispatch) => {
                 self.outstanding += 1;
-                let (service, done) = (self.service, self.done_tx.clone());
+                let (service, events) = (self.service, self.events_tx.clone());
                 self.scope.spawn(move || {
-                    let computed = service.compute(&dispatch);
+                    let (tag, submitted_at) = (dispatch.tag, dispatch.submitted_at);
                     // The receiver outlives every job unless the run failed already.
-                    let _ = done.send((*dispatch, computed));
+                    let bound = |cycles| {
+                        let _ = events.send(Event::Bound {
+                            tag,
+                            submitted_at,
+                            cycles,
+                        });
+                    };
+                    let computed = service.compute(&dispatch, &bound);
+                    let _ = events.send(Event::Done(dispatch, computed));
                 });
             }
         }
         Ok(())
     }
 
-    fn apply(
-        &mut self,
-        machine: &mut Machine,
-        (dispatch, computed): Done,
-    ) -> Result<(), LinkError> {
-        self.outstanding -= 1;
-        let (action, computed) = computed?;
-        let answer = self
-            .parent
-            .finish(&dispatch, action, &computed, self.blobs)?;
-        machine.offload_answer(dispatch.tag, answer)?;
-        Ok(())
-    }
-
-    /// Hands the machine every answer computed so far.
-    pub fn drain(&mut self, machine: &mut Machine) -> Result<(), LinkError> {
-        while let Ok(done) = self.done_rx.try_recv() {
-            self.apply(machine, done)?;
+    fn apply(&mut self, machine: &mut Machine, event: Event) -> Result<(), LinkError> {
+        match event {
+            Event::Bound {
+                tag,
+                submitted_at,
+                cycles,
+            } => {
+                let not_before = submitted_at + self.parent.latency() + cycles;
+                machine.offload_promise(tag, not_before)?;
+            }
+            Event::Done(dispatch, computed) => {
+                self.outstanding -= 1;
+                let (action, computed) = computed?;
+                let answer = self
+                    .parent
+                    .finish(&dispatch, action, &computed, self.blobs)?;
+                machine.offload_answer(dispatch.tag, answer)?;
+            }
         }
         Ok(())
     }
 
-    /// The machine waits at a wall: blocks until one more answer is computed.
+    /// Hands the machine every answer and promise so far.
+    pub fn drain(&mut self, machine: &mut Machine) -> Result<(), LinkError> {
+        while let Ok(event) = self.events_rx.try_recv() {
+            self.apply(machine, event)?;
+        }
+        Ok(())
+    }
+
+    /// The machine waits at a wall: blocks until one more answer or promise comes.
     pub fn wait(&mut self, machine: &mut Machine) -> Result<(), LinkError> {
         if self.outstanding == 0 {
             return Err(LinkError::Orphan);
         }
-        let done = self.done_rx.recv().map_err(|_| LinkError::Orphan)?;
-        self.apply(machine, done)?;
+        let event = self.events_rx.recv().map_err(|_| LinkError::Orphan)?;
+        self.apply(machine, event)?;
         self.drain(machine)
     }
 

@@ -55,7 +55,8 @@ pub enum Step {
 pub struct JobRecord {
     /// The action digest (the cache key).
     pub action: Sha256,
-    /// Instructions the sibling ran.
+    /// `C`: instructions its sibling ran (both runs' for a job that ran again with the
+    /// volatile variables).
     pub cycles: u64,
     /// The result body's sha256.
     pub result: Sha256,

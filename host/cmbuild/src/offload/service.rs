@@ -31,9 +31,21 @@ pub struct SiblingRun {
 /// Runs sibling machines (a build machine resumed from the template, in `crate::run`;
 /// a fake in tests).
 pub trait SiblingRunner: Sync {
-    /// Runs one sibling to its halt with `input_drive`; an error is the host's (the
-    /// machine could not be made or run), never the job's.
-    fn run(&self, input_drive: Vec<u8>) -> Result<SiblingRun, String>;
+    /// Runs one sibling to its halt with `input_drive`, calling `progress` now and then
+    /// with the instructions it has run so far (it has not halted yet); an error is the
+    /// host's (the machine could not be made or run), never the job's.
+    fn run(&self, input_drive: Vec<u8>, progress: &dyn Fn(u64)) -> Result<SiblingRun, String>;
+}
+
+/// How one job was computed (for the user: [`Service::on_done`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobDone {
+    /// Whether every run of it came from the cache.
+    pub cached: bool,
+    /// Its `C`.
+    pub cycles: u64,
+    /// Host seconds spent in sibling machines for it.
+    pub seconds: f64,
 }
 
 /// Errors of the host while computing a job: they fail the run (a job's own failure is an
@@ -97,6 +109,9 @@ impl Drop for PermitGuard<'_> {
 /// What [`Service::on_failed`] is called with: the job, why, and its sibling's console's end.
 pub type OnFailed<'a> = dyn Fn(&super::job::Job, &str, &str) + Sync + 'a;
 
+/// What [`Service::on_done`] is called with.
+pub type OnDone<'a> = dyn Fn(&super::job::Job, JobDone) + Sync + 'a;
+
 /// The run's job service.
 pub struct Service<'a> {
     blobs: &'a BlobStore,
@@ -111,6 +126,8 @@ pub struct Service<'a> {
     pub on_refused: Box<dyn Fn(&str) + Sync + 'a>,
     /// Called with each job whose sibling gave no result: why, and its console's end.
     pub on_failed: Box<OnFailed<'a>>,
+    /// Called with each job computed.
+    pub on_done: Box<OnDone<'a>>,
 }
 
 impl<'a> Service<'a> {
@@ -137,15 +154,28 @@ impl<'a> Service<'a> {
             counts: Counts::default(),
             on_refused: Box::new(|_| {}),
             on_failed: Box::new(|_, _, _| {}),
+            on_done: Box::new(|_, _| {}),
         }
     }
 
     /// Computes a dispatched job: the cache's checked entry, else a sibling's run (kept in
-    /// the cache when it gave a result).
-    pub fn compute(&self, dispatch: &Dispatch) -> Result<(Sha256, Computed), ServiceError> {
-        // First without the volatile variables; again with them only if the crate read one.
+    /// the cache when it gave a result), calling `progress` with rising lower bounds of its
+    /// `C` while a sibling runs it.
+    ///
+    /// A job with volatile variables ([`VOLATILE_ENV`]) runs first without them, and again
+    /// with them only if the crate read one; then its `C` is both runs' instructions, so
+    /// that the bound the first run gives holds for the answer.
+    pub fn compute(
+        &self,
+        dispatch: &Dispatch,
+        progress: &dyn Fn(u64),
+    ) -> Result<(Sha256, Computed), ServiceError> {
+        let started = std::time::Instant::now();
+        let mut cached = true;
+        let mut base = 0;
         if let Some((first, action)) = &dispatch.first {
-            let computed = self.compute_one(first, action)?;
+            let (computed, hit) = self.compute_one(first, action, progress)?;
+            cached &= hit;
             let reads_volatile = match &computed.response {
                 Response::Result(result) => result
                     .env_deps()
@@ -154,23 +184,48 @@ impl<'a> Service<'a> {
                 _ => false,
             };
             if !reads_volatile {
+                self.done(&dispatch.job, cached, computed.cycles, started);
                 return Ok((*action, computed));
             }
+            base = computed.cycles;
         }
-        Ok((
-            dispatch.action,
-            self.compute_one(&dispatch.job, &dispatch.action)?,
-        ))
+        let (mut computed, hit) =
+            self.compute_one(&dispatch.job, &dispatch.action, &|c| progress(base + c))?;
+        cached &= hit;
+        computed.cycles += base;
+        self.done(&dispatch.job, cached, computed.cycles, started);
+        Ok((dispatch.action, computed))
     }
 
-    /// `job` (whose action digest is `action`) from the cache or a sibling.
-    fn compute_one(&self, job: &Job, action: &Sha256) -> Result<Computed, ServiceError> {
+    fn done(&self, job: &Job, cached: bool, cycles: u64, started: std::time::Instant) {
+        let seconds = if cached {
+            0.0
+        } else {
+            started.elapsed().as_secs_f64()
+        };
+        (self.on_done)(
+            job,
+            JobDone {
+                cached,
+                cycles,
+                seconds,
+            },
+        );
+    }
+
+    /// `job` (whose action digest is `action`) from the cache (and `true`) or a sibling.
+    fn compute_one(
+        &self,
+        job: &Job,
+        action: &Sha256,
+        progress: &dyn Fn(u64),
+    ) -> Result<(Computed, bool), ServiceError> {
         if let Some(cache) = &self.cache {
             match cache.lookup(action, job) {
                 Lookup::Hit(hit) => {
                     self.counts.hits.fetch_add(1, Ordering::Relaxed);
                     self.counts.cycles.fetch_add(hit.cycles, Ordering::Relaxed);
-                    return Ok(hit);
+                    return Ok((hit, true));
                 }
                 Lookup::Miss => {}
                 Lookup::Refused(why) => {
@@ -183,7 +238,9 @@ impl<'a> Service<'a> {
             sibling::input_drive(job, self.blobs, self.tool).map_err(ServiceError::Drive)?;
         let run = {
             let _permit = self.permits.take();
-            self.runner.run(drive).map_err(ServiceError::Sibling)?
+            self.runner
+                .run(drive, progress)
+                .map_err(ServiceError::Sibling)?
         };
         self.counts.runs.fetch_add(1, Ordering::Relaxed);
         self.counts.cycles.fetch_add(run.cycles, Ordering::Relaxed);
@@ -205,7 +262,7 @@ impl<'a> Service<'a> {
         if let Some(cache) = &self.cache {
             cache.store(action, &computed)?;
         }
-        Ok(computed)
+        Ok((computed, false))
     }
 }
 
@@ -230,7 +287,9 @@ mod tests {
     }
 
     impl SiblingRunner for Fake {
-        fn run(&self, input_drive: Vec<u8>) -> Result<SiblingRun, String> {
+        fn run(&self, input_drive: Vec<u8>, progress: &dyn Fn(u64)) -> Result<SiblingRun, String> {
+            progress(1000);
+            progress(4000);
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(30));
@@ -345,11 +404,11 @@ mod tests {
             dir.path().join("s"),
         );
         let v1 = dated(&blobs, "pub fn a() {}", Some("1767225600"));
-        let (action, first) = service.compute(&v1).unwrap();
+        let (action, first) = service.compute(&v1, &|_| {}).unwrap();
         assert_eq!(action, v1.first.as_ref().unwrap().1, "run without the date");
         let v2 = dated(&blobs, "pub fn a() {}", Some("1767312000"));
         assert_ne!(v2.action, v1.action);
-        let (action2, again) = service.compute(&v2).unwrap();
+        let (action2, again) = service.compute(&v2, &|_| {}).unwrap();
         assert_eq!((action2, &again), (action, &first));
         assert_eq!(
             runner.runs.load(Ordering::SeqCst),
@@ -370,11 +429,20 @@ mod tests {
             dir.path().join("s"),
         );
         let v1 = dated(&blobs, "pub fn b() {}", Some("1767225600"));
-        let (action, _) = service.compute(&v1).unwrap();
+        let bounds = Mutex::new(Vec::new());
+        let (action, computed) = service
+            .compute(&v1, &|c| bounds.lock().unwrap().push(c))
+            .unwrap();
         assert_eq!(action, v1.action, "a crate that read the date runs with it");
         assert_eq!(reader.runs.load(Ordering::SeqCst), 2);
+        // Its C is both runs', and every bound given while they ran holds for it.
+        assert_eq!(computed.cycles, 2 * 4242);
+        assert_eq!(
+            bounds.into_inner().unwrap(),
+            [1000, 4000, 4242 + 1000, 4242 + 4000]
+        );
         let v2 = dated(&blobs, "pub fn b() {}", Some("1767312000"));
-        let (action, _) = service.compute(&v2).unwrap();
+        let (action, _) = service.compute(&v2, &|_| {}).unwrap();
         assert_eq!(action, v2.action);
         assert_eq!(
             reader.runs.load(Ordering::SeqCst),
@@ -396,8 +464,8 @@ mod tests {
             dir.path().join("scratch"),
         );
         let job = dispatch(&blobs, "pub fn a() {}");
-        let cold = service.compute(&job).unwrap().1;
-        let warm = service.compute(&job).unwrap().1;
+        let cold = service.compute(&job, &|_| {}).unwrap().1;
+        let warm = service.compute(&job, &|_| {}).unwrap().1;
         assert_eq!(cold, warm);
         assert_eq!(runner.runs.load(Ordering::SeqCst), 1);
         assert_eq!(service.counts.hits.load(Ordering::SeqCst), 1);
@@ -422,7 +490,7 @@ mod tests {
         let mut bytes = std::fs::read(&entry).unwrap();
         bytes.truncate(bytes.len() / 2);
         std::fs::write(&entry, bytes).unwrap();
-        let again = service.compute(&job).unwrap().1;
+        let again = service.compute(&job, &|_| {}).unwrap().1;
         assert_eq!(again, cold);
         assert_eq!(service.counts.refused.load(Ordering::SeqCst), 1);
         assert_eq!(runner.runs.load(Ordering::SeqCst), 2);
@@ -447,7 +515,7 @@ mod tests {
         std::thread::scope(|scope| {
             for job in &jobs {
                 let service = &service;
-                scope.spawn(move || service.compute(job).unwrap());
+                scope.spawn(move || service.compute(job, &|_| {}).unwrap());
             }
         });
         assert_eq!(runner.runs.load(Ordering::SeqCst), 8);
@@ -467,10 +535,10 @@ mod tests {
             dir.path().join("scratch"),
         );
         let job = dispatch(&blobs, "pub fn a() {}");
-        let first = service.compute(&job).unwrap().1;
+        let first = service.compute(&job, &|_| {}).unwrap().1;
         assert!(matches!(first.response, Response::Error(_)), "{first:?}");
         assert_eq!(first.cycles, 4242);
-        assert_eq!(service.compute(&job).unwrap().1, first);
+        assert_eq!(service.compute(&job, &|_| {}).unwrap().1, first);
         assert_eq!(runner.runs.load(Ordering::SeqCst), 2);
     }
 }

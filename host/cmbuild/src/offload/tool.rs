@@ -178,7 +178,9 @@ pub fn obtain(
     if let Some(tool) = recorded(mirror, &path, &key) {
         return Ok(tool);
     }
-    let run = runner.run(input_drive()?).map_err(ToolError::Machine)?;
+    let run = runner
+        .run(input_drive()?, &|_| {})
+        .map_err(ToolError::Machine)?;
     let files = crate::untrusted::extract_tar(
         &run.output_drive[..],
         scratch,

@@ -22,6 +22,13 @@
 //!   response can be visible before `E`, the state at every cycle up to `E - 1` is the same
 //!   whether or not the host has answered, and a run stopped at any cycle continues like an
 //!   uninterrupted one.
+//! - The host may *promise* that request `tag` has no answer before a later cycle
+//!   ([`OffloadChannel::promise`]: cmbuild promises `T + L + c` while the job's sibling has
+//!   run `c` instructions and not halted, since its answer comes at `T + L + C`, `C >= c`).
+//!   The request's earliest, and so its wall, moves there; an answer earlier than a promise
+//!   is refused. A promise only says how far the machine may run before the answer is
+//!   known: it changes no state at any cycle (a run without promises, waiting at every
+//!   wall, passes through the same states).
 //! - An answer not yet visible is not state: it is neither hashed nor stored in snapshots
 //!   (it is the host's, in flight). The state hash at any `mcycle` is therefore a function
 //!   of the guest's history alone. After a snapshot is loaded, the host answers again (the
@@ -229,6 +236,8 @@ pub struct OffloadChannel {
     delivered: u64,
     /// Answers the host gave for requests in flight, by tag. Not state.
     answers: BTreeMap<u64, Answer>,
+    /// The host's promises: no answer to the request before this cycle, by tag. Not state.
+    promised: BTreeMap<u64, u64>,
     /// Tags of submissions the run loop has not reported yet, oldest first. Not state
     /// (like HTIF's yield).
     pub(crate) submitted: VecDeque<u64>,
@@ -258,6 +267,7 @@ impl OffloadChannel {
             journal: [0; 32],
             delivered: 0,
             answers: BTreeMap::new(),
+            promised: BTreeMap::new(),
             submitted: VecDeque::new(),
             virtio: None,
         }
@@ -340,16 +350,39 @@ impl OffloadChannel {
         self.delivered
     }
 
+    /// Requests submitted and not yet delivered (the guest's `IN_FLIGHT`).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// The request `tag`, if it is in flight.
     pub fn request(&self, tag: u64) -> Option<&InFlight> {
         self.in_flight.get(&tag)
     }
 
-    /// The first `mcycle` at which request `tag`'s response may be visible.
+    /// The first `mcycle` at which request `tag`'s response may be visible: `min_latency`
+    /// after its submission, or later if the host promised so.
     pub fn earliest(&self, tag: u64) -> Option<u64> {
-        self.in_flight
-            .get(&tag)
-            .map(|r| r.submitted_at.saturating_add(self.min_latency))
+        let promised = self.promised.get(&tag).copied().unwrap_or(0);
+        self.in_flight.get(&tag).map(|r| {
+            r.submitted_at
+                .saturating_add(self.min_latency)
+                .max(promised)
+        })
+    }
+
+    /// The host's promise that request `tag` has no answer before `not_before`: its
+    /// earliest (and wall) moves there if that is later. Changes no state.
+    pub fn promise(&mut self, tag: u64, not_before: u64) -> Result<(), OffloadError> {
+        if !self.in_flight.contains_key(&tag) {
+            return Err(OffloadError::UnknownTag(tag));
+        }
+        if self.answers.contains_key(&tag) {
+            return Err(OffloadError::AlreadyAnswered(tag));
+        }
+        let at = self.promised.entry(tag).or_insert(0);
+        *at = (*at).max(not_before);
+        Ok(())
     }
 
     /// Tags of the requests in flight that the host has not answered, in tag order.
@@ -389,6 +422,7 @@ impl OffloadChannel {
         if answer.response.len() as u64 > MAX_RESPONSE {
             return Err(OffloadError::TooLarge(answer.response.len() as u64));
         }
+        self.promised.remove(&tag);
         self.answers.insert(tag, answer);
         self.deliver_due(mcycle);
         Ok(())
@@ -399,9 +433,9 @@ impl OffloadChannel {
     pub fn next_stop(&self) -> u64 {
         self.in_flight
             .iter()
-            .map(|(tag, r)| match self.answers.get(tag) {
+            .map(|(&tag, _)| match self.answers.get(&tag) {
                 Some(a) => a.visible_at,
-                None => r.submitted_at.saturating_add(self.min_latency) - 1,
+                None => self.earliest(tag).expect("in flight") - 1,
             })
             .min()
             .unwrap_or(u64::MAX)
@@ -411,15 +445,7 @@ impl OffloadChannel {
     /// response could become visible right after it, and the tag of that request.
     pub fn wall(&self) -> Option<(u64, u64)> {
         self.unanswered()
-            .map(|tag| {
-                (
-                    self.in_flight[&tag]
-                        .submitted_at
-                        .saturating_add(self.min_latency)
-                        - 1,
-                    tag,
-                )
-            })
+            .map(|tag| (self.earliest(tag).expect("in flight") - 1, tag))
             .min()
     }
 
@@ -819,6 +845,42 @@ mod tests {
             response: response.to_vec(),
             record: [7; 32],
         }
+    }
+
+    #[test]
+    fn a_promise_moves_the_wall_and_changes_no_state() {
+        let mut c = OffloadChannel::new(100);
+        submit(&mut c, b"job", 5, 9);
+        submit(&mut c, b"other", 6, 20);
+        let mut before = Vec::new();
+        c.save_state(&mut before);
+        assert_eq!(c.wall(), Some((109, 5)));
+        assert_eq!(c.promise(9, 500), Err(OffloadError::UnknownTag(9)));
+        c.promise(5, 400).unwrap();
+        // The wall is now the other request's.
+        assert_eq!(c.earliest(5), Some(400));
+        assert_eq!(c.wall(), Some((120, 6)));
+        c.promise(6, 300).unwrap();
+        assert_eq!((c.wall(), c.next_stop()), (Some((299, 6)), 299));
+        // A promise never moves a wall back.
+        c.promise(6, 150).unwrap();
+        assert_eq!(c.earliest(6), Some(300));
+        // An answer earlier than the promise is refused: the machine may have passed it.
+        assert_eq!(
+            c.answer(6, answer(299, b"r"), 50),
+            Err(OffloadError::TooEarly {
+                tag: 6,
+                visible_at: 299,
+                earliest: 300
+            })
+        );
+        let mut after = Vec::new();
+        c.save_state(&mut after);
+        assert_eq!(before, after, "a promise is not state");
+        c.answer(6, answer(300, b"r"), 50).unwrap();
+        assert_eq!(c.promise(6, 301), Err(OffloadError::AlreadyAnswered(6)));
+        assert!(c.deliver_due(300));
+        assert_eq!(c.wall(), Some((399, 5)));
     }
 
     #[test]
