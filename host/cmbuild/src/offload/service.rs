@@ -44,7 +44,7 @@ pub struct JobDone {
     pub cached: bool,
     /// Its `C`.
     pub cycles: u64,
-    /// Host seconds spent in sibling machines for it.
+    /// Host seconds its sibling machines ran (not counting the wait for a free slot).
     pub seconds: f64,
 }
 
@@ -170,12 +170,17 @@ impl<'a> Service<'a> {
         dispatch: &Dispatch,
         progress: &dyn Fn(u64),
     ) -> Result<(Sha256, Computed), ServiceError> {
-        let started = std::time::Instant::now();
-        let mut cached = true;
+        // Host seconds in siblings, `None` while every run came from the cache.
+        let mut seconds: Option<f64> = None;
+        let mut add = |ran: Option<f64>| {
+            if let Some(ran) = ran {
+                *seconds.get_or_insert(0.0) += ran;
+            }
+        };
         let mut base = 0;
         if let Some((first, action)) = &dispatch.first {
-            let (computed, hit) = self.compute_one(first, action, progress)?;
-            cached &= hit;
+            let (computed, ran) = self.compute_one(first, action, progress)?;
+            add(ran);
             let reads_volatile = match &computed.response {
                 Response::Result(result) => result
                     .env_deps()
@@ -184,48 +189,42 @@ impl<'a> Service<'a> {
                 _ => false,
             };
             if !reads_volatile {
-                self.done(&dispatch.job, cached, computed.cycles, started);
+                self.done(&dispatch.job, computed.cycles, seconds);
                 return Ok((*action, computed));
             }
             base = computed.cycles;
         }
-        let (mut computed, hit) =
+        let (mut computed, ran) =
             self.compute_one(&dispatch.job, &dispatch.action, &|c| progress(base + c))?;
-        cached &= hit;
+        add(ran);
         computed.cycles += base;
-        self.done(&dispatch.job, cached, computed.cycles, started);
+        self.done(&dispatch.job, computed.cycles, seconds);
         Ok((dispatch.action, computed))
     }
 
-    fn done(&self, job: &Job, cached: bool, cycles: u64, started: std::time::Instant) {
-        let seconds = if cached {
-            0.0
-        } else {
-            started.elapsed().as_secs_f64()
+    fn done(&self, job: &Job, cycles: u64, seconds: Option<f64>) {
+        let done = JobDone {
+            cached: seconds.is_none(),
+            cycles,
+            seconds: seconds.unwrap_or(0.0),
         };
-        (self.on_done)(
-            job,
-            JobDone {
-                cached,
-                cycles,
-                seconds,
-            },
-        );
+        (self.on_done)(job, done);
     }
 
-    /// `job` (whose action digest is `action`) from the cache (and `true`) or a sibling.
+    /// `job` (whose action digest is `action`) from the cache, or from a sibling (and the
+    /// host seconds it ran, not counting the wait for a free slot).
     fn compute_one(
         &self,
         job: &Job,
         action: &Sha256,
         progress: &dyn Fn(u64),
-    ) -> Result<(Computed, bool), ServiceError> {
+    ) -> Result<(Computed, Option<f64>), ServiceError> {
         if let Some(cache) = &self.cache {
             match cache.lookup(action, job) {
                 Lookup::Hit(hit) => {
                     self.counts.hits.fetch_add(1, Ordering::Relaxed);
                     self.counts.cycles.fetch_add(hit.cycles, Ordering::Relaxed);
-                    return Ok((hit, true));
+                    return Ok((hit, None));
                 }
                 Lookup::Miss => {}
                 Lookup::Refused(why) => {
@@ -236,11 +235,14 @@ impl<'a> Service<'a> {
         }
         let drive =
             sibling::input_drive(job, self.blobs, self.tool).map_err(ServiceError::Drive)?;
-        let run = {
+        let (run, seconds) = {
             let _permit = self.permits.take();
-            self.runner
+            let started = std::time::Instant::now();
+            let run = self
+                .runner
                 .run(drive, progress)
-                .map_err(ServiceError::Sibling)?
+                .map_err(ServiceError::Sibling)?;
+            (run, started.elapsed().as_secs_f64())
         };
         self.counts.runs.fetch_add(1, Ordering::Relaxed);
         self.counts.cycles.fetch_add(run.cycles, Ordering::Relaxed);
@@ -262,7 +264,7 @@ impl<'a> Service<'a> {
         if let Some(cache) = &self.cache {
             cache.store(action, &computed)?;
         }
-        Ok((computed, false))
+        Ok((computed, Some(seconds)))
     }
 }
 
@@ -455,7 +457,7 @@ mod tests {
     fn jobs_run_once_then_come_from_the_cache_with_the_same_answer() {
         let (dir, blobs, cache) = stores();
         let runner = fake(false);
-        let service = Service::new(
+        let mut service = Service::new(
             &blobs,
             b"tool",
             Some(cache.clone()),
@@ -463,10 +465,14 @@ mod tests {
             2,
             dir.path().join("scratch"),
         );
+        let done = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let seen = done.clone();
+        service.on_done = Box::new(move |_, d| seen.lock().unwrap().push((d.cached, d.cycles)));
         let job = dispatch(&blobs, "pub fn a() {}");
         let cold = service.compute(&job, &|_| {}).unwrap().1;
         let warm = service.compute(&job, &|_| {}).unwrap().1;
         assert_eq!(cold, warm);
+        assert_eq!(*done.lock().unwrap(), [(false, 4242), (true, 4242)]);
         assert_eq!(runner.runs.load(Ordering::SeqCst), 1);
         assert_eq!(service.counts.hits.load(Ordering::SeqCst), 1);
         assert_eq!(cold.cycles, 4242);
