@@ -222,9 +222,33 @@ pub fn drive_bytes(machine: &Machine, drive: Drive) -> &[u8] {
     machine.bus.flash[drive.index()].mem.bytes()
 }
 
+/// The start of a drive's bytes that holds everything written to it: up to the end of its
+/// last page with a non-zero byte, and one zero page more (so that an archive in it ends
+/// with the zero blocks its reader looks for). What follows is zeros.
+pub fn written_part(bytes: &[u8]) -> &[u8] {
+    const PAGE: usize = 4096;
+    let used = bytes
+        .chunks(PAGE)
+        .rposition(|page| page.iter().any(|&b| b != 0))
+        .map_or(0, |last| (last + 1) * PAGE);
+    &bytes[..(used + PAGE).min(bytes.len())]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_written_part_keeps_every_non_zero_byte_and_one_zero_page() {
+        let mut drive = vec![0u8; 64 << 10];
+        assert_eq!(written_part(&drive).len(), 4096);
+        drive[5000] = 1;
+        assert_eq!(written_part(&drive).len(), 3 * 4096);
+        drive[(64 << 10) - 1] = 2;
+        assert_eq!(written_part(&drive).len(), 64 << 10);
+        assert_eq!(written_part(&[]), &[] as &[u8]);
+        assert_eq!(written_part(&[0, 7, 0]), &[0, 7, 0]);
+    }
 
     #[test]
     fn drives_are_in_board_order_and_only_output_is_shared() {

@@ -63,6 +63,13 @@ enum Inner {
     File(MappedFile),
 }
 
+impl DriveImage {
+    /// Whether both are the same image (clones of one another), not merely equal bytes.
+    pub fn same(&self, other: &DriveImage) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl From<Vec<u8>> for DriveImage {
     fn from(bytes: Vec<u8>) -> Self {
         Self(Arc::new(Inner::Bytes(bytes)))

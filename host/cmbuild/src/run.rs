@@ -973,7 +973,7 @@ impl crate::offload::service::SiblingRunner for Siblings<'_> {
             console_tail: crate::terminal::sanitize_bytes(
                 &console[console.len().saturating_sub(4096)..],
             ),
-            output_drive: drive_bytes(&machine, Drive::Output).to_vec(),
+            output_drive: crate::guest::written_part(drive_bytes(&machine, Drive::Output)).to_vec(),
             cycles: machine.mcycle() - start,
             root_hash: machine.root_hash(),
         })

@@ -202,6 +202,21 @@ pub struct Template {
     /// The blob unpacked, checked and decompressed, once for every machine resumed from it
     /// ([`Template::prepare`]).
     prepared: OnceLock<Arc<snapshot::Prepared>>,
+    /// The page trees of the state hash at the ready point, built once ([`Template::resume`]).
+    trees: Arc<std::sync::Mutex<Option<ReadyTrees>>>,
+}
+
+/// A resumed machine's page trees, and the drive images they were built with.
+struct ReadyTrees {
+    rootfs: DriveImage,
+    toolchain: DriveImage,
+    trees: Vec<cmbuild_machine::merkle::PageTree>,
+}
+
+impl std::fmt::Debug for ReadyTrees {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadyTrees({} page trees)", self.trees.len())
+    }
 }
 
 impl Template {
@@ -211,6 +226,7 @@ impl Template {
             record,
             derived,
             prepared: OnceLock::new(),
+            trees: Default::default(),
         }
     }
 
@@ -228,18 +244,44 @@ impl Template {
     /// from the prepared template: its RAM is copied from the decompressed pages and its root
     /// and toolchain drives map `rootfs` and `toolchain` copy-on-write, so this costs little
     /// more than the copy of the RAM the guest had used.
+    ///
+    /// The first machine's state is hashed whole (and must be the record's template hash);
+    /// every later one with the same drive images takes a copy of its page trees, so that
+    /// its hashes rehash only what it wrote (a sibling machine's root hash at its halt
+    /// would otherwise rehash the root and toolchain drives every time).
     pub fn resume(
         &self,
         rootfs: &DriveImage,
         toolchain: &DriveImage,
     ) -> Result<(Machine, SnapshotConfig), TemplateError> {
-        instantiate(
+        let (mut machine, config) = instantiate(
             self.prepare()?,
             rootfs,
             toolchain,
             &self.record.root_hash,
             HashCheck::Trusted,
-        )
+        )?;
+        let mut ready = self.trees.lock().expect("no panics hold this lock");
+        match &*ready {
+            Some(r) if r.rootfs.same(rootfs) && r.toolchain.same(toolchain) => machine
+                .adopt_page_trees(r.trees.clone())
+                .map_err(|e| TemplateError::Machine(e.to_string()))?,
+            _ => {
+                let hash = machine.root_hash();
+                if hash != self.record.root_hash {
+                    return Err(TemplateError::Blob(format!(
+                        "resumed, it holds the state {hash}, its record says {}",
+                        self.record.root_hash
+                    )));
+                }
+                *ready = Some(ReadyTrees {
+                    rootfs: rootfs.clone(),
+                    toolchain: toolchain.clone(),
+                    trees: machine.page_trees(),
+                });
+            }
+        }
+        Ok((machine, config))
     }
 }
 

@@ -98,6 +98,9 @@ impl Default for MachineConfig {
 /// Why a machine could not be built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MachineError {
+    /// the page trees given do not have the shape of this machine's memory
+    #[error("the page trees given do not have the shape of this machine's memory")]
+    PageTreeShape,
     /// RAM length {0} is not a nonzero multiple of 4096 below 64 GiB
     #[error("RAM length {0} is not a nonzero multiple of 4096 below 64 GiB")]
     BadRamLength(u64),
@@ -447,6 +450,37 @@ impl Machine {
         self.trees = None;
     }
 
+    /// The page trees of RAM and each flash drive, brought up to date (the dirty pages
+    /// hashed, or everything on the first call), for [`Machine::adopt_page_trees`] of
+    /// another machine in the same state.
+    pub fn page_trees(&mut self) -> Vec<PageTree> {
+        self.hash_leaves();
+        self.trees.clone().expect("built by hash_leaves")
+    }
+
+    /// Takes `trees` as the page trees of this machine's memory: they must be
+    /// [`Machine::page_trees`] of a machine whose RAM and drives held exactly what this one
+    /// holds now (another instance of the same snapshot, say), and only the pages written
+    /// from now on are hashed again. Trees of another shape are refused; trees of other
+    /// contents would make every later hash wrong, a promise the caller keeps
+    /// ([`Machine::root_hash_from_scratch`] checks it).
+    pub fn adopt_page_trees(&mut self, trees: Vec<PageTree>) -> Result<(), MachineError> {
+        let ranges = self.memory_ranges_mut();
+        if trees.len() != ranges.len()
+            || trees
+                .iter()
+                .zip(&ranges)
+                .any(|(t, m)| t.length() != m.len())
+        {
+            return Err(MachineError::PageTreeShape);
+        }
+        for mem in ranges {
+            mem.clear_dirty();
+        }
+        self.trees = Some(trees);
+        Ok(())
+    }
+
     /// The state hash, `cmvm-sha256-v1:<64 hex>`.
     pub fn root_hash(&mut self) -> String {
         let root = self.root_hash_bytes();
@@ -607,6 +641,32 @@ mod tests {
         ]);
         assert_eq!(m.root_hash_bytes(), expected);
         assert_eq!(m.root_hash_from_scratch(), expected);
+    }
+
+    #[test]
+    fn adopted_page_trees_hash_like_the_machine_s_own() {
+        let mut cfg = config("x");
+        cfg.flash_drives.push(FlashConfig {
+            label: "d".into(),
+            image: (0..20_000u32).map(|i| (i % 251) as u8).collect(),
+            shared: false,
+        });
+        let mut first = Machine::new(&cfg).unwrap();
+        let trees = first.page_trees();
+        let mut second = Machine::new(&cfg).unwrap();
+        second.adopt_page_trees(trees.clone()).unwrap();
+        assert_eq!(second.root_hash(), first.root_hash());
+        // Written after the adoption: hashed again, like a machine's own trees.
+        second.bus.ram.write_bytes(8192, b"written");
+        second.bus.flash[0].mem.write_bytes(3, &[0; 9000]);
+        assert_eq!(second.root_hash_bytes(), second.root_hash_from_scratch());
+        assert_ne!(second.root_hash(), first.root_hash());
+        // Trees of another machine's shape are refused.
+        let mut other = Machine::new(&config("x")).unwrap();
+        assert!(matches!(
+            other.adopt_page_trees(trees),
+            Err(MachineError::PageTreeShape)
+        ));
     }
 
     #[test]

@@ -79,20 +79,48 @@ pub struct Counts {
     pub cycles: AtomicU64,
 }
 
-/// A counting semaphore: at most `n` siblings at once.
+/// At most `n` siblings at once; a free slot goes to the waiting job submitted earliest in
+/// its parent's time. The parent can run no further than its earliest unfinished job lets it
+/// (`link.rs`, promises), so that job is the one to start.
 #[derive(Debug)]
 struct Permits {
-    free: Mutex<usize>,
+    state: Mutex<PermitState>,
     freed: Condvar,
 }
 
+#[derive(Debug)]
+struct PermitState {
+    free: usize,
+    /// Waiting jobs by (submission cycle, arrival).
+    waiting: std::collections::BTreeSet<(u64, u64)>,
+    arrivals: u64,
+}
+
 impl Permits {
-    fn take(&self) -> PermitGuard<'_> {
-        let mut free = self.free.lock().expect("no panics hold this lock");
-        while *free == 0 {
-            free = self.freed.wait(free).expect("no panics hold this lock");
+    fn new(n: usize) -> Permits {
+        Permits {
+            state: Mutex::new(PermitState {
+                free: n,
+                waiting: Default::default(),
+                arrivals: 0,
+            }),
+            freed: Condvar::new(),
         }
-        *free -= 1;
+    }
+
+    /// A slot for a job submitted at `submitted_at`, once it is the earliest waiting.
+    fn take(&self, submitted_at: u64) -> PermitGuard<'_> {
+        let mut state = self.state.lock().expect("no panics hold this lock");
+        let me = (submitted_at, state.arrivals);
+        state.arrivals += 1;
+        state.waiting.insert(me);
+        while state.free == 0 || state.waiting.first() != Some(&me) {
+            state = self.freed.wait(state).expect("no panics hold this lock");
+        }
+        state.waiting.remove(&me);
+        state.free -= 1;
+        // The next in line may take a slot that is still free.
+        self.freed.notify_all();
         PermitGuard(self)
     }
 }
@@ -101,8 +129,8 @@ struct PermitGuard<'a>(&'a Permits);
 
 impl Drop for PermitGuard<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock().expect("no panics hold this lock") += 1;
-        self.0.freed.notify_one();
+        self.0.state.lock().expect("no panics hold this lock").free += 1;
+        self.0.freed.notify_all();
     }
 }
 
@@ -146,10 +174,7 @@ impl<'a> Service<'a> {
             tool,
             cache,
             runner,
-            permits: Permits {
-                free: Mutex::new(jobs.max(1)),
-                freed: Condvar::new(),
-            },
+            permits: Permits::new(jobs.max(1)),
             scratch,
             counts: Counts::default(),
             on_refused: Box::new(|_| {}),
@@ -179,7 +204,8 @@ impl<'a> Service<'a> {
         };
         let mut base = 0;
         if let Some((first, action)) = &dispatch.first {
-            let (computed, ran) = self.compute_one(first, action, progress)?;
+            let (computed, ran) =
+                self.compute_one(first, action, dispatch.submitted_at, progress)?;
             add(ran);
             let reads_volatile = match &computed.response {
                 Response::Result(result) => result
@@ -194,8 +220,12 @@ impl<'a> Service<'a> {
             }
             base = computed.cycles;
         }
-        let (mut computed, ran) =
-            self.compute_one(&dispatch.job, &dispatch.action, &|c| progress(base + c))?;
+        let (mut computed, ran) = self.compute_one(
+            &dispatch.job,
+            &dispatch.action,
+            dispatch.submitted_at,
+            &|c| progress(base + c),
+        )?;
         add(ran);
         computed.cycles += base;
         self.done(&dispatch.job, computed.cycles, seconds);
@@ -211,12 +241,13 @@ impl<'a> Service<'a> {
         (self.on_done)(job, done);
     }
 
-    /// `job` (whose action digest is `action`) from the cache, or from a sibling (and the
-    /// host seconds it ran, not counting the wait for a free slot).
+    /// `job` (whose action digest is `action`, submitted at `submitted_at`) from the cache,
+    /// or from a sibling (and the host seconds it ran, not counting the wait for a slot).
     fn compute_one(
         &self,
         job: &Job,
         action: &Sha256,
+        submitted_at: u64,
         progress: &dyn Fn(u64),
     ) -> Result<(Computed, Option<f64>), ServiceError> {
         if let Some(cache) = &self.cache {
@@ -236,7 +267,7 @@ impl<'a> Service<'a> {
         let drive =
             sibling::input_drive(job, self.blobs, self.tool).map_err(ServiceError::Drive)?;
         let (run, seconds) = {
-            let _permit = self.permits.take();
+            let _permit = self.permits.take(submitted_at);
             let started = std::time::Instant::now();
             let run = self
                 .runner
@@ -526,6 +557,27 @@ mod tests {
         });
         assert_eq!(runner.runs.load(Ordering::SeqCst), 8);
         assert_eq!(runner.most.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_free_slot_goes_to_the_earliest_submitted_job() {
+        let permits = Permits::new(1);
+        let order = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            let held = permits.take(0);
+            for at in [30, 10, 20] {
+                let (permits, order) = (&permits, &order);
+                scope.spawn(move || {
+                    let _slot = permits.take(at);
+                    order.lock().unwrap().push(at);
+                });
+            }
+            while permits.state.lock().unwrap().waiting.len() < 3 {
+                std::thread::yield_now();
+            }
+            drop(held);
+        });
+        assert_eq!(order.into_inner().unwrap(), [10, 20, 30]);
     }
 
     #[test]
