@@ -642,12 +642,8 @@ pub fn derive_with(
         mcycle,
     };
     let path = record_path(mirror, &key);
-    let dir = path.parent().expect("the record is inside templates/");
-    std::fs::create_dir_all(dir).map_err(|e| TemplateError::Io("create", dir.to_path_buf(), e))?;
-    let mut text = serde_json::to_string_pretty(&record).expect("a record serializes");
-    text.push('\n');
-    cmbuild_store::atomic::write_atomically(&path, text.as_bytes())
-        .map_err(|e| TemplateError::Io("write", path.clone(), e.source))?;
+    cmbuild_store::atomic::write_json_atomically(&path, &record)
+        .map_err(|e| TemplateError::Io(e.action, e.path, e.source))?;
     events(Event::Note(format!(
         "template machine ready at mcycle {mcycle}: {} (template {}, {} bytes, kept in the mirror)",
         record.root_hash,

@@ -138,6 +138,21 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AtomicError> {
     file.commit()
 }
 
+/// Writes `value` as pretty JSON with a final newline to `path` ([`write_atomically`]),
+/// creating its directory first: the one way a record (a template's, a cached job's) goes
+/// into a mirror.
+pub fn write_json_atomically(
+    path: &Path,
+    value: &impl serde::Serialize,
+) -> Result<(), AtomicError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_error("create", dir))?;
+    }
+    let mut json = serde_json::to_vec_pretty(value).expect("a record always serializes");
+    json.push(b'\n');
+    write_atomically(path, &json)
+}
+
 /// Removes the temporary files in `dir` whose writer has ended (best effort: a directory
 /// that cannot be listed, or a file another process just removed, is not an error).
 pub fn remove_stale_temp_files(dir: &Path) {

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use cmbuild_store::atomic::write_atomically;
+use cmbuild_store::atomic::write_json_atomically;
 use cmbuild_store::cid::Cid;
 use cmbuild_store::mirror::Mirror;
 use cmbuild_store::sha256::Sha256;
@@ -58,9 +58,6 @@ pub enum CacheError {
     /// cannot write the cache entry {0}
     #[error("cannot write the cache entry {0}")]
     Write(PathBuf, #[source] cmbuild_store::atomic::AtomicError),
-    /// cannot create the cache directory {0}
-    #[error("cannot create the cache directory {0}")]
-    Dir(PathBuf, #[source] std::io::Error),
 }
 
 /// What a lookup found.
@@ -147,12 +144,7 @@ impl ActionCache {
             v: 1,
         };
         let path = self.entry_path(action);
-        let mut json = serde_json::to_vec_pretty(&entry).expect("an entry always serializes");
-        json.push(b'\n');
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| CacheError::Dir(dir.to_owned(), e))?;
-        }
-        write_atomically(&path, &json).map_err(|e| CacheError::Write(path, e))
+        write_json_atomically(&path, &entry).map_err(|e| CacheError::Write(path, e))
     }
 }
 

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use cmbuild_image::rootfs::Tree;
-use cmbuild_store::atomic::write_atomically;
+use cmbuild_store::atomic::write_json_atomically;
 use cmbuild_store::cid::Cid;
 use cmbuild_store::mirror::Mirror;
 use cmbuild_store::sha256::Sha256;
@@ -199,12 +199,7 @@ pub fn obtain(
         sha256: stored.sha256,
         v: 1,
     };
-    let mut json = serde_json::to_vec_pretty(&record).expect("a record serializes");
-    json.push(b'\n');
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ToolError::Write(dir.to_owned(), e))?;
-    }
-    write_atomically(&path, &json).map_err(|e| ToolError::Write(path.clone(), e.source))?;
+    write_json_atomically(&path, &record).map_err(|e| ToolError::Write(e.path, e.source))?;
     Ok(Tool {
         sha256: stored.sha256,
         cid: stored.cid,
