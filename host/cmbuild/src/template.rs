@@ -202,20 +202,37 @@ pub struct Template {
     /// The blob unpacked, checked and decompressed, once for every machine resumed from it
     /// ([`Template::prepare`]).
     prepared: OnceLock<Arc<snapshot::Prepared>>,
-    /// The page trees of the state hash at the ready point, built once ([`Template::resume`]).
-    trees: Arc<std::sync::Mutex<Option<ReadyTrees>>>,
+    /// The page trees of the state hash at the ready point ([`Template::resume`]).
+    trees: Arc<std::sync::Mutex<ReadyTrees>>,
 }
 
-/// A resumed machine's page trees, and the drive images they were built with.
-struct ReadyTrees {
-    rootfs: DriveImage,
-    toolchain: DriveImage,
-    trees: Vec<cmbuild_machine::merkle::PageTree>,
+/// The page trees of a machine at the ready point, for every later machine resumed with
+/// the same drive images.
+#[derive(Default)]
+enum ReadyTrees {
+    /// Not asked for yet.
+    #[default]
+    None,
+    /// Built, but they did not give the record's hash: not used, not built again.
+    Refused,
+    /// Being built, on a thread of their own.
+    Building,
+    /// Built, with the drive images they were built with.
+    Built {
+        rootfs: DriveImage,
+        toolchain: DriveImage,
+        trees: Vec<cmbuild_machine::merkle::PageTree>,
+    },
 }
 
 impl std::fmt::Debug for ReadyTrees {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReadyTrees({} page trees)", self.trees.len())
+        match self {
+            ReadyTrees::None => write!(f, "None"),
+            ReadyTrees::Refused => write!(f, "Refused"),
+            ReadyTrees::Building => write!(f, "Building"),
+            ReadyTrees::Built { trees, .. } => write!(f, "Built({} page trees)", trees.len()),
+        }
     }
 }
 
@@ -245,17 +262,19 @@ impl Template {
     /// and toolchain drives map `rootfs` and `toolchain` copy-on-write, so this costs little
     /// more than the copy of the RAM the guest had used.
     ///
-    /// The first machine's state is hashed whole (and must be the record's template hash);
-    /// every later one with the same drive images takes a copy of its page trees, so that
-    /// its hashes rehash only what it wrote (a sibling machine's root hash at its halt
-    /// would otherwise rehash the root and toolchain drives every time).
+    /// The page trees of the state hash are built once, on a thread of their own, from
+    /// another machine resumed the same way (and kept only if its hash is the record's);
+    /// every machine resumed after that with the same drive images takes a copy, so that its
+    /// hashes rehash only what it wrote. (A sibling machine's root hash at its halt would
+    /// otherwise rehash the root and toolchain drives every time.)
     pub fn resume(
         &self,
         rootfs: &DriveImage,
         toolchain: &DriveImage,
     ) -> Result<(Machine, SnapshotConfig), TemplateError> {
+        let prepared = self.prepare()?;
         let (mut machine, config) = instantiate(
-            self.prepare()?,
+            prepared,
             rootfs,
             toolchain,
             &self.record.root_hash,
@@ -263,21 +282,39 @@ impl Template {
         )?;
         let mut ready = self.trees.lock().expect("no panics hold this lock");
         match &*ready {
-            Some(r) if r.rootfs.same(rootfs) && r.toolchain.same(toolchain) => machine
-                .adopt_page_trees(r.trees.clone())
+            ReadyTrees::Built {
+                rootfs: r,
+                toolchain: t,
+                trees,
+            } if r.same(rootfs) && t.same(toolchain) => machine
+                .adopt_page_trees(trees.clone())
                 .map_err(|e| TemplateError::Machine(e.to_string()))?,
+            ReadyTrees::Building | ReadyTrees::Refused => {}
             _ => {
-                let hash = machine.root_hash();
-                if hash != self.record.root_hash {
-                    return Err(TemplateError::Blob(format!(
-                        "resumed, it holds the state {hash}, its record says {}",
-                        self.record.root_hash
-                    )));
-                }
-                *ready = Some(ReadyTrees {
-                    rootfs: rootfs.clone(),
-                    toolchain: toolchain.clone(),
-                    trees: machine.page_trees(),
+                *ready = ReadyTrees::Building;
+                let prepared = self.prepared.get().expect("prepared above").clone();
+                let (rootfs, toolchain) = (rootfs.clone(), toolchain.clone());
+                let (expected, slot) = (self.record.root_hash.clone(), self.trees.clone());
+                std::thread::spawn(move || {
+                    let built = instantiate(
+                        &prepared,
+                        &rootfs,
+                        &toolchain,
+                        &expected,
+                        HashCheck::Trusted,
+                    )
+                    .ok()
+                    .and_then(|(mut machine, _)| {
+                        (machine.root_hash() == expected).then(|| machine.page_trees())
+                    });
+                    *slot.lock().expect("no panics hold this lock") = match built {
+                        Some(trees) => ReadyTrees::Built {
+                            rootfs,
+                            toolchain,
+                            trees,
+                        },
+                        None => ReadyTrees::Refused,
+                    };
                 });
             }
         }
@@ -882,6 +919,24 @@ mod tests {
                 (from_mirror.0.clone(), from_mirror.1)
             );
         }
+        // The page trees were built aside by then (or soon), and a machine resumed after
+        // that takes a copy of them: its hashes are still those of its contents.
+        let mut waited = 0;
+        while !matches!(*again.trees.lock().unwrap(), ReadyTrees::Built { .. }) {
+            assert!(waited < 1000, "the trees were never built");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            waited += 1;
+        }
+        let (mut m, _) = again.resume(&mapped.rootfs, &mapped.toolchain).unwrap();
+        assert_eq!(m.root_hash(), again.record.root_hash);
+        fill_input(&mut m, &input).unwrap();
+        assert_eq!(m.run(1 << 30), Break::Halted(0));
+        assert_eq!(m.root_hash(), from_mirror.0);
+        assert_eq!(
+            m.root_hash_bytes(),
+            m.root_hash_from_scratch(),
+            "adopted trees"
+        );
         // An input larger than the drive is refused.
         let mut m = resume(
             &again.blob,
