@@ -915,9 +915,13 @@ impl OffloadRun<'_> {
     pub fn summary(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         let counts = &self.service.counts;
+        let shared = match counts.shared.load(Relaxed) {
+            0 => String::new(),
+            n => format!(", {n} shared with another machine's identical job"),
+        };
         format!(
             "offload: {} job(s) run in sibling machines, {} from the cache ({} refused entries \
-             recomputed), {} guest instructions in siblings",
+             recomputed){shared}, {} guest instructions in siblings",
             counts.runs.load(Relaxed),
             counts.hits.load(Relaxed),
             counts.refused.load(Relaxed),

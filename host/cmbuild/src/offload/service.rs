@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::blobs::BlobStore;
 use super::cache::{ActionCache, CacheError, Computed, Lookup};
@@ -64,6 +64,9 @@ pub enum ServiceError {
     /// cannot make a scratch directory
     #[error("cannot make a scratch directory")]
     Scratch(#[source] std::io::Error),
+    /// the same job, computed for another machine, failed: {0}
+    #[error("the same job, computed for another machine, failed: {0}")]
+    Shared(String),
 }
 
 /// Counts of what the service did (for the run's summary).
@@ -75,6 +78,8 @@ pub struct Counts {
     pub runs: AtomicU64,
     /// Cache entries refused (and recomputed).
     pub refused: AtomicU64,
+    /// Jobs that waited for an identical job another machine had asked for.
+    pub shared: AtomicU64,
     /// Guest instructions siblings ran (cached jobs included, at their recorded count).
     pub cycles: AtomicU64,
 }
@@ -134,6 +139,21 @@ impl Drop for PermitGuard<'_> {
     }
 }
 
+/// A job being computed, as the machines that asked for it see it.
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<SharedState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SharedState {
+    /// The highest bound of its `C` given so far.
+    bound: u64,
+    /// Its end: the answer, or why the host could not compute it.
+    done: Option<Result<Computed, String>>,
+}
+
 /// What [`Service::on_failed`] is called with: the job, why, and its sibling's console's end.
 pub type OnFailed<'a> = dyn Fn(&super::job::Job, &str, &str) + Sync + 'a;
 
@@ -148,6 +168,9 @@ pub struct Service<'a> {
     runner: &'a dyn SiblingRunner,
     permits: Permits,
     scratch: PathBuf,
+    /// Jobs being computed now, by action digest: an identical job (the same proc macro or
+    /// build script for another triple's machine) waits for that one instead of running.
+    in_flight: Mutex<std::collections::BTreeMap<Sha256, Arc<Shared>>>,
     /// What it did.
     pub counts: Counts,
     /// Called with each refused cache entry's reason (a warning for the user).
@@ -175,6 +198,7 @@ impl<'a> Service<'a> {
             cache,
             runner,
             permits: Permits::new(jobs.max(1)),
+            in_flight: Mutex::default(),
             scratch,
             counts: Counts::default(),
             on_refused: Box::new(|_| {}),
@@ -264,6 +288,72 @@ impl<'a> Service<'a> {
                 }
             }
         }
+        let (shared, leader) = {
+            let mut in_flight = self.in_flight.lock().expect("no panics hold this lock");
+            match in_flight.get(action) {
+                Some(shared) => (shared.clone(), false),
+                None => {
+                    let shared = Arc::new(Shared::default());
+                    in_flight.insert(*action, shared.clone());
+                    (shared, true)
+                }
+            }
+        };
+        if !leader {
+            self.counts.shared.fetch_add(1, Ordering::Relaxed);
+            return Self::follow(&shared, progress).map(|computed| (computed, None));
+        }
+        let forward = |c: u64| {
+            shared.state.lock().expect("no panics hold this lock").bound = c;
+            shared.changed.notify_all();
+            progress(c);
+        };
+        let ran = self.run_sibling(job, action, submitted_at, &forward);
+        // In the cache (if it gave a result) before it leaves the table: a later identical
+        // job finds it in one or the other.
+        self.in_flight
+            .lock()
+            .expect("no panics hold this lock")
+            .remove(action);
+        shared.state.lock().expect("no panics hold this lock").done = Some(match &ran {
+            Ok((computed, _)) => Ok(computed.clone()),
+            Err(e) => Err(crate::terminal::error_chain(e)),
+        });
+        shared.changed.notify_all();
+        ran.map(|(computed, seconds)| (computed, Some(seconds)))
+    }
+
+    /// Waits for a job another machine's request is computing, passing on its bounds.
+    fn follow(shared: &Shared, progress: &dyn Fn(u64)) -> Result<Computed, ServiceError> {
+        let mut given = 0;
+        let mut state = shared.state.lock().expect("no panics hold this lock");
+        loop {
+            if let Some(done) = &state.done {
+                return done.clone().map_err(ServiceError::Shared);
+            }
+            if state.bound > given {
+                given = state.bound;
+                drop(state);
+                progress(given);
+                state = shared.state.lock().expect("no panics hold this lock");
+                continue;
+            }
+            state = shared
+                .changed
+                .wait(state)
+                .expect("no panics hold this lock");
+        }
+    }
+
+    /// Runs `job` in a sibling: its answer (kept in the cache when it gave a result) and the
+    /// host seconds the sibling ran.
+    fn run_sibling(
+        &self,
+        job: &Job,
+        action: &Sha256,
+        submitted_at: u64,
+        progress: &dyn Fn(u64),
+    ) -> Result<(Computed, f64), ServiceError> {
         let drive =
             sibling::input_drive(job, self.blobs, self.tool).map_err(ServiceError::Drive)?;
         let (run, seconds) = {
@@ -295,7 +385,7 @@ impl<'a> Service<'a> {
         if let Some(cache) = &self.cache {
             cache.store(action, &computed)?;
         }
-        Ok((computed, Some(seconds)))
+        Ok((computed, seconds))
     }
 }
 
@@ -317,6 +407,8 @@ mod tests {
         fail: bool,
         /// Its dep-info says the crate read SOURCE_DATE_EPOCH.
         reads_date: bool,
+        /// How long a run takes.
+        millis: u64,
     }
 
     impl SiblingRunner for Fake {
@@ -325,7 +417,7 @@ mod tests {
             progress(4000);
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(30));
+            std::thread::sleep(std::time::Duration::from_millis(self.millis));
             self.running.fetch_sub(1, Ordering::SeqCst);
             self.runs.fetch_add(1, Ordering::SeqCst);
             let mut result = JobResult {
@@ -375,6 +467,7 @@ mod tests {
             most: AtomicUsize::new(0),
             fail,
             reads_date: false,
+            millis: 30,
         }
     }
 
@@ -557,6 +650,55 @@ mod tests {
         });
         assert_eq!(runner.runs.load(Ordering::SeqCst), 8);
         assert_eq!(runner.most.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn an_identical_job_in_flight_is_waited_for_not_run_again() {
+        for cached in [true, false] {
+            let (dir, blobs, cache) = stores();
+            // Long enough for the three threads to ask while it runs.
+            let runner = Fake {
+                millis: 500,
+                ..fake(false)
+            };
+            let service = Service::new(
+                &blobs,
+                b"tool",
+                cached.then_some(cache),
+                &runner,
+                4,
+                dir.path().join("scratch"),
+            );
+            let job = dispatch(&blobs, "pub fn a() {}");
+            let bounds: Vec<Mutex<Vec<u64>>> = (0..3).map(|_| Mutex::default()).collect();
+            let answers: Vec<Computed> = std::thread::scope(|scope| {
+                let asked: Vec<_> = bounds
+                    .iter()
+                    .map(|b| {
+                        let (service, job) = (&service, &job);
+                        scope.spawn(move || {
+                            service
+                                .compute(job, &|c| b.lock().unwrap().push(c))
+                                .unwrap()
+                                .1
+                        })
+                    })
+                    .collect();
+                asked.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            let runs = runner.runs.load(Ordering::SeqCst);
+            let shared = service.counts.shared.load(Ordering::SeqCst);
+            let hits = service.counts.hits.load(Ordering::SeqCst);
+            assert_eq!(runs, 1, "cached {cached}: one sibling for the three");
+            assert_eq!(shared + hits, 2);
+            assert!(answers.iter().all(|a| *a == answers[0]));
+            // Whoever waited saw bounds that hold for the answer, rising.
+            for b in &bounds {
+                let b = b.lock().unwrap();
+                assert!(b.windows(2).all(|w| w[0] <= w[1]), "{b:?}");
+                assert!(b.iter().all(|&c| c <= answers[0].cycles), "{b:?}");
+            }
+        }
     }
 
     #[test]
