@@ -103,7 +103,11 @@ impl<'scope, 'env> Link<'scope, 'env> {
                             cycles,
                         });
                     };
-                    let computed = service.compute(&dispatch, &bound);
+                    // A panic must end the run with an error, not leave it waiting.
+                    let computed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        service.compute(&dispatch, &bound)
+                    }))
+                    .unwrap_or(Err(ServiceError::Panicked));
                     let _ = events.send(Event::Done(dispatch, computed));
                 });
             }

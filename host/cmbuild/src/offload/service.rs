@@ -64,6 +64,9 @@ pub enum ServiceError {
     /// cannot make a scratch directory
     #[error("cannot make a scratch directory")]
     Scratch(#[source] std::io::Error),
+    /// the host's computation of a job panicked (a bug in cmbuild)
+    #[error("the host's computation of a job panicked (a bug in cmbuild)")]
+    Panicked,
     /// the same job, computed for another machine, failed: {0}
     #[error("the same job, computed for another machine, failed: {0}")]
     Shared(String),
@@ -152,6 +155,35 @@ struct SharedState {
     bound: u64,
     /// Its end: the answer, or why the host could not compute it.
     done: Option<Result<Computed, String>>,
+}
+
+/// Ends a shared job for the machines waiting on it however its computation ends (a panic
+/// included: they must not wait forever). Its cache entry, if any, was written before, so a
+/// later identical job finds it in the table or in the cache.
+struct Finish<'s> {
+    in_flight: &'s Mutex<std::collections::BTreeMap<Sha256, Arc<Shared>>>,
+    action: Sha256,
+    shared: &'s Shared,
+    done: Option<Result<Computed, String>>,
+}
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        let unpoisoned = |e: std::sync::PoisonError<_>| e.into_inner();
+        self.in_flight
+            .lock()
+            .unwrap_or_else(unpoisoned)
+            .remove(&self.action);
+        let done = self.done.take().unwrap_or_else(|| {
+            Err("its computation ended without an answer (a bug in cmbuild)".into())
+        });
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .done = Some(done);
+        self.shared.changed.notify_all();
+    }
 }
 
 /// What [`Service::on_failed`] is called with: the job, why, and its sibling's console's end.
@@ -303,23 +335,23 @@ impl<'a> Service<'a> {
             self.counts.shared.fetch_add(1, Ordering::Relaxed);
             return Self::follow(&shared, progress).map(|computed| (computed, None));
         }
+        let mut finish = Finish {
+            in_flight: &self.in_flight,
+            action: *action,
+            shared: &shared,
+            done: None,
+        };
         let forward = |c: u64| {
             shared.state.lock().expect("no panics hold this lock").bound = c;
             shared.changed.notify_all();
             progress(c);
         };
         let ran = self.run_sibling(job, action, submitted_at, &forward);
-        // In the cache (if it gave a result) before it leaves the table: a later identical
-        // job finds it in one or the other.
-        self.in_flight
-            .lock()
-            .expect("no panics hold this lock")
-            .remove(action);
-        shared.state.lock().expect("no panics hold this lock").done = Some(match &ran {
+        finish.done = Some(match &ran {
             Ok((computed, _)) => Ok(computed.clone()),
             Err(e) => Err(crate::terminal::error_chain(e)),
         });
-        shared.changed.notify_all();
+        drop(finish);
         ran.map(|(computed, seconds)| (computed, Some(seconds)))
     }
 
@@ -409,6 +441,8 @@ mod tests {
         reads_date: bool,
         /// How long a run takes.
         millis: u64,
+        /// It panics (a bug of the host's, in the middle of a run).
+        panics: bool,
     }
 
     impl SiblingRunner for Fake {
@@ -418,6 +452,7 @@ mod tests {
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(self.millis));
+            assert!(!self.panics, "the fake sibling panics");
             self.running.fetch_sub(1, Ordering::SeqCst);
             self.runs.fetch_add(1, Ordering::SeqCst);
             let mut result = JobResult {
@@ -468,6 +503,7 @@ mod tests {
             fail,
             reads_date: false,
             millis: 30,
+            panics: false,
         }
     }
 
@@ -699,6 +735,39 @@ mod tests {
                 assert!(b.iter().all(|&c| c <= answers[0].cycles), "{b:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_job_whose_computation_panics_does_not_leave_its_followers_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let runner = Fake {
+            millis: 300,
+            panics: true,
+            ..fake(false)
+        };
+        let service = Service::new(&blobs, b"tool", None, &runner, 2, dir.path().join("s"));
+        let job = dispatch(&blobs, "pub fn a() {}");
+        let ends: Vec<_> = std::thread::scope(|scope| {
+            let asked: Vec<_> = (0..2)
+                .map(|_| {
+                    let (service, job) = (&service, &job);
+                    scope.spawn(move || {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            service.compute(job, &|_| {})
+                        }))
+                    })
+                })
+                .collect();
+            asked.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let panicked = ends.iter().filter(|e| e.is_err()).count();
+        let told = ends
+            .iter()
+            .filter(|e| matches!(e, Ok(Err(ServiceError::Shared(_)))))
+            .count();
+        assert_eq!((panicked, told), (1, 1), "{ends:?}");
+        assert!(service.in_flight.lock().unwrap().is_empty());
     }
 
     #[test]
