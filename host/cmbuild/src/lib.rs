@@ -20,6 +20,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod compare;
+pub mod container;
 pub mod floor;
 pub mod glibc;
 pub mod guest;

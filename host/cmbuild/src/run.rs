@@ -132,6 +132,9 @@ pub enum Progress {
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// A build from a Dockerfile failed (`crate::container`).
+    #[error(transparent)]
+    Container(Box<crate::container::ContainerError>),
     /// Serving the offload channel failed (the host's fault, not the job's).
     #[error("offloading rustc jobs failed: {0}")]
     Offload(String),
@@ -597,7 +600,8 @@ pub fn gather_inputs(
     let mirror = Mirror::open(&opts.mirror_dir).map_err(|e| RunError::Mirror(e.to_string()))?;
     // Blobs are hashed once, as they are read: a present but corrupt image file fails that
     // check, and is then assembled again (once) like a missing one.
-    let mut assembled = assemble_image_on_first_use(&mirror, opts, job, progress, false)?;
+    let on_first_use = (job.work.path(), job.toolchain);
+    let mut assembled = assemble_image_on_first_use(&mirror, opts, on_first_use, progress, false)?;
     let image = loop {
         match read_pinned_image(
             &mirror,
@@ -608,7 +612,8 @@ pub fn gather_inputs(
             Ok(image) => break Ok(image),
             Err(RunError::MissingInputs { missing, .. }) if assembled => break Err(missing),
             Err(RunError::MissingInputs { .. }) => {
-                assembled = assemble_image_on_first_use(&mirror, opts, job, progress, true)?
+                assembled =
+                    assemble_image_on_first_use(&mirror, opts, on_first_use, progress, true)?
             }
             Err(e) => return Err(e),
         }
@@ -794,12 +799,12 @@ pub fn image_cids(
 fn assemble_image_on_first_use(
     mirror: &Mirror,
     opts: &RunOptions,
-    job: &ReleaseJob,
+    (work, toolchain): (&Path, RustVersion),
     progress: &(dyn Fn(Progress) + Sync),
     repair: bool,
 ) -> Result<bool, RunError> {
     use cmbuild_image::assemble;
-    assemble_layer_on_first_use(mirror, opts, job, progress, repair)?;
+    assemble_layer_on_first_use(mirror, opts, (work, toolchain), progress, repair)?;
     let present = assemble::pinned_files(&opts.pins)?
         .iter()
         .all(|(_, file, cid)| {
@@ -816,7 +821,7 @@ fn assemble_image_on_first_use(
         "assembling the guest image from the mirror's Debian packages (first use, offline)".into(),
     ));
     let lock = cmbuild_image::lock::shipped_lock()?;
-    let work = job.work.path().join("image");
+    let work = work.join("image");
     let mut last = 0;
     assemble::ensure_in_mirror(mirror, &lock, &opts.pins, &work, |step| {
         if let cmbuild_image::image::Step::Extracting { index, total, .. } = step {
@@ -838,6 +843,66 @@ fn assemble_image_on_first_use(
     Ok(true)
 }
 
+/// What a build from a Dockerfile (`crate::container`) needs assembled on first use: the
+/// guest image, the `toolchain`'s layer and the container layer, each from the mirror's
+/// `.deb`s, checked against its pin and kept in the mirror.
+pub fn assemble_for_containers(
+    mirror: &Mirror,
+    opts: &RunOptions,
+    toolchain: RustVersion,
+    work: &Path,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(), RunError> {
+    assemble_image_on_first_use(mirror, opts, (work, toolchain), progress, false)?;
+    let pinned = pins::require_cid(&opts.pins, cmbuild_image::containers::PIN)?;
+    if mirror.has_valid(&pinned).unwrap_or(false) {
+        return Ok(());
+    }
+    progress(Progress::Phase(
+        "assembling the container layer from the mirror's Debian packages (first use, offline)"
+            .into(),
+    ));
+    let layer = cmbuild_image::containers::shipped()?;
+    let base = cmbuild_image::lock::shipped_lock()?;
+    let work = work.join("containers-layer");
+    cmbuild_image::assemble::ensure_containers_in_mirror(
+        mirror,
+        &layer,
+        &base,
+        &opts.pins,
+        &work,
+        |_| {},
+    )?;
+    std::fs::remove_dir_all(&work).ok();
+    progress(Progress::Phase(
+        "container layer assembled, matches its pin, kept in the mirror".into(),
+    ));
+    Ok(())
+}
+
+/// Runs a machine that is not part of a Rust build (a container build's) to halt under the
+/// run's watch (mcycle limit, stall watchdog, progress); its exit code.
+pub fn run_one_to_halt(
+    machine: &mut Machine,
+    snapshot_config: &SnapshotConfig,
+    opts: &RunOptions,
+    name: &str,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<u64, RunError> {
+    let watch = Watch {
+        name,
+        max_mcycle: opts.machine.max_mcycle,
+        stall_seconds: opts.stall_seconds,
+        snapshot_dir: opts.out_dir.join(format!(
+            "{}.stalled-{}",
+            sanitize_dir_name(&opts.rev),
+            sanitize_dir_name(name)
+        )),
+        expected_mcycle: None,
+    };
+    run_to_halt(machine, snapshot_config, &watch, None, None, progress)
+}
+
 /// The pin of the layer of a selected toolchain (its id is its version).
 pub fn toolchain_layer_key(version: RustVersion) -> String {
     pins::layer_key(&version.to_string())
@@ -848,12 +913,12 @@ pub fn toolchain_layer_key(version: RustVersion) -> String {
 fn assemble_layer_on_first_use(
     mirror: &Mirror,
     opts: &RunOptions,
-    job: &ReleaseJob,
+    (work, toolchain): (&Path, RustVersion),
     progress: &(dyn Fn(Progress) + Sync),
     repair: bool,
 ) -> Result<(), RunError> {
-    let key = toolchain_layer_key(job.toolchain);
-    let id = job.toolchain.to_string();
+    let key = toolchain_layer_key(toolchain);
+    let id = toolchain.to_string();
     let in_dir = opts.image_dir.as_ref().is_some_and(|dir| {
         dir.join(cmbuild_image::image::layer_file_name(&id))
             .is_file()
@@ -871,7 +936,7 @@ fn assemble_layer_on_first_use(
     progress(Progress::Phase(format!(
         "assembling the Rust {id} toolchain layer from the mirror's Debian packages (first use, offline)"
     )));
-    let work = job.work.path().join("layer");
+    let work = work.join("layer");
     cmbuild_image::assemble::ensure_layer_in_mirror(mirror, lock, &id, &opts.pins, &work, |_| {})?;
     std::fs::remove_dir_all(&work).ok();
     progress(Progress::Phase(format!(

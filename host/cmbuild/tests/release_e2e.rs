@@ -135,8 +135,10 @@ fn release_e2e(toolchain: Option<&str>) {
     let parsed = cmbuild::pins::parse(&std::fs::read_to_string(&pins).unwrap()).unwrap();
     let image_cids: Vec<String> = parsed
         .iter()
-        // Content IDs only: GUEST_TEMPLATE_HASH pins a machine state, not a mirror file.
+        // Content IDs only: GUEST_TEMPLATE_HASH pins a machine state, not a mirror file;
+        // and not the container layer, which only builds from a Dockerfile use.
         .filter(|(key, _)| key.starts_with("GUEST_") && key.ends_with("_CID"))
+        .filter(|(key, _)| key.as_str() != cmbuild_image::containers::PIN)
         .map(|(_, cid)| cid.clone())
         .collect();
     assert_eq!(image_cids.len(), 4 + layers.toolchains.len());

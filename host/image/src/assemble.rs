@@ -80,22 +80,53 @@ pub fn ensure_layer_in_mirror(
     work_dir: &Path,
     progress: impl FnMut(Step),
 ) -> Result<bool, AssembleError> {
-    let key = pins::layer_key(id);
-    let pinned = pins::require_cid(pins, &key)?;
+    let load = |package: &LockedPackage| Ok(mirror.read_verified(&package.cid)?);
+    ensure_built_in_mirror(mirror, &pins::layer_key(id), pins, || {
+        image::build_layer(layer, id, load, work_dir, progress)
+    })
+}
+
+/// Makes sure the container layer pinned in `pins` is in `mirror`, as
+/// [`ensure_layer_in_mirror`] a toolchain's: assembled from its lock `layer` and the
+/// kernel package of the base lock `base`.
+pub fn ensure_containers_in_mirror(
+    mirror: &Mirror,
+    layer: &Lock,
+    base: &Lock,
+    pins: &Pins,
+    work_dir: &Path,
+    progress: impl FnMut(Step),
+) -> Result<bool, AssembleError> {
+    let load = |package: &LockedPackage| Ok(mirror.read_verified(&package.cid)?);
+    ensure_built_in_mirror(mirror, crate::containers::PIN, pins, || {
+        crate::containers::build_layer(layer, base, load, work_dir, progress)
+    })
+}
+
+/// Unless the file pinned as `key` is in `mirror`: `build`s it, checks it against its pin
+/// and stores it. Returns whether it built.
+fn ensure_built_in_mirror(
+    mirror: &Mirror,
+    key: &str,
+    pins: &Pins,
+    build: impl FnOnce() -> Result<PathBuf, ImageError>,
+) -> Result<bool, AssembleError> {
+    let pinned = pins::require_cid(pins, key)?;
     if mirror.has_valid(&pinned).unwrap_or(false) {
         return Ok(false);
     }
-    let load = |package: &LockedPackage| Ok(mirror.read_verified(&package.cid)?);
-    let path = image::build_layer(layer, id, load, work_dir, progress)
-        .map_err(|e| AssembleError::Build(Box::new(e)))?;
+    let path = build().map_err(|e| AssembleError::Build(Box::new(e)))?;
     let actual = cmbuild_store::cid::cid_of_file(&path).map_err(|source| AssembleError::Io {
         path: path.clone(),
         source,
     })?;
     if actual != pinned {
         return Err(AssembleError::Drift {
-            file: image::layer_file_name(id),
-            key,
+            file: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            key: key.to_owned(),
             pinned,
             actual,
         });

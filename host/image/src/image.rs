@@ -215,9 +215,38 @@ pub fn layer_file_name(id: &str) -> String {
 pub fn build_layer(
     lock: &Lock,
     id: &str,
+    load: impl FnMut(&LockedPackage) -> Result<Vec<u8>, BoxError>,
+    out_dir: &Path,
+    progress: impl FnMut(Step),
+) -> Result<PathBuf, ImageError> {
+    let spec = LayerSpec {
+        file_name: layer_file_name(id),
+        uuid_seed: format!("cmbuild-toolchain-layer {id}"),
+        volume_name: "cmbuild-rust",
+    };
+    build_layer_as(&spec, lock, load, out_dir, progress, |_| Ok(()))
+}
+
+/// What tells one layer image from another: its file name, the text its volume UUID is
+/// derived from, and its volume name.
+pub struct LayerSpec {
+    /// The file written in the output directory.
+    pub file_name: String,
+    /// Its UUID is the first 16 bytes of this text's sha256.
+    pub uuid_seed: String,
+    /// The EROFS volume name.
+    pub volume_name: &'static str,
+}
+
+/// Build a layer over the base (the base's skeleton and `lock`'s packages, then whatever
+/// `extra` adds) as the EROFS image `spec` describes, in `out_dir`; returns its path.
+pub fn build_layer_as(
+    spec: &LayerSpec,
+    lock: &Lock,
     mut load: impl FnMut(&LockedPackage) -> Result<Vec<u8>, BoxError>,
     out_dir: &Path,
     mut progress: impl FnMut(Step),
+    extra: impl FnOnce(&mut Tree) -> Result<(), ImageError>,
 ) -> Result<PathBuf, ImageError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -229,18 +258,39 @@ pub fn build_layer(
     for_each_package(lock, &mut load, &mut progress, |_, entries| {
         Ok(tree.install(&entries)?)
     })?;
-    let name = layer_file_name(id);
-    progress(Step::Writing(&name));
-    let path = out_dir.join(&name);
+    extra(&mut tree)?;
+    progress(Step::Writing(&spec.file_name));
+    let path = out_dir.join(&spec.file_name);
     let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&Sha256::of(format!("cmbuild-toolchain-layer {id}")).as_bytes()[..16]);
+    uuid.copy_from_slice(&Sha256::of(&spec.uuid_seed).as_bytes()[..16]);
     let options = ErofsOptions {
         uuid,
-        volume_name: "cmbuild-rust".into(),
+        volume_name: spec.volume_name.into(),
         build_time: FIXED_TIME,
     };
     write_erofs_file(&path, &tree, &options)?;
     Ok(path)
+}
+
+/// The kernel package of the base lock `base` (the `linux-image-*` package that ships
+/// `boot/vmlinux-*`), unpacked.
+pub fn kernel_tree(
+    base: &Lock,
+    mut load: impl FnMut(&LockedPackage) -> Result<Vec<u8>, BoxError>,
+) -> Result<Tree, ImageError> {
+    for package in base
+        .packages
+        .iter()
+        .filter(|p| p.name.starts_with("linux-image-"))
+    {
+        let entries = read_package(package, &mut load)?;
+        if entries.iter().any(|e| e.path.starts_with("boot/vmlinux-")) {
+            let mut tree = Tree::new();
+            tree.install(&entries)?;
+            return Ok(tree);
+        }
+    }
+    Err(ImageError::MissingPackage("linux-image-*".into()))
 }
 
 /// Writes `tree` as an EROFS image at `path`: nothing is visible under the name until the

@@ -204,18 +204,20 @@ pub fn order_modules(
     Ok(done)
 }
 
-/// Assemble the initramfs tree: `/init`, busybox as `/bin/busybox` (init installs its
-/// applets at boot), decompressed modules and their load order.
-pub fn initramfs_tree(
+/// Kernel modules by name, with their (decompressed) bytes, in load order.
+pub type Modules = Vec<(String, Vec<u8>)>;
+
+/// The kernel release of the kernel package `kernel`, and `wanted` with every module they
+/// depend on, decompressed, each after what it depends on (from each module's `.modinfo`).
+pub fn ordered_modules(
     kernel: &Tree,
-    busybox: &[u8],
-    init_script: &str,
-) -> Result<Tree, InitramfsError> {
+    wanted: &[&str],
+) -> Result<(String, Modules), InitramfsError> {
     let (release, files) = find_modules(kernel)?;
     // Read the dependency lists of everything reachable from the wanted modules.
     let mut depends: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut decompressed: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut queue: Vec<String> = WANTED_MODULES.iter().map(|s| s.to_string()).collect();
+    let mut queue: Vec<String> = wanted.iter().map(|s| s.to_string()).collect();
     while let Some(name) = queue.pop() {
         if depends.contains_key(&name) {
             continue;
@@ -232,7 +234,27 @@ pub fn initramfs_tree(
         depends.insert(name.clone(), deps);
         decompressed.insert(name, bytes);
     }
-    let order = order_modules(WANTED_MODULES, &depends)?;
+    let order = order_modules(wanted, &depends)?;
+    let modules = order
+        .into_iter()
+        .map(|name| {
+            let bytes = decompressed
+                .remove(&name)
+                .expect("every ordered module was read");
+            (name, bytes)
+        })
+        .collect();
+    Ok((release, modules))
+}
+
+/// Assemble the initramfs tree: `/init`, busybox as `/bin/busybox` (init installs its
+/// applets at boot), decompressed modules and their load order.
+pub fn initramfs_tree(
+    kernel: &Tree,
+    busybox: &[u8],
+    init_script: &str,
+) -> Result<Tree, InitramfsError> {
+    let (release, modules) = ordered_modules(kernel, WANTED_MODULES)?;
 
     let mut tree = Tree::new();
     for dir in ["dev", "proc", "sys", "newroot", "etc", "lib/modules", "tmp"] {
@@ -241,13 +263,10 @@ pub fn initramfs_tree(
     tree.add_file("init", 0o755, init_script.as_bytes().to_vec())?;
     tree.add_file("bin/busybox", 0o755, busybox.to_vec())?;
     tree.add_symlink("bin/sh", "busybox")?;
-    for name in &order {
-        tree.add_file(
-            &format!("lib/modules/{name}.ko"),
-            0o644,
-            decompressed[name].clone(),
-        )?;
+    for (name, bytes) in &modules {
+        tree.add_file(&format!("lib/modules/{name}.ko"), 0o644, bytes.clone())?;
     }
+    let order: Vec<&str> = modules.iter().map(|(name, _)| name.as_str()).collect();
     let mut listing = order.join("\n");
     listing.push('\n');
     tree.add_file("etc/modules.order", 0o644, listing.into_bytes())?;

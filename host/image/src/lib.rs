@@ -11,6 +11,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod assemble;
+pub mod containers;
 pub mod cpio;
 pub mod deb;
 pub mod debian;

@@ -65,13 +65,19 @@ pub struct Request {
     /// pinned toolchains. Each is locked apart from the base (see
     /// [`crate::locking::resolve_toolchain`]) and becomes its own image layer.
     #[serde(default)]
-    pub toolchains: BTreeMap<String, ToolchainRequest>,
+    pub toolchains: BTreeMap<String, LayerRequest>,
     /// The glibc floors a project may choose (`glibc = "2.36"` in its `cmbuild.toml`), by
     /// the glibc version they hold: an older Debian release's C runtime, linked against
     /// instead of the guest's own (see [`crate::sysroot`]). Each is locked on its own, into
     /// `guest-image/glibc-floors.lock.json`; none is part of the image.
     #[serde(default)]
     pub glibc_floors: BTreeMap<String, FloorRequest>,
+    /// The container layer (issue 15, [`crate::containers`]): what a build from a
+    /// Dockerfile runs (buildah, its OCI runtime and network backend). Locked apart from
+    /// the base like a toolchain layer, into `guest-image/containers.lock.json`; only
+    /// builds from a Dockerfile use it.
+    #[serde(default)]
+    pub containers: Option<LayerRequest>,
 }
 
 /// One glibc floor of the request: which Debian release's cross-compilation C runtime
@@ -87,15 +93,16 @@ pub struct FloorRequest {
     pub packages: Vec<String>,
 }
 
-/// One toolchain layer of the request: where its packages come from and which ones.
+/// One layer of the request stacked over the base (a toolchain's, the containers'): where
+/// its packages come from and which ones.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ToolchainRequest {
+pub struct LayerRequest {
     /// The Debian suite its packages come from (`trixie`, `trixie-backports`, `forky`);
     /// dependencies may also come from the base's suite.
     pub suite: String,
-    /// Architecture -> requested package names (the native architecture's compiler and
-    /// cargo, every architecture's standard library).
+    /// Architecture -> requested package names (for a toolchain: the native
+    /// architecture's compiler and cargo, every architecture's standard library).
     pub packages: BTreeMap<String, Vec<String>>,
 }
 
@@ -146,6 +153,14 @@ impl Request {
                 }
             }
         }
+        if let Some(containers) = &request.containers {
+            if !containers.packages.contains_key(&request.native) {
+                return Err(LockFileError::Request(format!(
+                    "the container layer requests no packages for the native architecture `{}`",
+                    request.native
+                )));
+            }
+        }
         match &request.default_toolchain {
             Some(id) if !request.toolchains.contains_key(id) => {
                 return Err(LockFileError::Request(format!(
@@ -183,18 +198,28 @@ impl Request {
     /// The request of one toolchain layer, as a request of its own: its suite and its
     /// packages, with the base's archive, component, native architecture and excludes.
     pub fn toolchain_request(&self, id: &str) -> Option<Request> {
-        let toolchain = self.toolchains.get(id)?;
-        Some(Request {
-            suite: toolchain.suite.clone(),
+        Some(self.layer_request(self.toolchains.get(id)?))
+    }
+
+    /// The request of the container layer, as a request of its own (as
+    /// [`Request::toolchain_request`]).
+    pub fn containers_request(&self) -> Option<Request> {
+        Some(self.layer_request(self.containers.as_ref()?))
+    }
+
+    fn layer_request(&self, layer: &LayerRequest) -> Request {
+        Request {
+            suite: layer.suite.clone(),
             mirror: self.mirror.clone(),
             component: self.component.clone(),
             native: self.native.clone(),
-            packages: toolchain.packages.clone(),
+            packages: layer.packages.clone(),
             exclude: self.exclude.clone(),
             default_toolchain: None,
             toolchains: BTreeMap::new(),
             glibc_floors: BTreeMap::new(),
-        })
+            containers: None,
+        }
     }
 
     /// The request of one glibc floor, as a request of its own: its suite's
@@ -222,6 +247,7 @@ impl Request {
             default_toolchain: None,
             toolchains: BTreeMap::new(),
             glibc_floors: BTreeMap::new(),
+            containers: None,
         })
     }
 
@@ -361,6 +387,27 @@ mod tests {
         assert!(matches!(
             Request::parse(&unknown),
             Err(LockFileError::Request(_))
+        ));
+    }
+
+    #[test]
+    fn the_container_layer_is_a_request_of_its_own() {
+        let layer = "\n[containers]\nsuite = \"trixie\"\n\
+                     packages = { riscv64 = [\"buildah\", \"crun\"] }\n";
+        let request = Request::parse(&format!("{REQUEST}{layer}")).unwrap();
+        let containers = request.containers_request().unwrap();
+        assert_eq!(containers.suite, "trixie");
+        assert_eq!(containers.packages["riscv64"], ["buildah", "crun"]);
+        assert_eq!(containers.exclude, request.exclude);
+        assert!(containers.containers.is_none() && containers.toolchains.is_empty());
+        assert!(Request::parse(REQUEST)
+            .unwrap()
+            .containers_request()
+            .is_none());
+        let foreign = layer.replace("riscv64 = ", "amd64 = ");
+        assert!(matches!(
+            Request::parse(&format!("{REQUEST}{foreign}")),
+            Err(LockFileError::Request(m)) if m.contains("container layer")
         ));
     }
 

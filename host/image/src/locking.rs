@@ -80,6 +80,9 @@ pub enum LockError {
         /// What was found.
         actual: Cid,
     },
+    /// the request has no container layer (`[containers]` in packages.toml)
+    #[error("the request has no container layer (`[containers]` in packages.toml)")]
+    NoContainerLayer,
     /// the request has no toolchain `{0}`
     #[error("the request has no toolchain `{0}`")]
     UnknownToolchain(String),
@@ -238,17 +241,45 @@ pub fn resolve_toolchain(
     let layer = request
         .toolchain_request(id)
         .ok_or_else(|| LockError::UnknownToolchain(id.to_owned()))?;
+    resolve_layer(request, &layer, base, options, archive, progress)
+}
+
+/// Resolve the container layer of `request` on top of the locked `base`, as
+/// [`resolve_toolchain`] does a toolchain's.
+pub fn resolve_containers(
+    request: &Request,
+    base: &Lock,
+    options: &LockOptions,
+    archive: &mut dyn Archive,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Resolution, LockError> {
+    let layer = request
+        .containers_request()
+        .ok_or(LockError::NoContainerLayer)?;
+    resolve_layer(request, &layer, base, options, archive, progress)
+}
+
+/// The closure of `layer` (a request of `request`'s) over its suite's signed indices and
+/// the base suite's, minus the packages of `base` (see [`resolve_toolchain`]).
+fn resolve_layer(
+    request: &Request,
+    layer: &Request,
+    base: &Lock,
+    options: &LockOptions,
+    archive: &mut dyn Archive,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Resolution, LockError> {
     let (release, mut indices, mut packages) =
-        read_suite(&layer, &layer.suite, options, archive, progress)?;
+        read_suite(layer, &layer.suite, options, archive, progress)?;
     if layer.suite != request.suite {
         let (_, base_indices, base_packages) =
-            read_suite(&layer, &request.suite, options, archive, progress)?;
+            read_suite(layer, &request.suite, options, archive, progress)?;
         for (path, sha256) in base_indices {
             indices.insert(format!("../{}/{path}", request.suite), sha256);
         }
         packages.extend(base_packages);
     }
-    let packages = layer_closure(&layer, base, packages)?;
+    let packages = layer_closure(layer, base, packages)?;
     Ok(Resolution {
         release,
         indices,

@@ -30,6 +30,14 @@ pub struct Args {
         default_value = "guest-image/toolchains.lock.json"
     )]
     toolchains: PathBuf,
+    /// The container layer's lock (the layer `run --dockerfile` uses; built and pinned
+    /// when the file exists).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "guest-image/containers.lock.json"
+    )]
+    containers: PathBuf,
     /// The pins file updated (or, with --check, compared).
     #[arg(long, value_name = "FILE", default_value = "digests.lock.env")]
     digests: PathBuf,
@@ -45,6 +53,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         out_dir: args.out.clone(),
         lock: args.lock,
         toolchains: args.toolchains,
+        containers: args.containers,
         digests: args.digests.clone(),
         check: args.check,
     };

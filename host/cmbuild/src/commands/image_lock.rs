@@ -43,8 +43,20 @@ pub struct Args {
     glibc_floors_output: PathBuf,
     /// Lock only the glibc floors: the base's and the toolchains' locks (so the image and
     /// every root hash) stay as they are.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "containers_only")]
     glibc_floors_only: bool,
+    /// Where the container layer's lock is written.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "guest-image/containers.lock.json"
+    )]
+    containers_output: PathBuf,
+    /// Lock only the container layer (what `run --dockerfile` runs), over the base lock
+    /// at --output as it is: the other locks (so every published root hash) stay as they
+    /// are.
+    #[arg(long)]
+    containers_only: bool,
     /// The OpenPGP keyring InRelease must be signed with.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_KEYRING)]
     keyring: PathBuf,
@@ -61,11 +73,22 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         toolchains_output: args.toolchains_output.clone(),
         floors_output: args.glibc_floors_output.clone(),
         glibc_floors_only: args.glibc_floors_only,
+        containers_output: args.containers_output.clone(),
+        containers_only: args.containers_only,
         keyring: args.keyring.clone(),
         dry_run: args.dry_run,
     };
     let floors_only = args.glibc_floors_only;
+    let containers_only = args.containers_only;
     let mut announce = |request: &Request| {
+        if containers_only {
+            return eprintln!(
+                "image lock: the container layer only, over {}, from {}, signed with a key of {}",
+                args.output.display(),
+                request.mirror,
+                args.keyring.display()
+            );
+        }
         if floors_only {
             let floors: Vec<String> = request
                 .glibc_floors
@@ -111,6 +134,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
             base,
             toolchains,
             floors,
+            containers,
         } => {
             if let Some(lock) = base {
                 eprintln!(
@@ -122,7 +146,16 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
                     lock.release_date
                 );
             }
-            for (id, floor) in &floors.floors {
+            if let Some(layer) = containers {
+                eprintln!(
+                    "image lock: wrote {}: container layer, {} packages, {} ({})",
+                    args.containers_output.display(),
+                    layer.packages.len(),
+                    human_size(layer.total_size()),
+                    layer.suite
+                );
+            }
+            for (id, floor) in floors.iter().flat_map(|f| &f.floors) {
                 eprintln!(
                     "image lock: wrote {}: glibc floor {id}, {} packages, {} (Debian {} {})",
                     args.glibc_floors_output.display(),

@@ -78,6 +78,10 @@ pub struct Args {
     /// cmbuild.toml asks for.
     #[arg(long)]
     all_glibc_floors: bool,
+    /// Fetch the container layer's packages (what `cmbuild run --dockerfile` builds with),
+    /// as --dockerfile does.
+    #[arg(long)]
+    container_layer: bool,
     /// Vendor every base image this Dockerfile names (each must be pinned by @sha256 digest;
     /// repeatable).
     #[arg(long, value_name = "PATH")]
@@ -118,6 +122,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         crates_only: args.crates_only,
         ipfs_api: args.ipfs_api,
         crates_url: std::env::var("CMBUILD_CRATES_URL").unwrap_or_else(|_| CRATES_URL.to_owned()),
+        container_layer: args.container_layer,
         glibc_floors: if args.all_glibc_floors {
             FloorChoice::All
         } else {

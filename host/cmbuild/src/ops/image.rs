@@ -117,6 +117,11 @@ pub struct ImageLockOptions {
     /// Lock the glibc floors only, leaving the base's and the toolchains' locks (and so
     /// the image and every root hash) as they are.
     pub glibc_floors_only: bool,
+    /// Where the container layer's lock is written.
+    pub containers_output: PathBuf,
+    /// Lock the container layer only, over the base lock already at `output`: the base's
+    /// and the toolchains' locks (and so every published root hash) stay as they are.
+    pub containers_only: bool,
     /// The OpenPGP keyring InRelease must be signed with.
     pub keyring: PathBuf,
     /// Resolve only: download no package, write no lock.
@@ -136,8 +141,11 @@ pub enum LockOutcome {
         base: Option<Box<Lock>>,
         /// The toolchain layers' locks.
         toolchains: Option<Box<ToolchainLocks>>,
-        /// The glibc floors' locks.
-        floors: Box<FloorLocks>,
+        /// The glibc floors' locks (none with `containers_only`).
+        floors: Option<Box<FloorLocks>>,
+        /// The container layer's lock (none with `glibc_floors_only`, or when the
+        /// request has no container layer).
+        containers: Option<Box<Lock>>,
     },
 }
 
@@ -175,10 +183,31 @@ pub fn lock(
                 FloorsOutcome::Written(floors) => LockOutcome::Written {
                     base: None,
                     toolchains: None,
-                    floors,
+                    floors: Some(floors),
+                    containers: None,
                 },
             }
         });
+    }
+    if opts.containers_only {
+        let text =
+            std::fs::read_to_string(&opts.output).map_err(io_err("reading", &opts.output))?;
+        let base = Lock::parse(&text).map_err(|source| ImageOpError::LockFile {
+            what: "parsing",
+            path: opts.output.clone(),
+            source,
+        })?;
+        return Ok(
+            match lock_containers(opts, &request, &base, &options, &mut archive, progress)? {
+                LayerOutcome::Resolved(resolved) => LockOutcome::Resolved(resolved),
+                LayerOutcome::Written(containers) => LockOutcome::Written {
+                    base: None,
+                    toolchains: None,
+                    floors: None,
+                    containers,
+                },
+            },
+        );
     }
     let resolution = locking::resolve_request(&request, &options, &mut archive, progress)
         .map_err(lock_err("resolving", &opts.request))?;
@@ -204,6 +233,11 @@ pub fn lock(
                 locking::resolve_toolchain(&request, id, &base, &options, &mut archive, progress)
                     .map_err(lock_err("resolving a toolchain layer of", &opts.request))?;
             resolved.push((format!("toolchain {id}"), layer.packages));
+        }
+        if let LayerOutcome::Resolved(containers) =
+            lock_containers(opts, &request, &base, &options, &mut archive, progress)?
+        {
+            resolved.extend(containers);
         }
         if let FloorsOutcome::Resolved(floors) =
             lock_floors(opts, &request, &options, &mut archive, progress)?
@@ -252,6 +286,11 @@ pub fn lock(
     else {
         unreachable!("not a dry run");
     };
+    let LayerOutcome::Written(containers) =
+        lock_containers(opts, &request, &lock, &options, &mut archive, progress)?
+    else {
+        unreachable!("not a dry run");
+    };
     for (path, bytes) in [
         (&opts.output, lock.to_json()),
         (&opts.toolchains_output, text),
@@ -261,8 +300,62 @@ pub fn lock(
     Ok(LockOutcome::Written {
         base: Some(Box::new(lock)),
         toolchains: Some(Box::new(toolchains)),
-        floors,
+        floors: Some(floors),
+        containers,
     })
+}
+
+/// What [`lock_containers`] did.
+enum LayerOutcome {
+    /// A dry run: the layer's packages (none when the request has no container layer).
+    Resolved(Vec<(String, Vec<Package>)>),
+    /// The layer's lock, written to `containers_output` (none when the request has no
+    /// container layer).
+    Written(Option<Box<Lock>>),
+}
+
+/// Resolves the request's container layer over `base` (its closure minus the base's
+/// packages, as a toolchain layer's) and, unless a dry run, pins its packages into the
+/// mirror and writes its lock.
+fn lock_containers(
+    opts: &ImageLockOptions,
+    request: &Request,
+    base: &Lock,
+    options: &locking::LockOptions,
+    archive: &mut HttpArchive,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<LayerOutcome> {
+    let lock_err = |what| {
+        let path = opts.request.clone();
+        move |source| ImageOpError::Lock {
+            what,
+            path,
+            source: Box::new(source),
+        }
+    };
+    let Some(layer_request) = request.containers_request() else {
+        return Ok(match opts.dry_run {
+            true => LayerOutcome::Resolved(Vec::new()),
+            false => LayerOutcome::Written(None),
+        });
+    };
+    let resolution = locking::resolve_containers(request, base, options, archive, progress)
+        .map_err(lock_err("resolving the container layer of"))?;
+    if opts.dry_run {
+        return Ok(LayerOutcome::Resolved(vec![(
+            "containers".to_owned(),
+            resolution.packages,
+        )]));
+    }
+    let mirror = Mirror::open(&opts.mirror_dir).map_err(|source| ImageOpError::Mirror {
+        dir: opts.mirror_dir.clone(),
+        source,
+    })?;
+    let mut store = MirrorDebStore::new(&mirror, &request.mirror);
+    let lock = locking::pin_packages(&layer_request, resolution, archive, &mut store, progress)
+        .map_err(lock_err("pinning the container layer of"))?;
+    write_lock(&opts.containers_output, &lock.to_json())?;
+    Ok(LayerOutcome::Written(Some(Box::new(lock))))
 }
 
 fn write_lock(path: &Path, text: &str) -> Result<()> {
@@ -353,6 +446,8 @@ pub struct ImageBuildOptions {
     pub lock: PathBuf,
     /// The toolchain layers' locks.
     pub toolchains: PathBuf,
+    /// The container layer's lock (a missing file: no container layer).
+    pub containers: PathBuf,
     /// The pins file updated (or, with `check`, compared).
     pub digests: PathBuf,
     /// Compare the result with the pins instead of writing them.
@@ -435,6 +530,38 @@ pub fn build(opts: &ImageBuildOptions, progress: &mut dyn FnMut(Step)) -> Result
             pins::layer_key(id),
             (cid.to_string(), path.display().to_string()),
         );
+    }
+    match std::fs::read_to_string(&opts.containers) {
+        Ok(text) => {
+            let layer = Lock::parse(&text).map_err(|source| ImageOpError::LockFile {
+                what: "parsing",
+                path: opts.containers.clone(),
+                source,
+            })?;
+            let path = cmbuild_image::containers::build_layer(
+                &layer,
+                &lock,
+                load,
+                &opts.out_dir,
+                &mut *progress,
+            )
+            .map_err(|source| ImageOpError::Build {
+                mirror: opts.mirror_dir.clone(),
+                source: Box::new(source),
+            })?;
+            let cid = cid_of_file(&path).map_err(io_err("hashing", &path))?;
+            produced.insert(
+                cmbuild_image::containers::PIN.to_owned(),
+                (cid.to_string(), path.display().to_string()),
+            );
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(io_err(
+                "reading the container layer's lock",
+                &opts.containers,
+            )(err))
+        }
     }
 
     let existing: Pins = match std::fs::read_to_string(&opts.digests) {

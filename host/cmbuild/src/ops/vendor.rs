@@ -9,7 +9,8 @@
 //! with: the base layer's, the toolchain layers' the project needs (the one it selects,
 //! or every one) and the glibc floor's it asks for in `cmbuild.toml` (or every one) (each
 //! must end up in the mirror under exactly its locked CID), and the
-//! container base images of `--dockerfile` / `--oci-image` (see [`super::oci`]). `--ipfs-api URL`
+//! container base images of `--dockerfile` / `--oci-image` (with a Dockerfile, also the
+//! Debian packages of the container layer the build runs with) (see [`super::oci`]). `--ipfs-api URL`
 //! then pushes the whole mirror.
 
 use std::path::{Path, PathBuf};
@@ -163,6 +164,8 @@ pub struct VendorOptions {
     pub toolchains: ToolchainChoice,
     /// Which glibc floors' packages to fetch.
     pub glibc_floors: FloorChoice,
+    /// Fetch the container layer's packages (also done for any `oci.dockerfiles`).
+    pub container_layer: bool,
     /// Vendor the Cargo project (and, unless `crates_only`, the guest image's packages);
     /// `false` vendors only the container images of `oci`.
     pub cargo_project: bool,
@@ -249,6 +252,19 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
                     human_size(floor.total_size())
                 ));
                 guest_locks.push(floor);
+            }
+            // A Dockerfile is built in the machine with the container layer (`run
+            // --dockerfile`), which is assembled from these packages on first use.
+            if opts.container_layer || !opts.oci.dockerfiles.is_empty() {
+                let layer = cmbuild_image::containers::shipped().map_err(VendorError::GuestLock)?;
+                wanted.extend(wanted_from_lock(&layer));
+                progress.note(&format!(
+                    "cmbuild vendor: container layer (buildah, crun): {} Debian {} packages ({})",
+                    layer.packages.len(),
+                    layer.suite,
+                    human_size(layer.total_size())
+                ));
+                guest_locks.push(layer);
             }
             Some(guest_locks)
         }
