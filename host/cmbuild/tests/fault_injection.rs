@@ -293,14 +293,16 @@ fn mirror_verify(mirror: &Path) -> Output {
 }
 
 /// What a killed vendor may leave: whole blobs under CID names, an index that loads and
-/// names only present blobs, and otherwise only `.tmp-` files.
+/// names only present blobs, the (empty) file of the index's lock, and otherwise only
+/// `.tmp-` files.
 fn check_mirror_after_kill(mirror: &Path, what: &str) {
     if !mirror.exists() {
         return;
     }
     for name in names(mirror) {
         assert!(
-            ["blobs", "index.json"].contains(&name.as_str()) || name.starts_with(".tmp-"),
+            ["blobs", "index.json", "index.lock"].contains(&name.as_str())
+                || name.starts_with(".tmp-"),
             "{what}: unexpected {name} in the mirror"
         );
     }

@@ -214,6 +214,176 @@ fn a_dockerfile_builds_the_same_riscv64_image_twice_offline() {
     );
 }
 
+/// The riscv64 packages a `rustc` that links with gcc needs (the closure of rustc,
+/// libstd-rust-dev, gcc and libc6-dev in the guest-image locks), and busybox for a shell.
+const RUST_BASE: &[&str] = &[
+    "binutils",
+    "binutils-common",
+    "binutils-riscv64-linux-gnu",
+    "busybox-static",
+    "cpp",
+    "cpp-14",
+    "cpp-14-riscv64-linux-gnu",
+    "cpp-riscv64-linux-gnu",
+    "gcc",
+    "gcc-14",
+    "gcc-14-base",
+    "gcc-14-riscv64-linux-gnu",
+    "gcc-riscv64-linux-gnu",
+    "libasan8",
+    "libatomic1",
+    "libbinutils",
+    "libbsd0",
+    "libc-dev-bin",
+    "libc6",
+    "libc6-dev",
+    "libcc1-0",
+    "libcrypt-dev",
+    "libcrypt1",
+    "libctf-nobfd0",
+    "libctf0",
+    "libedit2",
+    "libffi8",
+    "libgcc-14-dev",
+    "libgcc-s1",
+    "libgmp10",
+    "libgomp1",
+    "libgprofng0",
+    "libisl23",
+    "libitm1",
+    "libjansson4",
+    "libllvm19",
+    "liblsan0",
+    "liblzma5",
+    "libmd0",
+    "libmpc3",
+    "libmpfr6",
+    "libsframe1",
+    "libstd-rust-1.85",
+    "libstd-rust-dev",
+    "libstdc++6",
+    "libtinfo6",
+    "libtsan2",
+    "libubsan1",
+    "libxml2",
+    "libz3-4",
+    "libzstd1",
+    "linux-libc-dev",
+    "rpcsvc-proto",
+    "rustc",
+    "zlib1g",
+];
+
+/// A two-stage Dockerfile: the first compiles a Rust program with the pinned toolchain's
+/// rustc (from Debian's packages of the default toolchain layer, in a base image the test
+/// assembles and pushes), statically linked; the second is `scratch` with the program alone.
+/// The program from the image runs under qemu-riscv64 on the host.
+#[test]
+#[ignore]
+fn a_dockerfile_compiles_rust_with_the_pinned_toolchain_into_a_slim_image() {
+    let layer_tar = oci_support::debian_riscv64_layer(
+        RUST_BASE,
+        &[
+            ("bin", "usr/bin"),
+            ("lib", "usr/lib"),
+            ("sbin", "usr/sbin"),
+            ("usr/bin/sh", "busybox"),
+            ("usr/bin/cc", "gcc"),
+        ],
+    );
+    let registry = TestRegistry::start();
+    let base = TestImage::from_layer(&layer_tar, "riscv64", oci_support::OCI);
+    drop(layer_tar);
+    registry.push_image("debian/rust", &base);
+    registry.push_manifest(
+        "debian/rust",
+        "1.85.1",
+        oci::MEDIA_OCI_MANIFEST,
+        &base.manifest,
+    );
+    let host = registry.host.clone();
+    let reference = format!("{host}/debian/rust:1.85.1@{}", digest(&base.manifest));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dockerfile = format!(
+        "FROM {reference} AS build\n\
+         WORKDIR /work\n\
+         ENV TMPDIR=/work\n\
+         COPY greet.rs .\n\
+         RUN [\"rustc\", \"-C\", \"opt-level=2\", \"-C\", \"target-feature=+crt-static\", \
+         \"-o\", \"/work/greet\", \"greet.rs\"]\n\
+         \n\
+         FROM scratch\n\
+         COPY --from=build /work/greet /greet\n\
+         ENTRYPOINT [\"/greet\"]\n"
+    );
+    let project = tmp.path().join("project");
+    copy_tree(&repo_root().join("examples/hello"), &project);
+    fs::write(project.join("Dockerfile"), dockerfile).unwrap();
+    fs::write(
+        project.join("greet.rs"),
+        "fn main() {\n    let v: u64 = (1..=20).product();\n    \
+         println!(\"greetings from {} in a container: 20! = {v}\", std::env::consts::ARCH);\n}\n",
+    )
+    .unwrap();
+    commit_tagged(&project, "v0.1.0");
+    let mirror = cache_dir().join("image-test-mirror");
+    let vendored = cmbuild(&[
+        "vendor",
+        "--manifest-path",
+        s(&project.join("Cargo.toml")),
+        "--dockerfile",
+        s(&project.join("Dockerfile")),
+        "--insecure-registry",
+        &host,
+        "--mirror",
+        s(&mirror),
+    ]);
+    assert!(vendored.status.success(), "vendor failed");
+    drop(registry);
+
+    let out = tmp.path().join("out");
+    let run = cmbuild(&[
+        "run",
+        "--release",
+        "v0.1.0",
+        "--project",
+        s(&project),
+        "--dockerfile",
+        "Dockerfile",
+        "--mirror",
+        s(&mirror),
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        run.status.success(),
+        "run failed:\n{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let release = out.join("v0.1.0");
+    let files = image_files(&release, &tmp.path().join("x"));
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["greet"], "the slim stage holds the program alone");
+    let program = tmp.path().join("greet");
+    fs::write(&program, &files[0].1).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).unwrap();
+    let ran = Command::new("qemu-riscv64")
+        .arg(&program)
+        .output()
+        .expect("qemu-riscv64 runs (package qemu-user, installed by .ci/install-deps)");
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stdout),
+        "greetings from riscv64 in a container: 20! = 2432902008176640000\n"
+    );
+    let manifest = manifest(&release);
+    assert_eq!(
+        manifest.base_images[0].manifest.to_string(),
+        digest(&base.manifest)
+    );
+}
+
 #[test]
 fn a_dockerfile_naming_an_image_not_vendored_is_refused_before_any_machine_boots() {
     let tmp = tempfile::tempdir().unwrap();

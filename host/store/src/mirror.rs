@@ -31,6 +31,36 @@ use crate::sha256::Sha256;
 pub const DEFAULT_DIR: &str = "vendor-mirror";
 const BLOBS_DIR: &str = "blobs";
 const INDEX_FILE: &str = "index.json";
+/// The file whose advisory lock serialises [`Mirror::record`] across processes.
+const INDEX_LOCK_FILE: &str = "index.lock";
+
+/// An exclusive advisory lock (`flock`) on a file, released when dropped (the descriptor
+/// closes).
+struct IndexLock(#[allow(dead_code)] File);
+
+impl IndexLock {
+    fn take(path: &Path) -> Result<IndexLock> {
+        use std::os::fd::AsRawFd;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_error("open", path))?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns, open for its whole call;
+            // no memory is shared with the kernel.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(IndexLock(file));
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(io_error("lock", path)(err));
+            }
+        }
+    }
+}
 const INDEX_VERSION: u32 = 1;
 
 /// Errors of the mirror.
@@ -318,8 +348,11 @@ impl Mirror {
         Ok(write_atomically(&self.index_path(), &text)?)
     }
 
-    /// Adds or replaces index entries (load, merge, save).
+    /// Adds or replaces index entries (load, merge, save), holding the mirror's index lock
+    /// throughout: two processes recording into one mirror at once (two `cmbuild vendor`
+    /// runs) each keep the other's entries.
     pub fn record(&self, entries: impl IntoIterator<Item = (Key, Entry)>) -> Result<()> {
+        let _held = IndexLock::take(&self.root.join(INDEX_LOCK_FILE))?;
         let mut index = self.load_index()?;
         index.entries.extend(entries);
         self.save_index(&index)
@@ -834,6 +867,27 @@ mod tests {
         let second = fs::read_to_string(dir.path().join(INDEX_FILE)).unwrap();
         assert_eq!(first, second);
         assert!(temp_names(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn writers_recording_at_once_keep_each_others_entries() {
+        // Two `cmbuild vendor` runs into one mirror lost entries before the index lock:
+        // each loaded the index, added its own and wrote it back over the other's.
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let stored = mirror.put_bytes(b"x").unwrap();
+        std::thread::scope(|scope| {
+            for writer in 0..8 {
+                let (mirror, stored) = (&mirror, &stored);
+                scope.spawn(move || {
+                    for n in 0..20 {
+                        let key = Key::crate_(&format!("w{writer}"), &format!("{n}.0.0"));
+                        mirror.record([(key, Entry::new(stored, None))]).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(mirror.load_index().unwrap().entries.len(), 160);
     }
 
     #[test]

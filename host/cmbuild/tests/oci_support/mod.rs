@@ -270,12 +270,15 @@ impl TestRegistry {
 }
 
 /// A layer tarball (uncompressed) holding the files of the named riscv64 packages of the
-/// shipped guest-image lock, plus `symlinks` (path, target). The packages are downloaded once,
+/// shipped guest-image lock (the base's or the default toolchain layer's), plus `symlinks` (path, target). The packages are downloaded once,
 /// checked against the lock, into `$CMBUILD_CACHE/oci-test-debs` (a mirror). Entries have
 /// owner 0, mtime 0, in package then archive order.
 pub fn debian_riscv64_layer(packages: &[&str], symlinks: &[(&str, &str)]) -> Vec<u8> {
     use cmbuild_image::deb::{extract_deb, Node};
     let lock = cmbuild_image::lock::shipped_lock().unwrap();
+    // The default toolchain's layer too: its packages are downloaded from the same archive.
+    let toolchains = cmbuild_image::layers::shipped().unwrap();
+    let toolchain = toolchains.toolchains[&toolchains.default].clone();
     let cache = cmbuild_image::http::default_cache_dir()
         .expect("a cache directory ($CMBUILD_CACHE or ~/.cache/cmbuild)")
         .join("oci-test-debs");
@@ -297,8 +300,9 @@ pub fn debian_riscv64_layer(packages: &[&str], symlinks: &[(&str, &str)]) -> Vec
         let package = lock
             .packages
             .iter()
-            .find(|p| p.name == *name && p.architecture == "riscv64")
-            .unwrap_or_else(|| panic!("{name} (riscv64) is not in the guest-image lock"));
+            .chain(&toolchain.packages)
+            .find(|p| p.name == *name && matches!(p.architecture.as_str(), "riscv64" | "all"))
+            .unwrap_or_else(|| panic!("{name} (riscv64) is not in the guest-image locks"));
         if !mirror.has_valid(&package.cid).unwrap() {
             let stored = downloader
                 .fetch_to_mirror(
