@@ -217,18 +217,8 @@ fn vendors_riscv64_images_from_a_real_registry_by_reference_and_dockerfile() {
 /// Needs deb.debian.org once (about 1 MB, cached in `$CMBUILD_CACHE/oci-test-debs`).
 #[test]
 fn a_debian_riscv64_base_image_vendored_from_the_registry_runs_under_qemu() {
-    let layer_tar = oci_support::debian_riscv64_layer(
-        &["busybox-static"],
-        // Merged /usr, and a shell.
-        &[("bin", "usr/bin"), ("usr/bin/sh", "busybox")],
-    );
     let registry = TestRegistry::start();
-    let base = TestImage::from_layer(&layer_tar, "riscv64", oci_support::OCI);
-    let other = TestImage::new("amd64", "amd64");
-    registry.push_image("debian/busybox", &base);
-    registry.push_image("debian/busybox", &other);
-    let index = index_of(&[(&other, "amd64"), (&base, "riscv64")]);
-    registry.push_manifest("debian/busybox", "trixie", oci::MEDIA_OCI_INDEX, &index);
+    let (base, index) = oci_support::push_busybox_base(&registry);
 
     let tmp = tempfile::tempdir().unwrap();
     let host = registry.host.clone();

@@ -24,7 +24,7 @@ use std::process::{Command, Output};
 use cmbuild::container::{read_layout, ContainerManifest};
 use cmbuild_store::oci;
 use common::{cache_dir, commit_tagged, copy_tree, repo_root, s};
-use oci_support::{digest, index_of, TestImage, TestRegistry};
+use oci_support::{digest, TestImage, TestRegistry};
 
 fn cmbuild(args: &[&str]) -> Output {
     eprintln!("$ cmbuild {}", args.join(" "));
@@ -41,6 +41,53 @@ fn cmbuild_quiet(args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+/// `cmbuild vendor` of `project` and the images of its Dockerfile (from the loopback
+/// registry `host`) into `mirror`.
+fn vendor(project: &Path, host: &str, mirror: &Path) {
+    let vendored = cmbuild(&[
+        "vendor",
+        "--manifest-path",
+        s(&project.join("Cargo.toml")),
+        "--dockerfile",
+        s(&project.join("Dockerfile")),
+        "--insecure-registry",
+        host,
+        "--mirror",
+        s(mirror),
+    ]);
+    assert!(vendored.status.success(), "vendor failed");
+}
+
+/// `cmbuild run --release v0.1.0 --dockerfile DOCKERFILE` of `project` into `out`, with
+/// `extra` flags; `quiet` captures its stderr (for the messages a test reads).
+fn run_dockerfile(
+    project: &Path,
+    dockerfile: &str,
+    mirror: &Path,
+    out: &Path,
+    extra: &[&str],
+    quiet: bool,
+) -> Output {
+    let mut args = vec![
+        "run",
+        "--release",
+        "v0.1.0",
+        "--project",
+        s(project),
+        "--dockerfile",
+        dockerfile,
+        "--mirror",
+        s(mirror),
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    match quiet {
+        true => cmbuild_quiet(&args),
+        false => cmbuild(&args),
+    }
 }
 
 fn manifest(dir: &Path) -> ContainerManifest {
@@ -98,17 +145,8 @@ fn project(dir: &Path, dockerfile: &str) -> PathBuf {
 #[test]
 #[ignore]
 fn a_dockerfile_builds_the_same_riscv64_image_twice_offline() {
-    let layer_tar = oci_support::debian_riscv64_layer(
-        &["busybox-static"],
-        &[("bin", "usr/bin"), ("usr/bin/sh", "busybox")],
-    );
     let registry = TestRegistry::start();
-    let base = TestImage::from_layer(&layer_tar, "riscv64", oci_support::OCI);
-    let other = TestImage::new("amd64", "amd64");
-    registry.push_image("debian/busybox", &base);
-    registry.push_image("debian/busybox", &other);
-    let index = index_of(&[(&other, "amd64"), (&base, "riscv64")]);
-    registry.push_manifest("debian/busybox", "trixie", oci::MEDIA_OCI_INDEX, &index);
+    let (base, index) = oci_support::push_busybox_base(&registry);
     let host = registry.host.clone();
     let reference = format!("{host}/debian/busybox:trixie@{}", digest(&index));
 
@@ -123,35 +161,18 @@ fn a_dockerfile_builds_the_same_riscv64_image_twice_offline() {
     );
     let project = project(tmp.path(), &dockerfile);
     let mirror = cache_dir().join("image-test-mirror");
-    let vendored = cmbuild(&[
-        "vendor",
-        "--manifest-path",
-        s(&project.join("Cargo.toml")),
-        "--dockerfile",
-        s(&project.join("Dockerfile")),
-        "--insecure-registry",
-        &host,
-        "--mirror",
-        s(&mirror),
-    ]);
-    assert!(vendored.status.success(), "vendor failed");
+    vendor(&project, &host, &mirror);
     drop(registry); // from here on, nothing can be fetched
 
     let out = tmp.path().join("out");
-    let run = cmbuild(&[
-        "run",
-        "--release",
-        "v0.1.0",
-        "--project",
-        s(&project),
-        "--dockerfile",
+    let run = run_dockerfile(
+        &project,
         "Dockerfile",
-        "--mirror",
-        s(&mirror),
-        "--out",
-        s(&out),
-        "--test-reproduce",
-    ]);
+        &mirror,
+        &out,
+        &["--test-reproduce"],
+        false,
+    );
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "run failed:\n{stdout}");
     assert!(
@@ -190,21 +211,14 @@ fn a_dockerfile_builds_the_same_riscv64_image_twice_offline() {
     );
 
     // The first stage alone: busybox and the result.
-    let staged = cmbuild(&[
-        "run",
-        "--release",
-        "v0.1.0",
-        "--project",
-        s(&project),
-        "--dockerfile",
+    let staged = run_dockerfile(
+        &project,
         "Dockerfile",
-        "--target-stage",
-        "build",
-        "--mirror",
-        s(&mirror),
-        "--out",
-        s(&tmp.path().join("out-stage")),
-    ]);
+        &mirror,
+        &tmp.path().join("out-stage"),
+        &["--target-stage", "build"],
+        false,
+    );
     assert!(staged.status.success());
     let files = image_files(&tmp.path().join("out-stage/v0.1.0"), &tmp.path().join("x2"));
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
@@ -328,34 +342,11 @@ fn a_dockerfile_compiles_rust_with_the_pinned_toolchain_into_a_slim_image() {
     .unwrap();
     commit_tagged(&project, "v0.1.0");
     let mirror = cache_dir().join("image-test-mirror");
-    let vendored = cmbuild(&[
-        "vendor",
-        "--manifest-path",
-        s(&project.join("Cargo.toml")),
-        "--dockerfile",
-        s(&project.join("Dockerfile")),
-        "--insecure-registry",
-        &host,
-        "--mirror",
-        s(&mirror),
-    ]);
-    assert!(vendored.status.success(), "vendor failed");
+    vendor(&project, &host, &mirror);
     drop(registry);
 
     let out = tmp.path().join("out");
-    let run = cmbuild(&[
-        "run",
-        "--release",
-        "v0.1.0",
-        "--project",
-        s(&project),
-        "--dockerfile",
-        "Dockerfile",
-        "--mirror",
-        s(&mirror),
-        "--out",
-        s(&out),
-    ]);
+    let run = run_dockerfile(&project, "Dockerfile", &mirror, &out, &[], false);
     assert!(
         run.status.success(),
         "run failed:\n{}",
@@ -392,19 +383,7 @@ fn a_dockerfile_naming_an_image_not_vendored_is_refused_before_any_machine_boots
     let mirror = tmp.path().join("mirror");
     fs::create_dir(&mirror).unwrap();
     let out = tmp.path().join("out");
-    let run = cmbuild_quiet(&[
-        "run",
-        "--release",
-        "v0.1.0",
-        "--project",
-        s(&project),
-        "--dockerfile",
-        "Dockerfile",
-        "--mirror",
-        s(&mirror),
-        "--out",
-        s(&out),
-    ]);
+    let run = run_dockerfile(&project, "Dockerfile", &mirror, &out, &[], true);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
     assert!(
@@ -423,19 +402,7 @@ fn a_dockerfile_naming_an_image_not_vendored_is_refused_before_any_machine_boots
     let project = tmp.path().join("p2");
     fs::create_dir(&project).unwrap();
     let project = self::project(&project, "FROM debian:trixie\n");
-    let run = cmbuild_quiet(&[
-        "run",
-        "--release",
-        "v0.1.0",
-        "--project",
-        s(&project),
-        "--dockerfile",
-        "Dockerfile",
-        "--mirror",
-        s(&mirror),
-        "--out",
-        s(&out),
-    ]);
+    let run = run_dockerfile(&project, "Dockerfile", &mirror, &out, &[], true);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
     assert!(
@@ -443,18 +410,6 @@ fn a_dockerfile_naming_an_image_not_vendored_is_refused_before_any_machine_boots
         "{stderr}"
     );
     // A path out of the project is refused before anything is read.
-    let run = cmbuild_quiet(&[
-        "run",
-        "--release",
-        "v0.1.0",
-        "--project",
-        s(&project),
-        "--dockerfile",
-        "../Dockerfile",
-        "--mirror",
-        s(&mirror),
-        "--out",
-        s(&out),
-    ]);
+    let run = run_dockerfile(&project, "../Dockerfile", &mirror, &out, &[], true);
     assert!(String::from_utf8_lossy(&run.stderr).contains("--dockerfile \"../Dockerfile\""));
 }

@@ -305,6 +305,19 @@ pub fn lock(
     })
 }
 
+/// The error of a resolution or pinning step (`what`) of the request `opts` names.
+fn request_lock_error(
+    opts: &ImageLockOptions,
+    what: &'static str,
+) -> impl FnOnce(LockError) -> ImageOpError {
+    let path = opts.request.clone();
+    move |source| ImageOpError::Lock {
+        what,
+        path,
+        source: Box::new(source),
+    }
+}
+
 /// What [`lock_containers`] did.
 enum LayerOutcome {
     /// A dry run: the layer's packages (none when the request has no container layer).
@@ -325,14 +338,7 @@ fn lock_containers(
     archive: &mut HttpArchive,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<LayerOutcome> {
-    let lock_err = |what| {
-        let path = opts.request.clone();
-        move |source| ImageOpError::Lock {
-            what,
-            path,
-            source: Box::new(source),
-        }
-    };
+    let lock_err = |what| request_lock_error(opts, what);
     let Some(layer_request) = request.containers_request() else {
         return Ok(match opts.dry_run {
             true => LayerOutcome::Resolved(Vec::new()),
@@ -385,14 +391,7 @@ fn lock_floors(
     archive: &mut HttpArchive,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<FloorsOutcome> {
-    let lock_err = |what| {
-        let path = opts.request.clone();
-        move |source| ImageOpError::Lock {
-            what,
-            path,
-            source: Box::new(source),
-        }
-    };
+    let lock_err = |what| request_lock_error(opts, what);
     let mut resolved = Vec::new();
     let mut floors = BTreeMap::new();
     let mirror = match opts.dry_run {

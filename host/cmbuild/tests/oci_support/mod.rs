@@ -269,6 +269,23 @@ impl TestRegistry {
     }
 }
 
+/// Pushes `debian/busybox:trixie` to `registry`: an index listing an amd64 image and a
+/// riscv64 one made of Debian's riscv64 busybox-static (merged /usr, `sh`). Returns the
+/// riscv64 image and the index's bytes.
+pub fn push_busybox_base(registry: &TestRegistry) -> (TestImage, Vec<u8>) {
+    let layer_tar = debian_riscv64_layer(
+        &["busybox-static"],
+        &[("bin", "usr/bin"), ("usr/bin/sh", "busybox")],
+    );
+    let base = TestImage::from_layer(&layer_tar, "riscv64", OCI);
+    let other = TestImage::new("amd64", "amd64");
+    registry.push_image("debian/busybox", &base);
+    registry.push_image("debian/busybox", &other);
+    let index = index_of(&[(&other, "amd64"), (&base, "riscv64")]);
+    registry.push_manifest("debian/busybox", "trixie", oci::MEDIA_OCI_INDEX, &index);
+    (base, index)
+}
+
 /// A layer tarball (uncompressed) holding the files of the named riscv64 packages of the
 /// shipped guest-image lock (the base's or the default toolchain layer's), plus `symlinks` (path, target). The packages are downloaded once,
 /// checked against the lock, into `$CMBUILD_CACHE/oci-test-debs` (a mirror). Entries have
