@@ -561,11 +561,6 @@ pub fn run_container_release(
     )));
     let exit_code =
         crate::run::run_one_to_halt(&mut machine, &snapshot_config, opts, &name, progress)?;
-    progress(Progress::MachineDone {
-        name: name.clone(),
-        mcycle: machine.mcycle(),
-        exit_code: Some(exit_code),
-    });
     let root_hash = machine.root_hash();
     let mcycle = machine.mcycle();
     let output = crate::guest::written_part(drive_bytes(&machine, Drive::Output)).to_vec();

@@ -881,7 +881,7 @@ pub fn assemble_for_containers(
 }
 
 /// Runs a machine that is not part of a Rust build (a container build's) to halt under the
-/// run's watch (mcycle limit, stall watchdog, progress); its exit code.
+/// run's watch (mcycle limit, stall watchdog, progress, the end reported); its exit code.
 pub fn run_one_to_halt(
     machine: &mut Machine,
     snapshot_config: &SnapshotConfig,
@@ -900,7 +900,13 @@ pub fn run_one_to_halt(
         )),
         expected_mcycle: None,
     };
-    run_to_halt(machine, snapshot_config, &watch, None, None, progress)
+    let exit_code = run_to_halt(machine, snapshot_config, &watch, None, None, progress)?;
+    progress(Progress::MachineDone {
+        name: name.to_owned(),
+        mcycle: machine.mcycle(),
+        exit_code: Some(exit_code),
+    });
+    Ok(exit_code)
 }
 
 /// The pin of the layer of a selected toolchain (its id is its version).
