@@ -293,6 +293,13 @@ fn check_artifact(side: &Side, artifact: &Artifact, cid_of: &CidOfFile) -> Vec<S
 
 /// Compares build directories `a` and `b`.
 pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, CompareError> {
+    // A build from a Dockerfile has its own manifest: one image, not per-triple binaries.
+    let container = crate::container::MANIFEST_SCHEMA;
+    if manifest::record_schema(&a.join("manifest.json"))? == container
+        || manifest::record_schema(&b.join("manifest.json"))? == container
+    {
+        return crate::container::compare(a, b, cid_of);
+    }
     let a = load_side(a)?;
     let b = load_side(b)?;
     let mut report = Report::default();
@@ -451,7 +458,10 @@ pub fn compare_builds(a: &Path, b: &Path, cid_of: &CidOfFile) -> Result<Report, 
 /// Compares two machine records: their inputs and settings (input drift), and the final
 /// state of every machine of the smaller build (both builds' when they are the same size),
 /// which must have a counterpart that built exactly the same targets in the other.
-fn compare_machines(
+/// Compares two builds' machine records (inputs, settings, template, and each machine's
+/// final state), adding the findings to `report`; `a_is_small` and `both_ways` say which
+/// side's machines need a counterpart in the other.
+pub(crate) fn compare_machines(
     a_name: &str,
     ma: &MachineRecord,
     b_name: &str,

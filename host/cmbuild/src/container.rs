@@ -730,6 +730,200 @@ pub fn run_container_twice(
     Ok((first, second))
 }
 
+/// `cmbuild compare A B` of two builds from a Dockerfile: every claim of each side is
+/// checked against its files (the archive's CID and size; the layout inside it, read as
+/// untrusted, must have the claimed manifest and config digests); then the releases,
+/// the Dockerfile, stage, commit time and base images (input drift), the image (output
+/// drift) and the machine records ([`crate::compare`]'s rules) are compared.
+pub fn compare(
+    a: &Path,
+    b: &Path,
+    cid_of: &crate::compare::CidOfFile,
+) -> Result<crate::compare::Report, crate::compare::CompareError> {
+    use crate::compare::{Finding, Report};
+    use crate::manifest::{read_machine_record, read_record, ArtifactKey, RecordError};
+    let load = |dir: &Path| -> Result<(ContainerManifest, Option<MachineRecord>), RecordError> {
+        let path = dir.join("manifest.json");
+        let manifest: ContainerManifest = read_record(&path)?;
+        if manifest.schema != MANIFEST_SCHEMA {
+            return Err(RecordError::Schema {
+                path: path.display().to_string(),
+                found: manifest.schema,
+                expected: MANIFEST_SCHEMA,
+            });
+        }
+        let machine = dir.join("machine.json");
+        let machine = match machine.exists() {
+            true => Some(read_machine_record(&machine)?),
+            false => None,
+        };
+        Ok((manifest, machine))
+    };
+    let sides = [(a, load(a)?), (b, load(b)?)];
+    let key = |m: &ContainerManifest| ArtifactKey {
+        target: m.image.platform.clone(),
+        package: m.dockerfile.clone(),
+        bin: m.image.archive.clone(),
+    };
+    let mut report = Report {
+        compared: vec![key(&sides[0].1 .0)],
+        findings: Vec::new(),
+    };
+    for (dir, (manifest, machine)) in &sides {
+        let side = dir.display().to_string();
+        for problem in check_archive(dir, manifest, cid_of) {
+            report.findings.push(Finding::BadArtifact {
+                side: side.clone(),
+                key: key(manifest),
+                problem,
+            });
+        }
+        if machine.is_none() {
+            report.findings.push(Finding::NoMachineRecord { side });
+        }
+    }
+    let ((_, (ma, ra)), (_, (mb, rb))) = (&sides[0], &sides[1]);
+    let show = crate::terminal::sanitize;
+    for (field, x, y) in [
+        ("commit", &ma.commit, &mb.commit),
+        ("release", &ma.release, &mb.release),
+    ] {
+        if x != y {
+            report.findings.push(Finding::ReleaseDrift {
+                field,
+                a: show(x),
+                b: show(y),
+            });
+        }
+    }
+    let bases = |m: &ContainerManifest| {
+        let list: Vec<String> = m
+            .base_images
+            .iter()
+            .map(|b| format!("{} ({})", b.reference, b.manifest))
+            .collect();
+        list.join(", ")
+    };
+    let inputs = [
+        ("dockerfile", ma.dockerfile.clone(), mb.dockerfile.clone()),
+        (
+            "target_stage",
+            ma.target_stage.clone().unwrap_or_default(),
+            mb.target_stage.clone().unwrap_or_default(),
+        ),
+        (
+            "source_date_epoch",
+            ma.source_date_epoch.to_string(),
+            mb.source_date_epoch.to_string(),
+        ),
+        ("base_images", bases(ma), bases(mb)),
+    ];
+    for (field, x, y) in inputs {
+        if x != y {
+            report.findings.push(Finding::InputDrift {
+                key: key(ma),
+                field,
+                a: show(&x),
+                b: show(&y),
+            });
+        }
+    }
+    let outputs = [
+        (
+            "image digest",
+            ma.image.digest.to_string(),
+            mb.image.digest.to_string(),
+        ),
+        (
+            "config digest",
+            ma.image.config.to_string(),
+            mb.image.config.to_string(),
+        ),
+        (
+            "archive cid",
+            ma.image.archive_cid.to_string(),
+            mb.image.archive_cid.to_string(),
+        ),
+    ];
+    for (field, x, y) in outputs {
+        if x != y {
+            report.findings.push(Finding::OutputDrift {
+                key: key(ma),
+                field,
+                a: x,
+                b: y,
+            });
+        }
+    }
+    if let (Some(ra), Some(rb)) = (ra, rb) {
+        crate::compare::compare_machines(
+            &a.display().to_string(),
+            ra,
+            &b.display().to_string(),
+            rb,
+            true,
+            true,
+            &mut report,
+        );
+    }
+    Ok(report)
+}
+
+/// What is wrong with the image archive `manifest` claims in `dir` (nothing: empty).
+fn check_archive(
+    dir: &Path,
+    manifest: &ContainerManifest,
+    cid_of: &crate::compare::CidOfFile,
+) -> Vec<String> {
+    if manifest.image.archive != ARCHIVE {
+        return vec![format!(
+            "archive {:?} is not {ARCHIVE:?}",
+            manifest.image.archive
+        )];
+    }
+    let path = match untrusted::resolve_file(dir, ARCHIVE) {
+        Ok(path) => path,
+        Err(e) => return vec![format!("{ARCHIVE} refused: {e}")],
+    };
+    let mut problems = Vec::new();
+    match cid_of(&path) {
+        Ok(cid) if cid == manifest.image.archive_cid => {}
+        Ok(cid) => problems.push(format!(
+            "manifest says cid {} but the file is {cid}",
+            manifest.image.archive_cid
+        )),
+        Err(e) => return vec![format!("cannot read {}: {e}", path.display())],
+    }
+    let scratch = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => return vec![format!("no scratch directory: {e}")],
+    };
+    let limits = untrusted::TarLimits {
+        max_file_bytes: MAX_IMAGE_BYTES,
+        max_total_bytes: 2 * MAX_IMAGE_BYTES,
+        ..untrusted::TarLimits::default()
+    };
+    let layout = std::fs::File::open(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|file| {
+            untrusted::extract_tar(std::io::BufReader::new(file), scratch.path(), limits)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|_| read_layout(scratch.path()).map_err(|e| e.to_string()));
+    match layout {
+        Ok(layout) => {
+            if layout.manifest != manifest.image.digest || layout.config != manifest.image.config {
+                problems.push(format!(
+                    "manifest says image {} (config {}) but the archive holds {} (config {})",
+                    manifest.image.digest, manifest.image.config, layout.manifest, layout.config
+                ));
+            }
+        }
+        Err(e) => problems.push(format!("the archive is not an image layout: {e}")),
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -862,6 +1056,112 @@ mod tests {
         assert!(
             read_layout(&escape).is_err(),
             "no link out of the layout is followed"
+        );
+    }
+
+    /// A container build's output directory: the layout under `layout`, packed, with its
+    /// manifest and a machine record ending in `root`.
+    fn build_dir(dir: &Path, layout_dir: &Path, root: &str) -> ContainerManifest {
+        let Layout {
+            manifest: digest,
+            config,
+            files,
+        } = read_layout(layout_dir).unwrap();
+        let archive = layout_archive(&files, 1767225600).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(ARCHIVE), &archive).unwrap();
+        let manifest = ContainerManifest {
+            schema: MANIFEST_SCHEMA.into(),
+            release: "v0.1.0".into(),
+            commit: "c0ffee".into(),
+            source_date_epoch: 1767225600,
+            dockerfile: "Dockerfile".into(),
+            target_stage: None,
+            image: BuiltImage {
+                digest,
+                config,
+                platform: oci::PLATFORM.into(),
+                archive: ARCHIVE.into(),
+                archive_cid: cid_of_bytes(&archive),
+                archive_size: archive.len() as u64,
+            },
+            base_images: vec![],
+        };
+        let machine = MachineRecord {
+            schema: crate::manifest::MACHINE_SCHEMA.into(),
+            emulator_version: "0".into(),
+            hash_scheme: "cmvm-sha256-v1".into(),
+            inputs: BTreeMap::new(),
+            machines: vec![MachineRun {
+                targets: vec!["linux/riscv64 image".into()],
+                root_hash: root.into(),
+                mcycle: 7,
+                exit_code: 0,
+                jobs: vec![],
+            }],
+            config: None,
+            template: None,
+            offload: None,
+        };
+        std::fs::write(dir.join("manifest.json"), to_canonical_json(&manifest)).unwrap();
+        std::fs::write(dir.join("machine.json"), to_canonical_json(&machine)).unwrap();
+        manifest
+    }
+
+    #[test]
+    fn compare_checks_container_builds_claims_inputs_and_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let cid_of = |p: &Path| cmbuild_store::cid::cid_of_file(p);
+        let (one, other) = (dir.path().join("one"), dir.path().join("other"));
+        layout(&one, "riscv64", false);
+        // Another image (its config names another architecture): only its digest is used.
+        let other_digest = layout(&other, "amd64", false);
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        build_dir(&a, &one, "cmvm-sha256-v1:11");
+        build_dir(&b, &one, "cmvm-sha256-v1:11");
+        let report = crate::compare::compare_builds(&a, &b, &cid_of).unwrap();
+        assert!(report.passed(), "{:?}", report.findings);
+
+        // Another machine end state is output drift.
+        let c = dir.path().join("c");
+        build_dir(&c, &one, "cmvm-sha256-v1:22");
+        let report = crate::compare::compare_builds(&a, &c, &cid_of).unwrap();
+        assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
+        assert!(report.findings[0].to_string().contains("root hash"));
+
+        // A manifest claiming another image than its archive holds is a bad artifact.
+        let d = dir.path().join("d");
+        let mut lying = build_dir(&d, &one, "cmvm-sha256-v1:11");
+        lying.image.digest = other_digest;
+        std::fs::write(d.join("manifest.json"), to_canonical_json(&lying)).unwrap();
+        let report = crate::compare::compare_builds(&a, &d, &cid_of).unwrap();
+        let text: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("bad artifact") && t.contains("archive holds")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("output drift") && t.contains("image digest")),
+            "{text:?}"
+        );
+
+        // Another Dockerfile is input drift, not a reproducibility failure.
+        let e = dir.path().join("e");
+        let mut moved = build_dir(&e, &one, "cmvm-sha256-v1:11");
+        moved.dockerfile = "other/Dockerfile".into();
+        std::fs::write(e.join("manifest.json"), to_canonical_json(&moved)).unwrap();
+        let report = crate::compare::compare_builds(&a, &e, &cid_of).unwrap();
+        assert!(report.findings.iter().all(|f| f.is_input_drift()) && !report.passed());
+
+        // A tampered archive fails its CID.
+        std::fs::write(b.join(ARCHIVE), b"not an archive").unwrap();
+        let report = crate::compare::compare_builds(&a, &b, &cid_of).unwrap();
+        let text: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
+        assert!(
+            text.iter().any(|t| t.contains("manifest says cid")),
+            "{text:?}"
         );
     }
 }

@@ -228,7 +228,9 @@ pub fn to_canonical_json<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-fn read_record<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RecordError> {
+/// Reads a JSON build record (`manifest.json`, `machine.json`, or another kind's), size
+/// capped, untrusted.
+pub fn read_record<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RecordError> {
     let shown = path.display().to_string();
     let bytes = crate::untrusted::read_capped(path, MAX_RECORD_BYTES).map_err(|e| match e {
         crate::untrusted::ReadError::TooLarge(size) => RecordError::TooLarge {
@@ -244,6 +246,15 @@ fn read_record<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RecordErr
         path: shown,
         source,
     })
+}
+
+/// The `schema` a record at `path` declares (read size capped; nothing else is checked).
+pub fn record_schema(path: &Path) -> Result<String, RecordError> {
+    #[derive(Deserialize)]
+    struct Schema {
+        schema: String,
+    }
+    Ok(read_record::<Schema>(path)?.schema)
 }
 
 /// Reads `manifest.json`, checking its size and schema.

@@ -200,6 +200,13 @@ fn a_dockerfile_builds_the_same_riscv64_image_twice_offline() {
         machine1,
         fs::read_to_string(two.join("machine.json")).unwrap()
     );
+    // `cmbuild compare` checks both directories' claims and agrees.
+    let compared = cmbuild_quiet(&["compare", s(&one), s(&two)]);
+    assert!(
+        compared.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compared.stdout)
+    );
     let files = image_files(&one, &tmp.path().join("x1"));
     assert_eq!(
         files,
