@@ -9,7 +9,8 @@
 //! assembles the layer and derives the container template, and each build runs billions
 //! of guest instructions); `.ci/run` runs it with the other heavy tests when time allows.
 //!
-//! What it proves: both runs give the same image digest, archive and root hash; the image
+//! What it proves: both runs give the same image digest, archive and root hash (and
+//! `cmbuild compare` and `cmbuild verify` agree); the image
 //! is linux/riscv64, and its one file is what the RUN step of the first stage wrote, inside
 //! the machine (riscv64), at the commit's time; `--target-stage` builds the named stage; a
 //! Dockerfile naming an image that was not vendored is refused before any machine boots.
@@ -206,6 +207,22 @@ fn a_dockerfile_builds_the_same_riscv64_image_twice_offline() {
         compared.status.success(),
         "{}",
         String::from_utf8_lossy(&compared.stdout)
+    );
+    // `cmbuild verify` rebuilds the published directory from the project and agrees.
+    let verified = cmbuild(&[
+        "verify",
+        s(&one),
+        "--project",
+        s(&project),
+        "--mirror",
+        s(&mirror),
+        "--out",
+        s(&tmp.path().join("verify")),
+    ]);
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
     );
     let files = image_files(&one, &tmp.path().join("x1"));
     assert_eq!(

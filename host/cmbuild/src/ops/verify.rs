@@ -157,18 +157,15 @@ pub fn verify(
     opts: &VerifyOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, VerifyError> {
-    let manifest = manifest::read_manifest(&opts.published.join("manifest.json"))?;
+    let published_manifest = opts.published.join("manifest.json");
+    if manifest::record_schema(&published_manifest)? == crate::container::MANIFEST_SCHEMA {
+        return verify_container(opts, progress);
+    }
+    let manifest = manifest::read_manifest(&published_manifest)?;
     // Every name taken from the published (untrusted) records is checked before it reaches
     // git or a path: the commit is a full hex object id (not an option, not a revision
     // expression), every target is a supported triple (so `OUT/<target>` stays in OUT).
-    let commit_ok = matches!(manifest.commit.len(), 40 | 64)
-        && manifest
-            .commit
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !commit_ok {
-        return Err(VerifyError::BadCommit(manifest.commit));
-    }
+    check_commit(&manifest.commit)?;
     let mut targets = BTreeSet::new();
     for artifact in &manifest.artifacts {
         let triple: Triple = artifact
@@ -233,6 +230,67 @@ pub fn verify(
         combined.findings.extend(report.findings);
     }
     Ok(combined)
+}
+
+/// A published commit must be a full hex object id (not an option, not a revision
+/// expression) before it reaches git.
+fn check_commit(commit: &str) -> Result<(), VerifyError> {
+    let ok = matches!(commit.len(), 40 | 64)
+        && commit
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    match ok {
+        true => Ok(()),
+        false => Err(VerifyError::BadCommit(commit.to_owned())),
+    }
+}
+
+/// [`verify`] of a build from a Dockerfile: the same Dockerfile and stage of the published
+/// commit, built again on the published machine settings, then compared.
+fn verify_container(
+    opts: &VerifyOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, VerifyError> {
+    use crate::container::{ContainerManifest, ContainerOptions};
+    let manifest: ContainerManifest = manifest::read_record(&opts.published.join("manifest.json"))?;
+    check_commit(&manifest.commit)?;
+    let container = ContainerOptions {
+        dockerfile: manifest.dockerfile.clone(),
+        target_stage: manifest.target_stage.clone(),
+    };
+    // Checked before the names reach a path or a plan.
+    crate::container::check_options(&container).map_err(RunError::from)?;
+    let settings = published_settings(&opts.published)?;
+    let rev = project::resolve_revision(&opts.project_dir, &manifest.commit).map_err(|source| {
+        VerifyError::Commit {
+            commit: manifest.commit.clone(),
+            source,
+        }
+    })?;
+    let release = release_revision(&opts.project_dir, &manifest.release, &rev.commit)?;
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("builds/verify").join(&rev.commit[..12]));
+    let run = RunOptions {
+        project_dir: opts.project_dir.clone(),
+        rev: release,
+        target: None,
+        profile: None,
+        out_dir: out.join("image"),
+        mirror_dir: opts.mirror_dir.clone(),
+        image_dir: opts.image_dir.clone(),
+        jobs: opts.jobs,
+        machine: settings,
+        machine_per_target: false,
+        pins: opts.pins.clone(),
+        toolchain: None,
+        stall_seconds: crate::watchdog::DEFAULT_STALL_SECONDS,
+        perf_map: false,
+        offload: false,
+    };
+    let summary = crate::container::run_container_release(&run, &container, progress)?;
+    Ok(super::compare::compare(&summary.dir, &opts.published)?)
 }
 
 /// The revision to rebuild under: the published release name (a build records the name it
