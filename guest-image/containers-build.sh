@@ -42,6 +42,11 @@ done
 mount -t overlay overlay \
     -o "lowerdir=$ctr/layer:/,upperdir=/tmp/ctr-upper,workdir=/tmp/ctr-work" "$ctr/root" ||
     ctr_fail "cannot stack the container layer over the root" layer
+# Short names mean Docker Hub, as in a Dockerfile for `docker build` (the host names each
+# base image so: `debian@sha256:…` is docker.io/library/debian), not buildah's aliases.
+rm -f "$ctr/root/etc/containers/registries.conf.d/shortnames.conf"
+printf 'unqualified-search-registries = ["docker.io"]\nshort-name-mode = "permissive"\n' \
+    > "$ctr/root/etc/containers/registries.conf" || ctr_fail "cannot configure the registries" layer
 mke2fs -F "${scratch}p2" > /dev/null 2>&1 || ctr_fail "cannot make the storage file system" storage
 mkdir -p "$ctr/root/var/lib/containers"
 mount -t ext4 "${scratch}p2" "$ctr/root/var/lib/containers" ||

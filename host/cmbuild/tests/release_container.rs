@@ -252,6 +252,53 @@ fn a_dockerfile_builds_the_same_riscv64_image_twice_offline() {
     );
 }
 
+/// A Dockerfile naming its base by a Docker Hub short name (`busybox@sha256:…`, which means
+/// docker.io/library/busybox) builds from the image of that digest in the mirror, wherever
+/// it was vendored from (here a loopback registry; this machine reaches no Docker Hub).
+#[test]
+#[ignore]
+fn a_docker_hub_short_name_builds_from_the_vendored_image_of_its_digest() {
+    let registry = TestRegistry::start();
+    let (_, index) = oci_support::push_busybox_base(&registry);
+    let host = registry.host.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = project(
+        tmp.path(),
+        &format!(
+            "FROM busybox@{}\nRUN busybox mkdir -p /from && busybox uname -m > /from/arch\n",
+            digest(&index)
+        ),
+    );
+    let mirror = cache_dir().join("image-test-mirror");
+    let vendored = cmbuild(&[
+        "vendor",
+        "--manifest-path",
+        s(&project.join("Cargo.toml")),
+        "--container-layer",
+        "--oci-image",
+        &format!("{host}/debian/busybox:trixie@{}", digest(&index)),
+        "--insecure-registry",
+        &host,
+        "--mirror",
+        s(&mirror),
+    ]);
+    assert!(vendored.status.success(), "vendor failed");
+    drop(registry);
+    let out = tmp.path().join("out");
+    let run = run_dockerfile(&project, "Dockerfile", &mirror, &out, &[], false);
+    assert!(
+        run.status.success(),
+        "run failed:\n{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let files = image_files(&out.join("v0.1.0"), &tmp.path().join("x"));
+    let arch = files
+        .iter()
+        .find(|(n, _)| n == "from/arch")
+        .map(|(_, b)| b.clone());
+    assert_eq!(arch.as_deref(), Some(&b"riscv64\n"[..]));
+}
+
 /// The riscv64 packages a `rustc` that links with gcc needs (the closure of rustc,
 /// libstd-rust-dev, gcc and libc6-dev in the guest-image locks), and busybox for a shell.
 const RUST_BASE: &[&str] = &[
