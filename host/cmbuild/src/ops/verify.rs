@@ -180,17 +180,7 @@ pub fn verify(
     let settings = published_settings(&opts.published)?;
     let offload = published_offload(&opts.published)?;
     let groups = rebuild_groups(&targets, &opts.published)?;
-    let rev = project::resolve_revision(&opts.project_dir, &manifest.commit).map_err(|source| {
-        VerifyError::Commit {
-            commit: manifest.commit.clone(),
-            source,
-        }
-    })?;
-    let release = release_revision(&opts.project_dir, &manifest.release, &rev.commit)?;
-    let out = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("builds/verify").join(&rev.commit[..12]));
+    let (release, out) = rebuild_of(opts, &manifest.commit, &manifest.release)?;
     let mut combined = Report::default();
     for group in groups {
         // One run per machine of the published build, so that each machine's identity is
@@ -232,6 +222,28 @@ pub fn verify(
     Ok(combined)
 }
 
+/// The published `commit` in the project, the name to rebuild it under (the published
+/// `release`, checked by [`release_revision`]) and where the rebuild goes (`--out`, else
+/// `builds/verify/<commit prefix>`).
+fn rebuild_of(
+    opts: &VerifyOptions,
+    commit: &str,
+    release: &str,
+) -> Result<(String, PathBuf), VerifyError> {
+    let rev = project::resolve_revision(&opts.project_dir, commit).map_err(|source| {
+        VerifyError::Commit {
+            commit: commit.to_owned(),
+            source,
+        }
+    })?;
+    let release = release_revision(&opts.project_dir, release, &rev.commit)?;
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("builds/verify").join(&rev.commit[..12]));
+    Ok((release, out))
+}
+
 /// A published commit must be a full hex object id (not an option, not a revision
 /// expression) before it reaches git.
 fn check_commit(commit: &str) -> Result<(), VerifyError> {
@@ -261,17 +273,7 @@ fn verify_container(
     // Checked before the names reach a path or a plan.
     crate::container::check_options(&container).map_err(RunError::from)?;
     let settings = published_settings(&opts.published)?;
-    let rev = project::resolve_revision(&opts.project_dir, &manifest.commit).map_err(|source| {
-        VerifyError::Commit {
-            commit: manifest.commit.clone(),
-            source,
-        }
-    })?;
-    let release = release_revision(&opts.project_dir, &manifest.release, &rev.commit)?;
-    let out = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("builds/verify").join(&rev.commit[..12]));
+    let (release, out) = rebuild_of(opts, &manifest.commit, &manifest.release)?;
     let run = RunOptions {
         project_dir: opts.project_dir.clone(),
         rev: release,
