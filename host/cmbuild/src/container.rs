@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use crate::guest::{drive_bytes, Drive, MachineSettings};
 use crate::manifest::{to_canonical_json, MachineRecord, MachineRun, TemplateUse};
 use crate::run::{Progress, RunError, RunOptions};
-use crate::staging::{self, WorkDir};
-use crate::{pins, project, untrusted};
+use crate::staging;
+use crate::{pins, untrusted};
 
 /// The hook a container build's input drive carries as `containers/build.sh`.
 pub const BUILD_SCRIPT: &str = include_str!("../../../guest-image/containers-build.sh");
@@ -469,19 +469,13 @@ pub fn run_container_release(
     check_options(container)?;
     let settings = settings(&opts.machine);
     settings.validate()?;
-    staging::clean_stale(&opts.out_dir)?;
-    progress(Progress::Phase(format!("resolving {}", opts.rev)));
-    let rev = project::resolve_revision(&opts.project_dir, &opts.rev)?;
-    let final_dir = opts.out_dir.join(crate::run::sanitize_dir_name(&opts.rev));
-    if final_dir.exists() {
-        return Err(RunError::OutputExists(final_dir.display().to_string()));
-    }
-    let mut source_tar = Vec::new();
-    project::write_source_archive(&opts.project_dir, &rev, &mut source_tar)?;
-    let work = WorkDir::create(&opts.out_dir)?;
-    let source_dir = work.path().join("source");
-    std::fs::create_dir(&source_dir)?;
-    untrusted::extract_tar_with_links(&source_tar[..], &source_dir)?;
+    let crate::run::Checkout {
+        rev,
+        final_dir,
+        work,
+        source_tar,
+        source_dir,
+    } = crate::run::checkout(opts, progress)?;
     let text = untrusted::read_confined(&source_dir, &container.dockerfile, MAX_DOCKERFILE)
         .map_err(|source| ContainerError::ReadDockerfile {
             path: container.dockerfile.clone(),

@@ -466,12 +466,27 @@ pub struct ReleaseJob {
     pub floor: Option<crate::floor::Floor>,
 }
 
-/// Resolves the revision, makes its source archive, and plans the build from the
-/// archive's `cmbuild.toml`, `Cargo.toml`s and `Cargo.lock`.
-pub fn plan_release(
+/// A release's revision, resolved, with its source archive and tree: what every kind of
+/// build (Rust, [`crate::container`]) starts from.
+pub struct Checkout {
+    /// The revision, resolved.
+    pub rev: project::Revision,
+    /// Where the finished run goes (`OUT/REV`; checked not to exist).
+    pub final_dir: PathBuf,
+    /// The run's working directory beside `final_dir`, removed when dropped.
+    pub work: WorkDir,
+    /// The deterministic source archive.
+    pub source_tar: Vec<u8>,
+    /// The archive extracted (links kept inside), in `work`.
+    pub source_dir: PathBuf,
+}
+
+/// Cleans up after killed runs, resolves `opts.rev`, refuses an existing `OUT/REV`, and
+/// makes and extracts the commit's source archive.
+pub fn checkout(
     opts: &RunOptions,
     progress: &(dyn Fn(Progress) + Sync),
-) -> Result<ReleaseJob, RunError> {
+) -> Result<Checkout, RunError> {
     // First, whatever happens next: a killed run's working directories go.
     staging::clean_stale(&opts.out_dir)?;
     progress(Progress::Phase(format!("resolving {}", opts.rev)));
@@ -491,6 +506,28 @@ pub fn plan_release(
     let source_dir = work.path().join("source");
     std::fs::create_dir(&source_dir)?;
     untrusted::extract_tar_with_links(&source_tar[..], &source_dir)?;
+    Ok(Checkout {
+        rev,
+        final_dir,
+        work,
+        source_tar,
+        source_dir,
+    })
+}
+
+/// Resolves the revision, makes its source archive, and plans the build from the
+/// archive's `cmbuild.toml`, `Cargo.toml`s and `Cargo.lock`.
+pub fn plan_release(
+    opts: &RunOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<ReleaseJob, RunError> {
+    let Checkout {
+        rev,
+        final_dir,
+        work,
+        source_tar,
+        source_dir,
+    } = checkout(opts, progress)?;
 
     // Project files are read confined beneath the tree (no link out of it is followed),
     // must be regular files, and are size-capped.
