@@ -27,14 +27,7 @@ use cmbuild_store::oci;
 use common::{cache_dir, commit_tagged, copy_tree, repo_root, s};
 use oci_support::{digest, TestImage, TestRegistry};
 
-fn cmbuild(args: &[&str]) -> Output {
-    eprintln!("$ cmbuild {}", args.join(" "));
-    Command::new(env!("CARGO_BIN_EXE_cmbuild"))
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap()
-}
+use common::cmbuild_shown as cmbuild;
 
 /// `cmbuild ARGS` with its stderr captured (for the messages a test reads).
 fn cmbuild_quiet(args: &[&str]) -> Output {

@@ -21,14 +21,7 @@ use std::process::Command;
 use cmbuild::manifest::read_manifest;
 use common::{cache_dir, commit_tagged, copy_tree, repo_root, s};
 
-fn cmbuild(args: &[&str]) -> std::process::Output {
-    eprintln!("$ cmbuild {}", args.join(" "));
-    Command::new(env!("CARGO_BIN_EXE_cmbuild"))
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap()
-}
+use common::cmbuild_shown as cmbuild;
 
 /// Copies examples/NAME (its files only, no build output) into a fresh repository tagged
 /// v0.1.0, with `cmbuild_toml` as its cmbuild.toml.

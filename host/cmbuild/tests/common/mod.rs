@@ -45,6 +45,17 @@ pub fn commit_tagged(dir: &Path, tag: &str) {
     git(dir, &["tag", tag]);
 }
 
+/// Runs the cmbuild under test with `args`, its command line and stderr shown as it runs
+/// (a heavy test's progress); returns its output (stdout captured).
+pub fn cmbuild_shown(args: &[&str]) -> std::process::Output {
+    eprintln!("$ cmbuild {}", args.join(" "));
+    Command::new(env!("CARGO_BIN_EXE_cmbuild"))
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap()
+}
+
 /// A path as the `&str` command lines take.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
