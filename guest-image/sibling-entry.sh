@@ -9,7 +9,9 @@
 # Each top-level directory of root/build/ is mounted at /build/<name> as an overlay (its
 # upper layer in /tmp, RAM), so rustc finds every input where the parent had it and writes
 # its outputs beside them. `cmbuild-offload run-job` runs the job and writes its result;
-# the driver's `finish` puts /out on the output drive.
+# the driver's `finish` puts /out on the output drive. Before that, run-job writes the
+# job's metadata record at the start of the output drive (`$output`, the driver's) and
+# yields when rustc announces its .rmeta (pipelining, docs/parallel-builds.md).
 for dir in /build/in/root/build/*; do
     [ -d "$dir" ] || continue
     name=${dir##*/}
@@ -23,7 +25,7 @@ for dir in /build/in/root/build/*; do
     }
 done
 mkdir -p /build/home
-if ! /build/in/cmbuild-offload run-job /build/in/job.json /out/result; then
+if ! /build/in/cmbuild-offload run-job /build/in/job.json /out/result "$output"; then
     say "run-job failed"
     echo "sibling-run-job" > /out/error
 fi

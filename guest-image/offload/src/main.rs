@@ -3,7 +3,8 @@
 //! ```text
 //! cmbuild-offload mux PORT SOCKET              own the port, serve the wrappers on SOCKET
 //! cmbuild-offload rustc-wrapper RUSTC ARGS...  cargo's RUSTC_WRAPPER (socket: $CMBUILD_OFFLOAD_SOCKET)
-//! cmbuild-offload run-job JOB RESULT           in the sibling: run a job, write its result
+//! cmbuild-offload run-job JOB RESULT [DRIVE]   in the sibling: run a job, write its result
+//!                                              (its metadata point's record to DRIVE)
 //! cmbuild-offload quit SOCKET                  tell the multiplexer to exit
 //! ```
 //!
@@ -28,7 +29,7 @@ use std::path::Path;
 
 const USAGE: &str = "usage: cmbuild-offload mux PORT SOCKET
        cmbuild-offload rustc-wrapper RUSTC ARGS...
-       cmbuild-offload run-job JOB RESULT
+       cmbuild-offload run-job JOB RESULT [DRIVE]
        cmbuild-offload quit SOCKET";
 
 fn main() {
@@ -50,10 +51,14 @@ fn main() {
             (Some(port), Some(socket)) => mux::run(port, socket),
             _ => Err("the port and the socket must be UTF-8 paths".to_string()),
         },
-        Some("run-job") if args.len() == 4 => match (text[2], text[3]) {
-            (Some(job), Some(result)) => runjob::run(job, result),
-            _ => Err("the job and the result must be UTF-8 paths".to_string()),
-        },
+        Some("run-job") if args.len() == 4 || args.len() == 5 => {
+            match (text[2], text[3], text.get(4).copied()) {
+                (Some(job), Some(result), drive) if drive != Some(None) => {
+                    runjob::run(job, result, drive.flatten())
+                }
+                _ => Err("the job, the result and the drive must be UTF-8 paths".to_string()),
+            }
+        }
         Some("quit") if args.len() == 3 => match text[2] {
             Some(socket) => mux::quit(socket),
             None => Err("the socket must be a UTF-8 path".to_string()),

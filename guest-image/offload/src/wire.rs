@@ -1,5 +1,5 @@
-//! The job format, wire format v1 (docs/parallel-builds.md, "The job format"): `job` and
-//! `blob` requests, `missing`, `result`, `ok` and `error` responses. Every body is one
+//! The job format, wire format v1 (docs/parallel-builds.md, "The job format"): `job`,
+//! `blob` and `rest` requests, `missing`, `meta`, `result`, `ok` and `error` responses. Every body is one
 //! canonical JSON line followed by a payload; the parsers here check every shape, sort
 //! order and size, and leave the job-specific checks (paths under the job's outputs,
 //! digests among its inputs) to their callers.
@@ -293,6 +293,58 @@ impl ResultHead {
     }
 }
 
+/// A `meta` body's JSON line: what a job had written when rustc announced its metadata
+/// (docs/parallel-builds.md, "Pipelining"): its standard error so far and the `.rmeta`
+/// (with the dep-info file rustc wrote before it). A sibling writes it without `of`; the
+/// host hands it to the parent with `of`, the tag of the job's request, which the wrapper
+/// names in its `rest` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaHead {
+    /// Sorted by path, unique.
+    pub files: Vec<FileEntry>,
+    /// The job request's tag (`None` in a sibling's record).
+    pub of: Option<u64>,
+    pub stderr: u64,
+}
+
+impl MetaHead {
+    /// The JSON line (the payload follows: standard error so far, then each file's bytes).
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut pairs = vec![
+            (
+                "files",
+                Value::Array(self.files.iter().map(FileEntry::to_value).collect()),
+            ),
+            ("kind", Value::str("meta")),
+        ];
+        if let Some(of) = self.of {
+            pairs.push(("of", Value::uint(of)));
+        }
+        pairs.push(("stderr", Value::uint(self.stderr)));
+        Value::object(pairs).to_line()
+    }
+
+    /// The payload's length these sizes imply (`None` on overflow).
+    pub fn payload_len(&self) -> Option<u64> {
+        let mut total = self.stderr;
+        for f in &self.files {
+            total = total.checked_add(f.size)?;
+        }
+        Some(total)
+    }
+}
+
+/// A `rest` request: the result of the job whose metadata came in a `meta` response
+/// tagged `of`.
+pub fn rest_body(of: u64) -> Vec<u8> {
+    Value::object([
+        ("kind", Value::str("rest")),
+        ("of", Value::uint(of)),
+        ("v", Value::uint(VERSION)),
+    ])
+    .to_line()
+}
+
 /// A response from the host, structurally checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response<'a> {
@@ -301,6 +353,12 @@ pub enum Response<'a> {
     /// The job ran; `payload`'s length equals the sizes' sum.
     Result {
         head: ResultHead,
+        payload: &'a [u8],
+    },
+    /// The job's metadata is ready; its result follows a `rest` request naming `of`.
+    Meta {
+        head: MetaHead,
+        of: u64,
         payload: &'a [u8],
     },
     Ok,
@@ -368,6 +426,19 @@ pub fn parse_response(body: &[u8]) -> Result<Response<'_>, Error> {
                 return Err(Error::Sizes);
             }
             Ok(Response::Result { head, payload })
+        }
+        "meta" => {
+            let [files, _, of, stderr] = value.exact(["files", "kind", "of", "stderr"])?;
+            let of = uint(of, "of is not a tag")?;
+            let head = MetaHead {
+                files: file_list(files, MAX_FILES)?,
+                of: Some(of),
+                stderr: uint(stderr, "stderr is not a size")?,
+            };
+            if head.payload_len() != Some(payload.len() as u64) {
+                return Err(Error::Sizes);
+            }
+            Ok(Response::Meta { head, of, payload })
         }
         _ => Err(Error::Shape("unknown kind")),
     }
@@ -478,6 +549,31 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let meta = MetaHead {
+            files: vec![
+                entry("/o/a.d", b"D", false),
+                entry("/o/liba.rmeta", b"MM", false),
+            ],
+            of: Some(7),
+            stderr: 3,
+        };
+        let mut body = meta.to_line();
+        assert!(body.starts_with(b"{\"files\":["), "keys sorted");
+        body.extend_from_slice(b"errDMM");
+        match parse_response(&body).unwrap() {
+            Response::Meta { head, of, payload } => {
+                assert_eq!((head, of, payload), (meta.clone(), 7, &b"errDMM"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A sibling's record has no `of`; one the parent gets without it is refused, and
+        // so is a payload of the wrong size.
+        let mut record = MetaHead { of: None, ..meta }.to_line();
+        record.extend_from_slice(b"errDMM");
+        assert!(parse_response(&record).is_err());
+        body.push(b'x');
+        assert_eq!(parse_response(&body), Err(Error::Sizes));
+        assert_eq!(rest_body(7), b"{\"kind\":\"rest\",\"of\":7,\"v\":1}\n");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::client::Client;
 use crate::paths::{is_at_or_below, is_below, normalize};
 use crate::proto::{self, FileHash};
 use crate::sha256;
-use crate::wire::{self, FileEntry, Job, Response, ResultHead};
+use crate::wire::{self, FileEntry, Job, MetaHead, Response, ResultHead};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
@@ -513,8 +513,14 @@ fn offload_job(
         match wire::parse_response(&response).map_err(|e| format!("the host's answer: {e}"))? {
             Response::Missing(digests) => send_blobs(client, &job, &digests)?,
             Response::Result { head, payload } => {
-                let exit = apply(client, &job, &head, payload)?;
+                let exit = apply(client, &job, &head, payload, &[])?;
                 return Ok(Outcome::Done(exit));
+            }
+            Response::Meta { head, of, payload } => {
+                // Cargo starts this library's dependents on the metadata notice at the end
+                // of the standard error so far; the rest of the result comes after.
+                let early = apply_meta(client, &job, &head, payload)?;
+                return finish_rest(client, &job, of, early);
             }
             Response::Refused(message) => {
                 return Ok(Outcome::Local(Some(format!(
@@ -598,15 +604,88 @@ fn send_blobs(client: &mut Client, job: &Job, digests: &[[u8; 32]]) -> Result<()
     Ok(())
 }
 
+/// What a `meta` response already gave: its standard error and its files.
+struct Early {
+    stderr: Vec<u8>,
+    files: Vec<FileEntry>,
+}
+
+/// Applies a `meta` response: its files written, its standard error copied.
+fn apply_meta(
+    client: &mut Client,
+    job: &Job,
+    head: &MetaHead,
+    payload: &[u8],
+) -> Result<Early, String> {
+    let (stderr, rest) = payload.split_at(head.stderr as usize);
+    write_files(client, job, &head.files, rest, &[])?;
+    let _ = io::stderr()
+        .write_all(stderr)
+        .and_then(|_| io::stderr().flush());
+    Ok(Early {
+        stderr: stderr.to_vec(),
+        files: head.files.clone(),
+    })
+}
+
+/// Asks for the rest of the job whose `meta` response was tagged `of`, and applies it.
+fn finish_rest(client: &mut Client, job: &Job, of: u64, early: Early) -> Result<Outcome, String> {
+    let response = client
+        .submit(&wire::rest_body(of))
+        .map_err(|e| format!("asking for the rest of the job: {e}"))?;
+    match wire::parse_response(&response).map_err(|e| format!("the host's answer: {e}"))? {
+        Response::Result { head, payload } => {
+            Ok(Outcome::Done(apply(client, job, &head, payload, &[early])?))
+        }
+        Response::Refused(message) => Ok(Outcome::Local(Some(format!(
+            "the host refused the rest of the job ({})",
+            sanitize(&message)
+        )))),
+        _ => Err("the host answered the rest of a job with something else".into()),
+    }
+}
+
 /// Checks a result against the job (every file under one of its outputs, every digest
 /// right) and applies it: writes the files, registers their digests with the
 /// multiplexer, copies the streams. Returns the exit code. Nothing is written unless
-/// everything checks out.
-fn apply(client: &mut Client, job: &Job, head: &ResultHead, payload: &[u8]) -> Result<u8, String> {
+/// everything checks out. What an `early` (`meta`) response gave is not given twice: its
+/// standard error is skipped where the result's starts with it, and a file it wrote with
+/// the same digest is not written again (a dependent may be reading it).
+fn apply(
+    client: &mut Client,
+    job: &Job,
+    head: &ResultHead,
+    payload: &[u8],
+    early: &[Early],
+) -> Result<u8, String> {
     let (stdout, rest) = payload.split_at(head.stdout as usize);
-    let (stderr, mut rest) = rest.split_at(head.stderr as usize);
-    let mut files = Vec::with_capacity(head.files.len());
-    for f in &head.files {
+    let (stderr, rest) = rest.split_at(head.stderr as usize);
+    let written_early: Vec<&FileEntry> = early.iter().flat_map(|e| &e.files).collect();
+    write_files(client, job, &head.files, rest, &written_early)?;
+    let stderr = early
+        .iter()
+        .fold(stderr, |s, e| s.strip_prefix(&e.stderr[..]).unwrap_or(s));
+    let _ = io::stdout()
+        .write_all(stdout)
+        .and_then(|_| io::stdout().flush());
+    let _ = io::stderr()
+        .write_all(stderr)
+        .and_then(|_| io::stderr().flush());
+    Ok(head.exit)
+}
+
+/// Checks `files` (their bytes one after another in `payload`) against the job and writes
+/// those not in `skip` (same path and digest), registering their digests.
+fn write_files(
+    client: &mut Client,
+    job: &Job,
+    entries: &[FileEntry],
+    payload: &[u8],
+    skip: &[&FileEntry],
+) -> Result<(), String> {
+    let mut rest = payload;
+    let mut files = Vec::with_capacity(entries.len());
+    for f in entries {
         if !job.outputs.iter().any(|o| is_below(&f.path, o)) {
             return Err(format!(
                 "the result names {}, outside the job's outputs",
@@ -622,18 +701,18 @@ fn apply(client: &mut Client, job: &Job, head: &ResultHead, payload: &[u8]) -> R
     }
     let mut written = Vec::with_capacity(files.len());
     for (f, data) in files {
+        if skip
+            .iter()
+            .any(|s| s.path == f.path && s.sha256 == f.sha256 && s.exec == f.exec)
+        {
+            continue;
+        }
         write_atomically(&f.path, data, f.exec).map_err(|e| format!("writing {}: {e}", f.path))?;
         written.push((f.path.clone(), f.sha256, f.size));
     }
     // A failure here only costs a later hash.
     let _ = client.register(&written);
-    let _ = io::stdout()
-        .write_all(stdout)
-        .and_then(|_| io::stdout().flush());
-    let _ = io::stderr()
-        .write_all(stderr)
-        .and_then(|_| io::stderr().flush());
-    Ok(head.exit)
+    Ok(())
 }
 
 /// Writes `path` by a rename from a temporary file beside it (parents created), with mode

@@ -227,9 +227,12 @@ pub fn drive_bytes(machine: &Machine, drive: Drive) -> &[u8] {
 /// with the zero blocks its reader looks for). What follows is zeros.
 pub fn written_part(bytes: &[u8]) -> &[u8] {
     const PAGE: usize = 4096;
+    static ZEROS: [u8; PAGE] = [0; PAGE];
+    // A page compared whole (memcmp) rather than byte by byte: a sibling's output drive is
+    // scanned once per job, most of it never written.
     let used = bytes
         .chunks(PAGE)
-        .rposition(|page| page.iter().any(|&b| b != 0))
+        .rposition(|page| page != &ZEROS[..page.len()])
         .map_or(0, |last| (last + 1) * PAGE);
     &bytes[..(used + PAGE).min(bytes.len())]
 }

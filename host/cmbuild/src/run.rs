@@ -1052,6 +1052,7 @@ impl crate::offload::service::SiblingRunner for Siblings<'_> {
         &self,
         input_drive: Vec<u8>,
         progress: &dyn Fn(u64),
+        meta: &dyn Fn(u64, Vec<u8>),
     ) -> Result<crate::offload::service::SiblingRun, String> {
         let (mut machine, _) = resume_build(self.inputs, &input_drive, None)
             .map_err(|e| crate::terminal::error_chain(&e))?;
@@ -1065,6 +1066,14 @@ impl crate::offload::service::SiblingRunner for Siblings<'_> {
             let limit = machine.mcycle().saturating_add(SLICE).min(self.max_mcycle);
             match machine.run(limit) {
                 Break::Halted(_) => break,
+                // run-job's metadata point (pipelining): its record is at the start of
+                // the output drive now, at this instruction count.
+                Break::Yielded(crate::offload::sibling::META_YIELD) => {
+                    let drive = drive_bytes(&machine, Drive::Output);
+                    if let Some(record) = crate::offload::sibling::meta_record(drive) {
+                        meta(machine.mcycle() - start, record.to_vec());
+                    }
+                }
                 Break::Yielded(_) => {}
                 Break::MaxMcycle if machine.mcycle() >= self.max_mcycle => {
                     return Err(format!("a sibling reached mcycle {}", self.max_mcycle))

@@ -158,10 +158,28 @@ fn offloaded_builds_are_the_same_with_any_jobs_cold_or_cached() {
         "every dependency is a job: {:?}",
         machine.jobs
     );
+    const L: u64 = 1 << 28;
     for job in &machine.jobs {
-        assert!(job.cycles > 0 && job.visible_at == job.submitted_at + (1 << 28) + job.cycles);
+        assert!(job.cycles > 0);
         assert!(job.sibling_root_hash.starts_with("cmvm-sha256-v1:"));
+        // A library's job is pipelined: its rmeta at T + L + C_meta, its result at
+        // max(T + L + C, T2 + L) for the rest request the wrapper made at T2.
+        match &job.pipelined {
+            None => assert_eq!(job.visible_at, job.submitted_at + L + job.cycles),
+            Some(p) => {
+                assert!(p.meta_cycles > 0 && p.meta_cycles < job.cycles, "{job:?}");
+                assert_eq!(p.meta_visible_at, job.submitted_at + L + p.meta_cycles);
+                assert!(p.rest_submitted_at > p.meta_visible_at, "{job:?}");
+                let result_at = (job.submitted_at + L + job.cycles).max(p.rest_submitted_at + L);
+                assert_eq!(job.visible_at, result_at, "{job:?}");
+            }
+        }
     }
+    assert!(
+        machine.jobs.iter().any(|j| j.pipelined.is_some()),
+        "the libraries' dependents start on their rmeta: {:?}",
+        machine.jobs
+    );
     let offload = cold
         .record
         .offload

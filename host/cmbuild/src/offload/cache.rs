@@ -18,7 +18,7 @@ use cmbuild_store::sha256::Sha256;
 use serde::{Deserialize, Serialize};
 
 use super::job::Job;
-use super::wire::{JobResult, Response};
+use super::wire::{JobResult, Meta, Response};
 
 /// The directory of entries under the mirror's root.
 pub const DIR: &str = "offload";
@@ -35,6 +35,18 @@ pub struct Computed {
     pub cycles: u64,
     /// The sibling's root hash at halt.
     pub sibling_root_hash: String,
+    /// Its metadata point, when rustc announced a `.rmeta` (pipelining).
+    pub meta: Option<MetaPoint>,
+}
+
+/// A job's metadata point: what rustc had written when it announced its `.rmeta`, and the
+/// sibling's instruction count there (`C_meta`, from the template like `C`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaPoint {
+    /// `C_meta`.
+    pub cycles: u64,
+    /// What rustc had written.
+    pub meta: Meta,
 }
 
 /// One cache entry on disk (keys sorted).
@@ -43,10 +55,22 @@ pub struct Computed {
 struct Entry {
     action: Sha256,
     cycles: u64,
+    /// The metadata point: `C_meta` and the sibling's record (a mirror blob).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    meta: Option<MetaEntry>,
     result: Cid,
     result_sha256: Sha256,
     sibling_root_hash: String,
     v: u32,
+}
+
+/// A cache entry's metadata point (keys sorted).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetaEntry {
+    cycles: u64,
+    record: Cid,
+    record_sha256: Sha256,
 }
 
 /// Errors writing the cache (reading never fails: a bad entry is a miss with a reason).
@@ -117,11 +141,34 @@ impl ActionCache {
         if Sha256::of(&body) != entry.result_sha256 {
             return Lookup::Refused(format!("{}: the result's sha256 differs", path.display()));
         }
+        let meta = match &entry.meta {
+            None => None,
+            Some(m) => {
+                let record = match self.mirror.read_verified(&m.record) {
+                    Ok(record) => record,
+                    Err(e) => return Lookup::Refused(crate::terminal::error_chain(&e)),
+                };
+                if Sha256::of(&record) != m.record_sha256 || m.cycles > entry.cycles {
+                    return Lookup::Refused(format!(
+                        "{}: its metadata record differs",
+                        path.display()
+                    ));
+                }
+                match Meta::parse_record(&record, job) {
+                    Ok(meta) => Some(MetaPoint {
+                        cycles: m.cycles,
+                        meta,
+                    }),
+                    Err(e) => return Lookup::Refused(format!("{}: {e}", path.display())),
+                }
+            }
+        };
         match JobResult::parse(&body, job) {
             Ok(result) => Lookup::Hit(Computed {
                 response: Response::Result(result),
                 cycles: entry.cycles,
                 sibling_root_hash: entry.sibling_root_hash,
+                meta,
             }),
             Err(e) => Lookup::Refused(format!("{}: {e}", path.display())),
         }
@@ -135,9 +182,21 @@ impl ActionCache {
         };
         let body = result.encode();
         let stored = self.mirror.put_bytes(&body)?;
+        let meta = match &computed.meta {
+            None => None,
+            Some(point) => {
+                let record = self.mirror.put_bytes(&point.meta.encode(None))?;
+                Some(MetaEntry {
+                    cycles: point.cycles,
+                    record: record.cid,
+                    record_sha256: record.sha256,
+                })
+            }
+        };
         let entry = Entry {
             action: *action,
             cycles: computed.cycles,
+            meta,
             result: stored.cid,
             result_sha256: stored.sha256,
             sibling_root_hash: computed.sibling_root_hash.clone(),
@@ -185,6 +244,7 @@ mod tests {
 
     fn computed() -> Computed {
         Computed {
+            meta: None,
             response: Response::Result(result()),
             cycles: 123_456_789,
             sibling_root_hash: format!("cmvm-sha256-v1:{}", "ab".repeat(32)),

@@ -8,6 +8,11 @@
 //! up to there instead of waiting at `T + L`, and submits the jobs it finds meanwhile, so
 //! that jobs which overlap in the parent's time run at the same time on the host. Promises
 //! change no state (`devices/offload.rs`, "Timing").
+//!
+//! A job whose rustc announces its `.rmeta` gets its `meta` answer at that point; its
+//! result then answers the `rest` request the wrapper submits, whichever comes first on
+//! the host (the result is kept until the parent asks; the parent's request waits for the
+//! result, with the sibling's bounds passed on to it).
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::Scope;
@@ -15,7 +20,7 @@ use std::thread::Scope;
 use cmbuild_machine::machine::Machine;
 
 use super::blobs::BlobStore;
-use super::cache::Computed;
+use super::cache::{Computed, MetaPoint};
 use super::parent::{Dispatch, JobRecord, Parent, ParentError, Step};
 use super::service::{Service, ServiceError};
 use cmbuild_store::sha256::Sha256;
@@ -48,9 +53,18 @@ enum Event {
         submitted_at: u64,
         cycles: u64,
     },
+    /// The job reached its metadata point.
+    Meta {
+        tag: u64,
+        submitted_at: u64,
+        point: Box<MetaPoint>,
+    },
     /// The job is computed.
     Done(Box<Dispatch>, Result<(Sha256, Computed), ServiceError>),
 }
+
+/// A computed job whose result waits for the parent's `rest` request.
+type Parked = (Box<Dispatch>, Sha256, Computed);
 
 /// A parent machine's link to the run's job service.
 pub struct Link<'scope, 'env> {
@@ -61,6 +75,10 @@ pub struct Link<'scope, 'env> {
     events_tx: Sender<Event>,
     events_rx: Receiver<Event>,
     outstanding: usize,
+    /// Pipelined jobs computed before the parent asked for their rest, by request tag.
+    parked: std::collections::BTreeMap<u64, Parked>,
+    /// The latest bound of pipelined jobs whose rest the parent has not asked for yet.
+    bounds: std::collections::BTreeMap<u64, u64>,
 }
 
 impl<'scope, 'env> Link<'scope, 'env> {
@@ -80,6 +98,8 @@ impl<'scope, 'env> Link<'scope, 'env> {
             events_tx,
             events_rx,
             outstanding: 0,
+            parked: Default::default(),
+            bounds: Default::default(),
         }
     }
 
@@ -90,6 +110,13 @@ impl<'scope, 'env> Link<'scope, 'env> {
         let (submitted_at, body) = (request.submitted_at, request.request.clone());
         match self.parent.request(tag, submitted_at, &body, self.blobs)? {
             Step::Answer(answer) => machine.offload_answer(tag, answer)?,
+            Step::Rest { of } => {
+                if let Some((dispatch, action, computed)) = self.parked.remove(&of) {
+                    self.answer(machine, &dispatch, action, &computed)?;
+                } else if let Some(cycles) = self.bounds.remove(&of) {
+                    self.promise_rest(machine, of, cycles)?;
+                }
+            }
             Step::Dispatch(dispatch) => {
                 self.outstanding += 1;
                 let (service, events) = (self.service, self.events_tx.clone());
@@ -104,8 +131,15 @@ impl<'scope, 'env> Link<'scope, 'env> {
                         });
                     };
                     // A panic must end the run with an error, not leave it waiting.
+                    let meta = |point: MetaPoint| {
+                        let _ = events.send(Event::Meta {
+                            tag,
+                            submitted_at,
+                            point: Box::new(point),
+                        });
+                    };
                     let computed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        service.compute(&dispatch, &bound)
+                        service.compute(&dispatch, &bound, &meta)
                     }))
                     .unwrap_or(Err(ServiceError::Panicked));
                     let _ = events.send(Event::Done(dispatch, computed));
@@ -122,17 +156,65 @@ impl<'scope, 'env> Link<'scope, 'env> {
                 submitted_at,
                 cycles,
             } => {
-                let not_before = submitted_at + self.parent.latency() + cycles;
-                machine.offload_promise(tag, not_before)?;
+                if self.parent.is_pipelined(tag) {
+                    if self.parent.rest_of(tag).is_some() {
+                        self.promise_rest(machine, tag, cycles)?;
+                    } else {
+                        self.bounds.insert(tag, cycles);
+                    }
+                } else {
+                    let not_before = submitted_at + self.parent.latency() + cycles;
+                    machine.offload_promise(tag, not_before)?;
+                }
+            }
+            Event::Meta {
+                tag,
+                submitted_at,
+                point,
+            } => {
+                let answer = self.parent.meta(tag, submitted_at, &point, self.blobs)?;
+                machine.offload_answer(tag, answer)?;
             }
             Event::Done(dispatch, computed) => {
                 self.outstanding -= 1;
                 let (action, computed) = computed?;
-                let answer = self
-                    .parent
-                    .finish(&dispatch, action, &computed, self.blobs)?;
-                machine.offload_answer(dispatch.tag, answer)?;
+                self.bounds.remove(&dispatch.tag);
+                if self.parent.is_pipelined(dispatch.tag)
+                    && self.parent.rest_of(dispatch.tag).is_none()
+                {
+                    self.parked
+                        .insert(dispatch.tag, (dispatch, action, computed));
+                } else {
+                    self.answer(machine, &dispatch, action, &computed)?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// Answers a computed job (its request, or its `rest` request).
+    fn answer(
+        &mut self,
+        machine: &mut Machine,
+        dispatch: &Dispatch,
+        action: Sha256,
+        computed: &Computed,
+    ) -> Result<(), LinkError> {
+        let (tag, answer) = self.parent.finish(dispatch, action, computed, self.blobs)?;
+        machine.offload_answer(tag, answer)?;
+        Ok(())
+    }
+
+    /// Promises the `rest` request of pipelined job `of` what its sibling's progress
+    /// `cycles` says.
+    fn promise_rest(
+        &mut self,
+        machine: &mut Machine,
+        of: u64,
+        cycles: u64,
+    ) -> Result<(), LinkError> {
+        if let Some((tag, not_before)) = self.parent.rest_bound(of, cycles) {
+            machine.offload_promise(tag, not_before)?;
         }
         Ok(())
     }

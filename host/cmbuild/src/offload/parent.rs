@@ -9,7 +9,9 @@
 //! answers at the same cycles, and the parent's root hash does not depend on the cache.
 //!
 //! Answers that run no sibling (`missing`, `ok`, `error`) are visible at `T + L`; a job's
-//! result at `T + L + C`, `C` its sibling's instruction count.
+//! result at `T + L + C`, `C` its sibling's instruction count. A job whose rustc announced
+//! its `.rmeta` (pipelining) is answered twice: `meta` at `T + L + C_meta`, then, to the
+//! `rest` request the wrapper submits at `T2`, its result at `max(T + L + C, T2 + L)`.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +19,7 @@ use cmbuild_store::sha256::Sha256;
 use serde::{Deserialize, Serialize};
 
 use super::blobs::{BlobError, BlobStore, Upload};
-use super::cache::Computed;
+use super::cache::{Computed, MetaPoint};
 use super::job::{Job, Platform};
 use super::wire::{Request, Response};
 
@@ -47,6 +49,40 @@ pub enum Step {
     Answer(cmbuild_machine::devices::offload::Answer),
     /// Compute the job, then call [`Parent::finish`].
     Dispatch(Box<Dispatch>),
+    /// The parent asks (with `tag`) for the rest of job `of`, whose metadata it has:
+    /// answer with [`Parent::finish`] once the job is computed.
+    Rest {
+        /// The job request's tag.
+        of: u64,
+    },
+}
+
+/// A pipelined job as `machine.json` records it (keys sorted): its `meta` answer and the
+/// `rest` request its result answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelinedRecord {
+    /// `C_meta`.
+    pub meta_cycles: u64,
+    /// The `meta` response's sha256.
+    pub meta_response: Sha256,
+    /// The parent's cycle at which the `meta` response became visible.
+    pub meta_visible_at: u64,
+    /// The parent's cycle of the `rest` request.
+    pub rest_submitted_at: u64,
+    /// The `rest` request's tag (the result answers it).
+    pub rest_tag: u64,
+}
+
+/// A job whose `meta` answer the parent has.
+#[derive(Debug, Clone)]
+struct Pipe {
+    submitted_at: u64,
+    meta_cycles: u64,
+    meta_response: Sha256,
+    meta_visible_at: u64,
+    /// The `rest` request: tag and cycle.
+    rest: Option<(u64, u64)>,
 }
 
 /// One job as `machine.json` records it (keys sorted).
@@ -68,6 +104,10 @@ pub struct JobRecord {
     pub tag: u64,
     /// The parent's cycle at which the result became visible.
     pub visible_at: u64,
+    /// Its `meta` answer and `rest` request, when it was pipelined (then `tag`,
+    /// `submitted_at` are the job request's, `visible_at` the result's).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pipelined: Option<PipelinedRecord>,
 }
 
 /// Errors of the host itself (not of the guest's requests, which are answered).
@@ -76,6 +116,9 @@ pub enum ParentError {
     /// cannot keep a blob the parent sent or received
     #[error("cannot keep a blob the parent sent or received")]
     Blob(#[from] BlobError),
+    /// job {0} is computed but the parent has not asked for its rest (a bug in cmbuild)
+    #[error("job {0} is computed but the parent has not asked for its rest (a bug in cmbuild)")]
+    NoRest(u64),
 }
 
 /// The host's state for one parent machine.
@@ -86,6 +129,8 @@ pub struct Parent {
     known: BTreeMap<Sha256, u64>,
     uploads: BTreeMap<Sha256, Upload>,
     records: Vec<JobRecord>,
+    /// Jobs answered with `meta`, by their request's tag, until their result is.
+    pipes: BTreeMap<u64, Pipe>,
 }
 
 impl Parent {
@@ -96,6 +141,7 @@ impl Parent {
             known: input_files.into_iter().map(|d| (d, 0)).collect(),
             uploads: BTreeMap::new(),
             records: Vec::new(),
+            pipes: BTreeMap::new(),
         }
     }
 
@@ -144,6 +190,16 @@ impl Parent {
                 }
                 Ok(self.immediate(submitted_at, Response::Ok))
             }
+            Request::Rest { of } => match self.pipes.get_mut(&of) {
+                Some(pipe) if pipe.rest.is_none() => {
+                    pipe.rest = Some((tag, submitted_at));
+                    Ok(Step::Rest { of })
+                }
+                _ => Ok(self.immediate(
+                    submitted_at,
+                    Response::Error(format!("request {of} has no result to come")),
+                )),
+            },
             Request::Job(job) => {
                 let mut missing: Vec<Sha256> = job
                     .inputs
@@ -172,25 +228,108 @@ impl Parent {
         }
     }
 
+    /// Files the parent sees from `visible_at` on: into `blobs`, known from then.
+    fn learn<'f>(
+        &mut self,
+        files: impl IntoIterator<Item = &'f super::wire::OutFile>,
+        visible_at: u64,
+        blobs: &BlobStore,
+    ) -> Result<(), ParentError> {
+        for file in files {
+            let digest = blobs.put(&file.bytes)?;
+            let at = self.known.entry(digest).or_insert(visible_at);
+            *at = (*at).min(visible_at);
+        }
+        Ok(())
+    }
+
+    /// The `meta` answer to a dispatched job at its metadata point, visible at
+    /// `T + L + C_meta`; its files become known to the parent from then.
+    pub fn meta(
+        &mut self,
+        tag: u64,
+        submitted_at: u64,
+        point: &MetaPoint,
+        blobs: &BlobStore,
+    ) -> Result<cmbuild_machine::devices::offload::Answer, ParentError> {
+        let visible_at = submitted_at + self.platform.latency + point.cycles;
+        let response = Response::Meta {
+            of: tag,
+            meta: point.meta.clone(),
+        }
+        .encode();
+        self.learn(&point.meta.files, visible_at, blobs)?;
+        self.pipes.insert(
+            tag,
+            Pipe {
+                submitted_at,
+                meta_cycles: point.cycles,
+                meta_response: Sha256::of(&response),
+                meta_visible_at: visible_at,
+                rest: None,
+            },
+        );
+        Ok(cmbuild_machine::devices::offload::Answer {
+            visible_at,
+            response,
+            record: [0; 32],
+        })
+    }
+
+    /// For job `of` answered with `meta`: its `rest` request (tag and cycle), once asked.
+    pub fn rest_of(&self, of: u64) -> Option<(u64, u64)> {
+        self.pipes.get(&of).and_then(|p| p.rest)
+    }
+
+    /// Whether job `tag` was answered with `meta` (its result then answers its `rest`).
+    pub fn is_pipelined(&self, tag: u64) -> bool {
+        self.pipes.contains_key(&tag)
+    }
+
+    /// The bound a sibling's progress `c` gives the answer to job `of`'s `rest` request, if
+    /// the parent has asked: (its tag, `max(T + L + c, T2 + L)`).
+    pub fn rest_bound(&self, of: u64, cycles: u64) -> Option<(u64, u64)> {
+        let pipe = self.pipes.get(&of)?;
+        let (tag, at) = pipe.rest?;
+        let latency = self.platform.latency;
+        Some((
+            tag,
+            (pipe.submitted_at + latency + cycles).max(at + latency),
+        ))
+    }
+
     /// The answer to a dispatched job once computed (as `action`: the job's, or its
-    /// first run's); its result's files become known to the parent from the cycle they are
-    /// visible, and go into `blobs`.
+    /// first run's), and the tag it answers: the job's request, or for a job answered with
+    /// `meta` its `rest` request (which the parent must have made). Its result's files
+    /// become known to the parent from the cycle they are visible, and go into `blobs`.
     pub fn finish(
         &mut self,
         dispatch: &Dispatch,
         action: Sha256,
         computed: &Computed,
         blobs: &BlobStore,
-    ) -> Result<cmbuild_machine::devices::offload::Answer, ParentError> {
-        let visible_at = dispatch.submitted_at + self.platform.latency + computed.cycles;
+    ) -> Result<(u64, cmbuild_machine::devices::offload::Answer), ParentError> {
+        let mut visible_at = dispatch.submitted_at + self.platform.latency + computed.cycles;
+        let mut tag = dispatch.tag;
+        let pipelined = match self.pipes.remove(&dispatch.tag) {
+            None => None,
+            Some(pipe) => {
+                let (rest_tag, rest_at) = pipe.rest.ok_or(ParentError::NoRest(dispatch.tag))?;
+                visible_at = visible_at.max(rest_at + self.platform.latency);
+                tag = rest_tag;
+                Some(PipelinedRecord {
+                    meta_cycles: pipe.meta_cycles,
+                    meta_response: pipe.meta_response,
+                    meta_visible_at: pipe.meta_visible_at,
+                    rest_submitted_at: rest_at,
+                    rest_tag,
+                })
+            }
+        };
         let response = computed.response.encode();
         let result = Sha256::of(&response);
         if let Response::Result(result) = &computed.response {
-            for file in &result.files {
-                let digest = blobs.put(&file.bytes)?;
-                let at = self.known.entry(digest).or_insert(visible_at);
-                *at = (*at).min(visible_at);
-            }
+            self.learn(&result.files, visible_at, blobs)?;
         }
         let mut record = RECORD_DOMAIN.to_vec();
         record.extend_from_slice(action.as_bytes());
@@ -205,12 +344,16 @@ impl Parent {
             submitted_at: dispatch.submitted_at,
             tag: dispatch.tag,
             visible_at,
+            pipelined,
         });
-        Ok(cmbuild_machine::devices::offload::Answer {
-            visible_at,
-            response,
-            record: *Sha256::of(record).as_bytes(),
-        })
+        Ok((
+            tag,
+            cmbuild_machine::devices::offload::Answer {
+                visible_at,
+                response,
+                record: *Sha256::of(record).as_bytes(),
+            },
+        ))
     }
 
     /// Every job answered so far, in delivery order (visible cycle, then submission).
@@ -275,11 +418,105 @@ mod tests {
         match step {
             Step::Answer(a) => (a.visible_at, String::from_utf8(a.response).unwrap()),
             Step::Dispatch(d) => panic!("dispatched {d:?}"),
+            Step::Rest { of } => panic!("the rest of {of}"),
+        }
+    }
+
+    #[test]
+    fn a_pipelined_job_is_answered_at_its_metadata_point_then_at_its_rest() {
+        use crate::offload::wire::Meta;
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path()).unwrap();
+        let rmeta: &[u8] = b"rmeta";
+        for rest_first in [true, false] {
+            let mut parent = Parent::new(platform(), [Sha256::of(b"fn main() {}")]);
+            let body = job(&[("/build/src/lib.rs", b"fn main() {}")]);
+            let Step::Dispatch(dispatch) = parent.request(4, 10_000, &body, &blobs).unwrap() else {
+                panic!("dispatched")
+            };
+            // A rest request for a job without a metadata answer is refused at once.
+            assert!(answer(
+                parent
+                    .request(5, 10_500, b"{\"kind\":\"rest\",\"of\":4,\"v\":1}\n", &blobs)
+                    .unwrap()
+            )
+            .1
+            .contains("no result to come"));
+            let point = MetaPoint {
+                cycles: 3000,
+                meta: Meta {
+                    stderr: b"notice\n".to_vec(),
+                    files: vec![super::super::wire::OutFile {
+                        path: GuestPath::new("/build/src/target/deps/liba.rmeta").unwrap(),
+                        exec: false,
+                        bytes: rmeta.to_vec(),
+                    }],
+                },
+            };
+            let meta = parent.meta(4, 10_000, &point, &blobs).unwrap();
+            assert_eq!(meta.visible_at, 10_000 + L + 3000);
+            assert!(meta.response.starts_with(
+                br#"{"files":[{"exec":false,"path":"/build/src/target/deps/liba.rmeta""#
+            ));
+            assert!(String::from_utf8_lossy(&meta.response)
+                .contains(r#""kind":"meta","of":4,"stderr":7}"#));
+            // Its rmeta is known to the parent from the meta answer's cycle on.
+            let dependent = job(&[("/build/src/target/deps/liba.rmeta", rmeta)]);
+            assert!(matches!(
+                parent
+                    .request(6, 10_000 + L + 2999, &dependent, &blobs)
+                    .unwrap(),
+                Step::Answer(_)
+            ));
+            assert!(matches!(
+                parent
+                    .request(7, 10_000 + L + 3000, &dependent, &blobs)
+                    .unwrap(),
+                Step::Dispatch(_)
+            ));
+            let computed = computed(&[("/build/src/target/deps/liba.rlib", b"rlib")], 50_000);
+            // The rest, asked for at T2: the result comes at max(T + L + C, T2 + L).
+            let t2 = if rest_first { 14_000 } else { 70_000 };
+            let rest = "{\"kind\":\"rest\",\"of\":4,\"v\":1}\n";
+            assert!(parent.rest_of(4).is_none());
+            assert!(matches!(
+                parent.request(8, t2, rest.as_bytes(), &blobs).unwrap(),
+                Step::Rest { of: 4 }
+            ));
+            assert_eq!(parent.rest_of(4), Some((8, t2)));
+            assert_eq!(
+                parent.rest_bound(4, 100).unwrap(),
+                (8, (10_000 + L + 100).max(t2 + L))
+            );
+            // Asked twice: refused.
+            assert!(matches!(
+                parent.request(9, t2 + 1, rest.as_bytes(), &blobs).unwrap(),
+                Step::Answer(_)
+            ));
+            let (tag, done) = parent
+                .finish(&dispatch, dispatch.action, &computed, &blobs)
+                .unwrap();
+            assert_eq!(tag, 8, "the result answers the rest request");
+            assert_eq!(done.visible_at, (10_000 + L + 50_000).max(t2 + L));
+            let records = parent.records();
+            let piped = records[0].pipelined.as_ref().unwrap();
+            assert_eq!(
+                (
+                    piped.meta_cycles,
+                    piped.meta_visible_at,
+                    piped.rest_tag,
+                    piped.rest_submitted_at
+                ),
+                (3000, 10_000 + L + 3000, 8, t2)
+            );
+            assert_eq!(piped.meta_response, Sha256::of(&meta.response));
+            assert!(!parent.is_pipelined(4));
         }
     }
 
     fn computed(files: &[(&str, &[u8])], cycles: u64) -> Computed {
         Computed {
+            meta: None,
             response: Response::Result(JobResult {
                 exit: 0,
                 stdout: vec![],
@@ -339,6 +576,8 @@ mod tests {
                 &blobs,
             )
             .unwrap();
+        assert_eq!(done.0, 4, "it answers the job's request");
+        let done = done.1;
         assert_eq!(done.visible_at, 11_000 + L + 50_000);
         assert_ne!(done.record, [0; 32]);
         said.push((

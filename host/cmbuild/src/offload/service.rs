@@ -8,12 +8,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::blobs::BlobStore;
-use super::cache::{ActionCache, CacheError, Computed, Lookup};
+use super::cache::{ActionCache, CacheError, Computed, Lookup, MetaPoint};
 use super::job::{Job, VOLATILE_ENV};
 use super::parent::Dispatch;
 use super::sibling::{self, SiblingError};
 use super::wire::Response;
 use cmbuild_store::sha256::Sha256;
+
+/// Live siblings per `--jobs` core: enough that the one the parent waits for can start
+/// while others hold their cores, few enough for their memory (a rustc's machine holds up
+/// to a few GiB).
+const LIVE_PER_CORE: usize = 2;
 
 /// What a sibling machine did with an input drive.
 #[derive(Debug)]
@@ -32,9 +37,15 @@ pub struct SiblingRun {
 /// a fake in tests).
 pub trait SiblingRunner: Sync {
     /// Runs one sibling to its halt with `input_drive`, calling `progress` now and then
-    /// with the instructions it has run so far (it has not halted yet); an error is the
-    /// host's (the machine could not be made or run), never the job's.
-    fn run(&self, input_drive: Vec<u8>, progress: &dyn Fn(u64)) -> Result<SiblingRun, String>;
+    /// with the instructions it has run so far (it has not halted yet), and `meta` with the
+    /// instructions and the record at each metadata yield (`sibling::meta_record`); an
+    /// error is the host's (the machine could not be made or run), never the job's.
+    fn run(
+        &self,
+        input_drive: Vec<u8>,
+        progress: &dyn Fn(u64),
+        meta: &dyn Fn(u64, Vec<u8>),
+    ) -> Result<SiblingRun, String>;
 }
 
 /// How one job was computed (for the user: [`Service::on_done`]).
@@ -87,9 +98,10 @@ pub struct Counts {
     pub cycles: AtomicU64,
 }
 
-/// At most `n` siblings at once; a free slot goes to the waiting job submitted earliest in
-/// its parent's time. The parent can run no further than its earliest unfinished job lets it
-/// (`link.rs`, promises), so that job is the one to start.
+/// At most `n` live siblings (each holds its machine's memory); a free slot goes to the
+/// waiting job submitted earliest in its parent's time. The parent can run no further than
+/// its earliest unfinished job lets it (`link.rs`, promises), so that job is the one to
+/// start.
 #[derive(Debug)]
 struct Permits {
     state: Mutex<PermitState>,
@@ -133,6 +145,95 @@ impl Permits {
     }
 }
 
+/// Host cores for live siblings: at most `n` run at once, and a free core goes to the live
+/// sibling whose answer its parent reaches first (the smallest `T + c`, its submission
+/// cycle plus its progress). A running sibling gives its core up at a slice's end when a
+/// waiting one is smaller. A parent runs no further than its smallest such wall (promises),
+/// so advancing that sibling lets it find its next jobs soonest; running jobs to their end
+/// in turn would spend the host on work past the point the parent needs.
+#[derive(Debug)]
+struct Cores {
+    state: Mutex<CoreState>,
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct CoreState {
+    free: usize,
+    /// Live siblings waiting for a core, by (wall, id).
+    waiting: std::collections::BTreeSet<(u64, u64)>,
+    ids: u64,
+}
+
+impl Cores {
+    fn new(n: usize) -> Cores {
+        Cores {
+            state: Mutex::new(CoreState {
+                free: n,
+                waiting: Default::default(),
+                ids: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Waits until `me` is the smallest waiting and a core is free, and takes it.
+    fn wait_turn<'a>(
+        &'a self,
+        mut state: std::sync::MutexGuard<'a, CoreState>,
+        me: (u64, u64),
+    ) -> std::sync::MutexGuard<'a, CoreState> {
+        state.waiting.insert(me);
+        while state.free == 0 || state.waiting.first() != Some(&me) {
+            state = self.changed.wait(state).expect("no panics hold this lock");
+        }
+        state.waiting.remove(&me);
+        state.free -= 1;
+        // The next in line may take a core that is still free.
+        self.changed.notify_all();
+        state
+    }
+
+    /// A core for a sibling whose wall is `key`.
+    fn take(&self, key: u64) -> Core<'_> {
+        let mut state = self.state.lock().expect("no panics hold this lock");
+        let id = state.ids;
+        state.ids += 1;
+        drop(self.wait_turn(state, (key, id)));
+        Core { cores: self, id }
+    }
+}
+
+/// A core a sibling runs on.
+struct Core<'a> {
+    cores: &'a Cores,
+    id: u64,
+}
+
+impl Core<'_> {
+    /// The sibling's wall is now `key`: it gives the core up to a smaller waiting one, and
+    /// waits for its turn again.
+    fn reschedule(&self, key: u64) {
+        let mut state = self.cores.state.lock().expect("no panics hold this lock");
+        if state.waiting.first().is_some_and(|&(first, _)| first < key) {
+            state.free += 1;
+            self.cores.changed.notify_all();
+            drop(self.cores.wait_turn(state, (key, self.id)));
+        }
+    }
+}
+
+impl Drop for Core<'_> {
+    fn drop(&mut self) {
+        self.cores
+            .state
+            .lock()
+            .expect("no panics hold this lock")
+            .free += 1;
+        self.cores.changed.notify_all();
+    }
+}
+
 struct PermitGuard<'a>(&'a Permits);
 
 impl Drop for PermitGuard<'_> {
@@ -153,6 +254,8 @@ struct Shared {
 struct SharedState {
     /// The highest bound of its `C` given so far.
     bound: u64,
+    /// Its metadata point, once its sibling reached it.
+    meta: Option<MetaPoint>,
     /// Its end: the answer, or why the host could not compute it.
     done: Option<Result<Computed, String>>,
 }
@@ -199,6 +302,7 @@ pub struct Service<'a> {
     cache: Option<ActionCache>,
     runner: &'a dyn SiblingRunner,
     permits: Permits,
+    cores: Cores,
     scratch: PathBuf,
     /// Jobs being computed now, by action digest: an identical job (the same proc macro or
     /// build script for another triple's machine) waits for that one instead of running.
@@ -229,7 +333,8 @@ impl<'a> Service<'a> {
             tool,
             cache,
             runner,
-            permits: Permits::new(jobs.max(1)),
+            permits: Permits::new(LIVE_PER_CORE * jobs.max(1)),
+            cores: Cores::new(jobs.max(1)),
             in_flight: Mutex::default(),
             scratch,
             counts: Counts::default(),
@@ -241,15 +346,19 @@ impl<'a> Service<'a> {
 
     /// Computes a dispatched job: the cache's checked entry, else a sibling's run (kept in
     /// the cache when it gave a result), calling `progress` with rising lower bounds of its
-    /// `C` while a sibling runs it.
+    /// `C` while a sibling runs it, and `on_meta` once with its metadata point if it has
+    /// one (as soon as a sibling reaches it, or with the cached answer).
     ///
     /// A job with volatile variables ([`VOLATILE_ENV`]) runs first without them, and again
     /// with them only if the crate read one; then its `C` is both runs' instructions, so
-    /// that the bound the first run gives holds for the answer.
+    /// that the bound the first run gives holds for the answer. Whether it read one is
+    /// what its dep-info says, at its metadata point when it has one (rustc writes the
+    /// dep-info before the `.rmeta`), so a first run's metadata is handed on while it runs.
     pub fn compute(
         &self,
         dispatch: &Dispatch,
         progress: &dyn Fn(u64),
+        on_meta: &dyn Fn(MetaPoint),
     ) -> Result<(Sha256, Computed), ServiceError> {
         // Host seconds in siblings, `None` while every run came from the cache.
         let mut seconds: Option<f64> = None;
@@ -258,19 +367,26 @@ impl<'a> Service<'a> {
                 *seconds.get_or_insert(0.0) += ran;
             }
         };
+        let forwarded = std::sync::atomic::AtomicBool::new(false);
+        let forward = |point: MetaPoint| {
+            if !forwarded.swap(true, Ordering::SeqCst) {
+                on_meta(point);
+            }
+        };
         let mut base = 0;
         if let Some((first, action)) = &dispatch.first {
-            let (computed, ran) =
-                self.compute_one(first, action, dispatch.submitted_at, progress)?;
-            add(ran);
-            let reads_volatile = match &computed.response {
-                Response::Result(result) => result
-                    .env_deps()
-                    .iter()
-                    .any(|name| VOLATILE_ENV.contains(&name.as_str())),
-                _ => false,
+            let live = |point: MetaPoint| {
+                if !reads_volatile(&point.meta.env_deps()) {
+                    forward(point);
+                }
             };
-            if !reads_volatile {
+            let (computed, ran) =
+                self.compute_one(first, action, dispatch.submitted_at, progress, &live)?;
+            add(ran);
+            if !computed_reads_volatile(&computed) {
+                if let Some(point) = &computed.meta {
+                    forward(point.clone());
+                }
                 self.done(&dispatch.job, computed.cycles, seconds);
                 return Ok((*action, computed));
             }
@@ -281,9 +397,19 @@ impl<'a> Service<'a> {
             &dispatch.action,
             dispatch.submitted_at,
             &|c| progress(base + c),
+            &|point: MetaPoint| {
+                forward(MetaPoint {
+                    cycles: base + point.cycles,
+                    ..point
+                })
+            },
         )?;
         add(ran);
         computed.cycles += base;
+        if let Some(point) = &mut computed.meta {
+            point.cycles += base;
+            forward(point.clone());
+        }
         self.done(&dispatch.job, computed.cycles, seconds);
         Ok((dispatch.action, computed))
     }
@@ -305,6 +431,7 @@ impl<'a> Service<'a> {
         action: &Sha256,
         submitted_at: u64,
         progress: &dyn Fn(u64),
+        on_meta: &dyn Fn(MetaPoint),
     ) -> Result<(Computed, Option<f64>), ServiceError> {
         if let Some(cache) = &self.cache {
             match cache.lookup(action, job) {
@@ -333,7 +460,7 @@ impl<'a> Service<'a> {
         };
         if !leader {
             self.counts.shared.fetch_add(1, Ordering::Relaxed);
-            return Self::follow(&shared, progress).map(|computed| (computed, None));
+            return Self::follow(&shared, progress, on_meta).map(|computed| (computed, None));
         }
         let mut finish = Finish {
             in_flight: &self.in_flight,
@@ -346,7 +473,12 @@ impl<'a> Service<'a> {
             shared.changed.notify_all();
             progress(c);
         };
-        let ran = self.run_sibling(job, action, submitted_at, &forward);
+        let forward_meta = |point: MetaPoint| {
+            shared.state.lock().expect("no panics hold this lock").meta = Some(point.clone());
+            shared.changed.notify_all();
+            on_meta(point);
+        };
+        let ran = self.run_sibling(job, action, submitted_at, &forward, &forward_meta);
         finish.done = Some(match &ran {
             Ok((computed, _)) => Ok(computed.clone()),
             Err(e) => Err(crate::terminal::error_chain(e)),
@@ -356,12 +488,25 @@ impl<'a> Service<'a> {
     }
 
     /// Waits for a job another machine's request is computing, passing on its bounds.
-    fn follow(shared: &Shared, progress: &dyn Fn(u64)) -> Result<Computed, ServiceError> {
+    fn follow(
+        shared: &Shared,
+        progress: &dyn Fn(u64),
+        on_meta: &dyn Fn(MetaPoint),
+    ) -> Result<Computed, ServiceError> {
         let mut given = 0;
+        let mut meta_given = false;
         let mut state = shared.state.lock().expect("no panics hold this lock");
         loop {
             if let Some(done) = &state.done {
                 return done.clone().map_err(ServiceError::Shared);
+            }
+            if let (false, Some(point)) = (meta_given, &state.meta) {
+                meta_given = true;
+                let point = point.clone();
+                drop(state);
+                on_meta(point);
+                state = shared.state.lock().expect("no panics hold this lock");
+                continue;
             }
             if state.bound > given {
                 given = state.bound;
@@ -385,15 +530,39 @@ impl<'a> Service<'a> {
         action: &Sha256,
         submitted_at: u64,
         progress: &dyn Fn(u64),
+        on_meta: &dyn Fn(MetaPoint),
     ) -> Result<(Computed, f64), ServiceError> {
         let drive =
             sibling::input_drive(job, self.blobs, self.tool).map_err(ServiceError::Drive)?;
+        // The first usable record counts; a record that does not parse as this job's is
+        // no metadata point (deterministically: the sibling writes the same every time).
+        let meta: Mutex<Option<MetaPoint>> = Mutex::new(None);
+        let yielded = |cycles: u64, record: Vec<u8>| {
+            let mut kept = meta.lock().expect("no panics hold this lock");
+            if kept.is_some() {
+                return;
+            }
+            if let Ok(parsed) = super::wire::Meta::parse_record(&record, job) {
+                let point = MetaPoint {
+                    cycles,
+                    meta: parsed,
+                };
+                *kept = Some(point.clone());
+                drop(kept);
+                on_meta(point);
+            }
+        };
         let (run, seconds) = {
-            let _permit = self.permits.take(submitted_at);
+            let _live = self.permits.take(submitted_at);
+            let core = self.cores.take(submitted_at);
+            let progress = |c: u64| {
+                progress(c);
+                core.reschedule(submitted_at.saturating_add(c));
+            };
             let started = std::time::Instant::now();
             let run = self
                 .runner
-                .run(drive, progress)
+                .run(drive, &progress, &yielded)
                 .map_err(ServiceError::Sibling)?;
             (run, started.elapsed().as_secs_f64())
         };
@@ -413,11 +582,28 @@ impl<'a> Service<'a> {
             response,
             cycles: run.cycles,
             sibling_root_hash: run.root_hash,
+            meta: meta.into_inner().expect("no panics hold this lock"),
         };
         if let Some(cache) = &self.cache {
             cache.store(action, &computed)?;
         }
         Ok((computed, seconds))
+    }
+}
+
+/// Whether `deps` (variables a dep-info says rustc read) holds a volatile one.
+fn reads_volatile(deps: &std::collections::BTreeSet<String>) -> bool {
+    deps.iter()
+        .any(|name| VOLATILE_ENV.contains(&name.as_str()))
+}
+
+/// Whether a computed job read a volatile variable: its dep-info at its metadata point when
+/// it has one, else in its result.
+fn computed_reads_volatile(computed: &Computed) -> bool {
+    match (&computed.meta, &computed.response) {
+        (Some(point), _) => reads_volatile(&point.meta.env_deps()),
+        (None, Response::Result(result)) => reads_volatile(&result.env_deps()),
+        (None, _) => false,
     }
 }
 
@@ -443,11 +629,46 @@ mod tests {
         millis: u64,
         /// It panics (a bug of the host's, in the middle of a run).
         panics: bool,
+        /// It yields a metadata record at 2000 instructions (between its two bounds).
+        meta: bool,
+    }
+
+    /// The dep-info file of the fake's crate: it read SOURCE_DATE_EPOCH or nothing.
+    fn dep_info(reads_date: bool) -> OutFile {
+        OutFile {
+            path: GuestPath::new("/build/src/target/deps/a.d").unwrap(),
+            exec: false,
+            bytes: match reads_date {
+                true => b"# env-dep:SOURCE_DATE_EPOCH\n".to_vec(),
+                false => b"a.d: src/lib.rs\n".to_vec(),
+            },
+        }
+    }
+
+    /// The fake's `.rmeta` for an input drive.
+    fn rmeta(input_drive: &[u8]) -> OutFile {
+        OutFile {
+            path: GuestPath::new("/build/src/target/deps/liba.rmeta").unwrap(),
+            exec: false,
+            bytes: format!("rmeta {}", Sha256::of(input_drive)).into_bytes(),
+        }
     }
 
     impl SiblingRunner for Fake {
-        fn run(&self, input_drive: Vec<u8>, progress: &dyn Fn(u64)) -> Result<SiblingRun, String> {
+        fn run(
+            &self,
+            input_drive: Vec<u8>,
+            progress: &dyn Fn(u64),
+            meta: &dyn Fn(u64, Vec<u8>),
+        ) -> Result<SiblingRun, String> {
             progress(1000);
+            if self.meta {
+                let record = crate::offload::wire::Meta {
+                    stderr: b"{\"artifact\":\"liba.rmeta\",\"emit\":\"metadata\"}\n".to_vec(),
+                    files: vec![dep_info(self.reads_date), rmeta(&input_drive)],
+                };
+                meta(2000, record.encode(None));
+            }
             progress(4000);
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
@@ -465,16 +686,12 @@ mod tests {
                     bytes: Sha256::of(&input_drive).to_string().into_bytes(),
                 }],
             };
-            if self.reads_date {
+            if self.meta {
+                result.files.insert(0, dep_info(self.reads_date));
+                result.files.push(rmeta(&input_drive));
+            } else if self.reads_date {
                 // Sorted by path: the dep-info file comes first.
-                result.files.insert(
-                    0,
-                    OutFile {
-                        path: GuestPath::new("/build/src/target/deps/a.d").unwrap(),
-                        exec: false,
-                        bytes: b"# env-dep:SOURCE_DATE_EPOCH\n".to_vec(),
-                    },
-                );
+                result.files.insert(0, dep_info(true));
             }
             let mut builder = tar::Builder::new(Vec::new());
             let (name, body): (&str, Vec<u8>) = match self.fail {
@@ -504,6 +721,7 @@ mod tests {
             reads_date: false,
             millis: 30,
             panics: false,
+            meta: false,
         }
     }
 
@@ -566,11 +784,11 @@ mod tests {
             dir.path().join("s"),
         );
         let v1 = dated(&blobs, "pub fn a() {}", Some("1767225600"));
-        let (action, first) = service.compute(&v1, &|_| {}).unwrap();
+        let (action, first) = service.compute(&v1, &|_| {}, &|_| {}).unwrap();
         assert_eq!(action, v1.first.as_ref().unwrap().1, "run without the date");
         let v2 = dated(&blobs, "pub fn a() {}", Some("1767312000"));
         assert_ne!(v2.action, v1.action);
-        let (action2, again) = service.compute(&v2, &|_| {}).unwrap();
+        let (action2, again) = service.compute(&v2, &|_| {}, &|_| {}).unwrap();
         assert_eq!((action2, &again), (action, &first));
         assert_eq!(
             runner.runs.load(Ordering::SeqCst),
@@ -593,7 +811,7 @@ mod tests {
         let v1 = dated(&blobs, "pub fn b() {}", Some("1767225600"));
         let bounds = Mutex::new(Vec::new());
         let (action, computed) = service
-            .compute(&v1, &|c| bounds.lock().unwrap().push(c))
+            .compute(&v1, &|c| bounds.lock().unwrap().push(c), &|_| {})
             .unwrap();
         assert_eq!(action, v1.action, "a crate that read the date runs with it");
         assert_eq!(reader.runs.load(Ordering::SeqCst), 2);
@@ -604,13 +822,115 @@ mod tests {
             [1000, 4000, 4242 + 1000, 4242 + 4000]
         );
         let v2 = dated(&blobs, "pub fn b() {}", Some("1767312000"));
-        let (action, _) = service.compute(&v2, &|_| {}).unwrap();
+        let (action, _) = service.compute(&v2, &|_| {}, &|_| {}).unwrap();
         assert_eq!(action, v2.action);
         assert_eq!(
             reader.runs.load(Ordering::SeqCst),
             3,
             "and is not reused across dates"
         );
+    }
+
+    #[test]
+    fn a_metadata_point_is_handed_on_while_the_job_runs_and_kept_in_the_cache() {
+        let (dir, blobs, cache) = stores();
+        let runner = Fake {
+            meta: true,
+            ..fake(false)
+        };
+        let service = Service::new(
+            &blobs,
+            b"tool",
+            Some(cache.clone()),
+            &runner,
+            1,
+            dir.path().join("s"),
+        );
+        let job = dated(&blobs, "pub fn a() {}", Some("1767225600"));
+        // What the service hands on, in order: bounds and the metadata point.
+        let said = Mutex::new(Vec::new());
+        let run = |service: &Service| {
+            said.lock().unwrap().clear();
+            let computed = service
+                .compute(
+                    &job,
+                    &|c| said.lock().unwrap().push(format!("bound {c}")),
+                    &|p| said.lock().unwrap().push(format!("meta {}", p.cycles)),
+                )
+                .unwrap()
+                .1;
+            (computed, said.lock().unwrap().clone())
+        };
+        let (cold, cold_said) = run(&service);
+        assert_eq!(cold_said, ["bound 1000", "meta 2000", "bound 4000"]);
+        let point = cold.meta.clone().expect("a metadata point");
+        assert_eq!(point.cycles, 2000);
+        assert_eq!(point.meta.files.len(), 2, "{point:?}");
+        // The rmeta handed on early is the one in the result.
+        let Response::Result(result) = &cold.response else {
+            panic!("{cold:?}")
+        };
+        assert!(result.files.contains(&point.meta.files[1]));
+        // From the cache: the same point, handed on before the answer.
+        let (warm, warm_said) = run(&service);
+        assert_eq!(
+            (&warm, &warm_said[..]),
+            (&cold, &["meta 2000".to_string()][..])
+        );
+        assert_eq!(runner.runs.load(Ordering::SeqCst), 1);
+        // A tampered metadata record is refused and the job recomputed.
+        let entry = std::fs::read_to_string(
+            dir.path()
+                .join("mirror/offload")
+                .join(format!("{}.json", job.first.as_ref().unwrap().1)),
+        )
+        .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
+        let record: cmbuild_store::cid::Cid =
+            entry["meta"]["record"].as_str().unwrap().parse().unwrap();
+        let mirror = Mirror::open(dir.path().join("mirror")).unwrap();
+        let blob = mirror.blob_path(&record);
+        let mut bytes = std::fs::read(&blob).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&blob, bytes).unwrap();
+        let (again, _) = run(&service);
+        assert_eq!(again, cold);
+        assert_eq!(service.counts.refused.load(Ordering::SeqCst), 1);
+        assert_eq!(runner.runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_first_runs_metadata_is_not_handed_on_when_its_dep_info_read_the_date() {
+        let (dir, blobs, _) = stores();
+        let runner = Fake {
+            meta: true,
+            reads_date: true,
+            ..fake(false)
+        };
+        let service = Service::new(&blobs, b"tool", None, &runner, 1, dir.path().join("s"));
+        let job = dated(&blobs, "pub fn b() {}", Some("1767225600"));
+        let said = Mutex::new(Vec::new());
+        let (action, computed) = service
+            .compute(
+                &job,
+                &|c| said.lock().unwrap().push(format!("bound {c}")),
+                &|p| said.lock().unwrap().push(format!("meta {}", p.cycles)),
+            )
+            .unwrap();
+        assert_eq!(action, job.action, "it ran again with the date");
+        // The second run's point, after the first run's whole count; bounds keep rising.
+        assert_eq!(
+            said.into_inner().unwrap(),
+            [
+                "bound 1000",
+                "bound 4000",
+                "bound 5242",
+                "meta 6242",
+                "bound 8242"
+            ]
+        );
+        assert_eq!(computed.meta.unwrap().cycles, 4242 + 2000);
+        assert_eq!(computed.cycles, 2 * 4242);
     }
 
     #[test]
@@ -629,8 +949,8 @@ mod tests {
         let seen = done.clone();
         service.on_done = Box::new(move |_, d| seen.lock().unwrap().push((d.cached, d.cycles)));
         let job = dispatch(&blobs, "pub fn a() {}");
-        let cold = service.compute(&job, &|_| {}).unwrap().1;
-        let warm = service.compute(&job, &|_| {}).unwrap().1;
+        let cold = service.compute(&job, &|_| {}, &|_| {}).unwrap().1;
+        let warm = service.compute(&job, &|_| {}, &|_| {}).unwrap().1;
         assert_eq!(cold, warm);
         assert_eq!(*done.lock().unwrap(), [(false, 4242), (true, 4242)]);
         assert_eq!(runner.runs.load(Ordering::SeqCst), 1);
@@ -656,7 +976,7 @@ mod tests {
         let mut bytes = std::fs::read(&entry).unwrap();
         bytes.truncate(bytes.len() / 2);
         std::fs::write(&entry, bytes).unwrap();
-        let again = service.compute(&job, &|_| {}).unwrap().1;
+        let again = service.compute(&job, &|_| {}, &|_| {}).unwrap().1;
         assert_eq!(again, cold);
         assert_eq!(service.counts.refused.load(Ordering::SeqCst), 1);
         assert_eq!(runner.runs.load(Ordering::SeqCst), 2);
@@ -681,7 +1001,7 @@ mod tests {
         std::thread::scope(|scope| {
             for job in &jobs {
                 let service = &service;
-                scope.spawn(move || service.compute(job, &|_| {}).unwrap());
+                scope.spawn(move || service.compute(job, &|_| {}, &|_| {}).unwrap());
             }
         });
         assert_eq!(runner.runs.load(Ordering::SeqCst), 8);
@@ -714,7 +1034,7 @@ mod tests {
                         let (service, job) = (&service, &job);
                         scope.spawn(move || {
                             service
-                                .compute(job, &|c| b.lock().unwrap().push(c))
+                                .compute(job, &|c| b.lock().unwrap().push(c), &|_| {})
                                 .unwrap()
                                 .1
                         })
@@ -754,7 +1074,7 @@ mod tests {
                     let (service, job) = (&service, &job);
                     scope.spawn(move || {
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            service.compute(job, &|_| {})
+                            service.compute(job, &|_| {}, &|_| {})
                         }))
                     })
                 })
@@ -792,6 +1112,33 @@ mod tests {
     }
 
     #[test]
+    fn a_running_sibling_gives_its_core_to_a_smaller_wall() {
+        let cores = Cores::new(1);
+        let order = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            let core = cores.take(0);
+            let (cores, order) = (&cores, &order);
+            scope.spawn(move || {
+                let _core = cores.take(150);
+                order.lock().unwrap().push("waiter at 150");
+            });
+            while cores.state.lock().unwrap().waiting.is_empty() {
+                std::thread::yield_now();
+            }
+            core.reschedule(100);
+            order.lock().unwrap().push("runner at 100");
+            core.reschedule(200);
+            order.lock().unwrap().push("runner at 200");
+        });
+        assert_eq!(
+            order.into_inner().unwrap(),
+            ["runner at 100", "waiter at 150", "runner at 200"]
+        );
+        let state = cores.state.lock().unwrap();
+        assert_eq!((state.free, state.waiting.len()), (1, 0));
+    }
+
+    #[test]
     fn a_sibling_without_a_result_is_an_error_answer_and_not_cached() {
         let (dir, blobs, cache) = stores();
         let runner = fake(true);
@@ -804,10 +1151,10 @@ mod tests {
             dir.path().join("scratch"),
         );
         let job = dispatch(&blobs, "pub fn a() {}");
-        let first = service.compute(&job, &|_| {}).unwrap().1;
+        let first = service.compute(&job, &|_| {}, &|_| {}).unwrap().1;
         assert!(matches!(first.response, Response::Error(_)), "{first:?}");
         assert_eq!(first.cycles, 4242);
-        assert_eq!(service.compute(&job, &|_| {}).unwrap().1, first);
+        assert_eq!(service.compute(&job, &|_| {}, &|_| {}).unwrap().1, first);
         assert_eq!(runner.runs.load(Ordering::SeqCst), 2);
     }
 }

@@ -64,6 +64,21 @@ pub fn input_drive(job: &Job, blobs: &BlobStore, tool: &[u8]) -> Result<Vec<u8>,
     crate::plan::drive_image(&tree, SIBLING_UUID, "cmbuild-job", 0).map_err(|e| layout(&e))
 }
 
+/// What starts a metadata record on a sibling's output drive (`run-job`'s `META_MAGIC`).
+pub const META_MAGIC: &[u8; 8] = b"CMBMETA1";
+/// The HTIF yield data with which a sibling says a metadata record is on its output drive
+/// (`run-job`'s `META_YIELD`: "meta").
+pub const META_YIELD: u64 = 0x6d65_7461;
+
+/// The metadata record at the start of a sibling's output drive (magic, body length u64
+/// LE, body), if one is there and fits the drive and the response limit.
+pub fn meta_record(output_drive: &[u8]) -> Option<&[u8]> {
+    let rest = output_drive.strip_prefix(&META_MAGIC[..])?;
+    let (len, body) = rest.split_first_chunk::<8>()?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+    (len <= super::wire::MAX_RESPONSE).then_some(body.get(..len)?)
+}
+
 /// The result in a sibling's output drive (a tar holding `result`, or `error` when the
 /// driver or `run-job` failed), unpacked under `scratch`.
 pub fn read_result(
@@ -164,6 +179,25 @@ mod tests {
             input_drive(&lacking, &blobs, b"tool"),
             Err(SiblingError::Blob(_))
         ));
+    }
+
+    #[test]
+    fn the_metadata_record_is_read_within_the_drive_and_the_limit() {
+        let mut drive = META_MAGIC.to_vec();
+        drive.extend_from_slice(&5u64.to_le_bytes());
+        drive.extend_from_slice(b"body!tail");
+        assert_eq!(meta_record(&drive), Some(&b"body!"[..]));
+        // A length past the drive's end, or past the response limit: no record.
+        let mut long = META_MAGIC.to_vec();
+        long.extend_from_slice(&100u64.to_le_bytes());
+        long.extend_from_slice(b"short");
+        assert_eq!(meta_record(&long), None);
+        let mut huge = META_MAGIC.to_vec();
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(meta_record(&huge), None);
+        // A final tar (or nothing) where the record was: no record.
+        assert_eq!(meta_record(&tar_of(&[("result", b"x")])), None);
+        assert_eq!(meta_record(b"CMBMETA1\x01"), None);
     }
 
     fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {

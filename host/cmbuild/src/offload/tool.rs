@@ -179,7 +179,7 @@ pub fn obtain(
         return Ok(tool);
     }
     let run = runner
-        .run(input_drive()?, &|_| {})
+        .run(input_drive()?, &|_| {}, &|_, _| {})
         .map_err(ToolError::Machine)?;
     let files = crate::untrusted::extract_tar(
         &run.output_drive[..],

@@ -78,6 +78,20 @@ pub enum Request {
     Job(Job),
     /// Take part of a blob.
     Blob(BlobChunk),
+    /// The result of the job whose `meta` response was tagged `of` (pipelining).
+    Rest {
+        /// The job request's tag.
+        of: u64,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestLine {
+    #[allow(dead_code)]
+    kind: String,
+    of: u64,
+    v: u32,
 }
 
 #[derive(Deserialize)]
@@ -150,6 +164,14 @@ impl Request {
                     bytes: payload.to_vec(),
                 }))
             }
+            "rest" => {
+                let rest: RestLine =
+                    serde_json::from_slice(line).map_err(|e| WireError::Format(e.to_string()))?;
+                if rest.v != super::job::VERSION || !payload.is_empty() {
+                    return Err(WireError::Format(format!("rest version {}", rest.v)));
+                }
+                Ok(Request::Rest { of: rest.of })
+            }
             other => Err(WireError::Format(format!(
                 "kind {:?}",
                 other.chars().take(40).collect::<String>()
@@ -206,16 +228,7 @@ impl JobResult {
     pub fn encode(&self) -> Vec<u8> {
         let line = ResultLine {
             exit: self.exit,
-            files: self
-                .files
-                .iter()
-                .map(|f| FileLine {
-                    exec: f.exec,
-                    path: f.path.clone(),
-                    sha256: Sha256::of(&f.bytes),
-                    size: f.bytes.len() as u64,
-                })
-                .collect(),
+            files: file_lines(&self.files),
             kind: "result".to_owned(),
             stderr: self.stderr.len() as u64,
             stdout: self.stdout.len() as u64,
@@ -257,36 +270,146 @@ impl JobResult {
                 want,
             });
         }
-        let mut rest = payload;
-        let mut take = |n: u64| {
-            let (head, tail) = rest.split_at(n as usize);
-            rest = tail;
-            head.to_vec()
-        };
-        let stdout = take(line.stdout);
-        let stderr = take(line.stderr);
-        let mut files: Vec<OutFile> = Vec::with_capacity(line.files.len());
-        for f in line.files {
-            let in_order = files.last().is_none_or(|last| last.path < f.path);
-            if !in_order || !job.is_output(&f.path) {
-                return Err(WireError::FilePath(f.path.to_string()));
-            }
-            let bytes = take(f.size);
-            if Sha256::of(&bytes) != f.sha256 {
-                return Err(WireError::FileDigest(f.path.to_string()));
-            }
-            files.push(OutFile {
-                path: f.path,
-                exec: f.exec,
-                bytes,
-            });
-        }
+        let (stdout, rest) = payload.split_at(line.stdout as usize);
+        let (stderr, rest) = rest.split_at(line.stderr as usize);
+        let files = take_files(line.files, rest, job)?;
         Ok(JobResult {
             exit: line.exit,
-            stdout,
-            stderr,
+            stdout: stdout.to_vec(),
+            stderr: stderr.to_vec(),
             files,
         })
+    }
+}
+
+/// The files `lines` describe, their bytes one after another in `payload` (whose length the
+/// caller checked): sorted, unique, under the job's outputs, each matching its digest.
+fn take_files(lines: Vec<FileLine>, payload: &[u8], job: &Job) -> Result<Vec<OutFile>, WireError> {
+    let mut rest = payload;
+    let mut files: Vec<OutFile> = Vec::with_capacity(lines.len());
+    for f in lines {
+        let in_order = files.last().is_none_or(|last| last.path < f.path);
+        if !in_order || !job.is_output(&f.path) {
+            return Err(WireError::FilePath(f.path.to_string()));
+        }
+        let (bytes, tail) = rest.split_at(f.size as usize);
+        rest = tail;
+        if Sha256::of(bytes) != f.sha256 {
+            return Err(WireError::FileDigest(f.path.to_string()));
+        }
+        files.push(OutFile {
+            path: f.path,
+            exec: f.exec,
+            bytes: bytes.to_vec(),
+        });
+    }
+    Ok(files)
+}
+
+fn file_lines(files: &[OutFile]) -> Vec<FileLine> {
+    files
+        .iter()
+        .map(|f| FileLine {
+            exec: f.exec,
+            path: f.path.clone(),
+            sha256: Sha256::of(&f.bytes),
+            size: f.bytes.len() as u64,
+        })
+        .collect()
+}
+
+/// Whether the dep-info files among `files` say rustc read one of `names`.
+fn env_deps(files: &[OutFile]) -> std::collections::BTreeSet<String> {
+    files
+        .iter()
+        .filter(|f| f.path.as_str().ends_with(".d"))
+        .flat_map(|f| f.bytes.split(|&b| b == b'\n'))
+        .filter_map(|line| line.strip_prefix(b"# env-dep:"))
+        .map(|dep| {
+            let name = dep.split(|&b| b == b'=').next().unwrap_or_default();
+            String::from_utf8_lossy(name).into_owned()
+        })
+        .collect()
+}
+
+/// What a job had written when rustc announced its `.rmeta` (pipelining,
+/// `docs/parallel-builds.md`): its standard error so far and its files (the `.rmeta` and
+/// the dep-info file). A sibling's record of it has no `of`; the parent's `meta` response
+/// names the job request's tag in `of`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// rustc's standard error up to and including the notice.
+    pub stderr: Vec<u8>,
+    /// Sorted by path.
+    pub files: Vec<OutFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetaLine {
+    files: Vec<FileLine>,
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    of: Option<u64>,
+    stderr: u64,
+}
+
+impl Meta {
+    /// The body: a sibling's record (`of` = `None`) or the parent's `meta` response.
+    pub fn encode(&self, of: Option<u64>) -> Vec<u8> {
+        let line = MetaLine {
+            files: file_lines(&self.files),
+            kind: "meta".to_owned(),
+            of,
+            stderr: self.stderr.len() as u64,
+        };
+        let mut body = serde_json::to_vec(&line).expect("a meta line always serializes");
+        body.push(b'\n');
+        body.extend_from_slice(&self.stderr);
+        for file in &self.files {
+            body.extend_from_slice(&file.bytes);
+        }
+        body
+    }
+
+    /// Parses a sibling's record for `job`, checked as a result's files are. A record is
+    /// usable only when it holds a dep-info file (`.d`) and an `.rmeta`: whether the job
+    /// read a volatile variable is decided from it.
+    pub fn parse_record(body: &[u8], job: &Job) -> Result<Meta, WireError> {
+        let (line, payload) = split(body, MAX_RESPONSE)?;
+        let line: MetaLine =
+            serde_json::from_slice(line).map_err(|e| WireError::Format(e.to_string()))?;
+        if line.kind != "meta" || line.of.is_some() || line.files.len() > MAX_FILES {
+            return Err(WireError::Format("not a metadata record".into()));
+        }
+        let want = line
+            .files
+            .iter()
+            .try_fold(line.stderr, |sum, f| sum.checked_add(f.size))
+            .unwrap_or(u64::MAX);
+        if want != payload.len() as u64 {
+            return Err(WireError::Payload {
+                got: payload.len() as u64,
+                want,
+            });
+        }
+        let (stderr, rest) = payload.split_at(line.stderr as usize);
+        let files = take_files(line.files, rest, job)?;
+        let has = |suffix: &str| files.iter().any(|f| f.path.as_str().ends_with(suffix));
+        if !has(".d") || !has(".rmeta") {
+            return Err(WireError::Format(
+                "a metadata record without its .d and .rmeta".into(),
+            ));
+        }
+        Ok(Meta {
+            stderr: stderr.to_vec(),
+            files,
+        })
+    }
+
+    /// The environment variables its dep-info says rustc read.
+    pub fn env_deps(&self) -> std::collections::BTreeSet<String> {
+        env_deps(&self.files)
     }
 }
 
@@ -294,16 +417,7 @@ impl JobResult {
     /// The environment variables rustc recorded as read (`# env-dep:NAME` or
     /// `# env-dep:NAME=VALUE` lines of the dep-info files among the outputs).
     pub fn env_deps(&self) -> std::collections::BTreeSet<String> {
-        self.files
-            .iter()
-            .filter(|f| f.path.as_str().ends_with(".d"))
-            .flat_map(|f| f.bytes.split(|&b| b == b'\n'))
-            .filter_map(|line| line.strip_prefix(b"# env-dep:"))
-            .map(|dep| {
-                let name = dep.split(|&b| b == b'=').next().unwrap_or_default();
-                String::from_utf8_lossy(name).into_owned()
-            })
-            .collect()
+        env_deps(&self.files)
     }
 }
 
@@ -312,6 +426,13 @@ impl JobResult {
 pub enum Response {
     /// The job's result.
     Result(JobResult),
+    /// The job's metadata; its result follows a `rest` request naming `of`.
+    Meta {
+        /// The job request's tag.
+        of: u64,
+        /// What rustc had written.
+        meta: Meta,
+    },
     /// Send these blobs, then the job again (sorted, unique).
     Missing(Vec<Sha256>),
     /// The blob chunk is stored.
@@ -335,6 +456,7 @@ impl Response {
         }
         let mut body = match self {
             Response::Result(result) => return result.encode(),
+            Response::Meta { of, meta } => return meta.encode(Some(*of)),
             Response::Missing(blobs) => serde_json::to_vec(&Missing {
                 kind: "missing",
                 sha256: blobs,
@@ -439,6 +561,98 @@ mod tests {
             JobResult::parse(huge.as_bytes(), &job()),
             Err(WireError::Payload { .. })
         ));
+    }
+
+    #[test]
+    fn metadata_records_round_trip_and_hostile_ones_are_refused() {
+        let file = |path: &str, bytes: &[u8]| OutFile {
+            path: GuestPath::new(path).unwrap(),
+            exec: false,
+            bytes: bytes.to_vec(),
+        };
+        let meta = Meta {
+            stderr: b"notice\n".to_vec(),
+            files: vec![
+                file("/build/src/target/deps/a-1.d", b"# env-dep:X\n"),
+                file("/build/src/target/deps/liba-1.rmeta", b"rmeta"),
+            ],
+        };
+        let record = meta.encode(None);
+        assert_eq!(Meta::parse_record(&record, &job()).unwrap(), meta);
+        assert_eq!(meta.env_deps(), ["X".to_string()].into());
+        // The parent's response names the job's tag; a record must not.
+        let response = Response::Meta {
+            of: 9,
+            meta: meta.clone(),
+        }
+        .encode();
+        assert!(String::from_utf8_lossy(&response).contains(r#""kind":"meta","of":9,"stderr":7}"#));
+        assert!(Meta::parse_record(&response, &job()).is_err());
+        let refused = |meta: &Meta, why: &str| {
+            assert!(
+                Meta::parse_record(&meta.encode(None), &job()).is_err(),
+                "{why}"
+            );
+        };
+        refused(
+            &Meta {
+                files: meta.files[1..].to_vec(),
+                ..meta.clone()
+            },
+            "no dep-info",
+        );
+        refused(
+            &Meta {
+                files: meta.files[..1].to_vec(),
+                ..meta.clone()
+            },
+            "no rmeta",
+        );
+        let mut outside = meta.clone();
+        outside.files[1].path = GuestPath::new("/build/src/lib.rmeta").unwrap();
+        refused(&outside, "a file outside the outputs");
+        let mut unsorted = meta.clone();
+        unsorted.files.reverse();
+        refused(&unsorted, "unsorted files");
+        let mut cut = record.clone();
+        cut.pop();
+        assert!(matches!(
+            Meta::parse_record(&cut, &job()),
+            Err(WireError::Payload { .. })
+        ));
+        let mut forged = record.clone();
+        *forged.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            Meta::parse_record(&forged, &job()),
+            Err(WireError::FileDigest(_))
+        ));
+        // Sizes that overflow are refused, not panicked on.
+        let huge = format!(
+            "{{\"files\":[],\"kind\":\"meta\",\"stderr\":{}}}\n",
+            u64::MAX
+        );
+        assert!(Meta::parse_record(huge.as_bytes(), &job()).is_err());
+    }
+
+    #[test]
+    fn rest_requests_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            Request::parse(b"{\"kind\":\"rest\",\"of\":7,\"v\":1}\n").unwrap(),
+            Request::Rest { of: 7 }
+        );
+        for bad in [
+            &b"{\"kind\":\"rest\",\"of\":7,\"v\":2}\n"[..],
+            b"{\"kind\":\"rest\",\"of\":-1,\"v\":1}\n",
+            b"{\"kind\":\"rest\",\"v\":1}\n",
+            b"{\"kind\":\"rest\",\"of\":7,\"v\":1,\"x\":0}\n",
+            b"{\"kind\":\"rest\",\"of\":7,\"v\":1}\npayload",
+        ] {
+            assert!(
+                Request::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
