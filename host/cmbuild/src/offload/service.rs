@@ -109,77 +109,34 @@ pub struct Counts {
     pub cycles: AtomicU64,
 }
 
-/// At most `n` live siblings (each holds its machine's memory); a free slot goes to the
-/// waiting job submitted earliest in its parent's time. The parent can run no further than
-/// its earliest unfinished job lets it (`link.rs`, promises), so that job is the one to
-/// start.
+/// `n` slots, each taken by the waiting holder with the smallest key (then the earliest to
+/// ask). Two sets of them schedule the siblings:
+/// - live siblings (each holds its machine's memory), keyed by their submission cycle: the
+///   parent can run no further than its earliest unfinished job lets it (`link.rs`,
+///   promises), so that job is the one to start;
+/// - host cores among the live siblings, keyed by their wall `T + c` (submission cycle plus
+///   progress), and given up at a slice's end to a smaller waiting one
+///   ([`Slot::reschedule`]): advancing the sibling whose answer the parent reaches first lets
+///   it find its next jobs soonest, where running jobs to their end in turn would spend the
+///   host on work past the point the parent needs.
 #[derive(Debug)]
-struct Permits {
-    state: Mutex<PermitState>,
-    freed: Condvar,
-}
-
-#[derive(Debug)]
-struct PermitState {
-    free: usize,
-    /// Waiting jobs by (submission cycle, arrival).
-    waiting: std::collections::BTreeSet<(u64, u64)>,
-    arrivals: u64,
-}
-
-impl Permits {
-    fn new(n: usize) -> Permits {
-        Permits {
-            state: Mutex::new(PermitState {
-                free: n,
-                waiting: Default::default(),
-                arrivals: 0,
-            }),
-            freed: Condvar::new(),
-        }
-    }
-
-    /// A slot for a job submitted at `submitted_at`, once it is the earliest waiting.
-    fn take(&self, submitted_at: u64) -> PermitGuard<'_> {
-        let mut state = self.state.lock().expect("no panics hold this lock");
-        let me = (submitted_at, state.arrivals);
-        state.arrivals += 1;
-        state.waiting.insert(me);
-        while state.free == 0 || state.waiting.first() != Some(&me) {
-            state = self.freed.wait(state).expect("no panics hold this lock");
-        }
-        state.waiting.remove(&me);
-        state.free -= 1;
-        // The next in line may take a slot that is still free.
-        self.freed.notify_all();
-        PermitGuard(self)
-    }
-}
-
-/// Host cores for live siblings: at most `n` run at once, and a free core goes to the live
-/// sibling whose answer its parent reaches first (the smallest `T + c`, its submission
-/// cycle plus its progress). A running sibling gives its core up at a slice's end when a
-/// waiting one is smaller. A parent runs no further than its smallest such wall (promises),
-/// so advancing that sibling lets it find its next jobs soonest; running jobs to their end
-/// in turn would spend the host on work past the point the parent needs.
-#[derive(Debug)]
-struct Cores {
-    state: Mutex<CoreState>,
+struct Slots {
+    state: Mutex<SlotState>,
     changed: Condvar,
 }
 
 #[derive(Debug)]
-struct CoreState {
+struct SlotState {
     free: usize,
-    /// Live siblings waiting for a core, by (wall, id).
+    /// Waiting holders, by (key, id).
     waiting: std::collections::BTreeSet<(u64, u64)>,
     ids: u64,
 }
 
-impl Cores {
-    fn new(n: usize) -> Cores {
-        Cores {
-            state: Mutex::new(CoreState {
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots {
+            state: Mutex::new(SlotState {
                 free: n,
                 waiting: Default::default(),
                 ids: 0,
@@ -191,9 +148,9 @@ impl Cores {
     /// Waits until `me` is the smallest waiting and a core is free, and takes it.
     fn wait_turn<'a>(
         &'a self,
-        mut state: std::sync::MutexGuard<'a, CoreState>,
+        mut state: std::sync::MutexGuard<'a, SlotState>,
         me: (u64, u64),
-    ) -> std::sync::MutexGuard<'a, CoreState> {
+    ) -> std::sync::MutexGuard<'a, SlotState> {
         state.waiting.insert(me);
         while state.free == 0 || state.waiting.first() != Some(&me) {
             state = self.changed.wait(state).expect("no panics hold this lock");
@@ -205,52 +162,40 @@ impl Cores {
         state
     }
 
-    /// A core for a sibling whose wall is `key`.
-    fn take(&self, key: u64) -> Core<'_> {
+    /// A slot for a holder with `key`, once it is the smallest waiting.
+    fn take(&self, key: u64) -> Slot<'_> {
         let mut state = self.state.lock().expect("no panics hold this lock");
         let id = state.ids;
         state.ids += 1;
         drop(self.wait_turn(state, (key, id)));
-        Core { cores: self, id }
+        Slot { slots: self, id }
     }
 }
 
-/// A core a sibling runs on.
-struct Core<'a> {
-    cores: &'a Cores,
+/// A slot held.
+struct Slot<'a> {
+    slots: &'a Slots,
     id: u64,
 }
 
-impl Core<'_> {
-    /// The sibling's wall is now `key`: it gives the core up to a smaller waiting one, and
+impl Slot<'_> {
+    /// The holder's key is now `key`: it gives the slot up to a smaller waiting one, and
     /// waits for its turn again.
     fn reschedule(&self, key: u64) {
-        let mut state = self.cores.state.lock().expect("no panics hold this lock");
+        let mut state = self.slots.state.lock().expect("no panics hold this lock");
         if state.waiting.first().is_some_and(|&(first, _)| first < key) {
             state.free += 1;
-            self.cores.changed.notify_all();
-            drop(self.cores.wait_turn(state, (key, self.id)));
+            self.slots.changed.notify_all();
+            drop(self.slots.wait_turn(state, (key, self.id)));
         }
     }
 }
 
-impl Drop for Core<'_> {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.cores
-            .state
-            .lock()
-            .expect("no panics hold this lock")
-            .free += 1;
-        self.cores.changed.notify_all();
-    }
-}
-
-struct PermitGuard<'a>(&'a Permits);
-
-impl Drop for PermitGuard<'_> {
-    fn drop(&mut self) {
-        self.0.state.lock().expect("no panics hold this lock").free += 1;
-        self.0.freed.notify_all();
+        let mut state = self.slots.state.lock().expect("no panics hold this lock");
+        state.free += 1;
+        self.slots.changed.notify_all();
     }
 }
 
@@ -312,8 +257,8 @@ pub struct Service<'a> {
     tool: &'a [u8],
     cache: Option<ActionCache>,
     runner: &'a dyn SiblingRunner,
-    permits: Permits,
-    cores: Cores,
+    live: Slots,
+    cores: Slots,
     scratch: PathBuf,
     /// Jobs being computed now, by action digest: an identical job (the same proc macro or
     /// build script for another triple's machine) waits for that one instead of running.
@@ -344,8 +289,8 @@ impl<'a> Service<'a> {
             tool,
             cache,
             runner,
-            permits: Permits::new(live_siblings(jobs)),
-            cores: Cores::new(jobs.max(1)),
+            live: Slots::new(live_siblings(jobs)),
+            cores: Slots::new(jobs.max(1)),
             in_flight: Mutex::default(),
             scratch,
             counts: Counts::default(),
@@ -564,7 +509,7 @@ impl<'a> Service<'a> {
             }
         };
         let (run, seconds) = {
-            let _live = self.permits.take(submitted_at);
+            let _live = self.live.take(submitted_at);
             let core = self.cores.take(submitted_at);
             let progress = |c: u64| {
                 progress(c);
@@ -1103,7 +1048,7 @@ mod tests {
 
     #[test]
     fn a_free_slot_goes_to_the_earliest_submitted_job() {
-        let permits = Permits::new(1);
+        let permits = Slots::new(1);
         let order = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             let held = permits.take(0);
@@ -1124,7 +1069,7 @@ mod tests {
 
     #[test]
     fn a_running_sibling_gives_its_core_to_a_smaller_wall() {
-        let cores = Cores::new(1);
+        let cores = Slots::new(1);
         let order = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             let core = cores.take(0);
