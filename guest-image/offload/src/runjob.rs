@@ -121,7 +121,7 @@ fn run_child(
 }
 
 /// The `.rmeta` path a line of rustc's standard error announces (`--json=artifacts`), made
-/// absolute against `cwd`.
+/// absolute against `cwd` and normalised (so that the outputs check sees the real path).
 pub fn metadata_notice(line: &[u8], cwd: &str) -> Option<String> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     // Cheap test first: most lines are diagnostics.
@@ -137,11 +137,7 @@ pub fn metadata_notice(line: &[u8], cwd: &str) -> Option<String> {
     if !path.ends_with(".rmeta") {
         return None;
     }
-    Some(match path.strip_prefix("./") {
-        _ if path.starts_with('/') => path.to_string(),
-        Some(rest) => format!("{cwd}/{rest}"),
-        None => format!("{cwd}/{path}"),
-    })
+    crate::paths::normalize(cwd, path)
 }
 
 /// The dep-info file rustc writes beside `lib<name><extra>.rmeta`: `<name><extra>.d`.
@@ -335,6 +331,12 @@ mod tests {
         assert_eq!(
             metadata_notice(line, cwd).as_deref(),
             Some("/build/vendor/a-1.0.0/liba-0f.rmeta")
+        );
+        let climbing =
+            br#"{"artifact":"/build/src/target/deps/../../../../etc/x.rmeta","emit":"metadata"}"#;
+        assert_eq!(
+            metadata_notice(climbing, cwd).as_deref(),
+            Some("/etc/x.rmeta")
         );
         for other in [
             &br#"{"artifact":"/o/a-0f.d","emit":"dep-info"}"#[..],

@@ -513,7 +513,7 @@ fn offload_job(
         match wire::parse_response(&response).map_err(|e| format!("the host's answer: {e}"))? {
             Response::Missing(digests) => send_blobs(client, &job, &digests)?,
             Response::Result { head, payload } => {
-                let exit = apply(client, &job, &head, payload, &[])?;
+                let exit = apply(client, &job, &head, payload, None)?;
                 return Ok(Outcome::Done(exit));
             }
             Response::Meta { head, of, payload } => {
@@ -634,9 +634,13 @@ fn finish_rest(client: &mut Client, job: &Job, of: u64, early: Early) -> Result<
         .submit(&wire::rest_body(of))
         .map_err(|e| format!("asking for the rest of the job: {e}"))?;
     match wire::parse_response(&response).map_err(|e| format!("the host's answer: {e}"))? {
-        Response::Result { head, payload } => {
-            Ok(Outcome::Done(apply(client, job, &head, payload, &[early])?))
-        }
+        Response::Result { head, payload } => Ok(Outcome::Done(apply(
+            client,
+            job,
+            &head,
+            payload,
+            Some(&early),
+        )?)),
         Response::Refused(message) => Ok(Outcome::Local(Some(format!(
             "the host refused the rest of the job ({})",
             sanitize(&message)
@@ -656,15 +660,15 @@ fn apply(
     job: &Job,
     head: &ResultHead,
     payload: &[u8],
-    early: &[Early],
+    early: Option<&Early>,
 ) -> Result<u8, String> {
     let (stdout, rest) = payload.split_at(head.stdout as usize);
     let (stderr, rest) = rest.split_at(head.stderr as usize);
-    let written_early: Vec<&FileEntry> = early.iter().flat_map(|e| &e.files).collect();
-    write_files(client, job, &head.files, rest, &written_early)?;
+    let written_early = early.map_or(&[][..], |e| &e.files[..]);
+    write_files(client, job, &head.files, rest, written_early)?;
     let stderr = early
-        .iter()
-        .fold(stderr, |s, e| s.strip_prefix(&e.stderr[..]).unwrap_or(s));
+        .and_then(|e| stderr.strip_prefix(&e.stderr[..]))
+        .unwrap_or(stderr);
     let _ = io::stdout()
         .write_all(stdout)
         .and_then(|_| io::stdout().flush());
@@ -681,7 +685,7 @@ fn write_files(
     job: &Job,
     entries: &[FileEntry],
     payload: &[u8],
-    skip: &[&FileEntry],
+    skip: &[FileEntry],
 ) -> Result<(), String> {
     let mut rest = payload;
     let mut files = Vec::with_capacity(entries.len());
