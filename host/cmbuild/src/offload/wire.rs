@@ -167,8 +167,14 @@ impl Request {
             "rest" => {
                 let rest: RestLine =
                     serde_json::from_slice(line).map_err(|e| WireError::Format(e.to_string()))?;
-                if rest.v != super::job::VERSION || !payload.is_empty() {
+                if rest.v != super::job::VERSION {
                     return Err(WireError::Format(format!("rest version {}", rest.v)));
+                }
+                if !payload.is_empty() {
+                    return Err(WireError::Payload {
+                        got: payload.len() as u64,
+                        want: 0,
+                    });
                 }
                 Ok(Request::Rest { of: rest.of })
             }
@@ -253,23 +259,7 @@ impl JobResult {
         if line.kind != "result" {
             return Err(WireError::Format(format!("kind {:?}", line.kind)));
         }
-        if line.files.len() > MAX_FILES {
-            return Err(WireError::Format(format!("{} files", line.files.len())));
-        }
-        let want = line
-            .files
-            .iter()
-            .try_fold(line.stdout.checked_add(line.stderr), |sum, f| {
-                Some(sum.and_then(|s| s.checked_add(f.size)))
-            })
-            .flatten()
-            .unwrap_or(u64::MAX);
-        if want != payload.len() as u64 {
-            return Err(WireError::Payload {
-                got: payload.len() as u64,
-                want,
-            });
-        }
+        check_payload(&[line.stdout, line.stderr], &line.files, payload)?;
         let (stdout, rest) = payload.split_at(line.stdout as usize);
         let (stderr, rest) = rest.split_at(line.stderr as usize);
         let files = take_files(line.files, rest, job)?;
@@ -282,8 +272,28 @@ impl JobResult {
     }
 }
 
-/// The files `lines` describe, their bytes one after another in `payload` (whose length the
-/// caller checked): sorted, unique, under the job's outputs, each matching its digest.
+/// Checks that a body's payload is exactly what its line describes: the `streams`' bytes,
+/// then each of at most [`MAX_FILES`] files' (sizes that overflow describe no payload).
+fn check_payload(streams: &[u64], files: &[FileLine], payload: &[u8]) -> Result<(), WireError> {
+    if files.len() > MAX_FILES {
+        return Err(WireError::Format(format!("{} files", files.len())));
+    }
+    let want = streams
+        .iter()
+        .chain(files.iter().map(|f| &f.size))
+        .try_fold(0u64, |sum, &n| sum.checked_add(n))
+        .unwrap_or(u64::MAX);
+    if want != payload.len() as u64 {
+        return Err(WireError::Payload {
+            got: payload.len() as u64,
+            want,
+        });
+    }
+    Ok(())
+}
+
+/// The files `lines` describe, their bytes one after another in `payload` (whose length
+/// [`check_payload`] checked): sorted, unique, under the job's outputs, each matching its digest.
 fn take_files(lines: Vec<FileLine>, payload: &[u8], job: &Job) -> Result<Vec<OutFile>, WireError> {
     let mut rest = payload;
     let mut files: Vec<OutFile> = Vec::with_capacity(lines.len());
@@ -318,7 +328,8 @@ fn file_lines(files: &[OutFile]) -> Vec<FileLine> {
         .collect()
 }
 
-/// Whether the dep-info files among `files` say rustc read one of `names`.
+/// The environment variables the dep-info files among `files` say rustc read
+/// (`# env-dep:NAME` or `# env-dep:NAME=VALUE` lines).
 fn env_deps(files: &[OutFile]) -> std::collections::BTreeSet<String> {
     files
         .iter()
@@ -379,20 +390,10 @@ impl Meta {
         let (line, payload) = split(body, MAX_RESPONSE)?;
         let line: MetaLine =
             serde_json::from_slice(line).map_err(|e| WireError::Format(e.to_string()))?;
-        if line.kind != "meta" || line.of.is_some() || line.files.len() > MAX_FILES {
+        if line.kind != "meta" || line.of.is_some() {
             return Err(WireError::Format("not a metadata record".into()));
         }
-        let want = line
-            .files
-            .iter()
-            .try_fold(line.stderr, |sum, f| sum.checked_add(f.size))
-            .unwrap_or(u64::MAX);
-        if want != payload.len() as u64 {
-            return Err(WireError::Payload {
-                got: payload.len() as u64,
-                want,
-            });
-        }
+        check_payload(&[line.stderr], &line.files, payload)?;
         let (stderr, rest) = payload.split_at(line.stderr as usize);
         let files = take_files(line.files, rest, job)?;
         let has = |suffix: &str| files.iter().any(|f| f.path.as_str().ends_with(suffix));
