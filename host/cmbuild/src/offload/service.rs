@@ -145,7 +145,7 @@ impl Slots {
         }
     }
 
-    /// Waits until `me` is the smallest waiting and a core is free, and takes it.
+    /// Waits until `me` is the smallest waiting and a slot is free, and takes it.
     fn wait_turn<'a>(
         &'a self,
         mut state: std::sync::MutexGuard<'a, SlotState>,
@@ -157,7 +157,7 @@ impl Slots {
         }
         state.waiting.remove(&me);
         state.free -= 1;
-        // The next in line may take a core that is still free.
+        // The next in line may take a slot that is still free.
         self.changed.notify_all();
         state
     }
@@ -323,9 +323,10 @@ impl<'a> Service<'a> {
                 *seconds.get_or_insert(0.0) += ran;
             }
         };
-        let forwarded = std::sync::atomic::AtomicBool::new(false);
+        // Handed on once: live from whichever run counts, else with the computed answer.
+        let forwarded = std::cell::Cell::new(false);
         let forward = |point: MetaPoint| {
-            if !forwarded.swap(true, Ordering::SeqCst) {
+            if !forwarded.replace(true) {
                 on_meta(point);
             }
         };
@@ -492,20 +493,17 @@ impl<'a> Service<'a> {
             sibling::input_drive(job, self.blobs, self.tool).map_err(ServiceError::Drive)?;
         // The first usable record counts; a record that does not parse as this job's is
         // no metadata point (deterministically: the sibling writes the same every time).
-        let meta: Mutex<Option<MetaPoint>> = Mutex::new(None);
+        let meta = std::cell::OnceCell::new();
         let yielded = |cycles: u64, record: Vec<u8>| {
-            let mut kept = meta.lock().expect("no panics hold this lock");
-            if kept.is_some() {
+            if meta.get().is_some() {
                 return;
             }
             if let Ok(parsed) = super::wire::Meta::parse_record(&record, job) {
-                let point = MetaPoint {
+                let point = meta.get_or_init(|| MetaPoint {
                     cycles,
                     meta: parsed,
-                };
-                *kept = Some(point.clone());
-                drop(kept);
-                on_meta(point);
+                });
+                on_meta(point.clone());
             }
         };
         let (run, seconds) = {
@@ -538,7 +536,7 @@ impl<'a> Service<'a> {
             response,
             cycles: run.cycles,
             sibling_root_hash: run.root_hash,
-            meta: meta.into_inner().expect("no panics hold this lock"),
+            meta: meta.into_inner(),
         };
         if let Some(cache) = &self.cache {
             cache.store(action, &computed)?;
