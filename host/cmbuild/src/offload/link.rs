@@ -77,8 +77,6 @@ pub struct Link<'scope, 'env> {
     outstanding: usize,
     /// Pipelined jobs computed before the parent asked for their rest, by request tag.
     parked: std::collections::BTreeMap<u64, Parked>,
-    /// The latest bound of pipelined jobs whose rest the parent has not asked for yet.
-    bounds: std::collections::BTreeMap<u64, u64>,
 }
 
 impl<'scope, 'env> Link<'scope, 'env> {
@@ -99,7 +97,6 @@ impl<'scope, 'env> Link<'scope, 'env> {
             events_rx,
             outstanding: 0,
             parked: Default::default(),
-            bounds: Default::default(),
         }
     }
 
@@ -110,11 +107,11 @@ impl<'scope, 'env> Link<'scope, 'env> {
         let (submitted_at, body) = (request.submitted_at, request.request.clone());
         match self.parent.request(tag, submitted_at, &body, self.blobs)? {
             Step::Answer(answer) => machine.offload_answer(tag, answer)?,
-            Step::Rest { of } => {
+            Step::Rest { of, promise } => {
                 if let Some((dispatch, action, computed)) = self.parked.remove(&of) {
                     self.answer(machine, &dispatch, action, &computed)?;
-                } else if let Some(cycles) = self.bounds.remove(&of) {
-                    self.promise_rest(machine, of, cycles)?;
+                } else {
+                    machine.offload_promise(promise.0, promise.1)?;
                 }
             }
             Step::Dispatch(dispatch) => {
@@ -156,14 +153,7 @@ impl<'scope, 'env> Link<'scope, 'env> {
                 submitted_at,
                 cycles,
             } => {
-                if self.parent.is_pipelined(tag) {
-                    if self.parent.rest_of(tag).is_some() {
-                        self.promise_rest(machine, tag, cycles)?;
-                    } else {
-                        self.bounds.insert(tag, cycles);
-                    }
-                } else {
-                    let not_before = submitted_at + self.parent.latency() + cycles;
+                if let Some((tag, not_before)) = self.parent.promise(tag, submitted_at, cycles) {
                     machine.offload_promise(tag, not_before)?;
                 }
             }
@@ -178,10 +168,7 @@ impl<'scope, 'env> Link<'scope, 'env> {
             Event::Done(dispatch, computed) => {
                 self.outstanding -= 1;
                 let (action, computed) = computed?;
-                self.bounds.remove(&dispatch.tag);
-                if self.parent.is_pipelined(dispatch.tag)
-                    && self.parent.rest_of(dispatch.tag).is_none()
-                {
+                if self.parent.awaits_rest(dispatch.tag) {
                     self.parked
                         .insert(dispatch.tag, (dispatch, action, computed));
                 } else {
@@ -202,20 +189,6 @@ impl<'scope, 'env> Link<'scope, 'env> {
     ) -> Result<(), LinkError> {
         let (tag, answer) = self.parent.finish(dispatch, action, computed, self.blobs)?;
         machine.offload_answer(tag, answer)?;
-        Ok(())
-    }
-
-    /// Promises the `rest` request of pipelined job `of` what its sibling's progress
-    /// `cycles` says.
-    fn promise_rest(
-        &mut self,
-        machine: &mut Machine,
-        of: u64,
-        cycles: u64,
-    ) -> Result<(), LinkError> {
-        if let Some((tag, not_before)) = self.parent.rest_bound(of, cycles) {
-            machine.offload_promise(tag, not_before)?;
-        }
         Ok(())
     }
 

@@ -49,11 +49,14 @@ pub enum Step {
     Answer(cmbuild_machine::devices::offload::Answer),
     /// Compute the job, then call [`Parent::finish`].
     Dispatch(Box<Dispatch>),
-    /// The parent asks (with `tag`) for the rest of job `of`, whose metadata it has:
-    /// answer with [`Parent::finish`] once the job is computed.
+    /// The parent asks for the rest of job `of`, whose metadata it has: answer with
+    /// [`Parent::finish`] once the job is computed, meanwhile promise what `promise` says.
     Rest {
         /// The job request's tag.
         of: u64,
+        /// The rest request's tag and the cycle its answer is not visible before, from the
+        /// sibling's progress so far.
+        promise: (u64, u64),
     },
 }
 
@@ -83,6 +86,8 @@ struct Pipe {
     meta_visible_at: u64,
     /// The `rest` request: tag and cycle.
     rest: Option<(u64, u64)>,
+    /// The sibling's progress last reported (a lower bound of `C`).
+    progress: u64,
 }
 
 /// One job as `machine.json` records it (keys sorted).
@@ -193,7 +198,8 @@ impl Parent {
             Request::Rest { of } => match self.pipes.get_mut(&of) {
                 Some(pipe) if pipe.rest.is_none() => {
                     pipe.rest = Some((tag, submitted_at));
-                    Ok(Step::Rest { of })
+                    let promise = (tag, self.rest_visible(of).expect("asked just now"));
+                    Ok(Step::Rest { of, promise })
                 }
                 _ => Ok(self.immediate(
                     submitted_at,
@@ -267,6 +273,7 @@ impl Parent {
                 meta_response: Sha256::of(&response),
                 meta_visible_at: visible_at,
                 rest: None,
+                progress: point.cycles,
             },
         );
         Ok(cmbuild_machine::devices::offload::Answer {
@@ -276,26 +283,33 @@ impl Parent {
         })
     }
 
-    /// For job `of` answered with `meta`: its `rest` request (tag and cycle), once asked.
-    pub fn rest_of(&self, of: u64) -> Option<(u64, u64)> {
-        self.pipes.get(&of).and_then(|p| p.rest)
+    /// The promise a sibling's progress `cycles` gives job `tag` (submitted at
+    /// `submitted_at`): the tag it bounds and the cycle its answer is not visible before,
+    /// `T + L + c`. For a job answered with `meta` that is its `rest` request's answer,
+    /// `max(T + L + c, T2 + L)`, once the parent has asked; until then nothing (the progress
+    /// is kept for the request).
+    pub fn promise(&mut self, tag: u64, submitted_at: u64, cycles: u64) -> Option<(u64, u64)> {
+        let Some(pipe) = self.pipes.get_mut(&tag) else {
+            return Some((tag, submitted_at + self.platform.latency + cycles));
+        };
+        pipe.progress = pipe.progress.max(cycles);
+        let (rest_tag, _) = pipe.rest?;
+        Some((rest_tag, self.rest_visible(tag)?))
     }
 
-    /// Whether job `tag` was answered with `meta` (its result then answers its `rest`).
-    pub fn is_pipelined(&self, tag: u64) -> bool {
-        self.pipes.contains_key(&tag)
-    }
-
-    /// The bound a sibling's progress `c` gives the answer to job `of`'s `rest` request, if
-    /// the parent has asked: (its tag, `max(T + L + c, T2 + L)`).
-    pub fn rest_bound(&self, of: u64, cycles: u64) -> Option<(u64, u64)> {
+    /// For job `of` answered with `meta` whose rest the parent asked for: the earliest cycle
+    /// its result may be visible, `max(T + L + c, T2 + L)` with `c` the progress reported.
+    fn rest_visible(&self, of: u64) -> Option<u64> {
         let pipe = self.pipes.get(&of)?;
-        let (tag, at) = pipe.rest?;
+        let (_, at) = pipe.rest?;
         let latency = self.platform.latency;
-        Some((
-            tag,
-            (pipe.submitted_at + latency + cycles).max(at + latency),
-        ))
+        Some((pipe.submitted_at + latency + pipe.progress).max(at + latency))
+    }
+
+    /// Whether job `tag` was answered with `meta` and the parent has not asked for its rest
+    /// yet: its result must wait for that request.
+    pub fn awaits_rest(&self, tag: u64) -> bool {
+        self.pipes.get(&tag).is_some_and(|p| p.rest.is_none())
     }
 
     /// The answer to a dispatched job once computed (as `action`: the job's, or its
@@ -418,7 +432,7 @@ mod tests {
         match step {
             Step::Answer(a) => (a.visible_at, String::from_utf8(a.response).unwrap()),
             Step::Dispatch(d) => panic!("dispatched {d:?}"),
-            Step::Rest { of } => panic!("the rest of {of}"),
+            Step::Rest { of, .. } => panic!("the rest of {of}"),
         }
     }
 
@@ -478,16 +492,22 @@ mod tests {
             // The rest, asked for at T2: the result comes at max(T + L + C, T2 + L).
             let t2 = if rest_first { 14_000 } else { 70_000 };
             let rest = "{\"kind\":\"rest\",\"of\":4,\"v\":1}\n";
-            assert!(parent.rest_of(4).is_none());
-            assert!(matches!(
-                parent.request(8, t2, rest.as_bytes(), &blobs).unwrap(),
-                Step::Rest { of: 4 }
-            ));
-            assert_eq!(parent.rest_of(4), Some((8, t2)));
+            // Progress before the rest request is kept for it, then bounds its answer.
+            assert!(parent.awaits_rest(4));
+            assert_eq!(parent.promise(4, 10_000, 3500), None);
+            let Step::Rest { of, promise } =
+                parent.request(8, t2, rest.as_bytes(), &blobs).unwrap()
+            else {
+                panic!("the rest request waits for the result")
+            };
+            assert_eq!((of, promise), (4, (8, (10_000 + L + 3500).max(t2 + L))));
+            assert!(!parent.awaits_rest(4));
             assert_eq!(
-                parent.rest_bound(4, 100).unwrap(),
-                (8, (10_000 + L + 100).max(t2 + L))
+                parent.promise(4, 10_000, 4000),
+                Some((8, (10_000 + L + 4000).max(t2 + L)))
             );
+            // A job without a metadata answer: its own request, at T + L + c.
+            assert_eq!(parent.promise(99, 500, 7), Some((99, 500 + L + 7)));
             // Asked twice: refused.
             assert!(matches!(
                 parent.request(9, t2 + 1, rest.as_bytes(), &blobs).unwrap(),
@@ -510,7 +530,7 @@ mod tests {
                 (3000, 10_000 + L + 3000, 8, t2)
             );
             assert_eq!(piped.meta_response, Sha256::of(&meta.response));
-            assert!(!parent.is_pipelined(4));
+            assert!(!parent.awaits_rest(4) && parent.pipes.is_empty());
         }
     }
 
