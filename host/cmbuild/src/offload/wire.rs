@@ -239,14 +239,7 @@ impl JobResult {
             stderr: self.stderr.len() as u64,
             stdout: self.stdout.len() as u64,
         };
-        let mut body = serde_json::to_vec(&line).expect("a result always serializes");
-        body.push(b'\n');
-        body.extend_from_slice(&self.stdout);
-        body.extend_from_slice(&self.stderr);
-        for file in &self.files {
-            body.extend_from_slice(&file.bytes);
-        }
-        body
+        body_of(&line, &[&self.stdout, &self.stderr], &self.files)
     }
 
     /// Parses a `result` body (what a sibling's `run-job` wrote) for `job`: every file must
@@ -270,6 +263,20 @@ impl JobResult {
             files,
         })
     }
+}
+
+/// A body: the JSON `line`, then the `streams`' bytes, then each file's (what
+/// [`check_payload`] checks on the way back).
+fn body_of(line: &impl Serialize, streams: &[&[u8]], files: &[OutFile]) -> Vec<u8> {
+    let mut body = serde_json::to_vec(line).expect("a line of plain fields always serializes");
+    body.push(b'\n');
+    for stream in streams {
+        body.extend_from_slice(stream);
+    }
+    for file in files {
+        body.extend_from_slice(&file.bytes);
+    }
+    body
 }
 
 /// Checks that a body's payload is exactly what its line describes: the `streams`' bytes,
@@ -374,13 +381,7 @@ impl Meta {
             of,
             stderr: self.stderr.len() as u64,
         };
-        let mut body = serde_json::to_vec(&line).expect("a meta line always serializes");
-        body.push(b'\n');
-        body.extend_from_slice(&self.stderr);
-        for file in &self.files {
-            body.extend_from_slice(&file.bytes);
-        }
-        body
+        body_of(&line, &[&self.stderr], &self.files)
     }
 
     /// Parses a sibling's record for `job`, checked as a result's files are. A record is
