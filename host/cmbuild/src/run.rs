@@ -94,6 +94,10 @@ pub struct RunOptions {
     /// Hand the guest's rustc jobs to sibling machines (issue 13,
     /// `docs/parallel-builds.md`); `jobs` siblings run at once.
     pub offload: bool,
+    /// With `offload` and more than one job: run a scout beside each build machine
+    /// ([`crate::offload::scout`]), which finds jobs before the machine's time reaches
+    /// them. Changes when the host computes jobs, nothing a machine sees.
+    pub scout: bool,
 }
 
 /// `L` of offloaded builds: a job is visible to its parent `L + C` cycles after it was
@@ -1023,10 +1027,13 @@ impl OffloadRun<'_> {
     pub fn summary(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         let counts = &self.service.counts;
-        let shared = match counts.shared.load(Relaxed) {
+        let mut shared = match counts.shared.load(Relaxed) {
             0 => String::new(),
             n => format!(", {n} shared with another machine's identical job"),
         };
+        if let n @ 1.. = counts.prefetched.load(Relaxed) {
+            shared.push_str(&format!(", {n} started ahead by a scout"));
+        }
         format!(
             "offload: {} job(s) run in sibling machines, {} from the cache ({} refused entries \
              recomputed){shared}, {} guest instructions in siblings",
@@ -1546,7 +1553,29 @@ fn run_machine(
         true => Some(crate::perf_map::PerfMap::open(&mut machine)?),
         false => None,
     };
+    let scout_stop = std::sync::atomic::AtomicBool::new(false);
     let (exit_code, jobs) = std::thread::scope(|scope| {
+        if let Some(o) = offload.filter(|_| opts.scout && opts.jobs > 1) {
+            let scout = Scout {
+                template,
+                inputs,
+                input_drive: &input_drive,
+                scratch,
+                offload: o,
+                stop: &scout_stop,
+                max_mcycle: opts.machine.max_mcycle,
+            };
+            let name = &name;
+            scope.spawn(move || {
+                let said = match scout.run(scope) {
+                    Ok((end, mcycle)) => format!("stopped ({end:?}) at mcycle {mcycle}"),
+                    Err(e) => format!("stopped: {e}"),
+                };
+                progress(Progress::Phase(format!("[{name}] scout {said}")));
+            });
+        }
+        // The scout stops when this machine halts or fails.
+        let _stop = StopOnDrop(&scout_stop);
         let mut link = offload.map(|o| {
             let parent =
                 crate::offload::parent::Parent::new(o.platform.clone(), o.known.iter().copied());
@@ -1609,6 +1638,48 @@ fn resume_from(
         crate::template::fill_scratch(&mut machine, image)?;
     }
     Ok((machine, snapshot_config))
+}
+
+/// A build machine's scout ([`crate::offload::scout`]): what it is resumed from and runs
+/// with.
+struct Scout<'a> {
+    template: &'a crate::template::Template,
+    inputs: &'a ReleaseInputs,
+    input_drive: &'a [u8],
+    scratch: Option<&'a [u8]>,
+    offload: &'a OffloadRun<'a>,
+    stop: &'a std::sync::atomic::AtomicBool,
+    max_mcycle: u64,
+}
+
+impl<'a> Scout<'a> {
+    /// Resumes the scout like its build machine and runs it until it stops: why, and its
+    /// mcycle then. Its jobs' threads go on in `scope`.
+    fn run<'scope>(
+        self,
+        scope: &'scope std::thread::Scope<'scope, 'a>,
+    ) -> Result<(crate::offload::scout::End, u64), String> {
+        let error = |e: &(dyn std::error::Error + 'static)| crate::terminal::error_chain(e);
+        let (mut machine, _) =
+            resume_from(self.template, self.inputs, self.input_drive, self.scratch)
+                .map_err(|e| error(&e))?;
+        let o = self.offload;
+        let parent =
+            crate::offload::parent::Parent::scout(o.platform.clone(), o.known.iter().copied());
+        let mut link = crate::offload::link::Link::new(parent, &o.service, o.blobs, scope);
+        let end = crate::offload::scout::run(&mut machine, &mut link, self.stop, self.max_mcycle)
+            .map_err(|e| error(&e))?;
+        Ok((end, machine.mcycle()))
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// How [`run_to_halt`] watches a machine.

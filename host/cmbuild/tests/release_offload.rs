@@ -247,7 +247,9 @@ fn offloaded_builds_are_the_same_with_any_jobs_cold_or_cached() {
     );
     same(&tampered, "--jobs 4 with a tampered entry");
 
-    // Cold again, four siblings at a time.
+    // Cold again, four siblings at a time, with a scout finding the jobs ahead of the
+    // build machine: the jobs it starts are the build machine's (narrowed to the crates
+    // they reach, whatever else was done by then), so nothing the machine sees changes.
     for entry in &entries {
         std::fs::remove_file(entry).unwrap();
     }
@@ -255,7 +257,12 @@ fn offloaded_builds_are_the_same_with_any_jobs_cold_or_cached() {
         &project,
         &mirror,
         &dir.path().join("cold4"),
-        &["--offload", "--jobs", "4"],
+        &["--offload", "--jobs", "4", "--scout"],
+    );
+    assert!(
+        cold4.said.contains("scout stopped"),
+        "no scout ran:\n{}",
+        cold4.said
     );
     assert!(
         summary(&cold4.said).contains(" 0 from the cache"),

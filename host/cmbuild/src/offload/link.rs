@@ -13,6 +13,10 @@
 //! result then answers the `rest` request the wrapper submits, whichever comes first on
 //! the host (the result is kept until the parent asks; the parent's request waits for the
 //! result, with the sibling's bounds passed on to it).
+//!
+//! A scout's link ([`Parent::scout`], `super::scout`) delivers every answer at the first
+//! cycle the scout's channel accepts it, and gives no promises from progress: the scout
+//! promises for itself.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::Scope;
@@ -77,6 +81,10 @@ pub struct Link<'scope, 'env> {
     outstanding: usize,
     /// Pipelined jobs computed before the parent asked for their rest, by request tag.
     parked: std::collections::BTreeMap<u64, Parked>,
+    /// Whether the machine is a scout: answers as soon as they are computed.
+    scout: bool,
+    /// Answers handed to the machine so far.
+    answered: u64,
 }
 
 impl<'scope, 'env> Link<'scope, 'env> {
@@ -89,6 +97,8 @@ impl<'scope, 'env> Link<'scope, 'env> {
     ) -> Self {
         let (events_tx, events_rx) = channel();
         Link {
+            scout: parent.is_scout(),
+            answered: 0,
             parent,
             service,
             blobs,
@@ -106,11 +116,14 @@ impl<'scope, 'env> Link<'scope, 'env> {
         let request = channel.request(tag).ok_or(LinkError::NoRequest(tag))?;
         let (submitted_at, body) = (request.submitted_at, request.request.clone());
         match self.parent.request(tag, submitted_at, &body, self.blobs)? {
-            Step::Answer(answer) => machine.offload_answer(tag, answer)?,
+            Step::Answer(answer) => {
+                machine.offload_answer(tag, answer)?;
+                self.answered += 1;
+            }
             Step::Rest { of, promise } => {
                 if let Some((dispatch, action, computed)) = self.parked.remove(&of) {
                     self.answer(machine, &dispatch, action, &computed)?;
-                } else {
+                } else if !self.scout {
                     machine.offload_promise(promise.0, promise.1)?;
                 }
             }
@@ -153,7 +166,8 @@ impl<'scope, 'env> Link<'scope, 'env> {
                 submitted_at,
                 cycles,
             } => {
-                if let Some((tag, not_before)) = self.parent.promise(tag, submitted_at, cycles) {
+                let promise = self.parent.promise(tag, submitted_at, cycles);
+                if let (Some((tag, not_before)), false) = (promise, self.scout) {
                     machine.offload_promise(tag, not_before)?;
                 }
             }
@@ -163,7 +177,7 @@ impl<'scope, 'env> Link<'scope, 'env> {
                 point,
             } => {
                 let answer = self.parent.meta(tag, submitted_at, &point, self.blobs)?;
-                machine.offload_answer(tag, answer)?;
+                self.deliver(machine, tag, answer)?;
             }
             Event::Done(dispatch, computed) => {
                 self.outstanding -= 1;
@@ -188,7 +202,24 @@ impl<'scope, 'env> Link<'scope, 'env> {
         computed: &Computed,
     ) -> Result<(), LinkError> {
         let (tag, answer) = self.parent.finish(dispatch, action, computed, self.blobs)?;
+        self.deliver(machine, tag, answer)
+    }
+
+    /// Hands the machine a job's answer: at its cycle, or for a scout at the first cycle
+    /// its channel accepts (no earlier than its earliest, not before the machine's cycle).
+    fn deliver(
+        &mut self,
+        machine: &mut Machine,
+        tag: u64,
+        mut answer: cmbuild_machine::devices::offload::Answer,
+    ) -> Result<(), LinkError> {
+        if self.scout {
+            let channel = machine.offload().ok_or(LinkError::NoRequest(tag))?;
+            let earliest = channel.earliest(tag).ok_or(LinkError::NoRequest(tag))?;
+            answer.visible_at = earliest.max(machine.mcycle());
+        }
         machine.offload_answer(tag, answer)?;
+        self.answered += 1;
         Ok(())
     }
 
@@ -208,6 +239,34 @@ impl<'scope, 'env> Link<'scope, 'env> {
         let event = self.events_rx.recv().map_err(|_| LinkError::Orphan)?;
         self.apply(machine, event)?;
         self.drain(machine)
+    }
+
+    /// [`Link::wait`] for at most `timeout` (nothing coming is no error).
+    pub fn wait_for(
+        &mut self,
+        machine: &mut Machine,
+        timeout: std::time::Duration,
+    ) -> Result<(), LinkError> {
+        if self.outstanding == 0 {
+            return Err(LinkError::Orphan);
+        }
+        match self.events_rx.recv_timeout(timeout) {
+            Ok(event) => self.apply(machine, event)?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(()),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(LinkError::Orphan),
+        }
+        self.drain(machine)
+    }
+
+    /// Answers handed to the machine so far.
+    pub fn answered(&self) -> u64 {
+        self.answered
+    }
+
+    /// Jobs dispatched and not computed yet, or computed and waiting for their `rest`
+    /// request.
+    pub fn pending(&self) -> usize {
+        self.outstanding + self.parked.len()
     }
 
     /// Every job answered, in delivery order.

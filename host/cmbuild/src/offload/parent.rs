@@ -20,8 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use super::blobs::{BlobError, BlobStore, Upload};
 use super::cache::{Computed, MetaPoint};
-use super::job::{Job, Platform};
+use super::job::{GuestPath, Job, Platform};
+use super::narrow::Reach;
 use super::wire::{Request, Response};
+use std::sync::Arc;
 
 /// Domain of a job's record (the 32 bytes folded into the parent's journal).
 const RECORD_DOMAIN: &[u8] = b"cmbuild offload record v1";
@@ -40,6 +42,11 @@ pub struct Dispatch {
     /// The job without [`super::job::VOLATILE_ENV`] and its action digest, which run first
     /// (`None` when the job has none of those variables).
     pub first: Option<(Job, Sha256)>,
+    /// Whether a scout asked for it ([`Parent::scout`]): a prefetch, not yet a build
+    /// machine's job.
+    pub scout: bool,
+    /// The crates it reaches ([`super::narrow`]): its libraries' dependents reach them too.
+    pub reach: Arc<Reach>,
 }
 
 /// What the host does with a request.
@@ -132,10 +139,17 @@ pub struct Parent {
     platform: Platform,
     /// Blob digest → the first cycle at which the parent knew it.
     known: BTreeMap<Sha256, u64>,
+    /// A library file the parent was answered with (path and digest) → the cycle it became
+    /// visible and the crates its job reached.
+    made: BTreeMap<(GuestPath, Sha256), (u64, Arc<Reach>)>,
+    /// The reach of each dispatched job not finished yet, by tag.
+    reaching: BTreeMap<u64, Arc<Reach>>,
     uploads: BTreeMap<Sha256, Upload>,
     records: Vec<JobRecord>,
     /// Jobs answered with `meta`, by their request's tag, until their result is.
     pipes: BTreeMap<u64, Pipe>,
+    /// A scout's host state ([`Parent::scout`]).
+    scout: bool,
 }
 
 impl Parent {
@@ -144,10 +158,29 @@ impl Parent {
         Parent {
             platform,
             known: input_files.into_iter().map(|d| (d, 0)).collect(),
+            made: BTreeMap::new(),
+            reaching: BTreeMap::new(),
             uploads: BTreeMap::new(),
             records: Vec::new(),
             pipes: BTreeMap::new(),
+            scout: false,
         }
+    }
+
+    /// The host's state for a scout (`super::scout`): a copy of a build machine run only to
+    /// find its jobs early, whose answers come as soon as they are computed. Its answers'
+    /// cycles are the link's to choose (they are not `T + L + C`), so what the scout knows
+    /// is what the host holds: a file it was answered with is known from cycle 0.
+    pub fn scout(platform: Platform, input_files: impl IntoIterator<Item = Sha256>) -> Parent {
+        Parent {
+            scout: true,
+            ..Parent::new(platform, input_files)
+        }
+    }
+
+    /// Whether this is a scout's state.
+    pub fn is_scout(&self) -> bool {
+        self.scout
     }
 
     /// `L`.
@@ -207,6 +240,14 @@ impl Parent {
                 )),
             },
             Request::Job(job) => {
+                // Of the libraries it lists, those its crate reaches, by what the parent
+                // was answered with before `T`.
+                let (job, reach) = super::narrow::narrow(&job, |path, digest| {
+                    self.made
+                        .get(&(path.clone(), *digest))
+                        .filter(|(at, _)| *at <= submitted_at)
+                        .map(|(_, reach)| reach.clone())
+                });
                 let mut missing: Vec<Sha256> = job
                     .inputs
                     .iter()
@@ -219,6 +260,7 @@ impl Parent {
                     return Ok(self.immediate(submitted_at, Response::Missing(missing)));
                 }
                 let action = job.action_digest(&self.platform);
+                self.reaching.insert(tag, reach.clone());
                 let first = job.without_volatile_env().map(|first| {
                     let action = first.action_digest(&self.platform);
                     (first, action)
@@ -229,22 +271,35 @@ impl Parent {
                     job,
                     action,
                     first,
+                    scout: self.scout,
+                    reach,
                 })))
             }
         }
     }
 
-    /// Files the parent sees from `visible_at` on: into `blobs`, known from then.
+    /// Files the parent sees from `visible_at` on (a scout: from 0): into `blobs`, known
+    /// from then.
+    /// The libraries among them were made by a job that reached `reach`.
     fn learn<'f>(
         &mut self,
         files: impl IntoIterator<Item = &'f super::wire::OutFile>,
         visible_at: u64,
+        reach: Option<&Arc<Reach>>,
         blobs: &BlobStore,
     ) -> Result<(), ParentError> {
+        let visible_at = if self.scout { 0 } else { visible_at };
         for file in files {
             let digest = blobs.put(&file.bytes)?;
             let at = self.known.entry(digest).or_insert(visible_at);
             *at = (*at).min(visible_at);
+            if let Some(reach) = reach.filter(|_| super::narrow::is_library(&file.path)) {
+                let (at, _) = self
+                    .made
+                    .entry((file.path.clone(), digest))
+                    .or_insert((visible_at, reach.clone()));
+                *at = (*at).min(visible_at);
+            }
         }
         Ok(())
     }
@@ -264,7 +319,8 @@ impl Parent {
             meta: point.meta.clone(),
         }
         .encode();
-        self.learn(&point.meta.files, visible_at, blobs)?;
+        let reach = self.reaching.get(&tag).cloned();
+        self.learn(&point.meta.files, visible_at, reach.as_ref(), blobs)?;
         self.pipes.insert(
             tag,
             Pipe {
@@ -343,7 +399,8 @@ impl Parent {
         let response = computed.response.encode();
         let result = Sha256::of(&response);
         if let Response::Result(result) = &computed.response {
-            self.learn(&result.files, visible_at, blobs)?;
+            let reach = self.reaching.remove(&dispatch.tag);
+            self.learn(&result.files, visible_at, reach.as_ref(), blobs)?;
         }
         let mut record = RECORD_DOMAIN.to_vec();
         record.extend_from_slice(action.as_bytes());
@@ -642,6 +699,113 @@ mod tests {
             "{:?}",
             cold[5]
         );
+    }
+
+    #[test]
+    fn a_scout_knows_what_it_was_answered_with_and_its_jobs_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path()).unwrap();
+        let rlib: &[u8] = b"librlib";
+        let first = job(&[("/build/src/lib.rs", b"fn main() {}")]);
+        let second = job(&[("/build/src/target/deps/liba.rlib", rlib)]);
+        let mut said = Vec::new();
+        for mut parent in [
+            Parent::new(platform(), [Sha256::of(b"fn main() {}")]),
+            Parent::scout(platform(), [Sha256::of(b"fn main() {}")]),
+        ] {
+            let Step::Dispatch(dispatch) = parent.request(1, 5000, &first, &blobs).unwrap() else {
+                panic!("all inputs known, the job must be dispatched")
+            };
+            assert_eq!(dispatch.scout, parent.is_scout());
+            let computed = computed(&[("/build/src/target/deps/liba.rlib", rlib)], 50_000);
+            parent
+                .finish(&dispatch, dispatch.action, &computed, &blobs)
+                .unwrap();
+            // The scout's link delivers that answer as soon as it has it, long before
+            // `T + L + C`: a job naming the rlib right after is not missing anything.
+            said.push(matches!(
+                parent.request(2, 6000 + L, &second, &blobs).unwrap(),
+                Step::Dispatch(_)
+            ));
+        }
+        assert_eq!(said, [false, true], "a build machine, then a scout");
+    }
+
+    #[test]
+    fn a_jobs_libraries_are_those_its_crate_reaches_through_the_parents_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path()).unwrap();
+        let deps = "/build/src/target/release/deps";
+        let lib_of = |argv: String, files: &[(String, &[u8])]| {
+            let mut inputs: Vec<Input> = files
+                .iter()
+                .map(|(path, data)| Input {
+                    exec: false,
+                    path: GuestPath::new(path).unwrap(),
+                    sha256: Sha256::of(data),
+                    size: data.len() as u64,
+                })
+                .collect();
+            inputs.sort_by(|a, b| a.path.cmp(&b.path));
+            let job = Job {
+                argv: argv.split(' ').map(str::to_owned).collect(),
+                cwd: GuestPath::new("/build/src").unwrap(),
+                env: Default::default(),
+                inputs,
+                outputs: vec![GuestPath::new(deps).unwrap()],
+            };
+            let mut body = job.canonical_json();
+            body.push(b'\n');
+            body
+        };
+        let source: &[u8] = b"fn main() {}";
+        let mut parent = Parent::new(platform(), [Sha256::of(source)]);
+        let b = lib_of(
+            format!("rustc --crate-type lib -L dependency={deps}"),
+            &[("/build/src/b.rs".into(), source)],
+        );
+        let Step::Dispatch(dispatch) = parent.request(1, 100, &b, &blobs).unwrap() else {
+            panic!("b's inputs are known")
+        };
+        let rmeta: &[u8] = b"b's metadata";
+        let made = computed(&[(&format!("{deps}/libb-1.rmeta"), rmeta)], 1000);
+        let (_, answer) = parent
+            .finish(&dispatch, dispatch.action, &made, &blobs)
+            .unwrap();
+        let after = answer.visible_at;
+        // `a` uses b; the directory also holds a crate finished elsewhere meanwhile, which
+        // the parent never saw: the job is b's metadata and its source, not missing it.
+        let a = |extra: bool| {
+            let mut files = vec![
+                ("/build/src/a.rs".to_owned(), source),
+                (format!("{deps}/libb-1.rmeta"), rmeta),
+            ];
+            if extra {
+                files.push((format!("{deps}/libz-9.rmeta"), b"z".as_slice()));
+            }
+            lib_of(
+                format!(
+                    "rustc --crate-type lib -L dependency={deps} --extern b={deps}/libb-1.rmeta"
+                ),
+                &files,
+            )
+        };
+        let dispatched = |parent: &mut Parent, body: &[u8], at: u64| match parent
+            .request(2, at, body, &blobs)
+            .unwrap()
+        {
+            Step::Dispatch(d) => Some((d.action, d.job.inputs.len(), d.reach.clone())),
+            _ => None,
+        };
+        let (action, inputs, reach) = dispatched(&mut parent, &a(true), after).unwrap();
+        assert_eq!(inputs, 2);
+        assert_eq!(
+            Some((action, inputs, reach)),
+            dispatched(&mut parent, &a(false), after)
+        );
+        // Before b's answer was visible, the parent cannot have had its metadata from it:
+        // the job is kept whole, and the unknown crate is missing.
+        assert_eq!(dispatched(&mut parent, &a(true), after - 1), None);
     }
 
     #[test]

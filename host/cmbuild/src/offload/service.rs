@@ -103,8 +103,10 @@ pub struct Counts {
     pub runs: AtomicU64,
     /// Cache entries refused (and recomputed).
     pub refused: AtomicU64,
-    /// Jobs that waited for an identical job another machine had asked for.
+    /// Jobs that waited for an identical job another build machine had asked for.
     pub shared: AtomicU64,
+    /// A build machine's jobs that its scout had started (run or running when asked for).
+    pub prefetched: AtomicU64,
     /// Guest instructions siblings ran (cached jobs included, at their recorded count).
     pub cycles: AtomicU64,
 }
@@ -263,6 +265,8 @@ pub struct Service<'a> {
     /// Jobs being computed now, by action digest: an identical job (the same proc macro or
     /// build script for another triple's machine) waits for that one instead of running.
     in_flight: Mutex<std::collections::BTreeMap<Sha256, Arc<Shared>>>,
+    /// Actions a scout's request started in a sibling (`super::scout`).
+    scouted: Mutex<std::collections::BTreeSet<Sha256>>,
     /// What it did.
     pub counts: Counts,
     /// Called with each refused cache entry's reason (a warning for the user).
@@ -292,6 +296,7 @@ impl<'a> Service<'a> {
             live: Slots::new(live_siblings(jobs)),
             cores: Slots::new(jobs.max(1)),
             in_flight: Mutex::default(),
+            scouted: Mutex::default(),
             scratch,
             counts: Counts::default(),
             on_refused: Box::new(|_| {}),
@@ -337,8 +342,14 @@ impl<'a> Service<'a> {
                     forward(point);
                 }
             };
-            let (computed, ran) =
-                self.compute_one(first, action, dispatch.submitted_at, progress, &live)?;
+            let (computed, ran) = self.compute_one(
+                first,
+                action,
+                dispatch.submitted_at,
+                dispatch.scout,
+                progress,
+                &live,
+            )?;
             add(ran);
             if !computed_reads_volatile(&computed) {
                 if let Some(point) = &computed.meta {
@@ -353,6 +364,7 @@ impl<'a> Service<'a> {
             &dispatch.job,
             &dispatch.action,
             dispatch.submitted_at,
+            dispatch.scout,
             &|c| progress(base + c),
             &|point: MetaPoint| {
                 forward(MetaPoint {
@@ -380,45 +392,57 @@ impl<'a> Service<'a> {
         (self.on_done)(job, done);
     }
 
-    /// `job` (whose action digest is `action`, submitted at `submitted_at`) from the cache,
-    /// or from a sibling (and the host seconds it ran, not counting the wait for a slot).
+    /// `job` (whose action digest is `action`, submitted at `submitted_at`, by a scout if
+    /// `scout`) from an identical job in flight, the cache, or a sibling (and the host
+    /// seconds it ran, not counting the wait for a slot). A job in flight is followed
+    /// before the cache is looked at: an entry being recomputed is refused once.
     fn compute_one(
         &self,
         job: &Job,
         action: &Sha256,
         submitted_at: u64,
+        scout: bool,
         progress: &dyn Fn(u64),
         on_meta: &dyn Fn(MetaPoint),
     ) -> Result<(Computed, Option<f64>), ServiceError> {
-        if let Some(cache) = &self.cache {
-            match cache.lookup(action, job) {
-                Lookup::Hit(hit) => {
-                    self.counts.hits.fetch_add(1, Ordering::Relaxed);
-                    self.counts.cycles.fetch_add(hit.cycles, Ordering::Relaxed);
-                    return Ok((hit, None));
-                }
-                Lookup::Miss => {}
-                Lookup::Refused(why) => {
-                    self.counts.refused.fetch_add(1, Ordering::Relaxed);
-                    (self.on_refused)(&why);
-                }
+        // A build machine's job that a scout started: counted as found ahead, not as
+        // shared or cached (a scout's own lookups count nothing: they are not the build's).
+        let count_given = |counter: &AtomicU64| {
+            if scout {
+                return;
             }
-        }
-        let (shared, leader) = {
-            let mut in_flight = self.in_flight.lock().expect("no panics hold this lock");
-            match in_flight.get(action) {
-                Some(shared) => (shared.clone(), false),
-                None => {
-                    let shared = Arc::new(Shared::default());
-                    in_flight.insert(*action, shared.clone());
-                    (shared, true)
-                }
-            }
+            let scouted = self.scouted.lock().expect("no panics hold this lock");
+            match scouted.contains(action) {
+                true => self.counts.prefetched.fetch_add(1, Ordering::Relaxed),
+                false => counter.fetch_add(1, Ordering::Relaxed),
+            };
         };
-        if !leader {
-            self.counts.shared.fetch_add(1, Ordering::Relaxed);
-            return Self::follow(&shared, progress, on_meta).map(|computed| (computed, None));
-        }
+        let shared = {
+            let mut in_flight = self.in_flight.lock().expect("no panics hold this lock");
+            if let Some(shared) = in_flight.get(action) {
+                let shared = shared.clone();
+                drop(in_flight);
+                count_given(&self.counts.shared);
+                return Self::follow(&shared, progress, on_meta).map(|computed| (computed, None));
+            }
+            if let Some(hit) = self.lookup(job, action) {
+                drop(in_flight);
+                count_given(&self.counts.hits);
+                if !scout {
+                    self.counts.cycles.fetch_add(hit.cycles, Ordering::Relaxed);
+                }
+                return Ok((hit, None));
+            }
+            let shared = Arc::new(Shared::default());
+            in_flight.insert(*action, shared.clone());
+            if scout {
+                self.scouted
+                    .lock()
+                    .expect("no panics hold this lock")
+                    .insert(*action);
+            }
+            shared
+        };
         let mut finish = Finish {
             in_flight: &self.in_flight,
             action: *action,
@@ -442,6 +466,20 @@ impl<'a> Service<'a> {
         });
         drop(finish);
         ran.map(|(computed, seconds)| (computed, Some(seconds)))
+    }
+
+    /// The cache's checked entry for `action`, if it holds one (a refused entry is counted
+    /// and reported).
+    fn lookup(&self, job: &Job, action: &Sha256) -> Option<Computed> {
+        match self.cache.as_ref()?.lookup(action, job) {
+            Lookup::Hit(hit) => Some(hit),
+            Lookup::Miss => None,
+            Lookup::Refused(why) => {
+                self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                (self.on_refused)(&why);
+                None
+            }
+        }
     }
 
     /// Waits for a job another machine's request is computing, passing on its bounds.
@@ -714,6 +752,8 @@ mod tests {
                 .without_volatile_env()
                 .map(|first| (first.clone(), first.action_digest(&platform))),
             job,
+            scout: false,
+            reach: Default::default(),
         }
     }
 
@@ -885,6 +925,38 @@ mod tests {
         );
         assert_eq!(computed.meta.unwrap().cycles, 4242 + 2000);
         assert_eq!(computed.cycles, 2 * 4242);
+    }
+
+    #[test]
+    fn a_job_a_scout_started_is_the_build_machines_and_counted_as_found_ahead() {
+        let (dir, blobs, cache) = stores();
+        let runner = fake(false);
+        let service = Service::new(
+            &blobs,
+            b"tool",
+            Some(cache),
+            &runner,
+            2,
+            dir.path().join("scratch"),
+        );
+        let job = dispatch(&blobs, "pub fn a() {}");
+        let scouted = Dispatch {
+            scout: true,
+            submitted_at: 77,
+            ..job.clone()
+        };
+        let ahead = service.compute(&scouted, &|_| {}, &|_| {}).unwrap();
+        let asked = service.compute(&job, &|_| {}, &|_| {}).unwrap();
+        assert_eq!(ahead, asked, "the same answer whoever asked first");
+        assert_eq!(runner.runs.load(Ordering::SeqCst), 1);
+        let counts = &service.counts;
+        assert_eq!(counts.prefetched.load(Ordering::SeqCst), 1);
+        assert_eq!(counts.hits.load(Ordering::SeqCst), 0, "not the cache's");
+        // A scout's own lookup of a job already computed counts nothing.
+        service.compute(&scouted, &|_| {}, &|_| {}).unwrap();
+        assert_eq!(counts.hits.load(Ordering::SeqCst), 0);
+        assert_eq!(counts.prefetched.load(Ordering::SeqCst), 1);
+        assert_eq!(counts.runs.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -212,6 +212,7 @@ pub fn verify(
             // Offloaded as the published build was: its build machines ran on the board
             // with the channel, so only that rebuild can reach its root hashes.
             offload,
+            scout: false,
         };
         let summary = run_release(&run, progress)?;
         // One verdict over every target's comparison.
@@ -290,6 +291,7 @@ fn verify_container(
         stall_seconds: crate::watchdog::DEFAULT_STALL_SECONDS,
         perf_map: false,
         offload: false,
+        scout: false,
     };
     let summary = crate::container::run_container_release(&run, &container, progress)?;
     Ok(super::compare::compare(&summary.dir, &opts.published)?)
