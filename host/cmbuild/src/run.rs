@@ -1157,14 +1157,16 @@ pub fn prepare_offload<'a>(
     let offload_error =
         |e: &(dyn std::error::Error + 'static)| RunError::Offload(crate::terminal::error_chain(e));
     let mut known = Vec::new();
+    let mut archives = Vec::new();
     for archive in [&job.source_tar, &inputs.vendor_tar] {
         let entries =
             cmbuild_image::deb::read_tar(archive.as_slice()).map_err(|e| offload_error(&e))?;
-        for entry in entries {
-            if let cmbuild_image::deb::Node::File(bytes) = entry.node {
-                known.push(blobs.put(&bytes).map_err(|e| offload_error(&e))?);
+        for entry in &entries {
+            if let cmbuild_image::deb::Node::File(bytes) = &entry.node {
+                known.push(blobs.put(bytes).map_err(|e| offload_error(&e))?);
             }
         }
+        archives.push(entries);
     }
     known.sort();
     known.dedup();
@@ -1177,6 +1179,11 @@ pub fn prepare_offload<'a>(
         opts.jobs,
         job.work.path().join("offload-scratch"),
     );
+    if opts.scout && opts.jobs > 1 {
+        let ranks = crate::offload::rank::Ranks::new(&job.lock_bytes, &archives[1], &archives[0]);
+        service.ranks = Some(ranks);
+    }
+    drop(archives);
     service.on_refused = Box::new(|why| {
         progress(Progress::Phase(format!(
             "offload: a cache entry was refused and its job runs again: {why}"

@@ -103,14 +103,15 @@ pub struct Args {
     /// Build each triple in one machine, one rustc after another (the default today).
     #[arg(long)]
     no_offload: bool,
-    /// With --offload and --jobs above 1: run a copy of each build machine ahead of it, its
-    /// jobs answered as soon as they are computed, so that a job can start when its inputs
-    /// exist rather than when the machine's time reaches it (docs/parallel-builds.md, "The
+    /// With --offload: no scout. By default, with --jobs above 1, a copy of each build
+    /// machine runs ahead of it, its jobs answered as soon as they are computed, so that a
+    /// job starts when its inputs exist rather than when the machine's time reaches it, and
+    /// the host runs the longest chain of crates first (docs/parallel-builds.md, "The
     /// scout"). It changes when the host computes jobs, never what a machine sees:
-    /// artifacts and root hashes are the same either way. Experimental: it costs a
-    /// machine's memory and host time, and has not made a build faster yet.
+    /// artifacts and root hashes are the same either way. It costs one more machine's
+    /// memory and host time.
     #[arg(long, requires = "offload")]
-    scout: bool,
+    no_scout: bool,
     /// Build the image of this Dockerfile (a path in the commit, relative to the project)
     /// instead of the Rust binaries: buildah in the machine, with no network, every base
     /// image from the mirror by digest (`cmbuild vendor --dockerfile` first), times set to
@@ -149,7 +150,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         stall_seconds: args.stall_seconds,
         perf_map: args.perf_map,
         offload: args.offload && !args.no_offload,
-        scout: args.scout,
+        scout: !args.no_scout,
     };
     let started = Instant::now();
     let printer = ProgressPrinter::new("cmbuild run");

@@ -10,6 +10,7 @@ pub mod job;
 pub mod link;
 pub mod narrow;
 pub mod parent;
+pub mod rank;
 pub mod scout;
 pub mod service;
 pub mod sibling;

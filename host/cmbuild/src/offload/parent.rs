@@ -453,19 +453,26 @@ mod tests {
     }
 
     fn job(inputs: &[(&str, &[u8])]) -> Vec<u8> {
+        command("rustc", inputs)
+    }
+
+    /// A job request's body: `argv` (words), `inputs` (sorted here), output `target/deps`.
+    fn command(argv: &str, inputs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut inputs: Vec<Input> = inputs
+            .iter()
+            .map(|(path, data)| Input {
+                exec: false,
+                path: GuestPath::new(path).unwrap(),
+                sha256: Sha256::of(data),
+                size: data.len() as u64,
+            })
+            .collect();
+        inputs.sort_by(|a, b| a.path.cmp(&b.path));
         let job = Job {
-            argv: vec!["rustc".into()],
+            argv: argv.split(' ').map(str::to_owned).collect(),
             cwd: GuestPath::new("/build/src").unwrap(),
             env: Default::default(),
-            inputs: inputs
-                .iter()
-                .map(|(path, data)| Input {
-                    exec: false,
-                    path: GuestPath::new(path).unwrap(),
-                    sha256: Sha256::of(data),
-                    size: data.len() as u64,
-                })
-                .collect(),
+            inputs,
             outputs: vec![GuestPath::new("/build/src/target/deps").unwrap()],
         };
         let mut body = job.canonical_json();
@@ -735,34 +742,12 @@ mod tests {
     fn a_jobs_libraries_are_those_its_crate_reaches_through_the_parents_answers() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(dir.path()).unwrap();
-        let deps = "/build/src/target/release/deps";
-        let lib_of = |argv: String, files: &[(String, &[u8])]| {
-            let mut inputs: Vec<Input> = files
-                .iter()
-                .map(|(path, data)| Input {
-                    exec: false,
-                    path: GuestPath::new(path).unwrap(),
-                    sha256: Sha256::of(data),
-                    size: data.len() as u64,
-                })
-                .collect();
-            inputs.sort_by(|a, b| a.path.cmp(&b.path));
-            let job = Job {
-                argv: argv.split(' ').map(str::to_owned).collect(),
-                cwd: GuestPath::new("/build/src").unwrap(),
-                env: Default::default(),
-                inputs,
-                outputs: vec![GuestPath::new(deps).unwrap()],
-            };
-            let mut body = job.canonical_json();
-            body.push(b'\n');
-            body
-        };
+        let deps = "/build/src/target/deps";
         let source: &[u8] = b"fn main() {}";
         let mut parent = Parent::new(platform(), [Sha256::of(source)]);
-        let b = lib_of(
-            format!("rustc --crate-type lib -L dependency={deps}"),
-            &[("/build/src/b.rs".into(), source)],
+        let b = command(
+            &format!("rustc --crate-type lib -L dependency={deps}"),
+            &[("/build/src/b.rs", source)],
         );
         let Step::Dispatch(dispatch) = parent.request(1, 100, &b, &blobs).unwrap() else {
             panic!("b's inputs are known")
@@ -776,17 +761,16 @@ mod tests {
         // `a` uses b; the directory also holds a crate finished elsewhere meanwhile, which
         // the parent never saw: the job is b's metadata and its source, not missing it.
         let a = |extra: bool| {
-            let mut files = vec![
-                ("/build/src/a.rs".to_owned(), source),
-                (format!("{deps}/libb-1.rmeta"), rmeta),
-            ];
+            let (b, z) = (
+                format!("{deps}/libb-1.rmeta"),
+                format!("{deps}/libz-9.rmeta"),
+            );
+            let mut files = vec![("/build/src/a.rs", source), (b.as_str(), rmeta)];
             if extra {
-                files.push((format!("{deps}/libz-9.rmeta"), b"z".as_slice()));
+                files.push((z.as_str(), b"z".as_slice()));
             }
-            lib_of(
-                format!(
-                    "rustc --crate-type lib -L dependency={deps} --extern b={deps}/libb-1.rmeta"
-                ),
+            command(
+                &format!("rustc --crate-type lib -L dependency={deps} --extern b={b}"),
                 &files,
             )
         };

@@ -267,6 +267,9 @@ pub struct Service<'a> {
     in_flight: Mutex<std::collections::BTreeMap<Sha256, Arc<Shared>>>,
     /// Actions a scout's request started in a sibling (`super::scout`).
     scouted: Mutex<std::collections::BTreeSet<Sha256>>,
+    /// With scouts: the order of the host's work ([`super::rank`]), in place of the
+    /// build machine's walls.
+    pub ranks: Option<super::rank::Ranks>,
     /// What it did.
     pub counts: Counts,
     /// Called with each refused cache entry's reason (a warning for the user).
@@ -297,6 +300,7 @@ impl<'a> Service<'a> {
             cores: Slots::new(jobs.max(1)),
             in_flight: Mutex::default(),
             scouted: Mutex::default(),
+            ranks: None,
             scratch,
             counts: Counts::default(),
             on_refused: Box::new(|_| {}),
@@ -407,15 +411,17 @@ impl<'a> Service<'a> {
     ) -> Result<(Computed, Option<f64>), ServiceError> {
         // A build machine's job that a scout started: counted as found ahead, not as
         // shared or cached (a scout's own lookups count nothing: they are not the build's).
-        let count_given = |counter: &AtomicU64| {
+        // Whether it was counted in `counter`.
+        let count_given = |counter: &AtomicU64| -> bool {
             if scout {
-                return;
+                return false;
             }
             let scouted = self.scouted.lock().expect("no panics hold this lock");
             match scouted.contains(action) {
                 true => self.counts.prefetched.fetch_add(1, Ordering::Relaxed),
                 false => counter.fetch_add(1, Ordering::Relaxed),
             };
+            !scouted.contains(action)
         };
         let shared = {
             let mut in_flight = self.in_flight.lock().expect("no panics hold this lock");
@@ -427,8 +433,8 @@ impl<'a> Service<'a> {
             }
             if let Some(hit) = self.lookup(job, action) {
                 drop(in_flight);
-                count_given(&self.counts.hits);
-                if !scout {
+                // A scout's run counted its instructions already.
+                if count_given(&self.counts.hits) {
                     self.counts.cycles.fetch_add(hit.cycles, Ordering::Relaxed);
                 }
                 return Ok((hit, None));
@@ -545,11 +551,20 @@ impl<'a> Service<'a> {
             }
         };
         let (run, seconds) = {
-            let _live = self.live.take(submitted_at);
-            let core = self.cores.take(submitted_at);
+            // Scouts find jobs before their build machine's time reaches them: the longest
+            // chain goes first, each to its end. Else the build machine runs no further
+            // than its earliest wall, so the sibling with the smallest wall goes first.
+            let key = match &self.ranks {
+                Some(ranks) => ranks.key(job),
+                None => submitted_at,
+            };
+            let _live = self.live.take(key);
+            let core = self.cores.take(key);
             let progress = |c: u64| {
                 progress(c);
-                core.reschedule(submitted_at.saturating_add(c));
+                if self.ranks.is_none() {
+                    core.reschedule(submitted_at.saturating_add(c));
+                }
             };
             let started = std::time::Instant::now();
             let run = self
@@ -957,6 +972,7 @@ mod tests {
         assert_eq!(counts.hits.load(Ordering::SeqCst), 0);
         assert_eq!(counts.prefetched.load(Ordering::SeqCst), 1);
         assert_eq!(counts.runs.load(Ordering::SeqCst), 1);
+        assert_eq!(counts.cycles.load(Ordering::SeqCst), 4242, "counted once");
     }
 
     #[test]

@@ -212,7 +212,7 @@ pub fn verify(
             // Offloaded as the published build was: its build machines ran on the board
             // with the channel, so only that rebuild can reach its root hashes.
             offload,
-            scout: false,
+            scout: true,
         };
         let summary = run_release(&run, progress)?;
         // One verdict over every target's comparison.
