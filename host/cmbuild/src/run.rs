@@ -1575,7 +1575,7 @@ fn run_machine(
             let name = &name;
             scope.spawn(move || {
                 let said = match scout.run(scope) {
-                    Ok((end, mcycle)) => format!("stopped ({end:?}) at mcycle {mcycle}"),
+                    Ok((end, mcycle)) => format!("stopped at mcycle {mcycle}: {end}"),
                     Err(e) => format!("stopped: {e}"),
                 };
                 progress(Progress::Phase(format!("[{name}] scout {said}")));

@@ -45,7 +45,7 @@ const SLICE: u64 = 1 << 26;
 /// How long a scout waiting for an answer blocks before it looks at its stop flag again.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Why a scout stopped.
+/// Why a scout stopped (its `Display` is a phrase for the user).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
     /// Its build machine halted (or failed).
@@ -56,6 +56,17 @@ pub enum End {
     Halted,
     /// It reached its mcycle limit.
     Limit,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            End::Told => "its build machine halted",
+            End::Idle => "no job in flight, compiling the build machine's own crates",
+            End::Halted => "it halted",
+            End::Limit => "it reached its mcycle limit",
+        })
+    }
 }
 
 /// What the scout did since it last stood at a wall.
