@@ -1157,7 +1157,8 @@ pub fn prepare_offload<'a>(
     let offload_error =
         |e: &(dyn std::error::Error + 'static)| RunError::Offload(crate::terminal::error_chain(e));
     let mut known = Vec::new();
-    let mut archives = Vec::new();
+    // Bytes of Rust sources per top directory, for the ranks.
+    let mut sizes = Vec::new();
     for archive in [&job.source_tar, &inputs.vendor_tar] {
         let entries =
             cmbuild_image::deb::read_tar(archive.as_slice()).map_err(|e| offload_error(&e))?;
@@ -1166,7 +1167,7 @@ pub fn prepare_offload<'a>(
                 known.push(blobs.put(bytes).map_err(|e| offload_error(&e))?);
             }
         }
-        archives.push(entries);
+        sizes.push(crate::offload::rank::rust_bytes(&entries));
     }
     known.sort();
     known.dedup();
@@ -1180,10 +1181,9 @@ pub fn prepare_offload<'a>(
         job.work.path().join("offload-scratch"),
     );
     if opts.scout && opts.jobs > 1 {
-        let ranks = crate::offload::rank::Ranks::new(&job.lock_bytes, &archives[1], &archives[0]);
+        let ranks = crate::offload::rank::Ranks::new(&job.lock_bytes, &sizes[1], &sizes[0]);
         service.ranks = Some(ranks);
     }
-    drop(archives);
     service.on_refused = Box::new(|why| {
         progress(Progress::Phase(format!(
             "offload: a cache entry was refused and its job runs again: {why}"

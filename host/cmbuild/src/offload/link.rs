@@ -81,8 +81,6 @@ pub struct Link<'scope, 'env> {
     outstanding: usize,
     /// Pipelined jobs computed before the parent asked for their rest, by request tag.
     parked: std::collections::BTreeMap<u64, Parked>,
-    /// Whether the machine is a scout: answers as soon as they are computed.
-    scout: bool,
     /// Answers handed to the machine so far.
     answered: u64,
 }
@@ -97,7 +95,6 @@ impl<'scope, 'env> Link<'scope, 'env> {
     ) -> Self {
         let (events_tx, events_rx) = channel();
         Link {
-            scout: parent.is_scout(),
             answered: 0,
             parent,
             service,
@@ -123,7 +120,7 @@ impl<'scope, 'env> Link<'scope, 'env> {
             Step::Rest { of, promise } => {
                 if let Some((dispatch, action, computed)) = self.parked.remove(&of) {
                     self.answer(machine, &dispatch, action, &computed)?;
-                } else if !self.scout {
+                } else if !self.parent.is_scout() {
                     machine.offload_promise(promise.0, promise.1)?;
                 }
             }
@@ -167,7 +164,7 @@ impl<'scope, 'env> Link<'scope, 'env> {
                 cycles,
             } => {
                 let promise = self.parent.promise(tag, submitted_at, cycles);
-                if let (Some((tag, not_before)), false) = (promise, self.scout) {
+                if let (Some((tag, not_before)), false) = (promise, self.parent.is_scout()) {
                     machine.offload_promise(tag, not_before)?;
                 }
             }
@@ -213,7 +210,7 @@ impl<'scope, 'env> Link<'scope, 'env> {
         tag: u64,
         mut answer: cmbuild_machine::devices::offload::Answer,
     ) -> Result<(), LinkError> {
-        if self.scout {
+        if self.parent.is_scout() {
             let channel = machine.offload().ok_or(LinkError::NoRequest(tag))?;
             let earliest = channel.earliest(tag).ok_or(LinkError::NoRequest(tag))?;
             answer.visible_at = earliest.max(machine.mcycle());
@@ -233,12 +230,7 @@ impl<'scope, 'env> Link<'scope, 'env> {
 
     /// The machine waits at a wall: blocks until one more answer or promise comes.
     pub fn wait(&mut self, machine: &mut Machine) -> Result<(), LinkError> {
-        if self.outstanding == 0 {
-            return Err(LinkError::Orphan);
-        }
-        let event = self.events_rx.recv().map_err(|_| LinkError::Orphan)?;
-        self.apply(machine, event)?;
-        self.drain(machine)
+        self.wait_up_to(machine, None)
     }
 
     /// [`Link::wait`] for at most `timeout` (nothing coming is no error).
@@ -247,13 +239,29 @@ impl<'scope, 'env> Link<'scope, 'env> {
         machine: &mut Machine,
         timeout: std::time::Duration,
     ) -> Result<(), LinkError> {
+        self.wait_up_to(machine, Some(timeout))
+    }
+
+    fn wait_up_to(
+        &mut self,
+        machine: &mut Machine,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<(), LinkError> {
+        use std::sync::mpsc::RecvTimeoutError;
         if self.outstanding == 0 {
             return Err(LinkError::Orphan);
         }
-        match self.events_rx.recv_timeout(timeout) {
+        let event = match timeout {
+            None => self
+                .events_rx
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected),
+            Some(timeout) => self.events_rx.recv_timeout(timeout),
+        };
+        match event {
             Ok(event) => self.apply(machine, event)?,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(()),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(LinkError::Orphan),
+            Err(RecvTimeoutError::Timeout) => return Ok(()),
+            Err(RecvTimeoutError::Disconnected) => return Err(LinkError::Orphan),
         }
         self.drain(machine)
     }

@@ -41,13 +41,13 @@ struct Lock {
 }
 
 /// Bytes of `.rs` files per top directory of an archive's paths (`name-version/...`).
-fn rust_bytes(entries: &[cmbuild_image::deb::Entry]) -> BTreeMap<&str, u64> {
+pub fn rust_bytes(entries: &[cmbuild_image::deb::Entry]) -> BTreeMap<String, u64> {
     let mut sizes = BTreeMap::new();
     for entry in entries {
         if let cmbuild_image::deb::Node::File(bytes) = &entry.node {
             if entry.path.ends_with(".rs") {
                 let top = entry.path.split('/').next().unwrap_or("");
-                *sizes.entry(top).or_insert(0) += bytes.len() as u64;
+                *sizes.entry(top.to_owned()).or_insert(0) += bytes.len() as u64;
             }
         }
     }
@@ -55,12 +55,12 @@ fn rust_bytes(entries: &[cmbuild_image::deb::Entry]) -> BTreeMap<&str, u64> {
 }
 
 impl Ranks {
-    /// Ranks from a `Cargo.lock` and the vendor and source archives' entries. A lock that
-    /// does not parse gives no ranks (every job then ranks the same).
+    /// Ranks from a `Cargo.lock` and the [`rust_bytes`] of the vendor and source
+    /// archives. A lock that does not parse gives no ranks (every job then ranks the same).
     pub fn new(
         lock: &[u8],
-        vendor: &[cmbuild_image::deb::Entry],
-        source: &[cmbuild_image::deb::Entry],
+        vendored: &BTreeMap<String, u64>,
+        source: &BTreeMap<String, u64>,
     ) -> Ranks {
         let Some(lock) = std::str::from_utf8(lock)
             .ok()
@@ -68,8 +68,7 @@ impl Ranks {
         else {
             return Ranks::default();
         };
-        let vendored = rust_bytes(vendor);
-        let own: u64 = rust_bytes(source).values().sum();
+        let own: u64 = source.values().sum();
         let packages: Vec<Key> = lock
             .package
             .iter()
@@ -219,6 +218,7 @@ source = "registry+https://github.com/rust-lang/crates.io-index"
             file("medium-2.0.0/src/lib.rs", 5000),
         ];
         let source = [file("src/main.rs", 100)];
+        let (vendor, source) = (rust_bytes(&vendor), rust_bytes(&source));
         let ranks = Ranks::new(lock, &vendor, &source);
         let order = |names: &[(&'static str, &'static str)]| -> Vec<&'static str> {
             let mut names = names.to_vec();

@@ -416,12 +416,16 @@ impl<'a> Service<'a> {
             if scout {
                 return false;
             }
-            let scouted = self.scouted.lock().expect("no panics hold this lock");
-            match scouted.contains(action) {
+            let ahead = self
+                .scouted
+                .lock()
+                .expect("no panics hold this lock")
+                .contains(action);
+            match ahead {
                 true => self.counts.prefetched.fetch_add(1, Ordering::Relaxed),
                 false => counter.fetch_add(1, Ordering::Relaxed),
             };
-            !scouted.contains(action)
+            !ahead
         };
         let shared = {
             let mut in_flight = self.in_flight.lock().expect("no panics hold this lock");
