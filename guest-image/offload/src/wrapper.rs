@@ -231,8 +231,12 @@ pub fn plan(
         && types
             .iter()
             .all(|t| matches!(*t, "lib" | "rlib" | "proc-macro"));
-    if !(library || crate_name.starts_with("build_script_")) {
-        return Err("not a library or a build script".into());
+    // A binary links like a build script; the host's order of work wants it offloaded:
+    // a scout submits it as soon as its libraries are answered, while its build machine
+    // may still be catching up (`docs/parallel-builds.md`, "Which jobs are offloaded").
+    let binary = types == ["bin"];
+    if !(library || binary || crate_name.starts_with("build_script_")) {
+        return Err("not a library, a binary or a build script".into());
     }
     if parsed.values("-o").next().is_some() {
         return Err("-o names an output outside --out-dir".into());
@@ -957,6 +961,34 @@ mod tests {
     }
 
     #[test]
+    fn the_projects_binary_is_offloaded_with_the_project_and_its_libraries() {
+        let bin = words(&format!(
+            "--crate-name app --edition=2021 src/main.rs --crate-type bin \
+             --emit=dep-info,link -C opt-level=3 --out-dir /build/src/target/{T}/release/deps \
+             --target {T} -C linker=x86_64-linux-gnu-gcc \
+             -L dependency=/build/src/target/{T}/release/deps \
+             --extern clap=/build/src/target/{T}/release/deps/libclap-1.rlib"
+        ));
+        let e = env(&[("CARGO_MANIFEST_DIR", "/build/src")]);
+        let p = plan(&bin, &e, "/build/src", "/build").unwrap();
+        assert_eq!(p.outputs, [format!("/build/src/target/{T}/release/deps")]);
+        assert_eq!(
+            p.trees,
+            [(
+                "/build/src".to_owned(),
+                Some("/build/src/target".to_owned())
+            )]
+        );
+        assert_eq!(
+            p.files,
+            [
+                "/build/src/src/main.rs".to_owned(),
+                format!("/build/src/target/{T}/release/deps/libclap-1.rlib"),
+            ]
+        );
+    }
+
+    #[test]
     fn everything_else_runs_here() {
         let e = env(&[("CARGO_MANIFEST_DIR", "/build/src")]);
         let local = |args: &str| plan(&words(args), &e, "/build/src", "/build");
@@ -966,9 +998,9 @@ mod tests {
             "-vV".to_string(),
             "- --crate-name ___ --print=file-names --crate-type bin --crate-type rlib".into(),
             format!("--crate-name ___ --print=cfg --target {T} -"),
-            // a binary, a test, a cdylib, a staticlib, no crate type
-            format!("--crate-name app src/main.rs --crate-type bin {out}"),
+            // a test, a cdylib, a staticlib, a binary that is a library too, no crate type
             format!("--crate-name app src/main.rs --test {out}"),
+            format!("--crate-name app src/main.rs --crate-type bin --crate-type lib {out}"),
             format!("--crate-name app src/lib.rs --crate-type cdylib {out}"),
             format!("--crate-name app src/lib.rs --crate-type lib --crate-type staticlib {out}"),
             format!("--crate-name app src/lib.rs --crate-type lib,dylib {out}"),

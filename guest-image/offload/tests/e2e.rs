@@ -608,10 +608,10 @@ fn refused_or_hostile_results_and_unoffloadable_jobs_run_rustc_here() {
     );
     let jobs_so_far = log.lock().unwrap().jobs.len();
 
-    // Not offloadable: a binary. The host sees nothing, rustc runs here quietly.
+    // Not offloadable: a cdylib. The host sees nothing, rustc runs here quietly.
     let mut bin_args = p.args("app");
     let i = bin_args.iter().position(|a| a == "lib").unwrap();
-    bin_args[i] = "bin".into();
+    bin_args[i] = "cdylib".into();
     let out = p.wrapper(&socket, &bin_args);
     assert_eq!(out.status.code(), Some(42));
     assert_eq!(
@@ -982,9 +982,9 @@ fn a_real_cargo_build_through_the_wrapper() {
     assert_eq!(
         names,
         ["app", "build_script_build", "dep", "mac"],
-        "offloaded: the libraries, the proc macro and the build script, not the binary"
+        "offloaded: the libraries, the proc macro, the build script and the binary"
     );
-    assert_eq!(runs.load(Ordering::SeqCst), 4, "each job ran once");
+    assert_eq!(runs.load(Ordering::SeqCst), 5, "each job ran once");
     drop(log);
     let _ = run(Command::new(BIN).args(["quit", &socket]));
     assert!(wait_exit(&mut mux, Duration::from_secs(10)).is_some());

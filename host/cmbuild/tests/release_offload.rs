@@ -154,9 +154,14 @@ fn offloaded_builds_are_the_same_with_any_jobs_cold_or_cached() {
         summary(&cold.said)
     );
     assert!(
-        machine.jobs.len() >= 4,
-        "every dependency is a job: {:?}",
+        machine.jobs.len() >= 5,
+        "every dependency is a job, and so is the binary: {:?}",
         machine.jobs
+    );
+    assert!(
+        cold.said.contains("cmbuild run: offload: hello: "),
+        "the project's binary was compiled in a sibling:\n{}",
+        cold.said
     );
     const L: u64 = 1 << 28;
     for job in &machine.jobs {
