@@ -215,6 +215,27 @@ fn offloaded_builds_are_the_same_with_any_jobs_cold_or_cached() {
     );
     same(&warm, "--jobs 2 from the cache");
 
+    // Anyone can check an offloaded build: verify rebuilds it offloaded (as machine.json
+    // says), its jobs from this mirror's cache, and reaches the same root hash.
+    let (ok, said) = cmbuild(&[
+        "verify",
+        s(&dir.path().join("cold1/v0.1.0")),
+        "--project",
+        s(&project),
+        "--mirror",
+        s(&mirror),
+        "--out",
+        s(&dir.path().join("verify")),
+    ]);
+    assert!(
+        ok,
+        "verify of an offloaded build failed (exit 1 is FAILED):\n{said}"
+    );
+    assert!(
+        said.contains("job(s) run in sibling machines"),
+        "the rebuild was offloaded:\n{said}"
+    );
+
     // A tampered result blob: its entry is refused, the job recomputed, nothing changes.
     let entries: Vec<PathBuf> = std::fs::read_dir(mirror.join("offload"))
         .unwrap()

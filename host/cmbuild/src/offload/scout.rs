@@ -20,9 +20,10 @@
 //! among the build machine's ones in the host's slots.
 //!
 //! It stops when its build machine halts, when it has had no job in flight for
-//! [`IDLE_BUDGET`] instructions after its first answer (it is compiling something itself:
-//! the build machine's own crates, which no job gives), at its mcycle limit, or at any
-//! error of its own (which never fails the run).
+//! [`IDLE_BUDGET`] instructions after its first answer (it is doing work no job gives: a
+//! long build script, or a target the wrapper compiles in the machine, such as a `cdylib`),
+//! when it halts (it finished the build: the project's binary is a job too), at its mcycle
+//! limit, or at any error of its own (which never fails the run).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -60,12 +61,16 @@ pub enum End {
 
 impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            End::Told => "its build machine halted",
-            End::Idle => "no job in flight, compiling the build machine's own crates",
-            End::Halted => "it halted",
-            End::Limit => "it reached its mcycle limit",
-        })
+        match self {
+            End::Told => f.write_str("its build machine halted"),
+            End::Idle => write!(
+                f,
+                "no job in flight for {:.0e} instructions",
+                IDLE_BUDGET as f64
+            ),
+            End::Halted => f.write_str("it halted"),
+            End::Limit => f.write_str("it reached its mcycle limit"),
+        }
     }
 }
 
@@ -193,6 +198,14 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_idle_end_names_the_budget() {
+        assert_eq!(
+            End::Idle.to_string(),
+            "no job in flight for 3e9 instructions"
+        );
+    }
 
     #[test]
     fn a_scout_runs_on_when_it_has_work_and_waits_when_it_sleeps() {
