@@ -742,10 +742,7 @@ pub fn gather_inputs(
         true => Some(obtain_template(
             &mirror,
             &opts.pins,
-            &MachineSettings {
-                offload_latency: Some(OFFLOAD_LATENCY),
-                ..opts.machine
-            },
+            &parent_settings(&opts.machine),
             &image,
             job.toolchain,
             progress,
@@ -762,9 +759,42 @@ pub fn gather_inputs(
     })
 }
 
+/// The settings of an offloading build machine (a parent) for machines of `settings`: the
+/// same, with the offload channel.
+pub fn parent_settings(settings: &MachineSettings) -> MachineSettings {
+    MachineSettings {
+        offload_latency: Some(OFFLOAD_LATENCY),
+        ..*settings
+    }
+}
+
+/// The pin that names the template of `settings` and `toolchain`, if one does: the default
+/// settings' ([`crate::template::TEMPLATE_PIN`]) and their parent's
+/// ([`crate::template::PARENT_TEMPLATE_PIN`]), with the default toolchain (the mcycle limit
+/// is not part of a template).
+pub fn template_pin(settings: &MachineSettings, toolchain: RustVersion) -> Option<&'static str> {
+    let default_settings = MachineSettings {
+        max_mcycle: settings.max_mcycle,
+        ..MachineSettings::default()
+    };
+    let default_toolchain = cmbuild_image::layers::shipped()
+        .ok()
+        .and_then(|layers| layers.default_version());
+    if default_toolchain != Some(toolchain) {
+        return None;
+    }
+    if *settings == default_settings {
+        Some(crate::template::TEMPLATE_PIN)
+    } else if *settings == parent_settings(&default_settings) {
+        Some(crate::template::PARENT_TEMPLATE_PIN)
+    } else {
+        None
+    }
+}
+
 /// The template of the run's image, toolchain layer and machine settings, from the mirror
-/// or derived now (see [`crate::template`]). The pinned template hash applies to the
-/// default settings with the default toolchain.
+/// or derived now (see [`crate::template`]), checked against the pin that names it, if one
+/// does ([`template_pin`]).
 pub fn obtain_template(
     mirror: &Mirror,
     pins: &Pins,
@@ -775,17 +805,8 @@ pub fn obtain_template(
 ) -> Result<crate::template::Template, RunError> {
     use crate::template;
     let cids = image_cids(pins, toolchain)?;
-    let default_settings = MachineSettings {
-        max_mcycle: settings.max_mcycle,
-        ..MachineSettings::default()
-    };
-    let default_toolchain = cmbuild_image::layers::shipped()
-        .ok()
-        .and_then(|layers| layers.default_version());
-    let pinned = pins
-        .get(template::TEMPLATE_PIN)
-        .filter(|_| *settings == default_settings && default_toolchain == Some(toolchain))
-        .map(String::as_str);
+    let pinned = template_pin(settings, toolchain)
+        .and_then(|key| pins.get(key).map(|hash| template::Pin { key, hash }));
     let started = std::time::Instant::now();
     let found = template::obtain(mirror, image, &cids, settings, pinned, &mut |event| {
         if let template::Event::Note(note) = event {

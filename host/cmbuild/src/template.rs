@@ -63,6 +63,33 @@ const MAX_TEMPLATE_BLOB: u64 = 8 << 30;
 /// The pin of the template hash of the default machine settings in `digests.lock.env`.
 pub const TEMPLATE_PIN: &str = "GUEST_TEMPLATE_HASH";
 
+/// The pin of the offloading build machines' template (the default settings with the
+/// offload channel, `crate::run::OFFLOAD_LATENCY`) in `digests.lock.env`.
+pub const PARENT_TEMPLATE_PIN: &str = "GUEST_PARENT_TEMPLATE_HASH";
+
+/// A pinned template hash and the pin that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin<'a> {
+    /// The pin's key ([`TEMPLATE_PIN`] or [`PARENT_TEMPLATE_PIN`]).
+    pub key: &'static str,
+    /// The hash it pins.
+    pub hash: &'a str,
+}
+
+impl Pin<'_> {
+    /// `Err` unless `derived` is the pinned hash.
+    fn check(&self, derived: &str) -> Result<(), TemplateError> {
+        match self.hash == derived {
+            true => Ok(()),
+            false => Err(TemplateError::PinMismatch {
+                pin: self.key,
+                pinned: self.hash.to_owned(),
+                derived: derived.to_owned(),
+            }),
+        }
+    }
+}
+
 /// Why a template could not be derived, stored or resumed.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -611,7 +638,7 @@ pub fn obtain(
     image: &GuestImage,
     cids: &ImageCids,
     settings: &MachineSettings,
-    pinned: Option<&str>,
+    pinned: Option<Pin<'_>>,
     events: &mut dyn FnMut(Event<'_>),
 ) -> Result<Template, TemplateError> {
     let key = template_key(cids, settings);
@@ -631,13 +658,7 @@ pub fn obtain(
     ));
     let template = derive(mirror, image, cids, settings, events)?;
     if let Some(pinned) = pinned {
-        if pinned != template.record.root_hash {
-            return Err(TemplateError::PinMismatch {
-                pin: TEMPLATE_PIN,
-                pinned: pinned.to_owned(),
-                derived: template.record.root_hash.clone(),
-            });
-        }
+        pinned.check(&template.record.root_hash)?;
     }
     Ok(template)
 }
@@ -696,7 +717,7 @@ fn read_record(
     mirror: &Mirror,
     path: &Path,
     key: &str,
-    pinned: Option<&str>,
+    pinned: Option<Pin<'_>>,
 ) -> Result<Option<Template>, TemplateError> {
     let text = match std::fs::read(path) {
         Ok(text) if text.len() <= 64 << 10 => text,
@@ -713,13 +734,7 @@ fn read_record(
         ));
     }
     if let Some(pinned) = pinned {
-        if pinned != record.root_hash {
-            return Err(TemplateError::PinMismatch {
-                pin: TEMPLATE_PIN,
-                pinned: pinned.to_owned(),
-                derived: record.root_hash,
-            });
-        }
+        pinned.check(&record.root_hash)?;
     }
     let size = std::fs::metadata(mirror.blob_path(&record.cid))
         .map(|m| m.len())
@@ -1006,18 +1021,33 @@ mod tests {
             &image,
             &cids,
             &s,
-            Some("cmvm-sha256-v1:11"),
+            Some(Pin {
+                key: PARENT_TEMPLATE_PIN,
+                hash: "cmvm-sha256-v1:11",
+            }),
             &mut |_| {},
         )
         .unwrap_err();
-        assert!(matches!(err, TemplateError::PinMismatch { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                TemplateError::PinMismatch {
+                    pin: PARENT_TEMPLATE_PIN,
+                    ..
+                }
+            ),
+            "the error names the pin: {err}"
+        );
         // The right pin: reused.
         let pinned = obtain(
             &mirror,
             &image,
             &cids,
             &s,
-            Some(&good.record.root_hash),
+            Some(Pin {
+                key: TEMPLATE_PIN,
+                hash: &good.record.root_hash,
+            }),
             &mut |_| {},
         )
         .unwrap();

@@ -194,6 +194,17 @@ fn offloaded_builds_are_the_same_with_any_jobs_cold_or_cached() {
         offload.parent_template.hash,
         cold.record.template.as_ref().unwrap().hash
     );
+    // Both templates are pinned (default settings, default toolchain): a parent template
+    // that differs from its pin fails the run instead of being recorded.
+    let pins = cmbuild::pins::parse(cmbuild::pins::BUILTIN).unwrap();
+    assert_eq!(
+        pins.get(cmbuild::template::PARENT_TEMPLATE_PIN),
+        Some(&offload.parent_template.hash)
+    );
+    assert_eq!(
+        pins.get(cmbuild::template::TEMPLATE_PIN),
+        Some(&cold.record.template.as_ref().unwrap().hash)
+    );
 
     let same = |other: &Build, what: &str| {
         assert_eq!(
@@ -374,4 +385,60 @@ fn a_failing_job_fails_the_build_the_same_way_every_time() {
     }
     assert_eq!(errors[0], errors[1]);
     assert!(errors[0].contains("error[E0308]"), "{}", errors[0]);
+}
+
+#[test]
+#[ignore = "heavy: boots the guest image six times (run by .ci/run when time allows)"]
+fn both_templates_are_pinned_and_image_template_derives_them_again() {
+    use cmbuild::template::{PARENT_TEMPLATE_PIN, TEMPLATE_PIN};
+    let dir = tempfile::tempdir().unwrap();
+    if hello(dir.path()).is_none() {
+        return;
+    }
+    let mirror = cold_mirror(dir.path());
+    let digests = dir.path().join("digests.lock.env");
+    let template = |check: bool| {
+        let mut args = vec![
+            "image",
+            "template",
+            "--mirror",
+            s(&mirror),
+            "--digests",
+            s(&digests),
+        ];
+        if check {
+            args.push("--check");
+        }
+        cmbuild(&args)
+    };
+    std::fs::write(&digests, cmbuild::pins::BUILTIN).unwrap();
+    let (ok, said) = template(true);
+    assert!(ok, "the shipped pins reproduce:\n{said}");
+    for pin in [TEMPLATE_PIN, PARENT_TEMPLATE_PIN] {
+        assert!(
+            said.contains(&format!(
+                "image template --check: the pinned {pin} reproduces"
+            )),
+            "{pin}:\n{said}"
+        );
+    }
+    // Without the parent's pin: --check names it missing; without --check it is written,
+    // and the pins are the shipped ones again.
+    let without: String = cmbuild::pins::BUILTIN
+        .lines()
+        .filter(|l| !l.starts_with(PARENT_TEMPLATE_PIN))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&digests, &without).unwrap();
+    let (ok, said) = template(true);
+    assert!(
+        !ok && said.contains("MISSING template: ") && said.contains(PARENT_TEMPLATE_PIN),
+        "{said}"
+    );
+    let (ok, said) = template(false);
+    assert!(ok, "{said}");
+    assert_eq!(
+        cmbuild::pins::parse(&std::fs::read_to_string(&digests).unwrap()).unwrap(),
+        cmbuild::pins::parse(cmbuild::pins::BUILTIN).unwrap()
+    );
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use cmbuild::guest::MachineSettings;
 use cmbuild::pins;
-use cmbuild::template::{self, Event, TEMPLATE_PIN};
+use cmbuild::template::{self, Event};
 use cmbuild_store::mirror::Mirror;
 
 use super::common::{ImageDirArg, MirrorArg};
@@ -20,8 +20,9 @@ use super::common::{ImageDirArg, MirrorArg};
 /// the mirror has none). This command always boots afresh, stores the result in the mirror
 /// by CID, prints the template hash (the state hash at the ready point) and pins it in the
 /// digests file as GUEST_TEMPLATE_HASH, for the default machine settings and the default
-/// toolchain layer; with --check it writes no pin and fails if the hash differs from the
-/// pinned one.
+/// toolchain layer, and does the same for the offloading build machines' template (those
+/// settings with the offload channel: `run --offload`) as GUEST_PARENT_TEMPLATE_HASH; with
+/// --check it writes no pin and fails if a hash differs from the pinned one.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -46,60 +47,70 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let mut pinned =
         pins::parse(&text).with_context(|| format!("reading {}", args.digests.display()))?;
     let mirror = Mirror::open(&args.mirror.dir)?;
-    // The pinned template is the default toolchain's.
+    // The pinned templates are the default toolchain's.
     let toolchain = cmbuild_image::layers::shipped()?
         .default_version()
         .context("the shipped toolchain locks name no default toolchain")?;
     let image =
         cmbuild::run::read_pinned_image(&mirror, &pinned, Some(&args.image_dir.dir), toolchain)?;
     let cids = cmbuild::run::image_cids(&pinned, toolchain)?;
-    let settings = MachineSettings::default();
-    let started = Instant::now();
-    let mut console = cmbuild::terminal::Stream::new();
-    let mut notes = |event: Event<'_>| match event {
-        Event::Note(note) => eprintln!("image template: {note}"),
-        // The guest's console, sanitised: the boot up to the ready point.
-        Event::Console(bytes) => eprint!("{}", console.push(bytes)),
-    };
-    let derived = if args.no_jit {
-        template::derive_with(&mirror, &image, &cids, &settings, false, &mut notes)?
-    } else {
-        template::derive(&mirror, &image, &cids, &settings, &mut notes)?
-    };
-    let record = &derived.record;
-    println!("{TEMPLATE_PIN}={}", record.root_hash);
-    eprintln!(
-        "image template: ready point at mcycle {}, template {} ({} bytes), derived in {:.1?}",
-        record.mcycle,
-        record.cid,
-        derived.blob.len(),
-        started.elapsed()
-    );
-    let before = pinned.get(TEMPLATE_PIN).cloned();
-    if args.check {
-        return Ok(match before {
-            Some(pin) if pin == record.root_hash => {
-                eprintln!("image template --check: the pinned template hash reproduces");
-                ExitCode::SUCCESS
+    let default = MachineSettings::default();
+    let mut failed = false;
+    for settings in [default, cmbuild::run::parent_settings(&default)] {
+        let pin = cmbuild::run::template_pin(&settings, toolchain)
+            .context("the default settings have no template pin")?;
+        let started = Instant::now();
+        let mut console = cmbuild::terminal::Stream::new();
+        let mut notes = |event: Event<'_>| match event {
+            Event::Note(note) => eprintln!("image template: {note}"),
+            // The guest's console, sanitised: the boot up to the ready point.
+            Event::Console(bytes) => eprint!("{}", console.push(bytes)),
+        };
+        let derived = if args.no_jit {
+            template::derive_with(&mirror, &image, &cids, &settings, false, &mut notes)?
+        } else {
+            template::derive(&mirror, &image, &cids, &settings, &mut notes)?
+        };
+        let record = &derived.record;
+        println!("{pin}={}", record.root_hash);
+        eprintln!(
+            "image template: {pin}: ready point at mcycle {}, template {} ({} bytes), derived in {:.1?}",
+            record.mcycle,
+            record.cid,
+            derived.blob.len(),
+            started.elapsed()
+        );
+        if !args.check {
+            pinned.insert(pin.to_owned(), record.root_hash.clone());
+            continue;
+        }
+        match pinned.get(pin) {
+            Some(hash) if *hash == record.root_hash => {
+                eprintln!("image template --check: the pinned {pin} reproduces");
             }
-            Some(pin) => {
+            Some(hash) => {
+                failed = true;
                 eprintln!(
-                    "DRIFTED template: {TEMPLATE_PIN} is pinned as {pin}, this image gives {}",
+                    "DRIFTED template: {pin} is pinned as {hash}, this image gives {}",
                     record.root_hash
                 );
-                ExitCode::from(1)
             }
             None => {
+                failed = true;
                 eprintln!(
-                    "MISSING template: {} has no {TEMPLATE_PIN} (this image gives {})",
+                    "MISSING template: {} has no {pin} (this image gives {})",
                     args.digests.display(),
                     record.root_hash
                 );
-                ExitCode::from(1)
             }
+        }
+    }
+    if args.check {
+        return Ok(match failed {
+            true => ExitCode::from(1),
+            false => ExitCode::SUCCESS,
         });
     }
-    pinned.insert(TEMPLATE_PIN.to_owned(), record.root_hash.clone());
     cmbuild_store::atomic::write_atomically(&args.digests, pins::render(&pinned).as_bytes())
         .with_context(|| format!("writing {}", args.digests.display()))?;
     eprintln!("image template: pinned in {}", args.digests.display());
