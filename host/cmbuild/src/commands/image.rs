@@ -14,8 +14,9 @@ enum Command {
     Lock(super::image_lock::Args),
     /// Assemble kernel, firmware, initramfs and root image offline from the mirror.
     Build(super::image_build::Args),
-    /// Boot the guest image to its ready point, keep that template machine in the mirror
-    /// and pin its hash (or, with --check, prove the pinned hash reproduces).
+    /// Boot the guest image to its ready point (plain, and with the offload channel), keep
+    /// both template machines in the mirror and pin their hashes (or, with --check, prove the
+    /// pinned hashes reproduce).
     Template(super::image_template::Args),
 }
 

@@ -29,11 +29,11 @@ pub struct Args {
     mirror: MirrorArg,
     #[command(flatten)]
     image_dir: ImageDirArg,
-    /// The pins file naming the image (read) and the template hash (updated, or with
+    /// The pins file naming the image (read) and the template hashes (updated, or with
     /// --check, compared).
     #[arg(long, value_name = "FILE", default_value = "digests.lock.env")]
     digests: PathBuf,
-    /// Compare the derived template hash with the pinned one instead of writing it.
+    /// Compare the derived template hashes with the pinned ones instead of writing them.
     #[arg(long)]
     check: bool,
     /// Derive with the translator off (the interpreter alone); the hash must not change.
