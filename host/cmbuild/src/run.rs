@@ -1867,6 +1867,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_default_settings_and_their_parents_templates_are_pinned_and_no_other() {
+        use crate::template::{PARENT_TEMPLATE_PIN, TEMPLATE_PIN};
+        let layers = cmbuild_image::layers::shipped().unwrap();
+        let default = layers.default_version().unwrap();
+        let settings = MachineSettings::default();
+        assert_eq!(template_pin(&settings, default), Some(TEMPLATE_PIN));
+        let parent = parent_settings(&settings);
+        assert_eq!(template_pin(&parent, default), Some(PARENT_TEMPLATE_PIN));
+        // The mcycle limit is not part of a template.
+        let limited = MachineSettings {
+            max_mcycle: 7,
+            ..parent
+        };
+        assert_eq!(template_pin(&limited, default), Some(PARENT_TEMPLATE_PIN));
+        let larger = MachineSettings {
+            ram_length: settings.ram_length * 2,
+            ..settings
+        };
+        assert_eq!(template_pin(&larger, default), None);
+        let latency = MachineSettings {
+            offload_latency: Some(OFFLOAD_LATENCY + 1),
+            ..settings
+        };
+        assert_eq!(template_pin(&latency, default), None);
+        for other in layers.versions().into_iter().filter(|v| *v != default) {
+            assert_eq!(template_pin(&settings, other), None, "{other:?}");
+        }
+        // Both are in the shipped pins.
+        let pins = crate::pins::parse(crate::pins::BUILTIN).unwrap();
+        assert!(pins.contains_key(TEMPLATE_PIN) && pins.contains_key(PARENT_TEMPLATE_PIN));
+    }
+
+    #[test]
     fn revision_directory_names_are_safe() {
         assert_eq!(sanitize_dir_name("v0.1.0"), "v0.1.0");
         assert_eq!(sanitize_dir_name("release/1.0"), "release_1.0");
