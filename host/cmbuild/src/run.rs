@@ -1178,9 +1178,14 @@ pub fn prepare_offload<'a>(
     let offload_error =
         |e: &(dyn std::error::Error + 'static)| RunError::Offload(crate::terminal::error_chain(e));
     let mut known = Vec::new();
-    // Bytes of Rust sources per top directory, for the ranks.
-    let mut sizes = Vec::new();
-    for archive in [&job.source_tar, &inputs.vendor_tar] {
+    // With scouts the host orders its work by rank, estimated from the bytes of Rust
+    // sources per top directory of the source and vendor archives.
+    let ranked = opts.scout && opts.jobs > 1;
+    let (mut source_sizes, mut vendor_sizes) = Default::default();
+    for (archive, sizes) in [
+        (&job.source_tar, &mut source_sizes),
+        (&inputs.vendor_tar, &mut vendor_sizes),
+    ] {
         let entries =
             cmbuild_image::deb::read_tar(archive.as_slice()).map_err(|e| offload_error(&e))?;
         for entry in &entries {
@@ -1188,7 +1193,9 @@ pub fn prepare_offload<'a>(
                 known.push(blobs.put(bytes).map_err(|e| offload_error(&e))?);
             }
         }
-        sizes.push(crate::offload::rank::rust_bytes(&entries));
+        if ranked {
+            *sizes = crate::offload::rank::rust_bytes(&entries);
+        }
     }
     known.sort();
     known.dedup();
@@ -1201,8 +1208,8 @@ pub fn prepare_offload<'a>(
         opts.jobs,
         job.work.path().join("offload-scratch"),
     );
-    if opts.scout && opts.jobs > 1 {
-        let ranks = crate::offload::rank::Ranks::new(&job.lock_bytes, &sizes[1], &sizes[0]);
+    if ranked {
+        let ranks = crate::offload::rank::Ranks::new(&job.lock_bytes, &vendor_sizes, &source_sizes);
         service.ranks = Some(ranks);
     }
     service.on_refused = Box::new(|why| {

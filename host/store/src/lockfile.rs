@@ -119,6 +119,9 @@ pub struct Package {
     pub version: String,
     /// Where it comes from.
     pub source: Source,
+    /// The packages it depends on, as the lock names them: `name`, `name version` or
+    /// `name version (source)` (unchecked: they only point at other entries).
+    pub dependencies: Vec<String>,
 }
 
 impl Package {
@@ -155,6 +158,8 @@ struct RawPackage {
     version: String,
     source: Option<String>,
     checksum: Option<String>,
+    #[serde(default)]
+    dependencies: Vec<String>,
 }
 
 /// Reads and parses the Cargo.lock at `path`.
@@ -235,6 +240,7 @@ pub fn parse_lockfile(text: &str, path: &Path) -> Result<Lockfile, LockError> {
             name: package.name,
             version: package.version,
             source,
+            dependencies: package.dependencies,
         });
     }
     packages.sort();
@@ -309,6 +315,8 @@ source = "git+https://example.com/dep.git#0123abcd"
             let names: Vec<&str> = lock.packages.iter().map(|p| p.name.as_str()).collect();
             assert_eq!(names, ["app", "dep", "itoa"]);
             assert_eq!(lock.packages[0].source, Source::Local);
+            assert_eq!(lock.packages[0].dependencies, ["itoa"]);
+            assert!(lock.packages[2].dependencies.is_empty());
             assert_eq!(
                 lock.packages[1].source,
                 Source::Git("git+https://example.com/dep.git#0123abcd".into())

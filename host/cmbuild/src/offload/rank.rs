@@ -12,6 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::path::Path;
+
+use cmbuild_store::lockfile::{parse_lockfile, Source};
+
 use super::job::Job;
 
 /// A package: name and version.
@@ -21,23 +25,6 @@ type Key = (String, String);
 #[derive(Debug, Default)]
 pub struct Ranks {
     ranks: BTreeMap<Key, u64>,
-}
-
-/// One `[[package]]` of a `Cargo.lock`.
-#[derive(Debug, serde::Deserialize)]
-struct LockPackage {
-    name: String,
-    version: String,
-    #[serde(default)]
-    source: Option<String>,
-    #[serde(default)]
-    dependencies: Vec<String>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct Lock {
-    #[serde(default)]
-    package: Vec<LockPackage>,
 }
 
 /// Bytes of `.rs` files per top directory of an archive's paths (`name-version/...`).
@@ -64,25 +51,25 @@ impl Ranks {
     ) -> Ranks {
         let Some(lock) = std::str::from_utf8(lock)
             .ok()
-            .and_then(|text| toml::from_str::<Lock>(text).ok())
+            .and_then(|text| parse_lockfile(text, Path::new("Cargo.lock")).ok())
         else {
             return Ranks::default();
         };
         let own: u64 = source.values().sum();
         let packages: Vec<Key> = lock
-            .package
+            .packages
             .iter()
             .map(|p| (p.name.clone(), p.version.clone()))
             .collect();
         let cost: Vec<u64> = lock
-            .package
+            .packages
             .iter()
             .map(|p| match &p.source {
-                Some(_) => vendored
+                Source::Local => own,
+                _ => vendored
                     .get(format!("{}-{}", p.name, p.version).as_str())
                     .copied()
                     .unwrap_or(0),
-                None => own,
             })
             .collect();
         // `name`, `name version` or `name version (source)`: the package it names.
@@ -98,7 +85,7 @@ impl Ranks {
             found.next().is_none().then_some(first)
         };
         let mut dependents: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); packages.len()];
-        for (i, p) in lock.package.iter().enumerate() {
+        for (i, p) in lock.packages.iter().enumerate() {
             for d in p.dependencies.iter().filter_map(|d| named(d)) {
                 dependents[d].insert(i);
             }
@@ -199,17 +186,20 @@ dependencies = ["big", "medium"]
 name = "big"
 version = "1.0.0"
 source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 dependencies = ["leaf 0.1.0"]
 
 [[package]]
 name = "leaf"
 version = "0.1.0"
 source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 [[package]]
 name = "medium"
 version = "2.0.0"
 source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 "#;
         let vendor = [
             file("big-1.0.0/src/lib.rs", 8000),

@@ -121,6 +121,9 @@ pub struct Counts {
 ///   ([`Slot::reschedule`]): advancing the sibling whose answer the parent reaches first lets
 ///   it find its next jobs soonest, where running jobs to their end in turn would spend the
 ///   host on work past the point the parent needs.
+///
+/// With scouts both sets are keyed by rank instead ([`Service::ranks`]), and a sibling keeps
+/// its core to its end: the scouts find jobs before the walls would.
 #[derive(Debug)]
 struct Slots {
     state: Mutex<SlotState>,
