@@ -19,9 +19,45 @@ const _: () = assert!(std::mem::offset_of!(TlbEntry, ram_tag) == RAM_TAG as usiz
 /// Most instructions in a block (keeps spans under 256 halfwords).
 const MAX_INSNS: usize = 64;
 
-/// Host registers that hold guest registers inside a block; rax, rcx and rdx are
-/// scratch, rbx points at the hart, rsp is the stack.
+/// Host registers that hold guest registers; rax, rcx and rdx are scratch, rbx points
+/// at the hart, rsp is the stack. The first [`GLOBALS`]`.len()` hold the global guest
+/// registers, the rest whatever each block uses most.
 const POOL: [u8; 11] = [R12, R13, R14, R15, RBP, RSI, RDI, R8, R9, R10, R11];
+
+/// The guest registers kept in the same host register (the first of [`POOL`], in order)
+/// in every block: the trampoline loads them, chained blocks hand them on in place, and
+/// the epilogue stores them back, so between blocks they never go through memory. They
+/// are sp, a0, a1, ra and a2: the most used by the rustc workload, weighted by how often
+/// each block ran (ra counts for more than its uses, since `jal` writes it in one block
+/// and the `ret` that reads it ends another). Their host registers are callee-saved, so
+/// helper calls need not save them; more globals (in caller-saved registers, fewer left
+/// for each block) measured no faster (`docs/performance.md`).
+const GLOBALS: [u8; 5] = [2, 10, 11, 1, 12];
+const _: () = assert!(GLOBALS.len() <= POOL.len());
+
+/// The globals' host registers are callee-saved.
+const _: () = {
+    let mut i = 0;
+    while i < GLOBALS.len() {
+        assert!(matches!(POOL[i], R12 | R13 | R14 | R15 | RBP));
+        i += 1;
+    }
+};
+
+/// Loads the global guest registers from the hart (at rbx) into their host registers:
+/// the trampoline's last step before it jumps to a block.
+pub(super) fn load_globals(a: &mut Asm) {
+    for (&g, &h) in GLOBALS.iter().zip(POOL.iter()) {
+        a.mov_load(W::B64, h, Rm::at(RBX, x_at(g)));
+    }
+}
+
+/// Stores the global guest registers back to the hart: the epilogue's first step.
+pub(super) fn store_globals(a: &mut Asm) {
+    for (&g, &h) in GLOBALS.iter().zip(POOL.iter()) {
+        a.mov_store(W::B64, Rm::at(RBX, x_at(g)), h);
+    }
+}
 
 fn disp(off: usize) -> i32 {
     off as i32
@@ -244,7 +280,11 @@ pub(super) struct Block<'a> {
     start: usize,
     /// Host register of each guest register, if cached.
     map: [Option<u8>; 32],
-    /// Cached guest registers written so far (bit per register): what exits write back.
+    /// The global guest registers (bit per register; see [`GLOBALS`]): always live in
+    /// their host registers, never loaded on entry nor written back at a chained exit.
+    global: u32,
+    /// Cached guest registers other than the global ones written so far (bit per
+    /// register): what exits write back.
     dirty: u32,
     /// Host address of the page's block table.
     table: u64,
@@ -273,16 +313,24 @@ impl<'a> Block<'a> {
             }
         }
         uses[0] = 0;
-        let mut order: Vec<u8> = (1..32).filter(|&g| uses[g as usize] > 0).collect();
-        order.sort_by_key(|&g| std::cmp::Reverse(uses[g as usize]));
         let mut map = [None; 32];
-        for (&g, &h) in order.iter().zip(POOL.iter()) {
+        let mut global = 0u32;
+        for (&g, &h) in GLOBALS.iter().zip(POOL.iter()) {
+            map[g as usize] = Some(h);
+            global |= 1 << g;
+        }
+        let mut order: Vec<u8> = (1..32)
+            .filter(|&g| uses[g as usize] > 0 && global >> g & 1 == 0)
+            .collect();
+        order.sort_by_key(|&g| std::cmp::Reverse(uses[g as usize]));
+        for (&g, &h) in order.iter().zip(POOL[GLOBALS.len()..].iter()) {
             map[g as usize] = Some(h);
         }
         Self {
             items,
             start,
             map,
+            global,
             dirty: 0,
             table,
             code_base: mem.base_addr(),
@@ -315,7 +363,7 @@ impl<'a> Block<'a> {
         match self.map[g as usize] {
             Some(h) => {
                 self.a.mov_rr(h, src);
-                self.dirty |= 1 << g;
+                self.dirty |= 1 << g & !self.global;
             }
             None => self.a.mov_store(W::B64, Rm::at(RBX, x_at(g)), src),
         }
@@ -413,7 +461,8 @@ impl<'a> Block<'a> {
         self.chain_rax();
         // A fetch-TLB miss: if the interpreter would fetch from `pc` next (an instruction
         // fits before the stop), make the walk its fetch would make, and try again. Every
-        // guest register is in the hart here (the exit wrote them back): nothing to save.
+        // guest register is in the hart here (the exit wrote them back) but the global
+        // ones, which are in callee-saved host registers: nothing to save.
         self.a.bind(miss);
         self.a.mov_load(W::B64, RCX, Rm::at(RBX, mcycle_at()));
         self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RBX, stop_at()));
@@ -528,10 +577,11 @@ impl<'a> Block<'a> {
             load = !0;
             for it in self.items {
                 if writes(it.insn.op) && self.map[it.insn.rd as usize].is_some() {
-                    self.dirty |= 1 << it.insn.rd;
+                    self.dirty |= 1 << it.insn.rd & !self.global;
                 }
             }
         }
+        let load = load & !self.global;
         for g in 1..32u8 {
             if let Some(h) = self.map[g as usize] {
                 if load >> g & 1 != 0 {
@@ -688,7 +738,7 @@ impl<'a> Block<'a> {
         if let Some(rd) = rd.filter(|&g| g != 0) {
             if let Some(h) = self.map[rd as usize] {
                 self.a.mov_load(W::B64, h, Rm::at(RBX, x_at(rd)));
-                self.dirty |= 1 << rd;
+                self.dirty |= 1 << rd & !self.global;
             }
         }
         // eax: 1 go on, 2 leave.

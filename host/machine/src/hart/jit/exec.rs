@@ -70,9 +70,11 @@ mod imp {
     }
 
     impl ExecMem {
-        /// Maps `size` bytes twice and places the trampoline; `None` if the host refuses
-        /// (then the hart interprets).
-        pub fn new(size: usize) -> Option<Self> {
+        /// Maps `size` bytes twice and places the trampoline (ending with `enter`, which
+        /// loads what every block expects in registers) and the epilogue (starting with
+        /// `leave`, which stores it back); `None` if the host refuses (then the hart
+        /// interprets).
+        pub fn new(size: usize, enter: fn(&mut Asm), leave: fn(&mut Asm)) -> Option<Self> {
             // One shared anonymous object (which the kernel names `/dev/zero`, so that
             // profilers take it for anonymous memory and name its code through
             // `/tmp/perf-PID.map`; a memfd would be taken for a file), mapped read+write,
@@ -105,14 +107,19 @@ mod imp {
                 epilogue: 0,
                 epilogue_end: 0,
             };
-            // Entry: save what the ABI wants kept, hart pointer in rbx, jump to the block.
+            // Entry: save what the ABI wants kept, hart pointer in rbx, `enter` (which may
+            // use any register but rax and rbx), jump to the block. The epilogue runs
+            // `leave` first (rbx still the hart).
             let mut a = Asm::new(0);
             for r in SAVED {
                 a.push(r);
             }
             a.mov_rr(RBX, RDI);
-            a.jmp_reg(RSI);
+            a.mov_rr(RAX, RSI);
+            enter(&mut a);
+            a.jmp_reg(RAX);
             let epilogue = a.here();
+            leave(&mut a);
             for r in SAVED.iter().rev() {
                 a.pop(*r);
             }
@@ -229,7 +236,11 @@ mod imp {
     pub struct ExecMem(());
 
     impl ExecMem {
-        pub fn new(_size: usize) -> Option<Self> {
+        pub fn new(
+            _size: usize,
+            _enter: fn(&mut super::super::x86::Asm),
+            _leave: fn(&mut super::super::x86::Asm),
+        ) -> Option<Self> {
             None
         }
         pub fn entry_fn(&self) -> EntryFn {

@@ -35,8 +35,12 @@
 //!   with decoded code or wrote `mcycle`: then the helper finishes the step as the
 //!   interpreter's loop would (the trap taken, or `pc` past the instruction) and the
 //!   block leaves, so whatever follows is fetched and checked anew.
-//! - Guest registers: each block keeps the ones it uses most in host registers, loaded on
-//!   entry and written back at every exit. A direct jump to the block's own start (a
+//! - Guest registers: five (sp, a0, a1, ra, a2: `compile::GLOBALS`) live in the same
+//!   callee-saved host registers in every block: the trampoline loads them, chained
+//!   blocks hand them on in place, the epilogue stores them back, and a helper call
+//!   stores the ones its instruction names first and reloads its rd after. Each block
+//!   keeps the others it uses most in the remaining host registers, loaded on entry and
+//!   written back at every exit. A direct jump to the block's own start (a
 //!   loop) stays in host registers; a jump elsewhere in the same page chains through the
 //!   page's table to the next block's code without returning to Rust, and a jump to
 //!   another page (or any `jalr`) chains through the fetch TLB, the decode cache's page
@@ -360,7 +364,11 @@ impl Hart {
             return BLOCK_NONE;
         }
         if self.jit.mem.is_none() {
-            match ExecMem::new(self.jit.code_bytes) {
+            match ExecMem::new(
+                self.jit.code_bytes,
+                compile::load_globals,
+                compile::store_globals,
+            ) {
                 Some(m) => {
                     if let Some(map) = &mut self.jit.perf_map {
                         map.extend(m.fixed_symbols(m.base_addr()));
@@ -740,8 +748,6 @@ mod tests {
         const S1: u32 = 9;
         const A2: u32 = 12;
         const A3: u32 = 13;
-        const A4: u32 = 14;
-        const A5: u32 = 15;
         const A6: u32 = 16;
         const A7: u32 = 17;
         const T3: u32 = 28;
@@ -754,7 +760,10 @@ mod tests {
             (csr << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x73
         };
         let add = |rd: u32, a: u32, b: u32| r(0, b, a, 0, rd, 0x33);
-        for pad in 0..12 {
+        // The helpers' results go to a4 (kept per block) and add up in a5, then to a0 and
+        // a1, which are global (`compile::GLOBALS`): stored before each call, reloaded
+        // after, and handed on between blocks in their host registers.
+        for (pad, (a4, a5)) in (0..12).flat_map(|pad| [(pad, (14, 15)), (pad, (10, 11))]) {
             let mut w = Vec::new();
             // mtvec = handler (patched below), mstatus.FS on.
             let la_handler = w.len();
@@ -774,35 +783,35 @@ mod tests {
             w.push(addi(T1, 0, 300));
             let top = w.len();
             let body = [
-                amo(0x00, A4, A2, 7, 3), // amoadd.d a4, t2, (a2)
-                add(A5, A5, A4),
-                amo(0x01, A4, A3, A5, 2), // amoswap.w a4, a5, (a3)
-                add(A5, A5, A4),
-                amo(0x1c, A4, A2, A5, 3), // amomaxu.d
-                add(A5, A5, A4),
-                amo(0x10, A4, A3, A5, 2), // amomin.w
-                add(A5, A5, A4),
-                amo(0x02, A4, A2, 0, 3),  // lr.d a4, (a2)
-                amo(0x03, A6, A2, A5, 3), // sc.d a6, a5, (a2): succeeds
-                add(A5, A5, A6),
-                amo(0x03, A6, A2, A5, 3), // sc.d again: fails
-                add(A5, A5, A6),
-                csr(2, A4, 0xb00, 0), // csrr a4, mcycle
-                add(A5, A5, A4),
-                csr(2, A4, 0xb02, 0), // csrr a4, minstret
-                add(A5, A5, A4),
-                csr(1, A4, 0x340, A5), // csrrw a4, mscratch, a5
-                add(A5, A5, A4),
-                0xf200_0053 | (A5 << 15) | (1 << 7), // fmv.d.x f1, a5
+                amo(0x00, a4, A2, 7, 3), // amoadd.d a4, t2, (a2)
+                add(a5, a5, a4),
+                amo(0x01, a4, A3, a5, 2), // amoswap.w a4, a5, (a3)
+                add(a5, a5, a4),
+                amo(0x1c, a4, A2, a5, 3), // amomaxu.d
+                add(a5, a5, a4),
+                amo(0x10, a4, A3, a5, 2), // amomin.w
+                add(a5, a5, a4),
+                amo(0x02, a4, A2, 0, 3),  // lr.d a4, (a2)
+                amo(0x03, A6, A2, a5, 3), // sc.d a6, a5, (a2): succeeds
+                add(a5, a5, A6),
+                amo(0x03, A6, A2, a5, 3), // sc.d again: fails
+                add(a5, a5, A6),
+                csr(2, a4, 0xb00, 0), // csrr a4, mcycle
+                add(a5, a5, a4),
+                csr(2, a4, 0xb02, 0), // csrr a4, minstret
+                add(a5, a5, a4),
+                csr(1, a4, 0x340, a5), // csrrw a4, mscratch, a5
+                add(a5, a5, a4),
+                0xf200_0053 | (a5 << 15) | (1 << 7), // fmv.d.x f1, a5
                 (1 << 25) | (1 << 20) | (1 << 15) | (7 << 12) | (2 << 7) | 0x53, // fadd.d f2, f1, f1
-                0xe200_0053 | (2 << 15) | (A4 << 7),                             // fmv.x.d a4, f2
-                add(A5, A5, A4),
-                amo(0x00, A4, A7, A5, 2), // amoadd.w a4, a5, (a7): misaligned, traps
-                add(A5, A5, A4),
-                s(7, A5, T3, 0),  // sb a5, 7(t3): the UART's scratch register
-                s(16, A5, A2, 3), // sd a5, 16(a2)
-                s(-8, A5, T4, 3), // sd a5, -8(t4): into the page of this code
-                add(A5, A5, S1),
+                0xe200_0053 | (2 << 15) | (a4 << 7),                             // fmv.x.d a4, f2
+                add(a5, a5, a4),
+                amo(0x00, a4, A7, a5, 2), // amoadd.w a4, a5, (a7): misaligned, traps
+                add(a5, a5, a4),
+                s(7, a5, T3, 0),  // sb a5, 7(t3): the UART's scratch register
+                s(16, a5, A2, 3), // sd a5, 16(a2)
+                s(-8, a5, T4, 3), // sd a5, -8(t4): into the page of this code
+                add(a5, a5, S1),
             ];
             w.extend(body);
             w.push(addi(T1, T1, -1));
@@ -828,7 +837,7 @@ mod tests {
                 assert_eq!(
                     (a.hart.pc, a.mcycle(), a.hart.x, a.hart.f),
                     (b.hart.pc, b.mcycle(), b.hart.x, b.hart.f),
-                    "pad {pad}, limit {limit}"
+                    "pad {pad}, a4 x{a4}, a5 x{a5}, limit {limit}"
                 );
             }
             assert_eq!(b.halted(), Some(0));
