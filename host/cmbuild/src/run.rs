@@ -1601,9 +1601,13 @@ fn run_machine(
                 max_mcycle: opts.machine.max_mcycle,
             };
             let name = &name;
+            let started = std::time::Instant::now();
             scope.spawn(move || {
                 let said = match scout.run(scope) {
-                    Ok((end, mcycle)) => format!("stopped at mcycle {mcycle}: {end}"),
+                    Ok((end, mcycle)) => format!(
+                        "stopped after {:.0} s, at mcycle {mcycle}: {end}",
+                        started.elapsed().as_secs_f64()
+                    ),
                     Err(e) => format!("stopped: {e}"),
                 };
                 progress(Progress::Phase(format!("[{name}] scout {said}")));
