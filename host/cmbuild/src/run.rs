@@ -91,13 +91,29 @@ pub struct RunOptions {
     /// Append every machine's translated-block symbols to `/tmp/perf-<pid>.map` (see
     /// [`crate::perf_map`]); changes no result.
     pub perf_map: bool,
-    /// Hand the guest's rustc jobs to sibling machines (issue 13,
+    /// Whether the guest's rustc jobs go to sibling machines (issue 13,
     /// `docs/parallel-builds.md`); `jobs` siblings run at once.
-    pub offload: bool,
+    pub offload: Offload,
     /// With `offload` and more than one job: run a scout beside each build machine
     /// ([`crate::offload::scout`]), which finds jobs before the machine's time reaches
     /// them. Changes when the host computes jobs, nothing a machine sees.
     pub scout: bool,
+}
+
+/// Whether a run hands the guest's rustc jobs to sibling machines (issue 13,
+/// `docs/parallel-builds.md`). Part of what a build is: an offloaded build machine runs on
+/// the board with the channel, so its root hash differs from a machine's that builds alone
+/// (`machine.json` says which it was, and `verify` rebuilds the same way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offload {
+    /// Offloaded, unless the project cannot be (it chose a glibc floor, which offloaded
+    /// jobs do not support yet): then each triple builds in one machine, and the run says
+    /// so. The default.
+    Auto,
+    /// Offloaded; a project that cannot be fails before any machine boots (`--offload`).
+    Required,
+    /// Each triple in one machine, one rustc after another (`--no-offload`).
+    Off,
 }
 
 /// `L` of offloaded builds: a job is visible to its parent `L + C` cycles after it was
@@ -549,16 +565,25 @@ pub fn plan_release(
     // The workspace from its manifests, as the commit has them: no host toolchain involved.
     let workspace = crate::workspace::read_workspace(&source_dir).map_err(plan::PlanError::from)?;
     let mut plan = Plan::new(&selection, rev.commit_time, &workspace.bins())?;
-    if opts.offload {
-        if let Some(floor) = &floor {
+    plan.offload = match (opts.offload, &floor) {
+        (Offload::Off, _) => false,
+        (Offload::Required, Some(floor)) => {
             return Err(RunError::Offload(format!(
                 "this project chose the glibc {} floor, which offloaded builds do not support \
                  yet; build it with --no-offload",
                 floor.id
-            )));
+            )))
         }
-        plan.offload = true;
-    }
+        (Offload::Auto, Some(floor)) => {
+            progress(Progress::Phase(format!(
+                "the glibc {} floor: each triple builds in one machine (offloaded builds do \
+                 not support floors yet)",
+                floor.id
+            )));
+            false
+        }
+        (Offload::Auto | Offload::Required, None) => true,
+    };
     let toolchain = select_toolchain(opts, &read, &workspace, &selection)?;
     let lock_bytes = read("Cargo.lock", MAX_LOCK_BYTES)?.ok_or_else(|| {
         plan::PlanError::NoLock(format!(
@@ -738,7 +763,7 @@ pub fn gather_inputs(
         job.toolchain,
         progress,
     )?;
-    let parent_template = match opts.offload {
+    let parent_template = match job.plan.offload {
         true => Some(obtain_template(
             &mirror,
             &opts.pins,

@@ -98,12 +98,52 @@ fn an_unpinned_floor_is_refused_before_anything_is_read() {
         "{stderr}"
     );
 
-    // A pinned floor passes selection and the run goes on to the (empty) mirror.
+    // A pinned floor passes selection and the run goes on to the (empty) mirror, each
+    // triple in one machine: offloading is the default, but not under a floor, and the
+    // run says so.
     std::fs::remove_dir_all(root.path().join("p")).unwrap();
     let dir = project(root.path(), "glibc = \"2.36\"\n");
     let (code, stderr) = run(&dir);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("checking inputs in the mirror"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the glibc 2.36 floor: each triple builds in one machine (offloaded builds do not \
+             support floors yet)"
+        ),
+        "{stderr}"
+    );
+    // `--offload` requires offloading: refused before the mirror is read.
+    let (code, stderr) = cmbuild(&[
+        "run",
+        "--release",
+        "v0.1.0",
+        "--project",
+        s(&dir),
+        "--out",
+        s(&out),
+        "--mirror",
+        s(&mirror),
+        "--offload",
+    ]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "this project chose the glibc 2.36 floor, which offloaded builds do not support \
+             yet; build it with --no-offload"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("checking inputs in the mirror"),
+        "{stderr}"
+    );
+    // Without a floor nothing is said of it.
+    std::fs::remove_dir_all(root.path().join("p")).unwrap();
+    let dir = project(root.path(), "");
+    let (_, stderr) = run(&dir);
+    assert!(stderr.contains("checking inputs in the mirror"), "{stderr}");
+    assert!(!stderr.contains("builds in one machine"), "{stderr}");
 }
 
 /// Writes the floor's sysroot of `triple` (from the mirror's pinned packages) under `dir`.

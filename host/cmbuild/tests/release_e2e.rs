@@ -207,14 +207,15 @@ fn release_e2e(toolchain: Option<&str>) {
 
     let run1 = builds.join("run1/v0.1.0");
     let run2 = builds.join("run2/v0.1.0");
-    // The first run derived the template (the mirror had none), the second resumed from the
-    // one the first kept in the mirror: same records byte for byte, so the same root hashes.
+    // The first run derived the templates (the mirror had none: the siblings' and the
+    // offloading build machines', whose board has the channel), the second resumed from the
+    // ones the first kept in the mirror: same records byte for byte, so the same root hashes.
     assert_eq!(
         std::fs::read_dir(vendored.join("templates"))
             .unwrap()
             .count(),
-        1,
-        "the first run kept its template in the mirror, the second reused it"
+        2,
+        "the first run kept its two templates in the mirror, the second reused them"
     );
     for name in ["manifest.json", "machine.json"] {
         let a = std::fs::read(run1.join(name)).unwrap();
@@ -228,6 +229,19 @@ fn release_e2e(toolchain: Option<&str>) {
         .hash;
     // Only the default toolchain's template is pinned (GUEST_TEMPLATE_HASH); another layer's
     // is derived on first use and recorded (the two runs' records are equal, above).
+    // Offloaded, the default: the build machines ran on the board with the channel, from
+    // a template of their own, and their rustc jobs ran in siblings.
+    let offload = record
+        .offload
+        .as_ref()
+        .expect("a default build is offloaded, and machine.json says so");
+    for machine in &record.machines {
+        assert!(
+            !machine.jobs.is_empty(),
+            "{:?}: its jobs are recorded",
+            machine.targets
+        );
+    }
     if toolchain.is_none() {
         let pinned = cmbuild::pins::parse(&std::fs::read_to_string(&pins).unwrap()).unwrap();
         assert_eq!(
@@ -235,8 +249,14 @@ fn release_e2e(toolchain: Option<&str>) {
             pinned.get(cmbuild::template::TEMPLATE_PIN),
             "the template derived on first use is the pinned one"
         );
+        assert_eq!(
+            Some(&offload.parent_template.hash),
+            pinned.get(cmbuild::template::PARENT_TEMPLATE_PIN),
+            "the build machines' template derived on first use is the pinned one"
+        );
     } else {
         assert!(template.starts_with("cmvm-sha256-v1:"), "{template}");
+        assert_ne!(offload.parent_template.hash, template);
     }
     let manifest = read_manifest(&run1.join("manifest.json")).unwrap();
     let expected = if target == "all" { 3 } else { 1 };

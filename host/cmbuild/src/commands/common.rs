@@ -56,7 +56,9 @@ pub struct ImageDirArg {
 /// `--jobs N`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobsArg {
-    /// Machines run at once (one per triple); default: the number of cores.
+    /// Machines run at once: build machines (one per triple) and the sibling machines
+    /// their rustc jobs run in. Changes how fast, never what is built. Default: the number
+    /// of cores.
     #[arg(long = "jobs", value_name = "N")]
     pub jobs: Option<usize>,
 }

@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use cmbuild::guest::MachineSettings;
 use cmbuild::progress::{ConsoleLine, LineSplitter};
-use cmbuild::run::{Progress, RunOptions, RunSummary};
+use cmbuild::run::{Offload, Progress, RunOptions, RunSummary};
 use cmbuild::terminal::Stream;
 
 use super::common::{ImageDirArg, JobsArg, MirrorArg, PinsArg};
@@ -21,11 +21,16 @@ use super::common::{ImageDirArg, JobsArg, MirrorArg, PinsArg};
 /// the mirror, boots the pinned guest image on cmbuild's machine with the source and the
 /// vendored crates, runs `cargo build --release --locked --offline --target T` for each
 /// triple, and writes `OUT/REV/manifest.json`, `OUT/REV/machine.json` and
-/// `OUT/REV/<triple>/<bin>`. Nothing here reads the network, the host's clock or the host's
-/// toolchain: anyone re-running it gets the same bytes and the same root hashes.
+/// `OUT/REV/<triple>/<bin>`. The guest's cargo hands its rustc jobs to sibling machines, up
+/// to --jobs at a time, each finishing at a machine cycle fixed by its own work; their
+/// results are cached in the mirror, so the next release recompiles only what changed.
+/// Nothing here reads the network, the host's clock or the host's toolchain: anyone
+/// re-running it, with any --jobs, gets the same bytes and the same root hashes.
 ///
 /// Examples:
 ///   cmbuild run --release v0.1.0
+///   cmbuild run --release v0.1.0 --jobs 16
+///   cmbuild run --release v0.1.0 --no-offload
 ///   cmbuild run --release v0.1.0 --target x86_64-unknown-linux-gnu --out /tmp/builds
 ///   cmbuild run --release v0.1.0 --test-reproduce
 ///   cmbuild run --release v0.1.0 --toolchain 1.96
@@ -93,24 +98,29 @@ pub struct Args {
     /// results (artifacts, root hashes) are unchanged.
     #[arg(long)]
     perf_map: bool,
-    /// Hand the guest's rustc jobs for libraries, proc macros and build scripts to sibling
-    /// machines, --jobs of them at a time (docs/parallel-builds.md). Each job completes in
-    /// the build machine at a cycle fixed by its own instruction count, so artifacts and
-    /// root hashes do not depend on --jobs or on the host; results are cached in the mirror
-    /// by their inputs. Experimental: the guest side is not in the pinned image yet.
+    /// Require offloading: fail, rather than build each triple in one machine, when the
+    /// project cannot be offloaded (a glibc floor). Offloading is the default: the guest's
+    /// rustc jobs for libraries, proc macros, build scripts and the project's binaries go
+    /// to sibling machines, --jobs of them at a time (docs/parallel-builds.md). Each job
+    /// completes in the build machine at a cycle fixed by its own instruction count, so
+    /// artifacts and root hashes do not depend on --jobs or on the host; results are
+    /// cached in the mirror by their inputs, so the next release recompiles only what
+    /// changed.
     #[arg(long, conflicts_with = "no_offload")]
     offload: bool,
-    /// Build each triple in one machine, one rustc after another (the default today).
+    /// Build each triple in one machine, one rustc after another (the default before
+    /// recipe 4). Same artifacts, other root hashes (the board has no offload channel);
+    /// slower on projects with many crates, faster on the smallest ones when the cache is
+    /// cold.
     #[arg(long)]
     no_offload: bool,
-    /// With --offload: no scout. By default, with --jobs above 1, a copy of each build
-    /// machine runs ahead of it, its jobs answered as soon as they are computed, so that a
-    /// job starts when its inputs exist rather than when the machine's time reaches it, and
-    /// the host runs the longest chain of crates first (docs/parallel-builds.md, "The
-    /// scout"). It changes when the host computes jobs, never what a machine sees:
-    /// artifacts and root hashes are the same either way. It costs one more machine's
-    /// memory and host time.
-    #[arg(long, requires = "offload")]
+    /// No scout. By default, with --jobs above 1, a copy of each build machine runs ahead
+    /// of it, its jobs answered as soon as they are computed, so that a job starts when
+    /// its inputs exist rather than when the machine's time reaches it, and the host runs
+    /// the longest chain of crates first (docs/parallel-builds.md, "The scout"). It
+    /// changes when the host computes jobs, never what a machine sees: artifacts and root
+    /// hashes are the same either way. It costs one more machine's memory and host time.
+    #[arg(long, conflicts_with = "no_offload")]
     no_scout: bool,
     /// Build the image of this Dockerfile (a path in the commit, relative to the project)
     /// instead of the Rust binaries: buildah in the machine, with no network, every base
@@ -149,7 +159,11 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         toolchain: args.toolchain.clone(),
         stall_seconds: args.stall_seconds,
         perf_map: args.perf_map,
-        offload: args.offload && !args.no_offload,
+        offload: match (args.offload, args.no_offload) {
+            (_, true) => Offload::Off,
+            (true, false) => Offload::Required,
+            (false, false) => Offload::Auto,
+        },
         scout: !args.no_scout,
     };
     let started = Instant::now();

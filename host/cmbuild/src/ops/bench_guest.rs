@@ -131,7 +131,7 @@ fn prepare(opts: &WorkloadOptions, out: &mut dyn Write) -> Result<Prepared, Work
         toolchain: None,
         stall_seconds: 0,
         perf_map: opts.perf_map,
-        offload: false,
+        offload: crate::run::Offload::Off,
         scout: false,
     };
     std::fs::create_dir(&run_opts.out_dir)?;

@@ -11,7 +11,7 @@ use crate::guest::{MachineSettings, SettingsError};
 use crate::manifest::{self, RecordError};
 use crate::pins::Pins;
 use crate::project::{self, ProjectError};
-use crate::run::{run_release, Progress, RunError, RunOptions};
+use crate::run::{run_release, Offload, Progress, RunError, RunOptions};
 
 /// Why a verification could not conclude (a rebuild that differs is a failed
 /// [`Report`], not an error).
@@ -211,7 +211,10 @@ pub fn verify(
             perf_map: false,
             // Offloaded as the published build was: its build machines ran on the board
             // with the channel, so only that rebuild can reach its root hashes.
-            offload,
+            offload: match offload {
+                true => Offload::Required,
+                false => Offload::Off,
+            },
             scout: true,
         };
         let summary = run_release(&run, progress)?;
@@ -290,7 +293,7 @@ fn verify_container(
         toolchain: None,
         stall_seconds: crate::watchdog::DEFAULT_STALL_SECONDS,
         perf_map: false,
-        offload: false,
+        offload: Offload::Off,
         scout: false,
     };
     let summary = crate::container::run_container_release(&run, &container, progress)?;
