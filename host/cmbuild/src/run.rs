@@ -94,6 +94,11 @@ pub struct RunOptions {
     /// Whether the guest's rustc jobs go to sibling machines (issue 13,
     /// `docs/parallel-builds.md`); `jobs` siblings run at once.
     pub offload: Offload,
+    /// With `offload`: compute every job in a sibling even when the mirror's action cache
+    /// holds it, and replace the entry (the cache is written, never read). Changes no
+    /// result of a deterministic job; a job that is not would make this run's records
+    /// differ from a cached run's.
+    pub recompute_jobs: bool,
     /// With `offload` and more than one job: run a scout beside each build machine
     /// ([`crate::offload::scout`]), which finds jobs before the machine's time reaches
     /// them. Changes when the host computes jobs, nothing a machine sees.
@@ -1228,7 +1233,10 @@ pub fn prepare_offload<'a>(
     let mut service = crate::offload::service::Service::new(
         blobs,
         &tool.bytes,
-        Some(crate::offload::cache::ActionCache::new(mirror)),
+        Some(match opts.recompute_jobs {
+            true => crate::offload::cache::ActionCache::write_only(mirror),
+            false => crate::offload::cache::ActionCache::new(mirror),
+        }),
         siblings,
         opts.jobs,
         job.work.path().join("offload-scratch"),

@@ -193,11 +193,28 @@ fn release_e2e(toolchain: Option<&str>) {
     if let Some(toolchain) = toolchain {
         args.extend(["--toolchain", toolchain]);
     }
-    let out = cmbuild_in(&elsewhere, &args);
+    eprintln!("$ cd {} && cmbuild {}", elsewhere.display(), args.join(" "));
+    let out = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
+        .current_dir(&elsewhere)
+        .args(&args)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
     println!("{stdout}");
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.trim_end().ends_with("Reproducibility check PASSED"));
+    // Neither run took a job from the cache: the first found it empty, the second computes
+    // every job again, so the comparison covers the siblings too.
+    let offloaded: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("job(s) run in sibling machines"))
+        .collect();
+    assert_eq!(offloaded.len(), 2, "{stderr}");
+    for line in offloaded {
+        assert!(line.contains(", 0 from the cache"), "{line}");
+    }
     for cid in &used_cids {
         assert!(
             vendored.join("blobs").join(cid).is_file(),

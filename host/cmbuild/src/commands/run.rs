@@ -89,7 +89,9 @@ pub struct Args {
     stall_seconds: u64,
     #[command(flatten)]
     pins: PinsArg,
-    /// Run twice, into OUT/run1 and OUT/run2, then compare the two.
+    /// Run twice, into OUT/run1 and OUT/run2, then compare the two. The second run
+    /// computes every rustc job again (as with --recompute-jobs), so the comparison covers
+    /// the sibling machines too.
     #[arg(long)]
     test_reproduce: bool,
     /// Append a symbol for every block of translated code of every machine to
@@ -114,6 +116,12 @@ pub struct Args {
     /// cold.
     #[arg(long)]
     no_offload: bool,
+    /// Compute every rustc job in a sibling machine even when the mirror's cache holds its
+    /// result, and replace the entry: for a builder who vouches for a release and will not
+    /// take job results from a mirror it pulled from others. Same artifacts and root hashes
+    /// when the jobs are deterministic. `--test-reproduce` does this in its second run.
+    #[arg(long, conflicts_with = "no_offload")]
+    recompute_jobs: bool,
     /// No scout. By default, with --jobs above 1, a copy of each build machine runs ahead
     /// of it, its jobs answered as soon as they are computed, so that a job starts when
     /// its inputs exist rather than when the machine's time reaches it, and the host runs
@@ -164,6 +172,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
             (true, false) => Offload::Required,
             (false, false) => Offload::Auto,
         },
+        recompute_jobs: args.recompute_jobs,
         scout: !args.no_scout,
     };
     let started = Instant::now();

@@ -99,6 +99,9 @@ pub enum Lookup {
 #[derive(Debug, Clone)]
 pub struct ActionCache {
     mirror: Mirror,
+    /// Whether lookups read the entries (else every lookup misses; see
+    /// [`ActionCache::write_only`]).
+    read: bool,
 }
 
 /// Whether `text` looks like a root hash (`cmvm-sha256-v1:` and 64 hex digits).
@@ -110,7 +113,17 @@ fn is_root_hash(text: &str) -> bool {
 impl ActionCache {
     /// The cache kept in `mirror`.
     pub fn new(mirror: Mirror) -> ActionCache {
-        ActionCache { mirror }
+        ActionCache { mirror, read: true }
+    }
+
+    /// The cache kept in `mirror`, written but never read: every job runs in a sibling and
+    /// its result replaces the entry. What `run --test-reproduce`'s second run uses, so
+    /// that it computes again what the first may have taken from the cache.
+    pub fn write_only(mirror: Mirror) -> ActionCache {
+        ActionCache {
+            mirror,
+            read: false,
+        }
     }
 
     fn entry_path(&self, action: &Sha256) -> PathBuf {
@@ -119,6 +132,9 @@ impl ActionCache {
 
     /// The entry for `action` (the digest of `job`), checked.
     pub fn lookup(&self, action: &Sha256, job: &Job) -> Lookup {
+        if !self.read {
+            return Lookup::Miss;
+        }
         let path = self.entry_path(action);
         let bytes = match crate::untrusted::read_capped(&path, MAX_ENTRY) {
             Ok(bytes) => bytes,
@@ -266,6 +282,21 @@ mod tests {
         let other = Sha256::of(b"other action");
         std::fs::copy(cache.entry_path(&action), cache.entry_path(&other)).unwrap();
         assert!(matches!(cache.lookup(&other, &job()), Lookup::Refused(_)));
+    }
+
+    #[test]
+    fn a_write_only_cache_misses_but_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let cache = ActionCache::write_only(mirror.clone());
+        let action = Sha256::of(b"action");
+        cache.store(&action, &computed()).unwrap();
+        assert!(matches!(cache.lookup(&action, &job()), Lookup::Miss));
+        // What it stored is there for the next run that reads.
+        match ActionCache::new(mirror).lookup(&action, &job()) {
+            Lookup::Hit(hit) => assert_eq!(hit, computed()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

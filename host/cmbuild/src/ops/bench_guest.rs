@@ -132,6 +132,7 @@ fn prepare(opts: &WorkloadOptions, out: &mut dyn Write) -> Result<Prepared, Work
         stall_seconds: 0,
         perf_map: opts.perf_map,
         offload: crate::run::Offload::Off,
+        recompute_jobs: false,
         scout: false,
     };
     std::fs::create_dir(&run_opts.out_dir)?;

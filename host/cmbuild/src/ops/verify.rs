@@ -215,6 +215,7 @@ pub fn verify(
                 true => Offload::Required,
                 false => Offload::Off,
             },
+            recompute_jobs: false,
             scout: true,
         };
         let summary = run_release(&run, progress)?;
@@ -294,6 +295,7 @@ fn verify_container(
         stall_seconds: crate::watchdog::DEFAULT_STALL_SECONDS,
         perf_map: false,
         offload: Offload::Off,
+        recompute_jobs: false,
         scout: false,
     };
     let summary = crate::container::run_container_release(&run, &container, progress)?;
