@@ -117,8 +117,9 @@ impl ActionCache {
     }
 
     /// The cache kept in `mirror`, written but never read: every job runs in a sibling and
-    /// its result replaces the entry. What `run --test-reproduce`'s second run uses, so
-    /// that it computes again what the first may have taken from the cache.
+    /// its result replaces the entry. What `run --recompute-jobs` uses, and
+    /// `--test-reproduce`'s second run, so that it computes again what the first may have
+    /// taken from the cache.
     pub fn write_only(mirror: Mirror) -> ActionCache {
         ActionCache {
             mirror,
