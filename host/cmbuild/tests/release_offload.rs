@@ -246,6 +246,25 @@ fn offloaded_builds_are_the_same_with_any_jobs_cold_or_cached() {
         said.contains("job(s) run in sibling machines"),
         "the rebuild was offloaded:\n{said}"
     );
+    assert!(!said.contains(", 0 from the cache"), "{said}");
+    // A verifier who will not take job results from the mirror computes every job again,
+    // and reaches the same root hash.
+    let (ok, said) = cmbuild(&[
+        "verify",
+        s(&dir.path().join("cold1/v0.1.0")),
+        "--project",
+        s(&project),
+        "--mirror",
+        s(&mirror),
+        "--out",
+        s(&dir.path().join("verify-recomputed")),
+        "--recompute-jobs",
+    ]);
+    assert!(ok, "verify --recompute-jobs failed:\n{said}");
+    assert!(
+        said.contains("job(s) run in sibling machines, 0 from the cache"),
+        "every job was computed again:\n{said}"
+    );
 
     // A tampered result blob: its entry is refused, the job recomputed, nothing changes.
     let entries: Vec<PathBuf> = std::fs::read_dir(mirror.join("offload"))

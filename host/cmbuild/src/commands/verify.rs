@@ -36,6 +36,11 @@ pub struct Args {
     pins: PinsArg,
     #[command(flatten)]
     jobs: JobsArg,
+    /// For an offloaded release: compute every rustc job of the rebuild in a sibling
+    /// machine, even those the mirror's cache holds (a verifier who did not fill the
+    /// mirror itself). Without it, jobs this mirror has seen come from its cache.
+    #[arg(long)]
+    recompute_jobs: bool,
 }
 
 pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
@@ -47,6 +52,7 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         out: args.out,
         jobs: args.jobs.get(),
         pins: args.pins.load()?,
+        recompute_jobs: args.recompute_jobs,
     };
     let printer = super::run::ProgressPrinter::new("cmbuild verify");
     let report = verify(&opts, &|p| printer.show(p));

@@ -96,6 +96,9 @@ pub struct VerifyOptions {
     pub jobs: usize,
     /// The pins to build with.
     pub pins: Pins,
+    /// Compute every offloaded job of the rebuild in a sibling, whatever the mirror's
+    /// cache holds (see [`RunOptions::recompute_jobs`]).
+    pub recompute_jobs: bool,
 }
 
 /// The machine settings a published build records in its `machine.json` (checked), or the
@@ -215,7 +218,7 @@ pub fn verify(
                 true => Offload::Required,
                 false => Offload::Off,
             },
-            recompute_jobs: false,
+            recompute_jobs: opts.recompute_jobs,
             scout: true,
         };
         let summary = run_release(&run, progress)?;
@@ -420,6 +423,7 @@ mod tests {
             out: Some(out.clone()),
             jobs: 1,
             pins: Default::default(),
+            recompute_jobs: false,
         };
         for target in [
             "../../escape",
