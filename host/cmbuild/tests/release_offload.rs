@@ -228,16 +228,23 @@ fn offloaded_builds_are_the_same_with_any_jobs_cold_or_cached() {
 
     // Anyone can check an offloaded build: verify rebuilds it offloaded (as machine.json
     // says), its jobs from this mirror's cache, and reaches the same root hash.
-    let (ok, said) = cmbuild(&[
-        "verify",
-        s(&dir.path().join("cold1/v0.1.0")),
-        "--project",
-        s(&project),
-        "--mirror",
-        s(&mirror),
-        "--out",
-        s(&dir.path().join("verify")),
-    ]);
+    let published = dir.path().join("cold1/v0.1.0");
+    let verify = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "verify",
+            s(&published),
+            "--project",
+            s(&project),
+            "--mirror",
+            s(&mirror),
+            "--out",
+            s(&out),
+        ];
+        args.extend(extra);
+        cmbuild(&args)
+    };
+    let (ok, said) = verify("verify", &[]);
     assert!(
         ok,
         "verify of an offloaded build failed (exit 1 is FAILED):\n{said}"
@@ -249,17 +256,7 @@ fn offloaded_builds_are_the_same_with_any_jobs_cold_or_cached() {
     assert!(!said.contains(", 0 from the cache"), "{said}");
     // A verifier who will not take job results from the mirror computes every job again,
     // and reaches the same root hash.
-    let (ok, said) = cmbuild(&[
-        "verify",
-        s(&dir.path().join("cold1/v0.1.0")),
-        "--project",
-        s(&project),
-        "--mirror",
-        s(&mirror),
-        "--out",
-        s(&dir.path().join("verify-recomputed")),
-        "--recompute-jobs",
-    ]);
+    let (ok, said) = verify("verify-recomputed", &["--recompute-jobs"]);
     assert!(ok, "verify --recompute-jobs failed:\n{said}");
     assert!(
         said.contains("job(s) run in sibling machines, 0 from the cache"),
