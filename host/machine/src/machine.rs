@@ -477,6 +477,7 @@ impl Machine {
         for mem in ranges {
             mem.clear_dirty();
         }
+        self.hart.forget_fast_stores();
         self.trees = Some(trees);
         Ok(())
     }
@@ -513,6 +514,8 @@ impl Machine {
                 })
                 .collect(),
         };
+        // The dirty bits are cleared: translated code must not store without marking.
+        self.hart.forget_fast_stores();
         let mut leaves = vec![self.state_leaf(), self.dtb_root()];
         leaves.extend(trees.iter().map(PageTree::root));
         self.trees = Some(trees);

@@ -228,11 +228,19 @@ impl MemRange {
         self.data.slice()
     }
 
-    /// The bytes and the dirty bitmap as raw pointers, for translated code that stores
-    /// through them (see `hart::jit`). Both stay valid until the range is dropped: neither
-    /// vector ever changes length.
-    pub(crate) fn raw_parts(&mut self) -> (*mut u8, *mut u64) {
-        (self.data.ptr, self.dirty.as_mut_ptr())
+    /// The bytes as a raw pointer, for translated code that loads and stores through it
+    /// (see `hart::jit`). It stays valid until the range is dropped: the bytes never move.
+    /// Translated code marks no page dirty: it stores only into pages already marked
+    /// ([`MemRange::mark_page_dirty`] when a store-TLB entry allows it).
+    pub(crate) fn raw_bytes(&mut self) -> *mut u8 {
+        self.data.ptr
+    }
+
+    /// Marks page `page` dirty as a store to it would, ahead of stores that will not mark
+    /// it (translated code's; see `hart::mmu`). A page marked dirty and not written is
+    /// only hashed again, to the same value.
+    pub(crate) fn mark_page_dirty(&mut self, page: u64) {
+        self.mark_dirty(page);
     }
 
     /// Writes `bytes` at `offset` (from the start of the range), marking pages dirty.

@@ -96,6 +96,11 @@ impl DecodeCache {
         self.code_writes
     }
 
+    /// Whether RAM page `ram_page` has a cache page (may hold decoded code).
+    pub(super) fn holds(&self, ram_page: u64) -> bool {
+        self.slot_of[ram_page as usize] != NONE
+    }
+
     /// The cache page of RAM page `ram_page`, creating it (empty) if needed.
     ///
     /// Creating may evict another page; callers hold no cache-page index across this call

@@ -62,7 +62,13 @@ pub(super) struct TlbEntry {
     /// The memory region of the physical page; `None` when it is not memory.
     pub(super) region: Option<RegionId>,
     /// `tag` if the page is RAM, else 0 (which never matches): translated code compares
-    /// this one, so that a hit is also a RAM page.
+    /// this one, so that a hit is also a RAM page. In the store TLB, `tag` only while the
+    /// page is also marked dirty and holds no decoded code, so that translated code's
+    /// inline store needs neither the dirty mark nor the decode cache's check: a fill
+    /// marks the page dirty and asks the decode cache ([`Hart::fast_store_tag`]), a page
+    /// that gets decoded code clears it ([`Hart::point_fetch_at`]), and clearing the
+    /// dirty bitmap empties the entries that had it ([`Hart::forget_fast_stores`]).
+    /// Everything else reads `tag`, so stores by the interpreter are not affected.
     pub(super) ram_tag: u64,
 }
 
@@ -330,10 +336,35 @@ impl Hart {
             Some((region, off)) => PageTarget::Memory(region, off),
             None => PageTarget::Device(pa & !0xfff),
         };
-        let entry = TlbEntry::new(vpn(va) | ctx, target);
+        let mut entry = TlbEntry::new(vpn(va) | ctx, target);
+        if access == Access::Store {
+            entry.ram_tag = self.fast_store_tag(bus, &entry);
+        }
         self.mmu.table_mut(access)[tlb_index(va)] = entry;
         self.mmu.note_filled(access, tlb_index(va));
         Ok(entry)
+    }
+
+    /// The `ram_tag` of a new store-TLB entry: its `tag` if it leads to a RAM page with no
+    /// decoded code, which it marks dirty now (translated code's stores through it will
+    /// not), else 0.
+    fn fast_store_tag(&mut self, bus: &mut Bus, entry: &TlbEntry) -> u64 {
+        if entry.ram_tag == 0 || self.dcache.holds(entry.page >> 12) {
+            return 0;
+        }
+        bus.ram.mark_page_dirty(entry.page >> 12);
+        entry.ram_tag
+    }
+
+    /// Empties the store-TLB entries translated code stores through, after RAM's dirty
+    /// bitmap was cleared (their pages are no longer marked): the next store through
+    /// each walks again and its fill marks the page anew.
+    pub(crate) fn forget_fast_stores(&mut self) {
+        for e in self.mmu.store.iter_mut() {
+            if e.ram_tag != 0 {
+                *e = EMPTY;
+            }
+        }
     }
 
     #[inline(always)]
@@ -574,6 +605,16 @@ impl Hart {
     /// Makes the fetch fast path serve `pc`'s page, which `e` maps to RAM; returns its
     /// decode-cache page.
     fn point_fetch_at(&mut self, e: TlbEntry) -> u32 {
+        if !self.dcache.holds(e.page >> 12) {
+            // The page is about to hold decoded code: translated code must no longer
+            // store into it inline (stores into code go through the interpreter, which
+            // drops what they overwrite).
+            for s in self.mmu.store.iter_mut() {
+                if s.ram_tag != 0 && s.page == e.page {
+                    s.ram_tag = 0;
+                }
+            }
+        }
         let page = self.dcache.page_for(e.page >> 12);
         self.mmu.fetch_tag = vpn(self.pc) | self.mmu.fetch_ctx;
         self.mmu.fetch_page = page;

@@ -1076,28 +1076,8 @@ impl<'a> Block<'a> {
         // rax = RAM offset.
         self.a.alu_imm(W::B32, Alu::And, Rm::Reg(RAX), 0xfff);
         self.a.alu(W::B64, Alu::Add, RAX, Rm::at(RDX, 8));
-        if store {
-            // Leave for the interpreter if the page holds decoded code; else mark the
-            // page dirty for the state hash.
-            self.a.mov_rr(RCX, RAX);
-            self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
-            self.a
-                .mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, slot_of))));
-            self.a.alu_imm(
-                W::B32,
-                Alu::Cmp,
-                Rm::Mem {
-                    base: RDX,
-                    index: Some((RCX, 4)),
-                    disp: 0,
-                },
-                -1,
-            );
-            exits.push(self.a.jcc_fwd(Cond::Ne));
-            self.a
-                .mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, dirty))));
-            self.a.bts(Rm::at(RDX, 0), RCX);
-        }
+        // A store-TLB hit is a page already marked dirty with no decoded code
+        // (`TlbEntry::ram_tag`): nothing to check nor mark.
         self.a.alu(
             W::B64,
             Alu::Add,

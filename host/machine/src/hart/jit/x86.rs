@@ -310,11 +310,6 @@ impl Asm {
         self.byte(0x99);
     }
 
-    /// `bts r/m64, reg`: with a memory operand, sets bit `reg` of the bit string there.
-    pub fn bts(&mut self, rm: Rm, reg: u8) {
-        self.head(W::B64, &[0x0f, 0xab], reg, rm);
-    }
-
     /// `setcc al; movzx eax, al`: `rax = cond as u64`.
     pub fn set_rax(&mut self, cond: Cond) {
         self.buf
@@ -484,11 +479,6 @@ mod tests {
         assert_eq!(
             asm(|a| a.mov_imm(RAX, -2i64 as u64)),
             [0x48, 0xc7, 0xc0, 0xfe, 0xff, 0xff, 0xff]
-        );
-        // bts [rdx], rcx = 48 0f ab 0a
-        assert_eq!(
-            asm(|a| a.bts(Rm::at(RDX, 0), RCX)),
-            [0x48, 0x0f, 0xab, 0x0a]
         );
         // imul rax, [rbx+0x200] = 48 0f af 83 00 02 00 00
         assert_eq!(
