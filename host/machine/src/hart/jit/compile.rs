@@ -22,24 +22,31 @@ const MAX_INSNS: usize = 64;
 /// Host registers that hold guest registers; rax, rcx and rdx are scratch, rbx points
 /// at the hart, rsp is the stack. The first [`GLOBALS`]`.len()` hold the global guest
 /// registers, the rest whatever each block uses most.
-const POOL: [u8; 11] = [R12, R13, R14, R15, RBP, RSI, RDI, R8, R9, R10, R11];
+const POOL: [u8; 10] = [R12, R13, R14, R15, RSI, RDI, R8, R9, R10, R11];
+
+/// The host register that holds `mcycle` inside translated code (callee-saved): loaded by
+/// the trampoline, stored by the epilogue and before every call into Rust, reloaded after
+/// it (a helper may move it). Every block adds to it and checks it against `stop` on
+/// entry, so it never goes through memory between chained blocks.
+const MCYCLE: u8 = RBP;
 
 /// The guest registers kept in the same host register (the first of [`POOL`], in order)
 /// in every block: the trampoline loads them, chained blocks hand them on in place, and
 /// the epilogue stores them back, so between blocks they never go through memory. They
-/// are sp, a0, a1, ra and a2: the most used by the rustc workload, weighted by how often
+/// are sp, a0, a1 and ra: the most used by the rustc workload, weighted by how often
 /// each block ran (ra counts for more than its uses, since `jal` writes it in one block
 /// and the `ret` that reads it ends another). Their host registers are callee-saved, so
 /// helper calls need not save them; more globals (in caller-saved registers, fewer left
-/// for each block) measured no faster (`docs/performance.md`).
-const GLOBALS: [u8; 5] = [2, 10, 11, 1, 12];
+/// for each block) measured no faster, and the fifth callee-saved register does more
+/// for `mcycle` ([`MCYCLE`]) than for a2 (`docs/performance.md`).
+const GLOBALS: [u8; 4] = [2, 10, 11, 1];
 const _: () = assert!(GLOBALS.len() <= POOL.len());
 
 /// The globals' host registers are callee-saved.
 const _: () = {
     let mut i = 0;
     while i < GLOBALS.len() {
-        assert!(matches!(POOL[i], R12 | R13 | R14 | R15 | RBP));
+        assert!(matches!(POOL[i], R12 | R13 | R14 | R15));
         i += 1;
     }
 };
@@ -50,6 +57,7 @@ pub(super) fn load_globals(a: &mut Asm) {
     for (&g, &h) in GLOBALS.iter().zip(POOL.iter()) {
         a.mov_load(W::B64, h, Rm::at(RBX, x_at(g)));
     }
+    a.mov_load(W::B64, MCYCLE, Rm::at(RBX, mcycle_at()));
 }
 
 /// Stores the global guest registers back to the hart: the epilogue's first step.
@@ -57,6 +65,7 @@ pub(super) fn store_globals(a: &mut Asm) {
     for (&g, &h) in GLOBALS.iter().zip(POOL.iter()) {
         a.mov_store(W::B64, Rm::at(RBX, x_at(g)), h);
     }
+    a.mov_store(W::B64, Rm::at(RBX, mcycle_at()), MCYCLE);
 }
 
 fn disp(off: usize) -> i32 {
@@ -392,7 +401,7 @@ impl<'a> Block<'a> {
         self.write_back(dirty);
         if retired > 0 {
             self.a
-                .alu_imm(W::B64, Alu::Add, Rm::at(RBX, mcycle_at()), retired as i32);
+                .alu_imm(W::B64, Alu::Add, Rm::Reg(MCYCLE), retired as i32);
         }
         if delta != 0 {
             self.a
@@ -464,8 +473,7 @@ impl<'a> Block<'a> {
         // guest register is in the hart here (the exit wrote them back) but the global
         // ones, which are in callee-saved host registers: nothing to save.
         self.a.bind(miss);
-        self.a.mov_load(W::B64, RCX, Rm::at(RBX, mcycle_at()));
-        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RBX, stop_at()));
+        self.a.alu(W::B64, Alu::Cmp, MCYCLE, Rm::at(RBX, stop_at()));
         self.a.jcc_to(Cond::Ae, self.epilogue);
         self.before_call(&[]);
         self.a.mov_rr(RDI, RBX);
@@ -506,7 +514,7 @@ impl<'a> Block<'a> {
 
     /// `jcc` or fall into: mcycle + n <= stop (n instructions fit before the stop).
     fn budget_ok(&mut self, n: usize) -> Cond {
-        self.a.mov_load(W::B64, RAX, Rm::at(RBX, mcycle_at()));
+        self.a.mov_rr(RAX, MCYCLE);
         self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), n as i32);
         self.a.alu(W::B64, Alu::Cmp, RAX, Rm::at(RBX, stop_at()));
         Cond::Be
@@ -525,8 +533,7 @@ impl<'a> Block<'a> {
     fn jump(&mut self, to: i64, n: usize, body: usize) {
         if to == self.start as i64 {
             // A loop on this block: stay in host registers while the budget lasts.
-            self.a
-                .alu_imm(W::B64, Alu::Add, Rm::at(RBX, mcycle_at()), n as i32);
+            self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(MCYCLE), n as i32);
             let ok = self.budget_ok(n);
             self.a.jcc_to(ok, body);
             self.exit(self.dirty, 0, 0, Next::Rust);
@@ -695,6 +702,7 @@ impl<'a> Block<'a> {
     /// Saves `saved` and aligns the stack for a call: translated code runs with rsp 8
     /// past a multiple of 16 (the trampoline's call and six pushes).
     fn before_call(&mut self, saved: &[u8]) {
+        self.a.mov_store(W::B64, Rm::at(RBX, mcycle_at()), MCYCLE);
         for &r in saved {
             self.a.push(r);
         }
@@ -711,6 +719,8 @@ impl<'a> Block<'a> {
         for &r in saved.iter().rev() {
             self.a.pop(r);
         }
+        // The callee may have moved `mcycle` (a helper that leaves sets it).
+        self.a.mov_load(W::B64, MCYCLE, Rm::at(RBX, mcycle_at()));
     }
 
     /// Runs `d` (at pc offset `delta`, `retired` instructions into the block) through
@@ -806,8 +816,7 @@ impl<'a> Block<'a> {
             debug_assert_eq!(below & !slow[i].1, 0, "dirty sets only grow");
             self.write_back(slow[i].1 & !below);
         }
-        self.a
-            .alu_to(W::B64, Alu::Add, Rm::at(RBX, mcycle_at()), RAX);
+        self.a.alu_to(W::B64, Alu::Add, Rm::Reg(MCYCLE), RAX);
         self.a.alu_to(W::B64, Alu::Add, Rm::at(RBX, pc_at()), RCX);
         self.a.jmp_to(self.epilogue);
     }
@@ -830,8 +839,7 @@ impl<'a> Block<'a> {
             self.put(d.rd, RCX);
         }
         self.write_back(self.dirty);
-        self.a
-            .alu_imm(W::B64, Alu::Add, Rm::at(RBX, mcycle_at()), n as i32);
+        self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(MCYCLE), n as i32);
         // pc = target; chain to its block wherever it is.
         self.a.mov_store(W::B64, Rm::at(RBX, pc_at()), RAX);
         self.chain_va();

@@ -41,10 +41,11 @@
 //!   with decoded code or wrote `mcycle`: then the helper finishes the step as the
 //!   interpreter's loop would (the trap taken, or `pc` past the instruction) and the
 //!   block leaves, so whatever follows is fetched and checked anew.
-//! - Guest registers: five (sp, a0, a1, ra, a2: `compile::GLOBALS`) live in the same
-//!   callee-saved host registers in every block: the trampoline loads them, chained
-//!   blocks hand them on in place, the epilogue stores them back, and a helper call
-//!   stores the ones its instruction names first and reloads its rd after. Each block
+//! - Guest registers: four (sp, a0, a1, ra: `compile::GLOBALS`) live in the same
+//!   callee-saved host registers in every block, and so does `mcycle` (`compile::MCYCLE`):
+//!   the trampoline loads them, chained blocks hand them on in place, the epilogue stores
+//!   them back, and a helper call stores the ones its instruction names (and `mcycle`)
+//!   first and reloads its rd (and `mcycle`) after. Each block
 //!   keeps the others it uses most in the remaining host registers, loaded on entry and
 //!   written back at every exit. A direct jump to the block's own start (a
 //!   loop) stays in host registers; a jump elsewhere in the same page chains through the
