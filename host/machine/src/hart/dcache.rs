@@ -74,6 +74,10 @@ pub struct DecodeCache {
     /// Counts stores that reached a page with decoded code (see
     /// [`DecodeCache::code_writes`]).
     code_writes: u64,
+    /// Code offsets of blocks a store dropped while other blocks of their page stay:
+    /// those may jump to them directly, so the translator makes them leave
+    /// ([`DecodeCache::take_dropped`]) before translated code runs again.
+    dropped: Vec<u32>,
 }
 
 impl DecodeCache {
@@ -89,6 +93,7 @@ impl DecodeCache {
             has_blocks: Vec::new(),
             table_addrs: Vec::new(),
             code_writes: 0,
+            dropped: Vec::new(),
         }
     }
 
@@ -182,6 +187,9 @@ impl DecodeCache {
             let first = ((off & 0xfff) >> 1) as usize;
             for s in first.saturating_sub(255)..=last {
                 if s + table.span[s] as usize > first {
+                    if table.entry[s] > BLOCK_NONE {
+                        self.dropped.push(table.entry[s]);
+                    }
                     table.entry[s] = BLOCK_UNKNOWN;
                     table.span[s] = 0;
                 }
@@ -215,6 +223,17 @@ impl DecodeCache {
         self.has_blocks[page as usize] = true;
     }
 
+    /// The block entries of cache page `page`.
+    pub(super) fn block_entries(&self, page: u32) -> &[u32] {
+        &self.blocks[page as usize].entry
+    }
+
+    /// The code offsets of blocks dropped by stores since the last call (see
+    /// `dropped`); none after the code region starts over ([`DecodeCache::flush_blocks`]).
+    pub(super) fn take_dropped(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.dropped)
+    }
+
     /// The address of the entry array of cache page `page` (stable while the cache lives).
     pub(super) fn block_table_addr(&self, page: u32) -> u64 {
         self.table_addrs[page as usize]
@@ -246,6 +265,7 @@ impl DecodeCache {
 
     /// Forgets every translated block (the code region was reset), keeping decoded pages.
     pub(super) fn flush_blocks(&mut self) {
+        self.dropped.clear();
         for i in 0..self.blocks.len() {
             self.clear_blocks(i);
         }

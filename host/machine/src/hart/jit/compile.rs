@@ -297,6 +297,9 @@ pub(super) struct Block<'a> {
     dirty: u32,
     /// Host address of the page's block table.
     table: u64,
+    /// The page's block entries as they are now (see [`crate::hart::dcache::BlockTable`]):
+    /// an exit to a block already translated jumps to its code directly.
+    entries: &'a [u32],
     /// Host address of the code region.
     code_base: u64,
     epilogue: usize,
@@ -305,7 +308,13 @@ pub(super) struct Block<'a> {
 
 impl<'a> Block<'a> {
     /// Plans the block at page offset `start`, to be placed at `mem.next()`.
-    pub(super) fn new(items: &'a [Item], start: usize, table: u64, mem: &ExecMem) -> Self {
+    pub(super) fn new(
+        items: &'a [Item],
+        start: usize,
+        table: u64,
+        entries: &'a [u32],
+        mem: &ExecMem,
+    ) -> Self {
         // Cache the most used guest registers (ties: lower number first, for a stable
         // translation).
         let mut uses = [0u32; 32];
@@ -342,6 +351,7 @@ impl<'a> Block<'a> {
             global,
             dirty: 0,
             table,
+            entries,
             code_base: mem.base_addr(),
             epilogue: mem.epilogue(),
             a: Asm::new(mem.next()),
@@ -408,6 +418,12 @@ impl<'a> Block<'a> {
                 .alu_imm(W::B64, Alu::Add, Rm::at(RBX, pc_at()), delta as i32);
         }
         match to {
+            Next::InPage(off) if self.entries[off / 2] >= 2 => {
+                // Its block is translated: go there directly. Should that block be
+                // dropped while this one lives, its entry is patched to leave
+                // (`Hart::bury_dropped_blocks`).
+                self.a.jmp_to(self.entries[off / 2] as usize);
+            }
             Next::InPage(off) => {
                 self.a.mov_imm(RCX, self.table + 4 * (off as u64 / 2));
                 self.a.mov_load(W::B32, RAX, Rm::at(RCX, 0));

@@ -186,6 +186,30 @@ mod imp {
             self.used = self.fixed;
         }
 
+        /// Overwrites the start of the placed block at `at` with a jump to `target` (both
+        /// region offsets): a dropped block made to leave.
+        pub fn patch_jump(&mut self, at: usize, target: usize) {
+            let rel = (target as i64 - (at as i64 + 5)) as i32;
+            let mut jump = [0xe9, 0, 0, 0, 0];
+            jump[1..].copy_from_slice(&rel.to_le_bytes());
+            assert!(
+                at >= self.fixed && at + jump.len() <= self.used,
+                "a placed block"
+            );
+            // SAFETY: [at, at + 5) lies inside placed code in the writable view (checked
+            // above; every block is longer than 5 bytes, its entry check alone is), which
+            // nothing else writes; no translated code runs meanwhile (the hart is
+            // single-threaded and is here), and x86 keeps instruction fetch coherent with
+            // stores to the same physical memory.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    jump.as_ptr(),
+                    self.write.as_ptr().add(at),
+                    jump.len(),
+                );
+            }
+        }
+
         /// Copies `code` to the next free offset (which it must have been assembled
         /// for) and returns that offset; `None` if it does not fit.
         pub fn place(&mut self, code: &[u8]) -> Option<usize> {
@@ -265,6 +289,9 @@ mod imp {
             unreachable!("never created")
         }
         pub fn reset(&mut self) {}
+        pub fn patch_jump(&mut self, _at: usize, _target: usize) {
+            unreachable!("never created")
+        }
         pub fn place(&mut self, _code: &[u8]) -> Option<usize> {
             None
         }

@@ -48,8 +48,12 @@
 //!   first and reloads its rd (and `mcycle`) after. Each block
 //!   keeps the others it uses most in the remaining host registers, loaded on entry and
 //!   written back at every exit. A direct jump to the block's own start (a
-//!   loop) stays in host registers; a jump elsewhere in the same page chains through the
-//!   page's table to the next block's code without returning to Rust, and a jump to
+//!   loop) stays in host registers; a jump elsewhere in the same page goes straight to
+//!   the target block's code when that block was translated first, else chains through
+//!   the page's table to it without returning to Rust (a store that drops a block while
+//!   others of its page stay makes its code leave on entry before translated code runs
+//!   again: `Hart::bury_dropped_blocks`; eviction drops the whole page, which only its
+//!   own blocks jump into directly, and the region's reset drops everything), and a jump to
 //!   another page (or any `jalr`) chains through the fetch TLB, the decode cache's page
 //!   map and that page's table — the lookups the interpreter's fetch makes, so code runs
 //!   only from pages it could fetch from in the current context. On a fetch-TLB miss,
@@ -316,8 +320,23 @@ impl Hart {
         self.enter_block(bus, entry)
     }
 
+    /// Makes every block a store dropped leave as soon as it is entered: blocks of its
+    /// page that stay may jump to its code directly (in-page exits to a block translated
+    /// before them), and must find the guest's new code through the interpreter instead.
+    /// Runs before translated code does: a store that drops a block returns to Rust first.
+    fn bury_dropped_blocks(&mut self) {
+        let dropped = self.dcache.take_dropped();
+        if let Some(mem) = self.jit.mem.as_mut() {
+            let epilogue = mem.epilogue();
+            for at in dropped {
+                mem.patch_jump(at as usize, epilogue);
+            }
+        }
+    }
+
     #[inline(never)]
     fn enter_block(&mut self, bus: &mut Bus, entry: u32) -> bool {
+        self.bury_dropped_blocks();
         let Some(mem) = self.jit.mem.as_ref() else {
             return false;
         };
@@ -388,13 +407,15 @@ impl Hart {
         }
         let table = self.dcache.block_table_addr(page);
         let mem = self.jit.mem.as_mut().expect("created above");
-        let mut code = compile::Block::new(&insns, start, table, mem).emit();
+        let entries = self.dcache.block_entries(page);
+        let mut code = compile::Block::new(&insns, start, table, entries, mem).emit();
         if !mem.fits(code.len()) {
             // Region full: start over. Every table entry pointing into it goes first.
             mem.reset();
             self.jit.resets += 1;
             self.dcache.flush_blocks();
-            code = compile::Block::new(&insns, start, table, mem).emit();
+            let entries = self.dcache.block_entries(page);
+            code = compile::Block::new(&insns, start, table, entries, mem).emit();
         }
         let at = mem.place(&code).expect("fits in an empty region");
         if let Some(map) = &mut self.jit.perf_map {
@@ -473,6 +494,66 @@ mod tests {
             );
         }
         assert!(m.hart.jit.entries > 0, "nothing ran translated");
+    }
+
+    /// A block that jumps straight to the code of another block of its page (translated
+    /// before it) must not run that code once a store has dropped it: B is called 20
+    /// times (translated), then A, which jumps to B, is called 20 times (translated,
+    /// with a direct jump to B's code); from the 11th call on, each call is followed by
+    /// a store that rewrites B's `addi a0, a0, 1` as `addi a0, a0, 2` and drops B but
+    /// not A. Translated and interpreted agree, at every instruction too.
+    #[test]
+    fn a_direct_jump_to_a_dropped_block_finds_the_new_code() {
+        use crate::bench::{addi, assemble, b, halt, li32, s};
+        const A0: u32 = 10;
+        const S2: u32 = 18;
+        const S3: u32 = 19;
+        let (s4, s6, ra) = (20, 22, 1);
+        let jal = |rd: u32, off: i32| {
+            let i = off as u32;
+            ((i >> 20 & 1) << 31)
+                | ((i >> 1 & 0x3ff) << 21)
+                | ((i >> 11 & 1) << 20)
+                | ((i >> 12 & 0xff) << 12)
+                | (rd << 7)
+                | 0x6f
+        };
+        let mut w = vec![addi(S2, 0, 20)];
+        let p1 = w.len();
+        w.push(0); // jal ra, B
+        w.push(addi(S2, S2, -1));
+        w.push(b((p1 as i32 - w.len() as i32) * 4, 0, S2, 1)); // bne s2, zero, p1
+        w.push(addi(S2, 0, 20));
+        w.push(addi(s6, 0, 10));
+        w.extend(li32(s4, addi(A0, A0, 2) as i32));
+        let la = w.len();
+        w.push((S3 << 7) | 0x17); // auipc s3, 0
+        w.push(0); // addi s3, s3, B - la
+        let p2 = w.len();
+        w.push(0); // jal ra, A
+        w.push(addi(S2, S2, -1));
+        w.push(b((p2 as i32 - w.len() as i32) * 4, s6, S2, 5)); // bge s2, s6, p2
+        w.push(s(0, s4, S3, 2)); // sw s4, 0(s3): rewrites B
+        w.push(b((p2 as i32 - w.len() as i32) * 4, 0, S2, 1)); // bne s2, zero, p2
+        w.extend(halt(Platform::Cmvm));
+        let a = w.len();
+        w.push(jal(0, 4)); // A: jal zero, B
+        let b_at = w.len();
+        w.push(addi(A0, A0, 1)); // B
+        w.push(0x0000_8067); // ret
+        w[p1] = jal(ra, (b_at as i32 - p1 as i32) * 4);
+        w[la + 1] = addi(S3, S3, (b_at as i32 - la as i32) * 4);
+        w[p2] = jal(ra, (a as i32 - p2 as i32) * 4);
+        let image = assemble(&w);
+        let mut i = machine(&image, false);
+        let mut t = machine(&image, true);
+        i.run(1 << 20);
+        t.run(1 << 20);
+        assert_eq!(i.halted(), Some(0));
+        assert_eq!(i.hart.x[A0 as usize], 20 + 11 + 9 * 2);
+        assert_eq!((i.mcycle(), i.hart.x), (t.mcycle(), t.hart.x));
+        assert!(t.hart.jit.entries > 0, "nothing ran translated");
+        agree_at(&image, 1..2000, |_| {});
     }
 
     /// A page first written as data and then run as code: from then on translated stores
