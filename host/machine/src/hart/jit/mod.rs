@@ -436,8 +436,13 @@ impl Hart {
 
 #[cfg(test)]
 mod tests {
-    use crate::bench::{integer_loop, memory_loop, Platform};
+    use crate::bench::{addi, assemble, b, halt, integer_loop, li32, memory_loop, s, Platform};
     use crate::machine::{Machine, MachineConfig};
+
+    /// Guest registers the hand-assembled programs below name.
+    const A0: u32 = 10;
+    const S2: u32 = 18;
+    const S3: u32 = 19;
 
     fn machine(image: &[u8], jit: bool) -> Machine {
         let mut m = Machine::new(&MachineConfig {
@@ -448,6 +453,23 @@ mod tests {
         .unwrap();
         m.hart.set_jit(jit);
         m
+    }
+
+    /// Runs `image` to its halt interpreted and translated: both halt with code 0 at the
+    /// same `mcycle` with the same registers, and some of it ran translated. Returns the
+    /// interpreted machine.
+    fn halt_both_ways(image: &[u8]) -> Machine {
+        let mut interpreted = machine(image, false);
+        let mut translated = machine(image, true);
+        interpreted.run(1 << 20);
+        translated.run(1 << 20);
+        assert_eq!(interpreted.halted(), Some(0));
+        assert_eq!(
+            (interpreted.mcycle(), interpreted.hart.x),
+            (translated.mcycle(), translated.hart.x)
+        );
+        assert!(translated.hart.jit.entries > 0, "nothing ran translated");
+        interpreted
     }
 
     /// Runs `image` to each of `points` with and without translation (the translating
@@ -504,10 +526,6 @@ mod tests {
     /// not A. Translated and interpreted agree, at every instruction too.
     #[test]
     fn a_direct_jump_to_a_dropped_block_finds_the_new_code() {
-        use crate::bench::{addi, assemble, b, halt, li32, s};
-        const A0: u32 = 10;
-        const S2: u32 = 18;
-        const S3: u32 = 19;
         let (s4, s6, ra) = (20, 22, 1);
         let jal = |rd: u32, off: i32| {
             let i = off as u32;
@@ -545,14 +563,8 @@ mod tests {
         w[la + 1] = addi(S3, S3, (b_at as i32 - la as i32) * 4);
         w[p2] = jal(ra, (a as i32 - p2 as i32) * 4);
         let image = assemble(&w);
-        let mut i = machine(&image, false);
-        let mut t = machine(&image, true);
-        i.run(1 << 20);
-        t.run(1 << 20);
-        assert_eq!(i.halted(), Some(0));
-        assert_eq!(i.hart.x[A0 as usize], 20 + 11 + 9 * 2);
-        assert_eq!((i.mcycle(), i.hart.x), (t.mcycle(), t.hart.x));
-        assert!(t.hart.jit.entries > 0, "nothing ran translated");
+        let interpreted = halt_both_ways(&image);
+        assert_eq!(interpreted.hart.x[A0 as usize], 20 + 11 + 9 * 2);
         agree_at(&image, 1..2000, |_| {});
     }
 
@@ -563,10 +575,6 @@ mod tests {
     /// runs what was last written, translated as interpreted.
     #[test]
     fn a_data_page_that_becomes_code_takes_translated_stores_through_the_interpreter() {
-        use crate::bench::{addi, assemble, b, halt, li32, s};
-        const A0: u32 = 10;
-        const S2: u32 = 18;
-        const S3: u32 = 19;
         let (s4, s5, s6) = (20, 21, 22);
         let jalr_ra = |rs1: u32| (rs1 << 15) | (1 << 7) | 0x67;
         let mut w = Vec::new();
@@ -585,14 +593,7 @@ mod tests {
         w.push(b((top as i32 - w.len() as i32) * 4, 0, S2, 1)); // bne s2, zero, top
         w.extend(halt(Platform::Cmvm));
         let image = assemble(&w);
-        let mut a = machine(&image, false);
-        let mut b = machine(&image, true);
-        a.run(1 << 20);
-        b.run(1 << 20);
-        assert_eq!(b.halted(), Some(0));
-        assert_eq!(a.hart.x[A0 as usize], 150);
-        assert_eq!((a.mcycle(), a.hart.x), (b.mcycle(), b.hart.x));
-        assert!(b.hart.jit.entries > 0, "nothing ran translated");
+        assert_eq!(halt_both_ways(&image).hart.x[A0 as usize], 150);
     }
 
     #[test]
