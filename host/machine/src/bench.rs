@@ -59,6 +59,16 @@ pub(crate) fn b(off: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {
         | ((o >> 11 & 1) << 7)
         | 0x63
 }
+#[cfg(test)]
+pub(crate) fn jal(off: i32, rd: u32) -> u32 {
+    let o = off as u32;
+    ((o >> 20 & 1) << 31)
+        | ((o >> 1 & 0x3ff) << 21)
+        | ((o >> 11 & 1) << 20)
+        | ((o >> 12 & 0xff) << 12)
+        | (rd << 7)
+        | 0x6f
+}
 pub(crate) fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
     i(imm, rs1, 0, rd, 0x13)
 }

@@ -231,16 +231,9 @@ impl MemRange {
     /// The bytes as a raw pointer, for translated code that loads and stores through it
     /// (see `hart::jit`). It stays valid until the range is dropped: the bytes never move.
     /// Translated code marks no page dirty: it stores only into pages already marked
-    /// ([`MemRange::mark_page_dirty`] when a store-TLB entry allows it).
+    /// ([`MemRange::mark_dirty`] when a store-TLB entry allows it).
     pub(crate) fn raw_bytes(&mut self) -> *mut u8 {
         self.data.ptr
-    }
-
-    /// Marks page `page` dirty as a store to it would, ahead of stores that will not mark
-    /// it (translated code's; see `hart::mmu`). A page marked dirty and not written is
-    /// only hashed again, to the same value.
-    pub(crate) fn mark_page_dirty(&mut self, page: u64) {
-        self.mark_dirty(page);
     }
 
     /// Writes `bytes` at `offset` (from the start of the range), marking pages dirty.
@@ -317,8 +310,11 @@ impl MemRange {
         }
     }
 
+    /// Marks page `page` dirty, as every store does; also ahead of stores that will not
+    /// mark it (translated code's; see `hart::mmu`). A page marked dirty and not written
+    /// is only hashed again, to the same value.
     #[inline(always)]
-    fn mark_dirty(&mut self, page: u64) {
+    pub(crate) fn mark_dirty(&mut self, page: u64) {
         self.dirty[(page >> 6) as usize] |= 1 << (page & 63);
     }
 

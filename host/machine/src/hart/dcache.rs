@@ -223,7 +223,8 @@ impl DecodeCache {
         self.has_blocks[page as usize] = true;
     }
 
-    /// The block entries of cache page `page`.
+    /// The block entries of cache page `page` (the array stays at one address while the
+    /// cache lives).
     pub(super) fn block_entries(&self, page: u32) -> &[u32] {
         &self.blocks[page as usize].entry
     }
@@ -232,11 +233,6 @@ impl DecodeCache {
     /// `dropped`); none after the code region starts over ([`DecodeCache::flush_blocks`]).
     pub(super) fn take_dropped(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.dropped)
-    }
-
-    /// The address of the entry array of cache page `page` (stable while the cache lives).
-    pub(super) fn block_table_addr(&self, page: u32) -> u64 {
-        self.table_addrs[page as usize]
     }
 
     /// The address of the table addresses (`u64` per cache page; valid until a page is

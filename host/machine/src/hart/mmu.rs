@@ -352,7 +352,7 @@ impl Hart {
         if entry.ram_tag == 0 || self.dcache.holds(entry.page >> 12) {
             return 0;
         }
-        bus.ram.mark_page_dirty(entry.page >> 12);
+        bus.ram.mark_dirty(entry.page >> 12);
         entry.ram_tag
     }
 

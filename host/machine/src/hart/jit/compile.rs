@@ -3,6 +3,7 @@
 use super::exec::ExecMem;
 use super::x86::*;
 use super::{exec_helper, fetch_helper, load_helper, Env, Jit};
+use crate::hart::dcache::BLOCK_NONE;
 use crate::hart::m::M;
 use crate::hart::mmu::{Mmu, TlbEntry, TLB_SIZE};
 use crate::hart::rv64i::I;
@@ -295,10 +296,9 @@ pub(super) struct Block<'a> {
     /// Cached guest registers other than the global ones written so far (bit per
     /// register): what exits write back.
     dirty: u32,
-    /// Host address of the page's block table.
-    table: u64,
-    /// The page's block entries as they are now (see [`crate::hart::dcache::BlockTable`]):
-    /// an exit to a block already translated jumps to its code directly.
+    /// The page's block entries (see [`crate::hart::dcache::BlockTable`], which stays at
+    /// one address): an exit to a block translated by now jumps to its code directly, any
+    /// other reads its entry there when it runs.
     entries: &'a [u32],
     /// Host address of the code region.
     code_base: u64,
@@ -308,13 +308,7 @@ pub(super) struct Block<'a> {
 
 impl<'a> Block<'a> {
     /// Plans the block at page offset `start`, to be placed at `mem.next()`.
-    pub(super) fn new(
-        items: &'a [Item],
-        start: usize,
-        table: u64,
-        entries: &'a [u32],
-        mem: &ExecMem,
-    ) -> Self {
+    pub(super) fn new(items: &'a [Item], start: usize, entries: &'a [u32], mem: &ExecMem) -> Self {
         // Cache the most used guest registers (ties: lower number first, for a stable
         // translation).
         let mut uses = [0u32; 32];
@@ -350,7 +344,6 @@ impl<'a> Block<'a> {
             map,
             global,
             dirty: 0,
-            table,
             entries,
             code_base: mem.base_addr(),
             epilogue: mem.epilogue(),
@@ -418,14 +411,15 @@ impl<'a> Block<'a> {
                 .alu_imm(W::B64, Alu::Add, Rm::at(RBX, pc_at()), delta as i32);
         }
         match to {
-            Next::InPage(off) if self.entries[off / 2] >= 2 => {
+            Next::InPage(off) if self.entries[off / 2] > BLOCK_NONE => {
                 // Its block is translated: go there directly. Should that block be
                 // dropped while this one lives, its entry is patched to leave
                 // (`Hart::bury_dropped_blocks`).
                 self.a.jmp_to(self.entries[off / 2] as usize);
             }
             Next::InPage(off) => {
-                self.a.mov_imm(RCX, self.table + 4 * (off as u64 / 2));
+                let entry = &self.entries[off / 2] as *const u32 as u64;
+                self.a.mov_imm(RCX, entry);
                 self.a.mov_load(W::B32, RAX, Rm::at(RCX, 0));
                 self.chain_rax();
             }

@@ -192,20 +192,26 @@ mod imp {
             let rel = (target as i64 - (at as i64 + 5)) as i32;
             let mut jump = [0xe9, 0, 0, 0, 0];
             jump[1..].copy_from_slice(&rel.to_le_bytes());
+            // Every block is longer than 5 bytes (its entry check alone is).
             assert!(
                 at >= self.fixed && at + jump.len() <= self.used,
                 "a placed block"
             );
-            // SAFETY: [at, at + 5) lies inside placed code in the writable view (checked
-            // above; every block is longer than 5 bytes, its entry check alone is), which
+            self.write_at(at, &jump);
+        }
+
+        /// Copies `bytes` to region offset `at` through the writable view.
+        fn write_at(&mut self, at: usize, bytes: &[u8]) {
+            assert!(at + bytes.len() <= self.size, "inside the region");
+            // SAFETY: [at, at + len) lies inside the writable view (checked above), which
             // nothing else writes; no translated code runs meanwhile (the hart is
             // single-threaded and is here), and x86 keeps instruction fetch coherent with
             // stores to the same physical memory.
             unsafe {
                 std::ptr::copy_nonoverlapping(
-                    jump.as_ptr(),
+                    bytes.as_ptr(),
                     self.write.as_ptr().add(at),
-                    jump.len(),
+                    bytes.len(),
                 );
             }
         }
@@ -217,17 +223,7 @@ mod imp {
             if !self.fits(code.len()) {
                 return None;
             }
-            // SAFETY: [at, at + len) lies inside the writable view (checked by `fits`),
-            // which nothing else writes; no translated code runs meanwhile (the hart is
-            // single-threaded and is here), and x86 keeps instruction fetch coherent with
-            // stores to the same physical memory.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    code.as_ptr(),
-                    self.write.as_ptr().add(at),
-                    code.len(),
-                );
-            }
+            self.write_at(at, code);
             self.used = (at + code.len()).next_multiple_of(16);
             Some(at)
         }

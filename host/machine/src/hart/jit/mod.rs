@@ -405,17 +405,16 @@ impl Hart {
                 }
             }
         }
-        let table = self.dcache.block_table_addr(page);
         let mem = self.jit.mem.as_mut().expect("created above");
         let entries = self.dcache.block_entries(page);
-        let mut code = compile::Block::new(&insns, start, table, entries, mem).emit();
+        let mut code = compile::Block::new(&insns, start, entries, mem).emit();
         if !mem.fits(code.len()) {
             // Region full: start over. Every table entry pointing into it goes first.
             mem.reset();
             self.jit.resets += 1;
             self.dcache.flush_blocks();
             let entries = self.dcache.block_entries(page);
-            code = compile::Block::new(&insns, start, table, entries, mem).emit();
+            code = compile::Block::new(&insns, start, entries, mem).emit();
         }
         let at = mem.place(&code).expect("fits in an empty region");
         if let Some(map) = &mut self.jit.perf_map {
@@ -436,7 +435,9 @@ impl Hart {
 
 #[cfg(test)]
 mod tests {
-    use crate::bench::{addi, assemble, b, halt, integer_loop, li32, memory_loop, s, Platform};
+    use crate::bench::{
+        addi, assemble, b, halt, integer_loop, jal, li32, memory_loop, s, Platform,
+    };
     use crate::machine::{Machine, MachineConfig};
 
     /// Guest registers the hand-assembled programs below name.
@@ -527,15 +528,6 @@ mod tests {
     #[test]
     fn a_direct_jump_to_a_dropped_block_finds_the_new_code() {
         let (s4, s6, ra) = (20, 22, 1);
-        let jal = |rd: u32, off: i32| {
-            let i = off as u32;
-            ((i >> 20 & 1) << 31)
-                | ((i >> 1 & 0x3ff) << 21)
-                | ((i >> 11 & 1) << 20)
-                | ((i >> 12 & 0xff) << 12)
-                | (rd << 7)
-                | 0x6f
-        };
         let mut w = vec![addi(S2, 0, 20)];
         let p1 = w.len();
         w.push(0); // jal ra, B
@@ -555,13 +547,13 @@ mod tests {
         w.push(b((p2 as i32 - w.len() as i32) * 4, 0, S2, 1)); // bne s2, zero, p2
         w.extend(halt(Platform::Cmvm));
         let a = w.len();
-        w.push(jal(0, 4)); // A: jal zero, B
+        w.push(jal(4, 0)); // A: jal zero, B
         let b_at = w.len();
         w.push(addi(A0, A0, 1)); // B
         w.push(0x0000_8067); // ret
-        w[p1] = jal(ra, (b_at as i32 - p1 as i32) * 4);
+        w[p1] = jal((b_at as i32 - p1 as i32) * 4, ra);
         w[la + 1] = addi(S3, S3, (b_at as i32 - la as i32) * 4);
-        w[p2] = jal(ra, (a as i32 - p2 as i32) * 4);
+        w[p2] = jal((a as i32 - p2 as i32) * 4, ra);
         let image = assemble(&w);
         let interpreted = halt_both_ways(&image);
         assert_eq!(interpreted.hart.x[A0 as usize], 20 + 11 + 9 * 2);
