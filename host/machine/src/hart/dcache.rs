@@ -74,6 +74,10 @@ pub struct DecodeCache {
     /// Counts stores that reached a page with decoded code (see
     /// [`DecodeCache::code_writes`]).
     code_writes: u64,
+    /// For each table, the in-page exits of its blocks to block starts not translated when
+    /// they were: (target slot, code offset of the exit's `jmp`), patched to the target's
+    /// code whenever a block is translated there (again). Dropped with the table.
+    links: Vec<Vec<(u16, u32)>>,
     /// Code offsets of blocks a store dropped while other blocks of their page stay:
     /// those may jump to them directly, so the translator makes them leave
     /// ([`DecodeCache::take_dropped`]) before translated code runs again.
@@ -92,6 +96,7 @@ impl DecodeCache {
             blocks: Vec::new(),
             has_blocks: Vec::new(),
             table_addrs: Vec::new(),
+            links: Vec::new(),
             code_writes: 0,
             dropped: Vec::new(),
         }
@@ -133,6 +138,7 @@ impl DecodeCache {
                 span: [0; SLOTS],
             }));
             self.has_blocks.push(false);
+            self.links.push(Vec::new());
             let table = self.blocks.last().expect("just pushed");
             self.table_addrs.push(table.entry.as_ptr() as u64);
             self.pages.len() - 1
@@ -257,6 +263,22 @@ impl DecodeCache {
             self.blocks[i].clear();
             self.has_blocks[i] = false;
         }
+        self.links[i].clear();
+    }
+
+    /// Records the exits of the block placed at code offset `at` in cache page `page`
+    /// that wait for a block at another slot of the page: `(slot, offset in the block)`.
+    pub(super) fn add_links(&mut self, page: u32, at: u32, links: &[(u16, u32)]) {
+        let list = &mut self.links[page as usize];
+        list.extend(links.iter().map(|&(slot, off)| (slot, at + off)));
+    }
+
+    /// The code offsets of the exits of cache page `page` that go to the block at `pc`.
+    pub(super) fn links_to(&self, page: u32, pc: u64) -> impl Iterator<Item = u32> + '_ {
+        let s = slot(pc) as u16;
+        (self.links[page as usize].iter())
+            .filter(move |l| l.0 == s)
+            .map(|l| l.1)
     }
 
     /// Forgets every translated block (the code region was reset), keeping decoded pages.

@@ -237,6 +237,181 @@ pub(super) fn span(items: &[Item], start: usize) -> u8 {
     ((last.off + last.insn.len as usize - start) / 2) as u8
 }
 
+/// For the virtual address in rax: rcx = its TLB tag (page number | the context at
+/// `ctx_at`), rdx = the address of its entry in the TLB whose address is in the `Env`
+/// field at `tlb` (32-byte entries, see `mmu::TlbEntry`). The caller compares rcx with
+/// the entry's `ram_tag` at `RAM_TAG`: equal means a hit on a RAM page.
+fn tlb_entry(a: &mut Asm, tlb: usize, ctx_at: i32) {
+    a.mov_rr(RCX, RAX);
+    a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
+    // edx = (page number % TLB_SIZE) * 32, straight from the address.
+    a.mov_load(W::B32, RDX, Rm::Reg(RAX));
+    a.shift_imm(W::B32, Shift::Shr, Rm::Reg(RDX), 12 - 5);
+    a.alu_imm(W::B32, Alu::And, Rm::Reg(RDX), (TLB_SIZE as i32 - 1) << 5);
+    a.alu(W::B64, Alu::Add, RDX, Rm::at(RBX, env_at(tlb)));
+    a.alu(W::B64, Alu::Or, RCX, Rm::at(RBX, ctx_at));
+}
+
+/// Code shared by every block, placed once after the epilogue: the lookups of loads,
+/// stores and exits to another page, which would otherwise be copied into every block
+/// (tens of bytes each, most of the translated code) and crowd the host's caches.
+/// Blocks `call` them; each returns with ZF clear on success, set when the block must
+/// take its slow path (rax unchanged then), and changes only rcx and rdx (and rax, for
+/// [`Thunks::chain`]'s result).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Thunks {
+    /// `mem[store][log2 size]`: rax = a virtual address; on success rcx = the host
+    /// address of those bytes of RAM (a TLB hit on a RAM page, aligned; for a store, a
+    /// page already marked dirty and holding no decoded code: `TlbEntry::ram_tag`).
+    mem: [[usize; 4]; 2],
+    /// rax = the new `pc` (already stored): on success rax = the host address of its
+    /// block, found as the interpreter's fetch would (fetch TLB, decode cache, the
+    /// page's table), walking the page tables through [`fetch_helper`] on a TLB miss.
+    chain: usize,
+}
+
+impl Thunks {
+    /// Emits the thunks into `a` (placed at `a.base` in the region at host address
+    /// `code_base`, whose epilogue is at `epilogue`); returns their offsets and each one's
+    /// (start, end, name) for a profiler's map.
+    pub(super) fn emit(a: &mut Asm, code_base: u64) -> (Self, Vec<(usize, usize, &'static str)>) {
+        const NAMES: [[&str; 4]; 2] = [
+            ["rv:load1", "rv:load2", "rv:load4", "rv:load8"],
+            ["rv:store1", "rv:store2", "rv:store4", "rv:store8"],
+        ];
+        let mut t = Thunks::default();
+        let mut symbols = Vec::new();
+        for store in [false, true] {
+            for log in 0..4 {
+                let start = a.here();
+                t.mem[store as usize][log] = start;
+                Self::memory(a, store, 1 << log);
+                symbols.push((start, a.here(), NAMES[store as usize][log]));
+            }
+        }
+        let start = a.here();
+        t.chain = start;
+        Self::chain(a, code_base);
+        symbols.push((start, a.here(), "rv:chain"));
+        (t, symbols)
+    }
+
+    fn fail(a: &mut Asm) {
+        // ZF set, rax unchanged.
+        a.alu(W::B32, Alu::Cmp, RAX, Rm::Reg(RAX));
+        a.ret();
+    }
+
+    fn memory(a: &mut Asm, store: bool, size: u8) {
+        let mut miss = Vec::new();
+        if size > 1 {
+            a.test_al(size - 1);
+            miss.push(a.jcc_fwd(Cond::Ne));
+        }
+        let tlb = if store {
+            offset_of!(Env, store_tlb)
+        } else {
+            offset_of!(Env, load_tlb)
+        };
+        tlb_entry(a, tlb, data_ctx_at());
+        a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
+        miss.push(a.jcc_fwd(Cond::Ne));
+        // rcx = RAM offset + RAM's host address (never 0: ZF clear).
+        a.mov_rr(RCX, RAX);
+        a.alu_imm(W::B32, Alu::And, Rm::Reg(RCX), 0xfff);
+        a.alu(W::B64, Alu::Add, RCX, Rm::at(RDX, 8));
+        a.alu(
+            W::B64,
+            Alu::Add,
+            RCX,
+            Rm::at(RBX, env_at(offset_of!(Env, ram))),
+        );
+        a.ret();
+        for m in miss {
+            a.bind(m);
+        }
+        Self::fail(a);
+    }
+
+    fn chain(a: &mut Asm, code_base: u64) {
+        let retry = a.here();
+        tlb_entry(a, offset_of!(Env, fetch_tlb), fetch_ctx_at());
+        a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
+        let miss = a.jcc_fwd(Cond::Ne);
+        let mut fail = Vec::new();
+        // ecx = decode-cache page of the RAM page, if it has one.
+        a.mov_load(W::B64, RCX, Rm::at(RDX, 8));
+        a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
+        a.mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, slot_of))));
+        a.mov_load(
+            W::B32,
+            RCX,
+            Rm::Mem {
+                base: RDX,
+                index: Some((RCX, 4)),
+                disp: 0,
+            },
+        );
+        a.alu_imm(W::B32, Alu::Cmp, Rm::Reg(RCX), -1);
+        fail.push(a.jcc_fwd(Cond::E));
+        // rdx = that page's block table; eax = the entry of the target's slot.
+        a.mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, tables))));
+        a.mov_load(
+            W::B64,
+            RDX,
+            Rm::Mem {
+                base: RDX,
+                index: Some((RCX, 8)),
+                disp: 0,
+            },
+        );
+        a.alu_imm(W::B32, Alu::And, Rm::Reg(RAX), 0xffe);
+        a.mov_load(
+            W::B32,
+            RAX,
+            Rm::Mem {
+                base: RDX,
+                index: Some((RAX, 2)),
+                disp: 0,
+            },
+        );
+        // An entry below 2 is no block (`BLOCK_UNKNOWN`, `BLOCK_NONE`).
+        a.alu_imm(W::B32, Alu::Cmp, Rm::Reg(RAX), 2);
+        let none = a.jcc_fwd(Cond::B);
+        a.mov_imm(RCX, code_base);
+        a.alu(W::B64, Alu::Add, RAX, Rm::Reg(RCX));
+        a.ret();
+        a.bind(none);
+        // Leave with rax the entry (never read).
+        Self::fail(a);
+        for f in fail {
+            a.bind(f);
+        }
+        Self::fail(a);
+        // A fetch-TLB miss: if the interpreter would fetch from `pc` next (an instruction
+        // fits before the stop), make the walk its fetch would make, and try again. Every
+        // guest register is in the hart here (the exit wrote them back) but the global
+        // ones, which are in callee-saved host registers: nothing to save. The block's
+        // `call` left rsp 16-byte aligned for this one.
+        a.bind(miss);
+        a.alu(W::B64, Alu::Cmp, MCYCLE, Rm::at(RBX, stop_at()));
+        let late = a.jcc_fwd(Cond::Ae);
+        a.mov_store(W::B64, Rm::at(RBX, mcycle_at()), MCYCLE);
+        a.mov_rr(RDI, RBX);
+        a.mov_rr(RSI, RAX);
+        a.mov_imm(RAX, fetch_helper as *const () as u64);
+        a.call_reg(RAX);
+        a.mov_load(W::B64, MCYCLE, Rm::at(RBX, mcycle_at()));
+        a.test(W::B32, Rm::Reg(RAX), RAX);
+        let refused = a.jcc_fwd(Cond::E);
+        a.mov_load(W::B64, RAX, Rm::at(RBX, pc_at()));
+        a.jmp_to(retry);
+        a.bind(late);
+        a.bind(refused);
+        Self::fail(a);
+    }
+}
+
 /// Pool registers the C ABI lets a callee change: saved around helper calls.
 const CALLER_SAVED: [u8; 6] = [RSI, RDI, R8, R9, R10, R11];
 
@@ -300,15 +475,38 @@ pub(super) struct Block<'a> {
     /// one address): an exit to a block translated by now jumps to its code directly, any
     /// other reads its entry there when it runs.
     entries: &'a [u32],
-    /// Host address of the code region.
-    code_base: u64,
+    /// The shared lookups.
+    thunks: Thunks,
     epilogue: usize,
+    /// In-page exits to blocks not translated yet: (the target's halfword slot, offset in
+    /// the code of a `jmp` that falls through to the table lookup until the target is
+    /// translated and the jump patched to it).
+    links: Vec<(u16, u32)>,
+    /// Where code goes: the hot buffer while the body is emitted, then the cold one.
     a: Asm,
+    /// The other buffer (the cold one, then the hot one).
+    other: Asm,
+}
+
+/// A translated block: its code, and where it may later jump straight to blocks of its
+/// page translated after it ([`Block`]'s `links`).
+pub(super) struct Emitted {
+    /// What runs, for [`ExecMem::place`].
+    pub(super) code: Vec<u8>,
+    /// Its slow paths, for [`ExecMem::place_cold`].
+    pub(super) cold: Vec<u8>,
+    pub(super) links: Vec<(u16, u32)>,
 }
 
 impl<'a> Block<'a> {
     /// Plans the block at page offset `start`, to be placed at `mem.next()`.
-    pub(super) fn new(items: &'a [Item], start: usize, entries: &'a [u32], mem: &ExecMem) -> Self {
+    pub(super) fn new(
+        items: &'a [Item],
+        start: usize,
+        entries: &'a [u32],
+        mem: &ExecMem,
+        thunks: Thunks,
+    ) -> Self {
         // Cache the most used guest registers (ties: lower number first, for a stable
         // translation).
         let mut uses = [0u32; 32];
@@ -345,9 +543,11 @@ impl<'a> Block<'a> {
             global,
             dirty: 0,
             entries,
-            code_base: mem.base_addr(),
+            thunks,
             epilogue: mem.epilogue(),
+            links: Vec::new(),
             a: Asm::new(mem.next()),
+            other: Asm::new(mem.next_cold()),
         }
     }
 
@@ -418,10 +618,10 @@ impl<'a> Block<'a> {
                 self.a.jmp_to(self.entries[off / 2] as usize);
             }
             Next::InPage(off) => {
-                let entry = &self.entries[off / 2] as *const u32 as u64;
-                self.a.mov_imm(RCX, entry);
-                self.a.mov_load(W::B32, RAX, Rm::at(RCX, 0));
-                self.chain_rax();
+                // Back to Rust until its block is translated: then this jump is patched
+                // to it (`DecodeCache::links_to`).
+                self.links.push(((off / 2) as u16, self.a.buf.len() as u32));
+                self.a.jmp_to(self.epilogue);
             }
             Next::Anywhere => {
                 self.a.mov_load(W::B64, RAX, Rm::at(RBX, pc_at()));
@@ -433,92 +633,10 @@ impl<'a> Block<'a> {
 
     /// With the new `pc` in rax (already stored): jump to its block if the fetch TLB maps
     /// its page to RAM in the current context (as the interpreter's fetch would find it)
-    /// and that page has a block there; else return to Rust.
+    /// and that page has a block there; else return to Rust ([`Thunks::chain`]).
     fn chain_va(&mut self) {
-        let retry = self.a.here();
-        self.tlb_entry(offset_of!(Env, fetch_tlb), fetch_ctx_at());
-        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
-        let miss = self.a.jcc_fwd(Cond::Ne);
-        // ecx = decode-cache page of the RAM page, if it has one.
-        self.a.mov_load(W::B64, RCX, Rm::at(RDX, 8));
-        self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
-        self.a
-            .mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, slot_of))));
-        self.a.mov_load(
-            W::B32,
-            RCX,
-            Rm::Mem {
-                base: RDX,
-                index: Some((RCX, 4)),
-                disp: 0,
-            },
-        );
-        self.a.alu_imm(W::B32, Alu::Cmp, Rm::Reg(RCX), -1);
+        self.a.call_to(self.thunks.chain);
         self.a.jcc_to(Cond::E, self.epilogue);
-        // rdx = that page's block table; eax = the entry of the target's slot.
-        self.a
-            .mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, tables))));
-        self.a.mov_load(
-            W::B64,
-            RDX,
-            Rm::Mem {
-                base: RDX,
-                index: Some((RCX, 8)),
-                disp: 0,
-            },
-        );
-        self.a.alu_imm(W::B32, Alu::And, Rm::Reg(RAX), 0xffe);
-        self.a.mov_load(
-            W::B32,
-            RAX,
-            Rm::Mem {
-                base: RDX,
-                index: Some((RAX, 2)),
-                disp: 0,
-            },
-        );
-        self.chain_rax();
-        // A fetch-TLB miss: if the interpreter would fetch from `pc` next (an instruction
-        // fits before the stop), make the walk its fetch would make, and try again. Every
-        // guest register is in the hart here (the exit wrote them back) but the global
-        // ones, which are in callee-saved host registers: nothing to save.
-        self.a.bind(miss);
-        self.a.alu(W::B64, Alu::Cmp, MCYCLE, Rm::at(RBX, stop_at()));
-        self.a.jcc_to(Cond::Ae, self.epilogue);
-        self.before_call(&[]);
-        self.a.mov_rr(RDI, RBX);
-        self.a.mov_rr(RSI, RAX);
-        self.a.mov_imm(RAX, fetch_helper as *const () as u64);
-        self.a.call_reg(RAX);
-        self.after_call(&[]);
-        self.a.test(W::B32, Rm::Reg(RAX), RAX);
-        self.a.jcc_to(Cond::E, self.epilogue);
-        self.a.mov_load(W::B64, RAX, Rm::at(RBX, pc_at()));
-        self.a.jmp_to(retry);
-    }
-
-    /// For the virtual address in rax: rcx = its TLB tag (page number | the context at
-    /// `ctx_at`), rdx = the address of its entry in the TLB whose address is in the `Env`
-    /// field at `tlb` (32-byte entries, see `mmu::TlbEntry`). The caller compares rcx
-    /// with the entry's `ram_tag` at `RAM_TAG`: equal means a hit on a RAM page.
-    fn tlb_entry(&mut self, tlb: usize, ctx_at: i32) {
-        self.a.mov_rr(RCX, RAX);
-        self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
-        // edx = (page number % TLB_SIZE) * 32, straight from the address.
-        self.a.mov_load(W::B32, RDX, Rm::Reg(RAX));
-        self.a.shift_imm(W::B32, Shift::Shr, Rm::Reg(RDX), 12 - 5);
-        self.a
-            .alu_imm(W::B32, Alu::And, Rm::Reg(RDX), (TLB_SIZE as i32 - 1) << 5);
-        self.a.alu(W::B64, Alu::Add, RDX, Rm::at(RBX, env_at(tlb)));
-        self.a.alu(W::B64, Alu::Or, RCX, Rm::at(RBX, ctx_at));
-    }
-
-    /// With a table entry in eax: jump to its block, or return to Rust if there is none.
-    fn chain_rax(&mut self) {
-        self.a.alu_imm(W::B32, Alu::Cmp, Rm::Reg(RAX), 2);
-        self.a.jcc_to(Cond::B, self.epilogue);
-        self.a.mov_imm(RCX, self.code_base);
-        self.a.alu(W::B64, Alu::Add, RAX, Rm::Reg(RCX));
         self.a.jmp_reg(RAX);
     }
 
@@ -554,7 +672,7 @@ impl<'a> Block<'a> {
     }
 
     /// Emits the whole block.
-    pub(super) fn emit(mut self) -> Vec<u8> {
+    pub(super) fn emit(mut self) -> Emitted {
         let n = self.items.len();
         // Entry: all n instructions must fit before the stop.
         let ok = self.budget_ok(n);
@@ -613,8 +731,8 @@ impl<'a> Block<'a> {
         let mut calls: Vec<LoadCall> = Vec::new();
         let mut store_calls: Vec<StoreCall> = Vec::new();
         // Exits after an instruction the helper ran, which set `pc` and `mcycle` itself:
-        // (jump, dirty registers).
-        let mut after: Vec<(usize, u32)> = Vec::new();
+        // (jump, dirty registers, whether the jump is in the hot buffer).
+        let mut after: Vec<(usize, u32, bool)> = Vec::new();
         let items = self.items;
         for (k, it) in items.iter().enumerate() {
             let d = it.insn;
@@ -641,7 +759,7 @@ impl<'a> Block<'a> {
                 }
                 Kind::Helper => {
                     let leave = self.helper(d, k, delta);
-                    after.push((leave, self.dirty));
+                    after.push((leave, self.dirty, true));
                 }
                 Kind::Branch => {
                     let cond = match d.op {
@@ -683,21 +801,37 @@ impl<'a> Block<'a> {
                 self.exit(self.dirty, n, delta, Self::next(to as i64));
             }
         }
+        // The rest is cold.
+        std::mem::swap(&mut self.a, &mut self.other);
         self.emit_load_calls(calls, &mut slow);
         for c in store_calls {
             for f in c.from {
-                self.a.bind(f);
+                self.bind_hot(f);
             }
             let leave = self.helper(c.insn, c.retired, c.delta);
-            after.push((leave, c.dirty));
+            after.push((leave, c.dirty, false));
             self.a.jmp_to(c.join);
         }
-        for (leave, dirty) in after {
-            self.a.bind(leave);
+        for (leave, dirty, hot) in after {
+            if hot {
+                self.bind_hot(leave);
+            } else {
+                self.a.bind(leave);
+            }
             self.exit(dirty, 0, 0, Next::Rust);
         }
         self.emit_slow_exits(slow);
-        self.a.buf
+        Emitted {
+            code: self.other.buf,
+            cold: self.a.buf,
+            links: self.links,
+        }
+    }
+
+    /// Points the jump `fixup` of the hot buffer at the current (cold) position.
+    fn bind_hot(&mut self, fixup: usize) {
+        let here = self.a.here();
+        self.other.bind_to(fixup, here);
     }
 
     /// The pool registers a call must save: the caller-saved ones that hold guest
@@ -777,7 +911,7 @@ impl<'a> Block<'a> {
         let saved = self.caller_saved();
         for c in calls {
             for f in c.from {
-                self.a.bind(f);
+                self.bind_hot(f);
             }
             self.before_call(&saved);
             self.a.mov_rr(RSI, RAX);
@@ -1079,30 +1213,11 @@ impl<'a> Block<'a> {
         if d.imm != 0 {
             self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), d.imm);
         }
-        if size > 1 {
-            self.a.test_al(size - 1);
-            exits.push(self.a.jcc_fwd(Cond::Ne));
-        }
-        let tlb = if store {
-            offset_of!(Env, store_tlb)
-        } else {
-            offset_of!(Env, load_tlb)
-        };
-        self.tlb_entry(tlb, data_ctx_at());
-        self.a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
-        exits.push(self.a.jcc_fwd(Cond::Ne));
-        // rax = RAM offset.
-        self.a.alu_imm(W::B32, Alu::And, Rm::Reg(RAX), 0xfff);
-        self.a.alu(W::B64, Alu::Add, RAX, Rm::at(RDX, 8));
-        // A store-TLB hit is a page already marked dirty with no decoded code
-        // (`TlbEntry::ram_tag`): nothing to check nor mark.
-        self.a.alu(
-            W::B64,
-            Alu::Add,
-            RAX,
-            Rm::at(RBX, env_at(offset_of!(Env, ram))),
-        );
-        let at = Rm::at(RAX, 0);
+        // (The thunk also sends misaligned addresses to the slow path.)
+        let log = size.trailing_zeros() as usize;
+        self.a.call_to(self.thunks.mem[store as usize][log]);
+        exits.push(self.a.jcc_fwd(Cond::E));
+        let at = Rm::at(RCX, 0);
         if store {
             let w = match size {
                 1 => W::B8,
@@ -1113,8 +1228,8 @@ impl<'a> Block<'a> {
             let src = match self.map[d.rs2 as usize] {
                 Some(h) => h,
                 None => {
-                    self.get(RCX, d.rs2);
-                    RCX
+                    self.get(RDX, d.rs2);
+                    RDX
                 }
             };
             self.a.mov_store(w, at, src);

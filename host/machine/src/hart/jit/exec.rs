@@ -25,14 +25,23 @@ mod imp {
         /// The read+write view of the same memory.
         write: NonNull<u8>,
         size: usize,
-        /// Bytes in use (placements are 16-byte aligned).
+        /// Bytes in use (placements are 16-byte aligned) of the hot half: blocks' inline
+        /// paths, which run.
         used: usize,
+        /// Where the cold half starts: blocks' slow paths (helper calls, exits to the
+        /// interpreter), kept apart so that the code that runs packs densely.
+        cold_start: usize,
+        /// Bytes in use up to (the cold half starts at `cold_start`).
+        cold_used: usize,
         /// Bytes taken by the trampoline and epilogue, which survive [`ExecMem::reset`].
         fixed: usize,
         /// Offset of the shared epilogue.
         epilogue: usize,
         /// Offset right after the epilogue.
         epilogue_end: usize,
+        /// Shared code placed after the epilogue ([`ExecMem::place_shared`]): (start,
+        /// end, name).
+        shared: Vec<(usize, usize, &'static str)>,
     }
 
     // SAFETY: the mappings are owned by this value alone (nothing else holds their
@@ -103,9 +112,12 @@ mod imp {
                 write,
                 size,
                 used: 0,
+                cold_start: (size / 2).next_multiple_of(16),
+                cold_used: (size / 2).next_multiple_of(16),
                 fixed: 0,
                 epilogue: 0,
                 epilogue_end: 0,
+                shared: Vec::new(),
             };
             // Entry: save what the ABI wants kept, hart pointer in rbx, `enter` (which may
             // use any register but rax and rbx), jump to the block. The epilogue runs
@@ -154,10 +166,31 @@ mod imp {
             self.used
         }
 
-        /// Symbols for the trampoline and the epilogue, at host address `base`.
+        /// Places code that stays, like the trampoline, through every
+        /// [`ExecMem::reset`]: code blocks share, emitted for offset [`ExecMem::next`]
+        /// with its pieces named by `symbols` (start, end, name). Only before any block.
+        pub fn place_shared(
+            &mut self,
+            code: &[u8],
+            symbols: Vec<(usize, usize, &'static str)>,
+        ) -> Option<usize> {
+            assert_eq!(self.used, self.fixed, "shared code goes before every block");
+            let at = self.place(code)?;
+            self.fixed = self.used;
+            self.shared.extend(symbols);
+            Some(at)
+        }
+
+        /// Symbols for the trampoline, the epilogue and the shared code, at host address
+        /// `base`.
         pub fn fixed_symbols(&self, base: u64) -> Vec<super::super::CodeSymbol> {
             use super::super::{CodeKind, CodeSymbol};
-            vec![
+            let shared = self.shared.iter().map(|&(start, end, name)| CodeSymbol {
+                start: base + start as u64,
+                size: (end - start) as u64,
+                what: CodeKind::Shared(name),
+            });
+            let mut fixed = vec![
                 CodeSymbol {
                     start: base,
                     size: self.epilogue as u64,
@@ -168,7 +201,9 @@ mod imp {
                     size: (self.epilogue_end - self.epilogue) as u64,
                     what: CodeKind::Exit,
                 },
-            ]
+            ];
+            fixed.extend(shared);
+            fixed
         }
 
         /// Offset of the shared epilogue (restores registers and returns to Rust).
@@ -176,14 +211,20 @@ mod imp {
             self.epilogue
         }
 
-        /// Whether `len` more bytes fit.
-        pub fn fits(&self, len: usize) -> bool {
-            self.used + len <= self.size
+        /// Where the next cold placement will go.
+        pub fn next_cold(&self) -> usize {
+            self.cold_used
+        }
+
+        /// Whether `hot` more bytes fit in the hot half and `cold` in the cold one.
+        pub fn fits(&self, hot: usize, cold: usize) -> bool {
+            self.used + hot <= self.cold_start && self.cold_used + cold <= self.size
         }
 
         /// Drops every placed block (the trampoline stays).
         pub fn reset(&mut self) {
             self.used = self.fixed;
+            self.cold_used = self.cold_start;
         }
 
         /// Overwrites the start of the placed block at `at` with a jump to `target` (both
@@ -220,11 +261,24 @@ mod imp {
         /// for) and returns that offset; `None` if it does not fit.
         pub fn place(&mut self, code: &[u8]) -> Option<usize> {
             let at = self.used;
-            if !self.fits(code.len()) {
+            if !self.fits(code.len(), 0) {
                 return None;
             }
             self.write_at(at, code);
             self.used = (at + code.len()).next_multiple_of(16);
+            Some(at)
+        }
+
+        /// Copies a block's cold `code` to the next free offset of the cold half (which it
+        /// must have been assembled for) and returns that offset; `None` if it does not
+        /// fit.
+        pub fn place_cold(&mut self, code: &[u8]) -> Option<usize> {
+            let at = self.cold_used;
+            if !self.fits(0, code.len()) {
+                return None;
+            }
+            self.write_at(at, code);
+            self.cold_used = at + code.len();
             Some(at)
         }
     }
@@ -281,10 +335,23 @@ mod imp {
         pub fn epilogue(&self) -> usize {
             unreachable!("never created")
         }
-        pub fn fits(&self, _len: usize) -> bool {
+        pub fn fits(&self, _hot: usize, _cold: usize) -> bool {
             unreachable!("never created")
         }
+        pub fn next_cold(&self) -> usize {
+            unreachable!("never created")
+        }
+        pub fn place_cold(&mut self, _code: &[u8]) -> Option<usize> {
+            None
+        }
         pub fn reset(&mut self) {}
+        pub fn place_shared(
+            &mut self,
+            _code: &[u8],
+            _symbols: Vec<(usize, usize, &'static str)>,
+        ) -> Option<usize> {
+            unreachable!("never created")
+        }
         pub fn patch_jump(&mut self, _at: usize, _target: usize) {
             unreachable!("never created")
         }

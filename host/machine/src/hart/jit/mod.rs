@@ -191,6 +191,8 @@ pub struct Jit {
     /// Where placed code is recorded for a profiler, when asked for
     /// ([`Hart::set_perf_map`]); the caller drains it ([`Hart::take_perf_map`]).
     perf_map: Option<Vec<CodeSymbol>>,
+    /// Where the code blocks share is in the region (once it exists).
+    thunks: compile::Thunks,
     /// Times translated code was entered from Rust (for the tests).
     #[cfg(test)]
     entries: u64,
@@ -220,6 +222,14 @@ pub enum CodeKind {
         /// Guest instructions in the block.
         insns: u32,
     },
+    /// The slow paths of the block at `pc` (helper calls, exits to the interpreter),
+    /// placed apart from the code that runs ([`CodeKind::Block`]).
+    Cold {
+        /// The guest virtual address of the block's first instruction.
+        pc: u64,
+    },
+    /// Code every block calls (named `rv:<name>`, e.g. `rv:load8`, `rv:chain`).
+    Shared(&'static str),
     /// The trampoline from Rust into translated code.
     Entry,
     /// The shared epilogue that returns from translated code to Rust.
@@ -233,6 +243,8 @@ impl CodeSymbol {
     pub fn perf_line(&self) -> String {
         let name = match self.what {
             CodeKind::Block { pc, insns } => format!("rv:{pc:x}:{insns}"),
+            CodeKind::Cold { pc } => format!("rv:{pc:x}:cold"),
+            CodeKind::Shared(name) => name.into(),
             CodeKind::Entry => "rv:entry".into(),
             CodeKind::Exit => "rv:exit".into(),
         };
@@ -392,7 +404,12 @@ impl Hart {
                 compile::load_globals,
                 compile::store_globals,
             ) {
-                Some(m) => {
+                Some(mut m) => {
+                    let mut a = x86::Asm::new(m.next());
+                    let (thunks, symbols) = compile::Thunks::emit(&mut a, m.base_addr());
+                    m.place_shared(&a.buf, symbols)
+                        .expect("the shared code fits in an empty region");
+                    self.jit.thunks = thunks;
                     if let Some(map) = &mut self.jit.perf_map {
                         map.extend(m.fixed_symbols(m.base_addr()));
                     }
@@ -407,16 +424,23 @@ impl Hart {
         }
         let mem = self.jit.mem.as_mut().expect("created above");
         let entries = self.dcache.block_entries(page);
-        let mut code = compile::Block::new(&insns, start, entries, mem).emit();
-        if !mem.fits(code.len()) {
+        let mut emitted = compile::Block::new(&insns, start, entries, mem, self.jit.thunks).emit();
+        if !mem.fits(emitted.code.len(), emitted.cold.len()) {
             // Region full: start over. Every table entry pointing into it goes first.
             mem.reset();
             self.jit.resets += 1;
             self.dcache.flush_blocks();
             let entries = self.dcache.block_entries(page);
-            code = compile::Block::new(&insns, start, entries, mem).emit();
+            emitted = compile::Block::new(&insns, start, entries, mem, self.jit.thunks).emit();
         }
+        let code = emitted.code;
         let at = mem.place(&code).expect("fits in an empty region");
+        let cold_at = mem.place_cold(&emitted.cold).expect("fits (checked above)");
+        // Exits of the page's blocks that wait for this one jump straight to it now.
+        for site in self.dcache.links_to(page, pc) {
+            mem.patch_jump(site as usize, at);
+        }
+        self.dcache.add_links(page, at as u32, &emitted.links);
         if let Some(map) = &mut self.jit.perf_map {
             map.push(CodeSymbol {
                 start: mem.base_addr() + at as u64,
@@ -426,6 +450,13 @@ impl Hart {
                     insns: insns.len() as u32,
                 },
             });
+            if !emitted.cold.is_empty() {
+                map.push(CodeSymbol {
+                    start: mem.base_addr() + cold_at as u64,
+                    size: emitted.cold.len() as u64,
+                    what: CodeKind::Cold { pc },
+                });
+            }
         }
         let span = compile::span(&insns, start);
         self.dcache.set_block(page, pc, at as u32, span);
@@ -623,37 +654,70 @@ mod tests {
         assert!(matches!(map[0].what, CodeKind::Entry), "{:?}", map[0]);
         assert!(matches!(map[1].what, CodeKind::Exit), "{:?}", map[1]);
         let base = map[0].start;
-        let fixed_end = map[1].start + map[1].size;
         assert_eq!(map[0].start + map[0].size, map[1].start);
-        let mut end = fixed_end;
+        // The shared code follows the epilogue (placements are 16-byte aligned), one
+        // piece after another.
+        let mut fixed_end = (map[1].start + map[1].size).next_multiple_of(16);
+        let shared = map[2..]
+            .iter()
+            .take_while(|s| matches!(s.what, CodeKind::Shared(_)))
+            .count();
+        assert!(shared > 0, "no shared code in {:?}", &map[..3]);
+        for s in &map[2..2 + shared] {
+            assert_eq!(s.start, fixed_end, "{s:?}");
+            assert!(s.size > 0 && s.perf_line().contains(" rv:"), "{s:?}");
+            fixed_end += s.size;
+        }
+        let cold_start = base + (region / 2).next_multiple_of(16);
+        let (mut end, mut cold_end) = (fixed_end, cold_start);
         let mut generations = 1;
-        for s in &map[2..] {
-            let CodeKind::Block { pc, insns } = s.what else {
-                panic!("{s:?} after the trampoline");
-            };
-            assert!(
-                (1..=64).contains(&insns) && pc >= crate::board::RAM_BASE,
-                "{s:?}"
-            );
-            assert!(s.size > 0 && s.start >= fixed_end, "{s:?}");
+        let mut blocks = 0;
+        let mut last_pc = None;
+        for s in &map[2 + shared..] {
+            assert!(s.size > 0, "{s:?}");
             assert!(
                 s.start + s.size <= base + region,
                 "{s:?} outside the region"
             );
-            if s.start < end {
-                // Only a reset may go back, and then to the bottom.
-                assert_eq!(s.start, fixed_end.next_multiple_of(16), "{s:?} overlaps");
-                generations += 1;
+            match s.what {
+                CodeKind::Block { pc, insns } => {
+                    assert!(
+                        (1..=64).contains(&insns) && pc >= crate::board::RAM_BASE,
+                        "{s:?}"
+                    );
+                    assert!(
+                        s.start >= fixed_end && s.start + s.size <= cold_start,
+                        "{s:?}"
+                    );
+                    if s.start < end {
+                        // Only a reset may go back, and then to the bottom.
+                        assert_eq!(s.start, fixed_end.next_multiple_of(16), "{s:?} overlaps");
+                        generations += 1;
+                        cold_end = cold_start;
+                    }
+                    end = s.start + s.size;
+                    assert_eq!(
+                        s.perf_line(),
+                        format!("{:x} {:x} rv:{pc:x}:{insns}\n", s.start, s.size)
+                    );
+                    blocks += 1;
+                    last_pc = Some(pc);
+                }
+                CodeKind::Cold { pc } => {
+                    // Right after its block's symbol, in the cold half, after the last.
+                    assert_eq!(Some(pc), last_pc.take(), "{s:?}");
+                    assert_eq!(s.start, cold_end, "{s:?}");
+                    cold_end = s.start + s.size;
+                    assert_eq!(
+                        s.perf_line(),
+                        format!("{:x} {:x} rv:{pc:x}:cold\n", s.start, s.size)
+                    );
+                }
+                _ => panic!("{s:?} among the blocks"),
             }
-            end = s.start + s.size;
-            let line = s.perf_line();
-            assert_eq!(
-                line,
-                format!("{:x} {:x} rv:{pc:x}:{insns}\n", s.start, s.size)
-            );
         }
         assert_eq!(generations - 1, m.hart.jit.resets);
-        map.len() - 2
+        blocks
     }
 
     #[test]

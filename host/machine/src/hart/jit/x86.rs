@@ -359,6 +359,13 @@ impl Asm {
         self.imm32(rel as i32);
     }
 
+    /// `call` region offset `target`.
+    pub fn call_to(&mut self, target: usize) {
+        self.byte(0xe8);
+        let rel = target as i64 - (self.here() as i64 + 4);
+        self.imm32(rel as i32);
+    }
+
     /// `jcc` to region offset `target`.
     pub fn jcc_to(&mut self, cond: Cond, target: usize) {
         self.byte(0x0f);
@@ -380,6 +387,13 @@ impl Asm {
         self.byte(0xe9);
         self.imm32(0);
         self.buf.len() - 4
+    }
+
+    /// Points the forward jump `fixup` at region offset `target` (which may lie in
+    /// another buffer).
+    pub fn bind_to(&mut self, fixup: usize, target: usize) {
+        let rel = (target as i64 - (self.base + fixup + 4) as i64) as i32;
+        self.buf[fixup..fixup + 4].copy_from_slice(&rel.to_le_bytes());
     }
 
     /// Points the forward jump `fixup` at the current position.
