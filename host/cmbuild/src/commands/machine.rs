@@ -79,7 +79,8 @@ struct RunArgs {
     #[arg(long)]
     no_jit: bool,
     /// Append a symbol for every block of translated code to /tmp/perf-<pid>.map
-    /// (`START SIZE rv:<guest pc>:<instructions>`), so that `perf report` on this process
+    /// (`START SIZE rv:<guest pc>:<instructions>`, its slow paths
+    /// `rv:<guest pc>:cold`, the code blocks share `rv:load8`, `rv:chain`, ...), so that `perf report` on this process
     /// names the guest blocks the host time went to. The results are unchanged.
     #[arg(long)]
     perf_map: bool,
@@ -141,7 +142,8 @@ struct BenchArgs {
     #[arg(long)]
     no_jit: bool,
     /// Append a symbol for every block of translated code to /tmp/perf-<pid>.map
-    /// (`START SIZE rv:<guest pc>:<instructions>`), so that `perf record` of the
+    /// (`START SIZE rv:<guest pc>:<instructions>`, its slow paths
+    /// `rv:<guest pc>:cold`, the code blocks share `rv:load8`, `rv:chain`, ...), so that `perf record` of the
     /// benchmark and `perf report` name the guest blocks.
     #[arg(long)]
     perf_map: bool,

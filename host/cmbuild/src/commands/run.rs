@@ -95,7 +95,8 @@ pub struct Args {
     #[arg(long)]
     test_reproduce: bool,
     /// Append a symbol for every block of translated code of every machine to
-    /// /tmp/perf-<pid>.map (`START SIZE rv:<guest pc>:<instructions>`), so that
+    /// /tmp/perf-<pid>.map (`START SIZE rv:<guest pc>:<instructions>`, its slow paths
+    /// `rv:<guest pc>:cold`, the code blocks share `rv:load8`, `rv:chain`, ...), so that
     /// `perf report` on this process names the guest blocks the host time went to. The
     /// results (artifacts, root hashes) are unchanged.
     #[arg(long)]

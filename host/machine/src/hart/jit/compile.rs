@@ -271,9 +271,9 @@ pub(super) struct Thunks {
 }
 
 impl Thunks {
-    /// Emits the thunks into `a` (placed at `a.base` in the region at host address
-    /// `code_base`, whose epilogue is at `epilogue`); returns their offsets and each one's
-    /// (start, end, name) for a profiler's map.
+    /// Emits the thunks into `a` (to be placed at `a.base` of the region at host address
+    /// `code_base`); returns their offsets and each one's (start, end, name) for a
+    /// profiler's map.
     pub(super) fn emit(a: &mut Asm, code_base: u64) -> (Self, Vec<(usize, usize, &'static str)>) {
         const NAMES: [[&str; 4]; 2] = [
             ["rv:load1", "rv:load2", "rv:load4", "rv:load8"],
@@ -281,12 +281,12 @@ impl Thunks {
         ];
         let mut t = Thunks::default();
         let mut symbols = Vec::new();
-        for store in [false, true] {
-            for log in 0..4 {
+        for (store, names) in [false, true].into_iter().zip(NAMES) {
+            for (log, name) in names.into_iter().enumerate() {
                 let start = a.here();
                 t.mem[store as usize][log] = start;
                 Self::memory(a, store, 1 << log);
-                symbols.push((start, a.here(), NAMES[store as usize][log]));
+                symbols.push((start, a.here(), name));
             }
         }
         let start = a.here();

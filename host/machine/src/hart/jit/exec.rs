@@ -1,7 +1,8 @@
 //! The executable code region: one shared anonymous memory object mapped twice, read+execute where
 //! code runs and read+write where blocks are copied in, so that no page is ever both
 //! writable and executable at one address (W^X) and placing a block needs no system call.
-//! The entry trampoline and the shared epilogue sit at its start.
+//! The entry trampoline, the shared epilogue and the code blocks share sit at its start;
+//! blocks fill the rest of the first half, their slow paths the second.
 
 #[cfg(all(feature = "jit", target_arch = "x86_64", target_os = "linux"))]
 mod imp {
@@ -31,9 +32,10 @@ mod imp {
         /// Where the cold half starts: blocks' slow paths (helper calls, exits to the
         /// interpreter), kept apart so that the code that runs packs densely.
         cold_start: usize,
-        /// Bytes in use up to (the cold half starts at `cold_start`).
+        /// The end of what is in use in the cold half.
         cold_used: usize,
-        /// Bytes taken by the trampoline and epilogue, which survive [`ExecMem::reset`].
+        /// Bytes taken by the trampoline, the epilogue and the shared code, which survive
+        /// [`ExecMem::reset`].
         fixed: usize,
         /// Offset of the shared epilogue.
         epilogue: usize,
@@ -227,8 +229,9 @@ mod imp {
             self.cold_used = self.cold_start;
         }
 
-        /// Overwrites the start of the placed block at `at` with a jump to `target` (both
-        /// region offsets): a dropped block made to leave.
+        /// Overwrites the 5 bytes at `at`, inside a placed block, with a jump to `target`
+        /// (both region offsets): a dropped block's start made to leave, or an exit
+        /// pointed at a block translated after it.
         pub fn patch_jump(&mut self, at: usize, target: usize) {
             let rel = (target as i64 - (at as i64 + 5)) as i32;
             let mut jump = [0xe9, 0, 0, 0, 0];

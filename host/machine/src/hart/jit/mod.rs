@@ -49,20 +49,31 @@
 //!   keeps the others it uses most in the remaining host registers, loaded on entry and
 //!   written back at every exit. A direct jump to the block's own start (a
 //!   loop) stays in host registers; a jump elsewhere in the same page goes straight to
-//!   the target block's code when that block was translated first, else chains through
-//!   the page's table to it without returning to Rust (a store that drops a block while
-//!   others of its page stay makes its code leave on entry before translated code runs
-//!   again: `Hart::bury_dropped_blocks`; eviction drops the whole page, which only its
-//!   own blocks jump into directly, and the region's reset drops everything), and a jump to
+//!   the target block's code: directly when that block was translated first, else as a
+//!   jump back to Rust that is patched to the target's code when it is translated (the
+//!   decode cache keeps these links per page, `DecodeCache::links_to`, and patches them
+//!   again if the target is translated anew). A store that drops a block while others
+//!   of its page stay makes its code leave on entry before translated code runs again
+//!   (`Hart::bury_dropped_blocks`); eviction drops the whole page, which only its own
+//!   blocks jump into directly, and the region's reset drops everything. A jump to
 //!   another page (or any `jalr`) chains through the fetch TLB, the decode cache's page
 //!   map and that page's table — the lookups the interpreter's fetch makes, so code runs
 //!   only from pages it could fetch from in the current context. On a fetch-TLB miss,
 //!   when the interpreter's next step would be that fetch (an instruction fits before
 //!   `stop`), `fetch_helper` makes the walk it would make and chaining goes on.
+//! - Code size: the host's caches, not its instruction count, bound translated code
+//!   (the rustc workload runs ~16 K hot blocks; a larger translation ran slower). So the
+//!   lookups every block would repeat — the TLB lookups of loads and stores, the
+//!   chaining lookup — are shared code the blocks `call` (`compile::Thunks`, placed once
+//!   after the epilogue), and each block's slow paths (helper calls, exits to the
+//!   interpreter) go to the cold half of the code region, apart from the code that runs.
+//!   (A jump cache keyed by `pc` in front of the chaining lookup, invalidated by every
+//!   fetch-TLB fill and block drop, was tried and measured no faster.)
 //! - What gets translated: a block start (a jump target, or the instruction after one no
 //!   block holds) once it has been reached `HOT` times; colder code is interpreted.
 //! - The code region is one memory object mapped twice, executable and writable, so no
-//!   page is both at one address; when full it is emptied and translation starts over.
+//!   page is both at one address; blocks fill its first half, their slow paths the
+//!   second, and when either is full both are emptied and translation starts over.
 //!
 //! The result is a pure cache: the same instructions retire with the same results at the
 //! same `mcycle` with or without it, which the tests check (whole Linux boots included).
@@ -589,6 +600,36 @@ mod tests {
         let interpreted = halt_both_ways(&image);
         assert_eq!(interpreted.hart.x[A0 as usize], 20 + 11 + 9 * 2);
         agree_at(&image, 1..2000, |_| {});
+    }
+
+    /// An exit to a block of its page that is translated after it starts as a jump back
+    /// to Rust and is patched to jump straight there when that block is translated: a
+    /// loop of two blocks, the first translated before the second (it is reached first),
+    /// then runs without leaving translated code, and agrees with the interpreter.
+    #[test]
+    fn an_exit_to_a_block_translated_later_is_patched_to_jump_there() {
+        let mut w = vec![addi(S2, 0, 1000)];
+        let top = w.len();
+        w.push(addi(A0, A0, 1)); // A
+        w.push(0); // jal zero, B
+        w.push(addi(S3, S3, 5)); // skipped
+        let b_at = w.len();
+        w.push(addi(A0, A0, 2)); // B
+        w.push(addi(S2, S2, -1));
+        w.push(b((top as i32 - w.len() as i32) * 4, 0, S2, 1)); // bne s2, zero, A
+        w.extend(halt(Platform::Cmvm));
+        w[top + 1] = jal((b_at as i32 - top as i32 - 1) * 4, 0);
+        let image = assemble(&w);
+        assert_eq!(halt_both_ways(&image).hart.x[A0 as usize], 3000);
+        let mut translated = machine(&image, true);
+        translated.run(1 << 20);
+        assert_eq!(translated.hart.x[A0 as usize], 3000);
+        // Each of the 1000 rounds would return to Rust once if A's exit stayed unpatched.
+        assert!(
+            translated.hart.jit.entries < 50,
+            "{} entries into translated code",
+            translated.hart.jit.entries
+        );
     }
 
     /// A page first written as data and then run as code: from then on translated stores
