@@ -148,7 +148,8 @@ fn the_guest_console_reaches_the_terminal_sanitised() {
 }
 
 /// `--perf-map` appends one well-formed `START SIZE name` line per piece of translated
-/// code to /tmp/perf-<pid>.map, the ranges disjoint, and changes no result.
+/// code (blocks, their slow paths, the shared code) to /tmp/perf-<pid>.map, the ranges
+/// disjoint, and changes no result.
 #[test]
 fn perf_map_names_translated_blocks_and_changes_nothing() {
     use cmbuild_machine::bench::{memory_loop, Platform};
@@ -186,7 +187,7 @@ fn perf_map_names_translated_blocks_and_changes_nothing() {
         (plain.status.code(), stderr(&plain))
     );
     let mut ranges = Vec::new();
-    let mut blocks = 0;
+    let (mut blocks, mut cold) = (0, 0);
     for line in map.lines() {
         let f: Vec<&str> = line.split(' ').collect();
         assert_eq!(f.len(), 3, "{line:?}");
@@ -194,7 +195,21 @@ fn perf_map_names_translated_blocks_and_changes_nothing() {
         let size = u64::from_str_radix(f[1], 16).unwrap();
         assert!(size > 0, "{line:?}");
         match f[2].split(':').collect::<Vec<_>>()[..] {
-            ["rv", "entry" | "exit"] => {}
+            ["rv", "entry" | "exit" | "chain"] => {}
+            ["rv", shared] if shared.starts_with("load") || shared.starts_with("store") => {
+                let size: u32 = shared
+                    .trim_start_matches(char::is_alphabetic)
+                    .parse()
+                    .unwrap();
+                assert!([1, 2, 4, 8].contains(&size), "{line:?}");
+            }
+            ["rv", pc, "cold"] => {
+                assert!(
+                    u64::from_str_radix(pc, 16).unwrap() >= 0x8000_0000,
+                    "{line:?}"
+                );
+                cold += 1;
+            }
             ["rv", pc, insns] => {
                 let pc = u64::from_str_radix(pc, 16).unwrap();
                 let insns: u32 = insns.parse().unwrap();
@@ -205,7 +220,7 @@ fn perf_map_names_translated_blocks_and_changes_nothing() {
         }
         ranges.push((start, start + size));
     }
-    assert!(blocks > 0, "{map}");
+    assert!(blocks > 0 && cold > 0 && cold <= blocks, "{map}");
     ranges.sort();
     for w in ranges.windows(2) {
         assert!(w[0].1 <= w[1].0, "overlap: {w:x?}");

@@ -343,47 +343,20 @@ impl Thunks {
         a.mov_load(W::B64, RCX, Rm::at(RDX, 8));
         a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
         a.mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, slot_of))));
-        a.mov_load(
-            W::B32,
-            RCX,
-            Rm::Mem {
-                base: RDX,
-                index: Some((RCX, 4)),
-                disp: 0,
-            },
-        );
+        a.mov_load(W::B32, RCX, Rm::indexed(RDX, RCX, 4));
         a.alu_imm(W::B32, Alu::Cmp, Rm::Reg(RCX), -1);
         fail.push(a.jcc_fwd(Cond::E));
         // rdx = that page's block table; eax = the entry of the target's slot.
         a.mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, tables))));
-        a.mov_load(
-            W::B64,
-            RDX,
-            Rm::Mem {
-                base: RDX,
-                index: Some((RCX, 8)),
-                disp: 0,
-            },
-        );
+        a.mov_load(W::B64, RDX, Rm::indexed(RDX, RCX, 8));
         a.alu_imm(W::B32, Alu::And, Rm::Reg(RAX), 0xffe);
-        a.mov_load(
-            W::B32,
-            RAX,
-            Rm::Mem {
-                base: RDX,
-                index: Some((RAX, 2)),
-                disp: 0,
-            },
-        );
+        a.mov_load(W::B32, RAX, Rm::indexed(RDX, RAX, 2));
         // An entry below 2 is no block (`BLOCK_UNKNOWN`, `BLOCK_NONE`).
         a.alu_imm(W::B32, Alu::Cmp, Rm::Reg(RAX), 2);
-        let none = a.jcc_fwd(Cond::B);
+        fail.push(a.jcc_fwd(Cond::B));
         a.mov_imm(RCX, code_base);
         a.alu(W::B64, Alu::Add, RAX, Rm::Reg(RCX));
         a.ret();
-        a.bind(none);
-        // Leave with rax the entry (never read).
-        Self::fail(a);
         for f in fail {
             a.bind(f);
         }

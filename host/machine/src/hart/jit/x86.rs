@@ -66,6 +66,15 @@ impl Rm {
             disp,
         }
     }
+
+    /// `[base + index * scale]`.
+    pub fn indexed(base: u8, index: u8, scale: u8) -> Rm {
+        Rm::Mem {
+            base,
+            index: Some((index, scale)),
+            disp: 0,
+        }
+    }
 }
 
 /// The ALU operations of the `op r, r/m` (`03`, `0B`, ...) and `81 /ext` families.
