@@ -256,8 +256,9 @@ fn tlb_entry(a: &mut Asm, tlb: usize, ctx_at: i32) {
 /// stores and exits to another page, which would otherwise be copied into every block
 /// (tens of bytes each, most of the translated code) and crowd the host's caches.
 /// Blocks `call` them; each returns with ZF clear on success, set when the block must
-/// take its slow path (rax unchanged then), and changes only rcx and rdx (and rax, for
-/// [`Thunks::chain`]'s result).
+/// take its slow path (for the memory lookups, rax unchanged then). The memory lookups
+/// change only rcx and rdx; the chaining lookup, called where its block leaves (every
+/// pool register written back), may change any register the C ABI lets a callee change.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Thunks {
     /// `mem[store][log2 size]`: rax = a virtual address; on success rcx = the host
@@ -357,10 +358,6 @@ impl Thunks {
         a.mov_imm(RCX, code_base);
         a.alu(W::B64, Alu::Add, RAX, Rm::Reg(RCX));
         a.ret();
-        for f in fail {
-            a.bind(f);
-        }
-        Self::fail(a);
         // A fetch-TLB miss: if the interpreter would fetch from `pc` next (an instruction
         // fits before the stop), make the walk its fetch would make, and try again. Every
         // guest register is in the hart here (the exit wrote them back) but the global
@@ -368,7 +365,7 @@ impl Thunks {
         // `call` left rsp 16-byte aligned for this one.
         a.bind(miss);
         a.alu(W::B64, Alu::Cmp, MCYCLE, Rm::at(RBX, stop_at()));
-        let late = a.jcc_fwd(Cond::Ae);
+        fail.push(a.jcc_fwd(Cond::Ae));
         a.mov_store(W::B64, Rm::at(RBX, mcycle_at()), MCYCLE);
         a.mov_rr(RDI, RBX);
         a.mov_rr(RSI, RAX);
@@ -376,11 +373,12 @@ impl Thunks {
         a.call_reg(RAX);
         a.mov_load(W::B64, MCYCLE, Rm::at(RBX, mcycle_at()));
         a.test(W::B32, Rm::Reg(RAX), RAX);
-        let refused = a.jcc_fwd(Cond::E);
+        fail.push(a.jcc_fwd(Cond::E));
         a.mov_load(W::B64, RAX, Rm::at(RBX, pc_at()));
         a.jmp_to(retry);
-        a.bind(late);
-        a.bind(refused);
+        for f in fail {
+            a.bind(f);
+        }
         Self::fail(a);
     }
 }
@@ -444,16 +442,15 @@ pub(super) struct Block<'a> {
     /// Cached guest registers other than the global ones written so far (bit per
     /// register): what exits write back.
     dirty: u32,
-    /// The page's block entries (see [`crate::hart::dcache::BlockTable`], which stays at
-    /// one address): an exit to a block translated by now jumps to its code directly, any
-    /// other reads its entry there when it runs.
+    /// The page's block entries (see [`crate::hart::dcache::BlockTable`]): an exit to a
+    /// block translated by now jumps to its code directly, any other becomes a link.
     entries: &'a [u32],
     /// The shared lookups.
     thunks: Thunks,
     epilogue: usize,
     /// In-page exits to blocks not translated yet: (the target's halfword slot, offset in
-    /// the code of a `jmp` that falls through to the table lookup until the target is
-    /// translated and the jump patched to it).
+    /// the code of a `jmp` to the epilogue, patched to the target's code once it is
+    /// translated).
     links: Vec<(u16, u32)>,
     /// Where code goes: the hot buffer while the body is emitted, then the cold one.
     a: Asm,
@@ -468,11 +465,14 @@ pub(super) struct Emitted {
     pub(super) code: Vec<u8>,
     /// Its slow paths, for [`ExecMem::place_cold`].
     pub(super) cold: Vec<u8>,
+    /// Its exits waiting for a block of the page, for
+    /// [`DecodeCache::add_links`](crate::hart::dcache::DecodeCache::add_links).
     pub(super) links: Vec<(u16, u32)>,
 }
 
 impl<'a> Block<'a> {
-    /// Plans the block at page offset `start`, to be placed at `mem.next()`.
+    /// Plans the block at page offset `start`, to be placed at `mem.next()` and its slow
+    /// paths at `mem.next_cold()`.
     pub(super) fn new(
         items: &'a [Item],
         start: usize,
