@@ -615,8 +615,7 @@ impl<'a> Block<'a> {
 
     /// `jcc` or fall into: mcycle + n <= stop (n instructions fit before the stop).
     fn budget_ok(&mut self, n: usize) -> Cond {
-        self.a.mov_rr(RAX, MCYCLE);
-        self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), n as i32);
+        self.a.lea(RAX, MCYCLE, n as i32);
         self.a.alu(W::B64, Alu::Cmp, RAX, Rm::at(RBX, stop_at()));
         Cond::Be
     }
@@ -649,9 +648,9 @@ impl<'a> Block<'a> {
         let n = self.items.len();
         // Entry: all n instructions must fit before the stop.
         let ok = self.budget_ok(n);
-        let fits = self.a.jcc_fwd(ok);
-        self.a.jmp_to(self.epilogue);
-        self.a.bind(fits);
+        debug_assert_eq!(ok, Cond::Be);
+        // Leave unless they fit (falling through is the common case).
+        self.a.jcc_to(Cond::A, self.epilogue);
         // Load the cached registers the block reads before writing.
         let mut seen = 0u32;
         let mut load = 0u32;

@@ -38,6 +38,8 @@ pub enum Cond {
     Ne = 0x5,
     /// Below or equal (unsigned <=).
     Be = 0x6,
+    /// Above (unsigned >).
+    A = 0x7,
     /// Less (signed <).
     L = 0xc,
     /// Greater or equal (signed >=).
@@ -306,6 +308,11 @@ impl Asm {
         self.head(w, &[0xf7], 3, rm);
     }
 
+    /// `lea reg, [base + disp]` (64 bits).
+    pub fn lea(&mut self, reg: u8, base: u8, disp: i32) {
+        self.head(W::B64, &[0x8d], reg, Rm::at(base, disp));
+    }
+
     /// `test r/m, reg`.
     pub fn test(&mut self, w: W, rm: Rm, reg: u8) {
         self.head(w, &[0x85], reg, rm);
@@ -442,6 +449,12 @@ mod tests {
         assert_eq!(
             asm(|a| a.mov_load(W::B64, RAX, Rm::at(R13, 0))),
             [0x49, 0x8b, 0x45, 0]
+        );
+        // lea rax, [rbp+64] = 48 8d 45 40; lea rcx, [rbp+0x200] = 48 8d 8d 00 02 00 00
+        assert_eq!(asm(|a| a.lea(RAX, RBP, 64)), [0x48, 0x8d, 0x45, 0x40]);
+        assert_eq!(
+            asm(|a| a.lea(RCX, RBP, 0x200)),
+            [0x48, 0x8d, 0x8d, 0, 2, 0, 0]
         );
         // mov [rbx+8], r13 = 4c 89 6b 08
         assert_eq!(
