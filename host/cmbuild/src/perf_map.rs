@@ -2,8 +2,8 @@
 //! places code ([`cmbuild_machine::hart::jit::CodeSymbol`]); this module appends those
 //! records to `/tmp/perf-<pid>.map`, the file Linux `perf report` reads to name code that
 //! has no ELF file, so a profile of a run names guest blocks (`rv:<guest pc>:<insns>`, and
-//! their slow paths `rv:<guest pc>:cold`), the code they share (`rv:load8`, `rv:store4`,
-//! `rv:chain`, ...) and the translator's entry and exit (`rv:entry`, `rv:exit`).
+//! their slow paths `rv:<guest pc>:cold`), the chaining code they share (`rv:chain`)
+//! and the translator's entry and exit (`rv:entry`, `rv:exit`).
 //!
 //! The map only grows: when a machine's code region fills up and starts over, later lines
 //! reuse the addresses of earlier ones (perf takes the later symbol). Machines running at

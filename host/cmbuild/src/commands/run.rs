@@ -96,7 +96,7 @@ pub struct Args {
     test_reproduce: bool,
     /// Append a symbol for every block of translated code of every machine to
     /// /tmp/perf-<pid>.map (`START SIZE rv:<guest pc>:<instructions>`, its slow paths
-    /// `rv:<guest pc>:cold`, the code blocks share `rv:load8`, `rv:chain`, ...), so that
+    /// `rv:<guest pc>:cold`, the chaining code they share `rv:chain`), so that
     /// `perf report` on this process names the guest blocks the host time went to. The
     /// results (artifacts, root hashes) are unchanged.
     #[arg(long)]

@@ -252,19 +252,47 @@ fn tlb_entry(a: &mut Asm, tlb: usize, ctx_at: i32) {
     a.alu(W::B64, Alu::Or, RCX, Rm::at(RBX, ctx_at));
 }
 
-/// Code shared by every block, placed once after the epilogue: the lookups of loads,
-/// stores and exits to another page, which would otherwise be copied into every block
-/// (tens of bytes each, most of the translated code) and crowd the host's caches.
-/// Blocks `call` them; each returns with ZF clear on success, set when the block must
-/// take its slow path (for the memory lookups, rax unchanged then). The memory lookups
-/// change only rcx and rdx; the chaining lookup, called where its block leaves (every
-/// pool register written back), may change any register the C ABI lets a callee change.
+/// The inline path of a load or store of `size` bytes at the virtual address in rax
+/// (kept): falls through with rcx = the host address of those bytes when the TLB of
+/// loads (or of stores) allows it — a hit on a RAM page, aligned; for a store, a page
+/// already marked dirty and holding no decoded code (`TlbEntry::ram_tag`) — and returns
+/// the jumps taken otherwise (a miss, misalignment).
+fn tlb_hit(a: &mut Asm, store: bool, size: u8) -> Vec<usize> {
+    let mut miss = Vec::new();
+    if size > 1 {
+        a.test_al(size - 1);
+        miss.push(a.jcc_fwd(Cond::Ne));
+    }
+    let tlb = if store {
+        offset_of!(Env, store_tlb)
+    } else {
+        offset_of!(Env, load_tlb)
+    };
+    tlb_entry(a, tlb, data_ctx_at());
+    a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
+    miss.push(a.jcc_fwd(Cond::Ne));
+    // rcx = RAM offset + RAM's host address (never 0: ZF clear).
+    a.mov_rr(RCX, RAX);
+    a.alu_imm(W::B32, Alu::And, Rm::Reg(RCX), 0xfff);
+    a.alu(W::B64, Alu::Add, RCX, Rm::at(RDX, 8));
+    a.alu(
+        W::B64,
+        Alu::Add,
+        RCX,
+        Rm::at(RBX, env_at(offset_of!(Env, ram))),
+    );
+    miss
+}
+
+/// Code shared by every block, placed once after the epilogue: the chaining lookup of an
+/// exit to another page or after a `jalr`, which would otherwise be copied into every such
+/// exit (about 100 bytes each) and crowd the host's caches. (The TLB lookups of loads
+/// and stores were shared the same way for a while: inline they measured faster, see
+/// docs/performance.md.) Blocks `call` it; it returns with ZF clear on success, set when
+/// the block must leave instead. Called where its block leaves (every pool register
+/// written back), it may change any register the C ABI lets a callee change.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Thunks {
-    /// `mem[store][log2 size]`: rax = a virtual address; on success rcx = the host
-    /// address of those bytes of RAM (a TLB hit on a RAM page, aligned; for a store, a
-    /// page already marked dirty and holding no decoded code: `TlbEntry::ram_tag`).
-    mem: [[usize; 4]; 2],
     /// rax = the new `pc` (already stored): on success rax = the host address of its
     /// block, found as the interpreter's fetch would (fetch TLB, decode cache, the
     /// page's table), walking the page tables through [`fetch_helper`] on a TLB miss.
@@ -272,66 +300,19 @@ pub(super) struct Thunks {
 }
 
 impl Thunks {
-    /// Emits the thunks into `a` (to be placed at `a.base` of the region at host address
-    /// `code_base`); returns their offsets and each one's (start, end, name) for a
-    /// profiler's map.
+    /// Emits the shared code into `a` (to be placed at `a.base` of the region at host
+    /// address `code_base`); returns where each piece is and each one's (start, end,
+    /// name) for a profiler's map.
     pub(super) fn emit(a: &mut Asm, code_base: u64) -> (Self, Vec<(usize, usize, &'static str)>) {
-        const NAMES: [[&str; 4]; 2] = [
-            ["rv:load1", "rv:load2", "rv:load4", "rv:load8"],
-            ["rv:store1", "rv:store2", "rv:store4", "rv:store8"],
-        ];
-        let mut t = Thunks::default();
-        let mut symbols = Vec::new();
-        for (store, names) in [false, true].into_iter().zip(NAMES) {
-            for (log, name) in names.into_iter().enumerate() {
-                let start = a.here();
-                t.mem[store as usize][log] = start;
-                Self::memory(a, store, 1 << log);
-                symbols.push((start, a.here(), name));
-            }
-        }
-        let start = a.here();
-        t.chain = start;
+        let chain = a.here();
         Self::chain(a, code_base);
-        symbols.push((start, a.here(), "rv:chain"));
-        (t, symbols)
+        (Self { chain }, vec![(chain, a.here(), "rv:chain")])
     }
 
     fn fail(a: &mut Asm) {
         // ZF set, rax unchanged.
         a.alu(W::B32, Alu::Cmp, RAX, Rm::Reg(RAX));
         a.ret();
-    }
-
-    fn memory(a: &mut Asm, store: bool, size: u8) {
-        let mut miss = Vec::new();
-        if size > 1 {
-            a.test_al(size - 1);
-            miss.push(a.jcc_fwd(Cond::Ne));
-        }
-        let tlb = if store {
-            offset_of!(Env, store_tlb)
-        } else {
-            offset_of!(Env, load_tlb)
-        };
-        tlb_entry(a, tlb, data_ctx_at());
-        a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
-        miss.push(a.jcc_fwd(Cond::Ne));
-        // rcx = RAM offset + RAM's host address (never 0: ZF clear).
-        a.mov_rr(RCX, RAX);
-        a.alu_imm(W::B32, Alu::And, Rm::Reg(RCX), 0xfff);
-        a.alu(W::B64, Alu::Add, RCX, Rm::at(RDX, 8));
-        a.alu(
-            W::B64,
-            Alu::Add,
-            RCX,
-            Rm::at(RBX, env_at(offset_of!(Env, ram))),
-        );
-        a.ret();
-        for m in miss {
-            a.bind(m);
-        }
-        Self::fail(a);
     }
 
     fn chain(a: &mut Asm, code_base: u64) {
@@ -1185,10 +1166,7 @@ impl<'a> Block<'a> {
         if d.imm != 0 {
             self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), d.imm);
         }
-        // (The thunk also sends misaligned addresses to the slow path.)
-        let log = size.trailing_zeros() as usize;
-        self.a.call_to(self.thunks.mem[store as usize][log]);
-        exits.push(self.a.jcc_fwd(Cond::E));
+        exits.extend(tlb_hit(&mut self.a, store, size));
         let at = Rm::at(RCX, 0);
         if store {
             let w = match size {

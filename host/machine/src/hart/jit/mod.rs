@@ -61,12 +61,14 @@
 //!   only from pages it could fetch from in the current context. On a fetch-TLB miss,
 //!   when the interpreter's next step would be that fetch (an instruction fits before
 //!   `stop`), `fetch_helper` makes the walk it would make and chaining goes on.
-//! - Code size: the host's caches, not its instruction count, bound translated code
-//!   (the rustc workload runs ~16 K hot blocks; a larger translation ran slower). So the
-//!   lookups every block would repeat — the TLB lookups of loads and stores, the
-//!   chaining lookup — are shared code the blocks `call` (`compile::Thunks`, placed once
+//! - Code size: the host's caches bound translated code as much as its instruction count
+//!   does (the rustc workload runs ~16 K hot blocks; a larger translation ran slower). So
+//!   the chaining lookup is shared code the blocks `call` (`compile::Thunks`, placed once
 //!   after the epilogue), and each block's slow paths (helper calls, exits to the
 //!   interpreter) go to the cold half of the code region, apart from the code that runs.
+//!   Taken jumps count too: a block's entry check falls through when it may run, and
+//!   loads and stores keep their TLB lookup inline (shared, it cost a `call` and a `ret`
+//!   per access and measured slower).
 //!   (A jump cache keyed by `pc` in front of the chaining lookup, invalidated by every
 //!   fetch-TLB fill and block drop, was tried and measured no faster.)
 //! - What gets translated: a block start (a jump target, or the instruction after one no
@@ -239,7 +241,7 @@ pub enum CodeKind {
         /// The guest virtual address of the block's first instruction.
         pc: u64,
     },
-    /// Code every block calls (named `rv:<name>`, e.g. `rv:load8`, `rv:chain`).
+    /// Code blocks share (named `rv:<name>`: `rv:chain`).
     Shared(&'static str),
     /// The trampoline from Rust into translated code.
     Entry,
