@@ -271,7 +271,7 @@ fn tlb_hit(a: &mut Asm, store: bool, size: u8) -> Vec<usize> {
     tlb_entry(a, tlb, data_ctx_at());
     a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
     miss.push(a.jcc_fwd(Cond::Ne));
-    // rcx = RAM offset + RAM's host address (never 0: ZF clear).
+    // rcx = RAM offset + RAM's host address.
     a.mov_rr(RCX, RAX);
     a.alu_imm(W::B32, Alu::And, Rm::Reg(RCX), 0xfff);
     a.alu(W::B64, Alu::Add, RCX, Rm::at(RDX, 8));
