@@ -48,17 +48,16 @@ impl Access {
 }
 
 /// A cached translation of one virtual page. `repr(C)` because translated code reads
-/// it: `page` at 8 and `ram_tag` at 24, 32 bytes an entry; see [`super::jit`] and the
+/// it: `delta` at 8 and `ram_tag` at 24, 32 bytes an entry; see [`super::jit`] and the
 /// layout assertions below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub(super) struct TlbEntry {
     /// `vpn | ctx`; 0 never matches (every context has bit 63 set).
     pub(super) tag: u64,
-    /// With a `region`: the offset of the physical page inside that region. Without: the
-    /// physical address of the page (a device or the DTB ROM). [`TlbEntry::target`] reads
-    /// the two cases apart.
-    pub(super) page: u64,
+    /// [`TlbEntry::page`] less the page's virtual address (wrapping): so that an address
+    /// `va` in the page is at `va + delta` (in its region, or physically) with no masking.
+    pub(super) delta: u64,
     /// The memory region of the physical page; `None` when it is not memory.
     pub(super) region: Option<RegionId>,
     /// `tag` if the page is RAM, else 0 (which never matches): translated code compares
@@ -87,32 +86,46 @@ impl TlbEntry {
         match target {
             PageTarget::Memory(region, offset) => Self {
                 tag,
-                page: offset,
+                delta: offset.wrapping_sub(page_va(tag)),
                 region: Some(region),
                 ram_tag: if region == RegionId::RAM { tag } else { 0 },
             },
             PageTarget::Device(pa) => Self {
                 tag,
-                page: pa,
+                delta: pa.wrapping_sub(page_va(tag)),
                 region: None,
                 ram_tag: 0,
             },
         }
     }
 
+    /// With a `region`: the offset of the physical page inside that region. Without: the
+    /// physical address of the page (a device or the DTB ROM). [`TlbEntry::target`] reads
+    /// the two cases apart.
+    pub(super) fn page(&self) -> u64 {
+        self.delta.wrapping_add(page_va(self.tag))
+    }
+
     /// Where this entry leads.
     fn target(&self) -> PageTarget {
         match self.region {
-            Some(region) => PageTarget::Memory(region, self.page),
-            None => PageTarget::Device(self.page),
+            Some(region) => PageTarget::Memory(region, self.page()),
+            None => PageTarget::Device(self.page()),
         }
     }
 }
 
+/// The virtual address of the page a tag (`vpn | ctx`) names: the context bits are above
+/// any page number's.
+const fn page_va(tag: u64) -> u64 {
+    (tag & (u64::MAX >> 12)) << 12
+}
+const _: () = assert!(page_va(0xfff0_0000_0000_1000 >> 12 | 1 << 63) == 0xfff0_0000_0000_1000);
+
 // The layout translated code relies on (`jit::compile` reads these offsets).
 const _: () = {
     assert!(std::mem::offset_of!(TlbEntry, tag) == 0);
-    assert!(std::mem::offset_of!(TlbEntry, page) == 8);
+    assert!(std::mem::offset_of!(TlbEntry, delta) == 8);
     assert!(std::mem::offset_of!(TlbEntry, region) == 16);
     assert!(std::mem::offset_of!(TlbEntry, ram_tag) == 24);
     assert!(std::mem::size_of::<TlbEntry>() == 32);
@@ -122,20 +135,19 @@ const _: () = {
 const EMPTY: TlbEntry = TlbEntry {
     tag: 0,
     region: None,
-    page: 0,
+    delta: 0,
     ram_tag: 0,
 };
 
-/// The translation caches of the hart.
+/// The translation caches of the hart. `repr(C)` with the contexts last: translated code
+/// reads them on every memory access, next to the hart fields after this (see
+/// [`Hart`]).
 #[derive(Debug)]
+#[repr(C)]
 pub struct Mmu {
     pub(super) fetch: Box<[TlbEntry; TLB_SIZE]>,
     pub(super) load: Box<[TlbEntry; TLB_SIZE]>,
     pub(super) store: Box<[TlbEntry; TLB_SIZE]>,
-    /// Context bits of fetches (privilege, translation on).
-    pub(super) fetch_ctx: u64,
-    /// Context bits of loads and stores (effective privilege after MPRV, SUM, MXR).
-    pub(super) data_ctx: u64,
     /// The page the last fetch came from: `vpn | fetch_ctx`, or 0.
     pub(super) fetch_tag: u64,
     /// Its decode-cache page.
@@ -144,6 +156,10 @@ pub struct Mmu {
     /// flush clears those rather than all three arrays; `None` once there were too many
     /// to track (then a flush clears everything).
     filled: Option<Vec<u32>>,
+    /// Context bits of fetches (privilege, translation on).
+    pub(super) fetch_ctx: u64,
+    /// Context bits of loads and stores (effective privilege after MPRV, SUM, MXR).
+    pub(super) data_ctx: u64,
 }
 
 /// A TLB array, allocated on the heap directly (it is too large for some thread stacks).
@@ -349,10 +365,10 @@ impl Hart {
     /// decoded code, which it marks dirty now (translated code's stores through it will
     /// not), else 0.
     fn fast_store_tag(&mut self, bus: &mut Bus, entry: &TlbEntry) -> u64 {
-        if entry.ram_tag == 0 || self.dcache.holds(entry.page >> 12) {
+        if entry.ram_tag == 0 || self.dcache.holds(entry.page() >> 12) {
             return 0;
         }
-        bus.ram.mark_dirty(entry.page >> 12);
+        bus.ram.mark_dirty(entry.page() >> 12);
         entry.ram_tag
     }
 
@@ -390,7 +406,7 @@ impl Hart {
         }
         let e = self.mmu.load[tlb_index(va)];
         if e.tag == vpn(va) | self.mmu.data_ctx && e.region == Some(RegionId::RAM) {
-            return Ok(bus.ram.read_sized(e.page + (va & 0xfff), size));
+            return Ok(bus.ram.read_sized(va.wrapping_add(e.delta), size));
         }
         self.load_slow(bus, va, size)
     }
@@ -499,7 +515,7 @@ impl Hart {
         }
         let e = self.mmu.store[tlb_index(va)];
         if e.tag == vpn(va) | self.mmu.data_ctx && e.region == Some(RegionId::RAM) {
-            let off = e.page + (va & 0xfff);
+            let off = va.wrapping_add(e.delta);
             bus.ram.write_sized(off, size, value);
             self.dcache.invalidate(off, size);
             return Ok(());
@@ -605,17 +621,17 @@ impl Hart {
     /// Makes the fetch fast path serve `pc`'s page, which `e` maps to RAM; returns its
     /// decode-cache page.
     fn point_fetch_at(&mut self, e: TlbEntry) -> u32 {
-        if !self.dcache.holds(e.page >> 12) {
+        if !self.dcache.holds(e.page() >> 12) {
             // The page is about to hold decoded code: translated code must no longer
             // store into it inline (stores into code go through the interpreter, which
             // drops what they overwrite).
             for s in self.mmu.store.iter_mut() {
-                if s.ram_tag != 0 && s.page == e.page {
+                if s.ram_tag != 0 && s.page() == e.page() {
                     s.ram_tag = 0;
                 }
             }
         }
-        let page = self.dcache.page_for(e.page >> 12);
+        let page = self.dcache.page_for(e.page() >> 12);
         self.mmu.fetch_tag = vpn(self.pc) | self.mmu.fetch_ctx;
         self.mmu.fetch_page = page;
         page
@@ -643,7 +659,7 @@ impl Hart {
         if cached.op != super::Op::Undecoded {
             return Ok(cached);
         }
-        let off = e.page + (pc & 0xfff);
+        let off = pc.wrapping_add(e.delta);
         let lo = bus.ram.read_sized(off, 2) as u32;
         if lo & 3 != 3 || pc & 0xfff != 0xffe {
             let raw = if lo & 3 == 3 {
@@ -681,7 +697,7 @@ mod tests {
     fn entry(tag: u64) -> TlbEntry {
         TlbEntry {
             tag,
-            page: 0,
+            delta: 0,
             region: Some(RegionId::RAM),
             ram_tag: tag,
         }

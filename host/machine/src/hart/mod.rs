@@ -324,20 +324,34 @@ pub enum Stop {
 }
 
 /// The architectural state of the hart plus the caches that speed it up.
+///
+/// `repr(C)` so that what translated code reads on nearly every instruction lies within
+/// 256 bytes, which it reaches with one-byte displacements from a biased hart pointer
+/// (`jit::compile`'s `BIAS`, whose checks fail the build if the layout stops fitting): the
+/// TLB contexts (last in `mmu`), `env`, `stop`, `mcycle`, `pc`, then the first integer
+/// registers. The order is not architectural.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Hart {
+    /// The translation caches (their contexts last: see above).
+    mmu: mmu::Mmu,
+    /// Pointers for translated code ([`jit::Env`]), set on every entry to it.
+    env: jit::Env,
+    /// The inner loop runs while `mcycle < stop`; events that may unmask an interrupt
+    /// set it to 0 so that the outer loop looks again.
+    stop: u64,
+    /// Cycle counter: one per retired instruction or trap (and jumps over idle WFI).
+    pub mcycle: u64,
+    /// Program counter.
+    pub pc: u64,
     /// Integer registers; `x[0]` is kept at zero.
     pub x: [u64; 32],
     /// Floating-point registers (single values NaN-boxed).
     pub f: [u64; 32],
-    /// Program counter.
-    pub pc: u64,
     /// Current privilege level.
     pub prv: Privilege,
     /// The CSRs.
     pub csr: Csrs,
-    /// Cycle counter: one per retired instruction or trap (and jumps over idle WFI).
-    pub mcycle: u64,
     /// `mcycle - minstret` (wrapping): cycles spent on traps and idle waits, less what
     /// writes to `minstret` added.
     pub non_retired: u64,
@@ -347,16 +361,11 @@ pub struct Hart {
     /// host bookkeeping for stall detection, not architectural state (never saved nor
     /// hashed), and as deterministic as `mcycle`.
     pub idle_cycles: u64,
-    /// The inner loop runs while `mcycle < stop`; events that may unmask an interrupt
-    /// set it to 0 so that the outer loop looks again.
-    stop: u64,
     /// The `limit` of the current [`Hart::run`], or the offload channel's wall if that
     /// comes first (WFI never sleeps past it).
     limit: u64,
     /// The exception of the last faulting fetch (see [`Op::FetchFault`]).
     fetch_fault: Exception,
-    /// The translation caches.
-    mmu: mmu::Mmu,
     /// Decoded instructions, by physical page.
     dcache: dcache::DecodeCache,
     /// Translated code (a cache over `dcache`'s pages).
@@ -380,6 +389,7 @@ impl Hart {
             limit: 0,
             fetch_fault: Exception { cause: 0, tval: 0 },
             mmu: mmu::Mmu::new(),
+            env: jit::Env::default(),
             dcache: dcache::DecodeCache::new(ram_length),
             jit: jit::Jit::new(),
         }

@@ -2,7 +2,7 @@
 
 use super::exec::ExecMem;
 use super::x86::*;
-use super::{exec_helper, fetch_helper, load_helper, Env, Jit};
+use super::{exec_helper, fetch_helper, load_helper, Env};
 use crate::hart::dcache::BLOCK_NONE;
 use crate::hart::m::M;
 use crate::hart::mmu::{Mmu, TlbEntry, TLB_SIZE};
@@ -16,6 +16,9 @@ const _: () = assert!(TLB_SIZE.is_power_of_two() && TLB_SIZE <= 1 << 16);
 /// Offset of `ram_tag` in a TLB entry.
 const RAM_TAG: i32 = 24;
 const _: () = assert!(std::mem::offset_of!(TlbEntry, ram_tag) == RAM_TAG as usize);
+/// Offset of `delta` in a TLB entry.
+const DELTA: i32 = 8;
+const _: () = assert!(std::mem::offset_of!(TlbEntry, delta) == DELTA as usize);
 
 /// Most instructions in a block (keeps spans under 256 halfwords).
 const MAX_INSNS: usize = 64;
@@ -52,16 +55,19 @@ const _: () = {
     }
 };
 
-/// Loads the global guest registers from the hart (at rbx) into their host registers:
-/// the trampoline's last step before it jumps to a block.
+/// Biases rbx (the hart, from the trampoline) by [`BIAS`] and loads the global guest
+/// registers into their host registers: the trampoline's last step before it jumps to a
+/// block.
 pub(super) fn load_globals(a: &mut Asm) {
+    a.lea(RBX, RBX, BIAS);
     for (&g, &h) in GLOBALS.iter().zip(POOL.iter()) {
         a.mov_load(W::B64, h, Rm::at(RBX, x_at(g)));
     }
     a.mov_load(W::B64, MCYCLE, Rm::at(RBX, mcycle_at()));
 }
 
-/// Stores the global guest registers back to the hart: the epilogue's first step.
+/// Stores the global guest registers back to the hart: the epilogue's first step (the
+/// trampoline then restores rbx itself).
 pub(super) fn store_globals(a: &mut Asm) {
     for (&g, &h) in GLOBALS.iter().zip(POOL.iter()) {
         a.mov_store(W::B64, Rm::at(RBX, x_at(g)), h);
@@ -69,8 +75,31 @@ pub(super) fn store_globals(a: &mut Asm) {
     a.mov_store(W::B64, Rm::at(RBX, mcycle_at()), MCYCLE);
 }
 
+/// What rbx points at inside translated code: the hart plus this many bytes, so that
+/// the 256 bytes of it that translated code uses most (the TLB contexts, `env`, `stop`,
+/// `mcycle`, `pc`, then the first integer registers: see [`Hart`]'s layout) are within a
+/// one-byte displacement of it. The trampoline adds it ([`load_globals`]); calls into
+/// Rust take it off again.
+pub(super) const BIAS: i32 = (offset_of!(Hart, mmu) + offset_of!(Mmu, fetch_ctx)) as i32 + 128;
+
+// The fields read most are within the one-byte window. (A layout change that breaks this
+// only costs code size and speed, but it should be noticed.)
+const fn near(off: usize) -> bool {
+    let d = off as i32 - BIAS;
+    -128 <= d && d < 128
+}
+const _: () = {
+    assert!(near(offset_of!(Hart, mmu) + offset_of!(Mmu, data_ctx)));
+    assert!(near(offset_of!(Hart, env)) && near(offset_of!(Hart, env) + size_of::<Env>() - 8));
+    assert!(near(offset_of!(Hart, stop)) && near(offset_of!(Hart, mcycle)));
+    assert!(near(offset_of!(Hart, pc)));
+    // x0 to x17 (a7): every argument register.
+    assert!(near(offset_of!(Hart, x) + 8 * 17));
+};
+
+/// The displacement from rbx of the hart field at `off`.
 fn disp(off: usize) -> i32 {
-    off as i32
+    off as i32 - BIAS
 }
 
 /// Offsets (from the `Hart`) of what translated code reads and writes.
@@ -93,7 +122,7 @@ fn fetch_ctx_at() -> i32 {
     disp(offset_of!(Hart, mmu) + offset_of!(Mmu, fetch_ctx))
 }
 fn env_at(field: usize) -> i32 {
-    disp(offset_of!(Hart, jit) + offset_of!(Jit, env) + field)
+    disp(offset_of!(Hart, env) + field)
 }
 
 /// What a translated instruction is, for the code generator.
@@ -243,6 +272,12 @@ pub(super) fn span(items: &[Item], start: usize) -> u8 {
 /// the entry's `ram_tag` at `RAM_TAG`: equal means a hit on a RAM page.
 fn tlb_entry(a: &mut Asm, tlb: usize, ctx_at: i32) {
     a.mov_rr(RCX, RAX);
+    tlb_index(a, tlb, ctx_at);
+}
+
+/// [`tlb_entry`] with the address whose page number goes into the tag already in rcx
+/// (rax still picks the entry).
+fn tlb_index(a: &mut Asm, tlb: usize, ctx_at: i32) {
     a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
     // edx = (page number % TLB_SIZE) * 32, straight from the address.
     a.mov_load(W::B32, RDX, Rm::Reg(RAX));
@@ -253,35 +288,37 @@ fn tlb_entry(a: &mut Asm, tlb: usize, ctx_at: i32) {
 }
 
 /// The inline path of a load or store of `size` bytes at the virtual address in rax
-/// (kept): falls through with rcx = the host address of those bytes when the TLB of
-/// loads (or of stores) allows it — a hit on a RAM page, aligned; for a store, a page
-/// already marked dirty and holding no decoded code (`TlbEntry::ram_tag`) — and returns
-/// the jumps taken otherwise (a miss, misalignment).
+/// (kept): falls through with `[rcx + rax]` the host address of those bytes when the TLB
+/// of loads (or of stores) allows it — a hit on a RAM page for every byte; for a store, a
+/// page already marked dirty and holding no decoded code (`TlbEntry::ram_tag`) — and
+/// returns the jumps taken otherwise (a miss, or an access that runs into the next
+/// page). The tag compared is the last byte's, with the entry of the first byte's page:
+/// they agree only when both bytes are in that page, so one compare covers both. An
+/// access misaligned inside one page goes inline: the interpreter reads or writes its
+/// bytes one by one through the same TLB entry, to the same effect.
 fn tlb_hit(a: &mut Asm, store: bool, size: u8) -> Vec<usize> {
-    let mut miss = Vec::new();
-    if size > 1 {
-        a.test_al(size - 1);
-        miss.push(a.jcc_fwd(Cond::Ne));
-    }
     let tlb = if store {
         offset_of!(Env, store_tlb)
     } else {
         offset_of!(Env, load_tlb)
     };
-    tlb_entry(a, tlb, data_ctx_at());
+    if size > 1 {
+        a.lea(RCX, RAX, size as i32 - 1);
+    } else {
+        a.mov_rr(RCX, RAX);
+    }
+    tlb_index(a, tlb, data_ctx_at());
     a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
-    miss.push(a.jcc_fwd(Cond::Ne));
-    // rcx = RAM offset + RAM's host address.
-    a.mov_rr(RCX, RAX);
-    a.alu_imm(W::B32, Alu::And, Rm::Reg(RCX), 0xfff);
-    a.alu(W::B64, Alu::Add, RCX, Rm::at(RDX, 8));
+    let miss = a.jcc_fwd(Cond::Ne);
+    // rcx = the page's RAM offset less its virtual address, plus RAM's host address.
+    a.mov_load(W::B64, RCX, Rm::at(RDX, DELTA));
     a.alu(
         W::B64,
         Alu::Add,
         RCX,
         Rm::at(RBX, env_at(offset_of!(Env, ram))),
     );
-    miss
+    vec![miss]
 }
 
 /// Code shared by every block, placed once after the epilogue: the chaining lookup of an
@@ -322,7 +359,8 @@ impl Thunks {
         let miss = a.jcc_fwd(Cond::Ne);
         let mut fail = Vec::new();
         // ecx = decode-cache page of the RAM page, if it has one.
-        a.mov_load(W::B64, RCX, Rm::at(RDX, 8));
+        a.mov_load(W::B64, RCX, Rm::at(RDX, DELTA));
+        a.alu(W::B64, Alu::Add, RCX, Rm::Reg(RAX));
         a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
         a.mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, slot_of))));
         a.mov_load(W::B32, RCX, Rm::indexed(RDX, RCX, 4));
@@ -348,7 +386,7 @@ impl Thunks {
         a.alu(W::B64, Alu::Cmp, MCYCLE, Rm::at(RBX, stop_at()));
         fail.push(a.jcc_fwd(Cond::Ae));
         a.mov_store(W::B64, Rm::at(RBX, mcycle_at()), MCYCLE);
-        a.mov_rr(RDI, RBX);
+        a.lea(RDI, RBX, -BIAS);
         a.mov_rr(RSI, RAX);
         a.mov_imm(RAX, fetch_helper as *const () as u64);
         a.call_reg(RAX);
@@ -513,8 +551,13 @@ impl<'a> Block<'a> {
         }
     }
 
-    /// `dst = x[g]`.
+    /// `dst = x[g]` (flags unchanged).
     fn get(&mut self, dst: u8, g: u8) {
+        if g == 0 {
+            // x0 is 0: no load from the hart.
+            self.a.mov_imm(dst, 0);
+            return;
+        }
         match self.rm(g) {
             Rm::Reg(h) => self.a.mov_rr(dst, h),
             m => self.a.mov_load(W::B64, dst, m),
@@ -724,8 +767,14 @@ impl<'a> Block<'a> {
                         _ => Cond::Ae,
                     };
                     self.get(RAX, d.rs1);
-                    let rs2 = self.rm(d.rs2);
-                    self.a.alu(W::B64, Alu::Cmp, RAX, rs2);
+                    if d.rs2 == 0 {
+                        // Against x0: `test` sets the flags `cmp rax, 0` would (CF and
+                        // OF clear, ZF and SF from rax).
+                        self.a.test(W::B64, Rm::Reg(RAX), RAX);
+                    } else {
+                        let rs2 = self.rm(d.rs2);
+                        self.a.alu(W::B64, Alu::Cmp, RAX, rs2);
+                    }
                     let taken = self.a.jcc_fwd(cond);
                     let next = (it.off + d.len as usize) as i64;
                     self.jump(next, n, body);
@@ -835,7 +884,7 @@ impl<'a> Block<'a> {
         }
         let saved = self.caller_saved();
         self.before_call(&saved);
-        self.a.mov_rr(RDI, RBX);
+        self.a.lea(RDI, RBX, -BIAS);
         self.a.mov_imm(RSI, d.raw as u64);
         self.a.mov_imm(RDX, delta as u64);
         self.a.mov_imm(RCX, retired as u64);
@@ -868,7 +917,7 @@ impl<'a> Block<'a> {
             }
             self.before_call(&saved);
             self.a.mov_rr(RSI, RAX);
-            self.a.mov_rr(RDI, RBX);
+            self.a.lea(RDI, RBX, -BIAS);
             self.a.mov_imm(RDX, c.size as u64);
             self.a.mov_imm(RCX, c.retired as u64);
             self.a.mov_imm(RAX, load_helper as *const () as u64);
@@ -967,6 +1016,17 @@ impl<'a> Block<'a> {
         };
         let imm64 = |s: &mut Self, op: Alu| {
             let t = s.target(rd, None);
+            if rs1 == 0 {
+                // x0 op imm is a constant (`li`).
+                let v = match op {
+                    Alu::Add | Alu::Or | Alu::Xor => imm as i64 as u64,
+                    Alu::And => 0,
+                    _ => unreachable!("{op:?} is not an immediate operation"),
+                };
+                s.a.mov_imm(t, v);
+                s.put(rd, t);
+                return;
+            }
             s.get(t, rs1);
             s.a.alu_imm(W::B64, op, Rm::Reg(t), imm);
             s.put(rd, t);
@@ -1167,7 +1227,7 @@ impl<'a> Block<'a> {
             self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), d.imm);
         }
         exits.extend(tlb_hit(&mut self.a, store, size));
-        let at = Rm::at(RCX, 0);
+        let at = Rm::indexed(RCX, RAX, 1);
         if store {
             let w = match size {
                 1 => W::B8,

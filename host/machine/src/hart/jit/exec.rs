@@ -122,8 +122,8 @@ mod imp {
                 shared: Vec::new(),
             };
             // Entry: save what the ABI wants kept, hart pointer in rbx, `enter` (which may
-            // use any register but rax and rbx), jump to the block. The epilogue runs
-            // `leave` first (rbx still the hart).
+            // use any register but rax, and may offset rbx), jump to the block. The
+            // epilogue runs `leave` first (rbx as `enter` left it).
             let mut a = Asm::new(0);
             for r in SAVED {
                 a.push(r);

@@ -21,20 +21,22 @@
 //!   overflow (most negative / -1) are tested for and given their results before any
 //!   `div`/`idiv` runs, so no host exception can happen.
 //! - Traps never happen inside translated code. Loads and stores take an inline TLB hit
-//!   path for aligned RAM accesses (stores only through store-TLB entries that allow it:
-//!   to pages already marked dirty for the state hash and holding no decoded code, see
-//!   `mmu::TlbEntry::ram_tag`, so the inline store needs neither check). A load
-//!   that misses it (a TLB miss, a flash drive, a device, misalignment) calls
-//!   `load_helper`, which does what the interpreter's load does — page walks included,
-//!   with `mcycle` advanced to the load's own count, since device reads see it — and the
-//!   block goes on. The helper declines, changing nothing a re-execution would not
+//!   path for RAM accesses inside one page, aligned or not (stores only through
+//!   store-TLB entries that allow it: to pages already marked dirty for the state hash
+//!   and holding no decoded code, see `mmu::TlbEntry::ram_tag`, so the inline store
+//!   needs neither check; a misaligned access inside a page is one host access where
+//!   the interpreter makes one per byte, through the same TLB entry, to the same
+//!   effect). A load that misses it (a TLB miss, a flash drive, a device, an access
+//!   across a page boundary) calls `load_helper`, which does what the interpreter's load
+//!   does — page walks included, with `mcycle` advanced to the load's own count, since
+//!   device reads see it — and the block goes on. The helper declines, changing nothing a re-execution would not
 //!   change the same way, when the load faults or its page walk wrote into a page with
 //!   decoded code (the running block might be stale); then the block leaves with `pc`
 //!   at that instruction and `mcycle` counting the ones before it, and the interpreter
 //!   executes it with every check.
 //! - Instructions with no translation of their own — atomics, floating point, CSR
-//!   instructions — and stores that miss the inline path (a TLB miss, a device,
-//!   misalignment, a store into code) call `exec_helper`: the registers they name go to
+//!   instructions — and stores that miss the inline path (a TLB miss, a device, a page
+//!   boundary, a store into code) call `exec_helper`: the registers they name go to
 //!   the hart, the interpreter's own `execute` runs them at their exact `pc` and
 //!   `mcycle`, rd comes back. The block goes on unless the instruction trapped, moved
 //!   `stop` (a device store, an interrupt enable, a `satp` write), wrote into a page
@@ -68,7 +70,12 @@
 //!   interpreter) go to the cold half of the code region, apart from the code that runs.
 //!   Taken jumps count too: a block's entry check falls through when it may run, and
 //!   loads and stores keep their TLB lookup inline (shared, it cost a `call` and a `ret`
-//!   per access and measured slower).
+//!   per access and measured slower). Bytes count: the hart fields translated code uses
+//!   most lie within a one-byte displacement of its hart pointer (`compile::BIAS`); the
+//!   TLB lookup compares the tag of an access's last byte, so one compare also rules
+//!   out page crossings; TLB entries hold the page's offset less its virtual address
+//!   (`mmu::TlbEntry::delta`), so the host address is `delta + ram + va` with no
+//!   masking; x0 is an immediate 0, never a load.
 //!   (A jump cache keyed by `pc` in front of the chaining lookup, invalidated by every
 //!   fetch-TLB fill and block drop, was tried and measured no faster.)
 //! - What gets translated: a block start (a jump target, or the instruction after one no
@@ -141,7 +148,7 @@ pub(super) unsafe extern "sysv64" fn exec_helper(
     retired: u64,
 ) -> u64 {
     // SAFETY: the caller's contract: both pointers are live and unaliased for this call.
-    let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).jit.env.bus) as *mut Bus)) };
+    let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).env.bus) as *mut Bus)) };
     hart.exec_for_jit(bus, raw as u32, delta, retired)
 }
 
@@ -154,17 +161,17 @@ pub(super) unsafe extern "sysv64" fn exec_helper(
 /// As for [`load_helper`].
 pub(super) unsafe extern "sysv64" fn fetch_helper(hart: *mut Hart, pc: u64) -> u64 {
     // SAFETY: the caller's contract: both pointers are live and unaliased for this call.
-    let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).jit.env.bus) as *mut Bus)) };
+    let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).env.bus) as *mut Bus)) };
     hart.fill_fetch_for_jit(bus, pc) as u64
 }
 
 /// Called by translated code for a load its inline path does not serve (TLB miss, flash,
-/// device, misaligned): [`Hart::load_for_jit`] with `retired` the instructions the block
-/// retired before the load.
+/// device, across a page boundary): [`Hart::load_for_jit`] with `retired` the
+/// instructions the block retired before the load.
 ///
 /// # Safety
 ///
-/// `hart` must point to the running hart, whose `jit.env.bus` points to its bus, with
+/// `hart` must point to the running hart, whose `env.bus` points to its bus, with
 /// no other reference to either in use: true while translated code entered by
 /// `Hart::enter_block` runs.
 pub(super) unsafe extern "sysv64" fn load_helper(
@@ -174,7 +181,7 @@ pub(super) unsafe extern "sysv64" fn load_helper(
     retired: u64,
 ) -> Loaded {
     // SAFETY: the caller's contract: both pointers are live and unaliased for this call.
-    let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).jit.env.bus) as *mut Bus)) };
+    let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).env.bus) as *mut Bus)) };
     match hart.load_for_jit(bus, va, size as u32, retired) {
         Some(value) => Loaded { value, ok: 1 },
         None => Loaded { value: 0, ok: 0 },
@@ -188,8 +195,6 @@ pub struct Jit {
     enabled: bool,
     /// The executable region, created on first use.
     mem: Option<ExecMem>,
-    /// Pointers for the translated code.
-    pub(super) env: Env,
     /// Times the region filled up and was emptied.
     pub resets: u64,
     /// Size of the region to create.
@@ -366,7 +371,7 @@ impl Hart {
             return false;
         };
         let ram = bus.ram.raw_bytes();
-        self.jit.env = Env {
+        self.env = Env {
             ram: ram as u64,
             slot_of: self.dcache.slot_of_addr(),
             load_tlb: self.mmu.load.as_ptr() as u64,
@@ -382,7 +387,7 @@ impl Hart {
         // (entries are only ever block starts in this region, and are dropped with the
         // region's contents). Translated code reads and writes only the `Hart` fields
         // whose offsets `compile` takes with `offset_of!` (`x`, `pc`, `mcycle`, `stop`,
-        // the TLB contexts, `jit.env`; through the pointer passed here), RAM bytes inside
+        // the TLB contexts, `env`; through the pointer passed here), RAM bytes inside
         // the TLB-mapped pages of `bus.ram` (through `env`, taken from `bus` just
         // above, so no other reference to them is live), and returns with
         // callee-saved registers restored by the trampoline. The one Rust function it
@@ -894,10 +899,11 @@ mod tests {
     }
 
     /// Loads the inline path does not serve — a device whose value is the instruction
-    /// count (CLINT `mtime`), misaligned RAM, a flash drive, sign- and zero-extended —
-    /// inside a hot loop: the helper serves them without leaving the block, and the
-    /// results and `mcycle` agree with the interpreter's at every step. The loop starts
-    /// at many offsets so that `mtime` ticks at every position in the block.
+    /// count (CLINT `mtime`), RAM across a page boundary, a flash drive, sign- and
+    /// zero-extended — inside a hot loop: the helper serves them without leaving the
+    /// block, and the results and `mcycle` agree with the interpreter's at every step.
+    /// The loop starts at many offsets so that `mtime` ticks at every position in the
+    /// block.
     #[test]
     fn loads_off_the_inline_path_agree_with_the_interpreter() {
         use crate::bench::{addi, assemble, b, halt, li32, r, slli};
@@ -927,14 +933,14 @@ mod tests {
             w.push(addi(T1, 0, 700));
             let top = w.len();
             for (f3, base, imm) in [
-                (3, A3, 0), // ld mtime
-                (3, A2, 3), // misaligned ld
-                (1, A2, 1), // misaligned lh
+                (3, A3, 0),  // ld mtime
+                (3, A2, -3), // ld across a page boundary
+                (1, A2, -1), // lh across it
                 (3, A3, 0),
-                (2, T0, 4), // flash lw
-                (4, T0, 5), // flash lbu
-                (0, T0, 6), // flash lb
-                (6, A2, 2), // misaligned lwu
+                (2, T0, 4),  // flash lw
+                (4, T0, 5),  // flash lbu
+                (0, T0, 6),  // flash lb
+                (6, A2, -2), // lwu across it
                 (3, A3, 0),
             ] {
                 w.push(load(f3, A4, base, imm));
@@ -980,6 +986,78 @@ mod tests {
             // entries into translated code than iterations.
             assert!(b.hart.jit.entries < 100, "{} entries", b.hart.jit.entries);
         }
+    }
+
+    /// Misaligned loads and stores inside one page (served inline, in one host access)
+    /// and across a page boundary (served by the helpers, byte by byte), in a hot loop
+    /// that stores a different value every time: registers, `mcycle` and the final state
+    /// hash (so every byte in RAM) agree with the interpreter's at every step, and the
+    /// loop stays in translated code.
+    #[test]
+    fn misaligned_accesses_inside_and_across_pages_agree_with_the_interpreter() {
+        use crate::bench::{addi, assemble, b, halt, li32, r, s, slli};
+        const T1: u32 = 6;
+        const A2: u32 = 12;
+        const A4: u32 = 14;
+        const A5: u32 = 15;
+        const A6: u32 = 16;
+        let load = |f3: u32, rd: u32, rs1: u32, imm: i32| {
+            (((imm as u32) & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x03
+        };
+        let add = |rd: u32, a: u32, b: u32| r(0, b, a, 0, rd, 0x33);
+        let mut w = Vec::new();
+        w.extend(li32(A2, 0x4000_8000));
+        w.push(slli(A2, A2, 1)); // a2 = RAM_BASE + 64 KiB, a page boundary
+        w.extend(li32(A6, 0x1234_5678));
+        w.push(slli(A6, A6, 20)); // a6 = a value with bytes all over
+        w.push(addi(T1, 0, 500));
+        let top = w.len();
+        w.push(add(A6, A6, T1)); // a new value every time round
+                                 // (f3 of the store, of the load back, offset from a2)
+        for (sf3, lf3, imm) in [
+            (3, 3, 3),     // sd / ld inside the page
+            (2, 2, 0x7d),  // sw / lw inside
+            (1, 5, 0x41),  // sh / lhu inside
+            (3, 3, -3),    // sd / ld across the boundary
+            (2, 6, -2),    // sw / lwu across
+            (1, 1, -1),    // sh / lh across
+            (3, 3, 0x7f9), // sd / ld inside, mid-page
+        ] {
+            w.push(s(imm, A6, A2, sf3));
+            w.push(load(lf3, A4, A2, imm));
+            w.push(add(A5, A5, A4));
+            w.push(load(3, A4, A2, imm - 5)); // the bytes around it, aligned or not
+            w.push(add(A5, A5, A4));
+        }
+        w.push(addi(T1, T1, -1));
+        w.push(b((top as i32 - w.len() as i32) * 4, 0, T1, 1)); // bne t1, zero, top
+        w.extend(halt(Platform::Cmvm));
+        let build = |jit: bool| {
+            let mut m = Machine::new(&MachineConfig {
+                ram_length: 4 << 20,
+                ram_image: Some(assemble(&w)),
+                ..MachineConfig::default()
+            })
+            .unwrap();
+            m.hart.set_jit(jit);
+            m
+        };
+        let (mut a, mut b) = (build(false), build(true));
+        let mut limit = 0;
+        while a.halted().is_none() {
+            limit += 1009;
+            a.run(limit);
+            b.run(limit);
+            assert_eq!(
+                (a.hart.pc, a.mcycle(), a.hart.x),
+                (b.hart.pc, b.mcycle(), b.hart.x),
+                "limit {limit}"
+            );
+        }
+        assert_eq!(b.halted(), Some(0));
+        assert_ne!(a.hart.x[A5 as usize], 0);
+        assert_eq!(a.root_hash(), b.root_hash());
+        assert!(b.hart.jit.entries < 100, "{} entries", b.hart.jit.entries);
     }
 
     /// What the helper runs inside a block — atomics (LR/SC that succeed and fail), CSR

@@ -332,11 +332,6 @@ impl Asm {
             .extend_from_slice(&[0x0f, 0x90 | cond as u8, 0xc0, 0x0f, 0xb6, 0xc0]);
     }
 
-    /// `test al, imm8`.
-    pub fn test_al(&mut self, imm: u8) {
-        self.buf.extend_from_slice(&[0xa8, imm]);
-    }
-
     /// `push reg`.
     pub fn push(&mut self, reg: u8) {
         if reg >= 8 {
