@@ -80,21 +80,24 @@ pub(super) fn store_globals(a: &mut Asm) {
 /// `mcycle`, `pc`, then the first integer registers: see [`Hart`]'s layout) are within a
 /// one-byte displacement of it. The trampoline adds it ([`load_globals`]); calls into
 /// Rust take it off again.
-pub(super) const BIAS: i32 = (offset_of!(Hart, mmu) + offset_of!(Mmu, fetch_ctx)) as i32 + 128;
+const BIAS: i32 = (offset_of!(Hart, mmu) + offset_of!(Mmu, fetch_ctx)) as i32 + 128;
 
-// The fields read most are within the one-byte window. (A layout change that breaks this
-// only costs code size and speed, but it should be noticed.)
-const fn near(off: usize) -> bool {
+/// Whether the hart field at `off` is within a one-byte displacement of rbx. (The checks
+/// below fail the build if a layout change takes the fields read most out of reach: that
+/// would only cost code size and speed, but it should be noticed.)
+const fn in_reach(off: usize) -> bool {
     let d = off as i32 - BIAS;
     -128 <= d && d < 128
 }
 const _: () = {
-    assert!(near(offset_of!(Hart, mmu) + offset_of!(Mmu, data_ctx)));
-    assert!(near(offset_of!(Hart, env)) && near(offset_of!(Hart, env) + size_of::<Env>() - 8));
-    assert!(near(offset_of!(Hart, stop)) && near(offset_of!(Hart, mcycle)));
-    assert!(near(offset_of!(Hart, pc)));
+    assert!(in_reach(offset_of!(Hart, mmu) + offset_of!(Mmu, data_ctx)));
+    assert!(
+        in_reach(offset_of!(Hart, env)) && in_reach(offset_of!(Hart, env) + size_of::<Env>() - 8)
+    );
+    assert!(in_reach(offset_of!(Hart, stop)) && in_reach(offset_of!(Hart, mcycle)));
+    assert!(in_reach(offset_of!(Hart, pc)));
     // x0 to x17 (a7): every argument register.
-    assert!(near(offset_of!(Hart, x) + 8 * 17));
+    assert!(in_reach(offset_of!(Hart, x) + 8 * 17));
 };
 
 /// The displacement from rbx of the hart field at `off`.
