@@ -289,11 +289,12 @@ impl Template {
     /// and toolchain drives map `rootfs` and `toolchain` copy-on-write, so this costs little
     /// more than the copy of the RAM the guest had used.
     ///
-    /// The page trees of the state hash are built once, on a thread of their own, from
-    /// another machine resumed the same way (and kept only if its hash is the record's);
-    /// every machine resumed after that with the same drive images takes a copy, so that its
-    /// hashes rehash only what it wrote. (A sibling machine's root hash at its halt would
-    /// otherwise rehash the root and toolchain drives every time.)
+    /// The page trees of the state hash are built once, on a thread of their own, from the
+    /// template's pages and the drive images (`snapshot::Prepared::page_trees`: no second
+    /// machine, and kept only if they give the record's hash); every machine resumed after
+    /// that with the same drive images takes a copy, so that its hashes rehash only what it
+    /// wrote. (A sibling machine's root hash at its halt would otherwise rehash the root
+    /// and toolchain drives every time.)
     pub fn resume(
         &self,
         rootfs: &DriveImage,
@@ -323,17 +324,13 @@ impl Template {
                 let (rootfs, toolchain) = (rootfs.clone(), toolchain.clone());
                 let (expected, slot) = (self.record.root_hash.clone(), self.trees.clone());
                 std::thread::spawn(move || {
-                    let built = instantiate(
-                        &prepared,
-                        &rootfs,
-                        &toolchain,
-                        &expected,
-                        HashCheck::Trusted,
-                    )
-                    .ok()
-                    .and_then(|(mut machine, _)| {
-                        (machine.root_hash() == expected).then(|| machine.page_trees())
-                    });
+                    // From the template's pages and the drive images, with no second
+                    // machine (its RAM would be gigabytes, allocated and written while the
+                    // first build runs); checked against the record's root hash.
+                    let built = drive_bases(&prepared, &rootfs, &toolchain)
+                        .ok()
+                        .filter(|_| prepared.manifest().root_hash() == expected)
+                        .and_then(|bases| prepared.page_trees(bases).ok());
                     *slot.lock().expect("no panics hold this lock") = match built {
                         Some(trees) => ReadyTrees::Built {
                             rootfs,
@@ -565,18 +562,7 @@ fn instantiate(
     expected: &str,
     check: HashCheck,
 ) -> Result<(Machine, SnapshotConfig), TemplateError> {
-    let m = prepared.manifest();
-    let mut bases = BTreeMap::new();
-    for (drive, image) in [(Drive::Root, rootfs), (Drive::Toolchain, toolchain)] {
-        let range = m
-            .drive_range_length(drive.index())
-            .ok_or_else(|| TemplateError::Blob(format!("no drive {}", drive.index())))?;
-        let base = image
-            .base(range)
-            .map_err(|e| TemplateError::Blob(crate::terminal::error_chain(&e)))?;
-        bases.insert(drive.index(), base);
-    }
-    let loaded = prepared.instantiate(bases, check)?;
+    let loaded = prepared.instantiate(drive_bases(prepared, rootfs, toolchain)?, check)?;
     if loaded.root_hash != expected {
         return Err(TemplateError::Blob(format!(
             "it holds the state {}, its record says {expected}",
@@ -588,6 +574,27 @@ fn instantiate(
         drive.base = None;
     }
     Ok((loaded.machine, config))
+}
+
+/// The root and toolchain drives' bases for machines of the template: `rootfs` and
+/// `toolchain` mapped over their ranges.
+fn drive_bases(
+    prepared: &snapshot::Prepared,
+    rootfs: &DriveImage,
+    toolchain: &DriveImage,
+) -> Result<BTreeMap<usize, snapshot::Base>, TemplateError> {
+    let m = prepared.manifest();
+    let mut bases = BTreeMap::new();
+    for (drive, image) in [(Drive::Root, rootfs), (Drive::Toolchain, toolchain)] {
+        let range = m
+            .drive_range_length(drive.index())
+            .ok_or_else(|| TemplateError::Blob(format!("no drive {}", drive.index())))?;
+        let base = image
+            .base(range)
+            .map_err(|e| TemplateError::Blob(crate::terminal::error_chain(&e)))?;
+        bases.insert(drive.index(), base);
+    }
+    Ok(bases)
 }
 
 /// Writes `input` onto the input drive of a machine resumed from the template, and

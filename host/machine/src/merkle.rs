@@ -254,6 +254,34 @@ impl PageTree {
         tree
     }
 
+    /// Sets the leaves of the pages `indices` (increasing, each in the range) to the hashes
+    /// of the pages of `data` (page `k` of `data` for `indices[k]`) and rehashes their
+    /// paths to the root: the tree of a range whose other pages keep what the tree had
+    /// (a zeroed tree and a snapshot's sparse pages, say), with no buffer of the range.
+    pub fn set_pages(&mut self, indices: &[usize], data: &[u8]) -> Result<(), MerkleError> {
+        if data.len() != indices.len() * PAGE_SIZE {
+            return Err(MerkleError::LengthMismatch {
+                expected: (indices.len() * PAGE_SIZE) as u64,
+                actual: data.len() as u64,
+            });
+        }
+        if let Some(&page) = indices.iter().find(|&&p| p >= self.pages) {
+            return Err(MerkleError::PageOutOfRange {
+                page,
+                pages: self.pages,
+            });
+        }
+        let all: Vec<usize> = (0..indices.len()).collect();
+        for (&page, hash) in indices.iter().zip(hash_pages(data, &all)) {
+            self.levels[0][page] = hash;
+        }
+        let mut dirty = indices.to_vec();
+        dirty.sort_unstable();
+        dirty.dedup();
+        self.rehash_paths(dirty);
+        Ok(())
+    }
+
     /// Rehashes the pages listed in `dirty_pages` (any order, repeats allowed) from `data`,
     /// which must be the whole range, and the nodes on their paths to the root.
     pub fn update(
@@ -279,6 +307,12 @@ impl PageTree {
         for (&page, hash) in dirty.iter().zip(hash_pages(data, &dirty)) {
             self.levels[0][page] = hash;
         }
+        self.rehash_paths(dirty);
+        Ok(())
+    }
+
+    /// Recomputes the nodes above the leaves `dirty` (sorted, no repeats).
+    fn rehash_paths(&mut self, mut dirty: Vec<usize>) {
         for k in 0..self.levels.len() - 1 {
             // Parents of a sorted list are sorted: dedup keeps one per pair of siblings.
             for index in dirty.iter_mut() {
@@ -290,7 +324,6 @@ impl PageTree {
                 upper[0][i] = combine_or_zero(&lower[k][2 * i], &lower[k][2 * i + 1], k);
             }
         }
-        Ok(())
     }
 
     /// The root hash of the range.

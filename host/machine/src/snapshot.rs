@@ -125,7 +125,7 @@ use crate::bus::{Bus, FlashDrive};
 use crate::hart::Hart;
 use crate::machine::{Machine, MachineConfig, HASH_SCHEME, MEMORY_LIMIT};
 use crate::memory::{HostMemory, MemRange, PAGE_SIZE};
-use crate::merkle::Hash;
+use crate::merkle::{self, Hash, PageTree};
 use crate::state::StateError;
 
 /// The first line of every manifest.
@@ -563,6 +563,16 @@ struct ExpandedPages {
     data: Vec<u8>,
 }
 
+impl ExpandedPages {
+    /// Writes the pages into `mem` (the range they belong to).
+    fn write_to(&self, mem: &mut MemRange) {
+        for (k, &page) in self.indices.iter().enumerate() {
+            let at = k * PAGE_SIZE as usize;
+            mem.write_bytes(page * PAGE_SIZE, &self.data[at..at + PAGE_SIZE as usize]);
+        }
+    }
+}
+
 impl Prepared {
     /// Checks the files against the manifest (every check of [`load`] but those that need
     /// the machine and the state hash) and decompresses the pages.
@@ -601,13 +611,47 @@ impl Prepared {
     ) -> Result<Snapshot, SnapshotError> {
         let m = &self.manifest;
         assemble(m, &self.state, self.dtb.clone(), bases, check, |i, mem| {
-            let p = &self.pages[i];
-            for (k, &page) in p.indices.iter().enumerate() {
-                let at = k * PAGE_SIZE as usize;
-                mem.write_bytes(page * PAGE_SIZE, &p.data[at..at + PAGE_SIZE as usize]);
-            }
+            self.pages[i].write_to(mem);
             Ok(())
         })
+    }
+
+    /// The page trees of the machine [`Prepared::instantiate`] builds with `bases` (RAM's,
+    /// then each flash drive's), without building it: RAM's from the snapshot's pages
+    /// alone (no memory of RAM's length is allocated or written), each drive's from its
+    /// base with the snapshot's pages written over it. For machines of this snapshot to
+    /// adopt ([`Machine::adopt_page_trees`]) instead of hashing all their memory again.
+    /// Checked: with the stored state and device tree they must give the stored root
+    /// hash ([`SnapshotError::RootHash`] otherwise); a base that does not fit fails as in
+    /// `instantiate`.
+    pub fn page_trees(&self, bases: BTreeMap<usize, Base>) -> Result<Vec<PageTree>, SnapshotError> {
+        let m = &self.manifest;
+        let mut ram = PageTree::new_zeroed(m.config.ram_length);
+        let p = &self.pages[0];
+        let indices: Vec<usize> = p.indices.iter().map(|&i| i as usize).collect();
+        ram.set_pages(&indices, &p.data)
+            .map_err(|e| SnapshotError::Pages {
+                file: "ram.pages".into(),
+                message: e.to_string(),
+            })?;
+        let mut trees = vec![ram];
+        for (i, mut drive) in flash_drives(m, bases)?.into_iter().enumerate() {
+            self.pages[1 + i].write_to(&mut drive.mem);
+            trees.push(PageTree::build(drive.mem.bytes()));
+        }
+        let mut leaves = vec![
+            Sha256::digest(&self.state).into(),
+            merkle::range_root_of_length(&self.dtb, DTB_SIZE),
+        ];
+        leaves.extend(trees.iter().map(PageTree::root));
+        let computed = format!("{HASH_SCHEME}:{}", hex(&merkle::combine_leaves(&leaves)));
+        if computed != m.root_hash {
+            return Err(SnapshotError::RootHash {
+                stored: m.root_hash.clone(),
+                computed,
+            });
+        }
+        Ok(trees)
     }
 }
 
@@ -664,68 +708,12 @@ fn assemble(
     m: &Manifest,
     state: &[u8],
     dtb: Vec<u8>,
-    mut bases: BTreeMap<usize, Base>,
+    bases: BTreeMap<usize, Base>,
     check: HashCheck,
     mut apply: impl FnMut(usize, &mut MemRange) -> Result<(), SnapshotError>,
 ) -> Result<Snapshot, SnapshotError> {
     let ram_length = m.config.ram_length;
-    let mut base_bytes = Vec::new();
-    for (index, (d, &(_, range_length))) in m.config.flash_drives.iter().zip(&m.ranges).enumerate()
-    {
-        let Some(name) = &d.base else {
-            base_bytes.push(None);
-            continue;
-        };
-        let bad = |message: String| SnapshotError::Base {
-            index,
-            name: name.clone(),
-            message,
-        };
-        let base = bases
-            .remove(&index)
-            .ok_or_else(|| bad("the caller supplied no such base".into()))?;
-        if base.image_length() != d.image_length {
-            return Err(bad(format!(
-                "{} bytes supplied, the drive's image has {}",
-                base.image_length(),
-                d.image_length
-            )));
-        }
-        if let Base::Memory { memory, .. } = &base {
-            if memory.length() as u64 != range_length {
-                return Err(bad(format!(
-                    "{} bytes of memory supplied for a range of {range_length}",
-                    memory.length()
-                )));
-            }
-        }
-        base_bytes.push(Some(base));
-    }
-    // Everything above was checked before any of the machine's memory is allocated, and
-    // the sizes are bounded; an allocation the host still refuses is an error too.
-    let alloc = |start: u64, length: u64| {
-        MemRange::try_new(start, length).ok_or(SnapshotError::OutOfMemory(length))
-    };
-    let flash = m
-        .config
-        .flash_drives
-        .iter()
-        .zip(&m.ranges)
-        .zip(base_bytes)
-        .map(|((d, &(start, length)), base)| {
-            Ok(FlashDrive {
-                label: d.label.clone(),
-                shared: d.shared,
-                image_length: d.image_length,
-                mem: match base {
-                    Some(Base::Bytes(bytes)) => MemRange::from_vec(start, bytes, length),
-                    Some(Base::Memory { memory, .. }) => MemRange::from_host_memory(start, memory)
-                        .ok_or(SnapshotError::OutOfMemory(length))?,
-                    None => alloc(start, length)?,
-                },
-            })
-        })
-        .collect::<Result<_, SnapshotError>>()?;
+    let flash = flash_drives(m, bases)?;
     let bus = Bus::new(alloc(RAM_BASE, ram_length)?, flash, dtb);
     let mut machine = Machine::from_parts(Hart::new(ram_length), bus);
     apply(0, &mut machine.bus.ram)?;
@@ -761,6 +749,73 @@ fn assemble(
         config: m.config.clone(),
         root_hash: m.root_hash.clone(),
     })
+}
+
+/// A memory range of `length` zero bytes at `start`, or the error of a host that refuses
+/// the allocation. (Every size reaching here was checked and is bounded.)
+fn alloc(start: u64, length: u64) -> Result<MemRange, SnapshotError> {
+    MemRange::try_new(start, length).ok_or(SnapshotError::OutOfMemory(length))
+}
+
+/// The flash drives of manifest `m`, each over its base from `bases` (checked to fit) or
+/// zeros, before the snapshot's pages are written.
+fn flash_drives(
+    m: &Manifest,
+    mut bases: BTreeMap<usize, Base>,
+) -> Result<Vec<FlashDrive>, SnapshotError> {
+    let mut base_bytes = Vec::new();
+    for (index, (d, &(_, range_length))) in m.config.flash_drives.iter().zip(&m.ranges).enumerate()
+    {
+        let Some(name) = &d.base else {
+            base_bytes.push(None);
+            continue;
+        };
+        let bad = |message: String| SnapshotError::Base {
+            index,
+            name: name.clone(),
+            message,
+        };
+        let base = bases
+            .remove(&index)
+            .ok_or_else(|| bad("the caller supplied no such base".into()))?;
+        if base.image_length() != d.image_length {
+            return Err(bad(format!(
+                "{} bytes supplied, the drive's image has {}",
+                base.image_length(),
+                d.image_length
+            )));
+        }
+        if let Base::Memory { memory, .. } = &base {
+            if memory.length() as u64 != range_length {
+                return Err(bad(format!(
+                    "{} bytes of memory supplied for a range of {range_length}",
+                    memory.length()
+                )));
+            }
+        }
+        base_bytes.push(Some(base));
+    }
+    // Everything above was checked before any of the machine's memory is allocated, and
+    // the sizes are bounded; an allocation the host still refuses is an error too.
+    m.config
+        .flash_drives
+        .iter()
+        .zip(&m.ranges)
+        .zip(base_bytes)
+        .map(|((d, &(start, length)), base)| {
+            Ok(FlashDrive {
+                label: d.label.clone(),
+                shared: d.shared,
+                image_length: d.image_length,
+                mem: match base {
+                    Some(Base::Bytes(bytes)) => MemRange::from_vec(start, bytes, length),
+                    Some(Base::Memory { memory, .. }) => MemRange::from_host_memory(start, memory)
+                        .ok_or(SnapshotError::OutOfMemory(length))?,
+                    None => alloc(start, length)?,
+                },
+            })
+        })
+        .collect()
 }
 
 fn check_config(machine: &Machine, config: &SnapshotConfig) -> Result<(), SnapshotError> {
@@ -1716,6 +1771,51 @@ mod tests {
         let err = prepared
             .instantiate(bases(memory, base.len() as u64), HashCheck::Recompute)
             .unwrap_err();
+        assert!(matches!(err, SnapshotError::RootHash { .. }), "{err}");
+    }
+
+    /// The page trees `Prepared::page_trees` builds from a snapshot's pages and bases,
+    /// without a machine, are those of the machine `instantiate` builds (and of the
+    /// original): RAM with pages scattered over it, a drive over a base with a page
+    /// changed. Over another base they do not give the stored root hash, and are refused.
+    #[test]
+    fn page_trees_from_a_prepared_snapshot_are_the_machine_s_own() {
+        let base: Vec<u8> = (0..(1u32 << 20) + 100).map(|i| (i % 251) as u8).collect();
+        let config = MachineConfig {
+            ram_length: 4 << 20,
+            ram_image: Some(vec![0x73, 0x00, 0x50, 0x10]),
+            flash_drives: vec![crate::machine::FlashConfig {
+                label: "root".into(),
+                image: base.clone(),
+                shared: false,
+            }],
+            ..MachineConfig::default()
+        };
+        let mut m = Machine::new(&config).unwrap();
+        for page in [3u64, 4, 700, 1023] {
+            m.bus.ram.write_bytes(page * 4096 + 17, &page.to_le_bytes());
+        }
+        m.bus.flash[0].mem.write_bytes(4096 * 9, b"changed");
+        let mut sc = SnapshotConfig::from_config(&config);
+        sc.flash_drives[0].base = Some("the root image".into());
+        let bases = BTreeMap::from([(0, &base[..])]);
+        let files = encode_with_bases(&mut m, &sc, &bases).unwrap().to_map();
+        let manifest = parse_manifest(&files["manifest"]).unwrap();
+        let contents: Vec<&[u8]> = manifest
+            .files()
+            .iter()
+            .map(|f| files[&f.name].as_slice())
+            .collect();
+        let prepared = Prepared::new(&manifest, &contents).unwrap();
+        let with = |b: &[u8]| BTreeMap::from([(0, Base::Bytes(b.to_vec()))]);
+        let trees = prepared.page_trees(with(&base)).unwrap();
+        let mut machine = prepared
+            .instantiate(with(&base), HashCheck::Recompute)
+            .unwrap()
+            .machine;
+        assert_eq!(trees, machine.page_trees());
+        assert_eq!(trees, m.page_trees());
+        let err = prepared.page_trees(with(&other_base(&base))).unwrap_err();
         assert!(matches!(err, SnapshotError::RootHash { .. }), "{err}");
     }
 
