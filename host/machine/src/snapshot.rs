@@ -1638,24 +1638,30 @@ mod tests {
         assert!(err.to_string().contains("more than 1 pages"), "{err}");
     }
 
-    #[test]
-    fn a_drive_over_a_base_stores_only_its_differences() {
-        let base: Vec<u8> = (0..(1u32 << 20) + 100).map(|i| (i % 253) as u8).collect();
+    /// A machine of `ram_length` bytes of RAM (one `wfi`) and one flash drive holding
+    /// `base`, and its snapshot configuration naming that drive's base "the root image".
+    fn machine_over_a_base(base: &[u8], ram_length: u64) -> (Machine, SnapshotConfig) {
         let config = MachineConfig {
-            ram_length: 1 << 20,
+            ram_length,
             ram_image: Some(vec![0x73, 0x00, 0x50, 0x10]),
             flash_drives: vec![crate::machine::FlashConfig {
                 label: "root".into(),
-                image: base.clone(),
+                image: base.to_vec(),
                 shared: false,
             }],
             ..MachineConfig::default()
         };
-        let mut m = Machine::new(&config).unwrap();
-        m.bus.flash[0].mem.write_bytes(4096 * 7, b"changed");
-        let hash = m.root_hash();
         let mut sc = SnapshotConfig::from_config(&config);
         sc.flash_drives[0].base = Some("the root image".into());
+        (Machine::new(&config).unwrap(), sc)
+    }
+
+    #[test]
+    fn a_drive_over_a_base_stores_only_its_differences() {
+        let base: Vec<u8> = (0..(1u32 << 20) + 100).map(|i| (i % 253) as u8).collect();
+        let (mut m, sc) = machine_over_a_base(&base, 1 << 20);
+        m.bus.flash[0].mem.write_bytes(4096 * 7, b"changed");
+        let hash = m.root_hash();
         assert!(matches!(
             encode(&mut m, &sc).unwrap_err(),
             SnapshotError::Base { index: 0, .. }
@@ -1781,23 +1787,11 @@ mod tests {
     #[test]
     fn page_trees_from_a_prepared_snapshot_are_the_machine_s_own() {
         let base: Vec<u8> = (0..(1u32 << 20) + 100).map(|i| (i % 251) as u8).collect();
-        let config = MachineConfig {
-            ram_length: 4 << 20,
-            ram_image: Some(vec![0x73, 0x00, 0x50, 0x10]),
-            flash_drives: vec![crate::machine::FlashConfig {
-                label: "root".into(),
-                image: base.clone(),
-                shared: false,
-            }],
-            ..MachineConfig::default()
-        };
-        let mut m = Machine::new(&config).unwrap();
+        let (mut m, sc) = machine_over_a_base(&base, 4 << 20);
         for page in [3u64, 4, 700, 1023] {
             m.bus.ram.write_bytes(page * 4096 + 17, &page.to_le_bytes());
         }
         m.bus.flash[0].mem.write_bytes(4096 * 9, b"changed");
-        let mut sc = SnapshotConfig::from_config(&config);
-        sc.flash_drives[0].base = Some("the root image".into());
         let bases = BTreeMap::from([(0, &base[..])]);
         let files = encode_with_bases(&mut m, &sc, &bases).unwrap().to_map();
         let manifest = parse_manifest(&files["manifest"]).unwrap();
