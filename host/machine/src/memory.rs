@@ -117,22 +117,34 @@ impl Eq for MemRange {}
 /// Asks the host kernel to back `bytes` with huge pages where it can: guest accesses are
 /// spread over gigabytes, and 4 KiB host pages make nearly every one a host TLB miss.
 /// Only a hint (the contents and the machine's behaviour are the same either way).
-#[cfg(target_os = "linux")]
 fn advise_huge_pages(bytes: &mut [u8]) {
+    advise_page_size(bytes, true);
+}
+
+/// Asks for huge pages (`huge`) or for small ones over the whole 2 MiB pages inside
+/// `bytes`. Only a hint.
+#[cfg(target_os = "linux")]
+fn advise_page_size(bytes: &mut [u8], huge: bool) {
     const HUGE: usize = 2 << 20;
     let start = (bytes.as_mut_ptr() as usize).next_multiple_of(HUGE);
     let end = (bytes.as_mut_ptr() as usize + bytes.len()) / HUGE * HUGE;
+    let advice = if huge {
+        libc::MADV_HUGEPAGE
+    } else {
+        libc::MADV_NOHUGEPAGE
+    };
     if end > start {
         // SAFETY: [start, end) lies inside `bytes`, which this call borrows mutably;
-        // MADV_HUGEPAGE changes how the kernel backs the range, never its contents.
+        // MADV_HUGEPAGE and MADV_NOHUGEPAGE change how the kernel backs the range, never
+        // its contents.
         unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            libc::madvise(start as *mut libc::c_void, end - start, advice);
         }
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_bytes: &mut [u8]) {}
+fn advise_page_size(_bytes: &mut [u8], _huge: bool) {}
 
 /// `len` zero bytes from the allocator's zeroed memory (untouched pages stay unbacked), or
 /// `None` if the allocation fails.
@@ -173,6 +185,22 @@ impl MemRange {
         let length = length.max(data.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         data.resize(length as usize, 0);
         Self::with_data(start, data)
+    }
+
+    /// Runs `f` on the range with its memory (if the range owns it) backed by small pages,
+    /// then asks for huge pages again: for writing a few pages spread over a large range
+    /// (a snapshot's RAM), where the kernel would otherwise zero 2 MiB for every page
+    /// written, and stall compacting memory to find them. Only a hint to the kernel.
+    pub(crate) fn with_small_pages<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let owned = matches!(self.data.storage, Storage::Owned(_));
+        if owned {
+            advise_page_size(self.data.slice_mut(), false);
+        }
+        let result = f(self);
+        if owned {
+            advise_page_size(self.data.slice_mut(), true);
+        }
+        result
     }
 
     /// A range of `data` (a whole number of pages), every page dirty.

@@ -611,7 +611,7 @@ impl Prepared {
     ) -> Result<Snapshot, SnapshotError> {
         let m = &self.manifest;
         assemble(m, &self.state, self.dtb.clone(), bases, check, |i, mem| {
-            self.pages[i].write_to(mem);
+            mem.with_small_pages(|mem| self.pages[i].write_to(mem));
             Ok(())
         })
     }
