@@ -254,7 +254,7 @@ impl PageTree {
         tree
     }
 
-    /// Sets the leaves of the pages `indices` (increasing, each in the range) to the hashes
+    /// Sets the leaves of the pages `indices` (each in the range) to the hashes
     /// of the pages of `data` (page `k` of `data` for `indices[k]`) and rehashes their
     /// paths to the root: the tree of a range whose other pages keep what the tree had
     /// (a zeroed tree and a snapshot's sparse pages, say), with no buffer of the range.

@@ -611,7 +611,7 @@ impl Prepared {
     ) -> Result<Snapshot, SnapshotError> {
         let m = &self.manifest;
         assemble(m, &self.state, self.dtb.clone(), bases, check, |i, mem| {
-            mem.with_small_pages(|mem| self.pages[i].write_to(mem));
+            self.pages[i].write_to(mem);
             Ok(())
         })
     }
@@ -716,9 +716,11 @@ fn assemble(
     let flash = flash_drives(m, bases)?;
     let bus = Bus::new(alloc(RAM_BASE, ram_length)?, flash, dtb);
     let mut machine = Machine::from_parts(Hart::new(ram_length), bus);
-    apply(0, &mut machine.bus.ram)?;
+    // A snapshot's pages are few and spread over large ranges: written on small host
+    // pages (`MemRange::with_small_pages`).
+    machine.bus.ram.with_small_pages(|ram| apply(0, ram))?;
     for (i, drive) in machine.bus.flash.iter_mut().enumerate() {
-        apply(1 + i, &mut drive.mem)?;
+        drive.mem.with_small_pages(|mem| apply(1 + i, mem))?;
     }
     machine.load_state(state).map_err(SnapshotError::State)?;
     machine.memory_replaced();

@@ -294,12 +294,12 @@ fn tlb_index(a: &mut Asm, tlb: usize, ctx_at: i32) {
 /// (kept): falls through with `[rcx + rax]` the host address of those bytes when the TLB
 /// of loads (or of stores) allows it — a hit on a RAM page for every byte; for a store, a
 /// page already marked dirty and holding no decoded code (`TlbEntry::ram_tag`) — and
-/// returns the jumps taken otherwise (a miss, or an access that runs into the next
+/// returns the jump taken otherwise (a miss, or an access that runs into the next
 /// page). The tag compared is the last byte's, with the entry of the first byte's page:
 /// they agree only when both bytes are in that page, so one compare covers both. An
 /// access misaligned inside one page goes inline: the interpreter reads or writes its
 /// bytes one by one through the same TLB entry, to the same effect.
-fn tlb_hit(a: &mut Asm, store: bool, size: u8) -> Vec<usize> {
+fn tlb_hit(a: &mut Asm, store: bool, size: u8) -> usize {
     let tlb = if store {
         offset_of!(Env, store_tlb)
     } else {
@@ -321,7 +321,7 @@ fn tlb_hit(a: &mut Asm, store: bool, size: u8) -> Vec<usize> {
         RCX,
         Rm::at(RBX, env_at(offset_of!(Env, ram))),
     );
-    vec![miss]
+    miss
 }
 
 /// Code shared by every block, placed once after the epilogue: the chaining lookup of an
@@ -640,11 +640,11 @@ impl<'a> Block<'a> {
         self.a.jmp_reg(RAX);
     }
 
-    /// `jcc` or fall into: mcycle + n <= stop (n instructions fit before the stop).
-    fn budget_ok(&mut self, n: usize) -> Cond {
+    /// Compares mcycle + n with `stop`: `jbe` then goes where the n instructions fit
+    /// before the stop, `ja` where they do not.
+    fn budget_check(&mut self, n: usize) {
         self.a.lea(RAX, MCYCLE, n as i32);
         self.a.alu(W::B64, Alu::Cmp, RAX, Rm::at(RBX, stop_at()));
-        Cond::Be
     }
 
     /// Where a jump to page offset `to` continues.
@@ -661,8 +661,8 @@ impl<'a> Block<'a> {
         if to == self.start as i64 {
             // A loop on this block: stay in host registers while the budget lasts.
             self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(MCYCLE), n as i32);
-            let ok = self.budget_ok(n);
-            self.a.jcc_to(ok, body);
+            self.budget_check(n);
+            self.a.jcc_to(Cond::Be, body);
             self.exit(self.dirty, 0, 0, Next::Rust);
         } else {
             let delta = to - self.start as i64;
@@ -674,8 +674,7 @@ impl<'a> Block<'a> {
     pub(super) fn emit(mut self) -> Emitted {
         let n = self.items.len();
         // Entry: all n instructions must fit before the stop.
-        let ok = self.budget_ok(n);
-        debug_assert_eq!(ok, Cond::Be);
+        self.budget_check(n);
         // Leave unless they fit (falling through is the common case).
         self.a.jcc_to(Cond::A, self.epilogue);
         // Load the cached registers the block reads before writing.
@@ -1223,13 +1222,12 @@ impl<'a> Block<'a> {
             I::Sw => (4, true),
             _ => (8, true),
         };
-        let mut exits = Vec::new();
         // rax = virtual address.
         self.get(RAX, d.rs1);
         if d.imm != 0 {
             self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), d.imm);
         }
-        exits.extend(tlb_hit(&mut self.a, store, size));
+        let exits = vec![tlb_hit(&mut self.a, store, size)];
         let at = Rm::indexed(RCX, RAX, 1);
         if store {
             let w = match size {

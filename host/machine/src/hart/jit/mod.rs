@@ -29,11 +29,11 @@
 //!   effect). A load that misses it (a TLB miss, a flash drive, a device, an access
 //!   across a page boundary) calls `load_helper`, which does what the interpreter's load
 //!   does — page walks included, with `mcycle` advanced to the load's own count, since
-//!   device reads see it — and the block goes on. The helper declines, changing nothing a re-execution would not
-//!   change the same way, when the load faults or its page walk wrote into a page with
-//!   decoded code (the running block might be stale); then the block leaves with `pc`
-//!   at that instruction and `mcycle` counting the ones before it, and the interpreter
-//!   executes it with every check.
+//!   device reads see it — and the block goes on. The helper declines, changing
+//!   nothing a re-execution would not change the same way, when the load faults or its
+//!   page walk wrote into a page with decoded code (the running block might be stale);
+//!   then the block leaves with `pc` at that instruction and `mcycle` counting the ones
+//!   before it, and the interpreter executes it with every check.
 //! - Instructions with no translation of their own — atomics, floating point, CSR
 //!   instructions — and stores that miss the inline path (a TLB miss, a device, a page
 //!   boundary, a store into code) call `exec_helper`: the registers they name go to
@@ -1076,7 +1076,7 @@ mod tests {
         w.push(slli(SP, SP, 1)); // sp = RAM_BASE + 2 MiB
         w.push(addi(S0, 0, 150));
         let top = w.len();
-        w.push(addi(A0, 0, 70)); // deeper than the frames kept
+        w.push(addi(A0, 0, 70)); // 70 calls deep
         w.push(jal(((REC - w.len()) * 4) as i32, RA));
         w.push(add(S1, S1, A0));
         w.push(jal(((FAR - w.len()) * 4) as i32, RA));
