@@ -119,8 +119,10 @@ pub struct Args {
     no_offload: bool,
     /// Compute every rustc job in a sibling machine even when the mirror's cache holds its
     /// result, and replace the entry: for a builder who vouches for a release and will not
-    /// take job results from a mirror it pulled from others. Same artifacts and root hashes
-    /// when the jobs are deterministic. `--test-reproduce` does this in its second run.
+    /// take job results from a mirror it pulled from others. Each job is computed once per
+    /// run (one the scout ran ahead, or another triple's identical build script, takes
+    /// this run's own result). Same artifacts and root hashes when the jobs are
+    /// deterministic. `--test-reproduce` does this in its second run.
     #[arg(long, conflicts_with = "no_offload")]
     recompute_jobs: bool,
     /// No scout. By default, with --jobs above 1, a copy of each build machine runs ahead

@@ -131,11 +131,18 @@ impl ActionCache {
         self.mirror.root().join(DIR).join(format!("{action}.json"))
     }
 
-    /// The entry for `action` (the digest of `job`), checked.
+    /// The entry for `action` (the digest of `job`), checked; a miss if the cache is
+    /// write-only.
     pub fn lookup(&self, action: &Sha256, job: &Job) -> Lookup {
         if !self.read {
             return Lookup::Miss;
         }
+        self.lookup_written(action, job)
+    }
+
+    /// The entry for `action`, checked, even from a write-only cache: for an entry the
+    /// caller wrote itself (a job a run computed once, asked for again).
+    pub fn lookup_written(&self, action: &Sha256, job: &Job) -> Lookup {
         let path = self.entry_path(action);
         let bytes = match crate::untrusted::read_capped(&path, MAX_ENTRY) {
             Ok(bytes) => bytes,
@@ -293,6 +300,11 @@ mod tests {
         let action = Sha256::of(b"action");
         cache.store(&action, &computed()).unwrap();
         assert!(matches!(cache.lookup(&action, &job()), Lookup::Miss));
+        // Its writer may take it again.
+        assert!(matches!(
+            cache.lookup_written(&action, &job()),
+            Lookup::Hit(_)
+        ));
         // What it stored is there for the next run that reads.
         match ActionCache::new(mirror).lookup(&action, &job()) {
             Lookup::Hit(hit) => assert_eq!(hit, computed()),

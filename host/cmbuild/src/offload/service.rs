@@ -270,6 +270,11 @@ pub struct Service<'a> {
     in_flight: Mutex<std::collections::BTreeMap<Sha256, Arc<Shared>>>,
     /// Actions a scout's request started in a sibling (`super::scout`).
     scouted: Mutex<std::collections::BTreeSet<Sha256>>,
+    /// Actions whose results this service computed and wrote to the cache: taken from it
+    /// again even when the cache is write-only (`run --recompute-jobs` computes each job
+    /// once, not once per request: a job its scout ran ahead, or another triple's
+    /// identical build script, comes from this run's own result).
+    stored: Mutex<std::collections::BTreeSet<Sha256>>,
     /// With scouts: the order of the host's work ([`super::rank`]), in place of the
     /// build machine's walls.
     pub ranks: Option<super::rank::Ranks>,
@@ -303,6 +308,7 @@ impl<'a> Service<'a> {
             cores: Slots::new(jobs.max(1)),
             in_flight: Mutex::default(),
             scouted: Mutex::default(),
+            stored: Mutex::default(),
             ranks: None,
             scratch,
             counts: Counts::default(),
@@ -484,7 +490,15 @@ impl<'a> Service<'a> {
     /// The cache's checked entry for `action`, if it holds one (a refused entry is counted
     /// and reported).
     fn lookup(&self, job: &Job, action: &Sha256) -> Option<Computed> {
-        match self.cache.as_ref()?.lookup(action, job) {
+        let cache = self.cache.as_ref()?;
+        let own = (self.stored.lock())
+            .expect("no panics hold this lock")
+            .contains(action);
+        let found = match own {
+            true => cache.lookup_written(action, job),
+            false => cache.lookup(action, job),
+        };
+        match found {
             Lookup::Hit(hit) => Some(hit),
             Lookup::Miss => None,
             Lookup::Refused(why) => {
@@ -600,6 +614,9 @@ impl<'a> Service<'a> {
         };
         if let Some(cache) = &self.cache {
             cache.store(action, &computed)?;
+            (self.stored.lock())
+                .expect("no panics hold this lock")
+                .insert(*action);
         }
         Ok((computed, seconds))
     }
@@ -980,6 +997,65 @@ mod tests {
         assert_eq!(counts.prefetched.load(Ordering::SeqCst), 1);
         assert_eq!(counts.runs.load(Ordering::SeqCst), 1);
         assert_eq!(counts.cycles.load(Ordering::SeqCst), 4242, "counted once");
+    }
+
+    /// `run --recompute-jobs` reads no entry it did not write, but computes each job once:
+    /// a job its scout computed ahead, or asked for again (another triple's identical
+    /// build script), comes from its own result; the next run computes it again.
+    #[test]
+    fn a_write_only_cache_gives_back_what_this_run_computed_and_nothing_else() {
+        let (dir, blobs, cache) = stores();
+        let mirror = Mirror::open(dir.path().join("mirror")).unwrap();
+        let runner = fake(false);
+        let run = |cache: ActionCache| {
+            Service::new(
+                &blobs,
+                b"tool",
+                Some(cache),
+                &runner,
+                2,
+                dir.path().join("scratch"),
+            )
+        };
+        let job = dispatch(&blobs, "pub fn a() {}");
+        let earlier = run(cache);
+        let first = earlier.compute(&job, &|_| {}, &|_| {}).unwrap();
+        assert_eq!(runner.runs.load(Ordering::SeqCst), 1);
+
+        let service = run(ActionCache::write_only(mirror.clone()));
+        let scouted = Dispatch {
+            scout: true,
+            ..job.clone()
+        };
+        let ahead = service.compute(&scouted, &|_| {}, &|_| {}).unwrap();
+        assert_eq!(
+            runner.runs.load(Ordering::SeqCst),
+            2,
+            "the earlier run's entry is not read"
+        );
+        let asked = service.compute(&job, &|_| {}, &|_| {}).unwrap();
+        let again = service.compute(&job, &|_| {}, &|_| {}).unwrap();
+        assert_eq!((&ahead, &asked, &again), (&first, &first, &first));
+        assert_eq!(
+            runner.runs.load(Ordering::SeqCst),
+            2,
+            "computed once in this run"
+        );
+        assert_eq!(service.counts.prefetched.load(Ordering::SeqCst), 2);
+        // Not started by a scout: computed, then taken from this run's entry.
+        let other = dispatch(&blobs, "pub fn b() {}");
+        let computed = service.compute(&other, &|_| {}, &|_| {}).unwrap();
+        assert_eq!(service.compute(&other, &|_| {}, &|_| {}).unwrap(), computed);
+        assert_eq!(runner.runs.load(Ordering::SeqCst), 3);
+        assert_eq!(service.counts.hits.load(Ordering::SeqCst), 1);
+
+        let next = run(ActionCache::write_only(mirror));
+        next.compute(&job, &|_| {}, &|_| {}).unwrap();
+        assert_eq!(
+            runner.runs.load(Ordering::SeqCst),
+            4,
+            "a later run computes it again"
+        );
     }
 
     #[test]
