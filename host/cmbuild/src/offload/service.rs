@@ -796,6 +796,23 @@ mod tests {
         }
     }
 
+    /// A service over `cache` running at most two siblings at once.
+    fn two_siblings<'a>(
+        blobs: &'a BlobStore,
+        cache: ActionCache,
+        runner: &'a Fake,
+        dir: &tempfile::TempDir,
+    ) -> Service<'a> {
+        Service::new(
+            blobs,
+            b"tool",
+            Some(cache),
+            runner,
+            2,
+            dir.path().join("scratch"),
+        )
+    }
+
     /// A scratch directory with a blob store and a mirror's action cache in it.
     fn stores() -> (tempfile::TempDir, BlobStore, ActionCache) {
         let dir = tempfile::tempdir().unwrap();
@@ -970,14 +987,7 @@ mod tests {
     fn a_job_a_scout_started_is_the_build_machines_and_counted_as_found_ahead() {
         let (dir, blobs, cache) = stores();
         let runner = fake(false);
-        let service = Service::new(
-            &blobs,
-            b"tool",
-            Some(cache),
-            &runner,
-            2,
-            dir.path().join("scratch"),
-        );
+        let service = two_siblings(&blobs, cache, &runner, &dir);
         let job = dispatch(&blobs, "pub fn a() {}");
         let scouted = Dispatch {
             scout: true,
@@ -1007,16 +1017,7 @@ mod tests {
         let (dir, blobs, cache) = stores();
         let mirror = Mirror::open(dir.path().join("mirror")).unwrap();
         let runner = fake(false);
-        let run = |cache: ActionCache| {
-            Service::new(
-                &blobs,
-                b"tool",
-                Some(cache),
-                &runner,
-                2,
-                dir.path().join("scratch"),
-            )
-        };
+        let run = |cache| two_siblings(&blobs, cache, &runner, &dir);
         let job = dispatch(&blobs, "pub fn a() {}");
         let earlier = run(cache);
         let first = earlier.compute(&job, &|_| {}, &|_| {}).unwrap();
