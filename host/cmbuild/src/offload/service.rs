@@ -270,11 +270,12 @@ pub struct Service<'a> {
     in_flight: Mutex<std::collections::BTreeMap<Sha256, Arc<Shared>>>,
     /// Actions a scout's request started in a sibling (`super::scout`).
     scouted: Mutex<std::collections::BTreeSet<Sha256>>,
-    /// Actions whose results this service computed and wrote to the cache: taken from it
-    /// again even when the cache is write-only (`run --recompute-jobs` computes each job
-    /// once, not once per request: a job its scout ran ahead, or another triple's
-    /// identical build script, comes from this run's own result).
-    stored: Mutex<std::collections::BTreeSet<Sha256>>,
+    /// Actions whose results this service computed and wrote to the cache, with each
+    /// result's [`Computed::fingerprint`]: taken from the cache again even when it is
+    /// write-only, if still the same (`run --recompute-jobs` computes each job once, not
+    /// once per request: a job its scout ran ahead, or another triple's identical build
+    /// script, comes from this run's own result).
+    stored: Mutex<std::collections::BTreeMap<Sha256, Sha256>>,
     /// With scouts: the order of the host's work ([`super::rank`]), in place of the
     /// build machine's walls.
     pub ranks: Option<super::rank::Ranks>,
@@ -493,10 +494,16 @@ impl<'a> Service<'a> {
         let cache = self.cache.as_ref()?;
         let own = (self.stored.lock())
             .expect("no panics hold this lock")
-            .contains(action);
+            .get(action)
+            .copied();
         let found = match own {
-            true => cache.lookup_written(action, job),
-            false => cache.lookup(action, job),
+            Some(fingerprint) => match cache.lookup_written(action, job) {
+                Lookup::Hit(hit) if hit.fingerprint() != fingerprint => Lookup::Refused(format!(
+                    "the entry of {action} changed since this run wrote it"
+                )),
+                other => other,
+            },
+            None => cache.lookup(action, job),
         };
         match found {
             Lookup::Hit(hit) => Some(hit),
@@ -616,7 +623,7 @@ impl<'a> Service<'a> {
             cache.store(action, &computed)?;
             (self.stored.lock())
                 .expect("no panics hold this lock")
-                .insert(*action);
+                .insert(*action, computed.fingerprint());
         }
         Ok((computed, seconds))
     }
@@ -1049,12 +1056,22 @@ mod tests {
         assert_eq!(service.compute(&other, &|_| {}, &|_| {}).unwrap(), computed);
         assert_eq!(runner.runs.load(Ordering::SeqCst), 3);
         assert_eq!(service.counts.hits.load(Ordering::SeqCst), 1);
+        // Its entry replaced meanwhile by another for the same action: refused, computed
+        // again, the run's own answer.
+        let (other_action, mut forged) = computed.clone();
+        forged.cycles += 1;
+        ActionCache::new(mirror.clone())
+            .store(&other_action, &forged)
+            .unwrap();
+        assert_eq!(service.compute(&other, &|_| {}, &|_| {}).unwrap(), computed);
+        assert_eq!(runner.runs.load(Ordering::SeqCst), 4);
+        assert_eq!(service.counts.refused.load(Ordering::SeqCst), 1);
 
         let next = run(ActionCache::write_only(mirror));
         next.compute(&job, &|_| {}, &|_| {}).unwrap();
         assert_eq!(
             runner.runs.load(Ordering::SeqCst),
-            4,
+            5,
             "a later run computes it again"
         );
     }
