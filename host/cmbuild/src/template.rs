@@ -317,8 +317,10 @@ impl Template {
             } if r.same(rootfs) && t.same(toolchain) => machine
                 .adopt_page_trees(trees.clone())
                 .map_err(|e| TemplateError::Machine(e.to_string()))?,
-            ReadyTrees::Building | ReadyTrees::Refused => {}
+            ReadyTrees::Building => machine.count_writes_from_here(),
+            ReadyTrees::Refused => {}
             _ => {
+                machine.count_writes_from_here();
                 *ready = ReadyTrees::Building;
                 let prepared = self.prepared.get().expect("prepared above").clone();
                 let (rootfs, toolchain) = (rootfs.clone(), toolchain.clone());
@@ -343,6 +345,31 @@ impl Template {
             }
         }
         Ok((machine, config))
+    }
+
+    /// Before `machine`'s hash: if it was resumed (with `rootfs` and `toolchain`) before the
+    /// template's page trees were ready and they are now, it takes them, so that the hash
+    /// rehashes only what it wrote instead of all its memory.
+    pub fn adopt_trees_late(
+        &self,
+        machine: &mut Machine,
+        rootfs: &DriveImage,
+        toolchain: &DriveImage,
+    ) -> Result<(), TemplateError> {
+        let ready = self.trees.lock().expect("no panics hold this lock");
+        if let ReadyTrees::Built {
+            rootfs: r,
+            toolchain: t,
+            trees,
+        } = &*ready
+        {
+            if machine.awaits_page_trees() && r.same(rootfs) && t.same(toolchain) {
+                machine
+                    .adopt_page_trees_of_then(trees.clone())
+                    .map_err(|e| TemplateError::Machine(e.to_string()))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -959,6 +986,20 @@ mod tests {
             m.root_hash_from_scratch(),
             "adopted trees"
         );
+        // A machine resumed while the trees were being built counts its writes, and takes
+        // the trees at its hash: the same hash, over what it wrote only.
+        let built = std::mem::replace(&mut *again.trees.lock().unwrap(), ReadyTrees::Building);
+        let (mut m, _) = again.resume(&mapped.rootfs, &mapped.toolchain).unwrap();
+        assert!(m.awaits_page_trees());
+        *again.trees.lock().unwrap() = built;
+        fill_input(&mut m, &input).unwrap();
+        assert_eq!(m.run(1 << 30), Break::Halted(0));
+        again
+            .adopt_trees_late(&mut m, &mapped.rootfs, &mapped.toolchain)
+            .unwrap();
+        assert!(!m.awaits_page_trees(), "took the trees");
+        assert_eq!(m.root_hash(), from_mirror.0);
+        assert_eq!(m.root_hash_bytes(), m.root_hash_from_scratch());
         // An input larger than the drive is refused.
         let mut m = resume(
             &again.blob,

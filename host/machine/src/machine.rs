@@ -166,6 +166,10 @@ pub struct Machine {
     pub bus: Bus,
     /// Page trees of RAM and each flash drive, built on the first hash.
     trees: Option<Vec<PageTree>>,
+    /// With no trees yet: the dirty bits hold every page written since
+    /// [`Machine::count_writes_from_here`], so that trees of that state can still be taken
+    /// ([`Machine::adopt_page_trees_of_then`]).
+    counting: bool,
 }
 
 impl Machine {
@@ -327,6 +331,7 @@ impl Machine {
             hart,
             bus,
             trees: None,
+            counting: false,
         })
     }
 
@@ -336,6 +341,7 @@ impl Machine {
             hart,
             bus,
             trees: None,
+            counting: false,
         }
     }
 
@@ -448,6 +454,7 @@ impl Machine {
     pub fn memory_replaced(&mut self) {
         self.hart.flush_caches();
         self.trees = None;
+        self.counting = false;
     }
 
     /// The page trees of RAM and each flash drive, brought up to date (the dirty pages
@@ -465,6 +472,19 @@ impl Machine {
     /// contents would make every later hash wrong, a promise the caller keeps
     /// ([`Machine::root_hash_from_scratch`] checks it).
     pub fn adopt_page_trees(&mut self, trees: Vec<PageTree>) -> Result<(), MachineError> {
+        self.check_tree_shape(&trees)?;
+        let ranges = self.memory_ranges_mut();
+        for mem in ranges {
+            mem.clear_dirty();
+        }
+        self.hart.forget_fast_stores();
+        self.trees = Some(trees);
+        self.counting = false;
+        Ok(())
+    }
+
+    /// Refuses trees that are not one per memory range, each of its range's length.
+    fn check_tree_shape(&mut self, trees: &[PageTree]) -> Result<(), MachineError> {
         let ranges = self.memory_ranges_mut();
         if trees.len() != ranges.len()
             || trees
@@ -474,12 +494,43 @@ impl Machine {
         {
             return Err(MachineError::PageTreeShape);
         }
-        for mem in ranges {
+        Ok(())
+    }
+
+    /// For a machine whose page trees are not at hand yet (another thread is building
+    /// those of the state it was made in): clears the dirty bits, so that from now on
+    /// they name the pages written since this state, and trees of it can be taken later
+    /// ([`Machine::adopt_page_trees_of_then`]) instead of hashing all memory. Until then a
+    /// hash builds the trees from scratch, as always (and ends this).
+    pub fn count_writes_from_here(&mut self) {
+        if self.trees.is_some() {
+            return;
+        }
+        for mem in self.memory_ranges_mut() {
             mem.clear_dirty();
         }
         self.hart.forget_fast_stores();
+        self.counting = true;
+    }
+
+    /// Whether it counts writes for trees of an earlier state and has none yet (see
+    /// [`Machine::count_writes_from_here`]).
+    pub fn awaits_page_trees(&self) -> bool {
+        self.counting && self.trees.is_none()
+    }
+
+    /// Takes `trees`, the page trees of the state this machine was in at
+    /// [`Machine::count_writes_from_here`] (the same promise as
+    /// [`Machine::adopt_page_trees`]'s), if it has counted writes since and has no trees;
+    /// the next hash then rehashes only the pages written since. False if it took nothing.
+    pub fn adopt_page_trees_of_then(&mut self, trees: Vec<PageTree>) -> Result<bool, MachineError> {
+        if !self.counting || self.trees.is_some() {
+            return Ok(false);
+        }
+        self.check_tree_shape(&trees)?;
         self.trees = Some(trees);
-        Ok(())
+        self.counting = false;
+        Ok(true)
     }
 
     /// The state hash, `cmvm-sha256-v1:<64 hex>`.
@@ -514,6 +565,7 @@ impl Machine {
                 })
                 .collect(),
         };
+        self.counting = false;
         // The dirty bits are cleared: translated code must not store without marking.
         self.hart.forget_fast_stores();
         let mut leaves = vec![self.state_leaf(), self.dtb_root()];
@@ -668,6 +720,43 @@ mod tests {
         let mut other = Machine::new(&config("x")).unwrap();
         assert!(matches!(
             other.adopt_page_trees(trees),
+            Err(MachineError::PageTreeShape)
+        ));
+    }
+
+    /// Trees of the state a machine counted writes from, taken after it ran and wrote
+    /// (itself, through its hart, and into a drive), hash like trees built from scratch;
+    /// once the machine hashed on its own, or took trees, it takes none of that state.
+    #[test]
+    fn trees_of_an_earlier_state_taken_later_hash_like_the_machine_s_own() {
+        let mut cfg = config("x");
+        cfg.flash_drives.push(FlashConfig {
+            label: "d".into(),
+            image: (0..20_000u32).map(|i| (i % 251) as u8).collect(),
+            shared: false,
+        });
+        let trees = Machine::new(&cfg).unwrap().page_trees();
+        let mut m = Machine::new(&cfg).unwrap();
+        m.count_writes_from_here();
+        m.run(1000);
+        m.bus.ram.write_bytes(8192, b"written");
+        m.bus.flash[0].mem.write_bytes(3, &[0; 9000]);
+        assert!(m.adopt_page_trees_of_then(trees.clone()).unwrap());
+        assert_eq!(m.root_hash_bytes(), m.root_hash_from_scratch());
+        assert!(
+            !m.adopt_page_trees_of_then(trees.clone()).unwrap(),
+            "it has trees"
+        );
+
+        let mut hashed = Machine::new(&cfg).unwrap();
+        hashed.count_writes_from_here();
+        hashed.bus.ram.write_bytes(4096, b"x");
+        hashed.root_hash();
+        assert!(!hashed.adopt_page_trees_of_then(trees.clone()).unwrap());
+        let mut other = Machine::new(&config("x")).unwrap();
+        other.count_writes_from_here();
+        assert!(matches!(
+            other.adopt_page_trees_of_then(trees),
             Err(MachineError::PageTreeShape)
         ));
     }
