@@ -698,14 +698,20 @@ mod tests {
         assert_eq!(m.root_hash_from_scratch(), expected);
     }
 
-    #[test]
-    fn adopted_page_trees_hash_like_the_machine_s_own() {
+    /// [`config`] with a flash drive of 20,000 patterned bytes.
+    fn config_with_a_drive() -> MachineConfig {
         let mut cfg = config("x");
         cfg.flash_drives.push(FlashConfig {
             label: "d".into(),
             image: (0..20_000u32).map(|i| (i % 251) as u8).collect(),
             shared: false,
         });
+        cfg
+    }
+
+    #[test]
+    fn adopted_page_trees_hash_like_the_machine_s_own() {
+        let cfg = config_with_a_drive();
         let mut first = Machine::new(&cfg).unwrap();
         let trees = first.page_trees();
         let mut second = Machine::new(&cfg).unwrap();
@@ -729,12 +735,7 @@ mod tests {
     /// once the machine hashed on its own, or took trees, it takes none of that state.
     #[test]
     fn trees_of_an_earlier_state_taken_later_hash_like_the_machine_s_own() {
-        let mut cfg = config("x");
-        cfg.flash_drives.push(FlashConfig {
-            label: "d".into(),
-            image: (0..20_000u32).map(|i| (i % 251) as u8).collect(),
-            shared: false,
-        });
+        let cfg = config_with_a_drive();
         let trees = Machine::new(&cfg).unwrap().page_trees();
         let mut m = Machine::new(&cfg).unwrap();
         m.count_writes_from_here();
