@@ -41,7 +41,7 @@ const A5: u32 = 15;
 pub(crate) fn r(f7: u32, rs2: u32, rs1: u32, f3: u32, rd: u32, op: u32) -> u32 {
     (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
 }
-fn i(imm: i32, rs1: u32, f3: u32, rd: u32, op: u32) -> u32 {
+pub(crate) fn i(imm: i32, rs1: u32, f3: u32, rd: u32, op: u32) -> u32 {
     (((imm as u32) & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
 }
 pub(crate) fn s(imm: i32, rs2: u32, rs1: u32, f3: u32) -> u32 {

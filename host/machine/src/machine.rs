@@ -535,9 +535,7 @@ impl Machine {
 
     /// The state hash, `cmvm-sha256-v1:<64 hex>`.
     pub fn root_hash(&mut self) -> String {
-        let root = self.root_hash_bytes();
-        let hex: String = root.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{HASH_SCHEME}:{hex}")
+        root_hash_text(&self.root_hash_bytes())
     }
 
     /// The top-level leaves of the state hash, in order: the state leaf, the device-tree
@@ -606,13 +604,13 @@ impl Machine {
     /// cached: the blob is a few pages and the rest are zero subtrees, so this costs a
     /// couple of page hashes.
     fn dtb_root(&self) -> merkle::Hash {
-        merkle::range_root_of_length(&self.bus.dtb, board::DTB_SIZE)
+        dtb_leaf(&self.bus.dtb)
     }
 
     fn state_leaf(&self) -> merkle::Hash {
         let mut state = Vec::new();
         self.save_state(&mut state);
-        Sha256::digest(&state).into()
+        state_leaf(&state)
     }
 
     fn memory_ranges_mut(&mut self) -> Vec<&mut MemRange> {
@@ -644,6 +642,22 @@ fn rng_seed(config: &MachineConfig) -> [u8; 32] {
         field(Some(&f.image));
     }
     h.finalize().into()
+}
+
+/// The state hash's first leaf: the digest of the saved state ([`Machine::save_state`]).
+pub(crate) fn state_leaf(state: &[u8]) -> merkle::Hash {
+    Sha256::digest(state).into()
+}
+
+/// The state hash's second leaf: the root of the device-tree ROM holding `dtb`.
+pub(crate) fn dtb_leaf(dtb: &[u8]) -> merkle::Hash {
+    merkle::range_root_of_length(dtb, board::DTB_SIZE)
+}
+
+/// A state hash as its text, `cmvm-sha256-v1:<64 hex>`.
+pub(crate) fn root_hash_text(root: &merkle::Hash) -> String {
+    let hex: String = root.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{HASH_SCHEME}:{hex}")
 }
 
 #[cfg(test)]

@@ -123,7 +123,9 @@ use sha2::{Digest, Sha256};
 use crate::board::{DTB_SIZE, RAM_BASE};
 use crate::bus::{Bus, FlashDrive};
 use crate::hart::Hart;
-use crate::machine::{Machine, MachineConfig, HASH_SCHEME, MEMORY_LIMIT};
+use crate::machine::{
+    dtb_leaf, root_hash_text, state_leaf, Machine, MachineConfig, HASH_SCHEME, MEMORY_LIMIT,
+};
 use crate::memory::{HostMemory, MemRange, PAGE_SIZE};
 use crate::merkle::{self, Hash, PageTree};
 use crate::state::StateError;
@@ -639,12 +641,9 @@ impl Prepared {
             self.pages[1 + i].write_to(&mut drive.mem);
             trees.push(PageTree::build(drive.mem.bytes()));
         }
-        let mut leaves = vec![
-            Sha256::digest(&self.state).into(),
-            merkle::range_root_of_length(&self.dtb, DTB_SIZE),
-        ];
+        let mut leaves = vec![state_leaf(&self.state), dtb_leaf(&self.dtb)];
         leaves.extend(trees.iter().map(PageTree::root));
-        let computed = format!("{HASH_SCHEME}:{}", hex(&merkle::combine_leaves(&leaves)));
+        let computed = root_hash_text(&merkle::combine_leaves(&leaves));
         if computed != m.root_hash {
             return Err(SnapshotError::RootHash {
                 stored: m.root_hash.clone(),
@@ -739,7 +738,7 @@ fn assemble(
     }
     // From scratch (no page tree exists yet after `memory_replaced`): this is the check of
     // the loaded bytes, and it leaves the trees built for the next hash.
-    let computed = format!("{HASH_SCHEME}:{}", hex(&machine.root_hash_bytes()));
+    let computed = root_hash_text(&machine.root_hash_bytes());
     if computed != m.root_hash {
         return Err(SnapshotError::RootHash {
             stored: m.root_hash.clone(),
@@ -1273,7 +1272,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, SnapshotError> {
         .strip_prefix(HASH_SCHEME)
         .and_then(|r| r.strip_prefix(':'))
         .and_then(unhex)
-        .is_some_and(|h| format!("{HASH_SCHEME}:{}", hex(&h)) == root_hash);
+        .is_some_and(|h| root_hash_text(&h) == root_hash);
     if !well_formed {
         return Err(l.err(format!(
             "`root-hash` is not {HASH_SCHEME}:<64 lower-case hex>"

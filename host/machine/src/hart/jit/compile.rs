@@ -411,8 +411,8 @@ const CALLER_SAVED: [u8; 6] = [RSI, RDI, R8, R9, R10, R11];
 /// A load's call to [`load_helper`], emitted after the block's body: entered from the
 /// inline path's misses, back at `join` with the value in `t`.
 struct LoadCall {
-    /// The jumps from the inline path.
-    from: Vec<usize>,
+    /// The jump from the inline path's miss.
+    from: usize,
     /// Which entry of the slow exits is this instruction's (when the helper declines).
     exit: usize,
     op: I,
@@ -428,8 +428,8 @@ struct LoadCall {
 /// A store's call to [`exec_helper`] when its inline path misses, emitted after the
 /// block's body; back at `join` when the store is done.
 struct StoreCall {
-    /// The jumps from the inline path.
-    from: Vec<usize>,
+    /// The jump from the inline path's miss.
+    from: usize,
     insn: Insn,
     /// Instructions before this one in the block.
     retired: usize,
@@ -809,9 +809,7 @@ impl<'a> Block<'a> {
         std::mem::swap(&mut self.a, &mut self.other);
         self.emit_load_calls(calls, &mut slow);
         for c in store_calls {
-            for f in c.from {
-                self.bind_hot(f);
-            }
+            self.bind_hot(c.from);
             let leave = self.helper(c.insn, c.retired, c.delta);
             after.push((leave, c.dirty, false));
             self.a.jmp_to(c.join);
@@ -914,9 +912,7 @@ impl<'a> Block<'a> {
     ) {
         let saved = self.caller_saved();
         for c in calls {
-            for f in c.from {
-                self.bind_hot(f);
-            }
+            self.bind_hot(c.from);
             self.before_call(&saved);
             self.a.mov_rr(RSI, RAX);
             self.a.lea(RDI, RBX, -BIAS);
@@ -1207,8 +1203,8 @@ impl<'a> Block<'a> {
 
     /// A load or store through the inline TLB; returns, for a load, its call to the
     /// load helper (`retired` instructions before it in the block, `exit` its entry
-    /// among the slow exits), for a store, the jumps from its misses.
-    fn memory(&mut self, d: Insn, retired: usize, exit: usize) -> Result<LoadCall, Vec<usize>> {
+    /// among the slow exits), for a store, the jump from its miss.
+    fn memory(&mut self, d: Insn, retired: usize, exit: usize) -> Result<LoadCall, usize> {
         let Op::I(op) = d.op else {
             unreachable!("memory operations are RV64I")
         };
@@ -1227,7 +1223,7 @@ impl<'a> Block<'a> {
         if d.imm != 0 {
             self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), d.imm);
         }
-        let exits = vec![tlb_hit(&mut self.a, store, size)];
+        let miss = tlb_hit(&mut self.a, store, size);
         let at = Rm::indexed(RCX, RAX, 1);
         if store {
             let w = match size {
@@ -1263,7 +1259,7 @@ impl<'a> Block<'a> {
             self.put(d.rd, t);
             // Every miss of the inline path (rax still the address) calls the helper.
             let call = LoadCall {
-                from: exits,
+                from: miss,
                 exit,
                 op,
                 size,
@@ -1274,6 +1270,6 @@ impl<'a> Block<'a> {
             return Ok(call);
         }
         // A store that misses runs through the helper (see `StoreCall`).
-        Err(exits)
+        Err(miss)
     }
 }

@@ -488,7 +488,7 @@ impl Hart {
 #[cfg(test)]
 mod tests {
     use crate::bench::{
-        addi, assemble, b, halt, integer_loop, jal, li32, memory_loop, r, s, slli, Platform,
+        addi, assemble, b, halt, i, integer_loop, jal, li32, memory_loop, r, s, slli, Platform,
     };
     use crate::machine::{Machine, MachineConfig};
 
@@ -516,7 +516,7 @@ mod tests {
 
     /// A load (`f3`: lb 0, lh 1, lw 2, ld 3, lbu 4, lhu 5, lwu 6) of rd from imm(rs1).
     fn load(f3: u32, rd: u32, rs1: u32, imm: i32) -> u32 {
-        (((imm as u32) & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x03
+        i(imm, rs1, f3, rd, 0x03)
     }
 
     /// `add rd, a, b`.
