@@ -1148,10 +1148,6 @@ impl crate::offload::service::SiblingRunner for Siblings<'_> {
             }
         }
         console.extend(machine.drain_console());
-        let image = &self.inputs.image;
-        (self.inputs.template)
-            .adopt_trees_late(&mut machine, &image.rootfs, &image.toolchain)
-            .map_err(|e| crate::terminal::error_chain(&e))?;
         Ok(crate::offload::service::SiblingRun {
             console_tail: crate::terminal::sanitize_bytes(
                 &console[console.len().saturating_sub(4096)..],
@@ -1672,10 +1668,6 @@ fn run_machine(
         mcycle: machine.mcycle(),
         exit_code: Some(exit_code),
     });
-    let image = &inputs.image;
-    template
-        .adopt_trees_late(&mut machine, &image.rootfs, &image.toolchain)
-        .map_err(|e| RunError::Machine(name.clone(), crate::terminal::error_chain(&e)))?;
     let root_hash = machine.root_hash();
     let leaves = machine.hash_leaves();
     let output_drive = drive_bytes(&machine, Drive::Output).to_vec();

@@ -252,6 +252,24 @@ enum ReadyTrees {
     },
 }
 
+impl ReadyTrees {
+    /// The trees, if built with these drive images.
+    fn for_images(
+        &self,
+        rootfs: &DriveImage,
+        toolchain: &DriveImage,
+    ) -> Option<&Vec<cmbuild_machine::merkle::PageTree>> {
+        match self {
+            ReadyTrees::Built {
+                rootfs: r,
+                toolchain: t,
+                trees,
+            } if r.same(rootfs) && t.same(toolchain) => Some(trees),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for ReadyTrees {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -308,19 +326,27 @@ impl Template {
             &self.record.root_hash,
             HashCheck::Trusted,
         )?;
+        // A machine resumed before the trees are ready takes them at its first hash if
+        // they are ready by then.
+        let late = || -> cmbuild_machine::machine::LateTrees {
+            let (slot, rootfs, toolchain) = (self.trees.clone(), rootfs.clone(), toolchain.clone());
+            Box::new(move || {
+                let ready = slot.lock().expect("no panics hold this lock");
+                ready.for_images(&rootfs, &toolchain).cloned()
+            })
+        };
         let mut ready = self.trees.lock().expect("no panics hold this lock");
-        match &*ready {
-            ReadyTrees::Built {
-                rootfs: r,
-                toolchain: t,
-                trees,
-            } if r.same(rootfs) && t.same(toolchain) => machine
+        if let Some(trees) = ready.for_images(rootfs, toolchain) {
+            machine
                 .adopt_page_trees(trees.clone())
-                .map_err(|e| TemplateError::Machine(e.to_string()))?,
-            ReadyTrees::Building => machine.count_writes_from_here(),
+                .map_err(|e| TemplateError::Machine(e.to_string()))?;
+            return Ok((machine, config));
+        }
+        match &*ready {
+            ReadyTrees::Building => machine.count_writes_from_here(late()),
             ReadyTrees::Refused => {}
             _ => {
-                machine.count_writes_from_here();
+                machine.count_writes_from_here(late());
                 *ready = ReadyTrees::Building;
                 let prepared = self.prepared.get().expect("prepared above").clone();
                 let (rootfs, toolchain) = (rootfs.clone(), toolchain.clone());
@@ -345,31 +371,6 @@ impl Template {
             }
         }
         Ok((machine, config))
-    }
-
-    /// Before `machine`'s hash: if it was resumed (with `rootfs` and `toolchain`) before the
-    /// template's page trees were ready and they are now, it takes them, so that the hash
-    /// rehashes only what it wrote instead of all its memory.
-    pub fn adopt_trees_late(
-        &self,
-        machine: &mut Machine,
-        rootfs: &DriveImage,
-        toolchain: &DriveImage,
-    ) -> Result<(), TemplateError> {
-        let ready = self.trees.lock().expect("no panics hold this lock");
-        if let ReadyTrees::Built {
-            rootfs: r,
-            toolchain: t,
-            trees,
-        } = &*ready
-        {
-            if machine.awaits_page_trees() && r.same(rootfs) && t.same(toolchain) {
-                machine
-                    .adopt_page_trees_of_then(trees.clone())
-                    .map_err(|e| TemplateError::Machine(e.to_string()))?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -994,11 +995,8 @@ mod tests {
         *again.trees.lock().unwrap() = built;
         fill_input(&mut m, &input).unwrap();
         assert_eq!(m.run(1 << 30), Break::Halted(0));
-        again
-            .adopt_trees_late(&mut m, &mapped.rootfs, &mapped.toolchain)
-            .unwrap();
-        assert!(!m.awaits_page_trees(), "took the trees");
         assert_eq!(m.root_hash(), from_mirror.0);
+        assert!(!m.awaits_page_trees());
         assert_eq!(m.root_hash_bytes(), m.root_hash_from_scratch());
         // An input larger than the drive is refused.
         let mut m = resume(

@@ -166,10 +166,24 @@ pub struct Machine {
     pub bus: Bus,
     /// Page trees of RAM and each flash drive, built on the first hash.
     trees: Option<Vec<PageTree>>,
-    /// With no trees yet: the dirty bits hold every page written since
-    /// [`Machine::count_writes_from_here`], so that trees of that state can still be taken
-    /// ([`Machine::adopt_page_trees_of_then`]).
-    counting: bool,
+    /// With no trees yet: where the first hash may find the trees of the state the
+    /// machine was in at [`Machine::count_writes_from_here`] (the dirty bits hold every page
+    /// written since).
+    late_trees: Option<Pending>,
+}
+
+/// Where a machine made before the page trees of its state were ready finds them at its
+/// first hash ([`Machine::count_writes_from_here`]): `None` while they are not ready (or
+/// never will be).
+pub type LateTrees = Box<dyn Fn() -> Option<Vec<PageTree>> + Send>;
+
+/// A [`LateTrees`] held by a machine.
+struct Pending(LateTrees);
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
 }
 
 impl Machine {
@@ -331,7 +345,7 @@ impl Machine {
             hart,
             bus,
             trees: None,
-            counting: false,
+            late_trees: None,
         })
     }
 
@@ -341,7 +355,7 @@ impl Machine {
             hart,
             bus,
             trees: None,
-            counting: false,
+            late_trees: None,
         }
     }
 
@@ -454,7 +468,7 @@ impl Machine {
     pub fn memory_replaced(&mut self) {
         self.hart.flush_caches();
         self.trees = None;
-        self.counting = false;
+        self.late_trees = None;
     }
 
     /// The page trees of RAM and each flash drive, brought up to date (the dirty pages
@@ -479,18 +493,19 @@ impl Machine {
         }
         self.hart.forget_fast_stores();
         self.trees = Some(trees);
-        self.counting = false;
+        self.late_trees = None;
         Ok(())
     }
 
     /// Refuses trees that are not one per memory range, each of its range's length.
-    fn check_tree_shape(&mut self, trees: &[PageTree]) -> Result<(), MachineError> {
-        let ranges = self.memory_ranges_mut();
-        if trees.len() != ranges.len()
+    fn check_tree_shape(&self, trees: &[PageTree]) -> Result<(), MachineError> {
+        let lengths =
+            std::iter::once(self.bus.ram.len()).chain(self.bus.flash.iter().map(|f| f.mem.len()));
+        if trees.len() != 1 + self.bus.flash.len()
             || trees
                 .iter()
-                .zip(&ranges)
-                .any(|(t, m)| t.length() != m.len())
+                .zip(lengths)
+                .any(|(t, length)| t.length() != length)
         {
             return Err(MachineError::PageTreeShape);
         }
@@ -498,11 +513,12 @@ impl Machine {
     }
 
     /// For a machine whose page trees are not at hand yet (another thread is building
-    /// those of the state it was made in): clears the dirty bits, so that from now on
-    /// they name the pages written since this state, and trees of it can be taken later
-    /// ([`Machine::adopt_page_trees_of_then`]) instead of hashing all memory. Until then a
-    /// hash builds the trees from scratch, as always (and ends this).
-    pub fn count_writes_from_here(&mut self) {
+    /// those of the state it is in now): clears the dirty bits, so that from now on they
+    /// name the pages written since this state, and its first hash takes the trees from
+    /// `late` if they are ready by then (the same promise as [`Machine::adopt_page_trees`]'s;
+    /// trees of another shape are not taken) and rehashes only those pages, instead of
+    /// all its memory. Otherwise that hash builds the trees from scratch, as always.
+    pub fn count_writes_from_here(&mut self, late: LateTrees) {
         if self.trees.is_some() {
             return;
         }
@@ -510,27 +526,13 @@ impl Machine {
             mem.clear_dirty();
         }
         self.hart.forget_fast_stores();
-        self.counting = true;
+        self.late_trees = Some(Pending(late));
     }
 
-    /// Whether it counts writes for trees of an earlier state and has none yet (see
+    /// Whether it counts writes for trees that may come at its first hash (see
     /// [`Machine::count_writes_from_here`]).
     pub fn awaits_page_trees(&self) -> bool {
-        self.counting && self.trees.is_none()
-    }
-
-    /// Takes `trees`, the page trees of the state this machine was in at
-    /// [`Machine::count_writes_from_here`] (the same promise as
-    /// [`Machine::adopt_page_trees`]'s), if it has counted writes since and has no trees;
-    /// the next hash then rehashes only the pages written since. False if it took nothing.
-    pub fn adopt_page_trees_of_then(&mut self, trees: Vec<PageTree>) -> Result<bool, MachineError> {
-        if !self.counting || self.trees.is_some() {
-            return Ok(false);
-        }
-        self.check_tree_shape(&trees)?;
-        self.trees = Some(trees);
-        self.counting = false;
-        Ok(true)
+        self.late_trees.is_some() && self.trees.is_none()
     }
 
     /// The state hash, `cmvm-sha256-v1:<64 hex>`.
@@ -543,7 +545,10 @@ impl Machine {
     /// [`Machine::FLASH_LEAVES_START`]); [`merkle::combine_leaves`] of them is the state
     /// hash. Updates the page trees from the dirty pages.
     pub fn hash_leaves(&mut self) -> Vec<merkle::Hash> {
-        let old = self.trees.take();
+        let mut old = self.trees.take();
+        if let (None, Some(Pending(late))) = (&old, self.late_trees.take()) {
+            old = late().filter(|trees| self.check_tree_shape(trees).is_ok());
+        }
         let ranges = self.memory_ranges_mut();
         let trees = match old {
             Some(mut trees) => {
@@ -563,7 +568,6 @@ impl Machine {
                 })
                 .collect(),
         };
-        self.counting = false;
         // The dirty bits are cleared: translated code must not store without marking.
         self.hart.forget_fast_stores();
         let mut leaves = vec![self.state_leaf(), self.dtb_root()];
@@ -744,36 +748,54 @@ mod tests {
         ));
     }
 
-    /// Trees of the state a machine counted writes from, taken after it ran and wrote
-    /// (itself, through its hart, and into a drive), hash like trees built from scratch;
-    /// once the machine hashed on its own, or took trees, it takes none of that state.
+    /// Trees of the state a machine counted writes from, ready at its first hash (after it
+    /// ran and wrote, itself and into a drive), are taken then and hash like trees built
+    /// from scratch; they are asked for once. Not ready then, or of another shape, they
+    /// are not taken and the hash is built from scratch.
     #[test]
     fn trees_of_an_earlier_state_taken_later_hash_like_the_machine_s_own() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
         let cfg = config_with_a_drive();
         let trees = Machine::new(&cfg).unwrap().page_trees();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let source = |trees: Option<Vec<PageTree>>| -> LateTrees {
+            let asked = asked.clone();
+            Box::new(move || {
+                asked.fetch_add(1, Ordering::SeqCst);
+                trees.clone()
+            })
+        };
         let mut m = Machine::new(&cfg).unwrap();
-        m.count_writes_from_here();
+        m.count_writes_from_here(source(Some(trees.clone())));
+        assert!(m.awaits_page_trees());
         m.run(1000);
         m.bus.ram.write_bytes(8192, b"written");
         m.bus.flash[0].mem.write_bytes(3, &[0; 9000]);
-        assert!(m.adopt_page_trees_of_then(trees.clone()).unwrap());
         assert_eq!(m.root_hash_bytes(), m.root_hash_from_scratch());
-        assert!(
-            !m.adopt_page_trees_of_then(trees.clone()).unwrap(),
-            "it has trees"
+        assert!(!m.awaits_page_trees());
+        m.root_hash();
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "asked once");
+        // Taken on trust (the caller's promise): trees of another state give another hash.
+        let mut stale = Machine::new(&cfg).unwrap();
+        stale
+            .bus
+            .ram
+            .write_bytes(0, b"not the state the trees are of");
+        let mut trusting = Machine::new(&cfg).unwrap();
+        trusting.count_writes_from_here(source(Some(stale.page_trees())));
+        assert_ne!(
+            trusting.root_hash_bytes(),
+            trusting.root_hash_from_scratch()
         );
 
-        let mut hashed = Machine::new(&cfg).unwrap();
-        hashed.count_writes_from_here();
-        hashed.bus.ram.write_bytes(4096, b"x");
-        hashed.root_hash();
-        assert!(!hashed.adopt_page_trees_of_then(trees.clone()).unwrap());
+        let mut early = Machine::new(&cfg).unwrap();
+        early.count_writes_from_here(source(None));
+        early.bus.ram.write_bytes(4096, b"x");
+        assert_eq!(early.root_hash_bytes(), early.root_hash_from_scratch());
         let mut other = Machine::new(&config("x")).unwrap();
-        other.count_writes_from_here();
-        assert!(matches!(
-            other.adopt_page_trees_of_then(trees),
-            Err(MachineError::PageTreeShape)
-        ));
+        other.count_writes_from_here(source(Some(trees)));
+        assert_eq!(other.root_hash_bytes(), other.root_hash_from_scratch());
     }
 
     #[test]

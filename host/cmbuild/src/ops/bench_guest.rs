@@ -380,8 +380,6 @@ fn build_on_machine(
         )));
     }
     let started = Instant::now();
-    let (inputs, image) = (&prepared.inputs, &prepared.inputs.image);
-    (inputs.template).adopt_trees_late(&mut machine, &image.rootfs, &image.toolchain)?;
     let root_hash = machine.root_hash();
     Ok(BuildFigures {
         resume,
