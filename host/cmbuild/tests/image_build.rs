@@ -113,6 +113,20 @@ fn build(
     command.output().expect("cmbuild runs")
 }
 
+/// The end of a command's error output, where its error is (an image build prints a line per
+/// package before it, which would push the error out of a truncated log).
+fn last_lines(stderr: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    let skipped = if from > 0 {
+        format!("[{from} lines before]\n")
+    } else {
+        String::new()
+    };
+    format!("{skipped}{}", lines[from..].join("\n"))
+}
+
 fn built_image(work: &Path, lock: &Path, mirror: &Path, umask: &str, tz: &str) -> PathBuf {
     let out = work.join(format!("out-{umask}"));
     let started = Instant::now();
@@ -128,7 +142,7 @@ fn built_image(work: &Path, lock: &Path, mirror: &Path, umask: &str, tz: &str) -
     assert!(
         result.status.success(),
         "image build failed: {}",
-        String::from_utf8_lossy(&result.stderr)
+        last_lines(&result.stderr, 12)
     );
     eprintln!(
         "image build (umask {umask}, TZ {tz}): {:.1?}",
@@ -206,11 +220,7 @@ fn image_build_is_byte_identical_and_check_names_drift() {
         "022",
         "UTC",
     );
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert!(check.status.success(), "{}", last_lines(&check.stderr, 12));
     // ...and names the file whose pin does not match.
     let tampered: String = pins
         .lines()
