@@ -9,6 +9,7 @@
 //! demand (a cache: it never changes what the guest sees).
 
 use super::Insn;
+use std::sync::{Mutex, PoisonError};
 
 /// Halfword slots per page.
 pub(super) const SLOTS: usize = 2048;
@@ -50,6 +51,42 @@ const NONE: u32 = u32::MAX;
 /// 32768 it evicted none and translated 0.65 M; see docs/performance.md.)
 const POOL_PAGES: usize = 16384;
 
+/// One decoded page's buffers: its instructions and its block table (42 KiB).
+type PageBuffers = (Box<[Insn; SLOTS]>, Box<BlockTable>);
+
+/// Buffers of the caches dropped in this process, for the caches made after them to take
+/// instead of new memory. New memory is zeroed by the host kernel on first touch and, on a
+/// virtual host whose free memory goes back to the hypervisor, supplied by it page by page
+/// too: a sibling machine decodes 7–10 K pages, and the first profile of a run with
+/// sibling machines put 7 % of its time in the kernel zeroing these buffers. At most
+/// [`POOL_PAGES`] are kept; a buffer taken is cleaned first, so a cache behaves the same
+/// on either (a cache never changes what the guest sees anyway).
+static SPARE: Spares = Mutex::new(Vec::new());
+
+/// A pool of page buffers: [`SPARE`], or a test's own.
+type Spares = Mutex<Vec<PageBuffers>>;
+
+/// Buffers for one more decoded page: a dropped cache's from `spares`, cleaned, or new ones.
+fn page_buffers(spares: &Spares) -> PageBuffers {
+    let spare = spares.lock().unwrap_or_else(PoisonError::into_inner).pop();
+    if let Some((mut insns, mut table)) = spare {
+        insns.fill(Insn::UNDECODED);
+        table.clear();
+        return (insns, table);
+    }
+    // A fixed-size array (not a slice): the slot index is < SLOTS by construction, so the
+    // fetch fast path carries no bounds check.
+    let insns: Box<[Insn; SLOTS]> = vec![Insn::UNDECODED; SLOTS]
+        .into_boxed_slice()
+        .try_into()
+        .expect("SLOTS entries");
+    let table = Box::new(BlockTable {
+        entry: [BLOCK_UNKNOWN; SLOTS],
+        span: [0; SLOTS],
+    });
+    (insns, table)
+}
+
 /// Decoded instructions by RAM page.
 #[derive(Debug)]
 pub struct DecodeCache {
@@ -82,12 +119,20 @@ pub struct DecodeCache {
     /// those may jump to them directly, so the translator makes them leave
     /// ([`DecodeCache::take_dropped`]) before translated code runs again.
     dropped: Vec<u32>,
+    /// Where buffers come from and go back to when the cache is dropped.
+    spares: &'static Spares,
 }
 
 impl DecodeCache {
     /// An empty cache for a RAM of `ram_length` bytes.
     pub fn new(ram_length: u64) -> Self {
+        Self::with_spares(ram_length, &SPARE)
+    }
+
+    /// [`DecodeCache::new`], its buffers taken from and left to `spares`.
+    fn with_spares(ram_length: u64, spares: &'static Spares) -> Self {
         Self {
+            spares,
             slot_of: vec![NONE; ram_length.div_ceil(4096) as usize],
             pages: Vec::new(),
             owner: Vec::new(),
@@ -125,18 +170,10 @@ impl DecodeCache {
         let i = if let Some(free) = self.free.pop() {
             free as usize
         } else if self.pages.len() < POOL_PAGES {
-            // A fixed-size array (not a slice): the slot index is < SLOTS by construction,
-            // so the fetch fast path carries no bounds check.
-            let page: Box<[Insn; SLOTS]> = vec![Insn::UNDECODED; SLOTS]
-                .into_boxed_slice()
-                .try_into()
-                .expect("SLOTS entries");
-            self.pages.push(page);
+            let (insns, table) = page_buffers(self.spares);
+            self.pages.push(insns);
             self.owner.push(NONE);
-            self.blocks.push(Box::new(BlockTable {
-                entry: [BLOCK_UNKNOWN; SLOTS],
-                span: [0; SLOTS],
-            }));
+            self.blocks.push(table);
             self.has_blocks.push(false);
             self.links.push(Vec::new());
             let table = self.blocks.last().expect("just pushed");
@@ -305,6 +342,16 @@ impl DecodeCache {
     }
 }
 
+impl Drop for DecodeCache {
+    /// Leaves the buffers to the caches made after this one ([`SPARE`]).
+    fn drop(&mut self) {
+        let mut spare = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = POOL_PAGES.saturating_sub(spare.len());
+        let buffers = self.pages.drain(..).zip(self.blocks.drain(..));
+        spare.extend(buffers.take(room));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{decode, Op};
@@ -342,6 +389,53 @@ mod tests {
         assert_eq!(c.slot_of[0], NONE);
         let p1 = c.page_for(1);
         assert_eq!(c.get(p1, 0).op, addi.op);
+    }
+
+    /// A cache made after another was dropped takes that cache's buffers, not new memory,
+    /// and they hold nothing of it: no decoded instruction, no block, no visit count, no
+    /// link.
+    #[test]
+    fn a_new_cache_takes_a_dropped_one_s_buffers_clean() {
+        let spares: &'static Spares = Box::leak(Box::default());
+        let addi = decode(0x0010_0093);
+        let mut first = DecodeCache::with_spares(16 * 4096, spares);
+        let mut buffers = Vec::new();
+        for ram_page in [2, 5, 9] {
+            let p = first.page_for(ram_page);
+            for pc in (0..4096).step_by(2) {
+                first.set(p, pc, addi);
+                first.set_block(p, pc, 77, 3);
+            }
+            first.visit(p, 0x10, 8);
+            first.add_links(p, 64, &[(4, 1), (9, 2)]);
+            buffers.push(first.pages[p as usize].as_ptr() as usize);
+        }
+        drop(first);
+        assert_eq!(spares.lock().unwrap().len(), 3);
+        let mut second = DecodeCache::with_spares(16 * 4096, spares);
+        let mut taken = Vec::new();
+        for ram_page in [1, 2, 7, 11] {
+            let p = second.page_for(ram_page);
+            taken.push(second.pages[p as usize].as_ptr() as usize);
+            for pc in (0..4096).step_by(2) {
+                assert_eq!(
+                    second.get(p, pc).op,
+                    Op::Undecoded,
+                    "page {ram_page}, pc {pc}"
+                );
+                assert_eq!(second.block(p, pc), BLOCK_UNKNOWN);
+            }
+            assert!(second.blocks[p as usize].span.iter().all(|&s| s == 0));
+            assert_eq!(second.links_to(p, 4).count(), 0);
+        }
+        buffers.sort_unstable();
+        let mut reused = taken[..3].to_vec();
+        reused.sort_unstable();
+        assert_eq!(
+            reused, buffers,
+            "the dropped cache's three pages, taken again"
+        );
+        assert!(!buffers.contains(&taken[3]), "a fourth page is new memory");
     }
 
     #[test]

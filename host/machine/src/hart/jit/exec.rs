@@ -163,6 +163,11 @@ mod imp {
             self.base.as_ptr() as u64
         }
 
+        /// The region's size in bytes.
+        pub fn size(&self) -> usize {
+            self.size
+        }
+
         /// Where the next placement will go.
         pub fn next(&self) -> usize {
             self.used
@@ -327,6 +332,9 @@ mod imp {
             unreachable!("never created")
         }
         pub fn base_addr(&self) -> u64 {
+            unreachable!("never created")
+        }
+        pub fn size(&self) -> usize {
             unreachable!("never created")
         }
         pub fn next(&self) -> usize {
