@@ -85,7 +85,10 @@
 //!   block holds) once it has been reached `HOT` times; colder code is interpreted.
 //! - The code region is one memory object mapped twice, executable and writable, so no
 //!   page is both at one address; blocks fill its first half, their slow paths the
-//!   second, and when either is full both are emptied and translation starts over.
+//!   second, and when either is full both are emptied and translation starts over. A
+//!   hart that is dropped leaves its region, emptied, to the next hart made in the process
+//!   (`SPARE_CODE`; the decode cache does the same with its page buffers), so the sibling
+//!   machines of a run do not each make the host zero new memory.
 //!
 //! The result is a pure cache: the same instructions retire with the same results at the
 //! same `mcycle` with or without it, which the tests check (whole Linux boots included).
