@@ -230,10 +230,11 @@ pub struct Jit {
 /// An emptied region holds exactly what a new one of its size holds where code can reach
 /// (the trampoline, the epilogue and the shared code, emitted for its own address); the
 /// bytes of dropped blocks behind them are reached by nothing, since a new hart's block
-/// tables are empty. At most [`SPARE_REGIONS`] are kept.
+/// tables are empty. At most [`SPARE_REGIONS`] of each size are kept.
 static SPARE_CODE: Mutex<Vec<(ExecMem, compile::Thunks)>> = Mutex::new(Vec::new());
 
-/// Most code regions [`SPARE_CODE`] keeps (about as many as machines run at once).
+/// Most code regions of one size [`SPARE_CODE`] keeps (about as many as machines run at
+/// once; the translator makes one size, tests make others).
 const SPARE_REGIONS: usize = 4;
 
 /// A code region of `size` bytes with the trampoline, the epilogue and the shared code in
@@ -258,7 +259,7 @@ impl Drop for Jit {
         if let Some(mut mem) = self.mem.take() {
             mem.reset();
             let mut spare = SPARE_CODE.lock().unwrap_or_else(PoisonError::into_inner);
-            if spare.len() < SPARE_REGIONS {
+            if spare.iter().filter(|(m, _)| m.size() == mem.size()).count() < SPARE_REGIONS {
                 spare.push((mem, self.thunks));
             }
         }
