@@ -39,20 +39,6 @@ pub struct Computed {
     pub meta: Option<MetaPoint>,
 }
 
-impl Computed {
-    /// A digest of all it holds: to recognise it when read back.
-    pub fn fingerprint(&self) -> Sha256 {
-        let mut bytes = self.response.encode();
-        bytes.extend_from_slice(&self.cycles.to_le_bytes());
-        bytes.extend_from_slice(self.sibling_root_hash.as_bytes());
-        if let Some(point) = &self.meta {
-            bytes.extend_from_slice(&point.cycles.to_le_bytes());
-            bytes.extend_from_slice(&point.meta.encode(None));
-        }
-        Sha256::of(bytes)
-    }
-}
-
 /// A job's metadata point: what rustc had written when it announced its `.rmeta`, and the
 /// sibling's instruction count there (`C_meta`, from the template like `C`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -271,11 +271,10 @@ pub struct Service<'a> {
     /// Actions a scout's request started in a sibling (`super::scout`).
     scouted: Mutex<std::collections::BTreeSet<Sha256>>,
     /// Actions whose results this service computed and wrote to the cache, with each
-    /// result's [`Computed::fingerprint`]: taken from the cache again even when it is
-    /// write-only, if still the same (`run --recompute-jobs` computes each job once, not
+    /// result: taken from the cache again even when it is write-only, if still the same (`run --recompute-jobs` computes each job once, not
     /// once per request: a job its scout ran ahead, or another triple's identical build
     /// script, comes from this run's own result).
-    stored: Mutex<std::collections::BTreeMap<Sha256, Sha256>>,
+    stored: Mutex<std::collections::BTreeMap<Sha256, Computed>>,
     /// With scouts: the order of the host's work ([`super::rank`]), in place of the
     /// build machine's walls.
     pub ranks: Option<super::rank::Ranks>,
@@ -495,10 +494,10 @@ impl<'a> Service<'a> {
         let own = (self.stored.lock())
             .expect("no panics hold this lock")
             .get(action)
-            .copied();
+            .cloned();
         let found = match own {
-            Some(fingerprint) => match cache.lookup_written(action, job) {
-                Lookup::Hit(hit) if hit.fingerprint() != fingerprint => Lookup::Refused(format!(
+            Some(own) => match cache.lookup_written(action, job) {
+                Lookup::Hit(hit) if hit != own => Lookup::Refused(format!(
                     "the entry of {action} changed since this run wrote it"
                 )),
                 other => other,
@@ -623,7 +622,7 @@ impl<'a> Service<'a> {
             cache.store(action, &computed)?;
             (self.stored.lock())
                 .expect("no panics hold this lock")
-                .insert(*action, computed.fingerprint());
+                .insert(*action, computed.clone());
         }
         Ok((computed, seconds))
     }
