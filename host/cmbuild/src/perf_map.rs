@@ -5,8 +5,10 @@
 //! their slow paths `rv:<guest pc>:cold`), the chaining code they share (`rv:chain`)
 //! and the translator's entry and exit (`rv:entry`, `rv:exit`).
 //!
-//! The map only grows: when a machine's code region fills up and starts over, later lines
-//! reuse the addresses of earlier ones (perf takes the later symbol). Machines running at
+//! The map only grows: when a machine's code region fills up and starts over, or a sibling
+//! machine takes the region of one that ended, later lines reuse the addresses of earlier
+//! ones (perf takes the later symbol, so a profile of many short machines names some
+//! samples after a later machine's blocks). Machines running at
 //! once have separate code regions, so their lines never overlap; each batch of lines is
 //! appended with one write to a file opened for appending.
 

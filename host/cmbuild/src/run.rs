@@ -442,6 +442,7 @@ pub fn run_release(
     let siblings = Siblings {
         inputs: &inputs,
         max_mcycle: opts.machine.max_mcycle,
+        perf_map: opts.perf_map,
     };
     let blobs = crate::offload::blobs::BlobStore::open(job.work.path().join("offload-blobs"))?;
     let tool = match inputs.parent_template.is_some() {
@@ -1103,6 +1104,9 @@ pub struct Siblings<'a> {
     pub inputs: &'a ReleaseInputs,
     /// A sibling that reaches this mcycle fails the run.
     pub max_mcycle: u64,
+    /// Whether siblings name their translated code in this process's perf map
+    /// (`--perf-map`, [`crate::perf_map`]), as the build machines do.
+    pub perf_map: bool,
 }
 
 impl crate::offload::service::SiblingRunner for Siblings<'_> {
@@ -1115,6 +1119,13 @@ impl crate::offload::service::SiblingRunner for Siblings<'_> {
         let (mut machine, _) = resume_build(self.inputs, &input_drive, None)
             .map_err(|e| crate::terminal::error_chain(&e))?;
         drop(input_drive);
+        let mut perf_map = match self.perf_map {
+            true => Some(
+                crate::perf_map::PerfMap::open(&mut machine)
+                    .map_err(|e| crate::terminal::error_chain(&e))?,
+            ),
+            false => None,
+        };
         let start = machine.mcycle();
         let mut console = Vec::new();
         // In slices, each reported: the parent may run up to `T + L + c` meanwhile (its
@@ -1122,7 +1133,12 @@ impl crate::offload::service::SiblingRunner for Siblings<'_> {
         const SLICE: u64 = 1 << 26;
         loop {
             let limit = machine.mcycle().saturating_add(SLICE).min(self.max_mcycle);
-            match machine.run(limit) {
+            let stop = machine.run(limit);
+            if let Some(map) = perf_map.as_mut() {
+                map.drain(&mut machine)
+                    .map_err(|e| crate::terminal::error_chain(&e))?;
+            }
+            match stop {
                 Break::Halted(_) => break,
                 // run-job's metadata point (pipelining): its record is at the start of
                 // the output drive now, at this instruction count.

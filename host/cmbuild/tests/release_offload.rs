@@ -30,16 +30,26 @@ const X86: &str = "x86_64-unknown-linux-gnu";
 
 /// Runs cmbuild; returns its exit status and stderr (also shown).
 fn cmbuild(args: &[&str]) -> (bool, String) {
+    let (ok, said, _) = cmbuild_pid(args);
+    (ok, said)
+}
+
+/// [`cmbuild`], and the process's id.
+fn cmbuild_pid(args: &[&str]) -> (bool, String, u32) {
     eprintln!("$ cmbuild {}", args.join(" "));
-    let out = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
+    let child = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     for line in stderr.lines().filter(|l| !l.contains(" MIPS, ")) {
         eprintln!("  {line}");
     }
-    (out.status.success(), stderr)
+    (out.status.success(), stderr, pid)
 }
 
 fn shared_mirror() -> PathBuf {
@@ -94,6 +104,11 @@ struct Build {
 }
 
 fn build(project: &Path, mirror: &Path, out: &Path, extra: &[&str]) -> Build {
+    build_pid(project, mirror, out, extra).0
+}
+
+/// [`build`], and the id of the cmbuild process.
+fn build_pid(project: &Path, mirror: &Path, out: &Path, extra: &[&str]) -> (Build, u32) {
     let mut args = vec![
         "run",
         "--release",
@@ -108,15 +123,16 @@ fn build(project: &Path, mirror: &Path, out: &Path, extra: &[&str]) -> Build {
         X86,
     ];
     args.extend_from_slice(extra);
-    let (ok, said) = cmbuild(&args);
+    let (ok, said, pid) = cmbuild_pid(&args);
     assert!(ok, "cmbuild run {extra:?} failed");
     let dir = out.join("v0.1.0");
     let manifest = read_manifest(&dir.join("manifest.json")).unwrap();
-    Build {
+    let build = Build {
         record: read_machine_record(&dir.join("machine.json")).unwrap(),
         artifact: manifest.artifacts[0].sha256.to_string(),
         said,
-    }
+    };
+    (build, pid)
 }
 
 fn summary(said: &str) -> &str {
@@ -141,13 +157,24 @@ fn offloaded_builds_are_the_same_with_any_jobs_cold_or_cached() {
     );
 
     let mirror = cold_mirror(dir.path());
-    let cold = build(
+    let (cold, pid) = build_pid(
         &project,
         &mirror,
         &dir.path().join("cold1"),
-        &["--offload", "--jobs", "1"],
+        &["--offload", "--jobs", "1", "--perf-map"],
     );
     let machine = &cold.record.machines[0];
+    // --perf-map names the code of every machine: the build machine's and each sibling's
+    // (each names its trampoline once, when it first translates).
+    let map_path = format!("/tmp/perf-{pid}.map");
+    let map = std::fs::read_to_string(&map_path).unwrap();
+    std::fs::remove_file(&map_path).unwrap();
+    let machines = map.lines().filter(|l| l.ends_with(" rv:entry")).count();
+    assert!(
+        machines > machine.jobs.len(),
+        "{machines} machines named their code, for {} jobs",
+        machine.jobs.len()
+    );
     assert!(
         summary(&cold.said).contains(" 0 from the cache"),
         "{}",

@@ -94,7 +94,8 @@ pub struct Args {
     /// the sibling machines too.
     #[arg(long)]
     test_reproduce: bool,
-    /// Append a symbol for every block of translated code of every machine to
+    /// Append a symbol for every block of translated code of every machine (build
+    /// machines and the sibling machines of offloaded jobs) to
     /// /tmp/perf-<pid>.map (`START SIZE rv:<guest pc>:<instructions>`, its slow paths
     /// `rv:<guest pc>:cold`, the chaining code they share `rv:chain`), so that
     /// `perf report` on this process names the guest blocks the host time went to. The
