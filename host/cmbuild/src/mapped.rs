@@ -12,12 +12,14 @@
 //! ([`DriveImage::map_verified`]); a file changed in place afterwards would change what the
 //! guest reads, and so the build's state hash, which is computed over the mapped bytes.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cmbuild_machine::memory::{HostMemory, PAGE_SIZE};
+use cmbuild_machine::merkle::PageTree;
 use cmbuild_machine::snapshot::Base;
 use cmbuild_store::cid::{cid_of_bytes_parallel, Cid};
 
@@ -55,7 +57,23 @@ pub enum MapError {
 
 /// A read-only drive image, cheap to clone (shared).
 #[derive(Clone, Debug)]
-pub struct DriveImage(Arc<Inner>);
+pub struct DriveImage(Arc<Image>);
+
+#[derive(Debug)]
+struct Image {
+    data: Inner,
+    /// Its page trees as a drive, by range length ([`DriveImage::page_tree`]).
+    trees: Mutex<BTreeMap<u64, Arc<OnceLock<PageTree>>>>,
+}
+
+impl Image {
+    fn new(data: Inner) -> Arc<Self> {
+        Arc::new(Self {
+            data,
+            trees: Mutex::default(),
+        })
+    }
+}
 
 #[derive(Debug)]
 enum Inner {
@@ -68,18 +86,37 @@ impl DriveImage {
     pub fn same(&self, other: &DriveImage) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+
+    /// The page tree (of the state hash) of a drive of `range_length` bytes holding this
+    /// image, then zeros ([`PageTree::build_in`]): hashed on first use and kept, so that
+    /// the templates of a run, which map the same images, hash them once between them (a
+    /// caller that asks while another builds it waits for that one). `None` if the image
+    /// does not fit the range.
+    pub fn page_tree(&self, range_length: u64) -> Option<PageTree> {
+        if self.len() as u64 > range_length {
+            return None;
+        }
+        let cell = {
+            let mut trees = self.0.trees.lock().unwrap_or_else(|e| e.into_inner());
+            trees.entry(range_length).or_default().clone()
+        };
+        Some(
+            cell.get_or_init(|| PageTree::build_in(self, range_length))
+                .clone(),
+        )
+    }
 }
 
 impl From<Vec<u8>> for DriveImage {
     fn from(bytes: Vec<u8>) -> Self {
-        Self(Arc::new(Inner::Bytes(bytes)))
+        Self(Image::new(Inner::Bytes(bytes)))
     }
 }
 
 impl Deref for DriveImage {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        match &*self.0 {
+        match &self.0.data {
             Inner::Bytes(bytes) => bytes,
             Inner::File(file) => file.bytes(),
         }
@@ -100,12 +137,12 @@ impl DriveImage {
                 actual,
             });
         }
-        Ok(Self(Arc::new(Inner::File(file))))
+        Ok(Self(Image::new(Inner::File(file))))
     }
 
     /// The file the bytes are mapped from, if they are.
     pub fn path(&self) -> Option<&Path> {
-        match &*self.0 {
+        match &self.0.data {
             Inner::Bytes(_) => None,
             Inner::File(file) => Some(&file.path),
         }
@@ -115,7 +152,7 @@ impl DriveImage {
     /// copy-on-write mapping of the file (the range's tail past the image reads as zeros),
     /// or, for bytes in memory, a copy of them.
     pub fn base(&self, range_length: u64) -> Result<Base, MapError> {
-        match &*self.0 {
+        match &self.0.data {
             Inner::Bytes(bytes) => Ok(Base::Bytes(bytes.clone())),
             Inner::File(file) => Ok(Base::Memory {
                 image_length: file.len as u64,
@@ -338,6 +375,26 @@ mod tests {
         let owned = DriveImage::from(bytes.clone());
         assert!(owned.path().is_none());
         assert!(matches!(owned.base(8 * 4096).unwrap(), Base::Bytes(b) if b == bytes));
+    }
+
+    #[test]
+    fn an_image_s_page_tree_is_its_range_s_and_is_shared_by_its_clones() {
+        let bytes: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8 + 1).collect();
+        let image = DriveImage::from(bytes.clone());
+        let mut range = bytes.clone();
+        range.resize(8 * 4096, 0);
+        let tree = image.page_tree(8 * 4096).unwrap();
+        assert_eq!(tree, PageTree::build(&range));
+        assert_eq!(image.clone().page_tree(8 * 4096).unwrap(), tree);
+        // Kept once per range length, for every clone.
+        assert_eq!(image.0.trees.lock().unwrap().len(), 1);
+        assert!(image.0.trees.lock().unwrap()[&(8 * 4096)].get().is_some());
+        assert_eq!(
+            image.page_tree(16 * 4096).unwrap().root(),
+            PageTree::build_in(&bytes, 16 * 4096).root()
+        );
+        assert_ne!(image.page_tree(16 * 4096).unwrap().root(), tree.root());
+        assert!(image.page_tree(2 * 4096).is_none());
     }
 
     fn memory_bytes(memory: &dyn HostMemory) -> &[u8] {

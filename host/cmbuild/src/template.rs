@@ -355,10 +355,15 @@ impl Template {
                     // From the template's pages and the drive images, with no second
                     // machine (its RAM would be gigabytes, allocated and written while the
                     // first build runs); checked against the record's root hash.
+                    // The drives' trees are the images' own, shared with the run's other
+                    // template (`DriveImage::page_tree`).
                     let built = drive_bases(&prepared, &rootfs, &toolchain)
                         .ok()
                         .filter(|_| prepared.manifest().root_hash() == expected)
-                        .and_then(|bases| prepared.page_trees(bases).ok());
+                        .and_then(|bases| {
+                            let trees = drive_trees(&prepared, &rootfs, &toolchain);
+                            prepared.page_trees_over(bases, trees).ok()
+                        });
                     *slot.lock().expect("no panics hold this lock") = match built {
                         Some(trees) => ReadyTrees::Built {
                             rootfs,
@@ -623,6 +628,25 @@ fn drive_bases(
         bases.insert(drive.index(), base);
     }
     Ok(bases)
+}
+
+/// The page trees of the root and toolchain drives holding `rootfs` and `toolchain` (by
+/// drive index), for [`snapshot::Prepared::page_trees_over`]; a drive whose range the
+/// manifest lacks, or too short for its image, has none (then its tree is built there, and
+/// fails as `page_trees` would).
+fn drive_trees(
+    prepared: &snapshot::Prepared,
+    rootfs: &DriveImage,
+    toolchain: &DriveImage,
+) -> BTreeMap<usize, cmbuild_machine::merkle::PageTree> {
+    let m = prepared.manifest();
+    [(Drive::Root, rootfs), (Drive::Toolchain, toolchain)]
+        .into_iter()
+        .filter_map(|(drive, image)| {
+            let range = m.drive_range_length(drive.index())?;
+            Some((drive.index(), image.page_tree(range)?))
+        })
+        .collect()
 }
 
 /// Writes `input` onto the input drive of a machine resumed from the template, and

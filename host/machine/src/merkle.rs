@@ -242,9 +242,17 @@ impl PageTree {
 
     /// The tree of `data`, built from scratch (zero pages and zero subtrees are not hashed).
     pub fn build(data: &[u8]) -> Self {
-        let mut tree = Self::new_zeroed(data.len() as u64);
-        let pages: Vec<usize> = (0..tree.pages).collect();
-        tree.levels[0][..tree.pages].copy_from_slice(&hash_pages(data, &pages));
+        Self::build_in(data, data.len() as u64)
+    }
+
+    /// The tree of a range of `length` bytes holding `data` and then zeros (`data` longer
+    /// than `length` is cut), built from scratch without a buffer of the range: a drive's
+    /// image in its larger range, say.
+    pub fn build_in(data: &[u8], length: u64) -> Self {
+        let mut tree = Self::new_zeroed(length);
+        let data = &data[..data.len().min(length as usize)];
+        let pages: Vec<usize> = (0..page_count(data.len() as u64).min(tree.pages)).collect();
+        tree.levels[0][..pages.len()].copy_from_slice(&hash_pages(data, &pages));
         for k in 0..tree.levels.len() - 1 {
             let (lower, upper) = tree.levels.split_at_mut(k + 1);
             for (i, node) in upper[0].iter_mut().enumerate() {
@@ -410,6 +418,21 @@ mod tests {
         let expected = pair(&sha(&data[..PAGE_SIZE]), &sha(&second));
         assert_eq!(range_root(&data), expected);
         assert_eq!(PageTree::build(&data).root(), expected);
+    }
+
+    #[test]
+    fn a_tree_built_in_a_longer_range_is_the_zero_extended_data_s() {
+        let data: Vec<u8> = (0..5 * PAGE_SIZE + 100).map(|i| (i % 251) as u8).collect();
+        let length = 37 * PAGE_SIZE as u64;
+        let mut extended = data.clone();
+        extended.resize(length as usize, 0);
+        let whole = PageTree::build(&extended);
+        let tree = PageTree::build_in(&data, length);
+        assert_eq!(tree.root(), whole.root());
+        assert_eq!(tree.levels, whole.levels);
+        // Data past the range is not the range's.
+        let cut = PageTree::build_in(&extended, 3 * PAGE_SIZE as u64);
+        assert_eq!(cut.root(), range_root(&extended[..3 * PAGE_SIZE]));
     }
 
     #[test]

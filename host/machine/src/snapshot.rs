@@ -627,6 +627,19 @@ impl Prepared {
     /// hash ([`SnapshotError::RootHash`] otherwise); a base that does not fit fails as in
     /// `instantiate`.
     pub fn page_trees(&self, bases: BTreeMap<usize, Base>) -> Result<Vec<PageTree>, SnapshotError> {
+        self.page_trees_over(bases, BTreeMap::new())
+    }
+
+    /// [`Prepared::page_trees`], given the trees of some drives' bases (by drive index):
+    /// each the tree of the drive's range holding its base alone (the base's bytes, then
+    /// zeros; [`PageTree::build_in`]), which the snapshot's pages of that drive are set
+    /// over instead of hashing the base again. Checked as `page_trees` is: a base tree
+    /// that is not its base's gives another root hash ([`SnapshotError::RootHash`]).
+    pub fn page_trees_over(
+        &self,
+        bases: BTreeMap<usize, Base>,
+        mut base_trees: BTreeMap<usize, PageTree>,
+    ) -> Result<Vec<PageTree>, SnapshotError> {
         let m = &self.manifest;
         let mut ram = PageTree::new_zeroed(m.config.ram_length);
         let p = &self.pages[0];
@@ -638,8 +651,24 @@ impl Prepared {
             })?;
         let mut trees = vec![ram];
         for (i, mut drive) in flash_drives(m, bases)?.into_iter().enumerate() {
-            self.pages[1 + i].write_to(&mut drive.mem);
-            trees.push(PageTree::build(drive.mem.bytes()));
+            let pages = &self.pages[1 + i];
+            let given = base_trees.remove(&i);
+            let tree = match given.filter(|t| t.length() == drive.mem.bytes().len() as u64) {
+                Some(mut tree) => {
+                    let indices: Vec<usize> = pages.indices.iter().map(|&p| p as usize).collect();
+                    tree.set_pages(&indices, &pages.data)
+                        .map_err(|e| SnapshotError::Pages {
+                            file: format!("flash-{i}.pages"),
+                            message: e.to_string(),
+                        })?;
+                    tree
+                }
+                None => {
+                    pages.write_to(&mut drive.mem);
+                    PageTree::build(drive.mem.bytes())
+                }
+            };
+            trees.push(tree);
         }
         let mut leaves = vec![state_leaf(&self.state), dtb_leaf(&self.dtb)];
         leaves.extend(trees.iter().map(PageTree::root));
@@ -1811,6 +1840,16 @@ mod tests {
         assert_eq!(trees, machine.page_trees());
         assert_eq!(trees, m.page_trees());
         let err = prepared.page_trees(with(&other_base(&base))).unwrap_err();
+        assert!(matches!(err, SnapshotError::RootHash { .. }), "{err}");
+        // Given its base's tree, the drive's tree is that with the snapshot's page of the
+        // drive set over it; given another base's, the stored root hash refuses it.
+        let range = m.bus.flash[0].mem.bytes().len() as u64;
+        let given = |b: &[u8]| BTreeMap::from([(0, PageTree::build_in(b, range))]);
+        let over = prepared.page_trees_over(with(&base), given(&base)).unwrap();
+        assert_eq!(over, trees);
+        let err = prepared
+            .page_trees_over(with(&base), given(&other_base(&base)))
+            .unwrap_err();
         assert!(matches!(err, SnapshotError::RootHash { .. }), "{err}");
     }
 
