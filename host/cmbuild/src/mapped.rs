@@ -11,6 +11,8 @@
 //! The file is checked against its content ID once, through the mapping, when it is opened
 //! ([`DriveImage::map_verified`]); a file changed in place afterwards would change what the
 //! guest reads, and so the build's state hash, which is computed over the mapped bytes.
+//! An image also keeps its page tree as a drive ([`DriveImage::page_tree`]), so that the
+//! templates a run resumes from hash each image once between them.
 
 use std::collections::BTreeMap;
 use std::fs::File;
