@@ -363,6 +363,7 @@ impl ProgressPrinter {
                 if elapsed < every {
                     return;
                 }
+                let advanced = mcycle > view.last.1;
                 view.mips = mcycle.saturating_sub(view.last.1) as f64 / elapsed.as_secs_f64() / 1e6;
                 view.last = (Instant::now(), mcycle);
                 let total_elapsed = self.started.elapsed().as_secs_f64();
@@ -380,7 +381,12 @@ impl ProgressPrinter {
                     }
                     _ => String::new(),
                 };
-                let pace = format!("{:.0} MIPS, {total_elapsed:.0}s{eta}", view.mips);
+                // A machine only stops between reports to wait for the host: an offloaded
+                // build machine runs no further than its jobs' answers allow.
+                let pace = match advanced {
+                    false => format!("waiting for its offloaded jobs, {total_elapsed:.0}s{eta}"),
+                    true => format!("{:.0} MIPS, {total_elapsed:.0}s{eta}", view.mips),
+                };
                 match (&view.bar, &view.compiling) {
                     (Some(bar), Some((what, n, total))) => {
                         bar.set_length(u64::from(*total));

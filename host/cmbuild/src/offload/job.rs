@@ -212,13 +212,14 @@ pub struct Platform {
 }
 
 impl Job {
-    /// The crate rustc compiles (its `--crate-name`), to name the job to the user; `?` when
-    /// the command names none. Untrusted text: sanitise it before it reaches a terminal.
+    /// The crate rustc compiles (its `--crate-name`), to name the job to the user; when the
+    /// command names none (a build script's own rustc run, say), says so. Untrusted text:
+    /// sanitise it before it reaches a terminal.
     pub fn crate_name(&self) -> &str {
         self.argv
             .windows(2)
             .find(|w| w[0] == "--crate-name")
-            .map_or("?", |w| w[1].as_str())
+            .map_or("(rustc with no --crate-name)", |w| w[1].as_str())
     }
 
     /// Parses and checks a job's JSON (a `job` request's header line).
@@ -402,6 +403,14 @@ mod tests {
             text.ends_with(r#""kind":"job","outputs":["/build/src/target/release/deps"],"v":1}"#)
         );
         assert_eq!(Job::parse(&json).unwrap(), job);
+    }
+
+    #[test]
+    fn a_job_is_named_by_its_crate_or_says_it_has_none() {
+        assert_eq!(sample().crate_name(), "itoa");
+        let mut probe = sample();
+        probe.argv = vec!["rustc".into(), "-".into(), "--print".into(), "cfg".into()];
+        assert_eq!(probe.crate_name(), "(rustc with no --crate-name)");
     }
 
     #[test]
