@@ -50,7 +50,7 @@ pub struct MetaPoint {
 }
 
 /// One cache entry on disk (keys sorted).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Entry {
     action: Sha256,
@@ -65,7 +65,7 @@ struct Entry {
 }
 
 /// A cache entry's metadata point (keys sorted).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MetaEntry {
     cycles: u64,
@@ -94,6 +94,12 @@ pub enum Lookup {
     /// An entry that failed a check, and why (it will be recomputed and overwritten).
     Refused(String),
 }
+
+/// The entry [`ActionCache::store`] wrote (a few hundred bytes: the result and metadata
+/// record are named by CID and sha256), for [`ActionCache::lookup_written`] to tell it from
+/// an entry written over it since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written(Entry);
 
 /// The action cache of one mirror.
 #[derive(Debug, Clone)]
@@ -137,12 +143,17 @@ impl ActionCache {
         if !self.read {
             return Lookup::Miss;
         }
-        self.lookup_written(action, job)
+        self.read_entry(action, job, None)
     }
 
-    /// The entry for `action`, checked, even from a write-only cache: for an entry the
-    /// caller wrote itself (a job a run computed once, asked for again).
-    pub fn lookup_written(&self, action: &Sha256, job: &Job) -> Lookup {
+    /// The entry for `action` that the caller wrote itself (`written`: a job a run computed
+    /// once, asked for again), checked, even from a write-only cache; refused if another
+    /// entry was written over it since.
+    pub fn lookup_written(&self, action: &Sha256, job: &Job, written: &Written) -> Lookup {
+        self.read_entry(action, job, Some(written))
+    }
+
+    fn read_entry(&self, action: &Sha256, job: &Job, written: Option<&Written>) -> Lookup {
         let path = self.entry_path(action);
         let bytes = match crate::untrusted::read_capped(&path, MAX_ENTRY) {
             Ok(bytes) => bytes,
@@ -157,6 +168,12 @@ impl ActionCache {
         };
         if entry.v != 1 || entry.action != *action || !is_root_hash(&entry.sibling_root_hash) {
             return Lookup::Refused(format!("{}: not an entry for this action", path.display()));
+        }
+        if written.is_some_and(|w| w.0 != entry) {
+            return Lookup::Refused(format!(
+                "{}: the entry changed since this run wrote it",
+                path.display()
+            ));
         }
         let body = match self.mirror.read_verified(&entry.result) {
             Ok(body) => body,
@@ -200,9 +217,13 @@ impl ActionCache {
 
     /// Keeps `computed` as the result of `action` (an error is not kept: it is computed
     /// again, the same way, next time).
-    pub fn store(&self, action: &Sha256, computed: &Computed) -> Result<(), CacheError> {
+    pub fn store(
+        &self,
+        action: &Sha256,
+        computed: &Computed,
+    ) -> Result<Option<Written>, CacheError> {
         let Response::Result(result) = &computed.response else {
-            return Ok(());
+            return Ok(None);
         };
         let body = result.encode();
         let stored = self.mirror.put_bytes(&body)?;
@@ -227,7 +248,8 @@ impl ActionCache {
             v: 1,
         };
         let path = self.entry_path(action);
-        write_json_atomically(&path, &entry).map_err(|e| CacheError::Write(path, e))
+        write_json_atomically(&path, &entry).map_err(|e| CacheError::Write(path, e))?;
+        Ok(Some(Written(entry)))
     }
 }
 
@@ -298,18 +320,26 @@ mod tests {
         let mirror = Mirror::open(dir.path()).unwrap();
         let cache = ActionCache::write_only(mirror.clone());
         let action = Sha256::of(b"action");
-        cache.store(&action, &computed()).unwrap();
+        let written = cache.store(&action, &computed()).unwrap().unwrap();
         assert!(matches!(cache.lookup(&action, &job()), Lookup::Miss));
         // Its writer may take it again.
         assert!(matches!(
-            cache.lookup_written(&action, &job()),
+            cache.lookup_written(&action, &job(), &written),
             Lookup::Hit(_)
         ));
         // What it stored is there for the next run that reads.
-        match ActionCache::new(mirror).lookup(&action, &job()) {
+        match ActionCache::new(mirror.clone()).lookup(&action, &job()) {
             Lookup::Hit(hit) => assert_eq!(hit, computed()),
             other => panic!("{other:?}"),
         }
+        // Another entry written over it since is not its writer's.
+        let mut other = computed();
+        other.cycles += 1;
+        ActionCache::new(mirror).store(&action, &other).unwrap();
+        assert!(matches!(
+            cache.lookup_written(&action, &job(), &written),
+            Lookup::Refused(why) if why.contains("changed since this run wrote it")
+        ));
     }
 
     #[test]

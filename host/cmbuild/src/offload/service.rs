@@ -270,11 +270,12 @@ pub struct Service<'a> {
     in_flight: Mutex<std::collections::BTreeMap<Sha256, Arc<Shared>>>,
     /// Actions a scout's request started in a sibling (`super::scout`).
     scouted: Mutex<std::collections::BTreeSet<Sha256>>,
-    /// Actions whose results this service computed and wrote to the cache, with each
-    /// result: taken from the cache again even when it is write-only, if still the same (`run --recompute-jobs` computes each job once, not
-    /// once per request: a job its scout ran ahead, or another triple's identical build
-    /// script, comes from this run's own result).
-    stored: Mutex<std::collections::BTreeMap<Sha256, Computed>>,
+    /// Actions whose results this service computed and wrote to the cache, with the entry
+    /// each got: taken from the cache again even when it is write-only, if the entry is
+    /// still that one (`run --recompute-jobs` computes each job once, not once per request:
+    /// a job its scout ran ahead, or another triple's identical build script, comes from
+    /// this run's own result).
+    stored: Mutex<std::collections::BTreeMap<Sha256, super::cache::Written>>,
     /// With scouts: the order of the host's work ([`super::rank`]), in place of the
     /// build machine's walls.
     pub ranks: Option<super::rank::Ranks>,
@@ -496,12 +497,7 @@ impl<'a> Service<'a> {
             .get(action)
             .cloned();
         let found = match own {
-            Some(own) => match cache.lookup_written(action, job) {
-                Lookup::Hit(hit) if hit != own => Lookup::Refused(format!(
-                    "the entry of {action} changed since this run wrote it"
-                )),
-                other => other,
-            },
+            Some(written) => cache.lookup_written(action, job, &written),
             None => cache.lookup(action, job),
         };
         match found {
@@ -619,10 +615,11 @@ impl<'a> Service<'a> {
             meta: meta.into_inner(),
         };
         if let Some(cache) = &self.cache {
-            cache.store(action, &computed)?;
-            (self.stored.lock())
-                .expect("no panics hold this lock")
-                .insert(*action, computed.clone());
+            if let Some(written) = cache.store(action, &computed)? {
+                (self.stored.lock())
+                    .expect("no panics hold this lock")
+                    .insert(*action, written);
+            }
         }
         Ok((computed, seconds))
     }
