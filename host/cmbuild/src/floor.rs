@@ -18,6 +18,11 @@
 //! build driver already honours the input's cargo configuration (`guest-image/PROTOCOL.md`),
 //! so a project without a floor gets byte-identical inputs and root hashes.
 //!
+//! In an offloaded build the floor's wrapper runs first and hands every rustc on to the
+//! offload wrapper ([`OFFLOAD_PLAN_ENV`]); the siblings that run the jobs get the same
+//! image on their scratch drives and mount it at the same place ([`sibling_plan_env`]), and
+//! its CID is part of the jobs' platform (`crate::offload::job::Platform::floor`).
+//!
 //! After the build every Linux artifact's needs (read from its bytes, [`crate::glibc`])
 //! are checked against the floor: one that needs a newer glibc fails the run.
 
@@ -210,15 +215,33 @@ pub struct FloorInput {
     pub cargo_config: String,
     /// `glibc-floor/rustc-wrapper`.
     pub wrapper: String,
+    /// What `plan.env` ends with, after the offload hook ([`OFFLOAD_PLAN_ENV`]) in an
+    /// offloaded build, nothing otherwise.
+    pub plan_env: &'static str,
 }
+
+/// The end of an offloaded build's `plan.env` under a floor. The offload hook
+/// (`guest-image/offload-setup.sh`) points `RUSTC_WRAPPER` at `cmbuild-offload`, which
+/// would win over the floor's `build.rustc-wrapper`; so the floor's wrapper takes its place
+/// and hands every rustc, its own arguments appended, to the offload wrapper it names
+/// (`CMBUILD_OFFLOAD_*`: left out of the jobs' environments). If the hook found no channel,
+/// the floor's wrapper runs rustc itself, as in a build that is not offloaded.
+pub const OFFLOAD_PLAN_ENV: &str =
+    "# The glibc floor: its wrapper runs first and hands each rustc to the offload wrapper.\n\
+CMBUILD_OFFLOAD_FLOOR_NEXT=\"${RUSTC_WRAPPER:-}\"\n\
+RUSTC_WRAPPER=/build/in/glibc-floor/rustc-wrapper\n";
 
 impl FloorInput {
     /// The floor's part of the input of a machine building `targets`, `None` when the
-    /// floor applies to none of them. `base_config` is the plain input configuration.
+    /// floor applies to none of them. `base_config` is the plain input configuration;
+    /// `offloaded`, whether the machine offloads its rustc jobs (its wrapper then hands
+    /// them on). A build that is not offloaded gets the same input as before offloaded
+    /// builds took floors, so its root hash did not change.
     pub fn for_machine(
         floor_id: &str,
         base_config: &str,
         targets: &[Triple],
+        offloaded: bool,
     ) -> Option<FloorInput> {
         let triples: Vec<Triple> = targets.iter().copied().filter(|t| applies_to(*t)).collect();
         if triples.is_empty() {
@@ -226,7 +249,11 @@ impl FloorInput {
         }
         Some(FloorInput {
             cargo_config: cargo_config(base_config, &triples),
-            wrapper: rustc_wrapper(floor_id, &triples),
+            wrapper: rustc_wrapper(floor_id, &triples, offloaded),
+            plan_env: match offloaded {
+                true => OFFLOAD_PLAN_ENV,
+                false => "",
+            },
         })
     }
 
@@ -271,8 +298,19 @@ pub fn cargo_config(base: &str, triples: &[Triple]) -> String {
 /// compile comes from a build script, which rustc compiled, through here, first); then,
 /// when ARGS name `--target T` (a target unit; build scripts and proc macros are compiled
 /// without) and T is one of `triples`, it appends `-C link-arg=--sysroot=<T's sysroot>`.
-pub fn rustc_wrapper(floor_id: &str, triples: &[Triple]) -> String {
+/// `offloaded`: it runs `$CMBUILD_OFFLOAD_FLOOR_NEXT RUSTC ARGS...` ([`OFFLOAD_PLAN_ENV`]),
+/// or rustc itself when that is empty; a sibling that links such a job mounts the same
+/// sysroots at the same place ([`sibling_plan_env`]).
+pub fn rustc_wrapper(floor_id: &str, triples: &[Triple], offloaded: bool) -> String {
     let scratch = format!("/dev/pmem{}", Drive::Scratch.index());
+    // What runs rustc: the offload wrapper named by plan.env, if it started.
+    let (next_line, next) = match offloaded {
+        true => (
+            "hand_to=${CMBUILD_OFFLOAD_FLOOR_NEXT:-}\n",
+            "${hand_to:+\"$hand_to\"} ",
+        ),
+        false => ("", ""),
+    };
     let mut out = format!(
         "#!/bin/sh\n\
          # cmbuild's glibc floor {floor_id} (guest-image/PROTOCOL.md): cargo runs this as\n\
@@ -288,6 +326,7 @@ pub fn rustc_wrapper(floor_id: &str, triples: &[Triple]) -> String {
                  exit 1\n    \
              fi\n\
          fi\n\
+         {next_line}\
          rustc=$1\n\
          shift\n\
          target=\n\
@@ -303,11 +342,28 @@ pub fn rustc_wrapper(floor_id: &str, triples: &[Triple]) -> String {
     );
     for triple in triples {
         out += &format!(
-            "    {triple}) exec \"$rustc\" \"$@\" -C link-arg=--sysroot={} ;;\n",
+            "    {triple}) exec {next}\"$rustc\" \"$@\" -C link-arg=--sysroot={} ;;\n",
             guest_sysroot(*triple)
         );
     }
-    out + "esac\nexec \"$rustc\" \"$@\"\n"
+    out + &format!("esac\nexec {next}\"$rustc\" \"$@\"\n")
+}
+
+/// What a sibling's `plan.env` runs before its job in an offloaded build under a floor:
+/// mount the floor's sysroots (the sibling's scratch drive carries the same image as its
+/// build machine's) read-only at [`GUEST_SYSROOTS`], where the job's links name them. A
+/// sibling that cannot mount them stops with the error `sibling-floor`, so its job gives
+/// no result and the build machine compiles it.
+pub fn sibling_plan_env() -> String {
+    let scratch = format!("/dev/pmem{}", Drive::Scratch.index());
+    format!(
+        "# The glibc floor: its sysroots, where the build machine's wrapper links against them.\n\
+         mkdir -p {GUEST_SYSROOTS} && mount -t erofs -o ro {scratch} {GUEST_SYSROOTS} || {{\n    \
+             say \"cannot mount the glibc floor's sysroots ({scratch} on {GUEST_SYSROOTS})\"\n    \
+             echo sibling-floor > /out/error\n    \
+             finish\n\
+         }}\n"
+    )
 }
 
 /// Checks what each artifact needs (its recorded [`crate::glibc::Abi`]) against the
@@ -455,9 +511,9 @@ mod tests {
             triple("aarch64-unknown-linux-gnu"),
             triple("wasm32-wasip1"),
         );
-        assert!(FloorInput::for_machine("2.36", GUEST_CARGO_CONFIG, &[wasm]).is_none());
+        assert!(FloorInput::for_machine("2.36", GUEST_CARGO_CONFIG, &[wasm], false).is_none());
         let targets = [x86, arm, wasm];
-        let floor = FloorInput::for_machine("2.36", GUEST_CARGO_CONFIG, &targets).unwrap();
+        let floor = FloorInput::for_machine("2.36", GUEST_CARGO_CONFIG, &targets, false).unwrap();
         let plan = plan(&targets);
         let source = empty_tar();
         let vendor = empty_tar();
@@ -520,21 +576,98 @@ mod tests {
         );
     }
 
+    /// The digest of the wrapper of a build that is not offloaded (x86_64 under the 2.36
+    /// floor), as recipe 4 made it before offloaded builds took floors.
+    const NOT_OFFLOADED_WRAPPER_SHA256: &str =
+        "89de4dcccb9c0657cc51995f6a5edbedf44269a79593372cf43919c16314db84";
+
+    #[test]
+    fn an_offloaded_build_s_plan_puts_the_floor_s_wrapper_before_the_offload_wrapper() {
+        let targets = [triple("x86_64-unknown-linux-gnu")];
+        let floor = FloorInput::for_machine("2.36", GUEST_CARGO_CONFIG, &targets, true).unwrap();
+        let mut plan = plan(&targets);
+        plan.offload = true;
+        let source = empty_tar();
+        let drive = crate::plan::build_input_drive_with(
+            &plan,
+            &source,
+            &source,
+            GUEST_CARGO_CONFIG,
+            Some(&floor),
+            Some(b"tool"),
+        )
+        .unwrap();
+        let extracted = crate::plan::extract_input_drive(&drive);
+        let files = extracted.path().join("x");
+        let env = std::fs::read_to_string(files.join("plan.env")).unwrap();
+        assert_eq!(env, plan.to_env() + OFFLOAD_PLAN_ENV);
+        assert!(plan.to_env().ends_with(crate::plan::OFFLOAD_ENV));
+        assert_eq!(
+            std::fs::read_to_string(files.join("glibc-floor/rustc-wrapper")).unwrap(),
+            floor.wrapper
+        );
+        // Sourced after the offload hook: the floor's wrapper is cargo's, and it names the
+        // offload wrapper the hook set (nothing when the hook found no channel).
+        for (hook, next) in [
+            (
+                "RUSTC_WRAPPER=/build/offload/rustc-wrapper\n",
+                "/build/offload/rustc-wrapper",
+            ),
+            ("", ""),
+        ] {
+            let script = format!(
+                "{hook}{OFFLOAD_PLAN_ENV}echo \"$CMBUILD_OFFLOAD_FLOOR_NEXT|$RUSTC_WRAPPER\"\n"
+            );
+            let out = std::process::Command::new("sh")
+                .args(["-c", &script])
+                .env_remove("RUSTC_WRAPPER")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            assert_eq!(
+                String::from_utf8(out.stdout).unwrap(),
+                format!("{next}|/build/in/glibc-floor/rustc-wrapper\n")
+            );
+        }
+        // A build that is not offloaded keeps the input it had before offloaded builds took
+        // floors: no plan.env part, and the wrapper's text unchanged (its digest pinned, so
+        // that such a build's root hash stays what it was).
+        let alone = FloorInput::for_machine("2.36", GUEST_CARGO_CONFIG, &targets, false).unwrap();
+        assert_eq!(alone.plan_env, "");
+        assert_eq!(alone.cargo_config, floor.cargo_config);
+        assert_eq!(
+            cmbuild_store::sha256::Sha256::of(alone.wrapper.as_bytes()).to_string(),
+            NOT_OFFLOADED_WRAPPER_SHA256
+        );
+        assert_ne!(alone.wrapper, floor.wrapper);
+    }
+
     /// Runs the wrapper with `sh` around `echo`, the way cargo runs it around rustc, with
     /// its sysroots' mount point at `root` (a directory of the test).
     fn wrap(wrapper: &str, root: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+        wrap_with(wrapper, root, args, None)
+    }
+
+    /// [`wrap`] with `CMBUILD_OFFLOAD_FLOOR_NEXT` set to `next` (as plan.env exports it).
+    fn wrap_with(
+        wrapper: &str,
+        root: &std::path::Path,
+        args: &[&str],
+        next: Option<&str>,
+    ) -> (bool, String, String) {
         let script = wrapper.replace(
             &format!("root={GUEST_SYSROOTS}\n"),
             &format!("root={}\n", root.display()),
         );
         let path = root.parent().unwrap().join("rustc-wrapper");
         std::fs::write(&path, script).unwrap();
-        let out = std::process::Command::new("sh")
-            .arg(&path)
-            .arg("echo")
-            .args(args)
-            .output()
-            .unwrap();
+        let mut command = std::process::Command::new("sh");
+        command.arg(&path).arg("echo").args(args);
+        match next {
+            Some(next) => command.env("CMBUILD_OFFLOAD_FLOOR_NEXT", next),
+            None => command.env_remove("CMBUILD_OFFLOAD_FLOOR_NEXT"),
+        };
+        let out = command.output().unwrap();
         (
             out.status.success(),
             String::from_utf8(out.stdout).unwrap().trim_end().to_owned(),
@@ -550,6 +683,7 @@ mod tests {
                 triple("x86_64-unknown-linux-gnu"),
                 triple("riscv64gc-unknown-linux-gnu"),
             ],
+            false,
         );
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("sysroot");
@@ -585,6 +719,31 @@ mod tests {
             &["-vV"],
         ] {
             assert_eq!(run(args), args.join(" "));
+        }
+        // Offloaded: the same arguments go to the offload wrapper plan.env names, or to
+        // rustc itself when it names none.
+        let offloaded = rustc_wrapper(
+            "2.36",
+            &[
+                triple("x86_64-unknown-linux-gnu"),
+                triple("riscv64gc-unknown-linux-gnu"),
+            ],
+            true,
+        );
+        let next = dir.path().join("next wrapper");
+        std::fs::write(&next, "#!/bin/sh\necho next \"$@\"\n").unwrap();
+        std::fs::set_permissions(&next, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let unit = ["--crate-name", "a", "--target", "x86_64-unknown-linux-gnu"];
+        let linked = "--crate-name a --target x86_64-unknown-linux-gnu \
+                      -C link-arg=--sysroot=/build/sysroot/x86_64-unknown-linux-gnu";
+        for (named, expected) in [
+            (next.to_str().unwrap(), format!("next echo {linked}")),
+            ("", linked.to_owned()),
+        ] {
+            let (ok, out, err) = wrap_with(&offloaded, &root, &unit, Some(named));
+            assert!(ok, "{err}");
+            assert_eq!(out, expected);
         }
         // Not mounted, and nothing to mount here: the build fails, saying why, in the form
         // the driver reports as the first error.

@@ -309,7 +309,9 @@ pub fn build_input_drive_with(
     let mut tree = Tree::new();
     tree.add_file("cargo-config.toml", 0o644, cargo_config.as_bytes().to_vec())
         .map_err(|e| input(&e))?;
-    tree.add_file("plan.env", 0o644, plan.to_env().into_bytes())
+    // Under a floor, an offloaded build's plan.env ends with the floor's part.
+    let plan_env = plan.to_env() + floor.map_or("", |f| f.plan_env);
+    tree.add_file("plan.env", 0o644, plan_env.into_bytes())
         .map_err(|e| input(&e))?;
     if let Some(floor) = floor {
         floor.add_to(&mut tree).map_err(|e| input(&e))?;

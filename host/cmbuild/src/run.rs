@@ -111,12 +111,8 @@ pub struct RunOptions {
 /// (`machine.json` says which it was, and `verify` rebuilds the same way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offload {
-    /// Offloaded, unless the project cannot be (it chose a glibc floor, which offloaded
-    /// jobs do not support yet): then each triple builds in one machine, and the run says
-    /// so. The default.
-    Auto,
-    /// Offloaded; a project that cannot be fails before any machine boots (`--offload`).
-    Required,
+    /// Offloaded, under a glibc floor too (the default; `--offload` says so explicitly).
+    On,
     /// Each triple in one machine, one rustc after another (`--no-offload`).
     Off,
 }
@@ -571,25 +567,7 @@ pub fn plan_release(
     // The workspace from its manifests, as the commit has them: no host toolchain involved.
     let workspace = crate::workspace::read_workspace(&source_dir).map_err(plan::PlanError::from)?;
     let mut plan = Plan::new(&selection, rev.commit_time, &workspace.bins())?;
-    plan.offload = match (opts.offload, &floor) {
-        (Offload::Off, _) => false,
-        (Offload::Required, Some(floor)) => {
-            return Err(RunError::Offload(format!(
-                "this project chose the glibc {} floor, which offloaded builds do not support \
-                 yet; build it with --no-offload",
-                floor.id
-            )))
-        }
-        (Offload::Auto, Some(floor)) => {
-            progress(Progress::Phase(format!(
-                "the glibc {} floor: each triple builds in one machine (offloaded builds do \
-                 not support floors yet)",
-                floor.id
-            )));
-            false
-        }
-        (Offload::Auto | Offload::Required, None) => true,
-    };
+    plan.offload = opts.offload == Offload::On;
     let toolchain = select_toolchain(opts, &read, &workspace, &selection)?;
     let lock_bytes = read("Cargo.lock", MAX_LOCK_BYTES)?.ok_or_else(|| {
         plan::PlanError::NoLock(format!(
@@ -1116,8 +1094,15 @@ impl crate::offload::service::SiblingRunner for Siblings<'_> {
         progress: &dyn Fn(u64),
         meta: &dyn Fn(u64, Vec<u8>),
     ) -> Result<crate::offload::service::SiblingRun, String> {
-        let (mut machine, _) = resume_build(self.inputs, &input_drive, None)
-            .map_err(|e| crate::terminal::error_chain(&e))?;
+        // Under a glibc floor a sibling's scratch drive carries the floor's sysroots, as its
+        // build machine's does (`crate::floor::sibling_plan_env` mounts them).
+        let floor = self.inputs.floor_image.as_ref();
+        let (mut machine, _) = resume_build(
+            self.inputs,
+            &input_drive,
+            floor.map(|image| image.bytes.as_slice()),
+        )
+        .map_err(|e| crate::terminal::error_chain(&e))?;
         drop(input_drive);
         let mut perf_map = match self.perf_map {
             true => Some(
@@ -1261,6 +1246,9 @@ pub fn prepare_offload<'a>(
         let ranks = crate::offload::rank::Ranks::new(&job.lock_bytes, &vendor_sizes, &source_sizes);
         service.ranks = Some(ranks);
     }
+    // Under a glibc floor the siblings mount its sysroots (`Siblings::run` puts them on
+    // their scratch drives).
+    service.floor = inputs.floor_image.is_some();
     service.on_refused = Box::new(|why| {
         progress(Progress::Phase(format!(
             "offload: a cache entry was refused and its job runs again: {why}"
@@ -1298,6 +1286,7 @@ pub fn prepare_offload<'a>(
             scheme: HASH_SCHEME.to_owned(),
             template: inputs.template.record.root_hash.clone(),
             tool: tool.sha256,
+            floor: inputs.floor_image.as_ref().map(|image| image.cid),
         },
         tool,
     })
@@ -1340,6 +1329,7 @@ pub fn run_machines(
                         &floor.id,
                         plan::GUEST_CARGO_CONFIG,
                         targets,
+                        group_plan.offload,
                     )
                 });
                 let scratch = floor

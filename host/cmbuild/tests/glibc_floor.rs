@@ -8,7 +8,9 @@
 //! `$CMBUILD_CACHE`, and each build runs billions of guest instructions): `examples/glibc-floor`
 //! (C through the `cc` crate with `_GNU_SOURCE` and `strtol`, and std's process spawning,
 //! which reaches for glibc 2.39's `pidfd_spawnp`) built under the 2.36 floor for x86_64,
-//! aarch64 and riscv64 in one machine. Every artifact needs at most `GLIBC_2.36` (read
+//! aarch64 and riscv64 in one build machine, its rustc jobs offloaded (each triple's
+//! binary linked in a sibling machine against the floor's sysroot), then again with
+//! `--no-offload`: the same artifacts' bytes. Every artifact needs at most `GLIBC_2.36` (read
 //! from its ELF), records the floor in `manifest.json`, and prints `parse(0b101)=0`: its C
 //! was compiled against glibc 2.36's headers (2.38's would have made `strtol` C23's
 //! `__isoc23_strtol`, which reads `0b101` as 5). The x86_64 artifact runs on the host; the
@@ -98,22 +100,14 @@ fn an_unpinned_floor_is_refused_before_anything_is_read() {
         "{stderr}"
     );
 
-    // A pinned floor passes selection and the run goes on to the (empty) mirror, each
-    // triple in one machine: offloading is the default, but not under a floor, and the
-    // run says so.
+    // A pinned floor passes selection and the run goes on to the (empty) mirror, offloaded
+    // as any other project (`--offload` says so explicitly).
     std::fs::remove_dir_all(root.path().join("p")).unwrap();
     let dir = project(root.path(), "glibc = \"2.36\"\n");
     let (code, stderr) = run(&dir);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("checking inputs in the mirror"), "{stderr}");
-    assert!(
-        stderr.contains(
-            "the glibc 2.36 floor: each triple builds in one machine (offloaded builds do not \
-             support floors yet)"
-        ),
-        "{stderr}"
-    );
-    // `--offload` requires offloading: refused before the mirror is read.
+    assert!(!stderr.contains("builds in one machine"), "{stderr}");
     let (code, stderr) = cmbuild(&[
         "run",
         "--release",
@@ -126,24 +120,8 @@ fn an_unpinned_floor_is_refused_before_anything_is_read() {
         s(&mirror),
         "--offload",
     ]);
-    assert_ne!(code, 0, "{stderr}");
-    assert!(
-        stderr.contains(
-            "this project chose the glibc 2.36 floor, which offloaded builds do not support \
-             yet; build it with --no-offload"
-        ),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains("checking inputs in the mirror"),
-        "{stderr}"
-    );
-    // Without a floor nothing is said of it.
-    std::fs::remove_dir_all(root.path().join("p")).unwrap();
-    let dir = project(root.path(), "");
-    let (_, stderr) = run(&dir);
+    assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("checking inputs in the mirror"), "{stderr}");
-    assert!(!stderr.contains("builds in one machine"), "{stderr}");
 }
 
 /// Writes the floor's sysroot of `triple` (from the mirror's pinned packages) under `dir`.
@@ -211,21 +189,35 @@ fn artifacts_built_under_the_floor_start_on_glibc_2_36() {
         stderr.contains("glibc floor 2.36: 24 Debian bookworm packages"),
         "{stderr}"
     );
+    // Offloaded (the default), every job computed in a sibling whatever the test mirror's
+    // cache holds.
     let run = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
         .args([
             "run",
             "--release",
             "v0.1.0",
             "--single-machine",
+            "--recompute-jobs",
             "--project",
         ])
         .args([s(&project), "--mirror", s(&mirror), "--out", s(&out)])
-        .stderr(std::process::Stdio::inherit())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
     println!("{stdout}");
+    eprintln!("{stderr}");
     assert!(run.status.success(), "{stdout}");
+    // Each triple's binary was linked in a sibling (a job of its own per triple).
+    let linked = stderr
+        .lines()
+        .filter(|l| l.contains("offload: glibc_floor: "))
+        .count();
+    assert!(linked >= 3, "{linked} binary jobs computed in siblings");
+    assert!(
+        !stderr.contains("the build machine compiles it itself"),
+        "a sibling failed"
+    );
     let release = out.join("v0.1.0");
 
     let manifest = read_manifest(&release.join("manifest.json")).unwrap();
@@ -250,6 +242,40 @@ fn artifacts_built_under_the_floor_start_on_glibc_2_36() {
     }
     let machine = read_machine_record(&release.join("machine.json")).unwrap();
     assert!(machine.inputs.contains_key(cmbuild::floor::INPUT_KEY));
+    assert!(machine.offload.is_some());
+    assert!(machine.machines.iter().all(|m| m.jobs.len() >= 3));
+
+    // Not offloaded: each triple's binary linked in the build machine itself, and the same
+    // bytes.
+    let alone = work.path().join("alone");
+    let run = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
+        .args([
+            "run",
+            "--release",
+            "v0.1.0",
+            "--single-machine",
+            "--no-offload",
+            "--project",
+        ])
+        .args([s(&project), "--mirror", s(&mirror), "--out", s(&alone)])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let by_itself = read_manifest(&alone.join("v0.1.0/manifest.json")).unwrap();
+    let digests = |m: &cmbuild::manifest::Manifest| -> Vec<(String, String)> {
+        m.artifacts
+            .iter()
+            .map(|a| (a.target.clone(), a.sha256.to_string()))
+            .collect()
+    };
+    assert_eq!(digests(&manifest), digests(&by_itself));
+    let machine_alone = read_machine_record(&alone.join("v0.1.0/machine.json")).unwrap();
+    assert!(machine_alone.offload.is_none());
 
     // x86_64: on this host (a glibc of 2.36 or newer runs it).
     let ran = Command::new(release.join("x86_64-unknown-linux-gnu/glibc-floor"))

@@ -102,8 +102,7 @@ pub struct Args {
     /// results (artifacts, root hashes) are unchanged.
     #[arg(long)]
     perf_map: bool,
-    /// Require offloading: fail, rather than build each triple in one machine, when the
-    /// project cannot be offloaded (a glibc floor). Offloading is the default: the guest's
+    /// Offload (the default, said explicitly; under a glibc floor too): the guest's
     /// rustc jobs for libraries, proc macros, build scripts and the project's binaries go
     /// to sibling machines, --jobs of them at a time (docs/parallel-builds.md). Each job
     /// completes in the build machine at a cycle fixed by its own instruction count, so
@@ -171,10 +170,10 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
         toolchain: args.toolchain.clone(),
         stall_seconds: args.stall_seconds,
         perf_map: args.perf_map,
+        // `--offload` and `--no-offload` conflict; offloading is the default.
         offload: match (args.offload, args.no_offload) {
-            (_, true) => Offload::Off,
-            (true, false) => Offload::Required,
-            (false, false) => Offload::Auto,
+            (false, true) => Offload::Off,
+            (true, _) | (false, false) => Offload::On,
         },
         recompute_jobs: args.recompute_jobs,
         scout: !args.no_scout,

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use cmbuild_store::cid::Cid;
 use cmbuild_store::sha256::Sha256;
 use serde::{Deserialize, Serialize};
 
@@ -209,6 +210,10 @@ pub struct Platform {
     pub template: String,
     /// `cmbuild-offload`'s digest (the sibling's `run-job`).
     pub tool: Sha256,
+    /// Under a glibc floor, its sysroots' image on the sibling's scratch drive (the jobs
+    /// link against it); absent otherwise, so that a run without one keeps its digests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<Cid>,
 }
 
 impl Job {
@@ -390,6 +395,7 @@ mod tests {
             scheme: "cmvm-sha256-v1".into(),
             template: "cmvm-sha256-v1:00".into(),
             tool: Sha256::of(b"tool"),
+            floor: None,
         }
     }
 
@@ -430,6 +436,22 @@ mod tests {
         let mut env = sample();
         env.env.insert("CARGO_PKG_VERSION".into(), "1.0.15".into());
         assert_ne!(base, env.action_digest(&platform()));
+        // A glibc floor's sysroots (what the sibling links against) are part of the
+        // platform; without one the platform is what it was before floors, so a run
+        // without one keeps its digests (and root hashes).
+        let mut floor = platform();
+        floor.floor = Some(cmbuild_store::cid::cid_of_bytes(b"sysroots"));
+        assert_ne!(base, job.action_digest(&floor));
+        let mut other_floor = platform();
+        other_floor.floor = Some(cmbuild_store::cid::cid_of_bytes(b"other sysroots"));
+        assert_ne!(job.action_digest(&floor), job.action_digest(&other_floor));
+        assert_eq!(
+            serde_json::to_string(&platform()).unwrap(),
+            format!(
+                r#"{{"latency":268435456,"scheme":"cmvm-sha256-v1","template":"cmvm-sha256-v1:00","tool":"{}"}}"#,
+                Sha256::of(b"tool")
+            )
+        );
     }
 
     #[test]

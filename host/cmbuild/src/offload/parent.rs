@@ -449,6 +449,7 @@ mod tests {
             scheme: "cmvm-sha256-v1".into(),
             template: "cmvm-sha256-v1:00".into(),
             tool: Sha256::of(b"tool"),
+            floor: None,
         }
     }
 

@@ -279,6 +279,9 @@ pub struct Service<'a> {
     /// With scouts: the order of the host's work ([`super::rank`]), in place of the
     /// build machine's walls.
     pub ranks: Option<super::rank::Ranks>,
+    /// Whether the run has a glibc floor: its siblings mount the floor's sysroots, which
+    /// their runner puts on their scratch drives (`sibling::plan_env`).
+    pub floor: bool,
     /// What it did.
     pub counts: Counts,
     /// Called with each refused cache entry's reason (a warning for the user).
@@ -311,6 +314,7 @@ impl<'a> Service<'a> {
             scouted: Mutex::default(),
             stored: Mutex::default(),
             ranks: None,
+            floor: false,
             scratch,
             counts: Counts::default(),
             on_refused: Box::new(|_| {}),
@@ -556,8 +560,8 @@ impl<'a> Service<'a> {
         progress: &dyn Fn(u64),
         on_meta: &dyn Fn(MetaPoint),
     ) -> Result<(Computed, f64), ServiceError> {
-        let drive =
-            sibling::input_drive(job, self.blobs, self.tool).map_err(ServiceError::Drive)?;
+        let drive = sibling::input_drive(job, self.blobs, self.tool, self.floor)
+            .map_err(ServiceError::Drive)?;
         // The first usable record counts; a record that does not parse as this job's is
         // no metadata point (deterministically: the sibling writes the same every time).
         let meta = std::cell::OnceCell::new();
@@ -785,6 +789,7 @@ mod tests {
             scheme: "cmvm-sha256-v1".into(),
             template: "cmvm-sha256-v1:00".into(),
             tool: Sha256::of(b"tool"),
+            floor: None,
         };
         Dispatch {
             tag: 1,

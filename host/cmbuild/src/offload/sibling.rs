@@ -14,8 +14,21 @@ use super::wire::{JobResult, WireError};
 pub const ENTRY: &str = include_str!("../../../../guest-image/sibling-entry.sh");
 /// The sibling's `plan.env`: the build driver sources it before it builds anything (with
 /// `say` and `finish` defined), so the plan hands the machine to `entry.sh`, which ends it.
-/// The pinned driver needs no change for this (guest-image/PROTOCOL.md, "Hooks").
+/// The pinned driver needs no change for this (guest-image/PROTOCOL.md, "Hooks"). Under a
+/// glibc floor it mounts the floor's sysroots first ([`plan_env`]).
 pub const PLAN_ENV: &str = "CMBUILD_PLAN_VERSION='2'\n. /build/in/entry.sh\n";
+
+/// The sibling's `plan.env`: [`PLAN_ENV`], or under a glibc floor (`floor`) the same with
+/// the floor's mount before the entry ([`crate::floor::sibling_plan_env`]).
+pub fn plan_env(floor: bool) -> String {
+    match floor {
+        false => PLAN_ENV.to_owned(),
+        true => format!(
+            "CMBUILD_PLAN_VERSION='2'\n{}. /build/in/entry.sh\n",
+            crate::floor::sibling_plan_env()
+        ),
+    }
+}
 /// The sibling input drive's volume UUID (fixed: the drive is a function of the job).
 const SIBLING_UUID: [u8; 16] = *b"cmbuild-job-v1\0\0";
 
@@ -39,13 +52,18 @@ pub enum SiblingError {
     Result(#[from] WireError),
 }
 
-/// The sibling's input drive for `job`: `plan.env` ([`PLAN_ENV`]), `entry.sh`, `job.json`,
-/// `cmbuild-offload` (the binary `tool`, which runs the job) and every input under
-/// `root/`, from `blobs` (each checked against its digest as read).
-pub fn input_drive(job: &Job, blobs: &BlobStore, tool: &[u8]) -> Result<Vec<u8>, SiblingError> {
+/// The sibling's input drive for `job`: `plan.env` ([`plan_env`] of `floor`), `entry.sh`,
+/// `job.json`, `cmbuild-offload` (the binary `tool`, which runs the job) and every input
+/// under `root/`, from `blobs` (each checked against its digest as read).
+pub fn input_drive(
+    job: &Job,
+    blobs: &BlobStore,
+    tool: &[u8],
+    floor: bool,
+) -> Result<Vec<u8>, SiblingError> {
     let layout = |e: &dyn std::fmt::Display| SiblingError::Layout(e.to_string());
     let mut tree = Tree::new();
-    tree.add_file("plan.env", 0o644, PLAN_ENV.as_bytes().to_vec())
+    tree.add_file("plan.env", 0o644, plan_env(floor).into_bytes())
         .map_err(|e| layout(&e))?;
     tree.add_file("entry.sh", 0o644, ENTRY.as_bytes().to_vec())
         .map_err(|e| layout(&e))?;
@@ -139,10 +157,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
         let job = job(&blobs);
-        let drive = input_drive(&job, &blobs, b"tool").unwrap();
+        let drive = input_drive(&job, &blobs, b"tool", false).unwrap();
         assert_eq!(
             drive,
-            input_drive(&job, &blobs, b"tool").unwrap(),
+            input_drive(&job, &blobs, b"tool", false).unwrap(),
             "a function of the job"
         );
         let x = crate::plan::extract_input_drive(&drive);
@@ -176,9 +194,34 @@ mod tests {
         let mut lacking = job.clone();
         lacking.inputs[1].sha256 = Sha256::of(b"never stored");
         assert!(matches!(
-            input_drive(&lacking, &blobs, b"tool"),
+            input_drive(&lacking, &blobs, b"tool", false),
             Err(SiblingError::Blob(_))
         ));
+        // Under a glibc floor: the same drive but for plan.env, which mounts the floor's
+        // sysroots before the job.
+        let floored = input_drive(&job, &blobs, b"tool", true).unwrap();
+        let y = crate::plan::extract_input_drive(&floored);
+        let y = y.path().join("x");
+        let env = std::fs::read_to_string(y.join("plan.env")).unwrap();
+        assert_eq!(env, plan_env(true));
+        assert!(env.starts_with("CMBUILD_PLAN_VERSION='2'\n"), "{env}");
+        assert!(env.ends_with("\n. /build/in/entry.sh\n"), "{env}");
+        assert!(
+            env.contains("mount -t erofs -o ro /dev/pmem3 /build/sysroot"),
+            "{env}"
+        );
+        for name in [
+            "entry.sh",
+            "job.json",
+            "cmbuild-offload",
+            "root/build/src/build.rs",
+        ] {
+            assert_eq!(
+                std::fs::read(y.join(name)).unwrap(),
+                std::fs::read(x.join(name)).unwrap(),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -215,7 +215,7 @@ pub fn verify(
             // Offloaded as the published build was: its build machines ran on the board
             // with the channel, so only that rebuild can reach its root hashes.
             offload: match offload {
-                true => Offload::Required,
+                true => Offload::On,
                 false => Offload::Off,
             },
             recompute_jobs: opts.recompute_jobs,
