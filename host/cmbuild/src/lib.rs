@@ -14,7 +14,8 @@
 //!   [`terminal`] (untrusted text on its way to a terminal);
 //! - [`pins`] (the built-in `digests.lock.env`; the format is `cmbuild_image::pins`) and
 //!   [`snapshot_dir`] (machine snapshots on disk);
-//! - [`perf_map`] (`--perf-map`: the profiler's names for translated guest code).
+//! - [`perf_map`] (`--perf-map`: the profiler's names for translated guest code) and
+//!   [`memory`] (how many machines the host's memory holds).
 
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -26,6 +27,7 @@ pub mod glibc;
 pub mod guest;
 pub mod manifest;
 pub mod mapped;
+pub mod memory;
 pub mod offload;
 pub mod ops;
 pub mod perf_map;

@@ -1064,6 +1064,12 @@ impl OffloadRun<'_> {
         if let n @ 1.. = counts.prefetched.load(Relaxed) {
             shared.push_str(&format!(", {n} started ahead by a scout"));
         }
+        if let n @ 1.. = counts.memory_waits.load(Relaxed) {
+            shared.push_str(&format!(
+                ", {n} waited for the host's memory (fewer siblings at once: {})",
+                crate::memory::reserve_text()
+            ));
+        }
         format!(
             "offload: {} job(s) run in sibling machines, {} from the cache ({} refused entries \
              recomputed){shared}, {} guest instructions in siblings",
@@ -1249,6 +1255,8 @@ pub fn prepare_offload<'a>(
     // Under a glibc floor the siblings mount its sysroots (`Siblings::run` puts them on
     // their scratch drives).
     service.floor = inputs.floor_image.is_some();
+    // No more live siblings than the host's memory holds.
+    service.set_memory_gate(crate::memory::MemoryGate::host());
     service.on_refused = Box::new(|why| {
         progress(Progress::Phase(format!(
             "offload: a cache entry was refused and its job runs again: {why}"
@@ -1628,8 +1636,21 @@ fn run_machine(
         false => None,
     };
     let scout_stop = std::sync::atomic::AtomicBool::new(false);
+    // A scout is one more machine: left out when the host lacks the memory for it.
+    let mut scout = offload.filter(|_| opts.scout && opts.jobs > 1);
+    if scout.is_some() {
+        let gate = crate::memory::MemoryGate::host();
+        if !gate.allows() {
+            progress(Progress::Phase(format!(
+                "[{name}] no scout: the host has {} of memory available ({})",
+                crate::memory::gib(gate.available().unwrap_or(0)),
+                crate::memory::reserve_text()
+            )));
+            scout = None;
+        }
+    }
     let (exit_code, jobs) = std::thread::scope(|scope| {
-        if let Some(o) = offload.filter(|_| opts.scout && opts.jobs > 1) {
+        if let Some(o) = scout {
             let scout = Scout {
                 template,
                 inputs,

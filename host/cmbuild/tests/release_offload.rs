@@ -36,9 +36,15 @@ fn cmbuild(args: &[&str]) -> (bool, String) {
 
 /// [`cmbuild`], and the process's id.
 fn cmbuild_pid(args: &[&str]) -> (bool, String, u32) {
+    cmbuild_env(args, &[])
+}
+
+/// [`cmbuild_pid`] with variables added to its environment.
+fn cmbuild_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, u32) {
     eprintln!("$ cmbuild {}", args.join(" "));
     let child = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
         .args(args)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -109,6 +115,17 @@ fn build(project: &Path, mirror: &Path, out: &Path, extra: &[&str]) -> Build {
 
 /// [`build`], and the id of the cmbuild process.
 fn build_pid(project: &Path, mirror: &Path, out: &Path, extra: &[&str]) -> (Build, u32) {
+    build_env(project, mirror, out, extra, &[])
+}
+
+/// [`build_pid`] with variables added to cmbuild's environment.
+fn build_env(
+    project: &Path,
+    mirror: &Path,
+    out: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Build, u32) {
     let mut args = vec![
         "run",
         "--release",
@@ -123,7 +140,7 @@ fn build_pid(project: &Path, mirror: &Path, out: &Path, extra: &[&str]) -> (Buil
         X86,
     ];
     args.extend_from_slice(extra);
-    let (ok, said, pid) = cmbuild_pid(&args);
+    let (ok, said, pid) = cmbuild_env(&args, env);
     assert!(ok, "cmbuild run {extra:?} failed");
     let dir = out.join("v0.1.0");
     let manifest = read_manifest(&dir.join("manifest.json")).unwrap();
@@ -351,6 +368,27 @@ fn offloaded_builds_are_the_same_with_any_jobs_cold_or_cached() {
         summary(&cold4.said)
     );
     same(&cold4, "--jobs 4 cold");
+
+    // A host without the memory for more machines (its reserve set beyond any host's): no
+    // scout, and one sibling at a time however many --jobs; the same build.
+    let (short, _) = build_env(
+        &project,
+        &mirror,
+        &dir.path().join("short"),
+        &["--jobs", "4", "--recompute-jobs"],
+        &[("CMBUILD_MACHINE_RESERVE_MIB", "1000000000")],
+    );
+    assert!(
+        short.said.contains("no scout: the host has "),
+        "{}",
+        short.said
+    );
+    assert!(
+        summary(&short.said).contains("waited for the host's memory"),
+        "{}",
+        summary(&short.said)
+    );
+    same(&short, "--jobs 4 with no memory to spare");
 
     let alone = build(
         &project,

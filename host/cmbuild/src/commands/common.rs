@@ -58,7 +58,9 @@ pub struct ImageDirArg {
 pub struct JobsArg {
     /// Machines run at once: build machines (one per triple) and the sibling machines
     /// their rustc jobs run in. Changes how fast, never what is built. Default: the number
-    /// of cores.
+    /// of cores. Memory bounds it too: a sibling beyond the first live one, or a scout,
+    /// starts only while the host has 3 GiB available (CMBUILD_MACHINE_RESERVE_MIB sets
+    /// another).
     #[arg(long = "jobs", value_name = "N")]
     pub jobs: Option<usize>,
 }

@@ -109,6 +109,8 @@ pub struct Counts {
     pub prefetched: AtomicU64,
     /// Guest instructions siblings ran (cached jobs included, at their recorded count).
     pub cycles: AtomicU64,
+    /// Siblings that waited for the host's memory before they started.
+    pub memory_waits: AtomicU64,
 }
 
 /// `n` slots, each taken by the waiting holder with the smallest key (then the earliest to
@@ -124,11 +126,23 @@ pub struct Counts {
 ///
 /// With scouts both sets are keyed by rank instead ([`Service::ranks`]), and a sibling keeps
 /// its core to its end: the scouts find jobs before the walls would.
+///
+/// The live slots may also have a memory gate ([`Service::set_memory_gate`]): a sibling
+/// beyond the first live one starts only while the host has memory for it
+/// ([`crate::memory`]); the first never waits for it, so the build always goes on.
 #[derive(Debug)]
 struct Slots {
     state: Mutex<SlotState>,
     changed: Condvar,
+    /// The slots in all.
+    n: usize,
+    /// Whether a holder beyond the first may start (`None`: always).
+    gate: Option<crate::memory::MemoryGate>,
 }
+
+/// How often a holder held back by the memory gate asks again: memory comes back when any
+/// machine of the process ends, not only a holder of these slots.
+const GATE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Debug)]
 struct SlotState {
@@ -147,33 +161,57 @@ impl Slots {
                 ids: 0,
             }),
             changed: Condvar::new(),
+            n,
+            gate: None,
         }
     }
 
-    /// Waits until `me` is the smallest waiting and a slot is free, and takes it.
+    /// Waits until `me` is the smallest waiting and a slot is free, and, when `gated`, the
+    /// gate allows it or no slot is held; takes it. Returns whether the gate held it back.
     fn wait_turn<'a>(
         &'a self,
         mut state: std::sync::MutexGuard<'a, SlotState>,
         me: (u64, u64),
-    ) -> std::sync::MutexGuard<'a, SlotState> {
+        gated: bool,
+    ) -> (std::sync::MutexGuard<'a, SlotState>, bool) {
         state.waiting.insert(me);
-        while state.free == 0 || state.waiting.first() != Some(&me) {
-            state = self.changed.wait(state).expect("no panics hold this lock");
+        let mut held_back = false;
+        loop {
+            if state.free == 0 || state.waiting.first() != Some(&me) {
+                state = self.changed.wait(state).expect("no panics hold this lock");
+                continue;
+            }
+            let gate = self.gate.as_ref().filter(|_| gated && state.free < self.n);
+            if gate.is_none_or(|gate| gate.allows()) {
+                break;
+            }
+            held_back = true;
+            state = self
+                .changed
+                .wait_timeout(state, GATE_POLL)
+                .expect("no panics hold this lock")
+                .0;
         }
         state.waiting.remove(&me);
         state.free -= 1;
         // The next in line may take a slot that is still free.
         self.changed.notify_all();
-        state
+        (state, held_back)
     }
 
-    /// A slot for a holder with `key`, once it is the smallest waiting.
+    /// A slot for a holder with `key`, once it is the smallest waiting (and the gate, if
+    /// any, allows one more).
     fn take(&self, key: u64) -> Slot<'_> {
         let mut state = self.state.lock().expect("no panics hold this lock");
         let id = state.ids;
         state.ids += 1;
-        drop(self.wait_turn(state, (key, id)));
-        Slot { slots: self, id }
+        let (state, held_back) = self.wait_turn(state, (key, id), true);
+        drop(state);
+        Slot {
+            slots: self,
+            id,
+            held_back,
+        }
     }
 }
 
@@ -181,6 +219,8 @@ impl Slots {
 struct Slot<'a> {
     slots: &'a Slots,
     id: u64,
+    /// Whether the memory gate held it back before it got the slot.
+    held_back: bool,
 }
 
 impl Slot<'_> {
@@ -191,7 +231,8 @@ impl Slot<'_> {
         if state.waiting.first().is_some_and(|&(first, _)| first < key) {
             state.free += 1;
             self.slots.changed.notify_all();
-            drop(self.slots.wait_turn(state, (key, self.id)));
+            // Its machine is in memory already: the gate is for new ones.
+            drop(self.slots.wait_turn(state, (key, self.id), false));
         }
     }
 }
@@ -321,6 +362,12 @@ impl<'a> Service<'a> {
             on_failed: Box::new(|_, _, _| {}),
             on_done: Box::new(|_, _| {}),
         }
+    }
+
+    /// Holds a sibling back, while another is live, until `gate` allows one more machine
+    /// ([`crate::memory`]).
+    pub fn set_memory_gate(&mut self, gate: crate::memory::MemoryGate) {
+        self.live.gate = Some(gate);
     }
 
     /// Computes a dispatched job: the cache's checked entry, else a sibling's run (kept in
@@ -585,7 +632,10 @@ impl<'a> Service<'a> {
                 Some(ranks) => ranks.key(job),
                 None => submitted_at,
             };
-            let _live = self.live.take(key);
+            let live = self.live.take(key);
+            if live.held_back {
+                self.counts.memory_waits.fetch_add(1, Ordering::Relaxed);
+            }
             let core = self.cores.take(key);
             let progress = |c: u64| {
                 progress(c);
@@ -1253,6 +1303,48 @@ mod tests {
             drop(held);
         });
         assert_eq!(order.into_inner().unwrap(), [10, 20, 30]);
+    }
+
+    #[test]
+    fn a_second_sibling_waits_for_the_memory_gate_and_the_first_never_does() {
+        let memory = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut live = Slots::new(4);
+        let probe = memory.clone();
+        live.gate = Some(crate::memory::MemoryGate::new(3 << 30, move || {
+            Some(probe.load(Ordering::SeqCst))
+        }));
+        // No memory to spare, but none is live: the first starts (the build goes on).
+        let first = live.take(0);
+        assert!(!first.held_back);
+        std::thread::scope(|scope| {
+            let second = scope.spawn(|| {
+                let slot = live.take(1);
+                let held_back = slot.held_back;
+                drop(slot);
+                held_back
+            });
+            // Free slots, but no memory: the second waits for it...
+            std::thread::sleep(GATE_POLL * 3);
+            assert_eq!(live.state.lock().unwrap().waiting.len(), 1);
+            assert!(!second.is_finished());
+            // ...and starts once the host has it, with the first still live.
+            memory.store(4 << 30, Ordering::SeqCst);
+            assert!(second.join().unwrap());
+        });
+        // Or once the first ends, memory or not.
+        memory.store(0, Ordering::SeqCst);
+        std::thread::scope(|scope| {
+            let second = scope.spawn(|| live.take(1).held_back);
+            while live.state.lock().unwrap().waiting.is_empty() {
+                std::thread::yield_now();
+            }
+            drop(first);
+            assert!(second.join().unwrap());
+        });
+        // Without a gate, as many as there are slots.
+        let ungated = Slots::new(2);
+        let (a, b) = (ungated.take(0), ungated.take(1));
+        assert!(!a.held_back && !b.held_back);
     }
 
     #[test]
