@@ -133,6 +133,9 @@ pub enum Progress {
         name: String,
         /// Its mcycle now.
         mcycle: u64,
+        /// Of those, cycles it spent asleep in WFI since it was resumed (an offloaded build
+        /// machine sleeps while it follows its jobs' answers): the rest ran instructions.
+        idle_cycles: u64,
         /// The mcycle at which an earlier build of the same targets halted, if one is
         /// known (an estimate of the end, for an ETA).
         expected_mcycle: Option<u64>,
@@ -1835,6 +1838,7 @@ fn run_to_halt(
         progress(Progress::Machine {
             name: name.clone(),
             mcycle: machine.mcycle(),
+            idle_cycles: machine.idle_cycles(),
             expected_mcycle: watch.expected_mcycle,
             console,
         });

@@ -247,12 +247,23 @@ struct MachineView {
     lines: LineSplitter,
     /// The last `cmbuild-progress:` line: crate and version, n, N.
     compiling: Option<(String, u32, u32)>,
-    /// When its pace was last measured, and its mcycle then.
-    last: (Instant, u64),
+    /// When its pace was last measured, and its mcycle and idle cycles then.
+    last: (Instant, u64, u64),
     /// Its MIPS over the last measured stretch.
     mips: f64,
     /// Its bar, when there are bars.
     bar: Option<ProgressBar>,
+}
+
+/// A machine's pace over `seconds` in which its mcycle moved by `cycles`, of which it ran
+/// instructions for `ran` (the rest asleep). A machine only stops or sleeps between
+/// reports to wait for the host: an offloaded build machine runs no further than its jobs'
+/// answers allow, and follows them asleep as they come.
+fn pace(cycles: u64, ran: u64, seconds: f64) -> String {
+    match ran.saturating_mul(20) <= cycles {
+        true => "waiting for its offloaded jobs".to_owned(),
+        false => format!("{:.0} MIPS", ran as f64 / seconds.max(1e-3) / 1e6),
+    }
 }
 
 /// How often the pace is measured (bars) or printed (lines).
@@ -298,6 +309,7 @@ impl ProgressPrinter {
             Progress::Machine {
                 name,
                 mcycle,
+                idle_cycles,
                 expected_mcycle,
                 console,
             } => {
@@ -306,7 +318,7 @@ impl ProgressPrinter {
                     stream: Stream::default(),
                     lines: LineSplitter::default(),
                     compiling: None,
-                    last: (self.started, 0),
+                    last: (self.started, 0, 0),
                     mips: 0.0,
                     bar: self.bars.as_ref().map(|bars| {
                         let bar = bars.add(ProgressBar::new(0));
@@ -362,9 +374,14 @@ impl ProgressPrinter {
                 if elapsed < every {
                     return;
                 }
-                let advanced = mcycle > view.last.1;
-                view.mips = mcycle.saturating_sub(view.last.1) as f64 / elapsed.as_secs_f64() / 1e6;
-                view.last = (Instant::now(), mcycle);
+                // Its pace is that of the instructions it ran, not of its mcycle: an
+                // offloaded build machine's mcycle moves on, asleep, as its jobs' answers
+                // come (at the cycles they fix), while the host runs the siblings.
+                let cycles = mcycle.saturating_sub(view.last.1);
+                let ran = cycles.saturating_sub(idle_cycles.saturating_sub(view.last.2));
+                view.last = (Instant::now(), mcycle, idle_cycles);
+                // The ETA goes by mcycle, as the estimate of the end does.
+                view.mips = cycles as f64 / elapsed.as_secs_f64() / 1e6;
                 let total_elapsed = self.started.elapsed().as_secs_f64();
                 let eta = match (expected_mcycle, &view.compiling) {
                     (Some(end), _) if end > mcycle && view.mips > 0.0 => {
@@ -380,12 +397,10 @@ impl ProgressPrinter {
                     }
                     _ => String::new(),
                 };
-                // A machine only stops between reports to wait for the host: an offloaded
-                // build machine runs no further than its jobs' answers allow.
-                let pace = match advanced {
-                    false => format!("waiting for its offloaded jobs, {total_elapsed:.0}s{eta}"),
-                    true => format!("{:.0} MIPS, {total_elapsed:.0}s{eta}", view.mips),
-                };
+                let pace = format!(
+                    "{}, {total_elapsed:.0}s{eta}",
+                    pace(cycles, ran, elapsed.as_secs_f64())
+                );
                 match (&view.bar, &view.compiling) {
                     (Some(bar), Some((what, n, total))) => {
                         bar.set_length(u64::from(*total));
@@ -485,4 +500,22 @@ fn print_summary(summary: &RunSummary, started: Instant) {
         summary.dir.display(),
         started.elapsed().as_secs_f64()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pace;
+
+    #[test]
+    fn a_machine_s_pace_is_what_it_ran_and_asleep_it_is_waiting() {
+        assert_eq!(pace(5_000_000_000, 5_000_000_000, 10.0), "500 MIPS");
+        // Its mcycle moved on by 5e9 while it ran 1e9 instructions: 100 MIPS, not 500.
+        assert_eq!(pace(5_000_000_000, 1_000_000_000, 10.0), "100 MIPS");
+        // Following its jobs' answers asleep, or not moved at all: waiting.
+        assert_eq!(
+            pace(5_000_000_000, 1_000_000, 10.0),
+            "waiting for its offloaded jobs"
+        );
+        assert_eq!(pace(0, 0, 10.0), "waiting for its offloaded jobs");
+    }
 }

@@ -1323,7 +1323,10 @@ mod tests {
                 drop(slot);
                 held_back
             });
-            // Free slots, but no memory: the second waits for it...
+            // Free slots, but no memory: the second waits for it (asking again and again)...
+            while live.state.lock().unwrap().waiting.is_empty() {
+                std::thread::yield_now();
+            }
             std::thread::sleep(GATE_POLL * 3);
             assert_eq!(live.state.lock().unwrap().waiting.len(), 1);
             assert!(!second.is_finished());
