@@ -191,16 +191,7 @@ fn artifacts_built_under_the_floor_start_on_glibc_2_36() {
     );
     // Offloaded (the default), every job computed in a sibling whatever the test mirror's
     // cache holds.
-    let run = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
-        .args([
-            "run",
-            "--release",
-            "v0.1.0",
-            "--single-machine",
-            "--recompute-jobs",
-            "--project",
-        ])
-        .args([s(&project), "--mirror", s(&mirror), "--out", s(&out)])
+    let run = run_release(&project, &mirror, &out, "--recompute-jobs")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -248,16 +239,7 @@ fn artifacts_built_under_the_floor_start_on_glibc_2_36() {
     // Not offloaded: each triple's binary linked in the build machine itself, and the same
     // bytes.
     let alone = work.path().join("alone");
-    let run = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
-        .args([
-            "run",
-            "--release",
-            "v0.1.0",
-            "--single-machine",
-            "--no-offload",
-            "--project",
-        ])
-        .args([s(&project), "--mirror", s(&mirror), "--out", s(&alone)])
+    let run = run_release(&project, &mirror, &alone, "--no-offload")
         .stderr(std::process::Stdio::inherit())
         .output()
         .unwrap();
@@ -316,6 +298,22 @@ fn artifacts_built_under_the_floor_start_on_glibc_2_36() {
             "{triple}"
         );
     }
+}
+
+/// `cmbuild run` of the project's v0.1.0, all its triples in one build machine, with `extra`.
+fn run_release(project: &Path, mirror: &Path, out: &Path, extra: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cmbuild"));
+    command
+        .args(["run", "--release", "v0.1.0", "--single-machine", extra])
+        .args([
+            "--project",
+            s(project),
+            "--mirror",
+            s(mirror),
+            "--out",
+            s(out),
+        ]);
+    command
 }
 
 /// cmbuild with the real crates.io (the heavy test vendors).
