@@ -136,6 +136,8 @@ pub enum Progress {
         /// Of those, cycles it spent asleep in WFI since it was resumed (an offloaded build
         /// machine sleeps while it follows its jobs' answers): the rest ran instructions.
         idle_cycles: u64,
+        /// Whether it offloads its rustc jobs (its board has the channel).
+        offloads: bool,
         /// The mcycle at which an earlier build of the same targets halted, if one is
         /// known (an estimate of the end, for an ETA).
         expected_mcycle: Option<u64>,
@@ -1839,6 +1841,7 @@ fn run_to_halt(
             name: name.clone(),
             mcycle: machine.mcycle(),
             idle_cycles: machine.idle_cycles(),
+            offloads: machine.offload().is_some(),
             expected_mcycle: watch.expected_mcycle,
             console,
         });

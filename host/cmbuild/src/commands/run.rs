@@ -256,13 +256,15 @@ struct MachineView {
 }
 
 /// A machine's pace over `seconds` in which its mcycle moved by `cycles`, of which it ran
-/// instructions for `ran` (the rest asleep). A machine only stops or sleeps between
-/// reports to wait for the host: an offloaded build machine runs no further than its jobs'
-/// answers allow, and follows them asleep as they come.
-fn pace(cycles: u64, ran: u64, seconds: f64) -> String {
-    match ran.saturating_mul(20) <= cycles {
-        true => "waiting for its offloaded jobs".to_owned(),
-        false => format!("{:.0} MIPS", ran as f64 / seconds.max(1e-3) / 1e6),
+/// instructions for `ran` (the rest asleep). An offloaded build machine (`offloads`) stops
+/// or sleeps between reports to wait for the host: it runs no further than its jobs'
+/// answers allow, and follows them asleep as they come. Another machine mostly asleep is
+/// just that (its guest waits for a timer).
+fn pace(cycles: u64, ran: u64, seconds: f64, offloads: bool) -> String {
+    match (ran.saturating_mul(20) <= cycles, offloads) {
+        (true, true) => "waiting for its offloaded jobs".to_owned(),
+        (true, false) => "asleep".to_owned(),
+        (false, _) => format!("{:.0} MIPS", ran as f64 / seconds.max(1e-3) / 1e6),
     }
 }
 
@@ -310,6 +312,7 @@ impl ProgressPrinter {
                 name,
                 mcycle,
                 idle_cycles,
+                offloads,
                 expected_mcycle,
                 console,
             } => {
@@ -399,7 +402,7 @@ impl ProgressPrinter {
                 };
                 let pace = format!(
                     "{}, {total_elapsed:.0}s{eta}",
-                    pace(cycles, ran, elapsed.as_secs_f64())
+                    pace(cycles, ran, elapsed.as_secs_f64(), offloads)
                 );
                 match (&view.bar, &view.compiling) {
                     (Some(bar), Some((what, n, total))) => {
@@ -508,14 +511,17 @@ mod tests {
 
     #[test]
     fn a_machine_s_pace_is_what_it_ran_and_asleep_it_is_waiting() {
-        assert_eq!(pace(5_000_000_000, 5_000_000_000, 10.0), "500 MIPS");
+        assert_eq!(pace(5_000_000_000, 5_000_000_000, 10.0, true), "500 MIPS");
         // Its mcycle moved on by 5e9 while it ran 1e9 instructions: 100 MIPS, not 500.
-        assert_eq!(pace(5_000_000_000, 1_000_000_000, 10.0), "100 MIPS");
+        assert_eq!(pace(5_000_000_000, 1_000_000_000, 10.0, true), "100 MIPS");
         // Following its jobs' answers asleep, or not moved at all: waiting.
         assert_eq!(
-            pace(5_000_000_000, 1_000_000, 10.0),
+            pace(5_000_000_000, 1_000_000, 10.0, true),
             "waiting for its offloaded jobs"
         );
-        assert_eq!(pace(0, 0, 10.0), "waiting for its offloaded jobs");
+        assert_eq!(pace(0, 0, 10.0, true), "waiting for its offloaded jobs");
+        // A machine that offloads nothing and sleeps waits for no job.
+        assert_eq!(pace(5_000_000_000, 1_000_000, 10.0, false), "asleep");
+        assert_eq!(pace(5_000_000_000, 5_000_000_000, 10.0, false), "500 MIPS");
     }
 }
