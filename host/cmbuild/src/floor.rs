@@ -302,7 +302,7 @@ pub fn cargo_config(base: &str, triples: &[Triple]) -> String {
 /// or rustc itself when that is empty; a sibling that links such a job mounts the same
 /// sysroots at the same place ([`sibling_plan_env`]).
 pub fn rustc_wrapper(floor_id: &str, triples: &[Triple], offloaded: bool) -> String {
-    let scratch = format!("/dev/pmem{}", Drive::Scratch.index());
+    let scratch = Drive::Scratch.guest_device();
     // What runs rustc: the offload wrapper named by plan.env, if it started.
     let (next_line, next) = match offloaded {
         true => (
@@ -355,7 +355,7 @@ pub fn rustc_wrapper(floor_id: &str, triples: &[Triple], offloaded: bool) -> Str
 /// sibling that cannot mount them stops with the error `sibling-floor`, so its job gives
 /// no result and the build machine compiles it.
 pub fn sibling_plan_env() -> String {
-    let scratch = format!("/dev/pmem{}", Drive::Scratch.index());
+    let scratch = Drive::Scratch.guest_device();
     format!(
         "# The glibc floor: its sysroots, where the build machine's wrapper links against them.\n\
          mkdir -p {GUEST_SYSROOTS} && mount -t erofs -o ro {scratch} {GUEST_SYSROOTS} || {{\n    \

@@ -44,6 +44,11 @@ impl Drive {
         self as usize
     }
 
+    /// The drive's device in the guest, `/dev/pmem{index}`.
+    pub fn guest_device(self) -> String {
+        format!("/dev/pmem{}", self.index())
+    }
+
     /// The drive's label in the device tree.
     pub fn label(self) -> &'static str {
         match self {

@@ -1643,8 +1643,7 @@ fn run_machine(
     let scout_stop = std::sync::atomic::AtomicBool::new(false);
     // A scout is one more machine: left out when the host lacks the memory for it.
     let mut scout = offload.filter(|_| opts.scout && opts.jobs > 1);
-    if scout.is_some() {
-        let gate = crate::memory::MemoryGate::host();
+    if let Some(gate) = scout.and_then(|o| o.service.memory_gate()) {
         if !gate.allows() {
             progress(Progress::Phase(format!(
                 "[{name}] no scout: the host has {} of memory available ({})",

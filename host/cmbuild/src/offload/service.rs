@@ -370,6 +370,12 @@ impl<'a> Service<'a> {
         self.live.gate = Some(gate);
     }
 
+    /// The memory gate siblings wait for, if it has one: the run's other machines (a
+    /// scout) ask the same one.
+    pub fn memory_gate(&self) -> Option<&crate::memory::MemoryGate> {
+        self.live.gate.as_ref()
+    }
+
     /// Computes a dispatched job: the cache's checked entry, else a sibling's run (kept in
     /// the cache when it gave a result), calling `progress` with rising lower bounds of its
     /// `C` while a sibling runs it, and `on_meta` once with its metadata point if it has

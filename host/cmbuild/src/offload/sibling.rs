@@ -21,12 +21,11 @@ pub const PLAN_ENV: &str = "CMBUILD_PLAN_VERSION='2'\n. /build/in/entry.sh\n";
 /// The sibling's `plan.env`: [`PLAN_ENV`], or under a glibc floor (`floor`) the same with
 /// the floor's mount before the entry ([`crate::floor::sibling_plan_env`]).
 pub fn plan_env(floor: bool) -> String {
+    // PLAN_ENV's first line is the plan's version, its last hands the machine to entry.sh.
+    let (version, entry) = PLAN_ENV.split_once('\n').expect("PLAN_ENV has two lines");
     match floor {
         false => PLAN_ENV.to_owned(),
-        true => format!(
-            "CMBUILD_PLAN_VERSION='2'\n{}. /build/in/entry.sh\n",
-            crate::floor::sibling_plan_env()
-        ),
+        true => format!("{version}\n{}{entry}", crate::floor::sibling_plan_env()),
     }
 }
 /// The sibling input drive's volume UUID (fixed: the drive is a function of the job).
