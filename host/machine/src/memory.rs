@@ -264,6 +264,12 @@ impl MemRange {
         self.data.ptr
     }
 
+    /// The host address of the first byte (see [`MemRange::raw_bytes`]; an address, for
+    /// arithmetic, not a pointer to read through).
+    pub(crate) fn host_addr(&self) -> u64 {
+        self.data.ptr as u64
+    }
+
     /// Writes `bytes` at `offset` (from the start of the range), marking pages dirty.
     /// Returns false (and writes nothing) when they do not fit.
     pub fn write_bytes(&mut self, offset: u64, bytes: &[u8]) -> bool {

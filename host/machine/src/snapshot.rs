@@ -1359,6 +1359,11 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, SnapshotError> {
             .and_then(|h| u64::from_str_radix(h, 16).ok())
             .ok_or_else(|| l.err(format!("`start` is not 0x-prefixed hex: {start_text:?}")))?;
         let range_length = l.number("range-length")?;
+        if range_length >= MEMORY_LIMIT {
+            return Err(l.err(format!(
+                "flash drive range length {range_length} is 64 GiB or more"
+            )));
+        }
         if image_length > range_length {
             return Err(l.err(format!(
                 "image length {image_length} exceeds the range length {range_length}"

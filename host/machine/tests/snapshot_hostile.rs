@@ -66,7 +66,7 @@ fn sizes_are_refused_before_anything_is_allocated() {
     m.run(100);
     let good = files_of(&mut m);
     snapshot::load_files(&good).unwrap();
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (
             "64 GiB of RAM",
             Box::new(|t| {
@@ -100,6 +100,16 @@ fn sizes_are_refused_before_anything_is_allocated() {
                 )
             }),
             "64 GiB or more",
+        ),
+        (
+            "a small image in a 2^50-byte range",
+            Box::new(|t| {
+                t.replace(
+                    "\nrange-length 2097152\n",
+                    &format!("\nrange-length {}\n", 1u64 << 50),
+                )
+            }),
+            "range length 1125899906842624 is 64 GiB or more",
         ),
         (
             "a 2^60-byte pages file",

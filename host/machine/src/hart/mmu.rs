@@ -48,27 +48,36 @@ impl Access {
 }
 
 /// A cached translation of one virtual page. `repr(C)` because translated code reads
-/// it: `delta` at 8 and `ram_tag` at 24, 32 bytes an entry; see [`super::jit`] and the
+/// it: `delta` at 8 and `inline_tag` at 24, 32 bytes an entry; see [`super::jit`] and the
 /// layout assertions below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub(super) struct TlbEntry {
     /// `vpn | ctx`; 0 never matches (every context has bit 63 set).
     pub(super) tag: u64,
-    /// [`TlbEntry::page`] less the page's virtual address (wrapping): so that an address
-    /// `va` in the page is at `va + delta` (in its region, or physically) with no masking.
+    /// Where the bytes of an address `va` in the page are, with no masking: for RAM, at
+    /// RAM offset `va + delta`; for a flash drive, at host address `ram + va + delta`
+    /// (`ram` being RAM's host address: the drive's distance from RAM on the host is in
+    /// it, so translated code reaches both the same way; see [`Mmu::layout`]); for a
+    /// device or the DTB ROM, at physical address `va + delta`. Wrapping arithmetic.
     pub(super) delta: u64,
     /// The memory region of the physical page; `None` when it is not memory.
     pub(super) region: Option<RegionId>,
-    /// `tag` if the page is RAM, else 0 (which never matches): translated code compares
-    /// this one, so that a hit is also a RAM page. In the store TLB, `tag` only while the
-    /// page is also marked dirty and holds no decoded code, so that translated code's
-    /// inline store needs neither the dirty mark nor the decode cache's check: a fill
-    /// marks the page dirty and asks the decode cache ([`Hart::fast_store_tag`]), a page
-    /// that gets decoded code clears it ([`Hart::point_fetch_at`]), and clearing the
-    /// dirty bitmap empties the entries that had it ([`Hart::forget_fast_stores`]).
-    /// Everything else reads `tag`, so stores by the interpreter are not affected.
-    pub(super) ram_tag: u64,
+    /// With a `region`: the page's offset inside it, in pages (regions are below
+    /// [`crate::machine::MEMORY_LIMIT`], so it fits).
+    frame: u32,
+    /// `tag` if translated code may reach the page inline, else 0 (which never matches):
+    /// translated code compares this one. In the fetch TLB, a RAM page; in the load TLB,
+    /// a RAM or flash page (a guest reading its drives copies them into its page cache
+    /// with loads, millions per build, which would otherwise each call Rust). In the
+    /// store TLB, a RAM page only while it is also marked dirty and holds no decoded
+    /// code, so that translated code's inline store needs neither the dirty mark nor the
+    /// decode cache's check: a fill marks the page dirty and asks the decode cache
+    /// ([`Hart::fast_store_tag`]), a page that gets decoded code clears it
+    /// ([`Hart::point_fetch_at`]), and clearing the dirty bitmap empties the entries that
+    /// had it ([`Hart::forget_fast_stores`]). Everything else reads `tag`, so stores by
+    /// the interpreter are not affected.
+    pub(super) inline_tag: u64,
 }
 
 /// Where a TLB entry leads.
@@ -81,20 +90,23 @@ pub(super) enum PageTarget {
 }
 
 impl TlbEntry {
-    /// An entry tagged `tag` leading to `target`.
-    fn new(tag: u64, target: PageTarget) -> Self {
+    /// An entry tagged `tag` leading to `target`, whose region's bytes are `host_offset`
+    /// bytes past RAM's on the host (0 for RAM itself; unused for a device).
+    fn new(tag: u64, target: PageTarget, host_offset: u64) -> Self {
         match target {
             PageTarget::Memory(region, offset) => Self {
                 tag,
-                delta: offset.wrapping_sub(page_va(tag)),
+                delta: offset.wrapping_add(host_offset).wrapping_sub(page_va(tag)),
                 region: Some(region),
-                ram_tag: if region == RegionId::RAM { tag } else { 0 },
+                frame: u32::try_from(offset >> 12).expect("regions are below MEMORY_LIMIT"),
+                inline_tag: if region == RegionId::RAM { tag } else { 0 },
             },
             PageTarget::Device(pa) => Self {
                 tag,
                 delta: pa.wrapping_sub(page_va(tag)),
                 region: None,
-                ram_tag: 0,
+                frame: 0,
+                inline_tag: 0,
             },
         }
     }
@@ -103,7 +115,10 @@ impl TlbEntry {
     /// physical address of the page (a device or the DTB ROM). [`TlbEntry::target`] reads
     /// the two cases apart.
     pub(super) fn page(&self) -> u64 {
-        self.delta.wrapping_add(page_va(self.tag))
+        match self.region {
+            Some(_) => u64::from(self.frame) << 12,
+            None => self.delta.wrapping_add(page_va(self.tag)),
+        }
     }
 
     /// Where this entry leads.
@@ -127,7 +142,8 @@ const _: () = {
     assert!(std::mem::offset_of!(TlbEntry, tag) == 0);
     assert!(std::mem::offset_of!(TlbEntry, delta) == 8);
     assert!(std::mem::offset_of!(TlbEntry, region) == 16);
-    assert!(std::mem::offset_of!(TlbEntry, ram_tag) == 24);
+    assert!(std::mem::offset_of!(TlbEntry, frame) == 20);
+    assert!(std::mem::offset_of!(TlbEntry, inline_tag) == 24);
     assert!(std::mem::size_of::<TlbEntry>() == 32);
     assert!(std::mem::size_of::<Option<RegionId>>() == 4);
 };
@@ -136,7 +152,8 @@ const EMPTY: TlbEntry = TlbEntry {
     tag: 0,
     region: None,
     delta: 0,
-    ram_tag: 0,
+    frame: 0,
+    inline_tag: 0,
 };
 
 /// The translation caches of the hart. `repr(C)` with the contexts last: translated code
@@ -156,6 +173,12 @@ pub struct Mmu {
     /// flush clears those rather than all three arrays; `None` once there were too many
     /// to track (then a flush clears everything).
     filled: Option<Vec<u32>>,
+    /// Where each flash drive's bytes were on the host, relative to RAM's
+    /// ([`Bus::host_offset`]), when flash entries were filled since the last flush (empty
+    /// if none were): their `delta`s hold it, so they are good only on a bus laid out the
+    /// same way. Translated code is entered only when the bus it runs on is
+    /// ([`Mmu::layout_is`]), and a fill on another bus empties the TLBs first.
+    layout: Vec<u64>,
     /// Context bits of fetches (privilege, translation on).
     pub(super) fetch_ctx: u64,
     /// Context bits of loads and stores (effective privilege after MPRV, SUM, MXR).
@@ -181,6 +204,31 @@ impl Mmu {
             fetch_tag: 0,
             fetch_page: 0,
             filled: Some(Vec::new()),
+            layout: Vec::new(),
+        }
+    }
+
+    /// Whether the flash entries in the TLBs (if any) were filled on a bus laid out as
+    /// `bus` is (see [`Mmu::layout`]).
+    pub(super) fn layout_is(&self, bus: &Bus) -> bool {
+        self.layout.is_empty()
+            || (self.layout.len() == bus.flash.len()
+                && self
+                    .layout
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &o)| o == bus.host_offset(RegionId::flash(i))))
+    }
+
+    /// Before a flash entry is filled from `bus`: records its layout, emptying the TLBs
+    /// first if entries of another layout are in them.
+    fn note_layout(&mut self, bus: &Bus) {
+        if !self.layout_is(bus) {
+            self.flush();
+        }
+        if self.layout.is_empty() {
+            let offsets = (0..bus.flash.len()).map(|i| bus.host_offset(RegionId::flash(i)));
+            self.layout.extend(offsets);
         }
     }
 
@@ -188,6 +236,7 @@ impl Mmu {
     /// of address space, so it costs what was filled since the last one, not the arrays'
     /// size.
     pub(super) fn flush(&mut self) {
+        self.layout.clear();
         match self.filled.as_mut() {
             Some(filled) => {
                 for f in std::mem::take(filled) {
@@ -348,28 +397,34 @@ impl Hart {
             Access::Fetch => self.mmu.fetch_ctx,
             _ => self.mmu.data_ctx,
         };
-        let target = match bus.find_memory(pa & !0xfff) {
-            Some((region, off)) => PageTarget::Memory(region, off),
-            None => PageTarget::Device(pa & !0xfff),
+        let (target, host_offset) = match bus.find_memory(pa & !0xfff) {
+            Some((RegionId::RAM, off)) => (PageTarget::Memory(RegionId::RAM, off), 0),
+            Some((region, off)) => {
+                self.mmu.note_layout(bus);
+                (PageTarget::Memory(region, off), bus.host_offset(region))
+            }
+            None => (PageTarget::Device(pa & !0xfff), 0),
         };
-        let mut entry = TlbEntry::new(vpn(va) | ctx, target);
-        if access == Access::Store {
-            entry.ram_tag = self.fast_store_tag(bus, &entry);
+        let mut entry = TlbEntry::new(vpn(va) | ctx, target, host_offset);
+        match (access, entry.region) {
+            (Access::Store, _) => entry.inline_tag = self.fast_store_tag(bus, &entry),
+            (Access::Load, Some(_)) => entry.inline_tag = entry.tag,
+            _ => {}
         }
         self.mmu.table_mut(access)[tlb_index(va)] = entry;
         self.mmu.note_filled(access, tlb_index(va));
         Ok(entry)
     }
 
-    /// The `ram_tag` of a new store-TLB entry: its `tag` if it leads to a RAM page with no
+    /// The `inline_tag` of a new store-TLB entry: its `tag` if it leads to a RAM page with no
     /// decoded code, which it marks dirty now (translated code's stores through it will
     /// not), else 0.
     fn fast_store_tag(&mut self, bus: &mut Bus, entry: &TlbEntry) -> u64 {
-        if entry.ram_tag == 0 || self.dcache.holds(entry.page() >> 12) {
+        if entry.inline_tag == 0 || self.dcache.holds(entry.page() >> 12) {
             return 0;
         }
         bus.ram.mark_dirty(entry.page() >> 12);
-        entry.ram_tag
+        entry.inline_tag
     }
 
     /// Empties the store-TLB entries translated code stores through, after RAM's dirty
@@ -377,7 +432,7 @@ impl Hart {
     /// each walks again and its fill marks the page anew.
     pub(crate) fn forget_fast_stores(&mut self) {
         for e in self.mmu.store.iter_mut() {
-            if e.ram_tag != 0 {
+            if e.inline_tag != 0 {
                 *e = EMPTY;
             }
         }
@@ -626,8 +681,8 @@ impl Hart {
             // store into it inline (stores into code go through the interpreter, which
             // drops what they overwrite).
             for s in self.mmu.store.iter_mut() {
-                if s.ram_tag != 0 && s.page() == e.page() {
-                    s.ram_tag = 0;
+                if s.inline_tag != 0 && s.page() == e.page() {
+                    s.inline_tag = 0;
                 }
             }
         }
@@ -699,7 +754,8 @@ mod tests {
             tag,
             delta: 0,
             region: Some(RegionId::RAM),
-            ram_tag: tag,
+            frame: 0,
+            inline_tag: tag,
         }
     }
 

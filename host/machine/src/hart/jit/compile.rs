@@ -13,9 +13,9 @@ use std::mem::offset_of;
 // The inline TLB index masks the virtual page number.
 const _: () = assert!(TLB_SIZE.is_power_of_two() && TLB_SIZE <= 1 << 16);
 
-/// Offset of `ram_tag` in a TLB entry.
-const RAM_TAG: i32 = 24;
-const _: () = assert!(std::mem::offset_of!(TlbEntry, ram_tag) == RAM_TAG as usize);
+/// Offset of `inline_tag` in a TLB entry.
+const INLINE_TAG: i32 = 24;
+const _: () = assert!(std::mem::offset_of!(TlbEntry, inline_tag) == INLINE_TAG as usize);
 /// Offset of `delta` in a TLB entry.
 const DELTA: i32 = 8;
 const _: () = assert!(std::mem::offset_of!(TlbEntry, delta) == DELTA as usize);
@@ -272,7 +272,8 @@ pub(super) fn span(items: &[Item], start: usize) -> u8 {
 /// For the virtual address in rax: rcx = its TLB tag (page number | the context at
 /// `ctx_at`), rdx = the address of its entry in the TLB whose address is in the `Env`
 /// field at `tlb` (32-byte entries, see `mmu::TlbEntry`). The caller compares rcx with
-/// the entry's `ram_tag` at `RAM_TAG`: equal means a hit on a RAM page.
+/// the entry's `inline_tag` at `INLINE_TAG`: equal means a hit on a page translated code
+/// may reach inline (see `mmu::TlbEntry::inline_tag`).
 fn tlb_entry(a: &mut Asm, tlb: usize, ctx_at: i32) {
     a.mov_rr(RCX, RAX);
     tlb_index(a, tlb, ctx_at);
@@ -292,8 +293,9 @@ fn tlb_index(a: &mut Asm, tlb: usize, ctx_at: i32) {
 
 /// The inline path of a load or store of `size` bytes at the virtual address in rax
 /// (kept): falls through with `[rcx + rax]` the host address of those bytes when the TLB
-/// of loads (or of stores) allows it — a hit on a RAM page for every byte; for a store, a
-/// page already marked dirty and holding no decoded code (`TlbEntry::ram_tag`) — and
+/// of loads (or of stores) allows it — a hit on a RAM or flash page for every byte; for a
+/// store, a RAM page already marked dirty and holding no decoded code
+/// (`TlbEntry::inline_tag`) — and
 /// returns the jump taken otherwise (a miss, or an access that runs into the next
 /// page). The tag compared is the last byte's, with the entry of the first byte's page:
 /// they agree only when both bytes are in that page, so one compare covers both. An
@@ -311,9 +313,10 @@ fn tlb_hit(a: &mut Asm, store: bool, size: u8) -> usize {
         a.mov_rr(RCX, RAX);
     }
     tlb_index(a, tlb, data_ctx_at());
-    a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
+    a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, INLINE_TAG));
     let miss = a.jcc_fwd(Cond::Ne);
-    // rcx = the page's RAM offset less its virtual address, plus RAM's host address.
+    // rcx = the page's delta (its RAM offset less its virtual address, or its flash
+    // drive's host address less RAM's plus that), plus RAM's host address.
     a.mov_load(W::B64, RCX, Rm::at(RDX, DELTA));
     a.alu(
         W::B64,
@@ -358,7 +361,7 @@ impl Thunks {
     fn chain(a: &mut Asm, code_base: u64) {
         let retry = a.here();
         tlb_entry(a, offset_of!(Env, fetch_tlb), fetch_ctx_at());
-        a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, RAM_TAG));
+        a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, INLINE_TAG));
         let miss = a.jcc_fwd(Cond::Ne);
         let mut fail = Vec::new();
         // ecx = decode-cache page of the RAM page, if it has one.

@@ -21,13 +21,15 @@
 //!   overflow (most negative / -1) are tested for and given their results before any
 //!   `div`/`idiv` runs, so no host exception can happen.
 //! - Traps never happen inside translated code. Loads and stores take an inline TLB hit
-//!   path for RAM accesses inside one page, aligned or not (stores only through
-//!   store-TLB entries that allow it: to pages already marked dirty for the state hash
-//!   and holding no decoded code, see `mmu::TlbEntry::ram_tag`, so the inline store
-//!   needs neither check; a misaligned access inside a page is one host access where
-//!   the interpreter makes one per byte, through the same TLB entry, to the same
-//!   effect). A load that misses it (a TLB miss, a flash drive, a device, an access
-//!   across a page boundary) calls `load_helper`, which does what the interpreter's load
+//!   path for accesses inside one page, aligned or not: loads from RAM and from the
+//!   flash drives (a flash entry's delta is relative to RAM's host address, so both are
+//!   `[ram + va + delta]`; a guest copies its drives into its page cache with millions
+//!   of loads), stores to RAM only through store-TLB entries that allow it: to pages
+//!   already marked dirty for the state hash and holding no decoded code, see
+//!   `mmu::TlbEntry::inline_tag`, so the inline store needs neither check; a misaligned
+//!   access inside a page is one host access where the interpreter makes one per byte,
+//!   through the same TLB entry, to the same effect. A load that misses it (a TLB miss,
+//!   a device, an access across a page boundary) calls `load_helper`, which does what the interpreter's load
 //!   does — page walks included, with `mcycle` advanced to the load's own count, since
 //!   device reads see it — and the block goes on. The helper declines, changing
 //!   nothing a re-execution would not change the same way, when the load faults or its
@@ -172,8 +174,8 @@ pub(super) unsafe extern "sysv64" fn fetch_helper(hart: *mut Hart, pc: u64) -> u
     hart.fill_fetch_for_jit(bus, pc) as u64
 }
 
-/// Called by translated code for a load its inline path does not serve (TLB miss, flash,
-/// device, across a page boundary): [`Hart::load_for_jit`] with `retired` the
+/// Called by translated code for a load its inline path does not serve (TLB miss, device,
+/// across a page boundary): [`Hart::load_for_jit`] with `retired` the
 /// instructions the block retired before the load.
 ///
 /// # Safety
@@ -189,6 +191,10 @@ pub(super) unsafe extern "sysv64" fn load_helper(
 ) -> Loaded {
     // SAFETY: the caller's contract: both pointers are live and unaliased for this call.
     let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).env.bus) as *mut Bus)) };
+    #[cfg(test)]
+    {
+        hart.jit.helper_loads += 1;
+    }
     match hart.load_for_jit(bus, va, size as u32, retired) {
         Some(value) => Loaded { value, ok: 1 },
         None => Loaded { value: 0, ok: 0 },
@@ -221,6 +227,9 @@ pub struct Jit {
     /// Times translated code was entered from Rust (for the tests).
     #[cfg(test)]
     entries: u64,
+    /// Loads translated code handed to [`load_helper`] (for the tests).
+    #[cfg(test)]
+    helper_loads: u64,
 }
 
 /// Code regions of harts dropped in this process, emptied, with their shared code, for the
@@ -416,6 +425,11 @@ impl Hart {
     #[inline(never)]
     fn enter_block(&mut self, bus: &mut Bus, entry: u32) -> bool {
         self.bury_dropped_blocks();
+        if !self.mmu.layout_is(bus) {
+            // Flash entries filled on a bus laid out otherwise: their deltas would lead
+            // elsewhere on this one.
+            self.flush_tlb();
+        }
         let Some(mem) = self.jit.mem.as_ref() else {
             return false;
         };
@@ -438,7 +452,9 @@ impl Hart {
         // whose offsets `compile` takes with `offset_of!` (`x`, `pc`, `mcycle`, `stop`,
         // the TLB contexts, `env`; through the pointer passed here), RAM bytes inside
         // the TLB-mapped pages of `bus.ram` (through `env`, taken from `bus` just
-        // above, so no other reference to them is live), and returns with
+        // above, so no other reference to them is live), reads flash-drive bytes inside
+        // the pages the load TLB maps (at `env.ram` plus deltas made for this bus's
+        // layout, checked above; the drives are borrowed with the bus), and returns with
         // callee-saved registers restored by the trampoline. The one Rust function it
         // calls, `load_helper`, gets the hart through the same pointer and the bus
         // through `env.bus`, neither of which is otherwise used until `run` returns.
@@ -1015,8 +1031,8 @@ mod tests {
     }
 
     /// Loads the inline path does not serve — a device whose value is the instruction
-    /// count (CLINT `mtime`), RAM across a page boundary, a flash drive, sign- and
-    /// zero-extended — inside a hot loop: the helper serves them without leaving the
+    /// count (CLINT `mtime`), RAM across a page boundary — and flash-drive loads, sign- and
+    /// zero-extended, inside a hot loop: the helper serves them without leaving the
     /// block, and the results and `mcycle` agree with the interpreter's at every step.
     /// The loop starts at many offsets so that `mtime` ticks at every position in the
     /// block.
@@ -1403,5 +1419,86 @@ mod tests {
             .write_bytes(0, &value.to_le_bytes()));
         assert_eq!(resumed.run(u64::MAX), Break::Halted(0));
         assert_eq!((resumed.mcycle(), resumed.root_hash()), ends[0]);
+    }
+
+    /// Loads from a flash drive go inline, as RAM loads do (a guest copies its drives into
+    /// its page cache with millions of them), and still read the drive's bytes when the
+    /// drive's host memory moves between runs: the TLB entries made for the old place are
+    /// dropped before translated code runs again. Translated and interpreted agree.
+    #[test]
+    fn flash_loads_go_inline_and_follow_the_drive_s_memory() {
+        use crate::machine::Break;
+        let mut w = Vec::new();
+        // t0 = the flash drive, at 0x8040_0000 above 4 MiB of RAM.
+        w.extend(li32(T0, 0x4020_0000));
+        w.push(slli(T0, T0, 1));
+        let hot_loop = |w: &mut Vec<u32>| {
+            w.extend(li32(T2, 3000));
+            let top = w.len();
+            w.push(load(3, A1, T0, 8)); // ld a1, 8(t0)
+            w.push(load(4, A2, T0, 2047)); // lbu a2, 2047(t0)
+            w.push(add(A0, A0, A1));
+            w.push(add(A3, A3, A2));
+            w.push(addi(T2, T2, -1));
+            w.push(b((top as i32 - w.len() as i32) * 4, 0, T2, 1)); // bne t2, zero, top
+        };
+        hot_loop(&mut w);
+        w.extend(li32(T1, crate::board::HTIF_BASE as i32));
+        w.push(addi(A4, 0, crate::devices::htif::YIELD_DEVICE as i32));
+        w.push(slli(A4, A4, 56));
+        w.push(addi(A4, A4, 5));
+        w.push(s(0, A4, T1, 3)); // sd a4, 0(t1): the yield
+        hot_loop(&mut w);
+        w.extend(halt(Platform::Cmvm));
+        let image = assemble(&w);
+        let drive = |word: u64, byte: u8| {
+            let mut bytes = vec![0u8; 4096];
+            bytes[8..16].copy_from_slice(&word.to_le_bytes());
+            bytes[2047] = byte;
+            bytes
+        };
+        let mut ends = Vec::new();
+        for jit in [false, true] {
+            let mut m = Machine::new(&MachineConfig {
+                ram_length: 4 << 20,
+                ram_image: Some(image.clone()),
+                flash_drives: vec![crate::machine::FlashConfig {
+                    label: "input".into(),
+                    image: drive(7, 3),
+                    shared: false,
+                }],
+                ..MachineConfig::default()
+            })
+            .unwrap();
+            m.hart.set_jit(jit);
+            assert_eq!(m.run(u64::MAX), Break::Yielded(5));
+            assert_eq!(
+                (m.hart.x[A0 as usize], m.hart.x[A3 as usize]),
+                (21_000, 9_000)
+            );
+            if jit {
+                assert!(
+                    m.hart.jit.helper_loads < 10,
+                    "{} flash loads went through the helper",
+                    m.hart.jit.helper_loads
+                );
+            }
+            // The drive's bytes move to other host memory (as a new mapping would), with
+            // other contents; the old memory stays alive, so stale entries would read it.
+            let mut moved = crate::memory::MemRange::from_vec(
+                m.bus.flash[0].mem.start,
+                drive(11, 5),
+                m.bus.flash[0].mem.len(),
+            );
+            std::mem::swap(&mut m.bus.flash[0].mem, &mut moved);
+            assert_eq!(m.run(u64::MAX), Break::Halted(0));
+            assert_eq!(
+                (m.hart.x[A0 as usize], m.hart.x[A3 as usize]),
+                (21_000 + 33_000, 9_000 + 15_000)
+            );
+            ends.push((m.mcycle(), m.hart.x, m.root_hash()));
+            drop(moved);
+        }
+        assert_eq!(ends[0], ends[1]);
     }
 }
