@@ -51,19 +51,7 @@ fn an_unpinned_floor_is_refused_before_anything_is_read() {
     let root = tempfile::tempdir().unwrap();
     let mirror = root.path().join("mirror");
     let out = root.path().join("builds");
-    let run = |dir: &Path| {
-        cmbuild(&[
-            "run",
-            "--release",
-            "v0.1.0",
-            "--project",
-            s(dir),
-            "--out",
-            s(&out),
-            "--mirror",
-            s(&mirror),
-        ])
-    };
+    let run = |dir: &Path| cmbuild(&common::run_release("v0.1.0", dir, &mirror, &out));
     let dir = project(root.path(), "glibc = \"2.35\"\n");
     let (code, stderr) = run(&dir);
     assert_eq!(code, 2, "{stderr}");
@@ -108,18 +96,9 @@ fn an_unpinned_floor_is_refused_before_anything_is_read() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("checking inputs in the mirror"), "{stderr}");
     assert!(!stderr.contains("builds in one machine"), "{stderr}");
-    let (code, stderr) = cmbuild(&[
-        "run",
-        "--release",
-        "v0.1.0",
-        "--project",
-        s(&dir),
-        "--out",
-        s(&out),
-        "--mirror",
-        s(&mirror),
-        "--offload",
-    ]);
+    let mut args = common::run_release("v0.1.0", &dir, &mirror, &out);
+    args.push("--offload");
+    let (code, stderr) = cmbuild(&args);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("checking inputs in the mirror"), "{stderr}");
 }
@@ -191,7 +170,7 @@ fn artifacts_built_under_the_floor_start_on_glibc_2_36() {
     );
     // Offloaded (the default), every job computed in a sibling whatever the test mirror's
     // cache holds.
-    let run = run_release(&project, &mirror, &out, "--recompute-jobs")
+    let run = release_command(&project, &mirror, &out, "--recompute-jobs")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -239,7 +218,7 @@ fn artifacts_built_under_the_floor_start_on_glibc_2_36() {
     // Not offloaded: each triple's binary linked in the build machine itself, and the same
     // bytes.
     let alone = work.path().join("alone");
-    let run = run_release(&project, &mirror, &alone, "--no-offload")
+    let run = release_command(&project, &mirror, &alone, "--no-offload")
         .stderr(std::process::Stdio::inherit())
         .output()
         .unwrap();
@@ -301,18 +280,11 @@ fn artifacts_built_under_the_floor_start_on_glibc_2_36() {
 }
 
 /// `cmbuild run` of the project's v0.1.0, all its triples in one build machine, with `extra`.
-fn run_release(project: &Path, mirror: &Path, out: &Path, extra: &str) -> Command {
+fn release_command(project: &Path, mirror: &Path, out: &Path, extra: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cmbuild"));
     command
-        .args(["run", "--release", "v0.1.0", "--single-machine", extra])
-        .args([
-            "--project",
-            s(project),
-            "--mirror",
-            s(mirror),
-            "--out",
-            s(out),
-        ]);
+        .args(common::run_release("v0.1.0", project, mirror, out))
+        .args(["--single-machine", extra]);
     command
 }
 

@@ -64,19 +64,8 @@ fn run_dockerfile(
     extra: &[&str],
     quiet: bool,
 ) -> Output {
-    let mut args = vec![
-        "run",
-        "--release",
-        "v0.1.0",
-        "--project",
-        s(project),
-        "--dockerfile",
-        dockerfile,
-        "--mirror",
-        s(mirror),
-        "--out",
-        s(out),
-    ];
+    let mut args = common::run_release("v0.1.0", project, mirror, out);
+    args.extend(["--dockerfile", dockerfile]);
     args.extend_from_slice(extra);
     match quiet {
         true => cmbuild_quiet(&args),

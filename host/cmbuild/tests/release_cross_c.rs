@@ -52,18 +52,9 @@ fn build(project: &Path, out: &Path) -> Option<PathBuf> {
         );
         return None;
     }
-    let run = cmbuild(&[
-        "run",
-        "--release",
-        "v0.1.0",
-        "--project",
-        s(project),
-        "--mirror",
-        s(&mirror),
-        "--out",
-        s(out),
-        "--single-machine",
-    ]);
+    let mut args = common::run_release("v0.1.0", project, &mirror, out);
+    args.push("--single-machine");
+    let run = cmbuild(&args);
     let stdout = String::from_utf8_lossy(&run.stdout);
     println!("{stdout}");
     assert!(run.status.success(), "{stdout}");

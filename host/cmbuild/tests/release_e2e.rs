@@ -174,20 +174,8 @@ fn release_e2e(toolchain: Option<&str>) {
     std::fs::create_dir_all(&elsewhere).unwrap();
 
     let builds = work.path().join("builds");
-    let mut args = vec![
-        "run",
-        "--release",
-        "v0.1.0",
-        "--project",
-        s(&project),
-        "--mirror",
-        s(&vendored),
-        "--pins",
-        s(&pins),
-        "--out",
-        s(&builds),
-        "--test-reproduce",
-    ];
+    let mut args = common::run_release("v0.1.0", &project, &vendored, &builds);
+    args.extend(["--pins", s(&pins), "--test-reproduce"]);
     let target = std::env::var("CMBUILD_E2E_TARGET").unwrap_or_else(|_| "all".into());
     args.extend(["--target", target.as_str()]);
     if let Some(toolchain) = toolchain {

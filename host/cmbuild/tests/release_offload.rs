@@ -126,19 +126,8 @@ fn build_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (Build, u32) {
-    let mut args = vec![
-        "run",
-        "--release",
-        "v0.1.0",
-        "--project",
-        s(project),
-        "--mirror",
-        s(mirror),
-        "--out",
-        s(out),
-        "--target",
-        X86,
-    ];
+    let mut args = common::run_release("v0.1.0", project, mirror, out);
+    args.extend(["--target", X86]);
     args.extend_from_slice(extra);
     let (ok, said, pid) = cmbuild_env(&args, env);
     assert!(ok, "cmbuild run {extra:?} failed");
@@ -427,16 +416,8 @@ fn a_failing_job_fails_the_build_the_same_way_every_time() {
     let mut errors = Vec::new();
     for (i, jobs) in ["1", "2"].iter().enumerate() {
         let out = dir.path().join(format!("run{i}"));
-        let (ok, said) = cmbuild(&[
-            "run",
-            "--release",
-            "v0.1.0",
-            "--project",
-            s(&project),
-            "--mirror",
-            s(&mirror),
-            "--out",
-            s(&out),
+        let mut args = common::run_release("v0.1.0", &project, &mirror, &out);
+        args.extend([
             "--target",
             X86,
             "--offload",
@@ -446,6 +427,7 @@ fn a_failing_job_fails_the_build_the_same_way_every_time() {
             // never reached before it failed (its determinism is the test above's).
             "--no-scout",
         ]);
+        let (ok, said) = cmbuild(&args);
         assert!(!ok, "a build with a broken library succeeded");
         assert!(said.contains("error[E0308]: mismatched types"), "{said}");
         // The same failure, whether the job ran in a sibling or came from the cache.

@@ -44,12 +44,7 @@ fn the_next_run_removes_a_killed_runs_working_directory() {
     std::fs::write(stale.join("out/x86_64-unknown-linux-gnu/p"), b"half").unwrap();
     let mirror = root.path().join("empty-mirror");
     let output = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
-        .args(["run", "--release", "v0.1.0", "--project"])
-        .arg(&project)
-        .arg("--out")
-        .arg(&out)
-        .arg("--mirror")
-        .arg(&mirror)
+        .args(common::run_release("v0.1.0", &project, &mirror, &out))
         .output()
         .unwrap();
     // The run itself fails (the mirror is empty) ...

@@ -14,13 +14,9 @@ use std::process::Command;
 fn run(files: &[(&str, &str)], package_extra: &str, extra_args: &[&str]) -> (i32, String) {
     let root = tempfile::tempdir().unwrap();
     let dir = common::tiny_project(&root.path().join("p"), package_extra, files);
+    let (mirror, builds) = (root.path().join("mirror"), root.path().join("builds"));
     let out = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
-        .args(["run", "--release", "v0.1.0", "--project"])
-        .arg(&dir)
-        .arg("--out")
-        .arg(root.path().join("builds"))
-        .arg("--mirror")
-        .arg(root.path().join("mirror"))
+        .args(common::run_release("v0.1.0", &dir, &mirror, &builds))
         .args(extra_args)
         .output()
         .unwrap();

@@ -56,6 +56,27 @@ pub fn cmbuild_shown(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The command line of `cmbuild run` building release `tag` of `project` from `mirror`
+/// into `out`, for a test to add its options to.
+pub fn run_release<'a>(
+    tag: &'a str,
+    project: &'a Path,
+    mirror: &'a Path,
+    out: &'a Path,
+) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--release",
+        tag,
+        "--project",
+        s(project),
+        "--mirror",
+        s(mirror),
+        "--out",
+        s(out),
+    ]
+}
+
 /// A path as the `&str` command lines take.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
