@@ -29,13 +29,13 @@
 //!   `mmu::TlbEntry::inline_tag`, so the inline store needs neither check; a misaligned
 //!   access inside a page is one host access where the interpreter makes one per byte,
 //!   through the same TLB entry, to the same effect. A load that misses it (a TLB miss,
-//!   a device, an access across a page boundary) calls `load_helper`, which does what the interpreter's load
-//!   does — page walks included, with `mcycle` advanced to the load's own count, since
-//!   device reads see it — and the block goes on. The helper declines, changing
-//!   nothing a re-execution would not change the same way, when the load faults or its
-//!   page walk wrote into a page with decoded code (the running block might be stale);
-//!   then the block leaves with `pc` at that instruction and `mcycle` counting the ones
-//!   before it, and the interpreter executes it with every check.
+//!   a device, an access across a page boundary) calls `load_helper`, which does what
+//!   the interpreter's load does — page walks included, with `mcycle` advanced to the
+//!   load's own count, since device reads see it — and the block goes on. The helper
+//!   declines, changing nothing a re-execution would not change the same way, when the
+//!   load faults or its page walk wrote into a page with decoded code (the running block
+//!   might be stale); then the block leaves with `pc` at that instruction and `mcycle`
+//!   counting the ones before it, and the interpreter executes it with every check.
 //! - Instructions with no translation of their own — atomics, floating point, CSR
 //!   instructions — and stores that miss the inline path (a TLB miss, a device, a page
 //!   boundary, a store into code) call `exec_helper`: the registers they name go to
@@ -576,6 +576,16 @@ mod tests {
     /// `add rd, a, b`.
     fn add(rd: u32, a: u32, b: u32) -> u32 {
         r(0, b, a, 0, rd, 0x33)
+    }
+
+    /// A yield to the host with data 5 through HTIF (`Break::Yielded(5)`), using
+    /// registers `at` and `value`.
+    fn yield_5(w: &mut Vec<u32>, at: u32, value: u32) {
+        w.extend(li32(at, crate::board::HTIF_BASE as i32));
+        w.push(addi(value, 0, crate::devices::htif::YIELD_DEVICE as i32));
+        w.push(slli(value, value, 56));
+        w.push(addi(value, value, 5));
+        w.push(s(0, value, at, 3)); // sd value, 0(at)
     }
 
     fn machine(image: &[u8], jit: bool) -> Machine {
@@ -1355,12 +1365,8 @@ mod tests {
         };
         let mut w = Vec::new();
         hot_loop(&mut w);
-        w.extend(li32(T0, crate::board::HTIF_BASE as i32));
-        w.push(addi(T1, 0, crate::devices::htif::YIELD_DEVICE as i32));
-        w.push(slli(T1, T1, 56));
-        w.push(addi(T1, T1, 5));
-        w.push(s(0, T1, T0, 3)); // sd t1, 0(t0): the yield
-                                 // ld a1, 0(flash): the flash drive lies at 0x8040_0000 above 4 MiB of RAM.
+        yield_5(&mut w, T0, T1);
+        // ld a1, 0(flash): the flash drive lies at 0x8040_0000 above 4 MiB of RAM.
         w.extend(li32(T0, 0x4020_0000));
         w.push(slli(T0, T0, 1));
         w.push((T0 << 15) | (3 << 12) | (A1 << 7) | 0x03);
@@ -1443,11 +1449,7 @@ mod tests {
             w.push(b((top as i32 - w.len() as i32) * 4, 0, T2, 1)); // bne t2, zero, top
         };
         hot_loop(&mut w);
-        w.extend(li32(T1, crate::board::HTIF_BASE as i32));
-        w.push(addi(A4, 0, crate::devices::htif::YIELD_DEVICE as i32));
-        w.push(slli(A4, A4, 56));
-        w.push(addi(A4, A4, 5));
-        w.push(s(0, A4, T1, 3)); // sd a4, 0(t1): the yield
+        yield_5(&mut w, T1, A4);
         hot_loop(&mut w);
         w.extend(halt(Platform::Cmvm));
         let image = assemble(&w);
