@@ -58,6 +58,11 @@ impl PerfMap {
         Ok(Self { path, file })
     }
 
+    /// [`PerfMap::open`] when a map was `asked` for, else none.
+    pub fn open_if(asked: bool, machine: &mut Machine) -> Result<Option<Self>, PerfMapError> {
+        asked.then(|| Self::open(machine)).transpose()
+    }
+
     /// Appends what `machine` placed since the last call.
     pub fn drain(&mut self, machine: &mut Machine) -> Result<(), PerfMapError> {
         let symbols = machine.hart.take_perf_map();

@@ -1115,13 +1115,8 @@ impl crate::offload::service::SiblingRunner for Siblings<'_> {
         )
         .map_err(|e| crate::terminal::error_chain(&e))?;
         drop(input_drive);
-        let mut perf_map = match self.perf_map {
-            true => Some(
-                crate::perf_map::PerfMap::open(&mut machine)
-                    .map_err(|e| crate::terminal::error_chain(&e))?,
-            ),
-            false => None,
-        };
+        let mut perf_map = crate::perf_map::PerfMap::open_if(self.perf_map, &mut machine)
+            .map_err(|e| crate::terminal::error_chain(&e))?;
         let start = machine.mcycle();
         let mut console = Vec::new();
         // In slices, each reported: the parent may run up to `T + L + c` meanwhile (its
@@ -1636,10 +1631,7 @@ fn run_machine(
         )),
         expected_mcycle,
     };
-    let mut perf_map = match opts.perf_map {
-        true => Some(crate::perf_map::PerfMap::open(&mut machine)?),
-        false => None,
-    };
+    let mut perf_map = crate::perf_map::PerfMap::open_if(opts.perf_map, &mut machine)?;
     let scout_stop = std::sync::atomic::AtomicBool::new(false);
     // A scout is one more machine: left out when the host lacks the memory for it.
     let mut scout = offload.filter(|_| opts.scout && opts.jobs > 1);

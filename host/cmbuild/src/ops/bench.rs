@@ -212,7 +212,7 @@ fn linux_boot(qemu: bool, jit: bool, perf_map: bool, out: &mut dyn Write) -> Res
         ..MachineConfig::default()
     })?;
     m.hart.set_jit(jit);
-    let mut map = perf_map.then(|| PerfMap::open(&mut m)).transpose()?;
+    let mut map = PerfMap::open_if(perf_map, &mut m)?;
     let start = Instant::now();
     let brk = m.run(20_000_000_000);
     let secs = start.elapsed().as_secs_f64();
@@ -293,7 +293,7 @@ fn time_machine(p: &Program, jit: bool, perf_map: bool) -> Result<f64> {
         ..MachineConfig::default()
     })?;
     m.hart.set_jit(jit);
-    let mut map = perf_map.then(|| PerfMap::open(&mut m)).transpose()?;
+    let mut map = PerfMap::open_if(perf_map, &mut m)?;
     let start = Instant::now();
     let brk = m.run(p.instructions.saturating_mul(2));
     let secs = start.elapsed().as_secs_f64();

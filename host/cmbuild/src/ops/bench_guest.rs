@@ -338,9 +338,7 @@ fn build_on_machine(
     let resume = started.elapsed();
     machine.hart.set_jit(opts.jit);
     // The first build's symbols are enough for a profile (later ones reuse the addresses).
-    let mut map = (opts.perf_map && first)
-        .then(|| PerfMap::open(&mut machine))
-        .transpose()?;
+    let mut map = PerfMap::open_if(opts.perf_map && first, &mut machine)?;
     let instret = machine.hart.minstret();
     let max_mcycle = prepared.opts.machine.max_mcycle;
     let started = Instant::now();

@@ -221,10 +221,7 @@ pub fn run(
         }
     };
     machine.hart.set_jit(opts.jit);
-    let mut perf_map = match opts.perf_map {
-        true => Some(PerfMap::open(&mut machine)?),
-        false => None,
-    };
+    let mut perf_map = PerfMap::open_if(opts.perf_map, &mut machine)?;
     let limit = opts.max_mcycle.unwrap_or(u64::MAX);
     let mut watchdog = Watchdog::new(opts.stall_seconds, &machine);
     let brk = match run_streaming(
