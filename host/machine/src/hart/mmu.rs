@@ -176,8 +176,8 @@ pub struct Mmu {
     /// Where each flash drive's bytes were on the host, relative to RAM's
     /// ([`Bus::host_offset`]), when flash entries were filled since the last flush (empty
     /// if none were): their `delta`s hold it, so they are good only on a bus laid out the
-    /// same way. Translated code is entered only when the bus it runs on is
-    /// ([`Mmu::layout_is`]), and a fill on another bus empties the TLBs first.
+    /// same way. [`Hart::run`] empties the TLBs when it is handed a bus laid out otherwise
+    /// ([`Mmu::layout_is`]), and a fill on another bus empties them first.
     layout: Vec<u64>,
     /// Context bits of fetches (privilege, translation on).
     pub(super) fetch_ctx: u64,

@@ -403,6 +403,12 @@ impl Hart {
     /// Runs until `mcycle` reaches `limit` or the guest halts or yields, or the offload
     /// channel has a request to report or must wait for an answer.
     pub fn run(&mut self, bus: &mut Bus, limit: u64) -> Stop {
+        if !self.mmu.layout_is(bus) {
+            // Flash entries filled on a bus laid out otherwise: their deltas would lead
+            // elsewhere on this one (translated code reads through them). The bus is the
+            // same for the whole call, so once here is enough.
+            self.flush_tlb();
+        }
         loop {
             self.sync_device_writes(bus);
             if bus.devices.htif.halt.is_some() {

@@ -425,11 +425,6 @@ impl Hart {
     #[inline(never)]
     fn enter_block(&mut self, bus: &mut Bus, entry: u32) -> bool {
         self.bury_dropped_blocks();
-        if !self.mmu.layout_is(bus) {
-            // Flash entries filled on a bus laid out otherwise: their deltas would lead
-            // elsewhere on this one.
-            self.flush_tlb();
-        }
         let Some(mem) = self.jit.mem.as_ref() else {
             return false;
         };
@@ -454,10 +449,11 @@ impl Hart {
         // the TLB-mapped pages of `bus.ram` (through `env`, taken from `bus` just
         // above, so no other reference to them is live), reads flash-drive bytes inside
         // the pages the load TLB maps (at `env.ram` plus deltas made for this bus's
-        // layout, checked above; the drives are borrowed with the bus), and returns with
-        // callee-saved registers restored by the trampoline. The one Rust function it
-        // calls, `load_helper`, gets the hart through the same pointer and the bus
-        // through `env.bus`, neither of which is otherwise used until `run` returns.
+        // layout, checked where `Hart::run` took the bus; the drives are borrowed with
+        // it), and returns with callee-saved registers restored by the trampoline. The
+        // one Rust function it calls, `load_helper`, gets the hart through the same
+        // pointer and the bus through `env.bus`, neither of which is otherwise used until
+        // `run` returns.
         unsafe { run(self as *mut Hart, code) };
         #[cfg(test)]
         {
