@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::guest::{drive_bytes, Drive, MachineSettings};
 use crate::manifest::{to_canonical_json, MachineRecord, MachineRun, TemplateUse};
+use crate::mapped::DriveImage;
 use crate::run::{Progress, RunError, RunOptions};
 use crate::staging;
 use crate::{pins, untrusted};
@@ -546,8 +547,9 @@ pub fn run_container_release(
         RunError::Machine(name.clone(), crate::terminal::error_chain(&e))
     };
     crate::template::fill_input(&mut machine, &input).map_err(fill)?;
-    crate::template::fill_scratch(&mut machine, &scratch).map_err(fill)?;
-    drop((input, scratch));
+    crate::template::fill_scratch(&mut machine, &DriveImage::from(scratch)).map_err(fill)?;
+    drop(input);
+
     progress(Progress::Phase(format!(
         "[{name}] resumed from the template at mcycle {} in {:.2?}",
         machine.mcycle(),

@@ -26,8 +26,8 @@
 //! After the build every Linux artifact's needs (read from its bytes, [`crate::glibc`])
 //! are checked against the floor: one that needs a newer glibc fails the run.
 
+use crate::mapped::DriveImage;
 use std::io;
-use std::sync::Arc;
 
 use cmbuild_image::lock::{Lock, LockFileError, LockedPackage};
 use cmbuild_image::locking::BoxError;
@@ -89,6 +89,15 @@ pub enum FloorError {
         /// What failed.
         #[source]
         source: SysrootError,
+    },
+    /// The sysroots' image could not be put in a memory file.
+    #[error("putting the glibc {floor} sysroots' image in memory")]
+    Memory {
+        /// The floor.
+        floor: String,
+        /// What failed.
+        #[source]
+        source: Box<crate::mapped::MapError>,
     },
     /// Artifacts need a newer glibc than the floor.
     #[error(
@@ -166,8 +175,9 @@ pub fn applies_to(triple: Triple) -> bool {
 /// (recorded in `machine.json` as [`INPUT_KEY`]).
 #[derive(Debug, Clone)]
 pub struct FloorImage {
-    /// The EROFS image: one sysroot per Linux triple, under its name.
-    pub bytes: Arc<Vec<u8>>,
+    /// The EROFS image: one sysroot per Linux triple, under its name; in a memory file that
+    /// every machine of the run maps (`crate::template::fill_scratch`).
+    pub image: DriveImage,
     /// Its CID.
     pub cid: Cid,
 }
@@ -201,9 +211,15 @@ pub fn prepare(
         floor: floor.id.clone(),
         source,
     })?;
+    let image = DriveImage::in_memory_file("glibc-floor-sysroots", &bytes).map_err(|source| {
+        FloorError::Memory {
+            floor: floor.id.clone(),
+            source: Box::new(source),
+        }
+    })?;
     Ok(FloorImage {
         cid: cid_of_bytes(&bytes),
-        bytes: Arc::new(bytes),
+        image,
     })
 }
 

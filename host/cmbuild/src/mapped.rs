@@ -142,11 +142,37 @@ impl DriveImage {
         Ok(Self(Image::new(Inner::File(file))))
     }
 
-    /// The file the bytes are mapped from, if they are.
+    /// `bytes` (made in this process: a glibc floor's sysroots) in a file of memory of their
+    /// own (`memfd_create`, never written again), mapped like an image file, so that every
+    /// machine of the run gets them as a private copy-on-write mapping
+    /// ([`DriveImage::private_memory`]) and reads the same host pages, instead of a copy
+    /// each. `name` says what they are, in errors.
+    pub fn in_memory_file(name: &str, bytes: &[u8]) -> Result<Self, MapError> {
+        let label = PathBuf::from(format!("memfd:{name}"));
+        let io = |source| MapError::Io {
+            path: label.clone(),
+            source,
+        };
+        let c_name = std::ffi::CString::new(name)
+            .map_err(|_| io(std::io::Error::other("a name with a NUL byte")))?;
+        // SAFETY: a new anonymous memory file with a NUL-terminated name; the result is
+        // checked below and, when valid, owned by the `File` made from it.
+        let fd = unsafe { libc::memfd_create(c_name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a valid descriptor just returned to us and owned by nothing else.
+        let mut file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        std::io::Write::write_all(&mut file, bytes).map_err(io)?;
+        let file = MappedFile::map(label, false, file)?;
+        Ok(Self(Image::new(Inner::File(file))))
+    }
+
+    /// The file on disk the bytes are mapped from, if they are.
     pub fn path(&self) -> Option<&Path> {
         match &self.0.data {
-            Inner::Bytes(_) => None,
-            Inner::File(file) => Some(&file.path),
+            Inner::File(file) if file.on_disk => Some(&file.path),
+            _ => None,
         }
     }
 
@@ -154,12 +180,26 @@ impl DriveImage {
     /// copy-on-write mapping of the file (the range's tail past the image reads as zeros),
     /// or, for bytes in memory, a copy of them.
     pub fn base(&self, range_length: u64) -> Result<Base, MapError> {
-        match &self.0.data {
-            Inner::Bytes(bytes) => Ok(Base::Bytes(bytes.clone())),
-            Inner::File(file) => Ok(Base::Memory {
+        match (&self.0.data, self.private_memory(range_length)?) {
+            (Inner::File(file), Some(memory)) => Ok(Base::Memory {
                 image_length: file.len as u64,
-                memory: Box::new(file.private_range(range_length)?),
+                memory,
             }),
+            (Inner::Bytes(bytes), _) => Ok(Base::Bytes(bytes.clone())),
+            (Inner::File(_), None) => unreachable!("a mapped image has private mappings"),
+        }
+    }
+
+    /// A private copy-on-write mapping of the file over a range of `range_length` bytes
+    /// (the file, then zeros), for a drive's memory; `None` for bytes in memory, which
+    /// cannot be mapped.
+    pub fn private_memory(
+        &self,
+        range_length: u64,
+    ) -> Result<Option<Box<dyn HostMemory>>, MapError> {
+        match &self.0.data {
+            Inner::Bytes(_) => Ok(None),
+            Inner::File(file) => Ok(Some(Box::new(file.private_range(range_length)?))),
         }
     }
 }
@@ -167,7 +207,10 @@ impl DriveImage {
 /// A file mapped read-only and shared, with its descriptor kept for private mappings.
 #[derive(Debug)]
 struct MappedFile {
+    /// Its path, or for a memory file what it holds (in errors).
     path: PathBuf,
+    /// Whether `path` is a file on disk.
+    on_disk: bool,
     file: File,
     ptr: *mut u8,
     len: usize,
@@ -181,11 +224,19 @@ unsafe impl Sync for MappedFile {}
 
 impl MappedFile {
     fn open(path: &Path) -> Result<Self, MapError> {
-        let io = |source| MapError::Io {
+        let file = File::open(path).map_err(|source| MapError::Io {
             path: path.to_path_buf(),
             source,
+        })?;
+        Self::map(path.to_path_buf(), true, file)
+    }
+
+    /// `file`, open for reading, mapped whole.
+    fn map(path: PathBuf, on_disk: bool, file: File) -> Result<Self, MapError> {
+        let io = |source| MapError::Io {
+            path: path.clone(),
+            source,
         };
-        let file = File::open(path).map_err(io)?;
         let len = usize::try_from(file.metadata().map_err(io)?.len())
             .map_err(|_| io(std::io::Error::other("too large to map")))?;
         let ptr = if len == 0 {
@@ -209,7 +260,8 @@ impl MappedFile {
             ptr.cast::<u8>()
         };
         Ok(Self {
-            path: path.to_path_buf(),
+            path,
+            on_disk,
             file,
             ptr,
             len,

@@ -736,7 +736,7 @@ pub fn gather_inputs(
                 "glibc floor {}: sysroots image {} ({} MB, made in {:.1?})",
                 floor.description,
                 image.cid,
-                image.bytes.len() >> 20,
+                image.image.len() >> 20,
                 started.elapsed()
             )));
             cids.insert(crate::floor::INPUT_KEY.to_owned(), image.cid);
@@ -1108,12 +1108,9 @@ impl crate::offload::service::SiblingRunner for Siblings<'_> {
         // Under a glibc floor a sibling's scratch drive carries the floor's sysroots, as its
         // build machine's does (`crate::floor::sibling_plan_env` mounts them).
         let floor = self.inputs.floor_image.as_ref();
-        let (mut machine, _) = resume_build(
-            self.inputs,
-            &input_drive,
-            floor.map(|image| image.bytes.as_slice()),
-        )
-        .map_err(|e| crate::terminal::error_chain(&e))?;
+        let (mut machine, _) =
+            resume_build(self.inputs, &input_drive, floor.map(|floor| &floor.image))
+                .map_err(|e| crate::terminal::error_chain(&e))?;
         drop(input_drive);
         let mut perf_map = crate::perf_map::PerfMap::open_if(self.perf_map, &mut machine)
             .map_err(|e| crate::terminal::error_chain(&e))?;
@@ -1343,7 +1340,7 @@ pub fn run_machines(
                 let scratch = floor
                     .as_ref()
                     .and(inputs.floor_image.as_ref())
-                    .map(|image| image.bytes.clone());
+                    .map(|image| image.image.clone());
                 let result = plan::build_input_drive_with(
                     &group_plan,
                     &job.source_tar,
@@ -1359,7 +1356,7 @@ pub fn run_machines(
                         inputs,
                         targets,
                         input,
-                        scratch.as_deref().map(Vec::as_slice),
+                        scratch.as_ref(),
                         offload,
                         progress,
                     )
@@ -1596,7 +1593,7 @@ fn run_machine(
     inputs: &ReleaseInputs,
     targets: &[Triple],
     input_drive: Vec<u8>,
-    scratch: Option<&[u8]>,
+    scratch: Option<&DriveImage>,
     offload: Option<&OffloadRun<'_>>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> MachineResult {
@@ -1714,7 +1711,7 @@ fn run_machine(
 pub fn resume_build(
     inputs: &ReleaseInputs,
     input_drive: &[u8],
-    scratch: Option<&[u8]>,
+    scratch: Option<&DriveImage>,
 ) -> Result<(Machine, SnapshotConfig), crate::template::TemplateError> {
     resume_from(&inputs.template, inputs, input_drive, scratch)
 }
@@ -1724,7 +1721,7 @@ fn resume_from(
     template: &crate::template::Template,
     inputs: &ReleaseInputs,
     input_drive: &[u8],
-    scratch: Option<&[u8]>,
+    scratch: Option<&DriveImage>,
 ) -> Result<(Machine, SnapshotConfig), crate::template::TemplateError> {
     let image = &inputs.image;
     let (mut machine, snapshot_config) = template.resume(&image.rootfs, &image.toolchain)?;
@@ -1741,7 +1738,7 @@ struct Scout<'a> {
     template: &'a crate::template::Template,
     inputs: &'a ReleaseInputs,
     input_drive: &'a [u8],
-    scratch: Option<&'a [u8]>,
+    scratch: Option<&'a DriveImage>,
     offload: &'a OffloadRun<'a>,
     stop: &'a std::sync::atomic::AtomicBool,
     max_mcycle: u64,

@@ -38,6 +38,7 @@ use std::sync::{Arc, OnceLock};
 
 use cmbuild_machine::devices::htif::YIELD_DEVICE;
 use cmbuild_machine::machine::{Break, Machine, HASH_SCHEME};
+use cmbuild_machine::memory::MemRange;
 use cmbuild_machine::snapshot::{self, HashCheck, SnapshotConfig, SnapshotError};
 use cmbuild_store::cid::Cid;
 use cmbuild_store::mirror::Mirror;
@@ -235,7 +236,7 @@ pub struct Template {
 
 /// The page trees of a machine at the ready point, for every later machine resumed with
 /// the same drive images.
-#[derive(Default)]
+#[derive(Clone, Default)]
 enum ReadyTrees {
     /// Not asked for yet.
     #[default]
@@ -665,18 +666,43 @@ pub fn fill_input(machine: &mut Machine, input: &[u8]) -> Result<(), TemplateErr
     Ok(())
 }
 
-/// Writes `image` (a glibc floor's sysroots, `crate::floor`) onto the scratch drive of a
-/// machine resumed from the template, before it runs on. The template's scratch drive is
-/// zeros and the guest drops its cache of it after the yield, like the input's.
-pub fn fill_scratch(machine: &mut Machine, image: &[u8]) -> Result<(), TemplateError> {
-    let drive = &mut machine.bus.flash[Drive::Scratch.index()];
+/// Puts `image` (a glibc floor's sysroots, `crate::floor`; a container build's layer) on
+/// the scratch drive of a machine resumed from the template, before it runs on. The
+/// template's scratch drive is zeros and the guest drops its cache of it after the yield,
+/// like the input's. A mapped image becomes the drive's memory as a private copy-on-write
+/// mapping, with the image's page tree (`Machine::replace_drive`): the machines of a run
+/// share its host pages and none hashes it again; bytes in memory are copied in.
+pub fn fill_scratch(machine: &mut Machine, image: &DriveImage) -> Result<(), TemplateError> {
+    let index = Drive::Scratch.index();
+    let drive = &mut machine.bus.flash[index];
     if image.len() as u64 > drive.image_length {
         return Err(TemplateError::ScratchTooSmall {
             len: image.len() as u64,
             max: drive.image_length,
         });
     }
-    drive.mem.write_bytes(0, image);
+    let (start, range) = (drive.mem.start, drive.mem.len());
+    let mapping = |e: &(dyn std::error::Error + 'static)| {
+        TemplateError::Machine(crate::terminal::error_chain(e))
+    };
+    match image.private_memory(range).map_err(|e| mapping(&e))? {
+        Some(memory) => {
+            let mem = MemRange::from_host_memory(start, memory)
+                .ok_or_else(|| TemplateError::Machine("a scratch range of partial pages".into()))?;
+            let tree = image
+                .page_tree(range)
+                .ok_or(TemplateError::ScratchTooSmall {
+                    len: image.len() as u64,
+                    max: range,
+                })?;
+            machine
+                .replace_drive(index, mem, tree)
+                .map_err(|e| mapping(&e))?;
+        }
+        None => {
+            drive.mem.write_bytes(0, image);
+        }
+    }
     Ok(())
 }
 
@@ -1035,6 +1061,81 @@ mod tests {
         assert!(matches!(
             fill_input(&mut m, &vec![1; (s.input_length + 1) as usize]),
             Err(TemplateError::InputTooLarge { .. })
+        ));
+    }
+
+    /// A scratch image in a memory file becomes the scratch drive's memory (mapped, not
+    /// copied) and gives the build the same root hash as the same bytes copied in: with the
+    /// template's trees adopted at resume, with them taken late, and with none.
+    #[test]
+    fn a_mapped_scratch_image_builds_like_one_copied_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let s = settings();
+        let image = tiny_image(&s);
+        let template = obtain(&mirror, &image, &cids(&image), &s, None, &mut |_| {}).unwrap();
+        let input = 7u64.to_le_bytes();
+        let bytes: Vec<u8> = (0..(1 << 20) + 100).map(|i| (i % 253) as u8 + 1).collect();
+        let halted = |m: &mut Machine| {
+            fill_input(m, &input).unwrap();
+            assert_eq!(m.run(1 << 30), Break::Halted(0));
+            m.root_hash()
+        };
+        let mut copied = resume(
+            &template.blob,
+            &image.rootfs,
+            &image.toolchain,
+            &template.record.root_hash,
+            HashCheck::Trusted,
+        )
+        .unwrap();
+        fill_scratch(&mut copied, &DriveImage::from(bytes.clone())).unwrap();
+        assert!(!copied.bus.flash[Drive::Scratch.index()].mem.is_supplied());
+        let expected = halted(&mut copied);
+        assert_ne!(
+            expected,
+            build(&template, &image, &input).0,
+            "the scratch counts"
+        );
+
+        let mapped = DriveImage::in_memory_file("test-scratch", &bytes).unwrap();
+        assert!(mapped.path().is_none());
+        assert_eq!(&mapped[..], &bytes[..]);
+        // The template's trees, built aside after the first resume.
+        drop(template.resume(&image.rootfs, &image.toolchain).unwrap());
+        let mut waited = 0;
+        while !matches!(*template.trees.lock().unwrap(), ReadyTrees::Built { .. }) {
+            assert!(waited < 1000, "the trees were never built");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            waited += 1;
+        }
+        let built = template.trees.lock().unwrap().clone();
+        for trees in ["none", "late", "adopted"] {
+            *template.trees.lock().unwrap() = match trees {
+                "none" => ReadyTrees::Refused,
+                "late" => ReadyTrees::Building,
+                _ => built.clone(),
+            };
+            let (mut m, _) = template.resume(&image.rootfs, &image.toolchain).unwrap();
+            assert_eq!(m.awaits_page_trees(), trees == "late");
+            // Ready by the machine's first hash.
+            *template.trees.lock().unwrap() = built.clone();
+            fill_scratch(&mut m, &mapped).unwrap();
+            let drive = &m.bus.flash[Drive::Scratch.index()].mem;
+            assert!(drive.is_supplied(), "{trees}");
+            assert_eq!(&drive.bytes()[..bytes.len()], &bytes[..]);
+            assert!(drive.bytes()[bytes.len()..].iter().all(|&b| b == 0));
+            assert_eq!(halted(&mut m), expected, "{trees}");
+            assert_eq!(m.root_hash_bytes(), m.root_hash_from_scratch(), "{trees}");
+        }
+        // Other machines' writes to their copies do not reach the image.
+        assert_eq!(&mapped[..], &bytes[..]);
+        // An image larger than the drive is refused.
+        let (mut m, _) = template.resume(&image.rootfs, &image.toolchain).unwrap();
+        let large = DriveImage::in_memory_file("large", &vec![1; (s.scratch_length + 1) as usize]);
+        assert!(matches!(
+            fill_scratch(&mut m, &large.unwrap()),
+            Err(TemplateError::ScratchTooSmall { .. })
         ));
     }
 

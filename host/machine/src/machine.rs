@@ -132,6 +132,11 @@ pub enum MachineError {
     /// the host cannot allocate {0} bytes of RAM
     #[error("the host cannot allocate {0} bytes of RAM")]
     OutOfMemory(u64),
+    /// flash drive {0}'s memory cannot be replaced by memory or a page tree of another range
+    #[error(
+        "flash drive {0}'s memory cannot be replaced by memory or a page tree of another range"
+    )]
+    DriveReplacement(usize),
     /// the offload channel's min_latency must be at least 1
     #[error("the offload channel's min_latency must be at least 1")]
     BadOffloadLatency,
@@ -529,6 +534,52 @@ impl Machine {
         self.late_trees = Some(Pending(late));
     }
 
+    /// Puts `mem` in place of flash drive `index`'s memory: host memory over the same range
+    /// whose contents `tree` describes ([`PageTree::build`] of its bytes), such as a
+    /// copy-on-write mapping of an image that many machines share. For a drive the host
+    /// fills before the guest runs on (a sibling's scratch drive): nothing is copied, and
+    /// the drive's pages are not hashed again unless the guest writes them. The drive's old
+    /// contents are gone. `tree` is a promise like [`Machine::adopt_page_trees`]'s
+    /// ([`Machine::root_hash_from_scratch`] checks it); it also replaces the drive's tree in
+    /// trees that come later ([`Machine::count_writes_from_here`]).
+    pub fn replace_drive(
+        &mut self,
+        index: usize,
+        mut mem: MemRange,
+        tree: PageTree,
+    ) -> Result<(), MachineError> {
+        let drive = self
+            .bus
+            .flash
+            .get_mut(index)
+            .ok_or(MachineError::DriveReplacement(index))?;
+        if mem.start != drive.mem.start
+            || mem.len() != drive.mem.len()
+            || tree.length() != mem.len()
+        {
+            return Err(MachineError::DriveReplacement(index));
+        }
+        mem.clear_dirty();
+        drive.mem = mem;
+        // Nothing cached may lead to the old memory (translated loads reach a drive's pages
+        // through host addresses).
+        self.hart.flush_caches();
+        let slot = 1 + index;
+        if let Some(trees) = self.trees.as_mut() {
+            trees[slot] = tree;
+        } else if let Some(Pending(late)) = self.late_trees.take() {
+            self.late_trees = Some(Pending(Box::new(move || {
+                late().map(|mut trees| {
+                    if let Some(t) = trees.get_mut(slot) {
+                        *t = tree.clone();
+                    }
+                    trees
+                })
+            })));
+        }
+        Ok(())
+    }
+
     /// Whether it counts writes for trees that may come at its first hash (see
     /// [`Machine::count_writes_from_here`]).
     pub fn awaits_page_trees(&self) -> bool {
@@ -796,6 +847,78 @@ mod tests {
         let mut other = Machine::new(&config("x")).unwrap();
         other.count_writes_from_here(source(Some(trees)));
         assert_eq!(other.root_hash_bytes(), other.root_hash_from_scratch());
+    }
+
+    /// A drive whose memory is replaced (other host memory, other bytes, with their tree)
+    /// is read anew by the guest, even where a load of the old memory was cached, and
+    /// hashes like the same bytes hashed from scratch: with the machine's trees built, with
+    /// trees still to come, and with none.
+    #[test]
+    fn a_replaced_drive_is_what_the_guest_reads_and_what_is_hashed() {
+        let cfg = config_with_a_drive();
+        let start = Machine::new(&cfg).unwrap().bus.flash[0].mem.start;
+        // auipc t0, (drive - RAM_BASE) >> 12; loop: ld a0, 8(t0); j loop
+        let auipc = 0x297 | (((start - RAM_BASE) as u32 >> 12) << 12);
+        let program: Vec<u8> = [auipc, 0x0082_b503, 0xffdf_f06f]
+            .into_iter()
+            .flat_map(u32::to_le_bytes)
+            .collect();
+        let old_value = u64::from_le_bytes(cfg.flash_drives[0].image[8..16].try_into().unwrap());
+        let replacement = |m: &Machine| {
+            let length = m.bus.flash[0].mem.len();
+            let bytes: Vec<u8> = (0..length).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+            let tree = PageTree::build(&bytes);
+            (MemRange::from_vec(start, bytes, length), tree)
+        };
+        let fresh = || {
+            let mut m = Machine::new(&cfg).unwrap();
+            m.bus.ram.write_bytes(0, &program);
+            m
+        };
+        let original_trees = fresh().page_trees();
+        for when in ["built", "late", "none"] {
+            let mut m = fresh();
+            match when {
+                "built" => drop(m.page_trees()),
+                "late" => {
+                    let trees = original_trees.clone();
+                    m.count_writes_from_here(Box::new(move || Some(trees.clone())));
+                }
+                _ => {}
+            }
+            m.run(1000);
+            assert_eq!(m.hart.get_x(10), old_value, "{when}");
+            let (mem, tree) = replacement(&m);
+            let new_value = u64::from_le_bytes(mem.bytes()[8..16].try_into().unwrap());
+            m.replace_drive(0, mem, tree).unwrap();
+            m.run(2000);
+            assert_eq!(
+                m.hart.get_x(10),
+                new_value,
+                "{when}: the guest reads the new memory"
+            );
+            assert_eq!(m.root_hash_bytes(), m.root_hash_from_scratch(), "{when}");
+            // Written after the replacement: hashed again.
+            m.bus.flash[0].mem.write_bytes(5000, b"written");
+            assert_eq!(m.root_hash_bytes(), m.root_hash_from_scratch(), "{when}");
+        }
+        // Memory or a tree of another length, or no such drive: refused.
+        let mut m = Machine::new(&cfg).unwrap();
+        let length = m.bus.flash[0].mem.len();
+        let short = || MemRange::from_vec(start, vec![1; 4096], 4096);
+        let (mem, tree) = replacement(&m);
+        assert!(matches!(
+            m.replace_drive(0, short(), tree.clone()),
+            Err(MachineError::DriveReplacement(0))
+        ));
+        assert!(matches!(
+            m.replace_drive(0, mem, PageTree::build(&[0; 4096])),
+            Err(MachineError::DriveReplacement(0))
+        ));
+        assert!(matches!(
+            m.replace_drive(1, MemRange::from_vec(start, vec![], length), tree),
+            Err(MachineError::DriveReplacement(1))
+        ));
     }
 
     #[test]
