@@ -27,12 +27,17 @@ pub const MAX_INPUTS_TOTAL: u64 = 8 << 30;
 pub const ROOT: &str = "/build/";
 /// The job format this host reads.
 pub const VERSION: u32 = 1;
-/// Variables that change with every release but that almost no compile reads: a job first
-/// runs without them, and only if rustc's dep-info says the crate read one (`# env-dep:`,
-/// what `env!` and `option_env!` record) is it run again with them. That is the rule cargo
-/// itself uses to reuse a dependency's artifacts, and it lets the next release take its
-/// unchanged dependencies from the cache.
-pub const VOLATILE_ENV: &[&str] = &["SOURCE_DATE_EPOCH"];
+/// Variables that almost no compile reads but that differ where the compile does not:
+/// `SOURCE_DATE_EPOCH` changes with every release, and `TARGETS` (the build driver's list
+/// of its machine's triples) and `RUSTFLAGS` (the flags cargo gives that triple's units,
+/// which it also leaves in every rustc's environment) differ between the build machines of
+/// one release. A job first runs without them, and only if rustc's dep-info says the crate
+/// read one (`# env-dep:`, what `env!` and `option_env!` record) is it run again with them.
+/// That is the rule cargo itself uses to reuse a dependency's artifacts: it lets the next
+/// release take its unchanged dependencies from the cache, and the build machines of one
+/// release share the jobs compiled for the guest itself (proc macros, build scripts and
+/// their dependencies), which are otherwise the same in every machine.
+pub const VOLATILE_ENV: &[&str] = &["SOURCE_DATE_EPOCH", "TARGETS", "RUSTFLAGS"];
 
 /// Domain of the action digest (its version is the REAPI `salt`).
 const ACTION_DOMAIN: &[u8] = b"cmbuild offload action v1\n";
@@ -479,6 +484,21 @@ mod tests {
             later.action_digest(&platform()),
             dated.action_digest(&platform())
         );
+        // A proc macro compiled in the x86_64 machine and in the aarch64 one: one first job.
+        let in_machine = |triple: &str, flags: &str| {
+            let mut job = dated.clone();
+            job.env.insert("TARGETS".into(), triple.into());
+            job.env.insert("RUSTFLAGS".into(), flags.into());
+            job
+        };
+        let x86 = in_machine("x86_64-unknown-linux-gnu", "-C link-arg=--target=x86_64");
+        let arm = in_machine("aarch64-unknown-linux-gnu", "-C link-arg=--target=aarch64");
+        assert_ne!(
+            x86.action_digest(&platform()),
+            arm.action_digest(&platform())
+        );
+        assert_eq!(x86.without_volatile_env().unwrap(), job);
+        assert_eq!(arm.without_volatile_env().unwrap(), job);
     }
 
     #[test]

@@ -825,12 +825,18 @@ mod tests {
 
     /// A dispatch, with SOURCE_DATE_EPOCH = `date` when given.
     fn dated(blobs: &BlobStore, source: &str, date: Option<&str>) -> Dispatch {
+        let env: Vec<(&str, &str)> = date.map(|d| ("SOURCE_DATE_EPOCH", d)).into_iter().collect();
+        with_env(blobs, source, &env)
+    }
+
+    /// A dispatch whose job has the environment `env`.
+    fn with_env(blobs: &BlobStore, source: &str, env: &[(&str, &str)]) -> Dispatch {
         let job = Job {
             argv: vec!["rustc".into()],
             cwd: GuestPath::new("/build/src").unwrap(),
-            env: date
-                .map(|d| ("SOURCE_DATE_EPOCH".to_owned(), d.to_owned()))
-                .into_iter()
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             inputs: vec![Input {
                 exec: false,
@@ -1045,6 +1051,56 @@ mod tests {
         );
         assert_eq!(computed.meta.unwrap().cycles, 4242 + 2000);
         assert_eq!(computed.cycles, 2 * 4242);
+    }
+
+    /// A proc macro's compile asked for by the x86_64 build machine and the aarch64 one at
+    /// once (their jobs differ in `TARGETS` and `RUSTFLAGS` only) runs once, in flight for
+    /// both, and the riscv64 machine's later one comes from the cache: the same answer each.
+    #[test]
+    fn the_build_machines_of_a_release_share_the_jobs_compiled_for_the_guest() {
+        let (dir, blobs, cache) = stores();
+        let runner = Fake {
+            millis: 300,
+            ..fake(false)
+        };
+        let service = two_siblings(&blobs, cache, &runner, &dir);
+        let in_machine = |triple: &str| {
+            let flags = format!("-C link-arg=--target={triple}");
+            with_env(
+                &blobs,
+                "pub fn derive() {}",
+                &[
+                    ("SOURCE_DATE_EPOCH", "1767225600"),
+                    ("TARGETS", triple),
+                    ("RUSTFLAGS", &flags),
+                ],
+            )
+        };
+        let (x86, arm) = (in_machine("x86_64"), in_machine("aarch64"));
+        assert_ne!(x86.action, arm.action);
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| service.compute(&x86, &|_| {}, &|_| {}).unwrap());
+            let b = s.spawn(|| service.compute(&arm, &|_| {}, &|_| {}).unwrap());
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert_eq!(a, b);
+        let riscv = service
+            .compute(&in_machine("riscv64"), &|_| {}, &|_| {})
+            .unwrap();
+        assert_eq!(riscv, a);
+        assert_eq!(runner.runs.load(Ordering::SeqCst), 1, "computed once");
+        assert_eq!(runner.most.load(Ordering::SeqCst), 1);
+        let counts = &service.counts;
+        assert_eq!(
+            counts.shared.load(Ordering::SeqCst),
+            1,
+            "one followed it in flight"
+        );
+        assert_eq!(
+            counts.hits.load(Ordering::SeqCst),
+            1,
+            "one found it in the cache"
+        );
     }
 
     #[test]
