@@ -934,16 +934,31 @@ mod tests {
         }
     }
 
-    /// Resumes `template`, fills the input and runs to halt: (root hash, mcycle, output).
-    fn build(template: &Template, image: &GuestImage, input: &[u8]) -> (String, u64, Vec<u8>) {
-        let mut m = resume(
+    /// A machine resumed from `template`'s blob (decompressed anew, no page trees).
+    fn resumed(template: &Template, image: &GuestImage) -> Machine {
+        resume(
             &template.blob,
             &image.rootfs,
             &image.toolchain,
             &template.record.root_hash,
             HashCheck::Trusted,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Waits until `template`'s page trees are built aside (a resume started them).
+    fn wait_for_trees(template: &Template) {
+        let mut waited = 0;
+        while !matches!(*template.trees.lock().unwrap(), ReadyTrees::Built { .. }) {
+            assert!(waited < 1000, "the trees were never built");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            waited += 1;
+        }
+    }
+
+    /// Resumes `template`, fills the input and runs to halt: (root hash, mcycle, output).
+    fn build(template: &Template, image: &GuestImage, input: &[u8]) -> (String, u64, Vec<u8>) {
+        let mut m = resumed(template, image);
         fill_input(&mut m, input).unwrap();
         assert_eq!(m.run(1 << 30), Break::Halted(0));
         let output = crate::guest::drive_bytes(&m, Drive::Output)[..8].to_vec();
@@ -1021,12 +1036,7 @@ mod tests {
         }
         // The page trees were built aside by then (or soon), and a machine resumed after
         // that takes a copy of them: its hashes are still those of its contents.
-        let mut waited = 0;
-        while !matches!(*again.trees.lock().unwrap(), ReadyTrees::Built { .. }) {
-            assert!(waited < 1000, "the trees were never built");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            waited += 1;
-        }
+        wait_for_trees(&again);
         let (mut m, _) = again.resume(&mapped.rootfs, &mapped.toolchain).unwrap();
         assert_eq!(m.root_hash(), again.record.root_hash);
         fill_input(&mut m, &input).unwrap();
@@ -1081,14 +1091,7 @@ mod tests {
             assert_eq!(m.run(1 << 30), Break::Halted(0));
             m.root_hash()
         };
-        let mut copied = resume(
-            &template.blob,
-            &image.rootfs,
-            &image.toolchain,
-            &template.record.root_hash,
-            HashCheck::Trusted,
-        )
-        .unwrap();
+        let mut copied = resumed(&template, &image);
         fill_scratch(&mut copied, &DriveImage::from(bytes.clone())).unwrap();
         assert!(!copied.bus.flash[Drive::Scratch.index()].mem.is_supplied());
         let expected = halted(&mut copied);
@@ -1103,12 +1106,7 @@ mod tests {
         assert_eq!(&mapped[..], &bytes[..]);
         // The template's trees, built aside after the first resume.
         drop(template.resume(&image.rootfs, &image.toolchain).unwrap());
-        let mut waited = 0;
-        while !matches!(*template.trees.lock().unwrap(), ReadyTrees::Built { .. }) {
-            assert!(waited < 1000, "the trees were never built");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            waited += 1;
-        }
+        wait_for_trees(&template);
         let built = template.trees.lock().unwrap().clone();
         for trees in ["none", "late", "adopted"] {
             *template.trees.lock().unwrap() = match trees {
