@@ -2,21 +2,12 @@
 //! not make `cmbuild run` read outside the project's tree, whatever chain of links they
 //! form, and a link to a device must not be read until memory runs out.
 
+mod common;
+
+use common::{commit_tagged, run_release};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
-        .args(["-c", "commit.gpgsign=false"])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
-}
 
 /// A project whose `name` is a symlink through the chain `b -> .` to `target` (an absolute
 /// path outside the tree, reached with as many `..` as `b/` so the lexical check passes).
@@ -44,22 +35,15 @@ fn project_with_link(root: &Path, name: &str, target: &str) -> PathBuf {
         target.trim_start_matches('/')
     );
     std::os::unix::fs::symlink(chain, dir.join(name)).unwrap();
-    git(&dir, &["init", "-q"]);
-    git(&dir, &["add", "-A"]);
-    git(&dir, &["commit", "-q", "-m", "p"]);
-    git(&dir, &["tag", "v0.1.0"]);
+    commit_tagged(&dir, "v0.1.0");
     dir
 }
 
 /// Runs `cmbuild run` on the project; fails the test if it takes more than a minute.
 fn run(root: &Path, project: &Path) -> (i32, String) {
+    let (mirror, builds) = (root.join("mirror"), root.join("builds"));
     let child = Command::new(env!("CARGO_BIN_EXE_cmbuild"))
-        .args(["run", "--release", "v0.1.0", "--project"])
-        .arg(project)
-        .arg("--out")
-        .arg(root.join("builds"))
-        .arg("--mirror")
-        .arg(root.join("mirror"))
+        .args(run_release("v0.1.0", project, &mirror, &builds))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
