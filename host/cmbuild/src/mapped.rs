@@ -180,13 +180,12 @@ impl DriveImage {
     /// copy-on-write mapping of the file (the range's tail past the image reads as zeros),
     /// or, for bytes in memory, a copy of them.
     pub fn base(&self, range_length: u64) -> Result<Base, MapError> {
-        match (&self.0.data, self.private_memory(range_length)?) {
-            (Inner::File(file), Some(memory)) => Ok(Base::Memory {
+        match &self.0.data {
+            Inner::Bytes(bytes) => Ok(Base::Bytes(bytes.clone())),
+            Inner::File(file) => Ok(Base::Memory {
                 image_length: file.len as u64,
-                memory,
+                memory: Box::new(file.private_range(range_length)?),
             }),
-            (Inner::Bytes(bytes), _) => Ok(Base::Bytes(bytes.clone())),
-            (Inner::File(_), None) => unreachable!("a mapped image has private mappings"),
         }
     }
 

@@ -958,10 +958,14 @@ mod tests {
 
     /// Resumes `template`, fills the input and runs to halt: (root hash, mcycle, output).
     fn build(template: &Template, image: &GuestImage, input: &[u8]) -> (String, u64, Vec<u8>) {
-        let mut m = resumed(template, image);
-        fill_input(&mut m, input).unwrap();
+        finish(&mut resumed(template, image), input)
+    }
+
+    /// Fills the input of a resumed machine and runs it to halt: (root hash, mcycle, output).
+    fn finish(m: &mut Machine, input: &[u8]) -> (String, u64, Vec<u8>) {
+        fill_input(m, input).unwrap();
         assert_eq!(m.run(1 << 30), Break::Halted(0));
-        let output = crate::guest::drive_bytes(&m, Drive::Output)[..8].to_vec();
+        let output = crate::guest::drive_bytes(m, Drive::Output)[..8].to_vec();
         (m.root_hash(), m.mcycle(), output)
     }
 
@@ -1086,11 +1090,7 @@ mod tests {
         let template = obtain(&mirror, &image, &cids(&image), &s, None, &mut |_| {}).unwrap();
         let input = 7u64.to_le_bytes();
         let bytes: Vec<u8> = (0..(1 << 20) + 100).map(|i| (i % 253) as u8 + 1).collect();
-        let halted = |m: &mut Machine| {
-            fill_input(m, &input).unwrap();
-            assert_eq!(m.run(1 << 30), Break::Halted(0));
-            m.root_hash()
-        };
+        let halted = |m: &mut Machine| finish(m, &input).0;
         let mut copied = resumed(&template, &image);
         fill_scratch(&mut copied, &DriveImage::from(bytes.clone())).unwrap();
         assert!(!copied.bus.flash[Drive::Scratch.index()].mem.is_supplied());
