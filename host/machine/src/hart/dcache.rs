@@ -121,6 +121,9 @@ pub struct DecodeCache {
     dropped: Vec<u32>,
     /// Where buffers come from and go back to when the cache is dropped.
     spares: &'static Spares,
+    /// Pages evicted to make room (feature `counters`).
+    #[cfg(feature = "counters")]
+    pub(super) evictions: u64,
 }
 
 impl DecodeCache {
@@ -144,6 +147,8 @@ impl DecodeCache {
             links: Vec::new(),
             code_writes: 0,
             dropped: Vec::new(),
+            #[cfg(feature = "counters")]
+            evictions: 0,
         }
     }
 
@@ -180,6 +185,10 @@ impl DecodeCache {
             self.table_addrs.push(table.entry.as_ptr() as u64);
             self.pages.len() - 1
         } else {
+            #[cfg(feature = "counters")]
+            {
+                self.evictions += 1;
+            }
             let victim = self.hand;
             self.hand = (self.hand + 1) % POOL_PAGES;
             self.slot_of[self.owner[victim] as usize] = NONE;

@@ -411,6 +411,12 @@ impl Hart {
             (Access::Load, Some(_)) => entry.inline_tag = entry.tag,
             _ => {}
         }
+        #[cfg(feature = "counters")]
+        match access {
+            Access::Fetch => self.counters.now.fill_fetch += 1,
+            Access::Load => self.counters.now.fill_load += 1,
+            Access::Store => self.counters.now.fill_store += 1,
+        }
         self.mmu.table_mut(access)[tlb_index(va)] = entry;
         self.mmu.note_filled(access, tlb_index(va));
         Ok(entry)
@@ -632,6 +638,7 @@ impl Hart {
 
     /// Drops every translation (`sfence.vma`, `satp` writes).
     pub(super) fn flush_tlb(&mut self) {
+        super::count!(self, tlb_flushes);
         self.mmu.flush();
     }
 

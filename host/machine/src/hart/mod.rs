@@ -10,6 +10,7 @@
 
 pub mod a;
 pub mod c;
+mod counters;
 pub mod csr;
 pub mod dcache;
 pub mod float;
@@ -22,6 +23,7 @@ pub mod zicsr;
 
 use crate::bus::Bus;
 use crate::state::{put_u64, put_u8, Reader, StateError};
+use counters::count;
 use csr::*;
 
 /// A privilege level. The discriminants are the architectural encoding (that of
@@ -370,6 +372,9 @@ pub struct Hart {
     dcache: dcache::DecodeCache,
     /// Translated code (a cache over `dcache`'s pages).
     jit: jit::Jit,
+    /// Event counters (feature `counters`).
+    #[cfg(feature = "counters")]
+    counters: counters::Report,
 }
 
 impl Hart {
@@ -392,6 +397,8 @@ impl Hart {
             env: jit::Env::default(),
             dcache: dcache::DecodeCache::new(ram_length),
             jit: jit::Jit::new(),
+            #[cfg(feature = "counters")]
+            counters: counters::Report::default(),
         }
     }
 
@@ -410,6 +417,11 @@ impl Hart {
             self.flush_tlb();
         }
         loop {
+            #[cfg(feature = "counters")]
+            {
+                self.sync_counters();
+                self.counters.maybe_print(self.mcycle);
+            }
             self.sync_device_writes(bus);
             if bus.devices.htif.halt.is_some() {
                 return Stop::Halted;
@@ -467,6 +479,7 @@ impl Hart {
                 continue;
             }
             let insn = self.fetch(bus);
+            count!(self, interpreted);
             let result = self.execute(bus, &insn);
             match result {
                 Ok(next) => {
@@ -518,6 +531,20 @@ impl Hart {
         retired: u64,
     ) -> u64 {
         let insn = decode(raw);
+        #[cfg(feature = "counters")]
+        {
+            let c = &mut self.counters.now;
+            match insn.op {
+                Op::A(a::A::LrW | a::A::LrD | a::A::ScW | a::A::ScD) => c.helper_lrsc += 1,
+                Op::A(_) => c.helper_amo += 1,
+                Op::Csr(_) => c.helper_csr += 1,
+                Op::F(_) => c.helper_fp += 1,
+                Op::I(rv64i::I::Sb | rv64i::I::Sh | rv64i::I::Sw | rv64i::I::Sd) => {
+                    c.helper_store += 1
+                }
+                _ => c.helper_other += 1,
+            }
+        }
         let (pc, mcycle, stop) = (self.pc, self.mcycle, self.stop);
         let writes = self.dcache.code_writes();
         self.pc = pc.wrapping_add(delta);
@@ -625,6 +652,15 @@ impl Hart {
 
     /// Enters the trap handler for `cause` (an interrupt if `interrupt`).
     pub fn take_trap(&mut self, cause: u64, tval: u64, interrupt: bool) {
+        #[cfg(feature = "counters")]
+        {
+            let c = &mut self.counters.now;
+            match (interrupt, cause) {
+                (true, _) => c.interrupts += 1,
+                (false, 12 | 13 | 15) => c.page_faults += 1,
+                _ => c.exceptions += 1,
+            }
+        }
         let deleg = if interrupt {
             self.csr.mideleg
         } else {
@@ -672,6 +708,13 @@ impl Hart {
         self.mmu
             .update_ctx(self.prv, self.csr.mstatus, self.csr.satp);
         self.request_stop();
+    }
+
+    /// Copies the counts kept outside [`counters::Report`] into it.
+    #[cfg(feature = "counters")]
+    fn sync_counters(&mut self) {
+        self.counters.now.dcache_evictions = self.dcache.evictions;
+        self.counters.now.code_resets = self.jit.resets;
     }
 
     /// Forgets every cached translation and decoded instruction (after a snapshot load
@@ -731,6 +774,15 @@ impl Hart {
         self.csr.load_state(r)?;
         self.flush_caches();
         Ok(())
+    }
+}
+
+/// With the feature on, a hart prints its totals when it goes.
+#[cfg(feature = "counters")]
+impl Drop for Hart {
+    fn drop(&mut self) {
+        self.sync_counters();
+        self.counters.print_total(self.mcycle);
     }
 }
 

@@ -142,6 +142,10 @@ impl Hart {
                 {
                     return illegal;
                 }
+                #[cfg(feature = "counters")]
+                if d.rs1 != 0 {
+                    self.counters.now.sfence_addr += 1;
+                }
                 self.flush_tlb();
                 Ok(next)
             }

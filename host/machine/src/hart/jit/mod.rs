@@ -171,6 +171,7 @@ pub(super) unsafe extern "sysv64" fn exec_helper(
 pub(super) unsafe extern "sysv64" fn fetch_helper(hart: *mut Hart, pc: u64) -> u64 {
     // SAFETY: the caller's contract: both pointers are live and unaliased for this call.
     let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).env.bus) as *mut Bus)) };
+    super::count!(hart, helper_fetch);
     hart.fill_fetch_for_jit(bus, pc) as u64
 }
 
@@ -195,6 +196,7 @@ pub(super) unsafe extern "sysv64" fn load_helper(
     {
         hart.jit.helper_loads += 1;
     }
+    super::count!(hart, helper_load);
     match hart.load_for_jit(bus, va, size as u32, retired) {
         Some(value) => Loaded { value, ok: 1 },
         None => Loaded { value: 0, ok: 0 },
@@ -455,6 +457,7 @@ impl Hart {
         // pointer and the bus through `env.bus`, neither of which is otherwise used until
         // `run` returns.
         unsafe { run(self as *mut Hart, code) };
+        super::count!(self, jit_entries);
         #[cfg(test)]
         {
             self.jit.entries += 1;
@@ -528,6 +531,11 @@ impl Hart {
                     what: CodeKind::Cold { pc },
                 });
             }
+        }
+        #[cfg(feature = "counters")]
+        {
+            self.counters.now.blocks += 1;
+            self.counters.now.block_insns += insns.len() as u64;
         }
         let span = compile::span(&insns, start);
         self.dcache.set_block(page, pc, at as u32, span);

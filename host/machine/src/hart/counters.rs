@@ -1,0 +1,179 @@
+//! Event counters of a hart, for profiling (cargo feature `counters`; without it none of
+//! this is compiled in and [`count!`] expands to nothing).
+//!
+//! A profile says where host time goes; these say how often the events behind it happen:
+//! interpreter steps against entries into translated code, helper calls by kind, TLB
+//! refills and flushes, traps, decode-cache evictions and blocks translated, and the host
+//! page faults of the hart's thread. With the feature on, every hart prints to stderr one
+//! line of the counts since its last line every ten billion cycles, and one with its
+//! totals when it is dropped, so a long build's phases, or a sibling machine and a warm one,
+//! can be compared per billion instructions. Counting changes no result: nothing here is
+//! read by the machine.
+
+/// Bumps counter `$field` of `$hart.counters` when the feature is on.
+macro_rules! count {
+    ($hart:expr, $field:ident) => {
+        #[cfg(feature = "counters")]
+        {
+            $hart.counters.now.$field += 1;
+        }
+    };
+}
+pub(crate) use count;
+
+#[cfg(feature = "counters")]
+pub use imp::*;
+
+/// What the feature adds.
+#[cfg(feature = "counters")]
+mod imp {
+    /// Cycles between two report lines of a hart.
+    pub const REPORT_EVERY: u64 = 10_000_000_000;
+
+    macro_rules! counters {
+        ($($(#[doc = $doc:literal])* $field:ident,)*) => {
+            /// Events counted since the hart was made (see the module's documentation).
+            #[derive(Debug, Default, Clone, Copy)]
+            pub struct Counters {
+                $($(#[doc = $doc])* pub $field: u64,)*
+            }
+
+            impl Counters {
+                /// `name=count` for every counter, in declaration order.
+                fn fields(&self) -> Vec<(&'static str, u64)> {
+                    vec![$((stringify!($field), self.$field),)*]
+                }
+
+                /// The counts since `earlier`.
+                fn since(&self, earlier: &Counters) -> Counters {
+                    Counters { $($field: self.$field.wrapping_sub(earlier.$field),)* }
+                }
+            }
+        };
+    }
+
+    counters! {
+        /// Instructions the interpreter's loop stepped through (translated ones not counted).
+        interpreted,
+        /// Entries into translated code from Rust.
+        jit_entries,
+        /// Blocks translated.
+        blocks,
+        /// Guest instructions in the blocks translated.
+        block_insns,
+        /// `exec_helper` calls for an AMO.
+        helper_amo,
+        /// `exec_helper` calls for LR or SC.
+        helper_lrsc,
+        /// `exec_helper` calls for a CSR instruction.
+        helper_csr,
+        /// `exec_helper` calls for a floating-point instruction.
+        helper_fp,
+        /// `exec_helper` calls for a store off the inline path.
+        helper_store,
+        /// `exec_helper` calls for anything else.
+        helper_other,
+        /// `load_helper` calls (loads off the inline path).
+        helper_load,
+        /// `fetch_helper` calls (chaining on a fetch-TLB miss).
+        helper_fetch,
+        /// Fetch-TLB refills (page walks for fetches that succeeded or faulted).
+        fill_fetch,
+        /// Load-TLB refills.
+        fill_load,
+        /// Store-TLB refills.
+        fill_store,
+        /// TLB flushes (`sfence.vma`, `satp` writes, layout changes).
+        tlb_flushes,
+        /// `sfence.vma` instructions with an address operand.
+        sfence_addr,
+        /// Page faults taken (fetch, load, store).
+        page_faults,
+        /// Other exceptions taken (ecalls included).
+        exceptions,
+        /// Interrupts taken.
+        interrupts,
+        /// Decode-cache pages evicted to make room.
+        dcache_evictions,
+        /// Times the code region filled up and was emptied.
+        code_resets,
+    }
+
+    /// A hart's counters and what it last reported.
+    #[derive(Debug, Default)]
+    pub struct Report {
+        /// The hart's counts so far.
+        pub now: Counters,
+        /// The counts at the last line printed.
+        last: Counters,
+        /// `mcycle` at the last line printed, or when the hart first ran (a resumed machine
+        /// starts at its snapshot's).
+        last_mcycle: Option<u64>,
+        /// `mcycle` when the hart first ran.
+        first_mcycle: Option<u64>,
+        /// Host page faults of the thread at the last line printed.
+        last_faults: (u64, u64),
+    }
+
+    impl Report {
+        /// Prints the counts since the last line if `mcycle` is [`REPORT_EVERY`] past it.
+        pub fn maybe_print(&mut self, mcycle: u64) {
+            self.first_mcycle.get_or_insert(mcycle);
+            let last = *self.last_mcycle.get_or_insert(mcycle);
+            if mcycle.wrapping_sub(last) >= REPORT_EVERY {
+                self.print("interval", mcycle);
+            }
+        }
+
+        /// Prints the counts since the last line (`what` names the line) and starts a new one.
+        pub fn print(&mut self, what: &str, mcycle: u64) {
+            self.print_from(what, mcycle);
+        }
+
+        /// Prints the totals (when the hart is dropped).
+        pub fn print_total(&mut self, mcycle: u64) {
+            let first = self.first_mcycle;
+            self.print("interval", mcycle);
+            self.last = Counters::default();
+            self.last_mcycle = first;
+            self.last_faults = (0, 0);
+            self.print_from("total", mcycle);
+        }
+
+        fn print_from(&mut self, what: &str, mcycle: u64) {
+            let faults = thread_page_faults();
+            let delta = self.now.since(&self.last);
+            let mut line = format!(
+                "hart counters {what} thread={:?} mcycle={mcycle} cycles={} host_minflt={} host_majflt={}",
+                std::thread::current().name().unwrap_or("?"),
+                mcycle.wrapping_sub(self.last_mcycle.unwrap_or(0)),
+                faults.0.wrapping_sub(self.last_faults.0),
+                faults.1.wrapping_sub(self.last_faults.1),
+            );
+            for (name, n) in delta.fields() {
+                line.push_str(&format!(" {name}={n}"));
+            }
+            eprintln!("{line}");
+            self.last = self.now;
+            self.last_mcycle = Some(mcycle);
+            self.last_faults = faults;
+        }
+    }
+
+    /// Minor and major page faults of the calling thread so far.
+    #[cfg(target_os = "linux")]
+    fn thread_page_faults() -> (u64, u64) {
+        // SAFETY: `getrusage` writes one `rusage` into the zeroed value we own.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; RUSAGE_THREAD is valid on Linux.
+        if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+            return (0, 0);
+        }
+        (usage.ru_minflt as u64, usage.ru_majflt as u64)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn thread_page_faults() -> (u64, u64) {
+        (0, 0)
+    }
+}
