@@ -144,6 +144,31 @@ pub enum Progress {
         /// Console bytes (untrusted guest output) since the last event.
         console: Vec<u8>,
     },
+    /// A sibling machine started a job of an offloaded build (`id`: the run's number for
+    /// it; `name`: the job's crate, sanitised).
+    SiblingStarted {
+        /// The sibling's number in the run.
+        id: u64,
+        /// The job's crate.
+        name: String,
+    },
+    /// That sibling ended, with a result or not.
+    SiblingEnded {
+        /// The sibling's number in the run.
+        id: u64,
+    },
+    /// A job of an offloaded build has its answer, computed by siblings or taken from the
+    /// action cache (then `seconds` is 0).
+    JobDone {
+        /// The job's crate, sanitised.
+        name: String,
+        /// Guest instructions its siblings ran (their recorded count when cached).
+        cycles: u64,
+        /// Host seconds its siblings ran.
+        seconds: f64,
+        /// Whether it came from the cache.
+        cached: bool,
+    },
     /// A machine ended.
     MachineDone {
         /// The machine's name.
@@ -1267,15 +1292,21 @@ pub fn prepare_offload<'a>(
         )))
     });
     service.on_done = Box::new(|job, done| {
-        if !done.cached {
-            let name = crate::terminal::sanitize(job.crate_name());
-            progress(Progress::Phase(format!(
-                "offload: {name}: {:.2}e9 instructions in {:.1} s ({:.0} MIPS)",
-                done.cycles as f64 / 1e9,
-                done.seconds,
-                done.cycles as f64 / 1e6 / done.seconds.max(1e-3),
-            )))
-        }
+        progress(Progress::JobDone {
+            name: crate::terminal::sanitize(job.crate_name()),
+            cycles: done.cycles,
+            seconds: done.seconds,
+            cached: done.cached,
+        })
+    });
+    service.on_sibling = Box::new(|job, event| {
+        progress(match event {
+            crate::offload::service::SiblingEvent::Started(id) => Progress::SiblingStarted {
+                id,
+                name: crate::terminal::sanitize(job.crate_name()),
+            },
+            crate::offload::service::SiblingEvent::Ended(id) => Progress::SiblingEnded { id },
+        })
     });
     progress(Progress::Phase(format!(
         "offload: {} input files known to the build machines, {} sibling(s) at a time",

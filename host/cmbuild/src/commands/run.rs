@@ -229,9 +229,12 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
 
 /// A progress printer for machines. On a terminal, one bar per machine on stderr: the
 /// crate cargo is compiling and its `n/N` (from the build driver's `cmbuild-progress:`
-/// lines), MIPS and an ETA (from an earlier build's mcycle, else from the crate count),
-/// with the guest's console lines (sanitised) printed above the bars. Elsewhere (a log, a
-/// pipe), the console goes to stdout and one pace line per machine every 10 s to stderr.
+/// lines), MIPS and an ETA (from an earlier build's mcycle, else, for a machine that
+/// compiles its crates itself, from the crate count), with the guest's console lines
+/// (sanitised) printed above the bars; an offloaded build adds one for its sibling
+/// machines (the jobs running and how long, the jobs done). Elsewhere (a log, a pipe), the
+/// console goes to stdout and one pace line per machine (and one for the siblings) every
+/// 10 s to stderr.
 pub struct ProgressPrinter {
     label: &'static str,
     started: Instant,
@@ -239,6 +242,79 @@ pub struct ProgressPrinter {
     bars: Option<MultiProgress>,
     /// Per machine: its console and its pace.
     machines: Mutex<BTreeMap<String, MachineView>>,
+    /// The sibling machines of an offloaded build.
+    siblings: Mutex<SiblingsView>,
+}
+
+/// The sibling machines of an offloaded build as the printer follows them.
+#[derive(Default)]
+struct SiblingsView {
+    /// The jobs running in siblings now: the sibling's number, its crate and start.
+    running: BTreeMap<u64, (String, Instant)>,
+    /// Jobs with an answer, and of those, the ones taken from the cache.
+    done: u64,
+    cached: u64,
+    /// When the last line was printed (lines only).
+    printed: Option<Instant>,
+    /// Its bar, when there are bars (made at the first sibling).
+    bar: Option<ProgressBar>,
+}
+
+/// The siblings' line: the jobs running (longest first, the first [`SHOWN_JOBS`] named,
+/// with the seconds each has run) and the jobs done.
+fn siblings_line(running: &[(&str, f64)], done: u64, cached: u64) -> String {
+    let mut running: Vec<&(&str, f64)> = running.iter().collect();
+    running.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut line = match running.len() {
+        0 => "none running".to_owned(),
+        n => {
+            let named: Vec<String> = running
+                .iter()
+                .take(SHOWN_JOBS)
+                .map(|(name, secs)| format!("{name} {secs:.0}s"))
+                .collect();
+            let more = match n.saturating_sub(SHOWN_JOBS) {
+                0 => String::new(),
+                more => format!(" and {more} more"),
+            };
+            format!("{n} running: {}{more}", named.join(", "))
+        }
+    };
+    line.push_str(&format!("; {done} job(s) done"));
+    if cached > 0 {
+        line.push_str(&format!(" ({cached} from the cache)"));
+    }
+    line
+}
+
+/// How many running jobs the siblings' line names.
+const SHOWN_JOBS: usize = 4;
+
+/// A machine's ETA from `elapsed` seconds into the run: the mcycle an earlier build of the
+/// same targets ended at (`expected`) at its pace of `mips`; else, for a machine of one
+/// triple that compiles its crates itself, from the share of crates cargo started
+/// (`started`: n of N, which errs long since N bounds the crates from above). None for a
+/// machine that offloads without an earlier build: cargo starts its crates long before
+/// the siblings finish them, so their count says little of what is left.
+fn eta(
+    expected: Option<u64>,
+    mcycle: u64,
+    mips: f64,
+    started: Option<(u32, u32)>,
+    offloads: bool,
+    one_triple: bool,
+    elapsed: f64,
+) -> Option<String> {
+    match (expected, started) {
+        (Some(end), _) if end > mcycle && mips > 0.0 => {
+            Some(format!("ETA {:.0}s", (end - mcycle) as f64 / (mips * 1e6)))
+        }
+        (None, Some((n, total))) if !offloads && one_triple && n > 0 && total > n => Some(format!(
+            "ETA ~{:.0}s",
+            elapsed * f64::from(total - n) / f64::from(n)
+        )),
+        _ => None,
+    }
 }
 
 /// One machine as the printer follows it.
@@ -282,6 +358,43 @@ impl ProgressPrinter {
             started: Instant::now(),
             bars,
             machines: Mutex::new(BTreeMap::new()),
+            siblings: Mutex::new(SiblingsView::default()),
+        }
+    }
+
+    /// Shows the siblings' state: on their bar, or as a line if `LINE_EVERY` has passed
+    /// since the last (or `now`, when a job ended).
+    fn show_siblings(&self, now: bool) {
+        let mut view = self.siblings.lock().expect("progress lock");
+        if view.running.is_empty() && view.done == 0 {
+            return;
+        }
+        let running: Vec<(&str, f64)> = view
+            .running
+            .values()
+            .map(|(name, at)| (name.as_str(), at.elapsed().as_secs_f64()))
+            .collect();
+        let line = siblings_line(&running, view.done, view.cached);
+        match &self.bars {
+            Some(bars) => {
+                let bar = view.bar.get_or_insert_with(|| {
+                    let bar = bars.add(ProgressBar::new(0));
+                    bar.set_style(
+                        ProgressStyle::with_template("{prefix:>28} {msg}")
+                            .expect("a valid template"),
+                    );
+                    bar.set_prefix("sibling machines");
+                    bar
+                });
+                bar.set_message(line);
+            }
+            None => {
+                if !now && view.printed.is_some_and(|at| at.elapsed() < LINE_EVERY) {
+                    return;
+                }
+                view.printed = Some(Instant::now());
+                eprintln!("{}: [siblings] {line}", self.label);
+            }
         }
     }
 
@@ -308,6 +421,40 @@ impl ProgressPrinter {
         let label = self.label;
         match event {
             Progress::Phase(text) => self.note(&format!("{label}: {text}")),
+            Progress::SiblingStarted { id, name } => {
+                let mut view = self.siblings.lock().expect("progress lock");
+                view.running.insert(id, (name, Instant::now()));
+                drop(view);
+                self.show_siblings(false);
+            }
+            Progress::SiblingEnded { id } => {
+                self.siblings
+                    .lock()
+                    .expect("progress lock")
+                    .running
+                    .remove(&id);
+                self.show_siblings(false);
+            }
+            Progress::JobDone {
+                name,
+                cycles,
+                seconds,
+                cached,
+            } => {
+                let mut view = self.siblings.lock().expect("progress lock");
+                view.done += 1;
+                view.cached += u64::from(cached);
+                drop(view);
+                if !cached {
+                    self.note(&format!(
+                        "{label}: offload: {name}: {:.2}e9 instructions in {seconds:.1} s \
+                         ({:.0} MIPS)",
+                        cycles as f64 / 1e9,
+                        cycles as f64 / 1e6 / seconds.max(1e-3),
+                    ));
+                }
+                self.show_siblings(false);
+            }
             Progress::Machine {
                 name,
                 mcycle,
@@ -386,20 +533,18 @@ impl ProgressPrinter {
                 // The ETA goes by mcycle, as the estimate of the end does.
                 view.mips = cycles as f64 / elapsed.as_secs_f64() / 1e6;
                 let total_elapsed = self.started.elapsed().as_secs_f64();
-                let eta = match (expected_mcycle, &view.compiling) {
-                    (Some(end), _) if end > mcycle && view.mips > 0.0 => {
-                        format!(", ETA {:.0}s", (end - mcycle) as f64 / (view.mips * 1e6))
-                    }
-                    // N bounds n from above, so this errs long; it is a rough guide. A
-                    // machine building several triples counts again for each: no guess.
-                    (None, Some((_, n, total))) if *n > 0 && total > n && !name.contains(',') => {
-                        format!(
-                            ", ETA ~{:.0}s",
-                            total_elapsed * f64::from(total - n) / f64::from(*n)
-                        )
-                    }
-                    _ => String::new(),
-                };
+                // A machine building several triples counts its crates again for each.
+                let eta = eta(
+                    expected_mcycle,
+                    mcycle,
+                    view.mips,
+                    view.compiling.as_ref().map(|(_, n, total)| (*n, *total)),
+                    offloads,
+                    !name.contains(','),
+                    total_elapsed,
+                )
+                .map(|eta| format!(", {eta}"))
+                .unwrap_or_default();
                 let pace = format!(
                     "{}, {total_elapsed:.0}s{eta}",
                     pace(cycles, ran, elapsed.as_secs_f64(), offloads)
@@ -414,13 +559,18 @@ impl ProgressPrinter {
                         bar.set_message(format!("booting | mcycle {mcycle} | {pace}"))
                     }
                     (None, compiling) => {
-                        let crate_now = match compiling {
-                            Some((what, n, total)) => format!(" {n}/{total} {what} |"),
-                            None => String::new(),
+                        let crate_now = match (compiling, offloads) {
+                            (Some((what, n, total)), false) => format!(" {n}/{total} {what} |"),
+                            (Some((what, n, total)), true) => {
+                                format!(" {n}/{total} crates started, last {what} |")
+                            }
+                            (None, _) => String::new(),
                         };
                         eprintln!("{label}: [{name}]{crate_now} mcycle {mcycle} ({pace})");
                     }
                 }
+                drop(machines);
+                self.show_siblings(false);
             }
             Progress::MachineDone {
                 name,
@@ -507,7 +657,60 @@ fn print_summary(summary: &RunSummary, started: Instant) {
 
 #[cfg(test)]
 mod tests {
-    use super::pace;
+    use super::{eta, pace, siblings_line};
+
+    #[test]
+    fn the_siblings_line_names_the_longest_running_jobs_first() {
+        assert_eq!(siblings_line(&[], 0, 0), "none running; 0 job(s) done");
+        assert_eq!(
+            siblings_line(&[("syn", 12.2), ("rustix", 41.0)], 19, 3),
+            "2 running: rustix 41s, syn 12s; 19 job(s) done (3 from the cache)"
+        );
+        let many = [
+            ("a", 1.0),
+            ("b", 2.0),
+            ("c", 3.0),
+            ("d", 4.0),
+            ("e", 5.0),
+            ("f", 6.0),
+        ];
+        assert_eq!(
+            siblings_line(&many, 7, 0),
+            "6 running: f 6s, e 5s, d 4s, c 3s and 2 more; 7 job(s) done"
+        );
+    }
+
+    #[test]
+    fn an_offloading_machine_without_an_earlier_build_shows_no_eta() {
+        // 25 of 112 crates started after 800 s: a machine compiling them itself is a
+        // quarter through; an offloading one may be nearly done or far from it.
+        let started = Some((25, 112));
+        assert_eq!(
+            eta(None, 0, 100.0, started, false, true, 800.0).as_deref(),
+            Some("ETA ~2784s")
+        );
+        assert_eq!(eta(None, 0, 100.0, started, true, true, 800.0), None);
+        // Several triples in one machine: cargo counts again for each.
+        assert_eq!(eta(None, 0, 100.0, started, false, false, 800.0), None);
+        // An earlier build's end gives an ETA either way, at the machine's pace.
+        for offloads in [false, true] {
+            assert_eq!(
+                eta(
+                    Some(10_000_000_000),
+                    4_000_000_000,
+                    200.0,
+                    started,
+                    offloads,
+                    true,
+                    800.0
+                )
+                .as_deref(),
+                Some("ETA 30s")
+            );
+        }
+        // Past that end: no ETA rather than a negative one.
+        assert_eq!(eta(Some(1), 2, 200.0, started, true, true, 800.0), None);
+    }
 
     #[test]
     fn a_machine_s_pace_is_what_it_ran_and_asleep_it_is_waiting() {

@@ -297,6 +297,32 @@ pub type OnFailed<'a> = dyn Fn(&super::job::Job, &str, &str) + Sync + 'a;
 /// What [`Service::on_done`] is called with.
 pub type OnDone<'a> = dyn Fn(&super::job::Job, JobDone) + Sync + 'a;
 
+/// A sibling machine's start or end, for the user ([`Service::on_sibling`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiblingEvent {
+    /// A sibling started running the job; the number is the run's own for it, unique
+    /// within the service.
+    Started(u64),
+    /// The sibling of that number ended, with a result or not.
+    Ended(u64),
+}
+
+/// What [`Service::on_sibling`] is called with.
+pub type OnSibling<'a> = dyn Fn(&super::job::Job, SiblingEvent) + Sync + 'a;
+
+/// Says [`SiblingEvent::Ended`] when dropped: a sibling that fails ends too.
+struct SiblingGuard<'s, 'a> {
+    service: &'s Service<'a>,
+    job: &'s super::job::Job,
+    id: u64,
+}
+
+impl Drop for SiblingGuard<'_, '_> {
+    fn drop(&mut self) {
+        (self.service.on_sibling)(self.job, SiblingEvent::Ended(self.id));
+    }
+}
+
 /// The run's job service.
 pub struct Service<'a> {
     blobs: &'a BlobStore,
@@ -331,6 +357,10 @@ pub struct Service<'a> {
     pub on_failed: Box<OnFailed<'a>>,
     /// Called with each job computed.
     pub on_done: Box<OnDone<'a>>,
+    /// Called when a sibling machine starts running a job, and when it ends.
+    pub on_sibling: Box<OnSibling<'a>>,
+    /// The number of the next sibling started ([`SiblingEvent`]).
+    next_sibling: AtomicU64,
 }
 
 impl<'a> Service<'a> {
@@ -361,6 +391,8 @@ impl<'a> Service<'a> {
             on_refused: Box::new(|_| {}),
             on_failed: Box::new(|_, _, _| {}),
             on_done: Box::new(|_, _| {}),
+            on_sibling: Box::new(|_, _| {}),
+            next_sibling: AtomicU64::new(0),
         }
     }
 
@@ -650,6 +682,13 @@ impl<'a> Service<'a> {
                 }
             };
             let started = std::time::Instant::now();
+            let id = self.next_sibling.fetch_add(1, Ordering::Relaxed);
+            (self.on_sibling)(job, SiblingEvent::Started(id));
+            let _ended = SiblingGuard {
+                service: self,
+                job,
+                id,
+            };
             let run = self
                 .runner
                 .run(drive, &progress, &yielded)
@@ -1186,6 +1225,70 @@ mod tests {
             runner.runs.load(Ordering::SeqCst),
             5,
             "a later run computes it again"
+        );
+    }
+
+    #[test]
+    fn the_user_is_told_when_each_sibling_starts_and_ends_even_if_it_fails() {
+        let (dir, blobs, cache) = stores();
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let events = |service: &mut Service<'_>| {
+            let seen = seen.clone();
+            service.on_sibling =
+                Box::new(move |job, e| seen.lock().unwrap().push((job.crate_name().to_owned(), e)));
+        };
+        let runner = fake(false);
+        let mut service = Service::new(
+            &blobs,
+            b"tool",
+            Some(cache.clone()),
+            &runner,
+            2,
+            dir.path().join("scratch"),
+        );
+        events(&mut service);
+        let job = dispatch(&blobs, "pub fn a() {}");
+        service.compute(&job, &|_| {}, &|_| {}).unwrap();
+        // From the cache: no sibling.
+        service.compute(&job, &|_| {}, &|_| {}).unwrap();
+        let other = dispatch(&blobs, "pub fn b() {}");
+        service.compute(&other, &|_| {}, &|_| {}).unwrap();
+        let name = job.job.crate_name().to_owned();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                (name.clone(), SiblingEvent::Started(0)),
+                (name.clone(), SiblingEvent::Ended(0)),
+                (name.clone(), SiblingEvent::Started(1)),
+                (name.clone(), SiblingEvent::Ended(1)),
+            ]
+        );
+        // A sibling whose run fails (here the host's runner panics) ends too.
+        seen.lock().unwrap().clear();
+        let panicking = Fake {
+            panics: true,
+            ..fake(false)
+        };
+        let mut service = Service::new(
+            &blobs,
+            b"tool",
+            None,
+            &panicking,
+            2,
+            dir.path().join("scratch"),
+        );
+        events(&mut service);
+        let third = dispatch(&blobs, "pub fn c() {}");
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            service.compute(&third, &|_| {}, &|_| {})
+        }));
+        assert!(ran.is_err());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                (name.clone(), SiblingEvent::Started(0)),
+                (name, SiblingEvent::Ended(0)),
+            ]
         );
     }
 
