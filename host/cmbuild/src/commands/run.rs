@@ -251,9 +251,8 @@ pub struct ProgressPrinter {
 struct SiblingsView {
     /// The jobs running in siblings now: the sibling's number, its crate and start.
     running: BTreeMap<u64, (String, Instant)>,
-    /// Jobs with an answer, and of those, the ones taken from the cache.
+    /// Siblings that ended.
     done: u64,
-    cached: u64,
     /// When the last line was printed (lines only).
     printed: Option<Instant>,
     /// Its bar, when there are bars (made at the first sibling).
@@ -261,8 +260,10 @@ struct SiblingsView {
 }
 
 /// The siblings' line: the jobs running (longest first, the first [`SHOWN_JOBS`] named,
-/// with the seconds each has run) and the jobs done.
-fn siblings_line(running: &[(&str, f64)], done: u64, cached: u64) -> String {
+/// with the seconds each has run) and the siblings that ended. (Jobs answered from the
+/// cache, or by another machine's identical job, need no sibling; the run's summary
+/// counts them.)
+fn siblings_line(running: &[(&str, f64)], done: u64) -> String {
     let mut running: Vec<&(&str, f64)> = running.iter().collect();
     running.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
     let mut line = match running.len() {
@@ -280,10 +281,7 @@ fn siblings_line(running: &[(&str, f64)], done: u64, cached: u64) -> String {
             format!("{n} running: {}{more}", named.join(", "))
         }
     };
-    line.push_str(&format!("; {done} job(s) done"));
-    if cached > 0 {
-        line.push_str(&format!(" ({cached} from the cache)"));
-    }
+    line.push_str(&format!("; {done} done"));
     line
 }
 
@@ -363,8 +361,8 @@ impl ProgressPrinter {
     }
 
     /// Shows the siblings' state: on their bar, or as a line if `LINE_EVERY` has passed
-    /// since the last (or `now`, when a job ended).
-    fn show_siblings(&self, now: bool) {
+    /// since the last.
+    fn show_siblings(&self) {
         let mut view = self.siblings.lock().expect("progress lock");
         if view.running.is_empty() && view.done == 0 {
             return;
@@ -374,7 +372,7 @@ impl ProgressPrinter {
             .values()
             .map(|(name, at)| (name.as_str(), at.elapsed().as_secs_f64()))
             .collect();
-        let line = siblings_line(&running, view.done, view.cached);
+        let line = siblings_line(&running, view.done);
         match &self.bars {
             Some(bars) => {
                 let bar = view.bar.get_or_insert_with(|| {
@@ -389,7 +387,7 @@ impl ProgressPrinter {
                 bar.set_message(line);
             }
             None => {
-                if !now && view.printed.is_some_and(|at| at.elapsed() < LINE_EVERY) {
+                if view.printed.is_some_and(|at| at.elapsed() < LINE_EVERY) {
                     return;
                 }
                 view.printed = Some(Instant::now());
@@ -425,15 +423,14 @@ impl ProgressPrinter {
                 let mut view = self.siblings.lock().expect("progress lock");
                 view.running.insert(id, (name, Instant::now()));
                 drop(view);
-                self.show_siblings(false);
+                self.show_siblings();
             }
             Progress::SiblingEnded { id } => {
-                self.siblings
-                    .lock()
-                    .expect("progress lock")
-                    .running
-                    .remove(&id);
-                self.show_siblings(false);
+                let mut view = self.siblings.lock().expect("progress lock");
+                view.running.remove(&id);
+                view.done += 1;
+                drop(view);
+                self.show_siblings();
             }
             Progress::JobDone {
                 name,
@@ -441,10 +438,6 @@ impl ProgressPrinter {
                 seconds,
                 cached,
             } => {
-                let mut view = self.siblings.lock().expect("progress lock");
-                view.done += 1;
-                view.cached += u64::from(cached);
-                drop(view);
                 if !cached {
                     self.note(&format!(
                         "{label}: offload: {name}: {:.2}e9 instructions in {seconds:.1} s \
@@ -453,7 +446,6 @@ impl ProgressPrinter {
                         cycles as f64 / 1e6 / seconds.max(1e-3),
                     ));
                 }
-                self.show_siblings(false);
             }
             Progress::Machine {
                 name,
@@ -570,7 +562,7 @@ impl ProgressPrinter {
                     }
                 }
                 drop(machines);
-                self.show_siblings(false);
+                self.show_siblings();
             }
             Progress::MachineDone {
                 name,
@@ -661,10 +653,10 @@ mod tests {
 
     #[test]
     fn the_siblings_line_names_the_longest_running_jobs_first() {
-        assert_eq!(siblings_line(&[], 0, 0), "none running; 0 job(s) done");
+        assert_eq!(siblings_line(&[], 0), "none running; 0 done");
         assert_eq!(
-            siblings_line(&[("syn", 12.2), ("rustix", 41.0)], 19, 3),
-            "2 running: rustix 41s, syn 12s; 19 job(s) done (3 from the cache)"
+            siblings_line(&[("syn", 12.2), ("rustix", 41.0)], 19),
+            "2 running: rustix 41s, syn 12s; 19 done"
         );
         let many = [
             ("a", 1.0),
@@ -675,8 +667,8 @@ mod tests {
             ("f", 6.0),
         ];
         assert_eq!(
-            siblings_line(&many, 7, 0),
-            "6 running: f 6s, e 5s, d 4s, c 3s and 2 more; 7 job(s) done"
+            siblings_line(&many, 7),
+            "6 running: f 6s, e 5s, d 4s, c 3s and 2 more; 7 done"
         );
     }
 

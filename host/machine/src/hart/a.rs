@@ -54,6 +54,26 @@ pub enum A {
     AmomaxuD,
 }
 
+impl A {
+    /// Whether it works on a 32-bit word (else a doubleword).
+    pub(super) fn is_word(self) -> bool {
+        use A::*;
+        matches!(
+            self,
+            LrW | ScW
+                | AmoswapW
+                | AmoaddW
+                | AmoxorW
+                | AmoandW
+                | AmoorW
+                | AmominW
+                | AmomaxW
+                | AmominuW
+                | AmomaxuW
+        )
+    }
+}
+
 /// Decodes the AMO opcode.
 pub fn decode(raw: u32) -> Insn {
     let funct5 = raw >> 27;
@@ -93,19 +113,7 @@ impl Hart {
         use A::*;
         let addr = self.get_x(d.rs1);
         let src = self.get_x(d.rs2);
-        let word = matches!(
-            op,
-            LrW | ScW
-                | AmoswapW
-                | AmoaddW
-                | AmoxorW
-                | AmoandW
-                | AmoorW
-                | AmominW
-                | AmomaxW
-                | AmominuW
-                | AmomaxuW
-        );
+        let word = op.is_word();
         let size = if word { 4 } else { 8 };
         if addr & (size as u64 - 1) != 0 {
             // AMOs are never emulated when misaligned (their atomicity could not hold).
@@ -120,13 +128,13 @@ impl Hart {
         match op {
             LrW | LrD => {
                 let v = self.load(bus, addr, size)?;
-                self.reservation = Some(addr);
+                self.reservation = addr;
                 self.set_x(d.rd, extend(v));
                 return Ok(next);
             }
             ScW | ScD => {
-                let ok = self.reservation == Some(addr);
-                self.reservation = None;
+                let ok = self.reservation == addr;
+                self.reservation = super::NO_RESERVATION;
                 if ok {
                     self.store(bus, addr, size, src)?;
                 }

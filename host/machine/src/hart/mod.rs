@@ -325,6 +325,10 @@ pub enum Stop {
     OffloadWaiting(u64),
 }
 
+/// [`Hart::reservation`] when no LR reservation is held: LR reserves only aligned
+/// addresses, so an odd value never matches an SC's.
+pub(crate) const NO_RESERVATION: u64 = 1;
+
 /// The architectural state of the hart plus the caches that speed it up.
 ///
 /// `repr(C)` so that what translated code reads on nearly every instruction lies within
@@ -357,8 +361,9 @@ pub struct Hart {
     /// `mcycle - minstret` (wrapping): cycles spent on traps and idle waits, less what
     /// writes to `minstret` added.
     pub non_retired: u64,
-    /// The LR reservation (physical address) if any.
-    pub reservation: Option<u64>,
+    /// The address of the LR reservation, or [`NO_RESERVATION`]. A plain word, not an
+    /// `Option`, so that translated code reads and writes it (`jit::compile`).
+    reservation: u64,
     /// Cycles skipped asleep in WFI since this hart was built (or its machine loaded):
     /// host bookkeeping for stall detection, not architectural state (never saved nor
     /// hashed), and as deterministic as `mcycle`.
@@ -389,7 +394,7 @@ impl Hart {
             mcycle: 0,
             non_retired: 0,
             idle_cycles: 0,
-            reservation: None,
+            reservation: NO_RESERVATION,
             stop: 0,
             limit: 0,
             fetch_fault: Exception { cause: 0, tval: 0 },
@@ -592,11 +597,9 @@ impl Hart {
                 self.dcache.invalidate(piece, size);
             }
             let pa = crate::board::RAM_BASE + off;
-            if self
-                .reservation
-                .is_some_and(|r| r.wrapping_sub(pa) < len || pa.wrapping_sub(r) < 8)
-            {
-                self.reservation = None;
+            let r = self.reservation;
+            if r != NO_RESERVATION && (r.wrapping_sub(pa) < len || pa.wrapping_sub(r) < 8) {
+                self.reservation = NO_RESERVATION;
             }
         }
     }
@@ -696,7 +699,7 @@ impl Hart {
             self.pc = vector(self.csr.mtvec);
             self.prv = Privilege::Machine;
         }
-        self.reservation = None;
+        self.reservation = NO_RESERVATION;
         self.mmu
             .update_ctx(self.prv, self.csr.mstatus, self.csr.satp);
         self.request_stop();
@@ -748,8 +751,9 @@ impl Hart {
         put_u8(out, self.prv.as_u8());
         put_u64(out, self.mcycle);
         put_u64(out, self.non_retired);
-        put_u8(out, self.reservation.is_some() as u8);
-        put_u64(out, self.reservation.unwrap_or(0));
+        let reserved = self.reservation != NO_RESERVATION;
+        put_u8(out, reserved as u8);
+        put_u64(out, if reserved { self.reservation } else { 0 });
         self.csr.save_state(out);
     }
 
@@ -770,7 +774,12 @@ impl Hart {
         self.non_retired = r.u64()?;
         let has_res = r.bool("reservation flag")?;
         let res = r.u64()?;
-        self.reservation = has_res.then_some(res);
+        // LR reserves only aligned addresses (4 or 8 bytes), so no state holds another.
+        self.reservation = match has_res {
+            false => NO_RESERVATION,
+            true if res % 4 == 0 => res,
+            true => return Err(StateError::Invalid("reservation address")),
+        };
         self.csr.load_state(r)?;
         self.flush_caches();
         Ok(())

@@ -74,7 +74,7 @@ impl Hart {
                 }
                 self.csr.mstatus = new;
                 self.prv = mpp;
-                self.reservation = None;
+                self.reservation = super::NO_RESERVATION;
                 self.on_mode_change();
                 Ok(self.csr.mepc)
             }
@@ -90,7 +90,7 @@ impl Hart {
                     (st & !(MSTATUS_SIE | MSTATUS_SPP | MSTATUS_MPRV)) | (spie << 1) | MSTATUS_SPIE;
                 self.csr.mstatus = new;
                 self.prv = spp;
-                self.reservation = None;
+                self.reservation = super::NO_RESERVATION;
                 self.on_mode_change();
                 Ok(self.csr.sepc)
             }

@@ -143,9 +143,13 @@ enum Kind {
     Jal,
     /// `jalr` (ends the block).
     Jalr,
-    /// Run by the interpreter's own `execute` through [`exec_helper`], in the block: A,
-    /// F and D, and the CSR instructions.
+    /// Run by the interpreter's own `execute` through [`exec_helper`], in the block: F
+    /// and D, and the CSR instructions.
     Helper,
+    /// An A instruction (LR, SC, AMO): inline when its address is aligned and the TLB
+    /// entries the interpreter would use hit on RAM translated code may reach; else
+    /// through [`exec_helper`], like [`Kind::Helper`].
+    Atomic,
 }
 
 impl Kind {
@@ -167,7 +171,8 @@ fn kind(op: Op) -> Option<Kind> {
             _ => Kind::Alu,
         },
         Op::M(_) => Kind::Alu,
-        Op::A(_) | Op::F(_) | Op::Csr(_) => Kind::Helper,
+        Op::A(_) => Kind::Atomic,
+        Op::F(_) | Op::Csr(_) => Kind::Helper,
         _ => return None,
     })
 }
@@ -428,19 +433,19 @@ struct LoadCall {
     join: usize,
 }
 
-/// A store's call to [`exec_helper`] when its inline path misses, emitted after the
-/// block's body; back at `join` when the store is done.
-struct StoreCall {
-    /// The jump from the inline path's miss.
-    from: usize,
+/// A store's or an atomic's call to [`exec_helper`] when its inline path misses, emitted
+/// after the block's body; back at `join` when the instruction is done.
+struct HelperCall {
+    /// The jumps from the inline path's misses.
+    from: Vec<usize>,
     insn: Insn,
     /// Instructions before this one in the block.
     retired: usize,
-    /// Page offset of the store from the block's start.
+    /// Page offset of the instruction from the block's start.
     delta: i64,
     /// Where the inline path continues.
     join: usize,
-    /// The dirty registers at the store (for the exit after it).
+    /// The dirty registers before the instruction (for the exit after it).
     dirty: u32,
 }
 
@@ -691,10 +696,10 @@ impl<'a> Block<'a> {
                     seen |= 1 << g;
                 }
             }
-            if it.kind == Kind::Helper {
+            if matches!(it.kind, Kind::Helper | Kind::Atomic) {
                 // The helper takes rd to the hart and back, whatever the instruction
-                // does with it (an F instruction's rd is a float register): it must
-                // hold the guest value from the start.
+                // does with it (an F instruction's rd is a float register; an atomic
+                // that traps leaves it): it must hold the guest value from the start.
                 load |= !seen & 1 << it.insn.rd;
                 seen |= 1 << it.insn.rd;
             }
@@ -730,7 +735,7 @@ impl<'a> Block<'a> {
         // sent it there), emitted after the body.
         let mut slow: Vec<(Vec<usize>, u32, usize, i64)> = Vec::new();
         let mut calls: Vec<LoadCall> = Vec::new();
-        let mut store_calls: Vec<StoreCall> = Vec::new();
+        let mut helper_calls: Vec<HelperCall> = Vec::new();
         // Exits after an instruction the helper ran, which set `pc` and `mcycle` itself:
         // (jump, dirty registers, whether the jump is in the hot buffer).
         let mut after: Vec<(usize, u32, bool)> = Vec::new();
@@ -748,8 +753,8 @@ impl<'a> Block<'a> {
                             slow.push((Vec::new(), dirty, k, delta));
                             calls.push(c);
                         }
-                        Err(from) => store_calls.push(StoreCall {
-                            from,
+                        Err(from) => helper_calls.push(HelperCall {
+                            from: vec![from],
                             insn: d,
                             retired: k,
                             delta,
@@ -761,6 +766,18 @@ impl<'a> Block<'a> {
                 Kind::Helper => {
                     let leave = self.helper(d, k, delta);
                     after.push((leave, self.dirty, true));
+                }
+                Kind::Atomic => {
+                    let dirty = self.dirty;
+                    let from = self.atomic(d);
+                    helper_calls.push(HelperCall {
+                        from,
+                        insn: d,
+                        retired: k,
+                        delta,
+                        join: self.a.here(),
+                        dirty,
+                    });
                 }
                 Kind::Branch => {
                     let cond = match d.op {
@@ -811,8 +828,10 @@ impl<'a> Block<'a> {
         // The rest is cold.
         std::mem::swap(&mut self.a, &mut self.other);
         self.emit_load_calls(calls, &mut slow);
-        for c in store_calls {
-            self.bind_hot(c.from);
+        for c in helper_calls {
+            for from in c.from {
+                self.bind_hot(from);
+            }
             let leave = self.helper(c.insn, c.retired, c.delta);
             after.push((leave, c.dirty, false));
             self.a.jmp_to(c.join);
@@ -1204,6 +1223,118 @@ impl<'a> Block<'a> {
         }
     }
 
+    /// An A instruction inline, as the interpreter's `exec_a` runs it when nothing traps
+    /// and no TLB is filled; returns the jumps to take to [`exec_helper`] instead (the
+    /// address misaligned, or a TLB entry the interpreter would use missing or not
+    /// reachable inline). LR loads through the load TLB and reserves the address; SC
+    /// stores through the store TLB when the reservation is that address, and either way
+    /// drops it (failing, it touches no memory); an AMO needs both the store entry (the
+    /// interpreter checks it first) and the load entry, reads the old value through the
+    /// one and writes the new through the other, as the interpreter does. The helper
+    /// runs the whole instruction again from the start, so a miss leaves nothing half
+    /// done (the old value waits in `Jit::scratch`, which only translated code uses).
+    fn atomic(&mut self, d: Insn) -> Vec<usize> {
+        use crate::hart::a::A::*;
+        let Op::A(op) = d.op else {
+            unreachable!("atomics are A")
+        };
+        let word = op.is_word();
+        let (size, w) = if word { (4u8, W::B32) } else { (8, W::B64) };
+        let reservation = Rm::at(RBX, disp(offset_of!(Hart, reservation)));
+        let scratch = Rm::at(
+            RBX,
+            disp(offset_of!(Hart, jit) + offset_of!(super::Jit, scratch)),
+        );
+        let mut misses = Vec::new();
+        // rax = address; misaligned ones trap in the interpreter.
+        self.get(RAX, d.rs1);
+        self.a.test_al(size - 1);
+        misses.push(self.a.jcc_fwd(Cond::Ne));
+        let at = Rm::indexed(RCX, RAX, 1);
+        match op {
+            LrW | LrD => {
+                misses.push(tlb_hit(&mut self.a, false, size));
+                // Not rax: it is the address to reserve.
+                let t = match self.map[d.rd as usize] {
+                    Some(h) if d.rd != 0 => h,
+                    _ => RDX,
+                };
+                match word {
+                    true => self.a.movsx(W::B32, t, at),
+                    false => self.a.mov_load(W::B64, t, at),
+                }
+                self.a.mov_store(W::B64, reservation, RAX);
+                self.put(d.rd, t);
+            }
+            ScW | ScD => {
+                self.a.alu(W::B64, Alu::Cmp, RAX, reservation);
+                let fail = self.a.jcc_fwd(Cond::Ne);
+                misses.push(tlb_hit(&mut self.a, true, size));
+                let src = match self.map[d.rs2 as usize] {
+                    Some(h) => h,
+                    None => {
+                        self.get(RDX, d.rs2);
+                        RDX
+                    }
+                };
+                self.a.mov_store(w, at, src);
+                // rd = 0 (success), 1 (failure); either way no reservation is left.
+                let t = self.target(d.rd, Some(src));
+                self.a.mov_imm(t, 0);
+                let done = self.a.jmp_fwd();
+                self.a.bind(fail);
+                self.a.mov_imm(t, 1);
+                self.a.bind(done);
+                self.a.mov_imm(RCX, crate::hart::NO_RESERVATION);
+                self.a.mov_store(W::B64, reservation, RCX);
+                self.put(d.rd, t);
+            }
+            _ => {
+                // The load entry first, its host address kept, then the store entry's.
+                misses.push(tlb_hit(&mut self.a, false, size));
+                self.a.lea_indexed(RCX, RCX, RAX);
+                self.a.mov_store(W::B64, scratch, RCX);
+                misses.push(tlb_hit(&mut self.a, true, size));
+                // old (zero-extended for a word) to the scratch, new into rdx.
+                self.a.mov_load(W::B64, RDX, scratch);
+                self.a.mov_load(w, RDX, Rm::at(RDX, 0));
+                self.a.mov_store(W::B64, scratch, RDX);
+                let src = self.rm(d.rs2);
+                match op {
+                    AmoswapW | AmoswapD => self.a.mov_load(w, RDX, src),
+                    AmoaddW | AmoaddD => self.a.alu(w, Alu::Add, RDX, src),
+                    AmoxorW | AmoxorD => self.a.alu(w, Alu::Xor, RDX, src),
+                    AmoandW | AmoandD => self.a.alu(w, Alu::And, RDX, src),
+                    AmoorW | AmoorD => self.a.alu(w, Alu::Or, RDX, src),
+                    _ => {
+                        // new = src where it wins the comparison with old, else old.
+                        let take_src = match op {
+                            AmominW | AmominD => Cond::G,
+                            AmomaxW | AmomaxD => Cond::L,
+                            AmominuW | AmominuD => Cond::A,
+                            _ => Cond::B,
+                        };
+                        self.a.alu(w, Alu::Cmp, RDX, src);
+                        self.a.cmov(w, take_src, RDX, src);
+                    }
+                }
+                self.a.mov_store(w, at, RDX);
+                // rd = old, sign-extended from a word.
+                let t = if d.rd == 0 {
+                    RDX
+                } else {
+                    self.target(d.rd, None)
+                };
+                match word {
+                    true => self.a.movsx(W::B32, t, scratch),
+                    false => self.a.mov_load(W::B64, t, scratch),
+                }
+                self.put(d.rd, t);
+            }
+        }
+        misses
+    }
+
     /// A load or store through the inline TLB; returns, for a load, its call to the
     /// load helper (`retired` instructions before it in the block, `exit` its entry
     /// among the slow exits), for a store, the jump from its miss.
@@ -1272,7 +1403,7 @@ impl<'a> Block<'a> {
             };
             return Ok(call);
         }
-        // A store that misses runs through the helper (see `StoreCall`).
+        // A store that misses runs through the helper (see `HelperCall`).
         Err(miss)
     }
 }

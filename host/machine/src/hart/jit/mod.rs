@@ -36,9 +36,17 @@
 //!   load faults or its page walk wrote into a page with decoded code (the running block
 //!   might be stale); then the block leaves with `pc` at that instruction and `mcycle`
 //!   counting the ones before it, and the interpreter executes it with every check.
-//! - Instructions with no translation of their own — atomics, floating point, CSR
-//!   instructions — and stores that miss the inline path (a TLB miss, a device, a page
-//!   boundary, a store into code) call `exec_helper`: the registers they name go to
+//! - Atomics (LR, SC, AMOs) go inline when their address is aligned and the TLB entries
+//!   the interpreter's `exec_a` would use hit on pages translated code may reach: LR
+//!   loads and reserves (the reservation is a plain word of the hart,
+//!   `NO_RESERVATION` when none is held), SC compares, stores through the store entry
+//!   and drops the reservation (failing, it touches no memory), an AMO needs the store
+//!   entry and the load entry both, reading through the one and writing through the
+//!   other as the interpreter does. Anything else (misaligned, a miss, a device, a page
+//!   with code) runs the whole instruction through `exec_helper`, below.
+//! - Instructions with no translation of their own — floating point, CSR
+//!   instructions — and stores and atomics that miss the inline path (a TLB miss, a
+//!   device, a page boundary, a store into code) call `exec_helper`: the registers they name go to
 //!   the hart, the interpreter's own `execute` runs them at their exact `pc` and
 //!   `mcycle`, rd comes back. The block goes on unless the instruction trapped, moved
 //!   `stop` (a device store, an interrupt enable, a `satp` write), wrote into a page
@@ -158,6 +166,10 @@ pub(super) unsafe extern "sysv64" fn exec_helper(
 ) -> u64 {
     // SAFETY: the caller's contract: both pointers are live and unaliased for this call.
     let (hart, bus) = unsafe { (&mut *hart, &mut *(((*hart).env.bus) as *mut Bus)) };
+    #[cfg(test)]
+    {
+        hart.jit.helper_execs += 1;
+    }
     hart.exec_for_jit(bus, raw as u32, delta, retired)
 }
 
@@ -226,12 +238,18 @@ pub struct Jit {
     perf_map: Option<Vec<CodeSymbol>>,
     /// Where the code blocks share is in the region (once it exists).
     thunks: compile::Thunks,
+    /// A word translated code keeps between two of its own instructions (an inline
+    /// AMO's old value); nothing else reads it.
+    scratch: u64,
     /// Times translated code was entered from Rust (for the tests).
     #[cfg(test)]
     entries: u64,
     /// Loads translated code handed to [`load_helper`] (for the tests).
     #[cfg(test)]
     helper_loads: u64,
+    /// Instructions translated code handed to [`exec_helper`] (for the tests).
+    #[cfg(test)]
+    helper_execs: u64,
 }
 
 /// Code regions of harts dropped in this process, emptied, with their shared code, for the
@@ -1335,6 +1353,136 @@ mod tests {
                     super::CodeKind::Block { insns, .. } if insns == body
                 )),
                 "the loop was not translated whole"
+            );
+        }
+    }
+
+    /// Every AMO (word and doubleword) on values at the edges of signed and unsigned
+    /// order, LR and SC (succeeding, failing on another address or without a reservation,
+    /// and failing after a trap dropped the reservation), each with rd, rs1 and rs2 in
+    /// host registers or not and x0 among them, and atomics that cannot go inline
+    /// (misaligned ones, which trap; one to a device, which faults; one to the page of the
+    /// running code) — agree with the interpreter at every step, and the ones that can go inline
+    /// call no helper once their TLB entries are in place.
+    #[test]
+    fn atomics_run_inline_and_agree_with_the_interpreter() {
+        let amo = |f5: u32, rd: u32, rs1: u32, rs2: u32, f3: u32| {
+            (f5 << 27) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x2f
+        };
+        let csr = |f3: u32, rd: u32, csr: u32, rs1: u32| {
+            (csr << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x73
+        };
+        let xori = |rd: u32, rs1: u32, imm: i32| i(imm, rs1, 4, rd, 0x13);
+        const ROUNDS: i32 = 200;
+        for (pad, (a4, a5)) in (0..4).flat_map(|pad| [(pad, (14, 15)), (pad, (10, 11))]) {
+            let mut w = Vec::new();
+            let la_handler = w.len();
+            w.push(0x0000_0297); // auipc t0, 0
+            w.push(0); // addi t0, t0, handler - la_handler
+            w.push(csr(1, 0, 0x305, T0)); // csrw mtvec, t0
+            w.extend(li32(A2, 0x4000_8000));
+            w.push(slli(A2, A2, 1)); // a2 = RAM_BASE + 64 KiB
+            w.push(addi(A3, A2, 8));
+            w.push(addi(A7, A2, 4)); // word-aligned, not doubleword
+            w.push(addi(S2, A2, 2)); // misaligned for both
+            w.extend(li32(T3, crate::board::UART_BASE as i32));
+            w.push(0x0000_0e97); // auipc t4, 0: the code page
+                                 // a5 = 0x8000_0000 (a word's most negative value, zero-extended), t2 = -1.
+            w.extend(li32(a5, 1));
+            w.push(slli(a5, a5, 31));
+            w.push(addi(7, 0, -1));
+            w.extend(std::iter::repeat_n(addi(0, 0, 0), pad));
+            w.push(addi(T1, 0, ROUNDS));
+            let top = w.len();
+            let mut body = Vec::new();
+            for (k, f5) in [0x00, 0x01, 0x04, 0x0c, 0x08, 0x10, 0x14, 0x18, 0x1c]
+                .into_iter()
+                .enumerate()
+            {
+                for f3 in [2, 3] {
+                    let (base, rs2) = match k % 3 {
+                        0 => (A2, a5),
+                        1 => (A3, 7),
+                        _ => (A7, if f3 == 2 { a5 } else { 0 }),
+                    };
+                    let base = if f3 == 3 && base == A7 { A3 } else { base };
+                    body.push(amo(f5, a4, base, rs2, f3));
+                    body.push(add(a5, a5, a4));
+                    // Flip the sign now and then, and shift it through the word's.
+                    body.push(xori(a5, a5, if k % 2 == 0 { -1 } else { 0x555 }));
+                    body.push(slli(7, 7, 13));
+                    body.push(add(7, 7, a5));
+                }
+            }
+            body.extend([
+                amo(0x00, 0, A2, a5, 3), // amoadd.d x0, a5, (a2): rd x0
+                amo(0x02, a4, A2, 0, 3), // lr.d a4, (a2)
+                add(a5, a5, a4),
+                amo(0x03, A6, A2, a5, 3), // sc.d a6, a5, (a2): succeeds
+                add(a5, a5, A6),
+                amo(0x03, A6, A2, a5, 3), // sc.d again: no reservation, fails
+                add(a5, a5, A6),
+                amo(0x02, a4, A7, 0, 2),  // lr.w a4, (a7)
+                amo(0x03, A6, A2, a5, 2), // sc.w a6, a5, (a2): another address, fails
+                add(a5, a5, A6),
+                amo(0x02, 0, A7, 0, 2), // lr.w x0, (a7): reserves all the same
+                amo(0x03, a4, A7, a5, 2), // sc.w a4, a5, (a7): succeeds
+                add(a5, a5, a4),
+                amo(0x02, a4, A2, 0, 3),  // lr.d a4, (a2)
+                amo(0x00, a4, S2, a5, 3), // amoadd.d a4, a5, (s2): misaligned, traps
+                amo(0x03, A6, A2, a5, 3), // sc.d: the trap dropped the reservation
+                add(a5, a5, A6),
+                amo(0x02, a4, S2, 0, 2),  // lr.w a4, (s2): misaligned, traps
+                amo(0x03, A6, S2, a5, 2), // sc.w a6, a5, (s2): misaligned, traps
+                amo(0x01, a4, T3, a5, 2), // amoswap.w a4, a5, (t3): the UART
+                add(a5, a5, a4),
+                amo(0x00, a4, T4, a5, 3), // amoadd.d a4, a5, (t4): this code's page
+                add(a5, a5, a4),
+                add(a5, a5, S1),
+            ]);
+            w.extend(&body);
+            w.push(addi(T1, T1, -1));
+            w.push(b((top as i32 - w.len() as i32) * 4, 0, T1, 1)); // bne t1, zero, top
+            w.extend(halt(Platform::Cmvm));
+            // The handler skips the trapping instruction and counts it.
+            let handler = w.len();
+            w[la_handler + 1] = addi(T0, T0, ((handler - la_handler) * 4) as i32);
+            w.push(csr(2, T5, 0x341, 0)); // csrr t5, mepc
+            w.push(addi(T5, T5, 4));
+            w.push(csr(1, 0, 0x341, T5)); // csrw mepc, t5
+            w.push(addi(S1, S1, 1));
+            w.push(0x3020_0073); // mret
+            let image = assemble(&w);
+            let mut a = machine(&image, false);
+            let mut b = machine(&image, true);
+            let mut limit = 0;
+            while a.halted().is_none() {
+                limit += 997;
+                a.run(limit);
+                b.run(limit);
+                assert_eq!(
+                    (a.hart.pc, a.mcycle(), a.hart.x, a.hart.reservation),
+                    (b.hart.pc, b.mcycle(), b.hart.x, b.hart.reservation),
+                    "pad {pad}, a4 x{a4}, a5 x{a5}, limit {limit}"
+                );
+            }
+            assert_eq!(b.halted(), Some(0));
+            assert_eq!(
+                b.hart.x[S1 as usize],
+                4 * ROUNDS as u64,
+                "four traps a round"
+            );
+            assert_eq!(a.root_hash(), b.root_hash());
+            // A round runs 33 atomics: the three misaligned ones and the UART's trap,
+            // and with the code page's run through the helper, the rest inline once the
+            // TLB holds their pages; each trap's handler adds two CSR instructions.
+            let atomics = body.iter().filter(|&&w| w & 0x7f == 0x2f).count();
+            assert_eq!(atomics, 33);
+            let helper_calls = b.hart.jit.helper_execs;
+            assert!(
+                helper_calls <= (5 + 2 * 4) * ROUNDS as u64 + 50,
+                "{helper_calls} helper calls for {} atomics",
+                atomics * ROUNDS as usize
             );
         }
     }

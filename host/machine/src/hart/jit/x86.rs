@@ -44,6 +44,8 @@ pub enum Cond {
     L = 0xc,
     /// Greater or equal (signed >=).
     Ge = 0xd,
+    /// Greater (signed >).
+    G = 0xf,
 }
 
 /// An operand that is a register or memory (`r/m`).
@@ -313,9 +315,26 @@ impl Asm {
         self.head(W::B64, &[0x8d], reg, Rm::at(base, disp));
     }
 
+    /// `lea reg, [base + index]` (64 bits).
+    pub fn lea_indexed(&mut self, reg: u8, base: u8, index: u8) {
+        self.head(W::B64, &[0x8d], reg, Rm::indexed(base, index, 1));
+    }
+
     /// `test r/m, reg`.
     pub fn test(&mut self, w: W, rm: Rm, reg: u8) {
         self.head(w, &[0x85], reg, rm);
+    }
+
+    /// `test al, imm8`.
+    pub fn test_al(&mut self, imm: u8) {
+        self.byte(0xa8);
+        self.byte(imm);
+    }
+
+    /// `cmovcc reg, r/m` (32 or 64 bits; 32 zero-extends, whether it moves or not).
+    pub fn cmov(&mut self, w: W, cond: Cond, reg: u8, rm: Rm) {
+        debug_assert!(matches!(w, W::B32 | W::B64));
+        self.head(w, &[0x0f, 0x40 | cond as u8], reg, rm);
     }
 
     /// `cqo` (64 bits: rdx = sign of rax) or `cdq` (32 bits: edx = sign of eax).
@@ -558,6 +577,25 @@ mod tests {
         // cqo = 48 99 ; cdq = 99
         assert_eq!(asm(|a| a.sign_extend_rax(W::B64)), [0x48, 0x99]);
         assert_eq!(asm(|a| a.sign_extend_rax(W::B32)), [0x99]);
+    }
+
+    #[test]
+    fn encodes_conditional_moves_and_the_alignment_test() {
+        // cmovg rdx, [rbx+0x10] = 48 0f 4f 53 10; cmovb r10d, ecx = 44 0f 42 d1
+        assert_eq!(
+            asm(|a| a.cmov(W::B64, Cond::G, RDX, Rm::at(RBX, 0x10))),
+            [0x48, 0x0f, 0x4f, 0x53, 0x10]
+        );
+        assert_eq!(
+            asm(|a| a.cmov(W::B32, Cond::B, R10, Rm::Reg(RCX))),
+            [0x44, 0x0f, 0x42, 0xd1]
+        );
+        // cmovl rax, r9 = 49 0f 4c c1; test al, 7 = a8 07
+        assert_eq!(
+            asm(|a| a.cmov(W::B64, Cond::L, RAX, Rm::Reg(R9))),
+            [0x49, 0x0f, 0x4c, 0xc1]
+        );
+        assert_eq!(asm(|a| a.test_al(7)), [0xa8, 0x07]);
     }
 
     #[test]
