@@ -800,6 +800,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reservation_is_saved_as_before_and_a_misaligned_one_refused() {
+        // The flag and the address follow x, f, pc, privilege, mcycle and non_retired.
+        let at = 8 * 64 + 8 + 1 + 8 + 8;
+        let saved = |reservation: u64| {
+            let mut hart = Hart::new(1 << 20);
+            hart.reservation = reservation;
+            let mut out = Vec::new();
+            hart.save_state(&mut out);
+            out
+        };
+        let none = saved(NO_RESERVATION);
+        assert_eq!(none[at..at + 9], [0; 9]);
+        let held = saved(0x8000_1008);
+        assert_eq!(held[at], 1);
+        assert_eq!(held[at + 1..at + 9], 0x8000_1008u64.to_le_bytes());
+        let mut back = Hart::new(1 << 20);
+        back.load_state(&mut Reader::new(&held)).unwrap();
+        assert_eq!(back.reservation, 0x8000_1008);
+        back.load_state(&mut Reader::new(&none)).unwrap();
+        assert_eq!(back.reservation, NO_RESERVATION);
+        // No LR reserves an address that is not 4-byte aligned (1 would read as none).
+        for bad in [1u64, 2, 0x8000_1006] {
+            let mut state = held.clone();
+            state[at + 1..at + 9].copy_from_slice(&bad.to_le_bytes());
+            assert!(matches!(
+                back.load_state(&mut Reader::new(&state)),
+                Err(StateError::Invalid("reservation address"))
+            ));
+        }
+    }
+
+    #[test]
     fn decoded_instructions_stay_16_bytes() {
         // The decode cache holds 2048 of them per page; its memory bound assumes 16.
         assert_eq!(std::mem::size_of::<Insn>(), 16);
