@@ -397,12 +397,13 @@ impl ProgressPrinter {
     }
 
     /// Takes the bars off the terminal (before a summary is printed; a later run gets new
-    /// ones). Without bars, nothing to do.
+    /// ones), and forgets the siblings (a later run counts its own).
     pub fn clear(&self) {
         if let Some(bars) = &self.bars {
             let _ = bars.clear();
             self.machines.lock().expect("progress lock").clear();
         }
+        *self.siblings.lock().expect("progress lock") = SiblingsView::default();
     }
 
     /// Prints a line above the bars, or to stderr.

@@ -361,7 +361,7 @@ pub struct Hart {
     /// `mcycle - minstret` (wrapping): cycles spent on traps and idle waits, less what
     /// writes to `minstret` added.
     pub non_retired: u64,
-    /// The address of the LR reservation, or [`NO_RESERVATION`]. A plain word, not an
+    /// The (virtual) address LR reserved, or [`NO_RESERVATION`]. A plain word, not an
     /// `Option`, so that translated code reads and writes it (`jit::compile`).
     reservation: u64,
     /// Cycles skipped asleep in WFI since this hart was built (or its machine loaded):
