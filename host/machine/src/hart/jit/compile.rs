@@ -575,6 +575,17 @@ impl<'a> Block<'a> {
         }
     }
 
+    /// A host register holding guest register `g`: its own, or rdx loaded with it.
+    fn in_register(&mut self, g: u8) -> u8 {
+        match self.map[g as usize] {
+            Some(h) => h,
+            None => {
+                self.get(RDX, g);
+                RDX
+            }
+        }
+    }
+
     /// `x[g] = src` (nothing for x0).
     fn put(&mut self, g: u8, src: u8) {
         if g == 0 {
@@ -1270,13 +1281,7 @@ impl<'a> Block<'a> {
                 self.a.alu(W::B64, Alu::Cmp, RAX, reservation);
                 let fail = self.a.jcc_fwd(Cond::Ne);
                 misses.push(tlb_hit(&mut self.a, true, size));
-                let src = match self.map[d.rs2 as usize] {
-                    Some(h) => h,
-                    None => {
-                        self.get(RDX, d.rs2);
-                        RDX
-                    }
-                };
+                let src = self.in_register(d.rs2);
                 self.a.mov_store(w, at, src);
                 // rd = 0 (success), 1 (failure); either way no reservation is left.
                 let t = self.target(d.rd, Some(src));
@@ -1366,13 +1371,7 @@ impl<'a> Block<'a> {
                 4 => W::B32,
                 _ => W::B64,
             };
-            let src = match self.map[d.rs2 as usize] {
-                Some(h) => h,
-                None => {
-                    self.get(RDX, d.rs2);
-                    RDX
-                }
-            };
+            let src = self.in_register(d.rs2);
             self.a.mov_store(w, at, src);
         } else {
             let t = if d.rd == 0 {

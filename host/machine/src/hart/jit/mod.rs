@@ -610,6 +610,42 @@ mod tests {
         w.push(s(0, value, at, 3)); // sd value, 0(at)
     }
 
+    /// An A instruction (`f5` its operation, `f3` 2 for a word, 3 for a doubleword).
+    fn amo(f5: u32, rd: u32, rs1: u32, rs2: u32, f3: u32) -> u32 {
+        (f5 << 27) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x2f
+    }
+
+    /// A CSR instruction (`f3`: 1 csrrw, 2 csrrs).
+    fn csr(f3: u32, rd: u32, csr: u32, rs1: u32) -> u32 {
+        (csr << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x73
+    }
+
+    /// Points `mtvec` at the handler [`close_loop_and_handler`] places (using t0);
+    /// returns where the handler's offset is patched in.
+    fn set_trap_handler(w: &mut Vec<u32>) -> usize {
+        let la_handler = w.len();
+        w.push(0x0000_0297); // auipc t0, 0
+        w.push(0); // addi t0, t0, handler - la_handler
+        w.push(csr(1, 0, 0x305, T0)); // csrw mtvec, t0
+        la_handler
+    }
+
+    /// Loops back to `top` while t1, counted down, is not zero, then halts; then the trap
+    /// handler (see [`set_trap_handler`]), which skips the trapping (4-byte) instruction
+    /// and counts it in s1.
+    fn close_loop_and_handler(w: &mut Vec<u32>, top: usize, la_handler: usize) {
+        w.push(addi(T1, T1, -1));
+        w.push(b((top as i32 - w.len() as i32) * 4, 0, T1, 1)); // bne t1, zero, top
+        w.extend(halt(Platform::Cmvm));
+        let handler = w.len();
+        w[la_handler + 1] = addi(T0, T0, ((handler - la_handler) * 4) as i32);
+        w.push(csr(2, T5, 0x341, 0)); // csrr t5, mepc
+        w.push(addi(T5, T5, 4));
+        w.push(csr(1, 0, 0x341, T5)); // csrw mepc, t5
+        w.push(addi(S1, S1, 1));
+        w.push(0x3020_0073); // mret
+    }
+
     fn machine(image: &[u8], jit: bool) -> Machine {
         let mut m = Machine::new(&MachineConfig {
             ram_length: 4 << 20,
@@ -1257,22 +1293,13 @@ mod tests {
     /// make the block leave) — agrees with the interpreter at every step.
     #[test]
     fn instructions_run_by_the_helper_agree_with_the_interpreter() {
-        let amo = |f5: u32, rd: u32, rs1: u32, rs2: u32, f3: u32| {
-            (f5 << 27) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x2f
-        };
-        let csr = |f3: u32, rd: u32, csr: u32, rs1: u32| {
-            (csr << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x73
-        };
         // The helpers' results go to a4 (kept per block) and add up in a5, then to a0 and
         // a1, which are global (`compile::GLOBALS`): stored before each call, reloaded
         // after, and handed on between blocks in their host registers.
         for (pad, (a4, a5)) in (0..12).flat_map(|pad| [(pad, (14, 15)), (pad, (10, 11))]) {
             let mut w = Vec::new();
             // mtvec = handler (patched below), mstatus.FS on.
-            let la_handler = w.len();
-            w.push(0x0000_0297); // auipc t0, 0
-            w.push(0); // addi t0, t0, handler - la_handler
-            w.push(csr(1, 0, 0x305, T0)); // csrw mtvec, t0
+            let la_handler = set_trap_handler(&mut w);
             w.extend(li32(T0, 0x2000));
             w.push(csr(2, 0, 0x300, T0)); // csrs mstatus, t0
             w.extend(li32(A2, 0x4000_8000));
@@ -1317,17 +1344,7 @@ mod tests {
                 add(a5, a5, S1),
             ];
             w.extend(body);
-            w.push(addi(T1, T1, -1));
-            w.push(b((top as i32 - w.len() as i32) * 4, 0, T1, 1)); // bne t1, zero, top
-            w.extend(halt(Platform::Cmvm));
-            // The handler skips the trapping instruction and counts it.
-            let handler = w.len();
-            w[la_handler + 1] = addi(T0, T0, ((handler - la_handler) * 4) as i32);
-            w.push(csr(2, T5, 0x341, 0)); // csrr t5, mepc
-            w.push(addi(T5, T5, 4));
-            w.push(csr(1, 0, 0x341, T5)); // csrw mepc, t5
-            w.push(addi(S1, S1, 1));
-            w.push(0x3020_0073); // mret
+            close_loop_and_handler(&mut w, top, la_handler);
             let image = assemble(&w);
             let mut a = machine(&image, false);
             let mut b = machine(&image, true);
@@ -1366,20 +1383,11 @@ mod tests {
     /// call no helper once their TLB entries are in place.
     #[test]
     fn atomics_run_inline_and_agree_with_the_interpreter() {
-        let amo = |f5: u32, rd: u32, rs1: u32, rs2: u32, f3: u32| {
-            (f5 << 27) | (rs2 << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x2f
-        };
-        let csr = |f3: u32, rd: u32, csr: u32, rs1: u32| {
-            (csr << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x73
-        };
         let xori = |rd: u32, rs1: u32, imm: i32| i(imm, rs1, 4, rd, 0x13);
         const ROUNDS: i32 = 200;
         for (pad, (a4, a5)) in (0..4).flat_map(|pad| [(pad, (14, 15)), (pad, (10, 11))]) {
             let mut w = Vec::new();
-            let la_handler = w.len();
-            w.push(0x0000_0297); // auipc t0, 0
-            w.push(0); // addi t0, t0, handler - la_handler
-            w.push(csr(1, 0, 0x305, T0)); // csrw mtvec, t0
+            let la_handler = set_trap_handler(&mut w);
             w.extend(li32(A2, 0x4000_8000));
             w.push(slli(A2, A2, 1)); // a2 = RAM_BASE + 64 KiB
             w.push(addi(A3, A2, 8));
@@ -1441,17 +1449,7 @@ mod tests {
                 add(a5, a5, S1),
             ]);
             w.extend(&body);
-            w.push(addi(T1, T1, -1));
-            w.push(b((top as i32 - w.len() as i32) * 4, 0, T1, 1)); // bne t1, zero, top
-            w.extend(halt(Platform::Cmvm));
-            // The handler skips the trapping instruction and counts it.
-            let handler = w.len();
-            w[la_handler + 1] = addi(T0, T0, ((handler - la_handler) * 4) as i32);
-            w.push(csr(2, T5, 0x341, 0)); // csrr t5, mepc
-            w.push(addi(T5, T5, 4));
-            w.push(csr(1, 0, 0x341, T5)); // csrw mepc, t5
-            w.push(addi(S1, S1, 1));
-            w.push(0x3020_0073); // mret
+            close_loop_and_handler(&mut w, top, la_handler);
             let image = assemble(&w);
             let mut a = machine(&image, false);
             let mut b = machine(&image, true);
