@@ -1285,7 +1285,7 @@ pub fn prepare_offload<'a>(
         )))
     });
     service.on_failed = Box::new(|job, why, console| {
-        let name = crate::terminal::sanitize(job.crate_name());
+        let name = crate::terminal::sanitize(&job.display_name());
         progress(Progress::Phase(format!(
             "offload: job {name} gave no result in its sibling ({why}); the build machine \
              compiles it itself. The sibling's console ended with:\n{console}"
@@ -1293,7 +1293,7 @@ pub fn prepare_offload<'a>(
     });
     service.on_done = Box::new(|job, done| {
         progress(Progress::JobDone {
-            name: crate::terminal::sanitize(job.crate_name()),
+            name: crate::terminal::sanitize(&job.display_name()),
             cycles: done.cycles,
             seconds: done.seconds,
             cached: done.cached,
@@ -1303,7 +1303,7 @@ pub fn prepare_offload<'a>(
         progress(match event {
             crate::offload::service::SiblingEvent::Started(id) => Progress::SiblingStarted {
                 id,
-                name: crate::terminal::sanitize(job.crate_name()),
+                name: crate::terminal::sanitize(&job.display_name()),
             },
             crate::offload::service::SiblingEvent::Ended(id) => Progress::SiblingEnded { id },
         })

@@ -232,6 +232,20 @@ impl Job {
             .map_or("(rustc with no --crate-name)", |w| w[1].as_str())
     }
 
+    /// The job as the user knows it: its crate, or for a build script (whose crate cargo
+    /// names `build_script_<file stem>` in every package) its package's, from cargo's
+    /// `CARGO_PKG_NAME`: `libc build script`. Untrusted text, as [`Job::crate_name`].
+    pub fn display_name(&self) -> String {
+        let name = self.crate_name();
+        match (
+            name.starts_with("build_script_"),
+            self.env.get("CARGO_PKG_NAME"),
+        ) {
+            (true, Some(package)) => format!("{package} build script"),
+            _ => name.to_owned(),
+        }
+    }
+
     /// Parses and checks a job's JSON (a `job` request's header line).
     pub fn parse(json: &[u8]) -> Result<Job, JobError> {
         let wire: Wire =
@@ -422,6 +436,15 @@ mod tests {
         let mut probe = sample();
         probe.argv = vec!["rustc".into(), "-".into(), "--print".into(), "cfg".into()];
         assert_eq!(probe.crate_name(), "(rustc with no --crate-name)");
+        assert_eq!(probe.display_name(), "(rustc with no --crate-name)");
+        // A build script is named by its package; a crate by itself.
+        assert_eq!(sample().display_name(), "itoa");
+        let mut script = sample();
+        script.argv[2] = "build_script_build".into();
+        script.env.insert("CARGO_PKG_NAME".into(), "libc".into());
+        assert_eq!(script.display_name(), "libc build script");
+        script.env.clear();
+        assert_eq!(script.display_name(), "build_script_build");
     }
 
     #[test]
