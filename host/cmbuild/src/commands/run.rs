@@ -461,7 +461,9 @@ impl ProgressPrinter {
                     stream: Stream::default(),
                     lines: LineSplitter::default(),
                     compiling: None,
-                    last: (self.started, 0, 0),
+                    // Its pace is measured from its first event (a machine resumes
+                    // long after the run began, at the template's mcycle).
+                    last: (Instant::now(), mcycle, idle_cycles),
                     mips: 0.0,
                     bar: self.bars.as_ref().map(|bars| {
                         let bar = bars.add(ProgressBar::new(0));
