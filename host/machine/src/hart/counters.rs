@@ -118,29 +118,38 @@ mod imp {
     impl Report {
         /// Prints the counts since the last line if `mcycle` is [`REPORT_EVERY`] past it.
         pub fn maybe_print(&mut self, mcycle: u64) {
-            self.first_mcycle.get_or_insert(mcycle);
-            let last = *self.last_mcycle.get_or_insert(mcycle);
-            if mcycle.wrapping_sub(last) >= REPORT_EVERY {
-                self.print("interval", mcycle);
+            if self.due(mcycle) {
+                eprintln!("{}", self.take_line("interval", mcycle));
             }
         }
 
-        /// Prints the counts since the last line (`what` names the line) and starts a new one.
-        pub fn print(&mut self, what: &str, mcycle: u64) {
-            self.print_from(what, mcycle);
+        /// Prints the last interval and the totals (when the hart is dropped).
+        pub fn print_total(&mut self, mcycle: u64) {
+            for line in self.total_lines(mcycle) {
+                eprintln!("{line}");
+            }
         }
 
-        /// Prints the totals (when the hart is dropped).
-        pub fn print_total(&mut self, mcycle: u64) {
+        /// Whether a line is due at `mcycle` (the first call only notes where the hart
+        /// starts).
+        fn due(&mut self, mcycle: u64) -> bool {
+            self.first_mcycle.get_or_insert(mcycle);
+            let last = *self.last_mcycle.get_or_insert(mcycle);
+            mcycle.wrapping_sub(last) >= REPORT_EVERY
+        }
+
+        /// The last interval's line, then the totals' since the hart first ran.
+        fn total_lines(&mut self, mcycle: u64) -> [String; 2] {
             let first = self.first_mcycle;
-            self.print("interval", mcycle);
+            let interval = self.take_line("interval", mcycle);
             self.last = Counters::default();
             self.last_mcycle = first;
             self.last_faults = (0, 0);
-            self.print_from("total", mcycle);
+            [interval, self.take_line("total", mcycle)]
         }
 
-        fn print_from(&mut self, what: &str, mcycle: u64) {
+        /// The counts since the last line (`what` names the line); starts a new one.
+        fn take_line(&mut self, what: &str, mcycle: u64) -> String {
             let faults = thread_page_faults();
             let delta = self.now.since(&self.last);
             let mut line = format!(
@@ -153,10 +162,10 @@ mod imp {
             for (name, n) in delta.fields() {
                 line.push_str(&format!(" {name}={n}"));
             }
-            eprintln!("{line}");
             self.last = self.now;
             self.last_mcycle = Some(mcycle);
             self.last_faults = faults;
+            line
         }
     }
 
@@ -175,5 +184,37 @@ mod imp {
     #[cfg(not(target_os = "linux"))]
     fn thread_page_faults() -> (u64, u64) {
         (0, 0)
+    }
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn lines_count_each_interval_and_the_totals_from_where_the_hart_began() {
+            let mut r = Report::default();
+            let start = 3_000; // a resumed hart begins at its snapshot's mcycle
+            assert!(!r.due(start));
+            r.now.interpreted = 5;
+            assert!(!r.due(start + REPORT_EVERY - 1));
+            assert!(r.due(start + REPORT_EVERY));
+            let line = r.take_line("interval", start + REPORT_EVERY);
+            assert!(line.contains(&format!(" cycles={REPORT_EVERY} ")), "{line}");
+            assert!(line.contains(" interpreted=5 "), "{line}");
+            assert!(!r.due(start + REPORT_EVERY + 10));
+            r.now.interpreted = 7;
+            r.now.code_resets = 1;
+            let [last, total] = r.total_lines(start + REPORT_EVERY + 10);
+            assert!(last.starts_with("hart counters interval "), "{last}");
+            assert!(
+                last.contains(" cycles=10 ") && last.contains(" interpreted=2 "),
+                "{last}"
+            );
+            assert!(total.starts_with("hart counters total "), "{total}");
+            assert!(
+                total.contains(&format!(" cycles={} ", REPORT_EVERY + 10)),
+                "{total}"
+            );
+            assert!(total.contains(" interpreted=7 ") && total.ends_with(" code_resets=1"));
+        }
     }
 }
