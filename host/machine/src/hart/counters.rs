@@ -83,6 +83,13 @@ mod imp {
         fill_load,
         /// Store-TLB refills.
         fill_store,
+        /// Fetch-TLB refills a second way per set would have served: the entry wanted is
+        /// the one the previous refill of its set evicted (since the last flush).
+        second_way_fetch,
+        /// The same for the load TLB.
+        second_way_load,
+        /// The same for the store TLB.
+        second_way_store,
         /// TLB flushes (`sfence.vma`, `satp` writes, layout changes).
         tlb_flushes,
         /// `sfence.vma` instructions with an address operand.
@@ -113,9 +120,33 @@ mod imp {
         first_mcycle: Option<u64>,
         /// Host page faults of the thread at the last line printed.
         last_faults: (u64, u64),
+        /// Per TLB array and set, the tag its last refill evicted and the flush count then
+        /// (for the `second_way_*` counts).
+        evicted: Vec<(u64, u64)>,
     }
 
     impl Report {
+        /// Notes a refill of set `set` of TLB array `array` (0 fetch, 1 load, 2 store, of
+        /// `sets` sets each) with `tag`, evicting `old`; returns whether the tag is the one
+        /// the set's previous refill evicted since the last flush (`flushes` so far).
+        pub fn refill(
+            &mut self,
+            array: usize,
+            set: usize,
+            sets: usize,
+            tag: u64,
+            old: u64,
+            flushes: u64,
+        ) -> bool {
+            if self.evicted.is_empty() {
+                self.evicted = vec![(0, 0); 3 * sets];
+            }
+            let slot = &mut self.evicted[array * sets + set];
+            let hit = tag != 0 && *slot == (tag, flushes);
+            *slot = (old, flushes);
+            hit
+        }
+
         /// Prints the counts since the last line if `mcycle` is [`REPORT_EVERY`] past it.
         pub fn maybe_print(&mut self, mcycle: u64) {
             if self.due(mcycle) {
@@ -215,6 +246,17 @@ mod imp {
                 "{total}"
             );
             assert!(total.contains(" interpreted=7 ") && total.ends_with(" code_resets=1"));
+        }
+
+        #[test]
+        fn a_refill_counts_for_a_second_way_when_it_wants_what_the_set_last_evicted() {
+            let mut r = Report::default();
+            assert!(!r.refill(1, 5, 8, 0xa, 0, 0)); // a into an empty set
+            assert!(!r.refill(1, 5, 8, 0xb, 0xa, 0)); // b evicts a
+            assert!(r.refill(1, 5, 8, 0xa, 0xb, 0)); // a again: a second way held it
+                                                     // After a flush nothing evicted before it counts, and each array is its own.
+            assert!(!r.refill(1, 5, 8, 0xb, 0xa, 1));
+            assert!(!r.refill(0, 5, 8, 0xa, 0, 1));
         }
     }
 }

@@ -412,10 +412,25 @@ impl Hart {
             _ => {}
         }
         #[cfg(feature = "counters")]
-        match access {
-            Access::Fetch => self.counters.now.fill_fetch += 1,
-            Access::Load => self.counters.now.fill_load += 1,
-            Access::Store => self.counters.now.fill_store += 1,
+        {
+            let old = self.mmu.table_mut(access)[tlb_index(va)].tag;
+            let flushes = self.counters.now.tlb_flushes;
+            let second = self.counters.refill(
+                access as usize,
+                tlb_index(va),
+                TLB_SIZE,
+                entry.tag,
+                old,
+                flushes,
+            ) as u64;
+            let c = &mut self.counters.now;
+            let (fills, seconds) = match access {
+                Access::Fetch => (&mut c.fill_fetch, &mut c.second_way_fetch),
+                Access::Load => (&mut c.fill_load, &mut c.second_way_load),
+                Access::Store => (&mut c.fill_store, &mut c.second_way_store),
+            };
+            *fills += 1;
+            *seconds += second;
         }
         self.mmu.table_mut(access)[tlb_index(va)] = entry;
         self.mmu.note_filled(access, tlb_index(va));

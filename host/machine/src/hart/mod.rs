@@ -723,6 +723,7 @@ impl Hart {
     /// Forgets every cached translation and decoded instruction (after a snapshot load
     /// or a wholesale memory change by the caller).
     pub fn flush_caches(&mut self) {
+        count!(self, tlb_flushes);
         self.mmu.flush();
         self.dcache.flush();
         self.mmu
