@@ -251,10 +251,11 @@ mod imp {
         #[test]
         fn a_refill_counts_for_a_second_way_when_it_wants_what_the_set_last_evicted() {
             let mut r = Report::default();
-            assert!(!r.refill(1, 5, 8, 0xa, 0, 0)); // a into an empty set
-            assert!(!r.refill(1, 5, 8, 0xb, 0xa, 0)); // b evicts a
-            assert!(r.refill(1, 5, 8, 0xa, 0xb, 0)); // a again: a second way held it
-                                                     // After a flush nothing evicted before it counts, and each array is its own.
+            // a into an empty set, b evicts a, a again: a second way would have held it.
+            assert!(!r.refill(1, 5, 8, 0xa, 0, 0));
+            assert!(!r.refill(1, 5, 8, 0xb, 0xa, 0));
+            assert!(r.refill(1, 5, 8, 0xa, 0xb, 0));
+            // After a flush nothing evicted before it counts, and each array is its own.
             assert!(!r.refill(1, 5, 8, 0xb, 0xa, 1));
             assert!(!r.refill(0, 5, 8, 0xa, 0, 1));
         }
