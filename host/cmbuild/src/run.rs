@@ -157,8 +157,9 @@ pub enum Progress {
         /// The sibling's number in the run.
         id: u64,
     },
-    /// A job of an offloaded build has its answer, computed by siblings or taken from the
-    /// action cache (then `seconds` is 0).
+    /// A job of an offloaded build has its answer: computed by siblings, or with no sibling
+    /// run for it here (taken from the action cache, or from another machine's identical
+    /// job; then `seconds` is 0).
     JobDone {
         /// The job's crate, sanitised.
         name: String,
@@ -166,7 +167,7 @@ pub enum Progress {
         cycles: u64,
         /// Host seconds its siblings ran.
         seconds: f64,
-        /// Whether it came from the cache.
+        /// Whether no sibling ran for it here (see above).
         cached: bool,
     },
     /// A machine ended.
