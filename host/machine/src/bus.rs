@@ -119,15 +119,6 @@ impl Bus {
         }
     }
 
-    /// How far region `region`'s bytes are from RAM's on the host (wrapping; 0 for RAM):
-    /// translated code reaches a flash page through RAM's host address plus this (see
-    /// `hart::mmu::TlbEntry::delta`).
-    pub(crate) fn host_offset(&self, region: RegionId) -> u64 {
-        self.region(region)
-            .host_addr()
-            .wrapping_sub(self.ram.host_addr())
-    }
-
     /// Memory region `region`, writable.
     #[inline(always)]
     pub fn region_mut(&mut self, region: RegionId) -> &mut MemRange {

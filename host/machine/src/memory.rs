@@ -256,16 +256,11 @@ impl MemRange {
         self.data.slice()
     }
 
-    /// The bytes as a raw pointer, for translated code that loads and stores through it
-    /// (see `hart::jit`). It stays valid until the range is dropped: the bytes never move.
-    /// Translated code marks no page dirty: it stores only into pages already marked
-    /// ([`MemRange::mark_dirty`] when a store-TLB entry allows it).
-    pub(crate) fn raw_bytes(&mut self) -> *mut u8 {
-        self.data.ptr
-    }
-
-    /// The host address of the first byte (see [`MemRange::raw_bytes`]; an address, for
-    /// arithmetic, not a pointer to read through).
+    /// The host address of the first byte, which TLB entries hold for translated code to
+    /// load and store through (see `hart::jit`, which reaches the bytes only while the
+    /// range is borrowed mutably). It stays the same until the range is dropped: the bytes
+    /// never move. Translated code marks no page dirty: it stores only into pages already
+    /// marked ([`MemRange::mark_dirty`] when a store-TLB entry allows it).
     pub(crate) fn host_addr(&self) -> u64 {
         self.data.ptr as u64
     }

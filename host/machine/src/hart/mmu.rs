@@ -55,11 +55,10 @@ impl Access {
 pub(super) struct TlbEntry {
     /// `vpn | ctx`; 0 never matches (every context has bit 63 set).
     pub(super) tag: u64,
-    /// Where the bytes of an address `va` in the page are, with no masking: for RAM, at
-    /// RAM offset `va + delta`; for a flash drive, at host address `ram + va + delta`
-    /// (`ram` being RAM's host address: the drive's distance from RAM on the host is in
-    /// it, so translated code reaches both the same way; see [`Mmu::layout`]); for a
-    /// device or the DTB ROM, at physical address `va + delta`. Wrapping arithmetic.
+    /// Where the bytes of an address `va` in the page are, with no masking: for memory
+    /// (RAM or a flash drive), at host address `va + delta`, so translated code reaches
+    /// them with one add (the bus's host addresses are in it: see [`Mmu::layout`]); for
+    /// a device or the DTB ROM, at physical address `va + delta`. Wrapping arithmetic.
     pub(super) delta: u64,
     /// The memory region of the physical page; `None` when it is not memory.
     pub(super) region: Option<RegionId>,
@@ -90,13 +89,13 @@ pub(super) enum PageTarget {
 }
 
 impl TlbEntry {
-    /// An entry tagged `tag` leading to `target`, whose region's bytes are `host_offset`
-    /// bytes past RAM's on the host (0 for RAM itself; unused for a device).
-    fn new(tag: u64, target: PageTarget, host_offset: u64) -> Self {
+    /// An entry tagged `tag` leading to `target`, whose region's first byte is at host
+    /// address `host` (unused for a device).
+    fn new(tag: u64, target: PageTarget, host: u64) -> Self {
         match target {
             PageTarget::Memory(region, offset) => Self {
                 tag,
-                delta: offset.wrapping_add(host_offset).wrapping_sub(page_va(tag)),
+                delta: host.wrapping_add(offset).wrapping_sub(page_va(tag)),
                 region: Some(region),
                 frame: u32::try_from(offset >> 12).expect("regions are below MEMORY_LIMIT"),
                 inline_tag: if region == RegionId::RAM { tag } else { 0 },
@@ -119,6 +118,15 @@ impl TlbEntry {
             Some(_) => u64::from(self.frame) << 12,
             None => self.delta.wrapping_add(page_va(self.tag)),
         }
+    }
+
+    /// Where `frame` is (translated code reads it; the field stays private).
+    pub(super) const FRAME_AT: usize = std::mem::offset_of!(TlbEntry, frame);
+
+    /// With a `region`: the offset of `va` (in this entry's page) inside that region.
+    #[inline(always)]
+    pub(super) fn offset_of(&self, va: u64) -> u64 {
+        u64::from(self.frame) << 12 | (va & 0xfff)
     }
 
     /// Where this entry leads.
@@ -173,11 +181,11 @@ pub struct Mmu {
     /// flush clears those rather than all three arrays; `None` once there were too many
     /// to track (then a flush clears everything).
     filled: Option<Vec<u32>>,
-    /// Where each flash drive's bytes were on the host, relative to RAM's
-    /// ([`Bus::host_offset`]), when flash entries were filled since the last flush (empty
-    /// if none were): their `delta`s hold it, so they are good only on a bus laid out the
-    /// same way. [`Hart::run`] empties the TLBs when it is handed a bus laid out otherwise
-    /// ([`Mmu::layout_is`]), and a fill on another bus empties them first.
+    /// Where RAM's and then each flash drive's bytes were on the host when memory
+    /// entries were filled since the last flush (empty if none were): their `delta`s hold
+    /// it, so they are good only on a bus laid out the same way. [`Hart::run`] empties
+    /// the TLBs when it is handed a bus laid out otherwise ([`Mmu::layout_is`]), and a
+    /// fill on another bus empties them first.
     layout: Vec<u64>,
     /// Context bits of fetches (privilege, translation on).
     pub(super) fetch_ctx: u64,
@@ -208,28 +216,42 @@ impl Mmu {
         }
     }
 
-    /// Whether the flash entries in the TLBs (if any) were filled on a bus laid out as
+    /// Whether the memory entries in the TLBs (if any) were filled on a bus laid out as
     /// `bus` is (see [`Mmu::layout`]).
     pub(super) fn layout_is(&self, bus: &Bus) -> bool {
         self.layout.is_empty()
-            || (self.layout.len() == bus.flash.len()
-                && self
-                    .layout
+            || (self.layout.len() == 1 + bus.flash.len()
+                && self.layout[0] == bus.ram.host_addr()
+                && self.layout[1..]
                     .iter()
-                    .enumerate()
-                    .all(|(i, &o)| o == bus.host_offset(RegionId::flash(i))))
+                    .zip(&bus.flash)
+                    .all(|(&o, f)| o == f.mem.host_addr()))
     }
 
-    /// Before a flash entry is filled from `bus`: records its layout, emptying the TLBs
-    /// first if entries of another layout are in them.
-    fn note_layout(&mut self, bus: &Bus) {
-        if !self.layout_is(bus) {
+    /// Before an entry of memory region `region` is filled from `bus`: records its
+    /// layout, emptying the TLBs first if entries of another layout are in them. A RAM
+    /// entry holds RAM's host address only, so RAM's is all it compares once a layout is
+    /// recorded (the flash drives' are compared when theirs are filled, and by
+    /// [`Hart::run`]).
+    #[inline(always)]
+    fn note_layout(&mut self, bus: &Bus, region: RegionId) {
+        let same = match self.layout.first() {
+            None => false,
+            Some(&ram) if region == RegionId::RAM => ram == bus.ram.host_addr(),
+            Some(_) => self.layout_is(bus),
+        };
+        if !same {
+            self.note_new_layout(bus);
+        }
+    }
+
+    #[cold]
+    fn note_new_layout(&mut self, bus: &Bus) {
+        if !self.layout.is_empty() {
             self.flush();
         }
-        if self.layout.is_empty() {
-            let offsets = (0..bus.flash.len()).map(|i| bus.host_offset(RegionId::flash(i)));
-            self.layout.extend(offsets);
-        }
+        self.layout.push(bus.ram.host_addr());
+        self.layout.extend(bus.flash.iter().map(|f| f.mem.host_addr()));
     }
 
     /// Drops every translation (satp write, sfence.vma). Linux does this on every switch
@@ -397,15 +419,17 @@ impl Hart {
             Access::Fetch => self.mmu.fetch_ctx,
             _ => self.mmu.data_ctx,
         };
-        let (target, host_offset) = match bus.find_memory(pa & !0xfff) {
-            Some((RegionId::RAM, off)) => (PageTarget::Memory(RegionId::RAM, off), 0),
+        let (target, host) = match bus.find_memory(pa & !0xfff) {
             Some((region, off)) => {
-                self.mmu.note_layout(bus);
-                (PageTarget::Memory(region, off), bus.host_offset(region))
+                self.mmu.note_layout(bus, region);
+                (
+                    PageTarget::Memory(region, off),
+                    bus.region(region).host_addr(),
+                )
             }
             None => (PageTarget::Device(pa & !0xfff), 0),
         };
-        let mut entry = TlbEntry::new(vpn(va) | ctx, target, host_offset);
+        let mut entry = TlbEntry::new(vpn(va) | ctx, target, host);
         match (access, entry.region) {
             (Access::Store, _) => entry.inline_tag = self.fast_store_tag(bus, &entry),
             (Access::Load, Some(_)) => entry.inline_tag = entry.tag,
@@ -482,7 +506,7 @@ impl Hart {
         }
         let e = self.mmu.load[tlb_index(va)];
         if e.tag == vpn(va) | self.mmu.data_ctx && e.region == Some(RegionId::RAM) {
-            return Ok(bus.ram.read_sized(va.wrapping_add(e.delta), size));
+            return Ok(bus.ram.read_sized(e.offset_of(va), size));
         }
         self.load_slow(bus, va, size)
     }
@@ -591,7 +615,7 @@ impl Hart {
         }
         let e = self.mmu.store[tlb_index(va)];
         if e.tag == vpn(va) | self.mmu.data_ctx && e.region == Some(RegionId::RAM) {
-            let off = va.wrapping_add(e.delta);
+            let off = e.offset_of(va);
             bus.ram.write_sized(off, size, value);
             self.dcache.invalidate(off, size);
             return Ok(());
@@ -736,7 +760,7 @@ impl Hart {
         if cached.op != super::Op::Undecoded {
             return Ok(cached);
         }
-        let off = pc.wrapping_add(e.delta);
+        let off = e.offset_of(pc);
         let lo = bus.ram.read_sized(off, 2) as u32;
         if lo & 3 != 3 || pc & 0xfff != 0xffe {
             let raw = if lo & 3 == 3 {

@@ -16,6 +16,9 @@ const _: () = assert!(TLB_SIZE.is_power_of_two() && TLB_SIZE <= 1 << 16);
 /// Offset of `inline_tag` in a TLB entry.
 const INLINE_TAG: i32 = 24;
 const _: () = assert!(std::mem::offset_of!(TlbEntry, inline_tag) == INLINE_TAG as usize);
+/// Offset of `frame` (the page's offset in its region, in pages: a `u32`) in a TLB entry.
+const FRAME: i32 = 20;
+const _: () = assert!(TlbEntry::FRAME_AT == FRAME as usize);
 /// Offset of `delta` in a TLB entry.
 const DELTA: i32 = 8;
 const _: () = assert!(std::mem::offset_of!(TlbEntry, delta) == DELTA as usize);
@@ -320,15 +323,8 @@ fn tlb_hit(a: &mut Asm, store: bool, size: u8) -> usize {
     tlb_index(a, tlb, data_ctx_at());
     a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, INLINE_TAG));
     let miss = a.jcc_fwd(Cond::Ne);
-    // rcx = the page's delta (its RAM offset less its virtual address, or its flash
-    // drive's host address less RAM's plus that), plus RAM's host address.
+    // rcx = the page's delta: its host address less its virtual address.
     a.mov_load(W::B64, RCX, Rm::at(RDX, DELTA));
-    a.alu(
-        W::B64,
-        Alu::Add,
-        RCX,
-        Rm::at(RBX, env_at(offset_of!(Env, ram))),
-    );
     miss
 }
 
@@ -369,10 +365,9 @@ impl Thunks {
         a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, INLINE_TAG));
         let miss = a.jcc_fwd(Cond::Ne);
         let mut fail = Vec::new();
-        // ecx = decode-cache page of the RAM page, if it has one.
-        a.mov_load(W::B64, RCX, Rm::at(RDX, DELTA));
-        a.alu(W::B64, Alu::Add, RCX, Rm::Reg(RAX));
-        a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
+        // ecx = decode-cache page of the RAM page (the entry's frame: an inline fetch
+        // entry is RAM's), if it has one.
+        a.mov_load(W::B32, RCX, Rm::at(RDX, FRAME));
         a.mov_load(W::B64, RDX, Rm::at(RBX, env_at(offset_of!(Env, slot_of))));
         a.mov_load(W::B32, RCX, Rm::indexed(RDX, RCX, 4));
         a.alu_imm(W::B32, Alu::Cmp, Rm::Reg(RCX), -1);
@@ -1358,9 +1353,14 @@ impl<'a> Block<'a> {
             _ => (8, true),
         };
         // rax = virtual address.
-        self.get(RAX, d.rs1);
-        if d.imm != 0 {
-            self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), d.imm);
+        match self.map[d.rs1 as usize] {
+            Some(h) if d.rs1 != 0 && d.imm != 0 => self.a.lea(RAX, h, d.imm),
+            _ => {
+                self.get(RAX, d.rs1);
+                if d.imm != 0 {
+                    self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), d.imm);
+                }
+            }
         }
         let miss = tlb_hit(&mut self.a, store, size);
         let at = Rm::indexed(RCX, RAX, 1);

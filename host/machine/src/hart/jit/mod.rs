@@ -22,8 +22,8 @@
 //!   `div`/`idiv` runs, so no host exception can happen.
 //! - Traps never happen inside translated code. Loads and stores take an inline TLB hit
 //!   path for accesses inside one page, aligned or not: loads from RAM and from the
-//!   flash drives (a flash entry's delta is relative to RAM's host address, so both are
-//!   `[ram + va + delta]`; a guest copies its drives into its page cache with millions
+//!   flash drives (an entry's delta leads to the page's host address, so both are
+//!   `[va + delta]`; a guest copies its drives into its page cache with millions
 //!   of loads), stores to RAM only through store-TLB entries that allow it: to pages
 //!   already marked dirty for the state hash and holding no decoded code, see
 //!   `mmu::TlbEntry::inline_tag`, so the inline store needs neither check; a misaligned
@@ -83,9 +83,9 @@
 //!   per access and measured slower). Bytes count: the hart fields translated code uses
 //!   most lie within a one-byte displacement of its hart pointer (`compile::BIAS`); the
 //!   TLB lookup compares the tag of an access's last byte, so one compare also rules
-//!   out page crossings; TLB entries hold the page's offset less its virtual address
-//!   (`mmu::TlbEntry::delta`), so the host address is `delta + ram + va` with no
-//!   masking; x0 is an immediate 0, never a load.
+//!   out page crossings; TLB entries hold the page's host address less its virtual
+//!   address (`mmu::TlbEntry::delta`), so the host address is `delta + va` with no
+//!   masking and nothing else to add; x0 is an immediate 0, never a load.
 //!   (Tried and measured no faster, docs/performance.md: a jump cache in front of the
 //!   chaining lookup, invalidated by every fetch-TLB fill and block drop, and again
 //!   validated by the fetch TLB's entry, with 92 % hits; guest calls and returns as host
@@ -123,8 +123,6 @@ const CODE_BYTES: usize = 256 << 20;
 #[derive(Debug, Default, Clone, Copy)]
 #[repr(C)]
 pub(super) struct Env {
-    /// Host address of RAM byte 0.
-    ram: u64,
     /// Host address of the decode cache's page map (`u32` per RAM page).
     slot_of: u64,
     /// Host address of the load TLB.
@@ -448,9 +446,7 @@ impl Hart {
         let Some(mem) = self.jit.mem.as_ref() else {
             return false;
         };
-        let ram = bus.ram.raw_bytes();
         self.env = Env {
-            ram: ram as u64,
             slot_of: self.dcache.slot_of_addr(),
             load_tlb: self.mmu.load.as_ptr() as u64,
             store_tlb: self.mmu.store.as_ptr() as u64,
@@ -466,11 +462,11 @@ impl Hart {
         // region's contents). Translated code reads and writes only the `Hart` fields
         // whose offsets `compile` takes with `offset_of!` (`x`, `pc`, `mcycle`, `stop`,
         // the TLB contexts, `env`; through the pointer passed here), RAM bytes inside
-        // the TLB-mapped pages of `bus.ram` (through `env`, taken from `bus` just
-        // above, so no other reference to them is live), reads flash-drive bytes inside
-        // the pages the load TLB maps (at `env.ram` plus deltas made for this bus's
-        // layout, checked where `Hart::run` took the bus; the drives are borrowed with
-        // it), and returns with callee-saved registers restored by the trampoline. The
+        // the pages the TLBs map inline and reads flash-drive bytes inside the pages the
+        // load TLB maps (at host addresses their deltas hold, made for this bus's layout,
+        // checked where `Hart::run` took the bus, which is borrowed with its RAM and
+        // drives for the whole call, so no other reference to those bytes is live), and
+        // returns with callee-saved registers restored by the trampoline. The
         // one Rust function it calls, `load_helper`, gets the hart through the same
         // pointer and the bus through `env.bus`, neither of which is otherwise used until
         // `run` returns.
