@@ -472,7 +472,13 @@ impl Hart {
                 u64::MAX
             };
             let delivery = bus.offload.as_ref().map_or(u64::MAX, |c| c.next_delivery());
-            self.stop = self.limit.min(timer).min(delivery);
+            // Within 2^62 of `mcycle` (centuries of guest time): translated code counts
+            // `mcycle - stop` as a signed number (`jit::compile::MCYCLE`).
+            self.stop = self
+                .limit
+                .min(timer)
+                .min(delivery)
+                .min(self.mcycle.saturating_add(1 << 62));
             self.run_inner(bus);
         }
     }

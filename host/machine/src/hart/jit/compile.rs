@@ -31,11 +31,27 @@ const MAX_INSNS: usize = 64;
 /// registers, the rest whatever each block uses most.
 const POOL: [u8; 10] = [R12, R13, R14, R15, RSI, RDI, R8, R9, R10, R11];
 
-/// The host register that holds `mcycle` inside translated code (callee-saved): loaded by
-/// the trampoline, stored by the epilogue and before every call into Rust, reloaded after
-/// it (a helper may move it). Every block adds to it and checks it against `stop` on
-/// entry, so it never goes through memory between chained blocks.
+/// The host register that holds `mcycle - stop` inside translated code (callee-saved;
+/// negative while instructions fit before the stop): loaded by the trampoline, stored
+/// back as `mcycle` by the epilogue and before every call into Rust, reloaded after it (a
+/// helper may move `mcycle` or `stop`) — see [`load_mcycle`]. Every block adds to it and
+/// checks on entry that its instructions fit (`cmp` with an immediate, no load), so it
+/// never goes through memory between chained blocks. `Hart::run` keeps `stop` within
+/// 2^62 of `mcycle`, so the signed difference never wraps.
 const MCYCLE: u8 = RBP;
+
+/// [`MCYCLE`] = the hart's `mcycle - stop`.
+fn load_mcycle(a: &mut Asm) {
+    a.mov_load(W::B64, MCYCLE, Rm::at(RBX, mcycle_at()));
+    a.alu(W::B64, Alu::Sub, MCYCLE, Rm::at(RBX, stop_at()));
+}
+
+/// The hart's `mcycle` = [`MCYCLE`] + `stop` ([`MCYCLE`] unchanged, flags changed).
+fn store_mcycle(a: &mut Asm) {
+    a.alu(W::B64, Alu::Add, MCYCLE, Rm::at(RBX, stop_at()));
+    a.mov_store(W::B64, Rm::at(RBX, mcycle_at()), MCYCLE);
+    a.alu(W::B64, Alu::Sub, MCYCLE, Rm::at(RBX, stop_at()));
+}
 
 /// The guest registers kept in the same host register (the first of [`POOL`], in order)
 /// in every block: the trampoline loads them, chained blocks hand them on in place, and
@@ -66,7 +82,7 @@ pub(super) fn load_globals(a: &mut Asm) {
     for (&g, &h) in GLOBALS.iter().zip(POOL.iter()) {
         a.mov_load(W::B64, h, Rm::at(RBX, x_at(g)));
     }
-    a.mov_load(W::B64, MCYCLE, Rm::at(RBX, mcycle_at()));
+    load_mcycle(a);
 }
 
 /// Stores the global guest registers back to the hart: the epilogue's first step (the
@@ -75,7 +91,7 @@ pub(super) fn store_globals(a: &mut Asm) {
     for (&g, &h) in GLOBALS.iter().zip(POOL.iter()) {
         a.mov_store(W::B64, Rm::at(RBX, x_at(g)), h);
     }
-    a.mov_store(W::B64, Rm::at(RBX, mcycle_at()), MCYCLE);
+    store_mcycle(a);
 }
 
 /// What rbx points at inside translated code: the hart plus this many bytes, so that
@@ -389,14 +405,14 @@ impl Thunks {
         // ones, which are in callee-saved host registers: nothing to save. The block's
         // `call` left rsp 16-byte aligned for this one.
         a.bind(miss);
-        a.alu(W::B64, Alu::Cmp, MCYCLE, Rm::at(RBX, stop_at()));
-        fail.push(a.jcc_fwd(Cond::Ae));
-        a.mov_store(W::B64, Rm::at(RBX, mcycle_at()), MCYCLE);
+        a.test(W::B64, Rm::Reg(MCYCLE), MCYCLE);
+        fail.push(a.jcc_fwd(Cond::Ge));
+        store_mcycle(a);
         a.lea(RDI, RBX, -BIAS);
         a.mov_rr(RSI, RAX);
         a.mov_imm(RAX, fetch_helper as *const () as u64);
         a.call_reg(RAX);
-        a.mov_load(W::B64, MCYCLE, Rm::at(RBX, mcycle_at()));
+        load_mcycle(a);
         a.test(W::B32, Rm::Reg(RAX), RAX);
         fail.push(a.jcc_fwd(Cond::E));
         a.mov_load(W::B64, RAX, Rm::at(RBX, pc_at()));
@@ -654,11 +670,10 @@ impl<'a> Block<'a> {
         self.a.jmp_reg(RAX);
     }
 
-    /// Compares mcycle + n with `stop`: `jbe` then goes where the n instructions fit
-    /// before the stop, `ja` where they do not.
+    /// Compares mcycle + n with `stop` (mcycle - stop with -n): `jle` then goes where
+    /// the n instructions fit before the stop, `jg` where they do not.
     fn budget_check(&mut self, n: usize) {
-        self.a.lea(RAX, MCYCLE, n as i32);
-        self.a.alu(W::B64, Alu::Cmp, RAX, Rm::at(RBX, stop_at()));
+        self.a.alu_imm(W::B64, Alu::Cmp, Rm::Reg(MCYCLE), -(n as i32));
     }
 
     /// Where a jump to page offset `to` continues.
@@ -676,7 +691,7 @@ impl<'a> Block<'a> {
             // A loop on this block: stay in host registers while the budget lasts.
             self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(MCYCLE), n as i32);
             self.budget_check(n);
-            self.a.jcc_to(Cond::Be, body);
+            self.a.jcc_to(Cond::Le, body);
             self.exit(self.dirty, 0, 0, Next::Rust);
         } else {
             let delta = to - self.start as i64;
@@ -690,7 +705,7 @@ impl<'a> Block<'a> {
         // Entry: all n instructions must fit before the stop.
         self.budget_check(n);
         // Leave unless they fit (falling through is the common case).
-        self.a.jcc_to(Cond::A, self.epilogue);
+        self.a.jcc_to(Cond::G, self.epilogue);
         // Load the cached registers the block reads before writing.
         let mut seen = 0u32;
         let mut load = 0u32;
@@ -876,7 +891,7 @@ impl<'a> Block<'a> {
     /// Saves `saved` and aligns the stack for a call: translated code runs with rsp 8
     /// past a multiple of 16 (the trampoline's call and six pushes).
     fn before_call(&mut self, saved: &[u8]) {
-        self.a.mov_store(W::B64, Rm::at(RBX, mcycle_at()), MCYCLE);
+        store_mcycle(&mut self.a);
         for &r in saved {
             self.a.push(r);
         }
@@ -894,7 +909,7 @@ impl<'a> Block<'a> {
             self.a.pop(r);
         }
         // The callee may have moved `mcycle` (a helper that leaves sets it).
-        self.a.mov_load(W::B64, MCYCLE, Rm::at(RBX, mcycle_at()));
+        load_mcycle(&mut self.a);
     }
 
     /// Runs `d` (at pc offset `delta`, `retired` instructions into the block) through

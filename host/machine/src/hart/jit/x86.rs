@@ -36,14 +36,14 @@ pub enum Cond {
     E = 0x4,
     /// Not equal.
     Ne = 0x5,
-    /// Below or equal (unsigned <=).
-    Be = 0x6,
     /// Above (unsigned >).
     A = 0x7,
     /// Less (signed <).
     L = 0xc,
     /// Greater or equal (signed >=).
     Ge = 0xd,
+    /// Less or equal (signed <=).
+    Le = 0xe,
     /// Greater (signed >).
     G = 0xf,
 }
