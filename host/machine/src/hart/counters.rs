@@ -57,6 +57,18 @@ mod imp {
         interpreted,
         /// Entries into translated code from Rust.
         jit_entries,
+        /// Returns from translated code with the stop reached (the budget spent, or an
+        /// event that asked the run loop to look at interrupts).
+        exit_stop,
+        /// Returns with `pc` on another page than the last fetch's (a chaining lookup that
+        /// failed, a trap).
+        exit_other_page,
+        /// Returns with `pc` at an instruction of the same page not translated yet.
+        exit_cold,
+        /// Returns with `pc` at an instruction translated code leaves to the interpreter.
+        exit_untranslated,
+        /// Returns with `pc` at a translated block (a store into code, a helper that left).
+        exit_translated,
         /// Blocks translated.
         blocks,
         /// Guest instructions in the blocks translated.

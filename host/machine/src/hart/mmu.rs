@@ -251,7 +251,8 @@ impl Mmu {
             self.flush();
         }
         self.layout.push(bus.ram.host_addr());
-        self.layout.extend(bus.flash.iter().map(|f| f.mem.host_addr()));
+        self.layout
+            .extend(bus.flash.iter().map(|f| f.mem.host_addr()));
     }
 
     /// Drops every translation (satp write, sfence.vma). Linux does this on every switch

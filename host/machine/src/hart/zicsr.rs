@@ -203,8 +203,9 @@ impl Hart {
                 c.mstatus |= MSTATUS_FS;
             }
             num::SSTATUS => {
+                let old = c.mstatus;
                 c.mstatus = (c.mstatus & !SSTATUS_WRITABLE) | (value & SSTATUS_WRITABLE);
-                self.on_mode_change();
+                self.on_status_write(old);
             }
             num::SIE => {
                 let mask = c.mideleg & MIE_WRITABLE;
@@ -233,8 +234,9 @@ impl Hart {
                 }
             }
             num::MSTATUS => {
+                let old = c.mstatus;
                 c.mstatus = legal_mstatus(c.mstatus, value);
-                self.on_mode_change();
+                self.on_status_write(old);
             }
             num::MISA => {} // WARL: the extensions are fixed
             num::MEDELEG => c.medeleg = value & MEDELEG_WRITABLE,

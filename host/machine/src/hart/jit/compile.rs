@@ -673,7 +673,8 @@ impl<'a> Block<'a> {
     /// Compares mcycle + n with `stop` (mcycle - stop with -n): `jle` then goes where
     /// the n instructions fit before the stop, `jg` where they do not.
     fn budget_check(&mut self, n: usize) {
-        self.a.alu_imm(W::B64, Alu::Cmp, Rm::Reg(MCYCLE), -(n as i32));
+        self.a
+            .alu_imm(W::B64, Alu::Cmp, Rm::Reg(MCYCLE), -(n as i32));
     }
 
     /// Where a jump to page offset `to` continues.

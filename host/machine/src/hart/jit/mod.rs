@@ -472,6 +472,22 @@ impl Hart {
         // `run` returns.
         unsafe { run(self as *mut Hart, code) };
         super::count!(self, jit_entries);
+        #[cfg(feature = "counters")]
+        {
+            // Why it returned.
+            let c = &mut self.counters.now;
+            if self.mcycle >= self.stop {
+                c.exit_stop += 1;
+            } else if vpn(self.pc) | self.mmu.fetch_ctx != self.mmu.fetch_tag {
+                c.exit_other_page += 1;
+            } else {
+                match self.dcache.block(self.mmu.fetch_page, self.pc) {
+                    BLOCK_UNKNOWN => c.exit_cold += 1,
+                    BLOCK_NONE => c.exit_untranslated += 1,
+                    _ => c.exit_translated += 1,
+                }
+            }
+        }
         #[cfg(test)]
         {
             self.jit.entries += 1;
@@ -1367,6 +1383,73 @@ mod tests {
                 )),
                 "the loop was not translated whole"
             );
+        }
+    }
+
+    /// Writes to `mstatus` that enable no interrupt (clearing MIE, setting and clearing
+    /// SUM, as Linux does around every stretch without interrupts and every access to user
+    /// memory) let translated code go on, while one that sets MIE with an interrupt
+    /// pending takes it right after, as the interpreter does: a loop that raises the
+    /// software interrupt every 16th round while MIE is clear agrees with the interpreter
+    /// at every step, takes each interrupt, and enters translated code about once a round
+    /// (the enabling write still returns to the run loop) where every status write made
+    /// it leave before.
+    #[test]
+    fn status_writes_that_enable_nothing_stay_in_translated_code() {
+        const ROUNDS: usize = 300;
+        const MSTATUS: u32 = 0x300;
+        let mut w = Vec::new();
+        let la_handler = set_trap_handler(&mut w);
+        w.extend(li32(T3, crate::board::CLINT_BASE as i32)); // msip at offset 0
+        w.push(addi(T4, 0, 8)); // MIE (mstatus) and MSIE (mie): bit 3
+        w.push(csr(2, 0, 0x304, T4)); // csrs mie, t4
+        w.extend(li32(A6, 1 << 18)); // SUM
+        w.push(addi(T2, 0, 1));
+        w.push(addi(T1, 0, ROUNDS as i32));
+        let top = w.len();
+        w.push(csr(3, 0, MSTATUS, T4)); // csrc mstatus, t4: interrupts off
+        w.push(csr(2, 0, MSTATUS, A6)); // csrs mstatus, a6
+        w.push(add(A5, A5, T1));
+        w.push(csr(3, 0, MSTATUS, A6)); // csrc mstatus, a6
+        w.push(i(15, T1, 7, A4, 0x13)); // andi a4, t1, 15
+        w.push(b(8, 0, A4, 1)); // bne a4, zero, +8
+        w.push(s(0, T2, T3, 2)); // sw t2, 0(t3): msip = 1, pending while MIE is clear
+        w.push(csr(2, 0, MSTATUS, T4)); // csrs mstatus, t4: taken here if pending
+        w.push(addi(0, 0, 0)); // (the handler returns past this)
+        w.push(addi(T1, T1, -1));
+        w.push(b((top as i32 - w.len() as i32) * 4, 0, T1, 1)); // bne t1, zero, top
+        w.extend(halt(Platform::Cmvm));
+        let handler = w.len();
+        w[la_handler + 1] = addi(T0, T0, ((handler - la_handler) * 4) as i32);
+        w.push(s(0, 0, T3, 2)); // sw zero, 0(t3): msip = 0
+        w.push(csr(2, T5, 0x341, 0)); // csrr t5, mepc
+        w.push(addi(T5, T5, 4));
+        w.push(csr(1, 0, 0x341, T5)); // csrw mepc, t5
+        w.push(addi(S1, S1, 1));
+        w.push(0x3020_0073); // mret
+        let (a, b) = lockstep(&assemble(&w), 97);
+        let raised = (1..=ROUNDS).filter(|t| t % 16 == 0).count() as u64;
+        assert_eq!(a.hart.x[S1 as usize], raised);
+        assert_eq!(b.hart.x[S1 as usize], raised);
+        let entries = b.hart.jit.entries;
+        assert!(
+            entries < 2 * ROUNDS as u64,
+            "{entries} entries into translated code for {ROUNDS} rounds"
+        );
+        #[cfg(feature = "counters")]
+        {
+            // Every return from translated code has one reason; here mostly the stop
+            // each enabling write asks for.
+            let c = &b.hart.counters.now;
+            let exits = [
+                c.exit_stop,
+                c.exit_other_page,
+                c.exit_cold,
+                c.exit_untranslated,
+                c.exit_translated,
+            ];
+            assert_eq!(exits.iter().sum::<u64>(), c.jit_entries, "{exits:?}");
+            assert!(c.exit_stop >= ROUNDS as u64 / 2, "{exits:?}");
         }
     }
 
