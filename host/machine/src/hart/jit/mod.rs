@@ -15,8 +15,10 @@
 //!   instructions into 40% more code and ran no faster, 5% slower beside the store path
 //!   below; see docs/performance.md.)
 //! - Time: a block runs only if all of its instructions fit before `Hart::stop`
-//!   (`mcycle + n <= stop`, checked on entry), which is when the interpreter would have
-//!   run all of them too: nothing a translated instruction does can move `stop`.
+//!   (`mcycle + n <= stop`, checked on entry as `mcycle - stop <= -n`: translated code
+//!   keeps that difference in a host register, so the check is a compare with an
+//!   immediate), which is when the interpreter would have run all of them too: nothing a
+//!   translated instruction does can move `stop`.
 //! - Division follows RISC-V's table, not x86's faults: a zero divisor and the signed
 //!   overflow (most negative / -1) are tested for and given their results before any
 //!   `div`/`idiv` runs, so no host exception can happen.
@@ -49,7 +51,8 @@
 //!   device, a page boundary, a store into code) call `exec_helper`: the registers they name go to
 //!   the hart, the interpreter's own `execute` runs them at their exact `pc` and
 //!   `mcycle`, rd comes back. The block goes on unless the instruction trapped, moved
-//!   `stop` (a device store, an interrupt enable, a `satp` write), wrote into a page
+//!   `stop` (a device store, a write that enables an interrupt, a `satp` write; a
+//!   status write that only disables or changes SUM does not), wrote into a page
 //!   with decoded code or wrote `mcycle`: then the helper finishes the step as the
 //!   interpreter's loop would (the trap taken, or `pc` past the instruction) and the
 //!   block leaves, so whatever follows is fetched and checked anew.
