@@ -84,7 +84,17 @@ impl Hart {
                 Csr::Rc | Csr::Rci => base & !operand,
             };
             // For CSRRW, `old` was not read when rd = 0; the write does not need it.
+            let stop = self.stop;
             self.write_csr(csr, new).ok_or(illegal)?;
+            if matches!(csr, num::SSTATUS | num::MSTATUS)
+                && self.stop != stop
+                && self.pending_interrupt(bus).is_none()
+            {
+                // An interrupt enabled, and none to take: the run loop would look and go on
+                // to the same stop (a status write moves neither the timer's deadline nor
+                // a delivery), so it need not look.
+                self.stop = stop;
+            }
         }
         self.set_x(d.rd, old);
         Ok(next)

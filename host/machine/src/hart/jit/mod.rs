@@ -1389,14 +1389,14 @@ mod tests {
         }
     }
 
-    /// Writes to `mstatus` that enable no interrupt (clearing MIE, setting and clearing
-    /// SUM, as Linux does around every stretch without interrupts and every access to user
-    /// memory) let translated code go on, while one that sets MIE with an interrupt
-    /// pending takes it right after, as the interpreter does: a loop that raises the
-    /// software interrupt every 16th round while MIE is clear agrees with the interpreter
-    /// at every step, takes each interrupt, and enters translated code about once a round
-    /// (the enabling write still returns to the run loop) where every status write made
-    /// it leave before.
+    /// Writes to `mstatus` that make no interrupt takeable (clearing MIE, setting and
+    /// clearing SUM, as Linux does around every stretch without interrupts and every
+    /// access to user memory, and setting MIE with nothing pending) let translated code go
+    /// on, while one that sets MIE with an interrupt pending takes it right after, as the
+    /// interpreter does: a loop that raises the software interrupt every 16th round while
+    /// MIE is clear agrees with the interpreter at every step, takes each interrupt, and
+    /// enters translated code about once per interrupt (and per step of the lockstep),
+    /// where every status write made it leave before.
     #[test]
     fn status_writes_that_enable_nothing_stay_in_translated_code() {
         const ROUNDS: usize = 300;
@@ -1436,7 +1436,7 @@ mod tests {
         assert_eq!(b.hart.x[S1 as usize], raised);
         let entries = b.hart.jit.entries;
         assert!(
-            entries < 2 * ROUNDS as u64,
+            entries < ROUNDS as u64 / 2,
             "{entries} entries into translated code for {ROUNDS} rounds"
         );
         #[cfg(feature = "counters")]
@@ -1452,7 +1452,7 @@ mod tests {
                 c.exit_translated,
             ];
             assert_eq!(exits.iter().sum::<u64>(), c.jit_entries, "{exits:?}");
-            assert!(c.exit_stop >= ROUNDS as u64 / 2, "{exits:?}");
+            assert!(c.exit_stop >= raised, "{exits:?}");
         }
     }
 
