@@ -351,8 +351,10 @@ impl CodeSymbol {
 }
 
 /// Times a block start is reached before it is translated: code that runs a few times
-/// (most of a boot) is cheaper to interpret than to translate.
-const HOT: u8 = 8;
+/// (most of a boot) is cheaper to interpret than to translate. 4 rather than 8 since
+/// 2026-12-07 (the rustc bench, 9 pairs: user 0.94 and 0.97; a build of small jobs in
+/// sibling machines unchanged within noise; 2 measured no better than 4).
+const HOT: u8 = 4;
 
 pub(super) use compile::block_boundary;
 
