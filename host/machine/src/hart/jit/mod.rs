@@ -1391,6 +1391,42 @@ mod tests {
         }
     }
 
+    /// TLB entries hold host addresses of RAM (and of the drives), good only on the bus
+    /// they were filled from: a hart that goes on with another bus (its RAM elsewhere on
+    /// the host, holding another value where the loop loads from) reads that bus's RAM,
+    /// translated as interpreted. Fails if `Hart::run` keeps entries of the other layout.
+    #[test]
+    fn a_hart_handed_another_bus_reads_that_bus_s_ram() {
+        let image = |value: u8| {
+            let mut w = Vec::new();
+            w.extend(li32(A2, 0x4000_8000));
+            w.push(slli(A2, A2, 1)); // a2 = RAM_BASE + 64 KiB
+            w.push(addi(T1, 0, 1000));
+            let top = w.len();
+            w.push(load(3, A4, A2, 0)); // ld a4, 0(a2)
+            w.push(add(A5, A5, A4));
+            w.push(addi(T1, T1, -1));
+            w.push(b((top as i32 - w.len() as i32) * 4, 0, T1, 1)); // bne t1, zero, top
+            w.extend(halt(Platform::Cmvm));
+            let mut bytes = assemble(&w);
+            bytes.resize(64 << 10, 0);
+            bytes.push(value);
+            bytes
+        };
+        let mut sums = Vec::new();
+        for jit in [false, true] {
+            let mut a = machine(&image(1), jit);
+            let mut b = machine(&image(100), jit);
+            a.run(2_000);
+            std::mem::swap(&mut a.bus, &mut b.bus);
+            a.run(1 << 20);
+            assert_eq!(a.halted(), Some(0));
+            sums.push(a.hart.x[A5 as usize]);
+        }
+        assert_eq!(sums[0], sums[1]);
+        assert!(sums[0] > 1000, "the loop read the second bus: {sums:?}");
+    }
+
     /// Writes to `mstatus` that make no interrupt takeable (clearing MIE, setting and
     /// clearing SUM, as Linux does around every stretch without interrupts and every
     /// access to user memory, and setting MIE with nothing pending) let translated code go
