@@ -138,6 +138,12 @@ impl TlbEntry {
     }
 }
 
+/// Where `bus`'s memory is on the host, as [`Mmu::layout`] records it: RAM's first byte,
+/// then each flash drive's.
+fn layout_of(bus: &Bus) -> impl Iterator<Item = u64> + '_ {
+    std::iter::once(bus.ram.host_addr()).chain(bus.flash.iter().map(|f| f.mem.host_addr()))
+}
+
 /// The virtual address of the page a tag (`vpn | ctx`) names: the context bits are above
 /// any page number's.
 const fn page_va(tag: u64) -> u64 {
@@ -219,13 +225,7 @@ impl Mmu {
     /// Whether the memory entries in the TLBs (if any) were filled on a bus laid out as
     /// `bus` is (see [`Mmu::layout`]).
     pub(super) fn layout_is(&self, bus: &Bus) -> bool {
-        self.layout.is_empty()
-            || (self.layout.len() == 1 + bus.flash.len()
-                && self.layout[0] == bus.ram.host_addr()
-                && self.layout[1..]
-                    .iter()
-                    .zip(&bus.flash)
-                    .all(|(&o, f)| o == f.mem.host_addr()))
+        self.layout.is_empty() || self.layout.iter().copied().eq(layout_of(bus))
     }
 
     /// Before an entry of memory region `region` is filled from `bus`: records its
@@ -250,9 +250,7 @@ impl Mmu {
         if !self.layout.is_empty() {
             self.flush();
         }
-        self.layout.push(bus.ram.host_addr());
-        self.layout
-            .extend(bus.flash.iter().map(|f| f.mem.host_addr()));
+        self.layout.extend(layout_of(bus));
     }
 
     /// Drops every translation (satp write, sfence.vma). Linux does this on every switch

@@ -711,27 +711,19 @@ impl Hart {
         self.request_stop();
     }
 
-    /// Called after a write to `mstatus` (or `sstatus`) that found it `old`: the data
-    /// translation context may differ (SUM, MXR, MPRV and MPP are in it, and translated
-    /// code reads it at every access), and if a global interrupt enable went from 0 to 1
-    /// the run loop must look at interrupts after this instruction (`exec_csr` takes that
-    /// back when none is pending). Nothing else in the register changes what may be
-    /// taken: Linux clears and sets SIE and SUM around short stretches millions of times a
-    /// build, and a write that enables nothing new lets translated code go on instead of
-    /// returning to the run loop.
-    pub(crate) fn on_status_write(&mut self, old: u64) {
+    /// Called after a write to `mstatus` (or `sstatus`): the data translation context may
+    /// differ (SUM, MXR, MPRV and MPP are in it, and translated code reads it at every
+    /// access). Whether the write made an interrupt takeable is `exec_csr`'s to say: it
+    /// has the bus, and asks the run loop to look only then.
+    pub(crate) fn on_status_write(&mut self) {
         self.mmu
             .update_ctx(self.prv, self.csr.mstatus, self.csr.satp);
-        if self.csr.mstatus & !old & (csr::MSTATUS_MIE | csr::MSTATUS_SIE) != 0 {
-            self.request_stop();
-        }
     }
 
     /// Called after `prv` or `satp` changed: translation context and interrupt enables
     /// may differ.
     pub(crate) fn on_mode_change(&mut self) {
-        self.mmu
-            .update_ctx(self.prv, self.csr.mstatus, self.csr.satp);
+        self.on_status_write();
         self.request_stop();
     }
 

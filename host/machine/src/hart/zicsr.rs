@@ -84,16 +84,19 @@ impl Hart {
                 Csr::Rc | Csr::Rci => base & !operand,
             };
             // For CSRRW, `old` was not read when rd = 0; the write does not need it.
-            let stop = self.stop;
+            let status = self.csr.mstatus;
             self.write_csr(csr, new).ok_or(illegal)?;
+            // A status write makes an interrupt takeable only by setting MIE or SIE, with
+            // one pending: only then must the run loop look after this instruction.
+            // Nothing else in the register changes what may be taken (and it moves
+            // neither the timer's deadline nor a delivery, which `stop` holds): Linux
+            // clears and sets SIE and SUM millions of times a build, and translated code
+            // goes on through those writes.
             if matches!(csr, num::SSTATUS | num::MSTATUS)
-                && self.stop != stop
-                && self.pending_interrupt(bus).is_none()
+                && self.csr.mstatus & !status & (MSTATUS_MIE | MSTATUS_SIE) != 0
+                && self.pending_interrupt(bus).is_some()
             {
-                // An interrupt enabled, and none to take: the run loop would look and go on
-                // to the same stop (a status write moves neither the timer's deadline nor
-                // a delivery), so it need not look.
-                self.stop = stop;
+                self.request_stop();
             }
         }
         self.set_x(d.rd, old);
@@ -213,9 +216,8 @@ impl Hart {
                 c.mstatus |= MSTATUS_FS;
             }
             num::SSTATUS => {
-                let old = c.mstatus;
                 c.mstatus = (c.mstatus & !SSTATUS_WRITABLE) | (value & SSTATUS_WRITABLE);
-                self.on_status_write(old);
+                self.on_status_write();
             }
             num::SIE => {
                 let mask = c.mideleg & MIE_WRITABLE;
@@ -244,9 +246,8 @@ impl Hart {
                 }
             }
             num::MSTATUS => {
-                let old = c.mstatus;
                 c.mstatus = legal_mstatus(c.mstatus, value);
-                self.on_status_write(old);
+                self.on_status_write();
             }
             num::MISA => {} // WARL: the extensions are fixed
             num::MEDELEG => c.medeleg = value & MEDELEG_WRITABLE,

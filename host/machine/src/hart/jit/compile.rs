@@ -17,8 +17,7 @@ const _: () = assert!(TLB_SIZE.is_power_of_two() && TLB_SIZE <= 1 << 16);
 const INLINE_TAG: i32 = 24;
 const _: () = assert!(std::mem::offset_of!(TlbEntry, inline_tag) == INLINE_TAG as usize);
 /// Offset of `frame` (the page's offset in its region, in pages: a `u32`) in a TLB entry.
-const FRAME: i32 = 20;
-const _: () = assert!(TlbEntry::FRAME_AT == FRAME as usize);
+const FRAME: i32 = TlbEntry::FRAME_AT as i32;
 /// Offset of `delta` in a TLB entry.
 const DELTA: i32 = 8;
 const _: () = assert!(std::mem::offset_of!(TlbEntry, delta) == DELTA as usize);
