@@ -314,16 +314,24 @@ impl DecodeCache {
 
     /// Records the exits of the block placed at code offset `at` in cache page `page`
     /// that wait for a block at another slot of the page: `(slot, offset in the block)`.
+    /// A page's list is kept in slot order, so that [`DecodeCache::links_to`] finds a
+    /// slot's links without reading the rest (a page's list only grows until the page
+    /// is dropped: links stay after they are patched, for a block translated again).
     pub(super) fn add_links(&mut self, page: u32, at: u32, links: &[(u16, u32)]) {
         let list = &mut self.links[page as usize];
-        list.extend(links.iter().map(|&(slot, off)| (slot, at + off)));
+        for &(slot, off) in links {
+            let i = list.partition_point(|l| l.0 <= slot);
+            list.insert(i, (slot, at + off));
+        }
     }
 
     /// The code offsets of the exits of cache page `page` that go to the block at `pc`.
     pub(super) fn links_to(&self, page: u32, pc: u64) -> impl Iterator<Item = u32> + '_ {
         let s = slot(pc) as u16;
-        (self.links[page as usize].iter())
-            .filter(move |l| l.0 == s)
+        let list = &self.links[page as usize];
+        let first = list.partition_point(|l| l.0 < s);
+        (list[first..].iter())
+            .take_while(move |l| l.0 == s)
             .map(|l| l.1)
     }
 
@@ -445,6 +453,33 @@ mod tests {
             "the dropped cache's three pages, taken again"
         );
         assert!(!buffers.contains(&taken[3]), "a fourth page is new memory");
+    }
+
+    /// A page's links to one slot are found among many, whatever order its blocks
+    /// recorded them in, and no other slot's or page's.
+    #[test]
+    fn links_to_finds_exactly_the_links_of_one_slot() {
+        let mut c = DecodeCache::new(16 * 4096);
+        let p = c.page_for(3);
+        let q = c.page_for(4);
+        c.add_links(p, 1000, &[(7, 1), (2, 2), (7, 3)]);
+        c.add_links(q, 500, &[(7, 9)]);
+        c.add_links(p, 2000, &[(9, 4), (2, 5)]);
+        c.add_links(p, 3000, &[(7, 6), (0, 7), (2047, 8)]);
+        let to = |page: u32, slot: u64| {
+            let mut v: Vec<u32> = c.links_to(page, 0x8000_1000 + slot * 2).collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(to(p, 7), [1001, 1003, 3006]);
+        assert_eq!(to(p, 2), [1002, 2005]);
+        assert_eq!(to(p, 9), [2004]);
+        assert_eq!(to(p, 0), [3007]);
+        assert_eq!(to(p, 2047), [3008]);
+        assert_eq!(to(q, 7), [509]);
+        for empty in [1, 3, 8, 10, 2046] {
+            assert!(to(p, empty).is_empty(), "slot {empty}");
+        }
     }
 
     #[test]

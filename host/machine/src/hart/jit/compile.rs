@@ -261,9 +261,10 @@ pub(super) struct Item {
     kind: Kind,
 }
 
-/// The instructions of the block starting at page offset `start` of the 4 KiB `page`.
-pub(super) fn collect(page: &[u8], start: usize) -> Vec<Item> {
-    let mut items = Vec::new();
+/// The instructions of the block starting at page offset `start` of the 4 KiB `page`, in
+/// `items` (emptied first).
+pub(super) fn collect(page: &[u8], start: usize, items: &mut Vec<Item>) {
+    items.clear();
     let mut off = start;
     while items.len() < MAX_INSNS && off + 2 <= page.len() {
         let lo = u16::from_le_bytes([page[off], page[off + 1]]) as u32;
@@ -283,7 +284,6 @@ pub(super) fn collect(page: &[u8], start: usize) -> Vec<Item> {
             break;
         }
     }
-    items
 }
 
 /// Halfwords covered by a block from `start`.
@@ -428,6 +428,7 @@ const CALLER_SAVED: [u8; 6] = [RSI, RDI, R8, R9, R10, R11];
 
 /// A load's call to [`load_helper`], emitted after the block's body: entered from the
 /// inline path's misses, back at `join` with the value in `t`.
+#[derive(Debug)]
 struct LoadCall {
     /// The jump from the inline path's miss.
     from: usize,
@@ -445,9 +446,10 @@ struct LoadCall {
 
 /// A store's or an atomic's call to [`exec_helper`] when its inline path misses, emitted
 /// after the block's body; back at `join` when the instruction is done.
+#[derive(Debug)]
 struct HelperCall {
     /// The jumps from the inline path's misses.
-    from: Vec<usize>,
+    from: Jumps,
     insn: Insn,
     /// Instructions before this one in the block.
     retired: usize,
@@ -457,6 +459,80 @@ struct HelperCall {
     join: usize,
     /// The dirty registers before the instruction (for the exit after it).
     dirty: u32,
+}
+
+/// A few forward jumps to one place (the ways an instruction reaches its slow path, the
+/// ends of a division's cases): at most [`Jumps::MAX`], kept without allocating.
+#[derive(Debug, Default, Clone, Copy)]
+struct Jumps {
+    at: [usize; Jumps::MAX],
+    n: usize,
+}
+
+impl Jumps {
+    const MAX: usize = 4;
+
+    fn one(at: usize) -> Self {
+        let mut j = Self::default();
+        j.push(at);
+        j
+    }
+
+    fn push(&mut self, at: usize) {
+        self.at[self.n] = at;
+        self.n += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.at[..self.n].iter().copied()
+    }
+}
+
+/// A load's exit to the interpreter, taken when [`load_helper`] declines (a fault, or a
+/// device the interpreter reaches): entered by `from` (set when its call is emitted),
+/// it writes back `dirty`, counts `retired` and moves `pc` by `delta`.
+#[derive(Debug, Clone, Copy)]
+struct SlowExit {
+    from: usize,
+    dirty: u32,
+    retired: usize,
+    delta: i64,
+}
+
+/// The vectors a translation fills, kept by the translator from one block to the next so
+/// that, once they have grown, translating a block allocates nothing: a build translates
+/// hundreds of thousands of blocks, and fresh vectors for each were about 2.5 % of its
+/// time (malloc and free in the profile of the rustc workload).
+#[derive(Debug, Default)]
+pub(super) struct Buffers {
+    /// The block's instructions ([`collect`]).
+    pub(super) items: Vec<Item>,
+    /// The rest, which [`Block`] borrows.
+    pub(super) emit: EmitBuffers,
+}
+
+/// What [`Block::emit`] writes, and its work lists.
+#[derive(Debug, Default)]
+pub(super) struct EmitBuffers {
+    /// The block's code, for [`ExecMem::place`], after [`Block::emit`].
+    pub(super) code: Vec<u8>,
+    /// Its slow paths, for [`ExecMem::place_cold`].
+    pub(super) cold: Vec<u8>,
+    /// Its exits waiting for a block of the page, for
+    /// [`DecodeCache::add_links`](crate::hart::dcache::DecodeCache::add_links).
+    pub(super) links: Vec<(u16, u32)>,
+    slow: Vec<SlowExit>,
+    calls: Vec<LoadCall>,
+    helper_calls: Vec<HelperCall>,
+    after: Vec<(usize, u32, bool)>,
+    rungs: Vec<usize>,
+}
+
+/// The vector in `v`, emptied, leaving an empty one without capacity in its place.
+fn take_cleared<T>(v: &mut Vec<T>) -> Vec<T> {
+    let mut v = std::mem::take(v);
+    v.clear();
+    v
 }
 
 /// Where an exit from a block goes.
@@ -496,18 +572,8 @@ pub(super) struct Block<'a> {
     a: Asm,
     /// The other buffer (the cold one, then the hot one).
     other: Asm,
-}
-
-/// A translated block: its code, and where it may later jump straight to blocks of its
-/// page translated after it ([`Block`]'s `links`).
-pub(super) struct Emitted {
-    /// What runs, for [`ExecMem::place`].
-    pub(super) code: Vec<u8>,
-    /// Its slow paths, for [`ExecMem::place_cold`].
-    pub(super) cold: Vec<u8>,
-    /// Its exits waiting for a block of the page, for
-    /// [`DecodeCache::add_links`](crate::hart::dcache::DecodeCache::add_links).
-    pub(super) links: Vec<(u16, u32)>,
+    /// Where the vectors come from and go back to, the results with them.
+    bufs: &'a mut EmitBuffers,
 }
 
 impl<'a> Block<'a> {
@@ -519,6 +585,7 @@ impl<'a> Block<'a> {
         entries: &'a [u32],
         mem: &ExecMem,
         thunks: Thunks,
+        bufs: &'a mut EmitBuffers,
     ) -> Self {
         // Cache the most used guest registers (ties: lower number first, for a stable
         // translation).
@@ -542,9 +609,15 @@ impl<'a> Block<'a> {
             map[g as usize] = Some(h);
             global |= 1 << g;
         }
-        let mut order: Vec<u8> = (1..32)
-            .filter(|&g| uses[g as usize] > 0 && global >> g & 1 == 0)
-            .collect();
+        let mut order = [0u8; 31];
+        let mut used = 0;
+        for g in 1..32u8 {
+            if uses[g as usize] > 0 && global >> g & 1 == 0 {
+                order[used] = g;
+                used += 1;
+            }
+        }
+        let order = &mut order[..used];
         order.sort_by_key(|&g| std::cmp::Reverse(uses[g as usize]));
         for (&g, &h) in order.iter().zip(POOL[GLOBALS.len()..].iter()) {
             map[g as usize] = Some(h);
@@ -558,9 +631,10 @@ impl<'a> Block<'a> {
             entries,
             thunks,
             epilogue: mem.epilogue(),
-            links: Vec::new(),
-            a: Asm::new(mem.next()),
-            other: Asm::new(mem.next_cold()),
+            links: take_cleared(&mut bufs.links),
+            a: Asm::with_buf(mem.next(), take_cleared(&mut bufs.code)),
+            other: Asm::with_buf(mem.next_cold(), take_cleared(&mut bufs.cold)),
+            bufs,
         }
     }
 
@@ -699,8 +773,8 @@ impl<'a> Block<'a> {
         }
     }
 
-    /// Emits the whole block.
-    pub(super) fn emit(mut self) -> Emitted {
+    /// Emits the whole block into the buffers it was made with (`code`, `cold`, `links`).
+    pub(super) fn emit(mut self) {
         let n = self.items.len();
         // Entry: all n instructions must fit before the stop.
         self.budget_check(n);
@@ -754,12 +828,12 @@ impl<'a> Block<'a> {
         let body = self.a.here();
         // Exits to the interpreter from loads and stores (one per instruction, whatever
         // sent it there), emitted after the body.
-        let mut slow: Vec<(Vec<usize>, u32, usize, i64)> = Vec::new();
-        let mut calls: Vec<LoadCall> = Vec::new();
-        let mut helper_calls: Vec<HelperCall> = Vec::new();
+        let mut slow = take_cleared(&mut self.bufs.slow);
+        let mut calls = take_cleared(&mut self.bufs.calls);
+        let mut helper_calls = take_cleared(&mut self.bufs.helper_calls);
         // Exits after an instruction the helper ran, which set `pc` and `mcycle` itself:
         // (jump, dirty registers, whether the jump is in the hot buffer).
-        let mut after: Vec<(usize, u32, bool)> = Vec::new();
+        let mut after = take_cleared(&mut self.bufs.after);
         let items = self.items;
         for (k, it) in items.iter().enumerate() {
             let d = it.insn;
@@ -771,11 +845,16 @@ impl<'a> Block<'a> {
                     let dirty = self.dirty;
                     match self.memory(d, k, slow.len()) {
                         Ok(c) => {
-                            slow.push((Vec::new(), dirty, k, delta));
+                            slow.push(SlowExit {
+                                from: usize::MAX,
+                                dirty,
+                                retired: k,
+                                delta,
+                            });
                             calls.push(c);
                         }
                         Err(from) => helper_calls.push(HelperCall {
-                            from: vec![from],
+                            from: Jumps::one(from),
                             insn: d,
                             retired: k,
                             delta,
@@ -848,16 +927,16 @@ impl<'a> Block<'a> {
         }
         // The rest is cold.
         std::mem::swap(&mut self.a, &mut self.other);
-        self.emit_load_calls(calls, &mut slow);
-        for c in helper_calls {
-            for from in c.from {
+        self.emit_load_calls(&calls, &mut slow);
+        for c in &helper_calls {
+            for from in c.from.iter() {
                 self.bind_hot(from);
             }
             let leave = self.helper(c.insn, c.retired, c.delta);
             after.push((leave, c.dirty, false));
             self.a.jmp_to(c.join);
         }
-        for (leave, dirty, hot) in after {
+        for &(leave, dirty, hot) in &after {
             if hot {
                 self.bind_hot(leave);
             } else {
@@ -865,12 +944,15 @@ impl<'a> Block<'a> {
             }
             self.exit(dirty, 0, 0, Next::Rust);
         }
-        self.emit_slow_exits(slow);
-        Emitted {
-            code: self.other.buf,
-            cold: self.a.buf,
-            links: self.links,
-        }
+        self.emit_slow_exits(&slow);
+        let bufs = self.bufs;
+        bufs.code = self.other.buf;
+        bufs.cold = self.a.buf;
+        bufs.links = self.links;
+        bufs.slow = slow;
+        bufs.calls = calls;
+        bufs.helper_calls = helper_calls;
+        bufs.after = after;
     }
 
     /// Points the jump `fixup` of the hot buffer at the current (cold) position.
@@ -880,12 +962,17 @@ impl<'a> Block<'a> {
     }
 
     /// The pool registers a call must save: the caller-saved ones that hold guest
-    /// registers in this block.
-    fn caller_saved(&self) -> Vec<u8> {
-        CALLER_SAVED
-            .into_iter()
-            .filter(|h| self.map.contains(&Some(*h)))
-            .collect()
+    /// registers in this block (the first `n` of the array).
+    fn caller_saved(&self) -> ([u8; CALLER_SAVED.len()], usize) {
+        let mut saved = [0; CALLER_SAVED.len()];
+        let mut n = 0;
+        for h in CALLER_SAVED {
+            if self.map.contains(&Some(h)) {
+                saved[n] = h;
+                n += 1;
+            }
+        }
+        (saved, n)
     }
 
     /// Saves `saved` and aligns the stack for a call: translated code runs with rsp 8
@@ -925,15 +1012,16 @@ impl<'a> Block<'a> {
                 self.a.mov_store(W::B64, Rm::at(RBX, x_at(g)), h);
             }
         }
-        let saved = self.caller_saved();
-        self.before_call(&saved);
+        let (saved, n) = self.caller_saved();
+        let saved = &saved[..n];
+        self.before_call(saved);
         self.a.lea(RDI, RBX, -BIAS);
         self.a.mov_imm(RSI, d.raw as u64);
         self.a.mov_imm(RDX, delta as u64);
         self.a.mov_imm(RCX, retired as u64);
         self.a.mov_imm(RAX, exec_helper as *const () as u64);
         self.a.call_reg(RAX);
-        self.after_call(&saved);
+        self.after_call(saved);
         if let Some(rd) = rd.filter(|&g| g != 0) {
             if let Some(h) = self.map[rd as usize] {
                 self.a.mov_load(W::B64, h, Rm::at(RBX, x_at(rd)));
@@ -948,24 +1036,21 @@ impl<'a> Block<'a> {
     /// The calls of loads to [`load_helper`]: save the caller-saved pool registers,
     /// call `load_helper(hart, va, size, retired)` (va in rax), restore, then either go
     /// on with the value or take the load's slow exit (whose jumps join `slow`).
-    fn emit_load_calls(
-        &mut self,
-        calls: Vec<LoadCall>,
-        slow: &mut [(Vec<usize>, u32, usize, i64)],
-    ) {
-        let saved = self.caller_saved();
+    fn emit_load_calls(&mut self, calls: &[LoadCall], slow: &mut [SlowExit]) {
+        let (saved, n) = self.caller_saved();
+        let saved = &saved[..n];
         for c in calls {
             self.bind_hot(c.from);
-            self.before_call(&saved);
+            self.before_call(saved);
             self.a.mov_rr(RSI, RAX);
             self.a.lea(RDI, RBX, -BIAS);
             self.a.mov_imm(RDX, c.size as u64);
             self.a.mov_imm(RCX, c.retired as u64);
             self.a.mov_imm(RAX, load_helper as *const () as u64);
             self.a.call_reg(RAX);
-            self.after_call(&saved);
+            self.after_call(saved);
             self.a.test(W::B32, Rm::Reg(RDX), RDX);
-            slow[c.exit].0.push(self.a.jcc_fwd(Cond::E));
+            slow[c.exit].from = self.a.jcc_fwd(Cond::E);
             let value = Rm::Reg(RAX);
             match c.op {
                 I::Lb => self.a.movsx(W::B8, c.t, value),
@@ -984,25 +1069,24 @@ impl<'a> Block<'a> {
     /// set only grows along the block, so the rung of site i writes back what became
     /// dirty since site i-1 and falls into the rung below: every site writes back
     /// exactly its own dirty set, each register's store appearing once.
-    fn emit_slow_exits(&mut self, slow: Vec<(Vec<usize>, u32, usize, i64)>) {
+    fn emit_slow_exits(&mut self, slow: &[SlowExit]) {
         if slow.is_empty() {
             return;
         }
-        let mut to_rung = Vec::with_capacity(slow.len());
-        for (fixups, _, retired, delta) in &slow {
-            for &f in fixups {
-                self.a.bind(f);
-            }
-            self.a.mov_imm(RAX, *retired as u64);
-            self.a.mov_imm(RCX, *delta as u64);
+        let mut to_rung = take_cleared(&mut self.bufs.rungs);
+        for s in slow {
+            self.a.bind(s.from);
+            self.a.mov_imm(RAX, s.retired as u64);
+            self.a.mov_imm(RCX, s.delta as u64);
             to_rung.push(self.a.jmp_fwd());
         }
         for i in (0..slow.len()).rev() {
             self.a.bind(to_rung[i]);
-            let below = if i > 0 { slow[i - 1].1 } else { 0 };
-            debug_assert_eq!(below & !slow[i].1, 0, "dirty sets only grow");
-            self.write_back(slow[i].1 & !below);
+            let below = if i > 0 { slow[i - 1].dirty } else { 0 };
+            debug_assert_eq!(below & !slow[i].dirty, 0, "dirty sets only grow");
+            self.write_back(slow[i].dirty & !below);
         }
+        self.bufs.rungs = to_rung;
         self.a.alu_to(W::B64, Alu::Add, Rm::Reg(MCYCLE), RAX);
         self.a.alu_to(W::B64, Alu::Add, Rm::at(RBX, pc_at()), RCX);
         self.a.jmp_to(self.epilogue);
@@ -1211,7 +1295,7 @@ impl<'a> Block<'a> {
         self.get(RAX, rs1);
         self.a.test(w, Rm::Reg(RCX), RCX);
         let by_zero = self.a.jcc_fwd(Cond::E);
-        let mut done = Vec::new();
+        let mut done = Jumps::default();
         if signed {
             // Divisor -1: the quotient is the negated dividend (wrapping, which is the
             // overflow case's result too) and the remainder 0.
@@ -1239,7 +1323,7 @@ impl<'a> Block<'a> {
             self.a.mov_imm(RAX, u64::MAX);
         }
         // (The remainder of a division by zero is the dividend, already in rax.)
-        for j in done {
+        for j in done.iter() {
             self.a.bind(j);
         }
     }
@@ -1254,7 +1338,7 @@ impl<'a> Block<'a> {
     /// one and writes the new through the other, as the interpreter does. The helper
     /// runs the whole instruction again from the start, so a miss leaves nothing half
     /// done (the old value waits in `Jit::scratch`, which only translated code uses).
-    fn atomic(&mut self, d: Insn) -> Vec<usize> {
+    fn atomic(&mut self, d: Insn) -> Jumps {
         use crate::hart::a::A::*;
         let Op::A(op) = d.op else {
             unreachable!("atomics are A")
@@ -1266,7 +1350,7 @@ impl<'a> Block<'a> {
             RBX,
             disp(offset_of!(Hart, jit) + offset_of!(super::Jit, scratch)),
         );
-        let mut misses = Vec::new();
+        let mut misses = Jumps::default();
         // rax = address; misaligned ones trap in the interpreter.
         self.get(RAX, d.rs1);
         self.a.test_al(size - 1);

@@ -242,6 +242,8 @@ pub struct Jit {
     /// A word translated code keeps between two of its own instructions (an inline
     /// AMO's old value); nothing else reads it.
     scratch: u64,
+    /// The translator's vectors, kept from one block to the next.
+    buffers: compile::Buffers,
     /// Times translated code was entered from Rust (for the tests).
     #[cfg(test)]
     entries: u64,
@@ -508,7 +510,9 @@ impl Hart {
         let start = (pc & 0xfff) as usize;
         let ram_off = (self.dcache.ram_page(page) << 12) as usize;
         let bytes = &bus.ram.bytes()[ram_off..ram_off + 4096];
-        let insns = compile::collect(bytes, start);
+        let bufs = &mut self.jit.buffers;
+        compile::collect(bytes, start, &mut bufs.items);
+        let insns = &bufs.items;
         if insns.is_empty() {
             let first = bytes[start];
             let halfwords = if first & 3 == 3 { 2 } else { 1 };
@@ -532,18 +536,20 @@ impl Hart {
             }
         }
         let mem = self.jit.mem.as_mut().expect("created above");
+        let bufs = &mut self.jit.buffers;
+        let (insns, emitted) = (&bufs.items, &mut bufs.emit);
         let entries = self.dcache.block_entries(page);
-        let mut emitted = compile::Block::new(&insns, start, entries, mem, self.jit.thunks).emit();
+        compile::Block::new(insns, start, entries, mem, self.jit.thunks, emitted).emit();
         if !mem.fits(emitted.code.len(), emitted.cold.len()) {
             // Region full: start over. Every table entry pointing into it goes first.
             mem.reset();
             self.jit.resets += 1;
             self.dcache.flush_blocks();
             let entries = self.dcache.block_entries(page);
-            emitted = compile::Block::new(&insns, start, entries, mem, self.jit.thunks).emit();
+            compile::Block::new(insns, start, entries, mem, self.jit.thunks, emitted).emit();
         }
-        let code = emitted.code;
-        let at = mem.place(&code).expect("fits in an empty region");
+        let code = &emitted.code;
+        let at = mem.place(code).expect("fits in an empty region");
         let cold_at = mem.place_cold(&emitted.cold).expect("fits (checked above)");
         // Exits of the page's blocks that wait for this one jump straight to it now.
         for site in self.dcache.links_to(page, pc) {
@@ -572,7 +578,7 @@ impl Hart {
             self.counters.now.blocks += 1;
             self.counters.now.block_insns += insns.len() as u64;
         }
-        let span = compile::span(&insns, start);
+        let span = compile::span(insns, start);
         self.dcache.set_block(page, pc, at as u32, span);
         at as u32
     }

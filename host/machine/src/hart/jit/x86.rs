@@ -130,6 +130,12 @@ impl Asm {
         }
     }
 
+    /// An empty buffer that will be placed at `base`, reusing `buf`'s memory.
+    pub fn with_buf(base: usize, mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        Self { buf, base }
+    }
+
     /// Current position as an offset in the executable region.
     pub fn here(&self) -> usize {
         self.base + self.buf.len()
