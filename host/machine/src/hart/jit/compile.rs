@@ -345,17 +345,28 @@ fn tlb_hit(a: &mut Asm, store: bool, size: u8) -> usize {
 
 /// Code shared by every block, placed once after the epilogue: the chaining lookup of an
 /// exit to another page or after a `jalr`, which would otherwise be copied into every such
-/// exit (about 100 bytes each) and crowd the host's caches. (The TLB lookups of loads
-/// and stores were shared the same way for a while: inline they measured faster, see
-/// docs/performance.md.) Blocks `call` it; it returns with ZF clear on success, set when
-/// the block must leave instead. Called where its block leaves (every pool register
-/// written back), it may change any register the C ABI lets a callee change.
+/// exit (about 100 bytes each) and crowd the host's caches, and the calls into Rust of
+/// loads and of instructions run by the interpreter (about 70 bytes each inline, for the
+/// `mcycle` store, the pool registers' saves and the call's set-up). (The TLB lookups of
+/// loads and stores were shared the same way for a while: inline they measured faster,
+/// see docs/performance.md.) Blocks `call` them.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Thunks {
     /// rax = the new `pc` (already stored): on success rax = the host address of its
     /// block, found as the interpreter's fetch would (fetch TLB, decode cache, the
     /// page's table), walking the page tables through [`fetch_helper`] on a TLB miss.
+    /// Returns with ZF clear on success, set when the block must leave instead. Called
+    /// where its block leaves (every pool register written back), it may change any
+    /// register the C ABI lets a callee change.
     chain: usize,
+    /// [`load_helper`] for the load at the virtual address in rax of edx bytes, ecx
+    /// instructions into its block: returns with the value in rax and rdx 1, or rdx 0 if
+    /// the block must leave. Keeps every pool register.
+    load: usize,
+    /// [`exec_helper`] for the instruction eax, edx bytes past its block's start and ecx
+    /// instructions into it (the registers it names already in the hart): returns eax 1
+    /// to go on, 2 to leave. Keeps every pool register.
+    exec: usize,
 }
 
 impl Thunks {
@@ -365,7 +376,43 @@ impl Thunks {
     pub(super) fn emit(a: &mut Asm, code_base: u64) -> (Self, Vec<(usize, usize, &'static str)>) {
         let chain = a.here();
         Self::chain(a, code_base);
-        (Self { chain }, vec![(chain, a.here(), "rv:chain")])
+        let load = a.here();
+        Self::call_rust(a, |a| a.mov_rr(RSI, RAX), load_helper as *const () as u64);
+        let exec = a.here();
+        Self::call_rust(
+            a,
+            |a| a.mov_load(W::B32, RSI, Rm::Reg(RAX)),
+            exec_helper as *const () as u64,
+        );
+        let end = a.here();
+        let symbols = vec![
+            (chain, load, "rv:chain"),
+            (load, exec, "rv:load"),
+            (exec, end, "rv:exec"),
+        ];
+        (Self { chain, load, exec }, symbols)
+    }
+
+    /// A call of the Rust function at `f` with the hart in rdi, rsi set by `args` (from
+    /// rax), rdx and rcx as the block set them: `mcycle` stored first and loaded after
+    /// (the function may move it), every caller-saved pool register kept. Entered by a
+    /// `call` from a block (rsp 16-byte aligned here: blocks run with it 8 past), so six
+    /// pushes leave it aligned for the next.
+    fn call_rust(a: &mut Asm, args: impl FnOnce(&mut Asm), f: u64) {
+        const _: () = assert!(CALLER_SAVED.len() % 2 == 0);
+        store_mcycle(a);
+        for r in CALLER_SAVED {
+            a.push(r);
+        }
+        args(a);
+        a.lea(RDI, RBX, -BIAS);
+        a.mov_imm(RAX, f);
+        a.call_reg(RAX);
+        for r in CALLER_SAVED.iter().rev() {
+            a.pop(*r);
+        }
+        load_mcycle(a);
+        a.ret();
     }
 
     fn fail(a: &mut Asm) {
@@ -961,44 +1008,6 @@ impl<'a> Block<'a> {
         self.other.bind_to(fixup, here);
     }
 
-    /// The pool registers a call must save: the caller-saved ones that hold guest
-    /// registers in this block (the first `n` of the array).
-    fn caller_saved(&self) -> ([u8; CALLER_SAVED.len()], usize) {
-        let mut saved = [0; CALLER_SAVED.len()];
-        let mut n = 0;
-        for h in CALLER_SAVED {
-            if self.map.contains(&Some(h)) {
-                saved[n] = h;
-                n += 1;
-            }
-        }
-        (saved, n)
-    }
-
-    /// Saves `saved` and aligns the stack for a call: translated code runs with rsp 8
-    /// past a multiple of 16 (the trampoline's call and six pushes).
-    fn before_call(&mut self, saved: &[u8]) {
-        store_mcycle(&mut self.a);
-        for &r in saved {
-            self.a.push(r);
-        }
-        if saved.len() % 2 == 0 {
-            self.a.alu_imm(W::B64, Alu::Sub, Rm::Reg(RSP), 8);
-        }
-    }
-
-    /// Undoes [`Block::before_call`].
-    fn after_call(&mut self, saved: &[u8]) {
-        if saved.len() % 2 == 0 {
-            self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RSP), 8);
-        }
-        for &r in saved.iter().rev() {
-            self.a.pop(r);
-        }
-        // The callee may have moved `mcycle` (a helper that leaves sets it).
-        load_mcycle(&mut self.a);
-    }
-
     /// Runs `d` (at pc offset `delta`, `retired` instructions into the block) through
     /// [`exec_helper`]: its source registers (and rd, which the interpreter may leave
     /// unchanged) go to the hart first, rd comes back after. Returns the jump taken when
@@ -1012,16 +1021,10 @@ impl<'a> Block<'a> {
                 self.a.mov_store(W::B64, Rm::at(RBX, x_at(g)), h);
             }
         }
-        let (saved, n) = self.caller_saved();
-        let saved = &saved[..n];
-        self.before_call(saved);
-        self.a.lea(RDI, RBX, -BIAS);
-        self.a.mov_imm(RSI, d.raw as u64);
+        self.a.mov_imm(RAX, d.raw as u64);
         self.a.mov_imm(RDX, delta as u64);
         self.a.mov_imm(RCX, retired as u64);
-        self.a.mov_imm(RAX, exec_helper as *const () as u64);
-        self.a.call_reg(RAX);
-        self.after_call(saved);
+        self.a.call_to(self.thunks.exec);
         if let Some(rd) = rd.filter(|&g| g != 0) {
             if let Some(h) = self.map[rd as usize] {
                 self.a.mov_load(W::B64, h, Rm::at(RBX, x_at(rd)));
@@ -1033,22 +1036,15 @@ impl<'a> Block<'a> {
         self.a.jcc_fwd(Cond::Ne)
     }
 
-    /// The calls of loads to [`load_helper`]: save the caller-saved pool registers,
-    /// call `load_helper(hart, va, size, retired)` (va in rax), restore, then either go
-    /// on with the value or take the load's slow exit (whose jumps join `slow`).
+    /// The calls of loads to [`load_helper`] (va in rax) through the shared code
+    /// ([`Thunks`]'s `load`), then either on with the value or to the load's slow exit
+    /// (whose jump joins `slow`).
     fn emit_load_calls(&mut self, calls: &[LoadCall], slow: &mut [SlowExit]) {
-        let (saved, n) = self.caller_saved();
-        let saved = &saved[..n];
         for c in calls {
             self.bind_hot(c.from);
-            self.before_call(saved);
-            self.a.mov_rr(RSI, RAX);
-            self.a.lea(RDI, RBX, -BIAS);
             self.a.mov_imm(RDX, c.size as u64);
             self.a.mov_imm(RCX, c.retired as u64);
-            self.a.mov_imm(RAX, load_helper as *const () as u64);
-            self.a.call_reg(RAX);
-            self.after_call(saved);
+            self.a.call_to(self.thunks.load);
             self.a.test(W::B32, Rm::Reg(RDX), RDX);
             slow[c.exit].from = self.a.jcc_fwd(Cond::E);
             let value = Rm::Reg(RAX);
