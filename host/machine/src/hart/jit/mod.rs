@@ -354,9 +354,11 @@ impl CodeSymbol {
 
 /// Times a block start is reached before it is translated: code that runs a few times
 /// (most of a boot) is cheaper to interpret than to translate. 4 rather than 8 since
-/// 2026-12-07 (the rustc bench, 9 pairs: user 0.94 and 0.97; a build of small jobs in
-/// sibling machines unchanged within noise; 2 measured no better than 4).
-const HOT: u8 = 4;
+/// the eleventh session of 2026-12-07 (the rustc bench, 9 pairs: user 0.94 and 0.97; a
+/// build of small jobs in sibling machines unchanged within noise), 3 since the twelfth,
+/// once translating a block allocated nothing (6 pairs: user 0.95, build MIPS medians 468
+/// against 431); 2 measured no better than 3 (docs/performance.md).
+const HOT: u8 = 3;
 
 pub(super) use compile::block_boundary;
 
