@@ -2,7 +2,7 @@
 //! places code ([`cmbuild_machine::hart::jit::CodeSymbol`]); this module appends those
 //! records to `/tmp/perf-<pid>.map`, the file Linux `perf report` reads to name code that
 //! has no ELF file, so a profile of a run names guest blocks (`rv:<guest pc>:<insns>`, and
-//! their slow paths `rv:<guest pc>:cold`), the chaining code they share (`rv:chain`)
+//! their slow paths `rv:<guest pc>:cold`), the code they share (`rv:chain`, `rv:load`, `rv:exec`)
 //! and the translator's entry and exit (`rv:entry`, `rv:exit`).
 //!
 //! The map only grows: when a machine's code region fills up and starts over, or a sibling

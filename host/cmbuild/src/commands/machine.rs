@@ -80,7 +80,7 @@ struct RunArgs {
     no_jit: bool,
     /// Append a symbol for every block of translated code to /tmp/perf-<pid>.map
     /// (`START SIZE rv:<guest pc>:<instructions>`, its slow paths
-    /// `rv:<guest pc>:cold`, the chaining code they share `rv:chain`), so that `perf report` on this process
+    /// `rv:<guest pc>:cold`, the code they share `rv:chain`, `rv:load`, `rv:exec`), so that `perf report` on this process
     /// names the guest blocks the host time went to. The results are unchanged.
     #[arg(long)]
     perf_map: bool,
@@ -143,7 +143,7 @@ struct BenchArgs {
     no_jit: bool,
     /// Append a symbol for every block of translated code to /tmp/perf-<pid>.map
     /// (`START SIZE rv:<guest pc>:<instructions>`, its slow paths
-    /// `rv:<guest pc>:cold`, the chaining code they share `rv:chain`), so that `perf record` of the
+    /// `rv:<guest pc>:cold`, the code they share `rv:chain`, `rv:load`, `rv:exec`), so that `perf record` of the
     /// benchmark and `perf report` name the guest blocks.
     #[arg(long)]
     perf_map: bool,

@@ -97,7 +97,7 @@ pub struct Args {
     /// Append a symbol for every block of translated code of every machine (build
     /// machines and the sibling machines of offloaded jobs) to
     /// /tmp/perf-<pid>.map (`START SIZE rv:<guest pc>:<instructions>`, its slow paths
-    /// `rv:<guest pc>:cold`, the chaining code they share `rv:chain`), so that
+    /// `rv:<guest pc>:cold`, the code they share `rv:chain`, `rv:load`, `rv:exec`), so that
     /// `perf report` on this process names the guest blocks the host time went to. The
     /// results (artifacts, root hashes) are unchanged.
     #[arg(long)]
