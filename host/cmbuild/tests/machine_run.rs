@@ -195,7 +195,7 @@ fn perf_map_names_translated_blocks_and_changes_nothing() {
         let size = u64::from_str_radix(f[1], 16).unwrap();
         assert!(size > 0, "{line:?}");
         match f[2].split(':').collect::<Vec<_>>()[..] {
-            ["rv", "entry" | "exit" | "chain"] => {}
+            ["rv", "entry" | "exit" | "chain" | "load" | "exec"] => {}
             ["rv", pc, "cold"] => {
                 assert!(
                     u64::from_str_radix(pc, 16).unwrap() >= 0x8000_0000,
