@@ -873,8 +873,8 @@ impl<'a> Block<'a> {
             }
         }
         let body = self.a.here();
-        // Exits to the interpreter from loads and stores (one per instruction, whatever
-        // sent it there), emitted after the body.
+        // Exits to the interpreter of loads the helper declines (one per load), emitted
+        // after the body; stores that miss go through the helper whole (`HelperCall`).
         let mut slow = take_cleared(&mut self.bufs.slow);
         let mut calls = take_cleared(&mut self.bufs.calls);
         let mut helper_calls = take_cleared(&mut self.bufs.helper_calls);
@@ -1059,7 +1059,7 @@ impl<'a> Block<'a> {
         }
     }
 
-    /// The exits of loads and stores to the interpreter, compactly: each site sets eax to
+    /// The exits of loads to the interpreter, compactly: each site sets eax to
     /// the instructions retired before it and ecx to its `pc` offset, then enters a
     /// ladder of write-backs at its own rung. Sites come in program order and the dirty
     /// set only grows along the block, so the rung of site i writes back what became
