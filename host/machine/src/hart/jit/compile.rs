@@ -363,7 +363,7 @@ pub(super) struct Thunks {
     /// instructions into its block: returns with the value in rax and rdx 1, or rdx 0 if
     /// the block must leave. Keeps every pool register.
     load: usize,
-    /// [`exec_helper`] for the instruction eax, edx bytes past its block's start and ecx
+    /// [`exec_helper`] for the instruction in rax, edx bytes past its block's start and ecx
     /// instructions into it (the registers it names already in the hart): returns eax 1
     /// to go on, 2 to leave. Keeps every pool register.
     exec: usize,
@@ -377,13 +377,9 @@ impl Thunks {
         let chain = a.here();
         Self::chain(a, code_base);
         let load = a.here();
-        Self::call_rust(a, |a| a.mov_rr(RSI, RAX), load_helper as *const () as u64);
+        Self::call_rust(a, load_helper as *const () as u64);
         let exec = a.here();
-        Self::call_rust(
-            a,
-            |a| a.mov_load(W::B32, RSI, Rm::Reg(RAX)),
-            exec_helper as *const () as u64,
-        );
+        Self::call_rust(a, exec_helper as *const () as u64);
         let end = a.here();
         let symbols = vec![
             (chain, load, "rv:chain"),
@@ -393,18 +389,18 @@ impl Thunks {
         (Self { chain, load, exec }, symbols)
     }
 
-    /// A call of the Rust function at `f` with the hart in rdi, rsi set by `args` (from
-    /// rax), rdx and rcx as the block set them: `mcycle` stored first and loaded after
+    /// A call of the Rust function at `f` with the hart in rdi, rsi = rax, rdx and rcx as
+    /// the block set them: `mcycle` stored first and loaded after
     /// (the function may move it), every caller-saved pool register kept. Entered by a
     /// `call` from a block (rsp 16-byte aligned here: blocks run with it 8 past), so six
     /// pushes leave it aligned for the next.
-    fn call_rust(a: &mut Asm, args: impl FnOnce(&mut Asm), f: u64) {
+    fn call_rust(a: &mut Asm, f: u64) {
         const _: () = assert!(CALLER_SAVED.len() % 2 == 0);
         store_mcycle(a);
         for r in CALLER_SAVED {
             a.push(r);
         }
-        args(a);
+        a.mov_rr(RSI, RAX);
         a.lea(RDI, RBX, -BIAS);
         a.mov_imm(RAX, f);
         a.call_reg(RAX);
@@ -474,17 +470,23 @@ impl Thunks {
 const CALLER_SAVED: [u8; 6] = [RSI, RDI, R8, R9, R10, R11];
 
 /// A load's call to [`load_helper`], emitted after the block's body: entered from the
-/// inline path's misses, back at `join` with the value in `t`.
+/// inline path's misses, back at `join` with the value in `t`; or, when the helper
+/// declines (a fault, or a device the interpreter reaches), on to the load's exit to the
+/// interpreter, which writes back `dirty`, counts `retired` and moves `pc` by `delta`.
 #[derive(Debug)]
 struct LoadCall {
     /// The jump from the inline path's miss.
     from: usize,
-    /// Which entry of the slow exits is this instruction's (when the helper declines).
-    exit: usize,
+    /// The jump taken when the helper declines (set when the call is emitted).
+    declined: usize,
     op: I,
     size: u8,
     /// Instructions before this one in the block.
     retired: usize,
+    /// Page offset of the instruction from the block's start.
+    delta: i64,
+    /// The dirty registers before the instruction.
+    dirty: u32,
     /// Where the value goes.
     t: u8,
     /// Where the inline path continues with the value in `t`.
@@ -535,17 +537,6 @@ impl Jumps {
     }
 }
 
-/// A load's exit to the interpreter, taken when [`load_helper`] declines (a fault, or a
-/// device the interpreter reaches): entered by `from` (set when its call is emitted),
-/// it writes back `dirty`, counts `retired` and moves `pc` by `delta`.
-#[derive(Debug, Clone, Copy)]
-struct SlowExit {
-    from: usize,
-    dirty: u32,
-    retired: usize,
-    delta: i64,
-}
-
 /// The vectors a translation fills, kept by the translator from one block to the next so
 /// that, once they have grown, translating a block allocates nothing: a build translates
 /// hundreds of thousands of blocks, and fresh vectors for each were about 2.5 % of its
@@ -568,7 +559,6 @@ pub(super) struct EmitBuffers {
     /// Its exits waiting for a block of the page, for
     /// [`DecodeCache::add_links`](crate::hart::dcache::DecodeCache::add_links).
     pub(super) links: Vec<(u16, u32)>,
-    slow: Vec<SlowExit>,
     calls: Vec<LoadCall>,
     helper_calls: Vec<HelperCall>,
     after: Vec<(usize, u32, bool)>,
@@ -679,8 +669,8 @@ impl<'a> Block<'a> {
             thunks,
             epilogue: mem.epilogue(),
             links: take_cleared(&mut bufs.links),
-            a: Asm::with_buf(mem.next(), take_cleared(&mut bufs.code)),
-            other: Asm::with_buf(mem.next_cold(), take_cleared(&mut bufs.cold)),
+            a: Asm::with_buf(mem.next(), std::mem::take(&mut bufs.code)),
+            other: Asm::with_buf(mem.next_cold(), std::mem::take(&mut bufs.cold)),
             bufs,
         }
     }
@@ -873,9 +863,8 @@ impl<'a> Block<'a> {
             }
         }
         let body = self.a.here();
-        // Exits to the interpreter of loads the helper declines (one per load), emitted
-        // after the body; stores that miss go through the helper whole (`HelperCall`).
-        let mut slow = take_cleared(&mut self.bufs.slow);
+        // Loads' calls to the helper and their exits to the interpreter, emitted after the
+        // body; stores that miss go through the helper whole (`HelperCall`).
         let mut calls = take_cleared(&mut self.bufs.calls);
         let mut helper_calls = take_cleared(&mut self.bufs.helper_calls);
         // Exits after an instruction the helper ran, which set `pc` and `mcycle` itself:
@@ -888,18 +877,11 @@ impl<'a> Block<'a> {
             match it.kind {
                 Kind::Alu => self.alu(d, delta),
                 Kind::Load | Kind::Store => {
-                    // The slow exit writes back what was dirty before this instruction.
+                    // What was dirty before this instruction, for a store's exit after the
+                    // helper (a load's call keeps its own).
                     let dirty = self.dirty;
-                    match self.memory(d, k, slow.len()) {
-                        Ok(c) => {
-                            slow.push(SlowExit {
-                                from: usize::MAX,
-                                dirty,
-                                retired: k,
-                                delta,
-                            });
-                            calls.push(c);
-                        }
+                    match self.memory(d, k, delta) {
+                        Ok(c) => calls.push(c),
                         Err(from) => helper_calls.push(HelperCall {
                             from: Jumps::one(from),
                             insn: d,
@@ -974,7 +956,7 @@ impl<'a> Block<'a> {
         }
         // The rest is cold.
         std::mem::swap(&mut self.a, &mut self.other);
-        self.emit_load_calls(&calls, &mut slow);
+        self.emit_load_calls(&mut calls);
         for c in &helper_calls {
             for from in c.from.iter() {
                 self.bind_hot(from);
@@ -991,12 +973,11 @@ impl<'a> Block<'a> {
             }
             self.exit(dirty, 0, 0, Next::Rust);
         }
-        self.emit_slow_exits(&slow);
+        self.emit_slow_exits(&calls);
         let bufs = self.bufs;
         bufs.code = self.other.buf;
         bufs.cold = self.a.buf;
         bufs.links = self.links;
-        bufs.slow = slow;
         bufs.calls = calls;
         bufs.helper_calls = helper_calls;
         bufs.after = after;
@@ -1038,15 +1019,15 @@ impl<'a> Block<'a> {
 
     /// The calls of loads to [`load_helper`] (va in rax) through the shared code
     /// ([`Thunks`]'s `load`), then either on with the value or to the load's slow exit
-    /// (whose jump joins `slow`).
-    fn emit_load_calls(&mut self, calls: &[LoadCall], slow: &mut [SlowExit]) {
+    /// (its `declined` jump, bound by [`Block::emit_slow_exits`]).
+    fn emit_load_calls(&mut self, calls: &mut [LoadCall]) {
         for c in calls {
             self.bind_hot(c.from);
             self.a.mov_imm(RDX, c.size as u64);
             self.a.mov_imm(RCX, c.retired as u64);
             self.a.call_to(self.thunks.load);
             self.a.test(W::B32, Rm::Reg(RDX), RDX);
-            slow[c.exit].from = self.a.jcc_fwd(Cond::E);
+            c.declined = self.a.jcc_fwd(Cond::E);
             let value = Rm::Reg(RAX);
             match c.op {
                 I::Lb => self.a.movsx(W::B8, c.t, value),
@@ -1065,13 +1046,13 @@ impl<'a> Block<'a> {
     /// set only grows along the block, so the rung of site i writes back what became
     /// dirty since site i-1 and falls into the rung below: every site writes back
     /// exactly its own dirty set, each register's store appearing once.
-    fn emit_slow_exits(&mut self, slow: &[SlowExit]) {
+    fn emit_slow_exits(&mut self, slow: &[LoadCall]) {
         if slow.is_empty() {
             return;
         }
         let mut to_rung = take_cleared(&mut self.bufs.rungs);
         for s in slow {
-            self.a.bind(s.from);
+            self.a.bind(s.declined);
             self.a.mov_imm(RAX, s.retired as u64);
             self.a.mov_imm(RCX, s.delta as u64);
             to_rung.push(self.a.jmp_fwd());
@@ -1430,10 +1411,11 @@ impl<'a> Block<'a> {
         misses
     }
 
-    /// A load or store through the inline TLB; returns, for a load, its call to the
-    /// load helper (`retired` instructions before it in the block, `exit` its entry
-    /// among the slow exits), for a store, the jump from its miss.
-    fn memory(&mut self, d: Insn, retired: usize, exit: usize) -> Result<LoadCall, usize> {
+    /// A load or store through the inline TLB (`retired` instructions into the block,
+    /// `delta` bytes past its start); returns, for a load, its call to the load helper,
+    /// for a store, the jump from its miss.
+    fn memory(&mut self, d: Insn, retired: usize, delta: i64) -> Result<LoadCall, usize> {
+        let dirty = self.dirty;
         let Op::I(op) = d.op else {
             unreachable!("memory operations are RV64I")
         };
@@ -1488,10 +1470,12 @@ impl<'a> Block<'a> {
             // Every miss of the inline path (rax still the address) calls the helper.
             let call = LoadCall {
                 from: miss,
-                exit,
+                declined: usize::MAX,
                 op,
                 size,
                 retired,
+                delta,
+                dirty,
                 t,
                 join,
             };
