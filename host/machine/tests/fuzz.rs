@@ -2,9 +2,11 @@
 //! xorshift generator, so every failure names the seed that reproduces it).
 //!
 //! - Random programs — hot loops over ALU, multiply/divide, aligned and misaligned loads
-//!   and stores, self-modifying code (a loop rewrites one of its own instructions), and
-//!   S-mode phases that switch `satp` between page tables (with `sfence.vma`, in the hot
-//!   loop too) and access memory through aliased and read-only mappings — run to the same
+//!   and stores, CSR instructions (`sstatus` and the trap registers), self-modifying code
+//!   (a loop rewrites one of its own instructions), and S-mode phases that switch `satp`
+//!   between page tables (with `sfence.vma`, in the hot loop too) and access memory
+//!   through aliased mappings (a user page, reached while SUM is set, and a read-only
+//!   one) — run to the same
 //!   `mcycle`, console and state hash translated and interpreted, and also when the run
 //!   is cut at a random `mcycle`, stored as a snapshot and resumed.
 //! - Random mutations of a valid snapshot's files (the manifest, the state, the device
@@ -174,8 +176,8 @@ const RAM: u64 = 2 << 20;
 const DATA: u64 = 0x1_0000;
 const TABLE_A: u64 = 0x2_0000;
 const TABLE_B: u64 = 0x2_1000;
-/// Virtual address of a second (aliased) mapping of RAM, writable under table A and
-/// read-only under table B.
+/// Virtual address of a second (aliased) mapping of RAM, a writable user page under table A
+/// (S-mode reaches it with `sstatus.SUM` set) and read-only under table B.
 const ALIAS: u64 = 0xc000_0000;
 /// Registers random instructions write.
 const DEST: [u32; 12] = [10, 11, 12, 13, 14, 15, 16, 17, 28, 29, 30, 31];
@@ -192,7 +194,7 @@ fn random_insn(rng: &mut Rng) -> u32 {
         }
     };
     let (rs1, rs2) = (src(rng), src(rng));
-    match rng.below(9) {
+    match rng.below(10) {
         // Register-register, 64- and 32-bit (some 32-bit encodings do not exist: those
         // are illegal instructions, which the handler skips).
         0 | 1 => {
@@ -231,6 +233,16 @@ fn random_insn(rng: &mut Rng) -> u32 {
         7 => {
             let f3 = rng.pick(&[0, 1, 2, 3, 4, 5, 6]);
             i(rng.below(2040) as i32, 5, f3, rd, 0x03)
+        }
+        // The CSRs translated code reads and writes itself: `sstatus` (SUM and MXR change
+        // what the S-mode loops may access through the alias, a user page under table A),
+        // the trap registers of S and M (M's are illegal from S: the handler skips them).
+        8 if rng.one_in(2) => {
+            let which = rng.pick(&[0x100, 0x100, 0x140, 0x141, 0x142, 0x143, 0x340, 0x343]);
+            let f3 = rng.pick(&[1, 2, 3, 5, 6, 7]);
+            // An immediate form's rs1 field is the immediate.
+            let rs1 = if f3 >= 5 { rng.below(32) as u32 } else { rs1 };
+            csr(f3, rd, which, rs1)
         }
         _ => s(rng.below(2040) as i32, rs2, 5, rng.below(4) as u32),
     }
@@ -377,7 +389,8 @@ fn random_image(rng: &mut Rng) -> Vec<u8> {
     // Sv39 gigapages: VA 0x8000_0000 and the alias both map PA 0x8000_0000.
     let pte = |flags: u64| (RAM_BASE >> 12) << 10 | flags;
     let (rwx, r) = (0xcf, 0xcb); // V R W X A D; V R X A D
-    for (table, alias_flags) in [(TABLE_A, rwx), (TABLE_B, r)] {
+    let user = rwx | 0x10; // S-mode reaches it only with SUM set
+    for (table, alias_flags) in [(TABLE_A, user), (TABLE_B, r)] {
         let t = table as usize;
         image[t + 8 * 2..][..8].copy_from_slice(&pte(rwx).to_le_bytes());
         image[t + 8 * 3..][..8].copy_from_slice(&pte(alias_flags).to_le_bytes());

@@ -3,10 +3,13 @@
 use super::exec::ExecMem;
 use super::x86::*;
 use super::{exec_helper, fetch_helper, load_helper, Env};
+use crate::hart::csr::{num, Csrs, MSTATUS_FS, MSTATUS_MXR, MSTATUS_SIE, MSTATUS_SUM};
+use crate::hart::csr::{SSTATUS_VISIBLE, SSTATUS_WRITABLE};
 use crate::hart::dcache::BLOCK_NONE;
 use crate::hart::m::M;
 use crate::hart::mmu::{Mmu, TlbEntry, TLB_SIZE};
 use crate::hart::rv64i::I;
+use crate::hart::zicsr::Csr;
 use crate::hart::{decode, Hart, Insn, Op};
 use std::mem::offset_of;
 
@@ -893,8 +896,21 @@ impl<'a> Block<'a> {
                     }
                 }
                 Kind::Helper => {
-                    let leave = self.helper(d, k, delta);
-                    after.push((leave, self.dirty, true));
+                    let dirty = self.dirty;
+                    if let Some(from) = self.csr(d) {
+                        // The slow path runs the whole instruction through the helper.
+                        helper_calls.push(HelperCall {
+                            from,
+                            insn: d,
+                            retired: k,
+                            delta,
+                            join: self.a.here(),
+                            dirty,
+                        });
+                    } else {
+                        let leave = self.helper(d, k, delta);
+                        after.push((leave, self.dirty, true));
+                    }
                 }
                 Kind::Atomic => {
                     let dirty = self.dirty;
@@ -1409,6 +1425,140 @@ impl<'a> Block<'a> {
             }
         }
         misses
+    }
+
+    /// The CSR instructions translated code runs itself, and Linux runs most (3.2 M of
+    /// them went to the helper in the rustc workload, `sstatus` 1.7 M of them): reads and
+    /// writes of the trap registers (`sscratch`, `sepc`, `scause`, `stval` and their M-mode
+    /// twins), reads of `sstatus`, and writes of `sstatus` that set no SIE (clearing SIE
+    /// around every stretch without interrupts, setting and clearing SUM around every
+    /// access to user memory). Each checks the privilege first; a write of `sstatus`
+    /// that would set SIE (the interpreter then looks for a pending interrupt) goes to
+    /// the helper, as does an access from too low a privilege: the jumps returned lead
+    /// to [`exec_helper`] running the whole instruction, since nothing is changed before
+    /// them. `None` for the instructions left to the helper whole.
+    ///
+    /// An `sstatus` write changes the data context (`Mmu::update_ctx`) in its SUM and
+    /// MXR bits alone, which are `mstatus`'s bits 18 and 19 moved to 59 and 60 whatever
+    /// the privilege; the write updates them with `mstatus`.
+    fn csr(&mut self, d: Insn) -> Option<Jumps> {
+        const SUM_MXR: u64 = MSTATUS_SUM | MSTATUS_MXR;
+        const CTX_SHIFT: u8 = 59 - 18;
+        const _: () = {
+            // The masks fit the immediates they are used as; what a write can set, a read sees.
+            assert!(SSTATUS_WRITABLE < 1 << 31 && MSTATUS_SIE < 0x80);
+            assert!(SSTATUS_WRITABLE & !SSTATUS_VISIBLE == 0);
+            assert!(SUM_MXR == 3 << 18 && MSTATUS_FS == 3 << 13);
+        };
+        let Op::Csr(op) = d.op else { return None };
+        let csr = d.imm as u16;
+        let csrs = offset_of!(Hart, csr);
+        let field = |f: usize| disp(csrs + f);
+        let (at, status, epc) = match csr {
+            num::SSTATUS => (field(offset_of!(Csrs, mstatus)), true, false),
+            num::SSCRATCH => (field(offset_of!(Csrs, sscratch)), false, false),
+            num::SEPC => (field(offset_of!(Csrs, sepc)), false, true),
+            num::SCAUSE => (field(offset_of!(Csrs, scause)), false, false),
+            num::STVAL => (field(offset_of!(Csrs, stval)), false, false),
+            num::MSCRATCH => (field(offset_of!(Csrs, mscratch)), false, false),
+            num::MEPC => (field(offset_of!(Csrs, mepc)), false, true),
+            num::MCAUSE => (field(offset_of!(Csrs, mcause)), false, false),
+            num::MTVAL => (field(offset_of!(Csrs, mtval)), false, false),
+            _ => return None,
+        };
+        let imm = matches!(op, Csr::Rwi | Csr::Rsi | Csr::Rci);
+        let writes = matches!(op, Csr::Rw | Csr::Rwi) || d.rs1 != 0;
+        let mut slow = Jumps::default();
+        // The privilege: at least the CSR's (its number's bits 9:8).
+        let level = (csr >> 8 & 3) as i32;
+        self.a
+            .movzx(W::B8, RAX, Rm::at(RBX, disp(offset_of!(Hart, prv))));
+        self.a.alu_imm(W::B32, Alu::Cmp, Rm::Reg(RAX), level);
+        slow.push(self.a.jcc_fwd(Cond::B));
+        // rcx = the operand; rdx = the new value.
+        if writes {
+            if imm {
+                self.a.mov_imm(RCX, d.rs1 as u64);
+            } else {
+                self.get(RCX, d.rs1);
+            }
+            let mask = if status {
+                self.a
+                    .alu_imm(W::B64, Alu::And, Rm::Reg(RCX), SSTATUS_WRITABLE as i32);
+                !(SSTATUS_WRITABLE as i32)
+            } else {
+                -1
+            };
+            match op {
+                Csr::Rw | Csr::Rwi if status => {
+                    self.a.mov_load(W::B64, RDX, Rm::at(RBX, at));
+                    self.a.alu_imm(W::B64, Alu::And, Rm::Reg(RDX), mask);
+                    self.a.alu(W::B64, Alu::Or, RDX, Rm::Reg(RCX));
+                }
+                Csr::Rw | Csr::Rwi => self.a.mov_rr(RDX, RCX),
+                Csr::Rs | Csr::Rsi => {
+                    self.a.mov_load(W::B64, RDX, Rm::at(RBX, at));
+                    self.a.alu(W::B64, Alu::Or, RDX, Rm::Reg(RCX));
+                }
+                Csr::Rc | Csr::Rci => {
+                    self.a.alu_imm(W::B64, Alu::Xor, Rm::Reg(RCX), -1);
+                    self.a.mov_load(W::B64, RDX, Rm::at(RBX, at));
+                    self.a.alu(W::B64, Alu::And, RDX, Rm::Reg(RCX));
+                }
+            }
+            if epc {
+                self.a.alu_imm(W::B64, Alu::And, Rm::Reg(RDX), -2);
+            }
+            let may_enable = match op {
+                Csr::Rc | Csr::Rci => false,
+                Csr::Rsi => d.rs1 as u64 & MSTATUS_SIE != 0,
+                _ => true,
+            };
+            if status && may_enable {
+                // SIE set where it was clear: the helper's (a pending interrupt is taken
+                // right after).
+                self.a.mov_load(W::B64, RAX, Rm::at(RBX, at));
+                self.a.alu_imm(W::B64, Alu::Xor, Rm::Reg(RAX), -1);
+                self.a.alu(W::B64, Alu::And, RAX, Rm::Reg(RDX));
+                self.a.test_al(MSTATUS_SIE as u8);
+                slow.push(self.a.jcc_fwd(Cond::Ne));
+            }
+        }
+        // rd = the old value (as read: `sstatus` is `mstatus` seen through its mask, with
+        // SD set when FS is 3).
+        if d.rd != 0 {
+            let t = if status { RAX } else { self.target(d.rd, None) };
+            self.a.mov_load(W::B64, t, Rm::at(RBX, at));
+            if status {
+                self.a.mov_rr(RCX, RAX);
+                self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 13);
+                self.a.alu_imm(W::B32, Alu::And, Rm::Reg(RCX), 3);
+                // FS = 3 gives 4, the rest less: bit 2 is SD.
+                self.a.alu_imm(W::B32, Alu::Add, Rm::Reg(RCX), 1);
+                self.a.shift_imm(W::B64, Shift::Shl, Rm::Reg(RCX), 61);
+                self.a.alu(W::B64, Alu::Or, RAX, Rm::Reg(RCX));
+                self.a.mov_imm(RCX, SSTATUS_VISIBLE);
+                self.a.alu(W::B64, Alu::And, RAX, Rm::Reg(RCX));
+            }
+            self.put(d.rd, t);
+        }
+        if writes {
+            self.a.mov_store(W::B64, Rm::at(RBX, at), RDX);
+            if status && !matches!(op, Csr::Rsi | Csr::Rci) {
+                // The data context's SUM and MXR bits follow the register's (an immediate
+                // set or clear cannot reach them).
+                self.a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RDX), 18);
+                self.a.alu_imm(W::B32, Alu::And, Rm::Reg(RDX), 3);
+                self.a
+                    .shift_imm(W::B64, Shift::Shl, Rm::Reg(RDX), 18 + CTX_SHIFT);
+                self.a.mov_imm(RAX, !(SUM_MXR << CTX_SHIFT));
+                self.a
+                    .alu(W::B64, Alu::And, RAX, Rm::at(RBX, data_ctx_at()));
+                self.a.alu(W::B64, Alu::Or, RAX, Rm::Reg(RDX));
+                self.a.mov_store(W::B64, Rm::at(RBX, data_ctx_at()), RAX);
+            }
+        }
+        Some(slow)
     }
 
     /// A load or store through the inline TLB (`retired` instructions into the block,

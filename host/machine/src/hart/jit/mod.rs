@@ -1505,6 +1505,146 @@ mod tests {
         }
     }
 
+    /// The CSR instructions Linux runs most go without the helper. In S-mode with Sv39
+    /// paging (entered by `mret`; a user gigapage aliases RAM), a loop that saves and
+    /// clears SIE (`csrrci`), sets and clears SUM and MXR with a register (as around every
+    /// copy from user memory) with a load from the user page after each (one succeeds,
+    /// one faults: the data context must follow SUM, or the load hits the TLB entry the
+    /// first one filled), clears and sets FS (so that reads of `sstatus` see SD come and
+    /// go), clears everything writable at once (`csrrwi`, SUM included, then a load that
+    /// must fault), swaps `sscratch` (as at every trap), writes and reads `sepc`, `scause`
+    /// and `stval`, reads `mscratch` (illegal from S) and sets SIE again (`csrsi`, the
+    /// helper's: the interpreter looks for a pending interrupt after it; each trapping
+    /// instruction is followed by a jump, so that a block starts after it) — once with the
+    /// guest registers in a block's host registers and once in the global ones — agrees
+    /// with the interpreter at every step, the CSRs and the data context included. The
+    /// M-mode handler skips each trapping instruction (three a round) with its own CSR
+    /// instructions; a supervisor software interrupt raised while SIE is clear is taken
+    /// right after the `csrsi` (one a round). Translated code calls the helper for fewer
+    /// than four instructions a round (the illegal read, the SIE set, the two `sip`
+    /// writes): 1,151 calls for 300 rounds, against 3,954 when every CSR instruction went
+    /// to it.
+    #[test]
+    fn csr_instructions_linux_runs_most_stay_in_translated_code() {
+        const ROUNDS: usize = 300;
+        const SSTATUS: u32 = 0x100;
+        const SSCRATCH: u32 = 0x140;
+        const TABLE: usize = 64 << 10;
+        let or = |rd: u32, a: u32, b: u32| r(0, b, a, 6, rd, 0x33);
+        for (a4, a5) in [(A4, A5), (A0, A1)] {
+            let mut w = Vec::new();
+            let la_handler = set_trap_handler(&mut w);
+            w.extend(li32(A6, (1 << 18) | (1 << 19))); // SUM | MXR
+            w.extend(li32(A7, 3 << 13)); // FS
+            w.extend(li32(S0, 0x6000_4000));
+            w.push(slli(S0, S0, 1)); // s0 = 0xc000_8000: the user alias of RAM_BASE + 32 KiB
+                                     // satp = Sv39 with the table at RAM_BASE + TABLE.
+            w.extend(li32(
+                T0,
+                ((crate::board::RAM_BASE as usize + TABLE) >> 12) as i32,
+            ));
+            w.push(addi(T2, 0, 8));
+            w.push(slli(T2, T2, 60));
+            w.push(or(T0, T0, T2));
+            w.push(csr(1, 0, 0x180, T0)); // csrw satp, t0
+                                          // The supervisor software interrupt, delegated, enabled, handled at stvec.
+            let la_s_handler = w.len();
+            w.push(0x0000_0297); // auipc t0, 0
+            w.push(0); // addi t0, t0, s_handler - la_s_handler
+            w.push(csr(1, 0, 0x105, T0)); // csrw stvec, t0
+            w.push(addi(T0, 0, 2));
+            w.push(csr(2, 0, 0x303, T0)); // csrs mideleg, t0
+            w.push(csr(2, 0, 0x304, T0)); // csrs mie, t0
+            w.extend(li32(T0, 0x800)); // MPP = S
+            w.push(csr(2, 0, 0x300, T0)); // csrs mstatus, t0
+            w.push(0x0000_0297); // auipc t0, 0
+            w.push(addi(T0, T0, 16));
+            w.push(csr(1, 0, 0x341, T0)); // csrw mepc, t0
+            w.push(0x3020_0073); // mret: on in S-mode
+            w.push(addi(T1, 0, ROUNDS as i32));
+            let top = w.len();
+            w.extend([
+                csr(2, a4, 0x340, 0),   // csrr a4, mscratch: illegal, skipped
+                jal(4, 0),              // (a jump target after each trap: a block starts)
+                csr(7, a4, SSTATUS, 2), // csrrci a4, sstatus, SIE
+                add(a5, a5, a4),
+                csr(6, 0, 0x144, 2),    // csrsi sip, SSIP: pending, not taken
+                csr(2, 0, SSTATUS, A6), // csrs sstatus, a6
+                load(3, a4, S0, 0),     // ld a4, 0(s0): SUM lets S-mode read it
+                add(a5, a5, a4),
+                csr(2, a4, SSTATUS, 0), // csrr a4, sstatus
+                add(a5, a5, a4),
+                csr(3, 0, SSTATUS, A6), // csrc sstatus, a6
+                load(3, a4, S0, 8),     // ld a4, 8(s0): faults, skipped
+                jal(4, 0),
+                csr(3, a4, SSTATUS, A7), // csrrc a4, sstatus, a7: FS off
+                add(a5, a5, a4),
+                csr(2, a4, SSTATUS, A7), // csrrs a4, sstatus, a7: FS on
+                add(a5, a5, a4),
+                csr(6, 0, SSTATUS, 2), // csrsi sstatus, SIE: taken right after
+                jal(4, 0),
+                csr(2, 0, SSTATUS, A6), // csrs sstatus, a6
+                load(3, a4, S0, 16),    // ld a4, 16(s0)
+                add(a5, a5, a4),
+                csr(5, a4, SSTATUS, 0), // csrrwi a4, sstatus, 0: all off, SUM too
+                add(a5, a5, a4),
+                load(3, a4, S0, 24), // ld a4, 24(s0): faults, skipped
+                jal(4, 0),
+                csr(1, T3, SSCRATCH, T3), // csrrw t3, sscratch, t3
+                add(a5, a5, T3),
+                csr(1, 0, 0x141, a5), // csrw sepc, a5 (bit 0 dropped)
+                csr(2, a4, 0x141, 0), // csrr a4, sepc
+                add(a5, a5, a4),
+                csr(1, a4, 0x142, a5), // csrrw a4, scause, a5
+                csr(2, a4, 0x143, a5), // csrrs a4, stval, a5
+                add(a5, a5, a4),
+                addi(T3, T3, 3),
+            ]);
+            close_loop_and_handler(&mut w, top, la_handler);
+            let s_handler = w.len();
+            w[la_s_handler + 1] = addi(T0, T0, ((s_handler - la_s_handler) * 4) as i32);
+            w.push(csr(7, 0, 0x144, 2)); // csrci sip, SSIP
+            w.push(addi(S2, S2, 1));
+            w.push(0x1020_0073); // sret
+            let mut image = assemble(&w);
+            assert!(image.len() <= 32 << 10);
+            image.resize(TABLE + 4096, 0);
+            // Gigapages: the HTIF's (for the halt), RAM's, and RAM's again for the user.
+            let ram = crate::board::RAM_BASE >> 12;
+            let htif = crate::board::HTIF_BASE >> 30 << 18;
+            for (k, pte) in [
+                (1, htif << 10 | 0xcf),
+                (2, ram << 10 | 0xcf),
+                (3, ram << 10 | 0xdf),
+            ] {
+                image[TABLE + 8 * k..][..8].copy_from_slice(&pte.to_le_bytes());
+            }
+            let (mut a, mut b) = (machine(&image, false), machine(&image, true));
+            let mut limit = 0;
+            while a.halted().is_none() {
+                limit += 97;
+                run_both(&mut a, &mut b, limit);
+                assert_eq!(
+                    (a.hart.csr.clone(), a.hart.mmu.data_ctx),
+                    (b.hart.csr.clone(), b.hart.mmu.data_ctx),
+                    "at mcycle limit {limit}"
+                );
+            }
+            assert_eq!((a.halted(), b.halted()), (Some(0), Some(0)));
+            assert_eq!(a.hart.x[S1 as usize], 3 * ROUNDS as u64, "every trap taken");
+            assert_eq!(
+                a.hart.x[S2 as usize], ROUNDS as u64,
+                "every interrupt taken"
+            );
+            assert_eq!(a.root_hash(), b.root_hash());
+            let calls = b.hart.jit.helper_execs;
+            assert!(
+                calls <= 4 * ROUNDS as u64,
+                "{calls} helper calls for {ROUNDS} rounds"
+            );
+        }
+    }
+
     /// Every AMO (word and doubleword) on values at the edges of signed and unsigned
     /// order, LR and SC (succeeding, failing on another address or without a reservation,
     /// and failing after a trap dropped the reservation), each with rd, rs1 and rs2 in
