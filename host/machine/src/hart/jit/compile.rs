@@ -302,23 +302,23 @@ pub(super) fn span(items: &[Item], start: usize) -> u8 {
 /// may reach inline (see `mmu::TlbEntry::inline_tag`).
 fn tlb_entry(a: &mut Asm, tlb: usize, ctx_at: i32) {
     a.mov_rr(RCX, RAX);
-    tlb_index(a, tlb, ctx_at);
+    tlb_index(a, RAX, tlb, ctx_at);
 }
 
-/// [`tlb_entry`] with the address whose page number goes into the tag already in rcx
-/// (rax still picks the entry).
-fn tlb_index(a: &mut Asm, tlb: usize, ctx_at: i32) {
+/// [`tlb_entry`] for the address in `va`, with the address whose page number goes into
+/// the tag already in rcx (`va` still picks the entry).
+fn tlb_index(a: &mut Asm, va: u8, tlb: usize, ctx_at: i32) {
     a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
     // edx = (page number % TLB_SIZE) * 32, straight from the address.
-    a.mov_load(W::B32, RDX, Rm::Reg(RAX));
+    a.mov_load(W::B32, RDX, Rm::Reg(va));
     a.shift_imm(W::B32, Shift::Shr, Rm::Reg(RDX), 12 - 5);
     a.alu_imm(W::B32, Alu::And, Rm::Reg(RDX), (TLB_SIZE as i32 - 1) << 5);
     a.alu(W::B64, Alu::Add, RDX, Rm::at(RBX, env_at(tlb)));
     a.alu(W::B64, Alu::Or, RCX, Rm::at(RBX, ctx_at));
 }
 
-/// The inline path of a load or store of `size` bytes at the virtual address in rax
-/// (kept): falls through with `[rcx + rax]` the host address of those bytes when the TLB
+/// The inline path of a load or store of `size` bytes at the virtual address in `va`
+/// (kept): falls through with `[rcx + va]` the host address of those bytes when the TLB
 /// of loads (or of stores) allows it — a hit on a RAM or flash page for every byte; for a
 /// store, a RAM page already marked dirty and holding no decoded code
 /// (`TlbEntry::inline_tag`) — and
@@ -327,18 +327,18 @@ fn tlb_index(a: &mut Asm, tlb: usize, ctx_at: i32) {
 /// they agree only when both bytes are in that page, so one compare covers both. An
 /// access misaligned inside one page goes inline: the interpreter reads or writes its
 /// bytes one by one through the same TLB entry, to the same effect.
-fn tlb_hit(a: &mut Asm, store: bool, size: u8) -> usize {
+fn tlb_hit(a: &mut Asm, va: u8, store: bool, size: u8) -> usize {
     let tlb = if store {
         offset_of!(Env, store_tlb)
     } else {
         offset_of!(Env, load_tlb)
     };
     if size > 1 {
-        a.lea(RCX, RAX, size as i32 - 1);
+        a.lea(RCX, va, size as i32 - 1);
     } else {
-        a.mov_rr(RCX, RAX);
+        a.mov_rr(RCX, va);
     }
-    tlb_index(a, tlb, data_ctx_at());
+    tlb_index(a, va, tlb, data_ctx_at());
     a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, INLINE_TAG));
     let miss = a.jcc_fwd(Cond::Ne);
     // rcx = the page's delta: its host address less its virtual address.
@@ -480,6 +480,8 @@ const CALLER_SAVED: [u8; 6] = [RSI, RDI, R8, R9, R10, R11];
 struct LoadCall {
     /// The jump from the inline path's miss.
     from: usize,
+    /// The host register holding the virtual address there.
+    va: u8,
     /// The jump taken when the helper declines (set when the call is emitted).
     declined: usize,
     op: I,
@@ -933,14 +935,21 @@ impl<'a> Block<'a> {
                         Op::I(I::Bltu) => Cond::B,
                         _ => Cond::Ae,
                     };
-                    self.get(RAX, d.rs1);
+                    // rs1 in its own host register, else in rax.
+                    let r1 = match self.map[d.rs1 as usize] {
+                        Some(h) if d.rs1 != 0 => h,
+                        _ => {
+                            self.get(RAX, d.rs1);
+                            RAX
+                        }
+                    };
                     if d.rs2 == 0 {
-                        // Against x0: `test` sets the flags `cmp rax, 0` would (CF and
-                        // OF clear, ZF and SF from rax).
-                        self.a.test(W::B64, Rm::Reg(RAX), RAX);
+                        // Against x0: `test` sets the flags `cmp r1, 0` would (CF and
+                        // OF clear, ZF and SF from r1).
+                        self.a.test(W::B64, Rm::Reg(r1), r1);
                     } else {
                         let rs2 = self.rm(d.rs2);
-                        self.a.alu(W::B64, Alu::Cmp, RAX, rs2);
+                        self.a.alu(W::B64, Alu::Cmp, r1, rs2);
                     }
                     let taken = self.a.jcc_fwd(cond);
                     let next = (it.off + d.len as usize) as i64;
@@ -1039,6 +1048,7 @@ impl<'a> Block<'a> {
     fn emit_load_calls(&mut self, calls: &mut [LoadCall]) {
         for c in calls {
             self.bind_hot(c.from);
+            self.a.mov_rr(RAX, c.va);
             self.a.mov_imm(RDX, c.size as u64);
             self.a.mov_imm(RCX, c.retired as u64);
             self.a.call_to(self.thunks.load);
@@ -1351,7 +1361,7 @@ impl<'a> Block<'a> {
         let at = Rm::indexed(RCX, RAX, 1);
         match op {
             LrW | LrD => {
-                misses.push(tlb_hit(&mut self.a, false, size));
+                misses.push(tlb_hit(&mut self.a, RAX, false, size));
                 // Not rax: it is the address to reserve.
                 let t = match self.map[d.rd as usize] {
                     Some(h) if d.rd != 0 => h,
@@ -1367,7 +1377,7 @@ impl<'a> Block<'a> {
             ScW | ScD => {
                 self.a.alu(W::B64, Alu::Cmp, RAX, reservation);
                 let fail = self.a.jcc_fwd(Cond::Ne);
-                misses.push(tlb_hit(&mut self.a, true, size));
+                misses.push(tlb_hit(&mut self.a, RAX, true, size));
                 let src = self.in_register(d.rs2);
                 self.a.mov_store(w, at, src);
                 // rd = 0 (success), 1 (failure); either way no reservation is left.
@@ -1383,10 +1393,10 @@ impl<'a> Block<'a> {
             }
             _ => {
                 // The load entry first, its host address kept, then the store entry's.
-                misses.push(tlb_hit(&mut self.a, false, size));
+                misses.push(tlb_hit(&mut self.a, RAX, false, size));
                 self.a.lea_indexed(RCX, RCX, RAX);
                 self.a.mov_store(W::B64, scratch, RCX);
-                misses.push(tlb_hit(&mut self.a, true, size));
+                misses.push(tlb_hit(&mut self.a, RAX, true, size));
                 // old (zero-extended for a word) to the scratch, new into rdx.
                 self.a.mov_load(W::B64, RDX, scratch);
                 self.a.mov_load(w, RDX, Rm::at(RDX, 0));
@@ -1579,18 +1589,24 @@ impl<'a> Block<'a> {
             I::Sw => (4, true),
             _ => (8, true),
         };
-        // rax = virtual address.
-        match self.map[d.rs1 as usize] {
-            Some(h) if d.rs1 != 0 && d.imm != 0 => self.a.lea(RAX, h, d.imm),
+        // va = the virtual address: the base's own host register when the offset is 0,
+        // else rax (a load's call to the helper takes it in rax).
+        let va = match self.map[d.rs1 as usize] {
+            Some(h) if d.rs1 != 0 && d.imm == 0 => h,
+            Some(h) if d.rs1 != 0 => {
+                self.a.lea(RAX, h, d.imm);
+                RAX
+            }
             _ => {
                 self.get(RAX, d.rs1);
                 if d.imm != 0 {
                     self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), d.imm);
                 }
+                RAX
             }
-        }
-        let miss = tlb_hit(&mut self.a, store, size);
-        let at = Rm::indexed(RCX, RAX, 1);
+        };
+        let miss = tlb_hit(&mut self.a, va, store, size);
+        let at = Rm::indexed(RCX, va, 1);
         if store {
             let w = match size {
                 1 => W::B8,
@@ -1617,9 +1633,10 @@ impl<'a> Block<'a> {
             }
             let join = self.a.here();
             self.put(d.rd, t);
-            // Every miss of the inline path (rax still the address) calls the helper.
+            // Every miss of the inline path (`va` still the address) calls the helper.
             let call = LoadCall {
                 from: miss,
+                va,
                 declined: usize::MAX,
                 op,
                 size,
