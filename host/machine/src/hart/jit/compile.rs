@@ -302,23 +302,28 @@ pub(super) fn span(items: &[Item], start: usize) -> u8 {
 /// may reach inline (see `mmu::TlbEntry::inline_tag`).
 fn tlb_entry(a: &mut Asm, tlb: usize, ctx_at: i32) {
     a.mov_rr(RCX, RAX);
-    tlb_index(a, RAX, tlb, ctx_at);
+    tlb_index(a, RAX, 0, tlb, ctx_at);
 }
 
-/// [`tlb_entry`] for the address in `va`, with the address whose page number goes into
-/// the tag already in rcx (`va` still picks the entry).
-fn tlb_index(a: &mut Asm, va: u8, tlb: usize, ctx_at: i32) {
+/// [`tlb_entry`] for the address `base + off`, with the address whose page number goes
+/// into the tag already in rcx (`base + off` still picks the entry).
+fn tlb_index(a: &mut Asm, base: u8, off: i32, tlb: usize, ctx_at: i32) {
     a.shift_imm(W::B64, Shift::Shr, Rm::Reg(RCX), 12);
     // edx = (page number % TLB_SIZE) * 32, straight from the address.
-    a.mov_load(W::B32, RDX, Rm::Reg(va));
+    if off == 0 {
+        a.mov_load(W::B32, RDX, Rm::Reg(base));
+    } else {
+        a.lea(RDX, base, off);
+    }
     a.shift_imm(W::B32, Shift::Shr, Rm::Reg(RDX), 12 - 5);
     a.alu_imm(W::B32, Alu::And, Rm::Reg(RDX), (TLB_SIZE as i32 - 1) << 5);
     a.alu(W::B64, Alu::Add, RDX, Rm::at(RBX, env_at(tlb)));
     a.alu(W::B64, Alu::Or, RCX, Rm::at(RBX, ctx_at));
 }
 
-/// The inline path of a load or store of `size` bytes at the virtual address in `va`
-/// (kept): falls through with `[rcx + va]` the host address of those bytes when the TLB
+/// The inline path of a load or store of `size` bytes at the virtual address `base + off`
+/// (`base` kept): falls through with `[rcx + base + off]` the host address of those bytes
+/// when the TLB
 /// of loads (or of stores) allows it — a hit on a RAM or flash page for every byte; for a
 /// store, a RAM page already marked dirty and holding no decoded code
 /// (`TlbEntry::inline_tag`) — and
@@ -327,18 +332,20 @@ fn tlb_index(a: &mut Asm, va: u8, tlb: usize, ctx_at: i32) {
 /// they agree only when both bytes are in that page, so one compare covers both. An
 /// access misaligned inside one page goes inline: the interpreter reads or writes its
 /// bytes one by one through the same TLB entry, to the same effect.
-fn tlb_hit(a: &mut Asm, va: u8, store: bool, size: u8) -> usize {
+fn tlb_hit(a: &mut Asm, base: u8, off: i32, store: bool, size: u8) -> usize {
     let tlb = if store {
         offset_of!(Env, store_tlb)
     } else {
         offset_of!(Env, load_tlb)
     };
-    if size > 1 {
-        a.lea(RCX, va, size as i32 - 1);
+    // rcx = the last byte's address (wrapping as the guest's does).
+    let last = off.wrapping_add(size as i32 - 1);
+    if last != 0 {
+        a.lea(RCX, base, last);
     } else {
-        a.mov_rr(RCX, va);
+        a.mov_rr(RCX, base);
     }
-    tlb_index(a, va, tlb, data_ctx_at());
+    tlb_index(a, base, off, tlb, data_ctx_at());
     a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, INLINE_TAG));
     let miss = a.jcc_fwd(Cond::Ne);
     // rcx = the page's delta: its host address less its virtual address.
@@ -480,8 +487,10 @@ const CALLER_SAVED: [u8; 6] = [RSI, RDI, R8, R9, R10, R11];
 struct LoadCall {
     /// The jump from the inline path's miss.
     from: usize,
-    /// The host register holding the virtual address there.
-    va: u8,
+    /// The virtual address is this host register's value (unchanged at the miss)...
+    base: u8,
+    /// ... plus this.
+    off: i32,
     /// The jump taken when the helper declines (set when the call is emitted).
     declined: usize,
     op: I,
@@ -951,11 +960,18 @@ impl<'a> Block<'a> {
                         let rs2 = self.rm(d.rs2);
                         self.a.alu(W::B64, Alu::Cmp, r1, rs2);
                     }
-                    let taken = self.a.jcc_fwd(cond);
                     let next = (it.off + d.len as usize) as i64;
+                    let to = it.off as i64 + d.imm as i64;
+                    if next != self.start as i64 && to != self.start as i64 {
+                        // Both ways leave the block with the same registers to write
+                        // back: once, before the jump (a `mov` keeps the flags).
+                        self.write_back(self.dirty);
+                        self.dirty = 0;
+                    }
+                    let taken = self.a.jcc_fwd(cond);
                     self.jump(next, n, body);
                     self.a.bind(taken);
-                    self.jump(it.off as i64 + d.imm as i64, n, body);
+                    self.jump(to, n, body);
                 }
                 Kind::Jal => {
                     if d.rd != 0 {
@@ -1048,7 +1064,11 @@ impl<'a> Block<'a> {
     fn emit_load_calls(&mut self, calls: &mut [LoadCall]) {
         for c in calls {
             self.bind_hot(c.from);
-            self.a.mov_rr(RAX, c.va);
+            if c.off != 0 {
+                self.a.lea(RAX, c.base, c.off);
+            } else {
+                self.a.mov_rr(RAX, c.base);
+            }
             self.a.mov_imm(RDX, c.size as u64);
             self.a.mov_imm(RCX, c.retired as u64);
             self.a.call_to(self.thunks.load);
@@ -1361,7 +1381,7 @@ impl<'a> Block<'a> {
         let at = Rm::indexed(RCX, RAX, 1);
         match op {
             LrW | LrD => {
-                misses.push(tlb_hit(&mut self.a, RAX, false, size));
+                misses.push(tlb_hit(&mut self.a, RAX, 0, false, size));
                 // Not rax: it is the address to reserve.
                 let t = match self.map[d.rd as usize] {
                     Some(h) if d.rd != 0 => h,
@@ -1377,7 +1397,7 @@ impl<'a> Block<'a> {
             ScW | ScD => {
                 self.a.alu(W::B64, Alu::Cmp, RAX, reservation);
                 let fail = self.a.jcc_fwd(Cond::Ne);
-                misses.push(tlb_hit(&mut self.a, RAX, true, size));
+                misses.push(tlb_hit(&mut self.a, RAX, 0, true, size));
                 let src = self.in_register(d.rs2);
                 self.a.mov_store(w, at, src);
                 // rd = 0 (success), 1 (failure); either way no reservation is left.
@@ -1393,10 +1413,10 @@ impl<'a> Block<'a> {
             }
             _ => {
                 // The load entry first, its host address kept, then the store entry's.
-                misses.push(tlb_hit(&mut self.a, RAX, false, size));
+                misses.push(tlb_hit(&mut self.a, RAX, 0, false, size));
                 self.a.lea_indexed(RCX, RCX, RAX);
                 self.a.mov_store(W::B64, scratch, RCX);
-                misses.push(tlb_hit(&mut self.a, RAX, true, size));
+                misses.push(tlb_hit(&mut self.a, RAX, 0, true, size));
                 // old (zero-extended for a word) to the scratch, new into rdx.
                 self.a.mov_load(W::B64, RDX, scratch);
                 self.a.mov_load(w, RDX, Rm::at(RDX, 0));
@@ -1589,24 +1609,21 @@ impl<'a> Block<'a> {
             I::Sw => (4, true),
             _ => (8, true),
         };
-        // va = the virtual address: the base's own host register when the offset is 0,
-        // else rax (a load's call to the helper takes it in rax).
-        let va = match self.map[d.rs1 as usize] {
-            Some(h) if d.rs1 != 0 && d.imm == 0 => h,
-            Some(h) if d.rs1 != 0 => {
-                self.a.lea(RAX, h, d.imm);
-                RAX
-            }
+        // The virtual address is base + imm: the base in its own host register, or in
+        // rax (a load's call to the helper computes the address into rax).
+        let base = match self.map[d.rs1 as usize] {
+            Some(h) if d.rs1 != 0 => h,
             _ => {
                 self.get(RAX, d.rs1);
-                if d.imm != 0 {
-                    self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(RAX), d.imm);
-                }
                 RAX
             }
         };
-        let miss = tlb_hit(&mut self.a, va, store, size);
-        let at = Rm::indexed(RCX, va, 1);
+        let miss = tlb_hit(&mut self.a, base, d.imm, store, size);
+        let at = Rm::Mem {
+            base: RCX,
+            index: Some((base, 1)),
+            disp: d.imm,
+        };
         if store {
             let w = match size {
                 1 => W::B8,
@@ -1633,10 +1650,11 @@ impl<'a> Block<'a> {
             }
             let join = self.a.here();
             self.put(d.rd, t);
-            // Every miss of the inline path (`va` still the address) calls the helper.
+            // Every miss of the inline path (`base` still the base) calls the helper.
             let call = LoadCall {
                 from: miss,
-                va,
+                base,
+                off: d.imm,
                 declined: usize::MAX,
                 op,
                 size,

@@ -46,7 +46,13 @@
 //!   entry and the load entry both, reading through the one and writing through the
 //!   other as the interpreter does. Anything else (misaligned, a miss, a device, a page
 //!   with code) runs the whole instruction through `exec_helper`, below.
-//! - Instructions with no translation of their own — floating point, CSR
+//! - The CSR instructions Linux runs most go inline (`compile::Block::csr`): reads and
+//!   writes of the trap registers (`sscratch`, `sepc`, `scause`, `stval` and M's), reads
+//!   of `sstatus`, and writes of it that set no SIE (clearing SIE, setting and clearing
+//!   SUM: the data context's SUM and MXR bits follow `mstatus` in the same code), each
+//!   after a privilege check; a write that sets SIE, or an access from too low a
+//!   privilege, goes to the helper whole.
+//! - Instructions with no translation of their own — floating point, the other CSR
 //!   instructions — and stores and atomics that miss the inline path (a TLB miss, a
 //!   device, a page boundary, a store into code) call `exec_helper`: the registers they name go to
 //!   the hart, the interpreter's own `execute` runs them at their exact `pc` and
