@@ -810,17 +810,21 @@ impl<'a> Block<'a> {
         }
     }
 
-    /// A jump to page offset `to` after all `n` instructions of the block.
-    fn jump(&mut self, to: i64, n: usize, body: usize) {
+    /// A jump to page offset `to` after all `n` instructions of the block, which are
+    /// already counted in [`MCYCLE`] if `counted`.
+    fn jump(&mut self, to: i64, n: usize, counted: bool, body: usize) {
         if to == self.start as i64 {
             // A loop on this block: stay in host registers while the budget lasts.
-            self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(MCYCLE), n as i32);
+            if !counted {
+                self.a.alu_imm(W::B64, Alu::Add, Rm::Reg(MCYCLE), n as i32);
+            }
             self.budget_check(n);
             self.a.jcc_to(Cond::Le, body);
             self.exit(self.dirty, 0, 0, Next::Rust);
         } else {
             let delta = to - self.start as i64;
-            self.exit(self.dirty, n, delta, Self::next(to));
+            let retired = if counted { 0 } else { n };
+            self.exit(self.dirty, retired, delta, Self::next(to));
         }
     }
 
@@ -968,10 +972,13 @@ impl<'a> Block<'a> {
                         self.write_back(self.dirty);
                         self.dirty = 0;
                     }
+                    // Both ways count the block's instructions: once, before the jump
+                    // (`lea` keeps the flags).
+                    self.a.lea(MCYCLE, MCYCLE, n as i32);
                     let taken = self.a.jcc_fwd(cond);
-                    self.jump(next, n, body);
+                    self.jump(next, n, true, body);
                     self.a.bind(taken);
-                    self.jump(to, n, body);
+                    self.jump(to, n, true, body);
                 }
                 Kind::Jal => {
                     if d.rd != 0 {
@@ -981,7 +988,7 @@ impl<'a> Block<'a> {
                             .alu_imm(W::B64, Alu::Add, Rm::Reg(t), (delta + d.len as i64) as i32);
                         self.put(d.rd, t);
                     }
-                    self.jump(it.off as i64 + d.imm as i64, n, body);
+                    self.jump(it.off as i64 + d.imm as i64, n, false, body);
                 }
                 Kind::Jalr => self.jalr(d, delta, n),
             }
