@@ -910,34 +910,28 @@ impl<'a> Block<'a> {
                         }),
                     }
                 }
-                Kind::Helper => {
+                Kind::Helper | Kind::Atomic => {
                     let dirty = self.dirty;
-                    if let Some(from) = self.csr(d) {
-                        // The slow path runs the whole instruction through the helper.
-                        helper_calls.push(HelperCall {
+                    // An inline path (every atomic, some CSR instructions), whose slow
+                    // path runs the whole instruction through the helper; or the helper.
+                    let inline = match it.kind {
+                        Kind::Atomic => Some(self.atomic(d)),
+                        _ => self.csr(d),
+                    };
+                    match inline {
+                        Some(from) => helper_calls.push(HelperCall {
                             from,
                             insn: d,
                             retired: k,
                             delta,
                             join: self.a.here(),
                             dirty,
-                        });
-                    } else {
-                        let leave = self.helper(d, k, delta);
-                        after.push((leave, self.dirty, true));
+                        }),
+                        None => {
+                            let leave = self.helper(d, k, delta);
+                            after.push((leave, self.dirty, true));
+                        }
                     }
-                }
-                Kind::Atomic => {
-                    let dirty = self.dirty;
-                    let from = self.atomic(d);
-                    helper_calls.push(HelperCall {
-                        from,
-                        insn: d,
-                        retired: k,
-                        delta,
-                        join: self.a.here(),
-                        dirty,
-                    });
                 }
                 Kind::Branch => {
                     let cond = match d.op {
