@@ -321,6 +321,15 @@ fn tlb_index(a: &mut Asm, base: u8, off: i32, tlb: usize, ctx_at: i32) {
     a.alu(W::B64, Alu::Or, RCX, Rm::at(RBX, ctx_at));
 }
 
+/// `dst = base + off` (a `mov`, or nothing, when `off` is 0).
+fn base_plus(a: &mut Asm, dst: u8, base: u8, off: i32) {
+    if off == 0 {
+        a.mov_rr(dst, base);
+    } else {
+        a.lea(dst, base, off);
+    }
+}
+
 /// The inline path of a load or store of `size` bytes at the virtual address `base + off`
 /// (`base` kept): falls through with `[rcx + base + off]` the host address of those bytes
 /// when the TLB
@@ -338,13 +347,8 @@ fn tlb_hit(a: &mut Asm, base: u8, off: i32, store: bool, size: u8) -> usize {
     } else {
         offset_of!(Env, load_tlb)
     };
-    // rcx = the last byte's address (wrapping as the guest's does).
-    let last = off.wrapping_add(size as i32 - 1);
-    if last != 0 {
-        a.lea(RCX, base, last);
-    } else {
-        a.mov_rr(RCX, base);
-    }
+    // rcx = the last byte's address.
+    base_plus(a, RCX, base, off + size as i32 - 1);
     tlb_index(a, base, off, tlb, data_ctx_at());
     a.alu(W::B64, Alu::Cmp, RCX, Rm::at(RDX, INLINE_TAG));
     let miss = a.jcc_fwd(Cond::Ne);
@@ -1065,11 +1069,7 @@ impl<'a> Block<'a> {
     fn emit_load_calls(&mut self, calls: &mut [LoadCall]) {
         for c in calls {
             self.bind_hot(c.from);
-            if c.off != 0 {
-                self.a.lea(RAX, c.base, c.off);
-            } else {
-                self.a.mov_rr(RAX, c.base);
-            }
+            base_plus(&mut self.a, RAX, c.base, c.off);
             self.a.mov_imm(RDX, c.size as u64);
             self.a.mov_imm(RCX, c.retired as u64);
             self.a.call_to(self.thunks.load);
@@ -1513,17 +1513,15 @@ impl<'a> Block<'a> {
             } else {
                 self.get(RCX, d.rs1);
             }
-            let mask = if status {
+            if status {
                 self.a
                     .alu_imm(W::B64, Alu::And, Rm::Reg(RCX), SSTATUS_WRITABLE as i32);
-                !(SSTATUS_WRITABLE as i32)
-            } else {
-                -1
-            };
+            }
             match op {
                 Csr::Rw | Csr::Rwi if status => {
                     self.a.mov_load(W::B64, RDX, Rm::at(RBX, at));
-                    self.a.alu_imm(W::B64, Alu::And, Rm::Reg(RDX), mask);
+                    self.a
+                        .alu_imm(W::B64, Alu::And, Rm::Reg(RDX), !(SSTATUS_WRITABLE as i32));
                     self.a.alu(W::B64, Alu::Or, RDX, Rm::Reg(RCX));
                 }
                 Csr::Rw | Csr::Rwi => self.a.mov_rr(RDX, RCX),

@@ -1543,8 +1543,9 @@ mod tests {
             w.extend(li32(A6, (1 << 18) | (1 << 19))); // SUM | MXR
             w.extend(li32(A7, 3 << 13)); // FS
             w.extend(li32(S0, 0x6000_4000));
-            w.push(slli(S0, S0, 1)); // s0 = 0xc000_8000: the user alias of RAM_BASE + 32 KiB
-                                     // satp = Sv39 with the table at RAM_BASE + TABLE.
+            // s0 = 0xc000_8000: the user alias of RAM_BASE + 32 KiB.
+            w.push(slli(S0, S0, 1));
+            // satp = Sv39 with the table at RAM_BASE + TABLE.
             w.extend(li32(
                 T0,
                 ((crate::board::RAM_BASE as usize + TABLE) >> 12) as i32,
