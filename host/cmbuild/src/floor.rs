@@ -6,7 +6,9 @@
 //! listing them, before any machine boots. The host unpacks the floor's packages into one
 //! sysroot per Linux triple and writes them as one read-only EROFS image
 //! ([`cmbuild_image::sysroot::floor_image`]) onto each machine's scratch drive before it
-//! resumes from the template. The input drive carries a `rustc` wrapper
+//! resumes from the template. The image's content ID is pinned beside the packages; the
+//! first run (or `cmbuild vendor`) that makes it checks it against the pin and keeps it in the
+//! mirror by that CID, and later runs map it from there ([`obtain`]). The input drive carries a `rustc` wrapper
 //! (`glibc-floor/rustc-wrapper`, at `/build/in/glibc-floor/rustc-wrapper` in the guest) and a cargo configuration that uses it: the wrapper mounts
 //! the image at `/build/sysroot` on its first run and appends `-C
 //! link-arg=--sysroot=/build/sysroot/<triple>` to each target unit of a Linux triple, and
@@ -33,7 +35,9 @@ use cmbuild_image::lock::{Lock, LockFileError, LockedPackage};
 use cmbuild_image::locking::BoxError;
 use cmbuild_image::sysroot::{self, FloorLocks, SysrootError, IMAGE_MARKER};
 use cmbuild_image::triple::{c_toolchain_env, Triple};
-use cmbuild_store::cid::{cid_of_bytes, Cid};
+use cmbuild_store::cid::Cid;
+use cmbuild_store::mirror::{Mirror, MirrorError};
+use std::io::Write;
 
 use crate::glibc::GlibcVersion;
 use crate::guest::Drive;
@@ -99,6 +103,30 @@ pub enum FloorError {
         #[source]
         source: Box<crate::mapped::MapError>,
     },
+    /// The image made is not the pinned one.
+    #[error(
+        "the glibc {floor} sysroots' image this cmbuild made has content ID {made}, but \
+         guest-image/glibc-floors.lock.json pins {pinned}: this cmbuild does not make the \
+         pinned image (`cmbuild image lock --glibc-floors-only` pins it anew), so its roots \
+         would not be other builders'"
+    )]
+    NotPinnedImage {
+        /// The floor.
+        floor: String,
+        /// The CID of the image made.
+        made: Cid,
+        /// The pinned CID.
+        pinned: Cid,
+    },
+    /// The image could not be kept in the mirror.
+    #[error("keeping the glibc {floor} sysroots' image in the mirror")]
+    Mirror {
+        /// The floor.
+        floor: String,
+        /// What failed.
+        #[source]
+        source: MirrorError,
+    },
     /// Artifacts need a newer glibc than the floor.
     #[error(
         "the glibc floor is {floor}, but these artifacts need a newer glibc:\n  {}",
@@ -126,6 +154,8 @@ pub struct Floor {
     pub description: String,
     /// The lock of its packages.
     pub lock: Lock,
+    /// The pinned CID of its sysroots' image.
+    pub image: Cid,
 }
 
 /// The compiled-in floors.
@@ -150,6 +180,11 @@ pub fn select(asked: Option<&str>, locks: &FloorLocks) -> Result<Option<Floor>, 
         .find(|(id, _)| GlibcVersion::parse(id) == Some(version));
     match found {
         Some((id, lock)) => Ok(Some(Floor {
+            image: *locks.images.get(id).ok_or_else(|| {
+                FloorError::Locks(LockFileError::Request(format!(
+                    "glibc floor {id} has no image"
+                )))
+            })?,
             id: id.clone(),
             version,
             description: pinned
@@ -188,39 +223,89 @@ pub fn floor_triples() -> Vec<Triple> {
     Triple::ALL.into_iter().filter(|t| applies_to(*t)).collect()
 }
 
-/// The floor's image, from its packages (`load` returns each `.deb`'s verified bytes).
-/// Depends on the packages' bytes alone.
-pub fn prepare(
-    floor: &Floor,
+/// The bytes of the image of floor `id`, made from the packages of its `lock` (`load`
+/// returns each `.deb`'s verified bytes). Depends on the packages' bytes alone.
+pub fn make_image(
+    id: &str,
+    lock: &Lock,
     mut load: impl FnMut(&LockedPackage) -> Result<Vec<u8>, BoxError>,
-) -> Result<FloorImage, FloorError> {
+) -> Result<Vec<u8>, FloorError> {
     let mut sysroots = Vec::new();
     for triple in floor_triples() {
-        let sysroot =
-            sysroot::build_sysroot(&floor.lock, triple.spec(), &mut load).map_err(|source| {
-                FloorError::Sysroot {
-                    floor: floor.id.clone(),
-                    triple,
-                    source,
-                }
-            })?;
+        let sysroot = sysroot::build_sysroot(lock, triple.spec(), &mut load).map_err(|source| {
+            FloorError::Sysroot {
+                floor: id.to_owned(),
+                triple,
+                source,
+            }
+        })?;
         sysroots.push((triple.as_str(), sysroot));
     }
     let named: Vec<(&str, &sysroot::Sysroot)> = sysroots.iter().map(|(n, s)| (*n, s)).collect();
-    let bytes = sysroot::floor_image(&floor.id, &named).map_err(|source| FloorError::Image {
+    sysroot::floor_image(id, &named).map_err(|source| FloorError::Image {
+        floor: id.to_owned(),
+        source,
+    })
+}
+
+/// Where [`obtain`] found the floor's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSource {
+    /// In the mirror, under its pinned CID.
+    Mirror,
+    /// Made from the floor's packages (and now kept in the mirror).
+    Made,
+}
+
+/// The floor's image with the pinned CID `floor.image`: the mirror's blob of that CID,
+/// mapped and verified; or, when the mirror has none (or a corrupt one), the bytes `make`
+/// returns ([`make_image`]), which must have that CID, kept in the mirror for the next run
+/// (a corrupt copy replaced). Images that are not the pinned one are refused, never kept.
+pub fn obtain(
+    floor: &Floor,
+    mirror: &Mirror,
+    make: impl FnOnce() -> Result<Vec<u8>, FloorError>,
+) -> Result<(FloorImage, ImageSource), FloorError> {
+    let path = mirror.blob_path(&floor.image);
+    if path.is_file() {
+        if let Ok(image) = DriveImage::map_verified(&path, &floor.image) {
+            let found = FloorImage {
+                image,
+                cid: floor.image,
+            };
+            return Ok((found, ImageSource::Mirror));
+        }
+    }
+    let bytes = make()?;
+    let kept = |source| FloorError::Mirror {
         floor: floor.id.clone(),
         source,
+    };
+    let mut writer = mirror.begin_blob().map_err(kept)?;
+    writer.write_all(&bytes).map_err(|e| {
+        kept(MirrorError::Io {
+            action: "write",
+            path: writer.path().to_owned(),
+            source: e,
+        })
     })?;
+    let staged = writer.finish().map_err(kept)?;
+    let made = staged.stored().cid;
+    if made != floor.image {
+        return Err(FloorError::NotPinnedImage {
+            floor: floor.id.clone(),
+            made,
+            pinned: floor.image,
+        });
+    }
+    staged.commit().map_err(kept)?;
     let image = DriveImage::in_memory_file("glibc-floor-sysroots", &bytes).map_err(|source| {
         FloorError::Memory {
             floor: floor.id.clone(),
             source: Box::new(source),
         }
     })?;
-    Ok(FloorImage {
-        cid: cid_of_bytes(&bytes),
-        image,
-    })
+    Ok((FloorImage { image, cid: made }, ImageSource::Made))
 }
 
 /// What one machine's input drive carries for the floor: the rustc wrapper and the cargo
@@ -431,6 +516,7 @@ mod tests {
         let floor = select(Some("2.36"), &locks).unwrap().unwrap();
         assert_eq!(floor.id, "2.36");
         assert_eq!(floor.version, GlibcVersion(2, 36, 0));
+        assert_eq!(floor.image, locks.images["2.36"]);
         assert!(
             floor.description.starts_with("2.36 (Debian 12."),
             "{}",
@@ -472,6 +558,52 @@ mod tests {
             "a string"
         );
         assert_eq!(crate::project::parse_config("").unwrap().glibc, None);
+    }
+
+    #[test]
+    fn the_image_is_made_once_checked_against_its_pin_and_then_found_in_the_mirror() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::open(dir.path()).unwrap();
+        let made = b"an EROFS image, as far as this test is concerned".repeat(1000);
+        let mut floor = select(Some("2.36"), &shipped().unwrap()).unwrap().unwrap();
+        floor.image = cmbuild_store::cid::cid_of_bytes(&made);
+        let blobs_dir = mirror.blob_path(&floor.image).parent().unwrap().to_owned();
+        let blobs = || std::fs::read_dir(&blobs_dir).map_or(0, |d| d.count());
+
+        // Another image than the pinned one is refused and leaves nothing in the mirror.
+        let other = || Ok(b"other bytes".to_vec());
+        let err = obtain(&floor, &mirror, other).unwrap_err();
+        assert!(
+            matches!(&err, FloorError::NotPinnedImage { pinned, .. } if *pinned == floor.image),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("cmbuild image lock --glibc-floors-only"),
+            "{err}"
+        );
+        assert_eq!(blobs(), 0);
+
+        // The first use makes it and keeps it by its CID.
+        let (image, source) = obtain(&floor, &mirror, || Ok(made.clone())).unwrap();
+        assert_eq!(source, ImageSource::Made);
+        assert_eq!((image.cid, &image.image[..]), (floor.image, &made[..]));
+        assert!(mirror.has_valid(&floor.image).unwrap());
+        assert_eq!(blobs(), 1);
+
+        // The next one maps it from the mirror and makes nothing.
+        let unused = || -> Result<Vec<u8>, FloorError> { panic!("made again") };
+        let (image, source) = obtain(&floor, &mirror, unused).unwrap();
+        assert_eq!(source, ImageSource::Mirror);
+        assert_eq!((image.cid, &image.image[..]), (floor.image, &made[..]));
+
+        // A corrupt copy is not used: the image is made again and replaces it.
+        std::fs::write(mirror.blob_path(&floor.image), b"rotten").unwrap();
+        let (image, source) = obtain(&floor, &mirror, || Ok(made.clone())).unwrap();
+        assert_eq!(source, ImageSource::Made);
+        assert_eq!(&image.image[..], &made[..]);
+        assert!(mirror.has_valid(&floor.image).unwrap());
+        assert_eq!(blobs(), 1);
     }
 
     #[test]

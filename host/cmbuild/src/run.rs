@@ -706,7 +706,8 @@ pub fn gather_inputs(
         missing.push(e.to_string());
     }
     // The floor's packages, each read verified against its pinned CID (its image holds a
-    // sysroot for every Linux triple, so it is the floor's alone).
+    // sysroot for every Linux triple, so it is the floor's alone), unless the mirror keeps
+    // the image they make already.
     let floor = job.floor.as_ref().filter(|_| {
         job.plan
             .targets
@@ -714,7 +715,7 @@ pub fn gather_inputs(
             .any(|t| crate::floor::applies_to(*t))
     });
     let mut floor_debs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    if let Some(floor) = floor {
+    if let Some(floor) = floor.filter(|f| !mirror.blob_path(&f.image).is_file()) {
         for package in &floor.lock.packages {
             match mirror.read_verified(&package.cid) {
                 Ok(bytes) => {
@@ -753,16 +754,25 @@ pub fn gather_inputs(
     let floor_image = match floor {
         Some(floor) => {
             let started = std::time::Instant::now();
-            let image = crate::floor::prepare(floor, |package| {
-                floor_debs
-                    .remove(&package.filename)
-                    .ok_or_else(|| format!("{} was not read", package.filename).into())
+            let (image, source) = crate::floor::obtain(floor, &mirror, || {
+                // The packages read above; or, when the mirror's copy of the image turned
+                // out corrupt, read now.
+                crate::floor::make_image(&floor.id, &floor.lock, |package| {
+                    match floor_debs.remove(&package.filename) {
+                        Some(bytes) => Ok(bytes),
+                        None => Ok(mirror.read_verified(&package.cid)?),
+                    }
+                })
             })?;
             progress(Progress::Phase(format!(
-                "glibc floor {}: sysroots image {} ({} MB, made in {:.1?})",
+                "glibc floor {}: sysroots image {} ({} MB, {} in {:.1?})",
                 floor.description,
                 image.cid,
                 image.image.len() >> 20,
+                match source {
+                    crate::floor::ImageSource::Mirror => "from the mirror",
+                    crate::floor::ImageSource::Made => "made and kept in the mirror",
+                },
                 started.elapsed()
             )));
             cids.insert(crate::floor::INPUT_KEY.to_owned(), image.cid);

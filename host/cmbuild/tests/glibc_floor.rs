@@ -168,6 +168,12 @@ fn artifacts_built_under_the_floor_start_on_glibc_2_36() {
         stderr.contains("glibc floor 2.36: 24 Debian bookworm packages"),
         "{stderr}"
     );
+    // Vendoring made the floor's sysroots' image (or found it) under its pinned CID.
+    let pinned = cmbuild::floor::shipped().unwrap().images["2.36"];
+    assert!(
+        stderr.contains(&format!("glibc floor 2.36: sysroots image {pinned} (")),
+        "{stderr}"
+    );
     // Offloaded (the default), every job computed in a sibling whatever the test mirror's
     // cache holds.
     let run = release_command(&project, &mirror, &out, "--recompute-jobs")
@@ -178,6 +184,12 @@ fn artifacts_built_under_the_floor_start_on_glibc_2_36() {
     println!("{stdout}");
     eprintln!("{stderr}");
     assert!(run.status.success(), "{stdout}");
+    // The run mapped the image vendoring kept, and made none.
+    assert!(
+        stderr.contains(&format!("sysroots image {pinned} ("))
+            && stderr.contains("from the mirror"),
+        "{stderr}"
+    );
     // Each triple's binary was linked in a sibling (a job of its own per triple).
     let linked = stderr
         .lines()
@@ -211,7 +223,7 @@ fn artifacts_built_under_the_floor_start_on_glibc_2_36() {
         );
     }
     let machine = read_machine_record(&release.join("machine.json")).unwrap();
-    assert!(machine.inputs.contains_key(cmbuild::floor::INPUT_KEY));
+    assert_eq!(machine.inputs.get(cmbuild::floor::INPUT_KEY), Some(&pinned));
     assert!(machine.offload.is_some());
     assert!(machine.machines.iter().all(|m| m.jobs.len() >= 3));
 

@@ -32,9 +32,10 @@ use crate::erofs::{self, ErofsError, ErofsOptions};
 use crate::lock::{Lock, LockFileError, LockedPackage, LOCK_FORMAT};
 use crate::locking::BoxError;
 use crate::triple::{TripleSpec, TABLE};
+use cmbuild_store::cid::Cid;
 
 /// The version tag of the glibc-floor locks file; a change of fields or meaning bumps it.
-pub const FLOOR_LOCKS_FORMAT: &str = "cmbuild-glibc-floor-locks-v1";
+pub const FLOOR_LOCKS_FORMAT: &str = "cmbuild-glibc-floor-locks-v2";
 
 /// The glibc-floor locks this cmbuild was built with.
 pub const SHIPPED_FLOOR_LOCKS: &str = include_str!("../../../guest-image/glibc-floors.lock.json");
@@ -75,7 +76,8 @@ pub fn cross_package(name: &str, arch: &str) -> String {
     format!("{name}-{arch}-cross")
 }
 
-/// `guest-image/glibc-floors.lock.json`: every floor's lock, by its glibc version.
+/// `guest-image/glibc-floors.lock.json`: every floor's lock, by its glibc version, and the
+/// content ID of the sysroots' image each one makes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FloorLocks {
@@ -84,18 +86,30 @@ pub struct FloorLocks {
     pub floors: BTreeMap<String, Lock>,
     /// Always [`FLOOR_LOCKS_FORMAT`].
     pub format: String,
+    /// Floor id -> the CID of its sysroots' image ([`floor_image`] of a sysroot per Linux
+    /// triple, made from exactly the locked packages): what `cmbuild run` checks the image
+    /// it makes against, and finds it in the mirror by. One per floor.
+    pub images: BTreeMap<String, Cid>,
 }
 
 impl FloorLocks {
     /// Reads the file and checks it: its format, and for each floor that its id is a glibc
     /// version, that every package is a `-<arch>-cross` package of a floor architecture,
-    /// and that every floor architecture has `libc6` and `libc6-dev` of exactly that glibc.
+    /// that every floor architecture has `libc6` and `libc6-dev` of exactly that glibc, and
+    /// that it has an image pinned (and no image is pinned for a floor that is not there).
     pub fn parse(text: &str) -> Result<FloorLocks, LockFileError> {
         let locks: FloorLocks = serde_json::from_str(text).map_err(LockFileError::Parse)?;
         if locks.format != FLOOR_LOCKS_FORMAT {
             return Err(LockFileError::Format(locks.format));
         }
         let bad = |m: String| Err(LockFileError::Request(m));
+        if !locks.images.keys().eq(locks.floors.keys()) {
+            return bad(format!(
+                "the glibc floors {:?} and the floors with a pinned image {:?} differ",
+                locks.floors.keys().collect::<Vec<_>>(),
+                locks.images.keys().collect::<Vec<_>>()
+            ));
+        }
         let arches = floor_architectures();
         for (id, lock) in &locks.floors {
             if lock.format != LOCK_FORMAT {
@@ -146,10 +160,16 @@ impl FloorLocks {
             .iter()
             .map(|(id, lock)| format!("{}: {}", string(id), lock.to_json().trim_end()))
             .collect();
+        let images: Vec<String> = self
+            .images
+            .iter()
+            .map(|(id, cid)| format!("{}: {}", string(id), string(&cid.to_string())))
+            .collect();
         format!(
-            "{{\n\"floors\": {{\n{}\n}},\n\"format\": {}\n}}\n",
+            "{{\n\"floors\": {{\n{}\n}},\n\"format\": {},\n\"images\": {{\n{}\n}}\n}}\n",
             floors.join(",\n"),
-            string(&self.format)
+            string(&self.format),
+            images.join(",\n"),
         )
     }
 
@@ -837,6 +857,14 @@ mod tests {
                 "\"name\":\"libc6-dev-riscv64\"",
             ),
             ("\"architecture\":\"all\"", "\"architecture\":\"amd64\""),
+            // Every floor has its image pinned, by a CID, and only the floors do.
+            ("\"2.36\": \"bafy", "\"2.35\": \"bafy"),
+            ("\"2.36\": \"bafy", "\"2.36\": \"qafy"),
+            (
+                "\"images\": {\n\"2.36\"",
+                "\"images\": {\n\"2.40\": \"bafybeidae2okhfjhn35e4wglqscdmvhcw4hblnt6nes6sznlhvi6npvpii\",\n\"2.36\"",
+            ),
+            ("\"images\": {", "\"pictures\": {"),
         ] {
             let doctored = good.replacen(from, to, 1);
             assert_ne!(doctored, good, "{from}");

@@ -155,15 +155,19 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
                     layer.suite
                 );
             }
-            for (id, floor) in floors.iter().flat_map(|f| &f.floors) {
-                eprintln!(
-                    "image lock: wrote {}: glibc floor {id}, {} packages, {} (Debian {} {})",
-                    args.glibc_floors_output.display(),
-                    floor.packages.len(),
-                    human_size(floor.total_size()),
-                    floor.release_version,
-                    floor.suite
-                );
+            for floors in floors.iter() {
+                for (id, floor) in &floors.floors {
+                    eprintln!(
+                        "image lock: wrote {}: glibc floor {id}, {} packages, {} (Debian {} {}), \
+                         sysroots image {}",
+                        args.glibc_floors_output.display(),
+                        floor.packages.len(),
+                        human_size(floor.total_size()),
+                        floor.release_version,
+                        floor.suite,
+                        floors.images[id]
+                    );
+                }
             }
             let Some(toolchains) = toolchains else {
                 return Ok(ExitCode::SUCCESS);

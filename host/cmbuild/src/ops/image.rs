@@ -74,6 +74,9 @@ pub enum ImageOpError {
         #[source]
         source: Box<ImageError>,
     },
+    /// A glibc floor's sysroots' image could not be made.
+    #[error("making a glibc floor's sysroots' image")]
+    Floor(#[source] Box<crate::floor::FloorError>),
     /// The pins file could not be written.
     #[error("writing {}", .path.display())]
     WritePins {
@@ -394,6 +397,7 @@ fn lock_floors(
     let lock_err = |what| request_lock_error(opts, what);
     let mut resolved = Vec::new();
     let mut floors = BTreeMap::new();
+    let mut images = BTreeMap::new();
     let mirror = match opts.dry_run {
         true => None,
         false => Some(
@@ -414,6 +418,18 @@ fn lock_floors(
         let mut store = MirrorDebStore::new(mirror, &request.mirror);
         let lock = locking::pin_packages(&floor_request, resolution, archive, &mut store, progress)
             .map_err(lock_err("pinning a glibc floor of"))?;
+        // The sysroots' image the floor makes, pinned by its CID and kept in the mirror
+        // (where `cmbuild run` finds it).
+        let image =
+            crate::floor::make_image(id, &lock, |package| Ok(mirror.read_verified(&package.cid)?))
+                .map_err(|source| ImageOpError::Floor(Box::new(source)))?;
+        let stored = mirror
+            .put_bytes(&image)
+            .map_err(|source| ImageOpError::Mirror {
+                dir: opts.mirror_dir.clone(),
+                source,
+            })?;
+        images.insert(id.clone(), stored.cid);
         floors.insert(id.clone(), lock);
     }
     if opts.dry_run {
@@ -422,6 +438,7 @@ fn lock_floors(
     let floors = FloorLocks {
         floors,
         format: sysroot::FLOOR_LOCKS_FORMAT.into(),
+        images,
     };
     // What is written must read back: every floor's C library is the glibc it is named by.
     let text = floors.to_json();

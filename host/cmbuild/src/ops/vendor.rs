@@ -28,6 +28,7 @@ use cmbuild_store::sha256::Sha256;
 use super::human_size;
 use super::mirror::{MirrorOpError, PushReport};
 use super::oci::{OciOpError, OciOptions, OciReport};
+use crate::floor::Floor;
 use crate::workspace::{self, Workspace, WorkspaceError};
 use cmbuild_store::registry::{Registry, RegistryError};
 
@@ -226,6 +227,7 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
         .as_ref()
         .map(|p| p.wanted(&opts.crates_url))
         .unwrap_or_default();
+    let mut floors = Vec::new();
     let guest_locks = match &project {
         Some(project) if !opts.crates_only => {
             let project_dir = project
@@ -236,6 +238,7 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
             let layers = layers::shipped().map_err(VendorError::GuestLock)?;
             let ids = needed_toolchains(&layers, &opts.toolchains, &project_dir)?;
             let (mut guest_locks, guest_wanted) = wanted_guest_packages(&layers, &ids, progress)?;
+
             wanted.extend(guest_wanted);
             // cmbuild.toml lies beside the project's Cargo.toml (`cmbuild run --project`).
             let config_dir = opts
@@ -243,15 +246,18 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            for (id, floor) in needed_floors(opts.glibc_floors, config_dir)? {
-                wanted.extend(wanted_from_lock(&floor));
+            for floor in needed_floors(opts.glibc_floors, config_dir)? {
+                let lock = &floor.lock;
+                wanted.extend(wanted_from_lock(lock));
                 progress.note(&format!(
-                    "cmbuild vendor: glibc floor {id}: {} Debian {} packages ({})",
-                    floor.packages.len(),
-                    floor.suite,
-                    human_size(floor.total_size())
+                    "cmbuild vendor: glibc floor {}: {} Debian {} packages ({})",
+                    floor.id,
+                    lock.packages.len(),
+                    lock.suite,
+                    human_size(lock.total_size())
                 ));
-                guest_locks.push(floor);
+                guest_locks.push(lock.clone());
+                floors.push(floor);
             }
             // A Dockerfile is built in the machine with the container layer (`run
             // --dockerfile`), which is assembled from these packages on first use.
@@ -278,6 +284,26 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
     let mut fetch = fetch_all(&mirror, &wanted, &Downloader::new(), progress)?;
     for guest_lock in guest_locks.iter().flatten() {
         check_guest_packages(&mirror, guest_lock, progress)?;
+    }
+    // Each floor's sysroots' image, made now and kept in the mirror by its pinned CID, so
+    // that the offline run finds it (and a cmbuild that does not make the pinned image says
+    // so here).
+    for floor in &floors {
+        let (image, source) = crate::floor::obtain(floor, &mirror, || {
+            crate::floor::make_image(&floor.id, &floor.lock, |package| {
+                Ok(mirror.read_verified(&package.cid)?)
+            })
+        })?;
+        progress.note(&format!(
+            "cmbuild vendor: glibc floor {}: sysroots image {} ({} MB, {})",
+            floor.id,
+            image.cid,
+            image.image.len() >> 20,
+            match source {
+                crate::floor::ImageSource::Mirror => "in the mirror",
+                crate::floor::ImageSource::Made => "made and kept in the mirror",
+            }
+        ));
     }
     let oci = if opts.oci.is_empty() {
         None
@@ -641,13 +667,17 @@ pub fn needed_toolchains(
 /// The largest `cmbuild.toml` read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
-/// The locks of the glibc floors to fetch, by id: every pinned one, or the one the
-/// project's `cmbuild.toml` in `config_dir` asks for (none without one; a floor that is not
-/// pinned is an error listing the pinned ones, before anything is downloaded).
-pub fn needed_floors(choice: FloorChoice, config_dir: &Path) -> Result<Vec<(String, Lock)>> {
+/// The glibc floors to fetch: every pinned one, or the one the project's `cmbuild.toml` in
+/// `config_dir` asks for (none without one; a floor that is not pinned is an error listing
+/// the pinned ones, before anything is downloaded).
+pub fn needed_floors(choice: FloorChoice, config_dir: &Path) -> Result<Vec<Floor>> {
     let floors = crate::floor::shipped()?;
     if choice == FloorChoice::All {
-        return Ok(floors.floors.into_iter().collect());
+        let mut all = Vec::new();
+        for id in floors.floors.keys() {
+            all.extend(crate::floor::select(Some(id), &floors)?);
+        }
+        return Ok(all);
     }
     let text = crate::untrusted::read_confined(config_dir, "cmbuild.toml", MAX_CONFIG_BYTES)
         .map_err(|e| VendorError::Path {
@@ -660,7 +690,6 @@ pub fn needed_floors(choice: FloorChoice, config_dir: &Path) -> Result<Vec<(Stri
     let config = crate::project::parse_config(&String::from_utf8_lossy(&text))
         .map_err(VendorError::Config)?;
     Ok(crate::floor::select(config.glibc.as_deref(), &floors)?
-        .map(|floor| (floor.id, floor.lock))
         .into_iter()
         .collect())
 }
