@@ -6,10 +6,11 @@
 //! listing them, before any machine boots. The host unpacks the floor's packages into one
 //! sysroot per Linux triple and writes them as one read-only EROFS image
 //! ([`cmbuild_image::sysroot::floor_image`]) onto each machine's scratch drive before it
-//! resumes from the template. The image's content ID is pinned beside the packages; the
-//! first run (or `cmbuild vendor`) that makes it checks it against the pin and keeps it in the
-//! mirror by that CID, and later runs map it from there ([`obtain`]). The input drive carries a `rustc` wrapper
-//! (`glibc-floor/rustc-wrapper`, at `/build/in/glibc-floor/rustc-wrapper` in the guest) and a cargo configuration that uses it: the wrapper mounts
+//! resumes from the template. The image's content ID is pinned beside the packages;
+//! `cmbuild vendor` (or the first run) makes it, checks it against the pin and keeps it in
+//! the mirror by that CID, and runs map it from there ([`obtain`]). The input drive carries
+//! a `rustc` wrapper (`glibc-floor/rustc-wrapper`, at `/build/in/glibc-floor/rustc-wrapper`
+//! in the guest) and a cargo configuration that uses it: the wrapper mounts
 //! the image at `/build/sysroot` on its first run and appends `-C
 //! link-arg=--sysroot=/build/sysroot/<triple>` to each target unit of a Linux triple, and
 //! `[env]` gives that triple's C and C++ compiles (`CFLAGS_<t>`, `CXXFLAGS_<t>`) the same

@@ -238,7 +238,6 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
             let layers = layers::shipped().map_err(VendorError::GuestLock)?;
             let ids = needed_toolchains(&layers, &opts.toolchains, &project_dir)?;
             let (mut guest_locks, guest_wanted) = wanted_guest_packages(&layers, &ids, progress)?;
-
             wanted.extend(guest_wanted);
             // cmbuild.toml lies beside the project's Cargo.toml (`cmbuild run --project`).
             let config_dir = opts
