@@ -165,7 +165,10 @@ pub fn exec(args: Args) -> anyhow::Result<ExitCode> {
                         human_size(floor.total_size()),
                         floor.release_version,
                         floor.suite,
-                        floors.images[id]
+                        floors
+                            .images
+                            .get(id)
+                            .map_or("none".into(), |c| c.to_string())
                     );
                 }
             }
