@@ -258,6 +258,16 @@ pub enum ImageSource {
     Made,
 }
 
+impl ImageSource {
+    /// How the image was come by, for progress lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageSource::Mirror => "from the mirror",
+            ImageSource::Made => "made and kept in the mirror",
+        }
+    }
+}
+
 /// The floor's image with the pinned CID `floor.image`: the mirror's blob of that CID,
 /// mapped and verified; or, when the mirror has none (or a corrupt one), the bytes `make`
 /// returns ([`make_image`]), which must have that CID, kept in the mirror for the next run

@@ -769,10 +769,7 @@ pub fn gather_inputs(
                 floor.description,
                 image.cid,
                 image.image.len() >> 20,
-                match source {
-                    crate::floor::ImageSource::Mirror => "from the mirror",
-                    crate::floor::ImageSource::Made => "made and kept in the mirror",
-                },
+                source.as_str(),
                 started.elapsed()
             )));
             cids.insert(crate::floor::INPUT_KEY.to_owned(), image.cid);

@@ -255,7 +255,6 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
                     lock.suite,
                     human_size(lock.total_size())
                 ));
-                guest_locks.push(lock.clone());
                 floors.push(floor);
             }
             // A Dockerfile is built in the machine with the container layer (`run
@@ -284,10 +283,11 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
     for guest_lock in guest_locks.iter().flatten() {
         check_guest_packages(&mirror, guest_lock, progress)?;
     }
-    // Each floor's sysroots' image, made now and kept in the mirror by its pinned CID, so
-    // that the offline run finds it (and a cmbuild that does not make the pinned image says
-    // so here).
+    // Each floor's packages, then its sysroots' image, made now and kept in the mirror by its
+    // pinned CID, so that the offline run finds it (and a cmbuild that does not make the
+    // pinned image says so here).
     for floor in &floors {
+        check_guest_packages(&mirror, &floor.lock, progress)?;
         let (image, source) = crate::floor::obtain(floor, &mirror, || {
             crate::floor::make_image(&floor.id, &floor.lock, |package| {
                 Ok(mirror.read_verified(&package.cid)?)
@@ -298,10 +298,7 @@ pub fn vendor(opts: &VendorOptions, progress: &mut dyn FetchProgress) -> Result<
             floor.id,
             image.cid,
             image.image.len() >> 20,
-            match source {
-                crate::floor::ImageSource::Mirror => "in the mirror",
-                crate::floor::ImageSource::Made => "made and kept in the mirror",
-            }
+            source.as_str()
         ));
     }
     let oci = if opts.oci.is_empty() {
